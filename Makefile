@@ -1,0 +1,83 @@
+# hftgate -- the README's commands. `make run` and `make test` are the contract:
+# both start with `make setup`, which is idempotent and quick when nothing changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+NATIVE_SRC   := $(wildcard native/src/*.c)
+NATIVE_HDR   := $(wildcard native/include/*.h)
+NATIVE_TESTS := $(wildcard native/tests/test_*.c)
+CFLAGS_TEST  := -std=gnu11 -g -Wall -Wextra -Werror -Inative/include -pthread -D_GNU_SOURCE
+BUILD        := build/native
+
+.PHONY: native-inplace protos setup run test test-python test-native lint format bench clean help
+
+help:
+	@echo "make run    set up and start the suite on its embedded defaults"
+	@echo "make test   set up and run every test (C tests plain, ASan+UBSan, TSan; then pytest)"
+	@echo "make lint   ruff (lint + format check) and mypy"
+	@echo "make bench  run every benchmark (hftgate bench all)"
+
+$(STAMP): pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) $(wildcard native/cdef/*) native/ffi_build.py $(wildcard protos/hftgate/v1/*.proto)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "hftgate needs Python 3.11+"'
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/hftgate up
+
+# --- tests -------------------------------------------------------------------
+test: setup test-native test-python
+
+test-python: setup
+	$(PY) -m pytest -q
+
+# Each C test is built three times: plain, with AddressSanitizer + UBSan, and with
+# ThreadSanitizer, and each build must pass.
+$(BUILD)/plain/%: native/tests/%.c $(NATIVE_SRC) $(NATIVE_HDR) native/tests/check.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_TEST) -O2 -o $@ $< $(NATIVE_SRC) -lm
+
+$(BUILD)/asan/%: native/tests/%.c $(NATIVE_SRC) $(NATIVE_HDR) native/tests/check.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_TEST) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all -o $@ $< $(NATIVE_SRC) -lm
+
+$(BUILD)/tsan/%: native/tests/%.c $(NATIVE_SRC) $(NATIVE_HDR) native/tests/check.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_TEST) -O1 -fsanitize=thread -o $@ $< $(NATIVE_SRC) -lm
+
+TEST_NAMES := $(notdir $(basename $(NATIVE_TESTS)))
+test-native: $(foreach v,plain asan tsan,$(addprefix $(BUILD)/$(v)/,$(TEST_NAMES)))
+	@set -e; for v in plain asan tsan; do for t in $(TEST_NAMES); do \
+	  echo "== native $$v $$t"; \
+	  if [ $$v = tsan ]; then setarch "$$(uname -m)" -R $(BUILD)/$$v/$$t; else $(BUILD)/$$v/$$t; fi; \
+	done; done
+
+# --- habits --------------------------------------------------------------------
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy hftgate services loadtest
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(VENV)/bin/hftgate bench all
+
+clean:
+	rm -rf build $(VENV) hftgate/v1/*_pb2*.py hftgate/native/_native*.so *.egg-info
+
+# Fast rebuilds while developing (make setup does both on a fresh clone).
+native-inplace: setup
+	$(PY) setup.py -q build_ext --inplace
+
+protos: setup
+	$(PY) setup.py -q build_protos

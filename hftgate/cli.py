@@ -1,0 +1,155 @@
+"""The ``hftgate`` command line: start the suite, run benchmarks, replay data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hftgate import bench as bench_suites
+from hftgate import supervisor
+
+app = typer.Typer(help="hftgate: gRPC services for low-latency trading.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (never part of `make test`).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+err = Console(stderr=True)
+
+
+@app.command()
+def up(
+    services: Annotated[
+        list[str] | None, typer.Option("--service", "-s", help="Start only these services (repeatable).")
+    ] = None,
+) -> None:
+    """Start every built service as a local process on its embedded defaults; Ctrl-C stops them."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    specs = supervisor.available_services()
+    if services:
+        unknown = set(services) - {s.name for s in supervisor.ALL_SERVICES}
+        if unknown:
+            raise typer.BadParameter(f"unknown service(s): {', '.join(sorted(unknown))}")
+        specs = [s for s in specs if s.name in services]
+    if not specs:
+        err.print("no services are built yet: nothing to start")
+        return
+    running = supervisor.start_services(specs)
+    table = Table("service", "address", "pid")
+    for service in running:
+        table.add_row(service.spec.name, service.address, str(service.process.pid))
+    err.print(table)
+    err.print("suite is up; Ctrl-C or SIGTERM stops it")
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        while not stop:
+            dead = [s for s in running if s.process.poll() is not None]
+            if dead:
+                err.print(f"service {dead[0].spec.name} exited with code {dead[0].process.returncode}")
+                raise typer.Exit(1)
+            time.sleep(0.5)
+    finally:
+        supervisor.stop_services(running)
+
+
+def _run_suite(suite: str, as_json: bool, repeats: int) -> None:
+    steps = bench_suites.suite_steps(suite)
+    if not steps:
+        err.print(f"benchmark suite {suite!r} has nothing built yet")
+        raise typer.Exit(1)
+    results: bench_suites.BenchResult = {}
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+    ) as progress:
+        task = progress.add_task(suite, total=len(steps))
+        for name, run in steps:
+            progress.update(task, description=f"{suite}: {name}")
+            results.update(run(repeats=repeats))
+            progress.advance(task)
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2, sort_keys=False) + "\n")
+        return
+    table = Table("metric", "value", title=f"hftgate bench {suite}")
+    for key, value in results.items():
+        table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+RepeatsOption = Annotated[int, typer.Option("--repeats", min=1, help="Runs per measurement (median taken).")]
+
+
+@bench_app.command("native")
+def bench_native(as_json: JsonOption = False, repeats: RepeatsOption = 5) -> None:
+    """C core: VWAP vs numpy/scalar/Python, queue throughput, clock and histogram cost."""
+    _run_suite("native", as_json, repeats)
+
+
+@bench_app.command("matching")
+def bench_matching(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
+    """Matching engine vs the pure-Python reference, and the CME MBO replay agreement."""
+    _run_suite("matching", as_json, repeats)
+
+
+@bench_app.command("marketdata")
+def bench_marketdata(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
+    """Per-tick processing and arbitrage latency on real data, and ingest through gRPC."""
+    _run_suite("marketdata", as_json, repeats)
+
+
+@bench_app.command("cache")
+def bench_cache(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
+    """L1 hit ratios on a Zipf trace, and remote Get latency against the gRPC and TCP floors."""
+    _run_suite("cache", as_json, repeats)
+
+
+@bench_app.command("all")
+def bench_all(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
+    """Every suite that is built, one after the other."""
+    combined: dict[str, bench_suites.BenchResult] = {}
+    for suite in bench_suites.SUITES:
+        steps = bench_suites.suite_steps(suite)
+        if not steps or suite == "crash":
+            continue
+        results: bench_suites.BenchResult = {}
+        for _name, run in steps:
+            results.update(run(repeats=repeats))
+        combined[suite] = results
+    if as_json:
+        sys.stdout.write(json.dumps(combined, indent=2) + "\n")
+        return
+    for suite, results in combined.items():
+        table = Table("metric", "value", title=f"hftgate bench {suite}")
+        for key, value in results.items():
+            table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
+        Console().print(table)
+
+
+def _register_optional_commands() -> None:
+    """Commands whose implementation lives with a service package, added when present."""
+    try:
+        from hftgate.replay.cli import replay_command
+    except ModuleNotFoundError:
+        return
+    app.command("replay")(replay_command)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app()

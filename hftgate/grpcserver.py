@@ -1,0 +1,111 @@
+"""What every hftgate gRPC server shares: health, reflection, TLS, graceful stop.
+
+A service's ``server.py`` builds its servicers and calls :func:`create_server`;
+tests call the same function with port 0 and talk to the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import _async as health_aio  # public as health.aio; mypy only sees this name
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+# Large batches (thousands of orders, deep books) exceed gRPC's 4 MiB default.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Let idle clients keep connections warm: a new connection costs a handshake.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service to host: its full name (``hftgate.v1.CacheService``) and how to add it."""
+
+    full_name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for server-side TLS; no client certificates are required."""
+
+    cert_path: Path
+    key_path: Path
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.key_path.read_bytes(), self.cert_path.read_bytes())])
+
+
+@dataclass
+class RunningServer:
+    """A started server, the port it bound and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    service_names: tuple[str, ...]
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING first so balancers drain us, then stop within ``grace_s``."""
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+
+
+async def create_server(
+    address: str,
+    bindings: Sequence[ServiceBinding],
+    *,
+    tls: TlsFiles | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> RunningServer:
+    """Create, bind and start an asyncio gRPC server hosting ``bindings``.
+
+    ``address`` is ``host:port``; port 0 binds a free port (returned). Health
+    (``grpc.health.v1``) and server reflection are always registered.
+    """
+    server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
+    for binding in bindings:
+        binding.add_to_server(server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = tuple(b.full_name for b in bindings)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.credentials())
+    if port == 0:
+        raise OSError(f"cannot bind gRPC server to {address}")
+    await server.start()
+    running = RunningServer(server=server, port=port, health=health_servicer, service_names=names)
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return running
+
+
+async def serve_until_signalled(running: RunningServer, grace_s: float) -> None:
+    """Block until SIGTERM or SIGINT, then stop gracefully (health first)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining for up to %.1f s", grace_s)
+    await running.stop(grace_s)

@@ -1,0 +1,121 @@
+"""Start the suite as plain local processes: what `hftgate up` and `make run` do.
+
+Each service runs in a fresh interpreter (``python -m services.<name>``), never a
+fork of this one, so no gRPC state crosses a fork. The same start-up path is what
+docker compose runs, one container per service.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service the suite can start: its module and default port."""
+
+    name: str
+    default_port: int
+
+    @property
+    def module(self) -> str:
+        return f"services.{self.name}"
+
+    @property
+    def port_variable(self) -> str:
+        return f"HFTGATE_{self.name.upper()}_PORT"
+
+    def is_available(self) -> bool:
+        """True once the service has been built (its ``__main__`` module exists)."""
+        try:
+            return importlib.util.find_spec(f"{self.module}.__main__") is not None
+        except ModuleNotFoundError:
+            return False
+
+
+# Start order: dependencies first (execution reads reference data through the cache).
+ALL_SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("cache", 50053),
+    ServiceSpec("marketdata", 50052),
+    ServiceSpec("execution", 50051),
+    ServiceSpec("gateway", 50050),
+    ServiceSpec("scaler", 50054),
+)
+
+
+def available_services() -> list[ServiceSpec]:
+    return [s for s in ALL_SERVICES if s.is_available()]
+
+
+@dataclass
+class RunningService:
+    spec: ServiceSpec
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def wait_until_serving(address: str, timeout_s: float) -> bool:
+    """Poll ``grpc.health.v1`` at ``address`` until it answers SERVING or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    return False
+
+
+def start_services(
+    specs: Iterable[ServiceSpec], env: Mapping[str, str] | None = None, startup_timeout_s: float = 30.0
+) -> list[RunningService]:
+    """Start each service and wait for it to report SERVING before starting the next."""
+    base_env = dict(os.environ if env is None else env)
+    running: list[RunningService] = []
+    try:
+        for spec in specs:
+            port = int(base_env.get(spec.port_variable, spec.default_port))
+            child_env = {**base_env, spec.port_variable: str(port)}
+            process = subprocess.Popen([sys.executable, "-m", spec.module], env=child_env)
+            service = RunningService(spec=spec, port=port, process=process)
+            running.append(service)
+            if not wait_until_serving(service.address, startup_timeout_s):
+                code = process.poll()
+                state = f"exited with code {code}" if code is not None else "did not report SERVING"
+                raise RuntimeError(f"service {spec.name} on {service.address} {state}")
+    except BaseException:
+        stop_services(running)
+        raise
+    return running
+
+
+def stop_services(running: list[RunningService], grace_s: float = 10.0) -> None:
+    """SIGTERM in reverse start order (each drains itself), then SIGKILL stragglers."""
+    for service in reversed(running):
+        if service.process.poll() is None:
+            service.process.terminate()
+    deadline = time.monotonic() + grace_s
+    for service in reversed(running):
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            service.process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait()

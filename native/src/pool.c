@@ -1,0 +1,101 @@
+/* pool.c -- see hft_pool.h. */
+#include "hft_pool.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+struct hft_pool {
+    unsigned char *slab;
+    size_t object_size;
+    size_t capacity;
+    size_t in_use;
+    void *free_head; /* each free object's first word links to the next free object */
+};
+
+int hft_pool_create(size_t object_size, size_t capacity, hft_pool **out)
+{
+    if (out == NULL || object_size == 0 || capacity == 0) {
+        return HFT_EINVAL;
+    }
+    /* Room for the free-list link, and 16-byte alignment for every object. */
+    if (object_size < sizeof(void *)) {
+        object_size = sizeof(void *);
+    }
+    object_size = (object_size + 15u) & ~(size_t)15u;
+    if (capacity > SIZE_MAX / object_size) {
+        return HFT_EINVAL;
+    }
+    hft_pool *pool = calloc(1, sizeof(*pool));
+    if (pool == NULL) {
+        return HFT_ENOMEM;
+    }
+    pool->slab = aligned_alloc(HFT_CACHE_LINE, ((object_size * capacity) + HFT_CACHE_LINE - 1) /
+                                                   HFT_CACHE_LINE * HFT_CACHE_LINE);
+    if (pool->slab == NULL) {
+        free(pool);
+        return HFT_ENOMEM;
+    }
+    pool->object_size = object_size;
+    pool->capacity = capacity;
+    /* Thread the free list front to back so early acquisitions are adjacent in memory. */
+    for (size_t i = 0; i < capacity; i++) {
+        void **slot = (void **)(pool->slab + i * object_size);
+        *slot = (i + 1 < capacity) ? (void *)(pool->slab + (i + 1) * object_size) : NULL;
+    }
+    pool->free_head = pool->slab;
+    *out = pool;
+    return HFT_OK;
+}
+
+void hft_pool_destroy(hft_pool *pool)
+{
+    if (pool == NULL) {
+        return;
+    }
+    free(pool->slab);
+    free(pool);
+}
+
+void *hft_pool_acquire(hft_pool *pool)
+{
+    void *obj = pool->free_head;
+    if (obj == NULL) {
+        return NULL;
+    }
+    pool->free_head = *(void **)obj;
+    pool->in_use++;
+    return obj;
+}
+
+int hft_pool_release(hft_pool *pool, void *obj)
+{
+    if (hft_pool_index_of(pool, obj) < 0) {
+        return HFT_EINVAL;
+    }
+    *(void **)obj = pool->free_head;
+    pool->free_head = obj;
+    pool->in_use--;
+    return HFT_OK;
+}
+
+size_t hft_pool_in_use(const hft_pool *pool) { return pool->in_use; }
+
+size_t hft_pool_capacity(const hft_pool *pool) { return pool->capacity; }
+
+long hft_pool_index_of(const hft_pool *pool, const void *obj)
+{
+    const unsigned char *p = obj;
+    if (p < pool->slab || p >= pool->slab + pool->capacity * pool->object_size) {
+        return -1;
+    }
+    size_t offset = (size_t)(p - pool->slab);
+    if (offset % pool->object_size != 0) {
+        return -1;
+    }
+    return (long)(offset / pool->object_size);
+}
+
+void *hft_pool_at(hft_pool *pool, size_t index)
+{
+    return index < pool->capacity ? pool->slab + index * pool->object_size : NULL;
+}

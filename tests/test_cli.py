@@ -1,0 +1,26 @@
+"""Every CLI command answers --help, and `up` copes with what is built."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from hftgate.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["up"], ["bench"], ["bench", "native"], ["bench", "matching"], ["bench", "cache"], ["bench", "all"]],
+)
+def test_every_command_has_help(args: list[str]) -> None:
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_up_rejects_an_unknown_service() -> None:
+    result = runner.invoke(app, ["up", "--service", "nonsense"])
+    assert result.exit_code != 0
+    assert "nonsense" in result.output

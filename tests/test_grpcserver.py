@@ -1,0 +1,42 @@
+"""The shared server set-up: health, reflection and graceful stop on a real server."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from hftgate.grpcserver import create_server
+
+
+async def test_health_reports_serving_then_not_serving_on_stop() -> None:
+    running = await create_server("127.0.0.1:0", [])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        await running.stop(grace_s=0.5)
+        # The drain signal reaches watchers before the server goes away.
+        second = await watch.read()
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_reflection_lists_health_and_reflection() -> None:
+    running = await create_server("127.0.0.1:0", [])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+            async def one_request():  # type: ignore[no-untyped-def]
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+            names = set()
+            async for reply in stub.ServerReflectionInfo(one_request()):
+                names |= {s.name for s in reply.list_services_response.service}
+        assert "grpc.health.v1.Health" in names
+        assert "grpc.reflection.v1alpha.ServerReflection" in names
+    finally:
+        await running.stop(0)
