@@ -18,6 +18,8 @@ from grpc_health.v1 import _async as health_aio  # public as health.aio; mypy on
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hftgate.telemetry import ServerTelemetryInterceptor
+
 log = logging.getLogger(__name__)
 
 # Large batches (thousands of orders, deep books) exceed gRPC's 4 MiB default.
@@ -74,13 +76,16 @@ async def create_server(
     *,
     tls: TlsFiles | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    telemetry: bool = True,
 ) -> RunningServer:
     """Create, bind and start an asyncio gRPC server hosting ``bindings``.
 
     ``address`` is ``host:port``; port 0 binds a free port (returned). Health
-    (``grpc.health.v1``) and server reflection are always registered.
+    (``grpc.health.v1``) and server reflection are always registered; ``telemetry``
+    puts the span-and-metrics interceptor (hftgate.telemetry) in front of ``interceptors``.
     """
-    server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
+    chain = [ServerTelemetryInterceptor(), *interceptors] if telemetry else list(interceptors)
+    server = grpc.aio.server(interceptors=chain, options=SERVER_OPTIONS)
     for binding in bindings:
         binding.add_to_server(server)
     health_servicer = health_aio.HealthServicer()
