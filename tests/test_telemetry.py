@@ -25,7 +25,7 @@ async def test_unary_and_streaming_calls_each_get_a_span_and_a_count() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     interceptor = ServerTelemetryInterceptor(tracer_provider=provider)
-    running = await create_server("127.0.0.1:0", [], interceptors=[interceptor])
+    running = await create_server("127.0.0.1:0", [], interceptors=[interceptor], telemetry=False)
     before_ok = _count(CHECK, "OK")
     before_missing = _count(CHECK, "NOT_FOUND")
     trace_id = 0x0AF7651916CD43DD8448EB211C80319C
