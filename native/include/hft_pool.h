@@ -28,8 +28,8 @@ void hft_pool_destroy(hft_pool *pool);
 void *hft_pool_acquire(hft_pool *pool);
 
 /* Give back an object obtained from this pool's acquire. Returns HFT_EINVAL if
- * `obj` does not point at an object boundary inside this pool's slab. Releasing
- * an object twice is undefined (checked only in debug builds). */
+ * `obj` does not point at an object boundary inside this pool's slab, or if it is
+ * not currently acquired (a double release is refused and changes nothing). */
 int hft_pool_release(hft_pool *pool, void *obj);
 
 /* Objects currently handed out, and the total capacity. */

@@ -9,6 +9,7 @@ struct hft_pool {
     size_t object_size;
     size_t capacity;
     size_t in_use;
+    unsigned char *acquired; /* one flag per object, so a double release is refused, not absorbed */
     void *free_head; /* each free object's first word links to the next free object */
 };
 
@@ -17,12 +18,16 @@ int hft_pool_create(size_t object_size, size_t capacity, hft_pool **out)
     if (out == NULL || object_size == 0 || capacity == 0) {
         return HFT_EINVAL;
     }
-    /* Room for the free-list link, and 16-byte alignment for every object. */
+    /* Room for the free-list link, and 16-byte alignment for every object; reject
+     * sizes whose rounding or slab size would wrap around. */
+    if (object_size > SIZE_MAX - 15u) {
+        return HFT_EINVAL;
+    }
     if (object_size < sizeof(void *)) {
         object_size = sizeof(void *);
     }
     object_size = (object_size + 15u) & ~(size_t)15u;
-    if (capacity > SIZE_MAX / object_size) {
+    if (capacity > (SIZE_MAX - HFT_CACHE_LINE) / object_size) {
         return HFT_EINVAL;
     }
     hft_pool *pool = calloc(1, sizeof(*pool));
@@ -31,7 +36,10 @@ int hft_pool_create(size_t object_size, size_t capacity, hft_pool **out)
     }
     pool->slab = aligned_alloc(HFT_CACHE_LINE, ((object_size * capacity) + HFT_CACHE_LINE - 1) /
                                                    HFT_CACHE_LINE * HFT_CACHE_LINE);
-    if (pool->slab == NULL) {
+    pool->acquired = calloc(capacity, 1);
+    if (pool->slab == NULL || pool->acquired == NULL) {
+        free(pool->slab);
+        free(pool->acquired);
         free(pool);
         return HFT_ENOMEM;
     }
@@ -53,6 +61,7 @@ void hft_pool_destroy(hft_pool *pool)
         return;
     }
     free(pool->slab);
+    free(pool->acquired);
     free(pool);
 }
 
@@ -63,15 +72,18 @@ void *hft_pool_acquire(hft_pool *pool)
         return NULL;
     }
     pool->free_head = *(void **)obj;
+    pool->acquired[((unsigned char *)obj - pool->slab) / pool->object_size] = 1;
     pool->in_use++;
     return obj;
 }
 
 int hft_pool_release(hft_pool *pool, void *obj)
 {
-    if (hft_pool_index_of(pool, obj) < 0) {
+    long index = hft_pool_index_of(pool, obj);
+    if (index < 0 || !pool->acquired[index]) {
         return HFT_EINVAL;
     }
+    pool->acquired[index] = 0;
     *(void **)obj = pool->free_head;
     pool->free_head = obj;
     pool->in_use--;
