@@ -144,8 +144,17 @@ def _register_optional_commands() -> None:
     try:
         from hftgate.replay.cli import replay_command
     except ModuleNotFoundError:
-        return
-    app.command("replay")(replay_command)
+        pass
+    else:
+        app.command("replay")(replay_command)
+    try:
+        from services.execution.ledger_verify import verify_command
+    except ModuleNotFoundError:
+        pass
+    else:
+        ledger_app = typer.Typer(help="The hash-chained ledger of fills.", no_args_is_help=True)
+        ledger_app.command("verify")(verify_command)
+        app.add_typer(ledger_app, name="ledger")
 
 
 _register_optional_commands()
