@@ -1,0 +1,720 @@
+"""The execution service's durable input journal: group commit on a writer thread, CRC-checked recovery.
+
+Every accepted input (order, cancel, replace: opaque bytes here) is appended as one
+record; :meth:`Journal.append` returns a future that resolves with the record's
+sequence number once the record is durable, and the service sends the
+acknowledgement only then.
+
+How a record travels
+--------------------
+The event loop assigns the next sequence number and pushes a fixed-size *slot* into
+the native lock-free MPSC queue (:class:`hftgate.native.queues.MpscQueue`); it never
+touches the disk. One writer thread takes every slot that is waiting in one go,
+writes the batch with one ``write`` and makes it durable with ONE ``fdatasync``
+(group commit: the inputs that arrived while the previous fsync ran share the next
+one), then schedules a single callback on the event loop
+(``loop.call_soon_threadsafe``, once per batch) that resolves every waiting future
+up to the batch's last sequence number. So durability costs one fsync per batch,
+and the faster inputs arrive the bigger the batches get.
+
+Queue slot (``slot_bytes`` each, 256 by default; little-endian)::
+
+    offset size field
+    0      8    seq               sequence number the loop assigned
+    8      4    payload_length
+    12     1    record_type
+    13     1    flags             bit 0: payload is in the side table, not inline
+    14     2    (zero)
+    16     ..   payload inline    when payload_length <= slot_bytes - 16
+
+A payload too big for its slot (rare: a replace with a long client id, say) is
+parked in a side table keyed by sequence number (a dict; single-key set and pop
+are atomic under the GIL) and the slot only announces it. Orders stay on the
+lock-free path with one copy each, and there is no limit on record size besides
+``max_payload_bytes``. When the queue is momentarily full, slots wait in an
+event-loop-side backlog (in order) that is pushed on as each batch completes, so
+``append`` never blocks; past ``backlog_max_records`` it raises
+:class:`JournalOverloaded` and the service turns the input away.
+
+Durability modes
+----------------
+``Durability.FSYNC`` (default): a future resolves only after the ``fdatasync``
+covering its record has returned. ``Durability.WRITE``: a future resolves once
+``write`` has handed the batch to the kernel, and the writer fsyncs right after; a
+killed *process* loses nothing acknowledged (the data is in the page cache), but a
+machine crash or power loss can lose the batches of the last fsync interval. A
+trade-off for users who choose speed.
+
+On-disk format
+--------------
+A journal is a directory of segment files named ``<first seq, 20 digits>.journal``
+(e.g. ``00000000000000000001.journal``), each a run of records with consecutive
+sequence numbers continuing from the previous segment. A segment is closed and a
+new one started once it reaches ``segment_max_bytes`` (checked between batches, so
+a segment can exceed it by one batch). Record (little-endian)::
+
+    offset size field
+    0      2    magic             b"HJ"
+    2      1    version           1
+    3      1    record_type       caller's tag (0..255), opaque to the journal
+    4      4    payload_length
+    8      8    seq
+    16     4    crc32             zlib.crc32 over bytes 0..15 then the payload
+    20     ..   payload
+
+Recovery
+--------
+:meth:`Journal.open` reads every segment and checks every record's magic, version,
+length, CRC and sequence. The first record that fails is a *tail* problem when no
+valid record follows it anywhere (a write torn by a crash, or a flipped bit in the
+last records): the file is truncated there, since those records were never
+acknowledged, and what was cut is logged. When valid records follow the bad one,
+the corruption is in the *middle*: ``open`` raises :class:`JournalCorruption`
+unless ``allow_mid_corruption=True``, in which case it keeps the records before
+the damage and moves everything from the damage on into ``*.corrupt-<ns>`` files
+beside the segments (never deleted silently). Then :meth:`Journal.replay` yields
+the recovered records and appends continue the sequence. The service takes
+snapshots; :meth:`Journal.truncate_before` then drops the segments that hold only
+records older than the snapshot.
+
+A filesystem that persists an unsynced batch's pages out of order could, after a
+power loss (not a process crash), leave a hole inside the last unsynced batch that
+looks like mid-file corruption; ``open`` then refuses rather than guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from hftgate.native.errors import NativeError
+from hftgate.native.queues import MpscQueue, QueueClosed
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+RECORD_MAGIC = b"HJ"
+RECORD_VERSION = 1
+# magic, version, record_type, payload_length, seq -- the part the CRC covers first.
+_RECORD_PREFIX = struct.Struct("<2sBBIQ")
+_RECORD_CRC = struct.Struct("<I")
+RECORD_HEADER_BYTES = _RECORD_PREFIX.size + _RECORD_CRC.size  # 20
+
+_SLOT_HEADER = struct.Struct("<QIBB2x")  # seq, payload_length, record_type, flags
+_SLOT_FLAG_SIDE_TABLE = 1
+
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.journal$")
+
+
+class Durability(enum.Enum):
+    """When an append's future resolves."""
+
+    #: After the fdatasync that covers the record has returned (nothing acknowledged is ever lost).
+    FSYNC = "fsync"
+    #: After write() handed the record to the kernel; survives a process kill, not a power loss.
+    WRITE = "write"
+
+
+class JournalCorruption(Exception):
+    """A damaged record is followed by valid ones: recovering would silently drop acknowledged inputs."""
+
+
+class JournalFailed(Exception):
+    """The writer thread hit an I/O error; the journal accepts nothing more and pending appends fail."""
+
+
+class JournalClosed(Exception):
+    """The journal is closed (or not started) and accepts no appends."""
+
+
+class JournalOverloaded(Exception):
+    """The writer is so far behind that ``backlog_max_records`` inputs are already waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    seq: int
+    record_type: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CutRegion:
+    """Bytes recovery removed from a segment, and why."""
+
+    segment: Path
+    offset: int
+    length: int
+    reason: str
+    #: Where the bytes were moved (mid-file corruption under allow_mid_corruption), else None.
+    quarantined_to: Path | None = None
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """What :meth:`Journal.open` found."""
+
+    records: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    segments: int = 0
+    cut: list[CutRegion] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Segment:
+    first_seq: int
+    path: Path
+
+
+@dataclass(slots=True)
+class _ScanResult:
+    records: int
+    last_seq: int  # of the last good record; first_seq - 1 when none
+    good_end: int  # offset just past the last good record
+    bad_reason: str | None  # why the record at good_end is bad, None when the segment is clean
+
+
+def segment_path(directory: Path, first_seq: int) -> Path:
+    return directory / f"{first_seq:020d}.journal"
+
+
+def encode_record(seq: int, record_type: int, payload: bytes) -> bytes:
+    """The on-disk bytes of one record (header with CRC, then the payload)."""
+    prefix = _RECORD_PREFIX.pack(RECORD_MAGIC, RECORD_VERSION, record_type, len(payload), seq)
+    crc = zlib.crc32(payload, zlib.crc32(prefix))
+    return prefix + _RECORD_CRC.pack(crc) + payload
+
+
+def _decode_at(
+    data: bytes | memoryview, offset: int, max_payload_bytes: int
+) -> tuple[int, int, int, str | None]:
+    """Check the record at ``offset``: (seq, record_type, end offset, None) or (.., reason) when it is bad."""
+    if len(data) - offset < RECORD_HEADER_BYTES:
+        return 0, 0, offset, f"torn header ({len(data) - offset} of {RECORD_HEADER_BYTES} bytes)"
+    magic, version, record_type, length, seq = _RECORD_PREFIX.unpack_from(data, offset)
+    if magic != RECORD_MAGIC:
+        return seq, record_type, offset, f"bad magic {bytes(magic)!r}"
+    if version != RECORD_VERSION:
+        return seq, record_type, offset, f"unknown version {version}"
+    if length > max_payload_bytes:
+        return seq, record_type, offset, f"implausible payload length {length}"
+    end = offset + RECORD_HEADER_BYTES + length
+    if end > len(data):
+        return (
+            seq,
+            record_type,
+            offset,
+            f"torn payload ({len(data) - offset - RECORD_HEADER_BYTES} of {length} bytes)",
+        )
+    (stored_crc,) = _RECORD_CRC.unpack_from(data, offset + _RECORD_PREFIX.size)
+    crc = zlib.crc32(
+        data[offset + RECORD_HEADER_BYTES : end], zlib.crc32(data[offset : offset + _RECORD_PREFIX.size])
+    )
+    if crc != stored_crc:
+        return seq, record_type, offset, f"CRC mismatch (stored {stored_crc:#010x}, computed {crc:#010x})"
+    return seq, record_type, end, None
+
+
+def _scan_segment(data: bytes, first_seq: int, max_payload_bytes: int) -> _ScanResult:
+    offset = 0
+    expected_seq = first_seq
+    records = 0
+    while offset < len(data):
+        seq, _, end, reason = _decode_at(data, offset, max_payload_bytes)
+        if reason is None and seq != expected_seq:
+            reason = f"sequence {seq} where {expected_seq} was expected"
+        if reason is not None:
+            return _ScanResult(records, expected_seq - 1, offset, reason)
+        records += 1
+        expected_seq += 1
+        offset = end
+    return _ScanResult(records, expected_seq - 1, offset, None)
+
+
+def _has_valid_record_from(data: bytes, start: int, max_payload_bytes: int) -> bool:
+    """Whether any CRC-valid record starts at or after ``start`` (byte-by-byte resync on the magic)."""
+    position = data.find(RECORD_MAGIC, start)
+    while position != -1:
+        if _decode_at(data, position, max_payload_bytes)[3] is None:
+            return True
+        position = data.find(RECORD_MAGIC, position + 1)
+    return False
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _truncate_durably(path: Path, length: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, length)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """An append-only, sequence-numbered, CRC-checked journal with group commit.
+
+    Life cycle: ``journal = Journal.open(directory)`` (recovers; blocking disk I/O, so
+    call it at start-up or through ``asyncio.to_thread``), ``journal.replay()`` to
+    rebuild state, ``journal.start()`` inside the running event loop, ``append`` from
+    that loop only (it owns the sequence numbers), ``await journal.close()``.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        segments: list[_Segment],
+        next_seq: int,
+        recovery: RecoveryReport,
+        *,
+        durability: Durability,
+        segment_max_bytes: int,
+        max_payload_bytes: int,
+        queue_capacity: int,
+        slot_bytes: int,
+        batch_max_records: int,
+        backlog_max_records: int,
+    ) -> None:
+        self.directory = directory
+        self.durability = durability
+        self.recovery = recovery
+        self._segment_max_bytes = segment_max_bytes
+        self._max_payload_bytes = max_payload_bytes
+        self._slot_bytes = slot_bytes
+        self._inline_payload_bytes = slot_bytes - _SLOT_HEADER.size
+        self._batch_max_records = batch_max_records
+        self._backlog_max_records = backlog_max_records
+
+        # Segments: the writer thread appends on rotation, truncate_before removes
+        # from the front from another thread; the lock covers the list only.
+        self._segments = segments
+        self._segments_lock = threading.Lock()
+        self._recovered_last_seq = next_seq - 1
+
+        # Event-loop side (touched only on the loop thread).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_seq = next_seq
+        self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
+        self._backlog: deque[bytes] = deque()
+        self._closing = False
+        self._drained: asyncio.Future[None] | None = None  # close() waits on it for the last ack
+        self.durable_seq = next_seq - 1  # highest sequence number acknowledged so far
+
+        # Shared between the loop and the writer.
+        self._queue = MpscQueue(queue_capacity, slot_bytes)
+        self._side_table: dict[int, bytes] = {}
+        self._failure: BaseException | None = None
+        self._writer_stopping = False
+        self._writer: threading.Thread | None = None
+
+        # Writer-thread side.
+        self._fd = -1
+        self._segment_bytes = 0
+        self._writer_expected_seq = next_seq
+        # Counters for tests, stats and benchmarks (written by the writer thread).
+        self.batches_written = 0
+        self.records_written = 0
+        self.fsyncs = 0
+
+    # --- opening and recovery -------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        durability: Durability = Durability.FSYNC,
+        allow_mid_corruption: bool = False,
+        segment_max_bytes: int = 64 * 1024 * 1024,
+        max_payload_bytes: int = 16 * 1024 * 1024,
+        queue_capacity: int = 65_536,
+        slot_bytes: int = 256,
+        batch_max_records: int = 8_192,
+        backlog_max_records: int = 1_000_000,
+    ) -> Journal:
+        """Open (creating if needed) the journal in ``directory``, verifying and repairing it.
+
+        Raises :class:`JournalCorruption` when a damaged record is followed by valid
+        ones, unless ``allow_mid_corruption`` (then the damage and everything after
+        it is moved aside and logged).
+        """
+        if slot_bytes < _SLOT_HEADER.size + 8:
+            raise ValueError(f"slot_bytes must be at least {_SLOT_HEADER.size + 8}, got {slot_bytes}")
+        if segment_max_bytes <= 0 or max_payload_bytes <= 0 or batch_max_records <= 0:
+            raise ValueError("segment_max_bytes, max_payload_bytes and batch_max_records must be positive")
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        segments, report = _recover(path, max_payload_bytes, allow_mid_corruption)
+        next_seq = report.last_seq + 1 if report.records else segments[-1].first_seq
+        journal = cls(
+            path,
+            segments,
+            next_seq,
+            report,
+            durability=durability,
+            segment_max_bytes=segment_max_bytes,
+            max_payload_bytes=max_payload_bytes,
+            queue_capacity=queue_capacity,
+            slot_bytes=slot_bytes,
+            batch_max_records=batch_max_records,
+            backlog_max_records=backlog_max_records,
+        )
+        log.info(
+            "journal %s: %d records recovered (seq %d..%d) in %d segment(s), next seq %d",
+            path,
+            report.records,
+            report.first_seq,
+            report.last_seq,
+            report.segments,
+            next_seq,
+        )
+        return journal
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next append gets."""
+        return self._next_seq
+
+    def replay(self, after_seq: int = 0) -> Iterator[JournalRecord]:
+        """Yield the recovered records with ``seq > after_seq``, in order (reads the segments again).
+
+        Meant for start-up, before :meth:`start`; it stops at the last record recovered by ``open``.
+        """
+        with self._segments_lock:
+            segments = list(self._segments)
+        for index, segment in enumerate(segments):
+            next_first = segments[index + 1].first_seq if index + 1 < len(segments) else None
+            if next_first is not None and next_first <= after_seq + 1:
+                continue
+            data = segment.path.read_bytes()
+            offset = 0
+            while offset < len(data):
+                seq, record_type, end, reason = _decode_at(data, offset, self._max_payload_bytes)
+                if reason is not None:
+                    raise JournalCorruption(f"{segment.path} offset {offset} changed since open: {reason}")
+                if seq > self._recovered_last_seq:
+                    return
+                if seq > after_seq:
+                    yield JournalRecord(seq, record_type, data[offset + RECORD_HEADER_BYTES : end])
+                offset = end
+
+    # --- running ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread; appends resolve on the event loop running this call."""
+        if self._writer is not None:
+            raise RuntimeError("journal already started")
+        self._loop = asyncio.get_running_loop()
+        active = self._segments[-1]
+        self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
+        self._segment_bytes = os.fstat(self._fd).st_size
+        self._writer = threading.Thread(
+            target=self._writer_main, name=f"journal-writer[{self.directory}]", daemon=True
+        )
+        self._writer.start()
+
+    def append(self, payload: bytes, record_type: int = 0) -> asyncio.Future[int]:
+        """Journal ``payload``; the future resolves with its sequence number once it is durable.
+
+        Event-loop thread only. Never blocks. Raises :class:`JournalClosed`,
+        :class:`JournalFailed` (a previous write failed), :class:`JournalOverloaded`,
+        or ValueError for a payload over ``max_payload_bytes`` or a type outside 0..255.
+        """
+        if self._failure is not None:
+            raise JournalFailed(f"journal writer failed: {self._failure!r}")
+        if self._loop is None or self._closing:
+            raise JournalClosed("journal is not started or is closing")
+        length = len(payload)
+        if length > self._max_payload_bytes:
+            raise ValueError(
+                f"journal record of {length} bytes exceeds max_payload_bytes={self._max_payload_bytes}"
+            )
+        if not 0 <= record_type <= 255:
+            raise ValueError(f"record_type must be 0..255, got {record_type}")
+        if len(self._backlog) >= self._backlog_max_records:
+            raise JournalOverloaded(f"{len(self._backlog)} journal records already wait for the writer")
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        if length <= self._inline_payload_bytes:
+            slot = (_SLOT_HEADER.pack(seq, length, record_type, 0) + payload).ljust(self._slot_bytes, b"\0")
+        else:
+            self._side_table[seq] = bytes(payload)
+            slot = _SLOT_HEADER.pack(seq, length, record_type, _SLOT_FLAG_SIDE_TABLE).ljust(
+                self._slot_bytes, b"\0"
+            )
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._waiters.append((seq, future))
+        if self._backlog or not self._queue.try_push(slot):
+            self._backlog.append(slot)
+        return future
+
+    async def close(self) -> None:
+        """Wait for every append made so far to be durable, stop the writer and close the segment."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._writer is None:
+            return
+        if self._failure is None and self.durable_seq < self._next_seq - 1:
+            assert self._loop is not None
+            self._drained = self._loop.create_future()
+            await self._drained
+        self._writer_stopping = True
+        self._queue.close()  # wakes the writer, which then exits
+        await asyncio.to_thread(self._writer.join)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    async def truncate_before(self, seq: int) -> int:
+        """Delete the segments whose records all have sequence numbers below ``seq``.
+
+        For after a snapshot that covers every input up to ``seq - 1``. The active
+        segment is never deleted. Returns how many segments were removed.
+        """
+        return await asyncio.to_thread(self._drop_segments_before, seq)
+
+    def _drop_segments_before(self, seq: int) -> int:
+        with self._segments_lock:
+            droppable = 0
+            while droppable + 1 < len(self._segments) and self._segments[droppable + 1].first_seq <= seq:
+                droppable += 1
+            dropped, self._segments = self._segments[:droppable], self._segments[droppable:]
+        for segment in dropped:
+            segment.path.unlink()
+        if dropped:
+            _fsync_directory(self.directory)
+            log.info("journal: dropped %d segment(s) holding only records before seq %d", len(dropped), seq)
+        return len(dropped)
+
+    # --- the loop side of a completed batch --------------------------------------
+
+    def _acknowledge_through(self, last_seq: int) -> None:
+        """Runs on the loop, once per batch: resolve every future up to ``last_seq``."""
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= last_seq:
+            seq, future = waiters.popleft()
+            if not future.done():
+                future.set_result(seq)
+        self.durable_seq = last_seq
+        backlog = self._backlog
+        while backlog and self._queue.try_push(backlog[0]):
+            backlog.popleft()
+        if self._drained is not None and last_seq == self._next_seq - 1 and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        failure = JournalFailed(f"journal writer failed: {error!r}")
+        while self._waiters:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(failure)
+        self._backlog.clear()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _call_on_loop(self, callback: Callable[[_T], None], argument: _T) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
+            self._loop.call_soon_threadsafe(callback, argument)
+
+    # --- the writer thread --------------------------------------------------------
+
+    def _writer_main(self) -> None:
+        try:
+            self._write_until_closed()
+        except BaseException as exc:
+            if self._writer_stopping and isinstance(exc, (QueueClosed, NativeError)):
+                # close() closes the queue only once every append is durable: a normal stop. (A wait
+                # woken by the close can report InvalidArgument rather than QueueClosed.)
+                return
+            log.exception("journal writer failed; no further appends will be acknowledged")
+            self._failure = exc
+            self._call_on_loop(self._fail_waiters, exc)
+
+    def _write_until_closed(self) -> None:
+        batch_max_bytes = self._batch_max_records * self._slot_bytes
+        while True:
+            # Sleeps (futex, GIL released) until a slot arrives, then takes all that are there.
+            slots = self._queue.pop_many(self._batch_max_records)
+            # Group commit: whatever producers published meanwhile joins the same batch.
+            while len(slots) < batch_max_bytes:
+                more = self._queue.pop_many((batch_max_bytes - len(slots)) // self._slot_bytes, 0)
+                if not more:
+                    break
+                slots += more
+            self._write_batch(slots)
+
+    def _write_batch(self, slots: bytes) -> None:
+        slot_bytes = self._slot_bytes
+        chunks: list[bytes] = []
+        expected = self._writer_expected_seq
+        for offset in range(0, len(slots), slot_bytes):
+            seq, length, record_type, flags = _SLOT_HEADER.unpack_from(slots, offset)
+            if seq != expected:
+                raise RuntimeError(f"journal slot out of order: seq {seq} where {expected} was expected")
+            expected += 1
+            if flags & _SLOT_FLAG_SIDE_TABLE:
+                payload = self._side_table.pop(seq)
+            else:
+                start = offset + _SLOT_HEADER.size
+                payload = slots[start : start + length]
+            chunks.append(encode_record(seq, record_type, payload))
+        last_seq = expected - 1
+        data = b"".join(chunks)
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._segment_bytes += len(data)
+        self._writer_expected_seq = expected
+        if self.durability is Durability.FSYNC:
+            os.fdatasync(self._fd)
+            self.fsyncs += 1
+            self._call_on_loop(self._acknowledge_through, last_seq)
+        else:
+            self._call_on_loop(self._acknowledge_through, last_seq)
+            os.fdatasync(self._fd)
+            self.fsyncs += 1
+        self.batches_written += 1
+        self.records_written += len(chunks)
+        if self._segment_bytes >= self._segment_max_bytes:
+            self._rotate(expected)
+
+    def _rotate(self, next_seq: int) -> None:
+        """Close the full segment (already synced) and start the next one at ``next_seq``."""
+        path = segment_path(self.directory, next_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        _fsync_directory(self.directory)
+        os.close(self._fd)
+        self._fd = fd
+        self._segment_bytes = 0
+        with self._segments_lock:
+            self._segments.append(_Segment(next_seq, path))
+
+
+def _recover(
+    directory: Path, max_payload_bytes: int, allow_mid_corruption: bool
+) -> tuple[list[_Segment], RecoveryReport]:
+    """Verify every segment, repair a bad tail, and return the segments with a report."""
+    segments = sorted(
+        (
+            _Segment(int(match.group(1)), directory / name)
+            for name in os.listdir(directory)
+            if (match := _SEGMENT_NAME.match(name))
+        ),
+        key=lambda s: s.first_seq,
+    )
+    report = RecoveryReport(segments=len(segments))
+    if not segments:
+        first = _Segment(1, segment_path(directory, 1))
+        first.path.touch(exist_ok=False)
+        _fsync_directory(directory)
+        return [first], RecoveryReport(segments=1)
+
+    contents = [segment.path.read_bytes() for segment in segments]
+    expected_first = segments[0].first_seq
+    for index, (segment, data) in enumerate(zip(segments, contents, strict=True)):
+        if segment.first_seq != expected_first:
+            # A segment is missing: everything in this one comes after the hole.
+            scan = _ScanResult(
+                0,
+                expected_first - 1,
+                0,
+                f"segment starts at seq {segment.first_seq}, {expected_first} was expected",
+            )
+            resync_from = 0
+        else:
+            scan = _scan_segment(data, segment.first_seq, max_payload_bytes)
+            resync_from = scan.good_end + 1
+        if scan.records:
+            if not report.records:
+                report.first_seq = segment.first_seq
+            report.records += scan.records
+            report.last_seq = scan.last_seq
+        if scan.bad_reason is None:
+            expected_first = scan.last_seq + 1
+            continue
+        later_valid = _has_valid_record_from(data, resync_from, max_payload_bytes) or any(
+            _has_valid_record_from(later, 0, max_payload_bytes) for later in contents[index + 1 :]
+        )
+        where = f"{segment.path} offset {scan.good_end} (after seq {scan.last_seq})"
+        if later_valid and not allow_mid_corruption:
+            raise JournalCorruption(
+                f"journal corrupt in the middle at {where}: {scan.bad_reason}, and valid records follow. "
+                "Refusing to open: recovering would drop inputs that may have been acknowledged. "
+                "Inspect the segment, or open with allow_mid_corruption=True to keep only what precedes "
+                "the damage."
+            )
+        kept = segments[: index + 1]
+        cut_bytes = len(data) - scan.good_end
+        if later_valid:
+            stamp = time.time_ns()
+            quarantine = segment.path.with_name(f"{segment.path.name}.corrupt-{stamp}")
+            quarantine.write_bytes(data[scan.good_end :])
+            report.cut.append(CutRegion(segment.path, scan.good_end, cut_bytes, scan.bad_reason, quarantine))
+            for later in segments[index + 1 :]:
+                moved = later.path.with_name(f"{later.path.name}.corrupt-{stamp}")
+                later.path.rename(moved)
+                report.cut.append(
+                    CutRegion(later.path, 0, moved.stat().st_size, "follows mid-journal corruption", moved)
+                )
+            log.error(
+                "journal corrupt in the middle at %s: %s; allow_mid_corruption is set, so records from there "
+                "on were moved aside to %s (and %d later segment(s)); recovery keeps seq %d..%d",
+                where,
+                scan.bad_reason,
+                quarantine,
+                len(segments) - index - 1,
+                report.first_seq,
+                report.last_seq,
+            )
+        else:
+            report.cut.append(CutRegion(segment.path, scan.good_end, cut_bytes, scan.bad_reason))
+            for later in segments[index + 1 :]:
+                report.cut.append(
+                    CutRegion(later.path, 0, later.path.stat().st_size, "no valid records after a bad tail")
+                )
+                later.path.unlink()
+            log.warning(
+                "journal tail cut at %s: %s; removed %d byte(s) and %d empty/invalid later segment(s). "
+                "These records were never acknowledged (no valid record follows).",
+                where,
+                scan.bad_reason,
+                cut_bytes,
+                len(segments) - index - 1,
+            )
+        if scan.good_end == 0 and index > 0:
+            # Nothing of this segment survives: drop the file so the previous segment,
+            # whose name continues the sequence, becomes the active one again.
+            segment.path.unlink(missing_ok=True)
+            kept = segments[:index]
+        elif cut_bytes:
+            _truncate_durably(segment.path, scan.good_end)
+        _fsync_directory(directory)
+        segments = kept
+        break
+    report.segments = len(segments)
+    return segments, report

@@ -1,0 +1,336 @@
+"""The durable journal: group commit ordering, recovery, torn and corrupt tails, rotation, kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.execution import journal as journal_module
+from services.execution.journal import (
+    RECORD_HEADER_BYTES,
+    Durability,
+    Journal,
+    JournalCorruption,
+    JournalFailed,
+)
+
+APPENDER = Path(__file__).with_name("journal_appender.py")
+
+
+def payload(seq: int, size: int = 24) -> bytes:
+    return f"input-{seq}:".encode() + bytes(seq % 256 for _ in range(size))
+
+
+def segments_of(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.journal"))
+
+
+async def write_records(directory: Path, count: int, **options: object) -> list[int]:
+    journal = Journal.open(directory, **options)  # type: ignore[arg-type]
+    journal.start()
+    try:
+        first = journal.next_seq
+        return list(await asyncio.gather(*(journal.append(payload(first + i)) for i in range(count))))
+    finally:
+        await journal.close()
+
+
+def replayed(directory: Path, **options: object) -> list[tuple[int, bytes]]:
+    journal = Journal.open(directory, **options)  # type: ignore[arg-type]
+    return [(record.seq, record.payload) for record in journal.replay()]
+
+
+def flip_bit(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def record_offsets(path: Path) -> list[int]:
+    """Start offset of every record in a clean segment."""
+    data = path.read_bytes()
+    offsets, offset = [], 0
+    while offset < len(data):
+        offsets.append(offset)
+        length = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        offset += RECORD_HEADER_BYTES + length
+    return offsets
+
+
+async def test_every_append_is_recovered_in_order_after_reopen(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, slot_bytes=64)
+    journal.start()
+    sizes = [
+        0,
+        1,
+        47,
+        48,
+        49,
+        500,
+        70_000,
+        3,
+    ]  # around the 48-byte inline limit of a 64-byte slot, and far past it
+    futures = [journal.append(payload(i + 1, size), record_type=i % 4) for i, size in enumerate(sizes * 10)]
+    assert await asyncio.gather(*futures) == list(range(1, 81))
+    await journal.close()
+
+    reopened = Journal.open(tmp_path)
+    records = list(reopened.replay())
+    assert [r.seq for r in records] == list(range(1, 81))
+    assert [r.payload for r in records] == [payload(i + 1, size) for i, size in enumerate(sizes * 10)]
+    assert [r.record_type for r in records] == [i % 4 for i in range(80)]
+    assert reopened.recovery.records == 80
+    assert reopened.recovery.cut == []
+    assert [r.seq for r in reopened.replay(after_seq=75)] == [76, 77, 78, 79, 80]
+
+
+async def test_acks_come_only_after_their_fsync_and_batches_share_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fdatasync = os.fdatasync
+    synced_through: list[int] = []  # highest seq on disk when each fdatasync returned
+
+    def recording_fdatasync(fd: int) -> None:
+        time.sleep(0.002)  # a disk slow enough that inputs pile up behind each fsync
+        real_fdatasync(fd)
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        first_seq = int(path.name.split(".")[0])
+        data = path.read_bytes()
+        synced_through.append(journal_module._scan_segment(data, first_seq, 1 << 30).last_seq)
+
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+    journal = Journal.open(tmp_path)
+    journal.start()
+    violations: list[str] = []
+
+    def check_durable(future: asyncio.Future[int]) -> None:
+        seq = future.result()
+        if not synced_through or max(synced_through) < seq:
+            violations.append(f"seq {seq} acknowledged before any fsync covered it")
+
+    appended = 0
+    futures = []
+    for wave in range(40):  # waves of concurrent appends, the writer getting the GIL in between
+        for _ in range(5 + wave):
+            future = journal.append(payload(appended))
+            future.add_done_callback(check_durable)
+            futures.append(future)
+            appended += 1
+        await asyncio.sleep(0.0005)
+    await asyncio.gather(*futures)
+    await journal.close()
+
+    assert violations == []
+    assert journal.fsyncs == len(synced_through)
+    assert 1 <= journal.fsyncs < appended
+    assert journal.records_written == appended
+    logging.getLogger(__name__).info(
+        "group commit: %d appends, %d fsyncs, %.1f records per fsync",
+        appended,
+        journal.fsyncs,
+        appended / journal.fsyncs,
+    )
+
+
+async def test_write_mode_acknowledges_and_still_persists(tmp_path: Path) -> None:
+    assert await write_records(tmp_path, 30, durability=Durability.WRITE) == list(range(1, 31))
+    assert [seq for seq, _ in replayed(tmp_path)] == list(range(1, 31))
+
+
+async def test_torn_tail_is_cut_and_the_sequence_continues(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await write_records(tmp_path, 50)
+    (segment,) = segments_of(tmp_path)
+    size = segment.stat().st_size
+    os.truncate(segment, size - 7)  # the last record lost its final 7 bytes mid-write
+
+    with caplog.at_level(logging.WARNING):
+        journal = Journal.open(tmp_path)
+    assert journal.recovery.records == 49
+    (cut,) = journal.recovery.cut
+    assert cut.length == RECORD_HEADER_BYTES + len(payload(50)) - 7
+    assert "torn payload" in cut.reason
+    assert "journal tail cut" in caplog.text
+    assert journal.next_seq == 50
+    journal.start()
+    assert await journal.append(b"after the crash") == 50
+    await journal.close()
+    records = replayed(tmp_path)
+    assert [seq for seq, _ in records] == list(range(1, 51))
+    assert records[-1][1] == b"after the crash"
+
+
+async def test_torn_header_is_cut(tmp_path: Path) -> None:
+    await write_records(tmp_path, 10)
+    (segment,) = segments_of(tmp_path)
+    with segment.open("ab") as f:
+        f.write(b"HJ\x01")  # a header that never finished
+    journal = Journal.open(tmp_path)
+    assert journal.recovery.records == 10
+    assert "torn header" in journal.recovery.cut[0].reason
+    assert segment.stat().st_size == record_offsets(segment)[-1] + RECORD_HEADER_BYTES + len(payload(10))
+
+
+async def test_flipped_bit_in_the_last_record_is_cut(tmp_path: Path) -> None:
+    await write_records(tmp_path, 20)
+    (segment,) = segments_of(tmp_path)
+    last = record_offsets(segment)[-1]
+    flip_bit(segment, last + RECORD_HEADER_BYTES + 3)
+    journal = Journal.open(tmp_path)
+    assert journal.recovery.records == 19
+    assert "CRC mismatch" in journal.recovery.cut[0].reason
+    assert journal.next_seq == 20
+    assert segment.stat().st_size == last
+
+
+async def test_flipped_bit_in_the_middle_refuses_to_open(tmp_path: Path) -> None:
+    await write_records(tmp_path, 20)
+    (segment,) = segments_of(tmp_path)
+    before = segment.read_bytes()
+    flip_bit(segment, record_offsets(segment)[7] + RECORD_HEADER_BYTES + 1)
+    damaged = segment.read_bytes()
+    with pytest.raises(JournalCorruption, match=r"middle.*after seq 7.*CRC mismatch"):
+        Journal.open(tmp_path)
+    assert segment.read_bytes() == damaged != before  # nothing repaired behind the operator's back
+
+
+async def test_flipped_length_in_the_middle_refuses_to_open(tmp_path: Path) -> None:
+    await write_records(tmp_path, 20)
+    (segment,) = segments_of(tmp_path)
+    flip_bit(segment, record_offsets(segment)[5] + 5)  # the payload length field
+    with pytest.raises(JournalCorruption):
+        Journal.open(tmp_path)
+
+
+async def test_mid_corruption_when_allowed_keeps_the_prefix_and_moves_the_rest_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await write_records(tmp_path, 20)
+    (segment,) = segments_of(tmp_path)
+    damage_at = record_offsets(segment)[12]
+    flip_bit(segment, damage_at + RECORD_HEADER_BYTES)
+    damaged = segment.read_bytes()
+    with caplog.at_level(logging.ERROR):
+        journal = Journal.open(tmp_path, allow_mid_corruption=True)
+    assert journal.recovery.records == 12
+    assert journal.next_seq == 13
+    (cut,) = journal.recovery.cut
+    assert cut.quarantined_to is not None
+    assert cut.quarantined_to.read_bytes() == damaged[damage_at:]
+    assert segment.stat().st_size == damage_at
+    assert "corrupt in the middle" in caplog.text
+
+
+async def test_segments_rotate_and_truncate_before_drops_only_whole_old_segments(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, segment_max_bytes=1_000)
+    journal.start()
+    for _ in range(30):  # 30 batches of 5 records, about 280 bytes per batch
+        await asyncio.gather(*(journal.append(payload(journal.next_seq)) for _ in range(5)))
+    segments = segments_of(tmp_path)
+    assert len(segments) > 5
+    dropped = await journal.truncate_before(71)
+    remaining = segments_of(tmp_path)
+    assert dropped == len(segments) - len(remaining) > 0
+    first_kept = int(remaining[0].name.split(".")[0])
+    assert first_kept <= 71
+    assert await journal.append(b"one more") == 151
+    await journal.close()
+
+    records = replayed(tmp_path)
+    assert [seq for seq, _ in records] == list(range(first_kept, 152))
+    assert [r.seq for r in Journal.open(tmp_path).replay(after_seq=140)] == list(range(141, 152))
+
+
+async def test_a_missing_middle_segment_refuses_to_open(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, segment_max_bytes=500)
+    journal.start()
+    for _ in range(12):
+        await asyncio.gather(*(journal.append(payload(journal.next_seq)) for _ in range(4)))
+    await journal.close()
+    segments = segments_of(tmp_path)
+    assert len(segments) >= 3
+    segments[1].unlink()
+    with pytest.raises(JournalCorruption, match="was expected"):
+        Journal.open(tmp_path)
+
+
+async def test_a_full_queue_spills_into_the_backlog_without_blocking(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path, queue_capacity=4)
+    journal.start()
+    futures = [
+        journal.append(payload(i + 1)) for i in range(400)
+    ]  # no await in between: the loop never yields
+    assert await asyncio.gather(*futures) == list(range(1, 401))
+    await journal.close()
+    assert [seq for seq, _ in replayed(tmp_path)] == list(range(1, 401))
+
+
+async def test_a_failing_disk_fails_pending_and_later_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_fdatasync(fd: int) -> None:
+        raise OSError(errno.EIO, "simulated I/O error")
+
+    journal = Journal.open(tmp_path)
+    journal.start()
+    monkeypatch.setattr(os, "fdatasync", broken_fdatasync)
+    future = journal.append(b"never durable")
+    with pytest.raises(JournalFailed, match="I/O error"):
+        await future
+    with pytest.raises(JournalFailed):
+        journal.append(b"refused")
+    await journal.close()
+
+
+def test_kill_9_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    acked: set[int] = set()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for kill in range(4):
+        child = subprocess.Popen(
+            [sys.executable, str(APPENDER), str(tmp_path), str(rng.randrange(1 << 30))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert child.stdout is not None
+        ready = child.stdout.readline()
+        assert ready.startswith("ready"), (
+            f"seed {seed} kill {kill}: child failed to start: {child.stderr.read()}"
+        )  # type: ignore[union-attr]
+        if kill:
+            assert int(ready.split()[1]) > max(acked, default=0), f"seed {seed}: sequence went backwards"
+        time.sleep(rng.uniform(0.05, 0.5))
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+        acked.update(int(line) for line in out.split())
+
+    recovered = Journal.open(tmp_path)
+    records = {record.seq: record.payload for record in recovered.replay()}
+    logging.getLogger(__name__).info(
+        "kill -9 x4 (seed %d): %d acknowledged, %d recovered, last cut: %s",
+        seed,
+        len(acked),
+        len(records),
+        recovered.recovery.cut,
+    )
+    assert acked, f"seed {seed}: the child acknowledged nothing"
+    lost = sorted(acked - records.keys())
+    assert lost == [], f"seed {seed}: acknowledged records missing after kill -9: {lost[:10]}"
+    assert sorted(records) == list(range(1, max(records) + 1)), f"seed {seed}: sequence has holes"
+    for seq, data in records.items():
+        assert data.startswith(f"seq={seq};".encode()), f"seed {seed}: record {seq} holds another payload"
