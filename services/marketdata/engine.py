@@ -1,0 +1,507 @@
+"""The market data engine: validates ticks, updates per-symbol state, detects arbitrage, fans out.
+
+One engine owns all market data state and is its only writer. The gRPC servicer (and the
+benchmark, and the tests) call ``on_quote`` / ``on_depth`` / ``on_trade`` tick by tick with
+plain values; every call returns 0 when the tick was applied, or the ``RejectReason`` it
+was rejected for. A rejected tick changes nothing but its reason's counter.
+
+Validation order (the first failing check is the counted reason): venue, symbol, level
+count of a depth update, numbers (NaN/inf, then price, then size), crossing, timestamp,
+room for a new symbol, then the per-symbol sequence and time order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from services.marketdata.arbitrage import ArbitrageDetector, ArbitrageEvent, ArbitrageKind, EventType
+from services.marketdata.bars import BarView
+from services.marketdata.config import MarketDataConfig
+from services.marketdata.fanout import (
+    ArbitrageSubscription,
+    SubscriberBuffer,
+    SymbolFilter,
+    SymbolUpdate,
+    UpdateKind,
+)
+from services.marketdata.symbol_state import SymbolState
+from services.marketdata.trade_ring import VwapResult
+
+INF = math.inf
+NS_PER_MS = 1_000_000
+
+
+class RejectReason(IntEnum):
+    """Why a tick was rejected; the values are the proto's TickRejectReason."""
+
+    UNKNOWN_VENUE = 1
+    MISSING_SYMBOL = 2
+    NOT_FINITE = 3
+    INVALID_PRICE = 4
+    INVALID_SIZE = 5
+    CROSSED = 6
+    BAD_TIMESTAMP = 7
+    DEPTH_TOO_LARGE = 8
+    DUPLICATE = 9
+    OUT_OF_ORDER = 10
+    TOO_MANY_SYMBOLS = 11
+
+
+class UnknownSymbolError(LookupError):
+    """A query named a (venue, symbol) the service has no data for."""
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolSnapshot:
+    """Everything held about one (venue, symbol), as GetSnapshot returns it."""
+
+    venue: str
+    symbol: str
+    bid_price: float
+    bid_size: float
+    ask_price: float
+    ask_size: float
+    top_ts_ns: int
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+    last_trade: tuple[float, float, int, int, int] | None
+    vwap_by_time: VwapResult
+    vwap_by_count: VwapResult
+    current_bars: list[BarView]
+    quotes: int
+    trades: int
+    symbol_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStats:
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[RejectReason, int]
+    subscribers: int
+    arbitrage_subscribers: int
+
+
+def _classify_numbers(prices: Iterable[float], sizes: Iterable[float], zero_size_ok: bool) -> int:
+    prices, sizes = list(prices), list(sizes)
+    if not all(math.isfinite(x) for x in (*prices, *sizes)):
+        return RejectReason.NOT_FINITE
+    if any(p <= 0.0 for p in prices):
+        return RejectReason.INVALID_PRICE
+    if any(s < 0.0 or (s == 0.0 and not zero_size_ok) for s in sizes):
+        return RejectReason.INVALID_SIZE
+    return 0
+
+
+# The best price among depth levels of positive size, found in the one pass that validates
+# them: None when a level is not finite, a price is not positive or a size is negative.
+def _best_bid(levels: Sequence[tuple[float, float]]) -> float | None:
+    best = 0.0
+    for price, size in levels:
+        if not (0.0 < price < INF and 0.0 <= size < INF):
+            return None
+        if size > 0.0 and price > best:
+            best = price
+    return best
+
+
+def _best_ask(levels: Sequence[tuple[float, float]]) -> float | None:
+    best = INF
+    for price, size in levels:
+        if not (0.0 < price < INF and 0.0 <= size < INF):
+            return None
+        if size > 0.0 and price < best:
+            best = price
+    return best
+
+
+class MarketDataEngine:
+    """All market data state, and the one writer of it."""
+
+    def __init__(self, config: MarketDataConfig, wall_clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.config = config
+        self._clock = wall_clock_ns
+        self._fees = config.taker_fee_bps_by_venue()
+        self._max_future_ns = config.max_future_ms * NS_PER_MS
+        self._vwap_window_ns = config.vwap_window_ms * NS_PER_MS
+        self._states: dict[tuple[str, str], SymbolState] = {}
+        self.arbitrage = ArbitrageDetector(
+            self._on_arbitrage_event,
+            default_threshold_bps=config.arbitrage_min_edge_bps,
+            threshold_bps_by_venue_pair=config.min_edge_bps_by_venue_pair(),
+            triangular_venues=config.triangular_venues,
+            quote_assets=config.quote_assets,
+        )
+        self._subscribers: set[SubscriberBuffer] = set()
+        self._arbitrage_subscribers: set[ArbitrageSubscription] = set()
+        self.accepted = 0
+        # Indexed by RejectReason value (index 0 unused).
+        self.rejected_by_reason = [0] * (max(RejectReason) + 1)
+
+    # --- ingest -----------------------------------------------------------------------------
+    def _reject(self, reason: int) -> int:
+        self.rejected_by_reason[reason] += 1
+        return reason
+
+    def _state(self, venue: str, symbol: str) -> SymbolState | int:
+        """A new state for (venue, symbol), or TOO_MANY_SYMBOLS when the service is full."""
+        if len(self._states) >= self.config.max_symbols:
+            return RejectReason.TOO_MANY_SYMBOLS
+        state = SymbolState(venue, symbol, self._fees[venue], self.config.depth_max_levels_per_side)
+        self._states[state.key] = state
+        for subscriber in self._subscribers:
+            if subscriber.filter.matches(venue, symbol):
+                state.subscribers.append(subscriber)
+        return state
+
+    def on_quote(
+        self,
+        venue: str,
+        symbol: str,
+        exchange_ts_ns: int,
+        receive_ts_ns: int,
+        sequence: int,
+        bid_price: float,
+        bid_size: float,
+        ask_price: float,
+        ask_size: float,
+    ) -> int:
+        """Apply a top-of-book quote; 0 or the RejectReason."""
+        state = self._states.get((venue, symbol))
+        if state is None:
+            if venue not in self._fees:
+                return self._reject(RejectReason.UNKNOWN_VENUE)
+            if not symbol:
+                return self._reject(RejectReason.MISSING_SYMBOL)
+        # One chained comparison accepts every well-formed quote (NaN fails every comparison).
+        if not (0.0 < bid_price < ask_price < INF and 0.0 < bid_size < INF and 0.0 < ask_size < INF):
+            reason = _classify_numbers(
+                (bid_price, ask_price), (bid_size, ask_size), zero_size_ok=bid_size == ask_size == 0.0
+            )
+            if reason == 0 and bid_price >= ask_price:
+                reason = RejectReason.CROSSED
+            if reason:
+                return self._reject(reason)
+        if not 0 < exchange_ts_ns <= self._clock() + self._max_future_ns:
+            return self._reject(RejectReason.BAD_TIMESTAMP)
+        if state is None:
+            created = self._state(venue, symbol)
+            if isinstance(created, int):
+                return self._reject(created)
+            state = created
+        if sequence and sequence <= state.last_quote_sequence:
+            return self._reject(RejectReason.DUPLICATE)
+        if exchange_ts_ns < state.last_quote_ts_ns:
+            return self._reject(RejectReason.OUT_OF_ORDER)
+        state.last_quote_sequence = sequence or state.last_quote_sequence
+        state.last_quote_ts_ns = exchange_ts_ns
+        if not state.has_quote_feed:
+            state.has_quote_feed = True
+            if not state.has_top:
+                self._set_top(state, bid_price, bid_size, ask_price, ask_size, exchange_ts_ns)
+                self.arbitrage.add_symbol(state)
+        state.bid_price = bid_price
+        state.bid_size = bid_size
+        state.ask_price = ask_price
+        state.ask_size = ask_size
+        state.top_ts_ns = exchange_ts_ns
+        state.quotes += 1
+        state.symbol_sequence += 1
+        self.accepted += 1
+        if state.arbitrage_checks:
+            self.arbitrage.on_top_changed(state, receive_ts_ns or self._clock())
+        if state.subscribers:
+            self._fan_out(state, UpdateKind.QUOTE, receive_ts_ns)
+        return 0
+
+    def _set_top(
+        self, state: SymbolState, bid: float, bid_size: float, ask: float, ask_size: float, ts: int
+    ) -> None:
+        state.bid_price, state.bid_size, state.ask_price, state.ask_size = bid, bid_size, ask, ask_size
+        state.top_ts_ns = ts
+
+    def on_depth(
+        self,
+        venue: str,
+        symbol: str,
+        exchange_ts_ns: int,
+        receive_ts_ns: int,
+        sequence: int,
+        is_snapshot: bool,
+        bids: Sequence[tuple[float, float]],
+        asks: Sequence[tuple[float, float]],
+    ) -> int:
+        """Apply a depth update or snapshot; 0 or the RejectReason."""
+        state = self._states.get((venue, symbol))
+        if state is None:
+            if venue not in self._fees:
+                return self._reject(RejectReason.UNKNOWN_VENUE)
+            if not symbol:
+                return self._reject(RejectReason.MISSING_SYMBOL)
+        if len(bids) + len(asks) > self.config.depth_max_levels_per_update:
+            return self._reject(RejectReason.DEPTH_TOO_LARGE)
+        best_bid = _best_bid(bids)
+        best_ask = _best_ask(asks)
+        if best_bid is None or best_ask is None:
+            reason = _classify_numbers(
+                [p for p, _ in bids] + [p for p, _ in asks],
+                [s for _, s in bids] + [s for _, s in asks],
+                zero_size_ok=True,
+            )
+            return self._reject(reason)
+        if best_bid >= best_ask:
+            return self._reject(RejectReason.CROSSED)
+        if not 0 < exchange_ts_ns <= self._clock() + self._max_future_ns:
+            return self._reject(RejectReason.BAD_TIMESTAMP)
+        if state is None:
+            created = self._state(venue, symbol)
+            if isinstance(created, int):
+                return self._reject(created)
+            state = created
+        if sequence and sequence <= state.last_depth_sequence:
+            return self._reject(RejectReason.DUPLICATE)
+        if exchange_ts_ns < state.last_depth_ts_ns:
+            return self._reject(RejectReason.OUT_OF_ORDER)
+        state.last_depth_sequence = sequence or state.last_depth_sequence
+        state.last_depth_ts_ns = exchange_ts_ns
+        if is_snapshot:
+            state.depth.clear()
+        state.depth.apply(bids, asks)
+        state.depth_updates += 1
+        state.quotes += 1
+        state.symbol_sequence += 1
+        self.accepted += 1
+        if not state.has_quote_feed:
+            # No top-of-book feed for this symbol: its top comes from the depth book.
+            bid, ask = state.depth.best_bid(), state.depth.best_ask()
+            if bid is not None and ask is not None:
+                had_top = state.has_top
+                self._set_top(state, bid[0], bid[1], ask[0], ask[1], exchange_ts_ns)
+                if not had_top:
+                    self.arbitrage.add_symbol(state)
+                self.arbitrage.on_top_changed(state, receive_ts_ns or self._clock())
+        if state.subscribers:
+            self._fan_out(state, UpdateKind.QUOTE, receive_ts_ns)
+        return 0
+
+    def on_trade(
+        self,
+        venue: str,
+        symbol: str,
+        exchange_ts_ns: int,
+        receive_ts_ns: int,
+        trade_id: int,
+        price: float,
+        size: float,
+        aggressor_side: int,
+    ) -> int:
+        """Apply a trade (last trade, rolling VWAP, bars); 0 or the RejectReason."""
+        state = self._states.get((venue, symbol))
+        if state is None:
+            if venue not in self._fees:
+                return self._reject(RejectReason.UNKNOWN_VENUE)
+            if not symbol:
+                return self._reject(RejectReason.MISSING_SYMBOL)
+        if not (0.0 < price < INF and 0.0 < size < INF):
+            return self._reject(_classify_numbers((price,), (size,), zero_size_ok=False))
+        if not 0 < exchange_ts_ns <= self._clock() + self._max_future_ns:
+            return self._reject(RejectReason.BAD_TIMESTAMP)
+        if state is None:
+            created = self._state(venue, symbol)
+            if isinstance(created, int):
+                return self._reject(created)
+            state = created
+        if trade_id and trade_id <= state.last_trade_id:
+            return self._reject(RejectReason.DUPLICATE)
+        if exchange_ts_ns < state.last_trade_ts_ns:
+            return self._reject(RejectReason.OUT_OF_ORDER)
+        ring = state.trades
+        if ring is None:
+            config = self.config
+            state.allocate_trade_history(
+                config.trade_ring_capacity, config.bar_intervals_ms, config.bar_history
+            )
+            ring = state.trades
+            assert ring is not None
+        ring.append(exchange_ts_ns, price, size)
+        for series in state.bars:
+            series.add_trade(exchange_ts_ns, price, size)
+        state.last_trade_price = price
+        state.last_trade_size = size
+        state.last_trade_side = aggressor_side
+        state.last_trade_ts_ns = exchange_ts_ns
+        state.last_trade_id = trade_id or state.last_trade_id
+        state.vwap, state.vwap_first_inside = ring.vwap_by_time_fast(
+            self._vwap_window_ns, exchange_ts_ns, state.vwap_first_inside
+        )
+        state.trade_count += 1
+        state.symbol_sequence += 1
+        self.accepted += 1
+        if state.subscribers:
+            self._fan_out(state, UpdateKind.TRADE, receive_ts_ns)
+        return 0
+
+    # --- fan-out -----------------------------------------------------------------------------
+    def _update_of(self, state: SymbolState, kind: UpdateKind, receive_ts_ns: int) -> SymbolUpdate:
+        last_trade = (
+            (
+                state.last_trade_price,
+                state.last_trade_size,
+                state.last_trade_side,
+                state.last_trade_ts_ns,
+                state.last_trade_id,
+            )
+            if state.trade_count
+            else None
+        )
+        return SymbolUpdate(
+            kind,
+            state.symbol_sequence,
+            state.venue,
+            state.symbol,
+            state.bid_price,
+            state.bid_size,
+            state.ask_price,
+            state.ask_size,
+            state.top_ts_ns,
+            last_trade,
+            state.vwap,
+            receive_ts_ns,
+        )
+
+    def _fan_out(self, state: SymbolState, kind: UpdateKind, receive_ts_ns: int) -> None:
+        update = self._update_of(state, kind, receive_ts_ns or self._clock())
+        for subscriber in state.subscribers:
+            subscriber.offer(state.key, update)
+
+    def subscribe(
+        self, symbol_filter: SymbolFilter, notify: Callable[[], None], send_initial_snapshot: bool = False
+    ) -> SubscriberBuffer:
+        """A new Subscribe buffer; the caller must ``unsubscribe`` it when the stream ends."""
+        subscriber = SubscriberBuffer(symbol_filter, self.config.subscriber_buffer_updates, notify)
+        self._subscribers.add(subscriber)
+        now = self._clock()
+        for key in sorted(self._states):
+            state = self._states[key]
+            if symbol_filter.matches(state.venue, state.symbol):
+                state.subscribers.append(subscriber)
+                if send_initial_snapshot:
+                    subscriber.offer(key, self._update_of(state, UpdateKind.SNAPSHOT, now))
+        return subscriber
+
+    def unsubscribe(self, subscriber: SubscriberBuffer) -> None:
+        """Forget a Subscribe stream and everything it held."""
+        self._subscribers.discard(subscriber)
+        for state in self._states.values():
+            if subscriber in state.subscribers:
+                state.subscribers.remove(subscriber)
+        subscriber.clear()
+
+    def subscribe_arbitrage(
+        self, kinds: Sequence[ArbitrageKind], notify: Callable[[], None], include_open: bool = False
+    ) -> ArbitrageSubscription:
+        subscription = ArbitrageSubscription(kinds, self.config.arbitrage_buffer_events, notify)
+        self._arbitrage_subscribers.add(subscription)
+        if include_open:
+            for opportunity in list(self.arbitrage.open_opportunities.values()):
+                subscription.offer(opportunity.event(EventType.OPENED))
+        return subscription
+
+    def unsubscribe_arbitrage(self, subscription: ArbitrageSubscription) -> None:
+        self._arbitrage_subscribers.discard(subscription)
+        subscription.clear()
+
+    def _on_arbitrage_event(self, event: ArbitrageEvent) -> None:
+        for subscription in self._arbitrage_subscribers:
+            subscription.offer(event)
+
+    # --- queries -----------------------------------------------------------------------------
+    def get(self, venue: str, symbol: str) -> SymbolState:
+        state = self._states.get((venue, symbol))
+        if state is None:
+            raise UnknownSymbolError(f"no market data for symbol {symbol!r} on venue {venue!r}")
+        return state
+
+    def symbols(self, symbol_filter: SymbolFilter) -> list[SymbolState]:
+        return [self._states[key] for key in sorted(self._states) if symbol_filter.matches(*key)]
+
+    def snapshot(self, symbol_filter: SymbolFilter, depth_levels: int = 0) -> list[SymbolSnapshot]:
+        snapshots = []
+        for state in self.symbols(symbol_filter):
+            by_time, by_count = self.vwap(state.venue, state.symbol)
+            last_trade = (
+                (
+                    state.last_trade_price,
+                    state.last_trade_size,
+                    state.last_trade_side,
+                    state.last_trade_ts_ns,
+                    state.last_trade_id,
+                )
+                if state.trade_count
+                else None
+            )
+            current_bars = [bar for series in state.bars if (bar := series.open_bar()) is not None]
+            snapshots.append(
+                SymbolSnapshot(
+                    state.venue,
+                    state.symbol,
+                    state.bid_price,
+                    state.bid_size,
+                    state.ask_price,
+                    state.ask_size,
+                    state.top_ts_ns,
+                    state.depth.bids(depth_levels),
+                    state.depth.asks(depth_levels),
+                    last_trade,
+                    by_time,
+                    by_count,
+                    current_bars,
+                    state.quotes,
+                    state.trade_count,
+                    state.symbol_sequence,
+                )
+            )
+        return snapshots
+
+    def vwap(
+        self, venue: str, symbol: str, window_ns: int = 0, last_n: int = 0
+    ) -> tuple[VwapResult, VwapResult]:
+        """(by time, by count) VWAP; 0 selects the configured default window."""
+        state = self.get(venue, symbol)
+        window_ns = window_ns or self._vwap_window_ns
+        last_n = last_n or self.config.vwap_last_trades
+        if state.trades is None:
+            return (
+                VwapResult(0.0, 0.0, 0, 0, 0, window_ns, 0, True),
+                VwapResult(0.0, 0.0, 0, 0, 0, 0, last_n, True),
+            )
+        return state.trades.vwap_by_time(window_ns), state.trades.vwap_last_n(last_n)
+
+    def bars(
+        self, venue: str, symbol: str, interval_ms: int, limit: int = 0, include_open: bool = False
+    ) -> list[BarView]:
+        """Bars of one interval, oldest first; ValueError for an interval that is not configured."""
+        if interval_ms not in self.config.bar_intervals_ms:
+            raise ValueError(
+                f"bar interval {interval_ms} ms is not served; configured intervals (ms): "
+                f"{', '.join(map(str, sorted(self.config.bar_intervals_ms)))}"
+            )
+        state = self.get(venue, symbol)
+        for series in state.bars:
+            if series.interval_ms == interval_ms:
+                return series.bars(limit, include_open)
+        return []
+
+    def stats(self) -> IngestStats:
+        by_reason = {RejectReason(i): n for i, n in enumerate(self.rejected_by_reason) if n}
+        return IngestStats(
+            self.accepted,
+            sum(by_reason.values()),
+            by_reason,
+            len(self._subscribers),
+            len(self._arbitrage_subscribers),
+        )

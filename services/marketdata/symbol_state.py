@@ -1,0 +1,102 @@
+"""Everything the service holds about one (venue, symbol), written only by the engine.
+
+Top of book and the last trade are plain attributes (read on every tick by the
+arbitrage detector, so they must be cheap to read); trade history and closed bars are
+preallocated numpy rings, allocated when the symbol's first trade arrives so that
+quote-only symbols cost no trade memory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from services.marketdata.bars import BarSeries
+from services.marketdata.depth_book import DepthBook
+from services.marketdata.trade_ring import TradeRing
+
+if TYPE_CHECKING:
+    from services.marketdata.fanout import SubscriberBuffer
+
+
+class SymbolState:
+    """State of one symbol on one venue."""
+
+    __slots__ = (
+        "arbitrage_checks",
+        "ask_price",
+        "ask_size",
+        "bars",
+        "bid_price",
+        "bid_size",
+        "depth",
+        "depth_updates",
+        "has_quote_feed",
+        "key",
+        "last_depth_sequence",
+        "last_depth_ts_ns",
+        "last_quote_sequence",
+        "last_quote_ts_ns",
+        "last_trade_id",
+        "last_trade_price",
+        "last_trade_side",
+        "last_trade_size",
+        "last_trade_ts_ns",
+        "quotes",
+        "subscribers",
+        "symbol",
+        "symbol_sequence",
+        "taker_fee_bps",
+        "top_ts_ns",
+        "trade_count",
+        "trades",
+        "venue",
+        "vwap",
+        "vwap_first_inside",
+    )
+
+    def __init__(self, venue: str, symbol: str, taker_fee_bps: float, max_depth_levels_per_side: int) -> None:
+        self.venue = venue
+        self.symbol = symbol
+        self.key = (venue, symbol)
+        self.taker_fee_bps = taker_fee_bps
+        # Top of book; 0.0 prices until the first quote (or depth) sets them.
+        self.bid_price = self.bid_size = self.ask_price = self.ask_size = 0.0
+        self.top_ts_ns = 0
+        # True once a top-of-book Quote arrived: from then on depth no longer sets the top.
+        self.has_quote_feed = False
+        self.last_quote_sequence = 0
+        self.last_quote_ts_ns = 0
+        self.depth = DepthBook(max_depth_levels_per_side)
+        self.last_depth_sequence = 0
+        self.last_depth_ts_ns = 0
+        # Trade side: allocated by allocate_trade_history() on the first trade.
+        self.trades: TradeRing | None = None
+        self.bars: tuple[BarSeries, ...] = ()
+        self.last_trade_price = self.last_trade_size = 0.0
+        self.last_trade_side = 0
+        self.last_trade_ts_ns = 0
+        self.last_trade_id = 0
+        # Rolling VWAP over the default time window, updated on every trade, and the
+        # running count of trades that have left that window.
+        self.vwap = 0.0
+        self.vwap_first_inside = 0
+        # Counters: accepted quotes + depth updates, accepted trades, and their sum as
+        # the symbol's update sequence (what Subscribe's symbol_sequence reports).
+        self.quotes = 0
+        self.depth_updates = 0
+        self.trade_count = 0
+        self.symbol_sequence = 0
+        # Subscribe streams whose filter matches this symbol.
+        self.subscribers: list[SubscriberBuffer] = []
+        # Arbitrage checks (cross-venue directions, triangular cycles) this symbol is a leg of.
+        self.arbitrage_checks: list[Any] = []
+
+    def allocate_trade_history(
+        self, ring_capacity: int, bar_intervals_ms: tuple[int, ...], bar_history: int
+    ) -> None:
+        self.trades = TradeRing(ring_capacity)
+        self.bars = tuple(BarSeries(interval, bar_history) for interval in sorted(bar_intervals_ms))
+
+    @property
+    def has_top(self) -> bool:
+        return self.bid_price > 0.0 and self.ask_price > 0.0
