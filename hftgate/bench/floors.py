@@ -1,0 +1,213 @@
+"""The floors under every remote figure, measured in the same run as the figure itself.
+
+- TCP floor: a raw ping-pong between this process and a child process over loopback TCP
+  (TCP_NODELAY, 64-byte messages): what any request/response must pay on this machine.
+- gRPC echo floor: an empty unary call (no protobuf, zero-length bytes each way) from a
+  ``grpc.aio`` client in this process to a do-nothing server in a child process built
+  with ``hftgate.grpcserver.create_server``, the same stack and options every service
+  uses. A service's own latency minus this is what the service adds.
+
+The servers are fresh interpreters (``python -m hftgate.bench.floors ...``), never forks:
+gRPC does not survive a fork (grpc issue #16001).
+
+Use the one-call helpers (:func:`tcp_floor_p50_ms`, :func:`grpc_echo_p50_ms`), or start a
+server with :func:`floor_server`, keep a :class:`TcpPingPong` / :class:`GrpcEcho` open on
+it, and interleave short blocks of its round trips with your own measurements, so that
+floor and figure see the same noise on a shared machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import numpy as np
+
+ECHO_SERVICE = "hftgate.bench.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Call"
+TCP_MESSAGE_BYTES = 64
+WARMUP_ROUND_TRIPS = 200
+
+FloorKind = Literal["tcp", "grpc"]
+
+
+@contextmanager
+def floor_server(kind: FloorKind) -> Iterator[str]:
+    """Start a TCP echo (``"tcp"``) or gRPC do-nothing (``"grpc"``) server process; yield ``host:port``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hftgate.bench.floors", f"serve-{kind}"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"{kind} floor server did not start (said {line!r})")
+        yield f"127.0.0.1:{int(line.split()[1])}"
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the server exits when its stdin closes
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class TcpPingPong:
+    """A connection to a TCP echo server: ``round_trips_ns(n)`` times ``n`` ping-pongs on it."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._sock = socket.create_connection((host, int(port)))
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._message = b"p" * TCP_MESSAGE_BYTES
+
+    def round_trips_ns(self, count: int) -> np.ndarray:
+        out = np.empty(count, dtype=np.int64)
+        sock, message = self._sock, self._message
+        for i in range(count):
+            start = time.perf_counter_ns()
+            sock.sendall(message)
+            received = 0
+            while received < TCP_MESSAGE_BYTES:
+                chunk = sock.recv(TCP_MESSAGE_BYTES - received)
+                if not chunk:
+                    raise ConnectionError("TCP echo server closed the connection")
+                received += len(chunk)
+            out[i] = time.perf_counter_ns() - start
+        return out
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> TcpPingPong:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class GrpcEcho:
+    """A channel to the do-nothing gRPC server: ``await round_trips_ns(n)`` times ``n`` empty calls."""
+
+    def __init__(self, target: str) -> None:
+        import grpc
+
+        self._channel = grpc.aio.insecure_channel(target)
+        # Raw bytes both ways: no (de)serializers, nothing but the transport.
+        self._call = self._channel.unary_unary(ECHO_METHOD, None, None)
+
+    async def round_trips_ns(self, count: int) -> np.ndarray:
+        out = np.empty(count, dtype=np.int64)
+        call = self._call
+        for i in range(count):
+            start = time.perf_counter_ns()
+            await call(b"")
+            out[i] = time.perf_counter_ns() - start
+        return out
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> GrpcEcho:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def tcp_round_trips_ns(target: str, samples: int, *, warmup: int = WARMUP_ROUND_TRIPS) -> np.ndarray:
+    """``samples`` ping-pong round trips to a TCP echo server at ``target``, in ns each."""
+    with TcpPingPong(target) as pingpong:
+        pingpong.round_trips_ns(warmup)
+        return pingpong.round_trips_ns(samples)
+
+
+async def grpc_echo_round_trips_ns(
+    target: str, samples: int, *, warmup: int = WARMUP_ROUND_TRIPS
+) -> np.ndarray:
+    """``samples`` sequential empty unary calls to the do-nothing server at ``target``, in ns each."""
+    async with GrpcEcho(target) as echo:
+        await echo.round_trips_ns(warmup)
+        return await echo.round_trips_ns(samples)
+
+
+def tcp_floor_p50_ms(samples: int = 2000) -> float:
+    """Median raw TCP round trip between two processes on loopback, in ms."""
+    with floor_server("tcp") as target:
+        return float(np.median(tcp_round_trips_ns(target, samples))) / 1e6
+
+
+def grpc_echo_p50_ms(samples: int = 2000) -> float:
+    """Median empty unary gRPC call to a do-nothing server on the services' stack, in ms."""
+    with floor_server("grpc") as target:
+        trips = asyncio.run(grpc_echo_round_trips_ns(target, samples))
+    return float(np.median(trips)) / 1e6
+
+
+# --- the server processes --------------------------------------------------------------
+def _serve_tcp() -> None:
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(f"PORT {listener.getsockname()[1]}", flush=True)
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept_forever() -> None:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    sys.stdin.read()  # until the parent closes our stdin
+
+
+async def _serve_grpc() -> None:
+    import grpc
+
+    from hftgate.grpcserver import ServiceBinding, create_server
+
+    async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        ECHO_SERVICE, {"Call": grpc.unary_unary_rpc_method_handler(call)}
+    )
+    running = await create_server(
+        "127.0.0.1:0",
+        [ServiceBinding(ECHO_SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)))],
+    )
+    print(f"PORT {running.port}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    await running.stop(0)
+
+
+def main(argv: list[str]) -> None:
+    if argv == ["serve-tcp"]:
+        _serve_tcp()
+    elif argv == ["serve-grpc"]:
+        asyncio.run(_serve_grpc())
+    else:
+        raise SystemExit("usage: python -m hftgate.bench.floors serve-tcp|serve-grpc")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
