@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -67,10 +68,22 @@ def from_env(cls: type[T], prefix: str, environ: Mapping[str, str] | None = None
     return cls(**values)
 
 
+_SECRET_SUFFIXES = ("api_key", "password", "secret", "token")
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def _shown(name: str, value: object) -> object:
+    if name.endswith(_SECRET_SUFFIXES):
+        return "***"
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    return value
+
+
 def describe(config: object) -> str:
     """One line listing every effective value, for the start-up log."""
     items = dataclasses.asdict(config)  # type: ignore[call-overload]
-    shown = {k: ("***" if "key" in k or "password" in k else v) for k, v in items.items()}
+    shown = {k: _shown(k, v) for k, v in items.items()}
     return f"{type(config).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 

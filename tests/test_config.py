@@ -18,6 +18,8 @@ class ExampleConfig:
     tls_cert_path: Path | None = None
     venues: tuple[str, ...] = ("a",)
     api_key: str = "secret"
+    key_prefix: str = "hft:"
+    database_url: str = "postgresql+asyncpg://user:hunter2@db:5432/x"
 
 
 def test_defaults_when_nothing_is_set() -> None:
@@ -58,3 +60,6 @@ def test_describe_hides_secrets() -> None:
     line = describe(ExampleConfig())
     assert "port=50051" in line
     assert "secret" not in line
+    assert "hunter2" not in line
+    assert "user:***@db" in line
+    assert "key_prefix='hft:'" in line

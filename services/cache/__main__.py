@@ -1,0 +1,43 @@
+"""``python -m services.cache``: run one cache-service replica until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+from hftgate.config import describe
+from hftgate.grpcserver import serve_until_signalled
+from services.cache.config import CacheConfig, load_config
+from services.cache.server import start
+
+log = logging.getLogger("services.cache")
+
+
+def _without_credentials(config: CacheConfig) -> CacheConfig:
+    """The config with passwords in URLs masked, for the log."""
+    from sqlalchemy.engine import make_url
+
+    def mask(url: str) -> str:
+        if "@" not in url:
+            return url
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+    database_url = config.database_url
+    if database_url:
+        database_url = make_url(database_url).render_as_string(hide_password=True)
+    return replace(config, redis_url=mask(config.redis_url), database_url=database_url)
+
+
+async def main() -> None:
+    config = load_config()
+    log.info("config: %s", describe(_without_credentials(config)))
+    running = await start(config)
+    log.info("listening on %s:%d", config.host, running.port)
+    await serve_until_signalled(running, config.shutdown_grace_ms / 1000)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(main())

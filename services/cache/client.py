@@ -1,0 +1,321 @@
+"""The client other services embed: a near cache (L1) in front of the cache service.
+
+    async with CacheClient("127.0.0.1:50053", watcher_name="execution-1") as cache:
+        raw = await cache.get("instrument:BTCUSDT")      # bytes, or None if absent
+
+Reads are answered from the in-process near cache (the same W-TinyLFU code as the
+service's L1) when it can; a miss calls the service, concurrent misses for one key share
+one call, and the answer (a miss included) is kept for next time. A background stream
+(WatchInvalidations) removes whatever changes anywhere; the client caches only while
+that stream is up, since without it changes could go unnoticed. When the stream drops,
+the near cache is emptied and the stream re-opened with backoff; the service's first
+message on every stream is a flush, after which caching resumes. Answers that arrive
+while the service cannot promise every invalidation carry a short near-cache TTL, which
+the client honours.
+
+Use one client per event loop. RPC errors surface as ``grpc.aio.AioRpcError``
+(INVALID_ARGUMENT for bad input, with a BadRequest detail; UNAVAILABLE when the service
+or its SQL store cannot be reached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+
+from hftgate.grpcserver import MAX_MESSAGE_BYTES
+from hftgate.v1 import cache_pb2, cache_pb2_grpc
+from services.cache.l1 import NearCache, NearCacheStats
+from services.cache.l2_redis import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedValue:
+    """A value with its version; ``ttl_ms`` 0 = no expiry; ``level`` is the CacheLevel that answered."""
+
+    value: bytes
+    version: int
+    ttl_ms: int = 0
+    level: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetResult:
+    """``applied`` False: a newer version (``version``) was already stored."""
+
+    applied: bool
+    version: int
+
+
+class CacheClient:
+    """A near cache plus calls to the cache service at ``target`` (``host:port``)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        watcher_name: str = "",
+        near_cache_max_entries: int = 10_000,
+        near_cache_max_bytes: int = 64 * 1024 * 1024,
+        near_cache_max_ttl_ms: int = 300_000,
+        negative_ttl_ms: int = 1_000,
+        timeout_ms: int = 5_000,
+        reconnect_backoff_initial_ms: int = 50,
+        reconnect_backoff_max_ms: int = 2_000,
+    ) -> None:
+        self.target = target
+        self.watcher_name = watcher_name
+        self.near_cache = NearCache(near_cache_max_entries, near_cache_max_bytes)
+        self._max_ttl_ms = near_cache_max_ttl_ms
+        self._negative_ttl_ms = negative_ttl_ms
+        self._timeout_s = timeout_ms / 1000
+        self._backoff_initial_s = reconnect_backoff_initial_ms / 1000
+        self._backoff_max_s = reconnect_backoff_max_ms / 1000
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: cache_pb2_grpc.CacheServiceStub | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._live = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[CachedValue | None]] = {}
+        self._error_log = RateLimitedLog(log, 10_000)
+        self.invalidations_applied = 0
+        self.stream_restarts = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self, wait_s: float = 5.0) -> None:
+        """Open the channel and the invalidation stream; wait up to ``wait_s`` for it to be live."""
+        self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
+        self._watch_task = asyncio.get_running_loop().create_task(
+            self._watch_forever(), name="cache-client-watch"
+        )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._live.wait(), wait_s)
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self._channel is not None:
+            await self._channel.close(None)
+        self.near_cache.clear()
+
+    async def __aenter__(self) -> CacheClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def live(self) -> bool:
+        """True while invalidations stream in, i.e. while the near cache may cache."""
+        return self._live.is_set()
+
+    async def wait_live(self, timeout_s: float) -> bool:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._live.wait(), timeout_s)
+        return self.live
+
+    # --- reads -------------------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None if it has none."""
+        entry = self.near_cache.get(key)
+        if entry is not None:
+            return None if entry.negative else entry.value
+        found = await self._fetch(key)
+        return None if found is None else found.value
+
+    async def get_entry(self, key: str, *, near_cache: bool = True) -> CachedValue | None:
+        """The value of ``key`` with its version; ``near_cache=False`` always asks the service."""
+        if near_cache:
+            entry = self.near_cache.get(key)
+            if entry is not None:
+                return None if entry.negative else CachedValue(entry.value, entry.version, level=1)
+            return await self._fetch(key)
+        response = await self._service().Get(cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s)
+        return _from_proto(response)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Values of the ``keys`` that have one (absent keys are left out)."""
+        values: dict[str, bytes] = {}
+        missing: list[str] = []
+        for key in dict.fromkeys(keys):
+            entry = self.near_cache.get(key)
+            if entry is None:
+                missing.append(key)
+            elif not entry.negative:
+                values[key] = entry.value
+        if missing:
+            token = self.near_cache.load_token()
+            live = self.live
+            response = await self._service().GetMany(
+                cache_pb2.CacheGetManyRequest(keys=missing), timeout=self._timeout_s
+            )
+            for key, result in zip(missing, response.results, strict=True):
+                found = _from_proto(result)
+                if live:
+                    self._keep(key, found, result.near_cache_ttl_ms, token)
+                if found is not None:
+                    values[key] = found.value
+        return values
+
+    async def _fetch(self, key: str) -> CachedValue | None:
+        """One Get per key at a time, however many callers miss on it together."""
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, key: str) -> CachedValue | None:
+        token = self.near_cache.load_token()
+        live = self.live
+        response = await self._service().Get(cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s)
+        found = _from_proto(response)
+        if live:
+            self._keep(key, found, response.near_cache_ttl_ms, token)
+        return found
+
+    def _keep(self, key: str, found: CachedValue | None, near_ttl_ms: int, token: int) -> None:
+        """Cache an answer, unless an invalidation (or a stream restart) passed it meanwhile."""
+        if found is None:
+            ttl = _min_ttl(self._negative_ttl_ms, near_ttl_ms)
+            self.near_cache.put(key, b"", negative=True, ttl_ms=ttl, token=token)
+        else:
+            ttl = _min_ttl(found.ttl_ms, near_ttl_ms, self._max_ttl_ms)
+            self.near_cache.put(key, found.value, version=found.version, ttl_ms=ttl, token=token)
+
+    # --- writes ------------------------------------------------------------------------
+    async def set(self, key: str, value: bytes, *, ttl_ms: int = 0, cache_only: bool = False) -> SetResult:
+        """Write ``key`` through every level (``cache_only``: not to SQL)."""
+        token = self.near_cache.load_token()
+        live = self.live
+        response = await self._service().Set(
+            cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl_ms, cache_only=cache_only),
+            timeout=self._timeout_s,
+        )
+        if response.applied and live:
+            self._keep(key, CachedValue(value, response.version, ttl_ms), 0, token)
+        else:
+            self.near_cache.delete(key)
+        return SetResult(response.applied, response.version)
+
+    async def set_many(
+        self, items: Iterable[tuple[str, bytes]], *, ttl_ms: int = 0, cache_only: bool = False
+    ) -> list[SetResult]:
+        """Write many keys in one call; results in order."""
+        requests = [
+            cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl_ms, cache_only=cache_only)
+            for key, value in items
+        ]
+        response = await self._service().SetMany(
+            cache_pb2.CacheSetManyRequest(entries=requests), timeout=self._timeout_s
+        )
+        for request in requests:
+            self.near_cache.delete(request.key)
+        return [SetResult(r.applied, r.version) for r in response.results]
+
+    async def delete(self, key: str) -> int:
+        """Delete ``key`` everywhere; returns the delete's version."""
+        self.near_cache.delete(key)
+        response = await self._service().Delete(
+            cache_pb2.CacheDeleteRequest(key=key), timeout=self._timeout_s
+        )
+        self.near_cache.delete(key)
+        return int(response.version)
+
+    async def invalidate_pattern(
+        self, pattern: str, *, keep_durable: bool = False
+    ) -> cache_pb2.CacheInvalidatePatternResponse:
+        """Drop every key matching the glob everywhere (``keep_durable``: not from SQL)."""
+        self.near_cache.delete_matching(pattern)
+        response: cache_pb2.CacheInvalidatePatternResponse = await self._service().InvalidatePattern(
+            cache_pb2.CacheInvalidatePatternRequest(pattern=pattern, keep_durable=keep_durable),
+            timeout=self._timeout_s,
+        )
+        return response
+
+    async def service_stats(self) -> cache_pb2.CacheStatsResponse:
+        """The service replica's counters per level."""
+        response: cache_pb2.CacheStatsResponse = await self._service().Stats(
+            cache_pb2.CacheStatsRequest(), timeout=self._timeout_s
+        )
+        return response
+
+    def near_cache_stats(self) -> NearCacheStats:
+        return self.near_cache.stats()
+
+    # --- invalidations -----------------------------------------------------------------
+    async def _watch_forever(self) -> None:
+        delay = self._backoff_initial_s
+        while True:
+            expected = 1
+            try:
+                call = self._service().WatchInvalidations(
+                    cache_pb2.CacheWatchInvalidationsRequest(watcher_name=self.watcher_name)
+                )
+                async for message in call:
+                    if message.sequence != expected:  # never expected: a gap means we missed some
+                        log.warning(
+                            "invalidation stream skipped from %d to %d: flushing", expected, message.sequence
+                        )
+                        self.near_cache.clear()
+                    expected = message.sequence + 1
+                    self._apply(message)
+                    delay = self._backoff_initial_s
+            except grpc.aio.AioRpcError as exc:
+                self._error_log.warning(
+                    "invalidation stream from %s lost (%s); re-opening", self.target, exc.code()
+                )
+            self._live.clear()
+            self.near_cache.clear()
+            self.stream_restarts += 1
+            await asyncio.sleep(delay)
+            delay = min(self._backoff_max_s, delay * 2)
+
+    def _apply(self, message: cache_pb2.CacheInvalidation) -> None:
+        self.invalidations_applied += 1
+        if message.flush_all:
+            self.near_cache.clear()
+        if message.pattern:
+            self.near_cache.delete_matching(message.pattern)
+        for key in message.keys:
+            self.near_cache.delete(key)
+        if message.reason == cache_pb2.CACHE_INVALIDATION_REASON_SUBSCRIBED:
+            self._live.set()
+
+    def _service(self) -> cache_pb2_grpc.CacheServiceStub:
+        if self._stub is None:
+            raise RuntimeError(
+                "CacheClient is not started: use `async with CacheClient(...)` or await start()"
+            )
+        return self._stub
+
+
+def _from_proto(response: cache_pb2.CacheGetResponse) -> CachedValue | None:
+    if not response.found:
+        return None
+    entry = response.entry
+    return CachedValue(entry.value, entry.version, entry.ttl_ms, int(response.served_from))
+
+
+def _min_ttl(*ttls_ms: int) -> int:
+    positive = [ttl for ttl in ttls_ms if ttl > 0]
+    return min(positive) if positive else 0

@@ -1,0 +1,332 @@
+"""Invalidations: how a change made anywhere reaches every replica's L1 and every near cache.
+
+Between replicas we use what Redis already does. Each replica keeps two connections of
+its own: a *listener* subscribed to ``__redis__:invalidate`` and a *tracker* that turned
+on ``CLIENT TRACKING ON REDIRECT <listener> BCAST PREFIX <prefix>``. From then on Redis
+itself tells the listener about every key under the prefix that anyone writes, deletes,
+or that expires or is evicted; RESP2 and redis.asyncio suffice (Redis 6+). Pattern
+invalidations, which Redis cannot express as keys (a key in some L1 may be in no Redis),
+travel on a pub/sub channel of ours. Servers without tracking (or with it disabled) get
+the fallback: every replica publishes its own key changes on that channel too.
+
+Filling Redis from SQL (a promotion) changes no value, so it should not evict anyone's
+copy of it; this replica's promotions therefore run on the tracker connection itself,
+whose tracking is ``NOLOOP``: Redis does not report them back to us (other replicas
+still hear of them, harmlessly). See :meth:`RedisInvalidationListener.untracked_connection`.
+
+Within a replica, the :class:`InvalidationHub` applies each invalidation to the local
+L1 and fans it out to every ``WatchInvalidations`` subscriber (the near caches inside
+other services). A subscriber's stream starts with a flush; one that falls behind by
+more than its queue holds gets a flush (RESYNC) instead of a silent gap; and whenever
+the listener reconnects (it may have missed messages meanwhile) the hub flushes L1 and
+tells every subscriber to flush. While the listener is down the hub is not *live*, and
+the tiered cache caps how long anything may stay in a near cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from services.cache.l1 import NearCache
+from services.cache.l2_redis import CONNECTION_ERRORS, RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+TRACKING_CHANNEL = "__redis__:invalidate"
+# What makes the listener reconnect: a lost connection, or a refusal (tracking in "tracking" mode).
+_LISTENER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, RedisError)
+
+SUBSCRIBED = "subscribed"
+KEYS = "keys"
+PATTERN = "pattern"
+RESYNC = "resync"
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """One thing a near cache must drop: ``keys``, keys matching ``pattern``, or everything."""
+
+    reason: str
+    keys: tuple[str, ...] = ()
+    pattern: str = ""
+    flush_all: bool = False
+    sequence: int = 0
+
+
+@dataclass(eq=False)
+class Watcher:
+    """One subscriber's bounded queue of invalidations."""
+
+    name: str
+    max_queued: int
+    _queue: deque[Invalidation] = field(default_factory=deque)
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _sequence: int = 0
+    closed: bool = False
+    overflows: int = 0
+
+    def push(self, invalidation: Invalidation) -> None:
+        if self.closed:
+            return
+        if len(self._queue) >= self.max_queued:
+            # Too far behind to catch up message by message: a flush replaces the backlog.
+            self._queue.clear()
+            self.overflows += 1
+            invalidation = Invalidation(RESYNC, flush_all=True)
+        self._queue.append(invalidation)
+        self._ready.set()
+
+    async def next(self) -> Invalidation:
+        """The next invalidation, numbered from 1 without gaps."""
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._queue.popleft()
+        self._sequence += 1
+        return Invalidation(item.reason, item.keys, item.pattern, item.flush_all, self._sequence)
+
+
+class InvalidationHub:
+    """Applies invalidations to this replica's L1 and fans them out to its watchers."""
+
+    def __init__(self, l1: NearCache | None, *, max_queued_per_watcher: int = 10_000) -> None:
+        self._l1 = l1
+        self._max_queued = max_queued_per_watcher
+        self._watchers: set[Watcher] = set()
+        # True while every other replica's changes reach us (the listener is subscribed).
+        self.live = False
+        self.received = 0
+
+    # --- from Redis (another replica, or anyone writing under our prefix) ----------------
+    def apply_keys(self, keys: Sequence[str]) -> None:
+        """Keys changed elsewhere: drop them here and tell the watchers."""
+        self.received += 1
+        if self._l1 is not None:
+            for key in keys:
+                self._l1.delete(key)
+        self.tell_watchers(Invalidation(KEYS, keys=tuple(keys)))
+
+    def apply_pattern(self, pattern: str) -> None:
+        self.received += 1
+        if self._l1 is not None:
+            self._l1.delete_matching(pattern)
+        self.tell_watchers(Invalidation(PATTERN, pattern=pattern))
+
+    def resync(self) -> None:
+        """Invalidations may have been missed: flush L1 and every watcher."""
+        if self._l1 is not None:
+            self._l1.clear()
+        self.tell_watchers(Invalidation(RESYNC, flush_all=True))
+
+    # --- to the near caches -------------------------------------------------------------
+    def tell_watchers(self, invalidation: Invalidation) -> None:
+        for watcher in self._watchers:
+            watcher.push(invalidation)
+
+    def watch(self, name: str) -> Watcher:
+        """Subscribe; the first message is a flush (SUBSCRIBED). Call :meth:`unwatch` when done."""
+        watcher = Watcher(name, self._max_queued)
+        watcher.push(Invalidation(SUBSCRIBED, flush_all=True))
+        self._watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        watcher.closed = True
+        self._watchers.discard(watcher)
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
+
+
+def encode_message(origin: str, *, keys: Iterable[str] = (), pattern: str = "") -> bytes:
+    """A message for the invalidation channel (patterns; keys too in pub/sub mode)."""
+    body: dict[str, Any] = {"origin": origin}
+    if pattern:
+        body["pattern"] = pattern
+    else:
+        body["keys"] = list(keys)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class RedisInvalidationListener:
+    """Keeps this replica subscribed to every other replica's changes, through Redis.
+
+    ``mode`` is ``"auto"`` (tracking, falling back to pub/sub if the server refuses it),
+    ``"tracking"`` or ``"pubsub"``. :attr:`mode_in_use` says which one runs.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str,
+        channel: str,
+        hub: InvalidationHub,
+        replica_id: str,
+        mode: str = "auto",
+        health_check_interval_ms: int = 1000,
+        backoff_initial_ms: int = 50,
+        backoff_max_ms: int = 2000,
+        error_log_interval_ms: int = 10_000,
+    ) -> None:
+        if mode not in ("auto", "tracking", "pubsub"):
+            raise ValueError(f"invalidation mode must be auto, tracking or pubsub, not {mode!r}")
+        self.url = url
+        self.prefix = key_prefix
+        self.channel = channel
+        self.replica_id = replica_id
+        self.mode = mode
+        self.mode_in_use = "pubsub" if mode == "pubsub" else "tracking"
+        self._hub = hub
+        self._health_interval_s = health_check_interval_ms / 1000
+        self._backoff_initial_s = backoff_initial_ms / 1000
+        self._backoff_max_s = backoff_max_ms / 1000
+        self._error_log = RateLimitedLog(log, error_log_interval_ms)
+        # RESP2 on purpose: pub/sub messages come back as plain replies we read ourselves, and
+        # tracking needs REDIRECT to a subscribed connection (RESP3 would push them instead).
+        self._pool = aioredis.ConnectionPool.from_url(
+            url, socket_timeout=None, socket_connect_timeout=2, protocol=2
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._tracker: Any = None
+        self._tracker_lock = asyncio.Lock()
+        self.reconnects = 0
+
+    async def start(self, wait_s: float = 5.0) -> None:
+        """Start listening; wait up to ``wait_s`` for the first subscription (not fatal if Redis is down)."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="cache-invalidation-listener")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), wait_s)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._pool.disconnect()
+
+    async def _run(self) -> None:
+        delay = self._backoff_initial_s
+        while True:
+            try:
+                await self._listen_once()
+            except _LISTENER_ERRORS as exc:
+                self._error_log.warning(
+                    "invalidation listener lost Redis (%s: %s); reconnecting", type(exc).__name__, exc
+                )
+            self._hub.live = False
+            self._subscribed.clear()
+            await asyncio.sleep(delay)
+            delay = min(self._backoff_max_s, delay * 2)
+            self.reconnects += 1
+
+    async def _listen_once(self) -> None:
+        listener = self._pool.make_connection()
+        tracker = self._pool.make_connection()
+        try:
+            await listener.connect()
+            await listener.send_command("CLIENT", "ID")
+            listener_id = await listener.read_response()
+            channels = [self.channel]
+            if self.mode_in_use == "tracking" and await self._enable_tracking(tracker, int(listener_id)):
+                channels.append(TRACKING_CHANNEL)
+            await listener.send_command("SUBSCRIBE", *channels)
+            for _ in channels:
+                await listener.read_response()
+            # Anything may have changed while we were not listening.
+            self._hub.resync()
+            self._hub.live = True
+            self._subscribed.set()
+            if self.mode_in_use == "tracking":
+                self._tracker = tracker
+            log.info("invalidations live via %s (channels %s)", self.mode_in_use, ", ".join(channels))
+            health = asyncio.get_running_loop().create_task(self._watch_tracker(tracker, listener))
+            try:
+                while True:
+                    self._dispatch(await listener.read_response())
+            finally:
+                health.cancel()
+        finally:
+            self._tracker = None
+            await listener.disconnect()
+            await tracker.disconnect()
+
+    @contextlib.asynccontextmanager
+    async def untracked_connection(self) -> AsyncIterator[Any | None]:
+        """The tracker connection, held exclusively: writes made on it are not reported back here.
+
+        Yields None when there is none (pub/sub mode, or reconnecting): the caller then
+        skips the write or makes it elsewhere. Only plain commands and MULTI/EXEC count as
+        "made on it": Redis attributes a Lua script's writes to its own script client.
+        """
+        tracker = self._tracker
+        if tracker is None:
+            yield None
+            return
+        async with self._tracker_lock:
+            yield tracker if self._tracker is tracker else None
+
+    async def _enable_tracking(self, tracker: Any, listener_id: int) -> bool:
+        await tracker.connect()
+        await tracker.send_command(
+            "CLIENT", "TRACKING", "on", "REDIRECT", listener_id, "BCAST", "PREFIX", self.prefix, "NOLOOP"
+        )
+        try:
+            await tracker.read_response()
+        except ResponseError as exc:
+            if self.mode == "tracking":
+                raise
+            log.warning("Redis refused CLIENT TRACKING (%s): falling back to pub/sub invalidations", exc)
+            self.mode_in_use = "pubsub"
+            return False
+        return True
+
+    async def _watch_tracker(self, tracker: Any, listener: Any) -> None:
+        """Tracking lives as long as the tracker connection: if it dies, restart the listener."""
+        try:
+            while True:
+                await asyncio.sleep(self._health_interval_s)
+                if self.mode_in_use != "tracking":
+                    continue
+                async with self._tracker_lock:
+                    await tracker.send_command("PING")
+                    await asyncio.wait_for(tracker.read_response(), self._health_interval_s * 5)
+        except CONNECTION_ERRORS:
+            await listener.disconnect()
+
+    def _dispatch(self, message: Any) -> None:
+        if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
+            return
+        channel, payload = message[1], message[2]
+        if channel == TRACKING_CHANNEL.encode():
+            if payload is None:  # FLUSHALL / FLUSHDB
+                self._hub.received += 1
+                self._hub.resync()
+                return
+            cut = len(self.prefix)
+            keys = [raw.decode("utf-8", "surrogateescape")[cut:] for raw in payload]
+            self._hub.apply_keys(keys)
+            return
+        try:
+            body = json.loads(payload)
+        except (ValueError, TypeError):
+            log.warning("ignoring malformed invalidation message on %s: %r", self.channel, payload[:200])
+            return
+        if body.get("origin") == self.replica_id:
+            return  # our own change, already applied here
+        if body.get("pattern"):
+            self._hub.apply_pattern(str(body["pattern"]))
+        elif body.get("keys"):
+            self._hub.apply_keys([str(key) for key in body["keys"]])

@@ -1,0 +1,230 @@
+"""L3: the SQL store, source of truth for durable entries (SQLAlchemy 2 async).
+
+One table: ``key`` (primary key), ``value`` (NULL for a tombstone), ``version``,
+``expires_at_ms`` (NULL = never). SQLite through aiosqlite by default, PostgreSQL
+through asyncpg by URL; the statements are the same Core constructs for both, with
+each dialect's ``INSERT .. ON CONFLICT DO UPDATE .. WHERE`` for versioned upserts.
+
+Writes keep the newest version (last writer wins by version, not by arrival), and a
+delete is an upsert of a tombstone, so a write that lost a race with a delete cannot
+bring the key back. :meth:`SqlStore.purge` removes expired rows and tombstones old
+enough that no racing write can still arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    delete,
+    event,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.cache import globs
+from services.cache.model import StoredEntry, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# Rows per statement: 4 parameters each keeps SQLite far below its 32,766-parameter cap.
+CHUNK_ROWS = 500
+
+
+def _table(metadata: MetaData, name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("key", Text, primary_key=True),
+        Column("value", LargeBinary, nullable=True),
+        Column("version", BigInteger, nullable=False),
+        Column("expires_at_ms", BigInteger, nullable=True),
+    )
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK_ROWS) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SqlStore:
+    """Versioned key/value rows in one SQL table."""
+
+    def __init__(self, url: str, *, table_name: str = "cache_entries", pool_size: int = 5) -> None:
+        self.url = url
+        self._metadata = MetaData()
+        self.table = _table(self._metadata, table_name)
+        self._engine: AsyncEngine | None = None
+        self._pool_size = pool_size
+        self._dialect = ""
+
+    async def start(self) -> None:
+        """Connect and create the table if it does not exist."""
+        if self.url.startswith("sqlite"):
+            engine = create_async_engine(self.url)
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+                # WAL lets readers go on during a write; busy_timeout lets two replicas
+                # (or processes) share one file instead of failing on a lock.
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA busy_timeout=10000")
+                cursor.close()
+
+        else:
+            engine = create_async_engine(self.url, pool_size=self._pool_size, pool_pre_ping=True)
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(self._metadata.create_all, checkfirst=True)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(
+                f"cannot create table {self.table.name} at {self.safe_url()}: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def drop_table(self) -> None:
+        """Drop the table (tests clean up after themselves with it)."""
+        async with self._live_engine().begin() as conn:
+            await conn.run_sync(self._metadata.drop_all, checkfirst=True)
+
+    # --- reads -------------------------------------------------------------------------
+    async def get_many(self, keys: Sequence[str], now_ms: int) -> dict[str, StoredEntry]:
+        """Rows for ``keys`` that exist and have not expired (tombstones included)."""
+        t = self.table
+        found: dict[str, StoredEntry] = {}
+        try:
+            async with self._live_engine().connect() as conn:
+                for chunk in _chunks(list(dict.fromkeys(keys))):
+                    stmt = select(t.c.key, t.c.value, t.c.version, t.c.expires_at_ms).where(
+                        t.c.key.in_(chunk)
+                    )
+                    for key, value, version, expires in await conn.execute(stmt):
+                        entry = StoredEntry(value, int(version), int(expires or 0))
+                        if not entry.expired(now_ms):
+                            found[key] = entry
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"SQL read failed: {exc}") from exc
+        return found
+
+    # --- writes ------------------------------------------------------------------------
+    async def put_many(self, entries: Sequence[tuple[str, StoredEntry]]) -> dict[str, int]:
+        """Upsert each entry unless a row with the same or a newer version exists.
+
+        Returns every key's stored version afterwards: the entry's own version where it
+        was applied, the newer one that won where it was not.
+        """
+        t = self.table
+        outcome: dict[str, int] = {}
+        try:
+            async with self._live_engine().begin() as conn:
+                for chunk in _chunks(entries):
+                    rows = [
+                        {
+                            "key": key,
+                            "value": entry.value,
+                            "version": entry.version,
+                            "expires_at_ms": entry.expires_at_ms or None,
+                        }
+                        for key, entry in chunk
+                    ]
+                    insert = self._insert().values(rows)
+                    stmt = insert.on_conflict_do_update(
+                        index_elements=[t.c.key],
+                        set_={
+                            "value": insert.excluded.value,
+                            "version": insert.excluded.version,
+                            "expires_at_ms": insert.excluded.expires_at_ms,
+                        },
+                        where=t.c.version < insert.excluded.version,
+                    ).returning(t.c.key, t.c.version)
+                    applied = {key: int(version) for key, version in await conn.execute(stmt)}
+                    outcome.update(applied)
+                    lost = [key for key, _ in chunk if key not in applied]
+                    if lost:
+                        stmt = select(t.c.key, t.c.version).where(t.c.key.in_(lost))
+                        outcome.update({key: int(version) for key, version in await conn.execute(stmt)})
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"SQL write failed: {exc}") from exc
+        return outcome
+
+    async def tombstone_matching(self, pattern: str, version: int) -> list[str]:
+        """Turn every live row whose key matches the glob ``pattern`` into a tombstone.
+
+        Returns the keys deleted. Rows are found by the pattern's literal prefix (an
+        index range) and matched exactly here, with the same rules as L1 and Redis.
+        """
+        t = self.table
+        regex = globs.compile_glob(pattern)
+        prefix = globs.literal_prefix(pattern)
+        stmt = select(t.c.key).where(t.c.value.is_not(None), t.c.version < version)
+        if prefix:
+            stmt = stmt.where(t.c.key.like(_like_prefix(prefix), escape="\\"))
+        try:
+            async with self._live_engine().connect() as conn:
+                candidates = [key for (key,) in await conn.execute(stmt)]
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"SQL read failed: {exc}") from exc
+        doomed = [key for key in candidates if regex.fullmatch(key)]
+        if doomed:
+            outcome = await self.put_many([(key, StoredEntry(None, version)) for key in doomed])
+            doomed = [key for key in doomed if outcome.get(key) == version]
+        return doomed
+
+    async def purge(self, now_ms: int, tombstones_before_version: int) -> int:
+        """Delete expired rows and tombstones older than ``tombstones_before_version``."""
+        t = self.table
+        stmt = delete(t).where(
+            or_(
+                and_(t.c.expires_at_ms.is_not(None), t.c.expires_at_ms <= now_ms),
+                and_(t.c.value.is_(None), t.c.version < tombstones_before_version),
+            )
+        )
+        try:
+            async with self._live_engine().begin() as conn:
+                result = await conn.execute(stmt)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"SQL purge failed: {exc}") from exc
+        return int(result.rowcount or 0)
+
+    # --- helpers -----------------------------------------------------------------------
+    def _insert(self) -> Any:
+        if self._dialect == "postgresql":
+            return postgresql.insert(self.table)
+        if self._dialect == "sqlite":
+            return sqlite.insert(self.table)
+        raise StoreUnavailable(f"unsupported SQL dialect {self._dialect!r}: use SQLite or PostgreSQL")
+
+    def _live_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreUnavailable("SQL store is not started")
+        return self._engine
+
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for logs."""
+        engine = self._engine
+        return engine.url.render_as_string(hide_password=True) if engine is not None else self.url
