@@ -38,12 +38,14 @@ def configure(service_name: str, *, exporter: SpanExporter | None = None, metric
     ``exporter`` defaults to none unless ``OTEL_TRACES_EXPORTER=console`` is set:
     spans are cheap to create and free to drop until someone collects them.
     """
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if exporter is None and os.environ.get("OTEL_TRACES_EXPORTER") == "console":
         exporter = ConsoleSpanExporter()
     if exporter is not None:
+        # Without an exporter no provider is installed: spans stay non-recording and
+        # cost next to nothing on the order path.
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+        trace.set_tracer_provider(provider)
     if metrics_port > 0:
         start_http_server(metrics_port, addr="127.0.0.1")
         log.info("prometheus metrics on 127.0.0.1:%d/metrics", metrics_port)
@@ -56,54 +58,58 @@ def _code_of(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """One span and one latency sample per RPC, whatever its shape (unary or streaming)."""
+class _MethodTelemetry:
+    """Per-method state resolved once: metric children and the wrapped handler."""
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        self._tracer = trace.get_tracer("hftgate.grpc", tracer_provider=tracer_provider)
+    def __init__(self, method: str, source: grpc.RpcMethodHandler, tracer: trace.Tracer) -> None:
+        self.method = method
+        self.source = source
+        self._tracer = tracer
+        self._seconds = RPC_SECONDS.labels(method)
+        self._totals: dict[str, Any] = {}
+        self.wrapped = self._wrap(source)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method: str = handler_call_details.method
-        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
-        tracer = self._tracer
-
-        def start_span() -> tuple[Any, float]:
-            parent = propagate.extract(metadata)
-            span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER)
+    def start(self, context: grpc.aio.ServicerContext) -> tuple[Any, float]:
+        metadata = context.invocation_metadata() or ()
+        carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate") and isinstance(v, str)}
+        parent = propagate.extract(carrier) if carrier else None
+        span = self._tracer.start_span(self.method, context=parent, kind=trace.SpanKind.SERVER)
+        if span.is_recording():
             span.set_attribute("rpc.system", "grpc")
-            span.set_attribute("rpc.method", method)
-            return span, time.perf_counter()
+            span.set_attribute("rpc.method", self.method)
+        return span, time.perf_counter()
 
-        def finish(span: Any, started: float, context: grpc.aio.ServicerContext, error: bool) -> None:
-            code = "UNKNOWN" if error and context.code() is None else _code_of(context)
+    def finish(self, span: Any, started: float, context: grpc.aio.ServicerContext, error: bool) -> None:
+        self._seconds.observe(time.perf_counter() - started)
+        code = "UNKNOWN" if error and context.code() is None else _code_of(context)
+        total = self._totals.get(code)
+        if total is None:
+            total = self._totals[code] = RPC_TOTAL.labels(self.method, code)
+        total.inc()
+        if span.is_recording():
             span.set_attribute("rpc.grpc.status_code", code)
             if code != "OK":
                 span.set_status(trace.Status(trace.StatusCode.ERROR, code))
-            span.end()
-            RPC_TOTAL.labels(method, code).inc()
-            RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+        span.end()
 
+    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary or handler.stream_unary:
             # grpc-stubs types the handlers as sync callables; the aio server gives coroutines.
             inner: Callable[..., Any] = handler.unary_unary or handler.stream_unary  # type: ignore[assignment]
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                span, started = start_span()
+                span, started = self.start(context)
                 error = True
                 try:
-                    with trace.use_span(span, end_on_exit=False):
+                    if span.is_recording():
+                        with trace.use_span(span, end_on_exit=False):
+                            result = await inner(request, context)
+                    else:
                         result = await inner(request, context)
                     error = False
                     return result
                 finally:
-                    finish(span, started, context, error)
+                    self.finish(span, started, context, error)
 
             factory = (
                 grpc.unary_unary_rpc_method_handler
@@ -121,7 +127,7 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
         async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> None:
             # A streaming handler is either an async generator or a coroutine that
             # calls context.write(); forwarding through context.write covers both.
-            span, started = start_span()
+            span, started = self.start(context)
             error = True
             try:
                 with trace.use_span(span, end_on_exit=False):
@@ -133,7 +139,7 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
                         await result
                 error = False
             finally:
-                finish(span, started, context, error)
+                self.finish(span, started, context, error)
 
         factory = (
             grpc.unary_stream_rpc_method_handler
@@ -145,3 +151,30 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
+    """One span and one latency sample per RPC, whatever its shape (unary or streaming).
+
+    gRPC asks the interceptor for a handler on every call; the wrapped handler and
+    the metric children are built once per method and reused, so a call pays only
+    for its span and two metric updates.
+    """
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("hftgate.grpc", tracer_provider=tracer_provider)
+        self._methods: dict[str, _MethodTelemetry] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        known = self._methods.get(method)
+        if known is None or known.source is not handler:
+            known = self._methods[method] = _MethodTelemetry(method, handler, self._tracer)
+        return known.wrapped
