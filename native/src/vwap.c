@@ -4,6 +4,8 @@
  */
 #include "hft_vwap.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,4 +274,134 @@ int hft_vwap_f32(const float *prices, const float *volumes, size_t n, double *ou
 #endif
         vwap_sums_f32_scalar(prices, volumes, n, &num, &den);
     return finish(num, den, out);
+}
+
+/* ---- multi-threaded ------------------------------------------------------------
+ * One chunk per thread. Each chunk's partial sums are written by exactly one
+ * thread and read by the caller only after pthread_join (which orders the
+ * memory), so no atomics are needed; the chunks are cache-line aligned so the
+ * workers' final stores do not bounce a shared line. */
+
+enum element_type { ELEMENT_F64, ELEMENT_F32 };
+
+struct vwap_chunk {
+    _Alignas(HFT_CACHE_LINE) const void *prices;
+    const void *volumes;
+    size_t n;
+    enum element_type type;
+    int kernel;
+    int spawned; /* 1 when a worker thread owns this chunk, 0 when the caller sums it */
+    pthread_t thread;
+    double numerator, denominator;
+};
+
+static void sum_chunk(struct vwap_chunk *chunk)
+{
+#if HFT_VWAP_HAVE_X86
+    if (chunk->kernel == HFT_VWAP_KERNEL_AVX2) {
+        if (chunk->type == ELEMENT_F64)
+            vwap_sums_f64_avx2(chunk->prices, chunk->volumes, chunk->n, &chunk->numerator,
+                               &chunk->denominator);
+        else
+            vwap_sums_f32_avx2(chunk->prices, chunk->volumes, chunk->n, &chunk->numerator,
+                               &chunk->denominator);
+        return;
+    }
+#endif
+    if (chunk->type == ELEMENT_F64)
+        vwap_sums_f64_scalar(chunk->prices, chunk->volumes, chunk->n, &chunk->numerator,
+                             &chunk->denominator);
+    else
+        vwap_sums_f32_scalar(chunk->prices, chunk->volumes, chunk->n, &chunk->numerator,
+                             &chunk->denominator);
+}
+
+static void *sum_chunk_thread(void *arg)
+{
+    sum_chunk(arg);
+    return NULL;
+}
+
+unsigned hft_vwap_parallel_threads_used(size_t n, size_t element_size, unsigned threads)
+{
+    if (threads < 1)
+        threads = 1;
+    if (threads > HFT_VWAP_MAX_THREADS)
+        threads = HFT_VWAP_MAX_THREADS;
+    /* Count chunks in elements, not n in bytes, so a huge n cannot overflow. */
+    size_t bytes_per_element = 2 * (element_size ? element_size : 1); /* a price and a volume */
+    size_t elements_per_chunk = HFT_VWAP_PARALLEL_MIN_CHUNK_BYTES / bytes_per_element;
+    size_t whole_chunks = n / (elements_per_chunk ? elements_per_chunk : 1);
+    if (whole_chunks < threads)
+        threads = whole_chunks < 1 ? 1 : (unsigned)whole_chunks;
+    return threads;
+}
+
+/* Chunk boundaries are multiples of 16 elements (the AVX2 kernels' stride), so
+ * only the last chunk has a scalar tail. With at least a minimum chunk (far
+ * more than 16 * HFT_VWAP_MAX_THREADS elements) per thread, rounding the first
+ * chunks up still leaves the last one non-empty. */
+static int vwap_parallel(const void *prices, const void *volumes, size_t n, unsigned threads,
+                         enum element_type type, double *out)
+{
+    size_t element_size = type == ELEMENT_F64 ? sizeof(double) : sizeof(float);
+    unsigned used = hft_vwap_parallel_threads_used(n, element_size, threads);
+    int kernel = hft_vwap_kernel();
+    struct vwap_chunk chunks[HFT_VWAP_MAX_THREADS];
+    size_t chunk_n = (n / used + 15) & ~(size_t)15;
+    size_t start = 0;
+    for (unsigned k = 0; k < used; k++) {
+        size_t this_n = k + 1 == used ? n - start : chunk_n;
+        chunks[k] = (struct vwap_chunk){
+            .prices = (const char *)prices + start * element_size,
+            .volumes = (const char *)volumes + start * element_size,
+            .n = this_n,
+            .type = type,
+            .kernel = kernel,
+        };
+        start += this_n;
+    }
+
+    if (used > 1) {
+        /* Workers inherit the creator's signal mask: block everything while
+         * creating them, then restore the caller's own mask. */
+        sigset_t all_signals, caller_mask;
+        sigfillset(&all_signals);
+        pthread_sigmask(SIG_SETMASK, &all_signals, &caller_mask);
+        for (unsigned k = 1; k < used; k++)
+            chunks[k].spawned = pthread_create(&chunks[k].thread, NULL, sum_chunk_thread, &chunks[k]) == 0;
+        pthread_sigmask(SIG_SETMASK, &caller_mask, NULL);
+    }
+    sum_chunk(&chunks[0]);
+    for (unsigned k = 1; k < used; k++) {
+        if (chunks[k].spawned)
+            pthread_join(chunks[k].thread, NULL);
+        else
+            sum_chunk(&chunks[k]);
+    }
+
+    /* Starting from chunk 0's sums (not from 0.0) keeps the one-thread result
+     * bit-identical to hft_vwap_f64, down to the sign of a zero. */
+    double num = chunks[0].numerator, den = chunks[0].denominator;
+    for (unsigned k = 1; k < used; k++) {
+        num += chunks[k].numerator;
+        den += chunks[k].denominator;
+    }
+    return finish(num, den, out);
+}
+
+int hft_vwap_f64_parallel(const double *prices, const double *volumes, size_t n, unsigned threads,
+                          double *out)
+{
+    if (!valid_arguments(prices, volumes, n, out) || threads < 1 || threads > HFT_VWAP_MAX_THREADS)
+        return HFT_EINVAL;
+    return vwap_parallel(prices, volumes, n, threads, ELEMENT_F64, out);
+}
+
+int hft_vwap_f32_parallel(const float *prices, const float *volumes, size_t n, unsigned threads,
+                          double *out)
+{
+    if (!valid_arguments(prices, volumes, n, out) || threads < 1 || threads > HFT_VWAP_MAX_THREADS)
+        return HFT_EINVAL;
+    return vwap_parallel(prices, volumes, n, threads, ELEMENT_F32, out);
 }

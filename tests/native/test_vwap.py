@@ -1,16 +1,27 @@
-"""hftgate.native.vwap against numpy, for both kernels, every layout rule and error."""
+"""hftgate.native.vwap against numpy: both kernels, the threaded variant, every layout rule and error."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from hftgate.native import lib
 from hftgate.native.errors import InvalidArgument, NativeError
-from hftgate.native.vwap import active_kernel, avx2_supported, vwap, vwap_avx2, vwap_scalar
+from hftgate.native.vwap import (
+    MAX_THREADS,
+    active_kernel,
+    avx2_supported,
+    resolve_threads,
+    threads_used,
+    vwap,
+    vwap_avx2,
+    vwap_scalar,
+)
 
 KERNELS = [
     vwap,
@@ -131,3 +142,118 @@ def test_rejects_what_it_cannot_pass_zero_copy(prices, volumes, error: type, fra
 def test_avx2_kernel_refuses_without_avx2() -> None:
     with pytest.raises(NativeError):
         vwap_avx2(np.ones(4), np.ones(4))
+
+
+# ---- threads ---------------------------------------------------------------------------------
+
+# Elements of each dtype in the smallest chunk one thread is given.
+CHUNK64 = lib.HFT_VWAP_PARALLEL_MIN_CHUNK_BYTES // 16
+CHUNK32 = lib.HFT_VWAP_PARALLEL_MIN_CHUNK_BYTES // 8
+THREAD_COUNTS = [0, 2, 3, 4, 7, MAX_THREADS]
+
+
+@pytest.fixture(scope="module")
+def big_market() -> tuple[np.ndarray, np.ndarray]:
+    return random_market(4 * CHUNK64 + 50, seed=99)
+
+
+# Tiny, around the first split (2 chunks), 3 chunks with a scalar tail, the benchmark's size, 4 chunks.
+THREADED_LENGTHS = [1, 2, 17, 1_000, 2 * CHUNK64 - 1, 2 * CHUNK64, 2 * CHUNK64 + 1, 3 * CHUNK64 + 7]
+
+
+@pytest.mark.parametrize("threads", THREAD_COUNTS)
+@pytest.mark.parametrize("n", [*THREADED_LENGTHS, 1_000_003, 4 * CHUNK64 + 50])
+def test_threaded_matches_numpy(big_market, n: int, threads: int) -> None:
+    prices, volumes = big_market[0][:n], big_market[1][:n]
+    assert vwap(prices, volumes, threads=threads) == pytest.approx(numpy_vwap(prices, volumes), rel=1e-9)
+
+
+@pytest.mark.parametrize("threads", [0, 2, 3])
+@pytest.mark.parametrize("n", [1, 1_000, 2 * CHUNK32 - 1, 2 * CHUNK32 + 3])
+def test_threaded_float32_matches_numpy(n: int, threads: int) -> None:
+    prices, volumes = random_market(n, seed=n)
+    p32, v32 = prices.astype(np.float32), volumes.astype(np.float32)
+    assert vwap(p32, v32, threads=threads) == pytest.approx(numpy_vwap(p32, v32), rel=1e-9)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_threaded_unaligned_slices(big_market, offset: int) -> None:
+    prices = big_market[0][offset : offset + 2 * CHUNK64 + 5]
+    volumes = big_market[1][offset : offset + 2 * CHUNK64 + 5]
+    assert vwap(prices, volumes, threads=2) == pytest.approx(numpy_vwap(prices, volumes), rel=1e-9)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_threaded_result_is_the_same_on_every_call(big_market, threads: int) -> None:
+    prices, volumes = big_market
+    first = vwap(prices, volumes, threads=threads)
+    assert all(vwap(prices, volumes, threads=threads) == first for _ in range(20))
+
+
+def test_threaded_result_is_the_same_from_concurrent_callers(big_market) -> None:
+    prices, volumes = big_market
+    expected = vwap(prices, volumes, threads=3)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: vwap(prices, volumes, threads=3), range(16)))
+    assert results == [expected] * 16
+
+
+@pytest.mark.parametrize("n", [1, 2, 1_000, 2 * CHUNK64 - 1])
+def test_arrays_too_small_to_split_give_the_single_thread_bits(big_market, n: int) -> None:
+    prices, volumes = big_market[0][:n], big_market[1][:n]
+    assert threads_used(n, np.float64, threads=MAX_THREADS) == 1
+    assert vwap(prices, volumes, threads=MAX_THREADS) == vwap(prices, volumes)
+
+
+def test_one_thread_is_the_default(big_market) -> None:
+    prices, volumes = big_market
+    assert vwap(prices, volumes, threads=1) == vwap(prices, volumes)
+
+
+def test_threads_used() -> None:
+    assert threads_used(1) == 1
+    assert threads_used(2 * CHUNK64 - 1, threads=8) == 1
+    assert threads_used(2 * CHUNK64, threads=8) == 2
+    assert threads_used(2 * CHUNK64, np.float32, threads=8) == 1
+    assert threads_used(2 * CHUNK32, np.float32, threads=8) == 2
+    assert threads_used(10 * CHUNK64, threads=3) == 3
+    assert threads_used(10**12, threads=0) == resolve_threads(0)
+    with pytest.raises(TypeError, match="float64 or float32"):
+        threads_used(10, np.int32)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        threads_used(-1)
+
+
+def test_zero_threads_means_one_per_cpu() -> None:
+    assert resolve_threads(0) == min(os.cpu_count() or 1, MAX_THREADS)
+    assert resolve_threads(5) == 5
+
+
+@pytest.mark.parametrize(
+    "threads, error, fragment",
+    [
+        (-1, ValueError, "threads must be 0"),
+        (MAX_THREADS + 1, ValueError, "threads must be 0"),
+        (2.0, TypeError, "threads must be an int"),
+        (True, TypeError, "threads must be an int"),
+    ],
+)
+def test_rejects_bad_thread_counts(threads: object, error: type, fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        vwap(np.ones(4), np.ones(4), threads=threads)  # type: ignore[arg-type]
+
+
+def test_threaded_errors_from_c(big_market) -> None:
+    empty = np.array([], dtype=np.float64)
+    with pytest.raises(InvalidArgument):
+        vwap(empty, empty, threads=2)
+    prices = big_market[0][: 2 * CHUNK64]
+    with pytest.raises(InvalidArgument, match="threads=2"):
+        vwap(prices, np.zeros_like(prices), threads=2)  # split in two chunks, both of zero volume
+
+
+def test_threaded_checks_layout_like_the_default() -> None:
+    with pytest.raises(ValueError, match="not contiguous"):
+        vwap(np.ones(8)[::2], np.ones(4), threads=2)
+    with pytest.raises(TypeError, match="prices are float64 but volumes are float32"):
+        vwap(np.ones(2), np.ones(2, dtype=np.float32), threads=2)
