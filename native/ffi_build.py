@@ -28,6 +28,7 @@ C_FLAGS = [
     "-std=gnu11",
     "-O3",
     "-fno-strict-aliasing",
+    "-D_GNU_SOURCE",
     "-Wall",
     "-Wextra",
     "-Werror",

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hft_bench_internal.h"
 #include "hft_wait.h"
 
 struct hft_mpsc_queue {
@@ -310,6 +311,7 @@ static bool bench_wait_for_gate(mpsc_bench *bench)
 
 static void *mpsc_bench_producer(void *arg)
 {
+    hft_bench_pin_to_cpu_slot(1); /* consumer on one CPU, producers on another */
     const mpsc_bench_producer_arg *self = arg;
     mpsc_bench *bench = self->bench;
     unsigned char record[4096];
@@ -332,6 +334,7 @@ static void *mpsc_bench_producer(void *arg)
 
 static void *mpsc_bench_consumer(void *arg)
 {
+    hft_bench_pin_to_cpu_slot(0); /* consumer on one CPU, producers on another */
     mpsc_bench *bench = arg;
     unsigned char *batch = malloc(BENCH_BATCH * bench->record_size);
     uint64_t expected[BENCH_MAX_PRODUCERS] = {0};

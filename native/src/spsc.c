@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hft_bench_internal.h"
 #include "hft_wait.h"
 
 struct hft_spsc_ring {
@@ -347,6 +348,7 @@ static bool bench_record_ok(const unsigned char *record, size_t record_size, uin
 
 static void *spsc_bench_producer(void *arg)
 {
+    hft_bench_pin_to_cpu_slot(1); /* consumer on one CPU, producers on another */
     spsc_bench *bench = arg;
     unsigned char record[4096];
     memset(record, 0xA5, bench->record_size);
@@ -362,6 +364,7 @@ static void *spsc_bench_producer(void *arg)
 
 static void *spsc_bench_consumer(void *arg)
 {
+    hft_bench_pin_to_cpu_slot(0); /* consumer on one CPU, producers on another */
     spsc_bench *bench = arg;
     unsigned char *batch = malloc(BENCH_BATCH * bench->record_size);
     bench->consumer_rc = batch == NULL ? HFT_ENOMEM : HFT_OK;
