@@ -66,7 +66,7 @@ def up(
         supervisor.stop_services(running)
 
 
-def _run_suite(suite: str, as_json: bool, repeats: int) -> None:
+def _run_suite(suite: str, as_json: bool, repeats: int, **options: object) -> None:
     steps = bench_suites.suite_steps(suite)
     if not steps:
         err.print(f"benchmark suite {suite!r} has nothing built yet")
@@ -78,7 +78,7 @@ def _run_suite(suite: str, as_json: bool, repeats: int) -> None:
         task = progress.add_task(suite, total=len(steps))
         for name, run in steps:
             progress.update(task, description=f"{suite}: {name}")
-            results.update(run(repeats=repeats))
+            results.update(run(repeats=repeats, **options))
             progress.advance(task)
     if as_json:
         sys.stdout.write(json.dumps(results, indent=2, sort_keys=False) + "\n")
@@ -115,6 +115,22 @@ def bench_marketdata(as_json: JsonOption = False, repeats: RepeatsOption = 3) ->
 def bench_cache(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
     """L1 hit ratios on a Zipf trace, and remote Get latency against the gRPC and TCP floors."""
     _run_suite("cache", as_json, repeats)
+
+
+@bench_app.command("execution")
+def bench_execution(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
+    """Order entry through a real server with the durable journal: batch, stream, unary, and the floors."""
+    _run_suite("execution", as_json, repeats)
+
+
+@bench_app.command("crash")
+def bench_crash(
+    as_json: JsonOption = False,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Independent harness runs.")] = 1,
+    kills: Annotated[int, typer.Option("--kills", min=1, help="SIGKILLs per run, at random moments.")] = 10,
+) -> None:
+    """kill -9 the execution service under load, restart it, and check nothing acknowledged was lost."""
+    _run_suite("crash", as_json, repeats, kills=kills)
 
 
 @bench_app.command("all")

@@ -12,7 +12,7 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["up"], ["bench"], ["bench", "native"], ["bench", "matching"], ["bench", "cache"], ["bench", "all"]],
+    [[], ["up"], ["bench"], ["bench", "native"], ["bench", "matching"], ["bench", "cache"], ["bench", "execution"], ["bench", "crash"], ["bench", "all"]],
 )
 def test_every_command_has_help(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
