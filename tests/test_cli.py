@@ -12,7 +12,12 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["up"], ["bench"], ["bench", "native"], ["bench", "matching"], ["bench", "cache"], ["bench", "execution"], ["bench", "crash"], ["bench", "all"]],
+    [
+        [],
+        ["up"],
+        ["bench"],
+        *[["bench", suite] for suite in ("native", "matching", "marketdata", "cache", "execution", "crash", "all")],
+    ],
 )
 def test_every_command_has_help(args: list[str]) -> None:
     result = runner.invoke(app, [*args, "--help"])
