@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from hftgate.cli import app
 
 runner = CliRunner()
+SUITES = ("native", "matching", "marketdata", "cache", "execution", "crash", "all")
 
 
 @pytest.mark.parametrize(
@@ -16,7 +17,7 @@ runner = CliRunner()
         [],
         ["up"],
         ["bench"],
-        *[["bench", suite] for suite in ("native", "matching", "marketdata", "cache", "execution", "crash", "all")],
+        *[["bench", suite] for suite in SUITES],
     ],
 )
 def test_every_command_has_help(args: list[str]) -> None:
