@@ -29,6 +29,11 @@ def up(
     services: Annotated[
         list[str] | None, typer.Option("--service", "-s", help="Start only these services (repeatable).")
     ] = None,
+    replay: Annotated[
+        bool,
+        typer.Option(help="Feed the recorded Binance quotes and trades to the market data service."),
+    ] = True,
+    replay_speed: Annotated[float, typer.Option(help="Replay speed: 1 = as recorded.")] = 1.0,
 ) -> None:
     """Start every built service as a local process on its embedded defaults; Ctrl-C stops them."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,6 +51,9 @@ def up(
     for service in running:
         table.add_row(service.spec.name, service.address, str(service.process.pid))
     err.print(table)
+    feeder = supervisor.start_replay(running, replay_speed) if replay else None
+    if feeder is not None:
+        err.print(f"replaying recorded market data at {replay_speed:g}x (pid {feeder.pid})")
     err.print("suite is up; Ctrl-C or SIGTERM stops it")
     stop = False
 
@@ -63,6 +71,9 @@ def up(
                 raise typer.Exit(1)
             time.sleep(0.5)
     finally:
+        if feeder is not None and feeder.poll() is None:
+            feeder.terminate()
+            feeder.wait()
         supervisor.stop_services(running)
 
 
@@ -178,3 +189,7 @@ _register_optional_commands()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hftgate.config import default_data_dir
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -104,6 +106,29 @@ def start_services(
         stop_services(running)
         raise
     return running
+
+
+# The overlapping window of Binance spot and perpetual books (see ../shared/data/README.md).
+DEMO_REPLAY_FILES: tuple[str, ...] = (
+    "quotes/binance-spot_BTCUSDT_bookTicker_20240808.csv.gz",
+    "quotes/binance-usdm_BTCUSDT_bookTicker_20240808.csv.gz",
+    "quotes/binance-spot_ETHUSDT_bookTicker_20240808.csv.gz",
+    "quotes/binance-usdm_ETHUSDT_bookTicker_20240808.csv.gz",
+    "trades/binance-spot_BTCUSDT_trades_20240808.csv.gz",
+    "trades/binance-usdm_BTCUSDT_trades_20240808.csv.gz",
+)
+
+
+def start_replay(running: list[RunningService], speed: float) -> subprocess.Popen[bytes] | None:
+    """Feed the recorded demo window to the running market data service, if both exist."""
+    target = next((s for s in running if s.spec.name == "marketdata"), None)
+    data_dir = default_data_dir()
+    files = [data_dir / name for name in DEMO_REPLAY_FILES if (data_dir / name).exists()]
+    if target is None or not files:
+        return None
+    command = [sys.executable, "-m", "hftgate.cli", "replay", "--target", target.address]
+    command += ["--speed", str(speed), *map(str, files)]
+    return subprocess.Popen(command)
 
 
 def stop_services(running: list[RunningService], grace_s: float = 10.0) -> None:
