@@ -25,6 +25,16 @@ on a free port) and SQLite in a temporary directory; a CacheClient in this proce
 - ``grpc_echo_p50_ms``, ``tcp_floor_p50_ms``: the floors (hftgate.bench.floors), same run.
 - ``remote_get_over_echo``: remote_get_p50_ms / grpc_echo_p50_ms.
 
+On the real order path (``remote=True``): an execution-service process reading its reference
+data (instruments, accounts, API keys) through a third cache-service process (its embedded
+CacheClient and near cache) takes a replayed order flow, the recorded CME E-mini order-by-order
+day (:func:`hftgate.bench.execution.replayed_mbo_messages`: adds, cancels, modifies and trades,
+spread over the four demo accounts, one OrderStream each).
+
+- ``order_path_hit_ratio``: from the execution service's own GetStats afterwards, the share of
+  its order-path lookups answered without reading SQL; ``order_path_lookups`` and
+  ``order_path_sql_lookups`` are the counts behind it, ``order_path_inputs`` the inputs replayed.
+
 Every figure is the median over ``repeats`` rounds (new trace seed per round).
 """
 
@@ -47,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from hftgate.bench import floors
+from hftgate.bench.execution import ExecutionProcess, drive_stream, replayed_mbo_messages, run_prefix
 from hftgate.native.histogram import LatencyHistogram
 from services.cache.client import CacheClient
 from services.cache.embedded_redis import EmbeddedRedis
@@ -289,6 +300,52 @@ def run_remote(*, samples: int = 3000, repeats: int = 3, redis_url: str | None =
     }
 
 
+async def _replay_through_execution(execution: ExecutionProcess, window_inputs: int) -> dict[str, float]:
+    import grpc
+
+    from hftgate.v1 import execution_pb2, execution_pb2_grpc
+
+    messages = replayed_mbo_messages(prefix=run_prefix())
+    async with grpc.aio.insecure_channel(execution.address) as channel:
+        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
+        await asyncio.gather(
+            *(
+                drive_stream(stub, execution.account(name), account_messages, window_inputs=window_inputs)
+                for name, account_messages in messages.items()
+            )
+        )
+        stats = await stub.GetStats(
+            execution_pb2.GetStatsRequest(), metadata=execution.account(next(iter(messages))).metadata
+        )
+    return {
+        "order_path_hit_ratio": stats.order_path_hit_ratio,
+        "order_path_lookups": stats.reference_lookups,
+        "order_path_sql_lookups": stats.reference_sql_lookups,
+        "order_path_inputs": sum(len(m.inputs) for account in messages.values() for m in account),
+    }
+
+
+def run_order_path(*, redis_url: str | None = None, window_inputs: int = 1_000) -> dict[str, float]:
+    """The order-path third of :func:`run`: execution service -> cache service -> Redis / SQL."""
+    with tempfile.TemporaryDirectory(prefix="hftgate-bench-order-path-") as tmp:
+        root = Path(tmp)
+        redis = None
+        if redis_url is None:
+            redis = EmbeddedRedis(root / "redis")
+            redis.start()
+            redis_url = redis.url
+        try:
+            with cache_service_process(root / "cache", redis_url, key_prefix="bench-order-path:") as port:
+                execution = ExecutionProcess(root / "execution", {"cache_address": f"127.0.0.1:{port}"})
+                with execution:
+                    execution.start()
+                    figures = asyncio.run(_replay_through_execution(execution, window_inputs))
+        finally:
+            if redis is not None:
+                redis.stop()
+    return figures
+
+
 def run(
     *,
     keys: int = 1_000_000,
@@ -316,6 +373,7 @@ def run(
     result["l1_vs_topk"] = result["l1_hit_ratio"] / result["topk_l1_hit_ratio"]
     if remote:
         result.update(run_remote(samples=remote_samples, repeats=repeats, redis_url=redis_url))
+        result.update(run_order_path(redis_url=redis_url))
     return result
 
 

@@ -435,6 +435,19 @@ class Journal:
         )
         self._writer.start()
 
+    def check_writable(self) -> None:
+        """Raise what :meth:`append` would raise now for a payload within limits (closed, failed, overloaded).
+
+        Lets a caller that must change its own state and journal the change in one step check first:
+        between this call and ``append`` on the same event-loop step, nothing can change the answer.
+        """
+        if self._failure is not None:
+            raise JournalFailed(f"journal writer failed: {self._failure!r}")
+        if self._loop is None or self._closing:
+            raise JournalClosed("journal is not started or is closing")
+        if len(self._backlog) >= self._backlog_max_records:
+            raise JournalOverloaded(f"{len(self._backlog)} journal records already wait for the writer")
+
     def append(self, payload: bytes, record_type: int = 0) -> asyncio.Future[int]:
         """Journal ``payload``; the future resolves with its sequence number once it is durable.
 

@@ -70,8 +70,6 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from hftgate.config import default_state_dir
-
 log = logging.getLogger(__name__)
 
 DEFAULT_TABLE_NAME = "ledger_transactions"
@@ -91,8 +89,11 @@ _RETRY_BACKOFF_MAX_S = 5.0
 
 
 def default_database_url() -> str:
-    """SQLite file ``execution-ledger.sqlite3`` in the state directory (``HFTGATE_STATE_DIR`` or ./data)."""
-    return f"sqlite+aiosqlite:///{default_state_dir() / 'execution-ledger.sqlite3'}"
+    """The execution service's ledger as it is configured (ExecutionConfig.ledger_url: the
+    ``HFTGATE_EXECUTION_LEDGER_DATABASE_URL``, else ``ledger.sqlite3`` in its state directory)."""
+    from services.execution.config import load_config
+
+    return load_config().ledger_url()
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,3 +55,83 @@ async def table_name(database_url: str) -> AsyncIterator[str]:
             await conn.run_sync(table.metadata.drop_all, checkfirst=True)
     finally:
         await engine.dispose()
+
+
+# --- an in-process execution server -------------------------------------------------------------
+
+from dataclasses import replace as _replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import grpc  # noqa: E402
+
+from services.execution.config import ExecutionConfig  # noqa: E402
+
+
+def execution_config(state_dir: Path, **overrides: Any) -> ExecutionConfig:
+    """A config on port 0 with everything (journal, ledger, reference rows) under ``state_dir``."""
+    base = ExecutionConfig(
+        port=0,
+        state_dir=str(state_dir),
+        reference_database_url=f"sqlite+aiosqlite:///{state_dir / 'reference.sqlite3'}",
+        max_symbols=8,
+        max_levels_per_side=1024,
+        max_live_orders=1 << 16,
+        retained_reports=10_000,
+        max_batch_orders=2_000,
+        max_stream_message_inputs=100,
+    )
+    return _replace(base, **overrides)
+
+
+def key(name: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying demo account ``name``'s API key."""
+    return (("x-api-key", f"hftgate-demo-{name}"),)
+
+
+class Harness:
+    """A running in-process server, a channel to it, and a stub."""
+
+    def __init__(self, running: Any, config: ExecutionConfig) -> None:
+        from hftgate.v1 import execution_pb2_grpc
+
+        self.running = running
+        self.config = config
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        self.stub = execution_pb2_grpc.ExecutionServiceStub(self.channel)
+
+    @property
+    def core(self) -> Any:
+        return self.running.core
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+        await self.running.stop(1.0)
+
+
+async def start_harness(config: ExecutionConfig) -> Harness:
+    from services.execution.server import start
+
+    return Harness(await start(config), config)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """A server with default test settings in a fresh state directory."""
+    h = await start_harness(execution_config(tmp_path))
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+@pytest.fixture
+def make_config() -> Any:
+    """``make_config(state_dir, **overrides)``: see :func:`execution_config`."""
+    return execution_config
+
+
+@pytest.fixture
+def launch() -> Any:
+    """``await launch(config)``: start an in-process server (the test closes it)."""
+    return start_harness

@@ -1,0 +1,717 @@
+"""Benchmark: the execution service's order path through a real server process, with its floors.
+
+One ``python -m services.execution`` process per round, durable journal on (the default,
+``fsync``), its state in a fresh temporary directory; the client is this process (grpc.aio).
+Every round measures, in this order:
+
+- ``unary_p50_ms`` / ``unary_p99_ms``: sequential SubmitOrder calls, one in flight, in short
+  blocks interleaved with blocks of the floors below, so that figure and floors see the same
+  noise on a shared machine.
+- ``tcp_floor_p50_ms``: raw TCP ping-pong with a child process (hftgate.bench.floors).
+- ``grpc_echo_p50_ms``: an empty unary call to a do-nothing server on the same gRPC stack.
+- ``fsync_p50_ms``: a 64-byte append + ``fdatasync`` to a file in the journal's directory.
+- ``batch_orders_per_s``: SubmitOrders with 1,000 orders a call, two accounts each with one
+  call in flight.
+- ``stream_orders_per_s``: OrderStream, 100 orders a message, two accounts, each stream keeping
+  up to ``stream_window_inputs`` orders unanswered.
+- ``stream_single_orders_per_s``: OrderStream with one order a message.
+
+Derived: ``unary_overhead_ms = unary_p50_ms - grpc_echo_p50_ms - fsync_p50_ms`` (what the service
+adds besides the transport and its one fsync: decode, risk, match, journal hand-off, ack) and
+the issue's bars (``*_bar_holds``). From the service's own GetStats after the unary phase:
+``unary_service_*_p50_ms`` per order-path stage, which say where the time inside goes.
+
+Every figure is the median over ``repeats`` rounds; ``*_spread`` = (max - min) / median of the
+rounds says how noisy the machine was.
+
+``journal_records_per_fsync``: journal records (one per call or stream message) per fsync over
+the whole round, the group-commit size.
+
+The order flow (:class:`OrderFlow`) is the one the load tests and the crash harness use too: a
+little under half passive GTC limit orders a few ticks behind the mid, a little over half
+aggressive IOC orders that take them, so the book keeps a stationary depth however long the run.
+
+This module also holds what the crash harness, the load tests and their tests share:
+:class:`ExecutionProcess` (start, SIGKILL, restart on the same port, stop) and the demo accounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hftgate.config import repo_root
+
+# Bars of issue 5.
+BATCH_ORDERS_PER_S_BAR = 50_000
+STREAM_ORDERS_PER_S_BAR = 20_000
+UNARY_OVERHEAD_MS_BAR = 0.25
+
+DEMO_SYMBOL = "BTCUSDT"
+# BTCUSDT's reference price in the service's demo data (60,000.00 in 0.01 ticks).
+DEMO_MID_PRICE_TICKS = 6_000_000
+DEMO_ACCOUNTS = ("alice", "bob", "carol", "dave")
+
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+# Client channel options: batches of thousands of acks exceed gRPC's 4 MiB default.
+CLIENT_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+def require_loopback(target: str) -> str:
+    """``target`` (host:port) if its host is the loopback interface; load is never aimed elsewhere."""
+    host = target.rsplit(":", 1)[0]
+    if host not in _LOOPBACK_HOSTS:
+        raise ValueError(
+            f"refusing to send load to {target!r}: only 127.0.0.1 / localhost targets are allowed"
+        )
+    return target
+
+
+@dataclass(frozen=True)
+class Account:
+    """A demo account the service seeds, and the metadata that authenticates as it."""
+
+    name: str
+    api_key: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-api-key", self.api_key),)
+
+
+# --- the server process ---------------------------------------------------------------------------
+
+
+class ExecutionProcess:
+    """One ``python -m services.execution`` process on 127.0.0.1, state in ``state_dir``.
+
+    ``start()`` binds a free port the first time and the same port on every restart, as a
+    deployed service would come back; ``kill()`` is SIGKILL (no clean-up runs), ``stop()`` is
+    SIGTERM (graceful drain). The demo reference data (instruments, accounts) is seeded into a
+    SQLite file in ``state_dir`` with a key secret of this object's own, so ``account(name)``
+    gives working credentials. ``settings`` are extra ``HFTGATE_EXECUTION_*`` values (field
+    names in lower case, e.g. ``{"snapshot_every_inputs": "500"}``).
+
+    Every process's output goes to ``state_dir/logs/execution-<n>.log``; :meth:`log_tail`
+    shows the end of the latest for error messages.
+    """
+
+    def __init__(self, state_dir: Path, settings: Mapping[str, str] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.service_dir = self.state_dir / "execution"
+        self.log_dir = self.state_dir / "logs"
+        self.key_secret = "bench-" + secrets.token_hex(8)
+        self.settings = dict(settings or {})
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.log_path: Path | None = None
+        self.spawned_at = 0.0  # time.monotonic() of the latest spawn
+
+    @property
+    def address(self) -> str:
+        if not self.port:
+            raise RuntimeError("the execution process has not reported its port yet")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.service_dir / "journal"
+
+    @property
+    def ledger_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.service_dir / 'ledger.sqlite3'}"
+
+    def account(self, name: str) -> Account:
+        if name not in DEMO_ACCOUNTS:
+            raise KeyError(f"no demo account {name!r}; the service seeds {', '.join(DEMO_ACCOUNTS)}")
+        return Account(name, f"{self.key_secret}-{name}")
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HFTGATE_EXECUTION_")}
+        env.pop("DATABASE_URL", None)
+        values = {
+            "host": "127.0.0.1",
+            "port": str(self.port),
+            "state_dir": str(self.service_dir),
+            "reference_database_url": f"sqlite+aiosqlite:///{self.state_dir / 'reference.sqlite3'}",
+            "cache_address": "",
+            "seed_demo_data": "true",
+            "demo_accounts": ",".join(DEMO_ACCOUNTS),
+            "demo_key_secret": self.key_secret,
+            "marketdata_address": "",
+            "metrics_port": "0",
+            **self.settings,
+        }
+        env.update({f"HFTGATE_EXECUTION_{name.upper()}": value for name, value in values.items()})
+        env["HFTGATE_STATE_DIR"] = str(self.state_dir)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def spawn(self) -> None:
+        """Start the process and return at once (see :meth:`wait_ready` / :meth:`start`)."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("the execution process is already running")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        self.log_path = self.log_dir / f"execution-{self.starts}.log"
+        with open(self.log_path, "wb") as log_file:
+            self.spawned_at = time.monotonic()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.execution"],
+                env=self.environment(),
+                cwd=repo_root(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def _poll_ready(self) -> bool:
+        """True once the latest process has logged 'listening on'; raises if it died first."""
+        assert self.process is not None and self.log_path is not None
+        match = _LISTENING.search(self.log_path.read_text(errors="replace"))
+        if match:
+            self.port = int(match.group(2))
+            return True
+        code = self.process.poll()
+        if code is not None:
+            raise RuntimeError(
+                f"execution service exited with code {code} before listening:\n{self.log_tail()}"
+            )
+        return False
+
+    def wait_ready_blocking(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._poll_ready():
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"execution service not listening after {timeout_s} s:\n{self.log_tail()}")
+            time.sleep(0.005)
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Like :meth:`wait_ready_blocking`, but lets the event loop run meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while not self._poll_ready():
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"execution service not listening after {timeout_s} s:\n{self.log_tail()}")
+            await asyncio.sleep(0.005)
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.spawn()
+        self.wait_ready_blocking(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to flush, sync or say goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait for the graceful drain; SIGKILL after ``timeout_s``. Returns the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.process.returncode)
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> ExecutionProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.is_running():
+            self.stop()
+
+
+# --- the order flow -------------------------------------------------------------------------------
+
+
+@dataclass
+class OrderFlow:
+    """Random orders around a fixed mid that keep the book at a stationary depth.
+
+    A share ``1 - take_share`` are passive GTC limits at 1..``depth_ticks`` ticks behind the mid
+    (buys below, sells above; they never cross each other); the rest are aggressive IOC limits
+    priced ``depth_ticks`` through the mid, which take resting liquidity and expire what they
+    cannot fill. With ``take_share`` a little above one half more liquidity is taken than given,
+    so the book stays shallow however long the run. Quantities are 1..``max_lots`` lots.
+    ``client_order_id`` is ``<prefix><n>``; give each account and run its own prefix.
+    """
+
+    prefix: str
+    symbol: str = DEMO_SYMBOL
+    mid_price_ticks: int = DEMO_MID_PRICE_TICKS
+    depth_ticks: int = 5
+    take_share: float = 0.55
+    max_lots: int = 10
+    seed: int = 0
+    count: int = 0
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+
+    def next_fields(self) -> dict[str, Any]:
+        """The next order as NewOrder keyword arguments (plain ints and strings)."""
+        from hftgate.v1 import common_pb2, execution_pb2
+
+        rng = self._rng
+        buy = bool(rng.integers(2))
+        take = bool(rng.random() < self.take_share)
+        if take:
+            offset = self.depth_ticks
+            tif = execution_pb2.TIME_IN_FORCE_IOC
+        else:
+            offset = -int(rng.integers(1, self.depth_ticks + 1))
+            tif = execution_pb2.TIME_IN_FORCE_GTC
+        price = self.mid_price_ticks + (offset if buy else -offset)
+        self.count += 1
+        return {
+            "client_order_id": f"{self.prefix}{self.count}",
+            "symbol": self.symbol,
+            "side": common_pb2.SIDE_BUY if buy else common_pb2.SIDE_SELL,
+            "order_type": execution_pb2.ORDER_TYPE_LIMIT,
+            "time_in_force": tif,
+            "price_ticks": price,
+            "quantity_lots": int(rng.integers(1, self.max_lots + 1)),
+        }
+
+    def next_order(self) -> Any:
+        """The next order as an ``execution_pb2.NewOrder``."""
+        from hftgate.v1 import execution_pb2
+
+        return execution_pb2.NewOrder(**self.next_fields())
+
+
+def replayed_mbo_messages(
+    *,
+    limit: int | None = None,
+    accounts: Sequence[str] = DEMO_ACCOUNTS,
+    symbol: str = "ESZ4",
+    message_inputs: int = 100,
+    prefix: str = "",
+) -> dict[str, list[Any]]:
+    """A recorded order flow as OrderStream messages per account: the CME E-mini order-by-order day
+    (``l3/databento_glbx-mdp3_ESH4_mbo_2023-12-25.csv.gz``, through :mod:`hftgate.matching.mbo`).
+
+    Each recorded order (and each trade's aggressor, an IOC limit) belongs to account
+    ``accounts[order id % len(accounts)]``, so its cancels and modifies come from its owner; adds
+    become GTC limits, cancels cancel by client order id (``<prefix><recorded order id>``), modifies
+    replace price and quantity. Within an account the recorded order is kept; across accounts the
+    streams interleave as they run. ``limit`` keeps the first records of the file.
+    """
+    from hftgate.matching.mbo import data_dir, load_mbo
+    from hftgate.matching.types import Action
+    from hftgate.v1 import execution_pb2
+
+    path = data_dir() / "l3" / "databento_glbx-mdp3_ESH4_mbo_2023-12-25.csv.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"recorded order flow {path} is missing (set HFTGATE_DATA_DIR)")
+    commands = load_mbo(path, limit).commands
+    per_account: dict[str, list[Any]] = {name: [] for name in accounts}
+    for order_id, price, qty, action, side, tif in zip(
+        commands["order_id"].tolist(),
+        commands["price"].tolist(),
+        commands["qty"].tolist(),
+        commands["action"].tolist(),
+        commands["side"].tolist(),
+        commands["tif"].tolist(),
+        strict=True,
+    ):
+        client_order_id = f"{prefix}{order_id}"
+        if action == Action.NEW:
+            order = execution_pb2.NewOrder(
+                client_order_id=client_order_id,
+                symbol=symbol,
+                side=side,
+                order_type=execution_pb2.ORDER_TYPE_LIMIT,
+                time_in_force=tif,
+                price_ticks=price,
+                quantity_lots=qty,
+            )
+            item = execution_pb2.OrderInput(new_order=order)
+        elif action == Action.CANCEL:
+            item = execution_pb2.OrderInput(
+                cancel=execution_pb2.CancelOrderRequest(client_order_id=client_order_id)
+            )
+        elif action == Action.REPLACE:
+            replace = execution_pb2.ReplaceOrderRequest(
+                client_order_id=client_order_id, price_ticks=price, quantity_lots=qty
+            )
+            item = execution_pb2.OrderInput(replace=replace)
+        else:
+            continue
+        per_account[accounts[order_id % len(accounts)]].append(item)
+    return {
+        name: [
+            execution_pb2.OrderStreamRequest(inputs=inputs[start : start + message_inputs])
+            for start in range(0, len(inputs), message_inputs)
+        ]
+        for name, inputs in per_account.items()
+        if inputs
+    }
+
+
+def run_prefix() -> str:
+    """A client order id prefix no earlier run used (ids stay unique per account for the journal's life)."""
+    return secrets.token_hex(3) + "-"
+
+
+# --- the floors beside the service ------------------------------------------------------------------
+
+
+class FsyncProbe:
+    """Appends 64 bytes and fdatasyncs, in a file of its own in the journal's directory."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "fsync-probe.tmp"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._payload = b"f" * 64
+
+    def round_trips_ns(self, count: int) -> np.ndarray:
+        out = np.empty(count, dtype=np.int64)
+        fd, payload = self._fd, self._payload
+        for i in range(count):
+            start = time.perf_counter_ns()
+            os.write(fd, payload)
+            os.fdatasync(fd)
+            out[i] = time.perf_counter_ns() - start
+        return out
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self.path.unlink(missing_ok=True)
+
+
+# --- measurements ----------------------------------------------------------------------------------
+
+
+def _ms(ns: float) -> float:
+    return float(ns) / 1e6
+
+
+async def _unary_block(stub: Any, flows: Sequence[tuple[OrderFlow, Account]], count: int) -> np.ndarray:
+    """``count`` sequential SubmitOrder calls, alternating accounts; client-side ns per call."""
+    from hftgate.v1 import execution_pb2
+
+    requests = []
+    for i in range(count):
+        flow, account = flows[i % len(flows)]
+        requests.append((execution_pb2.SubmitOrderRequest(order=flow.next_order()), account.metadata))
+    out = np.empty(count, dtype=np.int64)
+    call = stub.SubmitOrder
+    for i, (request, metadata) in enumerate(requests):
+        start = time.perf_counter_ns()
+        await call(request, metadata=metadata)
+        out[i] = time.perf_counter_ns() - start
+    return out
+
+
+@dataclass
+class UnaryRound:
+    unary_ns: np.ndarray
+    echo_ns: np.ndarray
+    tcp_ns: np.ndarray
+    fsync_ns: np.ndarray
+
+
+async def measure_unary_with_floors(
+    stub: Any,
+    flows: Sequence[tuple[OrderFlow, Account]],
+    echo: Any,
+    tcp: Any,
+    fsync: FsyncProbe,
+    *,
+    samples: int,
+    block: int,
+) -> UnaryRound:
+    """Unary SubmitOrder latencies in blocks of ``block``, each block followed by a block of each floor."""
+    await _unary_block(stub, flows, min(200, samples))  # warm-up: connection, caches, first snapshots
+    await echo.round_trips_ns(100)
+    unary, echoes, tcps, fsyncs = [], [], [], []
+    done = 0
+    while done < samples:
+        n = min(block, samples - done)
+        unary.append(await _unary_block(stub, flows, n))
+        echoes.append(await echo.round_trips_ns(n))
+        tcps.append(tcp.round_trips_ns(n))
+        fsyncs.append(fsync.round_trips_ns(max(1, n // 4)))
+        done += n
+    return UnaryRound(
+        np.concatenate(unary), np.concatenate(echoes), np.concatenate(tcps), np.concatenate(fsyncs)
+    )
+
+
+async def measure_batches(
+    stub: Any, flows: Sequence[tuple[OrderFlow, Account]], *, batches_per_account: int, batch_orders: int
+) -> tuple[float, int]:
+    """(orders per second, rejected orders) through SubmitOrders, one call in flight per account."""
+    from hftgate.v1 import execution_pb2
+
+    plans = [
+        (
+            account,
+            [
+                execution_pb2.SubmitOrdersRequest(orders=[flow.next_order() for _ in range(batch_orders)])
+                for _ in range(batches_per_account)
+            ],
+        )
+        for flow, account in flows
+    ]
+    rejected = 0
+
+    async def one_account(account: Account, requests: list[Any]) -> None:
+        nonlocal rejected
+        for request in requests:
+            response = await stub.SubmitOrders(request, metadata=account.metadata)
+            rejected += sum(1 for ack in response.acks if ack.status == execution_pb2.ORDER_STATUS_REJECTED)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_account(account, requests) for account, requests in plans))
+    elapsed = time.perf_counter() - start
+    total = batches_per_account * batch_orders * len(flows)
+    return total / elapsed, rejected
+
+
+async def drive_stream(
+    stub: Any, account: Account, messages: Sequence[Any], *, window_inputs: int
+) -> tuple[list[Any], list[Any]]:
+    """Send ``messages`` on one OrderStream keeping at most ``window_inputs`` inputs unanswered.
+
+    Returns (acks, executions) in the order they arrived. The stream ends when every input
+    has its ack and the client has half-closed.
+    """
+    total = sum(len(m.inputs) for m in messages)
+    call = stub.OrderStream(metadata=account.metadata)
+    acks: list[Any] = []
+    executions: list[Any] = []
+    room = asyncio.Condition()
+    outstanding = 0
+    reading = True
+
+    async def read() -> None:
+        nonlocal outstanding, reading
+        try:
+            async for response in call:
+                acks.extend(response.acks)
+                executions.extend(response.executions)
+                async with room:
+                    outstanding -= len(response.acks)
+                    room.notify_all()
+        finally:
+            reading = False  # wake the writer, which may be waiting for room that will never come
+            async with room:
+                room.notify_all()
+
+    reader = asyncio.create_task(read())
+    try:
+        for message in messages:
+            size = len(message.inputs)
+            async with room:
+                while outstanding + size > window_inputs and reading:
+                    await room.wait()
+            if not reading:
+                break
+            outstanding += size
+            await call.write(message)
+        if reading:
+            await call.done_writing()
+        await reader
+    finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    if len(acks) < total:
+        raise RuntimeError(
+            f"OrderStream ended after {len(acks)} of {total} acks (status {await call.code()})"
+        )
+    return acks, executions
+
+
+async def measure_streams(
+    stub: Any,
+    flows: Sequence[tuple[OrderFlow, Account]],
+    *,
+    orders_per_account: int,
+    message_orders: int,
+    window_inputs: int,
+) -> tuple[float, int]:
+    """Orders per second through one OrderStream per account, ``message_orders`` orders a message."""
+    from hftgate.v1 import execution_pb2
+
+    plans = []
+    for flow, account in flows:
+        messages = []
+        for _ in range(orders_per_account // message_orders):
+            inputs = [execution_pb2.OrderInput(new_order=flow.next_order()) for _ in range(message_orders)]
+            messages.append(execution_pb2.OrderStreamRequest(inputs=inputs))
+        plans.append((account, messages))
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(drive_stream(stub, account, messages, window_inputs=window_inputs) for account, messages in plans)
+    )
+    elapsed = time.perf_counter() - start
+    total = sum(len(acks) for acks, _ in results)
+    rejected = sum(
+        1 for acks, _ in results for ack in acks if ack.status == execution_pb2.ORDER_STATUS_REJECTED
+    )
+    return total / elapsed, rejected
+
+
+def _latency_ms(summary: Any) -> float:
+    return _ms(summary.p50_ns)
+
+
+@dataclass
+class RoundSettings:
+    """How much of each measurement one round makes (orders per account where it says so)."""
+
+    unary_samples: int = 3000
+    unary_block: int = 250
+    batch_orders: int = 1000
+    batches_per_account: int = 40
+    stream_orders_per_account: int = 50_000
+    stream_message_orders: int = 100
+    stream_window_inputs: int = 2_000
+    stream_single_orders_per_account: int = 5_000
+    stream_single_window_inputs: int = 64
+
+
+async def _one_round(
+    process: ExecutionProcess, echo_target: str, tcp_target: str, settings: RoundSettings
+) -> dict[str, float]:
+    import grpc
+
+    from hftgate.bench.floors import GrpcEcho, TcpPingPong
+    from hftgate.v1 import execution_pb2, execution_pb2_grpc
+
+    prefix = run_prefix()
+    alice, bob = process.account("alice"), process.account("bob")
+    flows = [(OrderFlow(prefix + "a", seed=1), alice), (OrderFlow(prefix + "b", seed=2), bob)]
+    fsync = FsyncProbe(process.journal_dir)
+    result: dict[str, float] = {}
+    async with grpc.aio.insecure_channel(process.address, options=CLIENT_CHANNEL_OPTIONS) as channel:
+        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
+        echo = GrpcEcho(echo_target)
+        try:
+            with TcpPingPong(tcp_target) as tcp:
+                tcp.round_trips_ns(200)
+                unary = await measure_unary_with_floors(
+                    stub, flows, echo, tcp, fsync, samples=settings.unary_samples, block=settings.unary_block
+                )
+        finally:
+            await echo.close()
+            fsync.close()
+        stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=alice.metadata)
+        result.update(
+            unary_p50_ms=_ms(np.median(unary.unary_ns)),
+            unary_p99_ms=_ms(np.percentile(unary.unary_ns, 99)),
+            grpc_echo_p50_ms=_ms(np.median(unary.echo_ns)),
+            tcp_floor_p50_ms=_ms(np.median(unary.tcp_ns)),
+            fsync_p50_ms=_ms(np.median(unary.fsync_ns)),
+            unary_overhead_ms=_ms(
+                np.median(unary.unary_ns) - np.median(unary.echo_ns) - np.median(unary.fsync_ns)
+            ),
+            unary_service_total_p50_ms=_latency_ms(stats.total_latency),
+            unary_service_risk_p50_ms=_latency_ms(stats.risk_latency),
+            unary_service_match_p50_ms=_latency_ms(stats.match_latency),
+            unary_service_journal_p50_ms=_latency_ms(stats.journal_latency),
+            unary_service_ack_p50_ms=_latency_ms(stats.ack_latency),
+        )
+        rate, rejected = await measure_batches(
+            stub, flows, batches_per_account=settings.batches_per_account, batch_orders=settings.batch_orders
+        )
+        result.update(batch_orders_per_s=rate, batch_rejected=rejected)
+        rate, rejected = await measure_streams(
+            stub,
+            flows,
+            orders_per_account=settings.stream_orders_per_account,
+            message_orders=settings.stream_message_orders,
+            window_inputs=settings.stream_window_inputs,
+        )
+        result.update(stream_orders_per_s=rate, stream_rejected=rejected)
+        rate, rejected = await measure_streams(
+            stub,
+            flows,
+            orders_per_account=settings.stream_single_orders_per_account,
+            message_orders=1,
+            window_inputs=settings.stream_single_window_inputs,
+        )
+        result.update(stream_single_orders_per_s=rate, stream_single_rejected=rejected)
+        stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=alice.metadata)
+        if stats.journal_fsyncs:
+            result["journal_records_per_fsync"] = stats.journal_records / stats.journal_fsyncs
+    return result
+
+
+@contextlib.contextmanager
+def _floor_servers() -> Iterator[tuple[str, str]]:
+    from hftgate.bench.floors import floor_server
+
+    with floor_server("grpc") as echo_target, floor_server("tcp") as tcp_target:
+        yield echo_target, tcp_target
+
+
+def run(repeats: int = 3, *, settings: RoundSettings | None = None) -> dict[str, float | int | bool]:
+    """Run ``repeats`` rounds (fresh server and state each) and report medians; see the module docstring."""
+    settings = settings or RoundSettings()
+    rounds: list[dict[str, float]] = []
+    with _floor_servers() as (echo_target, tcp_target):
+        for _ in range(max(1, repeats)):
+            with (
+                tempfile.TemporaryDirectory(prefix="hftgate-bench-execution-") as tmp,
+                ExecutionProcess(Path(tmp)) as process,
+            ):
+                process.start()
+                rounds.append(asyncio.run(_one_round(process, echo_target, tcp_target, settings)))
+                code = process.stop()
+                if code != 0:
+                    raise RuntimeError(f"execution service exited with {code}:\n{process.log_tail()}")
+    out: dict[str, float | int | bool] = {}
+    for key in rounds[0]:
+        values = [r[key] for r in rounds if key in r]
+        median = statistics.median(values)
+        out[key] = round(median, 4) if isinstance(median, float) else median
+        if key.endswith(("_p50_ms", "_per_s")) and not key.startswith("unary_service") and median:
+            out[f"{key}_spread"] = round((max(values) - min(values)) / median, 3)
+    # The overhead is taken per round (figure and floors from the same minutes), then the median.
+    out["unary_bar_holds"] = float(out["unary_overhead_ms"]) <= UNARY_OVERHEAD_MS_BAR
+    out["batch_bar_holds"] = float(out["batch_orders_per_s"]) >= BATCH_ORDERS_PER_S_BAR
+    out["stream_bar_holds"] = float(out["stream_orders_per_s"]) >= STREAM_ORDERS_PER_S_BAR
+    out["repeats"] = len(rounds)
+    return out

@@ -1,0 +1,57 @@
+"""``python -m services.execution``: run the execution service until SIGTERM or SIGINT.
+
+Configuration: ``HFTGATE_EXECUTION_*`` environment variables (services/execution/config.py).
+
+State directory: ``HFTGATE_EXECUTION_STATE_DIR``, else ``$HFTGATE_STATE_DIR/execution``, else
+``./data/execution`` in the checkout. It holds ``journal/`` (the input journal segments),
+``snapshots/`` (the recovery base) and ``ledger.sqlite3`` (the fill ledger, unless
+``HFTGATE_EXECUTION_LEDGER_DATABASE_URL`` names another database). On start the service loads
+the newest snapshot, replays the journal after it, brings the ledger level, and only then
+reports SERVING. ``services.execution.recovery.load_state(state_dir)`` rebuilds the same state
+offline.
+
+API keys on the embedded defaults: with ``HFTGATE_EXECUTION_SEED_DEMO_DATA`` on (the default)
+the service seeds, when missing, the demo instruments BTCUSDT, ETHUSDT and ESZ4 and the demo
+accounts of ``HFTGATE_EXECUTION_DEMO_ACCOUNTS`` (default ``alice,bob,carol,dave``, account ids
+1, 2, 3, 4 in that order). The API key of demo account NAME is ``<secret>-<NAME>`` with
+``HFTGATE_EXECUTION_DEMO_KEY_SECRET`` as the secret (default ``hftgate-demo``, so alice's key
+is ``hftgate-demo-alice``); only the SHA-256 of each key is stored. Send the key in the
+``x-api-key`` metadata of every call. The start-up log names the demo accounts. Reference rows
+go to the cache service's SQL table (or through the cache service when
+``HFTGATE_EXECUTION_CACHE_ADDRESS`` is set); services/execution/reference.py describes them,
+for adding real accounts and instruments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from hftgate import telemetry
+from hftgate.config import describe
+from hftgate.grpcserver import serve_until_signalled
+from services.execution.config import load_config
+from services.execution.server import start
+
+log = logging.getLogger("services.execution")
+
+
+async def main() -> None:
+    config = load_config()
+
+    log.info("config: %s", describe(config))
+    telemetry.configure("execution", metrics_port=config.metrics_port)
+    running = await start(config)
+    if config.seed_demo_data:
+        log.info(
+            "demo accounts %s: API key of NAME is '<HFTGATE_EXECUTION_DEMO_KEY_SECRET>-NAME'",
+            ", ".join(config.demo_accounts),
+        )
+    log.info("state directory %s (recovered in %.1f ms)", config.state_path(), running.recovery_ms)
+    log.info("listening on %s:%d", config.host, running.port)
+    await serve_until_signalled(running, config.shutdown_grace_s)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(main())

@@ -1,0 +1,251 @@
+"""Translation between execution.proto messages and the order path's numpy columns.
+
+Decoding reads each order's fields once into one row tuple and builds the batch's columns with a
+single ``np.array`` call; encoding builds one proto per ack or report from ``tolist()`` columns.
+These are the only per-order Python objects on the order path, and the protocol forces them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hftgate.v1 import common_pb2 as common
+from hftgate.v1 import execution_pb2 as api
+from services.execution.core import KIND_CANCEL, KIND_NEW, KIND_REPLACE, Acks, Inputs
+from services.execution.risk import NEW_ORDER_DTYPE
+from services.execution.state import REASON_TEXT, ExecutionState
+
+_NO_SYMBOL: list[str] = []
+
+
+def decode_new_orders(orders: Sequence[api.NewOrder], received_ns: int, arrival_ns: int) -> Inputs:
+    """A SubmitOrder/SubmitOrders batch as columns."""
+    rows = [
+        (
+            o.side,
+            o.order_type,
+            o.time_in_force,
+            o.price_ticks,
+            o.stop_price_ticks,
+            o.quantity_lots,
+            o.display_quantity_lots,
+            o.post_only,
+            o.self_trade_prevention,
+            o.protection_price_ticks,
+            o.priority,
+        )
+        for o in orders
+    ]
+    count = len(rows)
+    return Inputs(
+        kind=np.full(count, KIND_NEW, np.int64),
+        symbols=[o.symbol for o in orders],
+        client_ids=[o.client_order_id for o in orders],
+        orders=np.array(rows, NEW_ORDER_DTYPE),
+        target_ids=np.zeros(count, np.int64),
+        received_ns=received_ns,
+        arrival_ns=arrival_ns,
+    )
+
+
+def decode_one_target(kind: int, order_id: int, client_order_id: str, received_ns: int, arrival_ns: int,
+                      price: int = 0, quantity: int = 0, stop_price: int = 0) -> Inputs:  # fmt: skip
+    """A cancel or replace as a batch of one."""
+    orders = np.zeros(1, NEW_ORDER_DTYPE)
+    orders["price"], orders["quantity"], orders["stop_price"] = price, quantity, stop_price
+    return Inputs(
+        kind=np.array([kind], np.int64),
+        symbols=[""],
+        client_ids=[client_order_id],
+        orders=orders,
+        target_ids=np.array([order_id], np.int64),
+        received_ns=received_ns,
+        arrival_ns=arrival_ns,
+    )
+
+
+def decode_stream_inputs(inputs: Sequence[api.OrderInput], received_ns: int, arrival_ns: int) -> Inputs:
+    """One OrderStream message: new orders, cancels and replaces in arrival order."""
+    count = len(inputs)
+    kind = np.zeros(count, np.int64)
+    symbols: list[str] = []
+    client_ids: list[str] = []
+    rows: list[tuple[int, ...]] = []
+    targets = np.zeros(count, np.int64)
+    preset = np.zeros(count, np.int64)
+    for position, item in enumerate(inputs):
+        which = item.WhichOneof("input")
+        if which == "new_order":
+            o = item.new_order
+            kind[position] = KIND_NEW
+            symbols.append(o.symbol)
+            client_ids.append(o.client_order_id)
+            rows.append(
+                (o.side, o.order_type, o.time_in_force, o.price_ticks, o.stop_price_ticks, o.quantity_lots,
+                 o.display_quantity_lots, o.post_only, o.self_trade_prevention, o.protection_price_ticks, 0)
+            )  # fmt: skip
+            continue
+        symbols.append("")
+        if which == "cancel":
+            c = item.cancel
+            kind[position] = KIND_CANCEL
+            client_ids.append(c.client_order_id)
+            targets[position] = c.order_id
+            rows.append((0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+            if not c.order_id and not c.client_order_id:
+                preset[position] = common.REJECT_REASON_UNKNOWN_ORDER
+        elif which == "replace":
+            r = item.replace
+            kind[position] = KIND_REPLACE
+            client_ids.append(r.client_order_id)
+            targets[position] = r.order_id
+            rows.append((0, 0, 0, r.price_ticks, r.stop_price_ticks, r.quantity_lots, 0, 0, 0, 0, 0))
+            if not r.order_id and not r.client_order_id:
+                preset[position] = common.REJECT_REASON_UNKNOWN_ORDER
+        else:
+            kind[position] = KIND_NEW
+            client_ids.append("")
+            rows.append((0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+            preset[position] = common.REJECT_REASON_INVALID_ORDER
+    return Inputs(
+        kind=kind,
+        symbols=symbols,
+        client_ids=client_ids,
+        orders=np.array(rows, NEW_ORDER_DTYPE),
+        target_ids=targets,
+        received_ns=received_ns,
+        arrival_ns=arrival_ns,
+        preset_reasons=preset,
+    )
+
+
+_VERB: dict[int, str] = {KIND_NEW: "submit", KIND_CANCEL: "cancel", KIND_REPLACE: "replace"}
+
+
+def reason_text(kind: int, client_id: str, reason: int, symbol: str = "") -> str:
+    if not reason:
+        return ""
+    text = REASON_TEXT.get(reason, common.RejectReason.Name(reason))
+    if reason == common.REJECT_REASON_UNKNOWN_SYMBOL and symbol:
+        text = f"unknown symbol {symbol!r}"
+    return f"Cannot {_VERB.get(kind, 'run')} order {client_id!r}: {text}"
+
+
+def encode_acks(acks: Acks, ack_ns: int, symbols: list[str] | None = None) -> list[api.OrderAck]:
+    """OrderAck per input."""
+    out = []
+    durable = acks.durable
+    received = acks.received_ns
+    for kind, client_id, order_id, seq, status, reason, price, qty, leaves, cum, kept, symbol in zip(
+        acks.kind.tolist(),
+        acks.client_ids,
+        acks.order_ids.tolist(),
+        acks.sequences.tolist(),
+        acks.status.tolist(),
+        acks.reason.tolist(),
+        acks.price.tolist(),
+        acks.quantity.tolist(),
+        acks.leaves.tolist(),
+        acks.cum.tolist(),
+        acks.priority_kept.tolist(),
+        symbols or [""] * len(acks.client_ids),
+        strict=True,
+    ):
+        out.append(
+            api.OrderAck(
+                action=kind,
+                client_order_id=client_id,
+                order_id=order_id,
+                sequence=seq,
+                durable=durable and seq > 0,
+                status=status,
+                reason=reason,
+                reason_text=reason_text(kind, client_id, reason, symbol) if reason else "",
+                price_ticks=price,
+                quantity_lots=qty,
+                leaves_quantity_lots=leaves,
+                cum_quantity_lots=cum,
+                priority_kept=kept,
+                received_ns=received,
+                ack_ns=ack_ns,
+            )
+        )
+    return out
+
+
+def encode_reports(reports: np.ndarray, state: ExecutionState) -> list[api.ExecutionReport]:
+    names = state.symbol_names
+    client_ids = state.client_ids
+    out = []
+    for row in reports.tolist():
+        (seq, input_seq, order_id, _, price, qty, last_price, last_qty, leaves, cum, trade_id,
+         counterparty, received, transact, symbol_id, reason, exec_type, side, status, liq) = row  # fmt: skip
+        out.append(
+            api.ExecutionReport(
+                sequence=seq,
+                input_sequence=input_seq,
+                exec_type=exec_type,
+                order_id=order_id,
+                client_order_id=client_ids[order_id - 1],
+                symbol=names[symbol_id],
+                side=side,
+                status=status,
+                price_ticks=price,
+                quantity_lots=qty,
+                last_price_ticks=last_price,
+                last_quantity_lots=last_qty,
+                leaves_quantity_lots=leaves,
+                cum_quantity_lots=cum,
+                trade_id=trade_id,
+                liquidity=liq,
+                counterparty_order_id=counterparty,
+                reason=reason,
+                reason_text=REASON_TEXT.get(reason, "") if reason else "",
+                received_ns=received,
+                transact_ns=transact,
+            )
+        )
+    return out
+
+
+def encode_order(state: ExecutionState, order_id: int) -> api.Order:
+    row = state.orders[order_id - 1]
+    request: dict[str, Any] = {
+        "client_order_id": state.client_ids[order_id - 1],
+        "symbol": state.symbol_names[int(row["symbol_id"])],
+        "side": int(row["side"]),
+        "order_type": int(row["order_type"]),
+        "time_in_force": int(row["tif"]),
+        "price_ticks": int(row["price"]),
+        "stop_price_ticks": int(row["stop_price"]),
+        "quantity_lots": int(row["quantity"]),
+        "display_quantity_lots": int(row["display"]),
+        "post_only": bool(row["post_only"]),
+        "self_trade_prevention": int(row["stp"]),
+        "protection_price_ticks": int(row["protection"]),
+        "priority": int(row["priority"]),
+    }
+    fields: dict[str, Any] = {
+        "order_id": order_id,
+        "request": api.NewOrder(**request),
+        "status": int(row["status"]),
+        "leaves_quantity_lots": int(row["leaves"]),
+        "cum_quantity_lots": int(row["cum"]),
+        "cum_notional": int(row["notional"]),
+        "displayed_quantity_lots": _displayed(state, order_id, row),
+        "reason": int(row["reason"]),
+        "created_ns": int(row["created_ns"]),
+        "updated_ns": int(row["updated_ns"]),
+        "last_exec_sequence": int(row["last_exec_seq"]),
+    }
+    return api.Order(**fields)
+
+
+def _displayed(state: ExecutionState, order_id: int, row: np.void) -> int:
+    if not row["display"]:
+        return 0
+    info = state.engine.order(order_id)
+    return 0 if info is None else int(info["visible_qty"])

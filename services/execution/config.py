@@ -1,0 +1,123 @@
+"""Configuration of the execution service, from ``HFTGATE_EXECUTION_*`` environment variables.
+
+Every field below is read from ``HFTGATE_EXECUTION_<FIELD NAME IN UPPER CASE>``; e.g.
+``HFTGATE_EXECUTION_JOURNAL_DURABILITY=write`` acknowledges before the fsync. The field
+names are a stable interface (the crash harness and benchmarks set them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hftgate.config import default_state_dir, from_env
+
+ENV_PREFIX = "HFTGATE_EXECUTION_"
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Every setting of the execution service, with its unit in its name."""
+
+    # Interface and port to listen on.
+    host: str = "127.0.0.1"
+    port: int = 50051
+    # How long a stopping server lets in-flight calls finish.
+    shutdown_grace_s: float = 5.0
+    # Where the journal, the snapshots and the SQLite ledger live; empty = HFTGATE_STATE_DIR/execution.
+    state_dir: str = ""
+
+    # TLS: both paths set = serve TLS with this PEM certificate chain and key; both empty = plaintext.
+    tls_cert_path: str = ""
+    tls_key_path: str = ""
+
+    # Journal. "fsync": an ack leaves only once its input is on disk (group commit);
+    # "write": ack once the kernel has the bytes (survives a process kill, not a power loss).
+    journal_durability: str = "fsync"
+    journal_segment_max_bytes: int = 64 * 1024 * 1024
+    # Start even if the journal is damaged in the middle (the damage is moved aside and logged).
+    journal_allow_mid_corruption: bool = False
+    # Delete journal segments a confirmed snapshot covers. False keeps every input since the
+    # first start (the crash harness replays all of them through the reference book).
+    journal_truncate_after_snapshot: bool = True
+
+    # Snapshots of every book and order: taken after this many journaled inputs or this much
+    # time since the last one (whichever comes first, and only when something changed); 0 disables.
+    snapshot_every_inputs: int = 200_000
+    snapshot_every_s: float = 60.0
+
+    # Ledger of fills: SQLAlchemy async URL; empty = SQLite file in the state directory.
+    ledger_database_url: str = ""
+    ledger_table: str = "ledger_transactions"
+
+    # Reference data (instruments, accounts, API keys). With a cache service address the
+    # lookups go through the embedded CacheClient (near cache); without one they read the
+    # cache's SQL table directly (same rows), keeping what they read for reference_local_ttl_ms.
+    cache_address: str = ""
+    reference_database_url: str = ""
+    reference_table: str = "cache_entries"
+    reference_local_ttl_ms: int = 1_000
+    # Seed demo instruments and accounts into the reference store when they are missing.
+    seed_demo_data: bool = True
+    # Demo accounts; the API key of demo account NAME is "<demo_key_secret>-<NAME>".
+    demo_accounts: tuple[str, ...] = ("alice", "bob", "carol", "dave")
+    demo_key_secret: str = "hftgate-demo"
+
+    # Market data service to publish our own trades to (venue "hftgate"); empty = do not publish.
+    marketdata_address: str = ""
+
+    # Request limits.
+    max_batch_orders: int = 10_000
+    max_stream_message_inputs: int = 1_000
+
+    # Matching engine sizes.
+    max_symbols: int = 64
+    max_levels_per_side: int = 65_536
+    max_live_orders: int = 1 << 20
+
+    # Execution reports kept for StreamExecutions resumption.
+    retained_reports: int = 200_000
+
+    # Prometheus /metrics port; 0 = no metrics endpoint.
+    metrics_port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def state_path(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else default_state_dir() / "execution"
+
+    def journal_path(self) -> Path:
+        return self.state_path() / "journal"
+
+    def snapshot_path(self) -> Path:
+        return self.state_path() / "snapshots"
+
+    def ledger_url(self) -> str:
+        return self.ledger_database_url or f"sqlite+aiosqlite:///{self.state_path() / 'ledger.sqlite3'}"
+
+    def reference_url(self) -> str:
+        """The reference store's SQL URL; by default the cache service's own SQLite file."""
+        if self.reference_database_url:
+            return self.reference_database_url
+        if os.environ.get("DATABASE_URL"):  # the cache service's SQL store when deployed with one
+            return os.environ["DATABASE_URL"]
+        cache_state = os.environ.get("HFTGATE_CACHE_STATE_DIR") or str(default_state_dir() / "cache")
+        return f"sqlite+aiosqlite:///{Path(cache_state) / 'cache.sqlite3'}"
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> ExecutionConfig:
+    """The configuration from the environment; fails fast on a value that cannot work."""
+    config = from_env(ExecutionConfig, ENV_PREFIX, environ)
+    if config.journal_durability not in ("fsync", "write"):
+        raise ValueError(
+            f"{ENV_PREFIX}JOURNAL_DURABILITY must be fsync or write, not {config.journal_durability!r}"
+        )
+    if bool(config.tls_cert_path) != bool(config.tls_key_path):
+        raise ValueError(f"{ENV_PREFIX}TLS_CERT_PATH and {ENV_PREFIX}TLS_KEY_PATH must be set together")
+    if config.max_batch_orders < 1 or config.max_stream_message_inputs < 1:
+        raise ValueError("max_batch_orders and max_stream_message_inputs must be at least 1")
+    return config

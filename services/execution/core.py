@@ -1,0 +1,795 @@
+"""The order path: risk, one engine call and one journal record per batch, acks after durability.
+
+:class:`ExecutionCore` is the execution service without gRPC. Every input reaches it as a batch of
+:class:`Inputs` (one SubmitOrder, one SubmitOrders call, one OrderStream message, one cancel...)
+from one account, and goes through, synchronously on the event loop:
+
+1. **risk** -- :func:`~services.execution.risk.check_new_orders` for new orders (one numpy pass),
+   ownership and existence for cancels and replaces; refused inputs get their reason and are
+   not journaled;
+2. **match** -- the accepted inputs become one :class:`~services.execution.records.Batch`, which is
+   appended to the journal (the writer thread makes it durable) and applied to
+   :class:`~services.execution.state.ExecutionState` (one engine call);
+3. **journal durable** -- the call awaits the record's future; group commit shares the fsync;
+4. **ack** -- the caller (server.py) turns the :class:`Acks` into protos and sends them.
+
+Reports go to StreamExecutions/OrderStream subscribers, and fills to the ledger (and to the market
+data service), only after the record is durable, so nothing leaves the service that a crash
+could take back. The ledger write happens after the acks, off the order path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hftgate.matching.types import COMMAND_DTYPE, Action, StpMode
+from hftgate.matching.types import OrderType as EngineType
+from hftgate.native.clock import now_ns
+from hftgate.native.histogram import LatencyHistogram
+from hftgate.v1 import common_pb2 as common
+from hftgate.v1 import execution_pb2 as api
+from services.execution.journal import Journal
+from services.execution.ledger import Fill, Ledger, LedgerBacklogFull
+from services.execution.records import (
+    META_DTYPE,
+    RECORD_ACCOUNT,
+    RECORD_BATCH,
+    RECORD_SYMBOL,
+    Batch,
+    encode_account,
+    encode_batch,
+    encode_symbol,
+)
+from services.execution.reference import AccountSpec, InstrumentSpec, ReferenceData
+from services.execution.risk import NEW_ORDER_DTYPE, AccountExposure, TokenBucket, check_new_orders
+from services.execution.state import OPEN_STATUSES, REJECTED, STOP_TYPES, BatchOutcome, ExecutionState
+
+log = logging.getLogger(__name__)
+
+KIND_NEW, KIND_CANCEL, KIND_REPLACE = api.ORDER_ACTION_NEW, api.ORDER_ACTION_CANCEL, api.ORDER_ACTION_REPLACE
+
+# execution.proto SelfTradePrevention -> engine mode (UNSPECIFIED is the service default, CANCEL_RESTING).
+_STP_TO_ENGINE = np.array(
+    [StpMode.CANCEL_RESTING, StpMode.CANCEL_RESTING, StpMode.CANCEL_TAKER, StpMode.CANCEL_BOTH,
+     StpMode.DECREMENT, StpMode.NONE], np.uint8,
+)  # fmt: skip
+_DEFAULT_TIF = np.array([0, api.TIME_IN_FORCE_GTC, api.TIME_IN_FORCE_IOC, api.TIME_IN_FORCE_GTC,
+                         api.TIME_IN_FORCE_IOC], np.int64)  # fmt: skip
+
+
+class RateLimited(Exception):
+    """The account had no order-rate tokens left when the call arrived."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"order rate limit reached; retry in {retry_after_s:.3f} s")
+        self.retry_after_s = retry_after_s
+
+
+class NotOwner(Exception):
+    """A known account named another account's order."""
+
+
+class OrderNotFound(Exception):
+    """The order never existed for this account."""
+
+
+class ServiceUnavailable(Exception):
+    """The service is recovering or stopping, or the journal cannot take more."""
+
+
+@dataclass(slots=True)
+class Inputs:
+    """One batch of inputs from one account, as decoded from the wire (columns, input i at row i)."""
+
+    kind: np.ndarray  # ORDER_ACTION_* per input
+    symbols: list[str]  # NEW: symbol; others: ""
+    client_ids: list[str]  # NEW: its client order id; CANCEL/REPLACE: the named client order id
+    orders: np.ndarray  # NEW_ORDER_DTYPE; CANCEL/REPLACE use price, quantity, stop_price for the new values
+    target_ids: np.ndarray  # int64 CANCEL/REPLACE: the named exchange order id (0 = by client id)
+    prioritize: bool = False
+    received_ns: int = 0
+    arrival_ns: int = 0  # native clock at arrival (latency accounting)
+    # Pre-set reasons for inputs refused by the decoder (e.g. an empty OrderInput).
+    preset_reasons: np.ndarray | None = None
+    cancel_reason: int = 0
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
+@dataclass(slots=True)
+class Acks:
+    """One ack per input, in input order."""
+
+    kind: np.ndarray
+    client_ids: list[str]
+    order_ids: np.ndarray
+    sequences: np.ndarray
+    status: np.ndarray
+    reason: np.ndarray
+    price: np.ndarray
+    quantity: np.ndarray
+    leaves: np.ndarray
+    cum: np.ndarray
+    priority_kept: np.ndarray
+    received_ns: int
+    durable: bool = False
+    reports: np.ndarray | None = None  # REPORT_DTYPE of this batch (all accounts)
+    arrival_ns: int = 0
+    accepted: int = 0
+    durable_at_ns: int = 0
+
+
+@dataclass(slots=True)
+class StageHistograms:
+    """Latency per order-path stage (native clock, ns), one sample per accepted input."""
+
+    risk: LatencyHistogram = field(default_factory=LatencyHistogram)
+    match: LatencyHistogram = field(default_factory=LatencyHistogram)
+    journal: LatencyHistogram = field(default_factory=LatencyHistogram)
+    ack: LatencyHistogram = field(default_factory=LatencyHistogram)
+    total: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+@dataclass(slots=True)
+class Counters:
+    orders_received: int = 0
+    orders_accepted: int = 0
+    inputs_rejected: int = 0
+    cancels_accepted: int = 0
+    replaces_accepted: int = 0
+    rejects_by_reason: dict[int, int] = field(default_factory=dict)
+
+
+class ReportSubscriber:
+    """A StreamExecutions/OrderStream listener: report arrays of one account land in ``queue``."""
+
+    def __init__(self, account_id: int, symbol_id: int | None) -> None:
+        self.account_id = account_id
+        self.symbol_id = symbol_id
+        self.queue: asyncio.Queue[np.ndarray | Acks] = asyncio.Queue()
+
+    def deliver(self, reports: np.ndarray) -> None:
+        if self.symbol_id is not None:
+            reports = reports[reports["symbol_id"] == self.symbol_id]
+        if len(reports):
+            self.queue.put_nowait(reports)
+
+
+class ExecutionCore:
+    """State, journal, ledger and reference data behind the execution API (one event loop owns it)."""
+
+    def __init__(
+        self,
+        state: ExecutionState,
+        journal: Journal,
+        ledger: Ledger | None,
+        reference: ReferenceData,
+        *,
+        max_batch_orders: int,
+        on_batch_applied: Callable[[], None] | None = None,
+        trade_sink: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.journal = journal
+        self.ledger = ledger
+        self.reference = reference
+        self.max_batch_orders = max_batch_orders
+        self.stages = StageHistograms()
+        self.counters = Counters()
+        self.started_ns = time.time_ns()
+        self._buckets: dict[int, TokenBucket] = {}
+        self._subscribers: dict[int, list[ReportSubscriber]] = {}
+        self._on_batch_applied = on_batch_applied
+        #: Called off the order path with the fills of each durable batch (the market data feed).
+        self.trade_sink = trade_sink
+        self.accepting = True
+        self.ledger_backlog_drops = 0
+        self._pending_fills: list[np.ndarray] = []
+        # Batches applied but not yet durable that have a sink, oldest first, each with the acks of
+        # fully refused batches that arrived after it (they must not overtake it on a stream).
+        self._inflight: list[tuple[asyncio.Future[int], list[Acks]]] = []
+        #: Sequence of the last execution report handed to subscribers (all earlier ones are durable).
+        self.published_report_seq = state.next_report_seq - 1
+        self._ledger_task: asyncio.Task[None] | None = None
+
+    # --- accounts and instruments --------------------------------------------------------------
+
+    async def authenticate(self, api_key: str) -> AccountSpec | None:
+        return await self.reference.account_for_key(api_key)
+
+    def bucket(self, account: AccountSpec) -> TokenBucket:
+        bucket = self._buckets.get(account.account_id)
+        if (
+            bucket is None
+            or bucket.rate_per_s != account.rate_limit_orders_per_s
+            or bucket.burst != max(1, account.rate_limit_burst)
+        ):
+            bucket = self._buckets[account.account_id] = TokenBucket(
+                account.rate_limit_orders_per_s, account.rate_limit_burst
+            )
+        return bucket
+
+    def check_rate(self, account: AccountSpec, now: int) -> None:
+        """Raise RateLimited when the account has no token left at arrival."""
+        bucket = self.bucket(account)
+        if bucket.refill(now) < 1.0:
+            raise RateLimited(bucket.seconds_until_one())
+
+    def _ensure_account(self, account: AccountSpec) -> None:
+        if account.account_id not in self.state.account_names:
+            self.journal.append(encode_account(account.account_id, account.name), RECORD_ACCOUNT)
+            self.state.add_account(account.account_id, account.name)
+
+    def _open_books(self, provisional: list[str], symbol_ids: np.ndarray, reason: np.ndarray) -> None:
+        """Open (and journal) a book for each provisional symbol that has an accepted order."""
+        state = self.state
+        base = len(state.symbol_names)
+        used = set(symbol_ids[reason == 0].tolist())
+        for offset, symbol in enumerate(provisional):
+            temporary = base + offset
+            if temporary not in used:
+                continue
+            symbol_id = len(state.symbol_names)
+            self.journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
+            state.add_symbol(symbol_id, symbol)
+            symbol_ids[symbol_ids == temporary] = symbol_id
+
+    async def instruments_for(self, symbols: list[str]) -> tuple[list[str], list[InstrumentSpec | None]]:
+        unique = list(dict.fromkeys(symbols))
+        return unique, [await self.reference.instrument(symbol) for symbol in unique]
+
+    async def symbol_id_of(self, symbol: str) -> int | None:
+        """The engine symbol id of a known instrument (None when the symbol is unknown)."""
+        if await self.reference.instrument(symbol) is None:
+            return None
+        return self.state.symbol_ids.get(symbol, -1)
+
+    # --- the order path --------------------------------------------------------------------------
+
+    async def submit(
+        self, account: AccountSpec, inputs: Inputs, sink: Callable[[Acks | BaseException], None] | None = None
+    ) -> Acks:
+        """Run one batch of inputs; returns once the accepted ones are durable (or refused).
+
+        With ``sink`` it returns as soon as the batch is applied, and ``sink`` gets the acks once
+        they are durable (before any report of the batch is published), or the journal's error.
+        Sinks are called in submission order, so a stream can pipeline its messages.
+        """
+        if not self.accepting:
+            raise ServiceUnavailable("the service is stopping")
+        if account.kill_switch and inputs.cancel_reason != common.REJECT_REASON_KILL_SWITCH:
+            await self._cancel_for_kill_switch(account)
+        unique, specs = (
+            await self.instruments_for([s for s in inputs.symbols if s]) if inputs.symbols else ([], [])
+        )
+        acks, batch, positions = self._prepare(account, inputs, unique, specs)
+        if batch is None:
+            if sink is not None:
+                if self._inflight:
+                    self._inflight[-1][1].append(acks)  # keep stream order behind the batch in flight
+                else:
+                    sink(acks)
+            return acks
+        t_risk = now_ns()
+        payload = encode_batch(batch)
+        try:
+            self.journal.check_writable()
+        except Exception as exc:
+            raise ServiceUnavailable(f"journal cannot take the input: {exc}") from exc
+        outcome = self.state.apply_batch(batch)
+        # Appended after matching, in the same loop step (so in the same order): waking the writer
+        # thread only now keeps it from contending for the GIL while the engine runs.
+        future = self.journal.append(payload, RECORD_BATCH)
+        t_match = now_ns()
+        self._merge(acks, outcome, positions)
+        accepted = len(batch)
+        stages = self.stages
+        stages.risk.record_n(max(0, t_risk - inputs.arrival_ns), accepted)
+        stages.match.record_n(t_match - t_risk, accepted)
+        acks.accepted = accepted
+        if self._on_batch_applied is not None:
+            self._on_batch_applied()
+        if sink is None:
+            try:
+                await future
+            except Exception as exc:
+                raise ServiceUnavailable(f"journal failed: {exc}") from exc
+            self._durable(acks, outcome, t_match)
+            return acks
+        entry: tuple[asyncio.Future[int], list[Acks]] = (future, [acks])
+        self._inflight.append(entry)
+        future.add_done_callback(lambda done: self._durable_to_sink(done, entry, outcome, t_match, sink))
+        return acks
+
+    def _durable(self, acks: Acks, outcome: BatchOutcome, t_match: int) -> None:
+        t_durable = now_ns()
+        self.stages.journal.record_n(t_durable - t_match, acks.accepted)
+        acks.durable = self.journal.durability.value == "fsync"
+        acks.durable_at_ns = t_durable
+        self._publish(outcome)
+
+    def _durable_to_sink(
+        self,
+        done: asyncio.Future[int],
+        entry: tuple[asyncio.Future[int], list[Acks]],
+        outcome: BatchOutcome,
+        t_match: int,
+        sink: Callable[[Acks | BaseException], None],
+    ) -> None:
+        with contextlib.suppress(ValueError):
+            self._inflight.remove(entry)
+        error = done.exception()
+        if error is not None:
+            sink(error)
+            return
+        acks = entry[1][0]
+        acks.durable = self.journal.durability.value == "fsync"
+        acks.durable_at_ns = now_ns()
+        self.stages.journal.record_n(acks.durable_at_ns - t_match, acks.accepted)
+        for follower in entry[1]:
+            sink(follower)
+        self._publish(outcome)
+
+    async def _cancel_for_kill_switch(self, account: AccountSpec) -> None:
+        """The first call after an account's kill switch went on cancels its working orders."""
+        order_ids = self.state.open_order_ids(account.account_id, None, 0)
+        if not len(order_ids):
+            return
+        count = len(order_ids)
+        cancels = cancel_inputs(order_ids, time.time_ns(), now_ns(), common.REJECT_REASON_KILL_SWITCH)
+        await self.submit(account, cancels)
+        log.warning("kill switch of account %s: canceled %d working order(s)", account.name, count)
+
+    def record_ack_sent(self, acks: Acks) -> None:
+        """Latency accounting once the server has built the response (the ack handed to gRPC)."""
+        if acks.accepted:
+            t_ack = now_ns()
+            self.stages.ack.record_n(t_ack - acks.durable_at_ns, acks.accepted)
+            self.stages.total.record_n(t_ack - acks.arrival_ns, acks.accepted)
+
+    def _prepare(
+        self, account: AccountSpec, inputs: Inputs, symbols: list[str], specs: list[InstrumentSpec | None]
+    ) -> tuple[Acks, Batch | None, np.ndarray]:
+        """Risk for every input; the accepted ones as a journal batch (None when nothing passed)."""
+        state = self.state
+        count = len(inputs)
+        kind = inputs.kind
+        reason = np.zeros(count, np.int64) if inputs.preset_reasons is None else inputs.preset_reasons.copy()
+        targets = np.zeros(count, np.int64)
+        client_ids = list(inputs.client_ids)
+        orders = inputs.orders
+        now = now_ns()
+        bucket = self.bucket(account)
+        bucket.refill(now)
+
+        new_mask = kind == KIND_NEW
+        new_positions = np.nonzero(new_mask & (reason == 0))[0]
+        symbol_ids = np.full(count, -1, np.int64)
+        if len(new_positions):
+            self.counters.orders_received += int(new_mask.sum())
+            # Instruments without a book yet get provisional ids; a book opens (and is journaled) only
+            # for those that end up with an accepted order, so refused orders change nothing.
+            ids_by_symbol: dict[str, int] = {}
+            provisional: list[str] = []
+            for symbol, spec in zip(symbols, specs, strict=True):
+                known = state.symbol_ids.get(symbol)
+                if spec is None:
+                    ids_by_symbol[symbol] = -1
+                elif known is not None:
+                    ids_by_symbol[symbol] = known
+                elif len(state.symbol_names) + len(provisional) < state.engine_config.max_symbols:
+                    ids_by_symbol[symbol] = len(state.symbol_names) + len(provisional)
+                    provisional.append(symbol)
+                else:
+                    log.error("no engine book left for %s (max_symbols reached)", symbol)
+                    ids_by_symbol[symbol] = -1
+            position_symbols = [inputs.symbols[p] for p in new_positions.tolist()]
+            row_of = {symbol: row for row, symbol in enumerate(symbols)}
+            instrument_rows = np.array([row_of[s] for s in position_symbols], np.int64)
+            symbol_ids[new_positions] = np.array([ids_by_symbol[s] for s in position_symbols], np.int64)
+            row = state.account_row(account.account_id)
+            exposure = AccountExposure(
+                state.position[row], state.open_buy[row], state.open_sell[row], int(state.open_orders[row])
+            )
+            reason[new_positions] = check_new_orders(
+                orders[new_positions],
+                [client_ids[p] for p in new_positions.tolist()],
+                instrument_rows,
+                specs,
+                symbol_ids[new_positions],
+                account,
+                state.client_id_index.get(account.account_id, {}),
+                exposure,
+                bucket,
+            )
+            if provisional:
+                self._open_books(provisional, symbol_ids, reason)
+        elif new_mask.any():
+            self.counters.orders_received += int(new_mask.sum())
+        self._check_existing(account, inputs, reason, targets, client_ids)
+
+        accepted = np.nonzero(reason == 0)[0]
+        acks = Acks(
+            kind=kind,
+            client_ids=client_ids,
+            order_ids=targets.copy(),
+            sequences=np.zeros(count, np.int64),
+            status=np.where(reason != 0, REJECTED, 0).astype(np.uint8),
+            reason=reason.astype(np.uint16),
+            price=np.zeros(count, np.int64),
+            quantity=np.zeros(count, np.int64),
+            leaves=np.zeros(count, np.int64),
+            cum=np.zeros(count, np.int64),
+            priority_kept=np.zeros(count, bool),
+            received_ns=inputs.received_ns,
+            arrival_ns=inputs.arrival_ns,
+        )
+        rejected = count - len(accepted)
+        if rejected:
+            self.counters.inputs_rejected += rejected
+            by_reason = self.counters.rejects_by_reason
+            for value, times in zip(*np.unique(reason[reason != 0], return_counts=True), strict=True):
+                by_reason[int(value)] = by_reason.get(int(value), 0) + int(times)
+            self._fill_rejected_acks(acks, reason != 0)
+        if not len(accepted):
+            return acks, None, accepted
+        self._ensure_account(account)
+        batch = self._build_batch(account, inputs, accepted, symbol_ids, targets, client_ids)
+        acks_order = accepted
+        if inputs.prioritize and len(accepted) > 1:
+            order = _client_priority_order(orders["priority"][accepted])
+            acks_order = accepted[order]
+            batch = Batch(
+                batch.first_input_seq,
+                batch.received_ns,
+                batch.transact_ns,
+                batch.commands[order],
+                batch.meta[order],
+                _reorder_ids(batch, order),
+            )
+            # order ids follow the engine order
+            batch.commands["order_id"][batch.commands["action"] == Action.NEW] = np.arange(
+                state.order_count + 1,
+                state.order_count + 1 + int((batch.commands["action"] == Action.NEW).sum()),
+            )
+        return acks, batch, acks_order
+
+    def _check_existing(
+        self,
+        account: AccountSpec,
+        inputs: Inputs,
+        reason: np.ndarray,
+        targets: np.ndarray,
+        client_ids: list[str],
+    ) -> None:
+        """Cancels and replaces: the named order must exist, be the account's and still be working."""
+        positions = np.nonzero((inputs.kind != KIND_NEW) & (reason == 0))[0]
+        if not len(positions):
+            return
+        state = self.state
+        orders = state.orders
+        own = state.client_id_index.get(account.account_id, {})
+        # New orders earlier in this same batch get the next ids, in order: a stream may cancel them.
+        accepted_new = np.nonzero((inputs.kind == KIND_NEW) & (reason == 0))[0].tolist()
+        provisional = {
+            client_ids[p]: (state.order_count + 1 + rank, p) for rank, p in enumerate(accepted_new)
+        }
+        for position in positions.tolist():
+            order_id = int(inputs.target_ids[position])
+            client_id = client_ids[position]
+            earlier = provisional.get(client_id) if client_id else None
+            if earlier is not None and earlier[1] < position and order_id in (0, earlier[0]):
+                targets[position] = earlier[0]
+                if inputs.kind[position] == KIND_REPLACE:
+                    reason[position] = common.REJECT_REASON_INVALID_ORDER  # replace it in a later message
+                continue
+            if client_id:
+                by_client = own.get(client_id, 0)
+                if order_id and by_client and by_client != order_id:
+                    reason[position] = common.REJECT_REASON_INVALID_ORDER
+                    continue
+                order_id = order_id or by_client
+            if not 1 <= order_id <= state.order_count:
+                reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
+                continue
+            index = order_id - 1
+            targets[position] = order_id
+            client_ids[position] = state.client_ids[index]
+            if int(orders["account_id"][index]) != account.account_id:
+                reason[position] = common.REJECT_REASON_NOT_OWNER
+                client_ids[position] = client_id
+                continue
+            if orders["status"][index] not in OPEN_STATUSES:
+                reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
+                continue
+            if inputs.kind[position] == KIND_REPLACE:
+                reason[position] = self._check_replace(index, inputs.orders[position])
+
+    def _check_replace(self, index: int, values: np.void) -> int:
+        row = self.state.orders[index]
+        new_price, new_qty, new_stop = (
+            int(values["price"]),
+            int(values["quantity"]),
+            int(values["stop_price"]),
+        )
+        if new_price == 0 and new_qty == 0 and new_stop == 0:
+            return common.REJECT_REASON_INVALID_ORDER
+        if new_price < 0:
+            return common.REJECT_REASON_INVALID_PRICE
+        if new_qty < 0 or (new_qty and new_qty <= int(row["cum"])):
+            return common.REJECT_REASON_INVALID_QUANTITY
+        if row["order_type"] in STOP_TYPES and row["status"] == api.ORDER_STATUS_PENDING_TRIGGER:
+            return common.REJECT_REASON_INVALID_ORDER  # the engine re-prices only resting orders
+        if new_stop:
+            return common.REJECT_REASON_INVALID_ORDER
+        if new_price and row["order_type"] not in (api.ORDER_TYPE_LIMIT, api.ORDER_TYPE_STOP_LIMIT):
+            return common.REJECT_REASON_INVALID_PRICE
+        return 0
+
+    def _build_batch(
+        self,
+        account: AccountSpec,
+        inputs: Inputs,
+        accepted: np.ndarray,
+        symbol_ids: np.ndarray,
+        targets: np.ndarray,
+        client_ids: list[str],
+    ) -> Batch:
+        state = self.state
+        count = len(accepted)
+        commands = np.zeros(count, COMMAND_DTYPE)
+        meta = np.zeros(count, META_DTYPE)
+        kind = inputs.kind[accepted]
+        orders = inputs.orders[accepted]
+        commands["account_id"] = account.account_id
+        meta["priority"] = orders["priority"]
+        is_new = kind == KIND_NEW
+        new_count = int(is_new.sum())
+        if new_count:
+            self._fill_new_commands(commands, meta, orders, is_new, symbol_ids[accepted], new_count)
+            ids = [client_ids[p] for p in accepted[is_new].tolist()]
+            encoded = "".join(ids).encode("ascii")
+            meta["client_id_length"][is_new] = [len(i) for i in ids]
+        else:
+            encoded = b""
+        others = ~is_new
+        if others.any():
+            target = targets[accepted][others]
+            commands["order_id"][others] = target
+            commands["action"][others] = np.where(kind[others] == KIND_CANCEL, Action.CANCEL, Action.REPLACE)
+            meta["cancel_reason"][others] = inputs.cancel_reason
+            for position in np.nonzero(others & (kind == KIND_REPLACE))[0].tolist():
+                index = int(commands["order_id"][position]) - 1
+                row = state.orders[index]
+                values = orders[position]
+                price = int(values["price"]) or int(row["price"])
+                total = int(values["quantity"]) or int(row["quantity"])
+                open_qty = total - int(row["cum"])
+                commands["price"][position] = price
+                commands["qty"][position] = open_qty
+                meta["replace_quantity"][position] = total
+                meta["client_price"][position] = price
+                meta["priority_kept"][position] = price == int(row["price"]) and open_qty <= int(
+                    row["leaves"]
+                )
+        return Batch(state.next_input_seq, inputs.received_ns, time.time_ns(), commands, meta, encoded)
+
+    def _fill_new_commands(
+        self,
+        commands: np.ndarray,
+        meta: np.ndarray,
+        orders: np.ndarray,
+        is_new: np.ndarray,
+        symbol_ids: np.ndarray,
+        new_count: int,
+    ) -> None:
+        state = self.state
+        # All new (SubmitOrder/SubmitOrders): a full slice instead of a mask saves a copy per field.
+        sel: slice | np.ndarray = slice(None) if new_count == len(commands) else is_new
+        new_orders = orders[sel]
+        otype = new_orders["order_type"]
+        tif = np.where(new_orders["tif"] == 0, _DEFAULT_TIF[otype], new_orders["tif"])
+        side = new_orders["side"]
+        protection = new_orders["protection"]
+        is_market = (otype == api.ORDER_TYPE_MARKET) | (otype == api.ORDER_TYPE_STOP_MARKET)
+        # A market order with a protective bound is the engine's IOC/FOK limit order at that bound.
+        bound = protection.copy()
+        symbols = symbol_ids[sel]
+        for symbol_id in np.unique(symbols[is_market & (bound == 0)]).tolist():
+            spec_band = self._band_of(symbol_id)
+            if spec_band is not None:
+                reference, band = spec_band
+                banded = is_market & (bound == 0) & (symbols == symbol_id)
+                bound[banded] = np.where(side[banded] == 1, reference + band, max(1, reference - band))
+        engine_type = otype.copy()
+        engine_type[(otype == api.ORDER_TYPE_MARKET) & (bound > 0)] = EngineType.LIMIT
+        engine_type[(otype == api.ORDER_TYPE_STOP_MARKET) & (bound > 0)] = EngineType.STOP_LIMIT
+        price = np.where(is_market, bound, new_orders["price"])
+        first_id = state.order_count + 1
+        commands["order_id"][sel] = np.arange(first_id, first_id + new_count)
+        commands["action"][sel] = Action.NEW
+        commands["symbol_id"][sel] = symbols
+        commands["side"][sel] = side
+        commands["order_type"][sel] = engine_type  # proto and engine numbering agree for the four types
+        commands["tif"][sel] = tif
+        commands["price"][sel] = price
+        commands["qty"][sel] = new_orders["quantity"]
+        commands["stop_price"][sel] = new_orders["stop_price"]
+        commands["display_qty"][sel] = new_orders["display"]
+        commands["flags"][sel] = (new_orders["post_only"] != 0).astype(np.uint8)
+        stp = new_orders["stp"]
+        commands["stp_mode"][sel] = _STP_TO_ENGINE[stp]
+        commands["priority"][sel] = new_orders["priority"]
+        meta["client_price"][sel] = new_orders["price"]
+        meta["protection"][sel] = protection
+        meta["client_type"][sel] = otype
+        meta["client_tif"][sel] = tif
+        meta["client_stp"][sel] = np.where(stp == 0, api.SELF_TRADE_PREVENTION_CANCEL_RESTING, stp)
+        meta["post_only"][sel] = new_orders["post_only"] != 0
+
+    def _band_of(self, symbol_id: int) -> tuple[int, int] | None:
+        symbol = self.state.symbol_names[symbol_id]
+        held = self.reference._decoded.get("instrument:" + symbol)
+        if held is None:
+            return None
+        spec: InstrumentSpec = held[1]
+        if spec.price_band_ticks <= 0 or spec.reference_price_ticks <= 0:
+            return None
+        return spec.reference_price_ticks, spec.price_band_ticks
+
+    def _fill_rejected_acks(self, acks: Acks, rejected: np.ndarray) -> None:
+        """Rejected cancels/replaces show their order unchanged."""
+        orders = self.state.orders
+        for position in np.nonzero(rejected & (acks.kind != KIND_NEW) & (acks.order_ids > 0))[0].tolist():
+            index = int(acks.order_ids[position]) - 1
+            if index >= self.state.order_count:
+                continue  # an order of this same batch
+            if int(acks.reason[position]) == common.REJECT_REASON_NOT_OWNER:
+                acks.order_ids[position] = 0
+                continue
+            row = orders[index]
+            acks.price[position] = row["price"]
+            acks.quantity[position] = row["quantity"]
+            acks.leaves[position] = row["leaves"]
+            acks.cum[position] = row["cum"]
+
+    def _merge(self, acks: Acks, outcome: BatchOutcome, positions: np.ndarray) -> None:
+        acks.order_ids[positions] = outcome.order_ids
+        refused = outcome.status == REJECTED
+        acks.sequences[positions] = np.where(refused, 0, outcome.first_input_seq + np.arange(len(positions)))
+        acks.status[positions] = outcome.status
+        acks.reason[positions] = outcome.reason
+        acks.price[positions] = outcome.price
+        acks.quantity[positions] = outcome.quantity
+        acks.leaves[positions] = outcome.leaves
+        acks.cum[positions] = outcome.cum
+        acks.priority_kept[positions] = outcome.priority_kept
+        acks.reports = outcome.reports
+        kinds = acks.kind[positions]
+        accepted = ~refused
+        self.counters.orders_accepted += int((accepted & (kinds == KIND_NEW)).sum())
+        self.counters.cancels_accepted += int((accepted & (kinds == KIND_CANCEL)).sum())
+        self.counters.replaces_accepted += int((accepted & (kinds == KIND_REPLACE)).sum())
+        engine_refused = int(refused.sum())
+        if engine_refused:
+            self.counters.inputs_rejected += engine_refused
+            by_reason = self.counters.rejects_by_reason
+            for value in outcome.reason[refused].tolist():
+                by_reason[value] = by_reason.get(value, 0) + 1
+
+    # --- after durability ------------------------------------------------------------------------
+
+    def _publish(self, outcome: BatchOutcome) -> None:
+        reports = outcome.reports
+        if len(reports):
+            self.published_report_seq = int(reports["sequence"][-1])
+        if len(reports) and self._subscribers:
+            accounts = reports["account_id"]
+            for account_id, subscribers in self._subscribers.items():
+                mine = reports[accounts == account_id]
+                if len(mine):
+                    for subscriber in subscribers:
+                        subscriber.deliver(mine)
+        if len(outcome.fills):
+            self._pending_fills.append(outcome.fills)
+            if self._ledger_task is None or self._ledger_task.done():
+                self._ledger_task = asyncio.get_running_loop().create_task(self._hand_fills_on())
+
+    async def _hand_fills_on(self) -> None:
+        """Off the order path: give the fills of durable batches to the ledger and the market data feed."""
+        await asyncio.sleep(0)
+        while self._pending_fills:
+            batches, self._pending_fills = self._pending_fills, []
+            fills = np.concatenate(batches) if len(batches) > 1 else batches[0]
+            if self.trade_sink is not None:
+                self.trade_sink(fills)
+            if self.ledger is None:
+                continue
+            for fill in self.fills_for_ledger(fills):
+                try:
+                    self.ledger.record(fill)
+                except LedgerBacklogFull:
+                    # The journal holds the fill: recovery's catch-up writes it after a restart.
+                    self.ledger_backlog_drops += 1
+            await asyncio.sleep(0)
+
+    def fills_for_ledger(self, fills: np.ndarray) -> list[Fill]:
+        return self.fills_for_ledger_of(self.state, fills)
+
+    @staticmethod
+    def fills_for_ledger_of(state: ExecutionState, fills: np.ndarray) -> list[Fill]:
+        """Ledger rows for FILL_DTYPE rows (names from ``state``)."""
+        names = state.symbol_names
+        accounts = state.account_names
+        return [
+            Fill(
+                symbol=names[symbol_id],
+                trade_id=trade_id,
+                price_ticks=price,
+                quantity_lots=qty,
+                buyer_account=accounts.get(buyer, str(buyer)),
+                buyer_order_id=buy_order,
+                seller_account=accounts.get(seller, str(seller)),
+                seller_order_id=sell_order,
+                executed_at_ns=transact,
+            )
+            for (trade_id, price, qty, buy_order, buyer, sell_order, seller, transact, symbol_id, _) in (
+                fills.tolist()
+            )
+        ]
+
+    def subscribe(self, account_id: int, symbol_id: int | None) -> ReportSubscriber:
+        subscriber = ReportSubscriber(account_id, symbol_id)
+        self._subscribers.setdefault(account_id, []).append(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: ReportSubscriber) -> None:
+        subscribers = self._subscribers.get(subscriber.account_id, [])
+        with contextlib.suppress(ValueError):
+            subscribers.remove(subscriber)
+        if not subscribers:
+            self._subscribers.pop(subscriber.account_id, None)
+
+    async def drain(self) -> None:
+        """Stop taking inputs and wait for the ledger hand-off of what is durable."""
+        self.accepting = False
+        if self._ledger_task is not None:
+            with contextlib.suppress(Exception):
+                await self._ledger_task
+
+
+def cancel_inputs(order_ids: np.ndarray, received_ns: int, arrival_ns: int, reason: int = 0) -> Inputs:
+    """Cancels of the given orders as one batch (CancelAll, the kill switch)."""
+    count = len(order_ids)
+    return Inputs(
+        kind=np.full(count, KIND_CANCEL, np.int64),
+        symbols=[""] * count,
+        client_ids=[""] * count,
+        orders=np.zeros(count, NEW_ORDER_DTYPE),
+        target_ids=order_ids.astype(np.int64),
+        received_ns=received_ns,
+        arrival_ns=arrival_ns,
+        cancel_reason=reason,
+    )
+
+
+def _client_priority_order(priority: np.ndarray) -> np.ndarray:
+    """Positions by priority, highest first, equal priorities in list order (one account per call)."""
+    return np.lexsort((np.arange(len(priority)), -priority.astype(np.int64)))
+
+
+def _reorder_ids(batch: Batch, order: np.ndarray) -> bytes:
+    lengths = batch.meta["client_id_length"].astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    text = batch.client_ids
+    return b"".join(
+        text[s : s + n] for s, n in zip(starts[order].tolist(), lengths[order].tolist(), strict=True)
+    )

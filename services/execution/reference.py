@@ -1,0 +1,280 @@
+"""Reference data for the order path: instruments, accounts and API keys, read through one interface.
+
+The rows live in the cache service's store (the ``cache_entries`` table, SQL the source of
+truth) under these keys, each value UTF-8 JSON:
+
+=========================  ==========================================================
+``instrument:<SYMBOL>``    :class:`InstrumentSpec` (the fields of common.proto's Instrument
+                           plus the price/quantity grid)
+``account:<name>``         :class:`AccountSpec` (numeric id, limits, kill switch)
+``apikey:<sha256 hex>``    the account name owning the key (keys are stored only hashed)
+=========================  ==========================================================
+
+:class:`ReferenceData` is what the order path calls. It reads through a *source*:
+:class:`CacheSource` (the embedded :class:`~services.cache.client.CacheClient` with its
+near cache, invalidated by the cache service) when a cache address is configured, else
+:class:`SqlSource` (the same table read directly, each row kept locally for a short TTL).
+Either way it counts how many lookups had to go to SQL, for ``order_path_hit_ratio``.
+Decoded values are kept per raw value, so a hit costs a dict lookup, not a JSON parse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
+
+from services.cache.client import CacheClient
+from services.cache.l3_sql import SqlStore
+from services.cache.model import StoredEntry, VersionClock
+
+log = logging.getLogger(__name__)
+
+INSTRUMENT_PREFIX = "instrument:"
+ACCOUNT_PREFIX = "account:"
+API_KEY_PREFIX = "apikey:"
+CACHE_LEVEL_SQL = 3  # cache_pb2.CACHE_LEVEL_L3
+
+
+def api_key_hash(api_key: str) -> str:
+    """The stored form of an API key: hex SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentSpec:
+    """One tradable instrument and its per-instrument pre-trade limits."""
+
+    symbol: str
+    tick_size: str = "0.01"
+    lot_size: str = "0.0001"
+    base_asset: str = ""
+    quote_asset: str = ""
+    # Prices must be multiples of this many ticks; quantities multiples of this many lots.
+    price_increment_ticks: int = 1
+    quantity_increment_lots: int = 1
+    max_order_lots: int = 1_000_000
+    # Largest price x quantity of one order, in ticks x lots; 0 = no limit.
+    max_notional: int = 0
+    # Half-width of the band around reference_price_ticks; 0 disables the band.
+    price_band_ticks: int = 0
+    reference_price_ticks: int = 0
+    trading_enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSpec:
+    """One trading account: its engine id and per-account limits."""
+
+    name: str
+    #: Stable numeric id used by the engine and the journal (1 .. 2^63); never reused.
+    account_id: int
+    # |net position + open orders on one side| may not exceed this, per instrument, in lots.
+    position_limit_lots: int = 10_000_000
+    max_open_orders: int = 100_000
+    # Token bucket: sustained orders per second and the burst on top.
+    rate_limit_orders_per_s: float = 200_000.0
+    rate_limit_burst: int = 400_000
+    kill_switch: bool = False
+
+
+def encode_spec(spec: InstrumentSpec | AccountSpec) -> bytes:
+    return json.dumps(asdict(spec), sort_keys=True).encode("utf-8")
+
+
+def _decode(cls: type[Any], raw: bytes) -> Any:
+    data = json.loads(raw)
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ReferenceSource(Protocol):
+    """Where reference rows come from. ``get`` returns (value or None, whether SQL was read)."""
+
+    def peek(self, key: str) -> bytes | bool | None:
+        """The locally held value (bytes), a locally held miss (None), or False when nothing is held."""
+        ...
+
+    async def get(self, key: str) -> tuple[bytes | None, bool]: ...
+
+    async def put_if_absent(self, items: list[tuple[str, bytes]]) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class CacheSource:
+    """Reference rows through the cache service's client: near cache first, then the service."""
+
+    def __init__(self, client: CacheClient) -> None:
+        self.client = client
+
+    def peek(self, key: str) -> bytes | bool | None:
+        entry = self.client.near_cache.get(key)
+        if entry is None:
+            return False
+        return None if entry.negative else entry.value
+
+    async def get(self, key: str) -> tuple[bytes | None, bool]:
+        found = await self.client.get_entry(key)
+        if found is None:
+            return None, True  # a miss may have been answered by SQL: count it as such
+        return found.value, found.level == CACHE_LEVEL_SQL
+
+    async def put_if_absent(self, items: list[tuple[str, bytes]]) -> int:
+        present = await self.client.get_many([key for key, _ in items])
+        missing = [(key, value) for key, value in items if key not in present]
+        if missing:
+            await self.client.set_many(missing)
+        return len(missing)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class SqlSource:
+    """Reference rows read straight from the cache's SQL table, each kept for ``local_ttl_ms``."""
+
+    def __init__(self, store: SqlStore, local_ttl_ms: int) -> None:
+        self.store = store
+        self._ttl_ns = local_ttl_ms * 1_000_000
+        self._held: dict[str, tuple[bytes | None, int]] = {}
+
+    def peek(self, key: str) -> bytes | bool | None:
+        held = self._held.get(key)
+        if held is None or held[1] < time.monotonic_ns():
+            return False
+        return held[0]
+
+    async def get(self, key: str) -> tuple[bytes | None, bool]:
+        rows = await self.store.get_many([key], time.time_ns() // 1_000_000)
+        entry = rows.get(key)
+        value = None if entry is None else entry.value
+        self._held[key] = (value, time.monotonic_ns() + self._ttl_ns)
+        return value, True
+
+    async def put_if_absent(self, items: list[tuple[str, bytes]]) -> int:
+        now_ms = time.time_ns() // 1_000_000
+        present = await self.store.get_many([key for key, _ in items], now_ms)
+        clock = VersionClock()
+        missing = [
+            (key, StoredEntry(value, clock.next())) for key, value in items if present.get(key) is None
+        ]
+        if missing:
+            await self.store.put_many(missing)
+        for key, _ in items:
+            self._held.pop(key, None)
+        return len(missing)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+@dataclass(slots=True)
+class LookupCounters:
+    lookups: int = 0
+    sql_lookups: int = 0
+
+    @property
+    def hit_ratio(self) -> float:
+        """Share of lookups answered without reading SQL."""
+        return 1.0 - self.sql_lookups / self.lookups if self.lookups else 1.0
+
+
+class ReferenceData:
+    """Instruments, accounts and API keys for the order path, decoded once per stored value."""
+
+    def __init__(self, source: ReferenceSource) -> None:
+        self.source = source
+        self.counters = LookupCounters()
+        self._decoded: dict[str, tuple[bytes, Any]] = {}
+
+    async def _raw(self, key: str) -> bytes | None:
+        self.counters.lookups += 1
+        held = self.source.peek(key)
+        if held is not False:
+            return held  # type: ignore[return-value]
+        value, from_sql = await self.source.get(key)
+        if from_sql:
+            self.counters.sql_lookups += 1
+        return value
+
+    async def _spec(self, key: str, cls: type[Any]) -> Any:
+        raw = await self._raw(key)
+        if raw is None:
+            return None
+        known = self._decoded.get(key)
+        if known is not None and known[0] == raw:
+            return known[1]
+        try:
+            spec = _decode(cls, raw)
+        except (ValueError, TypeError) as exc:
+            log.error("reference row %s cannot be decoded as %s: %s", key, cls.__name__, exc)
+            return None
+        self._decoded[key] = (raw, spec)
+        return spec
+
+    async def instrument(self, symbol: str) -> InstrumentSpec | None:
+        spec: InstrumentSpec | None = await self._spec(INSTRUMENT_PREFIX + symbol, InstrumentSpec)
+        return spec
+
+    async def account(self, name: str) -> AccountSpec | None:
+        spec: AccountSpec | None = await self._spec(ACCOUNT_PREFIX + name, AccountSpec)
+        return spec
+
+    async def account_for_key(self, api_key: str) -> AccountSpec | None:
+        """The account owning ``api_key``, or None for an unknown key."""
+        raw = await self._raw(API_KEY_PREFIX + api_key_hash(api_key))
+        if raw is None:
+            return None
+        return await self.account(raw.decode("utf-8"))
+
+    async def close(self) -> None:
+        await self.source.close()
+
+
+DEMO_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    InstrumentSpec(
+        symbol="BTCUSDT",
+        tick_size="0.01",
+        lot_size="0.00001",
+        base_asset="BTC",
+        quote_asset="USDT",
+        max_order_lots=100_000_000,
+        max_notional=0,
+        price_band_ticks=0,
+        reference_price_ticks=6_000_000,
+    ),
+    InstrumentSpec(
+        symbol="ETHUSDT",
+        tick_size="0.01",
+        lot_size="0.0001",
+        base_asset="ETH",
+        quote_asset="USDT",
+        max_order_lots=100_000_000,
+    ),
+    InstrumentSpec(
+        symbol="ESZ4",
+        tick_size="0.25",
+        lot_size="1",
+        max_order_lots=10_000,
+        # E-mini prices are quoted in quarter points: the grid is every tick here.
+        price_increment_ticks=1,
+    ),
+)
+
+
+def demo_api_key(secret: str, account: str) -> str:
+    """The API key of demo account ``account`` (see ExecutionConfig.demo_key_secret)."""
+    return f"{secret}-{account}"
+
+
+def demo_rows(accounts: tuple[str, ...], secret: str) -> list[tuple[str, bytes]]:
+    """Rows for the demo instruments and accounts (account ids 1, 2, ... in the given order)."""
+    rows = [(INSTRUMENT_PREFIX + spec.symbol, encode_spec(spec)) for spec in DEMO_INSTRUMENTS]
+    for number, name in enumerate(accounts, start=1):
+        rows.append((ACCOUNT_PREFIX + name, encode_spec(AccountSpec(name=name, account_id=number))))
+        rows.append((API_KEY_PREFIX + api_key_hash(demo_api_key(secret, name)), name.encode("utf-8")))
+    return rows

@@ -1,0 +1,611 @@
+"""gRPC wiring of the execution service: ExecutionService servicer and :func:`start`.
+
+The servicer authenticates the caller (``x-api-key`` metadata), turns call-level problems into
+statuses (see the service comment in execution.proto), decodes requests into
+:class:`~services.execution.core.Inputs` and encodes the core's acks and reports back. All the
+order logic is in core.py, state.py and risk.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hftgate.grpcserver import RunningServer, ServiceBinding, TlsFiles, create_server
+from hftgate.native.clock import now_ns
+from hftgate.native.histogram import LatencyHistogram
+from hftgate.v1 import common_pb2 as common
+from hftgate.v1 import execution_pb2 as api
+from hftgate.v1 import execution_pb2_grpc as api_grpc
+from services.cache.client import CacheClient
+from services.cache.l3_sql import SqlStore
+from services.execution import codec, metrics
+from services.execution.config import ExecutionConfig
+from services.execution.core import (
+    KIND_CANCEL,
+    KIND_REPLACE,
+    Acks,
+    ExecutionCore,
+    Inputs,
+    RateLimited,
+    ServiceUnavailable,
+    cancel_inputs,
+)
+from services.execution.ledger import Ledger
+from services.execution.recovery import Recovery, recover
+from services.execution.reference import (
+    INSTRUMENT_PREFIX,
+    AccountSpec,
+    CacheSource,
+    ReferenceData,
+    ReferenceSource,
+    SqlSource,
+    demo_rows,
+)
+from services.execution.snapshot import Snapshotter
+from services.execution.state import REJECTED
+from services.execution.trade_feed import TradeFeed
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "hftgate.v1.ExecutionService"
+API_KEY_METADATA = "x-api-key"
+
+
+async def _abort_bad_request(
+    context: grpc.aio.ServicerContext, field_name: str, description: str
+) -> NoReturn:
+    detail = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description)
+        ]
+    )
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=description)
+    status.details.add().Pack(detail)
+    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+    raise AssertionError("abort raises")
+
+
+async def _abort_rate_limited(
+    context: grpc.aio.ServicerContext, account: AccountSpec, exc: RateLimited
+) -> NoReturn:
+    quota = error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=f"account:{account.name}",
+                description=f"order rate limit of {account.rate_limit_orders_per_s:g}/s "
+                f"(burst {account.rate_limit_burst}) reached",
+            )
+        ]
+    )
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(1_000_000, int(exc.retry_after_s * 1e9)))
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(exc))
+    status.details.add().Pack(quota)
+    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+    raise AssertionError("abort raises")
+
+
+class ExecutionServicer(api_grpc.ExecutionServiceServicer):
+    """Translates execution.proto calls to :class:`ExecutionCore` calls."""
+
+    def __init__(self, core: ExecutionCore, config: ExecutionConfig) -> None:
+        self.core = core
+        self.config = config
+        self.published_report_seq = core.state.next_report_seq - 1
+
+    # --- call-level checks -------------------------------------------------------------------------
+
+    async def _account(self, context: grpc.aio.ServicerContext) -> AccountSpec:
+        key = ""
+        for name, value in context.invocation_metadata() or ():
+            if name == API_KEY_METADATA:
+                key = value if isinstance(value, str) else value.decode("utf-8", "replace")
+                break
+        if not key:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"missing API key: send it in '{API_KEY_METADATA}'"
+            )
+        account = await self.core.authenticate(key)
+        if account is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
+        assert account is not None
+        return account
+
+    async def _rate(self, context: grpc.aio.ServicerContext, account: AccountSpec) -> None:
+        try:
+            self.core.check_rate(account, now_ns())
+        except RateLimited as exc:
+            await _abort_rate_limited(context, account, exc)
+
+    async def _submit(self, context: grpc.aio.ServicerContext, account: AccountSpec, inputs: Inputs) -> Acks:
+        try:
+            return await self.core.submit(account, inputs)
+        except ServiceUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise AssertionError("abort raises") from exc
+
+    def _ack_protos(self, acks: Acks, symbols: list[str] | None = None) -> list[api.OrderAck]:
+        protos = codec.encode_acks(acks, time.time_ns(), symbols)
+        self.core.record_ack_sent(acks)
+        return protos
+
+    async def _resolve(
+        self, context: grpc.aio.ServicerContext, account: AccountSpec, order_id: int, client_order_id: str
+    ) -> int:
+        """The named order's id, or the call's status: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED."""
+        state = self.core.state
+        if not order_id and not client_order_id:
+            await _abort_bad_request(context, "order_id", "name the order by order_id or client_order_id")
+        if order_id < 0:
+            await _abort_bad_request(context, "order_id", f"order_id must be positive, got {order_id}")
+        if client_order_id:
+            by_client = state.order_id_for(account.account_id, client_order_id)
+            if not by_client:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no order with client_order_id {client_order_id!r}"
+                )
+            if order_id and order_id != by_client:
+                await _abort_bad_request(
+                    context,
+                    "client_order_id",
+                    f"order_id {order_id} and client_order_id {client_order_id!r} disagree",
+                )
+            return by_client
+        row = state.order(order_id)
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {order_id}")
+        assert row is not None
+        if int(row["account_id"]) != account.account_id or int(row["status"]) == REJECTED:
+            if int(row["status"]) == REJECTED:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {order_id}")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"order {order_id} belongs to another account"
+            )
+        return order_id
+
+    # --- order entry ---------------------------------------------------------------------------------
+
+    async def SubmitOrder(
+        self, request: api.SubmitOrderRequest, context: grpc.aio.ServicerContext
+    ) -> api.SubmitOrderResponse:
+        arrival = now_ns()
+        account = await self._account(context)
+        await self._rate(context, account)
+        inputs = codec.decode_new_orders([request.order], time.time_ns(), arrival)
+        acks = await self._submit(context, account, inputs)
+        return api.SubmitOrderResponse(ack=self._ack_protos(acks, inputs.symbols)[0])
+
+    async def SubmitOrders(
+        self, request: api.SubmitOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> api.SubmitOrdersResponse:
+        arrival = now_ns()
+        account = await self._account(context)
+        count = len(request.orders)
+        if count == 0:
+            await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
+        if count > self.config.max_batch_orders:
+            await _abort_bad_request(
+                context,
+                "orders",
+                f"Cannot submit orders: {count} orders exceed max_batch_orders="
+                f"{self.config.max_batch_orders}",
+            )
+        await self._rate(context, account)
+        inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
+        inputs.prioritize = True
+        acks = await self._submit(context, account, inputs)
+        return api.SubmitOrdersResponse(acks=self._ack_protos(acks, inputs.symbols))
+
+    async def CancelOrder(
+        self, request: api.CancelOrderRequest, context: grpc.aio.ServicerContext
+    ) -> api.CancelOrderResponse:
+        arrival = now_ns()
+        account = await self._account(context)
+        order_id = await self._resolve(context, account, request.order_id, request.client_order_id)
+        inputs = codec.decode_one_target(KIND_CANCEL, order_id, "", time.time_ns(), arrival)
+        acks = await self._submit(context, account, inputs)
+        return api.CancelOrderResponse(ack=self._ack_protos(acks)[0])
+
+    async def ReplaceOrder(
+        self, request: api.ReplaceOrderRequest, context: grpc.aio.ServicerContext
+    ) -> api.ReplaceOrderResponse:
+        arrival = now_ns()
+        account = await self._account(context)
+        order_id = await self._resolve(context, account, request.order_id, request.client_order_id)
+        inputs = codec.decode_one_target(
+            KIND_REPLACE,
+            order_id,
+            "",
+            time.time_ns(),
+            arrival,
+            price=request.price_ticks,
+            quantity=request.quantity_lots,
+            stop_price=request.stop_price_ticks,
+        )
+        acks = await self._submit(context, account, inputs)
+        return api.ReplaceOrderResponse(ack=self._ack_protos(acks)[0])
+
+    async def CancelAll(
+        self, request: api.CancelAllRequest, context: grpc.aio.ServicerContext
+    ) -> api.CancelAllResponse:
+        arrival = now_ns()
+        account = await self._account(context)
+        symbol_id: int | None = None
+        if request.symbol:
+            found = await self.core.symbol_id_of(request.symbol)
+            if found is None:
+                await _abort_bad_request(
+                    context, "symbol", f"Cannot cancel orders: unknown symbol {request.symbol!r}"
+                )
+            symbol_id = found
+        if request.side not in (common.SIDE_UNSPECIFIED, common.SIDE_BUY, common.SIDE_SELL):
+            await _abort_bad_request(context, "side", f"unknown side {request.side}")
+        if symbol_id == -1:  # known instrument that never had an order here
+            return api.CancelAllResponse()
+        ids = self.core.state.open_order_ids(account.account_id, symbol_id, int(request.side))
+        if not len(ids):
+            return api.CancelAllResponse()
+        inputs = cancel_inputs(ids, time.time_ns(), arrival)
+        acks = await self._submit(context, account, inputs)
+        self.core.record_ack_sent(acks)
+        done = acks.status != REJECTED
+        sequences = acks.sequences[done]
+        return api.CancelAllResponse(
+            canceled_order_ids=acks.order_ids[done].tolist(),
+            sequence=int(sequences[-1]) if len(sequences) else 0,
+            durable=acks.durable and bool(len(sequences)),
+        )
+
+    async def GetOrder(
+        self, request: api.GetOrderRequest, context: grpc.aio.ServicerContext
+    ) -> api.GetOrderResponse:
+        account = await self._account(context)
+        order_id = await self._resolve(context, account, request.order_id, request.client_order_id)
+        return api.GetOrderResponse(order=codec.encode_order(self.core.state, order_id))
+
+    # --- streams ---------------------------------------------------------------------------------------
+
+    async def OrderStream(
+        self, request_iterator: AsyncIterator[api.OrderStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.OrderStreamResponse]:
+        account = await self._account(context)
+        core = self.core
+        subscriber = core.subscribe(account.account_id, None)
+        queue = subscriber.queue
+        ended: list[BaseException | None] = []
+        submitted = [0]  # calls to core.submit; each gets exactly one sink call
+
+        def sink(acks: Acks | BaseException) -> None:
+            queue.put_nowait(acks)  # type: ignore[arg-type]
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    arrival = now_ns()
+                    count = len(message.inputs)
+                    if count == 0 or count > self.config.max_stream_message_inputs:
+                        ended.append(
+                            _BadStreamMessage(
+                                "a stream message must carry 1.."
+                                f"{self.config.max_stream_message_inputs} inputs, got {count}"
+                            )
+                        )
+                        break
+                    inputs = codec.decode_stream_inputs(message.inputs, time.time_ns(), arrival)
+                    submitted[0] += 1
+                    await core.submit(account, inputs, sink=sink)
+                else:
+                    ended.append(None)
+            except ServiceUnavailable as exc:
+                submitted[0] -= 1
+                ended.append(exc)
+            except Exception as exc:  # a broken client stream: end ours too
+                ended.append(exc)
+            queue.put_nowait(_END)  # type: ignore[arg-type]
+
+        reader = asyncio.get_running_loop().create_task(read())
+        restating: dict[int, int] = {}
+        answered = 0
+        reader_done = False
+        try:
+            while not (reader_done and answered >= submitted[0]):
+                item: Any = await queue.get()
+                items = [item]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                ack_protos: list[api.OrderAck] = []
+                reports: list[np.ndarray] = []
+                for entry in items:
+                    if entry is _END:
+                        reader_done = True
+                    elif isinstance(entry, BaseException):
+                        answered += 1
+                        ended.append(ServiceUnavailable(f"journal failed: {entry}"))
+                        reader_done = True
+                        submitted[0] = answered
+                    elif isinstance(entry, Acks):
+                        answered += 1
+                        ack_protos.extend(self._ack_protos(entry))
+                        accepted = entry.sequences > 0
+                        restating = dict(
+                            zip(
+                                entry.sequences[accepted].tolist(),
+                                entry.order_ids[accepted].tolist(),
+                                strict=True,
+                            )
+                        )
+                    else:
+                        reports.append(_without_restated(entry, restating))
+                executions = codec.encode_reports(np.concatenate(reports), core.state) if reports else []
+                if ack_protos or executions:
+                    yield api.OrderStreamResponse(acks=ack_protos, executions=executions)
+        finally:
+            core.unsubscribe(subscriber)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        problem = next((e for e in ended if e is not None), None)
+        if isinstance(problem, _BadStreamMessage):
+            await _abort_bad_request(context, "inputs", str(problem))
+        if isinstance(problem, ServiceUnavailable):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(problem))
+        if problem is not None:
+            # The request stream itself broke (a message that does not decode, a reset).
+            await context.abort(grpc.StatusCode.INTERNAL, f"order stream request failed: {problem!r}")
+
+    async def StreamExecutions(
+        self, request: api.StreamExecutionsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.ExecutionReport]:
+        account = await self._account(context)
+        core = self.core
+        state = core.state
+        symbol_id: int | None = None
+        if request.symbol:
+            found = await core.symbol_id_of(request.symbol)
+            if found is None:
+                await _abort_bad_request(context, "symbol", f"unknown symbol {request.symbol!r}")
+            symbol_id = found
+        subscriber = core.subscribe(account.account_id, symbol_id)
+        try:
+            last_sent = core.published_report_seq
+            if not request.live_only:
+                after = request.after_sequence
+                oldest = state.oldest_retained_report
+                if after and after + 1 < oldest:
+                    await context.abort(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"reports after {after} are no longer retained; the oldest retained is {oldest}",
+                    )
+                history = state.retained_reports_after(after)
+                history = history[
+                    (history["account_id"] == account.account_id) & (history["sequence"] <= last_sent)
+                ]
+                if symbol_id is not None:
+                    history = history[history["symbol_id"] == symbol_id]
+                for report in codec.encode_reports(history, state):
+                    yield report
+            while True:
+                batch: Any = await subscriber.queue.get()
+                batch = batch[batch["sequence"] > last_sent]
+                if not len(batch):
+                    continue
+                last_sent = int(batch["sequence"][-1])
+                for report in codec.encode_reports(batch, state):
+                    yield report
+        finally:
+            core.unsubscribe(subscriber)
+
+    # --- stats -------------------------------------------------------------------------------------------
+
+    async def GetStats(
+        self, request: api.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> api.GetStatsResponse:
+        await self._account(context)
+        core = self.core
+        stages = core.stages
+        counters = core.counters
+        journal = core.journal
+        lookups = core.reference.counters
+        return api.GetStatsResponse(
+            started_ns=core.started_ns,
+            collected_ns=time.time_ns(),
+            risk_latency=_summary(stages.risk),
+            match_latency=_summary(stages.match),
+            journal_latency=_summary(stages.journal),
+            ack_latency=_summary(stages.ack),
+            total_latency=_summary(stages.total),
+            orders_received=counters.orders_received,
+            orders_accepted=counters.orders_accepted,
+            inputs_rejected=counters.inputs_rejected,
+            cancels_accepted=counters.cancels_accepted,
+            replaces_accepted=counters.replaces_accepted,
+            trades=core.state.trades,
+            traded_lots=core.state.traded_lots,
+            open_orders=core.state.engine.live_orders,
+            journal_records=journal.records_written,
+            journal_fsyncs=journal.fsyncs,
+            rejects_by_reason=[
+                api.RejectCount(reason=reason, count=count)  # type: ignore[arg-type]  # enum values as ints
+                for reason, count in sorted(counters.rejects_by_reason.items())
+            ],
+            reference_lookups=lookups.lookups,
+            reference_sql_lookups=lookups.sql_lookups,
+            order_path_hit_ratio=lookups.hit_ratio,
+        )
+
+
+class _BadStreamMessage(Exception):
+    pass
+
+
+_END = object()
+
+
+def _without_restated(reports: np.ndarray, restating: dict[int, int]) -> np.ndarray:
+    """Drop NEW/CANCELED/REPLACED reports that only restate an ack this stream already sent."""
+    if not restating:
+        return reports
+    restate = np.isin(
+        reports["exec_type"], (api.EXEC_TYPE_NEW, api.EXEC_TYPE_CANCELED, api.EXEC_TYPE_REPLACED)
+    )
+    restate &= reports["reason"] == 0
+    if not restate.any():
+        return reports
+    own = np.array([restating.get(s, -1) for s in reports["input_sequence"].tolist()], np.int64)
+    return reports[~(restate & (own == reports["order_id"]))]
+
+
+def _summary(histogram: LatencyHistogram) -> common.LatencySummary:
+    s = histogram.summary()
+    return common.LatencySummary(
+        count=int(s["count"]),
+        mean_ns=float(s["mean"]),
+        stdev_ns=float(s["stdev"]),
+        p50_ns=int(s["p50"]),
+        p90_ns=int(s["p90"]),
+        p99_ns=int(s["p99"]),
+        p99_9_ns=int(s["p99_9"]),
+        p99_99_ns=int(s["p99_99"]),
+        max_ns=int(s["max"]),
+    )
+
+
+@dataclass
+class ExecutionServer(RunningServer):
+    """The running gRPC server plus everything behind it, stopped together."""
+
+    core: ExecutionCore | None = None
+    snapshotter: Snapshotter | None = None
+    closers: list[Any] = field(default_factory=list)
+    recovery_ms: float = 0.0
+
+    async def stop(self, grace_s: float) -> None:
+        await super().stop(grace_s)
+        if self.core is not None:
+            await self.core.drain()
+        if self.snapshotter is not None:
+            await self.snapshotter.close()
+        for close in self.closers:
+            try:
+                await close()
+            except Exception:
+                log.exception("error while stopping")
+
+
+async def _unregister(collector: metrics.ExecutionCollector) -> None:
+    metrics.unregister(collector)
+
+
+def _sizes_of(reference: ReferenceData, symbol: str) -> tuple[str, str] | None:
+    """(tick size, lot size) of an instrument the order path has looked up."""
+    held = reference._decoded.get(INSTRUMENT_PREFIX + symbol)
+    return None if held is None else (held[1].tick_size, held[1].lot_size)
+
+
+async def _reference_source(config: ExecutionConfig) -> ReferenceSource:
+    if config.cache_address:
+        client = CacheClient(config.cache_address, watcher_name="execution")
+        await client.start()
+        return CacheSource(client)
+    if not config.reference_database_url and "sqlite" in config.reference_url():
+        Path(config.reference_url().split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(config.reference_url(), table_name=config.reference_table)
+    await store.start()
+    return SqlSource(store, config.reference_local_ttl_ms)
+
+
+async def start(config: ExecutionConfig) -> ExecutionServer:
+    """Recover the state, open ledger and reference data, and serve the execution API on config.address."""
+    config.state_path().mkdir(parents=True, exist_ok=True)
+    recovered: Recovery = await asyncio.to_thread(recover, config)
+    journal = recovered.journal
+    closers: list[Any] = []
+    feed: TradeFeed | None = None
+    try:
+        ledger = await Ledger.open(config.ledger_url(), config.ledger_table)
+        closers.append(ledger.close)
+        if len(recovered.tail_fills):
+            added = await ledger.catch_up(
+                ExecutionCore.fills_for_ledger_of(recovered.state, recovered.tail_fills)
+            )
+            log.info(
+                "ledger caught up: %d of %d replayed fill(s) were missing", added, len(recovered.tail_fills)
+            )
+        source = await _reference_source(config)
+        reference = ReferenceData(source)
+        closers.append(reference.close)
+        if config.seed_demo_data:
+            added_rows = await source.put_if_absent(demo_rows(config.demo_accounts, config.demo_key_secret))
+            if added_rows:
+                log.info("seeded %d demo reference row(s) (instruments, accounts, API keys)", added_rows)
+        journal.start()
+        closers.append(journal.close)
+        snapshotter = Snapshotter(config, journal, ledger)
+        core = ExecutionCore(
+            recovered.state,
+            journal,
+            ledger,
+            reference,
+            max_batch_orders=config.max_batch_orders,
+        )
+        snapshotter.attach(core)
+        if config.marketdata_address:
+            feed = TradeFeed(
+                config.marketdata_address,
+                lambda symbol_id: core.state.symbol_names[symbol_id],
+                lambda symbol: _sizes_of(reference, symbol),
+            )
+            feed.start()
+            core.trade_sink = feed.publish
+            closers.append(feed.close)
+        collector = metrics.register(core)
+        closers.append(lambda: _unregister(collector))
+        servicer = ExecutionServicer(core, config)
+        tls = (
+            TlsFiles(Path(config.tls_cert_path), Path(config.tls_key_path)) if config.tls_cert_path else None
+        )
+        running = await create_server(
+            config.address,
+            [
+                ServiceBinding(
+                    SERVICE_NAME, lambda s: api_grpc.add_ExecutionServiceServicer_to_server(servicer, s)
+                )
+            ],
+            tls=tls,
+        )
+    except BaseException:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                await close()
+        raise
+    # The feed stops first, then the journal (every append made durable), then the ledger (its queue written).
+    return ExecutionServer(
+        server=running.server,
+        port=running.port,
+        health=running.health,
+        service_names=running.service_names,
+        core=core,
+        snapshotter=snapshotter,
+        closers=[
+            *([feed.close] if feed is not None else []),
+            journal.close,
+            ledger.close,
+            reference.close,
+            lambda: _unregister(collector),
+        ],
+        recovery_ms=recovered.recovery_ms,
+    )

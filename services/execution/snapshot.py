@@ -1,0 +1,264 @@
+"""Snapshots of the whole execution state, so recovery replays only the journal tail.
+
+A snapshot is one ``.npz`` file (numpy arrays, no pickle) named ``snapshot-<journal seq, 20
+digits>.npz``: the state after every journal record up to that sequence number. Its arrays:
+
+* ``book_orders`` / ``book_counts`` / ``last_trade`` -- every book as the engine's own order
+  records (ORDER_INFO_DTYPE): per symbol its bids and asks in priority order, then its buy and
+  sell stops in trigger order, and the last trade price that stops compare with;
+* ``orders``, ``client_id_lengths``, ``client_ids`` -- the order table and client order ids;
+* ``position``, ``open_buy``, ``open_sell``, ``open_orders``, ``account_ids`` -- risk state;
+* ``reports`` -- the retained execution reports (StreamExecutions resumes across restarts);
+* ``info`` -- JSON: counters, symbol and account names.
+
+Books are restored by re-entering the orders in that order into an empty engine (after one
+anonymous trade that sets the last price), which rebuilds every level's queue exactly. The one
+state that re-entry cannot reproduce is an iceberg whose shown slice is partly filled; a
+snapshot is therefore taken only at a moment when no such iceberg rests
+(:meth:`ExecutionState.book_restorable`), else it is retried after later batches.
+
+A snapshot becomes the recovery base only once the fills before it are in the ledger: it is
+written as ``*.pending`` and renamed after ``Ledger.flush``, so the journal tail after it always
+holds every fill the ledger may lack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hftgate.matching.engine import EngineConfig
+from hftgate.matching.types import ORDER_INFO_DTYPE
+from services.execution.config import ExecutionConfig
+from services.execution.journal import Journal
+from services.execution.ledger import Ledger
+from services.execution.state import ORDER_DTYPE, REPORT_DTYPE, ExecutionState
+
+if TYPE_CHECKING:
+    from services.execution.core import ExecutionCore
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^snapshot-(\d{20})\.npz$")
+
+
+@dataclass(slots=True)
+class SnapshotData:
+    """A state captured on the event loop, to be written by a thread."""
+
+    journal_seq: int
+    arrays: dict[str, np.ndarray]
+
+
+def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
+    """Copy everything a snapshot needs (on the loop, between batches)."""
+    books = state.engine_orders()
+    last = state.last_trade_prices()
+    count = state.order_count
+    ids = state.client_ids
+    info = {
+        "journal_seq": journal_seq,
+        "next_input_seq": state.next_input_seq,
+        "next_report_seq": state.next_report_seq,
+        "next_trade_id": state.next_trade_id,
+        "trades": state.trades,
+        "traded_lots": state.traded_lots,
+        "order_count": count,
+        "symbols": state.symbol_names,
+        "accounts": {str(k): v for k, v in state.account_names.items()},
+        "max_symbols": state.engine_config.max_symbols,
+    }
+    rows = len(state._account_rows)
+    arrays = {
+        "book_orders": np.concatenate(books) if books else np.zeros(0, ORDER_INFO_DTYPE),
+        "book_counts": np.array([len(b) for b in books], np.int64),
+        "last_trade": np.array([p if p is not None else 0 for p in last], np.int64),
+        "has_last_trade": np.array([p is not None for p in last], bool),
+        "orders": state.orders[:count].copy(),
+        "client_id_lengths": np.array([len(i) for i in ids], np.int64),
+        "client_ids": np.frombuffer("".join(ids).encode("ascii"), np.uint8).copy(),
+        "position": state.position[:rows].copy(),
+        "open_buy": state.open_buy[:rows].copy(),
+        "open_sell": state.open_sell[:rows].copy(),
+        "open_orders": state.open_orders[:rows].copy(),
+        "account_ids": np.array(list(state._account_rows), np.uint64),
+        "reports": state.retained_reports_after(0).copy(),
+        "info": np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy(),
+    }
+    return SnapshotData(journal_seq, arrays)
+
+
+def path_for(directory: Path, journal_seq: int) -> Path:
+    return directory / f"snapshot-{journal_seq:020d}.npz"
+
+
+def write_pending(directory: Path, data: SnapshotData) -> Path:
+    """Write the snapshot durably as ``<name>.pending`` (blocking: call from a thread)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = path_for(directory, data.journal_seq)
+    pending = final.with_name(final.name + ".pending")
+    buffer = io.BytesIO()
+    np.savez(buffer, **data.arrays)  # type: ignore[arg-type]
+    with open(pending, "wb") as file:
+        file.write(buffer.getbuffer())
+        file.flush()
+        os.fsync(file.fileno())
+    return pending
+
+
+def confirm(pending: Path) -> Path:
+    """Make a pending snapshot the recovery base and remove older snapshots (blocking)."""
+    final = pending.with_name(pending.name.removesuffix(".pending"))
+    os.replace(pending, final)
+    directory = final.parent
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for other in directory.iterdir():
+        older = _NAME.match(other.name) is not None and other.name < final.name
+        if other != final and (older or other.name.endswith(".pending")):
+            other.unlink(missing_ok=True)
+    return final
+
+
+def newest(directory: Path) -> Path | None:
+    if not directory.is_dir():
+        return None
+    names = sorted(name for name in os.listdir(directory) if _NAME.match(name))
+    return directory / names[-1] if names else None
+
+
+def snapshot_seq(path: Path) -> int:
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a snapshot file")
+    return int(match.group(1))
+
+
+def load(path: Path, engine_config: EngineConfig, retained_reports: int) -> tuple[ExecutionState, int]:
+    """The state a snapshot file holds, and the journal sequence number it covers."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    info = json.loads(arrays["info"].tobytes().decode("utf-8"))
+    if info["max_symbols"] > engine_config.max_symbols:
+        raise ValueError(f"{path} needs max_symbols >= {info['max_symbols']}")
+    state = ExecutionState(engine_config, retained_reports)
+    for symbol_id, name in enumerate(info["symbols"]):
+        state.add_symbol(symbol_id, name)
+    for account_id in arrays["account_ids"].tolist():
+        state.account_row(int(account_id))
+    for key, name in info["accounts"].items():
+        state.account_names[int(key)] = name
+    rows = len(arrays["account_ids"])
+    state.position[:rows] = arrays["position"]
+    state.open_buy[:rows] = arrays["open_buy"]
+    state.open_sell[:rows] = arrays["open_sell"]
+    state.open_orders[:rows] = arrays["open_orders"]
+    orders = arrays["orders"].astype(ORDER_DTYPE)
+    state._reserve_orders(len(orders))
+    state.orders[: len(orders)] = orders
+    state.order_count = len(orders)
+    text = arrays["client_ids"].tobytes().decode("ascii")
+    offset = 0
+    for index, length in enumerate(arrays["client_id_lengths"].tolist()):
+        client_id = text[offset : offset + length]
+        offset += length
+        state.client_ids.append(client_id)
+        if state.orders["status"][index] != 7:  # a rejected order's client id is free again
+            account = int(state.orders["account_id"][index])
+            state.client_id_index.setdefault(account, {})[client_id] = index + 1
+    state.next_input_seq = info["next_input_seq"]
+    state.next_report_seq = info["next_report_seq"]
+    state.next_trade_id = info["next_trade_id"]
+    state.trades = info["trades"]
+    state.traded_lots = info["traded_lots"]
+    reports = arrays["reports"].astype(REPORT_DTYPE)
+    state._retain(reports)
+    books = np.split(arrays["book_orders"].astype(ORDER_INFO_DTYPE), np.cumsum(arrays["book_counts"])[:-1])
+    last = [
+        int(p) if has else None for p, has in zip(arrays["last_trade"], arrays["has_last_trade"], strict=True)
+    ]
+    if len(info["symbols"]):
+        state.restore_books(books, last)
+    return state, int(info["journal_seq"])
+
+
+class Snapshotter:
+    """Takes snapshots when enough inputs or time have passed, off the order path.
+
+    Capturing copies the state on the event loop between batches (books via the engine's queries,
+    the order table as one array copy); writing, the fsync, the ledger flush and the journal
+    truncation run in a background task.
+    """
+
+    def __init__(self, config: ExecutionConfig, journal: Journal, ledger: Ledger | None) -> None:
+        self.config = config
+        self.journal = journal
+        self.ledger = ledger
+        self.directory = config.snapshot_path()
+        self._state: ExecutionState | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_input_seq = 0
+        self._last_time = time.monotonic()
+        self.taken = 0
+        self.postponed = 0
+
+    def attach(self, core: ExecutionCore) -> None:
+        self._state = core.state
+        self._last_input_seq = core.state.next_input_seq
+        core._on_batch_applied = self.after_batch
+
+    def after_batch(self) -> None:
+        state = self._state
+        if state is None or (self._task is not None and not self._task.done()):
+            return
+        every_inputs, every_s = self.config.snapshot_every_inputs, self.config.snapshot_every_s
+        since = state.next_input_seq - self._last_input_seq
+        due = (every_inputs > 0 and since >= every_inputs) or (
+            every_s > 0 and since > 0 and time.monotonic() - self._last_time >= every_s
+        )
+        if not due:
+            return
+        if not state.book_restorable():
+            self.postponed += 1  # retried after the next batch
+            return
+        seq = self.journal.next_seq - 1
+        data = capture(state, seq)
+        self._last_input_seq = state.next_input_seq
+        self._last_time = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._finish(data), name="execution-snapshot")
+
+    async def _finish(self, data: SnapshotData) -> None:
+        try:
+            while self.journal.durable_seq < data.journal_seq:
+                await asyncio.sleep(0.001)
+            pending = await asyncio.to_thread(write_pending, self.directory, data)
+            if self.ledger is not None:
+                await self.ledger.flush()
+            final = await asyncio.to_thread(confirm, pending)
+            self.taken += 1
+            log.info("snapshot %s written (%d orders)", final.name, len(data.arrays["orders"]))
+            if self.config.journal_truncate_after_snapshot:
+                await self.journal.truncate_before(data.journal_seq + 1)
+        except Exception:
+            log.exception(
+                "snapshot at journal seq %d failed; the journal still holds everything", data.journal_seq
+            )
+
+    async def close(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
