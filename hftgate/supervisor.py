@@ -54,6 +54,16 @@ ALL_SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 
+# Which address of an already started service each service is told, and by which variable:
+# execution reads reference data through the cache and publishes its trades to market data.
+DEPENDENCY_ADDRESS_VARIABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "execution": (
+        ("cache", "HFTGATE_EXECUTION_CACHE_ADDRESS"),
+        ("marketdata", "HFTGATE_EXECUTION_MARKETDATA_ADDRESS"),
+    ),
+}
+
+
 def available_services() -> list[ServiceSpec]:
     return [s for s in ALL_SERVICES if s.is_available()]
 
@@ -95,6 +105,10 @@ def start_services(
         for spec in specs:
             port = int(base_env.get(spec.port_variable, spec.default_port))
             child_env = {**base_env, spec.port_variable: str(port)}
+            started = {s.spec.name: s.address for s in running}
+            for dependency, variable in DEPENDENCY_ADDRESS_VARIABLES.get(spec.name, ()):
+                if dependency in started and not child_env.get(variable):
+                    child_env[variable] = started[dependency]
             process = subprocess.Popen([sys.executable, "-m", spec.module], env=child_env)
             service = RunningService(spec=spec, port=port, process=process)
             running.append(service)
