@@ -45,13 +45,22 @@ Canonical encoding hashed for a row (all integers big-endian, strings UTF-8 with
     recorded_at_ns  int64
 
 Writing is off the order path: :meth:`Ledger.record` only puts the fill on a
-bounded asyncio queue; one background task takes whatever has queued up and
-writes it as one batch in one SQL transaction. The chain head is read inside that
+bounded asyncio queue; one background task takes whatever has queued up (after
+lingering ``batch_linger_ms`` for more to arrive) and writes it as one batch in
+one SQL transaction. The chain head is read inside that
 transaction and ``position`` is the primary key, so two writers (two tasks, or two
 processes on the same table) can never fork the chain: the loser of a race gets a
 unique-key conflict and retries on the new head. The ledger lags the order path, so
 after a crash the service replays its journal and hands the regenerated fills to
 :meth:`Ledger.catch_up`, which writes only those whose transaction id is missing.
+
+High-water mark: the execution service records fills in ascending trade id order, and the
+writer writes them in that order, so after each written batch every recorded fill up to the
+batch's last trade id is in the table. :attr:`Ledger.written_through_trade_id` is that mark
+(lowered below the first fill ``record`` had to turn away, which only a catch-up after a restart
+can write), and :meth:`Ledger.wait_written_through` waits for it to reach a given trade id. A
+snapshot waits for the mark of its own last trade, not for an empty queue, which under a
+steady flow of fills may never come.
 """
 
 from __future__ import annotations
@@ -85,6 +94,8 @@ _LEN32 = struct.Struct(">I")
 # under the parameter limits of SQLite (32766) and PostgreSQL (32767).
 _MAX_BATCH_FILLS = 500
 _CONFLICT_RETRIES = 20
+#: How long the writer waits after the first fill of a batch for more to join it.
+DEFAULT_BATCH_LINGER_MS = 50.0
 _RETRY_BACKOFF_MAX_S = 5.0
 
 
@@ -157,6 +168,11 @@ class LedgerBacklogFull(Exception):
 
 class LedgerClosed(Exception):
     """The ledger was closed; it accepts no more fills."""
+
+
+class LedgerGap(Exception):
+    """A fill up to the awaited trade id was turned away (backlog full): only a catch-up from the
+    journal after a restart can write it, so the wait would never end."""
 
 
 def ledger_table(name: str = DEFAULT_TABLE_NAME, metadata: sa.MetaData | None = None) -> sa.Table:
@@ -361,6 +377,7 @@ class Ledger:
         *,
         queue_max_fills: int = 100_000,
         batch_max_fills: int = _MAX_BATCH_FILLS,
+        batch_linger_ms: float = DEFAULT_BATCH_LINGER_MS,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if not 1 <= batch_max_fills <= _MAX_BATCH_FILLS:
@@ -368,6 +385,7 @@ class Ledger:
         self._engine = engine
         self._table = table
         self._batch_max_fills = batch_max_fills
+        self._batch_linger_s = max(batch_linger_ms, 0.0) / 1000
         self._clock_ns = clock_ns
         self._queue: asyncio.Queue[Fill] = asyncio.Queue(maxsize=queue_max_fills)
         # Serialises this process's writers (the background task and catch_up), so
@@ -376,6 +394,10 @@ class Ledger:
         self._write_lock = asyncio.Lock()
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
+        # Every fill recorded with a trade id up to this one is written (see the module docstring).
+        self._written_through_trade_id = 0
+        self._first_dropped_trade_id: int | None = None
+        self._progress = asyncio.Event()
         self.batches_written = 0
         self.entries_written = 0
         self.duplicates_skipped = 0
@@ -388,6 +410,7 @@ class Ledger:
         *,
         queue_max_fills: int = 100_000,
         batch_max_fills: int = _MAX_BATCH_FILLS,
+        batch_linger_ms: float = DEFAULT_BATCH_LINGER_MS,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> Ledger:
         """Connect, create the table if it does not exist, and start the background writer."""
@@ -400,7 +423,12 @@ class Ledger:
             await engine.dispose()
             raise
         ledger = cls(
-            engine, table, queue_max_fills=queue_max_fills, batch_max_fills=batch_max_fills, clock_ns=clock_ns
+            engine,
+            table,
+            queue_max_fills=queue_max_fills,
+            batch_max_fills=batch_max_fills,
+            batch_linger_ms=batch_linger_ms,
+            clock_ns=clock_ns,
         )
         ledger._writer_task = asyncio.create_task(ledger._run_writer(), name=f"ledger-writer[{table_name}]")
         return ledger
@@ -418,6 +446,34 @@ class Ledger:
         """Fills recorded and not yet written."""
         return self._queue.qsize()
 
+    @property
+    def written_through_trade_id(self) -> int:
+        """Every fill recorded with a trade id up to this one is written (0 = none known).
+
+        Meaningful when fills are recorded in ascending trade id order, as the service does.
+        """
+        if self._first_dropped_trade_id is not None:
+            return min(self._written_through_trade_id, self._first_dropped_trade_id - 1)
+        return self._written_through_trade_id
+
+    def mark_written_through(self, trade_id: int) -> None:
+        """Declare every fill up to ``trade_id`` written (after a catch-up brought the table level)."""
+        if trade_id > self._written_through_trade_id:
+            self._written_through_trade_id = trade_id
+            self._progress.set()
+
+    async def wait_written_through(self, trade_id: int) -> None:
+        """Wait until :attr:`written_through_trade_id` reaches ``trade_id``.
+
+        Raises :class:`LedgerGap` when a fill at or below ``trade_id`` was turned away by ``record``.
+        """
+        while self.written_through_trade_id < trade_id:
+            dropped = self._first_dropped_trade_id
+            if dropped is not None and dropped <= trade_id:
+                raise LedgerGap(f"fill with trade id {dropped} was not queued (backlog full)")
+            self._progress.clear()
+            await self._progress.wait()
+
     def record(self, fill: Fill) -> None:
         """Queue ``fill`` for the background writer; never waits.
 
@@ -429,6 +485,9 @@ class Ledger:
         try:
             self._queue.put_nowait(fill)
         except asyncio.QueueFull:
+            if self._first_dropped_trade_id is None or fill.trade_id < self._first_dropped_trade_id:
+                self._first_dropped_trade_id = fill.trade_id
+                self._progress.set()  # a waiter past it must learn that its wait is over
             raise LedgerBacklogFull(
                 f"ledger write queue full ({self._queue.maxsize} fills): database not keeping up"
             ) from None
@@ -495,6 +554,10 @@ class Ledger:
     async def _run_writer(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._batch_linger_s and self._queue.qsize() < self._batch_max_fills - 1 and not self._closed:
+                # Let the fills of the next few order-path calls join this batch: a transaction
+                # costs the event loop far more than a row, so fewer, larger ones leave it freer.
+                await asyncio.sleep(self._batch_linger_s)
             while len(batch) < self._batch_max_fills and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             backoff_s = 0.05
@@ -516,6 +579,7 @@ class Ledger:
                     )
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, _RETRY_BACKOFF_MAX_S)
+            self.mark_written_through(max(fill.trade_id for fill in batch))
             for _ in batch:
                 self._queue.task_done()
 

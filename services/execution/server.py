@@ -536,7 +536,9 @@ async def start(config: ExecutionConfig) -> ExecutionServer:
     closers: list[Any] = []
     feed: TradeFeed | None = None
     try:
-        ledger = await Ledger.open(config.ledger_url(), config.ledger_table)
+        ledger = await Ledger.open(
+            config.ledger_url(), config.ledger_table, batch_linger_ms=config.ledger_batch_linger_ms
+        )
         closers.append(ledger.close)
         if len(recovered.tail_fills):
             added = await ledger.catch_up(
@@ -545,6 +547,9 @@ async def start(config: ExecutionConfig) -> ExecutionServer:
             log.info(
                 "ledger caught up: %d of %d replayed fill(s) were missing", added, len(recovered.tail_fills)
             )
+        # The snapshot's fills were in the ledger before it became the base, and the catch-up wrote
+        # the tail's: every fill the recovered state knows is written (snapshots wait on this mark).
+        ledger.mark_written_through(recovered.state.next_trade_id - 1)
         source = await _reference_source(config)
         reference = ReferenceData(source)
         closers.append(reference.close)

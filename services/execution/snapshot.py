@@ -17,9 +17,30 @@ state that re-entry cannot reproduce is an iceberg whose shown slice is partly f
 snapshot is therefore taken only at a moment when no such iceberg rests
 (:meth:`ExecutionState.book_restorable`), else it is retried after later batches.
 
-A snapshot becomes the recovery base only once the fills before it are in the ledger: it is
-written as ``*.pending`` and renamed after ``Ledger.flush``, so the journal tail after it always
-holds every fill the ledger may lack.
+A snapshot becomes the recovery base only once the fills before it are in the ledger. Capture
+notes the snapshot's last trade id (the state's ``next_trade_id - 1``: every fill of a journal
+record up to the snapshot's sequence has a trade id up to it, every later fill a higher one). The
+file is written as ``*.pending`` and renamed (confirmed) only once the ledger's high-water mark
+(:attr:`Ledger.written_through_trade_id`: every fill up to it is committed in the table) has
+reached that trade id. The wait is bounded by the ledger's lag, not by the flow: waiting for an
+empty ledger queue instead never ends while fills keep arriving, and no later snapshot starts.
+
+Why "every fill exactly once, chain unbroken" holds after a crash at any moment:
+
+* the confirmed base snapshot covers journal sequence S, and the ledger holds every fill of the
+  records up to S (their trade ids are at most the snapshot's mark, which the ledger had reached);
+* the journal is truncated only after the confirmation, so it still holds every record after S,
+  whose replay regenerates every other fill the ledger may lack (rows written past the mark
+  before the crash included);
+* :meth:`Ledger.catch_up` writes each of those whose transaction id is missing, appending to the
+  chain head in one serialised writer, so nothing is written twice and the chain stays unbroken;
+  afterwards every fill the recovered state knows is written, and the service marks the ledger
+  level at the recovered state's last trade id, from which new snapshots wait again.
+
+A crash before the confirmation leaves the previous snapshot as the base (a ``*.pending`` file is
+ignored by recovery and removed by the next confirmation). When the ledger had to turn a fill away
+(its queue full), its mark stops below that fill until a restart's catch-up writes it; a snapshot
+past it is dropped (:class:`LedgerGap`) rather than confirmed, as the journal must keep that fill.
 """
 
 from __future__ import annotations
@@ -42,7 +63,7 @@ from hftgate.matching.engine import EngineConfig
 from hftgate.matching.types import ORDER_INFO_DTYPE
 from services.execution.config import ExecutionConfig
 from services.execution.journal import Journal
-from services.execution.ledger import Ledger
+from services.execution.ledger import Ledger, LedgerGap
 from services.execution.state import ORDER_DTYPE, REPORT_DTYPE, ExecutionState
 
 if TYPE_CHECKING:
@@ -59,6 +80,8 @@ class SnapshotData:
 
     journal_seq: int
     arrays: dict[str, np.ndarray]
+    #: The last trade id the state had assigned: the ledger must hold every fill up to it.
+    last_trade_id: int = 0
 
 
 def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
@@ -96,7 +119,7 @@ def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
         "reports": state.retained_reports_after(0).copy(),
         "info": np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy(),
     }
-    return SnapshotData(journal_seq, arrays)
+    return SnapshotData(journal_seq, arrays, state.next_trade_id - 1)
 
 
 def path_for(directory: Path, journal_seq: int) -> Path:
@@ -200,8 +223,8 @@ class Snapshotter:
     """Takes snapshots when enough inputs or time have passed, off the order path.
 
     Capturing copies the state on the event loop between batches (books via the engine's queries,
-    the order table as one array copy); writing, the fsync, the ledger flush and the journal
-    truncation run in a background task.
+    the order table as one array copy); writing, the fsync, the wait for the ledger's high-water
+    mark and the journal truncation run in a background task.
     """
 
     def __init__(self, config: ExecutionConfig, journal: Journal, ledger: Ledger | None) -> None:
@@ -215,6 +238,7 @@ class Snapshotter:
         self._last_time = time.monotonic()
         self.taken = 0
         self.postponed = 0
+        self.dropped = 0
 
     def attach(self, core: ExecutionCore) -> None:
         self._state = core.state
@@ -247,7 +271,17 @@ class Snapshotter:
                 await asyncio.sleep(0.001)
             pending = await asyncio.to_thread(write_pending, self.directory, data)
             if self.ledger is not None:
-                await self.ledger.flush()
+                try:
+                    await self.ledger.wait_written_through(data.last_trade_id)
+                except LedgerGap as gap:
+                    pending.unlink(missing_ok=True)
+                    self.dropped += 1
+                    log.warning(
+                        "snapshot at journal seq %d dropped: the ledger lacks a fill until a restart (%s)",
+                        data.journal_seq,
+                        gap,
+                    )
+                    return
             final = await asyncio.to_thread(confirm, pending)
             self.taken += 1
             log.info("snapshot %s written (%d orders)", final.name, len(data.arrays["orders"]))

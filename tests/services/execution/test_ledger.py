@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import itertools
 
+import pytest
 import sqlalchemy as sa
 
-from services.execution.ledger import GENESIS_HASH, Fill, Ledger, entry_hash
+from services.execution.ledger import GENESIS_HASH, Fill, Ledger, LedgerBacklogFull, LedgerGap, entry_hash
 
 
 def make_fill(trade_id: int, symbol: str = "ESZ4") -> Fill:
@@ -205,3 +206,33 @@ async def test_concurrent_writers_on_one_table_keep_one_chain(database_url: str,
     finally:
         await first.close()
         await second.close()
+
+
+async def test_high_water_mark_follows_written_fills_and_stops_below_a_turned_away_one(
+    database_url: str, table_name: str
+) -> None:
+    ledger = await Ledger.open(database_url, table_name, queue_max_fills=10, batch_linger_ms=0)
+    try:
+        assert ledger.written_through_trade_id == 0
+        for trade_id in range(1, 6):
+            ledger.record(make_fill(trade_id))
+        await asyncio.wait_for(ledger.wait_written_through(5), 30)
+        assert ledger.written_through_trade_id == 5
+        assert len(await ledger.entries()) == 5
+        # A full queue turns trade 16 away: waits up to 15 still end, a wait past it fails at once.
+        for trade_id in range(6, 16):
+            ledger.record(make_fill(trade_id))
+        with pytest.raises(LedgerBacklogFull):
+            ledger.record(make_fill(16))
+        await asyncio.wait_for(ledger.wait_written_through(15), 30)
+        with pytest.raises(LedgerGap):
+            await asyncio.wait_for(ledger.wait_written_through(16), 30)
+        ledger.record(make_fill(17))
+        await ledger.flush()
+        assert ledger.written_through_trade_id == 15
+        # A catch-up that wrote the missing fill lets the service declare the ledger level again.
+        assert await ledger.catch_up([make_fill(16)]) == 1
+        ledger.mark_written_through(17)
+        assert ledger.written_through_trade_id == 15  # the turned-away fill still bounds this run
+    finally:
+        await ledger.close()
