@@ -397,6 +397,38 @@ class Journal:
         """The sequence number the next append gets."""
         return self._next_seq
 
+    def restart_after(self, covered_seq: int) -> list[Path]:
+        """Continue numbering at ``covered_seq + 1`` when the journal ends before it (before :meth:`start`).
+
+        For a journal that lost records a newer snapshot was built from: every existing segment
+        holds only records the snapshot covers, so each is moved aside (renamed
+        ``*.behind-snapshot-<ns>``, never deleted) and an empty segment starts at
+        ``covered_seq + 1``. Without this the next appends would reuse sequence numbers the
+        snapshot already covers, and a later recovery from that snapshot would skip them.
+        Returns the paths the old segments were moved to.
+        """
+        if self._writer is not None:
+            raise RuntimeError("restart_after must run before start()")
+        if covered_seq < self._next_seq:
+            raise ValueError(f"the journal already continues past seq {covered_seq} (next {self._next_seq})")
+        stamp = time.time_ns()
+        moved = []
+        for segment in self._segments:
+            target = segment.path.with_name(f"{segment.path.name}.behind-snapshot-{stamp}")
+            os.rename(segment.path, target)
+            moved.append(target)
+        first = covered_seq + 1
+        path = segment_path(self.directory, first)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        _fsync_directory(self.directory)
+        self._segments = [_Segment(first, path)]
+        self._next_seq = first
+        self._recovered_last_seq = first - 1
+        self.durable_seq = first - 1
+        self._writer_expected_seq = first
+        log.error("journal %s restarted at seq %d; moved aside: %s", self.directory, first, moved)
+        return moved
+
     def replay(self, after_seq: int = 0) -> Iterator[JournalRecord]:
         """Yield the recovered records with ``seq > after_seq``, in order (reads the segments again).
 

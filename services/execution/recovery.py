@@ -37,7 +37,7 @@ from hftgate.matching.engine import EngineConfig
 from hftgate.matching.types import COMMAND_DTYPE, Side
 from services.execution import snapshot
 from services.execution.config import ExecutionConfig, load_config
-from services.execution.journal import Durability, Journal
+from services.execution.journal import Durability, Journal, JournalCorruption
 from services.execution.records import (
     RECORD_ACCOUNT,
     RECORD_BATCH,
@@ -167,6 +167,21 @@ def recover(config: ExecutionConfig, *, keep_inputs: bool = False, use_snapshot:
         log.info("snapshot %s loaded (journal seq %d, %d orders)", base.name, covered, state.order_count)
     else:
         state, covered = ExecutionState(engine_config, config.retained_reports), 0
+    if base is not None and journal.next_seq <= covered:
+        # In the durable mode a snapshot is only built from fsynced records, so a journal that
+        # ends before it lost data it had made durable: the disk, not a crash. Refuse, as for
+        # any corruption in the middle, unless told to start from the snapshot.
+        problem = (
+            f"the journal ends at seq {journal.next_seq - 1} but snapshot {base.name} covers up to seq "
+            f"{covered}: records the snapshot was built from are missing from the journal"
+        )
+        if not config.journal_allow_mid_corruption:
+            raise JournalCorruption(
+                problem + "; refusing to start (HFTGATE_EXECUTION_JOURNAL_ALLOW_MID_CORRUPTION=true "
+                "starts from the snapshot and moves the old segments aside)"
+            )
+        log.error("%s; starting from the snapshot", problem)
+        journal.restart_after(covered)
     base_books = comparable_books(state.engine, state.symbol_ids) if keep_inputs else {}
     first_kept = journal.recovery.first_seq
     if journal.recovery.records and first_kept > covered + 1:

@@ -208,3 +208,43 @@ def test_books_compare_the_same_for_engine_and_reference() -> None:
     commands[1] = (2, 2, 101, 3, 0, 0, 0, 0, 1, 2, 1, 1, 0, 0, 0)
     reference.process(commands)
     assert comparable_books(engine, {"X": 0}) == comparable_books(reference, {"X": 0})
+
+
+async def test_journal_that_ends_before_the_snapshot_refuses_or_continues_after_it(
+    tmp_path: Path, make_config: Any, launch: Any
+) -> None:
+    """A journal that lost records a snapshot was built from: refuse to start, or (when told) start
+    from the snapshot and number new records after it, so no later recovery skips them."""
+    config = make_config(tmp_path, snapshot_every_inputs=150, snapshot_every_s=0)
+    harness = await launch(config)
+    try:
+        await drive(harness, random.Random(9), 40, "s")
+        await harness.running.snapshotter.close()
+        assert harness.running.snapshotter.taken >= 1
+    finally:
+        await harness.close()
+    for segment in (tmp_path / "journal").glob("*.journal"):
+        segment.unlink()  # the disk lost every journal record; the snapshot survived
+    with pytest.raises(JournalCorruption, match="snapshot"):
+        await launch(config)
+    allowed = make_config(
+        tmp_path, snapshot_every_inputs=150, snapshot_every_s=0, journal_allow_mid_corruption=True
+    )
+    harness = await launch(allowed)
+    try:
+        from_snapshot = harness.core.state.next_input_seq
+        assert from_snapshot > 1
+        more = await drive(harness, random.Random(10), 5, "after")
+        assert min(a.sequence for a in more if a.sequence) >= from_snapshot
+        after = state_view(harness)
+    finally:
+        await harness.close()
+    # Numbering went on after the snapshot; what was there before is kept aside, not deleted.
+    first_segment = sorted((tmp_path / "journal").glob("*.journal"))[0]
+    assert int(first_segment.name.split(".")[0]) > 1
+    assert list((tmp_path / "journal").glob("*.behind-snapshot-*"))
+    harness = await launch(config)  # consistent again: no flag needed, nothing skipped
+    try:
+        assert state_view(harness) == after
+    finally:
+        await harness.close()
