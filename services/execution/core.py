@@ -48,7 +48,13 @@ from services.execution.records import (
     encode_symbol,
 )
 from services.execution.reference import AccountSpec, InstrumentSpec, ReferenceData
-from services.execution.risk import NEW_ORDER_DTYPE, AccountExposure, TokenBucket, check_new_orders
+from services.execution.risk import (
+    NEW_ORDER_DTYPE,
+    AccountExposure,
+    TokenBucket,
+    check_new_orders,
+    check_one_new_order,
+)
 from services.execution.state import OPEN_STATUSES, REJECTED, STOP_TYPES, BatchOutcome, ExecutionState
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,14 @@ _STP_TO_ENGINE = np.array(
 )  # fmt: skip
 _DEFAULT_TIF = np.array([0, api.TIME_IN_FORCE_GTC, api.TIME_IN_FORCE_IOC, api.TIME_IN_FORCE_GTC,
                          api.TIME_IN_FORCE_IOC], np.int64)  # fmt: skip
+
+
+_STP_TO_ENGINE_LIST: list[int] = _STP_TO_ENGINE.tolist()
+_DEFAULT_TIF_BY_TYPE: list[int] = _DEFAULT_TIF.tolist()
+_NO_POSITIONS = np.zeros(0, np.int64)
+_FIRST_POSITION = np.zeros(1, np.int64)
+_NO_POSITIONS.setflags(write=False)
+_FIRST_POSITION.setflags(write=False)
 
 
 class RateLimited(Exception):
@@ -270,7 +284,10 @@ class ExecutionCore:
         unique, specs = (
             await self.instruments_for([s for s in inputs.symbols if s]) if inputs.symbols else ([], [])
         )
-        acks, batch, positions = self._prepare(account, inputs, unique, specs)
+        if len(inputs) == 1 and inputs.preset_reasons is None and inputs.kind[0] == KIND_NEW and specs:
+            acks, batch, positions = self._prepare_one_new(account, inputs, specs[0])
+        else:
+            acks, batch, positions = self._prepare(account, inputs, unique, specs)
         if batch is None:
             if sink is not None:
                 if self._inflight:
@@ -461,6 +478,113 @@ class ExecutionCore:
                 state.order_count + 1 + int((batch.commands["action"] == Action.NEW).sum()),
             )
         return acks, batch, acks_order
+
+    def _prepare_one_new(
+        self, account: AccountSpec, inputs: Inputs, spec: InstrumentSpec | None
+    ) -> tuple[Acks, Batch | None, np.ndarray]:
+        """:meth:`_prepare` for a single new order (SubmitOrder): the same rules in plain Python.
+
+        numpy's per-call set-up costs more than the work for one order, so this path reads the
+        order's fields once and builds the one-row engine command and journal meta from tuples.
+        The journal record is byte for byte what :meth:`_prepare` would have built.
+        """
+        state = self.state
+        bucket = self.bucket(account)
+        bucket.refill(now_ns())
+        self.counters.orders_received += 1
+        symbol = inputs.symbols[0]
+        client_id = inputs.client_ids[0]
+        known = state.symbol_ids.get(symbol)
+        provisional = False
+        if spec is None:
+            symbol_id = -1
+        elif known is not None:
+            symbol_id = known
+        elif len(state.symbol_names) < state.engine_config.max_symbols:
+            symbol_id = len(state.symbol_names)
+            provisional = True
+        else:
+            log.error("no engine book left for %s (max_symbols reached)", symbol)
+            symbol_id = -1
+        fields: tuple[int, ...] = inputs.orders[0].item()
+        row = state.account_row(account.account_id)
+        exposure = AccountExposure(
+            state.position[row], state.open_buy[row], state.open_sell[row], int(state.open_orders[row])
+        )
+        reason = check_one_new_order(
+            fields,
+            client_id,
+            spec,
+            symbol_id,
+            account,
+            state.client_id_index.get(account.account_id, {}),
+            exposure,
+            bucket,
+        )
+        if provisional and not reason:
+            self.journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
+            state.add_symbol(symbol_id, symbol)
+        acks = Acks(
+            kind=inputs.kind,
+            client_ids=[client_id],
+            order_ids=np.zeros(1, np.int64),
+            sequences=np.zeros(1, np.int64),
+            status=np.array([REJECTED if reason else 0], np.uint8),
+            reason=np.array([reason], np.uint16),
+            price=np.zeros(1, np.int64),
+            quantity=np.zeros(1, np.int64),
+            leaves=np.zeros(1, np.int64),
+            cum=np.zeros(1, np.int64),
+            priority_kept=np.zeros(1, bool),
+            received_ns=inputs.received_ns,
+            arrival_ns=inputs.arrival_ns,
+        )
+        if reason:
+            self.counters.inputs_rejected += 1
+            by_reason = self.counters.rejects_by_reason
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+            return acks, None, _NO_POSITIONS
+        self._ensure_account(account)
+        return acks, self._one_new_batch(account, inputs, fields, symbol_id, client_id), _FIRST_POSITION
+
+    def _one_new_batch(
+        self, account: AccountSpec, inputs: Inputs, fields: tuple[int, ...], symbol_id: int, client_id: str
+    ) -> Batch:
+        """:meth:`_build_batch` / :meth:`_fill_new_commands` for one accepted new order."""
+        state = self.state
+        side, otype, tif, price, stop, qty, display, post_only, stp, protection, priority = fields
+        if tif == 0:
+            tif = _DEFAULT_TIF_BY_TYPE[otype]
+        is_market = otype in (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
+        bound = protection
+        if is_market and bound == 0:
+            spec_band = self._band_of(symbol_id)
+            if spec_band is not None:
+                reference, band = spec_band
+                bound = reference + band if side == 1 else max(1, reference - band)
+        engine_type = otype
+        if bound > 0 and otype == api.ORDER_TYPE_MARKET:
+            engine_type = EngineType.LIMIT
+        elif bound > 0 and otype == api.ORDER_TYPE_STOP_MARKET:
+            engine_type = EngineType.STOP_LIMIT
+        command = (
+            state.order_count + 1, account.account_id, bound if is_market else price, qty, stop, display,
+            symbol_id, priority, Action.NEW, side, engine_type, tif, 1 if post_only else 0,
+            _STP_TO_ENGINE_LIST[stp], 0,
+        )  # fmt: skip
+        meta = (
+            price, protection, 0, priority, otype, tif,
+            stp or api.SELF_TRADE_PREVENTION_CANCEL_RESTING, 1 if post_only else 0, len(client_id),
+            0, 0, 0,
+        )  # fmt: skip
+        return Batch(
+            state.next_input_seq,
+            inputs.received_ns,
+            time.time_ns(),
+            np.array([command], COMMAND_DTYPE),
+            np.array([meta], META_DTYPE),
+            client_id.encode("ascii"),
+        )
 
     def _check_existing(
         self,
@@ -662,6 +786,9 @@ class ExecutionCore:
             acks.cum[position] = row["cum"]
 
     def _merge(self, acks: Acks, outcome: BatchOutcome, positions: np.ndarray) -> None:
+        if len(positions) == 1 and len(acks.kind) == 1:
+            self._merge_one(acks, outcome)
+            return
         acks.order_ids[positions] = outcome.order_ids
         refused = outcome.status == REJECTED
         acks.sequences[positions] = np.where(refused, 0, outcome.first_input_seq + np.arange(len(positions)))
@@ -684,6 +811,34 @@ class ExecutionCore:
             by_reason = self.counters.rejects_by_reason
             for value in outcome.reason[refused].tolist():
                 by_reason[value] = by_reason.get(value, 0) + 1
+
+    def _merge_one(self, acks: Acks, outcome: BatchOutcome) -> None:
+        """:meth:`_merge` for a batch of one input (element assignments instead of masks)."""
+        status = int(outcome.status[0])
+        reason = int(outcome.reason[0])
+        refused = status == REJECTED
+        acks.order_ids[0] = outcome.order_ids[0]
+        acks.sequences[0] = 0 if refused else outcome.first_input_seq
+        acks.status[0] = status
+        acks.reason[0] = reason
+        acks.price[0] = outcome.price[0]
+        acks.quantity[0] = outcome.quantity[0]
+        acks.leaves[0] = outcome.leaves[0]
+        acks.cum[0] = outcome.cum[0]
+        acks.priority_kept[0] = outcome.priority_kept[0]
+        acks.reports = outcome.reports
+        counters = self.counters
+        if refused:
+            counters.inputs_rejected += 1
+            counters.rejects_by_reason[reason] = counters.rejects_by_reason.get(reason, 0) + 1
+            return
+        kind = int(acks.kind[0])
+        if kind == KIND_NEW:
+            counters.orders_accepted += 1
+        elif kind == KIND_CANCEL:
+            counters.cancels_accepted += 1
+        elif kind == KIND_REPLACE:
+            counters.replaces_accepted += 1
 
     # --- after durability ------------------------------------------------------------------------
 

@@ -366,6 +366,49 @@ def check_orders_one_by_one(
     return np.array(reasons, np.int64)
 
 
+def check_one_new_order(
+    fields: tuple[int, ...],
+    client_id: str,
+    instrument: InstrumentSpec | None,
+    symbol_id: int,
+    account: AccountSpec,
+    known_client_ids: dict[str, int],
+    exposure: AccountExposure,
+    bucket: TokenBucket,
+) -> int:
+    """:func:`check_new_orders` for a batch of one (SubmitOrder): the RejectReason of the order whose
+    NEW_ORDER_DTYPE row is ``fields`` (0 = accepted), without building any array."""
+    side, otype, tif, price, stop, qty, display, post_only, stp, protection, _ = fields
+    granted = bucket.take(1)
+    reason: int
+    if not _valid_client_id(client_id):
+        reason = common.REJECT_REASON_INVALID_ORDER
+    elif account.kill_switch:
+        reason = common.REJECT_REASON_KILL_SWITCH
+    elif instrument is None or symbol_id < 0:
+        reason = common.REJECT_REASON_UNKNOWN_SYMBOL
+    else:
+        reason = _static_reason(
+            side, otype, tif, price, stop, qty, display, post_only, stp, protection, instrument
+        )
+    if reason:
+        return reason
+    if client_id in known_client_ids:
+        return common.REJECT_REASON_DUPLICATE_CLIENT_ORDER_ID
+    if not granted:
+        return common.REJECT_REASON_RATE_LIMIT
+    can_rest = tif == api.TIME_IN_FORCE_GTC or (tif == 0 and otype in _LIMIT_TYPES) or otype in _STOP_TYPES
+    if can_rest and account.max_open_orders - exposure.open_orders <= 0:
+        return common.REJECT_REASON_OPEN_ORDER_LIMIT
+    if side == 1:
+        start = int(exposure.position[symbol_id] + exposure.open_buy[symbol_id])
+    else:
+        start = int(exposure.open_sell[symbol_id] - exposure.position[symbol_id])
+    if start + qty > account.position_limit_lots:
+        return common.REJECT_REASON_POSITION_LIMIT
+    return 0
+
+
 def _check_positions(
     reason: np.ndarray,
     side: np.ndarray,

@@ -109,6 +109,10 @@ F_ACCOUNT, F_PRICE, F_QUANTITY = (_ORDER_FIELDS.index(n) for n in ("account_id",
 F_LEAVES, F_CUM, F_NOTIONAL = (_ORDER_FIELDS.index(n) for n in ("leaves", "cum", "notional"))
 F_LAST, F_REASON, F_SIDE = (_ORDER_FIELDS.index(n) for n in ("last_exec_seq", "reason", "side"))
 F_TYPE, F_STATUS = (_ORDER_FIELDS.index(n) for n in ("order_type", "status"))
+F_UPDATED = _ORDER_FIELDS.index("updated_ns")
+#: Up to this many touched orders (or fills, or reports) are written back one row at a time:
+#: below it numpy's per-call set-up costs more than the per-row Python work.
+_ROW_BY_ROW_MAX = 8
 OPEN_STATUSES = (NEW, PENDING, PARTIAL)
 MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
 STOP_TYPES = (api.ORDER_TYPE_STOP_LIMIT, api.ORDER_TYPE_STOP_MARKET)
@@ -281,14 +285,25 @@ class ExecutionState:
         self.next_input_seq += count
         received, transact = batch.received_ns, batch.transact_ns
         actions = commands["action"]
-        new_mask = actions == Action.NEW
-        new_count = int(new_mask.sum())
         first_new_id = self.order_count + 1
-        if new_count:
-            ids = commands["order_id"][new_mask]
-            if ids[0] != first_new_id or ids[-1] != first_new_id + new_count - 1:
-                raise ValueError(f"batch order ids {ids[0]}..{ids[-1]} where {first_new_id}.. was expected")
-            self._add_orders(commands[new_mask], meta[new_mask], batch.client_ids, received)
+        if count == 1:  # SubmitOrder, CancelOrder, ReplaceOrder: no masks for one command
+            new_count = 1 if actions[0] == Action.NEW else 0
+            if new_count:
+                if commands["order_id"][0] != first_new_id:
+                    raise ValueError(
+                        f"batch order id {commands['order_id'][0]} where {first_new_id} was expected"
+                    )
+                self._add_one_order(commands[0].item(), meta[0].item(), batch.client_ids, received)
+        else:
+            new_mask = actions == Action.NEW
+            new_count = int(new_mask.sum())
+            if new_count:
+                ids = commands["order_id"][new_mask]
+                if ids[0] != first_new_id or ids[-1] != first_new_id + new_count - 1:
+                    raise ValueError(
+                        f"batch order ids {ids[0]}..{ids[-1]} where {first_new_id}.. was expected"
+                    )
+                self._add_orders(commands[new_mask], meta[new_mask], batch.client_ids, received)
 
         events = self.engine.process(commands)
 
@@ -426,7 +441,11 @@ class ExecutionState:
                 row[F_LEAVES] = 0
                 self._forget_client_id(index)
 
-        if live:
+        if 0 < len(live) <= _ROW_BY_ROW_MAX:
+            for index, row in live.items():
+                row[F_UPDATED] = transact
+                orders[index] = tuple(row)
+        elif live:
             touched = np.fromiter(live.keys(), np.int64, len(live))
             rows_back = np.array([tuple(row) for row in live.values()], ORDER_DTYPE)
             rows_back["updated_ns"] = transact
@@ -482,6 +501,26 @@ class ExecutionState:
                 per_account = index[account] = {}
             per_account[client_id] = start + position + 1
 
+    def _add_one_order(
+        self, command: tuple[int, ...], meta: tuple[int, ...], client_ids: bytes, received_ns: int
+    ) -> None:
+        """:meth:`_add_orders` for one NEW command (its COMMAND_DTYPE and META_DTYPE rows as tuples)."""
+        _, account, _, qty, stop, display, symbol_id, _, _, side = command[:10]
+        client_price, protection, _, priority, client_type, client_tif, client_stp, post_only = meta[:8]
+        self._reserve_orders(1)
+        start = self.order_count
+        self.orders[start] = (
+            account, client_price, stop, qty, display, protection, qty, 0, 0, received_ns, received_ns, 0,
+            priority, symbol_id, 0, side, client_type, client_tif, client_stp, post_only, 0,
+        )  # fmt: skip
+        self.order_count += 1
+        client_id = client_ids[: meta[8]].decode("ascii")
+        self.client_ids.append(client_id)
+        per_account = self.client_id_index.get(account)
+        if per_account is None:
+            per_account = self.client_id_index[account] = {}
+        per_account[client_id] = start + 1
+
     def _forget_client_id(self, index: int) -> None:
         """A refused order's client id may be used again."""
         account = int(self.orders["account_id"][index])
@@ -524,6 +563,19 @@ class ExecutionState:
         np.add.at(self.open_orders, account_rows, (after > 0).astype(np.int64) - (before > 0))
 
     def _update_positions(self, fills: np.ndarray) -> None:
+        if len(fills) <= _ROW_BY_ROW_MAX:
+            for quantity, buyer, seller, symbol in zip(
+                fills["quantity"].tolist(),
+                fills["buy_account_id"].tolist(),
+                fills["sell_account_id"].tolist(),
+                fills["symbol_id"].tolist(),
+                strict=True,
+            ):
+                # account_row may grow the tables: look them up after it.
+                buyer_row, seller_row = self.account_row(buyer), self.account_row(seller)
+                self.position[buyer_row, symbol] += quantity
+                self.position[seller_row, symbol] -= quantity
+            return
         symbols = fills["symbol_id"].astype(np.int64)
         buyers = np.fromiter((self.account_row(a) for a in fills["buy_account_id"].tolist()), np.int64)
         sellers = np.fromiter((self.account_row(a) for a in fills["sell_account_id"].tolist()), np.int64)
@@ -535,6 +587,10 @@ class ExecutionState:
             return
         ring = self.reports
         capacity = len(ring)
+        if len(reports) <= _ROW_BY_ROW_MAX:
+            for row in reports.tolist():
+                ring[(row[0] - 1) % capacity] = row
+            return
         if len(reports) >= capacity:
             reports = reports[-capacity:]
         positions = (reports["sequence"] - 1) % capacity
@@ -558,6 +614,8 @@ class ExecutionState:
     def _outcome(
         self, batch: Batch, status: np.ndarray, reason: np.ndarray, reports: np.ndarray, fills: np.ndarray
     ) -> BatchOutcome:
+        if len(batch.commands) == 1:
+            return self._outcome_of_one(batch, int(status[0]), int(reason[0]), reports, fills)
         commands = batch.commands
         target = commands["order_id"].astype(np.int64)
         indices = target - 1
@@ -598,6 +656,40 @@ class ExecutionState:
             leaves=np.where(refused & new_inputs, 0, leaves),
             cum=cum,
             priority_kept=kept,
+            reports=reports,
+            fills=fills,
+        )
+
+    def _outcome_of_one(
+        self, batch: Batch, status: int, reason: int, reports: np.ndarray, fills: np.ndarray
+    ) -> BatchOutcome:
+        """:meth:`_outcome` for a batch of one input, from Python values instead of masks."""
+        target = int(batch.commands["order_id"][0])
+        refused = status == REJECTED
+        is_new = batch.commands["action"][0] == Action.NEW
+        row = self.orders[target - 1].item()
+        final = (row[F_STATUS], row[F_REASON], row[F_LEAVES], row[F_CUM], row[F_PRICE], row[F_QUANTITY])
+        # The last report of the input about its own order wins (every report here is the input's).
+        for sequence_row in reversed(reports.tolist()) if len(reports) else ():
+            if sequence_row[2] == target:
+                final = (
+                    sequence_row[18], sequence_row[15], sequence_row[8], sequence_row[9],
+                    sequence_row[4], sequence_row[5],
+                )  # fmt: skip
+                break
+        final_status, final_reason, leaves, cum, price, quantity = final
+        return BatchOutcome(
+            first_input_seq=batch.first_input_seq,
+            received_ns=batch.received_ns,
+            transact_ns=batch.transact_ns,
+            order_ids=np.array([0 if refused and is_new else target], np.int64),
+            status=np.array([REJECTED if refused else final_status], np.uint8),
+            reason=np.array([reason if refused else final_reason], np.uint16),
+            price=np.array([price], np.int64),
+            quantity=np.array([quantity], np.int64),
+            leaves=np.array([0 if refused and is_new else leaves], np.int64),
+            cum=np.array([cum], np.int64),
+            priority_kept=np.array([bool(batch.meta["priority_kept"][0]) and not refused], bool),
             reports=reports,
             fills=fills,
         )

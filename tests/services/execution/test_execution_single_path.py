@@ -1,0 +1,194 @@
+"""SubmitOrder's single-order path ends in the same state as the batch path for the same inputs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hftgate.v1 import common_pb2 as common
+from hftgate.v1 import execution_pb2 as api
+from services.execution.recovery import comparable_books
+from services.execution.state import ExecutionState
+
+ACCOUNTS = ("alice", "bob")
+
+
+def key(name: str) -> tuple[tuple[str, str], ...]:
+    return (("x-api-key", f"hftgate-demo-{name}"),)
+
+
+def random_order(rng: random.Random, client_id: str) -> api.NewOrder:
+    """Limit, IOC, market, stop and iceberg orders around one price, some of them invalid."""
+    side = rng.choice((common.SIDE_BUY, common.SIDE_SELL))
+    price = rng.randint(97, 103)
+    qty = rng.randint(1, 12)
+    roll = rng.random()
+    fields: dict[str, Any] = {"order_type": api.ORDER_TYPE_LIMIT}
+    if roll < 0.1:
+        fields = {"order_type": api.ORDER_TYPE_MARKET}
+        price = 0
+    elif roll < 0.15:
+        fields = {"order_type": api.ORDER_TYPE_STOP_LIMIT, "stop_price_ticks": price}
+    elif roll < 0.2:
+        fields = {"order_type": api.ORDER_TYPE_STOP_MARKET, "stop_price_ticks": price}
+        price = 0
+    elif roll < 0.27 and qty > 2:
+        fields["display_quantity_lots"] = qty // 2
+    elif roll < 0.35:
+        fields["time_in_force"] = api.TIME_IN_FORCE_IOC
+    elif roll < 0.4:
+        fields["post_only"] = True
+    elif roll < 0.43:
+        qty = 0  # invalid quantity
+    elif roll < 0.46:
+        fields["self_trade_prevention"] = api.SELF_TRADE_PREVENTION_CANCEL_INCOMING
+    symbol = "NOSUCH" if roll > 0.98 else rng.choice(("BTCUSDT", "ETHUSDT"))
+    return api.NewOrder(
+        client_order_id=client_id, symbol=symbol, side=side, price_ticks=price, quantity_lots=qty, **fields
+    )
+
+
+def ack_view(ack: api.OrderAck) -> tuple[Any, ...]:
+    return (
+        ack.client_order_id,
+        ack.order_id,
+        ack.sequence,
+        ack.status,
+        ack.reason,
+        ack.reason_text,
+        ack.price_ticks,
+        ack.quantity_lots,
+        ack.leaves_quantity_lots,
+        ack.cum_quantity_lots,
+        ack.durable,
+    )
+
+
+def state_view(state: ExecutionState) -> tuple[Any, ...]:
+    """Everything but wall-clock timestamps (a batch and single calls are entered at other times)."""
+    orders = state.orders[: state.order_count].copy()
+    orders["created_ns"] = orders["updated_ns"] = 0
+    reports = state.retained_reports_after(0).copy()
+    reports["received_ns"] = reports["transact_ns"] = 0
+    rows = len(state.open_orders)
+    return (
+        comparable_books(state.engine, state.symbol_ids),
+        orders.tobytes(),
+        list(state.client_ids),
+        state.next_input_seq,
+        state.next_report_seq,
+        state.next_trade_id,
+        state.position[:rows].tobytes(),
+        state.open_buy[:rows].tobytes(),
+        state.open_sell[:rows].tobytes(),
+        state.open_orders.tobytes(),
+        reports.tobytes(),
+        state.trades,
+        state.traded_lots,
+    )
+
+
+async def submit_runs(
+    harness: Any, runs: list[tuple[str, list[api.NewOrder], bool]], batched: bool
+) -> list[Any]:
+    """Each run as one SubmitOrders call, or (unless ``batched``) order by order where the run says so."""
+    acks: list[tuple[Any, ...]] = []
+    for who, orders, one_by_one in runs:
+        if one_by_one and not batched:
+            for order in orders:
+                single = await harness.stub.SubmitOrder(
+                    api.SubmitOrderRequest(order=order), metadata=key(who)
+                )
+                acks.append(ack_view(single.ack))
+        else:
+            response = await harness.stub.SubmitOrders(
+                api.SubmitOrdersRequest(orders=orders), metadata=key(who)
+            )
+            acks.extend(ack_view(a) for a in response.acks)
+    return acks
+
+
+async def test_single_and_batched_submissions_give_the_state_of_all_batched(
+    tmp_path: Path, make_config: Any, launch: Any
+) -> None:
+    rng = random.Random(20261125)
+    # Runs of orders from one account; the mixed server gets some runs order by order (SubmitOrder).
+    runs = []
+    for number in range(60):
+        who = ACCOUNTS[number % 2]
+        orders = [random_order(rng, f"r{number}-{i}") for i in range(rng.randint(2, 6))]
+        if rng.random() < 0.1:
+            orders.append(api.NewOrder(**{**_fields(orders[0]), "price_ticks": 100}))  # duplicate client id
+        runs.append((who, orders, rng.random() < 0.6))
+
+    views = {}
+    for batched in (False, True):
+        harness = await launch(make_config(tmp_path / str(batched)))
+        try:
+            acks = await submit_runs(harness, runs, batched)
+            views[batched] = (acks, state_view(harness.core.state), harness.core.counters)
+            assert harness.core.state.trades > 0
+        finally:
+            await harness.close()
+
+    assert views[False][0] == views[True][0]
+    statuses = {ack[3] for ack in views[False][0]}
+    assert {api.ORDER_STATUS_REJECTED, api.ORDER_STATUS_FILLED, api.ORDER_STATUS_NEW} <= statuses
+    assert views[False][1] == views[True][1]
+    assert views[False][2] == views[True][2]
+
+    # Recovery replays the single-order records through the same apply path.
+    harness = await launch(make_config(tmp_path / "False"))
+    try:
+        assert state_view(harness.core.state) == views[False][1]
+    finally:
+        await harness.close()
+
+
+def _fields(order: api.NewOrder) -> dict[str, Any]:
+    return {field.name: value for field, value in order.ListFields()}
+
+
+def test_single_order_risk_check_gives_the_batch_reasons() -> None:
+    from services.execution.reference import AccountSpec
+    from services.execution.risk import (
+        AccountExposure,
+        TokenBucket,
+        check_one_new_order,
+        check_orders_vectorized,
+    )
+    from tests.services.execution.test_execution_risk import INSTRUMENTS, random_batch
+
+    rng = random.Random(7)
+    for _ in range(3000):
+        orders, ids, instrument_rows, symbol_ids = random_batch(rng, 1)
+        account = AccountSpec(
+            name="t",
+            account_id=1,
+            max_open_orders=rng.choice((1, 3, 100)),
+            position_limit_lots=rng.choice((5, 30, 1000)),
+            kill_switch=rng.random() < 0.05,
+        )
+        exposure = AccountExposure(
+            position=np.array([rng.randint(-10, 10) for _ in range(4)], np.int64),
+            open_buy=np.array([rng.randint(0, 10) for _ in range(4)], np.int64),
+            open_sell=np.array([rng.randint(0, 10) for _ in range(4)], np.int64),
+            open_orders=rng.choice((0, 1, 3, 100)),
+        )
+        burst, tokens = rng.choice((1, 100)), rng.choice((0.0, 0.5, 5.0))
+        buckets = [TokenBucket(0.0, burst), TokenBucket(0.0, burst)]
+        for bucket in buckets:
+            bucket.tokens = min(float(burst), tokens)
+        batch_reason = check_orders_vectorized(
+            orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, {"known": 1}, exposure, buckets[0]
+        )
+        row = int(instrument_rows[0])
+        single_reason = check_one_new_order(
+            orders[0].item(), ids[0], INSTRUMENTS[row], int(symbol_ids[0]), account, {"known": 1}, exposure,
+            buckets[1],
+        )  # fmt: skip
+        assert single_reason == int(batch_reason[0]), (orders, ids, instrument_rows)
+        assert buckets[0].tokens == buckets[1].tokens
