@@ -35,6 +35,13 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+# What every hftgate client channel sets, for the same reason as the server.
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """One gRPC service to host: its full name (``hftgate.v1.CacheService``) and how to add it."""

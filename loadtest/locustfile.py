@@ -39,7 +39,8 @@ from locust import User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 
-from hftgate.bench.execution import CLIENT_CHANNEL_OPTIONS, OrderFlow, require_loopback, run_prefix
+from hftgate.bench.execution import OrderFlow, require_loopback, run_prefix
+from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.v1 import execution_pb2, execution_pb2_grpc
 
 grpc_gevent.init_gevent()
@@ -86,7 +87,7 @@ class ExecutionUser(User):
         self.metadata = (("x-api-key", next(_key_cycle)),)
         number = next(_user_numbers)
         self.flow = OrderFlow(f"{_prefix}u{number}-", seed=number)
-        self.channel = grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS)
+        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = execution_pb2_grpc.ExecutionServiceStub(self.channel)
         self.resting: deque[int] = deque(maxlen=1_000)  # ids of our orders last seen resting
 

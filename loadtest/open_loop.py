@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from hftgate.bench.execution import (
-    CLIENT_CHANNEL_OPTIONS,
     DEMO_MID_PRICE_TICKS,
     DEMO_SYMBOL,
     ExecutionProcess,
@@ -48,6 +47,7 @@ from hftgate.bench.execution import (
     require_loopback,
     run_prefix,
 )
+from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.native.histogram import LatencyHistogram
 
 
@@ -136,7 +136,7 @@ async def run_open_loop(settings: OpenLoopSettings) -> OpenLoopReport:
     interval_ns = 1e9 / settings.rate_per_s
     in_flight: set[asyncio.Task[None]] = set()
 
-    async with grpc.aio.insecure_channel(settings.target, options=CLIENT_CHANNEL_OPTIONS) as channel:
+    async with grpc.aio.insecure_channel(settings.target, options=CHANNEL_OPTIONS) as channel:
         submit = execution_pb2_grpc.ExecutionServiceStub(channel).SubmitOrder
         # The connection is set up before the clock starts, not inside the first order's latency.
         await channel.channel_ready()

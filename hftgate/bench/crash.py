@@ -63,14 +63,15 @@ from typing import Any
 
 import numpy as np
 
-from hftgate.bench.execution import CLIENT_CHANNEL_OPTIONS, Account, ExecutionProcess, OrderFlow, run_prefix
+from hftgate.bench.execution import Account, ExecutionProcess, OrderFlow, run_prefix
+from hftgate.grpcserver import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
 
 _SERVICE_RECOVERED = re.compile(r"recovered in ([0-9.]+) ms")
 # Reconnect quickly after a restart instead of gRPC's default back-off (1 s, growing).
 _RECONNECT_OPTIONS = [
-    *CLIENT_CHANNEL_OPTIONS,
+    *CHANNEL_OPTIONS,
     ("grpc.initial_reconnect_backoff_ms", 20),
     ("grpc.min_reconnect_backoff_ms", 20),
     ("grpc.max_reconnect_backoff_ms", 100),

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from hftgate.config import repo_root
+from hftgate.grpcserver import CHANNEL_OPTIONS
 
 # Bars of issue 5.
 BATCH_ORDERS_PER_S_BAR = 50_000
@@ -69,12 +70,6 @@ DEMO_ACCOUNTS = ("alice", "bob", "carol", "dave")
 
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-# Client channel options: batches of thousands of acks exceed gRPC's 4 MiB default.
-CLIENT_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
 
 
 def require_loopback(target: str) -> str:
@@ -625,7 +620,7 @@ async def _one_round(
     flows = [(OrderFlow(prefix + "a", seed=1), alice), (OrderFlow(prefix + "b", seed=2), bob)]
     fsync = FsyncProbe(process.journal_dir)
     result: dict[str, float] = {}
-    async with grpc.aio.insecure_channel(process.address, options=CLIENT_CHANNEL_OPTIONS) as channel:
+    async with grpc.aio.insecure_channel(process.address, options=CHANNEL_OPTIONS) as channel:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
         echo = GrpcEcho(echo_target)
         try:

@@ -42,9 +42,10 @@ import grpc
 
 from hftgate.bench.floors import grpc_echo_p50_ms, tcp_floor_p50_ms
 from hftgate.config import default_data_dir, repo_root
+from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
-from hftgate.replay.publisher import CHANNEL_OPTIONS, to_requests
+from hftgate.replay.publisher import to_requests
 from hftgate.replay.source import load
 from hftgate.replay.ticks import DepthTick, QuoteTick, Tick, TradeTick
 from hftgate.v1 import marketdata_pb2

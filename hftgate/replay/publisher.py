@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from hftgate.grpcserver import MAX_MESSAGE_BYTES
+from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.replay.ticks import Aggressor, DepthTick, QuoteTick, Tick, TradeTick
 from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
 
@@ -31,11 +31,6 @@ _SIDES = {
     Aggressor.BUY: common_pb2.SIDE_BUY,
     Aggressor.SELL: common_pb2.SIDE_SELL,
 }
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 def quote_message(t: QuoteTick) -> marketdata_pb2.Quote:

@@ -29,17 +29,12 @@ from types import TracebackType
 
 import grpc
 
-from hftgate.grpcserver import MAX_MESSAGE_BYTES
+from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.v1 import cache_pb2, cache_pb2_grpc
 from services.cache.l1 import NearCache, NearCacheStats
 from services.cache.l2_redis import RateLimitedLog
 
 log = logging.getLogger(__name__)
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 @dataclass(frozen=True, slots=True)
