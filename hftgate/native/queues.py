@@ -153,6 +153,14 @@ class _RecordQueue:
         handle = self._handle
         return 0 if handle is None else int(self._ops.size_approx(handle))
 
+    def native_handle(self) -> Any:
+        """The C queue, for a C component that consumes it (the journal's writer thread).
+
+        Keep the returned object referenced for as long as that component may touch the
+        queue: it owns the C memory, so the queue outlives a :meth:`close` until then.
+        """
+        return self._open_handle()
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self)} queued"
         return f"{type(self).__name__}(capacity={self._capacity}, record_size={self._record_size}, {state})"

@@ -7,15 +7,22 @@ acknowledgement only then.
 
 How a record travels
 --------------------
-The event loop assigns the next sequence number and pushes a fixed-size *slot* into
-the native lock-free MPSC queue (:class:`hftgate.native.queues.MpscQueue`); it never
-touches the disk. One writer thread takes every slot that is waiting in one go,
-writes the batch with one ``write`` and makes it durable with ONE ``fdatasync``
-(group commit: the inputs that arrived while the previous fsync ran share the next
-one), then schedules a single callback on the event loop
-(``loop.call_soon_threadsafe``, once per batch) that resolves every waiting future
-up to the batch's last sequence number. So durability costs one fsync per batch,
-and the faster inputs arrive the bigger the batches get.
+The event loop assigns the next sequence number and pushes the record as fixed-size
+*slots* into the native lock-free MPSC queue (:class:`hftgate.native.queues.MpscQueue`);
+it never touches the disk. The writer is a C thread
+(:class:`hftgate.native.journal_writer.JournalWriterThread`, ``native/src/journal_writer.c``)
+that never needs the GIL: it takes every slot that is waiting in one go, frames the
+records (header and CRC-32), writes the batch with one ``write`` and makes it durable
+with ONE ``fdatasync`` (group commit: the inputs that arrived while the previous fsync
+ran share the next one), then publishes the batch's last sequence number and writes to
+an eventfd. The event loop watches that eventfd (``loop.add_reader``): one wake-up per
+batch reads the number and resolves every waiting future up to it. So durability costs
+one fsync per batch, and the faster inputs arrive the bigger the batches get.
+
+Why C and not a Python thread: a Python writer woken by a record must first wait for
+the event loop to release the GIL, and again after its fsync to schedule the
+acknowledgement. Measured on the 2-core VM through the real service, those two waits and
+the Python framing cost ~120 µs per SubmitOrder, on top of the fsync.
 
 Queue slot (``slot_bytes`` each, 256 by default; little-endian)::
 
@@ -23,18 +30,17 @@ Queue slot (``slot_bytes`` each, 256 by default; little-endian)::
     0      8    seq               sequence number the loop assigned
     8      4    payload_length
     12     1    record_type
-    13     1    flags             bit 0: payload is in the side table, not inline
+    13     1    flags             bit 0: the payload continues in the next slots
     14     2    (zero)
-    16     ..   payload inline    when payload_length <= slot_bytes - 16
+    16     ..   payload           its first slot_bytes - 16 bytes
 
-A payload too big for its slot (rare: a replace with a long client id, say) is
-parked in a side table keyed by sequence number (a dict; single-key set and pop
-are atomic under the GIL) and the slot only announces it. Orders stay on the
-lock-free path with one copy each, and there is no limit on record size besides
-``max_payload_bytes``. When the queue is momentarily full, slots wait in an
-event-loop-side backlog (in order) that is pushed on as each batch completes, so
-``append`` never blocks; past ``backlog_max_records`` it raises
-:class:`JournalOverloaded` and the service turns the input away.
+A payload too big for one slot (a batch of many orders) continues, raw, in as many
+further slots as it needs. Only the event loop pushes, and it pushes a record's slots
+together and only when all of them fit, so they are consecutive in the queue. When the
+queue is momentarily full, records wait in an event-loop-side backlog (in order) that
+is pushed on as each batch completes, so ``append`` never blocks; past
+``backlog_max_records`` it raises :class:`JournalOverloaded` and the service turns the
+input away. ``max_payload_bytes`` must fit in the queue (checked when opening).
 
 Durability modes
 ----------------
@@ -50,8 +56,8 @@ On-disk format
 A journal is a directory of segment files named ``<first seq, 20 digits>.journal``
 (e.g. ``00000000000000000001.journal``), each a run of records with consecutive
 sequence numbers continuing from the previous segment. A segment is closed and a
-new one started once it reaches ``segment_max_bytes`` (checked between batches, so
-a segment can exceed it by one batch). Record (little-endian)::
+new one started by the writer once it reaches ``segment_max_bytes`` (checked between
+batches, so a segment can exceed it by one batch). Record (little-endian)::
 
     offset size field
     0      2    magic             b"HJ"
@@ -95,17 +101,14 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
-from hftgate.native.errors import NativeError
-from hftgate.native.queues import MpscQueue, QueueClosed
+from hftgate.native.journal_writer import SLOT_FLAG_CONTINUED, JournalWriterThread, WriterStatus
+from hftgate.native.queues import MpscQueue
 
 log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 RECORD_MAGIC = b"HJ"
 RECORD_VERSION = 1
@@ -115,7 +118,8 @@ _RECORD_CRC = struct.Struct("<I")
 RECORD_HEADER_BYTES = _RECORD_PREFIX.size + _RECORD_CRC.size  # 20
 
 _SLOT_HEADER = struct.Struct("<QIBB2x")  # seq, payload_length, record_type, flags
-_SLOT_FLAG_SIDE_TABLE = 1
+
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.journal$")
 
@@ -134,7 +138,7 @@ class JournalCorruption(Exception):
 
 
 class JournalFailed(Exception):
-    """The writer thread hit an I/O error; the journal accepts nothing more and pending appends fail."""
+    """The writer thread hit an error (I/O, or a malformed slot); nothing more is accepted or acknowledged."""
 
 
 class JournalClosed(Exception):
@@ -307,8 +311,8 @@ class Journal:
         self._batch_max_records = batch_max_records
         self._backlog_max_records = backlog_max_records
 
-        # Segments: the writer thread appends on rotation, truncate_before removes
-        # from the front from another thread; the lock covers the list only.
+        # Segments as recovery found them (the writer adds more on rotation, on disk only:
+        # truncate_before lists the directory again). The lock serialises truncations.
         self._segments = segments
         self._segments_lock = threading.Lock()
         self._recovered_last_seq = next_seq - 1
@@ -317,26 +321,18 @@ class Journal:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_seq = next_seq
         self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[bytes] = deque()  # whole records (all their slots), oldest first
         self._closing = False
         self._drained: asyncio.Future[None] | None = None  # close() waits on it for the last ack
+        self._failure: BaseException | None = None
         self.durable_seq = next_seq - 1  # highest sequence number acknowledged so far
 
-        # Shared between the loop and the writer.
+        # The queue the loop fills and the C writer thread drains (open() checked that the
+        # largest record fits in it).
         self._queue = MpscQueue(queue_capacity, slot_bytes)
-        self._side_table: dict[int, bytes] = {}
-        self._failure: BaseException | None = None
-        self._writer_stopping = False
-        self._writer: threading.Thread | None = None
-
-        # Writer-thread side.
-        self._fd = -1
-        self._segment_bytes = 0
-        self._writer_expected_seq = next_seq
-        # Counters for tests, stats and benchmarks (written by the writer thread).
-        self.batches_written = 0
-        self.records_written = 0
-        self.fsyncs = 0
+        self._writer: JournalWriterThread | None = None
+        self._notify_fd = -1
+        self._final_status: WriterStatus | None = None
 
     # --- opening and recovery -------------------------------------------------
 
@@ -348,7 +344,7 @@ class Journal:
         durability: Durability = Durability.FSYNC,
         allow_mid_corruption: bool = False,
         segment_max_bytes: int = 64 * 1024 * 1024,
-        max_payload_bytes: int = 16 * 1024 * 1024,
+        max_payload_bytes: int | None = None,
         queue_capacity: int = 65_536,
         slot_bytes: int = 256,
         batch_max_records: int = 8_192,
@@ -358,15 +354,30 @@ class Journal:
 
         Raises :class:`JournalCorruption` when a damaged record is followed by valid
         ones, unless ``allow_mid_corruption`` (then the damage and everything after
-        it is moved aside and logged).
+        it is moved aside and logged). ``max_payload_bytes`` defaults to what the queue
+        can carry in one record (16 MiB with the default queue), capped at 16 MiB; a
+        larger value than the queue can carry is a ValueError.
         """
         if slot_bytes < _SLOT_HEADER.size + 8:
             raise ValueError(f"slot_bytes must be at least {_SLOT_HEADER.size + 8}, got {slot_bytes}")
+        # A record's slots must all fit in the queue at once (capacity is a power of two).
+        queue_slots = 1 << max(1, queue_capacity - 1).bit_length()
+        carried = (queue_slots - 1) * slot_bytes + slot_bytes - _SLOT_HEADER.size
+        if max_payload_bytes is None:
+            max_payload_bytes = min(DEFAULT_MAX_PAYLOAD_BYTES, carried)
+        elif max_payload_bytes > carried:
+            raise ValueError(
+                f"max_payload_bytes={max_payload_bytes} does not fit a queue of {queue_slots} slots of "
+                f"{slot_bytes} bytes (at most {carried})"
+            )
         if segment_max_bytes <= 0 or max_payload_bytes <= 0 or batch_max_records <= 0:
             raise ValueError("segment_max_bytes, max_payload_bytes and batch_max_records must be positive")
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        segments, report = _recover(path, max_payload_bytes, allow_mid_corruption)
+        # Reading accepts any record a default-sized journal could have written.
+        segments, report = _recover(
+            path, max(max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES), allow_mid_corruption
+        )
         next_seq = report.last_seq + 1 if report.records else segments[-1].first_seq
         journal = cls(
             path,
@@ -407,7 +418,7 @@ class Journal:
         snapshot already covers, and a later recovery from that snapshot would skip them.
         Returns the paths the old segments were moved to.
         """
-        if self._writer is not None:
+        if self._loop is not None:
             raise RuntimeError("restart_after must run before start()")
         if covered_seq < self._next_seq:
             raise ValueError(f"the journal already continues past seq {covered_seq} (next {self._next_seq})")
@@ -425,7 +436,6 @@ class Journal:
         self._next_seq = first
         self._recovered_last_seq = first - 1
         self.durable_seq = first - 1
-        self._writer_expected_seq = first
         log.error("journal %s restarted at seq %d; moved aside: %s", self.directory, first, moved)
         return moved
 
@@ -443,7 +453,9 @@ class Journal:
             data = segment.path.read_bytes()
             offset = 0
             while offset < len(data):
-                seq, record_type, end, reason = _decode_at(data, offset, self._max_payload_bytes)
+                seq, record_type, end, reason = _decode_at(
+                    data, offset, max(self._max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES)
+                )
                 if reason is not None:
                     raise JournalCorruption(f"{segment.path} offset {offset} changed since open: {reason}")
                 if seq > self._recovered_last_seq:
@@ -456,16 +468,37 @@ class Journal:
 
     def start(self) -> None:
         """Start the writer thread; appends resolve on the event loop running this call."""
-        if self._writer is not None:
+        if self._loop is not None:
             raise RuntimeError("journal already started")
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         active = self._segments[-1]
-        self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
-        self._segment_bytes = os.fstat(self._fd).st_size
-        self._writer = threading.Thread(
-            target=self._writer_main, name=f"journal-writer[{self.directory}]", daemon=True
-        )
-        self._writer.start()
+        fd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            self._writer = JournalWriterThread(
+                self._queue,
+                directory=self.directory,
+                fd=fd,
+                segment_bytes=os.fstat(fd).st_size,
+                segment_max_bytes=self._segment_max_bytes,
+                next_seq=self._next_seq,
+                sync_before_ack=self.durability is Durability.FSYNC,
+                notify_fd=self._notify_fd,
+                batch_max_records=self._batch_max_records,
+                max_payload_bytes=self._max_payload_bytes,
+            )
+        except BaseException:
+            os.close(fd)
+            os.close(self._notify_fd)
+            self._notify_fd = -1
+            raise
+        self._loop = loop
+        loop.add_reader(self._notify_fd, self._on_writer_signal)
+
+    def slots_for(self, payload_length: int) -> int:
+        """How many queue slots a record with ``payload_length`` bytes of payload takes."""
+        beyond = payload_length - self._inline_payload_bytes
+        return 1 if beyond <= 0 else 1 + -(-beyond // self._slot_bytes)
 
     def check_writable(self) -> None:
         """Raise what :meth:`append` would raise now for a payload within limits (closed, failed, overloaded).
@@ -474,7 +507,7 @@ class Journal:
         between this call and ``append`` on the same event-loop step, nothing can change the answer.
         """
         if self._failure is not None:
-            raise JournalFailed(f"journal writer failed: {self._failure!r}")
+            raise JournalFailed(f"journal writer failed: {self._failure}")
         if self._loop is None or self._closing:
             raise JournalClosed("journal is not started or is closing")
         if len(self._backlog) >= self._backlog_max_records:
@@ -484,13 +517,10 @@ class Journal:
         """Journal ``payload``; the future resolves with its sequence number once it is durable.
 
         Event-loop thread only. Never blocks. Raises :class:`JournalClosed`,
-        :class:`JournalFailed` (a previous write failed), :class:`JournalOverloaded`,
+        :class:`JournalFailed` (the writer stopped on an error), :class:`JournalOverloaded`,
         or ValueError for a payload over ``max_payload_bytes`` or a type outside 0..255.
         """
-        if self._failure is not None:
-            raise JournalFailed(f"journal writer failed: {self._failure!r}")
-        if self._loop is None or self._closing:
-            raise JournalClosed("journal is not started or is closing")
+        self.check_writable()
         length = len(payload)
         if length > self._max_payload_bytes:
             raise ValueError(
@@ -498,40 +528,74 @@ class Journal:
             )
         if not 0 <= record_type <= 255:
             raise ValueError(f"record_type must be 0..255, got {record_type}")
-        if len(self._backlog) >= self._backlog_max_records:
-            raise JournalOverloaded(f"{len(self._backlog)} journal records already wait for the writer")
         seq = self._next_seq
         self._next_seq = seq + 1
+        slot_bytes = self._slot_bytes
         if length <= self._inline_payload_bytes:
-            slot = (_SLOT_HEADER.pack(seq, length, record_type, 0) + payload).ljust(self._slot_bytes, b"\0")
+            record = (_SLOT_HEADER.pack(seq, length, record_type, 0) + payload).ljust(slot_bytes, b"\0")
         else:
-            self._side_table[seq] = bytes(payload)
-            slot = _SLOT_HEADER.pack(seq, length, record_type, _SLOT_FLAG_SIDE_TABLE).ljust(
-                self._slot_bytes, b"\0"
-            )
+            record = _SLOT_HEADER.pack(seq, length, record_type, SLOT_FLAG_CONTINUED) + payload
+            record = record.ljust(self.slots_for(length) * slot_bytes, b"\0")
+        assert self._loop is not None
         future: asyncio.Future[int] = self._loop.create_future()
         self._waiters.append((seq, future))
-        if self._backlog or not self._queue.try_push(slot):
-            self._backlog.append(slot)
+        if self._backlog or not self._push(record):
+            self._backlog.append(record)
         return future
+
+    def _push(self, record: bytes) -> bool:
+        """Push all of a record's slots, or none when they do not all fit now."""
+        queue = self._queue
+        slot_bytes = self._slot_bytes
+        if len(record) == slot_bytes:
+            return queue.try_push(record)
+        slots = len(record) // slot_bytes
+        if queue.capacity - len(queue) < slots:
+            return False
+        view = memoryview(record)
+        for index in range(slots):
+            # Only this thread pushes and the writer only frees slots: room checked is room kept.
+            if not queue.try_push(view[index * slot_bytes : (index + 1) * slot_bytes]):
+                raise RuntimeError("journal queue lost room it had a moment ago (a second producer?)")
+        return True
+
+    @property
+    def batches_written(self) -> int:
+        """Batches the writer has written and acknowledged (for stats and tests)."""
+        return self._writer_status().batches
+
+    @property
+    def records_written(self) -> int:
+        return self._writer_status().records
+
+    @property
+    def fsyncs(self) -> int:
+        return self._writer_status().fsyncs
+
+    def _writer_status(self) -> WriterStatus:
+        if self._writer is not None:
+            return self._writer.status()
+        if self._final_status is not None:
+            return self._final_status
+        return WriterStatus(self.durable_seq, self.durable_seq, 0, 0, 0, 0, 0, False, 0, "")
 
     async def close(self) -> None:
         """Wait for every append made so far to be durable, stop the writer and close the segment."""
         if self._closing:
             return
         self._closing = True
-        if self._writer is None:
+        writer, loop = self._writer, self._loop
+        if writer is None or loop is None:
             return
         if self._failure is None and self.durable_seq < self._next_seq - 1:
-            assert self._loop is not None
-            self._drained = self._loop.create_future()
+            self._drained = loop.create_future()
             await self._drained
-        self._writer_stopping = True
-        self._queue.close()  # wakes the writer, which then exits
-        await asyncio.to_thread(self._writer.join)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._queue.close()  # the writer drains the queue (empty by now) and exits
+        self._final_status = await asyncio.to_thread(writer.join)
+        self._writer = None
+        loop.remove_reader(self._notify_fd)
+        os.close(self._notify_fd)
+        self._notify_fd = -1
 
     async def truncate_before(self, seq: int) -> int:
         """Delete the segments whose records all have sequence numbers below ``seq``.
@@ -543,12 +607,15 @@ class Journal:
 
     def _drop_segments_before(self, seq: int) -> int:
         with self._segments_lock:
+            # The writer creates segments as it rotates: the directory is the list.
+            segments = _list_segments(self.directory)
             droppable = 0
-            while droppable + 1 < len(self._segments) and self._segments[droppable + 1].first_seq <= seq:
+            while droppable + 1 < len(segments) and segments[droppable + 1].first_seq <= seq:
                 droppable += 1
-            dropped, self._segments = self._segments[:droppable], self._segments[droppable:]
-        for segment in dropped:
-            segment.path.unlink()
+            dropped = segments[:droppable]
+            for segment in dropped:
+                segment.path.unlink()
+            self._segments = segments[droppable:]
         if dropped:
             _fsync_directory(self.directory)
             log.info("journal: dropped %d segment(s) holding only records before seq %d", len(dropped), seq)
@@ -556,8 +623,24 @@ class Journal:
 
     # --- the loop side of a completed batch --------------------------------------
 
+    def _on_writer_signal(self) -> None:
+        """Runs on the loop when the writer signals: acknowledge what is durable, or fail."""
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._notify_fd)
+        writer = self._writer
+        if writer is None:
+            return
+        acked, failed = writer.acked_seq()
+        if acked > self.durable_seq:
+            self._acknowledge_through(acked)
+        if failed and self._failure is None:
+            status = writer.status()
+            self._failure = JournalFailed(status.message)
+            log.error("journal writer failed: %s; no further appends will be acknowledged", status.message)
+            self._fail_waiters(self._failure)
+
     def _acknowledge_through(self, last_seq: int) -> None:
-        """Runs on the loop, once per batch: resolve every future up to ``last_seq``."""
+        """Resolve every future up to ``last_seq``, then push on what waits in the backlog."""
         waiters = self._waiters
         while waiters and waiters[0][0] <= last_seq:
             seq, future = waiters.popleft()
@@ -565,13 +648,15 @@ class Journal:
                 future.set_result(seq)
         self.durable_seq = last_seq
         backlog = self._backlog
-        while backlog and self._queue.try_push(backlog[0]):
+        while backlog and self._push(backlog[0]):
             backlog.popleft()
         if self._drained is not None and last_seq == self._next_seq - 1 and not self._drained.done():
             self._drained.set_result(None)
 
     def _fail_waiters(self, error: BaseException) -> None:
-        failure = JournalFailed(f"journal writer failed: {error!r}")
+        failure = (
+            error if isinstance(error, JournalFailed) else JournalFailed(f"journal writer failed: {error!r}")
+        )
         while self._waiters:
             _, future = self._waiters.popleft()
             if not future.done():
@@ -580,91 +665,9 @@ class Journal:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    def _call_on_loop(self, callback: Callable[[_T], None], argument: _T) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
-            self._loop.call_soon_threadsafe(callback, argument)
 
-    # --- the writer thread --------------------------------------------------------
-
-    def _writer_main(self) -> None:
-        try:
-            self._write_until_closed()
-        except BaseException as exc:
-            if self._writer_stopping and isinstance(exc, (QueueClosed, NativeError)):
-                # close() closes the queue only once every append is durable: a normal stop. (A wait
-                # woken by the close can report InvalidArgument rather than QueueClosed.)
-                return
-            log.exception("journal writer failed; no further appends will be acknowledged")
-            self._failure = exc
-            self._call_on_loop(self._fail_waiters, exc)
-
-    def _write_until_closed(self) -> None:
-        batch_max_bytes = self._batch_max_records * self._slot_bytes
-        while True:
-            # Sleeps (futex, GIL released) until a slot arrives, then takes all that are there.
-            slots = self._queue.pop_many(self._batch_max_records)
-            # Group commit: whatever producers published meanwhile joins the same batch.
-            while len(slots) < batch_max_bytes:
-                more = self._queue.pop_many((batch_max_bytes - len(slots)) // self._slot_bytes, 0)
-                if not more:
-                    break
-                slots += more
-            self._write_batch(slots)
-
-    def _write_batch(self, slots: bytes) -> None:
-        slot_bytes = self._slot_bytes
-        chunks: list[bytes] = []
-        expected = self._writer_expected_seq
-        for offset in range(0, len(slots), slot_bytes):
-            seq, length, record_type, flags = _SLOT_HEADER.unpack_from(slots, offset)
-            if seq != expected:
-                raise RuntimeError(f"journal slot out of order: seq {seq} where {expected} was expected")
-            expected += 1
-            if flags & _SLOT_FLAG_SIDE_TABLE:
-                payload = self._side_table.pop(seq)
-            else:
-                start = offset + _SLOT_HEADER.size
-                payload = slots[start : start + length]
-            chunks.append(encode_record(seq, record_type, payload))
-        last_seq = expected - 1
-        data = b"".join(chunks)
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._segment_bytes += len(data)
-        self._writer_expected_seq = expected
-        if self.durability is Durability.FSYNC:
-            os.fdatasync(self._fd)
-            self.fsyncs += 1
-            self._call_on_loop(self._acknowledge_through, last_seq)
-        else:
-            self._call_on_loop(self._acknowledge_through, last_seq)
-            os.fdatasync(self._fd)
-            self.fsyncs += 1
-        self.batches_written += 1
-        self.records_written += len(chunks)
-        if self._segment_bytes >= self._segment_max_bytes:
-            self._rotate(expected)
-
-    def _rotate(self, next_seq: int) -> None:
-        """Close the full segment (already synced) and start the next one at ``next_seq``."""
-        path = segment_path(self.directory, next_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        _fsync_directory(self.directory)
-        os.close(self._fd)
-        self._fd = fd
-        self._segment_bytes = 0
-        with self._segments_lock:
-            self._segments.append(_Segment(next_seq, path))
-
-
-def _recover(
-    directory: Path, max_payload_bytes: int, allow_mid_corruption: bool
-) -> tuple[list[_Segment], RecoveryReport]:
-    """Verify every segment, repair a bad tail, and return the segments with a report."""
-    segments = sorted(
+def _list_segments(directory: Path) -> list[_Segment]:
+    return sorted(
         (
             _Segment(int(match.group(1)), directory / name)
             for name in os.listdir(directory)
@@ -672,6 +675,13 @@ def _recover(
         ),
         key=lambda s: s.first_seq,
     )
+
+
+def _recover(
+    directory: Path, max_payload_bytes: int, allow_mid_corruption: bool
+) -> tuple[list[_Segment], RecoveryReport]:
+    """Verify every segment, repair a bad tail, and return the segments with a report."""
+    segments = _list_segments(directory)
     report = RecoveryReport(segments=len(segments))
     if not segments:
         first = _Segment(1, segment_path(directory, 1))

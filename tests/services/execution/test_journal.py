@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import random
@@ -94,33 +93,26 @@ async def test_every_append_is_recovered_in_order_after_reopen(tmp_path: Path) -
     assert [r.seq for r in reopened.replay(after_seq=75)] == [76, 77, 78, 79, 80]
 
 
-async def test_acks_come_only_after_their_fsync_and_batches_share_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_fdatasync = os.fdatasync
-    synced_through: list[int] = []  # highest seq on disk when each fdatasync returned
-
-    def recording_fdatasync(fd: int) -> None:
-        time.sleep(0.002)  # a disk slow enough that inputs pile up behind each fsync
-        real_fdatasync(fd)
-        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        first_seq = int(path.name.split(".")[0])
-        data = path.read_bytes()
-        synced_through.append(journal_module._scan_segment(data, first_seq, 1 << 30).last_seq)
-
-    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+async def test_acks_come_only_after_their_fsync_and_batches_share_one(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path)
     journal.start()
     violations: list[str] = []
 
     def check_durable(future: asyncio.Future[int]) -> None:
+        # The C writer publishes synced_seq before acked_seq: a resolved future must be covered.
         seq = future.result()
-        if not synced_through or max(synced_through) < seq:
-            violations.append(f"seq {seq} acknowledged before any fsync covered it")
+        status = journal._writer_status()
+        if status.synced_seq < seq:
+            violations.append(f"seq {seq} acknowledged while fdatasync covered only {status.synced_seq}")
+        on_disk = journal_module._scan_segment(
+            (tmp_path / "00000000000000000001.journal").read_bytes(), 1, 1 << 30
+        ).last_seq
+        if on_disk < seq:
+            violations.append(f"seq {seq} acknowledged before it was in the segment (last {on_disk})")
 
     appended = 0
     futures = []
-    for wave in range(40):  # waves of concurrent appends, the writer getting the GIL in between
+    for wave in range(40):  # waves of appends in one loop step, so the writer finds several waiting
         for _ in range(5 + wave):
             future = journal.append(payload(appended))
             future.add_done_callback(check_durable)
@@ -131,9 +123,9 @@ async def test_acks_come_only_after_their_fsync_and_batches_share_one(
     await journal.close()
 
     assert violations == []
-    assert journal.fsyncs == len(synced_through)
-    assert 1 <= journal.fsyncs < appended
     assert journal.records_written == appended
+    assert 1 <= journal.fsyncs < appended
+    assert journal.fsyncs == journal.batches_written
     logging.getLogger(__name__).info(
         "group commit: %d appends, %d fsyncs, %.1f records per fsync",
         appended,
@@ -276,21 +268,45 @@ async def test_a_full_queue_spills_into_the_backlog_without_blocking(tmp_path: P
     assert [seq for seq, _ in replayed(tmp_path)] == list(range(1, 401))
 
 
-async def test_a_failing_disk_fails_pending_and_later_appends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken_fdatasync(fd: int) -> None:
-        raise OSError(errno.EIO, "simulated I/O error")
+async def test_records_spanning_many_slots_queue_whole_behind_a_full_queue(tmp_path: Path) -> None:
+    # 64 slots of 64 bytes: a 3,000-byte record takes 48 of them, so most must wait in the backlog.
+    journal = Journal.open(tmp_path, queue_capacity=64, slot_bytes=64)
+    journal.start()
+    sizes = [3_000, 10, 48, 49, 2_000, 0, 3_000, 3_000, 120] * 8
+    futures = [journal.append(payload(i + 1, size), record_type=i % 3) for i, size in enumerate(sizes)]
+    assert await asyncio.gather(*futures) == list(range(1, len(sizes) + 1))
+    await journal.close()
+    records = list(Journal.open(tmp_path).replay())
+    assert [r.payload for r in records] == [payload(i + 1, size) for i, size in enumerate(sizes)]
+    assert [r.record_type for r in records] == [i % 3 for i in range(len(sizes))]
 
+
+def test_a_record_limit_the_queue_cannot_carry_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not fit a queue of 64 slots"):
+        Journal.open(tmp_path, queue_capacity=64, slot_bytes=64, max_payload_bytes=64 * 64)
+    journal = Journal.open(tmp_path, queue_capacity=64, slot_bytes=64)
+    assert journal.slots_for(63 * 64 + 48) == 64  # the default limit is what the queue carries
+
+
+async def test_a_failing_disk_fails_pending_and_later_appends(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path)
     journal.start()
-    monkeypatch.setattr(os, "fdatasync", broken_fdatasync)
+    assert await journal.append(b"durable") == 1
+    # Swap the writer's segment fd for /dev/full under it: its next write fails with ENOSPC.
+    segment = tmp_path / "00000000000000000001.journal"
+    (writer_fd,) = [
+        int(fd.name) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink() and fd.resolve() == segment
+    ]
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, writer_fd)
+    os.close(full)
     future = journal.append(b"never durable")
-    with pytest.raises(JournalFailed, match="I/O error"):
+    with pytest.raises(JournalFailed, match="No space left on device"):
         await future
     with pytest.raises(JournalFailed):
         journal.append(b"refused")
     await journal.close()
+    assert [seq for seq, _ in replayed(tmp_path)] == [1]
 
 
 def test_kill_9_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) -> None:

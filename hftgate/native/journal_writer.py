@@ -1,0 +1,130 @@
+"""The journal's group-commit writer thread, from the C core (``native/include/hft_journal.h``).
+
+The execution service's :class:`~services.execution.journal.Journal` pushes records into an
+:class:`~hftgate.native.queues.MpscQueue`; this thread, which never takes the GIL, frames
+them (header + zlib-compatible CRC-32), writes each batch with one ``write`` and one
+``fdatasync``, rotates segments, and signals an eventfd after every acknowledged batch.
+The event loop watches that fd and reads :meth:`JournalWriterThread.status`.
+
+The C header documents the slot and record formats; :data:`SLOT_HEADER_BYTES` and
+:data:`SLOT_FLAG_CONTINUED` are the two constants a producer needs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from hftgate.native import ffi, lib
+from hftgate.native.errors import check
+from hftgate.native.queues import MpscQueue
+
+__all__ = ["SLOT_FLAG_CONTINUED", "SLOT_HEADER_BYTES", "JournalWriterThread", "WriterStatus", "crc32"]
+
+SLOT_HEADER_BYTES: int = lib.HFT_JOURNAL_SLOT_HEADER_BYTES
+SLOT_FLAG_CONTINUED: int = lib.HFT_JOURNAL_SLOT_FLAG_CONTINUED
+
+
+def crc32(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """zlib.crc32's value, computed by the C core (the journal writer uses the same function)."""
+    buffer = ffi.from_buffer(data)
+    return int(lib.hft_crc32(crc, buffer, len(buffer)))
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStatus:
+    """A copy of the writer's counters (see ``hft_journal_writer_status``)."""
+
+    acked_seq: int
+    synced_seq: int
+    batches: int
+    records: int
+    fsyncs: int
+    bytes: int
+    rotations: int
+    failed: bool
+    error: int
+    message: str
+
+
+class JournalWriterThread:
+    """A running C writer thread; :meth:`join` once the queue is closed.
+
+    It takes ownership of ``fd`` (the active segment, opened ``O_WRONLY | O_APPEND``) and
+    closes it on :meth:`join`. ``notify_fd`` (an eventfd) stays the caller's.
+    """
+
+    def __init__(
+        self,
+        queue: MpscQueue,
+        *,
+        directory: str | os.PathLike[str],
+        fd: int,
+        segment_bytes: int,
+        segment_max_bytes: int,
+        next_seq: int,
+        sync_before_ack: bool,
+        notify_fd: int,
+        batch_max_records: int,
+        max_payload_bytes: int,
+    ) -> None:
+        # Both stay referenced until join(): the C thread reads the queue and the directory string.
+        self._queue_handle: Any = queue.native_handle()
+        self._directory = ffi.new("char[]", os.fsencode(os.fspath(directory)))
+        config = ffi.new(
+            "hft_journal_writer_config *",
+            {
+                "directory": self._directory,
+                "fd": fd,
+                "segment_bytes": segment_bytes,
+                "segment_max_bytes": segment_max_bytes,
+                "next_seq": next_seq,
+                "sync_before_ack": 1 if sync_before_ack else 0,
+                "notify_fd": notify_fd,
+                "batch_max_records": batch_max_records,
+                "max_payload_bytes": max_payload_bytes,
+            },
+        )
+        out = ffi.new("hft_journal_writer **")
+        check(lib.hft_journal_writer_start(self._queue_handle, config, out), "hft_journal_writer_start")
+        self._writer: Any = out[0]
+        self._status = ffi.new("hft_journal_writer_status *")
+
+    def status(self) -> WriterStatus:
+        """The counters right now (any thread; ~1 µs)."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        lib.hft_journal_writer_status_get(self._writer, self._status)
+        return _status_of(self._status)
+
+    def acked_seq(self) -> tuple[int, bool]:
+        """(highest acknowledgeable sequence number, failed): the event loop's per-wake-up read."""
+        status = self._status
+        lib.hft_journal_writer_status_get(self._writer, status)
+        return int(status.acked_seq), bool(status.failed)
+
+    def join(self) -> WriterStatus:
+        """Wait for the thread to end (close the queue first), free it, and return its last counters."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            raise RuntimeError("the journal writer thread was already joined")
+        final = ffi.new("hft_journal_writer_status *")
+        check(lib.hft_journal_writer_join(writer, final), "hft_journal_writer_join")
+        self._queue_handle = None
+        return _status_of(final)
+
+
+def _status_of(status: Any) -> WriterStatus:
+    return WriterStatus(
+        int(status.acked_seq),
+        int(status.synced_seq),
+        int(status.batches),
+        int(status.records),
+        int(status.fsyncs),
+        int(status.bytes),
+        int(status.rotations),
+        bool(status.failed),
+        int(status.error),
+        ffi.string(status.message).decode("utf-8", "replace") if status.failed else "",
+    )

@@ -1,0 +1,98 @@
+/*
+ * hft_journal.h -- the journal's group-commit writer thread.
+ *
+ * Why in C: the writer must never need the GIL. A Python writer thread woken
+ * by a new record first waits for the event loop to let go of the GIL, and
+ * again after its fsync to schedule the acknowledgement; on a 2-core machine
+ * those two waits cost ~100 us per batch, more than the fsync itself. This
+ * thread takes records from an hft_mpsc_queue, frames them, writes the batch
+ * with one write(), makes it durable with one fdatasync() (group commit:
+ * whatever arrived meanwhile shares the next one), publishes the highest
+ * acknowledgeable sequence number and writes to an eventfd the event loop
+ * watches. The loop reads the status and resolves its waiters.
+ *
+ * Queue slots (slot_bytes each, little-endian), pushed by ONE producer thread
+ * (the event loop), so the slots of a record are consecutive:
+ *
+ *     offset size field
+ *     0      8    seq             consecutive, starting at config.next_seq
+ *     8      4    payload_length
+ *     12     1    record_type
+ *     13     1    flags           bit 0: the payload continues in the next slots
+ *     14     2    (zero)
+ *     16     ..   payload         first slot_bytes - 16 bytes of it
+ *
+ * A record with flag bit 0 is followed by ceil((payload_length - (slot_bytes -
+ * 16)) / slot_bytes) continuation slots holding the rest of the payload, raw.
+ * The producer pushes a record's slots in one go (and only when they all fit),
+ * so a writer that has the first slot gets the rest within microseconds.
+ *
+ * On-disk record (little-endian), the format services/execution/journal.py reads:
+ *
+ *     0  2 magic "HJ" | 2 1 version 1 | 3 1 record_type | 4 4 payload_length
+ *     8  8 seq        | 16 4 crc32 (zlib's) over bytes 0..15 then the payload
+ *     20 .. payload
+ *
+ * Segments: <directory>/<first seq, 20 digits>.journal. After a batch that
+ * leaves the active segment at or past segment_max_bytes the writer creates
+ * the next one (O_EXCL), fsyncs the directory and closes the full one.
+ *
+ * Failure: any write, fsync, open or format error stops the writer for good:
+ * status.failed becomes 1 (with errno and a message), the eventfd is signalled,
+ * and nothing after the last acknowledged record is ever acknowledged.
+ *
+ * Threads: start and join from one controlling thread; status_get from any.
+ */
+#ifndef HFT_JOURNAL_H
+#define HFT_JOURNAL_H
+
+#include "hft_common.h"
+#include "hft_mpsc.h"
+
+#define HFT_JOURNAL_SLOT_HEADER_BYTES 16
+#define HFT_JOURNAL_RECORD_HEADER_BYTES 20
+#define HFT_JOURNAL_SLOT_FLAG_CONTINUED 1
+
+typedef struct hft_journal_writer hft_journal_writer;
+
+typedef struct hft_journal_writer_config {
+    const char *directory;       /* segment directory (copied) */
+    int fd;                      /* active segment, open O_WRONLY|O_APPEND; the writer owns and closes it */
+    uint64_t segment_bytes;      /* the active segment's current size */
+    uint64_t segment_max_bytes;  /* rotate once a batch leaves the segment at least this big */
+    uint64_t next_seq;           /* sequence number of the first record the writer will see */
+    int sync_before_ack;         /* 1: acknowledge after fdatasync (durable); 0: after write, then sync */
+    int notify_fd;               /* eventfd written after every acknowledged batch and on failure */
+    size_t batch_max_records;    /* at most this many slots per write (>= 1) */
+    uint32_t max_payload_bytes;  /* a slot announcing more is a format error */
+} hft_journal_writer_config;
+
+typedef struct hft_journal_writer_status {
+    uint64_t acked_seq;   /* highest sequence number that may be acknowledged (next_seq - 1 at start) */
+    uint64_t synced_seq;  /* highest sequence number covered by a completed fdatasync */
+    uint64_t batches;     /* write() calls that completed a batch */
+    uint64_t records;
+    uint64_t fsyncs;
+    uint64_t bytes;       /* bytes written since start */
+    uint64_t rotations;   /* segments started since start */
+    int failed;           /* 1 once the writer stopped on an error */
+    int error;            /* errno of that error (0 for a format error) */
+    char message[192];    /* what failed, for logs and exceptions */
+} hft_journal_writer_status;
+
+/* Start the writer thread on `queue` (the queue must outlive the writer).
+ * HFT_EINVAL for bad configuration, HFT_ENOMEM when memory or the thread cannot be had. */
+int hft_journal_writer_start(hft_mpsc_queue *queue, const hft_journal_writer_config *config,
+                             hft_journal_writer **out);
+
+/* A consistent-enough copy of the counters: acked_seq and failed are read with
+ * acquire ordering, so a reader that sees failed == 1 also sees the message. */
+void hft_journal_writer_status_get(const hft_journal_writer *writer, hft_journal_writer_status *out);
+
+/* Wait for the thread to end and free the writer (closing its segment fd); the
+ * counters as they ended go to *final_status unless it is NULL. Close the queue
+ * first (hft_mpsc_queue_close): the writer drains what is queued, writes and
+ * syncs it, then exits. Returns HFT_OK, or HFT_EINVAL on NULL. */
+int hft_journal_writer_join(hft_journal_writer *writer, hft_journal_writer_status *final_status);
+
+#endif /* HFT_JOURNAL_H */

@@ -1,0 +1,326 @@
+/* journal_writer.c -- the journal's group-commit writer thread (see hft_journal.h). */
+#include "hft_journal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hft_crc32.h"
+
+struct hft_journal_writer {
+    /* Set at start, then owned by the writer thread. */
+    hft_mpsc_queue *queue;
+    char *directory;
+    int fd;
+    int notify_fd;
+    int sync_before_ack;
+    size_t slot_bytes;
+    size_t batch_max_records;
+    uint32_t max_payload_bytes;
+    uint64_t segment_bytes;
+    uint64_t segment_max_bytes;
+    uint64_t expected_seq;      /* next record's sequence number */
+    unsigned char *slots;       /* batch_max_records slots popped at a time */
+    unsigned char *out;         /* the framed batch */
+    size_t out_len;
+    size_t out_cap;
+    size_t record_start;        /* offset in `out` of the record being framed */
+    uint32_t record_remaining;  /* its payload bytes still to come in continuation slots */
+    uint32_t record_crc;
+    pthread_t thread;
+
+    /* Status: written by the writer thread only, read by anyone (atomics). */
+    uint64_t acked_seq;
+    uint64_t synced_seq;
+    uint64_t batches;
+    uint64_t records;
+    uint64_t fsyncs;
+    uint64_t bytes;
+    uint64_t rotations;
+    int failed;
+    int error;
+    char message[192];  /* written before `failed` is released, read only after it is acquired */
+};
+
+static void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put_u64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+static uint32_t get_u32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t get_u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+static void store(uint64_t *field, uint64_t value) { __atomic_store_n(field, value, __ATOMIC_RELEASE); }
+static uint64_t load(const uint64_t *field) { return __atomic_load_n(field, __ATOMIC_ACQUIRE); }
+
+static void notify(hft_journal_writer *w) {
+    if (w->notify_fd < 0) return;
+    uint64_t one = 1;
+    /* An eventfd write only fails on counter overflow or a bad fd; the reader
+     * also polls the status, so a lost wake-up delays, never loses, an ack. */
+    ssize_t ignored = write(w->notify_fd, &one, sizeof one);
+    (void)ignored;
+}
+
+/* Stop for good: record why, publish `failed`, wake the loop. */
+static void fail(hft_journal_writer *w, int error, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(w->message, sizeof w->message, format, args);
+    va_end(args);
+    if (error) {
+        size_t used = strlen(w->message);
+        snprintf(w->message + used, sizeof w->message - used, ": %s", strerror(error));
+    }
+    w->error = error;
+    __atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
+    notify(w);
+}
+
+static int reserve(hft_journal_writer *w, size_t more) {
+    if (w->out_len + more <= w->out_cap) return 0;
+    size_t cap = w->out_cap ? w->out_cap : 64 * 1024;
+    while (cap < w->out_len + more) cap *= 2;
+    unsigned char *grown = realloc(w->out, cap);
+    if (!grown) return -1;
+    w->out = grown;
+    w->out_cap = cap;
+    return 0;
+}
+
+static void finish_record(hft_journal_writer *w) {
+    put_u32(w->out + w->record_start + 16, w->record_crc);
+}
+
+/* Frame `count` popped slots into `out`; a record may span calls. Returns 0, or -1 after fail(). */
+static int frame_slots(hft_journal_writer *w, size_t count, size_t *records_done) {
+    const size_t inline_bytes = w->slot_bytes - HFT_JOURNAL_SLOT_HEADER_BYTES;
+    for (size_t i = 0; i < count; i++) {
+        const unsigned char *slot = w->slots + i * w->slot_bytes;
+        if (w->record_remaining) { /* a continuation slot: raw payload */
+            size_t take = w->record_remaining < w->slot_bytes ? w->record_remaining : w->slot_bytes;
+            memcpy(w->out + w->out_len, slot, take);
+            w->record_crc = hft_crc32(w->record_crc, slot, take);
+            w->out_len += take;
+            w->record_remaining -= (uint32_t)take;
+            if (!w->record_remaining) {
+                finish_record(w);
+                (*records_done)++;
+            }
+            continue;
+        }
+        uint64_t seq = get_u64(slot);
+        uint32_t length = get_u32(slot + 8);
+        unsigned char record_type = slot[12];
+        unsigned char flags = slot[13];
+        if (seq != w->expected_seq) {
+            fail(w, 0, "journal slot out of order: seq %llu where %llu was expected",
+                 (unsigned long long)seq, (unsigned long long)w->expected_seq);
+            return -1;
+        }
+        int continued = (flags & HFT_JOURNAL_SLOT_FLAG_CONTINUED) != 0;
+        if (length > w->max_payload_bytes || continued != (length > inline_bytes)) {
+            fail(w, 0, "journal slot for seq %llu is malformed (payload %u bytes, flags %#x)",
+                 (unsigned long long)seq, length, flags);
+            return -1;
+        }
+        if (reserve(w, HFT_JOURNAL_RECORD_HEADER_BYTES + (size_t)length)) {
+            fail(w, ENOMEM, "journal batch buffer");
+            return -1;
+        }
+        unsigned char *header = w->out + w->out_len;
+        header[0] = 'H';
+        header[1] = 'J';
+        header[2] = 1; /* format version */
+        header[3] = record_type;
+        put_u32(header + 4, length);
+        put_u64(header + 8, seq);
+        w->record_start = w->out_len;
+        w->record_crc = hft_crc32(0, header, 16);
+        w->out_len += HFT_JOURNAL_RECORD_HEADER_BYTES;
+        size_t first = length < inline_bytes ? length : inline_bytes;
+        memcpy(w->out + w->out_len, slot + HFT_JOURNAL_SLOT_HEADER_BYTES, first);
+        w->record_crc = hft_crc32(w->record_crc, slot + HFT_JOURNAL_SLOT_HEADER_BYTES, first);
+        w->out_len += first;
+        w->record_remaining = length - (uint32_t)first;
+        w->expected_seq++;
+        if (!w->record_remaining) {
+            finish_record(w);
+            (*records_done)++;
+        }
+    }
+    return 0;
+}
+
+static int fsync_directory(const char *directory) {
+    int dir = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return errno;
+    int rc = fsync(dir) ? errno : 0;
+    close(dir);
+    return rc;
+}
+
+static int rotate(hft_journal_writer *w) {
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s/%020llu.journal", w->directory,
+                     (unsigned long long)w->expected_seq);
+    if (n < 0 || (size_t)n >= sizeof path) {
+        fail(w, ENAMETOOLONG, "journal segment path");
+        return -1;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fail(w, errno, "journal: cannot create segment %s", path);
+        return -1;
+    }
+    int rc = fsync_directory(w->directory);
+    if (rc) {
+        close(fd);
+        fail(w, rc, "journal: cannot fsync directory %s", w->directory);
+        return -1;
+    }
+    close(w->fd);
+    w->fd = fd;
+    w->segment_bytes = 0;
+    store(&w->rotations, w->rotations + 1);
+    return 0;
+}
+
+static int sync_segment(hft_journal_writer *w, uint64_t through) {
+    if (fdatasync(w->fd)) {
+        fail(w, errno, "journal: fdatasync failed after seq %llu", (unsigned long long)through);
+        return -1;
+    }
+    store(&w->fsyncs, w->fsyncs + 1);
+    store(&w->synced_seq, through);
+    return 0;
+}
+
+/* Write, sync and acknowledge one framed batch ending at `last_seq`. */
+static int commit(hft_journal_writer *w, uint64_t last_seq, size_t records) {
+    const unsigned char *p = w->out;
+    size_t left = w->out_len;
+    while (left) {
+        ssize_t written = write(w->fd, p, left);
+        if (written < 0) {
+            if (errno == EINTR) continue;
+            fail(w, errno, "journal: write of %zu bytes failed before seq %llu", left,
+                 (unsigned long long)last_seq);
+            return -1;
+        }
+        p += written;
+        left -= (size_t)written;
+    }
+    w->segment_bytes += w->out_len;
+    store(&w->bytes, w->bytes + w->out_len);
+    if (w->sync_before_ack && sync_segment(w, last_seq)) return -1;
+    /* Counters first: whoever sees the new acked_seq also sees the batch counted. */
+    store(&w->records, w->records + records);
+    store(&w->batches, w->batches + 1);
+    store(&w->acked_seq, last_seq);
+    notify(w);
+    if (!w->sync_before_ack && sync_segment(w, last_seq)) return -1;
+    if (w->segment_bytes >= w->segment_max_bytes) return rotate(w);
+    return 0;
+}
+
+static void *writer_main(void *argument) {
+    hft_journal_writer *w = argument;
+    for (;;) {
+        size_t popped = 0, records = 0, taken;
+        /* Sleeps until a slot arrives (spin, then futex), then takes every slot that is there. */
+        int rc = hft_mpsc_queue_pop_many_wait(w->queue, w->slots, w->batch_max_records, &popped, -1);
+        if (rc == HFT_EINVAL) return NULL; /* closed and drained: a normal stop */
+        if (rc != HFT_OK) {
+            fail(w, 0, "journal queue wait failed (%d)", rc);
+            return NULL;
+        }
+        w->out_len = 0;
+        if (frame_slots(w, popped, &records)) return NULL;
+        taken = popped;
+        /* Group commit: whatever the producer published meanwhile joins this batch. */
+        while (taken < w->batch_max_records) {
+            rc = hft_mpsc_queue_pop_many(w->queue, w->slots, w->batch_max_records - taken, &popped);
+            if (rc != HFT_OK || !popped) break;
+            if (frame_slots(w, popped, &records)) return NULL;
+            taken += popped;
+        }
+        /* A record's slots are pushed together: the rest of a split one is moments away. */
+        while (w->record_remaining) {
+            size_t want = (w->record_remaining + w->slot_bytes - 1) / w->slot_bytes;
+            if (want > w->batch_max_records) want = w->batch_max_records;
+            rc = hft_mpsc_queue_pop_many_wait(w->queue, w->slots, want, &popped, -1);
+            if (rc != HFT_OK) {
+                fail(w, 0, "journal queue closed in the middle of record %llu",
+                     (unsigned long long)(w->expected_seq - 1));
+                return NULL;
+            }
+            if (frame_slots(w, popped, &records)) return NULL;
+        }
+        if (commit(w, w->expected_seq - 1, records)) return NULL;
+    }
+}
+
+int hft_journal_writer_start(hft_mpsc_queue *queue, const hft_journal_writer_config *config,
+                             hft_journal_writer **out) {
+    if (!queue || !config || !out || !config->directory || config->fd < 0 || config->next_seq == 0 ||
+        config->batch_max_records == 0 || config->segment_max_bytes == 0)
+        return HFT_EINVAL;
+    size_t slot_bytes = hft_mpsc_queue_record_size(queue);
+    if (slot_bytes < HFT_JOURNAL_SLOT_HEADER_BYTES + 8) return HFT_EINVAL;
+    hft_journal_writer *w = calloc(1, sizeof *w);
+    if (!w) return HFT_ENOMEM;
+    w->queue = queue;
+    w->directory = strdup(config->directory);
+    w->slots = malloc(config->batch_max_records * slot_bytes);
+    if (!w->directory || !w->slots) goto nomem;
+    w->fd = config->fd;
+    w->notify_fd = config->notify_fd;
+    w->sync_before_ack = config->sync_before_ack != 0;
+    w->slot_bytes = slot_bytes;
+    w->batch_max_records = config->batch_max_records;
+    w->max_payload_bytes = config->max_payload_bytes;
+    w->segment_bytes = config->segment_bytes;
+    w->segment_max_bytes = config->segment_max_bytes;
+    w->expected_seq = config->next_seq;
+    w->acked_seq = config->next_seq - 1;
+    w->synced_seq = config->next_seq - 1;
+    if (pthread_create(&w->thread, NULL, writer_main, w)) goto nomem;
+    *out = w;
+    return HFT_OK;
+nomem:
+    free(w->slots);
+    free(w->directory);
+    free(w);
+    return HFT_ENOMEM;
+}
+
+void hft_journal_writer_status_get(const hft_journal_writer *w, hft_journal_writer_status *out) {
+    memset(out, 0, sizeof *out);
+    out->failed = __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE);
+    out->acked_seq = load(&w->acked_seq);
+    out->synced_seq = load(&w->synced_seq);
+    out->batches = load(&w->batches);
+    out->records = load(&w->records);
+    out->fsyncs = load(&w->fsyncs);
+    out->bytes = load(&w->bytes);
+    out->rotations = load(&w->rotations);
+    if (out->failed) {
+        out->error = w->error;
+        memcpy(out->message, w->message, sizeof out->message);
+    }
+}
+
+int hft_journal_writer_join(hft_journal_writer *w, hft_journal_writer_status *final_status) {
+    if (!w) return HFT_EINVAL;
+    pthread_join(w->thread, NULL);
+    if (final_status) hft_journal_writer_status_get(w, final_status);
+    if (w->fd >= 0) close(w->fd);
+    free(w->out);
+    free(w->slots);
+    free(w->directory);
+    free(w);
+    return HFT_OK;
+}

@@ -1,0 +1,263 @@
+/* Tests for the CRC-32 and the journal writer thread (hft_crc32.h, hft_journal.h). */
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "hft_crc32.h"
+#include "hft_journal.h"
+
+#define SLOT 64
+#define INLINE (SLOT - HFT_JOURNAL_SLOT_HEADER_BYTES)
+
+static void test_crc32_matches_zlib_vectors(void) {
+    CHECK_EQ_INT(hft_crc32(0, "123456789", 9), 0xCBF43926u);
+    CHECK_EQ_INT(hft_crc32(0, NULL, 0), 0);
+    CHECK_EQ_INT(hft_crc32(0, "a", 1), 0xE8B7BE43u);
+    /* Chaining over any split point gives the one-shot value (exercises the aligned 8-byte loop). */
+    unsigned char data[1000];
+    for (size_t i = 0; i < sizeof data; i++) data[i] = (unsigned char)(i * 131 + 7);
+    uint32_t whole = hft_crc32(0, data, sizeof data);
+    for (size_t split = 0; split <= sizeof data; split += 37)
+        CHECK_EQ_INT(hft_crc32(hft_crc32(0, data, split), data + split, sizeof data - split), whole);
+    /* Reference: the bit-at-a-time definition. */
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < sizeof data; i++) {
+        c ^= data[i];
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+    }
+    CHECK_EQ_INT(~c, whole);
+}
+
+typedef struct {
+    char dir[64];
+    hft_mpsc_queue *queue;
+    hft_journal_writer *writer;
+    int notify_fd;
+} fixture;
+
+static void fixture_open(fixture *f, uint64_t next_seq, uint64_t segment_max, int sync_before_ack) {
+    strcpy(f->dir, "/tmp/hft_journal_test_XXXXXX");
+    CHECK(mkdtemp(f->dir) != NULL);
+    char path[128];
+    snprintf(path, sizeof path, "%s/%020llu.journal", f->dir, (unsigned long long)next_seq);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    CHECK(fd >= 0);
+    CHECK_EQ_INT(hft_mpsc_queue_create(256, SLOT, &f->queue), HFT_OK);
+    f->notify_fd = eventfd(0, EFD_CLOEXEC);
+    hft_journal_writer_config config = {
+        .directory = f->dir,
+        .fd = fd,
+        .segment_bytes = 0,
+        .segment_max_bytes = segment_max,
+        .next_seq = next_seq,
+        .sync_before_ack = sync_before_ack,
+        .notify_fd = f->notify_fd,
+        .batch_max_records = 16,
+        .max_payload_bytes = 1 << 20,
+    };
+    CHECK_EQ_INT(hft_journal_writer_start(f->queue, &config, &f->writer), HFT_OK);
+}
+
+/* Push one record as the Python producer does: header slot, then continuation slots. */
+static void push_record(fixture *f, uint64_t seq, unsigned char type, const unsigned char *payload,
+                        uint32_t length) {
+    unsigned char slot[SLOT] = {0};
+    memcpy(slot, &seq, 8);
+    memcpy(slot + 8, &length, 4);
+    slot[12] = type;
+    slot[13] = length > INLINE ? HFT_JOURNAL_SLOT_FLAG_CONTINUED : 0;
+    uint32_t first = length < INLINE ? length : INLINE;
+    memcpy(slot + HFT_JOURNAL_SLOT_HEADER_BYTES, payload, first);
+    CHECK_EQ_INT(hft_mpsc_queue_push_wait(f->queue, slot, -1), HFT_OK);
+    for (uint32_t done = first; done < length; done += SLOT) {
+        memset(slot, 0, SLOT);
+        memcpy(slot, payload + done, length - done < SLOT ? length - done : SLOT);
+        CHECK_EQ_INT(hft_mpsc_queue_push_wait(f->queue, slot, -1), HFT_OK);
+    }
+}
+
+static void wait_acked(fixture *f, uint64_t seq) {
+    hft_journal_writer_status status;
+    for (;;) {
+        hft_journal_writer_status_get(f->writer, &status);
+        if (status.acked_seq >= seq || status.failed) break;
+        struct pollfd p = {.fd = f->notify_fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) == 1) {
+            uint64_t count;
+            CHECK(read(f->notify_fd, &count, 8) == 8);
+        }
+    }
+    CHECK_EQ_INT(status.failed, 0);
+    CHECK(status.acked_seq >= seq);
+}
+
+static void fixture_close(fixture *f) {
+    hft_mpsc_queue_close(f->queue);
+    CHECK_EQ_INT(hft_journal_writer_join(f->writer, NULL), HFT_OK);
+    hft_mpsc_queue_destroy(f->queue);
+    close(f->notify_fd);
+}
+
+static void remove_dir(const char *dir) {
+    char command[160];
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    CHECK_EQ_INT(system(command), 0);
+}
+
+static unsigned char *read_file(const char *dir, uint64_t first_seq, size_t *size) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/%020llu.journal", dir, (unsigned long long)first_seq);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return NULL;
+    struct stat st;
+    fstat(fd, &st);
+    unsigned char *data = malloc((size_t)st.st_size + 1);
+    CHECK(read(fd, data, (size_t)st.st_size) == st.st_size);
+    close(fd);
+    *size = (size_t)st.st_size;
+    return data;
+}
+
+/* Check `count` records starting at `offset`: header fields, CRC and payload pattern. */
+static size_t check_records(const unsigned char *data, size_t size, size_t offset, uint64_t first_seq,
+                            int count, const uint32_t *lengths) {
+    for (int i = 0; i < count; i++) {
+        CHECK(offset + HFT_JOURNAL_RECORD_HEADER_BYTES <= size);
+        if (offset + HFT_JOURNAL_RECORD_HEADER_BYTES > size) return offset;
+        const unsigned char *r = data + offset;
+        uint32_t length, crc;
+        uint64_t seq;
+        memcpy(&length, r + 4, 4);
+        memcpy(&seq, r + 8, 8);
+        memcpy(&crc, r + 16, 4);
+        CHECK(r[0] == 'H' && r[1] == 'J' && r[2] == 1);
+        CHECK_EQ_INT(r[3], (seq % 7));
+        CHECK_EQ_INT(seq, first_seq + (uint64_t)i);
+        CHECK_EQ_INT(length, lengths[i]);
+        CHECK(offset + HFT_JOURNAL_RECORD_HEADER_BYTES + length <= size);
+        CHECK_EQ_INT(crc, hft_crc32(hft_crc32(0, r, 16), r + 20, length));
+        for (uint32_t b = 0; b < length; b++)
+            if (r[20 + b] != (unsigned char)(seq + b)) {
+                CHECK(!"payload byte differs");
+                break;
+            }
+        offset += HFT_JOURNAL_RECORD_HEADER_BYTES + length;
+    }
+    return offset;
+}
+
+static void make_payload(unsigned char *payload, uint64_t seq, uint32_t length) {
+    for (uint32_t b = 0; b < length; b++) payload[b] = (unsigned char)(seq + b);
+}
+
+static void test_writer_frames_small_and_split_records(void) {
+    fixture f;
+    fixture_open(&f, 5, 1 << 30, 1);
+    /* 0 bytes, exactly inline, one over, several slots, and a record bigger than a batch of slots. */
+    uint32_t lengths[] = {0, 7, INLINE, INLINE + 1, 3 * SLOT + 5, 40 * SLOT, 1};
+    int n = (int)(sizeof lengths / sizeof lengths[0]);
+    unsigned char *payload = malloc(40 * SLOT + 64);
+    for (int i = 0; i < n; i++) {
+        uint64_t seq = 5 + (uint64_t)i;
+        make_payload(payload, seq, lengths[i]);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, lengths[i]);
+    }
+    wait_acked(&f, 5 + (uint64_t)n - 1);
+    hft_journal_writer_status status;
+    hft_journal_writer_status_get(f.writer, &status);
+    CHECK_EQ_INT(status.records, n);
+    CHECK_EQ_INT(status.synced_seq, 5 + n - 1);
+    CHECK(status.fsyncs >= 1 && status.fsyncs <= (uint64_t)n);
+    fixture_close(&f);
+    size_t size;
+    unsigned char *data = read_file(f.dir, 5, &size);
+    CHECK(data != NULL);
+    if (data) CHECK_EQ_INT(check_records(data, size, 0, 5, n, lengths), size);
+    free(data);
+    free(payload);
+    remove_dir(f.dir);
+}
+
+static void test_writer_rotates_segments_in_sequence(void) {
+    fixture f;
+    fixture_open(&f, 1, 200, 0); /* tiny segments; acknowledge after write */
+    uint32_t lengths[40];
+    unsigned char payload[100];
+    for (int i = 0; i < 40; i++) {
+        uint64_t seq = 1 + (uint64_t)i;
+        lengths[i] = 30 + (uint32_t)(i % 50);
+        make_payload(payload, seq, lengths[i]);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, lengths[i]);
+        if (i % 5 == 4) wait_acked(&f, seq); /* several batches, so several rotations */
+    }
+    wait_acked(&f, 40);
+    fixture_close(&f);
+    /* Walk the segments: each starts where the previous ended, records carry on. */
+    uint64_t seq = 1;
+    int segments = 0;
+    while (seq <= 40) {
+        size_t size;
+        unsigned char *data = read_file(f.dir, seq, &size);
+        CHECK(data != NULL);
+        if (!data) break;
+        segments++;
+        size_t offset = 0;
+        while (offset < size) {
+            uint32_t one[1] = {lengths[seq - 1]};
+            offset = check_records(data, size, offset, seq, 1, one);
+            seq++;
+        }
+        free(data);
+    }
+    CHECK_EQ_INT(seq, 41);
+    CHECK(segments >= 2);
+    remove_dir(f.dir);
+}
+
+static void test_writer_stops_on_a_sequence_gap(void) {
+    fixture f;
+    fixture_open(&f, 1, 1 << 30, 1);
+    unsigned char payload[8] = {0};
+    push_record(&f, 1, 1, payload, 8);
+    wait_acked(&f, 1);
+    push_record(&f, 3, 1, payload, 8); /* 2 is missing */
+    hft_journal_writer_status status;
+    do {
+        struct pollfd p = {.fd = f.notify_fd, .events = POLLIN};
+        poll(&p, 1, 100);
+        hft_journal_writer_status_get(f.writer, &status);
+    } while (!status.failed);
+    CHECK_EQ_INT(status.acked_seq, 1);
+    CHECK(strstr(status.message, "out of order") != NULL);
+    fixture_close(&f);
+    remove_dir(f.dir);
+}
+
+static void test_start_rejects_bad_configuration(void) {
+    hft_mpsc_queue *queue;
+    CHECK_EQ_INT(hft_mpsc_queue_create(4, SLOT, &queue), HFT_OK);
+    hft_journal_writer *writer = NULL;
+    hft_journal_writer_config config = {.directory = "/tmp", .fd = -1, .segment_max_bytes = 1, .next_seq = 1,
+                                        .notify_fd = -1, .batch_max_records = 1, .max_payload_bytes = 1};
+    CHECK_EQ_INT(hft_journal_writer_start(queue, &config, &writer), HFT_EINVAL);
+    config.fd = 0;
+    config.next_seq = 0;
+    CHECK_EQ_INT(hft_journal_writer_start(queue, &config, &writer), HFT_EINVAL);
+    CHECK(writer == NULL);
+    CHECK_EQ_INT(hft_journal_writer_join(NULL, NULL), HFT_EINVAL);
+    hft_mpsc_queue_destroy(queue);
+}
+
+int main(void) {
+    RUN(test_crc32_matches_zlib_vectors);
+    RUN(test_writer_frames_small_and_split_records);
+    RUN(test_writer_rotates_segments_in_sequence);
+    RUN(test_writer_stops_on_a_sequence_gap);
+    RUN(test_start_rejects_bad_configuration);
+    return TEST_SUMMARY("journal");
+}
