@@ -51,8 +51,8 @@ class WriterStatus:
 class JournalWriterThread:
     """A running C writer thread; :meth:`join` once the queue is closed.
 
-    It takes ownership of ``fd`` (the active segment, opened ``O_WRONLY | O_APPEND``) and
-    closes it on :meth:`join`. ``notify_fd`` (an eventfd) stays the caller's.
+    It takes ownership of ``fd`` (the active segment, opened ``O_WRONLY``; records go at
+    ``segment_bytes`` and on) and closes it on :meth:`join`. ``notify_fd`` (an eventfd) stays the caller's.
     """
 
     def __init__(
@@ -62,6 +62,7 @@ class JournalWriterThread:
         directory: str | os.PathLike[str],
         fd: int,
         segment_bytes: int,
+        preallocate_bytes: int,
         segment_max_bytes: int,
         next_seq: int,
         sync_before_ack: bool,
@@ -78,6 +79,7 @@ class JournalWriterThread:
                 "directory": self._directory,
                 "fd": fd,
                 "segment_bytes": segment_bytes,
+                "preallocate_bytes": preallocate_bytes,
                 "segment_max_bytes": segment_max_bytes,
                 "next_seq": next_seq,
                 "sync_before_ack": 1 if sync_before_ack else 0,

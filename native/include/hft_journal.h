@@ -37,6 +37,14 @@
  * leaves the active segment at or past segment_max_bytes the writer creates
  * the next one (O_EXCL), fsyncs the directory and closes the full one.
  *
+ * Preallocation: records are written with pwrite at the end of the records,
+ * into space the writer reserved ahead with fallocate (preallocate_bytes at a
+ * time), so a record's fdatasync does not also have to persist a new file
+ * size: measured on ext4 here, ~90 us instead of ~130 us per sync. The
+ * reserved space reads as zeros; a reader treats an all-zero remainder of a
+ * segment as its end. On a filesystem without fallocate the writer simply
+ * appends.
+ *
  * Failure: any write, fsync, open or format error stops the writer for good:
  * status.failed becomes 1 (with errno and a message), the eventfd is signalled,
  * and nothing after the last acknowledged record is ever acknowledged.
@@ -57,8 +65,9 @@ typedef struct hft_journal_writer hft_journal_writer;
 
 typedef struct hft_journal_writer_config {
     const char *directory;       /* segment directory (copied) */
-    int fd;                      /* active segment, open O_WRONLY|O_APPEND; the writer owns and closes it */
-    uint64_t segment_bytes;      /* the active segment's current size */
+    int fd;                      /* active segment, open O_WRONLY; the writer owns and closes it */
+    uint64_t segment_bytes;      /* where the active segment's records end (the next record goes there) */
+    uint64_t preallocate_bytes;  /* reserve this much ahead with fallocate; 0 = plain appends */
     uint64_t segment_max_bytes;  /* rotate once a batch leaves the segment at least this big */
     uint64_t next_seq;           /* sequence number of the first record the writer will see */
     int sync_before_ack;         /* 1: acknowledge after fdatasync (durable); 0: after write, then sync */

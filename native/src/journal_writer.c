@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hft_crc32.h"
@@ -22,7 +23,9 @@ struct hft_journal_writer {
     size_t slot_bytes;
     size_t batch_max_records;
     uint32_t max_payload_bytes;
-    uint64_t segment_bytes;
+    uint64_t segment_bytes;     /* end of the records in the active segment */
+    uint64_t file_bytes;        /* the active segment's size, preallocated space included */
+    uint64_t preallocate_bytes; /* 0 once fallocate proved unsupported */
     uint64_t segment_max_bytes;
     uint64_t expected_seq;      /* next record's sequence number */
     unsigned char *slots;       /* batch_max_records slots popped at a time */
@@ -170,7 +173,7 @@ static int rotate(hft_journal_writer *w) {
         fail(w, ENAMETOOLONG, "journal segment path");
         return -1;
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
         fail(w, errno, "journal: cannot create segment %s", path);
         return -1;
@@ -184,6 +187,7 @@ static int rotate(hft_journal_writer *w) {
     close(w->fd);
     w->fd = fd;
     w->segment_bytes = 0;
+    w->file_bytes = 0;
     store(&w->rotations, w->rotations + 1);
     return 0;
 }
@@ -198,12 +202,34 @@ static int sync_segment(hft_journal_writer *w, uint64_t through) {
     return 0;
 }
 
+/* Make sure `length` more bytes after the records land in reserved space. The
+ * one sync after an extension persists the new size; the next ones do not. */
+static int reserve_space(hft_journal_writer *w, size_t length) {
+    uint64_t needed = w->segment_bytes + length;
+    if (!w->preallocate_bytes || needed <= w->file_bytes) return 0;
+    uint64_t chunk = w->preallocate_bytes;
+    uint64_t new_end = (needed + chunk - 1) / chunk * chunk;
+    int rc = posix_fallocate(w->fd, (off_t)w->file_bytes, (off_t)(new_end - w->file_bytes));
+    if (rc == EOPNOTSUPP || rc == EINVAL || rc == ENOSYS) {
+        w->preallocate_bytes = 0; /* this filesystem cannot: plain appends from now on */
+        return 0;
+    }
+    if (rc) {
+        fail(w, rc, "journal: cannot reserve %llu bytes", (unsigned long long)(new_end - w->file_bytes));
+        return -1;
+    }
+    w->file_bytes = new_end;
+    return 0;
+}
+
 /* Write, sync and acknowledge one framed batch ending at `last_seq`. */
 static int commit(hft_journal_writer *w, uint64_t last_seq, size_t records) {
+    if (reserve_space(w, w->out_len)) return -1;
     const unsigned char *p = w->out;
     size_t left = w->out_len;
+    uint64_t offset = w->segment_bytes;
     while (left) {
-        ssize_t written = write(w->fd, p, left);
+        ssize_t written = pwrite(w->fd, p, left, (off_t)offset);
         if (written < 0) {
             if (errno == EINTR) continue;
             fail(w, errno, "journal: write of %zu bytes failed before seq %llu", left,
@@ -211,6 +237,7 @@ static int commit(hft_journal_writer *w, uint64_t last_seq, size_t records) {
             return -1;
         }
         p += written;
+        offset += (uint64_t)written;
         left -= (size_t)written;
     }
     w->segment_bytes += w->out_len;
@@ -283,6 +310,10 @@ int hft_journal_writer_start(hft_mpsc_queue *queue, const hft_journal_writer_con
     w->batch_max_records = config->batch_max_records;
     w->max_payload_bytes = config->max_payload_bytes;
     w->segment_bytes = config->segment_bytes;
+    w->preallocate_bytes = config->preallocate_bytes;
+    struct stat st;
+    if (fstat(config->fd, &st)) goto bad_fd;
+    w->file_bytes = (uint64_t)st.st_size > w->segment_bytes ? (uint64_t)st.st_size : w->segment_bytes;
     w->segment_max_bytes = config->segment_max_bytes;
     w->expected_seq = config->next_seq;
     w->acked_seq = config->next_seq - 1;
@@ -290,6 +321,11 @@ int hft_journal_writer_start(hft_mpsc_queue *queue, const hft_journal_writer_con
     if (pthread_create(&w->thread, NULL, writer_main, w)) goto nomem;
     *out = w;
     return HFT_OK;
+bad_fd:
+    free(w->slots);
+    free(w->directory);
+    free(w);
+    return HFT_EINVAL;
 nomem:
     free(w->slots);
     free(w->directory);

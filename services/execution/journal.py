@@ -57,7 +57,11 @@ A journal is a directory of segment files named ``<first seq, 20 digits>.journal
 (e.g. ``00000000000000000001.journal``), each a run of records with consecutive
 sequence numbers continuing from the previous segment. A segment is closed and a
 new one started by the writer once it reaches ``segment_max_bytes`` (checked between
-batches, so a segment can exceed it by one batch). Record (little-endian)::
+batches, so a segment can exceed it by one batch). The writer reserves space ahead of
+the records with ``fallocate`` (``preallocate_bytes`` at a time) and writes into it, so
+an fsync need not persist a new file size as well (~90 µs instead of ~130 µs per
+fdatasync on this ext4). Reserved space reads as zeros: an all-zero remainder is the
+end of a segment's records, not damage. Record (little-endian)::
 
     offset size field
     0      2    magic             b"HJ"
@@ -120,6 +124,7 @@ RECORD_HEADER_BYTES = _RECORD_PREFIX.size + _RECORD_CRC.size  # 20
 _SLOT_HEADER = struct.Struct("<QIBB2x")  # seq, payload_length, record_type, flags
 
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+DEFAULT_PREALLOCATE_BYTES = 4 * 1024 * 1024
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.journal$")
 
@@ -177,6 +182,8 @@ class RecoveryReport:
     last_seq: int = 0
     segments: int = 0
     cut: list[CutRegion] = field(default_factory=list)
+    #: Where the records of the last segment end: appends continue there.
+    active_segment_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -234,6 +241,11 @@ def _decode_at(
     return seq, record_type, end, None
 
 
+def _is_reserved_space(data: bytes, offset: int) -> bool:
+    """Whether everything from ``offset`` on is zero: space the writer reserved, never written."""
+    return data.count(0, offset) == len(data) - offset
+
+
 def _scan_segment(data: bytes, first_seq: int, max_payload_bytes: int) -> _ScanResult:
     offset = 0
     expected_seq = first_seq
@@ -243,6 +255,8 @@ def _scan_segment(data: bytes, first_seq: int, max_payload_bytes: int) -> _ScanR
         if reason is None and seq != expected_seq:
             reason = f"sequence {seq} where {expected_seq} was expected"
         if reason is not None:
+            if _is_reserved_space(data, offset):
+                break
             return _ScanResult(records, expected_seq - 1, offset, reason)
         records += 1
         expected_seq += 1
@@ -296,6 +310,7 @@ class Journal:
         durability: Durability,
         segment_max_bytes: int,
         max_payload_bytes: int,
+        preallocate_bytes: int,
         queue_capacity: int,
         slot_bytes: int,
         batch_max_records: int,
@@ -306,6 +321,8 @@ class Journal:
         self.recovery = recovery
         self._segment_max_bytes = segment_max_bytes
         self._max_payload_bytes = max_payload_bytes
+        self._preallocate_bytes = preallocate_bytes
+        self._active_segment_bytes = recovery.active_segment_bytes  # where appends continue
         self._slot_bytes = slot_bytes
         self._inline_payload_bytes = slot_bytes - _SLOT_HEADER.size
         self._batch_max_records = batch_max_records
@@ -345,6 +362,7 @@ class Journal:
         allow_mid_corruption: bool = False,
         segment_max_bytes: int = 64 * 1024 * 1024,
         max_payload_bytes: int | None = None,
+        preallocate_bytes: int = DEFAULT_PREALLOCATE_BYTES,
         queue_capacity: int = 65_536,
         slot_bytes: int = 256,
         batch_max_records: int = 8_192,
@@ -354,7 +372,9 @@ class Journal:
 
         Raises :class:`JournalCorruption` when a damaged record is followed by valid
         ones, unless ``allow_mid_corruption`` (then the damage and everything after
-        it is moved aside and logged). ``max_payload_bytes`` defaults to what the queue
+        it is moved aside and logged). ``preallocate_bytes`` is how much space the
+        writer reserves ahead of the records at a time (0: plain appends; recovery
+        reads up to this much reserved space per segment). ``max_payload_bytes`` defaults to what the queue
         can carry in one record (16 MiB with the default queue), capped at 16 MiB; a
         larger value than the queue can carry is a ValueError.
         """
@@ -370,6 +390,8 @@ class Journal:
                 f"max_payload_bytes={max_payload_bytes} does not fit a queue of {queue_slots} slots of "
                 f"{slot_bytes} bytes (at most {carried})"
             )
+        if preallocate_bytes < 0:
+            raise ValueError(f"preallocate_bytes must be 0 or more, got {preallocate_bytes}")
         if segment_max_bytes <= 0 or max_payload_bytes <= 0 or batch_max_records <= 0:
             raise ValueError("segment_max_bytes, max_payload_bytes and batch_max_records must be positive")
         path = Path(directory)
@@ -387,6 +409,7 @@ class Journal:
             durability=durability,
             segment_max_bytes=segment_max_bytes,
             max_payload_bytes=max_payload_bytes,
+            preallocate_bytes=preallocate_bytes,
             queue_capacity=queue_capacity,
             slot_bytes=slot_bytes,
             batch_max_records=batch_max_records,
@@ -436,6 +459,7 @@ class Journal:
         self._next_seq = first
         self._recovered_last_seq = first - 1
         self.durable_seq = first - 1
+        self._active_segment_bytes = 0
         log.error("journal %s restarted at seq %d; moved aside: %s", self.directory, first, moved)
         return moved
 
@@ -456,6 +480,8 @@ class Journal:
                 seq, record_type, end, reason = _decode_at(
                     data, offset, max(self._max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES)
                 )
+                if reason is not None and _is_reserved_space(data, offset):
+                    break
                 if reason is not None:
                     raise JournalCorruption(f"{segment.path} offset {offset} changed since open: {reason}")
                 if seq > self._recovered_last_seq:
@@ -472,14 +498,15 @@ class Journal:
             raise RuntimeError("journal already started")
         loop = asyncio.get_running_loop()
         active = self._segments[-1]
-        fd = os.open(active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        fd = os.open(active.path, os.O_WRONLY | os.O_CLOEXEC)  # the writer writes at the records' end
         self._notify_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
             self._writer = JournalWriterThread(
                 self._queue,
                 directory=self.directory,
                 fd=fd,
-                segment_bytes=os.fstat(fd).st_size,
+                segment_bytes=self._active_segment_bytes,
+                preallocate_bytes=self._preallocate_bytes,
                 segment_max_bytes=self._segment_max_bytes,
                 next_seq=self._next_seq,
                 sync_before_ack=self.durability is Durability.FSYNC,
@@ -690,6 +717,7 @@ def _recover(
         return [first], RecoveryReport(segments=1)
 
     contents = [segment.path.read_bytes() for segment in segments]
+    record_ends: list[int] = []  # per segment, where its good records end
     expected_first = segments[0].first_seq
     for index, (segment, data) in enumerate(zip(segments, contents, strict=True)):
         if segment.first_seq != expected_first:
@@ -709,6 +737,7 @@ def _recover(
                 report.first_seq = segment.first_seq
             report.records += scan.records
             report.last_seq = scan.last_seq
+        record_ends.append(scan.good_end)
         if scan.bad_reason is None:
             expected_first = scan.last_seq + 1
             continue
@@ -772,4 +801,5 @@ def _recover(
         segments = kept
         break
     report.segments = len(segments)
+    report.active_segment_bytes = record_ends[len(segments) - 1]
     return segments, report

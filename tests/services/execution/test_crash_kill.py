@@ -16,6 +16,7 @@ import pytest
 
 from hftgate.bench import execution as bench_execution
 from hftgate.bench.crash import CrashSettings, run_crash_harness
+from services.execution import journal as journal_module
 
 SHORT_RUN = CrashSettings(kills=3, kill_after_s=(0.2, 0.8), final_flow_s=0.5, live_check_orders=50)
 
@@ -45,7 +46,10 @@ async def test_harness_reports_acked_inputs_that_vanish_from_the_journal(
         real_kill(process)
         if was_running:
             segment = sorted(process.journal_dir.glob("*.journal"))[-1]
-            os.truncate(segment, segment.stat().st_size // 2)
+            first_seq = int(segment.name.split(".")[0])
+            # Half of the records, not of the file: the rest of the file is reserved space.
+            records_end = journal_module._scan_segment(segment.read_bytes(), first_seq, 1 << 30).good_end
+            os.truncate(segment, records_end // 2)
 
     monkeypatch.setattr(bench_execution.ExecutionProcess, "kill", kill_and_lose_the_tail)
     # No snapshot before the kill: the cut then loses acked inputs outright. (A journal cut below

@@ -56,10 +56,10 @@ def flip_bit(path: Path, offset: int) -> None:
 
 
 def record_offsets(path: Path) -> list[int]:
-    """Start offset of every record in a clean segment."""
+    """Start offset of every record in a clean segment (up to the zeros of its reserved space)."""
     data = path.read_bytes()
     offsets, offset = [], 0
-    while offset < len(data):
+    while offset < len(data) and data[offset : offset + 2] == b"HJ":
         offsets.append(offset)
         length = int.from_bytes(data[offset + 4 : offset + 8], "little")
         offset += RECORD_HEADER_BYTES + length
@@ -142,7 +142,7 @@ async def test_write_mode_acknowledges_and_still_persists(tmp_path: Path) -> Non
 async def test_torn_tail_is_cut_and_the_sequence_continues(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await write_records(tmp_path, 50)
+    await write_records(tmp_path, 50, preallocate_bytes=0)  # a filesystem without fallocate: plain appends
     (segment,) = segments_of(tmp_path)
     size = segment.stat().st_size
     os.truncate(segment, size - 7)  # the last record lost its final 7 bytes mid-write
@@ -163,8 +163,43 @@ async def test_torn_tail_is_cut_and_the_sequence_continues(
     assert records[-1][1] == b"after the crash"
 
 
-async def test_torn_header_is_cut(tmp_path: Path) -> None:
+async def test_a_write_torn_inside_reserved_space_is_cut_and_the_space_reused(tmp_path: Path) -> None:
+    await write_records(tmp_path, 30)
+    (segment,) = segments_of(tmp_path)
+    reserved = segment.stat().st_size
+    last = record_offsets(segment)[-1]
+    assert reserved >= 4 * 1024 * 1024 > last  # the records sit at the start of reserved space
+    data = bytearray(segment.read_bytes())
+    data[last + RECORD_HEADER_BYTES + 5 :] = bytes(len(data) - last - RECORD_HEADER_BYTES - 5)
+    segment.write_bytes(bytes(data))  # the last record's payload never reached the disk
+    journal = Journal.open(tmp_path)
+    assert journal.recovery.records == 29
+    assert "CRC mismatch" in journal.recovery.cut[0].reason
+    assert journal.recovery.active_segment_bytes == last
+    journal.start()
+    assert await journal.append(b"after the crash") == 30
+    await journal.close()
+    records = replayed(tmp_path)
+    assert [seq for seq, _ in records] == list(range(1, 31))
+    assert records[-1][1] == b"after the crash"
+    assert record_offsets(segment)[-1] == last  # written where the torn record was
+
+
+async def test_reserved_space_is_not_damage_and_appends_continue_in_it(tmp_path: Path) -> None:
     await write_records(tmp_path, 10)
+    journal = Journal.open(tmp_path)
+    assert journal.recovery.cut == []
+    (segment,) = segments_of(tmp_path)
+    assert segment.stat().st_size == 4 * 1024 * 1024
+    journal.start()
+    assert await journal.append(b"eleventh") == 11
+    await journal.close()
+    assert [seq for seq, _ in replayed(tmp_path)] == list(range(1, 12))
+    assert segment.stat().st_size == 4 * 1024 * 1024  # no growth: the record went into reserved space
+
+
+async def test_torn_header_is_cut(tmp_path: Path) -> None:
+    await write_records(tmp_path, 10, preallocate_bytes=0)
     (segment,) = segments_of(tmp_path)
     with segment.open("ab") as f:
         f.write(b"HJ\x01")  # a header that never finished
