@@ -10,6 +10,9 @@ Every round measures, in this order:
 - ``tcp_floor_p50_ms``: raw TCP ping-pong with a child process (hftgate.bench.floors).
 - ``grpc_echo_p50_ms``: an empty unary call to a do-nothing server on the same gRPC stack.
 - ``fsync_p50_ms``: a 64-byte append + ``fdatasync`` to a file in the journal's directory.
+- ``grpc_durable_echo_p50_ms``: an empty unary call whose handler awaits one append to the
+  service's own journal class (C writer, group commit, fdatasync): the floor of any durable
+  acknowledgement on this stack (see :mod:`hftgate.bench.floors`).
 - ``batch_orders_per_s``: SubmitOrders with 1,000 orders a call, two accounts each with one
   call in flight.
 - ``stream_orders_per_s``: OrderStream, 100 orders a message, two accounts, each stream keeping
@@ -18,8 +21,12 @@ Every round measures, in this order:
 
 Derived: ``unary_overhead_ms = unary_p50_ms - grpc_echo_p50_ms - fsync_p50_ms`` (what the service
 adds besides the transport and its one fsync: decode, risk, match, journal hand-off, ack) and
-the issue's bars (``*_bar_holds``). From the service's own GetStats after the unary phase:
-``unary_service_*_p50_ms`` per order-path stage, which say where the time inside goes.
+the issue's bars (``*_bar_holds``); ``unary_logic_ms = unary_p50_ms - grpc_durable_echo_p50_ms``
+(what the order path itself costs: decode, auth, risk, match, bookkeeping, acks) and
+``durable_ack_overhead_ms = grpc_durable_echo_p50_ms - grpc_echo_p50_ms - fsync_p50_ms`` (what
+waiting for a writer thread costs a gRPC handler beyond the fsync). From the service's own
+GetStats after the unary phase: ``unary_service_*_p50_ms`` per order-path stage, which say
+where the time inside goes.
 
 Every figure is the median over ``repeats`` rounds; ``*_spread`` = (max - min) / median of the
 rounds says how noisy the machine was.
@@ -442,6 +449,7 @@ class UnaryRound:
     echo_ns: np.ndarray
     tcp_ns: np.ndarray
     fsync_ns: np.ndarray
+    durable_echo_ns: np.ndarray
 
 
 async def measure_unary_with_floors(
@@ -450,6 +458,7 @@ async def measure_unary_with_floors(
     echo: Any,
     tcp: Any,
     fsync: FsyncProbe,
+    durable_echo: Any,
     *,
     samples: int,
     block: int,
@@ -457,7 +466,8 @@ async def measure_unary_with_floors(
     """Unary SubmitOrder latencies in blocks of ``block``, each block followed by a block of each floor."""
     await _unary_block(stub, flows, min(200, samples))  # warm-up: connection, caches, first snapshots
     await echo.round_trips_ns(100)
-    unary, echoes, tcps, fsyncs = [], [], [], []
+    await durable_echo.round_trips_ns(100)
+    unary, echoes, tcps, fsyncs, durable = [], [], [], [], []
     done = 0
     while done < samples:
         n = min(block, samples - done)
@@ -465,9 +475,14 @@ async def measure_unary_with_floors(
         echoes.append(await echo.round_trips_ns(n))
         tcps.append(tcp.round_trips_ns(n))
         fsyncs.append(fsync.round_trips_ns(max(1, n // 4)))
+        durable.append(await durable_echo.round_trips_ns(n))
         done += n
     return UnaryRound(
-        np.concatenate(unary), np.concatenate(echoes), np.concatenate(tcps), np.concatenate(fsyncs)
+        np.concatenate(unary),
+        np.concatenate(echoes),
+        np.concatenate(tcps),
+        np.concatenate(fsyncs),
+        np.concatenate(durable),
     )
 
 
@@ -608,7 +623,7 @@ class RoundSettings:
 
 
 async def _one_round(
-    process: ExecutionProcess, echo_target: str, tcp_target: str, settings: RoundSettings
+    process: ExecutionProcess, floors: FloorTargets, settings: RoundSettings
 ) -> dict[str, float]:
     import grpc
 
@@ -622,15 +637,24 @@ async def _one_round(
     result: dict[str, float] = {}
     async with grpc.aio.insecure_channel(process.address, options=CHANNEL_OPTIONS) as channel:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
-        echo = GrpcEcho(echo_target)
+        echo = GrpcEcho(floors.echo)
+        durable_echo = GrpcEcho(floors.durable_echo)
         try:
-            with TcpPingPong(tcp_target) as tcp:
+            with TcpPingPong(floors.tcp) as tcp:
                 tcp.round_trips_ns(200)
                 unary = await measure_unary_with_floors(
-                    stub, flows, echo, tcp, fsync, samples=settings.unary_samples, block=settings.unary_block
+                    stub,
+                    flows,
+                    echo,
+                    tcp,
+                    fsync,
+                    durable_echo,
+                    samples=settings.unary_samples,
+                    block=settings.unary_block,
                 )
         finally:
             await echo.close()
+            await durable_echo.close()
             fsync.close()
         stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=alice.metadata)
         result.update(
@@ -641,6 +665,11 @@ async def _one_round(
             fsync_p50_ms=_ms(np.median(unary.fsync_ns)),
             unary_overhead_ms=_ms(
                 np.median(unary.unary_ns) - np.median(unary.echo_ns) - np.median(unary.fsync_ns)
+            ),
+            grpc_durable_echo_p50_ms=_ms(np.median(unary.durable_echo_ns)),
+            unary_logic_ms=_ms(np.median(unary.unary_ns) - np.median(unary.durable_echo_ns)),
+            durable_ack_overhead_ms=_ms(
+                np.median(unary.durable_echo_ns) - np.median(unary.echo_ns) - np.median(unary.fsync_ns)
             ),
             unary_service_total_p50_ms=_latency_ms(stats.total_latency),
             unary_service_risk_p50_ms=_latency_ms(stats.risk_latency),
@@ -674,26 +703,38 @@ async def _one_round(
     return result
 
 
+@dataclass(frozen=True)
+class FloorTargets:
+    echo: str
+    tcp: str
+    durable_echo: str
+
+
 @contextlib.contextmanager
-def _floor_servers() -> Iterator[tuple[str, str]]:
+def _floor_servers() -> Iterator[FloorTargets]:
     from hftgate.bench.floors import floor_server
 
-    with floor_server("grpc") as echo_target, floor_server("tcp") as tcp_target:
-        yield echo_target, tcp_target
+    with (
+        tempfile.TemporaryDirectory(prefix="hftgate-bench-durable-echo-") as journal_dir,
+        floor_server("grpc") as echo_target,
+        floor_server("tcp") as tcp_target,
+        floor_server("grpc-journal", journal_dir) as durable_target,
+    ):
+        yield FloorTargets(echo_target, tcp_target, durable_target)
 
 
 def run(repeats: int = 3, *, settings: RoundSettings | None = None) -> dict[str, float | int | bool]:
     """Run ``repeats`` rounds (fresh server and state each) and report medians; see the module docstring."""
     settings = settings or RoundSettings()
     rounds: list[dict[str, float]] = []
-    with _floor_servers() as (echo_target, tcp_target):
+    with _floor_servers() as floors:
         for _ in range(max(1, repeats)):
             with (
                 tempfile.TemporaryDirectory(prefix="hftgate-bench-execution-") as tmp,
                 ExecutionProcess(Path(tmp)) as process,
             ):
                 process.start()
-                rounds.append(asyncio.run(_one_round(process, echo_target, tcp_target, settings)))
+                rounds.append(asyncio.run(_one_round(process, floors, settings)))
                 code = process.stop()
                 if code != 0:
                     raise RuntimeError(f"execution service exited with {code}:\n{process.log_tail()}")

@@ -6,6 +6,12 @@
   ``grpc.aio`` client in this process to a do-nothing server in a child process built
   with ``hftgate.grpcserver.create_server``, the same stack and options every service
   uses. A service's own latency minus this is what the service adds.
+- gRPC durable-echo floor (``"grpc-journal"``): the same empty call, but the handler first
+  appends one ``DURABLE_ECHO_RECORD_BYTES`` record to the execution service's own
+  :class:`~services.execution.journal.Journal` (C writer thread, group commit, fdatasync)
+  and answers once it is durable. What any durable acknowledgement costs on this stack:
+  transport, the hand-off to the writer and back, and one fsync. An order path's latency
+  minus this is its own logic (decode, risk, match, bookkeeping, acks).
 
 The servers are fresh interpreters (``python -m hftgate.bench.floors ...``), never forks:
 gRPC does not survive a fork (grpc issue #16001).
@@ -35,15 +41,23 @@ ECHO_METHOD = f"/{ECHO_SERVICE}/Call"
 TCP_MESSAGE_BYTES = 64
 WARMUP_ROUND_TRIPS = 200
 
-FloorKind = Literal["tcp", "grpc"]
+DURABLE_ECHO_RECORD_BYTES = 128  # about one SubmitOrder's journal record
+
+FloorKind = Literal["tcp", "grpc", "grpc-journal"]
 
 
 @contextmanager
-def floor_server(kind: FloorKind) -> Iterator[str]:
-    """Start a TCP echo (``"tcp"``) or gRPC do-nothing (``"grpc"``) server process; yield ``host:port``."""
+def floor_server(kind: FloorKind, journal_dir: str | os.PathLike[str] | None = None) -> Iterator[str]:
+    """Start a TCP echo (``"tcp"``), gRPC do-nothing (``"grpc"``) or gRPC durable-echo
+    (``"grpc-journal"``, journal in ``journal_dir``) server process; yield ``host:port``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    arguments = [f"serve-{kind}"]
+    if kind == "grpc-journal":
+        if journal_dir is None:
+            raise ValueError("the grpc-journal floor needs a journal_dir")
+        arguments.append(os.fspath(journal_dir))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hftgate.bench.floors", f"serve-{kind}"],
+        [sys.executable, "-m", "hftgate.bench.floors", *arguments],
         stdout=subprocess.PIPE,
         stdin=subprocess.PIPE,
         env=env,
@@ -179,13 +193,27 @@ def _serve_tcp() -> None:
     sys.stdin.read()  # until the parent closes our stdin
 
 
-async def _serve_grpc() -> None:
+async def _serve_grpc(journal_dir: str | None = None) -> None:
     import grpc
 
     from hftgate.grpcserver import ServiceBinding, create_server
 
-    async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return b""
+    journal = None
+    if journal_dir is None:
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return b""
+
+    else:
+        from services.execution.journal import Journal
+
+        journal = Journal.open(journal_dir)
+        journal.start()
+        record = bytes(DURABLE_ECHO_RECORD_BYTES)
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await journal.append(record)
+            return b""
 
     handler = grpc.method_handlers_generic_handler(
         ECHO_SERVICE, {"Call": grpc.unary_unary_rpc_method_handler(call)}
@@ -198,6 +226,8 @@ async def _serve_grpc() -> None:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)
     await running.stop(0)
+    if journal is not None:
+        await journal.close()
 
 
 def main(argv: list[str]) -> None:
@@ -205,8 +235,10 @@ def main(argv: list[str]) -> None:
         _serve_tcp()
     elif argv == ["serve-grpc"]:
         asyncio.run(_serve_grpc())
+    elif len(argv) == 2 and argv[0] == "serve-grpc-journal":
+        asyncio.run(_serve_grpc(argv[1]))
     else:
-        raise SystemExit("usage: python -m hftgate.bench.floors serve-tcp|serve-grpc")
+        raise SystemExit("usage: python -m hftgate.bench.floors serve-tcp|serve-grpc|serve-grpc-journal DIR")
 
 
 if __name__ == "__main__":
