@@ -319,6 +319,7 @@ int hft_journal_writer_start(hft_mpsc_queue *queue, const hft_journal_writer_con
     w->acked_seq = config->next_seq - 1;
     w->synced_seq = config->next_seq - 1;
     if (pthread_create(&w->thread, NULL, writer_main, w)) goto nomem;
+    pthread_setname_np(w->thread, "hft-journal"); /* shows in top -H, ps -L and /proc/<pid>/task */
     *out = w;
     return HFT_OK;
 bad_fd:

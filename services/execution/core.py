@@ -59,6 +59,8 @@ from services.execution.state import OPEN_STATUSES, REJECTED, STOP_TYPES, BatchO
 
 log = logging.getLogger(__name__)
 
+_ACTION_NEW = int(Action.NEW)  # an int, not the IntEnum, for numpy comparisons (see state.py)
+
 KIND_NEW, KIND_CANCEL, KIND_REPLACE = api.ORDER_ACTION_NEW, api.ORDER_ACTION_CANCEL, api.ORDER_ACTION_REPLACE
 
 # execution.proto SelfTradePrevention -> engine mode (UNSPECIFIED is the service default, CANCEL_RESTING).
@@ -473,9 +475,9 @@ class ExecutionCore:
                 _reorder_ids(batch, order),
             )
             # order ids follow the engine order
-            batch.commands["order_id"][batch.commands["action"] == Action.NEW] = np.arange(
+            batch.commands["order_id"][batch.commands["action"] == _ACTION_NEW] = np.arange(
                 state.order_count + 1,
-                state.order_count + 1 + int((batch.commands["action"] == Action.NEW).sum()),
+                state.order_count + 1 + int((batch.commands["action"] == _ACTION_NEW).sum()),
             )
         return acks, batch, acks_order
 

@@ -114,6 +114,9 @@ F_UPDATED = _ORDER_FIELDS.index("updated_ns")
 #: below it numpy's per-call set-up costs more than the per-row Python work.
 _ROW_BY_ROW_MAX = 8
 OPEN_STATUSES = (NEW, PENDING, PARTIAL)
+# Plain ints for comparing with numpy values: ``numpy_scalar == Action.NEW`` makes numpy probe the
+# IntEnum for the array protocol, ~4 µs a comparison (measured), against ~0.06 µs for an int.
+_ACTION_NEW = int(Action.NEW)
 MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
 STOP_TYPES = (api.ORDER_TYPE_STOP_LIMIT, api.ORDER_TYPE_STOP_MARKET)
 
@@ -287,7 +290,7 @@ class ExecutionState:
         actions = commands["action"]
         first_new_id = self.order_count + 1
         if count == 1:  # SubmitOrder, CancelOrder, ReplaceOrder: no masks for one command
-            new_count = 1 if actions[0] == Action.NEW else 0
+            new_count = 1 if actions[0] == _ACTION_NEW else 0
             if new_count:
                 if commands["order_id"][0] != first_new_id:
                     raise ValueError(
@@ -295,7 +298,7 @@ class ExecutionState:
                     )
                 self._add_one_order(commands[0].item(), meta[0].item(), batch.client_ids, received)
         else:
-            new_mask = actions == Action.NEW
+            new_mask = actions == _ACTION_NEW
             new_count = int(new_mask.sum())
             if new_count:
                 ids = commands["order_id"][new_mask]
@@ -433,7 +436,7 @@ class ExecutionState:
         for ci, reason in rejected_inputs:
             status_out[ci] = REJECTED
             reason_out[ci] = reason
-            if actions[ci] == Action.NEW:
+            if actions[ci] == _ACTION_NEW:
                 index = int(commands["order_id"][ci]) - 1
                 row = load(index)
                 row[F_STATUS] = REJECTED
@@ -641,7 +644,7 @@ class ExecutionState:
             quantity[ci] = mine["quantity"]
         status_out = np.where(refused, REJECTED, final_status).astype(np.uint8)
         reason_out = np.where(refused, reason, final_reason).astype(np.uint16)
-        new_inputs = commands["action"] == Action.NEW
+        new_inputs = commands["action"] == _ACTION_NEW
         order_ids = np.where(refused & new_inputs, 0, target)
         kept = (batch.meta["priority_kept"] != 0) & ~refused
         return BatchOutcome(
@@ -666,7 +669,7 @@ class ExecutionState:
         """:meth:`_outcome` for a batch of one input, from Python values instead of masks."""
         target = int(batch.commands["order_id"][0])
         refused = status == REJECTED
-        is_new = batch.commands["action"][0] == Action.NEW
+        is_new = batch.commands["action"][0] == _ACTION_NEW
         row = self.orders[target - 1].item()
         final = (row[F_STATUS], row[F_REASON], row[F_LEAVES], row[F_CUM], row[F_PRICE], row[F_QUANTITY])
         # The last report of the input about its own order wins (every report here is the input's).
@@ -765,7 +768,9 @@ class ExecutionState:
             if not commands:
                 continue
             events = self.engine.process(np.array(commands, COMMAND_DTYPE))
-            bad = events[(events["type"] == EventType.REJECT) | (events["type"] == EventType.CANCELED)]
+            bad = events[
+                (events["type"] == int(EventType.REJECT)) | (events["type"] == int(EventType.CANCELED))
+            ]
             if len(bad):
                 raise ValueError(
                     f"snapshot of {self.symbol_names[symbol_id]} could not be re-entered: {bad[:3]}"
