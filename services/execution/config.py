@@ -57,7 +57,8 @@ class ExecutionConfig:
 
     # Reference data (instruments, accounts, API keys). With a cache service address the
     # lookups go through the embedded CacheClient (near cache); without one they read the
-    # cache's SQL table directly (same rows), keeping what they read for reference_local_ttl_ms.
+    # cache's SQL table directly (same rows): no row older than reference_local_ttl_ms is used,
+    # and a background task re-reads the rows in use every half of it, off the order path.
     cache_address: str = ""
     reference_database_url: str = ""
     reference_table: str = "cache_entries"
