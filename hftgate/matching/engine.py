@@ -384,6 +384,32 @@ class MatchingEngine:
             )
         return out
 
+    def restore_resting(self, orders: np.ndarray) -> None:
+        """Put resting orders back exactly as :meth:`orders` reported them (snapshot restore).
+
+        ``orders`` are ORDER_INFO_DTYPE records of resting (not pending-stop) orders, in the
+        order :meth:`orders` lists them, so time priority is kept. Each goes to the back of its
+        level with its current shown slice and iceberg reserve, without matching or events: a
+        partly filled iceberg slice comes back as it was, which re-entering it as a new order
+        could not do. Raises InvalidArgument (bad field, unknown book, a crossing price),
+        AlreadyExists (a live id) or PoolExhausted (pool or levels full); orders restored
+        before the failing one stay.
+        """
+        command = ffi.new("hft_order_command *")
+        for row in orders.tolist():
+            order_id, account, price, _stop, visible, hidden, display, symbol, side, _t, _tif, flags, stp = (
+                row[:13]
+            )
+            if row[13]:
+                raise InvalidArgument(f"Cannot restore order {order_id} as resting: it is a pending stop")
+            command.order_id, command.account_id, command.price = order_id, account, price
+            command.display_qty, command.symbol_id, command.side = display, symbol, side
+            command.flags, command.stp_mode = flags, stp
+            check(
+                lib.hft_engine_restore_resting(self._engine, command, visible, hidden),
+                f"hft_engine_restore_resting(order_id={order_id}, symbol={symbol})",
+            )
+
     def order(self, order_id: int) -> np.void | None:
         """The live order with this id (ORDER_INFO_DTYPE record), or None."""
         out = np.zeros(1, dtype=ORDER_INFO_DTYPE)

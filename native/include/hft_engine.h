@@ -154,4 +154,18 @@ int hft_engine_order_info(const hft_engine *engine, uint64_t order_id, hft_order
 /* Live orders in the engine (resting + pending stops). */
 size_t hft_engine_live_orders(const hft_engine *engine);
 
+/* Snapshot restore: put one resting limit order back exactly as it was, at the
+ * back of its price level, without matching and without events. `c` gives
+ * order_id, account_id, price, display_qty, symbol_id, side, flags and
+ * stp_mode (the rest is ignored: a resting order is a GTC limit); visible_qty
+ * and hidden_qty are its current shown slice and iceberg reserve, which
+ * re-entering it as a NEW order could not reproduce once a slice was partly
+ * filled. Restore a book's orders in the order hft_engine_book_orders lists
+ * them and time priority is kept. HFT_EINVAL for a bad field, an unknown
+ * symbol or a price that crosses the opposite side (a restored book never
+ * crosses), HFT_EEXIST for a live order id, HFT_ENOMEM when the order pool or
+ * the side's levels are full. */
+int hft_engine_restore_resting(hft_engine *engine, const hft_order_command *c, int64_t visible_qty,
+                               int64_t hidden_qty);
+
 #endif /* HFT_ENGINE_H */

@@ -691,6 +691,64 @@ static void test_bad_configurations_are_refused(void)
     hft_engine_destroy(NULL);
 }
 
+/* A partly filled iceberg survives a snapshot restore exactly: same slice, reserve
+ * and queue position, so later flow trades the same against both engines. */
+static void test_restore_resting_reproduces_a_partly_filled_iceberg(void)
+{
+    hft_engine *live = new_engine(64, 16);
+    hft_order_command iceberg = order(1, HFT_SIDE_SELL, 100, 10);
+    iceberg.display_qty = 3;
+    apply(live, iceberg);
+    apply(live, order(2, HFT_SIDE_SELL, 100, 4));
+    apply(live, order(3, HFT_SIDE_SELL, 101, 5));
+    apply(live, with_tif(order(4, HFT_SIDE_BUY, 100, 2), HFT_TIF_IOC)); /* slice of 1 left on #1 */
+    hft_order_info before[8];
+    size_t n = 0;
+    CHECK_EQ_INT(hft_engine_book_orders(live, 0, HFT_SIDE_SELL, 0, before, 8, &n), HFT_OK);
+    CHECK_EQ_INT(n, 3);
+    CHECK_EQ_INT(before[0].visible_qty, 1);
+    CHECK_EQ_INT(before[0].hidden_qty, 7);
+
+    hft_engine *restored = new_engine(64, 16);
+    for (size_t i = 0; i < n; i++) {
+        hft_order_command c = {.order_id = before[i].order_id, .account_id = before[i].account_id,
+                               .price = before[i].price, .display_qty = before[i].display_qty,
+                               .symbol_id = before[i].symbol_id, .side = before[i].side,
+                               .flags = before[i].flags, .stp_mode = before[i].stp_mode};
+        CHECK_EQ_INT(hft_engine_restore_resting(restored, &c, before[i].visible_qty, before[i].hidden_qty), HFT_OK);
+    }
+    hft_order_info after[8];
+    size_t m = 0;
+    CHECK_EQ_INT(hft_engine_book_orders(restored, 0, HFT_SIDE_SELL, 0, after, 8, &m), HFT_OK);
+    CHECK_EQ_INT(m, n);
+    CHECK(memcmp(before, after, n * sizeof before[0]) == 0);
+
+    /* Refused: a duplicate id, a crossing price, a slice bigger than the display, bad side. */
+    hft_order_command dup = {.order_id = 2, .price = 100, .symbol_id = 0, .side = HFT_SIDE_SELL};
+    CHECK_EQ_INT(hft_engine_restore_resting(restored, &dup, 1, 0), HFT_EEXIST);
+    hft_order_command crossing = {.order_id = 9, .price = 102, .symbol_id = 0, .side = HFT_SIDE_BUY};
+    CHECK_EQ_INT(hft_engine_restore_resting(restored, &crossing, 1, 0), HFT_EINVAL);
+    hft_order_command big_slice = {.order_id = 10, .price = 90, .display_qty = 2, .symbol_id = 0,
+                                   .side = HFT_SIDE_BUY};
+    CHECK_EQ_INT(hft_engine_restore_resting(restored, &big_slice, 3, 5), HFT_EINVAL);
+    hft_order_command no_side = {.order_id = 11, .price = 90, .symbol_id = 0};
+    CHECK_EQ_INT(hft_engine_restore_resting(restored, &no_side, 1, 0), HFT_EINVAL);
+    hft_order_command no_book = {.order_id = 12, .price = 90, .symbol_id = 1, .side = HFT_SIDE_BUY};
+    CHECK_EQ_INT(hft_engine_restore_resting(restored, &no_book, 1, 0), HFT_EINVAL);
+    /* The same aggressive order trades the same way against both. */
+    hft_match_event live_events[16], restored_events[16];
+    apply(live, with_tif(order(5, HFT_SIDE_BUY, 101, 9), HFT_TIF_IOC));
+    size_t live_n = n_events;
+    memcpy(live_events, events, live_n * sizeof events[0]);
+    apply(restored, with_tif(order(5, HFT_SIDE_BUY, 101, 9), HFT_TIF_IOC));
+    CHECK_EQ_INT(n_events, live_n);
+    memcpy(restored_events, events, n_events * sizeof events[0]);
+    CHECK(memcmp(live_events, restored_events, live_n * sizeof events[0]) == 0);
+
+    hft_engine_destroy(live);
+    hft_engine_destroy(restored);
+}
+
 int main(void)
 {
     RUN(test_limit_orders_rest_with_price_time_priority);
@@ -714,5 +772,6 @@ int main(void)
     RUN(test_decrement_takes_iceberg_reserve_first);
     RUN(test_event_overflow_keeps_its_command_index);
     RUN(test_bad_configurations_are_refused);
+    RUN(test_restore_resting_reproduces_a_partly_filled_iceberg);
     return TEST_SUMMARY("matching");
 }

@@ -11,11 +11,11 @@ digits>.npz``: the state after every journal record up to that sequence number. 
 * ``reports`` -- the retained execution reports (StreamExecutions resumes across restarts);
 * ``info`` -- JSON: counters, symbol and account names.
 
-Books are restored by re-entering the orders in that order into an empty engine (after one
-anonymous trade that sets the last price), which rebuilds every level's queue exactly. The one
-state that re-entry cannot reproduce is an iceberg whose shown slice is partly filled; a
-snapshot is therefore taken only at a moment when no such iceberg rests
-(:meth:`ExecutionState.book_restorable`), else it is retried after later batches.
+Books are restored into an empty engine in that order: one anonymous trade sets the last price,
+every resting order is put back exactly as it was (``hft_engine_restore_resting``: its shown
+slice and iceberg reserve too, so a partly filled iceberg slice survives), and the pending stops
+are re-entered in trigger order. That rebuilds every level's queue exactly, so a snapshot can be
+taken at any moment the order flow allows.
 
 A snapshot becomes the recovery base only once the fills before it are in the ledger. Capture
 notes the snapshot's last trade id (the state's ``next_trade_id - 1``: every fill of a journal
@@ -237,7 +237,6 @@ class Snapshotter:
         self._last_input_seq = 0
         self._last_time = time.monotonic()
         self.taken = 0
-        self.postponed = 0
         self.dropped = 0
 
     def attach(self, core: ExecutionCore) -> None:
@@ -255,9 +254,6 @@ class Snapshotter:
             every_s > 0 and since > 0 and time.monotonic() - self._last_time >= every_s
         )
         if not due:
-            return
-        if not state.book_restorable():
-            self.postponed += 1  # retried after the next batch
             return
         seq = self.journal.next_seq - 1
         data = capture(state, seq)

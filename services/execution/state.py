@@ -23,6 +23,7 @@ import numpy as np
 from hftgate.matching import EngineConfig, MatchingEngine
 from hftgate.matching.types import COMMAND_DTYPE, Action, EventType, Reason, StpMode
 from hftgate.matching.types import OrderType as EngineType
+from hftgate.native.errors import NativeError
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.records import Batch
@@ -699,19 +700,6 @@ class ExecutionState:
 
     # --- snapshots -----------------------------------------------------------------------------
 
-    def book_restorable(self) -> bool:
-        """Whether every book can be rebuilt exactly by re-entering its orders (see snapshot.py)."""
-        for symbol_id in range(len(self.symbol_names)):
-            for side in (1, 2):
-                resting = self.engine.orders(side, symbol=symbol_id)  # type: ignore[arg-type]
-                iceberg = resting["display_qty"] > 0
-                if not iceberg.any():
-                    continue
-                rows = resting[iceberg]
-                if ((rows["hidden_qty"] == 0) | (rows["visible_qty"] != rows["display_qty"])).any():
-                    return False
-        return True
-
     def engine_orders(self) -> list[np.ndarray]:
         """Per symbol id: its resting bids, asks, buy stops and sell stops (ORDER_INFO_DTYPE), concatenated
         in the order they must be re-entered."""
@@ -729,23 +717,38 @@ class ExecutionState:
         return [self.engine.last_trade_price(symbol_id) for symbol_id in range(len(self.symbol_names))]
 
     def restore_books(self, books: Iterable[np.ndarray], last_trades: Iterable[int | None]) -> None:
-        """Rebuild the engine's books from :meth:`engine_orders` / :meth:`last_trade_prices` output."""
+        """Rebuild the engine's books from :meth:`engine_orders` / :meth:`last_trade_prices` output.
+
+        Per book: the last trade price first (an anonymous trade on the empty book sets what
+        stops compare with), then every resting order put back exactly as it was (shown
+        slice and iceberg reserve included) in priority order, then the pending stops
+        re-entered in trigger order.
+        """
         for symbol_id, (orders, last) in enumerate(zip(books, last_trades, strict=True)):
-            commands = []
             if last is not None:
-                # An anonymous trade at the last price on the empty book sets what stops compare with.
-                for offset, side in ((0, 2), (1, 1)):
-                    commands.append(
-                        (RESTORE_ORDER_ID_BASE + offset, 0, last, 1, 0, 0, symbol_id, 0, Action.NEW, side,
-                         EngineType.LIMIT, 1, 0, StpMode.NONE, 0)
-                    )  # fmt: skip
-            for row in orders.tolist():
+                self._process_restore_commands(
+                    symbol_id,
+                    [
+                        (RESTORE_ORDER_ID_BASE + offset, 0, last, 1, 0, 0, symbol_id, 0, _ACTION_NEW, side,
+                         int(EngineType.LIMIT), 1, 0, int(StpMode.NONE), 0)
+                        for offset, side in ((0, 2), (1, 1))
+                    ],
+                )  # fmt: skip
+            pending = orders["is_pending_stop"] != 0
+            try:
+                self.engine.restore_resting(orders[~pending])
+            except NativeError as exc:
+                raise ValueError(
+                    f"snapshot of {self.symbol_names[symbol_id]} could not be restored: {exc}"
+                ) from exc
+            stops: list[tuple[int, ...]] = []
+            for row in orders[pending].tolist():
                 (
                     order_id,
                     account,
                     price,
                     stop,
-                    visible,
+                    _visible,
                     hidden,
                     display,
                     _sym,
@@ -755,23 +758,16 @@ class ExecutionState:
                     flags,
                     stp,
                 ) = row[:13]
-                pending = row[13]
-                if pending:
-                    quantity, order_type, tif_now = hidden, otype, tif
-                else:
-                    # A resting order (a triggered stop included) re-enters as the GTC limit it now is.
-                    quantity, order_type, tif_now, stop = visible + hidden, EngineType.LIMIT, 1, 0
-                commands.append(
-                    (order_id, account, price, quantity, stop, display, symbol_id, 0, Action.NEW, side,
-                     order_type, tif_now, flags, stp, 0)
+                stops.append(
+                    (order_id, account, price, hidden, stop, display, symbol_id, 0, _ACTION_NEW, side, otype,
+                     tif, flags, stp, 0)
                 )  # fmt: skip
-            if not commands:
-                continue
-            events = self.engine.process(np.array(commands, COMMAND_DTYPE))
-            bad = events[
-                (events["type"] == int(EventType.REJECT)) | (events["type"] == int(EventType.CANCELED))
-            ]
-            if len(bad):
-                raise ValueError(
-                    f"snapshot of {self.symbol_names[symbol_id]} could not be re-entered: {bad[:3]}"
-                )
+            self._process_restore_commands(symbol_id, stops)
+
+    def _process_restore_commands(self, symbol_id: int, commands: list[tuple[int, ...]]) -> None:
+        if not commands:
+            return
+        events = self.engine.process(np.array(commands, COMMAND_DTYPE))
+        bad = events[(events["type"] == int(EventType.REJECT)) | (events["type"] == int(EventType.CANCELED))]
+        if len(bad):
+            raise ValueError(f"snapshot of {self.symbol_names[symbol_id]} could not be re-entered: {bad[:3]}")

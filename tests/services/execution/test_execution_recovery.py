@@ -248,3 +248,36 @@ async def test_journal_that_ends_before_the_snapshot_refuses_or_continues_after_
         assert state_view(harness) == after
     finally:
         await harness.close()
+
+
+async def test_a_partly_filled_iceberg_is_snapshotted_and_restored_exactly(
+    tmp_path: Path, make_config: Any, launch: Any
+) -> None:
+    config = make_config(tmp_path, snapshot_every_inputs=1, snapshot_every_s=0)
+    harness = await launch(config)
+    try:
+        iceberg = api.NewOrder(
+            client_order_id="ice", symbol="BTCUSDT", side=common.SIDE_SELL, price_ticks=100,
+            quantity_lots=10, display_quantity_lots=3, order_type=api.ORDER_TYPE_LIMIT,
+        )  # fmt: skip
+        taker = api.NewOrder(
+            client_order_id="take", symbol="BTCUSDT", side=common.SIDE_BUY, price_ticks=100,
+            quantity_lots=2, order_type=api.ORDER_TYPE_LIMIT, time_in_force=api.TIME_IN_FORCE_IOC,
+        )  # fmt: skip
+        placed = await harness.stub.SubmitOrder(api.SubmitOrderRequest(order=iceberg), metadata=key("alice"))
+        await harness.stub.SubmitOrder(api.SubmitOrderRequest(order=taker), metadata=key("bob"))
+        await harness.running.snapshotter.close()
+        taken = harness.running.snapshotter.taken
+        shown = harness.core.state.engine.order(placed.ack.order_id)
+        before = state_view(harness)
+    finally:
+        await harness.close()
+    assert (int(shown["visible_qty"]), int(shown["hidden_qty"])) == (1, 7)  # a slice partly filled
+    assert taken >= 2  # taken with the partly filled slice resting, not postponed
+    harness = await launch(config)
+    try:
+        restored = harness.core.state.engine.order(placed.ack.order_id)
+        assert (int(restored["visible_qty"]), int(restored["hidden_qty"])) == (1, 7)
+        assert state_view(harness) == before
+    finally:
+        await harness.close()
