@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ API_KEY_PREFIX = "apikey:"
 CACHE_LEVEL_SQL = 3  # cache_pb2.CACHE_LEVEL_L3
 
 
+@functools.lru_cache(maxsize=4096)  # every call of an account hashes the same key: keep the answer
 def api_key_hash(api_key: str) -> str:
     """The stored form of an API key: hex SHA-256 of its UTF-8 bytes."""
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()

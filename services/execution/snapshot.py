@@ -288,7 +288,11 @@ class Snapshotter:
                 "snapshot at journal seq %d failed; the journal still holds everything", data.journal_seq
             )
 
-    async def close(self) -> None:
+    async def settled(self) -> None:
+        """Wait until the snapshot in progress, if any, is written (or has failed)."""
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
+
+    async def close(self) -> None:
+        await self.settled()
