@@ -282,3 +282,25 @@ class MpscQueue(_RecordQueue):
     """Bounded queue of fixed-size records for many producer threads and one consumer thread."""
 
     _ops = _MPSC_OPS
+
+    def try_push_many(self, data: BytesLike) -> bool:
+        """Copy ``len(data) // record_size`` records in as one unbroken run, or none of them.
+
+        False when there is not room for all of them now. The consumer gets them back to
+        back, no other producer's record in between, so a payload larger than one record
+        can travel as several. ValueError when ``data`` is not whole records or holds more
+        than the capacity.
+        """
+        handle = self._open_handle()
+        buffer = data if type(data) is bytes else ffi.from_buffer(data)
+        count, remainder = divmod(len(buffer), self._record_size)
+        if remainder or count > self._capacity:
+            raise ValueError(
+                f"{len(buffer)} bytes is not a run of at most {self._capacity} records "
+                f"of {self._record_size} bytes"
+            )
+        rc = lib.hft_mpsc_queue_try_push_many(handle, buffer, count)
+        if rc == lib.HFT_EAGAIN:
+            return False
+        self._check(rc, "try_push_many")
+        return True

@@ -40,6 +40,13 @@ void hft_mpsc_queue_destroy(hft_mpsc_queue *queue);
 /* Any producer. Copy one record in. HFT_EAGAIN when full, HFT_EINVAL on NULL. */
 int hft_mpsc_queue_try_push(hft_mpsc_queue *queue, const void *record);
 
+/* Any producer. Copy `count` records (contiguous in `records`) in as one run of
+ * consecutive positions, or none of them: HFT_EAGAIN when there is not room for
+ * all now. A consumer sees them back to back, with no other producer's record
+ * in between (a record too large for one slot can be split over several).
+ * HFT_EINVAL on NULL or when count exceeds the capacity (it could never fit). */
+int hft_mpsc_queue_try_push_many(hft_mpsc_queue *queue, const void *records, size_t count);
+
 /* Any producer. Like try_push, but waits up to `timeout_ns` for a free slot.
  * HFT_ETIMEDOUT when it expires; HFT_EINVAL if the queue is closed while full. */
 int hft_mpsc_queue_push_wait(hft_mpsc_queue *queue, const void *record, int64_t timeout_ns);

@@ -137,6 +137,47 @@ int hft_mpsc_queue_try_push(hft_mpsc_queue *queue, const void *record)
     return HFT_OK;
 }
 
+int hft_mpsc_queue_try_push_many(hft_mpsc_queue *queue, const void *records, size_t count)
+{
+    if (queue == NULL || (records == NULL && count > 0) || count > queue->capacity) {
+        return HFT_EINVAL;
+    }
+    if (count == 0) {
+        return HFT_OK;
+    }
+    uint64_t pos = atomic_load_explicit(&queue->enqueue_pos, memory_order_relaxed);
+    for (;;) {
+        uint64_t first_sequence = atomic_load_explicit(cell_sequence(cell_at(queue, pos)), memory_order_acquire);
+        int64_t lag = (int64_t)(first_sequence - pos);
+        if (lag < 0) {
+            return HFT_EAGAIN;
+        }
+        if (lag > 0) {
+            pos = atomic_load_explicit(&queue->enqueue_pos, memory_order_relaxed); /* we were behind */
+            continue;
+        }
+        /* The consumer frees cells in position order, so when the last of the run is
+         * free for its position every cell before it is too. */
+        uint64_t last = pos + count - 1;
+        uint64_t last_sequence = atomic_load_explicit(cell_sequence(cell_at(queue, last)), memory_order_acquire);
+        if ((int64_t)(last_sequence - last) < 0) {
+            return HFT_EAGAIN; /* not room for all of them: push none */
+        }
+        if (atomic_compare_exchange_weak_explicit(&queue->enqueue_pos, &pos, pos + count, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            break;
+        }
+    }
+    const unsigned char *in = records;
+    for (size_t i = 0; i < count; i++) {
+        unsigned char *cell = cell_at(queue, pos + i);
+        memcpy(cell + CELL_HEADER, in + i * queue->record_size, queue->record_size);
+        atomic_store_explicit(cell_sequence(cell), pos + i + 1, memory_order_release);
+    }
+    hft_waitpoint_wake_all(&queue->not_empty);
+    return HFT_OK;
+}
+
 int hft_mpsc_queue_pop_many(hft_mpsc_queue *queue, void *records_out, size_t max_records, size_t *popped)
 {
     if (queue == NULL || (records_out == NULL && max_records > 0) || popped == NULL) {

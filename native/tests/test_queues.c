@@ -552,6 +552,69 @@ static void test_mpsc_producers_keep_their_order(void)
     hft_mpsc_queue_destroy(s.queue);
 }
 
+static void test_mpsc_push_many_is_all_or_nothing_and_contiguous(void)
+{
+    hft_mpsc_queue *q;
+    CHECK_EQ_INT(hft_mpsc_queue_create(4, sizeof(record16), &q), HFT_OK);
+    record16 three[3] = {{1, 0}, {1, 1}, {1, 2}}, two[2] = {{2, 0}, {2, 1}}, out;
+    CHECK_EQ_INT(hft_mpsc_queue_try_push_many(q, three, 3), HFT_OK);
+    CHECK_EQ_INT(hft_mpsc_queue_try_push_many(q, two, 2), HFT_EAGAIN); /* one slot free: none pushed */
+    CHECK_EQ_INT(hft_mpsc_queue_size_approx(q), 3);
+    CHECK_EQ_INT(hft_mpsc_queue_try_pop(q, &out), HFT_OK);
+    CHECK_EQ_INT(hft_mpsc_queue_try_push_many(q, two, 2), HFT_OK); /* wraps around the ring */
+    uint64_t want[4][2] = {{1, 1}, {1, 2}, {2, 0}, {2, 1}};
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ_INT(hft_mpsc_queue_try_pop(q, &out), HFT_OK);
+        CHECK(out.producer == want[i][0] && out.seq == want[i][1]);
+    }
+    CHECK_EQ_INT(hft_mpsc_queue_try_push_many(q, NULL, 0), HFT_OK);
+    record16 five[5] = {{0, 0}};
+    CHECK_EQ_INT(hft_mpsc_queue_try_push_many(q, five, 5), HFT_EINVAL);
+    CHECK_EQ_INT(hft_mpsc_queue_try_push_many(NULL, five, 1), HFT_EINVAL);
+    hft_mpsc_queue_destroy(q);
+}
+
+/* Producers push runs of 3 while others push too: every run arrives whole and in order. */
+#define PUSH_MANY_RUNS 20000
+static void *mpsc_push_many_produce(void *arg)
+{
+    const mpsc_stress_producer *p = arg;
+    for (uint64_t run = 0; run < PUSH_MANY_RUNS; run++) {
+        record16 records[3] = {{p->id, 3 * run}, {p->id, 3 * run + 1}, {p->id, 3 * run + 2}};
+        while (hft_mpsc_queue_try_push_many(p->stress->queue, records, 3) == HFT_EAGAIN) {
+        }
+    }
+    return NULL;
+}
+
+static void test_mpsc_push_many_runs_stay_whole_under_contention(void)
+{
+    mpsc_stress s = {.per_producer = 3 * PUSH_MANY_RUNS};
+    CHECK_EQ_INT(hft_mpsc_queue_create(16, sizeof(record16), &s.queue), HFT_OK);
+    pthread_t threads[2];
+    mpsc_stress_producer producers[2] = {{&s, 0}, {&s, 1}};
+    for (int i = 0; i < 2; i++) pthread_create(&threads[i], NULL, mpsc_push_many_produce, &producers[i]);
+    uint64_t expected[2] = {0, 0}, received = 0, bad = 0, last_producer = 2, in_run = 0;
+    record16 batch[32];
+    while (received < 2 * s.per_producer) {
+        size_t popped = 0;
+        if (hft_mpsc_queue_pop_many_wait(s.queue, batch, 32, &popped, 10000 * MS) != HFT_OK) break;
+        for (size_t i = 0; i < popped; i++) {
+            record16 r = batch[i];
+            if (r.producer > 1 || r.seq != expected[r.producer]++) bad++;
+            /* Within a run of 3 no other producer's record appears. */
+            if (in_run > 0 && r.producer != last_producer) bad++;
+            in_run = (in_run + 1) % 3;
+            last_producer = r.producer;
+        }
+        received += popped;
+    }
+    for (int i = 0; i < 2; i++) pthread_join(threads[i], NULL);
+    CHECK_EQ_INT(received, 2 * s.per_producer);
+    CHECK_EQ_INT(bad, 0);
+    hft_mpsc_queue_destroy(s.queue);
+}
+
 typedef struct mpsc_blocked_call {
     hft_mpsc_queue *queue;
     record16 record;
@@ -666,6 +729,8 @@ int main(void)
     RUN(test_mpsc_bad_arguments);
     RUN(test_mpsc_full_and_empty);
     RUN(test_mpsc_producers_keep_their_order);
+    RUN(test_mpsc_push_many_is_all_or_nothing_and_contiguous);
+    RUN(test_mpsc_push_many_runs_stay_whole_under_contention);
     RUN(test_mpsc_blocking_timeouts_and_close);
     RUN(test_benchmarks_run);
     return TEST_SUMMARY("queues");

@@ -35,8 +35,8 @@ Queue slot (``slot_bytes`` each, 256 by default; little-endian)::
     16     ..   payload           its first slot_bytes - 16 bytes
 
 A payload too big for one slot (a batch of many orders) continues, raw, in as many
-further slots as it needs. Only the event loop pushes, and it pushes a record's slots
-together and only when all of them fit, so they are consecutive in the queue. When the
+further slots as it needs, pushed as one unbroken run (``MpscQueue.try_push_many``: all
+of them or, when they do not all fit now, none), so they are consecutive in the queue. When the
 queue is momentarily full, records wait in an event-loop-side backlog (in order) that
 is pushed on as each batch completes, so ``append`` never blocks; past
 ``backlog_max_records`` it raises :class:`JournalOverloaded` and the service turns the
@@ -571,20 +571,10 @@ class Journal:
         return future
 
     def _push(self, record: bytes) -> bool:
-        """Push all of a record's slots, or none when they do not all fit now."""
-        queue = self._queue
-        slot_bytes = self._slot_bytes
-        if len(record) == slot_bytes:
-            return queue.try_push(record)
-        slots = len(record) // slot_bytes
-        if queue.capacity - len(queue) < slots:
-            return False
-        view = memoryview(record)
-        for index in range(slots):
-            # Only this thread pushes and the writer only frees slots: room checked is room kept.
-            if not queue.try_push(view[index * slot_bytes : (index + 1) * slot_bytes]):
-                raise RuntimeError("journal queue lost room it had a moment ago (a second producer?)")
-        return True
+        """Push all of a record's slots as one unbroken run, or none when they do not all fit now."""
+        if len(record) == self._slot_bytes:
+            return self._queue.try_push(record)
+        return self._queue.try_push_many(record)
 
     @property
     def batches_written(self) -> int:

@@ -255,3 +255,17 @@ def test_benchmark_entry_points_run_and_check_their_records() -> None:
     assert native_queues.mpsc_ops_per_s(5_000, 2, 16) > 0
     with pytest.raises(ValueError):  # InvalidArgument: records must hold 16 bytes of checks
         native_queues.spsc_ops_per_s(10, 8)
+
+
+def test_mpsc_push_many_is_one_run_or_nothing() -> None:
+    with MpscQueue(4, 8) as queue:
+        assert queue.try_push_many(b"".join(i.to_bytes(8, "little") for i in range(3)))
+        assert not queue.try_push_many(bytes(16))  # room for one record, not two: nothing pushed
+        assert len(queue) == 3
+        assert queue.try_pop() == (0).to_bytes(8, "little")
+        assert queue.try_push_many(memoryview(bytearray(b"\x07" * 16)))
+        assert queue.pop_many(10, 0) == b"".join(i.to_bytes(8, "little") for i in (1, 2)) + b"\x07" * 16
+        with pytest.raises(ValueError, match="not a run"):
+            queue.try_push_many(bytes(12))  # not whole records
+        with pytest.raises(ValueError, match="not a run"):
+            queue.try_push_many(bytes(40))  # more than the capacity
