@@ -172,7 +172,8 @@ class MatchingEngine:
         """
         commands = np.ascontiguousarray(commands)
         _require(commands, COMMAND_DTYPE, "commands")
-        if lib.hft_engine_pending_events(self._engine):
+        engine = self._engine
+        if lib.hft_engine_pending_events(engine):
             raise InvalidArgument(
                 "Cannot process commands: events of an earlier process_into call are still pending; "
                 "collect them with process_into first"
@@ -181,10 +182,25 @@ class MatchingEngine:
             commands = order_by_client_priority(commands)
         total = len(commands)
         command_buffer = ffi.from_buffer("hft_order_command[]", commands)
-        chunks: list[np.ndarray] = []
-        done = 0
-        # Most commands cause one or two events; the loop below grows the buffer when they cause more.
+        # Most commands cause one or two events: one call with room for twice as many usually does it.
         capacity = 2 * total + 64
+        events = np.empty(capacity, dtype=EVENT_DTYPE)
+        rc = lib.hft_engine_process_batch(
+            engine,
+            command_buffer,
+            total,
+            ffi.from_buffer("hft_match_event[]", events, require_writable=True),
+            capacity,
+            self._consumed,
+            self._written,
+        )
+        check(rc, f"hft_engine_process_batch(count={total}, capacity={capacity})")
+        done = int(self._consumed[0])
+        if done == total and not lib.hft_engine_pending_events(engine):
+            return events[: int(self._written[0])]
+        # More events than room: keep what came and carry on with a growing buffer.
+        chunks: list[np.ndarray] = [events[: int(self._written[0])]]
+        capacity = 2 * capacity
         while True:
             pending = lib.hft_engine_pending_events(self._engine)
             events = np.empty(max(capacity, pending + 64), dtype=EVENT_DTYPE)
