@@ -614,7 +614,7 @@ class ReferenceEngine:
         if order is None:
             return
         if order.pending_stop:
-            self._reject(row, Reason.NOT_REPLACEABLE)
+            self._replace_pending_stop(row, order)
             return
         new_price, new_qty = row[2], row[3]
         if new_qty <= 0 or new_qty > MAX_QTY:
@@ -644,6 +644,35 @@ class ReferenceEngine:
         self._emit(REPLACED, reason, taker, new_price, new_qty, new_qty)
         self._execute(book, taker)
         self._run_stops(book)
+
+    def _replace_pending_stop(self, row: Sequence[int], order: _Order) -> None:
+        new_qty = row[3]
+        if new_qty <= 0 or new_qty > MAX_QTY:
+            self._reject(row, Reason.INVALID_QTY)
+            return
+        is_market = order.order_type == STOP_MARKET
+        new_stop = row[4] or order.stop_price
+        new_price = 0 if is_market else row[2]
+        if not _in_range(new_stop) or not _in_range(new_price):
+            self._reject(row, Reason.INVALID_PRICE)
+            return
+        if new_stop == order.stop_price and new_price == order.price and new_qty <= order.hidden:
+            order.hidden = new_qty
+            self._emit(REPLACED, 0, order, new_price, new_qty, new_qty)
+            return
+        book = self.books[order.symbol]
+        stop = order.copy()
+        stop.pending_stop = False
+        stop.stop_price, stop.price = new_stop, new_price
+        stop.visible, stop.hidden = new_qty, 0
+        self._remove_stop(book, order)
+        self._emit(REPLACED, 0, stop, new_price, new_qty, new_qty)
+        if self._stop_elected(book, stop.side, new_stop):
+            self._fire_stop(book, stop)
+            self._run_stops(book)
+            return
+        if not self._park_stop(book, stop):
+            self._emit(CANCELED, Reason.BOOK_FULL, stop, new_price, new_qty, 0)
 
     def _cancel_all_in_book(self, book: _Book, account_id: int) -> None:
         for side in (book.bids, book.asks, book.buy_stops, book.sell_stops):

@@ -81,7 +81,7 @@
 #define HFT_REASON_BOOK_FULL 14        /* order pool or price-level array exhausted */
 #define HFT_REASON_POST_ONLY_WOULD_TAKE 15
 #define HFT_REASON_NO_LIQUIDITY 16     /* market order with no opposite price to anchor its band */
-#define HFT_REASON_NOT_REPLACEABLE 17  /* replace of a stop order still waiting for its trigger */
+#define HFT_REASON_NOT_REPLACEABLE 17  /* no longer used: pending stops can be replaced (kept so codes stay stable) */
 #define HFT_REASON_USER_CANCEL 20
 #define HFT_REASON_CANCEL_ALL 21
 #define HFT_REASON_SELF_TRADE 22

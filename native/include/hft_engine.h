@@ -65,9 +65,13 @@
  *         and qty not above the open quantity: reduced in place, time priority
  *         kept (an iceberg loses reserve first). Otherwise the order leaves its
  *         level and re-enters as a GTC order at the new price: it may trade, then
- *         rests at the back. Either way one REPLACED event comes first. Pending
- *         stops: REJECT NOT_REPLACEABLE (cancel and resubmit). A post-only order
- *         replaced to a crossing price follows its post-only flag.
+ *         rests at the back. Either way one REPLACED event comes first. A
+ *         post-only order replaced to a crossing price follows its post-only flag.
+ *         A pending stop: qty, price (stop-limit; ignored for stop-market) and,
+ *         when cmd.stop_price != 0, the trigger. Same prices and qty not above its
+ *         quantity: reduced in place, trigger priority kept; otherwise it goes to
+ *         the back of its new stop level, or, when the last trade already
+ *         satisfies the new trigger, it is TRIGGERED at once. REPLACED comes first.
  * CANCEL_ALL every live order of cmd.account_id in cmd.symbol_id's book (or in all
  *         books): bids best first, then asks, then buy stops and sell stops in
  *         trigger order, oldest first; one CANCELED (reason CANCEL_ALL) each.

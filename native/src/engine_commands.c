@@ -180,6 +180,52 @@ static void handle_cancel(hft_engine *engine, const hft_order_command *c)
     }
 }
 
+/* REPLACE of a stop still waiting for its trigger: new quantity, limit price
+ * (stop-limit) and, when c->stop_price is non-zero, trigger price. Quantity down
+ * with both prices unchanged keeps its place in trigger order; anything else
+ * re-parks it at the back of its (new) stop level, or fires it at once when the
+ * last trade already satisfies the new trigger. */
+static void replace_pending_stop(hft_engine *engine, const hft_order_command *c, hft_order *order)
+{
+    if (c->qty <= 0 || c->qty > HFT_MAX_QTY) {
+        reject(engine, c, HFT_REASON_INVALID_QTY);
+        return;
+    }
+    int is_market = order->order_type == HFT_TYPE_STOP_MARKET;
+    int64_t new_stop = c->stop_price != 0 ? c->stop_price : order->stop_price;
+    int64_t new_price = is_market ? 0 : c->price;
+    if (!price_in_range(new_stop) || !price_in_range(new_price)) {
+        reject(engine, c, HFT_REASON_INVALID_PRICE);
+        return;
+    }
+    if (new_stop == order->stop_price && new_price == order->price && c->qty <= order->hidden_qty) {
+        order->hidden_qty = c->qty;
+        hft_emit(engine, HFT_EVENT_REPLACED, HFT_REASON_NONE, order, new_price, c->qty, c->qty);
+        return;
+    }
+    hft_book *book = engine->books[order->symbol_id];
+    hft_order stop = *order;
+    stop.prev = NULL;
+    stop.next = NULL;
+    stop.level = NULL;
+    stop.is_pending_stop = 0;
+    stop.stop_price = new_stop;
+    stop.price = new_price;
+    stop.visible_qty = c->qty; /* an incoming stop carries its quantity here until parked */
+    stop.hidden_qty = 0;
+    hft_engine_remove_stop(engine, book, order);
+    hft_emit(engine, HFT_EVENT_REPLACED, HFT_REASON_NONE, &stop, new_price, c->qty, c->qty);
+    if (hft_stop_is_elected(book, stop.side, new_stop)) {
+        hft_engine_fire_stop(engine, book, &stop);
+        hft_engine_run_stops(engine, book);
+        return;
+    }
+    uint16_t reason = hft_engine_park_stop(engine, book, &stop);
+    if (reason != HFT_REASON_NONE) {
+        hft_emit(engine, HFT_EVENT_CANCELED, reason, &stop, new_price, c->qty, 0);
+    }
+}
+
 static void handle_replace(hft_engine *engine, const hft_order_command *c)
 {
     hft_order *order = owned_order(engine, c);
@@ -187,7 +233,7 @@ static void handle_replace(hft_engine *engine, const hft_order_command *c)
         return;
     }
     if (order->is_pending_stop) {
-        reject(engine, c, HFT_REASON_NOT_REPLACEABLE);
+        replace_pending_stop(engine, c, order);
         return;
     }
     if (c->qty <= 0 || c->qty > HFT_MAX_QTY) {

@@ -749,6 +749,58 @@ static void test_restore_resting_reproduces_a_partly_filled_iceberg(void)
     hft_engine_destroy(restored);
 }
 
+/* A stop still waiting for its trigger can be replaced: in place, re-parked, or fired at once. */
+static void test_replace_pending_stops(void)
+{
+    hft_engine *e = new_engine(64, 16);
+    apply(e, order(1, HFT_SIDE_SELL, 100, 1));
+    apply(e, with_tif(order(2, HFT_SIDE_BUY, 100, 1), HFT_TIF_IOC)); /* last trade 100 */
+    apply(e, stop(10, HFT_SIDE_BUY, HFT_TYPE_STOP_LIMIT, 105, 106, 5));
+    apply(e, stop(11, HFT_SIDE_BUY, HFT_TYPE_STOP_LIMIT, 105, 106, 5));
+    /* Quantity down, same prices: in place, still first in trigger order. */
+    apply(e, replace(10, 106, 3));
+    CHECK_EQ_INT(n_events, 1);
+    CHECK_EQ_INT(events[0].type, HFT_EVENT_REPLACED);
+    CHECK_EQ_INT(events[0].qty, 3);
+    hft_order_info stops[4];
+    size_t n = 0;
+    CHECK_EQ_INT(hft_engine_book_orders(e, 0, HFT_SIDE_BUY, 1, stops, 4, &n), HFT_OK);
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(stops[0].order_id, 10);
+    CHECK_EQ_INT(stops[0].hidden_qty, 3);
+    /* A new trigger: to the back of its new level (104 comes before 105 for buy stops). */
+    hft_order_command move = replace(11, 107, 4);
+    move.stop_price = 104;
+    apply(e, move);
+    CHECK_EQ_INT(n_events, 1);
+    CHECK_EQ_INT(events[0].type, HFT_EVENT_REPLACED);
+    CHECK_EQ_INT(events[0].price, 107);
+    CHECK_EQ_INT(hft_engine_book_orders(e, 0, HFT_SIDE_BUY, 1, stops, 4, &n), HFT_OK);
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(stops[0].order_id, 11);
+    CHECK_EQ_INT(stops[0].stop_price, 104);
+    CHECK_EQ_INT(stops[0].price, 107);
+    CHECK_EQ_INT(stops[0].hidden_qty, 4);
+    /* A trigger the last trade already satisfies: REPLACED, then TRIGGERED and the order rests. */
+    hft_order_command fire = replace(10, 99, 3);
+    fire.stop_price = 100;
+    apply(e, fire);
+    CHECK_EQ_INT(events[0].type, HFT_EVENT_REPLACED);
+    CHECK_EQ_INT(count_type(HFT_EVENT_TRIGGERED), 1);
+    hft_order_info info;
+    CHECK_EQ_INT(hft_engine_order_info(e, 10, &info), HFT_OK);
+    CHECK_EQ_INT(info.is_pending_stop, 0);
+    CHECK_EQ_INT(info.price, 99);
+    CHECK_EQ_INT(info.visible_qty, 3);
+    /* Bad quantity or trigger: rejected, nothing changed. */
+    apply(e, replace(11, 107, 0));
+    CHECK_EQ_INT(events[0].type, HFT_EVENT_REJECT);
+    CHECK_EQ_INT(events[0].reason, HFT_REASON_INVALID_QTY);
+    CHECK_EQ_INT(hft_engine_order_info(e, 11, &info), HFT_OK);
+    CHECK_EQ_INT(info.hidden_qty, 4);
+    hft_engine_destroy(e);
+}
+
 int main(void)
 {
     RUN(test_limit_orders_rest_with_price_time_priority);
@@ -773,5 +825,6 @@ int main(void)
     RUN(test_event_overflow_keeps_its_command_index);
     RUN(test_bad_configurations_are_refused);
     RUN(test_restore_resting_reproduces_a_partly_filled_iceberg);
+    RUN(test_replace_pending_stops);
     return TEST_SUMMARY("matching");
 }

@@ -55,7 +55,7 @@ from services.execution.risk import (
     check_new_orders,
     check_one_new_order,
 )
-from services.execution.state import OPEN_STATUSES, REJECTED, STOP_TYPES, BatchOutcome, ExecutionState
+from services.execution.state import OPEN_STATUSES, REJECTED, BatchOutcome, ExecutionState
 
 log = logging.getLogger(__name__)
 
@@ -652,10 +652,10 @@ class ExecutionCore:
             return common.REJECT_REASON_INVALID_PRICE
         if new_qty < 0 or (new_qty and new_qty <= int(row["cum"])):
             return common.REJECT_REASON_INVALID_QUANTITY
-        if row["order_type"] in STOP_TYPES and row["status"] == api.ORDER_STATUS_PENDING_TRIGGER:
-            return common.REJECT_REASON_INVALID_ORDER  # the engine re-prices only resting orders
-        if new_stop:
-            return common.REJECT_REASON_INVALID_ORDER
+        if new_stop < 0:
+            return common.REJECT_REASON_INVALID_PRICE
+        if new_stop and row["status"] != api.ORDER_STATUS_PENDING_TRIGGER:
+            return common.REJECT_REASON_INVALID_ORDER  # only a stop not yet triggered has a trigger to move
         if new_price and row["order_type"] not in (api.ORDER_TYPE_LIMIT, api.ORDER_TYPE_STOP_LIMIT):
             return common.REJECT_REASON_INVALID_PRICE
         return 0
@@ -696,15 +696,24 @@ class ExecutionCore:
                 index = int(commands["order_id"][position]) - 1
                 row = state.orders[index]
                 values = orders[position]
-                price = int(values["price"]) or int(row["price"])
                 total = int(values["quantity"]) or int(row["quantity"])
                 open_qty = total - int(row["cum"])
-                commands["price"][position] = price
+                new_stop = int(values["stop_price"])
+                client_price = int(values["price"]) or int(row["price"])
+                # The engine's price can differ from the client's: a stop-market order with a
+                # protection band rests in the engine as a stop-limit at the band's edge.
+                engine_price = client_price
+                if int(values["price"]) == 0 and row["status"] == api.ORDER_STATUS_PENDING_TRIGGER:
+                    engine_price = int(state.engine.order(index + 1)["price"])  # type: ignore[index]
+                commands["price"][position] = engine_price
                 commands["qty"][position] = open_qty
+                commands["stop_price"][position] = new_stop
                 meta["replace_quantity"][position] = total
-                meta["client_price"][position] = price
-                meta["priority_kept"][position] = price == int(row["price"]) and open_qty <= int(
-                    row["leaves"]
+                meta["client_price"][position] = client_price
+                meta["priority_kept"][position] = (
+                    client_price == int(row["price"])
+                    and open_qty <= int(row["leaves"])
+                    and new_stop in (0, int(row["stop_price"]))
                 )
         return Batch(state.next_input_seq, inputs.received_ns, time.time_ns(), commands, meta, encoded)
 

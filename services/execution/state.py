@@ -110,7 +110,7 @@ F_ACCOUNT, F_PRICE, F_QUANTITY = (_ORDER_FIELDS.index(n) for n in ("account_id",
 F_LEAVES, F_CUM, F_NOTIONAL = (_ORDER_FIELDS.index(n) for n in ("leaves", "cum", "notional"))
 F_LAST, F_REASON, F_SIDE = (_ORDER_FIELDS.index(n) for n in ("last_exec_seq", "reason", "side"))
 F_TYPE, F_STATUS = (_ORDER_FIELDS.index(n) for n in ("order_type", "status"))
-F_UPDATED = _ORDER_FIELDS.index("updated_ns")
+F_UPDATED, F_STOP = _ORDER_FIELDS.index("updated_ns"), _ORDER_FIELDS.index("stop_price")
 #: Up to this many touched orders (or fills, or reports) are written back one row at a time:
 #: below it numpy's per-call set-up costs more than the per-row Python work.
 _ROW_BY_ROW_MAX = 8
@@ -397,8 +397,16 @@ class ExecutionState:
                 status = PARTIAL if row[F_CUM] else NEW
                 exec_type = api.EXEC_TYPE_TRIGGERED
             elif kind == EventType.REPLACED:
-                status = PARTIAL if row[F_CUM] else NEW
-                row[F_PRICE] = price
+                if row[F_STATUS] == PENDING:  # a stop still waiting: maybe a new trigger too
+                    status = PENDING
+                    new_stop = int(commands["stop_price"][ci])
+                    if new_stop:
+                        row[F_STOP] = new_stop
+                    if row[F_TYPE] != api.ORDER_TYPE_STOP_MARKET:  # its engine price is a band edge
+                        row[F_PRICE] = price
+                else:
+                    status = PARTIAL if row[F_CUM] else NEW
+                    row[F_PRICE] = price
                 row[F_QUANTITY] = row[F_CUM] + qty
                 row[F_LEAVES] = qty
                 exec_type = api.EXEC_TYPE_REPLACED

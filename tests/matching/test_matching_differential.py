@@ -10,6 +10,7 @@ from hftgate.matching import EngineConfig, MatchingEngine, Side, StpMode
 from hftgate.matching.flows import benchmark_flow, coverage_flow
 from hftgate.matching.mbo import data_dir, load_mbo, mbo_files
 from hftgate.matching.reference import ReferenceEngine
+from hftgate.matching.types import EventType
 
 
 def assert_same(engine: MatchingEngine, reference: ReferenceEngine, commands: np.ndarray) -> np.ndarray:
@@ -85,3 +86,28 @@ def test_replayed_slice_of_a_real_cme_day() -> None:
         MatchingEngine(config, replay.symbols), ReferenceEngine(config, replay.symbols), replay.commands
     )
     assert np.count_nonzero(events["type"] == 3) > 100
+
+
+def test_replacing_pending_stops_agrees_with_the_reference() -> None:
+    from hftgate.matching.engine import new_commands
+    from hftgate.matching.types import Action, OrderType, TimeInForce
+
+    config = EngineConfig(max_symbols=1, market_protection_ticks=5)
+    engine, reference = MatchingEngine(config), ReferenceEngine(config)
+    rows = [  # (action, id, side, type, tif, price, qty, stop)
+        (Action.NEW, 1, Side.SELL, OrderType.LIMIT, TimeInForce.GTC, 100, 2, 0),
+        (Action.NEW, 2, Side.BUY, OrderType.LIMIT, TimeInForce.IOC, 100, 1, 0),  # last trade 100
+        (Action.NEW, 3, Side.BUY, OrderType.STOP_LIMIT, TimeInForce.GTC, 106, 4, 105),
+        (Action.NEW, 4, Side.BUY, OrderType.STOP_LIMIT, TimeInForce.GTC, 106, 4, 105),
+        (Action.NEW, 5, Side.SELL, OrderType.STOP_MARKET, TimeInForce.IOC, 0, 3, 95),
+        (Action.REPLACE, 3, 0, 0, 0, 106, 2, 0),  # reduced in place
+        (Action.REPLACE, 4, 0, 0, 0, 107, 4, 104),  # new trigger and limit: re-parked
+        (Action.REPLACE, 5, 0, 0, 0, 0, 2, 101),  # stop-market, trigger now satisfied: fires
+        (Action.REPLACE, 3, 0, 0, 0, 106, 0, 0),  # bad quantity
+        (Action.REPLACE, 4, 0, 0, 0, 101, 3, 100),  # elected at once, rests at 101
+    ]
+    commands = new_commands(len(rows))
+    for i, (action, order_id, side, kind, tif, price, qty, stop) in enumerate(rows):
+        commands[i] = (order_id, 0, price, qty, stop, 0, 0, 0, action, side, kind, tif, 0, 0, 0)
+    events = assert_same(engine, reference, commands)
+    assert int(EventType.TRIGGERED) in events["type"].tolist()

@@ -251,10 +251,16 @@ def test_replace_of_an_iceberg_gives_up_reserve_first() -> None:
     assert (order["visible_qty"], order["hidden_qty"]) == (3, 2)
 
 
-def test_replace_of_a_pending_stop_is_rejected() -> None:
+def test_a_pending_stop_can_be_replaced_and_keeps_its_place_only_when_reduced() -> None:
     engine = make_engine()
-    engine.submit_stop(1, BUY, 110, 1, limit_price=111)
-    assert engine.replace(1, 112, 1)[0]["reason"] == Reason.NOT_REPLACEABLE
+    engine.submit_stop(1, BUY, 110, 5, limit_price=111)
+    engine.submit_stop(2, BUY, 110, 5, limit_price=111)
+    assert kinds(engine.replace(1, 111, 3)) == [EventType.REPLACED]  # reduced: still first
+    assert engine.orders(BUY, pending_stops=True)["order_id"].tolist() == [1, 2]
+    assert kinds(engine.replace(2, 112, 5)) == [EventType.REPLACED]  # a new limit price: behind
+    stops = engine.orders(BUY, pending_stops=True)
+    assert stops["order_id"].tolist() == [1, 2] and stops["price"].tolist() == [111, 112]
+    assert engine.replace(1, 111, 0)[0]["reason"] == Reason.INVALID_QTY
 
 
 def test_replace_rejects_bad_quantity() -> None:

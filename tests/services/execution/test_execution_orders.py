@@ -202,3 +202,68 @@ async def test_stream_executions_resumes_without_gaps_or_repeats(harness: Any) -
     assert [r.client_order_id for r in live] == ["bid2", "bid2"]
     assert live[1].exec_type == api.EXEC_TYPE_FILL
     resumed.cancel()
+
+
+async def test_a_stop_waiting_for_its_trigger_can_be_replaced(harness: Any) -> None:
+    stub = harness.stub
+
+    async def replace(who: Any = ALICE, **fields: Any) -> api.OrderAck:
+        request = api.ReplaceOrderRequest(client_order_id="stop", **fields)
+        return (await stub.ReplaceOrder(request, metadata=who)).ack
+
+    await stub.SubmitOrder(api.SubmitOrderRequest(order=order("s1", SELL, 100, 1)), metadata=BOB)
+    ioc = order("b1", BUY, 100, 1, time_in_force=api.TIME_IN_FORCE_IOC)
+    await stub.SubmitOrder(api.SubmitOrderRequest(order=ioc), metadata=ALICE)  # last trade 100
+    stop = order("stop", BUY, 106, 4, order_type=api.ORDER_TYPE_STOP_LIMIT, stop_price_ticks=105)
+    placed = (await stub.SubmitOrder(api.SubmitOrderRequest(order=stop), metadata=ALICE)).ack
+    assert placed.status == api.ORDER_STATUS_PENDING_TRIGGER
+
+    reduced = await replace(quantity_lots=3)
+    assert reduced.status == api.ORDER_STATUS_PENDING_TRIGGER and reduced.priority_kept
+    moved = await replace(stop_price_ticks=104, price_ticks=107)
+    assert moved.status == api.ORDER_STATUS_PENDING_TRIGGER and not moved.priority_kept
+    assert (moved.price_ticks, moved.quantity_lots) == (107, 3)
+    got = (await stub.GetOrder(api.GetOrderRequest(client_order_id="stop"), metadata=ALICE)).order
+    assert (got.request.stop_price_ticks, got.request.price_ticks, got.leaves_quantity_lots) == (104, 107, 3)
+
+    bad = await replace(stop_price_ticks=-5)
+    assert bad.status == api.ORDER_STATUS_REJECTED and bad.reason == common.REJECT_REASON_INVALID_PRICE
+
+    fired = await replace(stop_price_ticks=100)  # the last trade (100) already satisfies it
+    assert fired.status == api.ORDER_STATUS_NEW and fired.leaves_quantity_lots == 3
+    got = (await stub.GetOrder(api.GetOrderRequest(client_order_id="stop"), metadata=ALICE)).order
+    assert got.status == api.ORDER_STATUS_NEW
+
+    # A resting order has no trigger to move.
+    no_trigger = await replace(stop_price_ticks=101)
+    assert no_trigger.status == api.ORDER_STATUS_REJECTED
+    assert no_trigger.reason == common.REJECT_REASON_INVALID_ORDER
+
+
+async def test_replacing_a_banded_stop_market_keeps_its_band(harness: Any) -> None:
+    stub = harness.stub
+
+    async def submit(new: api.NewOrder, who: Any = ALICE) -> api.OrderAck:
+        return (await stub.SubmitOrder(api.SubmitOrderRequest(order=new), metadata=who)).ack
+
+    await submit(order("s1", SELL, 100, 1), BOB)
+    await submit(order("b1", BUY, 100, 1, time_in_force=api.TIME_IN_FORCE_IOC))  # last trade 100
+    banded = order(
+        "stop",
+        BUY,
+        0,
+        2,
+        order_type=api.ORDER_TYPE_STOP_MARKET,
+        stop_price_ticks=105,
+        protection_price_ticks=110,
+    )
+    assert (await submit(banded)).status == api.ORDER_STATUS_PENDING_TRIGGER
+    request = api.ReplaceOrderRequest(client_order_id="stop", stop_price_ticks=103)
+    moved = (await stub.ReplaceOrder(request, metadata=ALICE)).ack
+    assert moved.status == api.ORDER_STATUS_PENDING_TRIGGER
+    await submit(order("ask", SELL, 108, 5), BOB)
+    await submit(order("s2", SELL, 103, 1), BOB)
+    await submit(order("b2", BUY, 103, 1, time_in_force=api.TIME_IN_FORCE_IOC))  # trades at 103: fires
+    got = (await stub.GetOrder(api.GetOrderRequest(client_order_id="stop"), metadata=ALICE)).order
+    # Filled at 108, inside its 110 band: the replace kept the band (not a limit of 0).
+    assert got.status == api.ORDER_STATUS_FILLED and got.cum_notional == 2 * 108
