@@ -2,8 +2,9 @@
  * hft_pool.h -- fixed-size object pool with an intrusive free list.
  *
  * One slab of `capacity` objects of `object_size` bytes (rounded up to 16 so
- * every object is 16-byte aligned) is allocated at create time; acquire and
- * release are O(1) and never touch malloc. Used for the matching engine's order
+ * every object is 16-byte aligned) is allocated at create time, but its pages
+ * are touched only as objects are first handed out; acquire and release are
+ * O(1) and never touch malloc. Released objects are reused first (LIFO). Used for the matching engine's order
  * records, so the order path allocates nothing.
  *
  * Concurrency: single-threaded. A pool belongs to one owner (one book, one

@@ -54,6 +54,19 @@ static void test_acquire_all_then_exhausted(void)
     hft_pool_destroy(pool);
 }
 
+static void test_untouched_objects_come_in_order_after_released_ones(void)
+{
+    hft_pool *pool = make(24, 8);
+    CHECK_EQ_INT(hft_pool_index_of(pool, hft_pool_acquire(pool)), 0);
+    void *second = hft_pool_acquire(pool);
+    CHECK_EQ_INT(hft_pool_index_of(pool, second), 1);
+    CHECK_EQ_INT(hft_pool_release(pool, second), HFT_OK);
+    CHECK(hft_pool_acquire(pool) == second); /* a released object is reused first */
+    CHECK_EQ_INT(hft_pool_index_of(pool, hft_pool_acquire(pool)), 2); /* then the next untouched one */
+    CHECK_EQ_INT(hft_pool_in_use(pool), 3);
+    hft_pool_destroy(pool);
+}
+
 static void test_release_then_reacquire(void)
 {
     hft_pool *pool = make(24, 4);
@@ -176,6 +189,7 @@ int main(void)
     RUN(test_bad_create_arguments);
     RUN(test_acquire_all_then_exhausted);
     RUN(test_release_then_reacquire);
+    RUN(test_untouched_objects_come_in_order_after_released_ones);
     RUN(test_index_of_and_at_round_trip);
     RUN(test_object_size_is_rounded_to_16_bytes);
     RUN(test_foreign_and_misaligned_pointers_are_rejected);
