@@ -7,7 +7,7 @@ These are the only per-order Python objects on the order path, and the protocol 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,8 +136,17 @@ def reason_text(kind: int, client_id: str, reason: int, symbol: str = "") -> str
     return f"Cannot {_VERB.get(kind, 'run')} order {client_id!r}: {text}"
 
 
-def encode_acks(acks: Acks, ack_ns: int, symbols: list[str] | None = None) -> list[api.OrderAck]:
-    """OrderAck per input."""
+def encode_acks(
+    acks: Acks,
+    ack_ns: int,
+    symbols: list[str] | None = None,
+    make: Callable[..., api.OrderAck] = api.OrderAck,
+) -> list[api.OrderAck]:
+    """OrderAck per input, each built by ``make(**fields)``.
+
+    Pass a response's ``acks.add`` to build them in place: adding a finished message to a
+    repeated field copies it, which costs a third of the encoding for a batch of 1,000.
+    """
     out = []
     durable = acks.durable
     received = acks.received_ns
@@ -157,7 +166,7 @@ def encode_acks(acks: Acks, ack_ns: int, symbols: list[str] | None = None) -> li
         strict=True,
     ):
         out.append(
-            api.OrderAck(
+            make(
                 action=kind,
                 client_order_id=client_id,
                 order_id=order_id,

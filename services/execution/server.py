@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -138,8 +138,10 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise AssertionError("abort raises") from exc
 
-    def _ack_protos(self, acks: Acks, symbols: list[str] | None = None) -> list[api.OrderAck]:
-        protos = codec.encode_acks(acks, time.time_ns(), symbols)
+    def _ack_protos(
+        self, acks: Acks, symbols: list[str] | None = None, make: Callable[..., api.OrderAck] = api.OrderAck
+    ) -> list[api.OrderAck]:
+        protos = codec.encode_acks(acks, time.time_ns(), symbols, make)
         self.core.record_ack_sent(acks)
         return protos
 
@@ -208,7 +210,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
         inputs.prioritize = True
         acks = await self._submit(context, account, inputs)
-        return api.SubmitOrdersResponse(acks=self._ack_protos(acks, inputs.symbols))
+        response = api.SubmitOrdersResponse()
+        self._ack_protos(acks, inputs.symbols, response.acks.add)  # built in place, not copied in
+        return response
 
     async def CancelOrder(
         self, request: api.CancelOrderRequest, context: grpc.aio.ServicerContext
@@ -327,7 +331,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 items = [item]
                 while not queue.empty():
                     items.append(queue.get_nowait())
-                ack_protos: list[api.OrderAck] = []
+                response = api.OrderStreamResponse()  # acks are built in place (see encode_acks)
                 reports: list[np.ndarray] = []
                 for entry in items:
                     if entry is _END:
@@ -339,7 +343,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                         submitted[0] = answered
                     elif isinstance(entry, Acks):
                         answered += 1
-                        ack_protos.extend(self._ack_protos(entry))
+                        self._ack_protos(entry, make=response.acks.add)
                         accepted = entry.sequences > 0
                         restating = dict(
                             zip(
@@ -351,8 +355,10 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     else:
                         reports.append(_without_restated(entry, restating))
                 executions = codec.encode_reports(np.concatenate(reports), core.state) if reports else []
-                if ack_protos or executions:
-                    yield api.OrderStreamResponse(acks=ack_protos, executions=executions)
+                if executions:
+                    response.executions.extend(executions)
+                if len(response.acks) or executions:
+                    yield response
         finally:
             core.unsubscribe(subscriber)
             reader.cancel()
