@@ -40,3 +40,17 @@ async def test_reflection_lists_health_and_reflection() -> None:
         assert "grpc.reflection.v1alpha.ServerReflection" in names
     finally:
         await running.stop(0)
+
+
+def test_freeze_startup_objects_moves_live_objects_out_of_collection() -> None:
+    import gc
+
+    from hftgate.grpcserver import freeze_startup_objects
+
+    long_lived = [object() for _ in range(1000)]  # tracked containers alive "at start-up"
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > len(long_lived)
+        assert not any(o is long_lived for o in gc.get_objects(generation=2))  # out of the old generation
+    finally:
+        gc.unfreeze()
