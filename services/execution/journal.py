@@ -204,13 +204,6 @@ def segment_path(directory: Path, first_seq: int) -> Path:
     return directory / f"{first_seq:020d}.journal"
 
 
-def encode_record(seq: int, record_type: int, payload: bytes) -> bytes:
-    """The on-disk bytes of one record (header with CRC, then the payload)."""
-    prefix = _RECORD_PREFIX.pack(RECORD_MAGIC, RECORD_VERSION, record_type, len(payload), seq)
-    crc = zlib.crc32(payload, zlib.crc32(prefix))
-    return prefix + _RECORD_CRC.pack(crc) + payload
-
-
 def _decode_at(
     data: bytes | memoryview, offset: int, max_payload_bytes: int
 ) -> tuple[int, int, int, str | None]:
@@ -239,6 +232,11 @@ def _decode_at(
     if crc != stored_crc:
         return seq, record_type, offset, f"CRC mismatch (stored {stored_crc:#010x}, computed {crc:#010x})"
     return seq, record_type, end, None
+
+
+def _read_limit(max_payload_bytes: int) -> int:
+    """The largest payload recovery accepts: any a default-sized journal could have written."""
+    return max(max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES)
 
 
 def _is_reserved_space(data: bytes, offset: int) -> bool:
@@ -341,7 +339,7 @@ class Journal:
         self._backlog: deque[bytes] = deque()  # whole records (all their slots), oldest first
         self._closing = False
         self._drained: asyncio.Future[None] | None = None  # close() waits on it for the last ack
-        self._failure: BaseException | None = None
+        self._failure: JournalFailed | None = None
         self.durable_seq = next_seq - 1  # highest sequence number acknowledged so far
 
         # The queue the loop fills and the C writer thread drains (open() checked that the
@@ -374,9 +372,9 @@ class Journal:
         ones, unless ``allow_mid_corruption`` (then the damage and everything after
         it is moved aside and logged). ``preallocate_bytes`` is how much space the
         writer reserves ahead of the records at a time (0: plain appends; recovery
-        reads up to this much reserved space per segment). ``max_payload_bytes`` defaults to what the queue
-        can carry in one record (16 MiB with the default queue), capped at 16 MiB; a
-        larger value than the queue can carry is a ValueError.
+        reads up to this much reserved space per segment). ``max_payload_bytes``
+        defaults to what the queue can carry in one record, capped at 16 MiB; a larger
+        value than the queue can carry is a ValueError.
         """
         if slot_bytes < _SLOT_HEADER.size + 8:
             raise ValueError(f"slot_bytes must be at least {_SLOT_HEADER.size + 8}, got {slot_bytes}")
@@ -396,10 +394,7 @@ class Journal:
             raise ValueError("segment_max_bytes, max_payload_bytes and batch_max_records must be positive")
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        # Reading accepts any record a default-sized journal could have written.
-        segments, report = _recover(
-            path, max(max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES), allow_mid_corruption
-        )
+        segments, report = _recover(path, _read_limit(max_payload_bytes), allow_mid_corruption)
         next_seq = report.last_seq + 1 if report.records else segments[-1].first_seq
         journal = cls(
             path,
@@ -477,9 +472,7 @@ class Journal:
             data = segment.path.read_bytes()
             offset = 0
             while offset < len(data):
-                seq, record_type, end, reason = _decode_at(
-                    data, offset, max(self._max_payload_bytes, DEFAULT_MAX_PAYLOAD_BYTES)
-                )
+                seq, record_type, end, reason = _decode_at(data, offset, _read_limit(self._max_payload_bytes))
                 if reason is not None and _is_reserved_space(data, offset):
                     break
                 if reason is not None:
@@ -557,12 +550,10 @@ class Journal:
             raise ValueError(f"record_type must be 0..255, got {record_type}")
         seq = self._next_seq
         self._next_seq = seq + 1
-        slot_bytes = self._slot_bytes
-        if length <= self._inline_payload_bytes:
-            record = (_SLOT_HEADER.pack(seq, length, record_type, 0) + payload).ljust(slot_bytes, b"\0")
-        else:
-            record = _SLOT_HEADER.pack(seq, length, record_type, SLOT_FLAG_CONTINUED) + payload
-            record = record.ljust(self.slots_for(length) * slot_bytes, b"\0")
+        flags = SLOT_FLAG_CONTINUED if length > self._inline_payload_bytes else 0
+        record = (_SLOT_HEADER.pack(seq, length, record_type, flags) + payload).ljust(
+            self.slots_for(length) * self._slot_bytes, b"\0"
+        )
         assert self._loop is not None
         future: asyncio.Future[int] = self._loop.create_future()
         self._waiters.append((seq, future))
@@ -652,9 +643,10 @@ class Journal:
             self._acknowledge_through(acked)
         if failed and self._failure is None:
             status = writer.status()
-            self._failure = JournalFailed(status.message)
+            failure = JournalFailed(status.message)
+            self._failure = failure
             log.error("journal writer failed: %s; no further appends will be acknowledged", status.message)
-            self._fail_waiters(self._failure)
+            self._fail_waiters(failure)
 
     def _acknowledge_through(self, last_seq: int) -> None:
         """Resolve every future up to ``last_seq``, then push on what waits in the backlog."""
@@ -670,10 +662,7 @@ class Journal:
         if self._drained is not None and last_seq == self._next_seq - 1 and not self._drained.done():
             self._drained.set_result(None)
 
-    def _fail_waiters(self, error: BaseException) -> None:
-        failure = (
-            error if isinstance(error, JournalFailed) else JournalFailed(f"journal writer failed: {error!r}")
-        )
+    def _fail_waiters(self, failure: JournalFailed) -> None:
         while self._waiters:
             _, future = self._waiters.popleft()
             if not future.done():
