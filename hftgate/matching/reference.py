@@ -652,7 +652,7 @@ class ReferenceEngine:
             return
         is_market = order.order_type == STOP_MARKET
         new_stop = row[4] or order.stop_price
-        new_price = 0 if is_market else row[2]
+        new_price = 0 if is_market else (row[2] or order.price)
         if not _in_range(new_stop) or not _in_range(new_price):
             self._reject(row, Reason.INVALID_PRICE)
             return

@@ -67,8 +67,8 @@
  *         level and re-enters as a GTC order at the new price: it may trade, then
  *         rests at the back. Either way one REPLACED event comes first. A
  *         post-only order replaced to a crossing price follows its post-only flag.
- *         A pending stop: qty, price (stop-limit; ignored for stop-market) and,
- *         when cmd.stop_price != 0, the trigger. Same prices and qty not above its
+ *         A pending stop: qty and, when non-zero, price (stop-limit; ignored for
+ *         stop-market) and stop_price (the trigger); 0 keeps either. Same prices and qty not above its
  *         quantity: reduced in place, trigger priority kept; otherwise it goes to
  *         the back of its new stop level, or, when the last trade already
  *         satisfies the new trigger, it is TRIGGERED at once. REPLACED comes first.

@@ -180,8 +180,8 @@ static void handle_cancel(hft_engine *engine, const hft_order_command *c)
     }
 }
 
-/* REPLACE of a stop still waiting for its trigger: new quantity, limit price
- * (stop-limit) and, when c->stop_price is non-zero, trigger price. Quantity down
+/* REPLACE of a stop still waiting for its trigger: new quantity and, when
+ * non-zero, a new limit price (stop-limit) and trigger price. Quantity down
  * with both prices unchanged keeps its place in trigger order; anything else
  * re-parks it at the back of its (new) stop level, or fires it at once when the
  * last trade already satisfies the new trigger. */
@@ -193,7 +193,9 @@ static void replace_pending_stop(hft_engine *engine, const hft_order_command *c,
     }
     int is_market = order->order_type == HFT_TYPE_STOP_MARKET;
     int64_t new_stop = c->stop_price != 0 ? c->stop_price : order->stop_price;
-    int64_t new_price = is_market ? 0 : c->price;
+    /* 0 keeps the limit, as it keeps the trigger: the caller need not know it (a
+     * banded stop-market order rests here as a stop-limit at the band's edge). */
+    int64_t new_price = is_market ? 0 : (c->price != 0 ? c->price : order->price);
     if (!price_in_range(new_stop) || !price_in_range(new_price)) {
         reject(engine, c, HFT_REASON_INVALID_PRICE);
         return;

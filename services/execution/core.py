@@ -700,12 +700,10 @@ class ExecutionCore:
                 open_qty = total - int(row["cum"])
                 new_stop = int(values["stop_price"])
                 client_price = int(values["price"]) or int(row["price"])
-                # The engine's price can differ from the client's: a stop-market order with a
-                # protection band rests in the engine as a stop-limit at the band's edge.
-                engine_price = client_price
-                if int(values["price"]) == 0 and row["status"] == api.ORDER_STATUS_PENDING_TRIGGER:
-                    engine_price = int(state.engine.order(index + 1)["price"])  # type: ignore[index]
-                commands["price"][position] = engine_price
+                pending = row["status"] == api.ORDER_STATUS_PENDING_TRIGGER
+                # A waiting stop's 0 keeps its engine price, which for a banded stop-market
+                # order is the band's edge, not the client's price.
+                commands["price"][position] = int(values["price"]) if pending else client_price
                 commands["qty"][position] = open_qty
                 commands["stop_price"][position] = new_stop
                 meta["replace_quantity"][position] = total
