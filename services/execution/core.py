@@ -8,8 +8,8 @@ from one account, and goes through, synchronously on the event loop:
    ownership and existence for cancels and replaces; refused inputs get their reason and are
    not journaled;
 2. **match** -- the accepted inputs become one :class:`~services.execution.records.Batch`, which is
-   appended to the journal (the writer thread makes it durable) and applied to
-   :class:`~services.execution.state.ExecutionState` (one engine call);
+   appended to the journal (the writer thread starts making it durable) and then applied to
+   :class:`~services.execution.state.ExecutionState` (one engine call) while the fsync runs;
 3. **journal durable** -- the call awaits the record's future; group commit shares the fsync;
 4. **ack** -- the caller (server.py) turns the :class:`Acks` into protos and sends them.
 
@@ -303,10 +303,19 @@ class ExecutionCore:
             self.journal.check_writable()
         except Exception as exc:
             raise ServiceUnavailable(f"journal cannot take the input: {exc}") from exc
-        outcome = self.state.apply_batch(batch)
-        # Appended after matching, in the same loop step (so in the same order): waking the writer
-        # thread only now keeps it from contending for the GIL while the engine runs.
+        # Journaled first, then matched: the writer thread's write and fdatasync run while the engine
+        # and the bookkeeping do (they need no disk), so the ack waits for the longer of the two, not
+        # their sum. Same loop step, so journal order is still engine order.
         future = self.journal.append(payload, RECORD_BATCH)
+        try:
+            outcome = self.state.apply_batch(batch)
+        except Exception as exc:
+            # The input is journaled but the state did not take it: serving on would diverge from what
+            # a recovery rebuilds. Stop taking inputs; a restart replays the journal.
+            self.accepting = False
+            log.critical("applying journaled input %d failed; refusing inputs until restart",
+                         batch.first_input_seq, exc_info=True)  # fmt: skip
+            raise ServiceUnavailable("the service hit an internal error and must be restarted") from exc
         t_match = now_ns()
         self._merge(acks, outcome, positions)
         accepted = len(batch)

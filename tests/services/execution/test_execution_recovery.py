@@ -284,3 +284,62 @@ async def test_a_partly_filled_iceberg_is_snapshotted_and_restored_exactly(
         assert state_view(harness) == before
     finally:
         await harness.close()
+
+
+def _limit_buy(client_id: str) -> api.NewOrder:
+    return api.NewOrder(
+        client_order_id=client_id,
+        symbol="BTCUSDT",
+        side=common.SIDE_BUY,
+        order_type=api.ORDER_TYPE_LIMIT,
+        price_ticks=100,
+        quantity_lots=3,
+    )
+
+
+async def test_an_input_journaled_but_not_applied_stops_intake_and_is_replayed_on_restart(
+    tmp_path: Path, make_config: Any, launch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal append comes before matching (the fsync overlaps the engine). Should applying a
+    journaled input fail, the service must stop taking inputs rather than serve a state that a
+    recovery would not rebuild; the restart replays the input like any other."""
+    import grpc
+
+    config = make_config(tmp_path, snapshot_every_inputs=0, snapshot_every_s=0)
+    harness = await launch(config)
+    try:
+        first = await harness.stub.SubmitOrder(
+            api.SubmitOrderRequest(order=_limit_buy("ok-1")), metadata=key("alice")
+        )
+        assert first.ack.status == api.ORDER_STATUS_NEW
+
+        def broken(batch: Any) -> Any:
+            raise RuntimeError("engine fault")
+
+        monkeypatch.setattr(harness.core.state, "apply_batch", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await harness.stub.SubmitOrder(
+                api.SubmitOrderRequest(order=_limit_buy("journaled-1")), metadata=key("alice")
+            )
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        monkeypatch.undo()
+        # Even with a working engine again, nothing more is taken until a restart.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await harness.stub.SubmitOrders(
+                api.SubmitOrdersRequest(orders=[_limit_buy("after-1")]), metadata=key("alice")
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await harness.close()
+    harness = await launch(config)
+    try:
+        replayed = await harness.stub.GetOrder(
+            api.GetOrderRequest(client_order_id="journaled-1"), metadata=key("alice")
+        )
+        assert replayed.order.order_id == first.ack.order_id + 1
+        assert replayed.order.leaves_quantity_lots == 3
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await harness.stub.GetOrder(api.GetOrderRequest(client_order_id="after-1"), metadata=key("alice"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await harness.close()
