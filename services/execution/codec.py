@@ -14,11 +14,37 @@ import numpy as np
 
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
-from services.execution.core import KIND_CANCEL, KIND_NEW, KIND_REPLACE, Acks, Inputs
+from services.execution.core import (
+    KIND_CANCEL,
+    KIND_NEW,
+    KIND_REPLACE,
+    Acks,
+    Inputs,
+    NewOrderEntry,
+    SingleAck,
+)
 from services.execution.risk import NEW_ORDER_DTYPE
 from services.execution.state import REASON_TEXT, ExecutionState
 
 _NO_SYMBOL: list[str] = []
+
+
+def decode_new_order(o: api.NewOrder, received_ns: int, arrival_ns: int) -> NewOrderEntry:
+    """SubmitOrder's one order as plain values (the fields in NEW_ORDER_DTYPE order)."""
+    fields = (
+        o.side,
+        o.order_type,
+        o.time_in_force,
+        o.price_ticks,
+        o.stop_price_ticks,
+        o.quantity_lots,
+        o.display_quantity_lots,
+        o.post_only,
+        o.self_trade_prevention,
+        o.protection_price_ticks,
+        o.priority,
+    )
+    return NewOrderEntry(o.symbol, o.client_order_id, fields, received_ns, arrival_ns)
 
 
 def decode_new_orders(orders: Sequence[api.NewOrder], received_ns: int, arrival_ns: int) -> Inputs:
@@ -185,6 +211,27 @@ def encode_acks(
             )
         )
     return out
+
+
+def encode_single_ack(ack: SingleAck, symbol: str, ack_ns: int) -> api.OrderAck:
+    """:func:`encode_acks` for SubmitOrder's :class:`SingleAck`."""
+    reason = ack.reason
+    return api.OrderAck(
+        action=KIND_NEW,
+        client_order_id=ack.client_id,
+        order_id=ack.order_id,
+        sequence=ack.sequence,
+        durable=ack.durable and ack.sequence > 0,
+        status=ack.status,  # type: ignore[arg-type]  # an OrderStatus value
+        reason=reason,  # type: ignore[arg-type]  # a RejectReason value
+        reason_text=reason_text(KIND_NEW, ack.client_id, reason, symbol) if reason else "",
+        price_ticks=ack.price,
+        quantity_lots=ack.quantity,
+        leaves_quantity_lots=ack.leaves,
+        cum_quantity_lots=ack.cum,
+        received_ns=ack.received_ns,
+        ack_ns=ack_ns,
+    )
 
 
 def encode_reports(reports: np.ndarray, state: ExecutionState) -> list[api.ExecutionReport]:

@@ -43,11 +43,13 @@ from services.execution.records import (
     RECORD_BATCH,
     RECORD_SYMBOL,
     Batch,
+    decode_batch,
     encode_account,
     encode_batch,
+    encode_one_batch,
     encode_symbol,
 )
-from services.execution.reference import AccountSpec, InstrumentSpec, ReferenceData
+from services.execution.reference import NOT_HELD, AccountSpec, InstrumentSpec, ReferenceData
 from services.execution.risk import (
     NEW_ORDER_DTYPE,
     AccountExposure,
@@ -144,6 +146,36 @@ class Acks:
 
 
 @dataclass(slots=True)
+class NewOrderEntry:
+    """The one new order of a SubmitOrder call, read off the wire into plain values (no arrays)."""
+
+    symbol: str
+    client_id: str
+    fields: tuple[int, ...]  # in NEW_ORDER_DTYPE field order
+    received_ns: int
+    arrival_ns: int  # native clock at arrival (latency accounting)
+
+
+@dataclass(slots=True)
+class SingleAck:
+    """:class:`Acks` of one new order (SubmitOrder), as plain values."""
+
+    client_id: str
+    received_ns: int
+    arrival_ns: int
+    order_id: int = 0
+    sequence: int = 0  # 0 when refused
+    status: int = 0
+    reason: int = 0
+    price: int = 0
+    quantity: int = 0
+    leaves: int = 0
+    cum: int = 0
+    durable: bool = False
+    durable_at_ns: int = 0
+
+
+@dataclass(slots=True)
 class StageHistograms:
     """Latency per order-path stage (native clock, ns), one sample per accepted input."""
 
@@ -215,6 +247,8 @@ class ExecutionCore:
         #: Sequence of the last execution report handed to subscribers (all earlier ones are durable).
         self.published_report_seq = state.next_report_seq - 1
         self._ledger_task: asyncio.Task[None] | None = None
+        # Acks say durable only when the journal fsyncs before acknowledging (not in the relaxed mode).
+        self._acks_durable = journal.durability.value == "fsync"
 
     # --- accounts and instruments --------------------------------------------------------------
 
@@ -259,8 +293,9 @@ class ExecutionCore:
             symbol_ids[symbol_ids == temporary] = symbol_id
 
     async def instruments_for(self, symbols: list[str]) -> tuple[list[str], list[InstrumentSpec | None]]:
+        """The distinct symbols and their instruments (None for an unknown or empty symbol)."""
         unique = list(dict.fromkeys(symbols))
-        return unique, [await self.reference.instrument(symbol) for symbol in unique]
+        return unique, [await self.reference.instrument(symbol) if symbol else None for symbol in unique]
 
     async def symbol_id_of(self, symbol: str) -> int | None:
         """The engine symbol id of a known instrument (None when the symbol is unknown)."""
@@ -284,13 +319,20 @@ class ExecutionCore:
         if account.kill_switch and inputs.cancel_reason != common.REJECT_REASON_KILL_SWITCH:
             await self._cancel_for_kill_switch(account)
         unique, specs = (
-            await self.instruments_for([s for s in inputs.symbols if s]) if inputs.symbols else ([], [])
+            await self.instruments_for(
+                [s for s, k in zip(inputs.symbols, inputs.kind.tolist(), strict=True) if k == KIND_NEW]
+            )
+            if inputs.symbols
+            else ([], [])
         )
+        payload: bytes | None
         if len(inputs) == 1 and inputs.preset_reasons is None and inputs.kind[0] == KIND_NEW and specs:
-            acks, batch, positions = self._prepare_one_new(account, inputs, specs[0])
+            acks, payload = self._prepare_one_new(account, inputs, specs[0])
+            batch, positions = None, _FIRST_POSITION
         else:
             acks, batch, positions = self._prepare(account, inputs, unique, specs)
-        if batch is None:
+            payload = None if batch is None else encode_batch(batch)
+        if payload is None:
             if sink is not None:
                 if self._inflight:
                     self._inflight[-1][1].append(acks)  # keep stream order behind the batch in flight
@@ -298,27 +340,10 @@ class ExecutionCore:
                     sink(acks)
             return acks
         t_risk = now_ns()
-        payload = encode_batch(batch)
-        try:
-            self.journal.check_writable()
-        except Exception as exc:
-            raise ServiceUnavailable(f"journal cannot take the input: {exc}") from exc
-        # Journaled first, then matched: the writer thread's write and fdatasync run while the engine
-        # and the bookkeeping do (they need no disk), so the ack waits for the longer of the two, not
-        # their sum. Same loop step, so journal order is still engine order.
-        future = self.journal.append(payload, RECORD_BATCH)
-        try:
-            outcome = self.state.apply_batch(batch)
-        except Exception as exc:
-            # The input is journaled but the state did not take it: serving on would diverge from what
-            # a recovery rebuilds. Stop taking inputs; a restart replays the journal.
-            self.accepting = False
-            log.critical("applying journaled input %d failed; refusing inputs until restart",
-                         batch.first_input_seq, exc_info=True)  # fmt: skip
-            raise ServiceUnavailable("the service hit an internal error and must be restarted") from exc
+        future, outcome = self._journal_and_apply(payload, batch)
         t_match = now_ns()
         self._merge(acks, outcome, positions)
-        accepted = len(batch)
+        accepted = len(outcome.status)
         stages = self.stages
         stages.risk.record_n(max(0, t_risk - inputs.arrival_ns), accepted)
         stages.match.record_n(t_match - t_risk, accepted)
@@ -337,10 +362,89 @@ class ExecutionCore:
         future.add_done_callback(lambda done: self._durable_to_sink(done, entry, outcome, t_match, sink))
         return acks
 
+    async def submit_order(self, account: AccountSpec, entry: NewOrderEntry) -> SingleAck:
+        """:meth:`submit` for the one new order of a SubmitOrder call; returns once it is durable.
+
+        The same rules, journal record and state change as a batch of one, with plain values
+        wherever an array would hold one element: for a single order numpy's per-call set-up costs
+        more than the work, and this is the path whose latency a client waits on.
+        """
+        if not self.accepting:
+            raise ServiceUnavailable("the service is stopping")
+        if account.kill_switch:
+            await self._cancel_for_kill_switch(account)
+        symbol = entry.symbol
+        spec = self.reference.instrument_held(symbol) if symbol else None
+        if spec is NOT_HELD:
+            spec = await self.reference.instrument(symbol)
+        ack = SingleAck(entry.client_id, entry.received_ns, entry.arrival_ns)
+        reason, payload = self._admit_one_new(
+            account,
+            symbol,
+            entry.client_id,
+            entry.fields,
+            spec,
+            entry.received_ns,  # type: ignore[arg-type]
+        )
+        if payload is None:
+            ack.status, ack.reason = REJECTED, reason
+            return ack
+        t_risk = now_ns()
+        future, outcome = self._journal_and_apply(payload, None)
+        t_match = now_ns()
+        (ack.order_id, ack.sequence, ack.status, ack.reason, ack.price, ack.quantity, ack.leaves, ack.cum,
+         _) = self._outcome_of_one(outcome, KIND_NEW)  # fmt: skip
+        stages = self.stages
+        stages.risk.record(max(0, t_risk - entry.arrival_ns))
+        stages.match.record(t_match - t_risk)
+        if self._on_batch_applied is not None:
+            self._on_batch_applied()
+        try:
+            await future
+        except Exception as exc:
+            raise ServiceUnavailable(f"journal failed: {exc}") from exc
+        ack.durable_at_ns = t_durable = now_ns()
+        stages.journal.record(t_durable - t_match)
+        ack.durable = self._acks_durable
+        self._publish(outcome)
+        return ack
+
+    def record_single_ack_sent(self, ack: SingleAck) -> None:
+        """:meth:`record_ack_sent` for a :class:`SingleAck`."""
+        if ack.sequence:
+            t_ack = now_ns()
+            self.stages.ack.record(t_ack - ack.durable_at_ns)
+            self.stages.total.record(t_ack - ack.arrival_ns)
+
+    def _journal_and_apply(
+        self, payload: bytes, batch: Batch | None
+    ) -> tuple[asyncio.Future[int], BatchOutcome]:
+        """Journal one batch record, then run it through the state; the future resolves once it is durable.
+
+        Journaled first, then matched: the writer thread's write and fdatasync run while the engine
+        and the bookkeeping do (they need no disk), so the ack waits for the longer of the two, not
+        their sum. Same loop step, so journal order is still engine order. ``batch`` is the record's
+        decoded form when the caller has it.
+        """
+        try:
+            self.journal.check_writable()
+        except Exception as exc:
+            raise ServiceUnavailable(f"journal cannot take the input: {exc}") from exc
+        future = self.journal.append(payload, RECORD_BATCH)
+        try:
+            outcome = self.state.apply_batch(decode_batch(payload) if batch is None else batch)
+        except Exception as exc:
+            # The input is journaled but the state did not take it: serving on would diverge from what
+            # a recovery rebuilds. Stop taking inputs; a restart replays the journal.
+            self.accepting = False
+            log.critical("applying a journaled batch failed; refusing inputs until restart", exc_info=True)
+            raise ServiceUnavailable("the service hit an internal error and must be restarted") from exc
+        return future, outcome
+
     def _durable(self, acks: Acks, outcome: BatchOutcome, t_match: int) -> None:
         t_durable = now_ns()
         self.stages.journal.record_n(t_durable - t_match, acks.accepted)
-        acks.durable = self.journal.durability.value == "fsync"
+        acks.durable = self._acks_durable
         acks.durable_at_ns = t_durable
         self._publish(outcome)
 
@@ -359,7 +463,7 @@ class ExecutionCore:
             sink(error)
             return
         acks = entry[1][0]
-        acks.durable = self.journal.durability.value == "fsync"
+        acks.durable = self._acks_durable
         acks.durable_at_ns = now_ns()
         self.stages.journal.record_n(acks.durable_at_ns - t_match, acks.accepted)
         for follower in entry[1]:
@@ -492,19 +596,54 @@ class ExecutionCore:
 
     def _prepare_one_new(
         self, account: AccountSpec, inputs: Inputs, spec: InstrumentSpec | None
-    ) -> tuple[Acks, Batch | None, np.ndarray]:
-        """:meth:`_prepare` for a single new order (SubmitOrder): the same rules in plain Python.
+    ) -> tuple[Acks, bytes | None]:
+        """:meth:`_prepare` for a batch of one new order (a one-order stream message): its acks and
+        its journal record (None when refused)."""
+        reason, payload = self._admit_one_new(
+            account,
+            inputs.symbols[0],
+            inputs.client_ids[0],
+            inputs.orders[0].item(),
+            spec,
+            inputs.received_ns,
+        )
+        acks = Acks(
+            kind=inputs.kind,
+            client_ids=[inputs.client_ids[0]],
+            order_ids=np.zeros(1, np.int64),
+            sequences=np.zeros(1, np.int64),
+            status=np.array([REJECTED if reason else 0], np.uint8),
+            reason=np.array([reason], np.uint16),
+            price=np.zeros(1, np.int64),
+            quantity=np.zeros(1, np.int64),
+            leaves=np.zeros(1, np.int64),
+            cum=np.zeros(1, np.int64),
+            priority_kept=np.zeros(1, bool),
+            received_ns=inputs.received_ns,
+            arrival_ns=inputs.arrival_ns,
+        )
+        return acks, payload
 
-        numpy's per-call set-up costs more than the work for one order, so this path reads the
-        order's fields once and builds the one-row engine command and journal meta from tuples.
-        The journal record is byte for byte what :meth:`_prepare` would have built.
+    def _admit_one_new(
+        self,
+        account: AccountSpec,
+        symbol: str,
+        client_id: str,
+        fields: tuple[int, ...],
+        spec: InstrumentSpec | None,
+        received_ns: int,
+    ) -> tuple[int, bytes | None]:
+        """:meth:`_prepare` for one new order in plain Python: (reject reason, journal record or None).
+
+        numpy's per-call set-up costs more than the work for one order, so this reads the order's
+        NEW_ORDER_DTYPE ``fields`` once and builds the engine command and journal meta as tuples. The
+        record is byte for byte what :meth:`_prepare` builds for a batch of one (a test holds them
+        together). An accepted order's book is opened (and journaled) here when it is the first.
         """
         state = self.state
         bucket = self.bucket(account)
         bucket.refill(now_ns())
         self.counters.orders_received += 1
-        symbol = inputs.symbols[0]
-        client_id = inputs.client_ids[0]
         known = state.symbol_ids.get(symbol)
         provisional = False
         if spec is None:
@@ -517,7 +656,6 @@ class ExecutionCore:
         else:
             log.error("no engine book left for %s (max_symbols reached)", symbol)
             symbol_id = -1
-        fields: tuple[int, ...] = inputs.orders[0].item()
         row = state.account_row(account.account_id)
         exposure = AccountExposure(
             state.position[row], state.open_buy[row], state.open_sell[row], int(state.open_orders[row])
@@ -532,37 +670,15 @@ class ExecutionCore:
             exposure,
             bucket,
         )
-        if provisional and not reason:
-            self.journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
-            state.add_symbol(symbol_id, symbol)
-        acks = Acks(
-            kind=inputs.kind,
-            client_ids=[client_id],
-            order_ids=np.zeros(1, np.int64),
-            sequences=np.zeros(1, np.int64),
-            status=np.array([REJECTED if reason else 0], np.uint8),
-            reason=np.array([reason], np.uint16),
-            price=np.zeros(1, np.int64),
-            quantity=np.zeros(1, np.int64),
-            leaves=np.zeros(1, np.int64),
-            cum=np.zeros(1, np.int64),
-            priority_kept=np.zeros(1, bool),
-            received_ns=inputs.received_ns,
-            arrival_ns=inputs.arrival_ns,
-        )
         if reason:
             self.counters.inputs_rejected += 1
             by_reason = self.counters.rejects_by_reason
             by_reason[reason] = by_reason.get(reason, 0) + 1
-            return acks, None, _NO_POSITIONS
+            return reason, None
+        if provisional:
+            self.journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
+            state.add_symbol(symbol_id, symbol)
         self._ensure_account(account)
-        return acks, self._one_new_batch(account, inputs, fields, symbol_id, client_id), _FIRST_POSITION
-
-    def _one_new_batch(
-        self, account: AccountSpec, inputs: Inputs, fields: tuple[int, ...], symbol_id: int, client_id: str
-    ) -> Batch:
-        """:meth:`_build_batch` / :meth:`_fill_new_commands` for one accepted new order."""
-        state = self.state
         side, otype, tif, price, stop, qty, display, post_only, stp, protection, priority = fields
         if tif == 0:
             tif = _DEFAULT_TIF_BY_TYPE[otype]
@@ -580,7 +696,7 @@ class ExecutionCore:
             engine_type = EngineType.STOP_LIMIT
         command = (
             state.order_count + 1, account.account_id, bound if is_market else price, qty, stop, display,
-            symbol_id, priority, Action.NEW, side, engine_type, tif, 1 if post_only else 0,
+            symbol_id, priority, _ACTION_NEW, side, engine_type, tif, 1 if post_only else 0,
             _STP_TO_ENGINE_LIST[stp], 0,
         )  # fmt: skip
         meta = (
@@ -588,13 +704,8 @@ class ExecutionCore:
             stp or api.SELF_TRADE_PREVENTION_CANCEL_RESTING, 1 if post_only else 0, len(client_id),
             0, 0, 0,
         )  # fmt: skip
-        return Batch(
-            state.next_input_seq,
-            inputs.received_ns,
-            time.time_ns(),
-            np.array([command], COMMAND_DTYPE),
-            np.array([meta], META_DTYPE),
-            client_id.encode("ascii"),
+        return 0, encode_one_batch(
+            state.next_input_seq, received_ns, time.time_ns(), command, meta, client_id.encode("ascii")
         )
 
     def _check_existing(
@@ -832,31 +943,39 @@ class ExecutionCore:
 
     def _merge_one(self, acks: Acks, outcome: BatchOutcome) -> None:
         """:meth:`_merge` for a batch of one input (element assignments instead of masks)."""
+        (acks.order_ids[0], acks.sequences[0], acks.status[0], acks.reason[0], acks.price[0],
+         acks.quantity[0], acks.leaves[0], acks.cum[0], acks.priority_kept[0]) = self._outcome_of_one(
+            outcome, int(acks.kind[0]))  # fmt: skip
+        acks.reports = outcome.reports
+
+    def _outcome_of_one(
+        self, outcome: BatchOutcome, kind: int
+    ) -> tuple[int, int, int, int, int, int, int, int, bool]:
+        """A batch of one's ack values (order id, sequence, status, reason, price, quantity, leaves,
+        cum, priority kept), counted."""
         status = int(outcome.status[0])
         reason = int(outcome.reason[0])
-        refused = status == REJECTED
-        acks.order_ids[0] = outcome.order_ids[0]
-        acks.sequences[0] = 0 if refused else outcome.first_input_seq
-        acks.status[0] = status
-        acks.reason[0] = reason
-        acks.price[0] = outcome.price[0]
-        acks.quantity[0] = outcome.quantity[0]
-        acks.leaves[0] = outcome.leaves[0]
-        acks.cum[0] = outcome.cum[0]
-        acks.priority_kept[0] = outcome.priority_kept[0]
-        acks.reports = outcome.reports
         counters = self.counters
-        if refused:
+        if status == REJECTED:
             counters.inputs_rejected += 1
             counters.rejects_by_reason[reason] = counters.rejects_by_reason.get(reason, 0) + 1
-            return
-        kind = int(acks.kind[0])
-        if kind == KIND_NEW:
+        elif kind == KIND_NEW:
             counters.orders_accepted += 1
         elif kind == KIND_CANCEL:
             counters.cancels_accepted += 1
         elif kind == KIND_REPLACE:
             counters.replaces_accepted += 1
+        return (
+            int(outcome.order_ids[0]),
+            0 if status == REJECTED else outcome.first_input_seq,
+            status,
+            reason,
+            int(outcome.price[0]),
+            int(outcome.quantity[0]),
+            int(outcome.leaves[0]),
+            int(outcome.cum[0]),
+            bool(outcome.priority_kept[0]),
+        )
 
     # --- after durability ------------------------------------------------------------------------
 

@@ -52,6 +52,36 @@ META_DTYPE = np.dtype(
 )
 
 _BATCH_HEADER = struct.Struct("<QqqII")
+
+
+def struct_of(dtype: np.dtype) -> struct.Struct:
+    """A ``struct.Struct`` with the byte layout of one ``dtype`` record (little-endian integers, no gaps).
+
+    For building a one-row record from a tuple: ``struct`` packs one row in ~0.3 µs where
+    ``np.array([row], dtype).tobytes()`` takes ~1.5 µs.
+    """
+    codes = {("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q",
+             ("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "Q"}  # fmt: skip
+    layout = "<"
+    offset = 0
+    for name in dtype.names or ():
+        field_dtype, field_offset = dtype.fields[name][:2]  # type: ignore[index]
+        if (
+            field_offset != offset
+            or field_dtype.byteorder == ">"
+            or (field_dtype.kind, field_dtype.itemsize) not in codes
+        ):
+            raise TypeError(f"field {name!r} of {dtype} has no plain struct equivalent")
+        layout += codes[(field_dtype.kind, field_dtype.itemsize)]
+        offset += field_dtype.itemsize
+    packed = struct.Struct(layout)
+    if packed.size != dtype.itemsize:
+        raise TypeError(f"{dtype} has trailing padding")
+    return packed
+
+
+_COMMAND = struct_of(COMMAND_DTYPE)
+_META = struct_of(META_DTYPE)
 _SYMBOL = struct.Struct("<I")
 _ACCOUNT = struct.Struct("<Q")
 
@@ -80,6 +110,20 @@ def encode_batch(batch: Batch) -> bytes:
         len(batch.client_ids),
     )
     return b"".join((header, batch.commands.tobytes(), batch.meta.tobytes(), batch.client_ids))
+
+
+def encode_one_batch(
+    first_input_seq: int,
+    received_ns: int,
+    transact_ns: int,
+    command: tuple[int, ...],
+    meta: tuple[int, ...],
+    client_ids: bytes,
+) -> bytes:
+    """:func:`encode_batch` of a batch of one input given as a COMMAND_DTYPE and a META_DTYPE row
+    (tuples): the same bytes, without building arrays (the SubmitOrder path)."""
+    header = _BATCH_HEADER.pack(first_input_seq, received_ns, transact_ns, 1, len(client_ids))
+    return b"".join((header, _COMMAND.pack(*command), _META.pack(*meta), client_ids))
 
 
 def decode_batch(payload: bytes) -> Batch:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import functools
 import hashlib
 import json
@@ -87,6 +88,15 @@ class AccountSpec:
 
 def encode_spec(spec: InstrumentSpec | AccountSpec) -> bytes:
     return json.dumps(asdict(spec), sort_keys=True).encode("utf-8")
+
+
+class NotHeld(enum.Enum):
+    """The answer of a ``*_held`` lookup whose row is not held locally: await the async lookup."""
+
+    NOT_HELD = "not held"
+
+
+NOT_HELD = NotHeld.NOT_HELD
 
 
 def _decode(cls: type[Any], raw: bytes) -> Any:
@@ -253,20 +263,27 @@ class ReferenceData:
         self.counters = LookupCounters()
         self._decoded: dict[str, tuple[bytes, Any]] = {}
 
-    async def _raw(self, key: str) -> bytes | None:
+    def _held_spec(self, key: str, cls: type[Any]) -> Any:
+        """The spec of ``key`` when the source holds its row now (no await), else :data:`NOT_HELD`."""
+        raw = self.source.peek(key)
+        if raw is False:
+            return NOT_HELD
         self.counters.lookups += 1
-        held = self.source.peek(key)
-        if held is not False:
-            return held  # type: ignore[return-value]
-        value, from_sql = await self.source.get(key)
-        if from_sql:
-            self.counters.sql_lookups += 1
-        return value
+        return self._spec_of(key, cls, raw)  # type: ignore[arg-type]
 
     async def _spec(self, key: str, cls: type[Any]) -> Any:
-        raw = await self._raw(key)
-        if raw is None:
-            return None
+        spec = self._held_spec(key, cls)
+        if spec is not NOT_HELD:
+            return spec
+        self.counters.lookups += 1
+        raw, from_sql = await self.source.get(key)
+        if from_sql:
+            self.counters.sql_lookups += 1
+        return self._spec_of(key, cls, raw)
+
+    def _spec_of(self, key: str, cls: type[Any], raw: bytes | None) -> Any:
+        if raw is None or cls is bytes:
+            return raw
         known = self._decoded.get(key)
         if known is not None and known[0] == raw:
             return known[1]
@@ -282,16 +299,37 @@ class ReferenceData:
         spec: InstrumentSpec | None = await self._spec(INSTRUMENT_PREFIX + symbol, InstrumentSpec)
         return spec
 
+    def instrument_held(self, symbol: str) -> InstrumentSpec | NotHeld | None:
+        """:meth:`instrument` without an await when its row is held locally, else :data:`NOT_HELD`.
+
+        The order path's lookups almost always hit (rows are refreshed ahead); a coroutine chain per
+        lookup costs more than the lookup.
+        """
+        spec: InstrumentSpec | NotHeld | None = self._held_spec(INSTRUMENT_PREFIX + symbol, InstrumentSpec)
+        return spec
+
     async def account(self, name: str) -> AccountSpec | None:
         spec: AccountSpec | None = await self._spec(ACCOUNT_PREFIX + name, AccountSpec)
         return spec
 
     async def account_for_key(self, api_key: str) -> AccountSpec | None:
         """The account owning ``api_key``, or None for an unknown key."""
-        raw = await self._raw(API_KEY_PREFIX + api_key_hash(api_key))
-        if raw is None:
+        name = self._held_spec(API_KEY_PREFIX + api_key_hash(api_key), bytes)
+        if name is NOT_HELD:
+            name = await self._spec(API_KEY_PREFIX + api_key_hash(api_key), bytes)
+        if name is None:
             return None
-        return await self.account(raw.decode("utf-8"))
+        return await self.account(name.decode("utf-8"))
+
+    def account_for_key_held(self, api_key: str) -> AccountSpec | NotHeld | None:
+        """:meth:`account_for_key` without an await when both rows are held locally, else :data:`NOT_HELD`."""
+        name = self._held_spec(API_KEY_PREFIX + api_key_hash(api_key), bytes)
+        if name is None or name is NOT_HELD:
+            return name  # type: ignore[no-any-return]
+        spec: AccountSpec | NotHeld | None = self._held_spec(
+            ACCOUNT_PREFIX + name.decode("utf-8"), AccountSpec
+        )
+        return spec
 
     async def close(self) -> None:
         await self.source.close()

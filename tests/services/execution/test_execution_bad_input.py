@@ -97,6 +97,7 @@ async def seeded(harness: Any) -> Any:
     ("bad", "reason"),
     [
         (order("x", BUY, 100, 1, symbol="NOPE"), common.REJECT_REASON_UNKNOWN_SYMBOL),
+        (order("x", BUY, 100, 1, symbol=""), common.REJECT_REASON_UNKNOWN_SYMBOL),
         (order("x", BUY, 100, 0), common.REJECT_REASON_INVALID_QUANTITY),
         (order("x", BUY, 100, -3), common.REJECT_REASON_INVALID_QUANTITY),
         (order("x", BUY, 0, 1), common.REJECT_REASON_INVALID_PRICE),
@@ -125,11 +126,19 @@ async def seeded(harness: Any) -> Any:
         (order("x", BUY, 100, 5, order_type=api.ORDER_TYPE_STOP_LIMIT), common.REJECT_REASON_INVALID_PRICE),
     ],
 )
+@pytest.mark.parametrize("entry", ["SubmitOrder", "SubmitOrders", "OrderStream"])
 async def test_bad_order_is_rejected_with_its_reason_and_disturbs_nothing(
-    seeded: Any, bad: api.NewOrder, reason: int
+    seeded: Any, bad: api.NewOrder, reason: int, entry: str
 ) -> None:
     before = await book_fingerprint(seeded)
-    ack = (await seeded.stub.SubmitOrder(api.SubmitOrderRequest(order=bad), metadata=ALICE)).ack
+    stub = seeded.stub
+    if entry == "SubmitOrder":  # the single-order path
+        ack = (await stub.SubmitOrder(api.SubmitOrderRequest(order=bad), metadata=ALICE)).ack
+    elif entry == "SubmitOrders":
+        (ack,) = (await stub.SubmitOrders(api.SubmitOrdersRequest(orders=[bad]), metadata=ALICE)).acks
+    else:
+        message = api.OrderStreamRequest(inputs=[api.OrderInput(new_order=bad)])
+        (ack,) = [a async for r in stub.OrderStream(iter([message]), metadata=ALICE) for a in r.acks]
     assert ack.status == api.ORDER_STATUS_REJECTED
     assert ack.reason == reason, common.RejectReason.Name(ack.reason)
     assert ack.reason_text.startswith("Cannot submit order") and ack.order_id == 0 and ack.sequence == 0

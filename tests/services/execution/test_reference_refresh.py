@@ -67,3 +67,51 @@ async def test_rows_nobody_looks_up_are_dropped_from_the_refresh(tmp_path: Path)
         assert source.refreshes >= 1
     finally:
         await source.close()
+
+
+async def test_held_lookups_answer_without_an_await_only_what_the_async_lookup_would(tmp_path: Path) -> None:
+    """The order path's ``*_held`` lookups: NOT_HELD until a row is held, then the same answers
+    (and the same lookup counts) as the async lookups, misses included. (A row past its TTL is not
+    held: see the test above.)"""
+    from services.execution.reference import (
+        NOT_HELD,
+        AccountSpec,
+        InstrumentSpec,
+        ReferenceData,
+        api_key_hash,
+        encode_spec,
+    )
+
+    store = await _store(tmp_path)
+    clock = VersionClock()
+    await store.put_many(
+        [
+            ("instrument:BTCUSDT", StoredEntry(encode_spec(InstrumentSpec(symbol="BTCUSDT")), clock.next())),
+            (
+                "account:alice",
+                StoredEntry(encode_spec(AccountSpec(name="alice", account_id=7)), clock.next()),
+            ),
+            (f"apikey:{api_key_hash('k-alice')}", StoredEntry(b"alice", clock.next())),
+        ]
+    )
+    reference = ReferenceData(SqlSource(store, local_ttl_ms=60_000))
+    try:
+        assert reference.instrument_held("BTCUSDT") is NOT_HELD
+        assert reference.instrument_held("NOPE") is NOT_HELD
+        assert reference.account_for_key_held("k-alice") is NOT_HELD
+        spec = await reference.instrument("BTCUSDT")
+        assert spec is not None and spec.symbol == "BTCUSDT"
+        assert await reference.instrument("NOPE") is None
+        account = await reference.account_for_key("k-alice")
+        assert account is not None and account.account_id == 7
+        assert await reference.account_for_key("k-wrong") is None
+        lookups, sql = reference.counters.lookups, reference.counters.sql_lookups
+
+        assert reference.instrument_held("BTCUSDT") is spec  # decoded once, the same object
+        assert reference.instrument_held("NOPE") is None  # a held miss is an answer, not NOT_HELD
+        assert reference.account_for_key_held("k-alice") is account
+        assert reference.account_for_key_held("k-wrong") is None
+        assert reference.counters.lookups == lookups + 5  # one per row read; no SQL
+        assert reference.counters.sql_lookups == sql
+    finally:
+        await reference.close()
