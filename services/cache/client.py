@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CachedValue:
-    """A value with its version; ``ttl_ms`` 0 = no expiry; ``level`` is the CacheLevel that answered."""
+    """A value with its version and the CacheLevel that answered (``level``).
+
+    ``ttl_ms``: how long the answer stays valid, 0 = no expiry. An answer from the near cache
+    (level 1 on the client) gives the time it stays held there, never more than the value's own.
+    """
 
     value: bytes
     version: int
@@ -141,7 +145,12 @@ class CacheClient:
         if near_cache:
             entry = self.near_cache.get(key)
             if entry is not None:
-                return None if entry.negative else CachedValue(entry.value, entry.version, level=1)
+                if entry.negative:
+                    return None
+                # The time it stays in the near cache: never past the value's own TTL (the near
+                # cache holds a value at most that long), so a safe lower bound; 0 would say "never".
+                ttl_ms = self.near_cache.ttl_left_ms(entry)
+                return CachedValue(entry.value, entry.version, ttl_ms=ttl_ms, level=1)
             return await self._fetch(key)
         response = await self._service().Get(cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s)
         return _from_proto(response)

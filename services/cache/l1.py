@@ -280,6 +280,12 @@ class NearCache:
         self._history: deque[_Invalidation] = deque(maxlen=invalidation_history)
 
     # --- lookups -----------------------------------------------------------------------
+    def ttl_left_ms(self, entry: L1Entry) -> int:
+        """How long ``entry`` stays held, in ms (at least 1 while held); 0 when it never expires."""
+        if not entry.expires_ns:
+            return 0
+        return max(1, (entry.expires_ns - self._clock_ns()) // 1_000_000)
+
     def get(self, key: str) -> L1Entry | None:
         """The live entry for ``key`` (possibly a cached miss: check ``.negative``), or None."""
         entry = self._entries.get(key)

@@ -39,6 +39,19 @@ def test_entry_expires_after_its_ttl() -> None:
     assert cache.stats().expirations == 1
 
 
+def test_time_left_counts_down_and_never_reads_as_no_expiry_while_held() -> None:
+    clock = FakeClock()
+    cache = NearCache(100, 1 << 20, clock_ns=clock)
+    cache.put("k", b"v", ttl_ms=50)
+    cache.put("forever", b"v")
+    entry = cache.get("k")
+    assert entry is not None and cache.ttl_left_ms(entry) == 50
+    clock.now_ns += 49_900_000
+    assert cache.ttl_left_ms(entry) == 1  # under a millisecond left: 1, since 0 would mean "never"
+    forever = cache.get("forever")
+    assert forever is not None and cache.ttl_left_ms(forever) == 0
+
+
 def test_negative_entry_is_a_cached_miss() -> None:
     cache = NearCache(100, 1 << 20)
     cache.put("ghost", b"", negative=True, ttl_ms=1000)
