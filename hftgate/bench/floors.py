@@ -222,6 +222,16 @@ async def _serve_grpc(journal_dir: str | None = None) -> None:
         "127.0.0.1:0",
         [ServiceBinding(ECHO_SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)))],
     )
+    # The same CPU placement as the services' (hftgate.placement, "auto"): the floor is measured
+    # on the stack and settings the services run with.
+    from hftgate import placement
+
+    chosen = placement.plan(placement.AUTO, placement.AUTO, placement.allowed_cpus())
+    if journal is not None and chosen.helper is not None:
+        journal.place_writer(chosen.helper)
+    if chosen.loop is not None:
+        placement.pin_event_loop(asyncio.get_running_loop(), chosen.loop)
+        placement.pin_grpc_threads(chosen.loop)
     print(f"PORT {running.port}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)

@@ -13,6 +13,7 @@ The C header documents the slot and record formats; :data:`SLOT_HEADER_BYTES` an
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,17 @@ class JournalWriterThread:
         status = self._status
         lib.hft_journal_writer_status_get(self._writer, status)
         return int(status.acked_seq), bool(status.failed)
+
+    def set_cpus(self, cpus: Iterable[int]) -> None:
+        """Run the thread only on ``cpus`` (see ``hft_journal_writer_set_cpus``); raises on a CPU
+        number out of range or one this process may not use."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        chosen = sorted(set(cpus))
+        check(
+            lib.hft_journal_writer_set_cpus(self._writer, ffi.new("int[]", chosen), len(chosen)),
+            f"hft_journal_writer_set_cpus({chosen})",
+        )
 
     def join(self) -> WriterStatus:
         """Wait for the thread to end (close the queue first), free it, and return its last counters."""

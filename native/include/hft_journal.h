@@ -98,6 +98,14 @@ int hft_journal_writer_start(hft_mpsc_queue *queue, const hft_journal_writer_con
  * acquire ordering, so a reader that sees failed == 1 also sees the message. */
 void hft_journal_writer_status_get(const hft_journal_writer *writer, hft_journal_writer_status *out);
 
+/* Restrict the writer thread to the `count` CPUs in `cpus` (Linux CPU numbers).
+ * Why: with the event loop on other CPUs, the writer's fdatasync runs beside the
+ * loop's matching instead of queueing behind it, and neither thread is migrated
+ * at each wake-up (measured on a 2-vCPU VM: ~80 us less per durable order).
+ * HFT_EINVAL for an empty list or a CPU number out of range, or the negated
+ * errno of pthread_setaffinity_np (e.g. -EINVAL for CPUs the process may not use). */
+int hft_journal_writer_set_cpus(hft_journal_writer *writer, const int *cpus, size_t count);
+
 /* Wait for the thread to end and free the writer (closing its segment fd); the
  * counters as they ended go to *final_status unless it is NULL. Close the queue
  * first (hft_mpsc_queue_close): the writer drains what is queued, writes and

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -332,6 +333,18 @@ nomem:
     free(w->directory);
     free(w);
     return HFT_ENOMEM;
+}
+
+int hft_journal_writer_set_cpus(hft_journal_writer *w, const int *cpus, size_t count) {
+    if (!w || !cpus || count == 0) return HFT_EINVAL;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (size_t i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return HFT_EINVAL;
+        CPU_SET(cpus[i], &set);
+    }
+    int rc = pthread_setaffinity_np(w->thread, sizeof set, &set);
+    return rc ? -rc : HFT_OK;
 }
 
 void hft_journal_writer_status_get(const hft_journal_writer *w, hft_journal_writer_status *out) {

@@ -1,6 +1,9 @@
 /* Tests for the CRC-32 and the journal writer thread (hft_crc32.h, hft_journal.h). */
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -265,11 +268,79 @@ static void test_start_rejects_bad_configuration(void) {
     hft_mpsc_queue_destroy(queue);
 }
 
+/* The writer thread's allowed CPUs as the kernel lists them ("1", "0-1"), found by its name. */
+static int writer_cpus_allowed(char *out, size_t size) {
+    DIR *tasks = opendir("/proc/self/task");
+    if (!tasks) return 0;
+    int found = 0;
+    struct dirent *entry;
+    while (!found && (entry = readdir(tasks)) != NULL) {
+        if (entry->d_name[0] == '.') continue;
+        char path[300], line[256];
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", entry->d_name);
+        FILE *comm = fopen(path, "r");
+        if (!comm) continue;
+        int is_writer = fgets(line, sizeof line, comm) && strncmp(line, "hft-journal", 11) == 0;
+        fclose(comm);
+        if (!is_writer) continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", entry->d_name);
+        FILE *status = fopen(path, "r");
+        if (!status) continue;
+        while (fgets(line, sizeof line, status))
+            if (strncmp(line, "Cpus_allowed_list:", 18) == 0) {
+                char *value = line + 18;
+                while (*value == ' ' || *value == '\t') value++;
+                value[strcspn(value, "\n")] = 0;
+                size_t length = strlen(value);
+                if (length >= size) length = size - 1;
+                memcpy(out, value, length);
+                out[length] = 0;
+                found = 1;
+            }
+        fclose(status);
+    }
+    closedir(tasks);
+    return found;
+}
+
+static void test_writer_can_be_placed_on_chosen_cpus(void) {
+    cpu_set_t mine;
+    CHECK_EQ_INT(sched_getaffinity(0, sizeof mine, &mine), 0);
+    int last = -1;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, &mine)) last = cpu;
+    CHECK(last >= 0);
+    fixture f;
+    fixture_open(&f, 1, 1 << 30, 1, 0);
+    int cpus[] = {last};
+    CHECK_EQ_INT(hft_journal_writer_set_cpus(f.writer, cpus, 1), HFT_OK);
+    char allowed[64] = "", expected[16];
+    snprintf(expected, sizeof expected, "%d", last);
+    CHECK(writer_cpus_allowed(allowed, sizeof allowed));
+    CHECK(strcmp(allowed, expected) == 0);
+    /* Bad lists change nothing. */
+    int negative[] = {-1}, too_big[] = {CPU_SETSIZE};
+    CHECK_EQ_INT(hft_journal_writer_set_cpus(f.writer, cpus, 0), HFT_EINVAL);
+    CHECK_EQ_INT(hft_journal_writer_set_cpus(f.writer, negative, 1), HFT_EINVAL);
+    CHECK_EQ_INT(hft_journal_writer_set_cpus(f.writer, too_big, 1), HFT_EINVAL);
+    CHECK_EQ_INT(hft_journal_writer_set_cpus(NULL, cpus, 1), HFT_EINVAL);
+    CHECK(writer_cpus_allowed(allowed, sizeof allowed));
+    CHECK(strcmp(allowed, expected) == 0);
+    /* And the placed writer still writes. */
+    unsigned char payload[8];
+    make_payload(payload, 1, sizeof payload);
+    push_record(&f, 1, 1, payload, sizeof payload);
+    wait_acked(&f, 1);
+    fixture_close(&f);
+    remove_dir(f.dir);
+}
+
 int main(void) {
     RUN(test_crc32_matches_zlib_vectors);
     RUN(test_writer_frames_small_and_split_records);
     RUN(test_writer_rotates_segments_in_sequence);
     RUN(test_writer_stops_on_a_sequence_gap);
     RUN(test_start_rejects_bad_configuration);
+    RUN(test_writer_can_be_placed_on_chosen_cpus);
     return TEST_SUMMARY("journal");
 }

@@ -27,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hftgate import telemetry
+from hftgate import placement, telemetry
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
-from services.execution.config import load_config
-from services.execution.server import start
+from services.execution.config import ExecutionConfig, load_config
+from services.execution.server import ExecutionServer, start
 
 log = logging.getLogger("services.execution")
 
@@ -42,6 +42,7 @@ async def main() -> None:
     log.info("config: %s", describe(config))
     telemetry.configure("execution", metrics_port=config.metrics_port)
     running = await start(config)
+    place_threads(running, config)
     if config.seed_demo_data:
         log.info(
             "demo accounts %s: API key of NAME is '<HFTGATE_EXECUTION_DEMO_KEY_SECRET>-NAME'",
@@ -50,6 +51,18 @@ async def main() -> None:
     log.info("state directory %s (recovered in %.1f ms)", config.state_path(), running.recovery_ms)
     log.info("listening on %s:%d", config.host, running.port)
     await serve_until_signalled(running, config.shutdown_grace_s)
+
+
+def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:
+    """Keep the event loop and the journal writer on different CPUs (hftgate/placement.py)."""
+    assert running.core is not None
+    chosen = placement.plan(config.loop_cpus, config.journal_writer_cpus, placement.allowed_cpus())
+    if chosen.helper is not None:
+        running.core.journal.place_writer(chosen.helper)
+    if chosen.loop is not None:
+        placement.pin_event_loop(asyncio.get_running_loop(), chosen.loop)
+        placement.pin_grpc_threads(chosen.loop)
+    log.info("CPU placement: %s", chosen.describe())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hftgate import placement
 from hftgate.config import default_state_dir, from_env
 
 ENV_PREFIX = "HFTGATE_EXECUTION_"
@@ -84,6 +85,12 @@ class ExecutionConfig:
     # Execution reports kept for StreamExecutions resumption.
     retained_reports: int = 200_000
 
+    # CPU placement (hftgate/placement.py): "auto" keeps the event loop and the journal writer
+    # thread on different CPUs when the process may use two or more (the writer on the highest);
+    # "off" leaves a thread to the scheduler; or a CPU list such as "2" or "0-3,6".
+    loop_cpus: str = "auto"
+    journal_writer_cpus: str = "auto"
+
     # Prometheus /metrics port; 0 = no metrics endpoint.
     metrics_port: int = 0
 
@@ -122,6 +129,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> ExecutionConfig:
         )
     if bool(config.tls_cert_path) != bool(config.tls_key_path):
         raise ValueError(f"{ENV_PREFIX}TLS_CERT_PATH and {ENV_PREFIX}TLS_KEY_PATH must be set together")
+    for name in ("loop_cpus", "journal_writer_cpus"):
+        try:
+            placement.check_spec(getattr(config, name))
+        except ValueError as exc:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}; use auto, off or a CPU list") from None
     if config.max_batch_orders < 1 or config.max_stream_message_inputs < 1:
         raise ValueError("max_batch_orders and max_stream_message_inputs must be at least 1")
     return config

@@ -105,7 +105,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -514,6 +514,12 @@ class Journal:
             raise
         self._loop = loop
         loop.add_reader(self._notify_fd, self._on_writer_signal)
+
+    def place_writer(self, cpus: Iterable[int]) -> None:
+        """Run the writer thread only on ``cpus`` (see :mod:`hftgate.placement`)."""
+        if self._writer is None:
+            raise RuntimeError("journal is not started")
+        self._writer.set_cpus(cpus)
 
     def slots_for(self, payload_length: int) -> int:
         """How many queue slots a record with ``payload_length`` bytes of payload takes."""

@@ -1,0 +1,120 @@
+"""CPU placement of the event loop and the journal writer (hftgate/placement.py), and its use by
+the real execution service process."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from hftgate import placement
+from hftgate.placement import Placement, parse_cpus, plan
+
+
+def test_cpu_lists_read_like_the_kernel_writes_them() -> None:
+    assert parse_cpus("3") == {3}
+    assert parse_cpus("0-2,6") == {0, 1, 2, 6}
+    assert parse_cpus(" 1 , 4-5 ") == {1, 4, 5}
+    for bad in ("", ",", "a", "3-1", "-2", "1-x"):
+        with pytest.raises(ValueError):
+            parse_cpus(bad)
+
+
+def test_auto_keeps_the_loop_and_the_writer_apart() -> None:
+    two, eight = frozenset({0, 1}), frozenset(range(8))
+    assert plan("auto", "auto", two) == Placement(frozenset({0}), frozenset({1}))
+    assert plan("auto", "auto", eight) == Placement(frozenset(range(7)), frozenset({7}))
+    assert plan("auto", "auto", frozenset({5})) == Placement(None, None)  # one CPU: nothing to separate
+    assert plan("off", "off", eight) == Placement(None, None)
+    # An explicit role leaves the rest to the auto one.
+    assert plan("0-1", "auto", eight) == Placement(frozenset({0, 1}), frozenset({7}))
+    assert plan("auto", "2", eight) == Placement(frozenset(range(8)) - {2}, frozenset({2}))
+    assert plan("0-7", "auto", eight) == Placement(frozenset(range(8)), None)  # nothing left to give
+    assert plan("off", "auto", two) == Placement(None, frozenset({1}))
+    assert plan("auto", "off", two) == Placement(
+        None, None
+    )  # the loop is kept off an unplaced writer's CPU? no: unpinned
+    with pytest.raises(ValueError, match="not available"):
+        plan("9", "auto", eight)
+
+
+def test_the_loop_pin_leaves_its_background_threads_every_cpu() -> None:
+    """Run in a thread of its own, so the test process keeps its affinity."""
+    allowed = placement.allowed_cpus()
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs")
+    seen: dict[str, frozenset[int]] = {}
+
+    def run() -> None:
+        async def main() -> None:
+            placement.pin_event_loop(asyncio.get_running_loop(), frozenset({min(allowed)}))
+            seen["loop"] = placement.allowed_cpus()
+            seen["background"] = await asyncio.to_thread(placement.allowed_cpus)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == {"loop": frozenset({min(allowed)}), "background": allowed}
+    assert placement.allowed_cpus() == allowed
+
+
+def _threads(pid: int) -> dict[str, list[str]]:
+    """Thread name -> the Cpus_allowed_list of each thread with that name."""
+    out: dict[str, list[str]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        if task.name == str(pid):
+            name = "main"
+        status = (task / "status").read_text()
+        allowed = next(
+            line.split(":", 1)[1].strip()
+            for line in status.splitlines()
+            if line.startswith("Cpus_allowed_list")
+        )
+        out.setdefault(name, []).append(allowed)
+    return out
+
+
+@pytest.mark.parametrize("loop_cpus", ["auto", "off"])
+def test_the_service_process_places_its_threads(tmp_path: Path, loop_cpus: str) -> None:
+    allowed = placement.allowed_cpus()
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs")
+    from tests.services.execution.test_execution_process import free_port, service_env, start_process
+
+    env = service_env(tmp_path, free_port())
+    env["HFTGATE_EXECUTION_LOOP_CPUS"] = loop_cpus
+    process = start_process(env, tmp_path / "service.log")
+    try:
+        threads = _threads(process.pid)
+        writer_cpu = str(max(allowed))
+        rest = ",".join(map(str, sorted(allowed - {max(allowed)})))
+        assert threads["hft-journal"] == [writer_cpu]
+        if loop_cpus == "auto":
+            assert threads["main"] == [rest] and threads["event_engine"] == [rest] * len(
+                threads["event_engine"]
+            )
+        else:
+            assert threads["main"] != [rest]
+        assert "CPU placement: " in (tmp_path / "service.log").read_text()
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
+
+
+def test_a_bad_cpu_list_stops_the_service_at_start_naming_the_variable(tmp_path: Path) -> None:
+    from tests.services.execution.test_execution_process import free_port, service_env
+
+    env = service_env(tmp_path, free_port())
+    env["HFTGATE_EXECUTION_JOURNAL_WRITER_CPUS"] = "two"
+    done = subprocess.run(
+        [sys.executable, "-m", "services.execution"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert b"HFTGATE_EXECUTION_JOURNAL_WRITER_CPUS" in done.stderr
