@@ -131,6 +131,27 @@ class SqlStore:
             raise StoreUnavailable(f"SQL read failed: {exc}") from exc
         return found
 
+    async def get_prefixed(self, prefix: str, now_ms: int, limit: int) -> dict[str, StoredEntry]:
+        """Up to ``limit`` live rows (not expired, not tombstones) whose key starts with ``prefix``,
+        in key order: an index range scan, for warming a reader's cache at start."""
+        t = self.table
+        stmt = (
+            select(t.c.key, t.c.value, t.c.version, t.c.expires_at_ms)
+            .where(t.c.key.like(_like_prefix(prefix), escape="\\"), t.c.value.is_not(None))
+            .order_by(t.c.key)
+            .limit(limit)
+        )
+        found: dict[str, StoredEntry] = {}
+        try:
+            async with self._live_engine().connect() as conn:
+                for key, value, version, expires in await conn.execute(stmt):
+                    entry = StoredEntry(value, int(version), int(expires or 0))
+                    if not entry.expired(now_ms):
+                        found[key] = entry
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"SQL read failed: {exc}") from exc
+        return found
+
     # --- writes ------------------------------------------------------------------------
     async def put_many(self, entries: Sequence[tuple[str, StoredEntry]]) -> dict[str, int]:
         """Upsert each entry unless a row with the same or a newer version exists.

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -114,6 +115,11 @@ class ReferenceSource(Protocol):
 
     async def get(self, key: str) -> tuple[bytes | None, bool]: ...
 
+    async def preload(self, prefixes: Sequence[str], keys: Sequence[str]) -> int:
+        """Hold the rows under ``prefixes`` (where the source can list them) and the ``keys``, so
+        that the first lookups after a start wait for nothing; returns how many rows it read."""
+        ...
+
     async def put_if_absent(self, items: list[tuple[str, bytes]]) -> int: ...
 
     async def close(self) -> None: ...
@@ -136,6 +142,10 @@ class CacheSource:
         if found is None:
             return None, True  # a miss may have been answered by SQL: count it as such
         return found.value, found.level == CACHE_LEVEL_SQL
+
+    async def preload(self, prefixes: Sequence[str], keys: Sequence[str]) -> int:
+        # The cache service cannot list keys: only the named ones go into the near cache.
+        return len(await self.client.get_many(keys)) if keys else 0
 
     async def put_if_absent(self, items: list[tuple[str, bytes]]) -> int:
         present = await self.client.get_many([key for key, _ in items])
@@ -160,6 +170,8 @@ class SqlSource:
     """
 
     _REFRESH_CHUNK = 500
+    #: At start, :meth:`preload` holds at most this many rows per key prefix.
+    PRELOAD_ROWS_PER_PREFIX = 20_000
 
     def __init__(self, store: SqlStore, local_ttl_ms: int, idle_drop_ms: int = 60_000) -> None:
         self.store = store
@@ -168,6 +180,7 @@ class SqlSource:
         # key -> [value, read at, last looked up at] (monotonic ns); lists, updated in place.
         self._held: dict[str, list[Any]] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._reading: dict[str, asyncio.Future[bytes | None]] = {}
         self.refreshes = 0
         self.refresh_failures = 0
 
@@ -183,16 +196,45 @@ class SqlSource:
         return value
 
     async def get(self, key: str) -> tuple[bytes | None, bool]:
+        # Single flight: callers that miss the same key while it is read share the one read (at a
+        # start under load, every order would otherwise queue its own read of the same row).
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self._read(key))
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        return await asyncio.shield(reading), True
+
+    async def _read(self, key: str) -> bytes | None:
         rows = await self.store.get_many([key], time.time_ns() // 1_000_000)
         entry = rows.get(key)
         value = None if entry is None else entry.value
+        self._hold({key: value})
+        return value
+
+    def _hold(self, values: Mapping[str, bytes | None]) -> None:
         now = time.monotonic_ns()
-        self._held[key] = [value, now, now]
+        for key, value in values.items():
+            self._held[key] = [value, now, now]
         if self._refresher is None:
             self._refresher = asyncio.get_running_loop().create_task(
                 self._refresh_forever(), name="reference-refresh"
             )
-        return value, True
+
+    async def preload(self, prefixes: Sequence[str], keys: Sequence[str]) -> int:
+        now_ms = time.time_ns() // 1_000_000
+        values: dict[str, bytes | None] = {}
+        for prefix in prefixes:
+            rows = await self.store.get_prefixed(prefix, now_ms, self.PRELOAD_ROWS_PER_PREFIX)
+            if len(rows) == self.PRELOAD_ROWS_PER_PREFIX:
+                log.warning("reference rows: preloaded only the first %d under %r", len(rows), prefix)
+            values.update((key, entry.value) for key, entry in rows.items())
+        missing = [key for key in keys if key not in values]
+        if missing:
+            rows = await self.store.get_many(missing, now_ms)
+            values.update((key, rows[key].value if key in rows else None) for key in missing)
+        if values:
+            self._hold(values)
+        return len(values)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -330,6 +372,13 @@ class ReferenceData:
             ACCOUNT_PREFIX + name.decode("utf-8"), AccountSpec
         )
         return spec
+
+    async def preload(self, symbols: Iterable[str], account_names: Iterable[str]) -> int:
+        """Hold the reference rows the order path will ask for, before the service reports SERVING:
+        every instrument, account and API key row where the source can list them, else those of the
+        named symbols and accounts. Returns how many rows were read."""
+        keys = [INSTRUMENT_PREFIX + s for s in symbols] + [ACCOUNT_PREFIX + a for a in account_names]
+        return await self.source.preload((INSTRUMENT_PREFIX, ACCOUNT_PREFIX, API_KEY_PREFIX), keys)
 
     async def close(self) -> None:
         await self.source.close()

@@ -72,3 +72,21 @@ async def test_put_many_handles_more_rows_than_one_statement(sql_store: SqlStore
     assert len(outcome) == 1200 and outcome["k01199"] == 1299
     rows = await sql_store.get_many([key for key, _ in entries], NOW_MS)
     assert len(rows) == 1200 and rows["k00042"].value == b"v42"
+
+
+async def test_prefixed_rows_are_the_live_ones_under_the_prefix_in_key_order(sql_store: SqlStore) -> None:
+    await sql_store.put_many(
+        [
+            ("apikey:b", StoredEntry(b"bob", 1)),
+            ("apikey:a", StoredEntry(b"alice", 2)),
+            ("apikey:gone", StoredEntry(None, 3)),  # a tombstone
+            ("apikey:old", StoredEntry(b"x", 4, NOW_MS - 1)),  # expired
+            ("apikeyX", StoredEntry(b"y", 5)),  # would match "apikey_" if "_" were LIKE's wildcard
+            ("account:a", StoredEntry(b"acct", 6)),
+        ]
+    )
+    rows = await sql_store.get_prefixed("apikey:", NOW_MS, limit=10)
+    assert list(rows) == ["apikey:a", "apikey:b"]
+    assert rows["apikey:a"] == StoredEntry(b"alice", 2, 0)
+    assert list(await sql_store.get_prefixed("apikey:", NOW_MS, limit=1)) == ["apikey:a"]
+    assert list(await sql_store.get_prefixed("apikey_", NOW_MS, limit=10)) == []

@@ -150,12 +150,26 @@ async def test_reference_data_through_the_cache_service_keeps_sql_off_the_order_
             await client.aclose()
 
 
-async def test_sql_reference_source_counts_sql_reads(harness: Any) -> None:
+async def test_reference_rows_are_held_before_serving_and_later_ones_read_once_and_counted(
+    harness: Any,
+) -> None:
+    # Instruments, accounts and API keys were loaded before SERVING: not even the first order reads SQL.
     for number in range(50):
         await harness.stub.SubmitOrder(api.SubmitOrderRequest(order=new_order(f"s{number}")), metadata=ALICE)
     stats = await harness.stub.GetStats(api.GetStatsRequest(), metadata=ALICE)
-    assert stats.reference_lookups >= 100 and 0 < stats.reference_sql_lookups < stats.reference_lookups
-    assert stats.order_path_hit_ratio > 0.9
+    assert stats.reference_lookups >= 100 and stats.reference_sql_lookups == 0
+    assert stats.order_path_hit_ratio == 1.0
+    # A symbol with no row: read from SQL once, then held as a miss.
+    for number in range(3):
+        order = api.NewOrder(**{**_fields(new_order(f"u{number}")), "symbol": "NOSUCHSYMBOL"})
+        ack = (await harness.stub.SubmitOrder(api.SubmitOrderRequest(order=order), metadata=ALICE)).ack
+        assert ack.reason == common.REJECT_REASON_UNKNOWN_SYMBOL
+    stats = await harness.stub.GetStats(api.GetStatsRequest(), metadata=ALICE)
+    assert stats.reference_sql_lookups == 1 and 0.9 < stats.order_path_hit_ratio < 1.0
+
+
+def _fields(order: api.NewOrder) -> dict[str, Any]:
+    return {field.name: value for field, value in order.ListFields()}
 
 
 async def test_own_trades_reach_the_market_data_service_as_venue_hftgate(

@@ -115,3 +115,42 @@ async def test_held_lookups_answer_without_an_await_only_what_the_async_lookup_w
         assert reference.counters.sql_lookups == sql
     finally:
         await reference.close()
+
+
+async def test_preload_holds_every_row_before_the_first_lookup_and_misses_share_one_read(
+    tmp_path: Path,
+) -> None:
+    store = await _store(tmp_path)
+    clock = VersionClock()
+    await store.put_many(
+        [
+            ("instrument:BTCUSDT", StoredEntry(b"btc", clock.next())),
+            ("apikey:abc", StoredEntry(b"alice", clock.next())),
+            ("account:alice", StoredEntry(b"a", clock.next())),
+            ("other:x", StoredEntry(b"x", clock.next())),
+        ]
+    )
+    source = SqlSource(store, local_ttl_ms=60_000)
+    reads: list[list[str]] = []
+    real_get_many = store.get_many
+
+    async def counting(keys: list[str], now_ms: int) -> dict[str, StoredEntry]:
+        reads.append(list(keys))
+        return await real_get_many(keys, now_ms)
+
+    store.get_many = counting  # type: ignore[method-assign]
+    try:
+        held = await source.preload(("instrument:", "apikey:"), ["account:alice", "account:nobody"])
+        assert held == 4
+        assert source.peek("instrument:BTCUSDT") == b"btc"
+        assert source.peek("apikey:abc") == b"alice"
+        assert source.peek("account:alice") == b"a"
+        assert source.peek("account:nobody") is None  # a held miss
+        assert source.peek("other:x") is False  # not under a preloaded prefix
+        assert reads == [["account:alice", "account:nobody"]]  # prefixes by range scan, keys by one read
+        # Ten callers missing the same row at once: one SQL read between them.
+        answers = await asyncio.gather(*(source.get("other:x") for _ in range(10)))
+        assert answers == [(b"x", True)] * 10
+        assert reads[1:] == [["other:x"]]
+    finally:
+        await source.close()
