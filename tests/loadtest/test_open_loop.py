@@ -43,7 +43,10 @@ async def test_open_loop_sends_every_scheduled_order_and_times_each_answer(servi
     assert report.accepted + report.rejected == report.sent
     assert report.rejected == 0, report.rejects_by_reason
     assert report.latency_ms["count"] == report.sent
-    assert 0 < report.latency_ms["p50"] <= report.latency_ms["p99"] <= report.latency_ms["max"]
+    latency = report.latency_ms
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert latency["p50"] / 2 < latency["mean"] <= latency["max"]  # a mean of 300 real answers
+    assert 0 <= latency["stdev"] <= latency["max"]
     assert report.rate_sustained
 
 
