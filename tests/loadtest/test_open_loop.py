@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -38,6 +39,8 @@ async def test_open_loop_sends_every_scheduled_order_and_times_each_answer(servi
     report = await run_open_loop(settings_for(service, rate_per_s=400, duration_s=5.0, max_orders=300))
 
     assert report.scheduled == 300
+    assert report.warmup_orders == 20  # sent first, in no figure
+    assert gc.isenabled()  # off only while the clock ran
     assert report.sent == 300 and report.shed == 0
     assert report.failed == 0, report.failures_by_code
     assert report.accepted + report.rejected == report.sent
