@@ -64,6 +64,16 @@ def _chunks(items: Sequence[Any], size: int = CHUNK_ROWS) -> Iterable[Sequence[A
         yield items[start : start + size]
 
 
+def _unexpired(rows: Iterable[Any], now_ms: int) -> dict[str, StoredEntry]:
+    """(key, value, version, expires_at_ms) rows as entries, those expired by ``now_ms`` left out."""
+    found: dict[str, StoredEntry] = {}
+    for key, value, version, expires in rows:
+        entry = StoredEntry(value, int(version), int(expires or 0))
+        if not entry.expired(now_ms):
+            found[key] = entry
+    return found
+
+
 class SqlStore:
     """Versioned key/value rows in one SQL table."""
 
@@ -123,10 +133,7 @@ class SqlStore:
                     stmt = select(t.c.key, t.c.value, t.c.version, t.c.expires_at_ms).where(
                         t.c.key.in_(chunk)
                     )
-                    for key, value, version, expires in await conn.execute(stmt):
-                        entry = StoredEntry(value, int(version), int(expires or 0))
-                        if not entry.expired(now_ms):
-                            found[key] = entry
+                    found.update(_unexpired(await conn.execute(stmt), now_ms))
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(f"SQL read failed: {exc}") from exc
         return found
@@ -141,16 +148,11 @@ class SqlStore:
             .order_by(t.c.key)
             .limit(limit)
         )
-        found: dict[str, StoredEntry] = {}
         try:
             async with self._live_engine().connect() as conn:
-                for key, value, version, expires in await conn.execute(stmt):
-                    entry = StoredEntry(value, int(version), int(expires or 0))
-                    if not entry.expired(now_ms):
-                        found[key] = entry
+                return _unexpired(await conn.execute(stmt), now_ms)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(f"SQL read failed: {exc}") from exc
-        return found
 
     # --- writes ------------------------------------------------------------------------
     async def put_many(self, entries: Sequence[tuple[str, StoredEntry]]) -> dict[str, int]:

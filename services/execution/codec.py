@@ -29,9 +29,9 @@ from services.execution.state import REASON_TEXT, ExecutionState
 _NO_SYMBOL: list[str] = []
 
 
-def decode_new_order(o: api.NewOrder, received_ns: int, arrival_ns: int) -> NewOrderEntry:
-    """SubmitOrder's one order as plain values (the fields in NEW_ORDER_DTYPE order)."""
-    fields = (
+def _order_fields(o: api.NewOrder) -> tuple[int, ...]:
+    """A NewOrder's numeric fields in NEW_ORDER_DTYPE order, each read once."""
+    return (
         o.side,
         o.order_type,
         o.time_in_force,
@@ -44,27 +44,16 @@ def decode_new_order(o: api.NewOrder, received_ns: int, arrival_ns: int) -> NewO
         o.protection_price_ticks,
         o.priority,
     )
-    return NewOrderEntry(o.symbol, o.client_order_id, fields, received_ns, arrival_ns)
+
+
+def decode_new_order(o: api.NewOrder, received_ns: int, arrival_ns: int) -> NewOrderEntry:
+    """SubmitOrder's one order as plain values."""
+    return NewOrderEntry(o.symbol, o.client_order_id, _order_fields(o), received_ns, arrival_ns)
 
 
 def decode_new_orders(orders: Sequence[api.NewOrder], received_ns: int, arrival_ns: int) -> Inputs:
-    """A SubmitOrder/SubmitOrders batch as columns."""
-    rows = [
-        (
-            o.side,
-            o.order_type,
-            o.time_in_force,
-            o.price_ticks,
-            o.stop_price_ticks,
-            o.quantity_lots,
-            o.display_quantity_lots,
-            o.post_only,
-            o.self_trade_prevention,
-            o.protection_price_ticks,
-            o.priority,
-        )
-        for o in orders
-    ]
+    """A SubmitOrders batch (or one stream message's new orders) as columns."""
+    rows = [_order_fields(o) for o in orders]
     count = len(rows)
     kind = np.empty(count, np.int64)
     kind.fill(KIND_NEW)  # np.full is a Python-level wrapper: slower for the common one-order call
