@@ -14,7 +14,8 @@ A placement is a CPU list per role, each one of:
 
 - ``auto`` (the default): when the process may use at least two CPUs, the helper (journal
   writer) gets the highest-numbered one and the event loop all the others; with a single
-  CPU, nothing is pinned;
+  CPU, or under a CPU quota (a Kubernetes CPU limit, ``docker run --cpus``: CPUs shared
+  with others), nothing is pinned;
 - ``off``: leave the thread where the scheduler puts it;
 - an explicit list in the kernel's notation, e.g. ``2`` or ``0-3,6`` (it must be within
   the CPUs the process may use: ``taskset``, a container's cpuset).
@@ -82,14 +83,19 @@ class Placement:
         return f"event loop on {show(self.loop)}, journal writer on {show(self.helper)}"
 
 
-def plan(loop_spec: str, helper_spec: str, allowed: frozenset[int]) -> Placement:
+def plan(loop_spec: str, helper_spec: str, allowed: frozenset[int], *, cpu_quota: bool = False) -> Placement:
     """The placement for ``loop_spec`` / ``helper_spec`` given the CPUs the process may use.
 
     ``auto`` keeps the two roles apart: an ``auto`` role takes what the other role leaves
     (the helper the highest free CPU, the loop every free CPU), and is not pinned when
-    nothing is left. Explicit lists outside ``allowed`` raise ValueError.
+    nothing is left, nor under a CPU quota (``cpu_quota``: a container limited by CFS time
+    rather than by a cpuset shares its CPUs with others, and a pinned thread could not move
+    away from a busy one). Explicit lists outside ``allowed`` raise ValueError.
     """
     loop_spec, helper_spec = loop_spec.strip().lower(), helper_spec.strip().lower()
+    if cpu_quota:
+        loop_spec = OFF if loop_spec == AUTO else loop_spec
+        helper_spec = OFF if helper_spec == AUTO else helper_spec
     explicit: dict[str, frozenset[int] | None] = {}
     for role, spec in (("loop", loop_spec), ("helper", helper_spec)):
         if spec in (AUTO, OFF):
@@ -113,6 +119,20 @@ def plan(loop_spec: str, helper_spec: str, allowed: frozenset[int]) -> Placement
 #: I/O), its timer and lifeguard threads, and grpc.aio's completion-queue poller (a Python thread).
 GRPC_THREAD_NAMES = ("event_engine", "grpc_global_tim", "lifeguard")
 GRPC_POLLER_THREAD_SUFFIX = "(_poll_wrapper)"
+
+
+def cpu_quota_limited(cgroup_root: Path = Path("/sys/fs/cgroup")) -> bool:
+    """Whether this process's cgroup limits its CPU time by a quota (cgroup v2 ``cpu.max`` or
+    v1 ``cpu.cfs_quota_us``), as a Kubernetes CPU limit or ``docker run --cpus`` does."""
+    try:
+        v2 = (cgroup_root / "cpu.max").read_text().split()
+        return bool(v2) and v2[0] != "max"
+    except OSError:
+        pass
+    try:
+        return int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text()) > 0
+    except (OSError, ValueError):
+        return False
 
 
 def allowed_cpus() -> frozenset[int]:

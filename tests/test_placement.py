@@ -40,6 +40,23 @@ def test_auto_keeps_the_loop_and_the_writer_apart() -> None:
     )  # the loop is kept off an unplaced writer's CPU? no: unpinned
     with pytest.raises(ValueError, match="not available"):
         plan("9", "auto", eight)
+    # Under a CPU quota auto pins nothing; explicit lists still hold.
+    assert plan("auto", "auto", two, cpu_quota=True) == Placement(None, None)
+    assert plan("0", "auto", two, cpu_quota=True) == Placement(frozenset({0}), None)
+
+
+def test_a_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path: Path) -> None:
+    assert not placement.cpu_quota_limited(tmp_path)  # neither file: no quota
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert not placement.cpu_quota_limited(tmp_path)
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    assert placement.cpu_quota_limited(tmp_path)
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert not placement.cpu_quota_limited(v1)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    assert placement.cpu_quota_limited(v1)
 
 
 def test_the_loop_pin_leaves_its_background_threads_every_cpu() -> None:

@@ -226,7 +226,9 @@ async def _serve_grpc(journal_dir: str | None = None) -> None:
     # on the stack and settings the services run with.
     from hftgate import placement
 
-    chosen = placement.plan(placement.AUTO, placement.AUTO, placement.allowed_cpus())
+    chosen = placement.plan(
+        placement.AUTO, placement.AUTO, placement.allowed_cpus(), cpu_quota=placement.cpu_quota_limited()
+    )
     if journal is not None and chosen.helper is not None:
         journal.place_writer(chosen.helper)
     if chosen.loop is not None:

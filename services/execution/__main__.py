@@ -56,13 +56,18 @@ async def main() -> None:
 def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:
     """Keep the event loop and the journal writer on different CPUs (hftgate/placement.py)."""
     assert running.core is not None
-    chosen = placement.plan(config.loop_cpus, config.journal_writer_cpus, placement.allowed_cpus())
+    quota = placement.cpu_quota_limited()
+    chosen = placement.plan(
+        config.loop_cpus, config.journal_writer_cpus, placement.allowed_cpus(), cpu_quota=quota
+    )
     if chosen.helper is not None:
         running.core.journal.place_writer(chosen.helper)
     if chosen.loop is not None:
         placement.pin_event_loop(asyncio.get_running_loop(), chosen.loop)
         placement.pin_grpc_threads(chosen.loop)
-    log.info("CPU placement: %s", chosen.describe())
+    log.info(
+        "CPU placement: %s%s", chosen.describe(), " (under a CPU quota: auto pins nothing)" if quota else ""
+    )
 
 
 if __name__ == "__main__":
