@@ -76,6 +76,11 @@ class Placement:
     loop: frozenset[int] | None
     helper: frozenset[int] | None
 
+    @property
+    def writer_apart(self) -> bool:
+        """Whether the helper has CPUs the loop never runs on (both pinned, no CPU shared)."""
+        return self.loop is not None and self.helper is not None and not (self.loop & self.helper)
+
     def describe(self) -> str:
         def show(cpus: frozenset[int] | None) -> str:
             return "any CPU" if cpus is None else "CPU " + ",".join(map(str, sorted(cpus)))

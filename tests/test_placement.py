@@ -45,6 +45,13 @@ def test_auto_keeps_the_loop_and_the_writer_apart() -> None:
     assert plan("0", "auto", two, cpu_quota=True) == Placement(frozenset({0}), None)
 
 
+def test_the_writer_is_apart_only_on_cpus_the_loop_never_uses() -> None:
+    assert Placement(frozenset({0}), frozenset({1})).writer_apart
+    assert not Placement(frozenset({0, 1}), frozenset({1})).writer_apart
+    assert not Placement(None, frozenset({1})).writer_apart  # the loop may run anywhere
+    assert not Placement(frozenset({0}), None).writer_apart
+
+
 def test_a_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path: Path) -> None:
     assert not placement.cpu_quota_limited(tmp_path)  # neither file: no quota
     (tmp_path / "cpu.max").write_text("max 100000\n")
@@ -119,7 +126,10 @@ def test_the_service_process_places_its_threads(tmp_path: Path, loop_cpus: str) 
             )
         else:
             assert threads["main"] != [rest]
-        assert "CPU placement: " in (tmp_path / "service.log").read_text()
+        log = (tmp_path / "service.log").read_text()
+        assert "CPU placement: " in log
+        # The fsync is polled for only when the writer has a CPU of its own.
+        assert ("SubmitOrder polls up to 200 us" in log) == (loop_cpus == "auto")
     finally:
         process.terminate()
         assert process.wait(30) == 0

@@ -199,6 +199,7 @@ async def _serve_grpc(journal_dir: str | None = None) -> None:
     from hftgate.grpcserver import ServiceBinding, create_server
 
     journal = None
+    poll_ns = 0
     if journal_dir is None:
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -212,7 +213,10 @@ async def _serve_grpc(journal_dir: str | None = None) -> None:
         record = bytes(DURABLE_ECHO_RECORD_BYTES)
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            await journal.append(record)
+            future = journal.append(record)
+            if poll_ns:  # as the execution service's SubmitOrder does (journal_ack_poll_us)
+                journal.poll_durable(journal.next_seq - 1, poll_ns)
+            await future
             return b""
 
     handler = grpc.method_handlers_generic_handler(
@@ -234,6 +238,10 @@ async def _serve_grpc(journal_dir: str | None = None) -> None:
     if chosen.loop is not None:
         placement.pin_event_loop(asyncio.get_running_loop(), chosen.loop)
         placement.pin_grpc_threads(chosen.loop)
+    if chosen.writer_apart:
+        from services.execution.config import ExecutionConfig
+
+        poll_ns = ExecutionConfig.journal_ack_poll_us * 1000
     print(f"PORT {running.port}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)

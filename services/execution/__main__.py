@@ -54,7 +54,8 @@ async def main() -> None:
 
 
 def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:
-    """Keep the event loop and the journal writer on different CPUs (hftgate/placement.py)."""
+    """Keep the event loop and the journal writer on different CPUs (hftgate/placement.py), and
+    let SubmitOrder poll for its fsync when they are."""
     assert running.core is not None
     quota = placement.cpu_quota_limited()
     chosen = placement.plan(
@@ -68,6 +69,10 @@ def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:
     log.info(
         "CPU placement: %s%s", chosen.describe(), " (under a CPU quota: auto pins nothing)" if quota else ""
     )
+    if chosen.writer_apart and config.journal_ack_poll_us:
+        # Only then: polling beside a writer that may share the loop's CPU takes the CPU it needs.
+        running.core.ack_poll_ns = config.journal_ack_poll_us * 1000
+        log.info("SubmitOrder polls up to %d us for its fsync", config.journal_ack_poll_us)
 
 
 if __name__ == "__main__":

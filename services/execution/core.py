@@ -249,6 +249,11 @@ class ExecutionCore:
         self._ledger_task: asyncio.Task[None] | None = None
         # Acks say durable only when the journal fsyncs before acknowledging (not in the relaxed mode).
         self._acks_durable = journal.durability.value == "fsync"
+        #: SubmitOrder busy-polls the journal this long for its fsync when it is the only order in
+        #: flight (Journal.poll_durable); 0 = sleep until the writer wakes the loop. Set by __main__,
+        #: only when the journal writer has a CPU of its own (see hftgate/placement.py).
+        self.ack_poll_ns = 0
+        self._orders_in_flight = 0
 
     # --- accounts and instruments --------------------------------------------------------------
 
@@ -369,6 +374,13 @@ class ExecutionCore:
         wherever an array would hold one element: for a single order numpy's per-call set-up costs
         more than the work, and this is the path whose latency a client waits on.
         """
+        self._orders_in_flight += 1
+        try:
+            return await self._submit_order(account, entry)
+        finally:
+            self._orders_in_flight -= 1
+
+    async def _submit_order(self, account: AccountSpec, entry: NewOrderEntry) -> SingleAck:
         if not self.accepting:
             raise ServiceUnavailable("the service is stopping")
         if account.kill_switch:
@@ -399,6 +411,8 @@ class ExecutionCore:
         stages.match.record(t_match - t_risk)
         if self._on_batch_applied is not None:
             self._on_batch_applied()
+        if self.ack_poll_ns and self._orders_in_flight == 1 and not future.done():
+            self.journal.poll_durable(self.journal.next_seq - 1, self.ack_poll_ns)
         try:
             await future
         except Exception as exc:

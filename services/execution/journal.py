@@ -567,6 +567,28 @@ class Journal:
             self._backlog.append(record)
         return future
 
+    def poll_durable(self, seq: int, budget_ns: int) -> bool:
+        """Busy-wait up to ``budget_ns`` for record ``seq`` to become durable; True once it is.
+
+        On the loop's thread, for a caller with nothing else to do: it reads the writer's status
+        instead of sleeping until the eventfd wakes the loop, which on a VM costs a halted CPU's
+        wake-up (~45 µs measured here) after the fsync. Resolves the futures it finds durable, as
+        the eventfd handler would (that handler then finds nothing left to do)."""
+        writer = self._writer
+        if writer is None:
+            return False
+        deadline = time.perf_counter_ns() + budget_ns
+        while True:
+            acked, failed = writer.acked_seq()
+            if failed:
+                return False
+            if acked >= seq:
+                if acked > self.durable_seq:
+                    self._acknowledge_through(acked)
+                return True
+            if time.perf_counter_ns() >= deadline:
+                return False
+
     def _push(self, record: bytes) -> bool:
         """Push all of a record's slots as one unbroken run, or none when they do not all fit now."""
         if len(record) == self._slot_bytes:

@@ -127,8 +127,10 @@ async def test_single_and_batched_submissions_give_the_state_of_all_batched(
     views = {}
     for batched in (False, True):
         harness = await launch(make_config(tmp_path / str(batched)))
+        harness.core.ack_poll_ns = 0 if batched else 200_000  # SubmitOrder polls for its fsync
         try:
             acks = await submit_runs(harness, runs, batched)
+            assert harness.core._orders_in_flight == 0
             views[batched] = (acks, state_view(harness.core.state), harness.core.counters)
             assert harness.core.state.trades > 0
         finally:

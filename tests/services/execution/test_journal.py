@@ -134,6 +134,26 @@ async def test_acks_come_only_after_their_fsync_and_batches_share_one(tmp_path: 
     )
 
 
+async def test_polling_for_durability_resolves_what_the_writer_made_durable_and_no_more(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.open(tmp_path)
+    journal.start()
+    try:
+        first, second = journal.append(payload(1)), journal.append(payload(2))
+        assert journal.poll_durable(2, 5_000_000_000)  # returns as soon as the fsync covers seq 2
+        assert first.done() and second.done() and (first.result(), second.result()) == (1, 2)
+        assert journal.durable_seq == 2 and journal._writer_status().synced_seq >= 2
+        # Nothing appended as 3: the budget runs out and nothing is resolved.
+        started = time.perf_counter_ns()
+        assert not journal.poll_durable(3, 2_000_000)
+        assert time.perf_counter_ns() - started >= 2_000_000
+        third = journal.append(payload(3))
+        assert await third == 3  # the eventfd path still resolves what polling did not
+    finally:
+        await journal.close()
+
+
 async def test_write_mode_acknowledges_and_still_persists(tmp_path: Path) -> None:
     assert await write_records(tmp_path, 30, durability=Durability.WRITE) == list(range(1, 31))
     assert [seq for seq, _ in replayed(tmp_path)] == list(range(1, 31))
