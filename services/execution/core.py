@@ -1,8 +1,10 @@
 """The order path: risk, one engine call and one journal record per batch, acks after durability.
 
 :class:`ExecutionCore` is the execution service without gRPC. Every input reaches it as a batch of
-:class:`Inputs` (one SubmitOrder, one SubmitOrders call, one OrderStream message, one cancel...)
-from one account, and goes through, synchronously on the event loop:
+:class:`Inputs` (one SubmitOrders call, one OrderStream message, one cancel...) from one account,
+or, for SubmitOrder, as one :class:`NewOrderEntry` (:meth:`ExecutionCore.submit_order`: the same
+steps and journal record with plain values instead of arrays), and goes through, synchronously on
+the event loop:
 
 1. **risk** -- :func:`~services.execution.risk.check_new_orders` for new orders (one numpy pass),
    ownership and existence for cancels and replaces; refused inputs get their reason and are
@@ -10,7 +12,8 @@ from one account, and goes through, synchronously on the event loop:
 2. **match** -- the accepted inputs become one :class:`~services.execution.records.Batch`, which is
    appended to the journal (the writer thread starts making it durable) and then applied to
    :class:`~services.execution.state.ExecutionState` (one engine call) while the fsync runs;
-3. **journal durable** -- the call awaits the record's future; group commit shares the fsync;
+3. **journal durable** -- the call awaits the record's future; group commit shares the fsync (a
+   lone SubmitOrder may busy-poll for it instead: :attr:`ExecutionCore.ack_poll_ns`);
 4. **ack** -- the caller (server.py) turns the :class:`Acks` into protos and sends them.
 
 Reports go to StreamExecutions/OrderStream subscribers, and fills to the ledger (and to the market
