@@ -128,6 +128,8 @@ class ReferenceSource(Protocol):
 class CacheSource:
     """Reference rows through the cache service's client: near cache first, then the service."""
 
+    PRELOAD_ATTEMPTS = 10
+
     def __init__(self, client: CacheClient) -> None:
         self.client = client
 
@@ -144,8 +146,16 @@ class CacheSource:
         return found.value, found.level == CACHE_LEVEL_SQL
 
     async def preload(self, prefixes: Sequence[str], keys: Sequence[str]) -> int:
-        # The cache service cannot list keys: only the named ones go into the near cache.
-        return len(await self.client.get_many(keys)) if keys else 0
+        # The cache service cannot list keys: only the named ones go into the near cache. A read
+        # that an invalidation overtakes is not kept (just after seeding, the seed's own are still
+        # on their way): read again, a bounded number of times, until the near cache holds them.
+        found: dict[str, bytes] = {}
+        for _ in range(self.PRELOAD_ATTEMPTS):
+            found = await self.client.get_many(keys) if keys else {}
+            if all(key in self.client.near_cache for key in found):
+                break
+            await asyncio.sleep(0.02)
+        return len(found)
 
     async def put_if_absent(self, items: list[tuple[str, bytes]]) -> int:
         present = await self.client.get_many([key for key, _ in items])
@@ -373,12 +383,16 @@ class ReferenceData:
         )
         return spec
 
-    async def preload(self, symbols: Iterable[str], account_names: Iterable[str]) -> int:
+    async def preload(
+        self, symbols: Iterable[str], account_names: Iterable[str], keys: Iterable[str] = ()
+    ) -> int:
         """Hold the reference rows the order path will ask for, before the service reports SERVING:
         every instrument, account and API key row where the source can list them, else those of the
-        named symbols and accounts. Returns how many rows were read."""
-        keys = [INSTRUMENT_PREFIX + s for s in symbols] + [ACCOUNT_PREFIX + a for a in account_names]
-        return await self.source.preload((INSTRUMENT_PREFIX, ACCOUNT_PREFIX, API_KEY_PREFIX), keys)
+        named symbols and accounts and the other ``keys``. Returns how many rows were read."""
+        named = [INSTRUMENT_PREFIX + s for s in symbols] + [ACCOUNT_PREFIX + a for a in account_names]
+        return await self.source.preload(
+            (INSTRUMENT_PREFIX, ACCOUNT_PREFIX, API_KEY_PREFIX), list(dict.fromkeys([*named, *keys]))
+        )
 
     async def close(self) -> None:
         await self.source.close()
