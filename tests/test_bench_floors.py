@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hftgate.bench.floors import DURABLE_ECHO_RECORD_BYTES, GrpcEcho, TcpPingPong, floor_server
 from services.execution.journal import Journal
 
 
-async def test_durable_echo_answers_only_with_a_journaled_record(tmp_path: Path) -> None:
-    with floor_server("grpc-journal", tmp_path) as target:
+@pytest.mark.parametrize("placed", [False, True])
+async def test_durable_echo_answers_only_with_a_journaled_record(tmp_path: Path, placed: bool) -> None:
+    # placed: the execution service's CPU placement and fsync polling (the execution benchmark's floor)
+    with floor_server("grpc-journal", tmp_path, placed=placed) as target:
         echo = GrpcEcho(target)
         try:
             times = await echo.round_trips_ns(25)
@@ -21,8 +25,9 @@ async def test_durable_echo_answers_only_with_a_journaled_record(tmp_path: Path)
     assert {len(r.payload) for r in records} == {DURABLE_ECHO_RECORD_BYTES}
 
 
-async def test_echo_and_tcp_floors_answer() -> None:
-    with floor_server("grpc") as grpc_target, floor_server("tcp") as tcp_target:
+@pytest.mark.parametrize("placed", [False, True])
+async def test_echo_and_tcp_floors_answer(placed: bool) -> None:
+    with floor_server("grpc", placed=placed) as grpc_target, floor_server("tcp", placed=placed) as tcp_target:
         echo = GrpcEcho(grpc_target)
         try:
             assert len(await echo.round_trips_ns(10)) == 10

@@ -716,9 +716,10 @@ def _floor_servers() -> Iterator[FloorTargets]:
 
     with (
         tempfile.TemporaryDirectory(prefix="hftgate-bench-durable-echo-") as journal_dir,
-        floor_server("grpc") as echo_target,
+        # Placed as the execution service places its threads (see floor_server).
+        floor_server("grpc", placed=True) as echo_target,
         floor_server("tcp") as tcp_target,
-        floor_server("grpc-journal", journal_dir) as durable_target,
+        floor_server("grpc-journal", journal_dir, placed=True) as durable_target,
     ):
         yield FloorTargets(echo_target, tcp_target, durable_target)
 

@@ -47,15 +47,23 @@ FloorKind = Literal["tcp", "grpc", "grpc-journal"]
 
 
 @contextmanager
-def floor_server(kind: FloorKind, journal_dir: str | os.PathLike[str] | None = None) -> Iterator[str]:
+def floor_server(
+    kind: FloorKind, journal_dir: str | os.PathLike[str] | None = None, *, placed: bool = False
+) -> Iterator[str]:
     """Start a TCP echo (``"tcp"``), gRPC do-nothing (``"grpc"``) or gRPC durable-echo
-    (``"grpc-journal"``, journal in ``journal_dir``) server process; yield ``host:port``."""
+    (``"grpc-journal"``, journal in ``journal_dir``) server process; yield ``host:port``.
+
+    ``placed``: a gRPC floor runs with the execution service's CPU placement (hftgate.placement,
+    ``auto``, and its fsync polling), for figures from a service that runs so; the cache service
+    does not, so its benchmark compares with an unplaced floor."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     arguments = [f"serve-{kind}"]
     if kind == "grpc-journal":
         if journal_dir is None:
             raise ValueError("the grpc-journal floor needs a journal_dir")
         arguments.append(os.fspath(journal_dir))
+    if placed and kind != "tcp":
+        arguments.append("--placed")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hftgate.bench.floors", *arguments],
         stdout=subprocess.PIPE,
@@ -193,7 +201,7 @@ def _serve_tcp() -> None:
     sys.stdin.read()  # until the parent closes our stdin
 
 
-async def _serve_grpc(journal_dir: str | None = None) -> None:
+async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False) -> None:
     import grpc
 
     from hftgate.grpcserver import ServiceBinding, create_server
@@ -226,13 +234,15 @@ async def _serve_grpc(journal_dir: str | None = None) -> None:
         "127.0.0.1:0",
         [ServiceBinding(ECHO_SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)))],
     )
-    # The same CPU placement as the services' (hftgate.placement, "auto"): the floor is measured
-    # on the stack and settings the services run with.
+    # With ``placed``, the execution service's CPU placement (hftgate.placement, "auto") and fsync
+    # polling: the floor is measured on the stack and settings that service runs with.
     from hftgate import placement
 
-    chosen = placement.plan(
-        placement.AUTO, placement.AUTO, placement.allowed_cpus(), cpu_quota=placement.cpu_quota_limited()
-    )
+    chosen = placement.Placement(None, None)
+    if placed:
+        chosen = placement.plan(
+            placement.AUTO, placement.AUTO, placement.allowed_cpus(), cpu_quota=placement.cpu_quota_limited()
+        )
     if journal is not None and chosen.helper is not None:
         journal.place_writer(chosen.helper)
     if chosen.loop is not None:
@@ -251,14 +261,18 @@ async def _serve_grpc(journal_dir: str | None = None) -> None:
 
 
 def main(argv: list[str]) -> None:
+    placed = "--placed" in argv
+    argv = [a for a in argv if a != "--placed"]
     if argv == ["serve-tcp"]:
         _serve_tcp()
     elif argv == ["serve-grpc"]:
-        asyncio.run(_serve_grpc())
+        asyncio.run(_serve_grpc(placed=placed))
     elif len(argv) == 2 and argv[0] == "serve-grpc-journal":
-        asyncio.run(_serve_grpc(argv[1]))
+        asyncio.run(_serve_grpc(argv[1], placed=placed))
     else:
-        raise SystemExit("usage: python -m hftgate.bench.floors serve-tcp|serve-grpc|serve-grpc-journal DIR")
+        raise SystemExit(
+            "usage: python -m hftgate.bench.floors serve-tcp|serve-grpc|serve-grpc-journal DIR [--placed]"
+        )
 
 
 if __name__ == "__main__":
