@@ -31,8 +31,8 @@ import grpc
 
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.v1 import cache_pb2, cache_pb2_grpc
+from services.cache.errorlog import RateLimitedLog
 from services.cache.l1 import NearCache, NearCacheStats
-from services.cache.l2_redis import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

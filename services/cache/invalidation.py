@@ -37,8 +37,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from services.cache.errorlog import RateLimitedLog
 from services.cache.l1 import NearCache
-from services.cache.l2_redis import CONNECTION_ERRORS, RateLimitedLog
+from services.cache.l2_redis import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 

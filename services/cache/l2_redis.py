@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
@@ -39,6 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.cache import globs
+from services.cache.errorlog import RateLimitedLog
 from services.cache.model import StoredEntry, wall_ms
 
 log = logging.getLogger(__name__)
@@ -103,27 +103,6 @@ def encode(entry: StoredEntry) -> bytes:
 def decode(blob: bytes) -> StoredEntry:
     kind, version, expires_at_ms = _HEADER.unpack_from(blob)
     return StoredEntry(blob[_HEADER.size :] if kind == _LIVE else None, version, expires_at_ms)
-
-
-class RateLimitedLog:
-    """Logs a recurring problem at most once per interval, with how often it happened since."""
-
-    def __init__(self, logger: logging.Logger, interval_ms: int) -> None:
-        self._logger = logger
-        self._interval_ns = interval_ms * 1_000_000
-        self._last_ns = -self._interval_ns
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        now = time.monotonic_ns()
-        if now - self._last_ns < self._interval_ns:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += f" (and {self._suppressed} more since the last report)"
-        self._logger.warning(message, *args)
-        self._last_ns = now
-        self._suppressed = 0
 
 
 class RedisTier:
