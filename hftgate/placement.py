@@ -36,6 +36,7 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,12 +121,6 @@ def plan(loop_spec: str, helper_spec: str, allowed: frozenset[int], *, cpu_quota
     return Placement(loop, helper)
 
 
-#: Threads of grpc's own that carry a call to the event loop: the event engine's pool (socket
-#: I/O), its timer and lifeguard threads, and grpc.aio's completion-queue poller (a Python thread).
-GRPC_THREAD_NAMES = ("event_engine", "grpc_global_tim", "lifeguard")
-GRPC_POLLER_THREAD_SUFFIX = "(_poll_wrapper)"
-
-
 def cpu_quota_limited(cgroup_root: Path = Path("/sys/fs/cgroup")) -> bool:
     """Whether this process's cgroup limits its CPU time by a quota (cgroup v2 ``cpu.max`` or
     v1 ``cpu.cfs_quota_us``), as a Kubernetes CPU limit or ``docker run --cpus`` does."""
@@ -159,6 +154,12 @@ def pin_event_loop(loop: asyncio.AbstractEventLoop, cpus: frozenset[int]) -> Non
     )
 
 
+#: Threads of grpc's own that carry a call to the event loop: the event engine's pool (socket
+#: I/O), its timer and lifeguard threads, and grpc.aio's completion-queue poller (a Python thread).
+GRPC_THREAD_NAMES = ("event_engine", "grpc_global_tim", "lifeguard")
+GRPC_POLLER_THREAD_SUFFIX = "(_poll_wrapper)"
+
+
 def pin_grpc_threads(cpus: frozenset[int]) -> int:
     """Move grpc's threads (see :data:`GRPC_THREAD_NAMES`) to ``cpus``; returns how many moved.
 
@@ -182,3 +183,15 @@ def pin_grpc_threads(cpus: frozenset[int]) -> int:
         except (OSError, ValueError):
             continue  # the thread ended meanwhile
     return moved
+
+
+def apply(
+    chosen: Placement, loop: asyncio.AbstractEventLoop, place_helper: Callable[[frozenset[int]], None]
+) -> None:
+    """Put the helper thread (through ``place_helper``) and, from the loop's thread, the loop with
+    gRPC's threads where ``chosen`` says; a role that is None stays where it is."""
+    if chosen.helper is not None:
+        place_helper(chosen.helper)
+    if chosen.loop is not None:
+        pin_event_loop(loop, chosen.loop)
+        pin_grpc_threads(chosen.loop)

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,20 @@ class OpenLoopReport:
         return {**asdict(self), "rate_sustained": self.rate_sustained}
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """This process's garbage collector off for a bounded run: a full collection here took ~20 ms,
+    and every answer arriving meanwhile would have been charged to the service."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 def _summary_ms(histogram: LatencyHistogram) -> dict[str, float]:
     """Percentiles, max, mean and stdev (the guide's "jitter") in ms, and the count."""
     summary = histogram.summary()
@@ -184,39 +199,33 @@ async def run_open_loop(settings: OpenLoopSettings) -> OpenLoopReport:
             else:
                 report.accepted += 1
 
-        # This process's garbage collector stays off for the bounded run: a full collection here
-        # took ~20 ms, and every answer arriving meanwhile was charged to the service.
-        gc.collect()
-        gc.freeze()
-        gc.disable()
-        start_ns = time.perf_counter_ns()
-        deadline_ns = start_ns + int(settings.duration_s * 1e9)
-        index = 0
-        while index < total:
-            now_ns = time.perf_counter_ns()
-            if now_ns >= deadline_ns:
-                break
-            # Everything due by now goes out now: the schedule, not the responses, sets the pace.
-            while index < total and start_ns + index * interval_ns <= now_ns:
-                intended_ns = int(start_ns + index * interval_ns)
-                flow, metadata = flows[index % len(flows)]
-                index += 1
-                report.scheduled += 1
-                if len(in_flight) >= settings.max_in_flight:
-                    report.shed += 1
-                    continue
-                request = execution_pb2.SubmitOrderRequest(order=flow.next_order())
-                task = asyncio.create_task(one(request, metadata, intended_ns))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                report.sent += 1
-            next_ns = start_ns + index * interval_ns
-            await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
-        if in_flight:
-            await asyncio.wait(set(in_flight), timeout=settings.call_deadline_s + 1.0)
-        report.elapsed_s = (time.perf_counter_ns() - start_ns) / 1e9
-        gc.enable()
-        gc.unfreeze()
+        with _collector_paused():
+            start_ns = time.perf_counter_ns()
+            deadline_ns = start_ns + int(settings.duration_s * 1e9)
+            index = 0
+            while index < total:
+                now_ns = time.perf_counter_ns()
+                if now_ns >= deadline_ns:
+                    break
+                # Everything due by now goes out now: the schedule, not the responses, sets the pace.
+                while index < total and start_ns + index * interval_ns <= now_ns:
+                    intended_ns = int(start_ns + index * interval_ns)
+                    flow, metadata = flows[index % len(flows)]
+                    index += 1
+                    report.scheduled += 1
+                    if len(in_flight) >= settings.max_in_flight:
+                        report.shed += 1
+                        continue
+                    request = execution_pb2.SubmitOrderRequest(order=flow.next_order())
+                    task = asyncio.create_task(one(request, metadata, intended_ns))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    report.sent += 1
+                next_ns = start_ns + index * interval_ns
+                await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+            if in_flight:
+                await asyncio.wait(set(in_flight), timeout=settings.call_deadline_s + 1.0)
+            report.elapsed_s = (time.perf_counter_ns() - start_ns) / 1e9
 
     report.completed_per_s = round((report.accepted + report.rejected) / report.elapsed_s, 1)
     report.latency_ms = _summary_ms(latency)

@@ -243,11 +243,8 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False) -
         chosen = placement.plan(
             placement.AUTO, placement.AUTO, placement.allowed_cpus(), cpu_quota=placement.cpu_quota_limited()
         )
-    if journal is not None and chosen.helper is not None:
-        journal.place_writer(chosen.helper)
-    if chosen.loop is not None:
-        placement.pin_event_loop(asyncio.get_running_loop(), chosen.loop)
-        placement.pin_grpc_threads(chosen.loop)
+    place_writer = journal.place_writer if journal is not None else lambda cpus: None
+    placement.apply(chosen, asyncio.get_running_loop(), place_writer)
     if chosen.writer_apart:
         from services.execution.config import ExecutionConfig
 

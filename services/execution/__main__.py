@@ -61,11 +61,7 @@ def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:
     chosen = placement.plan(
         config.loop_cpus, config.journal_writer_cpus, placement.allowed_cpus(), cpu_quota=quota
     )
-    if chosen.helper is not None:
-        running.core.journal.place_writer(chosen.helper)
-    if chosen.loop is not None:
-        placement.pin_event_loop(asyncio.get_running_loop(), chosen.loop)
-        placement.pin_grpc_threads(chosen.loop)
+    placement.apply(chosen, asyncio.get_running_loop(), running.core.journal.place_writer)
     log.info(
         "CPU placement: %s%s", chosen.describe(), " (under a CPU quota: auto pins nothing)" if quota else ""
     )

@@ -389,17 +389,11 @@ class ExecutionCore:
         if account.kill_switch:
             await self._cancel_for_kill_switch(account)
         symbol = entry.symbol
-        spec = self.reference.instrument_held(symbol) if symbol else None
-        if spec is NOT_HELD:
-            spec = await self.reference.instrument(symbol)
+        held = self.reference.instrument_held(symbol) if symbol else None
+        spec = await self.reference.instrument(symbol) if held is NOT_HELD else held
         ack = SingleAck(entry.client_id, entry.received_ns, entry.arrival_ns)
         reason, payload = self._admit_one_new(
-            account,
-            symbol,
-            entry.client_id,
-            entry.fields,
-            spec,
-            entry.received_ns,  # type: ignore[arg-type]
+            account, symbol, entry.client_id, entry.fields, spec, entry.received_ns
         )
         if payload is None:
             ack.status, ack.reason = REJECTED, reason

@@ -149,9 +149,10 @@ class CacheSource:
         # The cache service cannot list keys: only the named ones go into the near cache. A read
         # that an invalidation overtakes is not kept (just after seeding, the seed's own are still
         # on their way): read again, a bounded number of times, until the near cache holds them.
-        found: dict[str, bytes] = {}
+        if not keys:
+            return 0
         for _ in range(self.PRELOAD_ATTEMPTS):
-            found = await self.client.get_many(keys) if keys else {}
+            found = await self.client.get_many(keys)
             if all(key in self.client.near_cache for key in found):
                 break
             await asyncio.sleep(0.02)
@@ -366,9 +367,7 @@ class ReferenceData:
 
     async def account_for_key(self, api_key: str) -> AccountSpec | None:
         """The account owning ``api_key``, or None for an unknown key."""
-        name = self._held_spec(API_KEY_PREFIX + api_key_hash(api_key), bytes)
-        if name is NOT_HELD:
-            name = await self._spec(API_KEY_PREFIX + api_key_hash(api_key), bytes)
+        name = await self._spec(API_KEY_PREFIX + api_key_hash(api_key), bytes)
         if name is None:
             return None
         return await self.account(name.decode("utf-8"))
