@@ -166,6 +166,37 @@ def bench_all(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
         Console().print(table)
 
 
+certs_app = typer.Typer(
+    help="TLS certificates for the suite (a CA and one certificate per service).", no_args_is_help=True
+)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("init")
+def certs_init(
+    folder: Annotated[
+        str,
+        typer.Option(
+            "--dir", help="Where to write them; default <state dir>/tls. Point HFTGATE_TLS_DIR here."
+        ),
+    ] = "",
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="Extra host name or IP each certificate is valid for.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Make a new CA even if one exists.")] = False,
+) -> None:
+    """Make a suite CA and a certificate per service, for mutual TLS between services."""
+    from pathlib import Path
+
+    from hftgate.config import default_state_dir
+    from hftgate.security import certs_init as make_certs
+
+    target = Path(folder) if folder else default_state_dir() / "tls"
+    hosts = ("localhost", "127.0.0.1", "::1", *(host or ()))
+    written = make_certs(target, hosts=hosts, overwrite=overwrite)
+    err.print(f"{len(written)} files written under {target}; set HFTGATE_TLS_DIR={target}")
+
+
 def _register_optional_commands() -> None:
     """Commands whose implementation lives with a service package, added when present."""
     try:

@@ -19,6 +19,7 @@ from grpc_health.v1 import _async as health_aio  # public as health.aio; mypy on
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hftgate.security import ServerTls
 from hftgate.telemetry import ServerTelemetryInterceptor
 
 log = logging.getLogger(__name__)
@@ -82,17 +83,22 @@ async def create_server(
     address: str,
     bindings: Sequence[ServiceBinding],
     *,
-    tls: TlsFiles | None = None,
+    tls: TlsFiles | ServerTls | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     telemetry: bool = True,
+    auth: grpc.aio.ServerInterceptor | None = None,
 ) -> RunningServer:
     """Create, bind and start an asyncio gRPC server hosting ``bindings``.
 
     ``address`` is ``host:port``; port 0 binds a free port (returned). Health
     (``grpc.health.v1``) and server reflection are always registered; ``telemetry``
-    puts the span-and-metrics interceptor (hftgate.telemetry) in front of ``interceptors``.
+    puts the span-and-metrics interceptor (hftgate.telemetry) in front of ``interceptors``;
+    ``auth`` (hftgate.security.ServiceAuthInterceptor) goes before everything, so a call
+    without credentials is refused before any other work.
     """
     chain = [ServerTelemetryInterceptor(), *interceptors] if telemetry else list(interceptors)
+    if auth is not None:
+        chain.insert(0, auth)
     server = grpc.aio.server(interceptors=chain, options=SERVER_OPTIONS)
     for binding in bindings:
         binding.add_to_server(server)

@@ -1,0 +1,13 @@
+"""Suite-wide test set-up: one suite secret for every service a test starts, in process or not.
+
+Services and the clients of tests derive their service tokens and API-key hashes from it
+(hftgate.security), exactly as a deployment's processes share one. Tests of the secret's
+own loading pass an explicit environment instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+os.environ.setdefault("HFTGATE_SUITE_SECRET", "test-suite-" + secrets.token_hex(24))
