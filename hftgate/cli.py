@@ -34,6 +34,13 @@ def up(
         typer.Option(help="Feed the recorded Binance quotes and trades to the market data service."),
     ] = True,
     replay_speed: Annotated[float, typer.Option(help="Replay speed: 1 = as recorded.")] = 1.0,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls/--no-tls",
+            help="Serve and call over TLS with a suite CA made under <state dir>/tls (sets HFTGATE_TLS_DIR).",
+        ),
+    ] = False,
 ) -> None:
     """Start every built service as a local process on its embedded defaults; Ctrl-C stops them."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,7 +53,7 @@ def up(
     if not specs:
         err.print("no services are built yet: nothing to start")
         return
-    running = supervisor.start_services(specs)
+    running = supervisor.start_services(specs, tls=tls)
     table = Table("service", "address", "pid")
     for service in running:
         table.add_row(service.spec.name, service.address, str(service.process.pid))
@@ -166,6 +173,42 @@ def bench_all(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
         Console().print(table)
 
 
+@app.command()
+def fuzz(
+    minutes: Annotated[
+        float, typer.Option("--minutes", min=0.05, help="Total time, shared by the services.")
+    ] = 3.0,
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", "-s", help="Fuzz only these (execution, marketdata, cache)."),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the mutation loop (generation is derandomized per round).")
+    ] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Start the suite in a temporary state directory and fuzz every RPC of every service."""
+    import tempfile
+
+    from hftgate.fuzz import fuzz_suite
+
+    names = tuple(service or ("execution", "marketdata", "cache"))
+    with tempfile.TemporaryDirectory(prefix="hftgate-fuzz-") as state_dir:
+        reports = fuzz_suite(
+            state_dir, seconds_per_service=minutes * 60 / len(names), services=names, seed=seed, log=err.print
+        )
+    findings = sum(len(r.findings) for r in reports.values())
+    if as_json:
+        sys.stdout.write(json.dumps({name: r.as_dict() for name, r in reports.items()}, indent=2) + "\n")
+    else:
+        for name, report in reports.items():
+            err.print(f"{name}: {report.calls} calls, codes {dict(report.codes)}")
+            for finding in report.findings[:20]:
+                err.print(f"  {finding.kind} {finding.method}: {finding.detail}")
+    if findings:
+        raise typer.Exit(1)
+
+
 certs_app = typer.Typer(
     help="TLS certificates for the suite (a CA and one certificate per service).", no_args_is_help=True
 )
@@ -213,6 +256,12 @@ def _register_optional_commands() -> None:
         ledger_app = typer.Typer(help="The hash-chained ledger of fills.", no_args_is_help=True)
         ledger_app.command("verify")(verify_command)
         app.add_typer(ledger_app, name="ledger")
+    try:
+        from hftgate.admin_cli import register as register_admin_commands
+    except ModuleNotFoundError:
+        pass
+    else:
+        register_admin_commands(app)  # accounts, keys, instruments, audit
 
 
 _register_optional_commands()
