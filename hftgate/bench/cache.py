@@ -59,6 +59,7 @@ import numpy as np
 from hftgate.bench import floors
 from hftgate.bench.execution import ExecutionProcess, drive_stream, replayed_mbo_messages, run_prefix
 from hftgate.native.histogram import LatencyHistogram
+from hftgate.security import load_suite_secret
 from services.cache.client import CacheClient
 from services.cache.embedded_redis import EmbeddedRedis
 from services.cache.l1 import NearCache
@@ -239,9 +240,12 @@ async def _measure_remote(
         name: [] for name in ("get_p50", "get_p99", "redis_p50", "echo_p50", "tcp_p50")
     }
     block = 100
+    # The service and this process share the suite secret (HFTGATE_SUITE_SECRET, or its file under
+    # the state directory); the benchmark writes instrument rows, which only the admin may.
+    admin = load_suite_secret().service_credentials("admin")
     async with (
-        CacheClient(f"127.0.0.1:{service_port}", watcher_name="bench") as client,
-        CacheClient(f"127.0.0.1:{no_l1_port}", watcher_name="bench-no-l1") as no_l1,
+        CacheClient(f"127.0.0.1:{service_port}", watcher_name="bench", credentials=admin) as client,
+        CacheClient(f"127.0.0.1:{no_l1_port}", watcher_name="bench-no-l1", credentials=admin) as no_l1,
         floors.GrpcEcho(echo_target) as echo,
     ):
         for start in range(0, len(keys), 500):

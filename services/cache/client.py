@@ -13,6 +13,11 @@ message on every stream is a flush, after which caching resumes. Answers that ar
 while the service cannot promise every invalidation carry a short near-cache TTL, which
 the client honours.
 
+Every call (the invalidation stream included) carries ``credentials``' metadata (a service
+token, or an account's API key) and the channel uses their TLS, if any: the service refuses
+calls without them (UNAUTHENTICATED) and confines each caller to its namespace
+(PERMISSION_DENIED for reference rows it may not touch).
+
 Use one client per event loop. RPC errors surface as ``grpc.aio.AioRpcError``
 (INVALID_ARGUMENT for bad input, with a BadRequest detail; UNAVAILABLE when the service
 or its SQL store cannot be reached).
@@ -30,6 +35,7 @@ from types import TracebackType
 import grpc
 
 from hftgate.grpcserver import CHANNEL_OPTIONS
+from hftgate.security import ClientCredentials
 from hftgate.v1 import cache_pb2, cache_pb2_grpc
 from services.cache.errorlog import RateLimitedLog
 from services.cache.l1 import NearCache, NearCacheStats
@@ -74,8 +80,11 @@ class CacheClient:
         timeout_ms: int = 5_000,
         reconnect_backoff_initial_ms: int = 50,
         reconnect_backoff_max_ms: int = 2_000,
+        credentials: ClientCredentials | None = None,
     ) -> None:
         self.target = target
+        self.credentials = credentials
+        self._metadata = credentials.metadata if credentials is not None else None
         self.watcher_name = watcher_name
         self.near_cache = NearCache(near_cache_max_entries, near_cache_max_bytes)
         self._max_ttl_ms = near_cache_max_ttl_ms
@@ -95,7 +104,10 @@ class CacheClient:
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self, wait_s: float = 5.0) -> None:
         """Open the channel and the invalidation stream; wait up to ``wait_s`` for it to be live."""
-        self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        if self.credentials is not None:
+            self._channel = self.credentials.open_channel(self.target, CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._stub = cache_pb2_grpc.CacheServiceStub(self._channel)
         self._watch_task = asyncio.get_running_loop().create_task(
             self._watch_forever(), name="cache-client-watch"
@@ -152,7 +164,9 @@ class CacheClient:
                 ttl_ms = self.near_cache.ttl_left_ms(entry)
                 return CachedValue(entry.value, entry.version, ttl_ms=ttl_ms, level=1)
             return await self._fetch(key)
-        response = await self._service().Get(cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s)
+        response = await self._service().Get(
+            cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s, metadata=self._metadata
+        )
         return _from_proto(response)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
@@ -169,7 +183,7 @@ class CacheClient:
             token = self.near_cache.load_token()
             live = self.live
             response = await self._service().GetMany(
-                cache_pb2.CacheGetManyRequest(keys=missing), timeout=self._timeout_s
+                cache_pb2.CacheGetManyRequest(keys=missing), timeout=self._timeout_s, metadata=self._metadata
             )
             for key, result in zip(missing, response.results, strict=True):
                 found = _from_proto(result)
@@ -191,7 +205,9 @@ class CacheClient:
     async def _load(self, key: str) -> CachedValue | None:
         token = self.near_cache.load_token()
         live = self.live
-        response = await self._service().Get(cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s)
+        response = await self._service().Get(
+            cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s, metadata=self._metadata
+        )
         found = _from_proto(response)
         if live:
             self._keep(key, found, response.near_cache_ttl_ms, token)
@@ -214,6 +230,7 @@ class CacheClient:
         response = await self._service().Set(
             cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl_ms, cache_only=cache_only),
             timeout=self._timeout_s,
+            metadata=self._metadata,
         )
         if response.applied and live:
             self._keep(key, CachedValue(value, response.version, ttl_ms), 0, token)
@@ -230,7 +247,7 @@ class CacheClient:
             for key, value in items
         ]
         response = await self._service().SetMany(
-            cache_pb2.CacheSetManyRequest(entries=requests), timeout=self._timeout_s
+            cache_pb2.CacheSetManyRequest(entries=requests), timeout=self._timeout_s, metadata=self._metadata
         )
         for request in requests:
             self.near_cache.delete(request.key)
@@ -240,7 +257,7 @@ class CacheClient:
         """Delete ``key`` everywhere; returns the delete's version."""
         self.near_cache.delete(key)
         response = await self._service().Delete(
-            cache_pb2.CacheDeleteRequest(key=key), timeout=self._timeout_s
+            cache_pb2.CacheDeleteRequest(key=key), timeout=self._timeout_s, metadata=self._metadata
         )
         self.near_cache.delete(key)
         return int(response.version)
@@ -253,13 +270,14 @@ class CacheClient:
         response: cache_pb2.CacheInvalidatePatternResponse = await self._service().InvalidatePattern(
             cache_pb2.CacheInvalidatePatternRequest(pattern=pattern, keep_durable=keep_durable),
             timeout=self._timeout_s,
+            metadata=self._metadata,
         )
         return response
 
     async def service_stats(self) -> cache_pb2.CacheStatsResponse:
         """The service replica's counters per level."""
         response: cache_pb2.CacheStatsResponse = await self._service().Stats(
-            cache_pb2.CacheStatsRequest(), timeout=self._timeout_s
+            cache_pb2.CacheStatsRequest(), timeout=self._timeout_s, metadata=self._metadata
         )
         return response
 
@@ -273,7 +291,8 @@ class CacheClient:
             expected = 1
             try:
                 call = self._service().WatchInvalidations(
-                    cache_pb2.CacheWatchInvalidationsRequest(watcher_name=self.watcher_name)
+                    cache_pb2.CacheWatchInvalidationsRequest(watcher_name=self.watcher_name),
+                    metadata=self._metadata,
                 )
                 async for message in call:
                     if message.sequence != expected:  # never expected: a gap means we missed some

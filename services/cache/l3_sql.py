@@ -242,6 +242,11 @@ class SqlStore:
             return sqlite.insert(self.table)
         raise StoreUnavailable(f"unsupported SQL dialect {self._dialect!r}: use SQLite or PostgreSQL")
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The connected engine, for tables that live beside the cache's (the admin audit log)."""
+        return self._live_engine()
+
     def _live_engine(self) -> AsyncEngine:
         if self._engine is None:
             raise StoreUnavailable("SQL store is not started")

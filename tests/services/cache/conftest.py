@@ -1,5 +1,9 @@
 """Fixtures for the cache tests: SQL stores on SQLite and PostgreSQL, Redis (the machine's and our own).
 
+Every service call needs credentials now: ``connect`` gives clients the admin principal's
+(the raw keyspace, as before the cache had namespaces) unless a test passes others, built
+with ``credentials_for`` (a service principal) or ``key_credentials`` (an account's API key).
+
 PostgreSQL and the machine's Redis come from HFTGATE_TEST_POSTGRES_URL / HFTGATE_TEST_REDIS_URL
 (defaults: the local servers). When one is unreachable its tests skip, except under CI=true,
 where they fail. Every test gets its own table and its own Redis key prefix and drops them after.
@@ -15,6 +19,7 @@ from dataclasses import replace
 
 import pytest
 
+from hftgate.security import API_KEY_METADATA, ClientCredentials, load_suite_secret
 from services.cache.client import CacheClient
 from services.cache.config import CacheConfig
 from services.cache.embedded_redis import EmbeddedRedis
@@ -76,11 +81,32 @@ def sql_table() -> str:
     return f"cache_test_{uuid.uuid4().hex[:12]}"
 
 
+def credentials_for(principal: str) -> ClientCredentials:
+    """A service principal's credentials (its token from the test session's suite secret)."""
+    return load_suite_secret().service_credentials(principal)
+
+
+def key_credentials(api_key: str) -> ClientCredentials:
+    """An account's credentials: its API key."""
+    return ClientCredentials(metadata=((API_KEY_METADATA, api_key),))
+
+
+@pytest.fixture
+def admin_metadata() -> tuple[tuple[str, str], ...]:
+    """Metadata of the admin principal, for raw stubs."""
+    return credentials_for("admin").metadata
+
+
 @pytest.fixture
 async def sql_store(sql_url: str, sql_table: str) -> AsyncIterator[SqlStore]:
     store = SqlStore(sql_url, table_name=sql_table)
     await store.start()
     yield store
+    # The admin audit table a replica on this store made (replica_config names it).
+    from sqlalchemy import text
+
+    async with store.engine.begin() as conn:
+        await conn.execute(text(f"DROP TABLE IF EXISTS {sql_table}_audit"))
     await store.drop_table()
     await store.close()
 
@@ -133,6 +159,7 @@ def replica_config(
         redis_url=redis_url,
         database_url=sql_url,
         sql_table=sql_store.table.name,
+        admin_audit_table=f"{sql_store.table.name}_audit",
         key_prefix=key_prefix,
         state_dir=str(tmp_path_factory.mktemp("state")),
         max_key_bytes=128,
@@ -162,8 +189,15 @@ async def connect() -> AsyncIterator[Callable[..., Awaitable[CacheClient]]]:
     """Connects CacheClients (closed after the test): ``await connect(port, name)``."""
     clients: list[CacheClient] = []
 
-    async def connect_one(port: int, name: str = "test") -> CacheClient:
-        client = CacheClient(f"127.0.0.1:{port}", watcher_name=name, reconnect_backoff_initial_ms=20)
+    async def connect_one(
+        port: int, name: str = "test", credentials: ClientCredentials | None = None
+    ) -> CacheClient:
+        client = CacheClient(
+            f"127.0.0.1:{port}",
+            watcher_name=name,
+            reconnect_backoff_initial_ms=20,
+            credentials=credentials or credentials_for("admin"),
+        )
         await client.start()
         assert client.live, "the invalidation stream did not come up"
         clients.append(client)

@@ -21,8 +21,11 @@ from services.cache.client import CacheClient
 from services.cache.config import CacheConfig, load_config
 from services.cache.server import CacheRunningServer
 
+from .conftest import credentials_for
+
 StartReplica = Callable[..., Awaitable[CacheRunningServer]]
 Connect = Callable[..., Awaitable[CacheClient]]
+Metadata = tuple[tuple[str, str], ...]
 
 
 async def test_client_reads_through_and_then_from_its_near_cache(
@@ -76,16 +79,28 @@ async def test_get_many_set_many_delete_and_pattern(
 async def test_bad_requests_get_invalid_argument_with_the_field(
     replica_config: CacheConfig, start_replica: StartReplica
 ) -> None:
+    metadata = credentials_for("execution").metadata  # admin's key limit leaves room for namespaces
     replica = await start_replica(replica_config)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
         stub = cache_pb2_grpc.CacheServiceStub(channel)
         cases = [
-            (stub.Get(cache_pb2.CacheGetRequest(key="")), "key"),
-            (stub.Get(cache_pb2.CacheGetRequest(key="k" * 129)), "key"),
-            (stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v" * 4097)), "entries[0].value"),
-            (stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v", ttl_ms=-5)), "entries[0].ttl_ms"),
-            (stub.GetMany(cache_pb2.CacheGetManyRequest(keys=["k"] * 101)), "keys"),
-            (stub.InvalidatePattern(cache_pb2.CacheInvalidatePatternRequest(pattern="a[b")), "pattern"),
+            (stub.Get(cache_pb2.CacheGetRequest(key=""), metadata=metadata), "key"),
+            (stub.Get(cache_pb2.CacheGetRequest(key="k" * 129), metadata=metadata), "key"),
+            (
+                stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v" * 4097), metadata=metadata),
+                "entries[0].value",
+            ),
+            (
+                stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v", ttl_ms=-5), metadata=metadata),
+                "entries[0].ttl_ms",
+            ),
+            (stub.GetMany(cache_pb2.CacheGetManyRequest(keys=["k"] * 101), metadata=metadata), "keys"),
+            (
+                stub.InvalidatePattern(
+                    cache_pb2.CacheInvalidatePatternRequest(pattern="a[b"), metadata=metadata
+                ),
+                "pattern",
+            ),
         ]
         for call, field in cases:
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -117,16 +132,18 @@ async def test_stats_report_every_level(
 
 
 async def test_watch_stream_starts_with_a_flush(
-    replica_config: CacheConfig, start_replica: StartReplica
+    replica_config: CacheConfig, start_replica: StartReplica, admin_metadata: Metadata
 ) -> None:
     replica = await start_replica(replica_config)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
         stub = cache_pb2_grpc.CacheServiceStub(channel)
-        stream = stub.WatchInvalidations(cache_pb2.CacheWatchInvalidationsRequest(watcher_name="raw"))
+        stream = stub.WatchInvalidations(
+            cache_pb2.CacheWatchInvalidationsRequest(watcher_name="raw"), metadata=admin_metadata
+        )
         first = await stream.read()
         assert first.reason == cache_pb2.CACHE_INVALIDATION_REASON_SUBSCRIBED and first.flush_all
         assert first.sequence == 1
-        await stub.Delete(cache_pb2.CacheDeleteRequest(key="gone"))
+        await stub.Delete(cache_pb2.CacheDeleteRequest(key="gone"), metadata=admin_metadata)
         second = await asyncio.wait_for(stream.read(), 5)
         assert list(second.keys) == ["gone"] and second.sequence == 2
         stream.cancel()
@@ -173,7 +190,9 @@ async def test_without_a_redis_url_the_service_runs_its_own_redis(
     assert await replica.cache.l2.client.exists(replica.cache.l2.prefix + "k") == 1
 
 
-async def test_python_dash_m_serves_until_sigterm(redis_url: str, key_prefix: str, tmp_path: Path) -> None:
+async def test_python_dash_m_serves_until_sigterm(
+    redis_url: str, key_prefix: str, tmp_path: Path, admin_metadata: Metadata
+) -> None:
     env = dict(
         os.environ,
         HFTGATE_CACHE_PORT="0",
@@ -197,8 +216,12 @@ async def test_python_dash_m_serves_until_sigterm(redis_url: str, key_prefix: st
             reply = await health.Check(health_pb2.HealthCheckRequest(service="hftgate.v1.CacheService"))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             stub = cache_pb2_grpc.CacheServiceStub(channel)
-            await stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v"))
-            assert (await stub.Get(cache_pb2.CacheGetRequest(key="k"))).entry.value == b"v"
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v"))  # no credentials
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            await stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v"), metadata=admin_metadata)
+            reply = await stub.Get(cache_pb2.CacheGetRequest(key="k"), metadata=admin_metadata)
+            assert reply.entry.value == b"v"
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0
     finally:
