@@ -8,7 +8,12 @@ Every round measures, in this order:
   blocks interleaved with blocks of the floors below, so that figure and floors see the same
   noise on a shared machine.
 - ``tcp_floor_p50_ms``: raw TCP ping-pong with a child process (hftgate.bench.floors).
-- ``grpc_echo_p50_ms``: an empty unary call to a do-nothing server on the same gRPC stack.
+- ``grpc_echo_p50_ms``: an empty unary call to a do-nothing server on the same gRPC stack, behind
+  the same authentication interceptor as the service and carrying an API key as the orders do.
+- ``grpc_plain_echo_p50_ms``: the same without the interceptor; ``auth_overhead_us`` =
+  ``grpc_echo_p50_ms - grpc_plain_echo_p50_ms`` (in microseconds): what refusing calls without
+  credentials costs every admitted call. (The API key's own lookup, a dict hit for a known key,
+  is inside ``unary_logic_ms``.)
 - ``fsync_p50_ms``: a 64-byte append + ``fdatasync`` to a file in the journal's directory.
 - ``grpc_durable_echo_p50_ms``: an empty unary call whose handler awaits one append to the
   service's own journal class (C writer, group commit, fdatasync): the floor of any durable
@@ -111,8 +116,10 @@ class ExecutionProcess:
     deployed service would come back; ``kill()`` is SIGKILL (no clean-up runs), ``stop()`` is
     SIGTERM (graceful drain). The demo reference data (instruments, accounts) is seeded into a
     SQLite file in ``state_dir`` with a key secret of this object's own, so ``account(name)``
-    gives working credentials. ``settings`` are extra ``HFTGATE_EXECUTION_*`` values (field
-    names in lower case, e.g. ``{"snapshot_every_inputs": "500"}``).
+    gives working credentials: the process runs in the dev profile (demo rows are seeded only
+    there) and serves plaintext on loopback (``HFTGATE_TLS_DIR`` is not passed on). ``settings``
+    are extra ``HFTGATE_EXECUTION_*`` values (field names in lower case, e.g.
+    ``{"snapshot_every_inputs": "500"}``).
 
     Every process's output goes to ``state_dir/logs/execution-<n>.log``; :meth:`log_tail`
     shows the end of the latest for error messages.
@@ -167,6 +174,8 @@ class ExecutionProcess:
         }
         env.update({f"HFTGATE_EXECUTION_{name.upper()}": value for name, value in values.items()})
         env["HFTGATE_STATE_DIR"] = str(self.state_dir)
+        env["HFTGATE_PROFILE"] = "dev"  # demo accounts: a throwaway state directory on loopback
+        env.pop("HFTGATE_TLS_DIR", None)
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -450,6 +459,7 @@ class UnaryRound:
     tcp_ns: np.ndarray
     fsync_ns: np.ndarray
     durable_echo_ns: np.ndarray
+    plain_echo_ns: np.ndarray
 
 
 async def measure_unary_with_floors(
@@ -459,6 +469,7 @@ async def measure_unary_with_floors(
     tcp: Any,
     fsync: FsyncProbe,
     durable_echo: Any,
+    plain_echo: Any,
     *,
     samples: int,
     block: int,
@@ -467,7 +478,8 @@ async def measure_unary_with_floors(
     await _unary_block(stub, flows, min(200, samples))  # warm-up: connection, caches, first snapshots
     await echo.round_trips_ns(100)
     await durable_echo.round_trips_ns(100)
-    unary, echoes, tcps, fsyncs, durable = [], [], [], [], []
+    await plain_echo.round_trips_ns(100)
+    unary, echoes, tcps, fsyncs, durable, plain = [], [], [], [], [], []
     done = 0
     while done < samples:
         n = min(block, samples - done)
@@ -476,6 +488,7 @@ async def measure_unary_with_floors(
         tcps.append(tcp.round_trips_ns(n))
         fsyncs.append(fsync.round_trips_ns(max(1, n // 4)))
         durable.append(await durable_echo.round_trips_ns(n))
+        plain.append(await plain_echo.round_trips_ns(n))
         done += n
     return UnaryRound(
         np.concatenate(unary),
@@ -483,6 +496,7 @@ async def measure_unary_with_floors(
         np.concatenate(tcps),
         np.concatenate(fsyncs),
         np.concatenate(durable),
+        np.concatenate(plain),
     )
 
 
@@ -639,6 +653,7 @@ async def _one_round(
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
         echo = GrpcEcho(floors.echo)
         durable_echo = GrpcEcho(floors.durable_echo)
+        plain_echo = GrpcEcho(floors.plain_echo)
         try:
             with TcpPingPong(floors.tcp) as tcp:
                 tcp.round_trips_ns(200)
@@ -649,18 +664,22 @@ async def _one_round(
                     tcp,
                     fsync,
                     durable_echo,
+                    plain_echo,
                     samples=settings.unary_samples,
                     block=settings.unary_block,
                 )
         finally:
             await echo.close()
             await durable_echo.close()
+            await plain_echo.close()
             fsync.close()
         stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=alice.metadata)
         result.update(
             unary_p50_ms=_ms(np.median(unary.unary_ns)),
             unary_p99_ms=_ms(np.percentile(unary.unary_ns, 99)),
             grpc_echo_p50_ms=_ms(np.median(unary.echo_ns)),
+            grpc_plain_echo_p50_ms=_ms(np.median(unary.plain_echo_ns)),
+            auth_overhead_us=float(np.median(unary.echo_ns) - np.median(unary.plain_echo_ns)) / 1e3,
             tcp_floor_p50_ms=_ms(np.median(unary.tcp_ns)),
             fsync_p50_ms=_ms(np.median(unary.fsync_ns)),
             unary_overhead_ms=_ms(
@@ -708,6 +727,7 @@ class FloorTargets:
     echo: str
     tcp: str
     durable_echo: str
+    plain_echo: str
 
 
 @contextlib.contextmanager
@@ -720,8 +740,9 @@ def _floor_servers() -> Iterator[FloorTargets]:
         floor_server("grpc", placed=True) as echo_target,
         floor_server("tcp") as tcp_target,
         floor_server("grpc-journal", journal_dir, placed=True) as durable_target,
+        floor_server("grpc", placed=True, auth=False) as plain_target,
     ):
-        yield FloorTargets(echo_target, tcp_target, durable_target)
+        yield FloorTargets(echo_target, tcp_target, durable_target, plain_target)
 
 
 def run(repeats: int = 3, *, settings: RoundSettings | None = None) -> dict[str, float | int | bool]:

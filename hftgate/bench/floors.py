@@ -13,6 +13,12 @@
   transport, the hand-off to the writer and back, and one fsync. An order path's latency
   minus this is its own logic (decode, risk, match, bookkeeping, acks).
 
+The gRPC floors run behind the same authentication interceptor as the services
+(:class:`hftgate.security.ServiceAuthInterceptor`, API keys allowed) unless started with
+``auth=False``, and :class:`GrpcEcho` sends an API key on every call (``FLOOR_METADATA``), so a
+service's figure minus the floor does not count authentication as the service's own work; the
+difference between the two echo floors is what the interceptor costs a call.
+
 The servers are fresh interpreters (``python -m hftgate.bench.floors ...``), never forks:
 gRPC does not survive a fork (grpc issue #16001).
 
@@ -45,17 +51,25 @@ DURABLE_ECHO_RECORD_BYTES = 128  # about one SubmitOrder's journal record
 
 FloorKind = Literal["tcp", "grpc", "grpc-journal"]
 
+#: What :class:`GrpcEcho` sends with every call: an API key, as an account's client does.
+FLOOR_METADATA: tuple[tuple[str, str], ...] = (("x-api-key", "hftgate-bench-floor-key"),)
+
 
 @contextmanager
 def floor_server(
-    kind: FloorKind, journal_dir: str | os.PathLike[str] | None = None, *, placed: bool = False
+    kind: FloorKind,
+    journal_dir: str | os.PathLike[str] | None = None,
+    *,
+    placed: bool = False,
+    auth: bool = True,
 ) -> Iterator[str]:
     """Start a TCP echo (``"tcp"``), gRPC do-nothing (``"grpc"``) or gRPC durable-echo
     (``"grpc-journal"``, journal in ``journal_dir``) server process; yield ``host:port``.
 
     ``placed``: a gRPC floor runs with the execution service's CPU placement (hftgate.placement,
     ``auto``, and its fsync polling), for figures from a service that runs so; the cache service
-    does not, so its benchmark compares with an unplaced floor."""
+    does not, so its benchmark compares with an unplaced floor. ``auth``: a gRPC floor puts the
+    services' authentication interceptor in front of its handler (see the module docstring)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     arguments = [f"serve-{kind}"]
     if kind == "grpc-journal":
@@ -64,6 +78,8 @@ def floor_server(
         arguments.append(os.fspath(journal_dir))
     if placed and kind != "tcp":
         arguments.append("--placed")
+    if not auth and kind != "tcp":
+        arguments.append("--no-auth")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hftgate.bench.floors", *arguments],
         stdout=subprocess.PIPE,
@@ -122,21 +138,23 @@ class TcpPingPong:
 
 
 class GrpcEcho:
-    """A channel to the do-nothing gRPC server: ``await round_trips_ns(n)`` times ``n`` empty calls."""
+    """A channel to the do-nothing gRPC server: ``await round_trips_ns(n)`` times ``n`` empty calls,
+    each carrying ``metadata`` (an API key by default, see ``FLOOR_METADATA``)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, metadata: tuple[tuple[str, str], ...] = FLOOR_METADATA) -> None:
         import grpc
 
         self._channel = grpc.aio.insecure_channel(target)
+        self._metadata = metadata
         # Raw bytes both ways: no (de)serializers, nothing but the transport.
         self._call = self._channel.unary_unary(ECHO_METHOD, None, None)
 
     async def round_trips_ns(self, count: int) -> np.ndarray:
         out = np.empty(count, dtype=np.int64)
-        call = self._call
+        call, metadata = self._call, self._metadata
         for i in range(count):
             start = time.perf_counter_ns()
-            await call(b"")
+            await call(b"", metadata=metadata)
             out[i] = time.perf_counter_ns() - start
         return out
 
@@ -201,10 +219,13 @@ def _serve_tcp() -> None:
     sys.stdin.read()  # until the parent closes our stdin
 
 
-async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False) -> None:
+async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False, auth: bool = True) -> None:
+    import secrets
+
     import grpc
 
     from hftgate.grpcserver import ServiceBinding, create_server
+    from hftgate.security import ServiceAuthInterceptor, SuiteSecret
 
     journal = None
     poll_ns = 0
@@ -233,6 +254,11 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False) -
     running = await create_server(
         "127.0.0.1:0",
         [ServiceBinding(ECHO_SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)))],
+        # As the execution service: API keys admitted by the interceptor (a secret of its own: an
+        # API-key call is checked by the servicer, and this one has no accounts to check).
+        auth=ServiceAuthInterceptor(SuiteSecret(secrets.token_bytes(32), "floor"), api_key_methods=True)
+        if auth
+        else None,
     )
     # With ``placed``, the execution service's CPU placement (hftgate.placement, "auto") and fsync
     # polling: the floor is measured on the stack and settings that service runs with.
@@ -259,16 +285,18 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False) -
 
 def main(argv: list[str]) -> None:
     placed = "--placed" in argv
-    argv = [a for a in argv if a != "--placed"]
+    auth = "--no-auth" not in argv
+    argv = [a for a in argv if a not in ("--placed", "--no-auth")]
     if argv == ["serve-tcp"]:
         _serve_tcp()
     elif argv == ["serve-grpc"]:
-        asyncio.run(_serve_grpc(placed=placed))
+        asyncio.run(_serve_grpc(placed=placed, auth=auth))
     elif len(argv) == 2 and argv[0] == "serve-grpc-journal":
-        asyncio.run(_serve_grpc(argv[1], placed=placed))
+        asyncio.run(_serve_grpc(argv[1], placed=placed, auth=auth))
     else:
         raise SystemExit(
-            "usage: python -m hftgate.bench.floors serve-tcp|serve-grpc|serve-grpc-journal DIR [--placed]"
+            "usage: python -m hftgate.bench.floors serve-tcp|serve-grpc|serve-grpc-journal DIR"
+            " [--placed] [--no-auth]"
         )
 
 

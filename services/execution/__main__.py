@@ -10,14 +10,21 @@ the newest snapshot, replays the journal after it, brings the ledger level, and 
 reports SERVING. ``services.execution.recovery.load_state(state_dir)`` rebuilds the same state
 offline.
 
-API keys on the embedded defaults: with ``HFTGATE_EXECUTION_SEED_DEMO_DATA`` on (the default)
-the service seeds, when missing, the demo instruments BTCUSDT, ETHUSDT and ESZ4 and the demo
-accounts of ``HFTGATE_EXECUTION_DEMO_ACCOUNTS`` (default ``alice,bob,carol,dave``, account ids
-1, 2, 3, 4 in that order). The API key of demo account NAME is ``<secret>-<NAME>`` with
-``HFTGATE_EXECUTION_DEMO_KEY_SECRET`` as the secret (default ``hftgate-demo``, so alice's key
-is ``hftgate-demo-alice``); only the SHA-256 of each key is stored. Send the key in the
-``x-api-key`` metadata of every call. The start-up log names the demo accounts. Reference rows
-go to the cache service's SQL table (or through the cache service when
+Credentials: every call needs an account's API key (``x-api-key``) or a service token of the
+suite (hftgate/security.py); the service's own calls to the cache and to market data carry the
+"execution" principal's token. TLS: ``HFTGATE_EXECUTION_TLS_CERT_PATH``/``_KEY_PATH`` (and
+``_TLS_CLIENT_CA_PATH`` to require client certificates), else the suite's ``HFTGATE_TLS_DIR``.
+
+API keys on the embedded defaults: in the dev profile (``HFTGATE_PROFILE`` unset or ``dev``:
+``hftgate up``, ``make run``) the service seeds, when missing, the demo instruments BTCUSDT,
+ETHUSDT and ESZ4 and the demo accounts of ``HFTGATE_EXECUTION_DEMO_ACCOUNTS`` (default
+``alice,bob,carol,dave``, account ids 1, 2, 3, 4 in that order). The API key of demo account
+NAME is ``<secret>-<NAME>`` with ``HFTGATE_EXECUTION_DEMO_KEY_SECRET`` as the secret (default
+``hftgate-demo``, so alice's key is ``hftgate-demo-alice``); only each key's HMAC under the
+suite secret is stored. In the production profile nothing is seeded, and
+``HFTGATE_EXECUTION_SEED_DEMO_DATA=true`` there refuses to start (demo keys are published).
+Send the key in the ``x-api-key`` metadata of every call. The start-up log names the demo
+accounts. Reference rows go to the cache service's SQL table (or through the cache service when
 ``HFTGATE_EXECUTION_CACHE_ADDRESS`` is set); services/execution/reference.py describes them,
 for adding real accounts and instruments.
 """
@@ -27,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hftgate import placement, telemetry
+from hftgate import placement, security, telemetry
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
 from services.execution.config import ExecutionConfig, load_config
@@ -37,13 +44,17 @@ log = logging.getLogger("services.execution")
 
 
 async def main() -> None:
-    config = load_config()
+    try:
+        config = load_config()
+    except (ValueError, security.SecurityError) as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(2) from None
 
     log.info("config: %s", describe(config))
     telemetry.configure("execution", metrics_port=config.metrics_port)
     running = await start(config)
     place_threads(running, config)
-    if config.seed_demo_data:
+    if config.seeds_demo_data():
         log.info(
             "demo accounts %s: API key of NAME is '<HFTGATE_EXECUTION_DEMO_KEY_SECRET>-NAME'",
             ", ".join(config.demo_accounts),

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hftgate import placement
+from hftgate import placement, security
 from hftgate.config import default_state_dir, from_env
 
 ENV_PREFIX = "HFTGATE_EXECUTION_"
@@ -30,9 +30,13 @@ class ExecutionConfig:
     # Where the journal, the snapshots and the SQLite ledger live; empty = HFTGATE_STATE_DIR/execution.
     state_dir: str = ""
 
-    # TLS: both paths set = serve TLS with this PEM certificate chain and key; both empty = plaintext.
+    # TLS of the front door: both paths set = serve TLS with this PEM certificate chain and key.
+    # Both empty: TLS from the suite's HFTGATE_TLS_DIR (hftgate certs init) when set, else plaintext.
     tls_cert_path: str = ""
     tls_key_path: str = ""
+    # With tls_cert_path: a PEM CA bundle; when set, every client must present a certificate that
+    # chains to it (mutual TLS), else its handshake fails.
+    tls_client_ca_path: str = ""
 
     # Journal. "fsync": an ack leaves only once its input is on disk (group commit);
     # "write": ack once the kernel has the bytes (survives a process kill, not a power loss).
@@ -64,8 +68,10 @@ class ExecutionConfig:
     reference_database_url: str = ""
     reference_table: str = "cache_entries"
     reference_local_ttl_ms: int = 1_000
-    # Seed demo instruments and accounts into the reference store when they are missing.
-    seed_demo_data: bool = True
+    # Seed demo instruments and accounts (with published API keys) into the reference store when
+    # they are missing. Unset (the default): on in the dev profile, off in production
+    # (HFTGATE_PROFILE, hftgate.security.profile); forcing it on in production refuses to start.
+    seed_demo_data: bool | None = None
     # Demo accounts; the API key of demo account NAME is "<demo_key_secret>-<NAME>".
     demo_accounts: tuple[str, ...] = ("alice", "bob", "carol", "dave")
     demo_key_secret: str = "hftgate-demo"
@@ -102,6 +108,23 @@ class ExecutionConfig:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def seeds_demo_data(self, profile: str | None = None) -> bool:
+        """Whether this service seeds the demo rows under ``profile`` (default: the process's).
+
+        Raises ValueError when seeding is forced on in the production profile: demo accounts have
+        published keys, and anyone could trade as them."""
+        profile = security.profile() if profile is None else profile
+        if self.seed_demo_data is None:
+            return profile == security.DEV_PROFILE
+        if self.seed_demo_data and profile != security.DEV_PROFILE:
+            raise ValueError(
+                f"{ENV_PREFIX}SEED_DEMO_DATA is on in the {profile!r} profile: demo accounts have "
+                f"published API keys, so they are seeded only in the {security.DEV_PROFILE!r} profile "
+                f"({security.PROFILE_VARIABLE}={security.DEV_PROFILE}); unset it, or issue real accounts "
+                "and keys with the admin CLI"
+            )
+        return self.seed_demo_data
+
     def state_path(self) -> Path:
         return Path(self.state_dir) if self.state_dir else default_state_dir() / "execution"
 
@@ -133,6 +156,15 @@ def load_config(environ: Mapping[str, str] | None = None) -> ExecutionConfig:
         )
     if bool(config.tls_cert_path) != bool(config.tls_key_path):
         raise ValueError(f"{ENV_PREFIX}TLS_CERT_PATH and {ENV_PREFIX}TLS_KEY_PATH must be set together")
+    if config.tls_client_ca_path and not config.tls_cert_path:
+        raise ValueError(
+            f"{ENV_PREFIX}TLS_CLIENT_CA_PATH needs {ENV_PREFIX}TLS_CERT_PATH and {ENV_PREFIX}TLS_KEY_PATH"
+        )
+    for name in ("tls_cert_path", "tls_key_path", "tls_client_ca_path"):
+        path = getattr(config, name)
+        if path and not Path(path).is_file():
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}={path!r}: no such file")
+    config.seeds_demo_data(security.profile(environ))  # fails fast on demo keys in production
     for name in ("loop_cpus", "journal_writer_cpus"):
         try:
             placement.check_spec(getattr(config, name))

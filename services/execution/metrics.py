@@ -15,7 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from hftgate.security import ServiceAuthInterceptor
     from services.execution.core import ExecutionCore
+    from services.execution.server import ExecutionServicer
 
 _QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"), ("0.999", "p99_9"), ("0.9999", "p99_99"))
 
@@ -25,6 +27,9 @@ class ExecutionCollector(Collector):
 
     def __init__(self, core: ExecutionCore) -> None:
         self.core = core
+        # Set once the server exists: who refused calls for want of credentials.
+        self.servicer: ExecutionServicer | None = None
+        self.interceptor: ServiceAuthInterceptor | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         core = self.core
@@ -62,6 +67,15 @@ class ExecutionCollector(Collector):
             ("reference_sql_lookups", core.reference.counters.sql_lookups, "Reference lookups that read SQL"),
         ):
             yield CounterMetricFamily(f"hftgate_execution_{name}", text, value=value)
+        refused = CounterMetricFamily(
+            "hftgate_execution_unauthenticated_calls",
+            "Calls refused UNAUTHENTICATED: no credential or a forged service token (interceptor), "
+            "a missing or unknown API key (servicer)",
+            labels=["by"],
+        )
+        refused.add_metric(["interceptor"], self.interceptor.refused if self.interceptor else 0)
+        refused.add_metric(["servicer"], self.servicer.unauthenticated if self.servicer else 0)
+        yield refused
         yield GaugeMetricFamily(
             "hftgate_execution_open_orders",
             "Orders resting or waiting for a trigger",

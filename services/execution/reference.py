@@ -7,8 +7,13 @@ truth) under these keys, each value UTF-8 JSON:
 ``instrument:<SYMBOL>``    :class:`InstrumentSpec` (the fields of common.proto's Instrument
                            plus the price/quantity grid)
 ``account:<name>``         :class:`AccountSpec` (numeric id, limits, kill switch)
-``apikey:<sha256 hex>``    the account name owning the key (keys are stored only hashed)
+``apikey:<hmac hex>``      the account name owning the key; the key is stored only as its keyed
+                           hash, ``SuiteSecret.api_key_hash`` (HMAC-SHA256 under the suite secret),
+                           so a leaked row says nothing without the secret
 =========================  ==========================================================
+
+Rows whose key is the plain SHA-256 of an API key (the format before the keyed hash) are
+never found: such a key must be issued again.
 
 :class:`ReferenceData` is what the order path calls. It reads through a *source*:
 :class:`CacheSource` (the embedded :class:`~services.cache.client.CacheClient` with its
@@ -23,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
-import hashlib
 import json
 import logging
 import time
@@ -32,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
+from hftgate.security import SuiteSecret
 from services.cache.client import CacheClient
 from services.cache.l3_sql import SqlStore
 from services.cache.model import StoredEntry, VersionClock
@@ -42,12 +46,13 @@ INSTRUMENT_PREFIX = "instrument:"
 ACCOUNT_PREFIX = "account:"
 API_KEY_PREFIX = "apikey:"
 CACHE_LEVEL_SQL = 3  # cache_pb2.CACHE_LEVEL_L3
+#: The longest API key looked up; a longer one is unknown without hashing it or asking the store.
+MAX_API_KEY_CHARS = 256
 
 
-@functools.lru_cache(maxsize=4096)  # every call of an account hashes the same key: keep the answer
-def api_key_hash(api_key: str) -> str:
-    """The stored form of an API key: hex SHA-256 of its UTF-8 bytes."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+def api_key_row(secret: SuiteSecret, api_key: str) -> str:
+    """The reference row key of ``api_key``: ``apikey:<keyed hash>`` (see the module docstring)."""
+    return API_KEY_PREFIX + secret.api_key_hash(api_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,9 @@ class SqlSource:
     _REFRESH_CHUNK = 500
     #: At start, :meth:`preload` holds at most this many rows per key prefix.
     PRELOAD_ROWS_PER_PREFIX = 20_000
+    #: Misses are held (and refreshed) only while fewer rows than this are held: a caller sending
+    #: made-up API keys cannot grow the held rows or the refresh without bound.
+    MAX_HELD_ROWS = 100_000
 
     def __init__(self, store: SqlStore, local_ttl_ms: int, idle_drop_ms: int = 60_000) -> None:
         self.store = store
@@ -219,7 +227,8 @@ class SqlSource:
         rows = await self.store.get_many([key], time.time_ns() // 1_000_000)
         entry = rows.get(key)
         value = None if entry is None else entry.value
-        self._hold({key: value})
+        if value is not None or len(self._held) < self.MAX_HELD_ROWS:
+            self._hold({key: value})  # misses (unknown keys a caller made up) only up to the bound
         return value
 
     def _hold(self, values: Mapping[str, bytes | None]) -> None:
@@ -309,12 +318,32 @@ class LookupCounters:
 
 
 class ReferenceData:
-    """Instruments, accounts and API keys for the order path, decoded once per stored value."""
+    """Instruments, accounts and API keys for the order path, decoded once per stored value.
 
-    def __init__(self, source: ReferenceSource) -> None:
+    API keys are looked up by their keyed hash under ``secret`` (:func:`api_key_row`); the row
+    key of each key seen is kept (up to ``MAX_KEY_ROWS``, then forgotten all at once), so an
+    account's calls after its first pay one dict lookup for it, not an HMAC.
+    """
+
+    MAX_KEY_ROWS = 4_096
+
+    def __init__(self, source: ReferenceSource, secret: SuiteSecret) -> None:
         self.source = source
+        self.secret = secret
         self.counters = LookupCounters()
         self._decoded: dict[str, tuple[bytes, Any]] = {}
+        self._key_rows: dict[str, str] = {}
+
+    def key_row(self, api_key: str) -> str | None:
+        """The row key of ``api_key`` (cached), or None for a key too long to be one of ours."""
+        row = self._key_rows.get(api_key)
+        if row is None:
+            if len(api_key) > MAX_API_KEY_CHARS:
+                return None
+            if len(self._key_rows) >= self.MAX_KEY_ROWS:
+                self._key_rows.clear()
+            row = self._key_rows[api_key] = api_key_row(self.secret, api_key)
+        return row
 
     def _held_spec(self, key: str, cls: type[Any]) -> Any:
         """The spec of ``key`` when the source holds its row now (no await), else :data:`NOT_HELD`."""
@@ -367,14 +396,18 @@ class ReferenceData:
 
     async def account_for_key(self, api_key: str) -> AccountSpec | None:
         """The account owning ``api_key``, or None for an unknown key."""
-        name = await self._spec(API_KEY_PREFIX + api_key_hash(api_key), bytes)
+        row = self.key_row(api_key)
+        name = None if row is None else await self._spec(row, bytes)
         if name is None:
             return None
         return await self.account(name.decode("utf-8"))
 
     def account_for_key_held(self, api_key: str) -> AccountSpec | NotHeld | None:
         """:meth:`account_for_key` without an await when both rows are held locally, else :data:`NOT_HELD`."""
-        name = self._held_spec(API_KEY_PREFIX + api_key_hash(api_key), bytes)
+        row = self.key_row(api_key)
+        if row is None:
+            return None
+        name = self._held_spec(row, bytes)
         if name is None or name is NOT_HELD:
             return name  # type: ignore[no-any-return]
         spec: AccountSpec | NotHeld | None = self._held_spec(
@@ -433,10 +466,13 @@ def demo_api_key(secret: str, account: str) -> str:
     return f"{secret}-{account}"
 
 
-def demo_rows(accounts: tuple[str, ...], secret: str) -> list[tuple[str, bytes]]:
-    """Rows for the demo instruments and accounts (account ids 1, 2, ... in the given order)."""
+def demo_rows(
+    accounts: tuple[str, ...], key_secret: str, suite_secret: SuiteSecret
+) -> list[tuple[str, bytes]]:
+    """Rows for the demo instruments and accounts (account ids 1, 2, ... in the given order); each
+    demo key (``<key_secret>-<name>``) is stored by its keyed hash under ``suite_secret``."""
     rows = [(INSTRUMENT_PREFIX + spec.symbol, encode_spec(spec)) for spec in DEMO_INSTRUMENTS]
     for number, name in enumerate(accounts, start=1):
         rows.append((ACCOUNT_PREFIX + name, encode_spec(AccountSpec(name=name, account_id=number))))
-        rows.append((API_KEY_PREFIX + api_key_hash(demo_api_key(secret, name)), name.encode("utf-8")))
+        rows.append((api_key_row(suite_secret, demo_api_key(key_secret, name)), name.encode("utf-8")))
     return rows

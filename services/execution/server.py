@@ -1,6 +1,9 @@
 """gRPC wiring of the execution service: ExecutionService servicer and :func:`start`.
 
-The servicer authenticates the caller (``x-api-key`` metadata), turns call-level problems into
+Every call passes :class:`~hftgate.security.ServiceAuthInterceptor` first (a call with neither a
+valid service token nor an API key is refused UNAUTHENTICATED before it is decoded); the servicer
+then authenticates the account (``x-api-key`` metadata, looked up by its keyed hash), turns
+call-level problems into
 statuses (see the service comment in execution.proto), decodes requests into
 :class:`~services.execution.core.Inputs` and encodes the core's acks and reports back. All the
 order logic is in core.py, state.py and risk.py.
@@ -23,7 +26,8 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from hftgate.grpcserver import RunningServer, ServiceBinding, TlsFiles, create_server
+from hftgate import security
+from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
 from hftgate.v1 import common_pb2 as common
@@ -62,7 +66,9 @@ from services.execution.trade_feed import TradeFeed
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "hftgate.v1.ExecutionService"
-API_KEY_METADATA = "x-api-key"
+API_KEY_METADATA = security.API_KEY_METADATA
+#: The principal this service calls other services as (the cache, market data).
+PRINCIPAL = "execution"
 
 
 async def _abort_bad_request(
@@ -107,6 +113,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self.core = core
         self.config = config
         self.published_report_seq = core.state.next_report_seq - 1
+        #: Calls refused for a missing or unknown API key (the interceptor counts its own refusals).
+        self.unauthenticated = 0
 
     # --- call-level checks -------------------------------------------------------------------------
 
@@ -117,6 +125,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 key = value if isinstance(value, str) else value.decode("utf-8", "replace")
                 break
         if not key:
+            self.unauthenticated += 1
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"missing API key: send it in '{API_KEY_METADATA}'"
             )
@@ -124,6 +133,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         if account is NOT_HELD:
             account = await self.core.authenticate(key)
         if account is None:
+            self.unauthenticated += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
         assert account is not None
         return account
@@ -151,7 +161,11 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
     async def _resolve(
         self, context: grpc.aio.ServicerContext, account: AccountSpec, order_id: int, client_order_id: str
     ) -> int:
-        """The named order's id, or the call's status: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED."""
+        """The named order's id, or the call's status: INVALID_ARGUMENT, or NOT_FOUND.
+
+        Another account's order is NOT_FOUND with exactly the message of an order id never used
+        (and a rejected order's): answering otherwise would tell any account which of the
+        sequential order ids exist, and so how much others trade."""
         state = self.core.state
         if not order_id and not client_order_id:
             await _abort_bad_request(context, "order_id", "name the order by order_id or client_order_id")
@@ -171,15 +185,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 )
             return by_client
         row = state.order(order_id)
-        if row is None:
+        if row is None or int(row["account_id"]) != account.account_id or int(row["status"]) == REJECTED:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {order_id}")
-        assert row is not None
-        if int(row["account_id"]) != account.account_id or int(row["status"]) == REJECTED:
-            if int(row["status"]) == REJECTED:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {order_id}")
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"order {order_id} belongs to another account"
-            )
         return order_id
 
     # --- order entry ---------------------------------------------------------------------------------
@@ -326,6 +333,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             except ServiceUnavailable as exc:
                 submitted[0] -= 1
                 ended.append(exc)
+            except grpc.aio.AbortError as exc:  # the request decoder has already answered the call
+                ended.append(exc)
             except Exception as exc:  # a broken client stream: end ours too
                 ended.append(exc)
             queue.put_nowait(_END)  # type: ignore[arg-type]
@@ -374,6 +383,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
         problem = next((e for e in ended if e is not None), None)
+        if isinstance(problem, grpc.aio.AbortError):
+            raise problem  # the call's status is set (e.g. INVALID_ARGUMENT for bytes that do not decode)
         if isinstance(problem, _BadStreamMessage):
             await _abort_bad_request(context, "inputs", str(problem))
         if isinstance(problem, ServiceUnavailable):
@@ -531,9 +542,10 @@ def _sizes_of(reference: ReferenceData, symbol: str) -> tuple[str, str] | None:
     return None if held is None else (held[1].tick_size, held[1].lot_size)
 
 
-async def _reference_source(config: ExecutionConfig) -> ReferenceSource:
+async def _reference_source(config: ExecutionConfig, suite: security.SuiteSecurity) -> ReferenceSource:
     if config.cache_address:
-        client = CacheClient(config.cache_address, watcher_name="execution")
+        # As "execution": the cache lets it read reference rows, never write them.
+        client = CacheClient(config.cache_address, watcher_name="execution", credentials=suite.credentials)
         await client.start()
         return CacheSource(client)
     if not config.reference_database_url and "sqlite" in config.reference_url():
@@ -543,8 +555,50 @@ async def _reference_source(config: ExecutionConfig) -> ReferenceSource:
     return SqlSource(store, config.reference_local_ttl_ms)
 
 
-async def start(config: ExecutionConfig) -> ExecutionServer:
-    """Recover the state, open ledger and reference data, and serve the execution API on config.address."""
+async def _seed_demo_rows(
+    config: ExecutionConfig, suite: security.SuiteSecurity, source: ReferenceSource
+) -> list[tuple[str, bytes]]:
+    """Write the missing demo rows (dev profile only; see ExecutionConfig.seeds_demo_data) and
+    return them all. Through the cache, the rows are written with the "admin" principal's token:
+    reference rows are an operator's, and seeding them is done on the operator's behalf (only a
+    process holding the suite secret can); the service's own identity stays read-only."""
+    if not config.seeds_demo_data():
+        return []
+    demo = demo_rows(config.demo_accounts, config.demo_key_secret, suite.secret)
+    if isinstance(source, CacheSource):
+        admin = suite.secret.service_credentials(security.ADMIN, suite.client_tls)
+        async with CacheClient(
+            config.cache_address, watcher_name="execution-seed", credentials=admin
+        ) as client:
+            added = await CacheSource(client).put_if_absent(demo)
+    else:
+        added = await source.put_if_absent(demo)
+    if added:
+        log.info("seeded %d demo reference row(s) (instruments, accounts, API keys)", added)
+    return demo
+
+
+def _server_tls(config: ExecutionConfig, suite: security.SuiteSecurity) -> security.ServerTls | None:
+    """The front door's own certificate when configured, else the suite's (HFTGATE_TLS_DIR), else none."""
+    if config.tls_cert_path:
+        ca = Path(config.tls_client_ca_path) if config.tls_client_ca_path else None
+        return security.ServerTls(
+            Path(config.tls_cert_path),
+            Path(config.tls_key_path),
+            client_ca_path=ca,
+            require_client_cert=bool(ca),
+        )
+    return suite.server_tls
+
+
+async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = None) -> ExecutionServer:
+    """Recover the state, open ledger and reference data, and serve the execution API on config.address.
+
+    ``suite``: the suite's secret and TLS (default: ``load_suite_security("execution")``, from the
+    environment). Raises ValueError, before touching any state, when demo seeding is forced on
+    in the production profile."""
+    config.seeds_demo_data()  # refuse before recovering anything
+    suite = suite or security.load_suite_security(PRINCIPAL)
     config.state_path().mkdir(parents=True, exist_ok=True)
     recovered: Recovery = await asyncio.to_thread(recover, config)
     journal = recovered.journal
@@ -565,14 +619,10 @@ async def start(config: ExecutionConfig) -> ExecutionServer:
         # The snapshot's fills were in the ledger before it became the base, and the catch-up wrote
         # the tail's: every fill the recovered state knows is written (snapshots wait on this mark).
         ledger.mark_written_through(recovered.state.next_trade_id - 1)
-        source = await _reference_source(config)
-        reference = ReferenceData(source)
+        source = await _reference_source(config, suite)
+        reference = ReferenceData(source, suite.secret)
         closers.append(reference.close)
-        demo = demo_rows(config.demo_accounts, config.demo_key_secret) if config.seed_demo_data else []
-        if demo:
-            added_rows = await source.put_if_absent(demo)
-            if added_rows:
-                log.info("seeded %d demo reference row(s) (instruments, accounts, API keys)", added_rows)
+        demo = await _seed_demo_rows(config, suite, source)
         # Before SERVING: the first orders after a (re)start must not each wait for an SQL read
         # (measured at 1,000 orders/s: the first 40 ms of orders took 20-50 ms each).
         state = recovered.state
@@ -596,6 +646,7 @@ async def start(config: ExecutionConfig) -> ExecutionServer:
                 config.marketdata_address,
                 lambda symbol_id: core.state.symbol_names[symbol_id],
                 lambda symbol: _sizes_of(reference, symbol),
+                credentials=suite.credentials,
             )
             feed.start()
             core.trade_sink = feed.publish
@@ -603,9 +654,10 @@ async def start(config: ExecutionConfig) -> ExecutionServer:
         collector = metrics.register(core)
         closers.append(lambda: _unregister(collector))
         servicer = ExecutionServicer(core, config)
-        tls = (
-            TlsFiles(Path(config.tls_cert_path), Path(config.tls_key_path)) if config.tls_cert_path else None
-        )
+        # Accounts call with their API key (checked by the servicer); services (the gateway) with a
+        # service token, and forward the account's key.
+        auth = security.ServiceAuthInterceptor(suite.secret, api_key_methods=True)
+        collector.servicer, collector.interceptor = servicer, auth
         running = await create_server(
             config.address,
             [
@@ -613,7 +665,8 @@ async def start(config: ExecutionConfig) -> ExecutionServer:
                     SERVICE_NAME, lambda s: api_grpc.add_ExecutionServiceServicer_to_server(servicer, s)
                 )
             ],
-            tls=tls,
+            tls=_server_tls(config, suite),
+            auth=auth,
         )
     except BaseException:
         for close in reversed(closers):

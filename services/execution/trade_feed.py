@@ -6,6 +6,10 @@ from the instrument's tick and lot sizes) and writes them on one long-lived Publ
 When the market data service is unreachable the feed drops what it cannot send (counting it and
 logging once per interval) and reconnects with backoff: market data is best effort, while the
 ledger, not this feed, is the record of every fill.
+
+The stream carries the service's credentials (``credentials``: the "execution" principal's token,
+the only one market data accepts venue ``hftgate`` from, and TLS from the suite's
+``HFTGATE_TLS_DIR`` when set).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
-import grpc
 import numpy as np
 
+from hftgate.grpcserver import CHANNEL_OPTIONS
+from hftgate.security import ClientCredentials
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import marketdata_pb2 as md
 from hftgate.v1 import marketdata_pb2_grpc as md_grpc
@@ -37,10 +42,12 @@ class TradeFeed:
         symbol_name: Callable[[int], str],
         sizes: Callable[[str], tuple[str, str] | None],
         *,
+        credentials: ClientCredentials,
         max_queued_batches: int = 10_000,
         backoff_max_s: float = 5.0,
     ) -> None:
         self.target = target
+        self.credentials = credentials
         self._symbol_name = symbol_name
         self._sizes = sizes  # symbol -> (tick_size, lot_size) as decimal strings
         self._queue: asyncio.Queue[np.ndarray] = asyncio.Queue(max_queued_batches)
@@ -94,9 +101,9 @@ class TradeFeed:
         backoff_s = 0.05
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.target) as channel:
+                async with self.credentials.open_channel(self.target, CHANNEL_OPTIONS) as channel:
                     stub = md_grpc.MarketDataServiceStub(channel)
-                    await stub.PublishTrades(self._requests())
+                    await stub.PublishTrades(self._requests(), metadata=self.credentials.metadata)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

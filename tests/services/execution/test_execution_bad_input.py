@@ -182,7 +182,9 @@ async def test_other_accounts_orders_cannot_be_seen_or_canceled(seeded: Any) -> 
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
-        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Exactly what an order id never used answers: existence does not leak across accounts.
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert caught.value.details() == f"no order with order_id {bid.order_id}"
     # By client order id, bob's namespace has no such order at all.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CancelOrder(api.CancelOrderRequest(client_order_id="keep-bid"), metadata=BOB)
@@ -242,7 +244,8 @@ async def test_malformed_stream_messages_end_the_stream_and_keep_earlier_inputs(
     assert [a.client_order_id for a in acks] == ["kept"]
     kept = await stub.GetOrder(api.GetOrderRequest(client_order_id="kept"), metadata=ALICE)
     assert kept.order.status == api.ORDER_STATUS_NEW
-    # Bytes that do not decode as OrderStreamRequest: gRPC ends the call with INTERNAL.
+    # Bytes that do not decode as OrderStreamRequest: the request decoder (hftgate.telemetry)
+    # ends the call with INVALID_ARGUMENT saying what is wrong, and the service adds nothing.
     raw = seeded.channel.stream_stream(
         "/hftgate.v1.ExecutionService/OrderStream",
         request_serializer=lambda b: b,
@@ -251,7 +254,10 @@ async def test_malformed_stream_messages_end_the_stream_and_keep_earlier_inputs(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in raw(iter([b"\x0a\xff\xff\xff\xff\x0f"]), metadata=ALICE):
             pass
-    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("request is not a valid hftgate.v1.OrderStreamRequest: ")
+    kept = await stub.GetOrder(api.GetOrderRequest(client_order_id="kept"), metadata=ALICE)
+    assert kept.order.status == api.ORDER_STATUS_NEW
 
 
 async def test_rate_limit_is_resource_exhausted_with_quota_and_retry_details(seeded: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from hftgate.security import SERVICE_TOKEN_METADATA, load_suite_secret
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
@@ -208,8 +209,10 @@ async def test_own_trades_reach_the_market_data_service_as_venue_hftgate(
                 request = md.GetSnapshotRequest(
                     filter=md.SymbolFilter(symbols=[common.Symbol(venue="hftgate", name="BTCUSDT")])
                 )
+                # A service's token: market data may serve snapshots only to authenticated callers.
+                token = ((SERVICE_TOKEN_METADATA, load_suite_secret().token_for("gateway")),)
                 for _ in range(100):
-                    snapshot = await stub.GetSnapshot(request)
+                    snapshot = await stub.GetSnapshot(request, metadata=token)
                     if snapshot.symbols and snapshot.symbols[0].trades:
                         break
                     await asyncio.sleep(0.05)

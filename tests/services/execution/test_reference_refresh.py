@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from hftgate.security import SuiteSecret
 from services.cache.l3_sql import SqlStore
 from services.cache.model import StoredEntry, VersionClock
 from services.execution.reference import SqlSource
+
+SECRET = SuiteSecret(b"reference-test-secret-" + b"s" * 16)
 
 
 async def _store(tmp_path: Path) -> SqlStore:
@@ -78,7 +81,7 @@ async def test_held_lookups_answer_without_an_await_only_what_the_async_lookup_w
         AccountSpec,
         InstrumentSpec,
         ReferenceData,
-        api_key_hash,
+        api_key_row,
         encode_spec,
     )
 
@@ -91,10 +94,10 @@ async def test_held_lookups_answer_without_an_await_only_what_the_async_lookup_w
                 "account:alice",
                 StoredEntry(encode_spec(AccountSpec(name="alice", account_id=7)), clock.next()),
             ),
-            (f"apikey:{api_key_hash('k-alice')}", StoredEntry(b"alice", clock.next())),
+            (api_key_row(SECRET, "k-alice"), StoredEntry(b"alice", clock.next())),
         ]
     )
-    reference = ReferenceData(SqlSource(store, local_ttl_ms=60_000))
+    reference = ReferenceData(SqlSource(store, local_ttl_ms=60_000), SECRET)
     try:
         assert reference.instrument_held("BTCUSDT") is NOT_HELD
         assert reference.instrument_held("NOPE") is NOT_HELD
