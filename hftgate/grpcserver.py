@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hftgate.security import ServerTls
-from hftgate.telemetry import ServerTelemetryInterceptor
+from hftgate.telemetry import RequestDecodingInterceptor, ServerTelemetryInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,17 @@ async def create_server(
     puts the span-and-metrics interceptor (hftgate.telemetry) in front of ``interceptors``;
     ``auth`` (hftgate.security.ServiceAuthInterceptor) goes before everything, so a call
     without credentials is refused before any other work.
+
+    Every method's requests are decoded by that first interceptor (or, with ``telemetry``
+    off, by :class:`~hftgate.telemetry.RequestDecodingInterceptor`), not by gRPC: bytes that
+    are not a valid request answer INVALID_ARGUMENT "request is not a valid <message>: ..."
+    on every RPC, unary or streaming, health and reflection included. Servicers therefore
+    read request streams by iterating them, not with ``context.read()``.
     """
-    chain = [ServerTelemetryInterceptor(), *interceptors] if telemetry else list(interceptors)
+    first: grpc.aio.ServerInterceptor = (
+        ServerTelemetryInterceptor() if telemetry else RequestDecodingInterceptor()
+    )
+    chain = [first, *interceptors]
     if auth is not None:
         chain.insert(0, auth)
     server = grpc.aio.server(interceptors=chain, options=SERVER_OPTIONS)

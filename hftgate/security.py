@@ -176,6 +176,12 @@ def load_suite_secret(
     except FileNotFoundError:
         if named or not create:
             raise SecurityError(f"no suite secret at {path}") from None
+        if profile(env) == PRODUCTION_PROFILE:
+            # A container that made its own secret would refuse every other service's calls (and
+            # they its): in production the secret is provisioned, never invented.
+            raise SecurityError(
+                f"no suite secret: set HFTGATE_SUITE_SECRET or HFTGATE_SUITE_SECRET_FILE (looked at {path})"
+            ) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     raw = secrets.token_hex(32).encode("ascii")

@@ -3,22 +3,44 @@
 Each service runs in a fresh interpreter (``python -m services.<name>``), never a
 fork of this one, so no gRPC state crosses a fork. The same start-up path is what
 docker compose runs, one container per service.
+
+Before the first service starts, :func:`prepare_suite_env` makes sure the suite secret exists
+(``hftgate.security.load_suite_secret``: ``<state dir>/secrets/suite.secret``, created 0600 on
+first use) and names it to every child, so the services and the replay feeder authenticate to
+each other with tokens derived from one secret; it sets the ``dev`` profile (demo accounts)
+unless ``HFTGATE_PROFILE`` says otherwise, and with ``tls`` makes a suite CA and certificates
+under ``<state dir>/tls`` (``hftgate certs init``) and points ``HFTGATE_TLS_DIR`` at them.
+Start-up waits on ``grpc.health.v1``, which needs no credential (over TLS when it is on).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hftgate.config import default_data_dir
+from hftgate.security import (
+    ADMIN,
+    DEV_PROFILE,
+    PROFILE_VARIABLE,
+    ClientTls,
+    certs_init,
+    load_suite_secret,
+    profile,
+    suite_client_tls,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,8 +77,10 @@ ALL_SERVICES: tuple[ServiceSpec, ...] = (
 
 
 # Which address of an already started service each service is told, and by which variable:
-# execution reads reference data through the cache and publishes its trades to market data.
+# market data verifies accounts' API keys through the cache; execution reads reference data
+# through the cache and publishes its trades to market data.
 DEPENDENCY_ADDRESS_VARIABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "marketdata": (("cache", "HFTGATE_MARKETDATA_CACHE_ADDRESS"),),
     "execution": (
         ("cache", "HFTGATE_EXECUTION_CACHE_ADDRESS"),
         ("marketdata", "HFTGATE_EXECUTION_MARKETDATA_ADDRESS"),
@@ -68,21 +92,57 @@ def available_services() -> list[ServiceSpec]:
     return [s for s in ALL_SERVICES if s.is_available()]
 
 
+def prepare_suite_env(env: Mapping[str, str] | None = None, *, tls: bool = False) -> dict[str, str]:
+    """The environment the suite's processes share (see the module docstring); ``env`` is not changed.
+
+    Idempotent: an existing secret, profile or TLS folder is kept.
+    """
+    prepared = dict(os.environ if env is None else env)
+    state_dir = Path(prepared["HFTGATE_STATE_DIR"]) if prepared.get("HFTGATE_STATE_DIR") else None
+    # Made here, once, before any child reads it (each would otherwise race to create it).
+    secret = load_suite_secret(prepared, state_dir=state_dir)
+    if not prepared.get("HFTGATE_SUITE_SECRET") and not prepared.get("HFTGATE_SUITE_SECRET_FILE"):
+        prepared["HFTGATE_SUITE_SECRET_FILE"] = str(Path(secret.source).resolve())
+    prepared.setdefault(PROFILE_VARIABLE, DEV_PROFILE)
+    profile(prepared)  # fails fast on a profile that is neither dev nor production
+    if tls and not prepared.get("HFTGATE_TLS_DIR"):
+        from hftgate.config import default_state_dir
+
+        folder = ((state_dir or default_state_dir()) / "tls").resolve()
+        if not (folder / "ca.pem").exists():
+            written = certs_init(folder)
+            log.info("suite CA and %d certificate files written under %s", len(written), folder)
+        prepared["HFTGATE_TLS_DIR"] = str(folder)
+    return prepared
+
+
 @dataclass
 class RunningService:
     spec: ServiceSpec
     port: int
     process: subprocess.Popen[bytes]
+    #: The environment the service was started with (what a feeder or tool beside it should use).
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
 
-def wait_until_serving(address: str, timeout_s: float) -> bool:
-    """Poll ``grpc.health.v1`` at ``address`` until it answers SERVING or time runs out."""
+def _health_channel(address: str, tls: ClientTls | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.credentials())
+
+
+def wait_until_serving(address: str, timeout_s: float, tls: ClientTls | None = None) -> bool:
+    """Poll ``grpc.health.v1`` at ``address`` until it answers SERVING or time runs out.
+
+    Health needs no credential; with ``tls`` the channel verifies the server against the suite
+    CA (and presents the certificate in ``tls``, if any, for servers that require one).
+    """
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
+    with _health_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -96,10 +156,19 @@ def wait_until_serving(address: str, timeout_s: float) -> bool:
 
 
 def start_services(
-    specs: Iterable[ServiceSpec], env: Mapping[str, str] | None = None, startup_timeout_s: float = 30.0
+    specs: Iterable[ServiceSpec],
+    env: Mapping[str, str] | None = None,
+    startup_timeout_s: float = 30.0,
+    *,
+    tls: bool = False,
 ) -> list[RunningService]:
-    """Start each service and wait for it to report SERVING before starting the next."""
-    base_env = dict(os.environ if env is None else env)
+    """Start each service and wait for it to report SERVING before starting the next.
+
+    The children get :func:`prepare_suite_env` of ``env`` (default: this process's environment)
+    and the addresses of the services they depend on (``DEPENDENCY_ADDRESS_VARIABLES``).
+    """
+    base_env = prepare_suite_env(env, tls=tls)
+    health_tls = suite_client_tls(ADMIN, base_env)
     running: list[RunningService] = []
     try:
         for spec in specs:
@@ -110,9 +179,9 @@ def start_services(
                 if dependency in started and not child_env.get(variable):
                     child_env[variable] = started[dependency]
             process = subprocess.Popen([sys.executable, "-m", spec.module], env=child_env)
-            service = RunningService(spec=spec, port=port, process=process)
+            service = RunningService(spec=spec, port=port, process=process, env=child_env)
             running.append(service)
-            if not wait_until_serving(service.address, startup_timeout_s):
+            if not wait_until_serving(service.address, startup_timeout_s, health_tls):
                 code = process.poll()
                 state = f"exited with code {code}" if code is not None else "did not report SERVING"
                 raise RuntimeError(f"service {spec.name} on {service.address} {state}")
@@ -134,7 +203,11 @@ DEMO_REPLAY_FILES: tuple[str, ...] = (
 
 
 def start_replay(running: list[RunningService], speed: float) -> subprocess.Popen[bytes] | None:
-    """Feed the recorded demo window to the running market data service, if both exist."""
+    """Feed the recorded demo window to the running market data service, if both exist.
+
+    The feeder gets the suite's environment (the secret, TLS), from which ``hftgate replay``
+    loads its own credentials as the ``feed`` principal.
+    """
     target = next((s for s in running if s.spec.name == "marketdata"), None)
     data_dir = default_data_dir()
     files = [data_dir / name for name in DEMO_REPLAY_FILES if (data_dir / name).exists()]
@@ -142,7 +215,7 @@ def start_replay(running: list[RunningService], speed: float) -> subprocess.Pope
         return None
     command = [sys.executable, "-m", "hftgate.cli", "replay", "--target", target.address]
     command += ["--speed", str(speed), *map(str, files)]
-    return subprocess.Popen(command)
+    return subprocess.Popen(command, env=target.env or None)
 
 
 def stop_services(running: list[RunningService], grace_s: float = 10.0) -> None:

@@ -45,6 +45,12 @@ def test_secret_from_the_environment_and_too_short_refused(tmp_path: Path) -> No
         load_suite_secret({"HFTGATE_SUITE_SECRET_FILE": str(tmp_path / "missing")})
 
 
+def test_production_never_invents_a_secret(tmp_path: Path) -> None:
+    with pytest.raises(SecurityError, match="HFTGATE_SUITE_SECRET"):
+        load_suite_secret({"HFTGATE_PROFILE": "production"}, state_dir=tmp_path)
+    assert not (tmp_path / "secrets" / "suite.secret").exists()
+
+
 def test_tokens_prove_one_principal_and_cannot_be_forged() -> None:
     token = SECRET.token_for("execution")
     assert SECRET.verify_token(token) == "execution"

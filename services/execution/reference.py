@@ -48,6 +48,9 @@ API_KEY_PREFIX = "apikey:"
 CACHE_LEVEL_SQL = 3  # cache_pb2.CACHE_LEVEL_L3
 #: The longest API key looked up; a longer one is unknown without hashing it or asking the store.
 MAX_API_KEY_CHARS = 256
+#: The longest instrument symbol (the admin API refuses longer ones); a longer symbol in an order is
+#: an unknown symbol, answered without a store lookup.
+MAX_SYMBOL_CHARS = 64
 
 
 def api_key_row(secret: SuiteSecret, api_key: str) -> str:
@@ -378,6 +381,8 @@ class ReferenceData:
         return spec
 
     async def instrument(self, symbol: str) -> InstrumentSpec | None:
+        if len(symbol) > MAX_SYMBOL_CHARS:
+            return None  # no such instrument can exist: never ask the store (its key limit would answer)
         spec: InstrumentSpec | None = await self._spec(INSTRUMENT_PREFIX + symbol, InstrumentSpec)
         return spec
 
@@ -387,6 +392,8 @@ class ReferenceData:
         The order path's lookups almost always hit (rows are refreshed ahead); a coroutine chain per
         lookup costs more than the lookup.
         """
+        if len(symbol) > MAX_SYMBOL_CHARS:
+            return None
         spec: InstrumentSpec | NotHeld | None = self._held_spec(INSTRUMENT_PREFIX + symbol, InstrumentSpec)
         return spec
 

@@ -269,7 +269,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             found = await self.core.symbol_id_of(request.symbol)
             if found is None:
                 await _abort_bad_request(
-                    context, "symbol", f"Cannot cancel orders: unknown symbol {request.symbol!r}"
+                    context, "symbol", f"Cannot cancel orders: unknown symbol {_clipped(request.symbol)}"
                 )
             symbol_id = found
         if request.side not in (common.SIDE_UNSPECIFIED, common.SIDE_BUY, common.SIDE_SELL):
@@ -403,7 +403,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         if request.symbol:
             found = await core.symbol_id_of(request.symbol)
             if found is None:
-                await _abort_bad_request(context, "symbol", f"unknown symbol {request.symbol!r}")
+                await _abort_bad_request(context, "symbol", f"unknown symbol {_clipped(request.symbol)}")
             symbol_id = found
         subscriber = core.subscribe(account.account_id, symbol_id)
         try:
@@ -534,6 +534,11 @@ class ExecutionServer(RunningServer):
 
 async def _unregister(collector: metrics.ExecutionCollector) -> None:
     metrics.unregister(collector)
+
+
+def _clipped(text: str, limit: int = 64) -> str:
+    """``text`` quoted for a status message, cut to ``limit`` characters (a client may send megabytes)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _sizes_of(reference: ReferenceData, symbol: str) -> tuple[str, str] | None:

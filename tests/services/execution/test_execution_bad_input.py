@@ -98,6 +98,8 @@ async def seeded(harness: Any) -> Any:
     [
         (order("x", BUY, 100, 1, symbol="NOPE"), common.REJECT_REASON_UNKNOWN_SYMBOL),
         (order("x", BUY, 100, 1, symbol=""), common.REJECT_REASON_UNKNOWN_SYMBOL),
+        (order("x", BUY, 100, 1, symbol="S" * 600), common.REJECT_REASON_UNKNOWN_SYMBOL),
+        (order("x", BUY, 100, 1, symbol="S" * 100_000), common.REJECT_REASON_UNKNOWN_SYMBOL),
         (order("x", BUY, 100, 0), common.REJECT_REASON_INVALID_QUANTITY),
         (order("x", BUY, 100, -3), common.REJECT_REASON_INVALID_QUANTITY),
         (order("x", BUY, 0, 1), common.REJECT_REASON_INVALID_PRICE),
@@ -313,3 +315,23 @@ async def test_account_limits_kill_switch_open_orders_and_position(seeded: Any) 
             await seeded.stub.GetOrder(api.GetOrderRequest(client_order_id=client_id), metadata=dave)
         ).order
         assert got.status == api.ORDER_STATUS_CANCELED and got.reason == common.REJECT_REASON_KILL_SWITCH
+
+
+async def test_an_oversize_symbol_is_an_unknown_symbol_everywhere_and_never_echoed_whole(seeded: Any) -> None:
+    huge = "S" * 100_000
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await seeded.stub.CancelAll(api.CancelAllRequest(symbol=huge), metadata=ALICE)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_field(caught.value) == "symbol"
+    assert len(caught.value.details() or "") < 200
+    call = seeded.stub.StreamExecutions(api.StreamExecutionsRequest(symbol=huge), metadata=ALICE)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(caught.value.details() or "") < 200
+    batch = await seeded.stub.SubmitOrders(
+        api.SubmitOrdersRequest(orders=[order("long-1", BUY, 100, 1, symbol=huge), order("ok-1", BUY, 100, 1)]),
+        metadata=ALICE,
+    )
+    assert [a.status for a in batch.acks] == [api.ORDER_STATUS_REJECTED, api.ORDER_STATUS_NEW]
+    assert batch.acks[0].reason == common.REJECT_REASON_UNKNOWN_SYMBOL
