@@ -188,7 +188,10 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     async def Set(self, request: cache_pb2.CacheSetRequest, context: grpc.aio.ServicerContext) -> Any:
         async def set_one() -> Any:
             ns = await self._namespace(context)
-            self._limits_for(ns).check_key(request.key, "entries[0].key")
+            limits = self._limits_for(ns)
+            limits.check_key(request.key, "key")
+            limits.check_value(request.value, "value")
+            limits.check_ttl(request.ttl_ms, "ttl_ms")
             key = ns.write_key(request.key)
             outcome = await self._cache.set(key, request.value, request.ttl_ms, request.cache_only)
             return cache_pb2.CacheSetResponse(applied=outcome.applied, version=outcome.version)

@@ -405,6 +405,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             if found is None:
                 await _abort_bad_request(context, "symbol", f"unknown symbol {_clipped(request.symbol)}")
             symbol_id = found
+        if request.after_sequence < 0:
+            await _abort_bad_request(
+                context,
+                "after_sequence",
+                f"must be 0 (from the oldest retained) or a report sequence, not {request.after_sequence}",
+            )
         subscriber = core.subscribe(account.account_id, symbol_id)
         try:
             last_sent = core.published_report_seq

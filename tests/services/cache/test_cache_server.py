@@ -88,11 +88,12 @@ async def test_bad_requests_get_invalid_argument_with_the_field(
             (stub.Get(cache_pb2.CacheGetRequest(key="k" * 129), metadata=metadata), "key"),
             (
                 stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v" * 4097), metadata=metadata),
-                "entries[0].value",
+                "value",
             ),
+            (stub.Set(cache_pb2.CacheSetRequest(key="", value=b"v"), metadata=metadata), "key"),
             (
                 stub.Set(cache_pb2.CacheSetRequest(key="k", value=b"v", ttl_ms=-5), metadata=metadata),
-                "entries[0].ttl_ms",
+                "ttl_ms",
             ),
             (stub.GetMany(cache_pb2.CacheGetManyRequest(keys=["k"] * 101), metadata=metadata), "keys"),
             (

@@ -335,3 +335,11 @@ async def test_an_oversize_symbol_is_an_unknown_symbol_everywhere_and_never_echo
     )
     assert [a.status for a in batch.acks] == [api.ORDER_STATUS_REJECTED, api.ORDER_STATUS_NEW]
     assert batch.acks[0].reason == common.REJECT_REASON_UNKNOWN_SYMBOL
+
+
+async def test_a_negative_after_sequence_is_invalid_argument_naming_the_field(seeded: Any) -> None:
+    call = seeded.stub.StreamExecutions(api.StreamExecutionsRequest(after_sequence=-1), metadata=ALICE)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_field(caught.value) == "after_sequence"
