@@ -84,6 +84,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> CacheConfig:
         config = replace(config, redis_url=env["REDIS_URL"])
     if not config.database_url and env.get("DATABASE_URL"):
         config = replace(config, database_url=env["DATABASE_URL"])
+    if config.degraded_near_ttl_ms <= 0:
+        # 0 would mean "no TTL" to a near cache: the staleness bound of an outage would be gone.
+        raise ValueError(f"{ENV_PREFIX}DEGRADED_NEAR_TTL_MS must be positive, not {config.degraded_near_ttl_ms}")
     mode = config.invalidation_mode
     if mode not in ("auto", "tracking", "pubsub"):
         raise ValueError(f"{ENV_PREFIX}INVALIDATION_MODE must be auto, tracking or pubsub, not {mode!r}")

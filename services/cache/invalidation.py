@@ -19,8 +19,19 @@ L1 and fans it out to every ``WatchInvalidations`` subscriber (the near caches i
 other services). A subscriber's stream starts with a flush; one that falls behind by
 more than its queue holds gets a flush (RESYNC) instead of a silent gap; and whenever
 the listener reconnects (it may have missed messages meanwhile) the hub flushes L1 and
-tells every subscriber to flush. While the listener is down the hub is not *live*, and
-the tiered cache caps how long anything may stay in a near cache.
+tells every subscriber to flush.
+
+The degraded bound. Every health-check interval (100 ms) the listener PINGs the tracker,
+then sends a PING down the subscribed listener connection itself: Redis answers it in
+order with the invalidations, so its PONG proves that every change Redis saw before the
+round began has reached us. When Redis goes away (a closed connection, a failed PING, or
+no PONG for the liveness timeout, half the bound by default, which catches a hung Redis
+whose connections stay open) the hub is marked down: every L1 entry is cut to expire
+``degraded_near_ttl_ms`` after the last proven moment, loads that began before are not
+cached, and every subscriber is told to flush (RESYNC). While the hub is down, answers
+carry that bound as their near-cache TTL and L1 keeps nothing longer. So a change made
+through another replica during an outage (to SQL only: Redis cannot tell anyone) is seen
+everywhere within the bound, and on reconnect L1 and the subscribers are flushed again.
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +58,9 @@ log = logging.getLogger(__name__)
 TRACKING_CHANNEL = "__redis__:invalidate"
 # What makes the listener reconnect: a lost connection, or a refusal (tracking in "tracking" mode).
 _LISTENER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, RedisError)
+
+# Keep-alive PINGs the listener may have sent without their PONG before it gives up.
+_MAX_PINGS_IN_FLIGHT = 64
 
 SUBSCRIBED = "subscribed"
 KEYS = "keys"
@@ -98,15 +113,84 @@ class Watcher:
 
 
 class InvalidationHub:
-    """Applies invalidations to this replica's L1 and fans them out to its watchers."""
+    """Applies invalidations to this replica's L1 and fans them out to its watchers.
 
-    def __init__(self, l1: NearCache | None, *, max_queued_per_watcher: int = 10_000) -> None:
+    It also keeps the *degraded bound* (``degraded_ttl_ms``, set by the tiered cache from
+    ``degraded_near_ttl_ms``): the listener confirms, ping by ping, the moment up to which
+    every other replica's changes have reached us (:meth:`confirm`). When it loses Redis
+    (:meth:`mark_down`), nothing this replica or its near caches hold may outlive that
+    moment by more than the bound: L1 entries are cut to expire by then, and every watcher
+    is told to flush (it reloads, and while the hub is down answers carry the bound as
+    their near-cache TTL). When the listener is back it resyncs (:meth:`resync`) before it
+    marks the hub live again (:meth:`mark_live`).
+    """
+
+    def __init__(
+        self,
+        l1: NearCache | None,
+        *,
+        max_queued_per_watcher: int = 10_000,
+        degraded_ttl_ms: int = 1_000,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
         self._l1 = l1
         self._max_queued = max_queued_per_watcher
         self._watchers: set[Watcher] = set()
+        self.clock_ns = clock_ns
+        # How long anything held may be served once invalidations may be missed (ms).
+        self.degraded_ttl_ms = degraded_ttl_ms
         # True while every other replica's changes reach us (the listener is subscribed).
-        self.live = False
+        self._live = False
+        # Every change made before this moment (clock_ns) has reached us.
+        self.confirmed_ns = 0
         self.received = 0
+        # How many times the hub went from live to down (each cut L1 and flushed the watchers).
+        self.degradations = 0
+        self._down_log = RateLimitedLog(log, 10_000)
+
+    @property
+    def live(self) -> bool:
+        """True while every other replica's changes reach us (:meth:`mark_live`/:meth:`mark_down`)."""
+        return self._live
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        if value:
+            self.mark_live()
+        else:
+            self.mark_down()
+
+    def mark_live(self) -> None:
+        """Invalidations flow from now on (call :meth:`resync` first if some may have been missed)."""
+        self.confirmed_ns = self.clock_ns()
+        self._live = True
+
+    def confirm(self, as_of_ns: int) -> None:
+        """Every change made before ``as_of_ns`` (clock_ns) has been applied here."""
+        if self._live and as_of_ns > self.confirmed_ns:
+            self.confirmed_ns = as_of_ns
+
+    def mark_down(self) -> None:
+        """Invalidations may be missed from now on: apply the degraded bound to everything held.
+
+        Idempotent: only the first call after :meth:`mark_live` acts. L1 keeps its entries
+        until ``degraded_ttl_ms`` after the last confirmed moment (at once if that has passed);
+        near caches elsewhere cannot be cut remotely, so they are told to flush.
+        """
+        if not self._live:
+            return
+        self._live = False
+        self.degradations += 1
+        left_ms = (self.confirmed_ns + self.degraded_ttl_ms * 1_000_000 - self.clock_ns()) // 1_000_000
+        cut = self._l1.expire_within(max(0, left_ms)) if self._l1 is not None else 0
+        self._down_log.warning(
+            "invalidations from other replicas may be missed: L1 entries expire within %d ms "
+            "(%d shortened), near caches flushed; answers carry a %d ms near-cache TTL until Redis is back",
+            max(0, left_ms),
+            cut,
+            self.degraded_ttl_ms,
+        )
+        self.tell_watchers(Invalidation(RESYNC, flush_all=True))
 
     # --- from Redis (another replica, or anyone writing under our prefix) ----------------
     def apply_keys(self, keys: Sequence[str]) -> None:
@@ -176,7 +260,8 @@ class RedisInvalidationListener:
         hub: InvalidationHub,
         replica_id: str,
         mode: str = "auto",
-        health_check_interval_ms: int = 1000,
+        health_check_interval_ms: int = 100,
+        liveness_timeout_ms: int = 0,
         backoff_initial_ms: int = 50,
         backoff_max_ms: int = 2000,
         error_log_interval_ms: int = 10_000,
@@ -191,6 +276,10 @@ class RedisInvalidationListener:
         self.mode_in_use = "pubsub" if mode == "pubsub" else "tracking"
         self._hub = hub
         self._health_interval_s = health_check_interval_ms / 1000
+        self._liveness_timeout_ms = liveness_timeout_ms
+        # Send times (monotonic ns) of the listener PINGs whose PONG has not come back yet; at
+        # most _MAX_PINGS_IN_FLIGHT (more means Redis stopped answering: the listener gives up).
+        self._pings: deque[int] = deque()
         self._backoff_initial_s = backoff_initial_ms / 1000
         self._backoff_max_s = backoff_max_ms / 1000
         self._error_log = RateLimitedLog(log, error_log_interval_ms)
@@ -218,6 +307,18 @@ class RedisInvalidationListener:
                 await self._task
         await self._pool.disconnect()
 
+    @property
+    def liveness_timeout_ms(self) -> int:
+        """How long the listener may go without proof that invalidations flow before it gives up.
+
+        Unless set, half the hub's degraded bound (at least two health-check intervals): a hung
+        Redis is noticed, and L1 cut, well before anything held outlives the bound.
+        """
+        if self._liveness_timeout_ms > 0:
+            return self._liveness_timeout_ms
+        interval_ms = int(self._health_interval_s * 1000)
+        return max(2 * interval_ms, self._hub.degraded_ttl_ms // 2)
+
     async def _run(self) -> None:
         delay = self._backoff_initial_s
         while True:
@@ -227,7 +328,10 @@ class RedisInvalidationListener:
                 self._error_log.warning(
                     "invalidation listener lost Redis (%s: %s); reconnecting", type(exc).__name__, exc
                 )
-            self._hub.live = False
+            except Exception:  # a bug must not leave the hub live with nobody listening
+                log.exception("invalidation listener failed; reconnecting")
+            # Whatever ended the subscription, changes elsewhere may now go unnoticed.
+            self._hub.mark_down()
             self._subscribed.clear()
             await asyncio.sleep(delay)
             delay = min(self._backoff_max_s, delay * 2)
@@ -248,17 +352,29 @@ class RedisInvalidationListener:
                 await listener.read_response()
             # Anything may have changed while we were not listening.
             self._hub.resync()
-            self._hub.live = True
+            self._pings.clear()
+            self._hub.mark_live()
             self._subscribed.set()
             if self.mode_in_use == "tracking":
                 self._tracker = tracker
             log.info("invalidations live via %s (channels %s)", self.mode_in_use, ", ".join(channels))
-            health = asyncio.get_running_loop().create_task(self._watch_tracker(tracker, listener))
+            # Both run until Redis goes away: the first to end (always with an error) ends the
+            # subscription, and the keep-alive ends as soon as it misses a PONG.
+            loop = asyncio.get_running_loop()
+            tasks = {
+                loop.create_task(self._read_forever(listener), name="cache-invalidation-reader"),
+                loop.create_task(self._keep_alive(tracker, listener), name="cache-invalidation-keep-alive"),
+            }
             try:
-                while True:
-                    self._dispatch(await listener.read_response())
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                health.cancel()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self._hub.mark_down()  # at once, before the connections are torn down
+            for task in done:
+                task.result()  # raises what ended it
+            raise ConnectionError("the invalidation listener stopped")
         finally:
             self._tracker = None
             await listener.disconnect()
@@ -294,40 +410,63 @@ class RedisInvalidationListener:
             return False
         return True
 
-    async def _watch_tracker(self, tracker: Any, listener: Any) -> None:
-        """Tracking lives as long as the tracker connection: if it dies, restart the listener."""
-        try:
-            while True:
-                await asyncio.sleep(self._health_interval_s)
-                if self.mode_in_use != "tracking":
-                    continue
+    async def _read_forever(self, listener: Any) -> None:
+        while True:
+            self._dispatch(await listener.read_response())
+
+    async def _keep_alive(self, tracker: Any, listener: Any) -> None:
+        """Prove, every health-check interval, that invalidations still reach us.
+
+        Each round first PINGs the tracker (tracking lives as long as its connection), then
+        sends a PING down the listener: Redis answers it in order with everything it sent
+        the listener, so its PONG proves that every change Redis saw before the round began
+        has reached us (:meth:`InvalidationHub.confirm`). Raises, ending the subscription,
+        when a round fails or no PONG proved anything for the liveness timeout (a hung Redis
+        keeps its connections open). An event loop stalled that long counts too: nothing
+        could be proven meanwhile, so the safe side is to apply the bound.
+        """
+        timeout_ns = self.liveness_timeout_ms * 1_000_000
+        while True:
+            await asyncio.sleep(self._health_interval_s)
+            began_ns = self._hub.clock_ns()
+            if began_ns - self._hub.confirmed_ns > timeout_ns:
+                raise TimeoutError(f"no PONG from Redis for {self.liveness_timeout_ms} ms")
+            if self.mode_in_use == "tracking":
                 async with self._tracker_lock:
                     await tracker.send_command("PING")
-                    await asyncio.wait_for(tracker.read_response(), self._health_interval_s * 5)
-        except CONNECTION_ERRORS:
-            await listener.disconnect()
+                    await asyncio.wait_for(tracker.read_response(), timeout_ns / 1e9)
+            if len(self._pings) >= _MAX_PINGS_IN_FLIGHT:
+                raise TimeoutError(f"{len(self._pings)} PINGs without a PONG")
+            self._pings.append(began_ns)
+            await listener.send_command("PING")
 
-    def _dispatch(self, message: Any) -> None:
+    def _dispatch(self, message: Any) -> bool:
+        """Apply one message from the listener; True if it was the PONG of a keep-alive PING."""
+        if isinstance(message, list) and message and message[0] == b"pong":
+            if self._pings:
+                self._hub.confirm(self._pings.popleft())
+            return True
         if not isinstance(message, list) or len(message) < 3 or message[0] != b"message":
-            return
+            return False
         channel, payload = message[1], message[2]
         if channel == TRACKING_CHANNEL.encode():
             if payload is None:  # FLUSHALL / FLUSHDB
                 self._hub.received += 1
                 self._hub.resync()
-                return
+                return False
             cut = len(self.prefix)
             keys = [raw.decode("utf-8", "surrogateescape")[cut:] for raw in payload]
             self._hub.apply_keys(keys)
-            return
+            return False
         try:
             body = json.loads(payload)
         except (ValueError, TypeError):
             log.warning("ignoring malformed invalidation message on %s: %r", self.channel, payload[:200])
-            return
+            return False
         if body.get("origin") == self.replica_id:
-            return  # our own change, already applied here
+            return False  # our own change, already applied here
         if body.get("pattern"):
             self._hub.apply_pattern(str(body["pattern"]))
         elif body.get("keys"):
             self._hub.apply_keys([str(key) for key in body["keys"]])
+        return False

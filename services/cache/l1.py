@@ -409,6 +409,25 @@ class NearCache:
             self._remove(entry)
         return len(doomed)
 
+    def expire_within(self, ttl_ms: int) -> int:
+        """Let nothing held now outlive ``ttl_ms`` (0: expire it all at once); returns how many
+        entries it shortened.
+
+        For when invalidations may have stopped arriving: what is held stays usable for the
+        bound, and is no longer trusted after it. Loads that began before are not put back
+        (it counts as an invalidation of everything for load tokens), since their answers may
+        predate the moment invalidations stopped. O(entries); rare by nature.
+        """
+        self._record(_Invalidation(self._sequence + 1, None, None))
+        # 0 would mean "never expires": a deadline of "now" is at least 1.
+        deadline_ns = max(1, self._clock_ns() + max(0, ttl_ms) * 1_000_000)
+        shortened = 0
+        for entry in self._entries.values():
+            if not entry.expires_ns or entry.expires_ns > deadline_ns:
+                entry.expires_ns = deadline_ns
+                shortened += 1
+        return shortened
+
     def clear(self) -> int:
         """Drop everything (e.g. after invalidations may have been missed); returns how many."""
         self._record(_Invalidation(self._sequence + 1, None, None))

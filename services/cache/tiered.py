@@ -16,7 +16,10 @@ since the miss (see l2_redis), and L1 only if no invalidation covering the key w
 applied since the load began (L1 load tokens).
 
 While Redis is down or invalidations from other replicas cannot arrive, answers carry a
-short near-cache TTL and L1 keeps entries no longer than that: staleness stays bounded.
+short near-cache TTL (``degraded_near_ttl_ms``) and L1 keeps entries no longer than that;
+what was already held when invalidations stopped expires within the same bound (the hub
+cuts L1 and flushes every near cache, see invalidation.py), and everything is dropped again
+when they resume. No replica serves a value more than the bound after a change it missed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import TypeVar
 
@@ -173,6 +176,8 @@ class TieredCache:
         self._joins = 0
         self._refused_l2 = 0
         self._background: set[asyncio.Task[None]] = set()
+        # The hub applies the degraded bound to what is held when invalidations stop.
+        hub.degraded_ttl_ms = self.settings.degraded_near_ttl_ms
 
     # --- reads -------------------------------------------------------------------------
     async def get(self, key: str) -> Lookup:
@@ -207,10 +212,13 @@ class TieredCache:
         if entry is None:
             return None
         near_ttl = self._near_cache_ttl_ms()
+        left = self.l1.ttl_left_ms(entry)
+        if near_ttl and left:
+            # Held here only until the degraded bound runs out: a near cache may not hold it longer.
+            near_ttl = min(near_ttl, left)
         if entry.negative:
             return Lookup(False, level=Level.L1, near_cache_ttl_ms=near_ttl)
-        ttl = max(1, (entry.expires_ns - time.monotonic_ns()) // 1_000_000) if entry.expires_ns else 0
-        return Lookup(True, entry.value, entry.version, ttl, Level.L1, near_ttl)
+        return Lookup(True, entry.value, entry.version, left, Level.L1, near_ttl)
 
     async def _load(self, keys: Sequence[str]) -> dict[str, Lookup]:
         """Single-flight: keys already being loaded are awaited, the rest loaded in one batch."""
@@ -271,6 +279,13 @@ class TieredCache:
                         answers[key] = self._found(entry, Level.L2, now, near_ttl)
         if remaining:
             answers.update(await self._load_from_sql(remaining, epoch, near_ttl))
+        late_near_ttl = self._near_cache_ttl_ms()
+        if late_near_ttl > near_ttl:
+            # Invalidations stopped while we loaded: what we read may already be stale, so
+            # nobody may keep it longer than the bound (L1's token refuses it outright).
+            answers = {
+                key: replace(answer, near_cache_ttl_ms=late_near_ttl) for key, answer in answers.items()
+            }
         if self.l1 is not None:
             self._fill_l1(answers, token)
         return answers

@@ -289,7 +289,7 @@ async def test_a_namespace_prefix_never_pushes_a_key_past_the_limit(world: World
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await w.stub.Set(cache_pb2.CacheSetRequest(key="k" * (limit + 1), value=b"v"), metadata=md)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert info.value.details() == f"entries[0].key: is {limit + 1} bytes, more than the limit of {limit}"
+        assert info.value.details() == f"key: is {limit + 1} bytes, more than the limit of {limit}"
     assert await w.raw("acct:alice:" + "k" * limit) == b"v"  # admin names stored keys: its limit is larger
     assert await w.raw("svc:execution:" + "k" * limit) == b"v"
 

@@ -229,3 +229,11 @@ async def test_python_dash_m_serves_until_sigterm(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_config_refuses_an_outage_bound_that_would_turn_it_off() -> None:
+    from services.cache.config import load_config
+
+    for value in ("0", "-5"):
+        with pytest.raises(ValueError, match="DEGRADED_NEAR_TTL_MS"):
+            load_config({"HFTGATE_CACHE_DEGRADED_NEAR_TTL_MS": value})
