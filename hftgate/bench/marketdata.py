@@ -38,14 +38,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import grpc
-
 from hftgate.bench.floors import grpc_echo_p50_ms, tcp_floor_p50_ms
 from hftgate.config import default_data_dir, repo_root
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
-from hftgate.replay.publisher import to_requests
+from hftgate.replay.publisher import feed_credentials, to_requests
 from hftgate.replay.source import load
 from hftgate.replay.ticks import DepthTick, QuoteTick, Tick, TradeTick
 from hftgate.v1 import marketdata_pb2
@@ -190,7 +188,9 @@ class ServiceProcess:
 
 
 async def _publish(target: str, messages: list[bytes]) -> tuple[marketdata_pb2.PublishSummary, float]:
-    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    # As a feed handler publishes: the "feed" principal's token (and TLS when the suite has it).
+    credentials = feed_credentials()
+    async with credentials.open_channel(target, CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         publish = channel.stream_unary(
             PUBLISH_QUOTES,
@@ -203,7 +203,7 @@ async def _publish(target: str, messages: list[bytes]) -> tuple[marketdata_pb2.P
                 yield message
 
         started = time.perf_counter()
-        summary = await publish(encoded())
+        summary = await publish(encoded(), metadata=credentials.metadata)
         return summary, time.perf_counter() - started
 
 

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -20,8 +21,9 @@ from rich.progress import (
 from rich.table import Table
 
 from hftgate.replay import source
-from hftgate.replay.publisher import ReplayResult, channel_to, replay
+from hftgate.replay.publisher import ReplayResult, channel_to, feed_credentials, replay
 from hftgate.replay.readers import UnknownFormatError
+from hftgate.security import ClientCredentials, SecurityError
 from hftgate.v1 import marketdata_pb2
 
 console = Console(stderr=True)
@@ -48,7 +50,12 @@ def _report(result: ReplayResult) -> None:
 
 
 async def _run(
-    files: list[Path], target: str, speed: float, max_batch: int, limit_per_file: int
+    files: list[Path],
+    target: str,
+    speed: float,
+    max_batch: int,
+    limit_per_file: int,
+    credentials: ClientCredentials,
 ) -> ReplayResult:
     with console.status(f"reading {len(files)} file(s)"):
         ticks = source.load(files, limit_per_file)
@@ -62,7 +69,7 @@ async def _run(
         TimeRemainingColumn(),
     )
     first = ticks[0].receive_ts_ns if ticks else 0
-    async with channel_to(target) as channel:
+    async with channel_to(target, credentials) as channel:
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("replay", total=len(ticks), clock="", rate="")
 
@@ -76,7 +83,14 @@ async def _run(
                     rate=f"{sent / elapsed:,.0f} ticks/s" if elapsed > 0 else "",
                 )
 
-            return await replay(ticks, channel, speed=speed, max_batch=max_batch, on_progress=on_progress)
+            return await replay(
+                ticks,
+                channel,
+                speed=speed,
+                max_batch=max_batch,
+                on_progress=on_progress,
+                metadata=credentials.metadata,
+            )
 
 
 def replay_command(
@@ -102,7 +116,20 @@ def replay_command(
         console.print(f"[yellow]skipped[/] {reason}")
     if not files:
         raise typer.BadParameter("no readable data files among the given paths")
-    result = asyncio.run(_run(files, target, speed, max_batch, limit_per_file))
+    try:
+        credentials = feed_credentials()
+    except SecurityError as exc:
+        console.print(
+            f"[red]cannot publish:[/] {exc} (set HFTGATE_SUITE_SECRET or HFTGATE_SUITE_SECRET_FILE)"
+        )
+        raise typer.Exit(2) from None
+    try:
+        result = asyncio.run(_run(files, target, speed, max_batch, limit_per_file, credentials))
+    except grpc.aio.AioRpcError as exc:
+        console.print(
+            f"[red]the market data service at {target} refused:[/] {exc.code().name}: {exc.details()}"
+        )
+        raise typer.Exit(1) from None
     _report(result)
 
 

@@ -9,22 +9,30 @@ Pacing follows the recorder's receive times: at ``speed`` 1 a tick is sent when 
 wall time has passed since the start as recorded time since the first tick, at 10 ten
 times sooner; at 0 as fast as the service takes them. Ticks that fall due together go
 in one message.
+
+The publisher authenticates as the suite's ``feed`` principal (:func:`feed_credentials`: its
+service token from the suite secret, and TLS with the suite CA when ``HFTGATE_TLS_DIR`` is
+set), which the market data service lets publish every external venue, never ``hftgate``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.replay.ticks import Aggressor, DepthTick, QuoteTick, Tick, TradeTick
+from hftgate.security import ClientCredentials, load_suite_secret, suite_client_tls
 from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
 
 pb = marketdata_pb2
+
+#: The principal a feed handler publishes as.
+FEED_PRINCIPAL = "feed"
 
 _SIDES = {
     Aggressor.UNKNOWN: common_pb2.SIDE_UNSPECIFIED,
@@ -125,18 +133,22 @@ async def replay(
     speed: float = 1.0,
     max_batch: int = 1000,
     on_progress: ProgressCallback | None = None,
+    metadata: Sequence[tuple[str, str]] | None = None,
 ) -> ReplayResult:
     """Publish ``ticks`` (ordered by receive time) through ``channel``; see the module doc for pacing.
 
-    ``on_progress(sent, total)`` is called after every batch.
+    ``on_progress(sent, total)`` is called after every batch. ``metadata`` is sent on both
+    streams; None sends the ``feed`` principal's token (:func:`feed_credentials`).
     """
     if speed < 0:
         raise ValueError(f"speed must be >= 0 (0 = as fast as possible), got {speed}")
     if max_batch <= 0:
         raise ValueError(f"max_batch must be positive, got {max_batch}")
+    if metadata is None:
+        metadata = feed_credentials().metadata
     stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
-    quote_call = stub.PublishQuotes()
-    trade_call = stub.PublishTrades()
+    quote_call = stub.PublishQuotes(metadata=tuple(metadata))
+    trade_call = stub.PublishTrades(metadata=tuple(metadata))
     total = len(ticks)
     quote_messages = trade_messages = 0
     started = time.monotonic_ns()
@@ -178,5 +190,15 @@ async def replay(
     )
 
 
-def channel_to(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def feed_credentials(environ: Mapping[str, str] | None = None) -> ClientCredentials:
+    """The ``feed`` principal's credentials: its token under the suite secret (never created
+    here: a publisher joins a suite, it does not start one) and TLS from ``HFTGATE_TLS_DIR``.
+    Raises hftgate.security.SecurityError when there is no suite secret."""
+    secret = load_suite_secret(environ, create=False)
+    return secret.service_credentials(FEED_PRINCIPAL, suite_client_tls(FEED_PRINCIPAL, environ))
+
+
+def channel_to(target: str, credentials: ClientCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to the market data service at ``target``: TLS when ``credentials`` (default
+    :func:`feed_credentials`) has it, else plaintext. Calls must still send its metadata."""
+    return (credentials or feed_credentials()).open_channel(target, CHANNEL_OPTIONS)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from hftgate.config import describe, from_env
 from hftgate.grpcserver import serve_until_signalled
+from hftgate.security import load_suite_security
+from services.marketdata.access import ApiKeyVerifier
 from services.marketdata.config import MarketDataConfig
 from services.marketdata.server import start
 
@@ -16,9 +19,36 @@ log = logging.getLogger("services.marketdata")
 async def main() -> None:
     config = from_env(MarketDataConfig, "HFTGATE_MARKETDATA_")
     log.info("config: %s", describe(config))
-    running = await start(config)
-    log.info("listening on %s:%d", config.host, running.port)
-    await serve_until_signalled(running, config.shutdown_grace_s)
+    security = load_suite_security("marketdata")
+    async with contextlib.AsyncExitStack() as stack:
+        api_keys = None
+        if config.cache_address:
+            from services.cache.client import CacheClient
+
+            cache = CacheClient(
+                config.cache_address,
+                watcher_name="marketdata",
+                near_cache_max_entries=config.api_key_cache_max_entries,
+                near_cache_max_ttl_ms=config.api_key_cache_ttl_ms,
+                negative_ttl_ms=min(1_000, config.api_key_cache_ttl_ms),
+                credentials=security.credentials,
+            )
+            # A cache that is down at start-up does not hold the service up: keys are answered
+            # UNAVAILABLE until it is reachable.
+            await cache.start(wait_s=1.0)
+            stack.push_async_callback(cache.close)
+            api_keys = ApiKeyVerifier(security.secret, cache.get, config.max_api_key_chars)
+            log.info("API keys resolved through the cache service at %s", config.cache_address)
+        else:
+            log.info("no cache address: API keys are refused, service tokens only")
+        running = await start(config, security=security, api_keys=api_keys)
+        log.info(
+            "listening on %s:%d (%s)",
+            config.host,
+            running.port,
+            "TLS" if security.server_tls else "plaintext",
+        )
+        await serve_until_signalled(running, config.shutdown_grace_s)
 
 
 if __name__ == "__main__":

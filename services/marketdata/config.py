@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The venue of the suite's own fills: only the execution service publishes it.
+OWN_VENUE = "hftgate"
+OWN_VENUE_PUBLISHER = "execution"
+#: In ``publisher_venues``, every configured venue except :data:`OWN_VENUE`.
+ALL_EXTERNAL_VENUES = "*"
+
 # Published base-tier taker fees (basis points) of the venues the recorded data and the
 # execution service come from; a deployment overrides them with its own fee tier.
 DEFAULT_VENUE_TAKER_FEES_BPS: tuple[str, ...] = (
@@ -85,6 +91,37 @@ class MarketDataConfig:
     # Distinct (venue, symbol) pairs tracked; ticks for more are rejected.
     max_symbols: int = 4_096
 
+    # Who may publish which venues: "principal=venue", one venue per entry (a principal may
+    # have several entries); "principal=*" is every configured venue except "hftgate",
+    # which only "execution" may be given; a venue that is not configured grants nothing.
+    # Any other caller of the Publish RPCs is refused.
+    publisher_venues: tuple[str, ...] = ("execution=hftgate", "feed=*")
+    # New (venue, symbol) pairs each publisher may create: "principal=count". Publishers not
+    # listed share what the listed ones leave of max_symbols equally; the quotas may not sum
+    # above max_symbols, so one publisher cannot take another's room.
+    publisher_symbol_quotas: tuple[str, ...] = ()
+    # Longest venue and symbol accepted in a tick, a query or a filter (characters).
+    max_venue_chars: int = 64
+    max_symbol_chars: int = 64
+    # Most (venue, symbol) patterns in one SymbolFilter (GetSnapshot, Subscribe).
+    max_filter_symbols: int = 1_024
+    # Ordering rule (see marketdata.proto): a tick more than this after the last accepted
+    # one of its symbol (plus the wall time elapsed since), or this far before it, is a JUMP;
+    max_time_jump_ms: int = 600_000
+    # ... as is an id (sequence, trade id) more than this above or below the last one;
+    max_id_jump: int = 1 << 32
+    # ... and this many JUMP ticks in a row that agree with each other move the symbol to them.
+    resync_after_ticks: int = 3
+
+    # The cache service that resolves account API keys (apikey:<hash> rows) for the read
+    # RPCs; empty = API keys are refused (service tokens only).
+    cache_address: str = ""
+    # How long a resolved key (or a miss) may be held in the near cache, and how many.
+    api_key_cache_ttl_ms: int = 5_000
+    api_key_cache_max_entries: int = 4_096
+    # Longest API key looked up (characters); longer ones are refused unlooked.
+    max_api_key_chars: int = 256
+
     # Updates a Subscribe stream may queue before it conflates per symbol.
     subscriber_buffer_updates: int = 1_024
     # Events a StreamArbitrage stream may queue before it drops the oldest.
@@ -105,11 +142,25 @@ class MarketDataConfig:
             "max_symbols",
             "subscriber_buffer_updates",
             "arbitrage_buffer_events",
+            "max_venue_chars",
+            "max_symbol_chars",
+            "max_filter_symbols",
+            "max_time_jump_ms",
+            "max_id_jump",
+            "api_key_cache_ttl_ms",
+            "api_key_cache_max_entries",
+            "max_api_key_chars",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.resync_after_ticks < 2:
+            raise ValueError(
+                f"resync_after_ticks must be at least 2 (1 would let any one tick move a symbol), "
+                f"got {self.resync_after_ticks}"
+            )
         self.taker_fee_bps_by_venue()
         self.min_edge_bps_by_venue_pair()
+        self.symbol_quota_by_publisher()
         if self.vwap_last_trades > self.trade_ring_capacity:
             raise ValueError(
                 f"vwap_last_trades ({self.vwap_last_trades}) exceeds trade_ring_capacity "
@@ -125,6 +176,47 @@ class MarketDataConfig:
         return {
             venue: fee for venue, fee in _named_numbers(self.venue_taker_fees_bps, "venue_taker_fees_bps")
         }
+
+    def venues_by_publisher(self) -> dict[str, frozenset[str]]:
+        """``publisher_venues`` resolved against the configured venues; ValueError when malformed."""
+        venues = set(self.taker_fee_bps_by_venue())
+        rights: dict[str, set[str]] = {}
+        for entry in self.publisher_venues:
+            principal, sep, venue = (part.strip() for part in entry.partition("="))
+            if not sep or not principal or not venue:
+                raise ValueError(f"publisher_venues: {entry!r} is not 'principal=venue'")
+            granted = rights.setdefault(principal, set())
+            if venue == ALL_EXTERNAL_VENUES:
+                granted.update(venues - {OWN_VENUE})
+            elif venue == OWN_VENUE and principal != OWN_VENUE_PUBLISHER:
+                raise ValueError(
+                    f"publisher_venues: {entry!r}: venue {OWN_VENUE!r} is published only by "
+                    f"{OWN_VENUE_PUBLISHER!r}"
+                )
+            elif venue in venues:  # a venue not configured grants nothing: its ticks are unknown
+                granted.add(venue)
+        return {principal: frozenset(granted) for principal, granted in rights.items()}
+
+    def symbol_quota_by_publisher(self) -> dict[str, int]:
+        """New symbols each publisher may create (see ``publisher_symbol_quotas``)."""
+        publishers = self.venues_by_publisher()
+        quotas: dict[str, int] = {}
+        for name, count in _named_numbers(self.publisher_symbol_quotas, "publisher_symbol_quotas"):
+            if name not in publishers:
+                raise ValueError(f"publisher_symbol_quotas: {name!r} is not a publisher (publisher_venues)")
+            if count < 0 or count != int(count):
+                raise ValueError(f"publisher_symbol_quotas: {name}={count:g} is not a count")
+            quotas[name] = int(count)
+        if sum(quotas.values()) > self.max_symbols:
+            raise ValueError(
+                f"publisher_symbol_quotas sum to {sum(quotas.values())}, "
+                f"above max_symbols ({self.max_symbols})"
+            )
+        rest = [name for name in sorted(publishers) if name not in quotas]
+        if rest:
+            share = (self.max_symbols - sum(quotas.values())) // len(rest)
+            quotas.update(dict.fromkeys(rest, share))
+        return quotas
 
     def min_edge_bps_by_venue_pair(self) -> dict[frozenset[str], float]:
         """``arbitrage_venue_pair_min_edge_bps`` keyed by the unordered venue pair."""

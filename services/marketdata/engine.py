@@ -5,9 +5,14 @@ benchmark, and the tests) call ``on_quote`` / ``on_depth`` / ``on_trade`` tick b
 plain values; every call returns 0 when the tick was applied, or the ``RejectReason`` it
 was rejected for. A rejected tick changes nothing but its reason's counter.
 
-Validation order (the first failing check is the counted reason): venue, symbol, level
-count of a depth update, numbers (NaN/inf, then price, then size), crossing, timestamp,
-room for a new symbol, then the per-symbol sequence and time order.
+Validation order (the first failing check is the counted reason): for a (venue, symbol) not
+yet tracked, the venue's length, the venue, the symbol, the symbol's length; then the
+publisher's right to the venue; the level count of a depth update, numbers (NaN/inf, then
+price, then size), crossing, timestamp; for a new symbol the publisher's quota of new symbols
+and the service's room; then the ordering rule (services.marketdata.ordering).
+
+Every ``on_*`` call takes the :class:`~services.marketdata.access.Publisher` it comes from;
+None (benchmarks, tests, in-process callers) skips the venue and quota checks.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 
+from services.marketdata.access import Publisher
+from services.marketdata.access import publishers as publishers_of
 from services.marketdata.arbitrage import ArbitrageDetector, ArbitrageEvent, ArbitrageKind, EventType
 from services.marketdata.bars import BarView
 from services.marketdata.config import MarketDataConfig
@@ -28,27 +34,15 @@ from services.marketdata.fanout import (
     SymbolUpdate,
     UpdateKind,
 )
+from services.marketdata.ordering import OrderingRule
+from services.marketdata.reasons import RejectReason
 from services.marketdata.symbol_state import SymbolState
 from services.marketdata.trade_ring import VwapResult
 
+__all__ = ["IngestStats", "MarketDataEngine", "RejectReason", "SymbolSnapshot", "UnknownSymbolError"]
+
 INF = math.inf
 NS_PER_MS = 1_000_000
-
-
-class RejectReason(IntEnum):
-    """Why a tick was rejected; the values are the proto's TickRejectReason."""
-
-    UNKNOWN_VENUE = 1
-    MISSING_SYMBOL = 2
-    NOT_FINITE = 3
-    INVALID_PRICE = 4
-    INVALID_SIZE = 5
-    CROSSED = 6
-    BAD_TIMESTAMP = 7
-    DEPTH_TOO_LARGE = 8
-    DUPLICATE = 9
-    OUT_OF_ORDER = 10
-    TOO_MANY_SYMBOLS = 11
 
 
 class UnknownSymbolError(LookupError):
@@ -129,6 +123,16 @@ class MarketDataEngine:
         self._max_future_ns = config.max_future_ms * NS_PER_MS
         self._vwap_window_ns = config.vwap_window_ms * NS_PER_MS
         self._states: dict[tuple[str, str], SymbolState] = {}
+        self._order = OrderingRule(
+            config.max_time_jump_ms * NS_PER_MS, config.max_id_jump, config.resync_after_ticks
+        )
+        self._admit = self._order.admit
+        self._max_venue_chars = config.max_venue_chars
+        self._max_symbol_chars = config.max_symbol_chars
+        #: Who may publish, by principal (from the config).
+        self.publishers: dict[str, Publisher] = publishers_of(config)
+        #: New symbols each publisher has created.
+        self.symbols_created_by: dict[str, int] = dict.fromkeys(self.publishers, 0)
         self.arbitrage = ArbitrageDetector(
             self._on_arbitrage_event,
             default_threshold_bps=config.arbitrage_min_edge_bps,
@@ -147,10 +151,28 @@ class MarketDataEngine:
         self.rejected_by_reason[reason] += 1
         return reason
 
-    def _state(self, venue: str, symbol: str) -> SymbolState | int:
-        """A new state for (venue, symbol), or TOO_MANY_SYMBOLS when the service is full."""
+    def _new_symbol_names(self, venue: str, symbol: str) -> int:
+        """0 when (venue, symbol) may name a new symbol, else the RejectReason."""
+        if len(venue) > self._max_venue_chars:
+            return RejectReason.VENUE_TOO_LONG
+        if venue not in self._fees:
+            return RejectReason.UNKNOWN_VENUE
+        if not symbol:
+            return RejectReason.MISSING_SYMBOL
+        if len(symbol) > self._max_symbol_chars:
+            return RejectReason.SYMBOL_TOO_LONG
+        return 0
+
+    def _state(self, venue: str, symbol: str, publisher: Publisher | None) -> SymbolState | int:
+        """A new state for (venue, symbol), or SYMBOL_QUOTA_EXCEEDED / TOO_MANY_SYMBOLS."""
+        if publisher is not None:
+            created = self.symbols_created_by.get(publisher.principal, 0)
+            if created >= publisher.symbol_quota:
+                return RejectReason.SYMBOL_QUOTA_EXCEEDED
         if len(self._states) >= self.config.max_symbols:
             return RejectReason.TOO_MANY_SYMBOLS
+        if publisher is not None:
+            self.symbols_created_by[publisher.principal] = created + 1
         state = SymbolState(venue, symbol, self._fees[venue], self.config.depth_max_levels_per_side)
         self._states[state.key] = state
         for subscriber in self._subscribers:
@@ -169,14 +191,14 @@ class MarketDataEngine:
         bid_size: float,
         ask_price: float,
         ask_size: float,
+        publisher: Publisher | None = None,
     ) -> int:
         """Apply a top-of-book quote; 0 or the RejectReason."""
         state = self._states.get((venue, symbol))
-        if state is None:
-            if venue not in self._fees:
-                return self._reject(RejectReason.UNKNOWN_VENUE)
-            if not symbol:
-                return self._reject(RejectReason.MISSING_SYMBOL)
+        if state is None and (reason := self._new_symbol_names(venue, symbol)):
+            return self._reject(reason)
+        if publisher is not None and venue not in publisher.venues:
+            return self._reject(RejectReason.VENUE_NOT_ALLOWED)
         # One chained comparison accepts every well-formed quote (NaN fails every comparison).
         if not (0.0 < bid_price < ask_price < INF and 0.0 < bid_size < INF and 0.0 < ask_size < INF):
             reason = _classify_numbers(
@@ -186,19 +208,16 @@ class MarketDataEngine:
                 reason = RejectReason.CROSSED
             if reason:
                 return self._reject(reason)
-        if not 0 < exchange_ts_ns <= self._clock() + self._max_future_ns:
+        now = self._clock()
+        if not 0 < exchange_ts_ns <= now + self._max_future_ns:
             return self._reject(RejectReason.BAD_TIMESTAMP)
         if state is None:
-            created = self._state(venue, symbol)
+            created = self._state(venue, symbol, publisher)
             if isinstance(created, int):
                 return self._reject(created)
             state = created
-        if sequence and sequence <= state.last_quote_sequence:
-            return self._reject(RejectReason.DUPLICATE)
-        if exchange_ts_ns < state.last_quote_ts_ns:
-            return self._reject(RejectReason.OUT_OF_ORDER)
-        state.last_quote_sequence = sequence or state.last_quote_sequence
-        state.last_quote_ts_ns = exchange_ts_ns
+        if (reason := self._admit(state.quote_order, exchange_ts_ns, sequence, now)) > 0:
+            return self._reject(reason)
         if not state.has_quote_feed:
             state.has_quote_feed = True
             if not state.has_top:
@@ -234,14 +253,14 @@ class MarketDataEngine:
         is_snapshot: bool,
         bids: Sequence[tuple[float, float]],
         asks: Sequence[tuple[float, float]],
+        publisher: Publisher | None = None,
     ) -> int:
         """Apply a depth update or snapshot; 0 or the RejectReason."""
         state = self._states.get((venue, symbol))
-        if state is None:
-            if venue not in self._fees:
-                return self._reject(RejectReason.UNKNOWN_VENUE)
-            if not symbol:
-                return self._reject(RejectReason.MISSING_SYMBOL)
+        if state is None and (reason := self._new_symbol_names(venue, symbol)):
+            return self._reject(reason)
+        if publisher is not None and venue not in publisher.venues:
+            return self._reject(RejectReason.VENUE_NOT_ALLOWED)
         if len(bids) + len(asks) > self.config.depth_max_levels_per_update:
             return self._reject(RejectReason.DEPTH_TOO_LARGE)
         best_bid = _best_bid(bids)
@@ -255,19 +274,16 @@ class MarketDataEngine:
             return self._reject(reason)
         if best_bid >= best_ask:
             return self._reject(RejectReason.CROSSED)
-        if not 0 < exchange_ts_ns <= self._clock() + self._max_future_ns:
+        now = self._clock()
+        if not 0 < exchange_ts_ns <= now + self._max_future_ns:
             return self._reject(RejectReason.BAD_TIMESTAMP)
         if state is None:
-            created = self._state(venue, symbol)
+            created = self._state(venue, symbol, publisher)
             if isinstance(created, int):
                 return self._reject(created)
             state = created
-        if sequence and sequence <= state.last_depth_sequence:
-            return self._reject(RejectReason.DUPLICATE)
-        if exchange_ts_ns < state.last_depth_ts_ns:
-            return self._reject(RejectReason.OUT_OF_ORDER)
-        state.last_depth_sequence = sequence or state.last_depth_sequence
-        state.last_depth_ts_ns = exchange_ts_ns
+        if (reason := self._admit(state.depth_order, exchange_ts_ns, sequence, now)) > 0:
+            return self._reject(reason)
         if is_snapshot:
             state.depth.clear()
         state.depth.apply(bids, asks)
@@ -298,27 +314,29 @@ class MarketDataEngine:
         price: float,
         size: float,
         aggressor_side: int,
+        publisher: Publisher | None = None,
     ) -> int:
         """Apply a trade (last trade, rolling VWAP, bars); 0 or the RejectReason."""
         state = self._states.get((venue, symbol))
-        if state is None:
-            if venue not in self._fees:
-                return self._reject(RejectReason.UNKNOWN_VENUE)
-            if not symbol:
-                return self._reject(RejectReason.MISSING_SYMBOL)
+        if state is None and (reason := self._new_symbol_names(venue, symbol)):
+            return self._reject(reason)
+        if publisher is not None and venue not in publisher.venues:
+            return self._reject(RejectReason.VENUE_NOT_ALLOWED)
         if not (0.0 < price < INF and 0.0 < size < INF):
             return self._reject(_classify_numbers((price,), (size,), zero_size_ok=False))
-        if not 0 < exchange_ts_ns <= self._clock() + self._max_future_ns:
+        now = self._clock()
+        if not 0 < exchange_ts_ns <= now + self._max_future_ns:
             return self._reject(RejectReason.BAD_TIMESTAMP)
         if state is None:
-            created = self._state(venue, symbol)
+            created = self._state(venue, symbol, publisher)
             if isinstance(created, int):
                 return self._reject(created)
             state = created
-        if trade_id and trade_id <= state.last_trade_id:
-            return self._reject(RejectReason.DUPLICATE)
-        if exchange_ts_ns < state.last_trade_ts_ns:
-            return self._reject(RejectReason.OUT_OF_ORDER)
+        if reason := self._admit(state.trade_order, exchange_ts_ns, trade_id, now):
+            if reason > 0:
+                return self._reject(reason)
+            # Resynced back in time: the trade history restarts from this trade.
+            state.restart_trade_history()
         ring = state.trades
         if ring is None:
             config = self.config

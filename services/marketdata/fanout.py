@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -63,14 +63,33 @@ class QueuedUpdate:
 
 @dataclass(frozen=True)
 class SymbolFilter:
-    """(venue, symbol) patterns; "" matches anything; no patterns matches everything."""
+    """(venue, symbol) patterns; "" matches anything; no patterns matches everything.
+
+    ``matches`` costs a few set lookups however many patterns there are, so that a filter of
+    many patterns over many symbols (a snapshot, a new subscription) stays linear in the symbols.
+    """
 
     patterns: tuple[tuple[str, str], ...] = ()
+    _everything: bool = field(init=False, repr=False, compare=False)
+    _pairs: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+    _venues: frozenset[str] = field(init=False, repr=False, compare=False)
+    _names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        patterns = self.patterns
+        set_ = object.__setattr__
+        set_(self, "_everything", not patterns or any(not v and not s for v, s in patterns))
+        set_(self, "_pairs", frozenset((v, s) for v, s in patterns if v and s))
+        set_(self, "_venues", frozenset(v for v, s in patterns if v and not s))
+        set_(self, "_names", frozenset(s for v, s in patterns if s and not v))
 
     def matches(self, venue: str, symbol: str) -> bool:
-        if not self.patterns:
-            return True
-        return any((not v or v == venue) and (not s or s == symbol) for v, s in self.patterns)
+        return (
+            self._everything
+            or venue in self._venues
+            or symbol in self._names
+            or (venue, symbol) in self._pairs
+        )
 
 
 class SubscriberBuffer:

@@ -5,6 +5,10 @@ engine has exactly one writer and needs no locks. Publish streams process each m
 synchronously (a message of a thousand ticks is one uninterrupted run of the engine);
 Subscribe and StreamArbitrage writers await between messages, so a slow client only
 ever delays its own stream.
+
+Who may call what is decided before a servicer method runs (hftgate.security's interceptor,
+then services.marketdata.auth's); a Publish method only looks up its caller's
+:class:`~services.marketdata.access.Publisher` to hand to the engine with every tick.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
+from hftgate.security import ServiceAuthInterceptor, SuiteSecurity, load_suite_security, principal_of
 from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
+from services.marketdata.access import ApiKeyVerifier, Publisher
 from services.marketdata.arbitrage import ArbitrageEvent, ArbitrageKind
+from services.marketdata.auth import READ_METHODS, SERVICE_NAME, MarketDataAccessInterceptor
 from services.marketdata.bars import BarView
 from services.marketdata.config import MarketDataConfig
 from services.marketdata.engine import IngestStats, MarketDataEngine, RejectReason, UnknownSymbolError
@@ -29,8 +36,9 @@ from services.marketdata.trade_ring import VwapResult
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "hftgate.v1.MarketDataService"
 pb = marketdata_pb2
+#: Most entries in StreamArbitrageRequest.kinds (there are two kinds).
+MAX_ARBITRAGE_KINDS = 16
 
 
 # --- domain -> proto ------------------------------------------------------------------------
@@ -141,10 +149,6 @@ def _arbitrage_event(event: ArbitrageEvent, dropped_before: int) -> marketdata_p
     )
 
 
-def _filter(message: marketdata_pb2.SymbolFilter) -> SymbolFilter:
-    return SymbolFilter(tuple((s.venue, s.name) for s in message.symbols))
-
-
 async def _abort_bad_request(context: grpc.aio.ServicerContext, field: str, description: str) -> None:
     """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field, so a client can fix it."""
     detail = error_details_pb2.BadRequest(
@@ -159,8 +163,47 @@ async def _abort_bad_request(context: grpc.aio.ServicerContext, field: str, desc
 class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     """Translates MarketDataService calls to the engine."""
 
-    def __init__(self, engine: MarketDataEngine) -> None:
+    def __init__(self, engine: MarketDataEngine, security: SuiteSecurity) -> None:
         self._engine = engine
+        self._secret = security.secret
+        config = engine.config
+        self._max_venue_chars = config.max_venue_chars
+        self._max_symbol_chars = config.max_symbol_chars
+        self._max_filter_symbols = config.max_filter_symbols
+
+    async def _publisher(self, context: grpc.aio.ServicerContext) -> Publisher:
+        """The calling publisher (the access interceptor admitted only publishers)."""
+        publisher = self._engine.publishers.get(principal_of(context, self._secret) or "")
+        if publisher is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only a publisher may publish market data")
+        assert publisher is not None
+        return publisher
+
+    async def _name_too_long(
+        self, context: grpc.aio.ServicerContext, field: str, symbol: common_pb2.Symbol
+    ) -> None:
+        if len(symbol.venue) > self._max_venue_chars:
+            await _abort_bad_request(
+                context, f"{field}.venue", f"venue longer than {self._max_venue_chars} characters"
+            )
+        if len(symbol.name) > self._max_symbol_chars:
+            await _abort_bad_request(
+                context, f"{field}.name", f"symbol name longer than {self._max_symbol_chars} characters"
+            )
+
+    async def _filter(
+        self, context: grpc.aio.ServicerContext, message: marketdata_pb2.SymbolFilter
+    ) -> SymbolFilter:
+        """The domain filter, or INVALID_ARGUMENT when it is larger than the limits."""
+        if len(message.symbols) > self._max_filter_symbols:
+            await _abort_bad_request(
+                context,
+                "filter.symbols",
+                f"{len(message.symbols)} symbols in the filter; at most {self._max_filter_symbols}",
+            )
+        for index, symbol in enumerate(message.symbols):
+            await self._name_too_long(context, f"filter.symbols[{index}]", symbol)
+        return SymbolFilter(tuple((s.venue, s.name) for s in message.symbols))
 
     # --- ingest ------------------------------------------------------------------------------
     async def PublishQuotes(
@@ -168,6 +211,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
         request_iterator: AsyncIterator[marketdata_pb2.PublishQuotesRequest],
         context: grpc.aio.ServicerContext,
     ) -> marketdata_pb2.PublishSummary:
+        publisher = await self._publisher(context)
         on_quote, on_depth = self._engine.on_quote, self._engine.on_depth
         rejected = [0] * (max(RejectReason) + 1)
         accepted = messages = 0
@@ -184,6 +228,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                     q.bid_size,
                     q.ask_price,
                     q.ask_size,
+                    publisher,
                 )
                 if reason:
                     rejected[reason] += 1
@@ -199,6 +244,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                     d.is_snapshot,
                     [(level.price, level.size) for level in d.bids],
                     [(level.price, level.size) for level in d.asks],
+                    publisher,
                 )
                 if reason:
                     rejected[reason] += 1
@@ -211,6 +257,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
         request_iterator: AsyncIterator[marketdata_pb2.PublishTradesRequest],
         context: grpc.aio.ServicerContext,
     ) -> marketdata_pb2.PublishSummary:
+        publisher = await self._publisher(context)
         on_trade = self._engine.on_trade
         rejected = [0] * (max(RejectReason) + 1)
         accepted = messages = 0
@@ -226,6 +273,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                     t.price,
                     t.size,
                     t.aggressor_side,
+                    publisher,
                 )
                 if reason:
                     rejected[reason] += 1
@@ -249,8 +297,9 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     ) -> marketdata_pb2.GetSnapshotResponse:
         if request.depth_levels < 0:
             await _abort_bad_request(context, "depth_levels", "depth_levels must be >= 0")
+        symbol_filter = await self._filter(context, request.filter)
         response = pb.GetSnapshotResponse(stats=_stats(self._engine.stats()))
-        for snap in self._engine.snapshot(_filter(request.filter), request.depth_levels):
+        for snap in self._engine.snapshot(symbol_filter, request.depth_levels):
             response.symbols.append(
                 pb.SymbolSnapshot(
                     symbol=common_pb2.Symbol(venue=snap.venue, name=snap.symbol),
@@ -277,6 +326,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     async def _require_symbol(self, symbol: common_pb2.Symbol, context: grpc.aio.ServicerContext) -> None:
         if not symbol.venue or not symbol.name:
             await _abort_bad_request(context, "symbol", "symbol.venue and symbol.name are both required")
+        await self._name_too_long(context, "symbol", symbol)
 
     async def GetBars(
         self, request: marketdata_pb2.GetBarsRequest, context: grpc.aio.ServicerContext
@@ -318,10 +368,9 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     async def Subscribe(
         self, request: marketdata_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[marketdata_pb2.MarketUpdate]:
+        symbol_filter = await self._filter(context, request.filter)
         wakeup = asyncio.Event()
-        subscriber = self._engine.subscribe(
-            _filter(request.filter), wakeup.set, request.send_initial_snapshot
-        )
+        subscriber = self._engine.subscribe(symbol_filter, wakeup.set, request.send_initial_snapshot)
         stream_sequence = 0
         try:
             while True:
@@ -338,11 +387,15 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     async def StreamArbitrage(
         self, request: marketdata_pb2.StreamArbitrageRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[marketdata_pb2.ArbitrageEvent]:
-        try:
-            kinds = [ArbitrageKind(k) for k in request.kinds]
-        except ValueError:
-            await _abort_bad_request(context, "kinds", f"unknown arbitrage kind in {list(request.kinds)}")
-            return
+        if len(request.kinds) > MAX_ARBITRAGE_KINDS:
+            await _abort_bad_request(
+                context, "kinds", f"{len(request.kinds)} kinds; at most {MAX_ARBITRAGE_KINDS}"
+            )
+        known = {int(kind) for kind in ArbitrageKind}
+        unknown = next((k for k in request.kinds if k not in known), None)
+        if unknown is not None:
+            await _abort_bad_request(context, "kinds", f"unknown arbitrage kind {unknown}")
+        kinds = [ArbitrageKind(k) for k in request.kinds]
         wakeup = asyncio.Event()
         subscription = self._engine.subscribe_arbitrage(kinds, wakeup.set, request.include_open)
         try:
@@ -358,11 +411,30 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
             self._engine.unsubscribe_arbitrage(subscription)
 
 
-async def start(config: MarketDataConfig, engine: MarketDataEngine | None = None) -> RunningServer:
-    """Start the service on ``config.address`` (port 0 picks a free port) around ``engine``."""
-    servicer = MarketDataServicer(engine if engine is not None else MarketDataEngine(config))
+async def start(
+    config: MarketDataConfig,
+    engine: MarketDataEngine | None = None,
+    *,
+    security: SuiteSecurity | None = None,
+    api_keys: ApiKeyVerifier | None = None,
+) -> RunningServer:
+    """Start the service on ``config.address`` (port 0 picks a free port) around ``engine``.
+
+    ``security`` defaults to the "marketdata" principal's from the environment (the suite
+    secret; TLS when ``HFTGATE_TLS_DIR`` is set). ``api_keys`` resolves account API keys for
+    the read RPCs; without it only service tokens are accepted.
+    """
+    engine = engine if engine is not None else MarketDataEngine(config)
+    security = security if security is not None else load_suite_security("marketdata")
+    servicer = MarketDataServicer(engine, security)
     binding = ServiceBinding(
         SERVICE_NAME,
         lambda server: marketdata_pb2_grpc.add_MarketDataServiceServicer_to_server(servicer, server),
     )
-    return await create_server(config.address, [binding])
+    return await create_server(
+        config.address,
+        [binding],
+        tls=security.server_tls,
+        auth=ServiceAuthInterceptor(security.secret, api_key_methods=READ_METHODS),
+        interceptors=[MarketDataAccessInterceptor(security.secret, engine.publishers, api_keys)],
+    )

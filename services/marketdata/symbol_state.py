@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.marketdata.bars import BarSeries
 from services.marketdata.depth_book import DepthBook
+from services.marketdata.ordering import OrderKey
 from services.marketdata.trade_ring import TradeRing
 
 if TYPE_CHECKING:
@@ -29,18 +30,16 @@ class SymbolState:
         "bid_price",
         "bid_size",
         "depth",
+        "depth_order",
         "depth_updates",
         "has_quote_feed",
         "key",
-        "last_depth_sequence",
-        "last_depth_ts_ns",
-        "last_quote_sequence",
-        "last_quote_ts_ns",
         "last_trade_id",
         "last_trade_price",
         "last_trade_side",
         "last_trade_size",
         "last_trade_ts_ns",
+        "quote_order",
         "quotes",
         "subscribers",
         "symbol",
@@ -48,6 +47,7 @@ class SymbolState:
         "taker_fee_bps",
         "top_ts_ns",
         "trade_count",
+        "trade_order",
         "trades",
         "venue",
         "vwap",
@@ -64,11 +64,11 @@ class SymbolState:
         self.top_ts_ns = 0
         # True once a top-of-book Quote arrived: from then on depth no longer sets the top.
         self.has_quote_feed = False
-        self.last_quote_sequence = 0
-        self.last_quote_ts_ns = 0
+        # The ordering rule's reference per kind of tick (services.marketdata.ordering).
+        self.quote_order = OrderKey()
+        self.depth_order = OrderKey()
+        self.trade_order = OrderKey()
         self.depth = DepthBook(max_depth_levels_per_side)
-        self.last_depth_sequence = 0
-        self.last_depth_ts_ns = 0
         # Trade side: allocated by allocate_trade_history() on the first trade.
         self.trades: TradeRing | None = None
         self.bars: tuple[BarSeries, ...] = ()
@@ -96,6 +96,14 @@ class SymbolState:
     ) -> None:
         self.trades = TradeRing(ring_capacity)
         self.bars = tuple(BarSeries(interval, bar_history) for interval in sorted(bar_intervals_ms))
+
+    def restart_trade_history(self) -> None:
+        """Forget the trade ring, bars and rolling VWAP (the next trade allocates them afresh):
+        the trade feed resynced back in time. The last trade and the counters stay."""
+        self.trades = None
+        self.bars = ()
+        self.vwap = 0.0
+        self.vwap_first_inside = 0
 
     @property
     def has_top(self) -> bool:

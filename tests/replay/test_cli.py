@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from hftgate.config import repo_root
 from hftgate.replay.cli import app
 from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
+from tests.services.marketdata.helpers import token_metadata
 
 
 def free_port() -> int:
@@ -73,7 +74,8 @@ def test_replay_command_publishes_files_to_the_running_service(
         stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
         eth = common_pb2.Symbol(venue="binance-spot", name="ETHUSDT")
         snapshot = stub.GetSnapshot(
-            marketdata_pb2.GetSnapshotRequest(filter=marketdata_pb2.SymbolFilter(symbols=[eth]))
+            marketdata_pb2.GetSnapshotRequest(filter=marketdata_pb2.SymbolFilter(symbols=[eth])),
+            metadata=token_metadata("gateway"),
         )
     (state,) = snapshot.symbols
     assert (state.quotes, state.trades) == (1000, 1000)
@@ -88,3 +90,43 @@ def test_replay_command_refuses_a_file_it_cannot_read(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [str(unknown)], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
     assert result.exit_code != 0
     assert "no reader recognises" in result.output
+
+
+def test_replay_command_reports_a_refusal_without_a_traceback(data_dir: Path, tmp_path: Path) -> None:
+    """A service of another suite (another secret) refuses the feed: the command says so."""
+    port = free_port()
+    log_path = tmp_path / "other.log"
+    env = {
+        **os.environ,
+        "HFTGATE_MARKETDATA_PORT": str(port),
+        "HFTGATE_SUITE_SECRET": "another-suite-" + "z" * 32,
+    }
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.marketdata"], cwd=repo_root(), env=env, stderr=log, text=True
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        result = CliRunner().invoke(
+            app,
+            [
+                str(data_dir / "trades" / "binance-spot_ETHUSDT_trades_20240808.csv.gz"),
+                "--target",
+                f"127.0.0.1:{port}",
+                "--speed",
+                "0",
+                "--limit-per-file",
+                "10",
+            ],
+            env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"},
+        )
+        assert result.exit_code == 1
+        assert "refused: UNAUTHENTICATED" in result.output
+        assert "Traceback" not in result.output
+    finally:
+        process.kill()
+        process.wait()

@@ -17,6 +17,8 @@ from hftgate.replay.ticks import DepthTick, QuoteTick, TradeTick
 from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
 from services.marketdata.config import MarketDataConfig
 from services.marketdata.server import start
+from tests.services.marketdata.helpers import channel as credentialed_channel
+from tests.services.marketdata.helpers import token_metadata
 
 pb = marketdata_pb2
 SPOT_QUOTES = "quotes/binance-spot_BTCUSDT_bookTicker_20240808.csv.gz"
@@ -35,7 +37,8 @@ async def target() -> AsyncIterator[tuple[str, marketdata_pb2_grpc.MarketDataSer
     config = MarketDataConfig(port=0, venue_taker_fees_bps=("binance-spot=0", "binance-usdm=0"))
     running = await start(config)
     try:
-        async with channel_to(f"127.0.0.1:{running.port}") as channel:
+        # Queries as another service of the suite would make them.
+        async with credentialed_channel(f"127.0.0.1:{running.port}", token_metadata("gateway")) as channel:
             yield f"127.0.0.1:{running.port}", marketdata_pb2_grpc.MarketDataServiceStub(channel)
     finally:
         await running.stop(0)
@@ -165,3 +168,45 @@ async def test_replay_rejects_a_negative_speed(
     async with grpc.aio.insecure_channel(address) as channel:
         with pytest.raises(ValueError, match="speed"):
             await replay([], channel, speed=-1)
+
+
+async def test_replay_publishes_as_the_feed_which_may_not_publish_the_suites_own_venue() -> None:
+    running = await start(MarketDataConfig(port=0, venue_taker_fees_bps=("hftgate=0", "bybit=5")))
+    address = f"127.0.0.1:{running.port}"
+    try:
+        ticks = [
+            TradeTick("bybit", "XRPUSDT", 1_723_161_240 * 10**9, 1, 5, 0.5, 10.0, 0),  # type: ignore[arg-type]
+            TradeTick("hftgate", "BTCUSDT", 1_723_161_240 * 10**9, 1, 2**64 - 1, 1.0, 1.0, 0),  # type: ignore[arg-type]
+            QuoteTick("hftgate", "BTCUSDT", 1_723_161_240 * 10**9, 1, 0, 1.0, 1.0, 2.0, 1.0),
+        ]
+        async with channel_to(address) as channel:
+            result = await replay(ticks, channel, speed=0)
+        assert (result.trade_summary.accepted, result.quote_summary.accepted) == (1, 0)
+        for summary in (result.trade_summary, result.quote_summary):
+            assert [(r.reason, r.count) for r in summary.rejected_by_reason] == [
+                (pb.TICK_REJECT_REASON_VENUE_NOT_ALLOWED, 1)
+            ]
+        # Credentials of another principal, or none, are refused as a whole.
+        async with channel_to(address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await replay(ticks, channel, speed=0, metadata=token_metadata("gateway"))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+                await replay(ticks, channel, speed=0, metadata=())
+            assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await running.stop(0)
+
+
+def test_feed_credentials_need_a_suite_secret_and_never_create_one(tmp_path: Path) -> None:
+    from hftgate.replay.publisher import feed_credentials
+    from hftgate.security import SecurityError
+
+    missing = tmp_path / "secrets" / "suite.secret"
+    with pytest.raises(SecurityError, match="no suite secret"):
+        feed_credentials({"HFTGATE_SUITE_SECRET_FILE": str(missing)})
+    assert not missing.exists()
+    credentials = feed_credentials({"HFTGATE_SUITE_SECRET": "s" * 40})
+    assert credentials.tls is None
+    ((name, token),) = credentials.metadata
+    assert (name, token.split(".")[0]) == ("x-hftgate-service-token", "feed")

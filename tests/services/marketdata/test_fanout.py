@@ -74,3 +74,28 @@ def test_arbitrage_subscription_drops_the_oldest_and_says_how_many() -> None:
     assert (first[0].opportunity_id, first[1]) == (4, 3)
     assert (second[0].opportunity_id, second[1]) == (5, 0)
     assert subscription.take() is None
+
+
+def test_filter_lookups_agree_with_the_pattern_rule_for_every_kind_of_pattern() -> None:
+    import itertools
+    import random
+
+    venues, names = ["", "a", "b", "c"], ["", "X", "Y", "Z"]
+    rng = random.Random(12)
+    for _ in range(300):
+        patterns = tuple(rng.sample(list(itertools.product(venues, names)), rng.randint(0, 4)))
+        f = SymbolFilter(patterns)
+        for venue, name in itertools.product([*venues[1:], "d"], [*names[1:], "W"]):
+            naive = not patterns or any((not v or v == venue) and (not s or s == name) for v, s in patterns)
+            assert f.matches(venue, name) == naive, (patterns, venue, name)
+
+
+def test_a_filter_of_a_thousand_patterns_does_not_scan_them_per_symbol() -> None:
+    import time
+
+    f = SymbolFilter(tuple(("binance-spot", f"S{i}") for i in range(1_024)))
+    started = time.perf_counter()
+    hits = sum(f.matches("binance-spot", f"S{i}") for i in range(4_096))
+    assert hits == 1_024
+    # 4M pattern comparisons took ~0.5 s; set lookups take ~1 ms (generous bound for a shared CI box).
+    assert time.perf_counter() - started < 0.1

@@ -18,6 +18,7 @@ from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
 from services.marketdata.config import MarketDataConfig
 from services.marketdata.engine import MarketDataEngine
 from services.marketdata.server import start
+from tests.services.marketdata.helpers import channel, token_metadata
 
 pb = marketdata_pb2
 NOW = time.time_ns()
@@ -27,7 +28,10 @@ BTC = common_pb2.Symbol(venue="binance-spot", name="BTCUSDT")
 @dataclass
 class Service:
     engine: MarketDataEngine
+    # A market data feed's client ("feed": publishes every external venue, reads everything).
     stub: marketdata_pb2_grpc.MarketDataServiceStub
+    # The execution service's client ("execution": publishes venue hftgate).
+    execution: marketdata_pb2_grpc.MarketDataServiceStub
 
 
 @asynccontextmanager
@@ -35,9 +39,17 @@ async def service(**config: object) -> AsyncIterator[Service]:
     cfg = MarketDataConfig(port=0, **config)  # type: ignore[arg-type]
     engine = MarketDataEngine(cfg)
     running = await start(cfg, engine)
+    target = f"127.0.0.1:{running.port}"
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield Service(engine, marketdata_pb2_grpc.MarketDataServiceStub(channel))
+        async with (
+            channel(target, token_metadata("feed")) as feed,
+            channel(target, token_metadata("execution")) as execution,
+        ):
+            yield Service(
+                engine,
+                marketdata_pb2_grpc.MarketDataServiceStub(feed),
+                marketdata_pb2_grpc.MarketDataServiceStub(execution),
+            )
     finally:
         await running.stop(0)
 
@@ -138,7 +150,7 @@ async def test_trades_feed_snapshot_bars_and_vwap() -> None:
         ),
     ]
     async with service() as svc:
-        summary = await publish_trades(svc.stub, trades)
+        summary = await publish_trades(svc.execution, trades)
         assert summary.accepted == 3
         symbol = common_pb2.Symbol(venue="hftgate", name="BTCUSDT")
         bars = await svc.stub.GetBars(pb.GetBarsRequest(symbol=symbol, interval_ms=1000, include_open=True))
