@@ -366,11 +366,19 @@ class ServiceAuthInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(OPEN_METHOD_PREFIXES):
             return await continuation(handler_call_details)
         token = api_key = None
+        tokens = keys = 0
         for name, value in handler_call_details.invocation_metadata or ():
             if name == SERVICE_TOKEN_METADATA:
                 token = value
+                tokens += 1
             elif name == API_KEY_METADATA:
                 api_key = value
+                keys += 1
+        if tokens > 1 or keys > 1:
+            # Which of two credentials counts would depend on who reads the metadata: refuse both.
+            return await self._refuse(
+                continuation, handler_call_details, "send one credential of each kind at most"
+            )
         if token is not None:
             if isinstance(token, str) and self.secret.verify_token(token) is not None:
                 return await continuation(handler_call_details)

@@ -21,6 +21,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -147,38 +148,44 @@ async def replay(
     if metadata is None:
         metadata = feed_credentials().metadata
     stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
-    quote_call = stub.PublishQuotes(metadata=tuple(metadata))
-    trade_call = stub.PublishTrades(metadata=tuple(metadata))
+    # Each stream reads its requests from a bounded queue through a generator. Writing with
+    # call.write() instead loses the server's answer: once a server has refused the call (wrong
+    # principal, say), the next write fails locally and the call reports INTERNAL "Internal error
+    # from Core"; a call fed by a generator ends with the server's own status.
+    quotes = _Feed(stub.PublishQuotes, tuple(metadata))
+    trades = _Feed(stub.PublishTrades, tuple(metadata))
     total = len(ticks)
     quote_messages = trade_messages = 0
     started = time.monotonic_ns()
     first_recorded = ticks[0].receive_ts_ns if ticks else 0
     sent = 0
-    while sent < total:
-        end = min(total, sent + max_batch)
-        if speed > 0:
-            due = started + (ticks[sent].receive_ts_ns - first_recorded) / speed
-            wait_ns = due - time.monotonic_ns()
-            if wait_ns > 0:
-                await asyncio.sleep(wait_ns / 1e9)
-            # Everything recorded up to "now" on the replay clock goes in this batch.
-            recorded_now = first_recorded + (time.monotonic_ns() - started) * speed
-            end = sent + 1
-            while end < total and end - sent < max_batch and ticks[end].receive_ts_ns <= recorded_now:
-                end += 1
-        quote_requests, trade_requests = to_requests(ticks[sent:end])
-        for quote_request in quote_requests:
-            await quote_call.write(quote_request)
-        for trade_request in trade_requests:
-            await trade_call.write(trade_request)
-        quote_messages += len(quote_requests)
-        trade_messages += len(trade_requests)
-        sent = end
-        if on_progress is not None:
-            on_progress(sent, total)
-    await quote_call.done_writing()
-    await trade_call.done_writing()
-    quote_summary, trade_summary = await quote_call, await trade_call
+    try:
+        while sent < total:
+            end = min(total, sent + max_batch)
+            if speed > 0:
+                due = started + (ticks[sent].receive_ts_ns - first_recorded) / speed
+                wait_ns = due - time.monotonic_ns()
+                if wait_ns > 0:
+                    await asyncio.sleep(wait_ns / 1e9)
+                # Everything recorded up to "now" on the replay clock goes in this batch.
+                recorded_now = first_recorded + (time.monotonic_ns() - started) * speed
+                end = sent + 1
+                while end < total and end - sent < max_batch and ticks[end].receive_ts_ns <= recorded_now:
+                    end += 1
+            quote_requests, trade_requests = to_requests(ticks[sent:end])
+            for quote_request in quote_requests:
+                await quotes.put(quote_request)
+            for trade_request in trade_requests:
+                await trades.put(trade_request)
+            quote_messages += len(quote_requests)
+            trade_messages += len(trade_requests)
+            sent = end
+            if on_progress is not None:
+                on_progress(sent, total)
+        quote_summary, trade_summary = await quotes.finish(), await trades.finish()
+    finally:
+        quotes.cancel()
+        trades.cancel()
     return ReplayResult(
         ticks=total,
         quote_messages=quote_messages,
@@ -188,6 +195,51 @@ async def replay(
         elapsed_s=(time.monotonic_ns() - started) / 1e9,
         recorded_span_ns=ticks[-1].receive_ts_ns - first_recorded if ticks else 0,
     )
+
+
+class _Feed:
+    """One client stream fed from a bounded queue; its result is the server's summary or status."""
+
+    _END: object = object()
+
+    def __init__(self, method: Callable[..., Any], metadata: tuple[tuple[str, str], ...]) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        self._result: asyncio.Future[Any] = asyncio.ensure_future(self._call(method, metadata))
+
+    async def _call(self, method: Callable[..., Any], metadata: tuple[tuple[str, str], ...]) -> Any:
+        return await method(self, metadata=metadata)
+
+    # The request iterator is this object, not an async generator: a generator left suspended
+    # when the server ends the call would be finalized later by the garbage collector, at an
+    # arbitrary point of another task.
+    def __aiter__(self) -> _Feed:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self._queue.get()
+        if item is self._END:
+            raise StopAsyncIteration
+        return item
+
+    async def put(self, request: Any) -> None:
+        """Queue ``request``; raises the call's error if the server ended it."""
+        if self._result.done():
+            self._result.result()  # raises the server's status
+        put = asyncio.ensure_future(self._queue.put(request))
+        await asyncio.wait({put, self._result}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self._result.result()
+
+    async def finish(self) -> Any:
+        """End the stream and return the server's answer (or raise its status)."""
+        if not self._result.done():
+            await self.put(self._END)
+        return await self._result
+
+    def cancel(self) -> None:
+        if not self._result.done():
+            self._result.cancel()
 
 
 def feed_credentials(environ: Mapping[str, str] | None = None) -> ClientCredentials:
