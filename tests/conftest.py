@@ -16,4 +16,4 @@ os.environ.setdefault("HFTGATE_SUITE_SECRET", "test-suite-" + secrets.token_hex(
 # of a run that did not use it, and pytest then compiles its modules after the test's grpc.aio
 # calls; after an aio call refused mid-stream that compile failed with CPython 3.11's
 # "SystemError: AST constructor recursion depth mismatch" (seen running one replay test alone).
-import hypothesis  # noqa: E402, F401
+import hypothesis  # noqa: F401
