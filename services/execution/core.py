@@ -59,6 +59,8 @@ from services.execution.risk import (
     TokenBucket,
     check_new_orders,
     check_one_new_order,
+    instrument_limits,
+    position_limit,
 )
 from services.execution.state import OPEN_STATUSES, REJECTED, BatchOutcome, ExecutionState
 
@@ -146,6 +148,11 @@ class Acks:
     arrival_ns: int = 0
     accepted: int = 0
     durable_at_ns: int = 0
+
+
+#: A batch in flight on a stream: its journal future and the acks its sink gets once it is durable
+#: (its own first, then those of the same sink's fully refused batches that arrived after it).
+_InFlight = tuple[asyncio.Future[int], list[Acks]]
 
 
 @dataclass(slots=True)
@@ -244,9 +251,11 @@ class ExecutionCore:
         self.accepting = True
         self.ledger_backlog_drops = 0
         self._pending_fills: list[np.ndarray] = []
-        # Batches applied but not yet durable that have a sink, oldest first, each with the acks of
-        # fully refused batches that arrived after it (they must not overtake it on a stream).
-        self._inflight: list[tuple[asyncio.Future[int], list[Acks]]] = []
+        # Per sink (one OrderStream each): its batches applied but not yet durable, oldest first,
+        # each with the acks of that same sink's fully refused batches that arrived after it (they
+        # must not overtake it on the stream). Keyed by sink so that an ack only ever goes out
+        # through the stream that sent its input; a sink's entry goes once nothing of it is in flight.
+        self._inflight: dict[Callable[[Acks | BaseException], None], list[_InFlight]] = {}
         #: Sequence of the last execution report handed to subscribers (all earlier ones are durable).
         self.published_report_seq = state.next_report_seq - 1
         self._ledger_task: asyncio.Task[None] | None = None
@@ -257,6 +266,11 @@ class ExecutionCore:
         #: only when the journal writer has a CPU of its own (see hftgate/placement.py).
         self.ack_poll_ns = 0
         self._orders_in_flight = 0
+        #: Set when a journaled batch failed to apply (a bug): what failed. The service then takes
+        #: no more inputs; ``on_apply_failed`` (set by the server) hears it once, to turn health
+        #: NOT_SERVING. A restart recovers, quarantining that record (recovery.py).
+        self.apply_failed: str | None = None
+        self.on_apply_failed: Callable[[str], None] | None = None
 
     # --- accounts and instruments --------------------------------------------------------------
 
@@ -338,12 +352,14 @@ class ExecutionCore:
             acks, payload = self._prepare_one_new(account, inputs, specs[0])
             batch, positions = None, _FIRST_POSITION
         else:
-            acks, batch, positions = self._prepare(account, inputs, unique, specs)
+            replace_specs = await self._replace_instruments(account, inputs)
+            acks, batch, positions = self._prepare(account, inputs, unique, specs, replace_specs)
             payload = None if batch is None else encode_batch(batch)
         if payload is None:
             if sink is not None:
-                if self._inflight:
-                    self._inflight[-1][1].append(acks)  # keep stream order behind the batch in flight
+                pending = self._inflight.get(sink)
+                if pending:
+                    pending[-1][1].append(acks)  # keep this stream's order behind its batch in flight
                 else:
                     sink(acks)
             return acks
@@ -365,8 +381,11 @@ class ExecutionCore:
                 raise ServiceUnavailable(f"journal failed: {exc}") from exc
             self._durable(acks, outcome, t_match)
             return acks
-        entry: tuple[asyncio.Future[int], list[Acks]] = (future, [acks])
-        self._inflight.append(entry)
+        entry: _InFlight = (future, [acks])
+        pending = self._inflight.get(sink)
+        if pending is None:
+            pending = self._inflight[sink] = []
+        pending.append(entry)
         future.add_done_callback(lambda done: self._durable_to_sink(done, entry, outcome, t_match, sink))
         return acks
 
@@ -437,6 +456,8 @@ class ExecutionCore:
         their sum. Same loop step, so journal order is still engine order. ``batch`` is the record's
         decoded form when the caller has it.
         """
+        if self.apply_failed is not None:
+            raise ServiceUnavailable("the service hit an internal error and must be restarted")
         try:
             self.journal.check_writable()
         except Exception as exc:
@@ -445,10 +466,17 @@ class ExecutionCore:
         try:
             outcome = self.state.apply_batch(decode_batch(payload) if batch is None else batch)
         except Exception as exc:
-            # The input is journaled but the state did not take it: serving on would diverge from what
-            # a recovery rebuilds. Stop taking inputs; a restart replays the journal.
+            # apply_batch refuses a batch that does not fit before changing anything and never
+            # raises for a batch's values (state.py); getting here is a bug, part-way through the
+            # state change. Serving on would diverge from what a recovery rebuilds: stop taking
+            # inputs and report it (on_apply_failed turns health NOT_SERVING). The restart's
+            # recovery quarantines this record (recovery.py), so it cannot crash-loop.
             self.accepting = False
-            log.critical("applying a journaled batch failed; refusing inputs until restart", exc_info=True)
+            self.apply_failed = f"journal record {self.journal.next_seq - 1} failed to apply: {exc!r}"
+            log.critical("%s; refusing inputs until restart", self.apply_failed, exc_info=True)
+            if self.on_apply_failed is not None:
+                with contextlib.suppress(Exception):
+                    self.on_apply_failed(self.apply_failed)
             raise ServiceUnavailable("the service hit an internal error and must be restarted") from exc
         return future, outcome
 
@@ -467,8 +495,13 @@ class ExecutionCore:
         t_match: int,
         sink: Callable[[Acks | BaseException], None],
     ) -> None:
-        with contextlib.suppress(ValueError):
-            self._inflight.remove(entry)
+        pending = self._inflight.get(sink)
+        if pending is not None:
+            # Journal futures resolve in append order, so this is the sink's oldest entry.
+            with contextlib.suppress(ValueError):
+                pending.remove(entry)
+            if not pending:
+                del self._inflight[sink]
         error = done.exception()
         if error is not None:
             sink(error)
@@ -498,8 +531,35 @@ class ExecutionCore:
             self.stages.ack.record_n(t_ack - acks.durable_at_ns, acks.accepted)
             self.stages.total.record_n(t_ack - acks.arrival_ns, acks.accepted)
 
+    async def _replace_instruments(
+        self, account: AccountSpec, inputs: Inputs
+    ) -> dict[int, InstrumentSpec | None]:
+        """The instruments of the orders the batch's replaces name, by engine symbol id (the replace
+        checks need their limits; awaited here so that the checks themselves stay synchronous)."""
+        positions = np.nonzero(inputs.kind == KIND_REPLACE)[0].tolist()
+        if not positions:
+            return {}
+        state = self.state
+        own = state.client_id_index.get(account.account_id, {})
+        symbol_ids: set[int] = set()
+        for position in positions:
+            order_id = int(inputs.target_ids[position]) or own.get(inputs.client_ids[position], 0)
+            if 1 <= order_id <= state.order_count:
+                symbol_ids.add(int(state.orders["symbol_id"][order_id - 1]))
+        names = state.symbol_names
+        return {
+            symbol_id: await self.reference.instrument(names[symbol_id])
+            for symbol_id in symbol_ids
+            if symbol_id < len(names)
+        }
+
     def _prepare(
-        self, account: AccountSpec, inputs: Inputs, symbols: list[str], specs: list[InstrumentSpec | None]
+        self,
+        account: AccountSpec,
+        inputs: Inputs,
+        symbols: list[str],
+        specs: list[InstrumentSpec | None],
+        replace_specs: dict[int, InstrumentSpec | None] | None = None,
     ) -> tuple[Acks, Batch | None, np.ndarray]:
         """Risk for every input; the accepted ones as a journal batch (None when nothing passed)."""
         state = self.state
@@ -557,7 +617,7 @@ class ExecutionCore:
                 self._open_books(provisional, symbol_ids, reason)
         elif new_mask.any():
             self.counters.orders_received += int(new_mask.sum())
-        self._check_existing(account, inputs, reason, targets, client_ids)
+        self._check_existing(account, inputs, reason, targets, client_ids, replace_specs or {})
 
         accepted = np.nonzero(reason == 0)[0]
         acks = Acks(
@@ -726,8 +786,10 @@ class ExecutionCore:
         reason: np.ndarray,
         targets: np.ndarray,
         client_ids: list[str],
+        replace_specs: dict[int, InstrumentSpec | None],
     ) -> None:
-        """Cancels and replaces: the named order must exist, be the account's and still be working."""
+        """Cancels and replaces: the named order must exist, be the account's and still be working;
+        a replace must also pass the instrument's and the account's limits (:meth:`_check_replace`)."""
         positions = np.nonzero((inputs.kind != KIND_NEW) & (reason == 0))[0]
         if not len(positions):
             return
@@ -739,6 +801,7 @@ class ExecutionCore:
         provisional = {
             client_ids[p]: (state.order_count + 1 + rank, p) for rank, p in enumerate(accepted_new)
         }
+        replace_used: dict[tuple[int, int], int] = {}
         for position in positions.tolist():
             order_id = int(inputs.target_ids[position])
             client_id = client_ids[position]
@@ -768,9 +831,23 @@ class ExecutionCore:
                 reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
                 continue
             if inputs.kind[position] == KIND_REPLACE:
-                reason[position] = self._check_replace(index, inputs.orders[position])
+                reason[position] = self._check_replace(
+                    index, inputs.orders[position], account, replace_specs, replace_used
+                )
 
-    def _check_replace(self, index: int, values: np.void) -> int:
+    def _check_replace(
+        self,
+        index: int,
+        values: np.void,
+        account: AccountSpec,
+        specs: dict[int, InstrumentSpec | None],
+        used: dict[tuple[int, int], int],
+    ) -> int:
+        """A replace's RejectReason (0 = accepted): its fields, then, for what it raises (price,
+        trigger, quantity), the instrument's grid, band, ceiling, maximum quantity and notional and
+        the account's position limit, as for a new order (risk.py), so that a replace cannot bring
+        the book a price or quantity outside the bounds apply_batch's arithmetic relies on.
+        ``used`` carries the lots earlier replaces of the batch added per (symbol id, side)."""
         row = self.state.orders[index]
         new_price, new_qty, new_stop = (
             int(values["price"]),
@@ -789,6 +866,44 @@ class ExecutionCore:
             return common.REJECT_REASON_INVALID_ORDER  # only a stop not yet triggered has a trigger to move
         if new_price and row["order_type"] not in (api.ORDER_TYPE_LIMIT, api.ORDER_TYPE_STOP_LIMIT):
             return common.REJECT_REASON_INVALID_PRICE
+        symbol_id = int(row["symbol_id"])
+        spec = specs.get(symbol_id)
+        if spec is None and symbol_id < len(self.state.symbol_names):
+            held = self.reference.instrument_held(self.state.symbol_names[symbol_id])
+            spec = None if held is NOT_HELD else held  # type: ignore[assignment]
+        if spec is None:
+            return common.REJECT_REASON_UNKNOWN_SYMBOL
+        lim = instrument_limits(spec)
+        for new in (new_price, new_stop):
+            if not new:
+                continue
+            if new % lim.price_step:
+                return common.REJECT_REASON_OFF_TICK
+            if (lim.band and abs(new - lim.reference) > lim.band) or new > lim.price_ceiling:
+                return common.REJECT_REASON_PRICE_BAND
+        total = new_qty or int(row["quantity"])
+        if new_qty > int(row["quantity"]):
+            if new_qty % lim.lot_step:
+                return common.REJECT_REASON_OFF_LOT
+            if new_qty > lim.max_lots:
+                return common.REJECT_REASON_MAX_QUANTITY
+        price = new_price or int(row["price"])
+        if price > 0 and total > lim.max_notional // price:
+            return common.REJECT_REASON_MAX_NOTIONAL
+        added = (total - int(row["cum"])) - int(row["leaves"])
+        if added > 0:
+            state = self.state
+            side = int(row["side"])
+            account_row = state.account_row(account.account_id)
+            position = int(state.position[account_row, symbol_id])
+            if side == 1:
+                start = position + int(state.open_buy[account_row, symbol_id])
+            else:
+                start = int(state.open_sell[account_row, symbol_id]) - position
+            key = (symbol_id, side)
+            if start + used.get(key, 0) + added > position_limit(account):
+                return common.REJECT_REASON_POSITION_LIMIT
+            used[key] = used.get(key, 0) + added
         return 0
 
     def _build_batch(
@@ -904,10 +1019,10 @@ class ExecutionCore:
         held = self.reference._decoded.get("instrument:" + symbol)
         if held is None:
             return None
-        spec: InstrumentSpec = held[1]
-        if spec.price_band_ticks <= 0 or spec.reference_price_ticks <= 0:
+        lim = instrument_limits(held[1])  # clamped: reference + band stays inside int64
+        if lim.band <= 0 or lim.reference <= 0:
             return None
-        return spec.reference_price_ticks, spec.price_band_ticks
+        return lim.reference, lim.band
 
     def _fill_rejected_acks(self, acks: Acks, rejected: np.ndarray) -> None:
         """Rejected cancels/replaces show their order unchanged."""

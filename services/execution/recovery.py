@@ -138,6 +138,8 @@ class Recovery:
     recovery_ms: float
     tail_inputs: list[np.ndarray]
     base_books: dict[str, BookView]
+    #: Journal records that failed to apply and were passed over: journal seq -> what failed.
+    quarantined: dict[int, str] = field(default_factory=dict)
 
 
 def recover(config: ExecutionConfig, *, keep_inputs: bool = False, use_snapshot: bool = True) -> Recovery:
@@ -162,11 +164,15 @@ def recover(config: ExecutionConfig, *, keep_inputs: bool = False, use_snapshot:
                 "after a snapshot, so it cannot be replayed from the start"
             )
         base = None
-    if base is not None:
-        state, covered = snapshot.load(base, engine_config, config.retained_reports)
-        log.info("snapshot %s loaded (journal seq %d, %d orders)", base.name, covered, state.order_count)
-    else:
-        state, covered = ExecutionState(engine_config, config.retained_reports), 0
+
+    def base_state() -> tuple[ExecutionState, int]:
+        if base is None:
+            return ExecutionState(engine_config, config.retained_reports), 0
+        loaded, seq = snapshot.load(base, engine_config, config.retained_reports)
+        log.info("snapshot %s loaded (journal seq %d, %d orders)", base.name, seq, loaded.order_count)
+        return loaded, seq
+
+    state, covered = base_state()
     if base is not None and journal.next_seq <= covered:
         # In the durable mode a snapshot is only built from fsynced records, so a journal that
         # ends before it lost data it had made durable: the disk, not a crash. Refuse, as for
@@ -189,27 +195,33 @@ def recover(config: ExecutionConfig, *, keep_inputs: bool = False, use_snapshot:
             f"journal starts at seq {first_kept} but the snapshot covers only up to {covered}: "
             "records in between are missing"
         )
-    fills: list[np.ndarray] = []
-    inputs: list[np.ndarray] = []
-    replayed = 0
-    for record in journal.replay(after_seq=covered):
-        replayed += 1
-        if record.record_type == RECORD_BATCH:
-            batch = decode_batch(record.payload)
-            outcome = state.apply_batch(batch)
-            if len(outcome.fills):
-                fills.append(outcome.fills)
-            if keep_inputs:
-                inputs.append(batch.commands)
-                inputs.append(np.arange(batch.first_input_seq, batch.first_input_seq + len(batch)))
-        elif record.record_type == RECORD_SYMBOL:
-            symbol_id, name = decode_symbol(record.payload)
-            state.add_symbol(symbol_id, name)
-        elif record.record_type == RECORD_ACCOUNT:
-            account_id, name = decode_account(record.payload)
-            state.add_account(account_id, name)
-        else:
-            raise RuntimeError(f"journal record {record.seq} has unknown type {record.record_type}")
+    quarantined: dict[int, str] = {}
+    while True:
+        try:
+            fills, inputs, replayed = _replay(state, journal, covered, keep_inputs, quarantined)
+            break
+        except _ApplyFailed as failed:
+            # A journaled record that fails part-way through the state change (a bug: apply_batch
+            # refuses what does not fit and never raises for values) left the state half-changed.
+            # Start over from the same base and pass the record over, as if its inputs had been
+            # refused: deterministic, so every restart rebuilds the same state, and never a
+            # crash loop. Bounded: a journal that keeps failing is not a poison record but a bug
+            # in everything, and refuses to start.
+            if failed.seq in quarantined:  # passing over it cannot fail: a bug in recovery itself
+                raise RuntimeError(f"journal record {failed.seq} failed again: {failed.problem}") from failed
+            quarantined[failed.seq] = failed.problem
+            log.critical(
+                "journal record %d failed to apply (%s); quarantined: its inputs count as refused. "
+                "Recovery starts over from the snapshot without it",
+                failed.seq,
+                failed.problem,
+            )
+            if len(quarantined) > MAX_QUARANTINED_RECORDS:
+                raise RuntimeError(
+                    f"{len(quarantined)} journal records failed to apply (first: {min(quarantined)}): "
+                    "refusing to start"
+                ) from failed
+            state, covered = base_state()
     elapsed_ms = (time.perf_counter() - started) * 1000
     log.info(
         "recovered in %.1f ms: snapshot seq %d + %d journal record(s); %d orders, %d live, next input %d",
@@ -221,7 +233,70 @@ def recover(config: ExecutionConfig, *, keep_inputs: bool = False, use_snapshot:
         state.next_input_seq,
     )
     tail_fills = np.concatenate(fills) if fills else np.zeros(0, FILL_DTYPE)
-    return Recovery(state, journal, covered, tail_fills, replayed, elapsed_ms, inputs, base_books)
+    return Recovery(
+        state, journal, covered, tail_fills, replayed, elapsed_ms, inputs, base_books, quarantined
+    )
+
+
+#: Journal records a recovery passes over (see :func:`recover`) before it refuses to start.
+MAX_QUARANTINED_RECORDS = 16
+
+
+def _pass_over(state: ExecutionState, record_type: int, payload: bytes) -> None:
+    """A quarantined record: a batch's inputs use up their sequence numbers, nothing else happens."""
+    if record_type != RECORD_BATCH:
+        return
+    try:
+        batch = decode_batch(payload)
+    except Exception:
+        return  # a batch that does not decode: no input of it was ever acknowledged
+    if batch.first_input_seq == state.next_input_seq:
+        state.next_input_seq += len(batch)
+
+
+class _ApplyFailed(Exception):
+    def __init__(self, seq: int, problem: str) -> None:
+        super().__init__(seq, problem)
+        self.seq = seq
+        self.problem = problem
+
+
+def _replay(
+    state: ExecutionState, journal: Journal, covered: int, keep_inputs: bool, quarantined: dict[int, str]
+) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """Apply every journal record after ``covered`` to ``state``: (fills, inputs, records replayed).
+
+    A batch record in ``quarantined`` only uses up its input sequence numbers (its inputs count as
+    refused, as apply_batch refuses a batch that does not fit); any other such record is skipped.
+    Raises :class:`_ApplyFailed` for a record whose apply raises."""
+    fills: list[np.ndarray] = []
+    inputs: list[np.ndarray] = []
+    replayed = 0
+    for record in journal.replay(after_seq=covered):
+        replayed += 1
+        if record.seq in quarantined:
+            _pass_over(state, record.record_type, record.payload)
+            continue
+        try:
+            if record.record_type == RECORD_BATCH:
+                batch = decode_batch(record.payload)
+                outcome = state.apply_batch(batch)
+                if len(outcome.fills):
+                    fills.append(outcome.fills)
+                if keep_inputs:
+                    inputs.append(batch.commands)
+                    inputs.append(np.arange(batch.first_input_seq, batch.first_input_seq + len(batch)))
+            elif record.record_type == RECORD_SYMBOL:
+                symbol_id, name = decode_symbol(record.payload)
+                state.add_symbol(symbol_id, name)
+            elif record.record_type == RECORD_ACCOUNT:
+                account_id, name = decode_account(record.payload)
+                state.add_account(account_id, name)
+            else:
+                raise RuntimeError(f"journal record {record.seq} has unknown type {record.record_type}")
+        except Exception as exc:
+            raise _ApplyFailed(record.seq, repr(exc)) from exc
+    return fills, inputs, replayed
 
 
 def load_state(

@@ -9,6 +9,23 @@ it in the batch: rate limit (token bucket), open-order limit and position limit.
 Position limit is checked worst case: a buy passes when net position + lots already working
 on the buy side + this batch's earlier buys + its quantity stay within the limit (sells
 mirrored), so no combination of fills can take the account past it.
+
+Bounds that keep apply_batch's arithmetic inside int64 (issue #13: nothing journaled may fail to
+apply), enforced here, at admission, before the journal append:
+
+* every price an order brings (limit, trigger, protection) is at most the instrument's
+  :func:`instrument_limits` ceiling, ``min(MAX_PRICE, NOTIONAL_BOUND // max lots, reference + band)``,
+  the instrument's default band where it configures none (a price above it is PRICE_BAND);
+  every quantity is at most the instrument's ``max_order_lots`` (itself at most MAX_QTY);
+* trades happen at resting prices, which were admitted under such a ceiling, and an order's fills
+  add up to at most its quantity, so an order's cum notional (sum of price x lots over its fills) is
+  at most ceiling x max lots <= NOTIONAL_BOUND = 2^62 while the instrument's limits stand. An
+  instrument whose limits are raised later can break that product for orders still resting from
+  before; apply_batch therefore saturates the notional at int64's maximum instead of failing;
+* an instrument's ``max_notional`` of 0 (or above NOTIONAL_BOUND) means NOTIONAL_BOUND;
+* an account's position limit counts as at most MAX_POSITION_LIMIT_LOTS = 2^60, so net positions
+  and the lots working per side (each at most twice the limit) and the sums the checks form (plus
+  at most a batch of MAX_QTY orders) stay below 2^62.
 """
 
 from __future__ import annotations
@@ -43,6 +60,59 @@ _LIMIT_TYPES = (api.ORDER_TYPE_LIMIT, api.ORDER_TYPE_STOP_LIMIT)
 _MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
 _STOP_TYPES = (api.ORDER_TYPE_STOP_LIMIT, api.ORDER_TYPE_STOP_MARKET)
 MAX_CLIENT_ID_LENGTH = 64
+#: Largest cum notional (ticks x lots) of one order and largest ceiling x max lots of an instrument.
+NOTIONAL_BOUND = 1 << 62
+#: An account's position limit counts as at most this many lots (see the module docstring).
+MAX_POSITION_LIMIT_LOTS = 1 << 60
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentLimits:
+    """An instrument's limits as the checks use them, clamped to the bounds of the module docstring."""
+
+    max_lots: int  # largest quantity of one order, 0..MAX_QTY
+    price_ceiling: int  # largest price, trigger or protection, 1..MAX_PRICE
+    max_notional: int  # largest price x quantity of one order, 1..NOTIONAL_BOUND
+    band: int  # half-width of the band around ``reference``; 0 = none
+    reference: int  # 0..MAX_PRICE
+    price_step: int
+    lot_step: int
+
+
+_limits_cache: dict[int, tuple[InstrumentSpec, InstrumentLimits]] = {}
+_LIMITS_CACHE_MAX = 4096
+
+
+def instrument_limits(spec: InstrumentSpec) -> InstrumentLimits:
+    """The effective limits of ``spec`` (cached per spec object: a held spec is decoded once)."""
+    held = _limits_cache.get(id(spec))
+    if held is not None and held[0] is spec:
+        return held[1]
+    max_lots = min(max(0, int(spec.max_order_lots)), MAX_QTY)
+    reference = min(max(0, int(spec.reference_price_ticks)), MAX_PRICE)
+    band = min(max(0, int(spec.price_band_ticks)), MAX_PRICE)
+    ceiling = min(MAX_PRICE, NOTIONAL_BOUND // max(1, max_lots))
+    if band:
+        ceiling = min(ceiling, reference + band)
+    configured = int(spec.max_notional)
+    limits = InstrumentLimits(
+        max_lots=max_lots,
+        price_ceiling=max(1, ceiling),
+        max_notional=configured if 0 < configured <= NOTIONAL_BOUND else NOTIONAL_BOUND,
+        band=band,
+        reference=reference,
+        price_step=min(max(1, int(spec.price_increment_ticks)), MAX_PRICE),
+        lot_step=min(max(1, int(spec.quantity_increment_lots)), MAX_QTY),
+    )
+    if len(_limits_cache) >= _LIMITS_CACHE_MAX:
+        _limits_cache.clear()
+    _limits_cache[id(spec)] = (spec, limits)
+    return limits
+
+
+def position_limit(account: AccountSpec) -> int:
+    """The account's position limit as the checks count it (0..MAX_POSITION_LIMIT_LOTS)."""
+    return min(max(0, int(account.position_limit_lots)), MAX_POSITION_LIMIT_LOTS)
 
 
 class TokenBucket:
@@ -163,14 +233,16 @@ def check_orders_vectorized(
 
     # Per-instrument parameters, spread over the orders.
     specs = [spec or _UNKNOWN for spec in instruments]
+    limits = [instrument_limits(s) for s in specs]
     known = np.array([spec is not None for spec in instruments], bool)[instrument_rows]
     enabled = np.array([s.trading_enabled for s in specs], bool)[instrument_rows]
-    price_step = np.array([max(1, s.price_increment_ticks) for s in specs], np.int64)[instrument_rows]
-    lot_step = np.array([max(1, s.quantity_increment_lots) for s in specs], np.int64)[instrument_rows]
-    max_lots = np.array([s.max_order_lots for s in specs], np.int64)[instrument_rows]
-    max_notional = np.array([s.max_notional for s in specs], np.int64)[instrument_rows]
-    band = np.array([s.price_band_ticks for s in specs], np.int64)[instrument_rows]
-    reference = np.array([s.reference_price_ticks for s in specs], np.int64)[instrument_rows]
+    price_step = np.array([lim.price_step for lim in limits], np.int64)[instrument_rows]
+    lot_step = np.array([lim.lot_step for lim in limits], np.int64)[instrument_rows]
+    max_lots = np.array([lim.max_lots for lim in limits], np.int64)[instrument_rows]
+    max_notional = np.array([lim.max_notional for lim in limits], np.int64)[instrument_rows]
+    band = np.array([lim.band for lim in limits], np.int64)[instrument_rows]
+    reference = np.array([lim.reference for lim in limits], np.int64)[instrument_rows]
+    ceiling = np.array([lim.price_ceiling for lim in limits], np.int64)[instrument_rows]
     fail(~known | (symbol_ids < 0), common.REJECT_REASON_UNKNOWN_SYMBOL)
     fail(~enabled, common.REJECT_REASON_TRADING_HALTED)
 
@@ -210,11 +282,12 @@ def check_orders_vectorized(
     fail(banded & is_limit & (np.abs(price - reference) > band), common.REJECT_REASON_PRICE_BAND)
     fail(banded & is_stop & (np.abs(stop - reference) > band), common.REJECT_REASON_PRICE_BAND)
     fail(banded & (protection > 0) & (np.abs(protection - reference) > band), common.REJECT_REASON_PRICE_BAND)
+    above = (is_limit & (price > ceiling)) | (is_stop & (stop > ceiling)) | (protection > ceiling)
+    fail(above, common.REJECT_REASON_PRICE_BAND)
     fail(qty > max_lots, common.REJECT_REASON_MAX_QUANTITY)
     # The price an order may trade at worst: its limit, else its protection, else the band edge.
     worst = np.where(is_limit, price, np.where(protection > 0, protection, reference + band))
-    limited = (max_notional > 0) & (worst > 0)
-    fail(limited & (qty > max_notional // np.maximum(worst, 1)), common.REJECT_REASON_MAX_NOTIONAL)
+    fail((worst > 0) & (qty > max_notional // np.maximum(worst, 1)), common.REJECT_REASON_MAX_NOTIONAL)
     fail(duplicate, common.REJECT_REASON_DUPLICATE_CLIENT_ORDER_ID)
 
     # Rate limit: every order of the call spends a token, in order.
@@ -231,7 +304,7 @@ def check_orders_vectorized(
         room = account.max_open_orders - exposure.open_orders
         fail(counting & (np.cumsum(counting) > room), common.REJECT_REASON_OPEN_ORDER_LIMIT)
 
-    _check_positions(reason, side, qty, symbol_ids, account.position_limit_lots, exposure)
+    _check_positions(reason, side, qty, symbol_ids, position_limit(account), exposure)
     return reason
 
 
@@ -282,23 +355,26 @@ def _static_reason(
         return invalid
     if post_only and not (otype == api.ORDER_TYPE_LIMIT and gtc):
         return invalid
-    price_step = max(1, spec.price_increment_ticks)
-    lot_step = max(1, spec.quantity_increment_lots)
+    lim = instrument_limits(spec)
+    price_step = lim.price_step
+    lot_step = lim.lot_step
     if (is_limit and price % price_step) or (is_stop and stop % price_step) or protection % price_step:
         return common.REJECT_REASON_OFF_TICK
     if qty % lot_step or display % lot_step:
         return common.REJECT_REASON_OFF_LOT
-    band, reference = spec.price_band_ticks, spec.reference_price_ticks
+    band, reference, ceiling = lim.band, lim.reference, lim.price_ceiling
     if band > 0 and (
         (is_limit and abs(price - reference) > band)
         or (is_stop and abs(stop - reference) > band)
         or (protection > 0 and abs(protection - reference) > band)
     ):
         return common.REJECT_REASON_PRICE_BAND
-    if qty > spec.max_order_lots:
+    if (is_limit and price > ceiling) or (is_stop and stop > ceiling) or protection > ceiling:
+        return common.REJECT_REASON_PRICE_BAND
+    if qty > lim.max_lots:
         return common.REJECT_REASON_MAX_QUANTITY
     worst = price if is_limit else (protection if protection > 0 else reference + band)
-    if spec.max_notional > 0 and worst > 0 and qty > spec.max_notional // max(worst, 1):
+    if worst > 0 and qty > lim.max_notional // worst:
         return common.REJECT_REASON_MAX_NOTIONAL
     return 0
 
@@ -321,7 +397,7 @@ def check_orders_one_by_one(
     granted = bucket.take(count)
     open_room = account.max_open_orders - exposure.open_orders
     used: dict[tuple[int, int], int] = {}
-    limit = account.position_limit_lots
+    limit = position_limit(account)
     rows = instrument_rows.tolist()
     symbols = symbol_ids.tolist()
     for position, fields in enumerate(orders.tolist()):
@@ -404,7 +480,7 @@ def check_one_new_order(
         start = int(exposure.position[symbol_id] + exposure.open_buy[symbol_id])
     else:
         start = int(exposure.open_sell[symbol_id] - exposure.position[symbol_id])
-    if start + qty > account.position_limit_lots:
+    if start + qty > position_limit(account):
         return common.REJECT_REASON_POSITION_LIMIT
     return 0
 

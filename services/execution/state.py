@@ -14,6 +14,7 @@ Execution reports are rows of :data:`REPORT_DTYPE`, kept in a ring for StreamExe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from hftgate.native.errors import NativeError
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.records import Batch
+
+log = logging.getLogger(__name__)
 
 ORDER_DTYPE = np.dtype(
     [
@@ -172,6 +175,16 @@ REASON_TEXT: dict[int, str] = {
     common.REJECT_REASON_UNAVAILABLE: "the service cannot take the input now",
 }
 
+#: The reason of inputs refused after they were journaled, because their batch could not apply
+#: (see ExecutionState.apply_batch): "the service cannot take the input now".
+INTERNAL_REJECT_REASON: int = common.REJECT_REASON_UNAVAILABLE
+_INT64_MAX = (1 << 63) - 1
+_INT64_MIN = -(1 << 63)
+_ORDER_EVENTS = frozenset(
+    int(k)
+    for k in (EventType.ACK, EventType.TRIGGERED, EventType.REPLACED, EventType.CANCELED, EventType.EXPIRED)
+)
+
 # Ids of the orders recovery uses to set a book's last trade price; above any id the service hands out.
 RESTORE_ORDER_ID_BASE = (1 << 63) - 16
 
@@ -220,6 +233,8 @@ class ExecutionState:
         self.reports = np.zeros(max(1, retained_reports), REPORT_DTYPE)
         self.trades = 0
         self.traded_lots = 0
+        #: Batches apply_batch refused as a whole because they did not fit the state (see _misfit).
+        self.refused_batches = 0
 
     # --- names ---------------------------------------------------------------------------------
 
@@ -281,32 +296,35 @@ class ExecutionState:
     # --- the one way state changes -----------------------------------------------------------------
 
     def apply_batch(self, batch: Batch) -> BatchOutcome:
-        """Run one journaled batch through the engine and fold its events into the orders."""
+        """Run one journaled batch through the engine and fold its events into the orders.
+
+        Never raises for a batch's content (issue #13: nothing journaled may fail to apply): a
+        batch that does not fit the state (input or order ids out of turn, client ids that do not
+        decode) changes nothing and comes back with every input REJECTED, reason
+        :data:`INTERNAL_REJECT_REASON`, live and on replay alike; the arithmetic on prices,
+        quantities and notionals is bounded at admission (risk.py) and the notional saturates
+        at int64's maximum besides. An exception that still escapes is a bug: the caller
+        contains it (core.py fails stop, recovery.py quarantines the record).
+        """
         commands, meta = batch.commands, batch.meta
         count = len(commands)
-        if batch.first_input_seq != self.next_input_seq:
-            raise ValueError(f"batch starts at input {batch.first_input_seq}, {self.next_input_seq} expected")
-        self.next_input_seq += count
-        received, transact = batch.received_ns, batch.transact_ns
         actions = commands["action"]
         first_new_id = self.order_count + 1
         if count == 1:  # SubmitOrder, CancelOrder, ReplaceOrder: no masks for one command
             new_count = 1 if actions[0] == _ACTION_NEW else 0
-            if new_count:
-                if commands["order_id"][0] != first_new_id:
-                    raise ValueError(
-                        f"batch order id {commands['order_id'][0]} where {first_new_id} was expected"
-                    )
-                self._add_one_order(commands[0].item(), meta[0].item(), batch.client_ids, received)
+            new_mask = None
         else:
             new_mask = actions == _ACTION_NEW
             new_count = int(new_mask.sum())
-            if new_count:
-                ids = commands["order_id"][new_mask]
-                if ids[0] != first_new_id or ids[-1] != first_new_id + new_count - 1:
-                    raise ValueError(
-                        f"batch order ids {ids[0]}..{ids[-1]} where {first_new_id}.. was expected"
-                    )
+        problem = self._misfit(batch, new_mask, new_count, first_new_id)
+        if problem is not None:
+            return self._refuse(batch, problem)
+        self.next_input_seq += count
+        received, transact = batch.received_ns, batch.transact_ns
+        if new_count:
+            if new_mask is None:
+                self._add_one_order(commands[0].item(), meta[0].item(), batch.client_ids, received)
+            else:
                 self._add_orders(commands[new_mask], meta[new_mask], batch.client_ids, received)
 
         events = self.engine.process(commands)
@@ -346,13 +364,21 @@ class ExecutionState:
             if kind == fill_kind:
                 taker_row = load(order_id - 1)
                 maker_row = load(maker_id - 1)
+                notional = price * qty
                 for row, own_id, own_leaves, liquidity, other_account, other_id in (
                     (taker_row, order_id, leaves, liquidity_taker, maker_account, maker_id),
                     (maker_row, maker_id, maker_leaves, liquidity_maker, account, order_id),
                 ):
                     cum = row[F_CUM] + qty
                     row[F_CUM] = cum
-                    row[F_NOTIONAL] += price * qty
+                    total = row[F_NOTIONAL] + notional
+                    # Bounded at admission (risk.py); saturates rather than fail where an
+                    # instrument's limits were raised under orders still resting.
+                    row[F_NOTIONAL] = (
+                        total
+                        if _INT64_MIN <= total <= _INT64_MAX
+                        else (_INT64_MAX if total > 0 else _INT64_MIN)
+                    )
                     row[F_LEAVES] = own_leaves
                     status = PARTIAL if own_leaves else FILLED
                     row[F_STATUS] = status
@@ -386,6 +412,9 @@ class ExecutionState:
                 continue
             if order_id >= RESTORE_ORDER_ID_BASE:
                 continue
+            if kind not in _ORDER_EVENTS:
+                log.error("apply_batch: engine event type %s ignored (input %d)", kind, input_seq)
+                continue
             row = load(order_id - 1)
             reason: int = common.REJECT_REASON_UNSPECIFIED
             exec_type: int
@@ -412,14 +441,14 @@ class ExecutionState:
                 exec_type = api.EXEC_TYPE_REPLACED
             elif kind == EventType.CANCELED:
                 row[F_LEAVES] = leaves
-                reason = _ENGINE_TO_REASON[engine_reason]
+                reason = _ENGINE_TO_REASON.get(engine_reason, common.REJECT_REASON_UNSPECIFIED)
                 if engine_reason == Reason.USER_CANCEL and cancel_reasons[ci]:
                     reason = int(cancel_reasons[ci])
                 status = row[F_STATUS] if leaves else CANCELED
                 exec_type = api.EXEC_TYPE_CANCELED
             elif kind == EventType.EXPIRED:
                 row[F_LEAVES] = 0
-                reason = _ENGINE_TO_REASON[engine_reason]
+                reason = _ENGINE_TO_REASON.get(engine_reason, common.REJECT_REASON_UNSPECIFIED)
                 if engine_reason == Reason.UNFILLED and row[F_TYPE] in MARKET_TYPES and not row[F_CUM]:
                     reason = common.REJECT_REASON_NO_LIQUIDITY
                 status = EXPIRED
@@ -473,6 +502,61 @@ class ExecutionState:
             self._update_positions(fills)
         self._retain(reports)
         return self._outcome(batch, status_out, reason_out, reports, fills)
+
+    def _misfit(
+        self, batch: Batch, new_mask: np.ndarray | None, new_count: int, first_new_id: int
+    ) -> str | None:
+        """Why ``batch`` cannot apply to this state without failing part-way (None when it can).
+
+        Checked before anything changes. The live path builds batches that always fit; a batch
+        that does not comes from a journal that is not this state's history (or a bug)."""
+        commands = batch.commands
+        count = len(commands)
+        if batch.first_input_seq != self.next_input_seq:
+            return f"batch starts at input {batch.first_input_seq}, {self.next_input_seq} expected"
+        if len(batch.meta) != count:
+            return f"batch has {count} commands but {len(batch.meta)} meta rows"
+        if not new_count:
+            return None
+        if new_mask is None:
+            order_id = int(commands["order_id"][0])
+            if order_id != first_new_id:
+                return f"batch order id {order_id} where {first_new_id} was expected"
+            lengths_total = int(batch.meta["client_id_length"][0])
+        else:
+            ids = commands["order_id"][new_mask]
+            if int(ids[0]) != first_new_id or not (np.diff(ids) == 1).all():
+                return f"batch order ids {ids[0]}..{ids[-1]} where {first_new_id}.. was expected"
+            lengths_total = int(batch.meta["client_id_length"][new_mask].sum())
+        if lengths_total != len(batch.client_ids) or not batch.client_ids.isascii():
+            return "batch client order ids do not match their lengths or are not ASCII"
+        return None
+
+    def _refuse(self, batch: Batch, problem: str) -> BatchOutcome:
+        """Every input of a batch that cannot apply: REJECTED with :data:`INTERNAL_REJECT_REASON`,
+        nothing changed except that its input sequence numbers are used up (they are journaled)."""
+        count = len(batch.commands)
+        if batch.first_input_seq == self.next_input_seq:
+            self.next_input_seq += count
+        self.refused_batches += 1
+        log.error("apply_batch: batch at input %d refused: %s", batch.first_input_seq, problem)
+        is_new = batch.commands["action"] == _ACTION_NEW
+        zeros = np.zeros(count, np.int64)
+        return BatchOutcome(
+            first_input_seq=batch.first_input_seq,
+            received_ns=batch.received_ns,
+            transact_ns=batch.transact_ns,
+            order_ids=np.where(is_new, 0, batch.commands["order_id"]).astype(np.int64),
+            status=np.full(count, REJECTED, np.uint8),
+            reason=np.full(count, INTERNAL_REJECT_REASON, np.uint16),
+            price=zeros,
+            quantity=zeros.copy(),
+            leaves=zeros.copy(),
+            cum=zeros.copy(),
+            priority_kept=np.zeros(count, bool),
+            reports=np.zeros(0, REPORT_DTYPE),
+            fills=np.zeros(0, FILL_DTYPE),
+        )
 
     def _add_orders(
         self, commands: np.ndarray, meta: np.ndarray, client_ids: bytes, received_ns: int
