@@ -72,6 +72,15 @@ class RunningServer:
     health: health_aio.HealthServicer
     service_names: tuple[str, ...]
 
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the server and each of its services (a balancer
+        stops sending calls to a replica that cannot take them)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING first so balancers drain us, then stop within ``grace_s``."""
         for name in ("", *self.service_names):

@@ -821,12 +821,13 @@ class ExecutionCore:
                 reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
                 continue
             index = order_id - 1
+            if int(orders["account_id"][index]) != account.account_id:
+                # Exactly a missing id's answer, showing nothing of the order: which ids are other
+                # accounts' must not leak (ids are sequential).
+                reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
+                continue
             targets[position] = order_id
             client_ids[position] = state.client_ids[index]
-            if int(orders["account_id"][index]) != account.account_id:
-                reason[position] = common.REJECT_REASON_NOT_OWNER
-                client_ids[position] = client_id
-                continue
             if orders["status"][index] not in OPEN_STATUSES:
                 reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
                 continue
@@ -1031,9 +1032,6 @@ class ExecutionCore:
             index = int(acks.order_ids[position]) - 1
             if index >= self.state.order_count:
                 continue  # an order of this same batch
-            if int(acks.reason[position]) == common.REJECT_REASON_NOT_OWNER:
-                acks.order_ids[position] = 0
-                continue
             row = orders[index]
             acks.price[position] = row["price"]
             acks.quantity[position] = row["quantity"]

@@ -71,9 +71,11 @@ class InstrumentSpec:
     price_increment_ticks: int = 1
     quantity_increment_lots: int = 1
     max_order_lots: int = 1_000_000
-    # Largest price x quantity of one order, in ticks x lots; 0 = no limit.
+    # Largest price x quantity of one order, in ticks x lots; 0 = the suite's bound, 2^62
+    # (services/execution/risk.py: every product and sum stays within int64).
     max_notional: int = 0
-    # Half-width of the band around reference_price_ticks; 0 disables the band.
+    # Half-width of the band around reference_price_ticks; 0 = no band, though prices stay under
+    # the instrument's ceiling (min(2^61, 2^62 / max_order_lots); risk.py).
     price_band_ticks: int = 0
     reference_price_ticks: int = 0
     trading_enabled: bool = True

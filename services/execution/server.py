@@ -542,6 +542,20 @@ async def _unregister(collector: metrics.ExecutionCollector) -> None:
     metrics.unregister(collector)
 
 
+def _report_stopped_intake(core: ExecutionCore, running: RunningServer) -> None:
+    """Health says NOT_SERVING as soon as the core stops taking inputs (a journaled batch that
+    failed to apply: a bug, contained until a restart replays it without the record)."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    def stopped(why: str) -> None:
+        log.critical("reporting NOT_SERVING: %s", why)
+        task = asyncio.get_running_loop().create_task(running.set_serving(False))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    core.on_apply_failed = stopped
+
+
 def _clipped(text: str, limit: int = 64) -> str:
     """``text`` quoted for a status message, cut to ``limit`` characters (a client may send megabytes)."""
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
@@ -684,6 +698,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
             with contextlib.suppress(Exception):
                 await close()
         raise
+    _report_stopped_intake(core, running)
     # The feed stops first, then the journal (every append made durable), then the ledger (its queue written).
     return ExecutionServer(
         server=running.server,

@@ -173,11 +173,12 @@ REASON_TEXT: dict[int, str] = {
     common.REJECT_REASON_INVALID_ORDER: "invalid combination of order fields",
     common.REJECT_REASON_TRADING_HALTED: "trading in the instrument is halted",
     common.REJECT_REASON_UNAVAILABLE: "the service cannot take the input now",
+    common.REJECT_REASON_INTERNAL: "the input could not be applied (an internal fault); nothing changed",
 }
 
 #: The reason of inputs refused after they were journaled, because their batch could not apply
 #: (see ExecutionState.apply_batch): "the service cannot take the input now".
-INTERNAL_REJECT_REASON: int = common.REJECT_REASON_UNAVAILABLE
+INTERNAL_REJECT_REASON: int = common.REJECT_REASON_INTERNAL
 _INT64_MAX = (1 << 63) - 1
 _INT64_MIN = -(1 << 63)
 _ORDER_EVENTS = frozenset(

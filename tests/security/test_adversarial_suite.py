@@ -638,12 +638,6 @@ def stream_inputs(order_id: int) -> list[ex.OrderInput]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="order-id oracle left on OrderStream: services/execution/core.py _check_existing answers "
-    "REJECT_REASON_NOT_OWNER ('the order belongs to another account') for another account's order "
-    "and UNKNOWN_ORDER ('no such open order') for a missing one (see the security suite's report)",
-)
 def test_order_stream_rejects_another_accounts_order_exactly_like_a_missing_one(suite: Suite) -> None:
     """Issue #12 part 4 on the stream path: a cancel or replace of another account's order id
     gets the reject of an id never used (same reason, same text), so sequential ids tell bob

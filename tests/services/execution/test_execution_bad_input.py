@@ -197,7 +197,9 @@ async def test_other_accounts_orders_cannot_be_seen_or_canceled(seeded: Any) -> 
         api.OrderStreamRequest(inputs=[api.OrderInput(new_order=order("bob-ok", SELL, 120, 1))]),
     ]
     acks = [a async for r in stub.OrderStream(iter(requests), metadata=BOB) for a in r.acks]
-    assert acks[0].reason == common.REJECT_REASON_NOT_OWNER and acks[1].status == api.ORDER_STATUS_NEW
+    # ... and the reject is a missing order's, showing nothing of alice's order.
+    assert acks[0].reason == common.REJECT_REASON_UNKNOWN_ORDER and acks[1].status == api.ORDER_STATUS_NEW
+    assert acks[0].order_id == 0 and acks[0].price_ticks == 0 and acks[0].leaves_quantity_lots == 0
     assert (await book_fingerprint(seeded))[0][0] == before[0][0]  # alice's bids untouched
 
 
@@ -330,7 +332,9 @@ async def test_an_oversize_symbol_is_an_unknown_symbol_everywhere_and_never_echo
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(caught.value.details() or "") < 200
     batch = await seeded.stub.SubmitOrders(
-        api.SubmitOrdersRequest(orders=[order("long-1", BUY, 100, 1, symbol=huge), order("ok-1", BUY, 100, 1)]),
+        api.SubmitOrdersRequest(
+            orders=[order("long-1", BUY, 100, 1, symbol=huge), order("ok-1", BUY, 100, 1)]
+        ),
         metadata=ALICE,
     )
     assert [a.status for a in batch.acks] == [api.ORDER_STATUS_REJECTED, api.ORDER_STATUS_NEW]

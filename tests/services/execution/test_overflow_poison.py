@@ -357,7 +357,14 @@ async def test_a_record_that_fails_part_way_stops_intake_then_is_quarantined_on_
     harness = await launch(config)
     heard: list[str] = []
     try:
-        harness.core.on_apply_failed = heard.append
+        server_hook = harness.core.on_apply_failed  # the server's: health turns NOT_SERVING
+        assert server_hook is not None
+
+        def hook(why: str) -> None:
+            heard.append(why)
+            server_hook(why)
+
+        harness.core.on_apply_failed = hook
         first = await _submit(harness, _limit("ok-1", common.SIDE_BUY, 90, 1), "alice")
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await _submit(harness, _limit("poison", common.SIDE_BUY, 91, 1), "alice")
@@ -366,6 +373,15 @@ async def test_a_record_that_fails_part_way_stops_intake_then_is_quarantined_on_
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await _submit(harness, _limit("ok-2", common.SIDE_BUY, 92, 1), "alice")
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = health_pb2_grpc.HealthStub(harness.channel)
+        for _ in range(100):
+            status = (await health.Check(health_pb2.HealthCheckRequest())).status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.01)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         await harness.close()
     for attempt in range(2):  # every restart comes up the same way
