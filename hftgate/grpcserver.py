@@ -33,6 +33,10 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     # Let idle clients keep connections warm: a new connection costs a handshake.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # Probe idle connections: a client that vanished without a reset (a partition, a dead host)
+    # would otherwise hold its streams, and their per-caller slots, until TCP gives up (hours).
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.so_reuseport", 0),
 ]
 

@@ -32,6 +32,13 @@ DEFAULT_VENUE_TAKER_FEES_BPS: tuple[str, ...] = (
     "histdata=0",
 )
 
+#: Upper limits of the GetSnapshot bounds, so that no configuration can make a reply exceed
+#: gRPC's 64 MiB message limit: a reply's symbols take at most MAX_SNAPSHOT_REPLY_BYTES, except
+#: that a page always holds its first symbol, and one symbol at MAX_SNAPSHOT_DEPTH_LEVELS per side
+#: encodes in under 5 MB (20 bytes a level, names of 64 characters).
+MAX_SNAPSHOT_DEPTH_LEVELS = 100_000
+MAX_SNAPSHOT_REPLY_BYTES = 48 * 1024 * 1024
+
 # Quote currencies tried, longest first, to split an unseparated symbol such as
 # "ETHBTC" into base and quote for the triangular-arbitrage currency graph.
 DEFAULT_QUOTE_ASSETS: tuple[str, ...] = (
@@ -127,6 +134,24 @@ class MarketDataConfig:
     # Events a StreamArbitrage stream may queue before it drops the oldest.
     arbitrage_buffer_events: int = 4_096
 
+    # Concurrent server streams (Subscribe and StreamArbitrage counted together) one account
+    # (an API-key caller) may hold, one service principal may hold, and the whole service
+    # holds; a stream beyond any of them is refused with RESOURCE_EXHAUSTED. A stream's slot
+    # is freed as soon as it ends, however it ends (cancelled, disconnected, refused later).
+    max_streams_per_account: int = 8
+    max_streams_per_service_principal: int = 64
+    max_streams: int = 256
+
+    # GetSnapshot: most depth levels per side a request may ask for (more is INVALID_ARGUMENT
+    # naming depth_levels); at most MAX_SNAPSHOT_DEPTH_LEVELS.
+    snapshot_max_depth_levels: int = 1_000
+    # Most symbols in one GetSnapshot reply, and the most bytes its symbols may take (an upper
+    # bound of their encoded size, at most MAX_SNAPSHOT_REPLY_BYTES, well under gRPC's 64 MiB
+    # message limit); a reply that reaches either stops there, says it is truncated and where
+    # the next page starts.
+    snapshot_max_symbols: int = 1_024
+    snapshot_max_reply_bytes: int = 16 * 1024 * 1024
+
     def __post_init__(self) -> None:
         # The environment delivers list items as strings; normalise to the declared type.
         object.__setattr__(self, "bar_intervals_ms", tuple(int(x) for x in self.bar_intervals_ms))
@@ -150,9 +175,25 @@ class MarketDataConfig:
             "api_key_cache_ttl_ms",
             "api_key_cache_max_entries",
             "max_api_key_chars",
+            "max_streams_per_account",
+            "max_streams_per_service_principal",
+            "max_streams",
+            "snapshot_max_depth_levels",
+            "snapshot_max_symbols",
+            "snapshot_max_reply_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.snapshot_max_depth_levels > MAX_SNAPSHOT_DEPTH_LEVELS:
+            raise ValueError(
+                f"snapshot_max_depth_levels ({self.snapshot_max_depth_levels}) exceeds "
+                f"{MAX_SNAPSHOT_DEPTH_LEVELS}"
+            )
+        if self.snapshot_max_reply_bytes > MAX_SNAPSHOT_REPLY_BYTES:
+            raise ValueError(
+                f"snapshot_max_reply_bytes ({self.snapshot_max_reply_bytes}) exceeds "
+                f"{MAX_SNAPSHOT_REPLY_BYTES} (gRPC's message limit is 64 MiB)"
+            )
         if self.resync_after_ticks < 2:
             raise ValueError(
                 f"resync_after_ticks must be at least 2 (1 would let any one tick move a symbol), "

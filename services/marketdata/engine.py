@@ -17,9 +17,10 @@ None (benchmarks, tests, in-process callers) skips the venue and quota checks.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from services.marketdata.access import Publisher
@@ -36,6 +37,7 @@ from services.marketdata.fanout import (
 )
 from services.marketdata.ordering import OrderingRule
 from services.marketdata.reasons import RejectReason
+from services.marketdata.streams import StreamSlots
 from services.marketdata.symbol_state import SymbolState
 from services.marketdata.trade_ring import VwapResult
 
@@ -142,6 +144,12 @@ class MarketDataEngine:
         )
         self._subscribers: set[SubscriberBuffer] = set()
         self._arbitrage_subscribers: set[ArbitrageSubscription] = set()
+        #: Slots of the open Subscribe and StreamArbitrage streams (the servicer takes them).
+        self.streams = StreamSlots(
+            per_account=config.max_streams_per_account,
+            per_service_principal=config.max_streams_per_service_principal,
+            total=config.max_streams,
+        )
         self.accepted = 0
         # Indexed by RejectReason value (index 0 unused).
         self.rejected_by_reason = [0] * (max(RejectReason) + 1)
@@ -444,12 +452,25 @@ class MarketDataEngine:
             raise UnknownSymbolError(f"no market data for symbol {symbol!r} on venue {venue!r}")
         return state
 
-    def symbols(self, symbol_filter: SymbolFilter) -> list[SymbolState]:
-        return [self._states[key] for key in sorted(self._states) if symbol_filter.matches(*key)]
+    def symbols(
+        self, symbol_filter: SymbolFilter, start_after: tuple[str, str] | None = None
+    ) -> list[SymbolState]:
+        """The matching symbols ordered by (venue, symbol), only those after ``start_after``."""
+        keys = sorted(self._states)
+        if start_after is not None:
+            del keys[: bisect.bisect_right(keys, start_after)]
+        return [self._states[key] for key in keys if symbol_filter.matches(*key)]
 
     def snapshot(self, symbol_filter: SymbolFilter, depth_levels: int = 0) -> list[SymbolSnapshot]:
-        snapshots = []
-        for state in self.symbols(symbol_filter):
+        return list(self.iter_snapshots(symbol_filter, depth_levels))
+
+    def iter_snapshots(
+        self, symbol_filter: SymbolFilter, depth_levels: int = 0, start_after: tuple[str, str] | None = None
+    ) -> Iterator[SymbolSnapshot]:
+        """Snapshots of the matching symbols after ``start_after``, ordered by (venue, symbol),
+        each built only when asked for (a reader that stops early builds no more). The reader
+        must not await between items: the engine may change meanwhile."""
+        for state in self.symbols(symbol_filter, start_after):
             by_time, by_count = self.vwap(state.venue, state.symbol)
             last_trade = (
                 (
@@ -463,27 +484,24 @@ class MarketDataEngine:
                 else None
             )
             current_bars = [bar for series in state.bars if (bar := series.open_bar()) is not None]
-            snapshots.append(
-                SymbolSnapshot(
-                    state.venue,
-                    state.symbol,
-                    state.bid_price,
-                    state.bid_size,
-                    state.ask_price,
-                    state.ask_size,
-                    state.top_ts_ns,
-                    state.depth.bids(depth_levels),
-                    state.depth.asks(depth_levels),
-                    last_trade,
-                    by_time,
-                    by_count,
-                    current_bars,
-                    state.quotes,
-                    state.trade_count,
-                    state.symbol_sequence,
-                )
+            yield SymbolSnapshot(
+                state.venue,
+                state.symbol,
+                state.bid_price,
+                state.bid_size,
+                state.ask_price,
+                state.ask_size,
+                state.top_ts_ns,
+                state.depth.bids(depth_levels),
+                state.depth.asks(depth_levels),
+                last_trade,
+                by_time,
+                by_count,
+                current_bars,
+                state.quotes,
+                state.trade_count,
+                state.symbol_sequence,
             )
-        return snapshots
 
     def vwap(
         self, venue: str, symbol: str, window_ns: int = 0, last_n: int = 0

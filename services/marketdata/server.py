@@ -9,29 +9,50 @@ ever delays its own stream.
 Who may call what is decided before a servicer method runs (hftgate.security's interceptor,
 then services.marketdata.auth's); a Publish method only looks up its caller's
 :class:`~services.marketdata.access.Publisher` to hand to the engine with every tick.
+
+What one client can make the server hold is bounded (marketdata.proto documents each bound):
+a Subscribe or StreamArbitrage stream takes a slot of its caller's and of the service's
+(services.marketdata.streams; RESOURCE_EXHAUSTED beyond them) and gives it back in a
+``finally`` however it ends, and queues at most its bounded buffer (services.marketdata.fanout);
+a GetSnapshot reply is one page of at most ``snapshot_max_symbols`` symbols and
+``snapshot_max_reply_bytes`` bytes of them; a depth update over the level limit is rejected on
+its count before a Python object is made per level.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, overload
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
-from hftgate.security import ServiceAuthInterceptor, SuiteSecurity, load_suite_security, principal_of
+from hftgate.security import (
+    ServiceAuthInterceptor,
+    SuiteSecurity,
+    api_key_of,
+    load_suite_security,
+    principal_of,
+)
 from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
 from services.marketdata.access import ApiKeyVerifier, Publisher
 from services.marketdata.arbitrage import ArbitrageEvent, ArbitrageKind
 from services.marketdata.auth import READ_METHODS, SERVICE_NAME, MarketDataAccessInterceptor
 from services.marketdata.bars import BarView
 from services.marketdata.config import MarketDataConfig
-from services.marketdata.engine import IngestStats, MarketDataEngine, RejectReason, UnknownSymbolError
+from services.marketdata.engine import (
+    IngestStats,
+    MarketDataEngine,
+    RejectReason,
+    SymbolSnapshot,
+    UnknownSymbolError,
+)
 from services.marketdata.fanout import QueuedUpdate, SymbolFilter
+from services.marketdata.streams import Caller, StreamLimitExceeded, StreamSlot
 from services.marketdata.trade_ring import VwapResult
 
 log = logging.getLogger(__name__)
@@ -39,6 +60,61 @@ log = logging.getLogger(__name__)
 pb = marketdata_pb2
 #: Most entries in StreamArbitrageRequest.kinds (there are two kinds).
 MAX_ARBITRAGE_KINDS = 16
+
+
+# Upper bounds of the encoded size of a SymbolSnapshot's parts (tag + length + payload; a
+# double is 9 bytes with its tag, a varint at most 11): one PriceLevel (2 + 9 + 9), one Bar
+# (3 + 5 * 11 + 5 * 9 + 2 = 105, rounded up), and everything else of one symbol but its names
+# (top 49, last trade 46, two VWAP windows 2 * 77, three counters 33, the entry's own tag and
+# length 6, the Symbol's 3 + 2 * 3: 297, rounded up). tests/services/marketdata/test_robustness.py
+# checks them against ByteSize.
+_LEVEL_BYTES = 20
+_BAR_BYTES = 112
+_SYMBOL_FIXED_BYTES = 320
+
+
+def _snapshot_bytes_bound(snap: SymbolSnapshot) -> int:
+    """At least the encoded size of ``snap`` as one entry of GetSnapshotResponse.symbols."""
+    return (
+        _SYMBOL_FIXED_BYTES
+        + len(snap.venue.encode())
+        + len(snap.symbol.encode())
+        + _LEVEL_BYTES * (len(snap.bids) + len(snap.asks))
+        + _BAR_BYTES * len(snap.current_bars)
+    )
+
+
+class _Levels(Sequence[tuple[float, float]]):
+    """A repeated PriceLevel field seen as (price, size) pairs, built only when first read.
+
+    Given for a depth update over the level limit: the engine counts its levels (``len``)
+    before it reads any and rejects it, so no Python object is made per level.
+    """
+
+    __slots__ = ("_field", "_pairs")
+
+    def __init__(self, field: Sequence[marketdata_pb2.PriceLevel]) -> None:
+        self._field = field
+        self._pairs: list[tuple[float, float]] | None = None
+
+    def _read(self) -> list[tuple[float, float]]:
+        pairs = self._pairs
+        if pairs is None:
+            pairs = self._pairs = [(level.price, level.size) for level in self._field]
+        return pairs
+
+    def __len__(self) -> int:
+        return len(self._field)
+
+    def __iter__(self) -> Iterator[tuple[float, float]]:
+        return iter(self._read())
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[float, float]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[float, float]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[float, float] | Sequence[tuple[float, float]]:
+        return self._read()[index]
 
 
 # --- domain -> proto ------------------------------------------------------------------------
@@ -96,6 +172,28 @@ def _stats(stats: IngestStats) -> marketdata_pb2.IngestStats:
         rejected_by_reason=_reject_counts(stats.rejected_by_reason),
         subscribers=stats.subscribers,
         arbitrage_subscribers=stats.arbitrage_subscribers,
+    )
+
+
+def _symbol_snapshot(snap: SymbolSnapshot) -> marketdata_pb2.SymbolSnapshot:
+    return pb.SymbolSnapshot(
+        symbol=common_pb2.Symbol(venue=snap.venue, name=snap.symbol),
+        top=pb.TopOfBook(
+            bid_price=snap.bid_price,
+            bid_size=snap.bid_size,
+            ask_price=snap.ask_price,
+            ask_size=snap.ask_size,
+            exchange_ts_ns=snap.top_ts_ns,
+        ),
+        bids=[pb.PriceLevel(price=p, size=s) for p, s in snap.bids],
+        asks=[pb.PriceLevel(price=p, size=s) for p, s in snap.asks],
+        last_trade=_last_trade(snap.last_trade),
+        vwap_by_time=_vwap(snap.vwap_by_time),
+        vwap_by_count=_vwap(snap.vwap_by_count),
+        current_bars=[_bar(bar) for bar in snap.current_bars],
+        quotes=snap.quotes,
+        trades=snap.trades,
+        symbol_sequence=snap.symbol_sequence,
     )
 
 
@@ -163,13 +261,19 @@ async def _abort_bad_request(context: grpc.aio.ServicerContext, field: str, desc
 class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     """Translates MarketDataService calls to the engine."""
 
-    def __init__(self, engine: MarketDataEngine, security: SuiteSecurity) -> None:
+    def __init__(
+        self, engine: MarketDataEngine, security: SuiteSecurity, api_keys: ApiKeyVerifier | None = None
+    ) -> None:
         self._engine = engine
         self._secret = security.secret
+        self._api_keys = api_keys
         config = engine.config
         self._max_venue_chars = config.max_venue_chars
         self._max_symbol_chars = config.max_symbol_chars
         self._max_filter_symbols = config.max_filter_symbols
+        self._snapshot_max_depth_levels = config.snapshot_max_depth_levels
+        self._snapshot_max_symbols = config.snapshot_max_symbols
+        self._snapshot_max_reply_bytes = config.snapshot_max_reply_bytes
 
     async def _publisher(self, context: grpc.aio.ServicerContext) -> Publisher:
         """The calling publisher (the access interceptor admitted only publishers)."""
@@ -178,6 +282,45 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only a publisher may publish market data")
         assert publisher is not None
         return publisher
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        """Who is calling: the token's service principal, else the account of the API key.
+
+        The access interceptor admitted the call; the key is resolved again (the cache client
+        holds it near) because only the servicer sees the call's context."""
+        principal = principal_of(context, self._secret)
+        if principal is not None:
+            return Caller("service", principal)
+        api_key = api_key_of(context)
+        account = None
+        if api_key is not None and self._api_keys is not None:
+            try:
+                account = await self._api_keys.account_of(api_key)
+            except Exception:  # cannot tell now, as in the access interceptor
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "cannot verify the API key now (the cache service is unreachable); retry",
+                )
+        if account is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid")
+        assert account is not None
+        return Caller("account", account)
+
+    async def _stream_slot(self, context: grpc.aio.ServicerContext) -> StreamSlot:
+        """A slot for a new server stream, or RESOURCE_EXHAUSTED with a QuotaFailure detail."""
+        caller = await self._caller(context)
+        try:
+            return self._engine.streams.acquire(caller)
+        except StreamLimitExceeded as exc:
+            detail = error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=exc.message)
+                ]
+            )
+            status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=exc.message)
+            status.details.add().Pack(detail)
+            await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+            raise  # abort_with_status raises; this line is never reached
 
     async def _name_too_long(
         self, context: grpc.aio.ServicerContext, field: str, symbol: common_pb2.Symbol
@@ -213,6 +356,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     ) -> marketdata_pb2.PublishSummary:
         publisher = await self._publisher(context)
         on_quote, on_depth = self._engine.on_quote, self._engine.on_depth
+        max_levels = self._engine.config.depth_max_levels_per_update
         rejected = [0] * (max(RejectReason) + 1)
         accepted = messages = 0
         async for request in request_iterator:
@@ -235,6 +379,13 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                 else:
                     accepted += 1
             for d in request.depth_updates:
+                bids: Sequence[tuple[float, float]]
+                asks: Sequence[tuple[float, float]]
+                if len(d.bids) + len(d.asks) <= max_levels:
+                    bids = [(level.price, level.size) for level in d.bids]
+                    asks = [(level.price, level.size) for level in d.asks]
+                else:  # the engine rejects it on its count: no object per level is made
+                    bids, asks = _Levels(d.bids), _Levels(d.asks)
                 reason = on_depth(
                     d.venue,
                     d.symbol,
@@ -242,8 +393,8 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                     d.receive_ts_ns,
                     d.sequence,
                     d.is_snapshot,
-                    [(level.price, level.size) for level in d.bids],
-                    [(level.price, level.size) for level in d.asks],
+                    bids,
+                    asks,
                     publisher,
                 )
                 if reason:
@@ -295,32 +446,37 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     async def GetSnapshot(
         self, request: marketdata_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> marketdata_pb2.GetSnapshotResponse:
-        if request.depth_levels < 0:
+        depth_levels = request.depth_levels
+        if depth_levels < 0:
             await _abort_bad_request(context, "depth_levels", "depth_levels must be >= 0")
-        symbol_filter = await self._filter(context, request.filter)
-        response = pb.GetSnapshotResponse(stats=_stats(self._engine.stats()))
-        for snap in self._engine.snapshot(symbol_filter, request.depth_levels):
-            response.symbols.append(
-                pb.SymbolSnapshot(
-                    symbol=common_pb2.Symbol(venue=snap.venue, name=snap.symbol),
-                    top=pb.TopOfBook(
-                        bid_price=snap.bid_price,
-                        bid_size=snap.bid_size,
-                        ask_price=snap.ask_price,
-                        ask_size=snap.ask_size,
-                        exchange_ts_ns=snap.top_ts_ns,
-                    ),
-                    bids=[pb.PriceLevel(price=p, size=s) for p, s in snap.bids],
-                    asks=[pb.PriceLevel(price=p, size=s) for p, s in snap.asks],
-                    last_trade=_last_trade(snap.last_trade),
-                    vwap_by_time=_vwap(snap.vwap_by_time),
-                    vwap_by_count=_vwap(snap.vwap_by_count),
-                    current_bars=[_bar(bar) for bar in snap.current_bars],
-                    quotes=snap.quotes,
-                    trades=snap.trades,
-                    symbol_sequence=snap.symbol_sequence,
-                )
+        if depth_levels > self._snapshot_max_depth_levels:
+            await _abort_bad_request(
+                context,
+                "depth_levels",
+                f"depth_levels {depth_levels} is above the most a snapshot returns "
+                f"({self._snapshot_max_depth_levels} per side)",
             )
+        symbol_filter = await self._filter(context, request.filter)
+        start_after = None
+        if request.HasField("start_after"):
+            await self._name_too_long(context, "start_after", request.start_after)
+            start_after = (request.start_after.venue, request.start_after.name)
+        response = pb.GetSnapshotResponse(stats=_stats(self._engine.stats()))
+        # One page: at most max_symbols symbols and budget bytes of them (an upper bound of
+        # their encoded size), the first symbol always (it is bounded by the depth cap).
+        budget, room = self._snapshot_max_reply_bytes, self._snapshot_max_symbols
+        last: SymbolSnapshot | None = None
+        for snap in self._engine.iter_snapshots(symbol_filter, depth_levels, start_after):
+            size = _snapshot_bytes_bound(snap)
+            if room == 0 or (last is not None and size > budget):
+                assert last is not None  # room starts above 0
+                response.truncated = True
+                response.next_start_after.CopyFrom(common_pb2.Symbol(venue=last.venue, name=last.symbol))
+                break
+            budget -= size
+            room -= 1
+            last = snap
+            response.symbols.append(_symbol_snapshot(snap))
         return response
 
     async def _require_symbol(self, symbol: common_pb2.Symbol, context: grpc.aio.ServicerContext) -> None:
@@ -369,20 +525,24 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
         self, request: marketdata_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[marketdata_pb2.MarketUpdate]:
         symbol_filter = await self._filter(context, request.filter)
-        wakeup = asyncio.Event()
-        subscriber = self._engine.subscribe(symbol_filter, wakeup.set, request.send_initial_snapshot)
-        stream_sequence = 0
+        slot = await self._stream_slot(context)
         try:
-            while True:
-                entry = subscriber.take()
-                if entry is None:
-                    wakeup.clear()
-                    await wakeup.wait()
-                    continue
-                stream_sequence += 1
-                yield _market_update(entry, stream_sequence)
+            wakeup = asyncio.Event()
+            subscriber = self._engine.subscribe(symbol_filter, wakeup.set, request.send_initial_snapshot)
+            stream_sequence = 0
+            try:
+                while True:
+                    entry = subscriber.take()
+                    if entry is None:
+                        wakeup.clear()
+                        await wakeup.wait()
+                        continue
+                    stream_sequence += 1
+                    yield _market_update(entry, stream_sequence)
+            finally:
+                self._engine.unsubscribe(subscriber)
         finally:
-            self._engine.unsubscribe(subscriber)
+            slot.release()
 
     async def StreamArbitrage(
         self, request: marketdata_pb2.StreamArbitrageRequest, context: grpc.aio.ServicerContext
@@ -396,19 +556,23 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
         if unknown is not None:
             await _abort_bad_request(context, "kinds", f"unknown arbitrage kind {unknown}")
         kinds = [ArbitrageKind(k) for k in request.kinds]
-        wakeup = asyncio.Event()
-        subscription = self._engine.subscribe_arbitrage(kinds, wakeup.set, request.include_open)
+        slot = await self._stream_slot(context)
         try:
-            while True:
-                taken = subscription.take()
-                if taken is None:
-                    wakeup.clear()
-                    await wakeup.wait()
-                    continue
-                event, dropped_before = taken
-                yield _arbitrage_event(event, dropped_before)
+            wakeup = asyncio.Event()
+            subscription = self._engine.subscribe_arbitrage(kinds, wakeup.set, request.include_open)
+            try:
+                while True:
+                    taken = subscription.take()
+                    if taken is None:
+                        wakeup.clear()
+                        await wakeup.wait()
+                        continue
+                    event, dropped_before = taken
+                    yield _arbitrage_event(event, dropped_before)
+            finally:
+                self._engine.unsubscribe_arbitrage(subscription)
         finally:
-            self._engine.unsubscribe_arbitrage(subscription)
+            slot.release()
 
 
 async def start(
@@ -426,7 +590,7 @@ async def start(
     """
     engine = engine if engine is not None else MarketDataEngine(config)
     security = security if security is not None else load_suite_security("marketdata")
-    servicer = MarketDataServicer(engine, security)
+    servicer = MarketDataServicer(engine, security, api_keys)
     binding = ServiceBinding(
         SERVICE_NAME,
         lambda server: marketdata_pb2_grpc.add_MarketDataServiceServicer_to_server(servicer, server),
