@@ -488,7 +488,23 @@ class CrashReport:
             "recovery_ms_max": round(max(recovery), 1),
             "service_recovery_ms_p50": round(statistics.median(service), 1),
             "service_recovery_ms_max": round(max(service), 1),
+            **self.recovery_trend(),
         }
+
+    def recovery_trend(self) -> dict[str, float | int | bool]:
+        """Recovery time by kill index (``recovery_ms_kill_<i>``, and the service's own figure), and
+        the bar that it stays bounded: the last kill's recovery at most twice the first's (a service
+        killed before any time or input trigger fired used to replay its whole journal each time)."""
+        out: dict[str, float | int | bool] = {}
+        for index, ms in enumerate(self.recovery_ms, start=1):
+            out[f"recovery_ms_kill_{index}"] = round(ms, 1)
+        for index, ms in enumerate(self.service_recovery_ms, start=1):
+            out[f"service_recovery_ms_kill_{index}"] = round(ms, 1)
+        if self.recovery_ms:
+            first, last = self.recovery_ms[0], self.recovery_ms[-1]
+            out["recovery_ms_last_over_first"] = round(last / first, 2) if first > 0 else 0.0
+            out["recovery_bounded"] = last <= 2 * first
+        return out
 
 
 async def _live_check(stub: Any, traders: Sequence[Trader], report: CrashReport) -> None:
@@ -634,10 +650,12 @@ def run(
     """``repeats`` harness runs of ``kills`` kills each (fresh state each); counts are summed over runs."""
     base = settings or CrashSettings()
     total = CrashReport()
+    bounded = True  # per run: the last kill's recovery at most twice its first's
     for repeat in range(max(1, repeats)):
         one_settings = dataclasses.replace(base, kills=kills, seed=base.seed + repeat)
         with tempfile.TemporaryDirectory(prefix="hftgate-bench-crash-") as tmp:
             report = asyncio.run(run_crash_harness(one_settings, Path(tmp)))
+        bounded = bounded and bool(report.recovery_trend().get("recovery_bounded", True))
         total.kills += report.kills
         total.acked += report.acked
         total.in_doubt += report.in_doubt
@@ -652,11 +670,13 @@ def run(
         total.service_recovery_ms.extend(report.service_recovery_ms)
     out = total.summary()
     out["repeats"] = max(1, repeats)
+    out["recovery_bounded"] = bounded
     out["bars_hold"] = bool(
         out["kills"] >= kills * max(1, repeats)
         and out["lost_acked"] == 0
         and out["duplicate_fills"] == 0
         and out["books_match"]
         and out["ledger_matches"]
+        and bounded
     )
     return out

@@ -47,6 +47,16 @@ class WriterStatus:
     failed: bool
     error: int
     message: str
+    #: True while the writer waits for disk space (it retries by itself; nothing more is acked meanwhile).
+    blocked: bool = False
+    #: While blocked: ENOSPC or EDQUOT, and the bytes the batch in hand still needs.
+    blocked_error: int = 0
+    blocked_bytes: int = 0
+    #: Times the writer became blocked, and pauses spent waiting, since start.
+    stalls: int = 0
+    space_retries: int = 0
+    #: Rotations put off because the new segment found no space (the active one grew on instead).
+    rotations_deferred: int = 0
 
 
 class JournalWriterThread:
@@ -70,6 +80,7 @@ class JournalWriterThread:
         notify_fd: int,
         batch_max_records: int,
         max_payload_bytes: int,
+        space_retry_max_ms: int = 100,
     ) -> None:
         # Both stay referenced until join(): the C thread reads the queue and the directory string.
         self._queue_handle: Any = queue.native_handle()
@@ -87,6 +98,7 @@ class JournalWriterThread:
                 "notify_fd": notify_fd,
                 "batch_max_records": batch_max_records,
                 "max_payload_bytes": max_payload_bytes,
+                "space_retry_max_ms": space_retry_max_ms,
             },
         )
         out = ffi.new("hft_journal_writer **")
@@ -106,6 +118,24 @@ class JournalWriterThread:
         status = self._status
         lib.hft_journal_writer_status_get(self._writer, status)
         return int(status.acked_seq), bool(status.failed)
+
+    def progress(self) -> tuple[int, bool, bool]:
+        """(highest acknowledgeable sequence number, failed, blocked): the loop's read on a signal."""
+        status = self._status
+        lib.hft_journal_writer_status_get(self._writer, status)
+        return int(status.acked_seq), bool(status.failed), bool(status.blocked)
+
+    def request_rotation(self) -> None:
+        """Start a new segment before the next batch (see ``hft_journal_writer_request_rotation``)."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        check(lib.hft_journal_writer_request_rotation(self._writer), "hft_journal_writer_request_rotation")
+
+    def abort(self) -> None:
+        """Make a writer that waits for disk space give up (it fails; see ``hft_journal_writer_abort``)."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        check(lib.hft_journal_writer_abort(self._writer), "hft_journal_writer_abort")
 
     def set_cpus(self, cpus: Iterable[int]) -> None:
         """Run the thread only on ``cpus`` (see ``hft_journal_writer_set_cpus``); raises on a CPU
@@ -141,4 +171,10 @@ def _status_of(status: Any) -> WriterStatus:
         bool(status.failed),
         int(status.error),
         ffi.string(status.message).decode("utf-8", "replace") if status.failed else "",
+        blocked=bool(status.blocked),
+        blocked_error=int(status.blocked_error),
+        blocked_bytes=int(status.blocked_bytes),
+        stalls=int(status.stalls),
+        space_retries=int(status.space_retries),
+        rotations_deferred=int(status.rotations_deferred),
     )

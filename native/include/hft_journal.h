@@ -34,8 +34,10 @@
  *     20 .. payload
  *
  * Segments: <directory>/<first seq, 20 digits>.journal. After a batch that
- * leaves the active segment at or past segment_max_bytes the writer creates
- * the next one (O_EXCL), fsyncs the directory and closes the full one.
+ * leaves the active segment at or past segment_max_bytes (or before the batch
+ * after hft_journal_writer_request_rotation) the writer creates the next one
+ * (O_EXCL), fsyncs the directory, trims the reserved space off the full one
+ * and closes it.
  *
  * Preallocation: records are written with pwrite at the end of the records,
  * into space the writer reserved ahead with fallocate (preallocate_bytes at a
@@ -45,9 +47,26 @@
  * segment as its end. On a filesystem without fallocate the writer simply
  * appends.
  *
- * Failure: any write, fsync, open or format error stops the writer for good:
- * status.failed becomes 1 (with errno and a message), the eventfd is signalled,
- * and nothing after the last acknowledged record is ever acknowledged.
+ * Full disk: when a whole chunk cannot be reserved (ENOSPC or EDQUOT) the
+ * writer tries halving steps down to exactly what the batch in hand needs, so
+ * it keeps writing while any room is left. When even that (or a plain append's
+ * write) does not fit, the writer keeps the batch, publishes status.blocked = 1
+ * (with the errno and the bytes it needs), signals the eventfd, and retries
+ * after 1 ms, 2 ms, ... up to space_retry_max_ms between attempts. Nothing of
+ * that batch is acknowledged until it is written and synced; once it is,
+ * blocked returns to 0 before the acknowledgement's signal. Records queued
+ * meanwhile wait in the queue: nothing is lost, nothing is acknowledged early.
+ * A segment that cannot be created for lack of space is not a failure either:
+ * the records carry on in the active segment and the next batch tries again
+ * (status.rotations_deferred counts those). hft_journal_writer_abort makes a
+ * blocked writer give up (a failure: the unwritten records are never
+ * acknowledged), so a stop need not wait for space.
+ *
+ * Failure: any other write, fsync, open or format error stops the writer for
+ * good: status.failed becomes 1 (with errno and a message), the eventfd is
+ * signalled, and nothing after the last acknowledged record is ever
+ * acknowledged. An fdatasync error is always final: after one, Linux may have
+ * dropped the unsynced pages, so retrying could acknowledge lost data.
  *
  * Threads: start and join from one controlling thread; status_get from any.
  */
@@ -74,6 +93,7 @@ typedef struct hft_journal_writer_config {
     int notify_fd;               /* eventfd written after every acknowledged batch and on failure */
     size_t batch_max_records;    /* at most this many slots per write (>= 1) */
     uint32_t max_payload_bytes;  /* a slot announcing more is a format error */
+    uint32_t space_retry_max_ms; /* longest pause between attempts while out of disk space; 0 = 100 */
 } hft_journal_writer_config;
 
 typedef struct hft_journal_writer_status {
@@ -84,6 +104,12 @@ typedef struct hft_journal_writer_status {
     uint64_t fsyncs;
     uint64_t bytes;       /* bytes written since start */
     uint64_t rotations;   /* segments started since start */
+    uint64_t rotations_deferred; /* rotations put off because the new segment found no space */
+    uint64_t stalls;      /* times the writer became blocked for lack of space */
+    uint64_t space_retries; /* pauses spent waiting for space, over all stalls */
+    uint64_t blocked_bytes; /* while blocked: the bytes the batch in hand still needs */
+    int blocked;          /* 1 while the writer waits for disk space (read with acquire ordering) */
+    int blocked_error;    /* while blocked: ENOSPC or EDQUOT */
     int failed;           /* 1 once the writer stopped on an error */
     int error;            /* errno of that error (0 for a format error) */
     char message[192];    /* what failed, for logs and exceptions */
@@ -105,6 +131,16 @@ void hft_journal_writer_status_get(const hft_journal_writer *writer, hft_journal
  * HFT_EINVAL for an empty list or a CPU number out of range, or the negated
  * errno of pthread_setaffinity_np (e.g. -EINVAL for CPUs the process may not use). */
 int hft_journal_writer_set_cpus(hft_journal_writer *writer, const int *cpus, size_t count);
+
+/* Ask the writer to start a new segment before its next batch (when the active one holds any
+ * records), whatever its size: after a snapshot, so the records it covers can soon be dropped
+ * whole. Any thread. HFT_EINVAL on NULL. */
+int hft_journal_writer_request_rotation(hft_journal_writer *writer);
+
+/* Make a writer that waits for disk space give up: it fails (status.failed, a message naming the
+ * first record it could not write) and its thread ends; a writer that is not blocked goes on
+ * until it has to wait for space. For a stop that cannot wait. Any thread. HFT_EINVAL on NULL. */
+int hft_journal_writer_abort(hft_journal_writer *writer);
 
 /* Wait for the thread to end and free the writer (closing its segment fd); the
  * counters as they ended go to *final_status unless it is NULL. Close the queue

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hft_crc32.h"
@@ -29,6 +30,7 @@ struct hft_journal_writer {
     uint64_t preallocate_bytes; /* 0 once fallocate proved unsupported */
     uint64_t segment_max_bytes;
     uint64_t expected_seq;      /* next record's sequence number */
+    uint32_t space_retry_max_ms;
     unsigned char *slots;       /* batch_max_records slots popped at a time */
     unsigned char *out;         /* the framed batch */
     size_t out_len;
@@ -46,9 +48,19 @@ struct hft_journal_writer {
     uint64_t fsyncs;
     uint64_t bytes;
     uint64_t rotations;
+    uint64_t rotations_deferred;
+    uint64_t stalls;
+    uint64_t space_retries;
+    uint64_t blocked_bytes;
+    int blocked;
+    int blocked_error;
     int failed;
     int error;
     char message[192];  /* written before `failed` is released, read only after it is acquired */
+
+    /* Requests from the controlling thread (atomics). */
+    int rotate_requested;
+    int abort_requested;
 };
 
 static void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -82,6 +94,9 @@ static void fail(hft_journal_writer *w, int error, const char *format, ...) {
     __atomic_store_n(&w->failed, 1, __ATOMIC_RELEASE);
     notify(w);
 }
+
+/* Errors a wait can cure: the filesystem (or the user's quota) is full. */
+static int out_of_space(int error) { return error == ENOSPC || error == EDQUOT; }
 
 static int reserve(hft_journal_writer *w, size_t more) {
     if (w->out_len + more <= w->out_cap) return 0;
@@ -166,17 +181,23 @@ static int fsync_directory(const char *directory) {
     return rc;
 }
 
-static int rotate(hft_journal_writer *w) {
+/* Start the segment whose first record is `first_seq`. */
+static int rotate(hft_journal_writer *w, uint64_t first_seq) {
     char path[4096];
-    int n = snprintf(path, sizeof path, "%s/%020llu.journal", w->directory,
-                     (unsigned long long)w->expected_seq);
+    int n = snprintf(path, sizeof path, "%s/%020llu.journal", w->directory, (unsigned long long)first_seq);
     if (n < 0 || (size_t)n >= sizeof path) {
         fail(w, ENAMETOOLONG, "journal segment path");
         return -1;
     }
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) {
-        fail(w, errno, "journal: cannot create segment %s", path);
+        int error = errno;
+        /* No room for a new segment: the records carry on in this one, and the next batch tries again. */
+        if (out_of_space(error)) {
+            store(&w->rotations_deferred, w->rotations_deferred + 1);
+            return 0;
+        }
+        fail(w, error, "journal: cannot create segment %s", path);
         return -1;
     }
     int rc = fsync_directory(w->directory);
@@ -184,6 +205,12 @@ static int rotate(hft_journal_writer *w) {
         close(fd);
         fail(w, rc, "journal: cannot fsync directory %s", w->directory);
         return -1;
+    }
+    /* Give back the full segment's reserved tail (up to preallocate_bytes of zeros): best effort, its
+     * records are durable already and a reader stops at zeros anyway. */
+    if (w->file_bytes > w->segment_bytes) {
+        int ignored = ftruncate(w->fd, (off_t)w->segment_bytes);
+        (void)ignored;
     }
     close(w->fd);
     w->fd = fd;
@@ -203,37 +230,103 @@ static int sync_segment(hft_journal_writer *w, uint64_t through) {
     return 0;
 }
 
-/* Make sure `length` more bytes after the records land in reserved space. The
- * one sync after an extension persists the new size; the next ones do not. */
+/* The writer cannot go on until space is freed: publish `blocked` (once per stall), wake the loop,
+ * and sleep a little longer each time (1 ms doubling up to space_retry_max_ms). Returns 0 to retry,
+ * or -1 after fail() once an abort was requested. */
+static int wait_for_space(hft_journal_writer *w, int error, uint64_t bytes, unsigned *attempt) {
+    if (__atomic_load_n(&w->abort_requested, __ATOMIC_ACQUIRE)) {
+        fail(w, error, "journal: stopped while waiting for %llu bytes of disk space; records from seq %llu on "
+             "were never written nor acknowledged", (unsigned long long)bytes,
+             (unsigned long long)(load(&w->acked_seq) + 1));
+        return -1;
+    }
+    if (!__atomic_load_n(&w->blocked, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(&w->blocked_error, error, __ATOMIC_RELAXED);
+        store(&w->blocked_bytes, bytes);
+        store(&w->stalls, w->stalls + 1);
+        __atomic_store_n(&w->blocked, 1, __ATOMIC_RELEASE);
+        notify(w);
+    } else {
+        store(&w->blocked_bytes, bytes);
+    }
+    store(&w->space_retries, w->space_retries + 1);
+    uint64_t delay_ms = 1ull << (*attempt < 16 ? *attempt : 16);
+    if (delay_ms > w->space_retry_max_ms) delay_ms = w->space_retry_max_ms;
+    (*attempt)++;
+    struct timespec pause = {.tv_sec = (time_t)(delay_ms / 1000), .tv_nsec = (long)(delay_ms % 1000) * 1000000L};
+    while (nanosleep(&pause, &pause) && errno == EINTR) {
+    }
+    return 0;
+}
+
+/* Space came back (or was never short): clear `blocked`. The caller's ack notifies the loop. */
+static void space_available(hft_journal_writer *w) {
+    if (__atomic_load_n(&w->blocked, __ATOMIC_ACQUIRE)) {
+        store(&w->blocked_bytes, 0);
+        __atomic_store_n(&w->blocked, 0, __ATOMIC_RELEASE);
+    }
+}
+
+/* One attempt to make sure `length` more bytes after the records land in reserved space: a whole
+ * preallocate_bytes chunk when the disk has it, else halving steps down to exactly what the batch
+ * needs. 0 when reserved (or nothing to do), ENOSPC/EDQUOT when even that does not fit (retry
+ * later), -1 after fail() on any other error. The one sync after an extension persists the new
+ * size; the next ones do not. */
 static int reserve_space(hft_journal_writer *w, size_t length) {
     uint64_t needed = w->segment_bytes + length;
     if (!w->preallocate_bytes || needed <= w->file_bytes) return 0;
     uint64_t chunk = w->preallocate_bytes;
-    uint64_t new_end = (needed + chunk - 1) / chunk * chunk;
-    int rc = posix_fallocate(w->fd, (off_t)w->file_bytes, (off_t)(new_end - w->file_bytes));
-    if (rc == EOPNOTSUPP || rc == EINVAL || rc == ENOSYS) {
-        w->preallocate_bytes = 0; /* this filesystem cannot: plain appends from now on */
-        return 0;
+    uint64_t minimum = needed - w->file_bytes;
+    uint64_t step = (needed + chunk - 1) / chunk * chunk - w->file_bytes;
+    for (;;) {
+        int rc = posix_fallocate(w->fd, (off_t)w->file_bytes, (off_t)step);
+        if (rc == 0) {
+            w->file_bytes += step;
+            return 0;
+        }
+        if (rc == EOPNOTSUPP || rc == EINVAL || rc == ENOSYS) {
+            w->preallocate_bytes = 0; /* this filesystem cannot: plain appends from now on */
+            return 0;
+        }
+        if (rc == EINTR) continue;
+        if (!out_of_space(rc)) {
+            fail(w, rc, "journal: cannot reserve %llu bytes", (unsigned long long)step);
+            return -1;
+        }
+        if (step == minimum) return rc;
+        step = step / 2 > minimum ? step / 2 : minimum;
     }
-    if (rc) {
-        fail(w, rc, "journal: cannot reserve %llu bytes", (unsigned long long)(new_end - w->file_bytes));
-        return -1;
-    }
-    w->file_bytes = new_end;
-    return 0;
 }
 
-/* Write, sync and acknowledge one framed batch ending at `last_seq`. */
+/* Write, sync and acknowledge one framed batch ending at `last_seq`. Out of disk space (reserving
+ * or writing), the writer keeps the batch and retries until it fits (see wait_for_space); nothing
+ * of it is acknowledged before then. */
 static int commit(hft_journal_writer *w, uint64_t last_seq, size_t records) {
-    if (reserve_space(w, w->out_len)) return -1;
+    unsigned attempt = 0;
+    /* Framed already, the batch's records are last_seq - records + 1 .. last_seq. */
+    if (__atomic_exchange_n(&w->rotate_requested, 0, __ATOMIC_ACQ_REL) && w->segment_bytes > 0 &&
+        rotate(w, last_seq - records + 1))
+        return -1;
+    for (;;) {
+        int rc = reserve_space(w, w->out_len);
+        if (rc == 0) break;
+        if (rc < 0 || wait_for_space(w, rc, w->out_len, &attempt)) return -1;
+    }
     const unsigned char *p = w->out;
     size_t left = w->out_len;
     uint64_t offset = w->segment_bytes;
     while (left) {
         ssize_t written = pwrite(w->fd, p, left, (off_t)offset);
         if (written < 0) {
-            if (errno == EINTR) continue;
-            fail(w, errno, "journal: write of %zu bytes failed before seq %llu", left,
+            int error = errno;
+            if (error == EINTR) continue;
+            /* Plain appends (or a filesystem that allocates on write): wait for space, then write
+             * the rest at the same offset. */
+            if (out_of_space(error)) {
+                if (wait_for_space(w, error, left, &attempt)) return -1;
+                continue;
+            }
+            fail(w, error, "journal: write of %zu bytes failed before seq %llu", left,
                  (unsigned long long)last_seq);
             return -1;
         }
@@ -241,16 +334,18 @@ static int commit(hft_journal_writer *w, uint64_t last_seq, size_t records) {
         offset += (uint64_t)written;
         left -= (size_t)written;
     }
+    if (offset > w->file_bytes) w->file_bytes = offset;
     w->segment_bytes += w->out_len;
     store(&w->bytes, w->bytes + w->out_len);
     if (w->sync_before_ack && sync_segment(w, last_seq)) return -1;
+    space_available(w);
     /* Counters first: whoever sees the new acked_seq also sees the batch counted. */
     store(&w->records, w->records + records);
     store(&w->batches, w->batches + 1);
     store(&w->acked_seq, last_seq);
     notify(w);
     if (!w->sync_before_ack && sync_segment(w, last_seq)) return -1;
-    if (w->segment_bytes >= w->segment_max_bytes) return rotate(w);
+    if (w->segment_bytes >= w->segment_max_bytes) return rotate(w, w->expected_seq);
     return 0;
 }
 
@@ -317,6 +412,7 @@ int hft_journal_writer_start(hft_mpsc_queue *queue, const hft_journal_writer_con
     w->file_bytes = (uint64_t)st.st_size > w->segment_bytes ? (uint64_t)st.st_size : w->segment_bytes;
     w->segment_max_bytes = config->segment_max_bytes;
     w->expected_seq = config->next_seq;
+    w->space_retry_max_ms = config->space_retry_max_ms ? config->space_retry_max_ms : 100;
     w->acked_seq = config->next_seq - 1;
     w->synced_seq = config->next_seq - 1;
     if (pthread_create(&w->thread, NULL, writer_main, w)) goto nomem;
@@ -357,10 +453,30 @@ void hft_journal_writer_status_get(const hft_journal_writer *w, hft_journal_writ
     out->fsyncs = load(&w->fsyncs);
     out->bytes = load(&w->bytes);
     out->rotations = load(&w->rotations);
+    out->rotations_deferred = load(&w->rotations_deferred);
+    out->stalls = load(&w->stalls);
+    out->space_retries = load(&w->space_retries);
+    out->blocked = __atomic_load_n(&w->blocked, __ATOMIC_ACQUIRE);
+    if (out->blocked) {
+        out->blocked_bytes = load(&w->blocked_bytes);
+        out->blocked_error = __atomic_load_n(&w->blocked_error, __ATOMIC_RELAXED);
+    }
     if (out->failed) {
         out->error = w->error;
         memcpy(out->message, w->message, sizeof out->message);
     }
+}
+
+int hft_journal_writer_request_rotation(hft_journal_writer *w) {
+    if (!w) return HFT_EINVAL;
+    __atomic_store_n(&w->rotate_requested, 1, __ATOMIC_RELEASE);
+    return HFT_OK;
+}
+
+int hft_journal_writer_abort(hft_journal_writer *w) {
+    if (!w) return HFT_EINVAL;
+    __atomic_store_n(&w->abort_requested, 1, __ATOMIC_RELEASE);
+    return HFT_OK;
 }
 
 int hft_journal_writer_join(hft_journal_writer *w, hft_journal_writer_status *final_status) {

@@ -6,8 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/eventfd.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -43,10 +46,14 @@ typedef struct {
     int notify_fd;
 } fixture;
 
-static void fixture_open(fixture *f, uint64_t next_seq, uint64_t segment_max, int sync_before_ack,
-                         uint64_t preallocate) {
-    strcpy(f->dir, "/tmp/hft_journal_test_XXXXXX");
-    CHECK(mkdtemp(f->dir) != NULL);
+static void fixture_open_in(fixture *f, const char *dir, uint64_t next_seq, uint64_t segment_max,
+                            int sync_before_ack, uint64_t preallocate) {
+    if (dir) {
+        snprintf(f->dir, sizeof f->dir, "%s", dir);
+    } else {
+        strcpy(f->dir, "/tmp/hft_journal_test_XXXXXX");
+        CHECK(mkdtemp(f->dir) != NULL);
+    }
     char path[128];
     snprintf(path, sizeof path, "%s/%020llu.journal", f->dir, (unsigned long long)next_seq);
     int fd = open(path, O_WRONLY | O_CREAT, 0644);
@@ -64,8 +71,14 @@ static void fixture_open(fixture *f, uint64_t next_seq, uint64_t segment_max, in
         .notify_fd = f->notify_fd,
         .batch_max_records = 16,
         .max_payload_bytes = 1 << 20,
+        .space_retry_max_ms = 5,
     };
     CHECK_EQ_INT(hft_journal_writer_start(f->queue, &config, &f->writer), HFT_OK);
+}
+
+static void fixture_open(fixture *f, uint64_t next_seq, uint64_t segment_max, int sync_before_ack,
+                         uint64_t preallocate) {
+    fixture_open_in(f, NULL, next_seq, segment_max, sync_before_ack, preallocate);
 }
 
 /* Push one record as the Python producer does: header slot, then continuation slots. */
@@ -335,6 +348,189 @@ static void test_writer_can_be_placed_on_chosen_cpus(void) {
     remove_dir(f.dir);
 }
 
+/* --- a full disk: a small tmpfs of the test's own (root only) ------------------------------ */
+
+static int mount_small_tmpfs(char *dir, size_t size, const char *options) {
+    strcpy(dir, "/tmp/hft_journal_full_XXXXXX");
+    CHECK(mkdtemp(dir) != NULL);
+    if (geteuid() != 0 || mount("tmpfs", dir, "tmpfs", 0, options) != 0) {
+        printf("SKIP full-disk journal tests: cannot mount a %zu-byte tmpfs on %s (%s); they need root\n",
+               size, dir, geteuid() != 0 ? "not root" : strerror(errno));
+        rmdir(dir);
+        return 0;
+    }
+    return 1;
+}
+
+static void unmount_small_tmpfs(const char *dir) {
+    CHECK_EQ_INT(umount(dir), 0);
+    CHECK_EQ_INT(rmdir(dir), 0);
+}
+
+/* Take every free byte of the filesystem but `leave` into one filler file; returns its fd. */
+static int fill_disk(const char *dir, off_t leave) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/filler", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    off_t size = 0;
+    for (off_t step = 1 << 20; step >= 4096; step /= 2)
+        while (posix_fallocate(fd, size, step) == 0) size += step;
+    if (leave) CHECK_EQ_INT(ftruncate(fd, size > leave ? size - leave : 0), 0);
+    return fd;
+}
+
+static void wait_status(fixture *f, int want_blocked, hft_journal_writer_status *status) {
+    for (int i = 0; i < 5000; i++) {
+        hft_journal_writer_status_get(f->writer, status);
+        if (status->blocked == want_blocked || status->failed) return;
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+    }
+    CHECK(!"writer never reached the expected blocked state");
+}
+
+static void test_writer_waits_for_space_then_resumes_losing_nothing(void) {
+    char dir[64];
+    if (!mount_small_tmpfs(dir, 1 << 20, "size=1m")) return;
+    fixture f;
+    fixture_open_in(&f, dir, 1, 1 << 30, 1, 64 * 1024);
+    uint32_t lengths[64];
+    unsigned char payload[4096];
+    for (int i = 0; i < 64; i++) lengths[i] = 3000 + (uint32_t)i;
+    uint64_t seq = 1;
+    for (; seq <= 4; seq++) {
+        make_payload(payload, seq, lengths[seq - 1]);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, lengths[seq - 1]);
+    }
+    wait_acked(&f, 4);
+    /* 12 KiB left, less than the 64 KiB chunk: the writer reserves smaller steps and goes on. */
+    int filler = fill_disk(dir, 12 * 1024);
+    hft_journal_writer_status status;
+    for (; seq <= 36; seq++) { /* 32 more records: ~96 KiB, more than the chunk left reserved */
+        make_payload(payload, seq, lengths[(seq - 1) % 64]);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, lengths[(seq - 1) % 64]);
+        if (seq % 4 == 0) { /* one batch at a time, until the writer has to wait */
+            do {
+                struct pollfd p = {.fd = f.notify_fd, .events = POLLIN};
+                if (poll(&p, 1, 10) == 1) {
+                    uint64_t count;
+                    CHECK(read(f.notify_fd, &count, 8) == 8);
+                }
+                hft_journal_writer_status_get(f.writer, &status);
+            } while (status.acked_seq < seq && !status.blocked && !status.failed);
+            if (status.blocked) break;
+        }
+    }
+    /* Now the disk is full: the next records wait, unacknowledged, and the writer says why. */
+    CHECK(seq <= 36); /* ~96 KiB never fit in the 12 KiB left */
+    uint64_t last = seq > 36 ? 36 : seq;
+    for (seq = last + 1; seq <= last + 3; seq++) {
+        make_payload(payload, seq, lengths[(seq - 1) % 64]);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, lengths[(seq - 1) % 64]);
+    }
+    last = seq - 1;
+    wait_status(&f, 1, &status);
+    CHECK_EQ_INT(status.failed, 0);
+    CHECK_EQ_INT(status.blocked, 1);
+    CHECK_EQ_INT(status.blocked_error, ENOSPC);
+    CHECK(status.blocked_bytes > 0);
+    CHECK_EQ_INT(status.stalls, 1);
+    uint64_t acked_while_full = status.acked_seq;
+    CHECK(acked_while_full > 4 && acked_while_full < last); /* it wrote on in small steps, then stopped */
+    struct timespec pause = {0, 30000000};
+    nanosleep(&pause, NULL);
+    hft_journal_writer_status_get(f.writer, &status);
+    CHECK_EQ_INT(status.acked_seq, acked_while_full); /* still nothing acknowledged that is not written */
+    CHECK(status.space_retries >= 2);                   /* and it keeps trying */
+    /* Space returns: the writer carries on by itself with every waiting record. */
+    CHECK_EQ_INT(ftruncate(filler, 0), 0);
+    wait_acked(&f, last);
+    hft_journal_writer_status_get(f.writer, &status);
+    CHECK_EQ_INT(status.blocked, 0);
+    CHECK_EQ_INT(status.stalls, 1);
+    fixture_close(&f);
+    close(filler);
+    size_t size;
+    unsigned char *data = read_file(dir, 1, &size);
+    CHECK(data != NULL);
+    if (data) {
+        uint32_t expected[80];
+        for (uint64_t s = 1; s <= last; s++) expected[s - 1] = lengths[(s - 1) % 64];
+        check_records(data, size, 0, 1, (int)last, expected);
+    }
+    free(data);
+    unmount_small_tmpfs(dir);
+}
+
+static void test_blocked_writer_gives_up_when_aborted(void) {
+    char dir[64];
+    if (!mount_small_tmpfs(dir, 256 * 1024, "size=256k")) return;
+    fixture f;
+    fixture_open_in(&f, dir, 1, 1 << 30, 1, 64 * 1024);
+    unsigned char payload[4096];
+    make_payload(payload, 1, 100);
+    push_record(&f, 1, 1, payload, 100);
+    wait_acked(&f, 1);
+    int filler = fill_disk(dir, 0);
+    /* 24 * 3020 bytes: more than the 64 KiB already reserved, and what cannot be written yet fits
+     * in the queue (256 slots, 48 a record). */
+    for (uint64_t seq = 2; seq <= 25; seq++) {
+        make_payload(payload, seq, 3000);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, 3000);
+    }
+    hft_journal_writer_status status;
+    wait_status(&f, 1, &status);
+    CHECK_EQ_INT(status.blocked, 1);
+    CHECK_EQ_INT(hft_journal_writer_abort(f.writer), HFT_OK);
+    CHECK_EQ_INT(hft_journal_writer_abort(NULL), HFT_EINVAL);
+    for (int i = 0; i < 5000 && !status.failed; i++) {
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+        hft_journal_writer_status_get(f.writer, &status);
+    }
+    CHECK_EQ_INT(status.failed, 1);
+    CHECK_EQ_INT(status.error, ENOSPC);
+    CHECK(strstr(status.message, "waiting for") != NULL);
+    CHECK(status.acked_seq >= 1 && status.acked_seq < 25);
+    fixture_close(&f);
+    close(filler);
+    unmount_small_tmpfs(dir);
+}
+
+static void test_rotation_on_request_starts_a_new_segment_before_the_next_batch(void) {
+    fixture f;
+    fixture_open(&f, 1, 1 << 30, 1, 4096);
+    unsigned char payload[16];
+    make_payload(payload, 1, 16);
+    CHECK_EQ_INT(hft_journal_writer_request_rotation(NULL), HFT_EINVAL);
+    push_record(&f, 1, 1, payload, 16);
+    wait_acked(&f, 1);
+    CHECK_EQ_INT(hft_journal_writer_request_rotation(f.writer), HFT_OK);
+    make_payload(payload, 2, 16);
+    push_record(&f, 2, 2, payload, 16);
+    wait_acked(&f, 2);
+    make_payload(payload, 3, 16);
+    push_record(&f, 3, 3, payload, 16); /* the request was for one rotation only */
+    wait_acked(&f, 3);
+    hft_journal_writer_status status;
+    hft_journal_writer_status_get(f.writer, &status);
+    CHECK_EQ_INT(status.rotations, 1);
+    fixture_close(&f);
+    size_t size;
+    unsigned char *first = read_file(f.dir, 1, &size);
+    uint32_t sixteen[2] = {16, 16};
+    CHECK(first != NULL);
+    if (first) CHECK_EQ_INT(check_records(first, size, 0, 1, 1, sixteen), 20 + 16);
+    CHECK_EQ_INT(size, 20 + 16); /* its reserved space was given back on rotation */
+    unsigned char *second = read_file(f.dir, 2, &size); /* the batch after the request opens it */
+    CHECK(second != NULL);
+    if (second) check_records(second, size, 0, 2, 2, sixteen);
+    free(first);
+    free(second);
+    remove_dir(f.dir);
+}
+
 int main(void) {
     RUN(test_crc32_matches_zlib_vectors);
     RUN(test_writer_frames_small_and_split_records);
@@ -342,5 +538,8 @@ int main(void) {
     RUN(test_writer_stops_on_a_sequence_gap);
     RUN(test_start_rejects_bad_configuration);
     RUN(test_writer_can_be_placed_on_chosen_cpus);
+    RUN(test_writer_waits_for_space_then_resumes_losing_nothing);
+    RUN(test_blocked_writer_gives_up_when_aborted);
+    RUN(test_rotation_on_request_starts_a_new_segment_before_the_next_batch);
     return TEST_SUMMARY("journal");
 }

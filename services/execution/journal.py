@@ -42,6 +42,21 @@ is pushed on as each batch completes, so ``append`` never blocks; past
 ``backlog_max_records`` it raises :class:`JournalOverloaded` and the service turns the
 input away. ``max_payload_bytes`` must fit in the queue (checked when opening).
 
+A full disk
+-----------
+When the disk (or quota) cannot take the next batch, the C writer keeps that batch and retries by
+itself (reserving smaller steps while some room is left, then pausing 1 ms, 2 ms, ... up to
+``space_retry_max_ms`` between attempts) and says it is *blocked*. The loop learns it from the
+same eventfd: :attr:`Journal.writable` turns False, the callbacks registered with
+:meth:`Journal.on_writable_change` run (the service reports NOT_SERVING), and
+:meth:`Journal.check_writable` -- the admission check the order path runs before it changes any
+state -- raises :class:`JournalUnwritable` with what is short, so new inputs are refused. Records
+appended before that stay queued and are acknowledged only once written and synced: nothing is
+acknowledged that is not durable, nothing acknowledged is lost. When space returns the writer goes
+on with them, ``writable`` turns True again and the callbacks run once more. A stop while blocked
+waits up to ``close_blocked_timeout_s`` for space, then makes the writer give up; the records it
+could not write fail their futures (never acknowledged).
+
 Durability modes
 ----------------
 ``Durability.FSYNC`` (default): a future resolves only after the ``fdatasync``
@@ -85,7 +100,10 @@ the damage and moves everything from the damage on into ``*.corrupt-<ns>`` files
 beside the segments (never deleted silently). Then :meth:`Journal.replay` yields
 the recovered records and appends continue the sequence. The service takes
 snapshots; :meth:`Journal.truncate_before` then drops the segments that hold only
-records older than the snapshot.
+records older than the snapshot (after each snapshot the writer starts a new segment,
+:meth:`Journal.request_rotation`, so that happens at the next one). Given the snapshot's
+sequence (``covered_seq``), ``open`` does not even read the segments it covers whole, so a
+journal kept whole does not make every start slower than the last.
 
 A filesystem that persists an unsynced batch's pages out of order could, after a
 power loss (not a process crash), leave a hole inside the last unsynced batch that
@@ -97,6 +115,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 import os
 import re
@@ -105,7 +124,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +144,8 @@ _SLOT_HEADER = struct.Struct("<QIBB2x")  # seq, payload_length, record_type, fla
 
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 DEFAULT_PREALLOCATE_BYTES = 4 * 1024 * 1024
+DEFAULT_SPACE_RETRY_MAX_MS = 100
+DEFAULT_CLOSE_BLOCKED_TIMEOUT_S = 10.0
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.journal$")
 
@@ -152,6 +173,10 @@ class JournalClosed(Exception):
 
 class JournalOverloaded(Exception):
     """The writer is so far behind that ``backlog_max_records`` inputs are already waiting."""
+
+
+class JournalUnwritable(Exception):
+    """The disk cannot take the journal's next batch; the writer retries and resumes by itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +338,8 @@ class Journal:
         slot_bytes: int,
         batch_max_records: int,
         backlog_max_records: int,
+        space_retry_max_ms: int = DEFAULT_SPACE_RETRY_MAX_MS,
+        close_blocked_timeout_s: float = DEFAULT_CLOSE_BLOCKED_TIMEOUT_S,
     ) -> None:
         self.directory = directory
         self.durability = durability
@@ -325,6 +352,8 @@ class Journal:
         self._inline_payload_bytes = slot_bytes - _SLOT_HEADER.size
         self._batch_max_records = batch_max_records
         self._backlog_max_records = backlog_max_records
+        self._space_retry_max_ms = space_retry_max_ms
+        self._close_blocked_timeout_s = close_blocked_timeout_s
 
         # Segments as recovery found them (the writer adds more on rotation, on disk only:
         # truncate_before lists the directory again). The lock serialises truncations.
@@ -341,6 +370,15 @@ class Journal:
         self._drained: asyncio.Future[None] | None = None  # close() waits on it for the last ack
         self._failure: JournalFailed | None = None
         self.durable_seq = next_seq - 1  # highest sequence number acknowledged so far
+        # Full disk: why the writer waits (None while it can write), since when, and who to tell.
+        self._unwritable: str | None = None
+        self._unwritable_since = 0.0
+        self._writable_listeners: list[Callable[[bool], None]] = []
+        #: Record bytes (header included) appended since open; what the snapshotter measures.
+        self.bytes_appended = 0
+        #: Records and record bytes the last :meth:`replay` yielded (the recovery's tail).
+        self.replayed_records = 0
+        self.replayed_bytes = 0
 
         # The queue the loop fills and the C writer thread drains (open() checked that the
         # largest record fits in it).
@@ -365,6 +403,9 @@ class Journal:
         slot_bytes: int = 256,
         batch_max_records: int = 8_192,
         backlog_max_records: int = 1_000_000,
+        space_retry_max_ms: int = DEFAULT_SPACE_RETRY_MAX_MS,
+        close_blocked_timeout_s: float = DEFAULT_CLOSE_BLOCKED_TIMEOUT_S,
+        covered_seq: int = 0,
     ) -> Journal:
         """Open (creating if needed) the journal in ``directory``, verifying and repairing it.
 
@@ -374,7 +415,16 @@ class Journal:
         writer reserves ahead of the records at a time (0: plain appends; recovery
         reads up to this much reserved space per segment). ``max_payload_bytes``
         defaults to what the queue can carry in one record, capped at 16 MiB; a larger
-        value than the queue can carry is a ValueError.
+        value than the queue can carry is a ValueError. ``space_retry_max_ms`` is the longest
+        pause between the writer's attempts while the disk is full; ``close_blocked_timeout_s``
+        how long :meth:`close` waits for space before giving up on what is not written.
+
+        ``covered_seq``: a snapshot already covers every record up to it, so segments holding only
+        such records (the next segment starts at or before ``covered_seq + 1``) are listed by name
+        but not read nor CRC-checked: recovery never replays them, and with the journal kept whole
+        (no truncation after snapshots) reading them made every start slower than the last. The
+        report's ``records`` then counts only the segments read; its ``first_seq`` is still the
+        first segment's. 0 (the default) verifies everything, as a whole-journal replay needs.
         """
         if slot_bytes < _SLOT_HEADER.size + 8:
             raise ValueError(f"slot_bytes must be at least {_SLOT_HEADER.size + 8}, got {slot_bytes}")
@@ -392,9 +442,13 @@ class Journal:
             raise ValueError(f"preallocate_bytes must be 0 or more, got {preallocate_bytes}")
         if segment_max_bytes <= 0 or max_payload_bytes <= 0 or batch_max_records <= 0:
             raise ValueError("segment_max_bytes, max_payload_bytes and batch_max_records must be positive")
+        if not 1 <= space_retry_max_ms <= 60_000:
+            raise ValueError(f"space_retry_max_ms must be 1..60000, got {space_retry_max_ms}")
+        if close_blocked_timeout_s < 0:
+            raise ValueError(f"close_blocked_timeout_s must be 0 or more, got {close_blocked_timeout_s}")
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        segments, report = _recover(path, _read_limit(max_payload_bytes), allow_mid_corruption)
+        segments, report = _recover(path, _read_limit(max_payload_bytes), allow_mid_corruption, covered_seq)
         next_seq = report.last_seq + 1 if report.records else segments[-1].first_seq
         journal = cls(
             path,
@@ -409,6 +463,8 @@ class Journal:
             slot_bytes=slot_bytes,
             batch_max_records=batch_max_records,
             backlog_max_records=backlog_max_records,
+            space_retry_max_ms=space_retry_max_ms,
+            close_blocked_timeout_s=close_blocked_timeout_s,
         )
         log.info(
             "journal %s: %d records recovered (seq %d..%d) in %d segment(s), next seq %d",
@@ -465,6 +521,7 @@ class Journal:
         """
         with self._segments_lock:
             segments = list(self._segments)
+        self.replayed_records = self.replayed_bytes = 0
         for index, segment in enumerate(segments):
             next_first = segments[index + 1].first_seq if index + 1 < len(segments) else None
             if next_first is not None and next_first <= after_seq + 1:
@@ -480,6 +537,8 @@ class Journal:
                 if seq > self._recovered_last_seq:
                     return
                 if seq > after_seq:
+                    self.replayed_records += 1
+                    self.replayed_bytes += end - offset
                     yield JournalRecord(seq, record_type, data[offset + RECORD_HEADER_BYTES : end])
                 offset = end
 
@@ -506,6 +565,7 @@ class Journal:
                 notify_fd=self._notify_fd,
                 batch_max_records=self._batch_max_records,
                 max_payload_bytes=self._max_payload_bytes,
+                space_retry_max_ms=self._space_retry_max_ms,
             )
         except BaseException:
             os.close(fd)
@@ -527,11 +587,19 @@ class Journal:
         return 1 if beyond <= 0 else 1 + -(-beyond // self._slot_bytes)
 
     def check_writable(self) -> None:
-        """Raise what :meth:`append` would raise now for a payload within limits (closed, failed, overloaded).
+        """The admission check: raise what :meth:`append` would raise now for a payload within limits
+        (closed, failed, overloaded), or :class:`JournalUnwritable` while the disk is full.
 
         Lets a caller that must change its own state and journal the change in one step check first:
         between this call and ``append`` on the same event-loop step, nothing can change the answer.
+        An input refused here was never journaled nor acknowledged; the client may send it again.
         """
+        self._check_open()
+        if self._unwritable is not None:
+            raise JournalUnwritable(self._unwritable)
+
+    def _check_open(self) -> None:
+        """check_writable without the full-disk refusal: what append itself enforces."""
         if self._failure is not None:
             raise JournalFailed(f"journal writer failed: {self._failure}")
         if self._loop is None or self._closing:
@@ -539,14 +607,34 @@ class Journal:
         if len(self._backlog) >= self._backlog_max_records:
             raise JournalOverloaded(f"{len(self._backlog)} journal records already wait for the writer")
 
+    @property
+    def writable(self) -> bool:
+        """False while the writer waits for disk space (:meth:`check_writable` then refuses inputs)."""
+        return self._unwritable is None
+
+    def on_writable_change(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(writable)`` on the loop each time the writer becomes blocked for lack of disk
+        space (False) or can write again (True), and with False when it fails for good (never True
+        after that). For health: NOT_SERVING while it cannot write. A callback that raises is logged
+        and the others still run."""
+        self._writable_listeners.append(callback)
+
+    def request_rotation(self) -> None:
+        """Start a new segment before the next batch, so the records before it can be dropped whole
+        by a later :meth:`truncate_before` (the snapshotter asks after each snapshot)."""
+        if self._writer is not None:
+            self._writer.request_rotation()
+
     def append(self, payload: bytes, record_type: int = 0) -> asyncio.Future[int]:
         """Journal ``payload``; the future resolves with its sequence number once it is durable.
 
         Event-loop thread only. Never blocks. Raises :class:`JournalClosed`,
         :class:`JournalFailed` (the writer stopped on an error), :class:`JournalOverloaded`,
         or ValueError for a payload over ``max_payload_bytes`` or a type outside 0..255.
+        While the disk is full it still queues the record (bounded by ``backlog_max_records``), to be
+        acknowledged once written: callers admit inputs with :meth:`check_writable` first.
         """
-        self.check_writable()
+        self._check_open()
         length = len(payload)
         if length > self._max_payload_bytes:
             raise ValueError(
@@ -556,6 +644,7 @@ class Journal:
             raise ValueError(f"record_type must be 0..255, got {record_type}")
         seq = self._next_seq
         self._next_seq = seq + 1
+        self.bytes_appended += RECORD_HEADER_BYTES + length
         flags = SLOT_FLAG_CONTINUED if length > self._inline_payload_bytes else 0
         record = (_SLOT_HEADER.pack(seq, length, record_type, flags) + payload).ljust(
             self.slots_for(length) * self._slot_bytes, b"\0"
@@ -615,6 +704,10 @@ class Journal:
             return self._final_status
         return WriterStatus(self.durable_seq, self.durable_seq, 0, 0, 0, 0, 0, False, 0, "")
 
+    def writer_status(self) -> WriterStatus:
+        """The writer's counters (stalls, space retries, blocked bytes...) for stats and tests."""
+        return self._writer_status()
+
     async def close(self) -> None:
         """Wait for every append made so far to be durable, stop the writer and close the segment."""
         if self._closing:
@@ -625,13 +718,38 @@ class Journal:
             return
         if self._failure is None and self.durable_seq < self._next_seq - 1:
             self._drained = loop.create_future()
-            await self._drained
+            await self._wait_drained(writer, self._drained)
         self._queue.close()  # the writer drains the queue (empty by now) and exits
         self._final_status = await asyncio.to_thread(writer.join)
         self._writer = None
         loop.remove_reader(self._notify_fd)
         os.close(self._notify_fd)
         self._notify_fd = -1
+
+    async def _wait_drained(self, writer: JournalWriterThread, drained: asyncio.Future[None]) -> None:
+        """Wait for the last append to be durable; while the disk stays full, at most
+        ``close_blocked_timeout_s``, then make the writer give up (its waiters fail, never acked)."""
+        blocked_since: float | None = None
+        while not drained.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(drained), 0.05)
+                return
+            if not writer.status().blocked:
+                blocked_since = None
+                continue
+            now = time.monotonic()
+            blocked_since = now if blocked_since is None else blocked_since
+            if now - blocked_since >= self._close_blocked_timeout_s:
+                log.error(
+                    "journal: closing while the disk has been full for %.1f s: seq %d..%d are given up "
+                    "(never acknowledged)",
+                    now - blocked_since,
+                    self.durable_seq + 1,
+                    self._next_seq - 1,
+                )
+                writer.abort()
+                await drained  # the writer fails at its next attempt; its signal fails the waiters
+                return
 
     async def truncate_before(self, seq: int) -> int:
         """Delete the segments whose records all have sequence numbers below ``seq``.
@@ -666,15 +784,55 @@ class Journal:
         writer = self._writer
         if writer is None:
             return
-        acked, failed = writer.acked_seq()
+        acked, failed, blocked = writer.progress()
         if acked > self.durable_seq:
             self._acknowledge_through(acked)
+        if blocked != (self._unwritable is not None) and not failed:
+            self._writable_changed(writer, blocked)
         if failed and self._failure is None:
             status = writer.status()
             failure = JournalFailed(status.message)
             self._failure = failure
             log.error("journal writer failed: %s; no further appends will be acknowledged", status.message)
             self._fail_waiters(failure)
+            if self._unwritable is None:
+                self._unwritable = f"the journal writer failed: {status.message}"
+                self._tell_listeners(False)  # for good: never True again
+
+    def _writable_changed(self, writer: JournalWriterThread, blocked: bool) -> None:
+        """The writer became blocked for lack of space, or wrote again: refuse or admit, tell listeners."""
+        if blocked:
+            status = writer.status()
+            if not status.blocked:  # it has written again since the signal
+                return
+            code = errno.errorcode.get(status.blocked_error, str(status.blocked_error))
+            # Goes to clients (UNAVAILABLE): what is wrong, not where the server keeps its files.
+            self._unwritable = (
+                f"the journal's disk is full ({os.strerror(status.blocked_error)}, {code}): the next "
+                f"{status.blocked_bytes} bytes do not fit; new inputs are refused until space is freed, "
+                "and the service resumes by itself"
+            )
+            self._unwritable_since = time.monotonic()
+            log.error(
+                "journal %s cannot write: %s; records from seq %d wait",
+                self.directory,
+                self._unwritable,
+                self.durable_seq + 1,
+            )
+        else:
+            log.warning(
+                "journal writes again after %.1f s without disk space; inputs are admitted again",
+                time.monotonic() - self._unwritable_since,
+            )
+            self._unwritable = None
+        self._tell_listeners(not blocked)
+
+    def _tell_listeners(self, writable: bool) -> None:
+        for callback in list(self._writable_listeners):
+            try:
+                callback(writable)
+            except Exception:
+                log.exception("journal writable-change callback failed")
 
     def _acknowledge_through(self, last_seq: int) -> None:
         """Resolve every future up to ``last_seq``, then push on what waits in the backlog."""
@@ -712,9 +870,10 @@ def _list_segments(directory: Path) -> list[_Segment]:
 
 
 def _recover(
-    directory: Path, max_payload_bytes: int, allow_mid_corruption: bool
+    directory: Path, max_payload_bytes: int, allow_mid_corruption: bool, covered_seq: int = 0
 ) -> tuple[list[_Segment], RecoveryReport]:
-    """Verify every segment, repair a bad tail, and return the segments with a report."""
+    """Verify every segment (but those ``covered_seq`` makes unneeded), repair a bad tail, and return
+    the segments with a report."""
     segments = _list_segments(directory)
     report = RecoveryReport(segments=len(segments))
     if not segments:
@@ -723,10 +882,19 @@ def _recover(
         _fsync_directory(directory)
         return [first], RecoveryReport(segments=1)
 
-    contents = [segment.path.read_bytes() for segment in segments]
+    # Segments a snapshot covers whole (their successor starts by covered_seq + 1): never replayed.
+    skipped = 0
+    while skipped + 1 < len(segments) and segments[skipped + 1].first_seq <= covered_seq + 1:
+        skipped += 1
+    contents = [b"" if index < skipped else s.path.read_bytes() for index, s in enumerate(segments)]
     record_ends: list[int] = []  # per segment, where its good records end
-    expected_first = segments[0].first_seq
+    expected_first = segments[skipped].first_seq
+    if skipped:
+        report.first_seq = segments[0].first_seq
     for index, (segment, data) in enumerate(zip(segments, contents, strict=True)):
+        if index < skipped:
+            record_ends.append(0)
+            continue
         if segment.first_seq != expected_first:
             # A segment is missing: everything in this one comes after the hole.
             scan = _ScanResult(
@@ -740,7 +908,7 @@ def _recover(
             scan = _scan_segment(data, segment.first_seq, max_payload_bytes)
             resync_from = scan.good_end + 1
         if scan.records:
-            if not report.records:
+            if not report.records and not skipped:
                 report.first_seq = segment.first_seq
             report.records += scan.records
             report.last_seq = scan.last_seq

@@ -1,11 +1,18 @@
-"""The C CRC-32 the journal writer frames records with equals zlib's (Python recovery checks with zlib)."""
+"""The C CRC-32 the journal writer frames records with equals zlib's (Python recovery checks with zlib);
+the writer thread's Python wrapper."""
 
 from __future__ import annotations
 
+import os
 import random
+import struct
 import zlib
+from pathlib import Path
 
-from hftgate.native.journal_writer import crc32
+import pytest
+
+from hftgate.native.journal_writer import JournalWriterThread, crc32
+from hftgate.native.queues import MpscQueue
 
 
 def test_crc32_equals_zlib_on_random_data_and_chains() -> None:
@@ -17,3 +24,40 @@ def test_crc32_equals_zlib_on_random_data_and_chains() -> None:
         assert crc32(data[split:], crc32(data[:split])) == zlib.crc32(data)
     view = memoryview(bytearray(b"unaligned start")).cast("B")[1:]
     assert crc32(view) == zlib.crc32(bytes(view))
+
+
+def test_writer_status_reports_space_fields_and_a_joined_writer_refuses_requests(tmp_path: Path) -> None:
+    queue = MpscQueue(64, 64)
+    segment = tmp_path / "00000000000000000001.journal"
+    fd = os.open(segment, os.O_WRONLY | os.O_CREAT, 0o644)
+    notify = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        writer = JournalWriterThread(
+            queue,
+            directory=tmp_path,
+            fd=fd,
+            segment_bytes=0,
+            preallocate_bytes=0,
+            segment_max_bytes=1 << 20,
+            next_seq=1,
+            sync_before_ack=True,
+            notify_fd=notify,
+            batch_max_records=8,
+            max_payload_bytes=48,
+            space_retry_max_ms=5,
+        )
+        status = writer.status()
+        assert (status.blocked, status.blocked_error, status.blocked_bytes, status.stalls) == (False, 0, 0, 0)
+        assert writer.progress() == (0, False, False)
+        writer.request_rotation()  # nothing written yet: no empty segment is started
+        writer.abort()  # not blocked: nothing to give up, the writer goes on
+        queue.try_push(struct.pack("<QIBB2x", 1, 3, 0, 0) + b"abc".ljust(48, b"\0"))
+        queue.close()
+        final = writer.join()
+        assert final.acked_seq == 1 and not final.failed and final.rotations == 0
+        for request in (writer.request_rotation, writer.abort, writer.status):
+            with pytest.raises(RuntimeError, match="joined"):
+                request()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [segment.name]
+    finally:
+        os.close(notify)

@@ -21,6 +21,7 @@ from services.execution.journal import (
     Journal,
     JournalCorruption,
     JournalFailed,
+    JournalUnwritable,
 )
 
 APPENDER = Path(__file__).with_name("journal_appender.py")
@@ -299,6 +300,31 @@ async def test_segments_rotate_and_truncate_before_drops_only_whole_old_segments
     assert [r.seq for r in Journal.open(tmp_path).replay(after_seq=140)] == list(range(141, 152))
 
 
+async def test_segments_a_snapshot_covers_are_not_read_on_open_and_a_rotation_request_cuts_one(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.open(tmp_path, segment_max_bytes=1_000)
+    journal.start()
+    for _ in range(20):  # 20 batches of 5 records, several segments
+        await asyncio.gather(*(journal.append(payload(journal.next_seq)) for _ in range(5)))
+    journal.request_rotation()  # e.g. right after a snapshot at seq 100
+    assert await journal.append(b"after the snapshot") == 101
+    await journal.close()
+    segments = segments_of(tmp_path)
+    assert segments[-1].name == "00000000000000000101.journal"  # the request started a segment there
+    flip_bit(segments[1], 30)  # damage inside a segment the snapshot covers
+
+    with pytest.raises(JournalCorruption):
+        Journal.open(tmp_path)  # a whole-journal open reads it and refuses
+    opened = Journal.open(tmp_path, covered_seq=100)  # covered: never read, never replayed
+    assert opened.recovery.first_seq == 1 and opened.next_seq == 102
+    assert [(r.seq, r.payload) for r in opened.replay(after_seq=100)] == [(101, b"after the snapshot")]
+    assert opened.replayed_records == 1 and opened.replayed_bytes == RECORD_HEADER_BYTES + 18
+    # Only segments wholly before covered_seq + 1 are skipped: damage after it is still found.
+    with pytest.raises(JournalCorruption):
+        Journal.open(tmp_path, covered_seq=5)
+
+
 async def test_a_missing_middle_segment_refuses_to_open(tmp_path: Path) -> None:
     journal = Journal.open(tmp_path, segment_max_bytes=500)
     journal.start()
@@ -343,24 +369,64 @@ def test_a_record_limit_the_queue_cannot_carry_is_refused(tmp_path: Path) -> Non
     assert journal.slots_for(63 * 64 + 48) == 64  # the default limit is what the queue carries
 
 
-async def test_a_failing_disk_fails_pending_and_later_appends(tmp_path: Path) -> None:
-    journal = Journal.open(tmp_path)
-    journal.start()
-    assert await journal.append(b"durable") == 1
-    # Swap the writer's segment fd for /dev/full under it: its next write fails with ENOSPC.
-    segment = tmp_path / "00000000000000000001.journal"
+def _swap_writer_fd(segment: Path, replacement: str, flags: int) -> None:
+    """Put ``replacement`` under the writer's segment fd (found through /proc/self/fd)."""
     (writer_fd,) = [
         int(fd.name) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink() and fd.resolve() == segment
     ]
-    full = os.open("/dev/full", os.O_WRONLY)
-    os.dup2(full, writer_fd)
-    os.close(full)
+    other = os.open(replacement, flags)
+    os.dup2(other, writer_fd)
+    os.close(other)
+
+
+async def test_an_io_error_other_than_no_space_fails_pending_and_later_appends(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    changes: list[bool] = []
+    journal.on_writable_change(changes.append)
+    journal.start()
+    assert await journal.append(b"durable") == 1
+    # A read-only fd under the writer: its next write fails with EBADF, which no wait cures.
+    _swap_writer_fd(tmp_path / "00000000000000000001.journal", "/dev/null", os.O_RDONLY)
     future = journal.append(b"never durable")
-    with pytest.raises(JournalFailed, match="No space left on device"):
+    with pytest.raises(JournalFailed, match=r"write of .* failed"):
         await future
     with pytest.raises(JournalFailed):
         journal.append(b"refused")
+    with pytest.raises(JournalFailed):
+        journal.check_writable()
+    assert changes == [False] and not journal.writable  # health turns NOT_SERVING, for good
     await journal.close()
+    assert [seq for seq, _ in replayed(tmp_path)] == [1]
+
+
+async def test_a_disk_that_stays_full_refuses_inputs_and_a_stop_gives_up_what_was_never_acked(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.open(tmp_path, space_retry_max_ms=5, close_blocked_timeout_s=0.2)
+    changes: list[bool] = []
+    journal.on_writable_change(changes.append)
+    journal.start()
+    assert await journal.append(b"durable") == 1
+    # /dev/full under the writer: every write fails with ENOSPC, as on a full disk that never frees.
+    _swap_writer_fd(tmp_path / "00000000000000000001.journal", "/dev/full", os.O_WRONLY)
+    future = journal.append(b"waits for space")
+    for _ in range(500):
+        if not journal.writable:
+            break
+        await asyncio.sleep(0.01)
+    assert changes == [False]
+    assert not future.done()  # the writer still holds it and retries: not acked, not failed
+    with pytest.raises(JournalUnwritable, match=r"disk is full \(No space left on device, ENOSPC\)"):
+        journal.check_writable()
+    status = journal.writer_status()
+    assert status.blocked and status.stalls == 1 and status.blocked_bytes > 0 and not status.failed
+    await asyncio.sleep(0.05)
+    assert journal.writer_status().space_retries >= 2
+    started = time.monotonic()
+    await journal.close()  # gives up after close_blocked_timeout_s: the record was never acknowledged
+    assert time.monotonic() - started < 5
+    with pytest.raises(JournalFailed, match=r"waiting for .* bytes of disk space"):
+        await future
     assert [seq for seq, _ in replayed(tmp_path)] == [1]
 
 
