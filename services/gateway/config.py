@@ -1,0 +1,109 @@
+"""Configuration of the gateway, from ``HFTGATE_GATEWAY_*`` environment variables.
+
+Every field below is read from ``HFTGATE_GATEWAY_<FIELD NAME IN UPPER CASE>``; e.g.
+``HFTGATE_GATEWAY_EXECUTION_SHARDS=0=127.0.0.1:50051,1=127.0.0.1:50061``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hftgate import shardmap
+from hftgate.config import default_state_dir, from_env
+
+ENV_PREFIX = "HFTGATE_GATEWAY_"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Every setting of the gateway, with its unit in its name."""
+
+    # Interface and port to listen on.
+    host: str = "127.0.0.1"
+    port: int = 50050
+    # How long a stopping gateway lets in-flight calls finish.
+    shutdown_grace_s: float = 5.0
+    # Where the default SQLite shard map lives (<state_dir>/shardmap/); empty = HFTGATE_STATE_DIR.
+    state_dir: str = ""
+
+    # The shard map (hftgate/shardmap.py): SQLAlchemy async URL; empty = HFTGATE_SHARD_MAP_DATABASE_URL,
+    # else DATABASE_URL, else SQLite under the state directory (the same file every process reads).
+    shard_map_database_url: str = ""
+    shard_map_table: str = shardmap.DEFAULT_TABLE
+    shard_map_name: str = shardmap.DEFAULT_MAP_NAME
+    # The map to store when none is stored yet ("ID=HOST:PORT" or "HOST:PORT", comma separated);
+    # empty = one shard, id 0, at 127.0.0.1:50051 owning everything. Once a map is stored it is
+    # the truth: this setting is then only compared with it (a difference is logged).
+    execution_shards: tuple[str, ...] = ()
+    # How often the stored map's epoch is read for changes.
+    shard_map_poll_ms: int = 500
+
+    # Reference data (API keys -> accounts), as the execution service reads it: through the cache
+    # service (as principal "gateway") when an address is set, else the cache's SQL table directly.
+    cache_address: str = ""
+    reference_database_url: str = ""
+    reference_table: str = "cache_entries"
+    reference_local_ttl_ms: int = 1_000
+
+    # The deadline a forwarded unary call gets when its client set none (a shard that hangs must
+    # not hold the call forever); a client's own deadline is always propagated as it is.
+    default_deadline_ms: int = 10_000
+    # Largest SubmitOrders batch the gateway splits (the shards' own limit applies per shard).
+    max_batch_orders: int = 10_000
+    # (account, client order id) -> shard routes remembered from submissions, so a cancel, replace or
+    # get by client order id goes to one shard; older routes are forgotten past this many.
+    max_routes: int = 200_000
+    # Whether the shards allocate order ids with their shard id in bits 48..62 (hftgate/shardmap.py).
+    # Then a cancel, replace or get by order id goes straight to that shard. Off (until the execution
+    # service allocates ids that way): ids of different shards collide, so the gateway asks every
+    # shard (read-only GetOrder) and refuses an id that more than one shard has for the account.
+    order_id_shard_bits: bool = False
+    # Also forward the caller's API key to the shard. On until the execution service trusts the
+    # account header from the gateway principal (then the key is checked only here).
+    forward_api_key: bool = True
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def state_path(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else default_state_dir()
+
+    def shard_map_url(self, environ: Mapping[str, str] | None = None) -> str:
+        if self.shard_map_database_url:
+            return self.shard_map_database_url
+        return shardmap.default_url(environ, self.state_path())
+
+    def initial_map(self) -> shardmap.ShardMap:
+        """The map to store when none exists yet."""
+        if not self.execution_shards:
+            return shardmap.ShardMap.single()
+        return shardmap.ShardMap(1, shardmap.parse_shards(self.execution_shards))
+
+    def reference_url(self) -> str:
+        """The reference store's SQL URL; by default the cache service's own SQLite file."""
+        if self.reference_database_url:
+            return self.reference_database_url
+        if os.environ.get("DATABASE_URL"):
+            return os.environ["DATABASE_URL"]
+        cache_state = os.environ.get("HFTGATE_CACHE_STATE_DIR") or str(default_state_dir() / "cache")
+        return f"sqlite+aiosqlite:///{Path(cache_state) / 'cache.sqlite3'}"
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The configuration from the environment; fails fast on a value that cannot work."""
+    config = from_env(GatewayConfig, ENV_PREFIX, environ)
+    if config.execution_shards:
+        try:
+            config.initial_map()
+        except shardmap.ShardMapError as exc:
+            raise ValueError(f"{ENV_PREFIX}EXECUTION_SHARDS: {exc}") from None
+    for name in ("shard_map_poll_ms", "default_deadline_ms", "max_batch_orders", "max_routes"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1, not {getattr(config, name)}")
+    if config.reference_local_ttl_ms < 1:
+        raise ValueError(f"{ENV_PREFIX}REFERENCE_LOCAL_TTL_MS must be at least 1")
+    return config

@@ -1,0 +1,107 @@
+"""One shard owns everything (the default map): every call, streams included, goes through the
+gateway to it unread; the map is stored on first start and the stored map wins afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hftgate.shardmap import Shard, ShardMap, ShardMapStore
+from hftgate.v1 import execution_pb2 as api
+from hftgate.v1 import execution_pb2_grpc as api_grpc
+from services.execution.server import ExecutionServer
+from services.execution.server import start as start_execution
+from services.gateway.server import GatewayServer
+from services.gateway.server import start as start_gateway
+from tests.services.execution.conftest import execution_config
+from tests.services.gateway.conftest import ALICE, gateway_config, new_order
+
+
+@pytest.fixture
+async def one_shard(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[ExecutionServer, GatewayServer, api_grpc.ExecutionServiceStub]]:
+    reference = f"sqlite+aiosqlite:///{tmp_path / 'reference.sqlite3'}"
+    shard = await start_execution(execution_config(tmp_path / "shard", reference_database_url=reference))
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shardmap.sqlite3'}"
+    gateway = await start_gateway(
+        gateway_config(tmp_path, url, execution_shards=(f"127.0.0.1:{shard.port}",))
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+    try:
+        yield shard, gateway, api_grpc.ExecutionServiceStub(channel)
+    finally:
+        await channel.close(None)
+        await gateway.stop(0)
+        await shard.stop(0.5)
+
+
+async def test_first_start_stores_the_configured_map(one_shard: tuple) -> None:  # type: ignore[type-arg]
+    shard, gateway, _ = one_shard
+    assert gateway.app.shard_map == ShardMap(1, [Shard(0, f"127.0.0.1:{shard.port}")])
+    stored = await gateway.app.store.load()
+    assert stored == gateway.app.shard_map
+
+
+async def test_unary_calls_pass_through_to_the_one_shard(one_shard: tuple) -> None:  # type: ignore[type-arg]
+    _, gateway, stub = one_shard
+    ack = (
+        await stub.SubmitOrder(api.SubmitOrderRequest(order=new_order("s1", "BTCUSDT")), metadata=ALICE)
+    ).ack
+    assert ack.status == api.ORDER_STATUS_NEW and ack.durable
+    got = await stub.GetOrder(api.GetOrderRequest(order_id=ack.order_id), metadata=ALICE)
+    assert got.order.request.client_order_id == "s1"
+    batch = await stub.SubmitOrders(
+        api.SubmitOrdersRequest(orders=[new_order("s2", "ETHUSDT"), new_order("s3", "ESZ4")]), metadata=ALICE
+    )
+    assert [a.client_order_id for a in batch.acks] == ["s2", "s3"]
+    canceled = await stub.CancelOrder(api.CancelOrderRequest(order_id=ack.order_id), metadata=ALICE)
+    assert canceled.ack.status == api.ORDER_STATUS_CANCELED
+    everything = await stub.CancelAll(api.CancelAllRequest(), metadata=ALICE)
+    assert len(everything.canceled_order_ids) == 2
+    stats = await stub.GetStats(api.GetStatsRequest(), metadata=ALICE)
+    assert stats.orders_received == 3
+    # The shard's own refusals pass through unchanged.
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await stub.SubmitOrders(api.SubmitOrdersRequest(), metadata=ALICE)
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the batch is empty" in (empty.value.details() or "")
+    assert gateway.forwarder.sent == {0: 7}
+
+
+async def test_streams_pass_through_to_the_one_shard(one_shard: tuple) -> None:  # type: ignore[type-arg]
+    _, _, stub = one_shard
+    reports = stub.StreamExecutions(api.StreamExecutionsRequest(live_only=True), metadata=ALICE)
+
+    async def requests() -> AsyncIterator[api.OrderStreamRequest]:
+        yield api.OrderStreamRequest(inputs=[api.OrderInput(new_order=new_order("st1", "BTCUSDT"))])
+        await asyncio.sleep(0.2)
+
+    session = stub.OrderStream(requests(), metadata=ALICE)
+    first = await asyncio.wait_for(session.read(), 5)
+    assert [a.client_order_id for a in first.acks] == ["st1"]
+    assert first.acks[0].status == api.ORDER_STATUS_NEW
+    report = await asyncio.wait_for(reports.read(), 5)
+    assert report.client_order_id == "st1" and report.exec_type == api.EXEC_TYPE_NEW
+    reports.cancel()
+    session.cancel()
+
+
+async def test_the_stored_map_wins_over_the_config(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shardmap.sqlite3'}"
+    store = ShardMapStore(url)
+    await store.start()
+    stored = await store.create(ShardMap(3, [Shard(4, "127.0.0.1:7")]))
+    await store.close()
+    reference = f"sqlite+aiosqlite:///{tmp_path / 'reference.sqlite3'}"
+    seeder = await start_execution(execution_config(tmp_path / "seed", reference_database_url=reference))
+    await seeder.stop(0)
+    gateway = await start_gateway(gateway_config(tmp_path, url, execution_shards=("127.0.0.1:50051",)))
+    try:
+        assert gateway.app.shard_map == stored
+    finally:
+        await gateway.stop(0)
