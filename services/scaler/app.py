@@ -1,0 +1,385 @@
+"""The scaler's composition root and control loop; no gRPC import.
+
+:class:`Scaler` owns the registry (registry.py), the policies, each service's scaling memory and
+the decision log, and drives the back ends (backends.py). Per service with a policy it evaluates
+the rule (decisions.py) every ``evaluation_interval_ms``; a monitor task every
+``monitor_interval_ms`` notices replicas that died (and starts a replacement at once) and forgets
+replicas the scaler did not start that stopped reporting.
+
+Who may do what (the control plane's rule, enforced here so every entry point gets it):
+a report only from the service principal of the service it reports for; a policy change only
+from ``admin``. A refused call changes nothing.
+
+Bounds: the decision log keeps ``max_decisions`` (oldest dropped); the registry's own bounds
+(registry.py); a policy only for the services a back end can run (:data:`RUNNABLE_SERVICES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from hftgate.security import ADMIN
+from services.scaler.backends import RUNNABLE_SERVICES, Backend, BackendError
+from services.scaler.config import ScalerConfig
+from services.scaler.decisions import (
+    Action,
+    Decision,
+    InvalidPolicy,
+    Metric,
+    Policy,
+    ScalingMemory,
+    decide,
+)
+from services.scaler.registry import MAX_ID_CHARS, Registry, Replica, ReplicaState, Report
+
+log = logging.getLogger(__name__)
+
+
+class PermissionDenied(Exception):
+    """The caller's principal may not do this (PERMISSION_DENIED)."""
+
+
+class NotFound(Exception):
+    """No policy for the service, or a service no back end runs (NOT_FOUND)."""
+
+
+class InvalidArgument(InvalidPolicy):
+    """A malformed request field (INVALID_ARGUMENT with a BadRequest naming the field)."""
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    decision_id: int
+    decision: Decision
+    applied: bool
+    error: str = ""
+
+
+def validate_report(report: Report) -> None:
+    """INVALID_ARGUMENT for the first malformed field of ``report``."""
+    if not report.service:
+        raise InvalidArgument("metrics.service", "must not be empty")
+    if not report.replica_id:
+        raise InvalidArgument("metrics.replica_id", "must not be empty")
+    if len(report.replica_id) > MAX_ID_CHARS or not report.replica_id.isprintable():
+        raise InvalidArgument("metrics.replica_id", f"must be at most {MAX_ID_CHARS} printable characters")
+    for name in ("cpu_cores", "orders_per_s"):
+        value = getattr(report, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise InvalidArgument(f"metrics.{name}", f"must be a finite number >= 0, not {value!r}")
+    for name in ("inflight_requests", "p99_latency_ns", "queue_depth"):
+        if getattr(report, name) < 0:
+            raise InvalidArgument(f"metrics.{name}", f"must be >= 0, not {getattr(report, name)}")
+    if report.interval_ms <= 0:
+        raise InvalidArgument("metrics.interval_ms", f"must be > 0, not {report.interval_ms}")
+
+
+class Scaler:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        config: ScalerConfig,
+        backends: dict[str, Backend],
+        *,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.backends = backends
+        self.clock = clock
+        self.registry = Registry(
+            clock,
+            max_replicas_per_service=config.max_replicas_per_service,
+            max_reports_per_replica=config.max_reports_per_replica,
+            max_watchers=config.max_watchers,
+            max_queued_per_watcher=config.max_queued_per_watcher,
+        )
+        self.policies: dict[str, Policy] = {}
+        self.memories: dict[str, ScalingMemory] = {}
+        self.decisions: deque[DecisionRecord] = deque(maxlen=config.max_decisions)
+        self._next_decision_id = 1
+        self._next_replica = 1
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._monitor: asyncio.Task[None] | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.restarts = 0
+        self._run_loops = False
+
+    # --- policies ----------------------------------------------------------------------------
+    def effective_policy(self, policy: Policy) -> Policy:
+        """``policy`` with the scaler's defaults for its zero fields; validated."""
+        if policy.service not in RUNNABLE_SERVICES:
+            if not policy.service:
+                raise InvalidArgument("policy.service", "must not be empty")
+            raise NotFound(
+                f"the scaler does not know how to run {policy.service!r}; "
+                f"it runs {', '.join(sorted(RUNNABLE_SERVICES))}"
+            )
+        backend = policy.backend or self.config.default_backend
+        if backend not in self.backends:
+            raise InvalidArgument(
+                "policy.backend",
+                f"{backend!r} is not configured; configured: {', '.join(sorted(self.backends))}",
+            )
+        effective = replace(
+            policy,
+            max_replicas=policy.max_replicas or max(self.config.default_max_replicas, policy.min_replicas),
+            evaluation_interval_ms=policy.evaluation_interval_ms or self.config.evaluation_interval_ms,
+            stale_after_ms=policy.stale_after_ms or self.config.stale_after_ms,
+            backend=backend,
+        )
+        try:
+            effective.validate()
+        except InvalidPolicy as exc:
+            raise InvalidArgument(f"policy.{exc.field}", exc.description) from None
+        return effective
+
+    def set_policy(self, principal: str | None, policy: Policy | Callable[[], Policy]) -> Policy:
+        """Replace the policy of its service (admin only); ``policy`` may be a function that builds
+        it, called only once the principal is allowed."""
+        if principal != ADMIN:
+            raise PermissionDenied(f"only admin may change scaling policies, not {principal or 'an account'}")
+        effective = self.effective_policy(policy if isinstance(policy, Policy) else policy())
+        self.policies[effective.service] = effective
+        self.memories.setdefault(effective.service, ScalingMemory())
+        self._ensure_loop(effective.service)
+        log.info("policy of %s: %s", effective.service, effective)
+        return effective
+
+    def get_policy(self, service: str) -> Policy:
+        policy = self.policies.get(service)
+        if policy is None:
+            raise NotFound(f"no scaling policy for {service!r}")
+        return policy
+
+    # --- reports -----------------------------------------------------------------------------
+    def report(self, principal: str | None, report: Report) -> tuple[bool, int]:
+        """Record a replica's report; returns (drain, report interval in ms)."""
+        if not report.service:
+            raise InvalidArgument("metrics.service", "must not be empty")
+        if principal is None or principal != report.service:
+            raise PermissionDenied(
+                f"{principal or 'an account'} may not report metrics for {report.service!r}: "
+                "a service reports for itself only"
+            )
+        validate_report(report)
+        if report.service not in self.policies:
+            raise NotFound(f"no scaling policy for {report.service!r}")
+        replica = self.registry.report(report)
+        return replica.state is ReplicaState.DRAINING, self.config.report_interval_ms
+
+    # --- decisions ---------------------------------------------------------------------------
+    def get_decisions(self, service: str = "", since_ns: int = 0, limit: int = 0) -> list[DecisionRecord]:
+        found = []
+        for record in reversed(self.decisions):
+            if record.decision.decided_ns <= since_ns:
+                break
+            if service and record.decision.service != service:
+                continue
+            found.append(record)
+            if limit and len(found) >= limit:
+                break
+        return found
+
+    async def evaluate(self, service: str) -> DecisionRecord:
+        """Evaluate the rule for ``service`` once and carry the decision out."""
+        lock = self._locks.setdefault(service, asyncio.Lock())
+        async with lock:
+            policy = self.get_policy(service)
+            memory = self.memories.setdefault(service, ScalingMemory())
+            now = self.clock()
+            loads = self.registry.loads(service, policy.metric, policy.stale_after_ms)
+            decision = decide(now, policy, loads, memory)
+            change = decision.desired_replicas - decision.current_replicas
+            error = ""
+            done = 0
+            if decision.action is Action.SCALE_UP:
+                done, error = await self._scale_up(policy, change)
+            elif decision.action is Action.SCALE_DOWN:
+                done = -self._scale_down(policy, -change)
+            memory.record_scaling(now, done)
+            record = DecisionRecord(self._next_decision_id, decision, applied=not error, error=error)
+            self._next_decision_id += 1
+            self.decisions.append(record)
+            if decision.action is not Action.HOLD:
+                log.info("decision %d for %s: %s", record.decision_id, service, decision.reason)
+            return record
+
+    async def _start_one(self, policy: Policy, backend: Backend, target_count: int) -> Replica:
+        replica_id = f"{policy.service}-{self._next_replica}"
+        self._next_replica += 1
+        self.registry.add(policy.service, replica_id, backend=backend.name, state=ReplicaState.STARTING)
+        try:
+            started = await backend.start(policy.service, replica_id, target_count)
+        except BackendError:
+            self.registry.remove(policy.service, replica_id, ReplicaState.FAILED)
+            raise
+        replica = self.registry.update(
+            policy.service,
+            replica_id,
+            address=started.address,
+            backend_handle=started.handle,
+            state=ReplicaState.READY,
+        )
+        if replica is None:  # removed meanwhile (a policy change, shutdown): stop what started
+            await backend.stop(policy.service, replica_id, started.handle, target_count - 1)
+            raise BackendError(f"replica {replica_id} was removed while starting")
+        return replica
+
+    async def _scale_up(self, policy: Policy, count: int) -> tuple[int, str]:
+        backend = self.backends[policy.backend]
+        base = len(self.registry.counted(policy.service))
+        results = await asyncio.gather(
+            *(self._start_one(policy, backend, base + index + 1) for index in range(count)),
+            return_exceptions=True,
+        )
+        errors = [str(r) for r in results if isinstance(r, BaseException)]
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        return count - len(errors), "; ".join(errors)
+
+    def _scale_down(self, policy: Policy, count: int) -> int:
+        """Mark the newest ``count`` replicas DRAINING; each is stopped after ``drain_ms``."""
+        counted = sorted(
+            self.registry.counted(policy.service), key=lambda r: (r.started_ns, r.replica_id), reverse=True
+        )
+        victims = counted[:count]
+        remaining = len(counted) - len(victims)
+        for replica in victims:
+            self.registry.update(policy.service, replica.replica_id, state=ReplicaState.DRAINING)
+            self._spawn(self._drain_and_stop(replica, remaining))
+        return len(victims)
+
+    async def _drain_and_stop(self, replica: Replica, target_count: int) -> None:
+        await asyncio.sleep(self.config.drain_ms / 1000)
+        backend = self.backends.get(replica.backend)
+        if backend is None:
+            # Not ours: told to drain in its report replies; forgotten when it stops reporting.
+            return
+        try:
+            await backend.stop(replica.service, replica.replica_id, replica.backend_handle, target_count)
+            self.registry.remove(replica.service, replica.replica_id, ReplicaState.STOPPED)
+        except BackendError as exc:
+            log.warning("could not stop %s/%s: %s", replica.service, replica.replica_id, exc)
+            self.registry.remove(replica.service, replica.replica_id, ReplicaState.FAILED)
+
+    # --- the loops ---------------------------------------------------------------------------
+    def _spawn(self, coroutine: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _ensure_loop(self, service: str) -> None:
+        if not self._run_loops:
+            return  # before start(), or tests that evaluate by hand
+        if service not in self._loops or self._loops[service].done():
+            self._loops[service] = asyncio.get_running_loop().create_task(self._evaluate_forever(service))
+
+    async def _evaluate_forever(self, service: str) -> None:
+        while True:
+            try:
+                await self.evaluate(service)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("evaluation of %s failed", service)
+            policy = self.policies.get(service)
+            interval = policy.evaluation_interval_ms if policy else self.config.evaluation_interval_ms
+            await asyncio.sleep(interval / 1000)
+
+    async def check_replicas(self) -> list[tuple[str, str, str]]:
+        """Notice replicas that died (restarting each at once) and forget silent outsiders."""
+        dead: list[tuple[str, str, str]] = []
+        for backend in self.backends.values():
+            dead += backend.exited()
+        for service, replica_id, why in dead:
+            known = self.registry.get(service, replica_id)
+            was_draining = known is not None and known.state is ReplicaState.DRAINING
+            replica = self.registry.remove(service, replica_id, ReplicaState.FAILED)
+            log.warning("%s replica %s %s", service, replica_id, why)
+            policy = self.policies.get(service)
+            if replica is None or policy is None or was_draining:
+                continue  # a draining replica that exits early has done what it was asked
+            restart_on = self.backends.get(replica.backend)
+            if restart_on is None:
+                continue
+            self.restarts += 1
+            self._spawn(self._restart(policy, restart_on))
+        for replica in self.registry.expire(self.config.forget_after_ms):
+            log.warning(
+                "forgot %s replica %s: no report for %d ms",
+                replica.service,
+                replica.replica_id,
+                self.config.forget_after_ms,
+            )
+        return dead
+
+    async def _restart(self, policy: Policy, backend: Backend) -> None:
+        try:
+            await self._start_one(policy, backend, len(self.registry.counted(policy.service)) + 1)
+        except BackendError as exc:
+            log.warning("restart of a %s replica failed: %s", policy.service, exc)
+
+    async def _monitor_forever(self) -> None:
+        while True:
+            try:
+                await self.check_replicas()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replica check failed")
+            await asyncio.sleep(self.config.monitor_interval_ms / 1000)
+
+    async def start(self, *, loops: bool = True) -> None:
+        """Start the evaluation loops of the configured policies and the monitor."""
+        if not loops:
+            return
+        self._run_loops = True
+        for service in self.policies:
+            self._ensure_loop(service)
+        self._monitor = asyncio.get_running_loop().create_task(self._monitor_forever())
+
+    async def close(self) -> None:
+        tasks = [*self._loops.values(), *self._background]
+        if self._monitor is not None:
+            tasks.append(self._monitor)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loops.clear()
+        for backend in self.backends.values():
+            await backend.close()
+
+
+def parse_policies(specs: tuple[str, ...]) -> list[Policy]:
+    """``service:metric:target:min:max`` items of HFTGATE_SCALER_POLICIES."""
+    policies = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) != 5:
+            raise ValueError(f"policy {spec!r}: expected service:metric:target:min:max")
+        service, metric, target, low, high = parts
+        try:
+            policies.append(
+                Policy(
+                    service=service,
+                    metric=Metric(metric),
+                    target_value=float(target),
+                    min_replicas=int(low),
+                    max_replicas=int(high),
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"policy {spec!r}: {exc}") from None
+    return policies

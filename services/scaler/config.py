@@ -1,0 +1,84 @@
+"""Configuration of the scaler, from ``HFTGATE_SCALER_*`` environment variables.
+
+``HFTGATE_SCALER_POLICIES`` gives start-up policies, comma-separated, each
+``service:metric:target:min:max`` (e.g. ``marketdata:inflight_requests:50:1:4``); the admin
+changes them at run time with SetPolicy. Policies not given there do not exist until then.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hftgate.config import ConfigError, default_state_dir, from_env, repo_root
+
+ENV_PREFIX = "HFTGATE_SCALER_"
+
+
+@dataclass(frozen=True)
+class ScalerConfig:
+    """Every setting of the scaler, with its unit in its name."""
+
+    host: str = "127.0.0.1"
+    port: int = 50054
+    #: Back end of policies that name none: local_process or docker_compose.
+    default_backend: str = "local_process"
+    #: Evaluation period of policies that give none.
+    evaluation_interval_ms: int = 15_000
+    #: What ReportMetricsResponse asks replicas to use.
+    report_interval_ms: int = 1_000
+    #: A replica silent this long counts as missing its metric (policies that give none).
+    stale_after_ms: int = 5_000
+    #: A replica the scaler did not start is dropped (FAILED) after this long without a report.
+    forget_after_ms: int = 60_000
+    #: Between marking a replica DRAINING (balancers move away) and sending it SIGTERM.
+    drain_ms: int = 2_000
+    #: How often dead replicas are looked for (and restarted).
+    monitor_interval_ms: int = 500
+    #: max_replicas of a SetPolicy that gives 0.
+    default_max_replicas: int = 4
+    #: Bounds of the scaler's tables (beyond them: RESOURCE_EXHAUSTED, or the oldest dropped).
+    max_replicas_per_service: int = 64
+    max_reports_per_replica: int = 120
+    max_decisions: int = 10_000
+    max_watchers: int = 64
+    max_queued_per_watcher: int = 1_024
+    #: Local back end: how long a new replica has to report SERVING, and its SIGTERM grace.
+    startup_timeout_s: float = 30.0
+    stop_grace_s: float = 10.0
+    #: Where local replicas keep their state (one folder each); empty = HFTGATE_STATE_DIR/scaler.
+    state_dir: str = ""
+    #: docker compose back end: the file and project.
+    compose_file: str = ""
+    compose_project: str = "hftgate"
+    policies: tuple[str, ...] = ()
+    shutdown_grace_ms: int = 5_000
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def state_path(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else default_state_dir() / "scaler"
+
+    def compose_path(self) -> Path:
+        return Path(self.compose_file) if self.compose_file else repo_root() / "docker-compose.yml"
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> ScalerConfig:
+    env = os.environ if environ is None else environ
+    config = from_env(ScalerConfig, ENV_PREFIX, env)
+    if config.default_backend not in ("local_process", "docker_compose"):
+        raise ConfigError(
+            f"{ENV_PREFIX}DEFAULT_BACKEND must be local_process or docker_compose, "
+            f"not {config.default_backend!r}"
+        )
+    for name in ("evaluation_interval_ms", "report_interval_ms", "stale_after_ms", "monitor_interval_ms"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, not {getattr(config, name)}")
+    for name in ("max_replicas_per_service", "max_reports_per_replica", "max_decisions", "max_watchers"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, not {getattr(config, name)}")
+    return config
