@@ -85,6 +85,12 @@ DEPENDENCY_ADDRESS_VARIABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("cache", "HFTGATE_EXECUTION_CACHE_ADDRESS"),
         ("marketdata", "HFTGATE_EXECUTION_MARKETDATA_ADDRESS"),
     ),
+    # One execution shard for now: the gateway stores it as the first shard map (a map already
+    # stored under the state directory wins) and checks API keys through the cache.
+    "gateway": (
+        ("execution", "HFTGATE_GATEWAY_EXECUTION_SHARDS"),
+        ("cache", "HFTGATE_GATEWAY_CACHE_ADDRESS"),
+    ),
 }
 
 

@@ -41,7 +41,9 @@ def free_port() -> int:
 
 
 def submit_one_order_with_a_demo_key(
-    address: str, channel_credentials: grpc.ChannelCredentials | None = None
+    address: str,
+    channel_credentials: grpc.ChannelCredentials | None = None,
+    client_order_id: str = "first-order",
 ) -> None:
     """What a new user does first: a limit order with a demo account's key is accepted durably."""
     import grpc
@@ -49,7 +51,7 @@ def submit_one_order_with_a_demo_key(
     from hftgate.v1 import common_pb2, execution_pb2, execution_pb2_grpc
 
     order = execution_pb2.NewOrder(
-        client_order_id="first-order",
+        client_order_id=client_order_id,
         symbol="BTCUSDT",
         side=common_pb2.SIDE_BUY,
         order_type=execution_pb2.ORDER_TYPE_LIMIT,
@@ -97,6 +99,11 @@ def test_every_built_service_starts_serves_health_and_stops_cleanly(tmp_path: ob
         execution = by_name.get("execution")
         if execution is not None:
             submit_one_order_with_a_demo_key(execution.address)
+        gateway = by_name.get("gateway")
+        if gateway is not None and execution is not None:
+            # The same first order through the front door, which routes it to the (only) shard.
+            assert gateway.env["HFTGATE_GATEWAY_EXECUTION_SHARDS"] == execution.address
+            submit_one_order_with_a_demo_key(gateway.address, client_order_id="first-order-via-gateway")
     finally:
         stop_services(running, grace_s=15)
     # SIGTERM is a graceful stop: every service drains and exits 0.

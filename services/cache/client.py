@@ -18,6 +18,14 @@ token, or an account's API key) and the channel uses their TLS, if any: the serv
 calls without them (UNAUTHENTICATED) and confines each caller to its namespace
 (PERMISSION_DENIED for reference rows it may not touch).
 
+Every call to the service is a CLIENT span (:class:`hftgate.telemetry.ClientSpan`) whose W3C
+``traceparent`` goes with the credentials' metadata, so the service's span of the call joins
+the caller's trace (execution's SubmitOrder -> cache Get). Attributes: the key's namespace
+(``hftgate.cache.key_prefix``, e.g. ``instrument:``; never the key itself, which may be an API
+key's hash), the batch size, and for reads whether the key was found and which level answered.
+Near-cache hits make no call and no span. The invalidation stream carries no trace: it lives
+as long as the client.
+
 Use one client per event loop. RPC errors surface as ``grpc.aio.AioRpcError``
 (INVALID_ARGUMENT for bad input, with a BadRequest detail; UNAVAILABLE when the service
 or its SQL store cannot be reached).
@@ -36,11 +44,30 @@ import grpc
 
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.security import ClientCredentials
+from hftgate.telemetry import ClientSpan
 from hftgate.v1 import cache_pb2, cache_pb2_grpc
 from services.cache.errorlog import RateLimitedLog
 from services.cache.l1 import NearCache, NearCacheStats
 
 log = logging.getLogger(__name__)
+
+_SERVICE = "/hftgate.v1.CacheService/"
+GET, GET_MANY, SET, SET_MANY = _SERVICE + "Get", _SERVICE + "GetMany", _SERVICE + "Set", _SERVICE + "SetMany"
+DELETE, INVALIDATE_PATTERN, STATS = _SERVICE + "Delete", _SERVICE + "InvalidatePattern", _SERVICE + "Stats"
+_KEY_PREFIX = "hftgate.cache.key_prefix"
+_BATCH_SIZE = "hftgate.batch_size"
+
+
+def _key_attributes(key: str) -> dict[str, str]:
+    """The span attributes of a call about ``key``: its namespace only (see the module docstring)."""
+    prefix, colon, _ = key.partition(":")
+    return {_KEY_PREFIX: prefix + colon} if colon else {}
+
+
+def _read_result(call: ClientSpan, response: cache_pb2.CacheGetResponse) -> None:
+    call.set("hftgate.cache.found", response.found)
+    if response.found:
+        call.set("hftgate.cache.level", int(response.served_from))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +191,11 @@ class CacheClient:
                 ttl_ms = self.near_cache.ttl_left_ms(entry)
                 return CachedValue(entry.value, entry.version, ttl_ms=ttl_ms, level=1)
             return await self._fetch(key)
-        response = await self._service().Get(
-            cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s, metadata=self._metadata
-        )
+        with ClientSpan(GET, self.target, self._metadata, _key_attributes(key)) as call:
+            response = await self._service().Get(
+                cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s, metadata=call.metadata
+            )
+            _read_result(call, response)
         return _from_proto(response)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
@@ -182,9 +211,13 @@ class CacheClient:
         if missing:
             token = self.near_cache.load_token()
             live = self.live
-            response = await self._service().GetMany(
-                cache_pb2.CacheGetManyRequest(keys=missing), timeout=self._timeout_s, metadata=self._metadata
-            )
+            with ClientSpan(GET_MANY, self.target, self._metadata, {_BATCH_SIZE: len(missing)}) as call:
+                response = await self._service().GetMany(
+                    cache_pb2.CacheGetManyRequest(keys=missing),
+                    timeout=self._timeout_s,
+                    metadata=call.metadata,
+                )
+                call.set("hftgate.cache.found", sum(1 for result in response.results if result.found))
             for key, result in zip(missing, response.results, strict=True):
                 found = _from_proto(result)
                 if live:
@@ -205,9 +238,11 @@ class CacheClient:
     async def _load(self, key: str) -> CachedValue | None:
         token = self.near_cache.load_token()
         live = self.live
-        response = await self._service().Get(
-            cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s, metadata=self._metadata
-        )
+        with ClientSpan(GET, self.target, self._metadata, _key_attributes(key)) as call:
+            response = await self._service().Get(
+                cache_pb2.CacheGetRequest(key=key), timeout=self._timeout_s, metadata=call.metadata
+            )
+            _read_result(call, response)
         found = _from_proto(response)
         if live:
             self._keep(key, found, response.near_cache_ttl_ms, token)
@@ -227,11 +262,13 @@ class CacheClient:
         """Write ``key`` through every level (``cache_only``: not to SQL)."""
         token = self.near_cache.load_token()
         live = self.live
-        response = await self._service().Set(
-            cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl_ms, cache_only=cache_only),
-            timeout=self._timeout_s,
-            metadata=self._metadata,
-        )
+        with ClientSpan(SET, self.target, self._metadata, _key_attributes(key)) as call:
+            response = await self._service().Set(
+                cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl_ms, cache_only=cache_only),
+                timeout=self._timeout_s,
+                metadata=call.metadata,
+            )
+            call.set("hftgate.cache.applied", response.applied)
         if response.applied and live:
             self._keep(key, CachedValue(value, response.version, ttl_ms), 0, token)
         else:
@@ -246,9 +283,12 @@ class CacheClient:
             cache_pb2.CacheSetRequest(key=key, value=value, ttl_ms=ttl_ms, cache_only=cache_only)
             for key, value in items
         ]
-        response = await self._service().SetMany(
-            cache_pb2.CacheSetManyRequest(entries=requests), timeout=self._timeout_s, metadata=self._metadata
-        )
+        with ClientSpan(SET_MANY, self.target, self._metadata, {_BATCH_SIZE: len(requests)}) as call:
+            response = await self._service().SetMany(
+                cache_pb2.CacheSetManyRequest(entries=requests),
+                timeout=self._timeout_s,
+                metadata=call.metadata,
+            )
         for request in requests:
             self.near_cache.delete(request.key)
         return [SetResult(r.applied, r.version) for r in response.results]
@@ -256,9 +296,10 @@ class CacheClient:
     async def delete(self, key: str) -> int:
         """Delete ``key`` everywhere; returns the delete's version."""
         self.near_cache.delete(key)
-        response = await self._service().Delete(
-            cache_pb2.CacheDeleteRequest(key=key), timeout=self._timeout_s, metadata=self._metadata
-        )
+        with ClientSpan(DELETE, self.target, self._metadata, _key_attributes(key)) as call:
+            response = await self._service().Delete(
+                cache_pb2.CacheDeleteRequest(key=key), timeout=self._timeout_s, metadata=call.metadata
+            )
         self.near_cache.delete(key)
         return int(response.version)
 
@@ -267,18 +308,20 @@ class CacheClient:
     ) -> cache_pb2.CacheInvalidatePatternResponse:
         """Drop every key matching the glob everywhere (``keep_durable``: not from SQL)."""
         self.near_cache.delete_matching(pattern)
-        response: cache_pb2.CacheInvalidatePatternResponse = await self._service().InvalidatePattern(
-            cache_pb2.CacheInvalidatePatternRequest(pattern=pattern, keep_durable=keep_durable),
-            timeout=self._timeout_s,
-            metadata=self._metadata,
-        )
+        with ClientSpan(INVALIDATE_PATTERN, self.target, self._metadata, _key_attributes(pattern)) as call:
+            response: cache_pb2.CacheInvalidatePatternResponse = await self._service().InvalidatePattern(
+                cache_pb2.CacheInvalidatePatternRequest(pattern=pattern, keep_durable=keep_durable),
+                timeout=self._timeout_s,
+                metadata=call.metadata,
+            )
         return response
 
     async def service_stats(self) -> cache_pb2.CacheStatsResponse:
         """The service replica's counters per level."""
-        response: cache_pb2.CacheStatsResponse = await self._service().Stats(
-            cache_pb2.CacheStatsRequest(), timeout=self._timeout_s, metadata=self._metadata
-        )
+        with ClientSpan(STATS, self.target, self._metadata) as call:
+            response: cache_pb2.CacheStatsResponse = await self._service().Stats(
+                cache_pb2.CacheStatsRequest(), timeout=self._timeout_s, metadata=call.metadata
+            )
         return response
 
     def near_cache_stats(self) -> NearCacheStats:

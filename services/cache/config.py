@@ -41,6 +41,11 @@ class CacheConfig:
     negative_ttl_ms: int = 2_000
     tombstone_ttl_ms: int = 60_000
     degraded_near_ttl_ms: int = 1_000
+    # After Redis comes back, the keys written to SQL only during the outage are deleted from Redis
+    # before it serves again: at most this many, one by one (beyond it, everything under key_prefix),
+    # looked up from this long before the outage began (other replicas' clocks may run behind).
+    heal_max_keys: int = 50_000
+    heal_clock_skew_ms: int = 1_000
     max_key_bytes: int = 512
     max_value_bytes: int = 1024 * 1024
     max_batch_keys: int = 10_000
@@ -84,9 +89,14 @@ def load_config(environ: Mapping[str, str] | None = None) -> CacheConfig:
         config = replace(config, redis_url=env["REDIS_URL"])
     if not config.database_url and env.get("DATABASE_URL"):
         config = replace(config, database_url=env["DATABASE_URL"])
+    for name in ("heal_max_keys", "heal_clock_skew_ms"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must not be negative")
     if config.degraded_near_ttl_ms <= 0:
         # 0 would mean "no TTL" to a near cache: the staleness bound of an outage would be gone.
-        raise ValueError(f"{ENV_PREFIX}DEGRADED_NEAR_TTL_MS must be positive, not {config.degraded_near_ttl_ms}")
+        raise ValueError(
+            f"{ENV_PREFIX}DEGRADED_NEAR_TTL_MS must be positive, not {config.degraded_near_ttl_ms}"
+        )
     mode = config.invalidation_mode
     if mode not in ("auto", "tracking", "pubsub"):
         raise ValueError(f"{ENV_PREFIX}INVALIDATION_MODE must be auto, tracking or pubsub, not {mode!r}")

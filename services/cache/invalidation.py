@@ -32,6 +32,12 @@ cached, and every subscriber is told to flush (RESYNC). While the hub is down, a
 carry that bound as their near-cache TTL and L1 keeps nothing longer. So a change made
 through another replica during an outage (to SQL only: Redis cannot tell anyone) is seen
 everywhere within the bound, and on reconnect L1 and the subscribers are flushed again.
+
+Healing on reconnect. A change written to SQL only, during the outage, left Redis holding the
+old value. So when the listener has subscribed again, and before the hub goes live (until
+then the tiered cache reads SQL, not Redis), the hub's ``heal`` (the tiered cache's) deletes
+from Redis every key SQL changed since the last proven moment, whoever changed it, and tells
+the other replicas; only then are L1 and the subscribers flushed and the hub marked live.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,13 +57,20 @@ from redis.exceptions import RedisError, ResponseError
 
 from services.cache.errorlog import RateLimitedLog
 from services.cache.l1 import NearCache
-from services.cache.l2_redis import CONNECTION_ERRORS
+from services.cache.l2_redis import CONNECTION_ERRORS, L2Unavailable
+from services.cache.model import StoreUnavailable, wall_ms
 
 log = logging.getLogger(__name__)
 
 TRACKING_CHANNEL = "__redis__:invalidate"
-# What makes the listener reconnect: a lost connection, or a refusal (tracking in "tracking" mode).
-_LISTENER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, RedisError)
+# What makes the listener reconnect: a lost connection, a refusal (tracking in "tracking" mode),
+# or a heal that could not finish (Redis or SQL gone again).
+_LISTENER_ERRORS: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    RedisError,
+    L2Unavailable,
+    StoreUnavailable,
+)
 
 # Keep-alive PINGs the listener may have sent without their PONG before it gives up.
 _MAX_PINGS_IN_FLIGHT = 64
@@ -121,8 +134,9 @@ class InvalidationHub:
     (:meth:`mark_down`), nothing this replica or its near caches hold may outlive that
     moment by more than the bound: L1 entries are cut to expire by then, and every watcher
     is told to flush (it reloads, and while the hub is down answers carry the bound as
-    their near-cache TTL). When the listener is back it resyncs (:meth:`resync`) before it
-    marks the hub live again (:meth:`mark_live`).
+    their near-cache TTL). When the listener is back it has Redis healed
+    (:meth:`heal_before_live`) and resyncs (:meth:`resync`) before it marks the hub live
+    again (:meth:`mark_live`).
     """
 
     def __init__(
@@ -132,6 +146,7 @@ class InvalidationHub:
         max_queued_per_watcher: int = 10_000,
         degraded_ttl_ms: int = 1_000,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        wall_ms: Callable[[], int] = wall_ms,
     ) -> None:
         self._l1 = l1
         self._max_queued = max_queued_per_watcher
@@ -143,6 +158,13 @@ class InvalidationHub:
         self._live = False
         # Every change made before this moment (clock_ns) has reached us.
         self.confirmed_ns = 0
+        # The same moment on the wall clock (ms since the epoch), the timeline of versions;
+        # None until the hub was first live (nothing held, nothing to heal).
+        self.confirmed_wall_ms: int | None = None
+        self._wall_ms = wall_ms
+        # Deletes from Redis every key SQL changed at or after a version (set by the tiered
+        # cache); awaited by heal_before_live.
+        self.heal: Callable[[int], Awaitable[object]] | None = None
         self.received = 0
         # How many times the hub went from live to down (each cut L1 and flushed the watchers).
         self.degradations = 0
@@ -161,14 +183,30 @@ class InvalidationHub:
             self.mark_down()
 
     def mark_live(self) -> None:
-        """Invalidations flow from now on (call :meth:`resync` first if some may have been missed)."""
+        """Invalidations flow from now on (call :meth:`heal_before_live` and :meth:`resync`
+        first if some may have been missed)."""
         self.confirmed_ns = self.clock_ns()
+        self.confirmed_wall_ms = self._wall_ms()
         self._live = True
 
     def confirm(self, as_of_ns: int) -> None:
         """Every change made before ``as_of_ns`` (clock_ns) has been applied here."""
         if self._live and as_of_ns > self.confirmed_ns:
             self.confirmed_ns = as_of_ns
+            self.confirmed_wall_ms = self._wall_ms() - (self.clock_ns() - as_of_ns) // 1_000_000
+
+    async def heal_before_live(self) -> bool:
+        """Have Redis healed of every SQL change since the last proven moment (while down).
+
+        Changes written to SQL only during the outage (by any replica) left Redis with older
+        values; they are deleted before the hub goes live, since from then on Redis is read
+        again. True if a heal ran; nothing to do before the hub was first live. Raises what
+        the heal raises (L2Unavailable, StoreUnavailable): the hub then stays down.
+        """
+        if self._live or self.heal is None or self.confirmed_wall_ms is None:
+            return False
+        await self.heal(self.confirmed_wall_ms * 1000)
+        return True
 
     def mark_down(self) -> None:
         """Invalidations may be missed from now on: apply the degraded bound to everything held.
@@ -350,7 +388,9 @@ class RedisInvalidationListener:
             await listener.send_command("SUBSCRIBE", *channels)
             for _ in channels:
                 await listener.read_response()
-            # Anything may have changed while we were not listening.
+            # Anything may have changed while we were not listening: Redis too (writes to SQL
+            # only). Healed first, so nobody here reads an old value from it once live.
+            await self._hub.heal_before_live()
             self._hub.resync()
             self._pings.clear()
             self._hub.mark_live()

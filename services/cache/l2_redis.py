@@ -17,9 +17,21 @@ Two Lua scripts keep stale values out:
 Outages: any connection error marks the tier down at once. While down every call raises
 :class:`L2Unavailable` without touching the network (the tiered cache goes on with L1
 and L3), errors are counted and logged at most once per interval, and a probe reconnects
-with exponential backoff. Keys whose Redis write was skipped are remembered; before the
-tier serves again they are deleted from Redis (everything under the prefix if there were
-too many to remember), so Redis can hold no value older than SQL's.
+with exponential backoff. Before the tier serves again, Redis is *healed*:
+
+- the tier remembers the oldest version Redis may have missed: the last moment a call of
+  this tier succeeded (in µs, the unit of versions), or the version of an older write it
+  had to skip; its :data:`Healer` (the tiered cache's) deletes from Redis every key SQL
+  changed since then, by any replica, and tells the other replicas (see tiered.py);
+- keys and patterns whose Redis write was skipped (cache-only writes too, which SQL does not
+  know) are remembered and deleted as well (everything under the prefix if there were too
+  many to remember).
+
+Each step bumps the pattern epoch before it deletes, so a load that missed before the heal
+cannot promote an older value after it. If a step fails (Redis or SQL gone again) the tier
+stays down and the probe tries again later; nothing is forgotten. While the heal runs,
+writes (write-if-newer) and publishes go to Redis again, so that a steady stream of writes
+cannot keep adding to what must be healed; reads and promotions wait until it is done.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
@@ -39,7 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.cache import globs
 from services.cache.errorlog import RateLimitedLog
-from services.cache.model import StoredEntry, wall_ms
+from services.cache.model import StoredEntry, StoreUnavailable, wall_ms
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +102,20 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 # Lends (exclusively) a connection whose writes this replica is not told about, or None.
 UntrackedExecutor = Callable[[], AbstractAsyncContextManager[Any | None]]
 
+# Deletes from Redis every key SQL changed at or after the version it is given (an outage's
+# start), before the tier serves again; raises (L2Unavailable, StoreUnavailable) if it cannot.
+Healer = Callable[[int], Awaitable[object]]
+
+# Keys per UNLINK while healing.
+_UNLINK_CHUNK = 1000
+
 
 class L2Unavailable(RuntimeError):
     """Redis is down (or was just found down); the caller should go on without L2."""
+
+
+# What keeps the probe from serving again (it retries later): Redis or SQL gone during the heal.
+_PROBE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, L2Unavailable, StoreUnavailable)
 
 
 def encode(entry: StoredEntry) -> bytes:
@@ -147,10 +170,18 @@ class RedisTier:
         self._skipped_patterns: set[str] = set()
         self._skipped_overflow = False
         self._available = False
+        # True while the probe heals Redis: writes go through, reads do not yet.
+        self._healing = False
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
         self.errors = 0
         self._untracked: UntrackedExecutor | None = None
+        # The last moment (wall ms) a call of this tier succeeded: Redis missed nothing before it.
+        self._last_ok_ms = now_ms()
+        # The oldest version Redis may have missed while down (None: nothing to heal).
+        self._heal_since: int | None = None
+        self._healer: Healer | None = None
+        self.heals = 0
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -158,6 +189,7 @@ class RedisTier:
         try:
             await self.client.ping()
             self._available = True
+            self._last_ok_ms = self._now_ms()
         except CONNECTION_ERRORS as exc:
             self._mark_down(exc)
 
@@ -171,6 +203,15 @@ class RedisTier:
     @property
     def available(self) -> bool:
         return self._available
+
+    def heal_with(self, healer: Healer | None) -> None:
+        """Run ``healer`` before the tier serves again after an outage (see the module docstring)."""
+        self._healer = healer
+
+    @property
+    def heal_pending_since(self) -> int | None:
+        """The oldest version Redis may have missed, while a heal is pending (else None)."""
+        return self._heal_since
 
     # --- reads -------------------------------------------------------------------------
     async def get_many(self, keys: Sequence[str]) -> tuple[list[StoredEntry | None], bytes]:
@@ -188,6 +229,7 @@ class RedisTier:
         except CONNECTION_ERRORS as exc:
             self._mark_down(exc)
             raise L2Unavailable(str(exc)) from exc
+        self._last_ok_ms = self._now_ms()
         epoch = blobs[0] or b""
         return [decode(blob) if blob else None for blob in blobs[1:]], epoch
 
@@ -200,8 +242,8 @@ class RedisTier:
         Absent entries (tombstones) live ``ttl_absent_ms``; live ones until their expiry.
         Pipelined: one round trip for the batch.
         """
-        if not self._available:
-            self._remember([key for key, _ in entries])
+        if not (self._available or self._healing):
+            self._remember_entries(entries)
             raise L2Unavailable("Redis is down")
         now = self._now_ms()
         try:
@@ -213,9 +255,10 @@ class RedisTier:
                     )
                 results = await pipe.execute()
         except CONNECTION_ERRORS as exc:
-            self._remember([key for key, _ in entries])
+            self._remember_entries(entries)
             self._mark_down(exc)
             raise L2Unavailable(str(exc)) from exc
+        self._last_ok_ms = now
         return [int(result) for result in results]
 
     def promote_through(self, lender: UntrackedExecutor | None) -> None:
@@ -283,26 +326,63 @@ class RedisTier:
             return declined  # the epoch moved: a pattern invalidation raced with this load
         return [reply is not None for reply in outcome]
 
-    async def delete_matching(self, pattern: str) -> int:
-        """Bump the pattern epoch, then delete every key matching ``pattern``; returns how many."""
-        if not self._available:
-            self._remember_pattern(pattern)
+    async def delete_matching(self, pattern: str, version: int = 0) -> int:
+        """Bump the pattern epoch, then delete every key matching ``pattern``; returns how many.
+
+        ``version`` is the invalidation's (its SQL tombstones'), for the heal if Redis is down.
+        """
+        if not (self._available or self._healing):
+            self._remember_pattern(pattern, version)
             raise L2Unavailable("Redis is down")
         try:
             await self.client.incr(self.epoch_key)
-            return await self._unlink_matching(globs.escape(self.prefix) + pattern)
+            removed = await self._unlink_matching(globs.escape(self.prefix) + pattern)
         except CONNECTION_ERRORS as exc:
-            self._remember_pattern(pattern)
+            self._remember_pattern(pattern, version)
             self._mark_down(exc)
             raise L2Unavailable(str(exc)) from exc
+        self._last_ok_ms = self._now_ms()
+        return removed
 
     async def publish(self, channel: str, message: bytes) -> int:
         """PUBLISH ``message``; returns how many subscribers got it."""
-        self._require()
+        if not (self._available or self._healing):
+            raise L2Unavailable("Redis is down")
         try:
-            return int(await self.client.publish(channel, message))
+            receivers = int(await self.client.publish(channel, message))
         except CONNECTION_ERRORS as exc:
             self._mark_down(exc)
+            raise L2Unavailable(str(exc)) from exc
+        self._last_ok_ms = self._now_ms()
+        return receivers
+
+    async def forget(self, keys: Sequence[str] | None) -> int:
+        """Delete ``keys`` from Redis (None: every key under the prefix); returns how many were there.
+
+        For healing: works whether or not the tier is marked available, and raises
+        :class:`L2Unavailable` (without marking the tier down) if Redis cannot be reached.
+        The pattern epoch moves first, so a load that missed before cannot promote an older
+        value after the delete.
+        """
+        try:
+            await self.client.incr(self.epoch_key)
+            if keys is None:
+                return await self._unlink_matching(globs.escape(self.prefix) + "*")
+            removed = 0
+            names = [self.prefix + key for key in dict.fromkeys(keys)]
+            for start in range(0, len(names), _UNLINK_CHUNK):
+                removed += int(await self.client.unlink(*names[start : start + _UNLINK_CHUNK]))
+            return removed
+        except CONNECTION_ERRORS as exc:
+            raise L2Unavailable(str(exc)) from exc
+
+    async def announce(self, channel: str, messages: Sequence[bytes]) -> None:
+        """PUBLISH each message, whether or not the tier is marked available (for healing);
+        raises :class:`L2Unavailable` if Redis cannot be reached."""
+        try:
+            for message in messages:
+                await self.client.publish(channel, message)
+        except CONNECTION_ERRORS as exc:
             raise L2Unavailable(str(exc)) from exc
 
     async def _unlink_matching(self, redis_pattern: str) -> int:
@@ -328,6 +408,9 @@ class RedisTier:
             "Redis at %s failed (%s: %s): going on with L1 and L3", self._safe_url(), type(exc).__name__, exc
         )
         self._available = False
+        self._healing = False
+        # Redis may have missed SQL changes (anyone's) since the last call that succeeded.
+        self._note_heal_since(self._last_ok_ms * 1000)
         if self._probe is None and not self._closed:
             self._probe = asyncio.get_running_loop().create_task(self._reconnect(), name="redis-reconnect")
 
@@ -338,17 +421,38 @@ class RedisTier:
                 await asyncio.sleep(delay)
                 try:
                     await self.client.ping()
+                    self._healing = True
                     await self._forget_skipped_writes()
-                except CONNECTION_ERRORS as exc:
+                except _PROBE_ERRORS as exc:
+                    self._healing = False
                     self.errors += 1
-                    self._error_log.warning("Redis at %s still down (%s)", self._safe_url(), exc)
+                    self._error_log.warning(
+                        "Redis at %s not served yet (%s: %s)", self._safe_url(), type(exc).__name__, exc
+                    )
                     delay = min(self._backoff_max_s, delay * 2)
                     continue
+                except Exception as exc:  # a bug in a heal must not stop the probe for good
+                    self._healing = False
+                    self.errors += 1
+                    log.error("Redis heal failed (%s: %s); retrying", type(exc).__name__, exc, exc_info=True)
+                    delay = min(self._backoff_max_s, delay * 2)
+                    continue
+                self._last_ok_ms = self._now_ms()
                 self._available = True
+                self._healing = False
                 log.info("Redis at %s is back: L2 serves again", self._safe_url())
                 return
         finally:
             self._probe = None
+
+    def _note_heal_since(self, version: int) -> None:
+        if self._heal_since is None or version < self._heal_since:
+            self._heal_since = version
+
+    def _remember_entries(self, entries: Sequence[tuple[str, StoredEntry]]) -> None:
+        if entries:
+            self._note_heal_since(min(entry.version for _, entry in entries))
+        self._remember([key for key, _ in entries])
 
     def _remember(self, keys: Sequence[str]) -> None:
         if self._skipped_overflow:
@@ -358,37 +462,52 @@ class RedisTier:
             self._skipped_overflow = True
             self._skipped_keys.clear()
 
-    def _remember_pattern(self, pattern: str) -> None:
+    def _remember_pattern(self, pattern: str, version: int) -> None:
+        if version > 0:
+            self._note_heal_since(version)
         if not self._skipped_overflow:
             self._skipped_patterns.add(pattern)
 
     async def _forget_skipped_writes(self) -> None:
-        """Delete from Redis what changed in SQL while Redis could not be told.
+        """Heal Redis: delete what changed in SQL while Redis could not be told.
 
         Loops until nothing is left, so that a write skipped while this runs is handled
         too; the caller marks the tier available right after, with no await in between.
         """
-        while self._skipped_keys or self._skipped_patterns or self._skipped_overflow:
+        while (
+            self._skipped_keys
+            or self._skipped_patterns
+            or self._skipped_overflow
+            or (self._heal_since is not None and self._healer is not None)
+        ):
+            since, self._heal_since = self._heal_since, None
             keys, self._skipped_keys = self._skipped_keys, set()
             patterns, self._skipped_patterns = self._skipped_patterns, set()
             overflow, self._skipped_overflow = self._skipped_overflow, False
             try:
+                if since is not None and self._healer is not None:
+                    await self._healer(since)
+                    self.heals += 1
+                if keys or patterns or overflow:
+                    # The epoch first: a load that missed before cannot promote after the delete.
+                    await self.client.incr(self.epoch_key)
                 if overflow:
                     removed = await self._unlink_matching(globs.escape(self.prefix) + "*")
                     log.info("Redis recovery: too many skipped writes to list; cleared all %d keys", removed)
                 else:
                     names = [self.prefix + key for key in keys]
-                    for start in range(0, len(names), 1000):
-                        await self.client.unlink(*names[start : start + 1000])
+                    for start in range(0, len(names), _UNLINK_CHUNK):
+                        await self.client.unlink(*names[start : start + _UNLINK_CHUNK])
                     for pattern in patterns:
                         await self._unlink_matching(globs.escape(self.prefix) + pattern)
-                if patterns or overflow:
-                    await self.client.incr(self.epoch_key)
             except BaseException:
+                if since is not None:
+                    self._note_heal_since(since)
                 self._remember(list(keys))
                 self._skipped_patterns |= patterns
                 self._skipped_overflow |= overflow
                 raise
+        self._heal_since = None  # without a healer there is nothing more to do about it
 
     def _safe_url(self) -> str:
         return (

@@ -9,6 +9,12 @@ Writes keep the newest version (last writer wins by version, not by arrival), an
 delete is an upsert of a tombstone, so a write that lost a race with a delete cannot
 bring the key back. :meth:`SqlStore.purge` removes expired rows and tombstones old
 enough that no racing write can still arrive.
+
+Healing Redis after an outage (see tiered.py) asks :meth:`SqlStore.changed_since` for every
+key whose row changed at or after a version: an index range scan on ``version``, capped at a
+limit. It is complete as long as no row that new was purged: :meth:`SqlStore.purge` removes
+expired rows and tombstones only once their version is older than its cutoff, so every row
+changed at or after the cutoff (live, expired or deleted) is still there to be listed.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Index,
     LargeBinary,
     MetaData,
     Table,
@@ -27,8 +34,10 @@ from sqlalchemy import (
     and_,
     delete,
     event,
+    inspect,
     or_,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,8 +52,12 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 500
 
 
+# Identifiers longer than this are cut by PostgreSQL; the version index's name stays within it.
+_MAX_IDENTIFIER_CHARS = 63
+
+
 def _table(metadata: MetaData, name: str) -> Table:
-    return Table(
+    table = Table(
         name,
         metadata,
         Column("key", Text, primary_key=True),
@@ -52,6 +65,14 @@ def _table(metadata: MetaData, name: str) -> Table:
         Column("version", BigInteger, nullable=False),
         Column("expires_at_ms", BigInteger, nullable=True),
     )
+    # For changed_since: rows changed at or after a version, as an index range.
+    Index(_version_index_name(name), table.c.version)
+    return table
+
+
+def _version_index_name(table_name: str) -> str:
+    suffix = "_version_idx"
+    return table_name[: _MAX_IDENTIFIER_CHARS - len(suffix)] + suffix
 
 
 def _like_prefix(prefix: str) -> str:
@@ -107,10 +128,27 @@ class SqlStore:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(self._metadata.create_all, checkfirst=True)
+            await self._ensure_version_index(engine)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(
                 f"cannot create table {self.table.name} at {self.safe_url()}: {exc}"
             ) from exc
+
+    async def _ensure_version_index(self, engine: AsyncEngine) -> None:
+        """Give a table made before the version index existed its index (create_all checks
+        for tables only). Both dialects know IF NOT EXISTS; PostgreSQL may still refuse the
+        second of two replicas creating it at once, which is fine once it exists."""
+        name = _version_index_name(self.table.name)
+        quote = engine.dialect.identifier_preparer.quote
+        statement = text(f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(self.table.name)} (version)")
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(statement)
+        except SQLAlchemyError:
+            async with engine.connect() as conn:
+                indexes = await conn.run_sync(lambda sync: inspect(sync).get_indexes(self.table.name))
+            if not any(index["name"] == name for index in indexes):
+                raise
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -153,6 +191,26 @@ class SqlStore:
                 return _unexpired(await conn.execute(stmt), now_ms)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(f"SQL read failed: {exc}") from exc
+
+    async def changed_since(self, version: int, limit: int) -> list[str] | None:
+        """Keys of every row whose version is ``version`` or newer: live rows, tombstones and
+        expired rows alike (Redis may still hold an older value of each). None when there are
+        more than ``limit`` (the caller then invalidates by broader means); the query reads at
+        most ``limit + 1`` rows, through the version index.
+
+        Complete only for versions at or after the cutoff of every purge that ran (see
+        :meth:`purge`): older rows may be gone without a trace.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, not {limit}")
+        t = self.table
+        stmt = select(t.c.key).where(t.c.version >= version).limit(limit + 1)
+        try:
+            async with self._live_engine().connect() as conn:
+                keys = [key for (key,) in await conn.execute(stmt)]
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"SQL read failed: {exc}") from exc
+        return keys if len(keys) <= limit else None
 
     # --- writes ------------------------------------------------------------------------
     async def put_many(self, entries: Sequence[tuple[str, StoredEntry]]) -> dict[str, int]:
@@ -219,13 +277,20 @@ class SqlStore:
         return doomed
 
     async def purge(self, now_ms: int, tombstones_before_version: int) -> int:
-        """Delete expired rows and tombstones older than ``tombstones_before_version``."""
+        """Delete tombstones and rows expired by ``now_ms`` whose version is older than
+        ``tombstones_before_version`` (the cutoff).
+
+        Newer ones stay (reads skip expired rows), so :meth:`changed_since` can list every
+        key changed at or after the cutoff: an expired row's key may still hold an older
+        value in Redis that a heal must delete.
+        """
         t = self.table
         stmt = delete(t).where(
+            t.c.version < tombstones_before_version,
             or_(
+                t.c.value.is_(None),
                 and_(t.c.expires_at_ms.is_not(None), t.c.expires_at_ms <= now_ms),
-                and_(t.c.value.is_(None), t.c.version < tombstones_before_version),
-            )
+            ),
         )
         try:
             async with self._live_engine().begin() as conn:

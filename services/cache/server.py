@@ -444,6 +444,8 @@ async def _start(
             tombstone_ttl_ms=config.tombstone_ttl_ms,
             l1_max_ttl_ms=config.l1_max_ttl_ms,
             degraded_near_ttl_ms=config.degraded_near_ttl_ms,
+            heal_max_keys=config.heal_max_keys,
+            heal_clock_skew_ms=config.heal_clock_skew_ms,
         ),
     )
     purger = asyncio.get_running_loop().create_task(_purge_periodically(cache, config.sql_purge_interval_ms))

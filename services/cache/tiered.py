@@ -20,12 +20,40 @@ short near-cache TTL (``degraded_near_ttl_ms``) and L1 keeps entries no longer t
 what was already held when invalidations stopped expires within the same bound (the hub
 cuts L1 and flushes every near cache, see invalidation.py), and everything is dropped again
 when they resume. No replica serves a value more than the bound after a change it missed.
+
+Healing Redis (:meth:`TieredCache.heal_redis`). A write made while a replica cannot reach
+Redis goes to SQL only, and Redis keeps the old value. Two rules keep it from being served:
+
+1. A replica reads Redis only while its tier is up *and* its invalidations are live; in
+   between it reads SQL (the source of truth) and caches answers for the degraded bound.
+2. Before either comes back, Redis is healed: every key SQL changed at or after the outage's
+   start (whoever wrote it) is deleted from Redis (the pattern epoch moved first, so no
+   older load promotes after it), dropped from this replica's L1 and near caches, and
+   announced on the invalidation channel, so other replicas' L1s drop it too. The start is
+   the last moment this replica proved Redis complete (the listener's last PONG, the tier's
+   last successful call, or an older skipped write), less ``heal_clock_skew_ms`` for other
+   replicas' clocks. The list is capped at ``heal_max_keys``; above it, or when the outage
+   began before the purge horizon (``tombstone_ttl_ms``: older tombstones and expired rows
+   may be gone from SQL), every key under the prefix is deleted instead and a ``*``
+   pattern invalidation is announced.
+
+So after an outage of Redis itself, every replica heals before it reads Redis again: none
+serves an old value from it, whichever replica made the change. The bound that remains is
+that of a *partitioned* replica: when only B cannot reach Redis, the others still read
+Redis, which holds the old value of what B wrote to SQL until B's tier or listener reaches
+Redis again and heals it (within ``redis_backoff_max_ms`` of Redis being reachable for B,
+plus the heal itself); the others' L1 and near caches drop it as the heal's deletes and
+announcement arrive. If B dies before it reaches Redis again, its SQL-only writes are
+healed only when some replica's own outage heal covers them (or their Redis TTLs end).
+A heal needs SQL: while SQL cannot say what changed, Redis stays out of use (reads go to
+SQL, and fail with it) rather than serve what may be stale.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,11 +61,16 @@ from enum import IntEnum
 from typing import TypeVar
 
 from hftgate.native.histogram import LatencyHistogram
-from services.cache.invalidation import KEYS, PATTERN, Invalidation, InvalidationHub, encode_message
+from services.cache.invalidation import KEYS, PATTERN, RESYNC, Invalidation, InvalidationHub, encode_message
 from services.cache.l1 import NearCache
 from services.cache.l2_redis import L2Unavailable, RedisTier
 from services.cache.l3_sql import SqlStore
 from services.cache.model import Limits, StoredEntry, VersionClock, wall_ms
+
+log = logging.getLogger(__name__)
+
+# Keys per invalidation message (to watchers and on the channel) when a heal lists keys.
+_HEAL_MESSAGE_KEYS = 1000
 
 T = TypeVar("T")
 
@@ -100,6 +133,26 @@ class TieredSettings:
     l1_max_ttl_ms: int = 300_000
     # Cap on near-cache life while invalidations may be missed (Redis or the listener down).
     degraded_near_ttl_ms: int = 1_000
+    # Healing Redis after an outage: at most this many changed keys are listed from SQL and
+    # deleted one by one; with more, every key under the prefix is deleted instead.
+    heal_max_keys: int = 50_000
+    # How far other replicas' wall clocks (hence their versions) may lag ours: an outage's
+    # start is taken this much earlier when asking SQL what changed since.
+    heal_clock_skew_ms: int = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class HealOutcome:
+    """What one heal of Redis did."""
+
+    # SQL changes at or after this version were looked for (the outage's start, less the skew).
+    since_version: int
+    # The keys listed and deleted, or None when everything under the prefix was deleted.
+    keys: tuple[str, ...] | None
+    # How many of them Redis still held.
+    removed: int
+    # Why everything was deleted ("" when keys were listed).
+    broad_reason: str = ""
 
 
 @dataclass
@@ -139,6 +192,9 @@ class TieredStats:
     redis_available: bool
     invalidations_live: bool
     invalidation_mode: str
+    # Heals of Redis after outages (keys listed, or everything under the prefix deleted).
+    redis_heals: int = 0
+    redis_heals_broad: int = 0
 
 
 class TieredCache:
@@ -176,8 +232,14 @@ class TieredCache:
         self._joins = 0
         self._refused_l2 = 0
         self._background: set[asyncio.Task[None]] = set()
+        self._heals = 0
+        self._broad_heals = 0
         # The hub applies the degraded bound to what is held when invalidations stop.
         hub.degraded_ttl_ms = self.settings.degraded_near_ttl_ms
+        if l2 is not None:
+            # Neither the listener nor the tier lets Redis be read again before it is healed.
+            hub.heal = self.heal_redis
+            l2.heal_with(self.heal_redis)
 
     # --- reads -------------------------------------------------------------------------
     async def get(self, key: str) -> Lookup:
@@ -255,7 +317,9 @@ class TieredCache:
         epoch: bytes | None = None
         near_ttl = self._near_cache_ttl_ms()
         l2 = self.l2
-        if l2 is not None and l2.available:
+        # Not while invalidations are down: Redis may hold values older than SQL until the
+        # listener's heal (see the module docstring).
+        if l2 is not None and l2.available and self.hub.live:
             counters = self._counters[Level.L2]
             start = time.perf_counter_ns()
             try:
@@ -412,13 +476,62 @@ class TieredCache:
         l2_removed = 0
         if self.l2 is not None:
             try:
-                l2_removed = await self.l2.delete_matching(pattern)
+                l2_removed = await self.l2.delete_matching(pattern, version)
             except L2Unavailable:
                 self._counters[Level.L2].errors += 1
         l1_removed = self.l1.delete_matching(pattern) if self.l1 is not None else 0
         self.hub.tell_watchers(Invalidation(PATTERN, pattern=pattern))
         await self._publish(encode_message(self.replica_id, pattern=pattern))
         return PatternOutcome(l1_removed, l2_removed, l3_removed, version)
+
+    async def heal_redis(self, since_version: int) -> HealOutcome:
+        """Delete from Redis every key SQL changed at or after ``since_version`` (less the
+        clock-skew allowance), and tell everyone who may hold them (see the module docstring).
+
+        Works whether or not the tier is marked available (it runs before it is). Raises
+        L2Unavailable or StoreUnavailable if Redis or SQL cannot be reached: the caller then
+        keeps Redis out of use and tries again.
+        """
+        l2 = self.l2
+        if l2 is None:
+            raise L2Unavailable("this cache has no Redis level to heal")
+        since = since_version - self.settings.heal_clock_skew_ms * 1000
+        # No purge (whichever replica ran it) removed rows at or after this version.
+        now = self._now_ms()
+        complete_from = (now + self.settings.heal_clock_skew_ms - self.settings.tombstone_ttl_ms) * 1000
+        changed: list[str] | None = None
+        reason = ""
+        if since < complete_from:
+            reason = "the outage began before the SQL purge horizon (tombstone_ttl_ms)"
+        else:
+            changed = await self._sql_call(self.l3.changed_since(since, self.settings.heal_max_keys))
+            if changed is None:
+                reason = f"more than heal_max_keys ({self.settings.heal_max_keys}) keys changed"
+        removed = await l2.forget(changed)
+        if changed is None:
+            if self.l1 is not None:
+                self.l1.clear()
+            self.hub.tell_watchers(Invalidation(RESYNC, flush_all=True))
+            messages = [encode_message(self.replica_id, pattern="*")]
+        else:
+            chunks = [changed[i : i + _HEAL_MESSAGE_KEYS] for i in range(0, len(changed), _HEAL_MESSAGE_KEYS)]
+            for chunk in chunks:
+                if self.l1 is not None:
+                    for key in chunk:
+                        self.l1.delete(key)
+                self.hub.tell_watchers(Invalidation(KEYS, keys=tuple(chunk)))
+            messages = [encode_message(self.replica_id, keys=chunk) for chunk in chunks]
+        if self._channel and messages:
+            await l2.announce(self._channel, messages)
+        self._heals += 1
+        if changed is None:
+            self._broad_heals += 1
+            log.warning("Redis healed after an outage: every key deleted (%s)", reason)
+        elif changed:
+            log.info(
+                "Redis healed after an outage: %d keys changed in SQL, %d deleted", len(changed), removed
+            )
+        return HealOutcome(since, None if changed is None else tuple(changed), removed, reason)
 
     async def purge_sql(self) -> int:
         """Delete expired rows and tombstones older than the tombstone TTL from SQL."""
@@ -497,6 +610,8 @@ class TieredCache:
             redis_available=self.l2 is not None and self.l2.available,
             invalidations_live=self.hub.live,
             invalidation_mode=self._mode(),
+            redis_heals=self._heals,
+            redis_heals_broad=self._broad_heals,
         )
 
 
