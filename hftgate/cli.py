@@ -151,6 +151,18 @@ def bench_crash(
     _run_suite("crash", as_json, repeats, kills=kills)
 
 
+@bench_app.command("gateway")
+def bench_gateway(as_json: JsonOption = False, repeats: RepeatsOption = 1) -> None:
+    """The gateway's balancing of market data replicas (one slowed) per algorithm, and the floors."""
+    _run_suite("gateway", as_json, repeats)
+
+
+@bench_app.command("tracing")
+def bench_tracing(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
+    """Sequential SubmitOrder with tracing off, every call sampled (in-process collector), and 1%."""
+    _run_suite("tracing", as_json, repeats)
+
+
 @bench_app.command("all")
 def bench_all(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
     """Every suite that is built, one after the other."""
@@ -262,6 +274,9 @@ def _register_optional_commands() -> None:
         pass
     else:
         register_admin_commands(app)  # accounts, keys, instruments, audit
+    from hftgate.tracereport import register as register_trace_report
+
+    register_trace_report(app)  # trace-report
 
 
 _register_optional_commands()

@@ -11,24 +11,70 @@ not a valid encoding of its message gets INVALID_ARGUMENT "request is not a vali
 telemetry get the decoding alone (:class:`RequestDecodingInterceptor`). So a servicer reads
 streamed requests by iterating its request iterator, never with ``context.read()`` (which
 would return the raw bytes).
+
+Tracing (see :func:`configure`): spans leave the process through OpenTelemetry's own OTLP
+exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is
+set, over gRPC or HTTP (``OTEL_EXPORTER_OTLP_PROTOCOL``: ``grpc``, the default, or
+``http/protobuf``), every standard ``OTEL_*`` variable honoured (headers, timeout, TLS,
+``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_BSP_*``); into a file of OTLP JSON
+lines (one ``ExportTraceServiceRequest`` a line, as the OpenTelemetry Collector's file exporter
+writes them; ``hftgate trace-report FILE`` reads it) when ``HFTGATE_TRACE_FILE`` is set; to the
+console with ``OTEL_TRACES_EXPORTER=console``. Sampling is the SDK's, from
+``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` (e.g. ``parentbased_traceidratio`` and
+``0.01``); propagation is W3C ``traceparent`` (``OTEL_PROPAGATORS``). With none of these set no
+provider is installed and spans cost next to nothing.
+
+The batch processor's queue is bounded (``OTEL_BSP_MAX_QUEUE_SIZE``, default 2048 spans); a span
+that finds it full is dropped and counted, as are spans whose export failed:
+``hftgate_spans_dropped_total{reason="queue_full"|"export_failed"|"shutdown"}`` on /metrics.
+
+Outbound calls: :class:`ClientSpan` opens a CLIENT span around one call and gives the call's
+metadata with the span's ``traceparent`` appended (the cache client and the trade feed use it).
+
+Streams: besides the span of the whole stream, every *received* message of a client or
+bidirectional stream gets a span of its own (:class:`_TracedMessages`): a new trace per message,
+so the sampler decides per message, linked to the stream's span, current while the servicer
+handles the message (from its receipt until the servicer asks for the next one), so the
+servicer's outbound calls become its children.
+
+Span attributes come from the messages themselves (``_attribute_plan``): a request's ``symbol``
+or ``order.symbol`` (``hftgate.symbol``), the size of a batch (``orders``, ``inputs``,
+``keys``, ``entries``, ``trades``: ``hftgate.batch_size``), a cache key's namespace
+(``hftgate.cache.key_prefix``, never the key, which may name an API key's hash); a response's
+journal sequence and durability (``ack.sequence``/``ack.durable``, the last of ``acks``, or
+``sequence``/``durable``: ``hftgate.journal.sequence``, ``hftgate.durable``) and a cache
+answer's ``found``/``served_from``. What only a servicer knows (the account) it adds with
+:func:`set_span_attributes`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
+import json
 import logging
 import os
+import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.json_format import MessageToDict
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 from prometheus_client import Counter, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
@@ -48,23 +94,430 @@ RPC_MALFORMED = Counter(
 )
 
 
-def configure(service_name: str, *, exporter: SpanExporter | None = None, metrics_port: int = 0) -> None:
+SPANS_DROPPED = Counter(
+    "hftgate_spans_dropped_total",
+    "Finished, sampled spans that never left the process: the export queue was full (queue_full), "
+    "the exporter failed (export_failed) or the process was shutting down (shutdown).",
+    ["reason"],
+)
+SPANS_EXPORTED = Counter("hftgate_spans_exported_total", "Spans handed to the exporter successfully.")
+
+#: A file that receives OTLP JSON lines (see the module docstring).
+TRACE_FILE_VARIABLE = "HFTGATE_TRACE_FILE"
+#: The OTLP protocols OpenTelemetry's Python exporters implement.
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+_DEFAULT_MAX_QUEUE_SIZE = 2048
+
+_provider: TracerProvider | None = None
+_configure_lock = threading.Lock()
+
+
+def _env_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def otlp_endpoint(environ: Mapping[str, str] | None = None) -> str:
+    """The OTLP endpoint the standard variables name, or "" (no OTLP export)."""
+    env = os.environ if environ is None else environ
+    return env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+
+
+def otlp_protocol(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+        or "grpc"
+    ).strip()
+
+
+def exporters_from_environment(environ: Mapping[str, str] | None = None) -> list[SpanExporter]:
+    """The span exporters the environment asks for (see the module docstring); [] = tracing off.
+
+    A protocol the Python exporters do not implement is logged and skipped, never fatal: a
+    trading service does not refuse to start over its tracing."""
+    env = os.environ if environ is None else environ
+    if _env_true(env.get("OTEL_SDK_DISABLED")):
+        return []
+    wanted = {part.strip().lower() for part in env.get("OTEL_TRACES_EXPORTER", "").split(",") if part.strip()}
+    if "none" in wanted:
+        return []
+    exporters: list[SpanExporter] = []
+    if otlp_endpoint(env) and (not wanted or "otlp" in wanted):
+        protocol = otlp_protocol(env)
+        if protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporters.append(OTLPSpanExporter())
+        elif protocol == "http/protobuf":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as HttpSpanExporter,
+            )
+
+            exporters.append(HttpSpanExporter())
+        else:
+            log.error(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=%r is not supported (use %s): no OTLP export",
+                protocol,
+                " or ".join(OTLP_PROTOCOLS),
+            )
+    if env.get(TRACE_FILE_VARIABLE):
+        exporters.append(OtlpJsonFileExporter(Path(env[TRACE_FILE_VARIABLE])))
+    if "console" in wanted:
+        exporters.append(ConsoleSpanExporter())
+    return exporters
+
+
+def _resource(service_name: str, environ: Mapping[str, str]) -> Resource:
+    """``service.name`` = ``service_name`` unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES name one."""
+    named = environ.get("OTEL_SERVICE_NAME") or "service.name=" in environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    return Resource.create({} if named else {"service.name": service_name})
+
+
+def configure(
+    service_name: str,
+    *,
+    exporter: SpanExporter | None = None,
+    metrics_port: int = 0,
+    environ: Mapping[str, str] | None = None,
+) -> TracerProvider | None:
     """Install the tracer provider for this process and, if ``metrics_port`` > 0, serve /metrics.
 
-    ``exporter`` defaults to none unless ``OTEL_TRACES_EXPORTER=console`` is set:
-    spans are cheap to create and free to drop until someone collects them.
+    The exporters are ``exporter`` if given, else those the environment asks for
+    (:func:`exporters_from_environment`); with none, no provider is installed: spans stay
+    non-recording and cost next to nothing on the order path. The sampler is the SDK's, from
+    ``OTEL_TRACES_SAMPLER``/``_ARG``. Each exporter sits behind its own bounded batch processor
+    (:class:`CountingBatchSpanProcessor`). Installs at most once per process; returns the
+    provider (the one installed earlier, on a second call), or None.
     """
-    if exporter is None and os.environ.get("OTEL_TRACES_EXPORTER") == "console":
-        exporter = ConsoleSpanExporter()
-    if exporter is not None:
-        # Without an exporter no provider is installed: spans stay non-recording and
-        # cost next to nothing on the order path.
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        trace.set_tracer_provider(provider)
+    global _provider
+    env = os.environ if environ is None else environ
+    with _configure_lock:
+        if _provider is None:
+            exporters = [exporter] if exporter is not None else exporters_from_environment(env)
+            if exporters:
+                provider = TracerProvider(resource=_resource(service_name, env))
+                for one in exporters:
+                    provider.add_span_processor(CountingBatchSpanProcessor(one))
+                trace.set_tracer_provider(provider)
+                _provider = provider
+                log.info(
+                    "tracing: %s exporting to %s",
+                    service_name,
+                    ", ".join(type(one).__name__ for one in exporters),
+                )
     if metrics_port > 0:
         start_http_server(metrics_port, addr="127.0.0.1")
         log.info("prometheus metrics on 127.0.0.1:%d/metrics", metrics_port)
+    return _provider
+
+
+def default_service_name() -> str:
+    """``OTEL_SERVICE_NAME``, else the service this process runs (``python -m services.cache``: "cache")."""
+    named = os.environ.get("OTEL_SERVICE_NAME")
+    if named:
+        return named
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    parts = (getattr(spec, "name", "") or "").split(".")
+    if len(parts) >= 2 and parts[0] == "services":
+        return parts[1]
+    return "hftgate"
+
+
+def configure_from_environment() -> TracerProvider | None:
+    """:func:`configure` with the process's service name, if the environment asks for tracing and
+    nothing is configured yet. Every server's telemetry interceptor calls it, so a service whose
+    entry point does not call :func:`configure` still exports its spans."""
+    if _provider is not None:
+        return _provider
+    if not (otlp_endpoint() or os.environ.get(TRACE_FILE_VARIABLE)):
+        return None
+    return configure(default_service_name())
+
+
+# --- export: OTLP JSON and the dropped-span count -----------------------------------------------
+
+
+def _hex_ids(spans: list[dict[str, Any]]) -> None:
+    """OTLP/JSON writes trace and span ids as hex, where protobuf's JSON mapping gives base64."""
+    for span in spans:
+        for name in ("traceId", "spanId", "parentSpanId"):
+            if span.get(name):
+                span[name] = base64.b64decode(span[name]).hex()
+        for link in span.get("links", ()):
+            for name in ("traceId", "spanId"):
+                if link.get(name):
+                    link[name] = base64.b64decode(link[name]).hex()
+
+
+def otlp_json(request: Any) -> dict[str, Any]:
+    """An ``ExportTraceServiceRequest`` as OTLP/JSON (lowerCamelCase, hex ids, enums as numbers)."""
+    document: dict[str, Any] = MessageToDict(request, use_integers_for_enums=True)
+    for resource_spans in document.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            _hex_ids(scope_spans.get("spans", []))
+    return document
+
+
+def otlp_json_of_spans(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
+    """Finished SDK spans as one OTLP/JSON ``ExportTraceServiceRequest``."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    return otlp_json(encode_spans(spans))
+
+
+class OtlpJsonFileExporter(SpanExporter):
+    """Appends each exported batch to ``path`` as one line of OTLP JSON (see :func:`otlp_json`).
+
+    The file grows without bound while the process runs: it is for runs a person inspects
+    (``hftgate trace-report FILE``), not for production, which exports over OTLP to a collector.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by shutdown()
+        self._lock = threading.Lock()
+        self._errors = RateLimitedWarning(log, 10.0)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            line = json.dumps(otlp_json_of_spans(spans), separators=(",", ":"))
+            with self._lock:
+                if self._file.closed:
+                    return SpanExportResult.FAILURE
+                self._file.write(line + "\n")
+                self._file.flush()
+        except (OSError, ValueError) as exc:
+            self._errors.warning("trace file %s: spans not written (%s)", self.path, exc)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+class _ReleasingExporter(SpanExporter):
+    """The exporter behind :class:`CountingBatchSpanProcessor`: counts what each export did."""
+
+    def __init__(self, inner: SpanExporter, owner: CountingBatchSpanProcessor) -> None:
+        self.inner = inner
+        self._owner = owner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # an exporter must not raise; if it does, its batch is lost
+            log.warning("span exporter %s raised", type(self.inner).__name__, exc_info=True)
+            result = SpanExportResult.FAILURE
+        finally:
+            self._owner._released(len(spans))
+        if result == SpanExportResult.SUCCESS:
+            SPANS_EXPORTED.inc(len(spans))
+        else:
+            self._owner._drop(len(spans), "export_failed")
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class CountingBatchSpanProcessor(SpanProcessor):
+    """The SDK's :class:`BatchSpanProcessor`, with every span it would drop counted.
+
+    The SDK's queue drops past ``max_queue_size`` (logging a warning per span and counting
+    nothing anyone scrapes). Here a span is admitted only while fewer than ``max_queue_size``
+    are queued or being exported, so the SDK's queue never overflows, and every span refused
+    is counted in ``hftgate_spans_dropped_total{reason="queue_full"}`` (and :attr:`dropped`).
+    ``max_queue_size`` defaults to ``OTEL_BSP_MAX_QUEUE_SIZE``, else 2048; the other
+    ``OTEL_BSP_*`` variables apply as in the SDK.
+    """
+
+    def __init__(
+        self, exporter: SpanExporter, max_queue_size: int | None = None, **batch_options: Any
+    ) -> None:
+        if max_queue_size is None:
+            try:
+                max_queue_size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", _DEFAULT_MAX_QUEUE_SIZE))
+            except ValueError:
+                max_queue_size = _DEFAULT_MAX_QUEUE_SIZE
+        self.max_queue_size = max(1, max_queue_size)
+        batch_size = batch_options.pop("max_export_batch_size", None)
+        if batch_size is None:
+            try:
+                batch_size = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+            except ValueError:
+                batch_size = 512
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._closed = False
+        self.dropped: dict[str, int] = {}
+        self._inner = BatchSpanProcessor(
+            _ReleasingExporter(exporter, self),
+            max_queue_size=self.max_queue_size,
+            max_export_batch_size=min(batch_size, self.max_queue_size),
+            **batch_options,
+        )
+
+    def _released(self, count: int) -> None:
+        with self._lock:
+            self._queued -= count
+
+    def _drop(self, count: int, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+        SPANS_DROPPED.labels(reason).inc(count)
+
+    def on_start(self, span: Any, parent_context: otel_context.Context | None = None) -> None:
+        self._inner.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None or not context.trace_flags.sampled:
+            return
+        with self._lock:
+            if self._closed:
+                reason = "shutdown"
+            elif self._queued >= self.max_queue_size:
+                reason = "queue_full"
+            else:
+                self._queued += 1
+                reason = ""
+        if reason:
+            self._drop(1, reason)
+            return
+        self._inner.on_end(span)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+# --- outbound calls --------------------------------------------------------------------------------
+
+_CLIENT_TRACER = trace.get_tracer("hftgate.grpc.client")
+#: An empty context: a span started in it is the root of a new trace.
+ROOT_CONTEXT = otel_context.Context()
+_STATUS_OK = "OK"
+
+
+def _rpc_names(method: str) -> tuple[str, str]:
+    """("hftgate.v1.CacheService", "Get") of "/hftgate.v1.CacheService/Get"."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+def trace_metadata(
+    metadata: Sequence[tuple[str, str]] | None, context: otel_context.Context | None = None
+) -> Sequence[tuple[str, str]] | None:
+    """``metadata`` with the W3C trace headers of ``context`` (default: the current one) appended;
+    unchanged when there is no valid span to continue."""
+    span = trace.get_current_span(context)
+    if not span.get_span_context().is_valid:
+        return metadata
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return (*(metadata or ()), *carrier.items())
+
+
+class ClientSpan:
+    """A span of kind CLIENT around one outbound call, and the call's metadata carrying it.
+
+        with ClientSpan("/hftgate.v1.CacheService/Get", target, credentials_metadata) as call:
+            reply = await stub.Get(request, metadata=call.metadata)
+            call.set("hftgate.cache.found", reply.found)
+
+    The span is a child of the current span (the server span of the call being handled), and
+    ``metadata`` is the given metadata plus its ``traceparent``/``tracestate`` (W3C), so the
+    server's span becomes the span's child. With tracing off the span is a no-op and
+    ``metadata`` is the given metadata itself. On exit the span records the call's gRPC status
+    (``rpc.grpc.status_code``; an error status marks the span as an error) and ends.
+    """
+
+    __slots__ = ("metadata", "span")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        metadata: Sequence[tuple[str, str]] | None,
+        attributes: Mapping[str, Any] | None = None,
+        *,
+        kind: trace.SpanKind = trace.SpanKind.CLIENT,
+        tracer: trace.Tracer | None = None,
+        context: otel_context.Context | None = None,
+    ) -> None:
+        span = (tracer or _CLIENT_TRACER).start_span(method, context=context, kind=kind)
+        self.span = span
+        self.metadata: Sequence[tuple[str, str]] | None = metadata
+        if not span.get_span_context().is_valid:
+            return
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        self.metadata = (*(metadata or ()), *carrier.items())
+        if span.is_recording():
+            service, name = _rpc_names(method)
+            host, _, port = target.rpartition(":")
+            span.set_attribute("rpc.system", "grpc")
+            span.set_attribute("rpc.service", service)
+            span.set_attribute("rpc.method", name)
+            span.set_attribute("server.address", host or target)
+            if port.isdigit():
+                span.set_attribute("server.port", int(port))
+            if attributes:
+                span.set_attributes(attributes)
+
+    def set(self, name: str, value: Any) -> None:
+        """Set an attribute on the span if it records (values: str, bool, int, float)."""
+        if self.span.is_recording():
+            self.span.set_attribute(name, value)
+
+    def __enter__(self) -> ClientSpan:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        span = self.span
+        if span.is_recording():
+            if exc is None:
+                code = _STATUS_OK
+            elif isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+                found = exc.code()
+                code = found.name if isinstance(found, grpc.StatusCode) else str(found)
+            elif isinstance(exc, asyncio.CancelledError):
+                code = "CANCELLED"
+            else:
+                code = "UNKNOWN"
+                span.set_attribute("error.type", type(exc).__name__)
+            span.set_attribute("rpc.grpc.status_code", code)
+            if code != _STATUS_OK:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, code))
+        span.end()
+
+
+def set_span_attributes(attributes: Mapping[str, Any]) -> None:
+    """Set attributes on the current span (the RPC's, or the stream message's) if it records:
+    what only a servicer knows, e.g. ``{"hftgate.account": account.name}``."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attributes)
+
+
+def sampled_context() -> otel_context.Context | None:
+    """The current context if its span is sampled, else None (cheap: for hand-offs to background work)."""
+    context = otel_context.get_current()
+    span = trace.get_current_span(context)
+    return context if span.get_span_context().trace_flags.sampled else None
 
 
 # --- malformed requests ----------------------------------------------------------------------
@@ -322,8 +775,155 @@ def _code_of(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
+# --- span attributes from the messages ------------------------------------------------------------
+
+Getter = Callable[[Any], Any]
+AttributePlan = tuple[tuple[str, Getter], ...]
+_BATCH_FIELDS = ("orders", "inputs", "keys", "entries", "trades")
+
+
+def _key_prefix(key: str) -> str:
+    prefix, colon, _ = key.partition(":")
+    return prefix + colon if colon else ""
+
+
+def _last_of(name: str, field: str) -> Getter:
+    def get(message: Any) -> Any:
+        items = getattr(message, name)
+        return getattr(items[-1], field) if len(items) else None
+
+    return get
+
+
+def _length_of(name: str) -> Getter:
+    return lambda message: len(getattr(message, name))
+
+
+def _nested(outer: str, field: str) -> Getter:
+    return lambda message: getattr(getattr(message, outer), field)
+
+
+def _attribute_plan(descriptor: Any) -> AttributePlan:
+    """Which attributes a message of ``descriptor``'s type gives its span (module docstring), and how."""
+    if descriptor is None:
+        return ()
+    fields = descriptor.fields_by_name
+    plan: list[tuple[str, Getter]] = []
+
+    def has(name: str, *, repeated: bool | None = None, of: str | None = None) -> bool:
+        field = fields.get(name)
+        if field is None:
+            return False
+        if hasattr(field, "is_repeated"):  # protobuf >= 5.28; `label` is gone in 7
+            is_repeated = bool(field.is_repeated)
+        else:  # pragma: no cover
+            is_repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        if repeated is not None and is_repeated != repeated:
+            return False
+        if of is not None:
+            return field.message_type is not None and of in field.message_type.fields_by_name
+        return True
+
+    if has("symbol", repeated=False) and fields["symbol"].type == _TYPE_STRING:
+        plan.append(("hftgate.symbol", lambda m: m.symbol))
+    elif has("order", repeated=False, of="symbol"):
+        plan.append(("hftgate.symbol", _nested("order", "symbol")))
+    for name in _BATCH_FIELDS:
+        if has(name, repeated=True):
+            plan.append(("hftgate.batch_size", _length_of(name)))
+            break
+    if has("key", repeated=False) and fields["key"].type == _TYPE_STRING:
+        plan.append(("hftgate.cache.key_prefix", lambda m: _key_prefix(m.key)))
+    if has("ack", repeated=False, of="sequence"):
+        plan.append(("hftgate.journal.sequence", _nested("ack", "sequence")))
+        plan.append(("hftgate.durable", _nested("ack", "durable")))
+    elif has("acks", repeated=True, of="sequence"):
+        plan.append(("hftgate.journal.sequence", _last_of("acks", "sequence")))
+        plan.append(("hftgate.durable", _last_of("acks", "durable")))
+    elif has("sequence", repeated=False) and has("durable", repeated=False):
+        plan.append(("hftgate.journal.sequence", lambda m: m.sequence))
+        plan.append(("hftgate.durable", lambda m: m.durable))
+    if has("found", repeated=False) and has("served_from", repeated=False):
+        plan.append(("hftgate.cache.found", lambda m: m.found))
+        plan.append(("hftgate.cache.level", lambda m: int(m.served_from)))
+    return tuple(plan)
+
+
+def _annotate(span: Any, plan: AttributePlan, message: Any) -> None:
+    """Set ``plan``'s attributes of ``message`` on a recording span; empty strings are left out."""
+    for name, get in plan:
+        try:
+            value = get(message)
+        except Exception:  # a courtesy: an attribute never fails a call
+            continue
+        if value is None or value == "":
+            continue
+        span.set_attribute(name, value)
+
+
+class _TracedMessages:
+    """A decoded request stream whose every message gets a span of its own (module docstring).
+
+    The span of message n starts when it is handed to the servicer and ends when the servicer
+    asks for message n + 1 (or the stream ends, or :meth:`close`); meanwhile it is the current
+    span of the task that reads the stream. Each is the root of a new trace (so the sampler
+    decides per message, and one long stream is not one endless trace), linked to the stream's
+    span. Nothing is attached when the message is not sampled.
+    """
+
+    __slots__ = ("_index", "_links", "_messages", "_name", "_plan", "_span", "_task", "_token", "_tracer")
+
+    def __init__(
+        self, messages: AsyncIterator[Any], tracer: trace.Tracer, method: str, stream_span: Any
+    ) -> None:
+        self._messages = messages.__aiter__()
+        self._tracer = tracer
+        self._name = method + " message"
+        parent = stream_span.get_span_context()
+        self._links = (trace.Link(parent),) if parent.is_valid else ()
+        self._plan: AttributePlan | None = None
+        self._span: Any = None
+        self._token: object | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._index = 0
+
+    def __aiter__(self) -> _TracedMessages:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._span is not None:
+            self.close()
+        message = await self._messages.__anext__()
+        self._index += 1
+        span = self._tracer.start_span(
+            self._name, context=ROOT_CONTEXT, kind=trace.SpanKind.SERVER, links=self._links
+        )
+        if span.is_recording():
+            span.set_attribute("rpc.system", "grpc")
+            span.set_attribute("rpc.method", self._name[: -len(" message")])
+            span.set_attribute("rpc.message.type", "RECEIVED")
+            span.set_attribute("rpc.message.id", self._index)
+            if self._plan is None:
+                self._plan = _attribute_plan(getattr(message, "DESCRIPTOR", None))
+            _annotate(span, self._plan, message)
+            self._span = span
+            self._token = otel_context.attach(trace.set_span_in_context(span))
+            self._task = asyncio.current_task()
+        return message
+
+    def close(self) -> None:
+        """End the current message's span (and make it no longer current, in the task that read it)."""
+        span, token = self._span, self._token
+        self._span = self._token = None
+        if span is None:
+            return
+        if token is not None and asyncio.current_task() is self._task:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        span.end()
+
+
 class _MethodTelemetry:
-    """Per-method state resolved once: metric children and the wrapped handler."""
+    """Per-method state resolved once: metric children, attribute plans and the wrapped handler."""
 
     def __init__(self, method: str, source: grpc.RpcMethodHandler, tracer: trace.Tracer) -> None:
         self.method = method
@@ -331,17 +931,30 @@ class _MethodTelemetry:
         self._tracer = tracer
         self._seconds = RPC_SECONDS.labels(method)
         self._totals: dict[str, Any] = {}
+        self._request_plan: AttributePlan = ()
+        self._response_plan: AttributePlan | None = None
         self.wrapped = self._wrap(source)
 
     def start(self, context: grpc.aio.ServicerContext) -> tuple[Any, float]:
         metadata = context.invocation_metadata() or ()
-        carrier = {k: v for k, v in metadata if k in ("traceparent", "tracestate") and isinstance(v, str)}
+        carrier = {
+            k: v for k, v in metadata if k in ("traceparent", "tracestate", "baggage") and isinstance(v, str)
+        }
         parent = propagate.extract(carrier) if carrier else None
         span = self._tracer.start_span(self.method, context=parent, kind=trace.SpanKind.SERVER)
         if span.is_recording():
+            service, name = _rpc_names(self.method)
             span.set_attribute("rpc.system", "grpc")
-            span.set_attribute("rpc.method", self.method)
+            span.set_attribute("rpc.service", service)
+            span.set_attribute("rpc.method", name)
         return span, time.perf_counter()
+
+    def annotate_response(self, span: Any, response: Any) -> None:
+        plan = self._response_plan
+        if plan is None:
+            plan = self._response_plan = _attribute_plan(getattr(response, "DESCRIPTOR", None))
+        if plan:
+            _annotate(span, plan, response)
 
     def finish(self, span: Any, started: float, context: grpc.aio.ServicerContext, failure: str) -> None:
         """Record the call; ``failure`` is "" when the handler returned, else the code to count
@@ -363,6 +976,8 @@ class _MethodTelemetry:
         # INVALID_ARGUMENT), rather than by gRPC: see the module docstring.
         parse = handler.request_deserializer
         decoder = RequestDecoder(self.method, parse) if parse is not None else None
+        if decoder is not None:
+            self._request_plan = _attribute_plan(decoder.descriptor)
         serializer = handler.response_serializer
         if handler.unary_unary or handler.stream_unary:
             # grpc-stubs types the handlers as sync callables; the aio server gives coroutines.
@@ -372,6 +987,7 @@ class _MethodTelemetry:
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 span, started = self.start(context)
                 failure = "UNKNOWN"
+                messages: _TracedMessages | None = None
                 try:
                     if decoder is not None:
                         if unary_request:
@@ -381,11 +997,24 @@ class _MethodTelemetry:
                                 await decoder.reject(context, request)
                         else:
                             request = decoder.messages(request, context)
+                    if not unary_request:
+                        request = messages = _TracedMessages(request, self._tracer, self.method, span)
                     if span.is_recording():
+                        if unary_request and self._request_plan:
+                            _annotate(span, self._request_plan, request)
                         with trace.use_span(span, end_on_exit=False):
-                            result = await inner(request, context)
+                            try:
+                                result = await inner(request, context)
+                            finally:
+                                if messages is not None:
+                                    messages.close()
+                        self.annotate_response(span, result)
                     else:
-                        result = await inner(request, context)
+                        try:
+                            result = await inner(request, context)
+                        finally:
+                            if messages is not None:
+                                messages.close()
                     failure = ""
                     return result
                 except asyncio.CancelledError:
@@ -409,6 +1038,7 @@ class _MethodTelemetry:
             # calls context.write(); forwarding through context.write covers both.
             span, started = self.start(context)
             failure = "UNKNOWN"
+            messages: _TracedMessages | None = None
             try:
                 if decoder is not None:
                     if unary_stream_request:
@@ -418,8 +1048,16 @@ class _MethodTelemetry:
                             await decoder.reject(context, request)
                     else:
                         request = decoder.messages(request, context)
+                if not unary_stream_request:
+                    request = messages = _TracedMessages(request, self._tracer, self.method, span)
+                elif self._request_plan and span.is_recording():
+                    _annotate(span, self._request_plan, request)
                 with trace.use_span(span, end_on_exit=False):
-                    await _forward_stream(inner_stream(request, context), context)
+                    try:
+                        await _forward_stream(inner_stream(request, context), context)
+                    finally:
+                        if messages is not None:
+                            messages.close()
                 failure = ""
             except asyncio.CancelledError:  # the client went away: not an error of ours
                 failure = "CANCELLED"
@@ -445,6 +1083,8 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        if tracer_provider is None:
+            configure_from_environment()  # HFTGATE_TRACE_FILE / OTEL_EXPORTER_OTLP_ENDPOINT
         self._tracer = trace.get_tracer("hftgate.grpc", tracer_provider=tracer_provider)
         self._methods: dict[str, _MethodTelemetry] = {}
 

@@ -20,6 +20,8 @@ SUITES: dict[str, tuple[str, ...]] = {
     "cache": ("cache",),
     "execution": ("execution",),
     "crash": ("crash",),
+    "tracing": ("tracing",),
+    "gateway": ("gateway",),
 }
 
 

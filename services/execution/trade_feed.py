@@ -10,6 +10,16 @@ ledger, not this feed, is the record of every fill.
 The stream carries the service's credentials (``credentials``: the "execution" principal's token,
 the only one market data accepts venue ``hftgate`` from, and TLS from the suite's
 ``HFTGATE_TLS_DIR`` when set).
+
+Tracing: each PublishTradesRequest sent is a span of kind PRODUCER
+(``/hftgate.v1.MarketDataService/PublishTrades send``, the root of a trace of its own, so the
+sampler decides per message) from the moment its fills were handed over to the moment the stream
+took the message: the time trades wait in this feed. Attributes: ``hftgate.batch_size`` (trades),
+``hftgate.fills``, ``hftgate.symbol`` (when one symbol), ``hftgate.venue``. It is not the child of
+an order's span: fills reach the feed in batches from a task of their own, not from the order's
+call. The stream itself is opened with the caller's trace headers, if any
+(:func:`hftgate.telemetry.trace_metadata`). Carrying each message's trace into market data would
+need a trace-context field in PublishTradesRequest (gRPC metadata is sent once per stream).
 """
 
 from __future__ import annotations
@@ -17,13 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import numpy as np
+from opentelemetry import trace
 
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.security import ClientCredentials
+from hftgate.telemetry import ROOT_CONTEXT, trace_metadata
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import marketdata_pb2 as md
 from hftgate.v1 import marketdata_pb2_grpc as md_grpc
@@ -31,6 +44,8 @@ from hftgate.v1 import marketdata_pb2_grpc as md_grpc
 log = logging.getLogger(__name__)
 
 VENUE = "hftgate"
+PUBLISH_TRADES = "/hftgate.v1.MarketDataService/PublishTrades"
+_tracer = trace.get_tracer("hftgate.execution.trade_feed")
 
 
 class TradeFeed:
@@ -50,7 +65,8 @@ class TradeFeed:
         self.credentials = credentials
         self._symbol_name = symbol_name
         self._sizes = sizes  # symbol -> (tick_size, lot_size) as decimal strings
-        self._queue: asyncio.Queue[np.ndarray] = asyncio.Queue(max_queued_batches)
+        # (fills, time.time_ns() when handed over)
+        self._queue: asyncio.Queue[tuple[np.ndarray, int]] = asyncio.Queue(max_queued_batches)
         self._backoff_max_s = backoff_max_s
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -63,7 +79,7 @@ class TradeFeed:
     def publish(self, fills: np.ndarray) -> None:
         """Queue fills (never waits; drops them when the queue is full)."""
         try:
-            self._queue.put_nowait(fills)
+            self._queue.put_nowait((fills, time.time_ns()))
         except asyncio.QueueFull:
             self.dropped += len(fills)
 
@@ -91,11 +107,37 @@ class TradeFeed:
 
     async def _requests(self) -> AsyncIterator[md.PublishTradesRequest]:
         while True:
-            fills = await self._queue.get()
+            fills, handed_ns = await self._queue.get()
             trades = self._trades(fills)
-            if trades:
+            if not trades:
+                continue
+            # A root span per message (see the module docstring), from the hand-over to the send.
+            span = _tracer.start_span(
+                PUBLISH_TRADES + " send",
+                context=ROOT_CONTEXT,
+                kind=trace.SpanKind.PRODUCER,
+                start_time=handed_ns,
+            )
+            if span.is_recording():
+                symbols = {trade.symbol for trade in trades}
+                span.set_attributes(
+                    {
+                        "rpc.system": "grpc",
+                        "rpc.service": "hftgate.v1.MarketDataService",
+                        "rpc.method": "PublishTrades",
+                        "server.address": self.target,
+                        "hftgate.venue": VENUE,
+                        "hftgate.batch_size": len(trades),
+                        "hftgate.fills": len(fills),
+                    }
+                )
+                if len(symbols) == 1:
+                    span.set_attribute("hftgate.symbol", next(iter(symbols)))
+            try:
                 yield md.PublishTradesRequest(trades=trades)
-                self.sent += len(trades)
+            finally:
+                span.end()  # the stream took the message (or the stream ended)
+            self.sent += len(trades)
 
     async def _run(self) -> None:
         backoff_s = 0.05
@@ -103,7 +145,9 @@ class TradeFeed:
             try:
                 async with self.credentials.open_channel(self.target, CHANNEL_OPTIONS) as channel:
                     stub = md_grpc.MarketDataServiceStub(channel)
-                    await stub.PublishTrades(self._requests(), metadata=self.credentials.metadata)
+                    await stub.PublishTrades(
+                        self._requests(), metadata=trace_metadata(self.credentials.metadata)
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
