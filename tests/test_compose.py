@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
 #: What the host may reach: order entry, and market data (both authenticate every call).
 PUBLIC = {"execution", "marketdata", "gateway"}
-INTERNAL = ("cache", "redis", "postgres")
+INTERNAL = ("cache", "redis", "postgres", "scaler")
 
 
 def load_compose() -> dict[str, Any]:
