@@ -26,8 +26,11 @@ from services.execution.reference import (
     ReferenceSource,
     SqlSource,
 )
+from services.gateway.balancer import Balancer
 from services.gateway.config import GatewayConfig
+from services.gateway.replicas import ReplicaPool, ReplicaSource, StaticReplicas
 from services.gateway.routing import PRINCIPAL, Router
+from services.gateway.stateless import CACHE_SERVICE, MARKETDATA_SERVICE
 from services.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ class GatewayApp:
         self._changed = asyncio.Condition()
         self._follower: asyncio.Task[None] | None = None
         self._closers: list[Callable[[], Awaitable[Any]]] = []
+        #: The balanced stateless services, by full service name (only those with replicas).
+        self.pools: dict[str, ReplicaPool] = {}
 
     # --- the map -------------------------------------------------------------------------------
     @property
@@ -94,7 +99,26 @@ class GatewayApp:
             return held  # type: ignore[return-value]
         return await self.reference.account_for_key(api_key)
 
+    # --- stateless services ------------------------------------------------------------------
+    async def add_pool(self, service: str, label: str, source: ReplicaSource) -> ReplicaPool:
+        """Balance ``service`` over the replicas ``source`` names (started before it returns)."""
+        config = self.config
+        pool = ReplicaPool(
+            service,
+            label,
+            source,
+            self.suite.credentials,
+            Balancer(config.balancer, decay_ms=config.balancer_decay_ms, eject_ms=config.balancer_eject_ms),
+            health_retry_ms=config.health_retry_ms,
+        )
+        self.pools[service] = pool
+        await pool.start()
+        return pool
+
     async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
+        self.pools.clear()
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,4 +186,12 @@ async def build(config: GatewayConfig, suite: security.SuiteSecurity | None = No
         UpstreamPool(suite.credentials),
     )
     app.start_following()
+    try:
+        if config.marketdata_replicas:
+            await app.add_pool(MARKETDATA_SERVICE, "marketdata", StaticReplicas(config.marketdata_replicas))
+        if config.cache_replicas:
+            await app.add_pool(CACHE_SERVICE, "cache", StaticReplicas(config.cache_replicas))
+    except BaseException:
+        await app.close()
+        raise
     return app

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hftgate import shardmap
 from hftgate.config import default_state_dir, from_env
+from services.gateway import balancer as balancer_module
 
 ENV_PREFIX = "HFTGATE_GATEWAY_"
 
@@ -65,6 +66,21 @@ class GatewayConfig:
     # account header from the gateway principal (then the key is checked only here).
     forward_api_key: bool = True
 
+    # Replicas of the stateless services the gateway balances ("HOST:PORT", comma separated); empty =
+    # the gateway does not serve that API. The scaler's WatchReplicas can replace these lists later
+    # (services/gateway/replicas.py: ReplicaSource).
+    marketdata_replicas: tuple[str, ...] = ()
+    cache_replicas: tuple[str, ...] = ()
+    # How a replica is chosen: p2c_peak_ewma, p2c_inflight or round_robin (services/gateway/balancer.py).
+    balancer: str = balancer_module.DEFAULT_ALGORITHM
+    # Time constant of the peak-EWMA latency's decay (towards faster observations, and towards zero
+    # while a replica gets no calls, so a once-slow replica is tried again).
+    balancer_decay_ms: int = 1_000
+    # How long a replica that failed a call in transport (UNAVAILABLE) gets no new calls.
+    balancer_eject_ms: int = 1_000
+    # First back-off before a broken health watch of a replica is re-opened (doubles up to 1 s).
+    health_retry_ms: int = 100
+
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
@@ -104,6 +120,21 @@ def load_config(environ: Mapping[str, str] | None = None) -> GatewayConfig:
     for name in ("shard_map_poll_ms", "default_deadline_ms", "max_batch_orders", "max_routes"):
         if getattr(config, name) < 1:
             raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1, not {getattr(config, name)}")
+    if config.balancer not in balancer_module.ALGORITHMS:
+        raise ValueError(
+            f"{ENV_PREFIX}BALANCER={config.balancer!r} is not one of {', '.join(balancer_module.ALGORITHMS)}"
+        )
+    for name in ("balancer_decay_ms", "health_retry_ms"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1, not {getattr(config, name)}")
+    if config.balancer_eject_ms < 0:
+        raise ValueError(f"{ENV_PREFIX}BALANCER_EJECT_MS must be >= 0, not {config.balancer_eject_ms}")
+    for name in ("marketdata_replicas", "cache_replicas"):
+        addresses = [a.strip() for a in getattr(config, name)]
+        if any(not a or " " in a or ":" not in a for a in addresses):
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}: each replica must be HOST:PORT, got {addresses!r}")
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}: a replica is listed twice: {addresses!r}")
     if config.reference_local_ttl_ms < 1:
         raise ValueError(f"{ENV_PREFIX}REFERENCE_LOCAL_TTL_MS must be at least 1")
     return config

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
@@ -39,12 +39,14 @@ from hftgate import security
 from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
 from hftgate.shardmap import HASH_ALGORITHM, ORDER_ID_SHARD_SHIFT, Shard, ShardMap
 from hftgate.telemetry import describe_malformed
+from hftgate.v1 import cache_pb2, marketdata_pb2  # noqa: F401 (their descriptors, for reflection)
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import gateway_pb2 as gw
 from hftgate.v1 import gateway_pb2_grpc as gw_grpc
 from services.gateway.app import GatewayApp, build
 from services.gateway.config import GatewayConfig
 from services.gateway.routing import ACCOUNT_METADATA, PRINCIPAL, MergeError, merge
+from services.gateway.stateless import StatelessForwarder
 from services.gateway.upstream import EXECUTION_SERVICE, ShardChannel
 
 log = logging.getLogger(__name__)
@@ -541,6 +543,8 @@ class GatewayServer(RunningServer):
 
     app: GatewayApp | None = None
     forwarder: ExecutionForwarder | None = None
+    #: The balanced stateless services' forwarders, by full service name.
+    stateless: dict[str, StatelessForwarder] = field(default_factory=dict)
 
     async def stop(self, grace_s: float) -> None:
         await super().stop(grace_s)
@@ -559,14 +563,20 @@ async def start(config: GatewayConfig, suite: security.SuiteSecurity | None = No
         forwarder = ExecutionForwarder(app)
         servicer = GatewayServicer(app)
         handler = forwarder.generic_handler()
+        stateless = {
+            name: StatelessForwarder(pool, config.default_deadline_ms) for name, pool in app.pools.items()
+        }
+        bindings = [
+            ServiceBinding(EXECUTION_SERVICE, lambda s: s.add_generic_rpc_handlers((handler,))),
+            ServiceBinding(
+                GATEWAY_SERVICE, lambda s: gw_grpc.add_GatewayServiceServicer_to_server(servicer, s)
+            ),
+        ]
+        for name, balanced in stateless.items():
+            bindings.append(ServiceBinding(name, _add_generic(balanced.generic_handler())))
         running = await create_server(
             config.address,
-            [
-                ServiceBinding(EXECUTION_SERVICE, lambda s: s.add_generic_rpc_handlers((handler,))),
-                ServiceBinding(
-                    GATEWAY_SERVICE, lambda s: gw_grpc.add_GatewayServiceServicer_to_server(servicer, s)
-                ),
-            ],
+            bindings,
             tls=suite.server_tls,
             auth=security.ServiceAuthInterceptor(suite.secret, api_key_methods=True),
         )
@@ -580,4 +590,12 @@ async def start(config: GatewayConfig, suite: security.SuiteSecurity | None = No
         service_names=running.service_names,
         app=app,
         forwarder=forwarder,
+        stateless=stateless,
     )
+
+
+def _add_generic(handler: grpc.GenericRpcHandler) -> Any:
+    def add(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((handler,))
+
+    return add
