@@ -90,6 +90,8 @@ DEPENDENCY_ADDRESS_VARIABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "gateway": (
         ("execution", "HFTGATE_GATEWAY_EXECUTION_SHARDS"),
         ("cache", "HFTGATE_GATEWAY_CACHE_ADDRESS"),
+        ("cache", "HFTGATE_GATEWAY_CACHE_REPLICAS"),
+        ("marketdata", "HFTGATE_GATEWAY_MARKETDATA_REPLICAS"),
     ),
 }
 
