@@ -318,9 +318,7 @@ async def _replay_through_execution(execution: ExecutionProcess, window_inputs: 
                 for name, account_messages in messages.items()
             )
         )
-        stats = await stub.GetStats(
-            execution_pb2.GetStatsRequest(), metadata=execution.account(next(iter(messages))).metadata
-        )
+        stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=execution.admin_metadata())
     return {
         "order_path_hit_ratio": stats.order_path_hit_ratio,
         "order_path_lookups": stats.reference_lookups,

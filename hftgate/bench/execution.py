@@ -23,6 +23,13 @@ Every round measures, in this order:
 - ``stream_orders_per_s``: OrderStream, 100 orders a message, two accounts, each stream keeping
   up to ``stream_window_inputs`` orders unanswered.
 - ``stream_single_orders_per_s``: OrderStream with one order a message.
+- ``fair_unary_p99_ms_under_flood`` (and ``fair_unary_p50_ms_under_flood``): sequential SubmitOrder
+  calls of one account (alice) while two other accounts (carol, dave) flood OrderStream as fast
+  as they can (100 orders a message, no client-side window: only the server's backpressure
+  slows them), from a separate client process so that the flood's client work does not delay
+  the measuring client. ``fair_flood_orders_per_s`` is what the two floods got through meanwhile.
+  ``fair_bar_holds``: ``fair_unary_p99_ms_under_flood <= 5 * unary_p99_ms`` (issue 13.3), both
+  taken per round.
 
 Derived: ``unary_overhead_ms = unary_p50_ms - grpc_echo_p50_ms - fsync_p50_ms`` (what the service
 adds besides the transport and its one fsync: decode, risk, match, journal hand-off, ack) and
@@ -74,6 +81,10 @@ from hftgate.grpcserver import CHANNEL_OPTIONS
 BATCH_ORDERS_PER_S_BAR = 50_000
 STREAM_ORDERS_PER_S_BAR = 20_000
 UNARY_OVERHEAD_MS_BAR = 0.25
+# Issue 13.2: what the service's resident memory may grow per accepted order after warm-up.
+RSS_BYTES_PER_ORDER_BAR = 8.0
+# Issue 13.3: a well-behaved account's SubmitOrder p99 while two others flood, against unloaded.
+FAIR_UNARY_P99_RATIO_BAR = 5.0
 
 DEMO_SYMBOL = "BTCUSDT"
 # BTCUSDT's reference price in the service's demo data (60,000.00 in 0.01 ticks).
@@ -155,6 +166,14 @@ class ExecutionProcess:
         if name not in DEMO_ACCOUNTS:
             raise KeyError(f"no demo account {name!r}; the service seeds {', '.join(DEMO_ACCOUNTS)}")
         return Account(name, f"{self.key_secret}-{name}")
+
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Call metadata of the "admin" principal under this process's suite secret (GetStats gives
+        the service-wide figures only to a service principal; an account sees its own)."""
+        from hftgate.security import ADMIN, SERVICE_TOKEN_METADATA, load_suite_secret
+
+        secret = load_suite_secret(self.environment(), state_dir=self.state_dir, create=False)
+        return ((SERVICE_TOKEN_METADATA, secret.token_for(ADMIN)),)
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HFTGATE_EXECUTION_")}
@@ -617,6 +636,175 @@ async def measure_streams(
     return total / elapsed, rejected
 
 
+def _flood_child(address: str, api_keys: list[str], prefix: str, ready: Any, stop: Any, out: Any) -> None:
+    """In a fresh (spawned) process: one OrderStream per key, each sending 100-order messages as
+    fast as the server takes them and reading what comes back, until ``stop`` is set; puts the
+    orders acknowledged per second on ``out``."""
+    asyncio.run(_flood(address, api_keys, prefix, ready, stop, out))
+
+
+async def _flood(address: str, api_keys: list[str], prefix: str, ready: Any, stop: Any, out: Any) -> None:
+    import grpc
+
+    from hftgate.v1 import execution_pb2, execution_pb2_grpc
+
+    acked = [0] * len(api_keys)
+    started = asyncio.Event()
+
+    async def one(index: int, api_key: str) -> None:
+        flow = OrderFlow(f"{prefix}f{index}-", seed=10 + index)
+        templates = [
+            execution_pb2.OrderStreamRequest(
+                inputs=[execution_pb2.OrderInput(new_order=flow.next_order()) for _ in range(100)]
+            )
+            for _ in range(50)
+        ]
+        call = stub.OrderStream(metadata=(("x-api-key", api_key),))
+
+        async def read() -> None:
+            async for response in call:
+                acked[index] += len(response.acks)
+                if acked[index]:
+                    started.set()
+
+        reader = asyncio.create_task(read())
+        number = 0
+        try:
+            while not stop.is_set():
+                message = execution_pb2.OrderStreamRequest()
+                message.CopyFrom(templates[number % len(templates)])
+                for item in message.inputs:  # client order ids stay unique for the account
+                    number += 1
+                    item.new_order.client_order_id = f"{prefix}f{index}-{number}"
+                await call.write(message)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass
+        finally:
+            call.cancel()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
+        tasks = [asyncio.create_task(one(i, key)) for i, key in enumerate(api_keys)]
+
+        async def announce() -> None:
+            await started.wait()
+            ready.set()
+
+        announcer = asyncio.create_task(announce())
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        announcer.cancel()
+    out.put(sum(acked))
+
+
+async def measure_fair_unary(
+    process: ExecutionProcess, stub: Any, flow: OrderFlow, account: Account, *, samples: int
+) -> tuple[np.ndarray, float]:
+    """(SubmitOrder latencies of ``account``, flood orders per second) while carol and dave flood
+    OrderStream from a spawned child process (see the module docstring)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # never fork a process that holds gRPC objects
+    ready, stop, out = context.Event(), context.Event(), context.Queue()
+    keys = [process.account("carol").api_key, process.account("dave").api_key]
+    child = context.Process(
+        target=_flood_child, args=(process.address, keys, run_prefix(), ready, stop, out), daemon=True
+    )
+    child.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.is_set():
+            if not child.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the flood client did not start flooding")
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # let the floods reach their pace
+        begun = time.perf_counter()
+        latencies = await _unary_block(stub, [(flow, account)], samples)
+        elapsed = time.perf_counter() - begun
+    finally:
+        stop.set()
+    try:
+        total = await asyncio.to_thread(out.get, True, 60)
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    # Orders over the whole flood (it ran a little longer than the measured window).
+    return latencies, float(total) / max(elapsed, 1e-9)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (``VmRSS`` of ``/proc/<pid>/status``), in bytes."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+async def measure_rss_per_order(process: ExecutionProcess, settings: RoundSettings) -> dict[str, float]:
+    """``rss_bytes_per_order``: the service's RSS growth per accepted order after warm-up.
+
+    Two accounts send SubmitOrders of ``batch_orders`` (the stationary :class:`OrderFlow`, so the
+    book's depth does not grow), one call in flight each. After ``rss_warmup_orders`` (the order
+    window and the report ring fill up and stop growing: state.py), the RSS is sampled every
+    ``rss_measured_orders / 16`` orders; the figure is the least-squares slope of RSS over orders
+    accepted across those samples (less sensitive to one allocator step than the two ends), with
+    ``rss_mb_after_warmup``, ``rss_mb_end`` and ``rss_orders_measured`` beside it.
+    """
+    import grpc
+
+    from hftgate.v1 import execution_pb2, execution_pb2_grpc
+
+    if process.process is None:
+        raise RuntimeError("the execution process is not running")
+    pid = process.process.pid
+    prefix = run_prefix() + "m"
+    flows = [
+        (OrderFlow(prefix + "a", seed=11), process.account("alice")),
+        (OrderFlow(prefix + "b", seed=12), process.account("bob")),
+    ]
+    size = settings.batch_orders
+    accepted = 0
+
+    async def send(stub: Any, orders: int) -> None:
+        nonlocal accepted
+
+        async def one_account(flow: OrderFlow, account: Account, calls: int) -> None:
+            nonlocal accepted
+            for _ in range(calls):
+                request = execution_pb2.SubmitOrdersRequest(orders=[flow.next_order() for _ in range(size)])
+                response = await stub.SubmitOrders(request, metadata=account.metadata)
+                accepted += sum(1 for a in response.acks if a.status != execution_pb2.ORDER_STATUS_REJECTED)
+
+        calls = max(1, orders // (size * len(flows)))
+        await asyncio.gather(*(one_account(flow, account, calls) for flow, account in flows))
+
+    samples: list[tuple[int, int]] = []
+    async with grpc.aio.insecure_channel(process.address, options=CHANNEL_OPTIONS) as channel:
+        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
+        await send(stub, settings.rss_warmup_orders)
+        steps = 16
+        samples.append((accepted, rss_bytes(pid)))
+        for _ in range(steps):
+            await send(stub, settings.rss_measured_orders // steps)
+            samples.append((accepted, rss_bytes(pid)))
+    orders = np.array([o for o, _ in samples], np.float64)
+    rss = np.array([r for _, r in samples], np.float64)
+    slope = float(np.polyfit(orders, rss, 1)[0]) if orders[-1] > orders[0] else float("nan")
+    return {
+        "rss_bytes_per_order": round(slope, 2),
+        "rss_bytes_per_order_ends": round((rss[-1] - rss[0]) / max(1.0, orders[-1] - orders[0]), 2),
+        "rss_mb_after_warmup": round(rss[0] / 2**20, 1),
+        "rss_mb_end": round(rss[-1] / 2**20, 1),
+        "rss_orders_measured": int(orders[-1] - orders[0]),
+    }
+
+
 def _latency_ms(summary: Any) -> float:
     return _ms(summary.p50_ns)
 
@@ -634,6 +822,11 @@ class RoundSettings:
     stream_window_inputs: int = 2_000
     stream_single_orders_per_account: int = 5_000
     stream_single_window_inputs: int = 64
+    fair_unary_samples: int = 1000
+    #: ``rss_bytes_per_order`` (measured once per run, in a process of its own): orders sent before
+    #: the first RSS sample, and orders over which the growth is measured (0 = not measured).
+    rss_warmup_orders: int = 500_000
+    rss_measured_orders: int = 2_000_000
 
 
 async def _one_round(
@@ -673,7 +866,7 @@ async def _one_round(
             await durable_echo.close()
             await plain_echo.close()
             fsync.close()
-        stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=alice.metadata)
+        stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=process.admin_metadata())
         result.update(
             unary_p50_ms=_ms(np.median(unary.unary_ns)),
             unary_p99_ms=_ms(np.percentile(unary.unary_ns, 99)),
@@ -716,7 +909,15 @@ async def _one_round(
             window_inputs=settings.stream_single_window_inputs,
         )
         result.update(stream_single_orders_per_s=rate, stream_single_rejected=rejected)
-        stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=alice.metadata)
+        fair, flood_rate = await measure_fair_unary(
+            process, stub, OrderFlow(prefix + "u", seed=3), alice, samples=settings.fair_unary_samples
+        )
+        result.update(
+            fair_unary_p50_ms_under_flood=_ms(np.median(fair)),
+            fair_unary_p99_ms_under_flood=_ms(np.percentile(fair, 99)),
+            fair_flood_orders_per_s=flood_rate,
+        )
+        stats = await stub.GetStats(execution_pb2.GetStatsRequest(), metadata=process.admin_metadata())
         if stats.journal_fsyncs:
             result["journal_records_per_fsync"] = stats.journal_records / stats.journal_fsyncs
     return result
@@ -771,5 +972,18 @@ def run(repeats: int = 3, *, settings: RoundSettings | None = None) -> dict[str,
     out["unary_bar_holds"] = float(out["unary_overhead_ms"]) <= UNARY_OVERHEAD_MS_BAR
     out["batch_bar_holds"] = float(out["batch_orders_per_s"]) >= BATCH_ORDERS_PER_S_BAR
     out["stream_bar_holds"] = float(out["stream_orders_per_s"]) >= STREAM_ORDERS_PER_S_BAR
+    # Per round (figure and reference from the same minutes), then the median of the ratios.
+    ratios = [r["fair_unary_p99_ms_under_flood"] / r["unary_p99_ms"] for r in rounds if r.get("unary_p99_ms")]
+    out["fair_unary_p99_ratio"] = round(statistics.median(ratios), 3) if ratios else float("nan")
+    out["fair_bar_holds"] = bool(ratios) and statistics.median(ratios) <= FAIR_UNARY_P99_RATIO_BAR
+    if settings.rss_measured_orders > 0:
+        with (
+            tempfile.TemporaryDirectory(prefix="hftgate-bench-execution-rss-") as tmp,
+            ExecutionProcess(Path(tmp)) as process,
+        ):
+            process.start()
+            out.update(asyncio.run(measure_rss_per_order(process, settings)))
+            process.stop()
+        out["rss_bar_holds"] = float(out["rss_bytes_per_order"]) <= RSS_BYTES_PER_ORDER_BAR
     out["repeats"] = len(rounds)
     return out

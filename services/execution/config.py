@@ -52,6 +52,15 @@ class ExecutionConfig:
     # time since the last one (whichever comes first, and only when something changed); 0 disables.
     snapshot_every_inputs: int = 200_000
     snapshot_every_s: float = 60.0
+    # Snapshots also after this many journal bytes since the last one (the replayed tail included),
+    # and at once after a recovery that replayed at least snapshot_after_recovery_bytes, so a service
+    # killed more often than snapshot_every_s still keeps its recovery short; 0 disables either.
+    snapshot_every_journal_bytes: int = 16 * 1024 * 1024
+    snapshot_after_recovery_bytes: int = 1024 * 1024
+    # Full disk: the longest pause between the journal writer's attempts to find space, and how long
+    # a stopping service waits for space before giving up on records it could not write (never acked).
+    journal_space_retry_max_ms: int = 100
+    journal_close_blocked_timeout_s: float = 10.0
 
     # Ledger of fills: SQLAlchemy async URL; empty = SQLite file in the state directory.
     ledger_database_url: str = ""
@@ -90,6 +99,31 @@ class ExecutionConfig:
 
     # Execution reports kept for StreamExecutions resumption.
     retained_reports: int = 200_000
+
+    # Streams (StreamExecutions and OrderStream together) open at once, per account and for the
+    # whole service; one more is refused with RESOURCE_EXHAUSTED and a google.rpc.QuotaFailure.
+    max_streams_per_account: int = 8
+    max_streams: int = 512
+    # Reports a stream encodes at a time (StreamExecutions history and live reports, OrderStream
+    # executions and acks per response): the most a stream holds beyond gRPC's flow-control window.
+    stream_page_reports: int = 256
+    # A stream (either kind) more than this many report sequences behind the newest report is cut
+    # off with RESOURCE_EXHAUSTED "reader too slow"; capped at half of retained_reports, so that
+    # what it had not read is still retained when it resumes (StreamExecutions after_sequence).
+    stream_max_behind_reports: int = 100_000
+    # An OrderStream stops reading its client's messages while this many of its inputs have acks
+    # not yet written (the client is not reading them): backpressure, not buffering.
+    order_stream_max_unsent_inputs: int = 10_000
+    # Fair admission between accounts (fairness.FairAdmission). Per event-loop turn, batches run
+    # while the turn's inputs stay within fair_slice_inputs (the first always runs); the rest
+    # queue per account, served round-robin. A light call (a SubmitOrder, cancel, replace or a
+    # batch of at most fair_light_inputs) runs at once, and while one is in flight (and for
+    # fair_light_grace_us after its handler returns) heavy steps (stream messages, stream
+    # responses, larger batches) wait, one of them released every fair_max_defer_us.
+    fair_slice_inputs: int = 100
+    fair_light_inputs: int = 8
+    fair_max_defer_us: int = 5_000
+    fair_light_grace_us: int = 2_000
 
     # CPU placement (hftgate/placement.py): "auto" keeps the event loop and the journal writer
     # thread on different CPUs when the process may use two or more (the writer on the highest);
@@ -174,4 +208,16 @@ def load_config(environ: Mapping[str, str] | None = None) -> ExecutionConfig:
         raise ValueError(f"{ENV_PREFIX}JOURNAL_ACK_POLL_US must be 0 or more")
     if config.max_batch_orders < 1 or config.max_stream_message_inputs < 1:
         raise ValueError("max_batch_orders and max_stream_message_inputs must be at least 1")
+    for name in (
+        "max_streams_per_account",
+        "max_streams",
+        "stream_page_reports",
+        "stream_max_behind_reports",
+        "order_stream_max_unsent_inputs",
+        "fair_slice_inputs",
+        "fair_max_defer_us",
+        "retained_reports",
+    ):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
     return config

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -206,19 +207,57 @@ class Counters:
     rejects_by_reason: dict[int, int] = field(default_factory=dict)
 
 
-class ReportSubscriber:
-    """A StreamExecutions/OrderStream listener: report arrays of one account land in ``queue``."""
+class ReaderTooSlow(Exception):
+    """A stream fell so far behind the published reports that the ones it has not read yet would
+    soon leave the retained window: it is cut off (execution.proto: RESOURCE_EXHAUSTED)."""
 
-    def __init__(self, account_id: int, symbol_id: int | None) -> None:
+    def __init__(self, behind: int, resume_after: int) -> None:
+        super().__init__(
+            f"reader too slow: {behind} reports behind; resume with after_sequence={resume_after} "
+            "(or the last sequence you received, if later)"
+        )
+        self.behind = behind
+        self.resume_after = resume_after
+
+
+class ReportSubscriber:
+    """A StreamExecutions/OrderStream listener: a cursor over the retained reports, never a copy.
+
+    The reports stay in the state's retained ring (bounded by ``retained_reports``); the stream
+    reads them a page at a time (:meth:`ExecutionCore.reports_page`) as its client takes them, so
+    a reader that does not read holds nothing but its cursor. ``wake`` is set when reports of the
+    account are published (or, for an OrderStream, acks arrive in ``acks``: at most the stream's
+    window of unsent inputs, see server.py). A reader more than the core's ``max_behind_reports``
+    behind is cut off: ``too_slow`` is set and ``on_too_slow`` called (the server cancels the
+    stream and answers RESOURCE_EXHAUSTED), before anything it has not read can be overwritten.
+    """
+
+    __slots__ = ("account_id", "acks", "cursor", "idle", "on_too_slow", "symbol_id", "too_slow", "wake")
+
+    def __init__(self, account_id: int, symbol_id: int | None, cursor: int) -> None:
         self.account_id = account_id
         self.symbol_id = symbol_id
-        self.queue: asyncio.Queue[np.ndarray | Acks] = asyncio.Queue()
+        #: Report sequence up to which this stream has read (taken or skipped) the ring.
+        self.cursor = cursor
+        self.wake = asyncio.Event()
+        #: (published_report_seq when it came, acks or the journal's error), oldest first.
+        self.acks: deque[tuple[int, Acks | BaseException]] = deque()
+        #: True while the stream waits with nothing of its own published after ``cursor``.
+        self.idle = False
+        self.too_slow: ReaderTooSlow | None = None
+        self.on_too_slow: Callable[[ReaderTooSlow], object] | None = None
 
-    def deliver(self, reports: np.ndarray) -> None:
-        if self.symbol_id is not None:
-            reports = reports[reports["symbol_id"] == self.symbol_id]
-        if len(reports):
-            self.queue.put_nowait(reports)
+    def notify(self) -> None:
+        self.idle = False
+        self.wake.set()
+
+    def put_acks(self, published: int, acks: Acks | BaseException) -> None:
+        self.acks.append((published, acks))
+        self.notify()
+
+
+#: Ring rows looked at per step of a page read (one numpy pass over their account ids).
+_SCAN_ROWS = 4096
 
 
 class ExecutionCore:
@@ -245,6 +284,11 @@ class ExecutionCore:
         self.started_ns = time.time_ns()
         self._buckets: dict[int, TokenBucket] = {}
         self._subscribers: dict[int, list[ReportSubscriber]] = {}
+        #: See max_behind_reports (set by the server from its config).
+        self.stream_max_behind_reports = 100_000
+        self._next_lag_check = 0
+        #: Streams cut off for reading too slowly since start.
+        self.streams_cut_off = 0
         self._on_batch_applied = on_batch_applied
         #: Called off the order path with the fills of each durable batch (the market data feed).
         self.trade_sink = trade_sink
@@ -287,12 +331,18 @@ class ExecutionCore:
             bucket = self._buckets[account.account_id] = TokenBucket(
                 account.rate_limit_orders_per_s, account.rate_limit_burst
             )
+            # A new bucket is full whenever it is first read: its clock must not start after the
+            # arrival it is compared with (an arrival read before the bucket was made would count
+            # as negative time and take tokens away: "retry in 0.000 s" with a burst of 1).
+            bucket.updated_ns = 0
         return bucket
 
     def check_rate(self, account: AccountSpec, now: int) -> None:
         """Raise RateLimited when the account has no token left at arrival."""
         bucket = self.bucket(account)
-        if bucket.refill(now) < 1.0:
+        # ``now`` was read when the call arrived, before any await; another call may have
+        # refilled the bucket since. Time never runs backwards for the bucket.
+        if bucket.refill(max(now, bucket.updated_ns)) < 1.0:
             raise RateLimited(bucket.seconds_until_one())
 
     def _ensure_account(self, account: AccountSpec) -> None:
@@ -478,6 +528,8 @@ class ExecutionCore:
                 with contextlib.suppress(Exception):
                     self.on_apply_failed(self.apply_failed)
             raise ServiceUnavailable("the service hit an internal error and must be restarted") from exc
+        if self._subscribers and self.state.next_report_seq > self._next_lag_check:
+            self._check_lag()  # the ring moves on apply, before the reports are published
         return future, outcome
 
     def _durable(self, acks: Acks, outcome: BatchOutcome, t_match: int) -> None:
@@ -544,8 +596,9 @@ class ExecutionCore:
         symbol_ids: set[int] = set()
         for position in positions:
             order_id = int(inputs.target_ids[position]) or own.get(inputs.client_ids[position], 0)
-            if 1 <= order_id <= state.order_count:
-                symbol_ids.add(int(state.orders["symbol_id"][order_id - 1]))
+            slot = state.slot_of(order_id) if order_id > 0 else -1
+            if slot >= 0:
+                symbol_ids.add(int(state.table["symbol_id"][slot]))
         names = state.symbol_names
         return {
             symbol_id: await self.reference.instrument(names[symbol_id])
@@ -794,7 +847,7 @@ class ExecutionCore:
         if not len(positions):
             return
         state = self.state
-        orders = state.orders
+        orders = state.table
         own = state.client_id_index.get(account.account_id, {})
         # New orders earlier in this same batch get the next ids, in order: a stream may cancel them.
         accepted_new = np.nonzero((inputs.kind == KIND_NEW) & (reason == 0))[0].tolist()
@@ -817,17 +870,17 @@ class ExecutionCore:
                     reason[position] = common.REJECT_REASON_INVALID_ORDER
                     continue
                 order_id = order_id or by_client
-            if not 1 <= order_id <= state.order_count:
+            index = state.slot_of(order_id) if order_id > 0 else -1  # -1: never existed, or retired
+            if index < 0:
                 reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
                 continue
-            index = order_id - 1
             if int(orders["account_id"][index]) != account.account_id:
                 # Exactly a missing id's answer, showing nothing of the order: which ids are other
                 # accounts' must not leak (ids are sequential).
                 reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
                 continue
             targets[position] = order_id
-            client_ids[position] = state.client_ids[index]
+            client_ids[position] = state.client_id_at(index)
             if orders["status"][index] not in OPEN_STATUSES:
                 reason[position] = common.REJECT_REASON_UNKNOWN_ORDER
                 continue
@@ -849,7 +902,7 @@ class ExecutionCore:
         the account's position limit, as for a new order (risk.py), so that a replace cannot bring
         the book a price or quantity outside the bounds apply_batch's arithmetic relies on.
         ``used`` carries the lots earlier replaces of the batch added per (symbol id, side)."""
-        row = self.state.orders[index]
+        row = self.state.table[index]
         new_price, new_qty, new_stop = (
             int(values["price"]),
             int(values["quantity"]),
@@ -940,8 +993,7 @@ class ExecutionCore:
             commands["action"][others] = np.where(kind[others] == KIND_CANCEL, Action.CANCEL, Action.REPLACE)
             meta["cancel_reason"][others] = inputs.cancel_reason
             for position in np.nonzero(others & (kind == KIND_REPLACE))[0].tolist():
-                index = int(commands["order_id"][position]) - 1
-                row = state.orders[index]
+                row = state.table[state.slot_of(int(commands["order_id"][position]))]
                 values = orders[position]
                 total = int(values["quantity"]) or int(row["quantity"])
                 open_qty = total - int(row["cum"])
@@ -1027,11 +1079,11 @@ class ExecutionCore:
 
     def _fill_rejected_acks(self, acks: Acks, rejected: np.ndarray) -> None:
         """Rejected cancels/replaces show their order unchanged."""
-        orders = self.state.orders
+        orders = self.state.table
         for position in np.nonzero(rejected & (acks.kind != KIND_NEW) & (acks.order_ids > 0))[0].tolist():
-            index = int(acks.order_ids[position]) - 1
-            if index >= self.state.order_count:
-                continue  # an order of this same batch
+            index = self.state.slot_of(int(acks.order_ids[position]))
+            if index < 0:
+                continue  # an order of this same batch (or retired)
             row = orders[index]
             acks.price[position] = row["price"]
             acks.quantity[position] = row["quantity"]
@@ -1107,13 +1159,13 @@ class ExecutionCore:
         reports = outcome.reports
         if len(reports):
             self.published_report_seq = int(reports["sequence"][-1])
-        if len(reports) and self._subscribers:
-            accounts = reports["account_id"]
-            for account_id, subscribers in self._subscribers.items():
-                mine = reports[accounts == account_id]
-                if len(mine):
-                    for subscriber in subscribers:
-                        subscriber.deliver(mine)
+            if self._subscribers:
+                subscribers = self._subscribers
+                for account_id in set(reports["account_id"].tolist()):
+                    for subscriber in subscribers.get(account_id, ()):
+                        subscriber.notify()
+                if self.state.next_report_seq > self._next_lag_check:
+                    self._check_lag()
         if len(outcome.fills):
             self._pending_fills.append(outcome.fills)
             if self._ledger_task is None or self._ledger_task.done():
@@ -1162,8 +1214,11 @@ class ExecutionCore:
             )
         ]
 
-    def subscribe(self, account_id: int, symbol_id: int | None) -> ReportSubscriber:
-        subscriber = ReportSubscriber(account_id, symbol_id)
+    def subscribe(self, account_id: int, symbol_id: int | None, after: int | None = None) -> ReportSubscriber:
+        """A cursor over the account's reports after sequence ``after`` (default: live only, from
+        the last published report). The caller checks ``after`` is still retained."""
+        cursor = self.published_report_seq if after is None else min(after, self.published_report_seq)
+        subscriber = ReportSubscriber(account_id, symbol_id, cursor)
         self._subscribers.setdefault(account_id, []).append(subscriber)
         return subscriber
 
@@ -1173,6 +1228,77 @@ class ExecutionCore:
             subscribers.remove(subscriber)
         if not subscribers:
             self._subscribers.pop(subscriber.account_id, None)
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    @property
+    def max_behind_reports(self) -> int:
+        """How far (in report sequences) a stream may lag the published reports before it is cut
+        off: at most half the retained window, so that what it has not read is still retained
+        when it resumes."""
+        return max(1, min(self.stream_max_behind_reports, len(self.state.reports) // 2))
+
+    def _check_lag(self) -> None:
+        """Every quarter of :attr:`max_behind_reports` reports made: move idle readers' cursors
+        up (nothing of theirs was published since they went idle, else they were woken) and cut
+        off those too far behind."""
+        published = self.published_report_seq
+        head = self.state.next_report_seq - 1  # the ring's newest row, published or not yet
+        limit = self.max_behind_reports
+        self._next_lag_check = head + max(1, limit // 4)
+        for subscribers in list(self._subscribers.values()):
+            for subscriber in list(subscribers):
+                if subscriber.idle:
+                    subscriber.cursor = max(subscriber.cursor, published)
+                elif head - subscriber.cursor > limit and subscriber.too_slow is None:
+                    subscriber.too_slow = ReaderTooSlow(head - subscriber.cursor, subscriber.cursor)
+                    self.streams_cut_off += 1
+                    if subscriber.on_too_slow is not None:
+                        subscriber.on_too_slow(subscriber.too_slow)
+
+    def reports_page(self, subscriber: ReportSubscriber, limit: int, until: int | None = None) -> np.ndarray:
+        """Up to ``limit`` of the subscriber's published reports after its cursor (REPORT_DTYPE rows,
+        copied out of the ring), oldest first; moves the cursor past them and past the rows of other
+        accounts and symbols it looked at. Looks at no more than a bounded number of ring rows per
+        call: an empty page with ``cursor < published_report_seq`` means "call again". ``until``:
+        read no further than this sequence (an OrderStream whose next acks are not sent yet).
+
+        Raises ReaderTooSlow when reports after the cursor are no longer retained."""
+        state = self.state
+        ring = state.reports
+        capacity = len(ring)
+        end = self.published_report_seq if until is None else min(until, self.published_report_seq)
+        start = subscriber.cursor + 1
+        if start > end:
+            return ring[:0].copy()
+        if start < state.oldest_retained_report:
+            raise ReaderTooSlow(end - subscriber.cursor, subscriber.cursor)
+        accounts = ring["account_id"]
+        symbols = ring["symbol_id"]
+        taken: list[np.ndarray] = []
+        wanted = limit
+        looked = 0
+        while start <= end and wanted > 0 and looked < 16 * _SCAN_ROWS:
+            stop = min(end, start + _SCAN_ROWS - 1)
+            positions = (np.arange(start, stop + 1) - 1) % capacity
+            mine = accounts[positions] == subscriber.account_id
+            if subscriber.symbol_id is not None:
+                mine &= symbols[positions] == subscriber.symbol_id
+            hits = np.flatnonzero(mine)
+            if len(hits) >= wanted:
+                hits = hits[:wanted]
+                stop = start + int(hits[-1])
+            if len(hits):
+                taken.append(ring[positions[hits]])
+                wanted -= len(hits)
+            looked += stop - start + 1
+            subscriber.cursor = stop
+            start = stop + 1
+        if not taken:
+            return ring[:0].copy()
+        page = taken[0] if len(taken) == 1 else np.concatenate(taken)
+        return page
 
     async def drain(self) -> None:
         """Stop taking inputs and wait for the ledger hand-off of what is durable."""

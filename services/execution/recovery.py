@@ -88,6 +88,8 @@ class RecoveredState:
     #: Books of that snapshot (empty without one): what ``inputs`` apply to.
     base_books: dict[str, BookView]
     #: Every order the service knows (ORDER_DTYPE, row i = order id i + 1) and its client order id.
+    #: The replay retires nothing, so with ``use_snapshot=False`` that is every order ever; an order
+    #: the base snapshot had already retired (state.py) is an all-zero row and ``""``.
     orders: np.ndarray
     client_order_ids: list[str]
     #: The fills regenerated from ``inputs`` (FILL_DTYPE), in trade id order.
@@ -142,21 +144,28 @@ class Recovery:
     quarantined: dict[int, str] = field(default_factory=dict)
 
 
-def recover(config: ExecutionConfig, *, keep_inputs: bool = False, use_snapshot: bool = True) -> Recovery:
+def recover(
+    config: ExecutionConfig, *, keep_inputs: bool = False, use_snapshot: bool = True, retire: bool = True
+) -> Recovery:
     """Open the journal, load the newest snapshot and replay the tail (blocking).
 
     ``keep_inputs`` keeps the replayed inputs (for :func:`load_state`); ``use_snapshot=False``
-    ignores snapshots and replays the whole journal (which must then start at its first record).
+    ignores snapshots and replays the whole journal (which must then start at its first record);
+    ``retire=False`` keeps every order the replay sees (state.py retires finished ones otherwise).
     """
     started = time.perf_counter()
     engine_config = engine_config_of(config)
+    base = snapshot.newest(config.snapshot_path())
     journal = Journal.open(
         config.journal_path(),
         durability=Durability(config.journal_durability),
         allow_mid_corruption=config.journal_allow_mid_corruption,
         segment_max_bytes=config.journal_segment_max_bytes,
+        space_retry_max_ms=config.journal_space_retry_max_ms,
+        close_blocked_timeout_s=config.journal_close_blocked_timeout_s,
+        # Segments the newest snapshot covers whole are not even read (recovery stays short).
+        covered_seq=snapshot.snapshot_seq(base) if (base is not None and use_snapshot) else 0,
     )
-    base = snapshot.newest(config.snapshot_path())
     if not use_snapshot:
         if journal.recovery.records and journal.recovery.first_seq > 1:
             raise RuntimeError(
@@ -167,9 +176,11 @@ def recover(config: ExecutionConfig, *, keep_inputs: bool = False, use_snapshot:
 
     def base_state() -> tuple[ExecutionState, int]:
         if base is None:
-            return ExecutionState(engine_config, config.retained_reports), 0
-        loaded, seq = snapshot.load(base, engine_config, config.retained_reports)
-        log.info("snapshot %s loaded (journal seq %d, %d orders)", base.name, seq, loaded.order_count)
+            return ExecutionState(engine_config, config.retained_reports, retire=retire), 0
+        loaded, seq = snapshot.load(base, engine_config, config.retained_reports, retire=retire)
+        log.info(
+            "snapshot %s loaded (journal seq %d, %d orders held)", base.name, seq, loaded.retained_order_count
+        )
         return loaded, seq
 
     state, covered = base_state()
@@ -313,7 +324,7 @@ def load_state(
     """
     base = config or load_config()
     config = replace(base, state_dir=str(state_dir))
-    recovery = recover(config, keep_inputs=True, use_snapshot=use_snapshot)
+    recovery = recover(config, keep_inputs=True, use_snapshot=use_snapshot, retire=False)
     try:
         state = recovery.state
         commands = recovery.tail_inputs[0::2]

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +45,13 @@ from services.execution.core import (
     ExecutionCore,
     Inputs,
     RateLimited,
+    ReaderTooSlow,
+    ReportSubscriber,
     ServiceUnavailable,
     cancel_inputs,
 )
+from services.execution.fairness import FairAdmission, StreamLimitExceeded, StreamSlot, StreamSlots
+from services.execution.journal import Journal
 from services.execution.ledger import Ledger
 from services.execution.recovery import Recovery, recover
 from services.execution.reference import (
@@ -109,10 +114,21 @@ async def _abort_rate_limited(
 class ExecutionServicer(api_grpc.ExecutionServiceServicer):
     """Translates execution.proto calls to :class:`ExecutionCore` calls."""
 
-    def __init__(self, core: ExecutionCore, config: ExecutionConfig) -> None:
+    def __init__(
+        self, core: ExecutionCore, config: ExecutionConfig, secret: security.SuiteSecret | None = None
+    ) -> None:
         self.core = core
         self.config = config
-        self.published_report_seq = core.state.next_report_seq - 1
+        #: Verifies service tokens (GetStats gives suite-wide figures only to a service principal).
+        self.secret = secret
+        self.streams = StreamSlots(per_account=config.max_streams_per_account, total=config.max_streams)
+        self.admission = FairAdmission(
+            config.fair_slice_inputs,
+            light_inputs=config.fair_light_inputs,
+            max_defer_s=config.fair_max_defer_us / 1e6,
+            light_grace_s=config.fair_light_grace_us / 1e6,
+        )
+        core.stream_max_behind_reports = config.stream_max_behind_reports
         #: Calls refused for a missing or unknown API key (the interceptor counts its own refusals).
         self.unauthenticated = 0
 
@@ -145,11 +161,19 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             await _abort_rate_limited(context, account, exc)
 
     async def _submit(self, context: grpc.aio.ServicerContext, account: AccountSpec, inputs: Inputs) -> Acks:
+        admission = self.admission
+        light = len(inputs) <= admission.light_inputs
+        if light:
+            admission.light_enter()
         try:
+            await self._admit(account, len(inputs))
             return await self.core.submit(account, inputs)
         except ServiceUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise AssertionError("abort raises") from exc
+        finally:
+            if light:
+                admission.light_exit()
 
     def _ack_protos(
         self, acks: Acks, symbols: list[str] | None = None, make: Callable[..., api.OrderAck] = api.OrderAck
@@ -198,11 +222,16 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         account = await self._account(context)
         await self._rate(context, account)
         entry = codec.decode_new_order(request.order, time.time_ns(), arrival)
+        admission = self.admission
+        admission.light_enter()
         try:
+            await self._admit(account, 1)
             ack = await self.core.submit_order(account, entry)
         except ServiceUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise AssertionError("abort raises") from exc
+        finally:
+            admission.light_exit()
         response = api.SubmitOrderResponse(ack=codec.encode_single_ack(ack, entry.symbol, time.time_ns()))
         self.core.record_single_ack_sent(ack)
         return response
@@ -299,84 +328,200 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
 
     # --- streams ---------------------------------------------------------------------------------------
 
+    async def _stream_slot(self, context: grpc.aio.ServicerContext, account: AccountSpec) -> StreamSlot:
+        """A slot for a new stream of the account, or RESOURCE_EXHAUSTED with a QuotaFailure detail."""
+        try:
+            return self.streams.acquire(account.name)
+        except StreamLimitExceeded as exc:
+            quota = error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=exc.message)
+                ]
+            )
+            status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=exc.message)
+            status.details.add().Pack(quota)
+            await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+            raise AssertionError("abort raises") from exc
+
+    async def _admit(self, account: AccountSpec, inputs: int) -> None:
+        """Wait for the account's turn when others want the loop too (fairness.FairAdmission)."""
+        admission = self.admission
+        if inputs > admission.light_inputs:
+            step = admission.heavy_step()
+            if step is not None:
+                await step
+        waiter = admission.admit(account.account_id, inputs)
+        if waiter is not None:
+            await waiter
+
+    async def _heavy_step(self) -> None:
+        step = self.admission.heavy_step()
+        if step is not None:
+            await step
+
+    @staticmethod
+    def _cut_off_on_too_slow(subscriber: ReportSubscriber) -> None:
+        """Cancel the calling stream's task when the core finds its reader too slow (the stream
+        then answers RESOURCE_EXHAUSTED, see _too_slow)."""
+        task = asyncio.current_task()
+        assert task is not None
+        subscriber.on_too_slow = lambda _: task.cancel()
+
+    @staticmethod
+    async def _too_slow(
+        context: grpc.aio.ServicerContext, exc: ReaderTooSlow, last_sent: int, what: str = ""
+    ) -> NoReturn:
+        task = asyncio.current_task()
+        if task is not None:
+            while task.cancelling():
+                task.uncancel()
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject="stream:reader",
+                    description="a stream may fall at most max_behind_reports reports behind the service",
+                )
+            ]
+        )
+        message = (
+            f"reader too slow: {exc.behind} reports behind; resume with after_sequence={last_sent} "
+            f"(or the last sequence you received, if later){what}"
+        )
+        status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+        status.details.add().Pack(quota)
+        await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+        raise AssertionError("abort raises")
+
     async def OrderStream(
         self, request_iterator: AsyncIterator[api.OrderStreamRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api.OrderStreamResponse]:
+    ) -> None:
         account = await self._account(context)
+        slot = await self._stream_slot(context, account)
+        try:
+            await self._order_stream(account, request_iterator, context)
+        finally:
+            slot.release()
+
+    async def _order_stream(
+        self,
+        account: AccountSpec,
+        request_iterator: AsyncIterator[api.OrderStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """One OrderStream: a reader task submits the client's messages, this task writes acks and
+        reports. Bounded: the reader stops reading (gRPC flow control then stops the client) while
+        ``order_stream_max_unsent_inputs`` inputs have acks not yet written; reports are read from
+        the retained ring a page at a time; a writer too far behind is cut off."""
         core = self.core
+        config = self.config
         subscriber = core.subscribe(account.account_id, None)
-        queue = subscriber.queue
+        self._cut_off_on_too_slow(subscriber)
         ended: list[BaseException | None] = []
         submitted = [0]  # calls to core.submit; each gets exactly one sink call
+        unsent = [0]  # inputs submitted whose acks are not written yet
+        limit = config.order_stream_max_unsent_inputs
+        room = asyncio.Event()
+        reader_done = [False]
 
         def sink(acks: Acks | BaseException) -> None:
-            queue.put_nowait(acks)  # type: ignore[arg-type]
+            subscriber.put_acks(core.published_report_seq, acks)
 
         async def read() -> None:
             try:
                 async for message in request_iterator:
                     arrival = now_ns()
                     count = len(message.inputs)
-                    if count == 0 or count > self.config.max_stream_message_inputs:
+                    if count == 0 or count > config.max_stream_message_inputs:
                         ended.append(
                             _BadStreamMessage(
                                 "a stream message must carry 1.."
-                                f"{self.config.max_stream_message_inputs} inputs, got {count}"
+                                f"{config.max_stream_message_inputs} inputs, got {count}"
                             )
                         )
                         break
+                    while unsent[0] >= limit:  # the client is not reading its acks: stop reading
+                        room.clear()
+                        await room.wait()
                     inputs = codec.decode_stream_inputs(message.inputs, time.time_ns(), arrival)
+                    await self._admit(account, count)
                     submitted[0] += 1
-                    await core.submit(account, inputs, sink=sink)
+                    unsent[0] += count
+                    try:
+                        await core.submit(account, inputs, sink=sink)
+                    except ServiceUnavailable:
+                        submitted[0] -= 1
+                        unsent[0] -= count
+                        raise
                 else:
                     ended.append(None)
             except ServiceUnavailable as exc:
-                submitted[0] -= 1
                 ended.append(exc)
             except grpc.aio.AbortError as exc:  # the request decoder has already answered the call
                 ended.append(exc)
             except Exception as exc:  # a broken client stream: end ours too
                 ended.append(exc)
-            queue.put_nowait(_END)  # type: ignore[arg-type]
+            reader_done[0] = True
+            subscriber.notify()
 
         reader = asyncio.get_running_loop().create_task(read())
         restating: dict[int, int] = {}
+        restate_marks: deque[tuple[int, list[int]]] = deque()
         answered = 0
-        reader_done = False
+        last_sent = subscriber.cursor
+        page_size = config.stream_page_reports
         try:
-            while not (reader_done and answered >= submitted[0]):
-                item: Any = await queue.get()
-                items = [item]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
+            while True:
+                await self._heavy_step()
                 response = api.OrderStreamResponse()  # acks are built in place (see encode_acks)
-                reports: list[np.ndarray] = []
-                for entry in items:
-                    if entry is _END:
-                        reader_done = True
-                    elif isinstance(entry, BaseException):
+                taken = 0
+                pending = subscriber.acks
+                while pending and taken < page_size:
+                    _, entry = pending.popleft()
+                    if isinstance(entry, BaseException):
                         answered += 1
                         ended.append(ServiceUnavailable(f"journal failed: {entry}"))
-                        reader_done = True
+                        reader_done[0] = True
                         submitted[0] = answered
-                    elif isinstance(entry, Acks):
-                        answered += 1
-                        self._ack_protos(entry, make=response.acks.add)
-                        accepted = entry.sequences > 0
-                        restating = dict(
-                            zip(
-                                entry.sequences[accepted].tolist(),
-                                entry.order_ids[accepted].tolist(),
-                                strict=True,
-                            )
-                        )
-                    else:
-                        reports.append(_without_restated(entry, restating))
-                executions = codec.encode_reports(np.concatenate(reports), core.state) if reports else []
-                if executions:
-                    response.executions.extend(executions)
-                if len(response.acks) or executions:
-                    yield response
+                        pending.clear()
+                        break
+                    answered += 1
+                    taken += len(entry.kind)
+                    self._ack_protos(entry, make=response.acks.add)
+                    accepted = entry.sequences > 0
+                    sequences = entry.sequences[accepted].tolist()
+                    restating.update(zip(sequences, entry.order_ids[accepted].tolist(), strict=True))
+                    restate_marks.append((core.published_report_seq, sequences))
+                # Never a report before its order's ack: stop where the next unsent acks came in.
+                until = pending[0][0] if pending else None
+                page = core.reports_page(subscriber, page_size, until)
+                if len(page):
+                    last_sent = int(page["sequence"][-1])
+                    page = _without_restated(page, restating)
+                    if len(page):
+                        response.executions.extend(codec.encode_reports(page, core.state))
+                while restate_marks and restate_marks[0][0] <= subscriber.cursor:
+                    for sequence in restate_marks.popleft()[1]:  # their reports are all read
+                        restating.pop(sequence, None)
+                if len(response.acks) or len(response.executions):
+                    await context.write(response)
+                    unsent[0] -= taken
+                    if unsent[0] < limit:
+                        room.set()
+                    continue
+                if pending or subscriber.cursor < (core.published_report_seq if until is None else until):
+                    await asyncio.sleep(0)  # more to read: let the loop run others first
+                    continue
+                if reader_done[0] and answered >= submitted[0]:
+                    break
+                subscriber.wake.clear()
+                subscriber.idle = True
+                await subscriber.wake.wait()
+        except ReaderTooSlow as exc:
+            await self._too_slow(context, exc, last_sent, _UNSENT_ACKS.format(unsent[0]))
+        except asyncio.CancelledError:
+            if subscriber.too_slow is None:
+                raise
+            await self._too_slow(context, subscriber.too_slow, last_sent, _UNSENT_ACKS.format(unsent[0]))
         finally:
             core.unsubscribe(subscriber)
             reader.cancel()
@@ -395,7 +540,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
 
     async def StreamExecutions(
         self, request: api.StreamExecutionsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api.ExecutionReport]:
+    ) -> None:
         account = await self._account(context)
         core = self.core
         state = core.state
@@ -411,9 +556,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 "after_sequence",
                 f"must be 0 (from the oldest retained) or a report sequence, not {request.after_sequence}",
             )
-        subscriber = core.subscribe(account.account_id, symbol_id)
+        slot = await self._stream_slot(context, account)
         try:
-            last_sent = core.published_report_seq
+            after: int | None = None
             if not request.live_only:
                 after = request.after_sequence
                 oldest = state.oldest_retained_report
@@ -422,31 +567,64 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                         grpc.StatusCode.OUT_OF_RANGE,
                         f"reports after {after} are no longer retained; the oldest retained is {oldest}",
                     )
-                history = state.retained_reports_after(after)
-                history = history[
-                    (history["account_id"] == account.account_id) & (history["sequence"] <= last_sent)
-                ]
-                if symbol_id is not None:
-                    history = history[history["symbol_id"] == symbol_id]
-                for report in codec.encode_reports(history, state):
-                    yield report
-            while True:
-                batch: Any = await subscriber.queue.get()
-                batch = batch[batch["sequence"] > last_sent]
-                if not len(batch):
-                    continue
-                last_sent = int(batch["sequence"][-1])
-                for report in codec.encode_reports(batch, state):
-                    yield report
+                after = max(after, oldest - 1)
+            subscriber = core.subscribe(account.account_id, symbol_id, after)
+            try:
+                await self._stream_reports(context, subscriber)
+            finally:
+                core.unsubscribe(subscriber)
         finally:
-            core.unsubscribe(subscriber)
+            slot.release()
+
+    async def _stream_reports(self, context: grpc.aio.ServicerContext, subscriber: ReportSubscriber) -> None:
+        """History, then live reports, from one cursor over the retained ring: a page of
+        ``stream_page_reports`` is encoded only once the previous one is written, so a client that
+        does not read holds no more than a page and gRPC's flow-control window; history and live
+        reports are one sequence, so the switch between them has no gap and no repeat."""
+        core = self.core
+        page_size = self.config.stream_page_reports
+        self._cut_off_on_too_slow(subscriber)
+        last_sent = subscriber.cursor
+        try:
+            while True:
+                await self._heavy_step()
+                page = core.reports_page(subscriber, page_size)
+                if len(page):
+                    for report in codec.encode_reports(page, core.state):
+                        await context.write(report)
+                        last_sent = report.sequence
+                    continue
+                if subscriber.cursor < core.published_report_seq:
+                    await asyncio.sleep(0)  # a long stretch of others' reports: let the loop run others
+                    continue
+                subscriber.wake.clear()
+                subscriber.idle = True
+                await subscriber.wake.wait()
+        except ReaderTooSlow as exc:
+            await self._too_slow(context, exc, last_sent)
+        except asyncio.CancelledError:
+            if subscriber.too_slow is None:
+                raise  # the client cancelled or went away, or the server is stopping
+            await self._too_slow(context, subscriber.too_slow, last_sent)
 
     # --- stats -------------------------------------------------------------------------------------------
 
     async def GetStats(
         self, request: api.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> api.GetStatsResponse:
-        await self._account(context)
+        """Suite-wide figures for a service principal calling without an API key (an operator as
+        "admin", the scaler, the benchmarks); an account (an API key, directly or forwarded by the
+        gateway) gets only its own figures: how much others trade is not its business."""
+        principal = None if self.secret is None else security.principal_of(context, self.secret)
+        if principal is None or security.api_key_of(context) is not None:
+            account = await self._account(context)
+            state = self.core.state
+            row = state._account_rows.get(account.account_id)
+            return api.GetStatsResponse(
+                started_ns=self.core.started_ns,
+                collected_ns=time.time_ns(),
+                open_orders=0 if row is None else int(state.open_orders[row]),
+            )
         core = self.core
         stages = core.stages
         counters = core.counters
@@ -484,7 +662,7 @@ class _BadStreamMessage(Exception):
     pass
 
 
-_END = object()
+_UNSENT_ACKS = "; acks of {} inputs were not sent: look them up with GetOrder or StreamExecutions"
 
 
 def _without_restated(reports: np.ndarray, restating: dict[int, int]) -> np.ndarray:
@@ -542,18 +720,33 @@ async def _unregister(collector: metrics.ExecutionCollector) -> None:
     metrics.unregister(collector)
 
 
-def _report_stopped_intake(core: ExecutionCore, running: RunningServer) -> None:
-    """Health says NOT_SERVING as soon as the core stops taking inputs (a journaled batch that
-    failed to apply: a bug, contained until a restart replays it without the record)."""
+def _health_follows_intake(core: ExecutionCore, journal: Journal, running: RunningServer) -> None:
+    """Health says NOT_SERVING while the service cannot take inputs, so balancers stop sending
+    them: while the journal's disk is full (SERVING again once it writes), and for good once a
+    journaled batch failed to apply (a defect, contained until a restart replays it without the
+    record)."""
     tasks: set[asyncio.Task[None]] = set()
 
-    def stopped(why: str) -> None:
-        log.critical("reporting NOT_SERVING: %s", why)
-        task = asyncio.get_running_loop().create_task(running.set_serving(False))
+    def report(serving: bool) -> None:
+        task = asyncio.get_running_loop().create_task(running.set_serving(serving))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def stopped(why: str) -> None:
+        log.critical("reporting NOT_SERVING: %s", why)
+        report(False)
+
+    def writable(ok: bool) -> None:
+        if core.apply_failed is None:
+            log.warning(
+                "journal %s: reporting %s",
+                "writes again" if ok else "cannot write",
+                "SERVING" if ok else "NOT_SERVING",
+            )
+            report(ok)
+
     core.on_apply_failed = stopped
+    journal.on_writable_change(writable)
 
 
 def _clipped(text: str, limit: int = 64) -> str:
@@ -678,7 +871,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
             closers.append(feed.close)
         collector = metrics.register(core)
         closers.append(lambda: _unregister(collector))
-        servicer = ExecutionServicer(core, config)
+        servicer = ExecutionServicer(core, config, suite.secret)
         # Accounts call with their API key (checked by the servicer); services (the gateway) with a
         # service token, and forward the account's key.
         auth = security.ServiceAuthInterceptor(suite.secret, api_key_methods=True)
@@ -698,7 +891,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
             with contextlib.suppress(Exception):
                 await close()
         raise
-    _report_stopped_intake(core, running)
+    _health_follows_intake(core, journal, running)
     # The feed stops first, then the journal (every append made durable), then the ledger (its queue written).
     return ExecutionServer(
         server=running.server,

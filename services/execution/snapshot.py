@@ -6,7 +6,10 @@ digits>.npz``: the state after every journal record up to that sequence number. 
 * ``book_orders`` / ``book_counts`` / ``last_trade`` -- every book as the engine's own order
   records (ORDER_INFO_DTYPE): per symbol its bids and asks in priority order, then its buy and
   sell stops in trigger order, and the last trade price that stops compare with;
-* ``orders``, ``client_id_lengths``, ``client_ids`` -- the order table and client order ids;
+* ``orders``, ``order_ids``, ``client_id_lengths``, ``client_ids`` -- the retained orders (state.py:
+  finished orders are retired, so this stays bounded), their ids and client order ids, by id;
+  ``info`` has ``order_count`` (the last id handed out) and ``order_base`` (the window's base).
+  A snapshot without ``order_ids`` (written before retirement) holds every order, row i = id i + 1;
 * ``position``, ``open_buy``, ``open_sell``, ``open_orders``, ``account_ids`` -- risk state;
 * ``reports`` -- the retained execution reports (StreamExecutions resumes across restarts);
 * ``info`` -- JSON: counters, symbol and account names.
@@ -89,7 +92,7 @@ def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
     books = state.engine_orders()
     last = state.last_trade_prices()
     count = state.order_count
-    ids = state.client_ids
+    order_ids, orders, ids = state.retained_orders()
     info = {
         "journal_seq": journal_seq,
         "next_input_seq": state.next_input_seq,
@@ -98,6 +101,7 @@ def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
         "trades": state.trades,
         "traded_lots": state.traded_lots,
         "order_count": count,
+        "order_base": state.order_base,
         "symbols": state.symbol_names,
         "accounts": {str(k): v for k, v in state.account_names.items()},
         "max_symbols": state.engine_config.max_symbols,
@@ -108,7 +112,8 @@ def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
         "book_counts": np.array([len(b) for b in books], np.int64),
         "last_trade": np.array([p if p is not None else 0 for p in last], np.int64),
         "has_last_trade": np.array([p is not None for p in last], bool),
-        "orders": state.orders[:count].copy(),
+        "orders": orders,
+        "order_ids": order_ids,
         "client_id_lengths": np.array([len(i) for i in ids], np.int64),
         "client_ids": np.frombuffer("".join(ids).encode("ascii"), np.uint8).copy(),
         "position": state.position[:rows].copy(),
@@ -133,10 +138,15 @@ def write_pending(directory: Path, data: SnapshotData) -> Path:
     pending = final.with_name(final.name + ".pending")
     buffer = io.BytesIO()
     np.savez(buffer, **data.arrays)  # type: ignore[arg-type]
-    with open(pending, "wb") as file:
-        file.write(buffer.getbuffer())
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with open(pending, "wb") as file:
+            file.write(buffer.getbuffer())
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        # A full disk: a half-written file must not keep the space the journal needs.
+        pending.unlink(missing_ok=True)
+        raise
     return pending
 
 
@@ -171,14 +181,17 @@ def snapshot_seq(path: Path) -> int:
     return int(match.group(1))
 
 
-def load(path: Path, engine_config: EngineConfig, retained_reports: int) -> tuple[ExecutionState, int]:
-    """The state a snapshot file holds, and the journal sequence number it covers."""
+def load(
+    path: Path, engine_config: EngineConfig, retained_reports: int, *, retire: bool = True
+) -> tuple[ExecutionState, int]:
+    """The state a snapshot file holds, and the journal sequence number it covers (``retire``:
+    see :class:`ExecutionState`)."""
     with np.load(path, allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
     info = json.loads(arrays["info"].tobytes().decode("utf-8"))
     if info["max_symbols"] > engine_config.max_symbols:
         raise ValueError(f"{path} needs max_symbols >= {info['max_symbols']}")
-    state = ExecutionState(engine_config, retained_reports)
+    state = ExecutionState(engine_config, retained_reports, retire=retire)
     for symbol_id, name in enumerate(info["symbols"]):
         state.add_symbol(symbol_id, name)
     for account_id in arrays["account_ids"].tolist():
@@ -191,18 +204,17 @@ def load(path: Path, engine_config: EngineConfig, retained_reports: int) -> tupl
     state.open_sell[:rows] = arrays["open_sell"]
     state.open_orders[:rows] = arrays["open_orders"]
     orders = arrays["orders"].astype(ORDER_DTYPE)
-    state._reserve_orders(len(orders))
-    state.orders[: len(orders)] = orders
-    state.order_count = len(orders)
+    # Snapshots from before retirement hold every order, row i = order id i + 1.
+    order_ids = arrays["order_ids"] if "order_ids" in arrays else np.arange(1, len(orders) + 1)
     text = arrays["client_ids"].tobytes().decode("ascii")
     offset = 0
-    for index, length in enumerate(arrays["client_id_lengths"].tolist()):
-        client_id = text[offset : offset + length]
+    client_ids = []
+    for length in arrays["client_id_lengths"].tolist():
+        client_ids.append(text[offset : offset + length])
         offset += length
-        state.client_ids.append(client_id)
-        if state.orders["status"][index] != 7:  # a rejected order's client id is free again
-            account = int(state.orders["account_id"][index])
-            state.client_id_index.setdefault(account, {})[client_id] = index + 1
+    state.restore_orders(
+        order_ids, orders, client_ids, info.get("order_count", len(orders)), info.get("order_base", 0)
+    )
     state.next_input_seq = info["next_input_seq"]
     state.next_report_seq = info["next_report_seq"]
     state.next_trade_id = info["next_trade_id"]
@@ -210,6 +222,7 @@ def load(path: Path, engine_config: EngineConfig, retained_reports: int) -> tupl
     state.traded_lots = info["traded_lots"]
     reports = arrays["reports"].astype(REPORT_DTYPE)
     state._retain(reports)
+    state.retire_finished()  # a no-op but for a snapshot from before retirement
     books = np.split(arrays["book_orders"].astype(ORDER_INFO_DTYPE), np.cumsum(arrays["book_counts"])[:-1])
     last = [
         int(p) if has else None for p, has in zip(arrays["last_trade"], arrays["has_last_trade"], strict=True)
@@ -219,30 +232,79 @@ def load(path: Path, engine_config: EngineConfig, retained_reports: int) -> tupl
     return state, int(info["journal_seq"])
 
 
+#: Take a snapshot once this many journal bytes were appended (or replayed) since the last one.
+#: Bounds what a recovery replays (and the journal it opens) whatever the input rate and however
+#: often the service is killed, where the input and time triggers may never fire.
+DEFAULT_SNAPSHOT_EVERY_JOURNAL_BYTES = 16 * 1024 * 1024
+#: A recovery that replayed at least this many journal bytes takes a snapshot right away (a service
+#: killed more often than any other trigger fires would otherwise replay more at every restart).
+DEFAULT_SNAPSHOT_AFTER_RECOVERY_BYTES = 1024 * 1024
+
+
 class Snapshotter:
-    """Takes snapshots when enough inputs or time have passed, off the order path.
+    """Takes snapshots when enough inputs, journal bytes or time have passed, off the order path.
+
+    Triggers, whichever comes first (and only when something changed): ``snapshot_every_inputs``
+    inputs, ``every_journal_bytes`` journal bytes (the replayed tail counts), ``snapshot_every_s``;
+    and at once after a recovery that replayed ``after_recovery_bytes`` or more. After each snapshot
+    the journal starts a new segment, so the next snapshot's truncation drops the covered records
+    whole: the journal a recovery opens (and CRC-checks) holds about two snapshot intervals at most.
 
     Capturing copies the state on the event loop between batches (books via the engine's queries,
     the order table as one array copy); writing, the fsync, the wait for the ledger's high-water
     mark and the journal truncation run in a background task.
     """
 
-    def __init__(self, config: ExecutionConfig, journal: Journal, ledger: Ledger | None) -> None:
+    def __init__(
+        self,
+        config: ExecutionConfig,
+        journal: Journal,
+        ledger: Ledger | None,
+        *,
+        every_journal_bytes: int | None = None,
+        after_recovery_bytes: int | None = None,
+    ) -> None:
         self.config = config
         self.journal = journal
         self.ledger = ledger
         self.directory = config.snapshot_path()
+        # Config fields when the config has them (HFTGATE_EXECUTION_SNAPSHOT_EVERY_JOURNAL_BYTES,
+        # ..._SNAPSHOT_AFTER_RECOVERY_BYTES), else the module defaults; 0 disables either.
+        self.every_journal_bytes: int = (
+            every_journal_bytes
+            if every_journal_bytes is not None
+            else getattr(config, "snapshot_every_journal_bytes", DEFAULT_SNAPSHOT_EVERY_JOURNAL_BYTES)
+        )
+        self.after_recovery_bytes: int = (
+            after_recovery_bytes
+            if after_recovery_bytes is not None
+            else getattr(config, "snapshot_after_recovery_bytes", DEFAULT_SNAPSHOT_AFTER_RECOVERY_BYTES)
+        )
         self._state: ExecutionState | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_input_seq = 0
+        self._last_journal_bytes = 0
         self._last_time = time.monotonic()
         self.taken = 0
         self.dropped = 0
+        #: Why the last snapshot was started ("inputs", "journal_bytes", "time", "recovery").
+        self.last_trigger = ""
 
     def attach(self, core: ExecutionCore) -> None:
+        """Follow ``core``'s batches; on the loop, after recovery (the journal's replay is the tail)."""
         self._state = core.state
         self._last_input_seq = core.state.next_input_seq
+        # The replayed tail is journal the next recovery replays too, until a snapshot covers it.
+        self._last_journal_bytes = self.journal.bytes_appended - self.journal.replayed_bytes
         core._on_batch_applied = self.after_batch
+        replayed = self.journal.replayed_bytes
+        if self.after_recovery_bytes > 0 and replayed >= self.after_recovery_bytes:
+            log.info(
+                "recovery replayed %d journal record(s) (%d bytes): taking a snapshot now",
+                self.journal.replayed_records,
+                replayed,
+            )
+            self._take(core.state, "recovery")
 
     def after_batch(self) -> None:
         state = self._state
@@ -250,15 +312,26 @@ class Snapshotter:
             return
         every_inputs, every_s = self.config.snapshot_every_inputs, self.config.snapshot_every_s
         since = state.next_input_seq - self._last_input_seq
-        due = (every_inputs > 0 and since >= every_inputs) or (
-            every_s > 0 and since > 0 and time.monotonic() - self._last_time >= every_s
-        )
-        if not due:
+        every_bytes = self.every_journal_bytes
+        if every_inputs > 0 and since >= every_inputs:
+            trigger = "inputs"
+        elif every_bytes > 0 and self.journal.bytes_appended - self._last_journal_bytes >= every_bytes:
+            trigger = "journal_bytes"
+        elif every_s > 0 and since > 0 and time.monotonic() - self._last_time >= every_s:
+            trigger = "time"
+        else:
             return
+        self._take(state, trigger)
+
+    def _take(self, state: ExecutionState, trigger: str) -> None:
         seq = self.journal.next_seq - 1
         data = capture(state, seq)
         self._last_input_seq = state.next_input_seq
+        self._last_journal_bytes = self.journal.bytes_appended
         self._last_time = time.monotonic()
+        self.last_trigger = trigger
+        # What follows goes to a new segment: the next snapshot's truncation can drop this one whole.
+        self.journal.request_rotation()
         self._task = asyncio.get_running_loop().create_task(self._finish(data), name="execution-snapshot")
 
     async def _finish(self, data: SnapshotData) -> None:
@@ -280,7 +353,12 @@ class Snapshotter:
                     return
             final = await asyncio.to_thread(confirm, pending)
             self.taken += 1
-            log.info("snapshot %s written (%d orders)", final.name, len(data.arrays["orders"]))
+            log.info(
+                "snapshot %s written (%d orders; trigger: %s)",
+                final.name,
+                len(data.arrays["orders"]),
+                self.last_trigger,
+            )
             if self.config.journal_truncate_after_snapshot:
                 await self.journal.truncate_before(data.journal_seq + 1)
         except Exception:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hftgate.security import load_suite_secret
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 
 ALICE = (("x-api-key", "hftgate-demo-alice"),)
+# GetStats gives service-wide figures only to a service principal (an account sees its own).
+ADMIN = (("x-hftgate-service-token", load_suite_secret().token_for("admin")),)
 BOB = (("x-api-key", "hftgate-demo-bob"),)
 BUY, SELL = common.SIDE_BUY, common.SIDE_SELL
 
@@ -47,7 +50,7 @@ async def test_batch_matches_in_one_pass_and_acks_in_request_order(harness: Any)
     got = await harness.stub.GetOrder(api.GetOrderRequest(client_order_id="a1"), metadata=ALICE)
     assert got.order.status == api.ORDER_STATUS_FILLED
     assert got.order.cum_quantity_lots == 10 and got.order.cum_notional == 1000
-    stats = await harness.stub.GetStats(api.GetStatsRequest(), metadata=ALICE)
+    stats = await harness.stub.GetStats(api.GetStatsRequest(), metadata=ADMIN)
     assert stats.trades == 5 and stats.traded_lots == 10
     assert stats.orders_accepted == 301 and stats.open_orders == 295
     assert stats.total_latency.count == 301 and stats.journal_latency.p50_ns > 0

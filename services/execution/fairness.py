@@ -1,0 +1,253 @@
+"""Sharing the execution service between accounts: stream slots and fair admission of order batches.
+
+:class:`StreamSlots` caps the concurrent StreamExecutions and OrderStream streams, per account and
+for the whole service. ``acquire`` refuses a stream beyond either cap with
+:class:`StreamLimitExceeded` (the servicer answers RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure
+naming the limit); the stream ``release``s its slot in a ``finally``, so a slot comes back however
+the stream ends: the client cancels or disconnects, the server stops, the stream is cut off or
+fails. Releasing twice is harmless.
+
+:class:`FairAdmission` decides which account's batch of inputs (a SubmitOrder, a SubmitOrders
+call, one OrderStream message, ...) runs next when several accounts want the event loop at once.
+Each batch runs synchronously on the loop (risk, journal append, match), so whoever runs more
+batches per loop turn makes every other call wait longer. Admission is immediate while the loop
+is not contended; an account that already ran ``slice_inputs`` inputs in the current turn while
+others wait queues behind them, and queued accounts are served round-robin, one batch each per
+turn. A flood of one account then costs the others at most one of its batches per loop turn
+instead of all of them.
+
+Single-threaded (the service's event loop): nothing here locks. No gRPC import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Literal
+
+
+class StreamLimitExceeded(Exception):
+    """A new stream would exceed a cap: ``scope`` is "account" or "service"."""
+
+    def __init__(self, scope: Literal["account", "service"], subject: str, limit: int, message: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.subject = subject
+        self.limit = limit
+        self.message = message
+
+
+class StreamSlot:
+    """One open stream's slot; ``release`` it when the stream ends (idempotent)."""
+
+    __slots__ = ("_owner", "account")
+
+    def __init__(self, owner: StreamSlots, account: str) -> None:
+        self._owner: StreamSlots | None = owner
+        self.account = account
+
+    def release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._release(self.account)
+
+
+class StreamSlots:
+    """The open server streams by account, within ``per_account`` and ``total``."""
+
+    def __init__(self, *, per_account: int, total: int) -> None:
+        if min(per_account, total) <= 0:
+            raise ValueError("stream limits must be positive")
+        self.per_account = per_account
+        self.total = total
+        self._open: dict[str, int] = {}
+        self._in_use = 0
+        #: Streams refused since start, by scope.
+        self.refused = {"account": 0, "service": 0}
+
+    def acquire(self, account: str) -> StreamSlot:
+        """A slot for a new stream of ``account``, or StreamLimitExceeded (nothing is taken)."""
+        held = self._open.get(account, 0)
+        if held >= self.per_account:
+            self.refused["account"] += 1
+            raise StreamLimitExceeded(
+                "account",
+                f"account:{account}",
+                self.per_account,
+                f"account {account!r} already has {held} open streams (StreamExecutions and "
+                f"OrderStream together), the most allowed (max_streams_per_account); close one first",
+            )
+        if self._in_use >= self.total:
+            self.refused["service"] += 1
+            raise StreamLimitExceeded(
+                "service",
+                "service:execution",
+                self.total,
+                f"the execution service has its maximum of {self.total} open streams "
+                "(max_streams); retry later",
+            )
+        self._open[account] = held + 1
+        self._in_use += 1
+        return StreamSlot(self, account)
+
+    def _release(self, account: str) -> None:
+        held = self._open.get(account, 0)
+        if held <= 1:
+            self._open.pop(account, None)
+        else:
+            self._open[account] = held - 1
+        self._in_use -= 1
+
+    def open_streams(self, account: str | None = None) -> int:
+        """Streams open now, of ``account`` or in all."""
+        return self._in_use if account is None else self._open.get(account, 0)
+
+
+class FairAdmission:
+    """Round-robin admission of batches between accounts (see the module docstring).
+
+    ``admit(account_id, inputs)`` returns None when the batch may run now, else a future to await;
+    the caller then runs the batch without awaiting in between (the order path is synchronous up
+    to its journal append), so "admitted" and "ran" are the same loop step. Per loop turn, batches
+    run while the turn's inputs stay within ``slice_inputs`` (the first batch of a turn always
+    runs, whatever its size); the rest queue per account and are served round-robin, one batch
+    per account per turn, least recently served account first. A batch of at most
+    ``light_inputs`` inputs from an account with nothing queued always runs at once: a
+    well-behaved account's SubmitOrder never waits behind another account's flood for a turn.
+    Bounded by construction: at most one waiter per concurrent call (calls are bounded by the
+    server's stream caps and gRPC's concurrency).
+    """
+
+    def __init__(
+        self,
+        slice_inputs: int,
+        light_inputs: int = 8,
+        max_defer_s: float = 0.005,
+        light_grace_s: float = 0.002,
+    ) -> None:
+        if slice_inputs <= 0:
+            raise ValueError("slice_inputs must be positive")
+        self.slice_inputs = slice_inputs
+        self.light_inputs = light_inputs
+        #: Accounts with queued batches; each with its waiters (future, inputs), oldest first.
+        self._queued: dict[int, deque[tuple[asyncio.Future[None], int]]] = {}
+        #: The turn number each account was last served in (round-robin order among the queued).
+        self._served: dict[int, int] = {}
+        self._turn = 0
+        self._turn_inputs = 0
+        self._turn_scheduled = False
+        #: Batches that had to queue since start (a measure of contention).
+        self.queued_batches = 0
+        self.max_defer_s = max_defer_s
+        self.light_grace_s = light_grace_s
+        self._light = 0
+        self._heavy: deque[asyncio.Future[None]] = deque()
+        self._release_timer: asyncio.TimerHandle | None = None
+        #: Heavy steps that waited for light calls since start.
+        self.deferred_steps = 0
+
+    def admit(self, account_id: int, inputs: int) -> asyncio.Future[None] | None:
+        """None when the batch may run now (the common case: no await, no allocation); else a
+        future to await, resolved in round-robin order."""
+        queued = self._queued
+        if account_id not in queued and (
+            inputs <= self.light_inputs
+            or (not queued and (self._turn_inputs == 0 or self._turn_inputs + inputs <= self.slice_inputs))
+        ):
+            self._run(account_id, inputs)
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = queued.get(account_id)
+        if waiters is None:
+            waiters = queued[account_id] = deque()
+        waiters.append((future, inputs))
+        self.queued_batches += 1
+        self._schedule_turn()
+        return future
+
+    def _run(self, account_id: int, inputs: int) -> None:
+        self._turn_inputs += inputs
+        self._served[account_id] = self._turn
+        self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """A loop turn ended: start the next, and let queued accounts run within its slice."""
+        self._turn_scheduled = False
+        self._turn += 1
+        self._turn_inputs = 0
+        served = self._served
+        for account_id in sorted(self._queued, key=lambda a: served.get(a, -1)):
+            if self._turn_inputs and self._turn_inputs >= self.slice_inputs:
+                break
+            waiters = self._queued[account_id]
+            while waiters:
+                future, inputs = waiters.popleft()
+                if not future.done():  # a cancelled call gives its turn away
+                    future.set_result(None)
+                    self._run(account_id, inputs)
+                    break
+            if not waiters:
+                del self._queued[account_id]
+        if len(served) > 4 * (len(self._queued) + 64):  # forget accounts idle for long
+            horizon = self._turn - 1
+            self._served = {a: t for a, t in served.items() if t >= horizon or a in self._queued}
+        if self._queued:
+            self._schedule_turn()
+
+    # --- light calls first ------------------------------------------------------------------------
+
+    def light_enter(self) -> None:
+        """A light call (a SubmitOrder, cancel or replace, a small batch) started: heavy steps
+        (stream messages, stream writes, large batches) defer to it."""
+        self._light += 1
+
+    def light_exit(self) -> None:
+        """The light call's handler returned. Its response still has to be sent (gRPC needs a
+        few loop turns for that), and a sequential client's next call follows at once: heavy
+        steps keep deferring for ``light_grace_s`` more."""
+        asyncio.get_running_loop().call_later(self.light_grace_s, self._light_done)
+
+    def _light_done(self) -> None:
+        self._light -= 1
+        if not self._light:
+            self._release_heavy(all_of_them=True)
+
+    def heavy_step(self) -> asyncio.Future[None] | None:
+        """None when a heavy step (one stream message, one stream response, one large batch) may
+        run now; else a future, resolved once no light call is in flight, or after at most
+        ``max_defer_s`` (one heavy step per period then: floods slow down, never stop)."""
+        if not self._light:
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._heavy.append(future)
+        if self._release_timer is None:
+            self._release_timer = asyncio.get_running_loop().call_later(self.max_defer_s, self._timer)
+        self.deferred_steps += 1
+        return future
+
+    def _timer(self) -> None:
+        self._release_timer = None
+        self._release_heavy(all_of_them=False)
+        if self._heavy:
+            self._release_timer = asyncio.get_running_loop().call_later(self.max_defer_s, self._timer)
+
+    def _release_heavy(self, *, all_of_them: bool) -> None:
+        heavy = self._heavy
+        while heavy:
+            future = heavy.popleft()
+            if not future.done():
+                future.set_result(None)
+                if not all_of_them:
+                    break
+        if not heavy and self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+
+    def waiting(self) -> int:
+        """Batches queued now."""
+        return sum(len(w) for w in self._queued.values())
