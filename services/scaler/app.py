@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from hftgate.security import ADMIN
-from services.scaler.backends import RUNNABLE_SERVICES, Backend, BackendError
+from services.scaler.backends import KUBERNETES, RUNNABLE_SERVICES, Backend, BackendError, KubernetesBackend
 from services.scaler.config import ScalerConfig
 from services.scaler.decisions import (
     Action,
@@ -81,8 +81,22 @@ def validate_report(report: Report) -> None:
         raise InvalidArgument("metrics.interval_ms", f"must be > 0, not {report.interval_ms}")
 
 
+def kubernetes_backend(config: ScalerConfig) -> KubernetesBackend:
+    """The Kubernetes back end of ``config`` (it reaches for the cluster on first use only)."""
+    return KubernetesBackend(
+        config.kubernetes_namespace,
+        statefulsets=config.kubernetes_statefulsets,
+        config_mode=config.kubernetes_config,
+        kubeconfig=config.kubernetes_kubeconfig,
+        context=config.kubernetes_context,
+        request_timeout_s=config.kubernetes_request_timeout_s,
+        ready_timeout_s=config.kubernetes_ready_timeout_s,
+    )
+
+
 class Scaler:
-    """See the module docstring."""
+    """See the module docstring; the Kubernetes back end is added when ``config`` makes it the
+    default and ``backends`` has none."""
 
     def __init__(
         self,
@@ -92,6 +106,8 @@ class Scaler:
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.config = config
+        if config.default_backend == KUBERNETES and KUBERNETES not in backends:
+            backends = {**backends, KUBERNETES: kubernetes_backend(config)}
         self.backends = backends
         self.clock = clock
         self.registry = Registry(

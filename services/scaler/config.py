@@ -7,14 +7,18 @@ changes them at run time with SetPolicy. Policies not given there do not exist u
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from hftgate.config import ConfigError, default_state_dir, from_env, repo_root
+from services.scaler.backends import RUNNABLE_SERVICES
 
 ENV_PREFIX = "HFTGATE_SCALER_"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,8 @@ class ScalerConfig:
 
     host: str = "127.0.0.1"
     port: int = 50054
-    #: Back end of policies that name none: local_process or docker_compose.
+    #: Back end of policies that name none: local_process, docker_compose or kubernetes (which
+    #: also configures the Kubernetes back end; the others are always configured).
     default_backend: str = "local_process"
     #: Evaluation period of policies that give none.
     evaluation_interval_ms: int = 15_000
@@ -53,6 +58,19 @@ class ScalerConfig:
     #: docker compose back end: the file and project.
     compose_file: str = ""
     compose_project: str = "hftgate"
+    #: Kubernetes back end: the namespace of the suite's workloads (the manifests set it to the
+    #: scaler's own), how to find the cluster (auto = in_cluster inside a pod, else kubeconfig),
+    #: the kubeconfig file and context (empty: the client's defaults, KUBECONFIG or ~/.kube/config).
+    kubernetes_namespace: str = "hftgate"
+    kubernetes_config: str = "auto"
+    kubernetes_kubeconfig: str = ""
+    kubernetes_context: str = ""
+    #: Services run by a StatefulSet (one volume per replica); the others by a Deployment.
+    kubernetes_statefulsets: tuple[str, ...] = ("execution",)
+    #: Timeout of one API request, and how long a scale-up waits for the new pods to be ready
+    #: (0: return once the patch is accepted).
+    kubernetes_request_timeout_s: float = 10.0
+    kubernetes_ready_timeout_s: float = 120.0
     policies: tuple[str, ...] = ()
     shutdown_grace_ms: int = 5_000
 
@@ -70,10 +88,37 @@ class ScalerConfig:
 def load_config(environ: Mapping[str, str] | None = None) -> ScalerConfig:
     env = os.environ if environ is None else environ
     config = from_env(ScalerConfig, ENV_PREFIX, env)
-    if config.default_backend not in ("local_process", "docker_compose"):
+    if config.default_backend not in ("local_process", "docker_compose", "kubernetes"):
         raise ConfigError(
-            f"{ENV_PREFIX}DEFAULT_BACKEND must be local_process or docker_compose, "
+            f"{ENV_PREFIX}DEFAULT_BACKEND must be local_process, docker_compose or kubernetes, "
             f"not {config.default_backend!r}"
+        )
+    if config.kubernetes_config not in ("auto", "in_cluster", "kubeconfig"):
+        raise ConfigError(
+            f"{ENV_PREFIX}KUBERNETES_CONFIG must be auto, in_cluster or kubeconfig, "
+            f"not {config.kubernetes_config!r}"
+        )
+    if not _DNS_LABEL.fullmatch(config.kubernetes_namespace):
+        raise ConfigError(
+            f"{ENV_PREFIX}KUBERNETES_NAMESPACE must be a DNS label (at most 63 lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit), "
+            f"not {config.kubernetes_namespace!r}"
+        )
+    unknown = sorted(set(config.kubernetes_statefulsets) - RUNNABLE_SERVICES)
+    if unknown:
+        raise ConfigError(
+            f"{ENV_PREFIX}KUBERNETES_STATEFULSETS names services the scaler does not run: "
+            + ", ".join(unknown)
+        )
+    if not (math.isfinite(config.kubernetes_request_timeout_s) and config.kubernetes_request_timeout_s > 0):
+        raise ConfigError(
+            f"{ENV_PREFIX}KUBERNETES_REQUEST_TIMEOUT_S must be a finite number of seconds > 0, "
+            f"not {config.kubernetes_request_timeout_s}"
+        )
+    if not (math.isfinite(config.kubernetes_ready_timeout_s) and config.kubernetes_ready_timeout_s >= 0):
+        raise ConfigError(
+            f"{ENV_PREFIX}KUBERNETES_READY_TIMEOUT_S must be a finite number of seconds >= 0, "
+            f"not {config.kubernetes_ready_timeout_s}"
         )
     for name in ("evaluation_interval_ms", "report_interval_ms", "stale_after_ms", "monitor_interval_ms"):
         if getattr(config, name) <= 0:

@@ -27,6 +27,7 @@ from services.scaler.app import (
     NotFound,
     PermissionDenied,
     Scaler,
+    kubernetes_backend,
     parse_policies,
 )
 from services.scaler.backends import (
@@ -37,6 +38,7 @@ from services.scaler.backends import (
     BackendError,
     BackendUnavailable,
     ComposeBackend,
+    KubernetesApiError,
     LocalProcessBackend,
     default_local_env,
 )
@@ -330,6 +332,8 @@ async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], T]) -> T:
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     except BackendUnavailable as exc:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except KubernetesApiError as exc:  # the cluster's own refusal: a 403 is PERMISSION_DENIED, ...
+        await context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNAVAILABLE), str(exc))
     except BackendError as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     raise AssertionError("unreachable: abort raises")
@@ -371,6 +375,8 @@ def default_backends(config: ScalerConfig, security: SuiteSecurity) -> dict[str,
             health_tls=suite_client_tls("scaler"),
         ),
         DOCKER_COMPOSE: ComposeBackend(config.compose_path(), config.compose_project),
+        # Kubernetes only where it is the default: elsewhere no cluster is configured.
+        **({KUBERNETES: kubernetes_backend(config)} if config.default_backend == KUBERNETES else {}),
     }
 
 
