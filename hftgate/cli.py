@@ -41,8 +41,19 @@ def up(
             help="Serve and call over TLS with a suite CA made under <state dir>/tls (sets HFTGATE_TLS_DIR).",
         ),
     ] = False,
+    shards: Annotated[
+        int,
+        typer.Option(
+            "--shards",
+            min=1,
+            max=supervisor.MAX_LOCAL_SHARDS,
+            help="Execution shards to start (shard i on port 50051 + 10*i); the gateway routes to all.",
+        ),
+    ] = 2,
 ) -> None:
-    """Start every built service as a local process on its embedded defaults; Ctrl-C stops them."""
+    """Start every built service as a local process on its embedded defaults; Ctrl-C stops them.
+
+    Execution runs as --shards processes that split the symbols, behind the gateway on 50050."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     specs = supervisor.available_services()
     if services:
@@ -53,10 +64,10 @@ def up(
     if not specs:
         err.print("no services are built yet: nothing to start")
         return
-    running = supervisor.start_services(specs, tls=tls)
+    running = supervisor.start_services(specs, tls=tls, shards=shards)
     table = Table("service", "address", "pid")
     for service in running:
-        table.add_row(service.spec.name, service.address, str(service.process.pid))
+        table.add_row(service.spec.label, service.address, str(service.process.pid))
     err.print(table)
     feeder = supervisor.start_replay(running, replay_speed) if replay else None
     if feeder is not None:
@@ -74,7 +85,7 @@ def up(
         while not stop:
             dead = [s for s in running if s.process.poll() is not None]
             if dead:
-                err.print(f"service {dead[0].spec.name} exited with code {dead[0].process.returncode}")
+                err.print(f"service {dead[0].spec.label} exited with code {dead[0].process.returncode}")
                 raise typer.Exit(1)
             time.sleep(0.5)
     finally:

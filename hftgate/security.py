@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_TOKEN_METADATA = "x-hftgate-service-token"
 API_KEY_METADATA = "x-api-key"
+#: The account a call acts for, set by the gateway after it checked the account's API key
+#: (percent-encoded UTF-8). A shard trusts it only on a call with the "gateway" principal's token.
+ACCOUNT_METADATA = "x-hftgate-account"
 
 #: Principals that are services of the suite (or its operators), never accounts.
 ADMIN = "admin"

@@ -11,24 +11,37 @@ each other with tokens derived from one secret; it sets the ``dev`` profile (dem
 unless ``HFTGATE_PROFILE`` says otherwise, and with ``tls`` makes a suite CA and certificates
 under ``<state dir>/tls`` (``hftgate certs init``) and points ``HFTGATE_TLS_DIR`` at them.
 Start-up waits on ``grpc.health.v1``, which needs no credential (over TLS when it is on).
+
+Execution runs as ``shards`` processes (``hftgate up`` starts two; callers of
+:func:`start_services` get one unless they ask): shard ``i`` is instance ``i`` of the execution
+spec (:func:`with_shards`), on port 50051 + 10 * i (``HFTGATE_EXECUTION_<i>_PORT`` overrides it),
+with ``HFTGATE_EXECUTION_SHARD_ID=i``, its own state directory (``<state dir>/execution-<i>``), the
+first shard's ledger database (shards share one hash-chained ledger) and no demo seeding (shard 0
+seeds). Before the first shard starts, :func:`store_shard_map` stores the map of the shards about
+to start in the suite's shard-map store (``hftgate.shardmap.default_url``: SQLite under the state
+directory unless a URL says otherwise), which every shard and the gateway read; the gateway is
+told every shard (``HFTGATE_GATEWAY_EXECUTION_SHARDS=0=HOST:PORT,1=HOST:PORT``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import importlib.util
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hftgate.config import default_data_dir
+from hftgate import shardmap
+from hftgate.config import default_data_dir, default_state_dir
 from hftgate.security import (
     ADMIN,
     DEV_PROFILE,
@@ -43,19 +56,40 @@ from hftgate.security import (
 log = logging.getLogger(__name__)
 
 
+#: Instance ``i`` of a service that runs several (execution shards) listens on its default port
+#: plus ``i`` times this (execution shard 1: 50061).
+INSTANCE_PORT_STEP = 10
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
-    """A service the suite can start: its module and default port."""
+    """A service the suite can start: its module and default port, and which instance it is
+    when the service runs as several processes (instance 0 is the first, or the only one)."""
 
     name: str
     default_port: int
+    instance: int = 0
+    #: Variables this instance gets over the suite's (its shard id, its state directory...).
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def module(self) -> str:
         return f"services.{self.name}"
 
     @property
+    def label(self) -> str:
+        """The name of this process: ``execution``, ``execution-1``..."""
+        return self.name if self.instance == 0 else f"{self.name}-{self.instance}"
+
+    @property
     def port_variable(self) -> str:
+        """The variable the supervisor reads this process's port from (``HFTGATE_EXECUTION_PORT``,
+        ``HFTGATE_EXECUTION_1_PORT``...)."""
+        return f"HFTGATE_{self.label.upper().replace('-', '_')}_PORT"
+
+    @property
+    def service_port_variable(self) -> str:
+        """The variable the service itself reads its port from (the same for every instance)."""
         return f"HFTGATE_{self.name.upper()}_PORT"
 
     def is_available(self) -> bool:
@@ -85,10 +119,9 @@ DEPENDENCY_ADDRESS_VARIABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("cache", "HFTGATE_EXECUTION_CACHE_ADDRESS"),
         ("marketdata", "HFTGATE_EXECUTION_MARKETDATA_ADDRESS"),
     ),
-    # One execution shard for now: the gateway stores it as the first shard map (a map already
-    # stored under the state directory wins) and checks API keys through the cache.
+    # The gateway checks API keys through the cache and balances cache and market data; it learns
+    # the execution shards from SHARD_ADDRESS_VARIABLES below.
     "gateway": (
-        ("execution", "HFTGATE_GATEWAY_EXECUTION_SHARDS"),
         ("cache", "HFTGATE_GATEWAY_CACHE_ADDRESS"),
         ("cache", "HFTGATE_GATEWAY_CACHE_REPLICAS"),
         ("marketdata", "HFTGATE_GATEWAY_MARKETDATA_REPLICAS"),
@@ -96,8 +129,122 @@ DEPENDENCY_ADDRESS_VARIABLES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# Which services are told every started instance of a sharded service, as ``ID=HOST:PORT,...``
+# (the instance is the shard id): the gateway routes to every execution shard.
+SHARD_ADDRESS_VARIABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "gateway": (("execution", "HFTGATE_GATEWAY_EXECUTION_SHARDS"),),
+}
+
+#: The service that runs as shards, and the most shards ``hftgate up`` starts.
+SHARDED_SERVICE = "execution"
+MAX_LOCAL_SHARDS = 16
+
+
 def available_services() -> list[ServiceSpec]:
     return [s for s in ALL_SERVICES if s.is_available()]
+
+
+def with_shards(specs: Iterable[ServiceSpec], shards: int = 1) -> list[ServiceSpec]:
+    """``specs`` with the execution spec replaced by ``shards`` instances (shard ids 0..shards-1),
+    in place, so the start order stays dependencies first. Instances given already are kept."""
+    if not 1 <= shards <= MAX_LOCAL_SHARDS:
+        raise ValueError(f"shards must be 1..{MAX_LOCAL_SHARDS}, not {shards}")
+    expanded: list[ServiceSpec] = []
+    for spec in specs:
+        if spec.name != SHARDED_SERVICE or spec.instance != 0:
+            expanded.append(spec)
+            continue
+        expanded.append(spec)
+        for shard_id in range(1, shards):
+            expanded.append(
+                replace(
+                    spec, default_port=spec.default_port + INSTANCE_PORT_STEP * shard_id, instance=shard_id
+                )
+            )
+    return expanded
+
+
+def _state_dir(env: Mapping[str, str]) -> Path:
+    return Path(env["HFTGATE_STATE_DIR"]) if env.get("HFTGATE_STATE_DIR") else default_state_dir()
+
+
+def execution_shard_env(shard_id: int, env: Mapping[str, str]) -> dict[str, str]:
+    """What execution shard ``shard_id`` gets over the suite's ``env``: shard 0 nothing (it is
+    today's single service: ``<state dir>/execution``, seeds the demo data in the dev profile);
+    another shard its id, its own state directory beside shard 0's, shard 0's ledger database
+    unless one is configured (one hash-chained ledger; trade ids carry the shard), no demo
+    seeding, and its own metrics port when shard 0 has one."""
+    if shard_id == 0:
+        return {}
+    first_state = Path(env.get("HFTGATE_EXECUTION_STATE_DIR") or _state_dir(env) / "execution")
+    extra = {
+        "HFTGATE_EXECUTION_SHARD_ID": str(shard_id),
+        "HFTGATE_EXECUTION_STATE_DIR": f"{first_state}-{shard_id}",
+        "HFTGATE_EXECUTION_SEED_DEMO_DATA": "false",
+    }
+    if not env.get("HFTGATE_EXECUTION_LEDGER_DATABASE_URL"):
+        extra["HFTGATE_EXECUTION_LEDGER_DATABASE_URL"] = (
+            f"sqlite+aiosqlite:///{first_state.resolve() / 'ledger.sqlite3'}"
+        )
+    metrics_port = int(env.get("HFTGATE_EXECUTION_METRICS_PORT") or 0)
+    if metrics_port:
+        extra["HFTGATE_EXECUTION_METRICS_PORT"] = str(metrics_port + INSTANCE_PORT_STEP * shard_id)
+    return extra
+
+
+def _run(coroutine: Coroutine[object, object, shardmap.ShardMap]) -> shardmap.ShardMap:
+    """Run ``coroutine`` to completion from synchronous code, even under a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def shard_map_store(env: Mapping[str, str]) -> shardmap.ShardMapStore:
+    """The suite's shard-map store, as the execution shards and the gateway find it in ``env``."""
+    url = env.get("HFTGATE_EXECUTION_SHARD_MAP_DATABASE_URL") or shardmap.default_url(env, _state_dir(env))
+    return shardmap.ShardMapStore(
+        url,
+        table_name=env.get("HFTGATE_EXECUTION_SHARD_MAP_TABLE") or shardmap.DEFAULT_TABLE,
+        name=env.get("HFTGATE_EXECUTION_SHARD_MAP_NAME") or shardmap.DEFAULT_MAP_NAME,
+    )
+
+
+def store_shard_map(env: Mapping[str, str], shards: list[shardmap.Shard]) -> shardmap.ShardMap:
+    """Make the stored shard map name exactly ``shards``; returns the map the shards will read.
+
+    No map stored: ``shards`` at epoch 1. A stored map with the same shards is kept as it is
+    (with its pins and epoch). One with other shards (another ``--shards``, other ports) is
+    replaced by the next epoch with ``shards`` and the pins that still name one of them, so a
+    shard never starts against a map that does not name it and the gateway never routes to a
+    shard that is not running. Raises :class:`hftgate.shardmap.ShardMapUnavailable` or
+    ``ShardMapError`` saying why when the store cannot be used."""
+
+    async def ensure() -> shardmap.ShardMap:
+        store = shard_map_store(env)
+        await store.start()
+        try:
+            wanted = tuple(sorted(shards, key=lambda s: s.shard_id))
+            stored = await store.load()
+            if stored is None:
+                stored = await store.create(shardmap.ShardMap(1, wanted))
+            if stored.shards == wanted:
+                return stored
+
+            def change(current: shardmap.ShardMap) -> shardmap.ShardMap:
+                ids = {s.shard_id for s in wanted}
+                pins = {symbol: sid for symbol, sid in current.pins.items() if sid in ids}
+                return shardmap.ShardMap(current.epoch + 1, wanted, pins)
+
+            updated = await store.update(change)
+            log.warning("the stored shard map named other shards: now %r", updated)
+            return updated
+        finally:
+            await store.close()
+
+    return _run(ensure())
 
 
 def prepare_suite_env(env: Mapping[str, str] | None = None, *, tls: bool = False) -> dict[str, str]:
@@ -169,30 +316,51 @@ def start_services(
     startup_timeout_s: float = 30.0,
     *,
     tls: bool = False,
+    shards: int = 1,
 ) -> list[RunningService]:
     """Start each service and wait for it to report SERVING before starting the next.
 
     The children get :func:`prepare_suite_env` of ``env`` (default: this process's environment)
-    and the addresses of the services they depend on (``DEPENDENCY_ADDRESS_VARIABLES``).
+    and the addresses of the services they depend on (``DEPENDENCY_ADDRESS_VARIABLES``,
+    ``SHARD_ADDRESS_VARIABLES``). Execution runs as ``shards`` shards (:func:`with_shards`), with
+    their map stored first (:func:`store_shard_map`).
     """
     base_env = prepare_suite_env(env, tls=tls)
     health_tls = suite_client_tls(ADMIN, base_env)
+    plan = [
+        (spec, int(base_env.get(spec.port_variable, spec.default_port)))
+        for spec in with_shards(specs, shards)
+    ]
+    shard_list = [
+        shardmap.Shard(spec.instance, f"127.0.0.1:{port}")
+        for spec, port in plan
+        if spec.name == SHARDED_SERVICE
+    ]
     running: list[RunningService] = []
     try:
-        for spec in specs:
-            port = int(base_env.get(spec.port_variable, spec.default_port))
-            child_env = {**base_env, spec.port_variable: str(port)}
-            started = {s.spec.name: s.address for s in running}
+        for spec, port in plan:
+            if spec.name == SHARDED_SERVICE and spec.instance == 0 and shard_list:
+                stored = store_shard_map(base_env, shard_list)
+                log.info("execution shards start with shard map %r", stored)
+            child_env = {**base_env, spec.service_port_variable: str(port)}
+            if spec.name == SHARDED_SERVICE:
+                child_env.update(execution_shard_env(spec.instance, base_env))
+            child_env.update(spec.extra_env)
+            first = {s.spec.name: s.address for s in reversed(running)}  # instance 0 of each
             for dependency, variable in DEPENDENCY_ADDRESS_VARIABLES.get(spec.name, ()):
-                if dependency in started and not child_env.get(variable):
-                    child_env[variable] = started[dependency]
+                if dependency in first and not child_env.get(variable):
+                    child_env[variable] = first[dependency]
+            for dependency, variable in SHARD_ADDRESS_VARIABLES.get(spec.name, ()):
+                instances = [s for s in running if s.spec.name == dependency]
+                if instances and not child_env.get(variable):
+                    child_env[variable] = ",".join(f"{s.spec.instance}={s.address}" for s in instances)
             process = subprocess.Popen([sys.executable, "-m", spec.module], env=child_env)
             service = RunningService(spec=spec, port=port, process=process, env=child_env)
             running.append(service)
             if not wait_until_serving(service.address, startup_timeout_s, health_tls):
                 code = process.poll()
                 state = f"exited with code {code}" if code is not None else "did not report SERVING"
-                raise RuntimeError(f"service {spec.name} on {service.address} {state}")
+                raise RuntimeError(f"service {spec.label} on {service.address} {state}")
     except BaseException:
         stop_services(running)
         raise

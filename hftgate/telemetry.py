@@ -922,18 +922,39 @@ class _TracedMessages:
         span.end()
 
 
+def _no_tracer_provider() -> bool:
+    """No tracer provider is installed in this process (spans from the global tracer are no-ops)."""
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 class _MethodTelemetry:
     """Per-method state resolved once: metric children, attribute plans and the wrapped handler."""
 
-    def __init__(self, method: str, source: grpc.RpcMethodHandler, tracer: trace.Tracer) -> None:
+    def __init__(
+        self, method: str, source: grpc.RpcMethodHandler, tracer: trace.Tracer, *, global_tracer: bool = True
+    ) -> None:
         self.method = method
         self.source = source
         self._tracer = tracer
+        #: The tracer is the global one (no provider passed in): while no provider is installed,
+        #: every span would be non-recording and invalid, so a call skips making one.
+        self._global_tracer = global_tracer
         self._seconds = RPC_SECONDS.labels(method)
         self._totals: dict[str, Any] = {}
         self._request_plan: AttributePlan = ()
         self._response_plan: AttributePlan | None = None
         self.wrapped = self._wrap(source)
+
+    def untraced(self) -> bool:
+        """No span of this method can record: the global tracer with no provider installed."""
+        return self._global_tracer and _no_tracer_provider()
+
+    def start_unary(self, context: grpc.aio.ServicerContext) -> tuple[Any, float]:
+        """:meth:`start` for a unary response, whose span is current only while it records: with
+        no provider, no metadata scan and no span (a no-op tracer's span, unused, is the same)."""
+        if self.untraced():
+            return trace.INVALID_SPAN, time.perf_counter()
+        return self.start(context)
 
     def start(self, context: grpc.aio.ServicerContext) -> tuple[Any, float]:
         metadata = context.invocation_metadata() or ()
@@ -985,7 +1006,7 @@ class _MethodTelemetry:
             unary_request = handler.unary_unary is not None
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                span, started = self.start(context)
+                span, started = self.start_unary(context)
                 failure = "UNKNOWN"
                 messages: _TracedMessages | None = None
                 try:
@@ -997,7 +1018,9 @@ class _MethodTelemetry:
                                 await decoder.reject(context, request)
                         else:
                             request = decoder.messages(request, context)
-                    if not unary_request:
+                    if not unary_request and not self.untraced():
+                        # Per-message spans only with a provider (without one, each message's
+                        # span would be a no-op, never current: nothing to make).
                         request = messages = _TracedMessages(request, self._tracer, self.method, span)
                     if span.is_recording():
                         if unary_request and self._request_plan:
@@ -1049,7 +1072,8 @@ class _MethodTelemetry:
                     else:
                         request = decoder.messages(request, context)
                 if not unary_stream_request:
-                    request = messages = _TracedMessages(request, self._tracer, self.method, span)
+                    if not self.untraced():  # see unary_response
+                        request = messages = _TracedMessages(request, self._tracer, self.method, span)
                 elif self._request_plan and span.is_recording():
                     _annotate(span, self._request_plan, request)
                 with trace.use_span(span, end_on_exit=False):
@@ -1085,6 +1109,7 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         if tracer_provider is None:
             configure_from_environment()  # HFTGATE_TRACE_FILE / OTEL_EXPORTER_OTLP_ENDPOINT
+        self._global_tracer = tracer_provider is None
         self._tracer = trace.get_tracer("hftgate.grpc", tracer_provider=tracer_provider)
         self._methods: dict[str, _MethodTelemetry] = {}
 
@@ -1099,5 +1124,7 @@ class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         known = self._methods.get(method)
         if known is None or known.source is not handler:
-            known = self._methods[method] = _MethodTelemetry(method, handler, self._tracer)
+            known = self._methods[method] = _MethodTelemetry(
+                method, handler, self._tracer, global_tracer=self._global_tracer
+            )
         return known.wrapped

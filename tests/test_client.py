@@ -16,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hftgate.client import NOT_SHARD_OWNER, SYMBOL_METADATA, BatchError, HftgateClient
-from hftgate.shardmap import Shard, ShardMap
+from hftgate.shardmap import Shard, ShardMap, order_id_shard
 from hftgate.v1 import execution_pb2 as api
 from tests.services.gateway.conftest import (  # noqa: F401 (fixtures)
     FakeShard,
@@ -48,18 +48,15 @@ async def test_orders_go_straight_to_the_owning_shard(suite: Suite) -> None:
         assert canceled.ack.status == api.ORDER_STATUS_CANCELED
         assert client.sent == {0: 2, 1: 3}
         assert suite.gateway.forwarder.sent == {}  # type: ignore[union-attr]
-        # Both shards numbered their first order 1 (ids do not carry the shard yet): an id two
-        # shards acknowledged is never guessed; the gateway refuses it, naming both shards.
-        assert btc.order_id == eth.order_id
-        with pytest.raises(grpc.aio.AioRpcError) as ambiguous:
-            await client.get(order_id=btc.order_id, timeout=5)
-        assert ambiguous.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert client.sent[None] == 1
+        # Order ids carry their shard: the client sends a get straight to it, not through the gateway.
+        assert order_id_shard(btc.order_id) == 0 and order_id_shard(eth.order_id) == 1
+        assert (await client.get(order_id=eth.order_id, timeout=5)).order_id == eth.order_id
+        assert client.sent.get(None, 0) == 0
         # An order it did not submit: the gateway finds the shard.
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await client.get(client_order_id="never-sent", timeout=5)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-        assert client.sent[None] == 2
+        assert client.sent[None] == 1
 
 
 async def test_a_batch_is_split_by_shard_and_answered_in_request_order(suite: Suite) -> None:

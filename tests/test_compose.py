@@ -13,12 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
-from hftgate.supervisor import ALL_SERVICES
+from hftgate.shardmap import ShardMap, parse_shards
+from hftgate.supervisor import ALL_SERVICES, with_shards
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
-#: What the host may reach: order entry, and market data (both authenticate every call).
+#: What the host may reach: the gateway, execution shard 0 and market data (all authenticate every
+#: call). Execution shard 1 (``execution-1``) is reached through the gateway.
 PUBLIC = {"execution", "marketdata", "gateway"}
+#: The compose stack runs what `hftgate up` runs: two execution shards.
+SHARDS = 2
 INTERNAL = ("cache", "redis", "postgres", "scaler")
 
 
@@ -43,15 +47,15 @@ def test_every_compose_service_runs_a_real_module() -> None:
 
 def test_every_built_service_is_in_compose_and_only_public_ones_publish_a_port() -> None:
     services = load_compose()["services"]
-    for spec in ALL_SERVICES:
+    for spec in with_shards(ALL_SERVICES, SHARDS):
         if not spec.is_available():
             continue
-        assert spec.name in services, f"{spec.name} is built but missing from docker-compose.yml"
-        ports = services[spec.name].get("ports", [])
-        if spec.name in PUBLIC:
-            assert ports == [f"{spec.default_port}:{spec.default_port}"], spec.name
+        assert spec.label in services, f"{spec.label} is built but missing from docker-compose.yml"
+        ports = services[spec.label].get("ports", [])
+        if spec.label in PUBLIC:
+            assert ports == [f"{spec.default_port}:{spec.default_port}"], spec.label
         else:
-            assert ports == [], f"{spec.name} is internal: its port must not be published on the host"
+            assert ports == [], f"{spec.label} is internal: its port must not be published on the host"
     for name in INTERNAL:
         assert name in services
         assert "ports" not in services[name], f"{name} must not be published on the host"
@@ -59,10 +63,38 @@ def test_every_built_service_is_in_compose_and_only_public_ones_publish_a_port()
 
 def test_compose_services_listen_on_all_interfaces_of_the_compose_network() -> None:
     services = load_compose()["services"]
-    for spec in ALL_SERVICES:
-        if spec.name in services:
-            env = services[spec.name]["environment"]
+    for spec in with_shards(ALL_SERVICES, SHARDS):
+        if spec.label in services:
+            env = services[spec.label]["environment"]
             assert env.get(f"HFTGATE_{spec.name.upper()}_HOST") == "0.0.0.0"
+
+
+def test_compose_runs_two_execution_shards_behind_the_gateway() -> None:
+    services = load_compose()["services"]
+    shards = {name: services[name] for name in ("execution", "execution-1")}
+    for name, spec in shards.items():
+        assert spec["command"] == ["python", "-m", "services.execution"], name
+    env0, env1 = (shards[name]["environment"] for name in ("execution", "execution-1"))
+    assert str(env0.get("HFTGATE_EXECUTION_SHARD_ID", "0")) == "0"
+    assert str(env1["HFTGATE_EXECUTION_SHARD_ID"]) == "1"
+    # Each shard its own journal and snapshots; one ledger table (trade ids carry the shard).
+    volumes = [shards[name]["volumes"][0].split(":")[0] for name in shards]
+    assert len(set(volumes)) == 2 and set(volumes) <= set(load_compose()["volumes"])
+    assert env0["HFTGATE_EXECUTION_LEDGER_DATABASE_URL"] == env1["HFTGATE_EXECUTION_LEDGER_DATABASE_URL"]
+    assert str(env1["HFTGATE_EXECUTION_SEED_DEMO_DATA"]).lower() == "false"
+    # The gateway names both, at the address and port each one listens on, and waits for both.
+    gateway = services["gateway"]
+    listed = parse_shards(gateway["environment"]["HFTGATE_GATEWAY_EXECUTION_SHARDS"].split(","))
+    ports = {"execution": "50051", "execution-1": str(env1["HFTGATE_EXECUTION_PORT"])}
+    assert {(s.shard_id, s.address) for s in listed} == {
+        (0, f"execution:{ports['execution']}"),
+        (1, "execution-1:50061"),
+    }
+    assert ports["execution-1"] in shards["execution-1"]["expose"]
+    assert {"execution", "execution-1"} <= set(gateway["depends_on"])
+    # The two-shard map gives each shard symbols (the README's BTCUSDT to the published shard 0).
+    shard_map = ShardMap(1, listed)
+    assert shard_map.owner("BTCUSDT").shard_id == 0 and shard_map.owner("ETHUSDT").shard_id == 1
 
 
 def test_every_service_runs_in_the_production_profile_with_the_suite_secret() -> None:
@@ -90,8 +122,9 @@ def test_compose_never_seeds_demo_accounts() -> None:
             if key.endswith("SEED_DEMO_DATA"):
                 assert value in ("false", "0", "no", "off"), f"{name}: {key}={value}"
             assert "DEMO_KEY" not in key, f"{name}: {key}"
-    execution = load_compose()["services"]["execution"]["environment"]
-    assert str(execution["HFTGATE_EXECUTION_SEED_DEMO_DATA"]).lower() == "false"
+    for shard in ("execution", "execution-1"):
+        execution = load_compose()["services"][shard]["environment"]
+        assert str(execution["HFTGATE_EXECUTION_SEED_DEMO_DATA"]).lower() == "false", shard
 
 
 def test_redis_and_postgres_require_passwords_kept_in_secret_files() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,13 +20,20 @@ from hftgate.security import (
     load_suite_secret,
     suite_client_tls,
 )
+from hftgate.shardmap import Shard, ShardMap, ShardMapUnavailable
 from hftgate.supervisor import (
+    ALL_SERVICES,
+    MAX_LOCAL_SHARDS,
     RunningService,
     available_services,
+    execution_shard_env,
     prepare_suite_env,
+    shard_map_store,
     start_services,
     stop_services,
+    store_shard_map,
     wait_until_serving,
+    with_shards,
 )
 
 # One RPC per service, for the bad-bytes and missing-credential checks on real processes.
@@ -102,12 +112,91 @@ def test_every_built_service_starts_serves_health_and_stops_cleanly(tmp_path: ob
         gateway = by_name.get("gateway")
         if gateway is not None and execution is not None:
             # The same first order through the front door, which routes it to the (only) shard.
-            assert gateway.env["HFTGATE_GATEWAY_EXECUTION_SHARDS"] == execution.address
+            assert gateway.env["HFTGATE_GATEWAY_EXECUTION_SHARDS"] == f"0={execution.address}"
             submit_one_order_with_a_demo_key(gateway.address, client_order_id="first-order-via-gateway")
     finally:
         stop_services(running, grace_s=15)
     # SIGTERM is a graceful stop: every service drains and exits 0.
     assert [s.process.returncode for s in running] == [0] * len(running)
+
+
+def test_with_shards_adds_numbered_execution_instances_in_place() -> None:
+    specs = with_shards(ALL_SERVICES, 3)
+    assert [s.label for s in specs] == [
+        "cache",
+        "marketdata",
+        "execution",
+        "execution-1",
+        "execution-2",
+        "gateway",
+        "scaler",
+    ]
+    shards = [s for s in specs if s.name == "execution"]
+    assert [s.default_port for s in shards] == [50051, 50061, 50071]
+    assert [s.module for s in shards] == ["services.execution"] * 3
+    # Each shard's port can be chosen apart; the service itself always reads HFTGATE_EXECUTION_PORT.
+    assert [s.port_variable for s in shards] == [
+        "HFTGATE_EXECUTION_PORT",
+        "HFTGATE_EXECUTION_1_PORT",
+        "HFTGATE_EXECUTION_2_PORT",
+    ]
+    assert {s.service_port_variable for s in shards} == {"HFTGATE_EXECUTION_PORT"}
+    assert with_shards(ALL_SERVICES) == list(ALL_SERVICES)  # one shard: today's suite
+    for bad in (0, MAX_LOCAL_SHARDS + 1):
+        with pytest.raises(ValueError, match="shards must be"):
+            with_shards(ALL_SERVICES, bad)
+
+
+def test_a_second_shard_gets_its_id_its_own_state_the_shared_ledger_and_no_demo_data(tmp_path: Path) -> None:
+    env = {"HFTGATE_STATE_DIR": str(tmp_path), "HFTGATE_EXECUTION_METRICS_PORT": "9100"}
+    assert execution_shard_env(0, env) == {}  # shard 0 is today's single service
+    second = execution_shard_env(1, env)
+    assert second["HFTGATE_EXECUTION_SHARD_ID"] == "1"
+    assert second["HFTGATE_EXECUTION_STATE_DIR"] == str(tmp_path / "execution-1")
+    assert second["HFTGATE_EXECUTION_SEED_DEMO_DATA"] == "false"
+    ledger = (tmp_path / "execution" / "ledger.sqlite3").resolve()
+    assert second["HFTGATE_EXECUTION_LEDGER_DATABASE_URL"] == f"sqlite+aiosqlite:///{ledger}"
+    assert second["HFTGATE_EXECUTION_METRICS_PORT"] == "9110"
+    # What the operator configured is followed: a ledger URL is shared as it is, no metrics stays off.
+    chosen = execution_shard_env(
+        2,
+        {
+            "HFTGATE_STATE_DIR": str(tmp_path),
+            "HFTGATE_EXECUTION_STATE_DIR": str(tmp_path / "x"),
+            "HFTGATE_EXECUTION_LEDGER_DATABASE_URL": "postgresql+asyncpg://h@db/l",
+        },
+    )
+    assert chosen["HFTGATE_EXECUTION_STATE_DIR"] == str(tmp_path / "x-2")
+    assert "HFTGATE_EXECUTION_LEDGER_DATABASE_URL" not in chosen
+    assert "HFTGATE_EXECUTION_METRICS_PORT" not in chosen
+
+
+def test_the_stored_map_is_made_once_kept_and_replaced_when_the_shards_change(tmp_path: Path) -> None:
+    env = {"HFTGATE_STATE_DIR": str(tmp_path)}
+    two = [Shard(0, "127.0.0.1:50051"), Shard(1, "127.0.0.1:50061")]
+    first = store_shard_map(env, two)
+    assert (first.epoch, first.shard_ids) == (1, (0, 1))
+    assert (tmp_path / "shardmap" / "shardmap.sqlite3").exists()  # where the shards and gateway look
+
+    async def pin(symbol: str, shard_id: int) -> None:
+        store = shard_map_store(env)
+        await store.start()
+        try:
+            await store.update(lambda m: m.with_pin(symbol, shard_id))
+        finally:
+            await store.close()
+
+    asyncio.run(pin("ETHUSDT", 0))
+    asyncio.run(pin("ESZ4", 1))
+    # The same shards again (a restart): the stored map stands, pins and epoch included.
+    again = store_shard_map(env, list(reversed(two)))
+    assert again.epoch == 3 and dict(again.pins) == {"ETHUSDT": 0, "ESZ4": 1}
+    # `--shards 1` on the same state: the next epoch names only shard 0; pins to shard 1 go.
+    one = store_shard_map(env, two[:1])
+    assert one.epoch == 4 and one.shard_ids == (0,) and dict(one.pins) == {"ETHUSDT": 0}
+    # A store that cannot be opened says which.
+    with pytest.raises(ShardMapUnavailable, match="shard map"):
+        store_shard_map({"HFTGATE_SHARD_MAP_DATABASE_URL": "nosuchdriver://x/y"}, two)
 
 
 def check_real_services_refuse_bad_bytes_and_missing_credentials(running: list[RunningService]) -> None:
@@ -207,3 +296,202 @@ def test_the_suite_starts_over_tls_and_takes_the_first_order(tmp_path: Path) -> 
     finally:
         stop_services(running, grace_s=15)
     assert [s.process.returncode for s in running] == [0] * len(running)
+
+
+# --- `hftgate up`: two execution shards behind the gateway -------------------------------------
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RunningService]]:
+    """The suite as `hftgate up` starts it (two shards), on free ports, by label."""
+    specs = [s for s in available_services() if s.name in ("cache", "marketdata", "execution", "gateway")]
+    if {s.name for s in specs} != {"cache", "marketdata", "execution", "gateway"}:
+        pytest.skip("the sharded suite needs cache, marketdata, execution and the gateway")
+    state_dir = tmp_path_factory.mktemp("two-shards")
+    env = dict(os.environ)
+    env.update(
+        HFTGATE_STATE_DIR=str(state_dir),
+        # A shared 2-CPU test machine: no pinned or busy-polling threads.
+        HFTGATE_EXECUTION_LOOP_CPUS="off",
+        HFTGATE_EXECUTION_JOURNAL_WRITER_CPUS="off",
+        HFTGATE_EXECUTION_JOURNAL_ACK_POLL_US="0",
+    )
+    for spec in with_shards(specs, 2):
+        env[spec.port_variable] = str(free_port())
+    running = start_services(specs, env=env, startup_timeout_s=90, shards=2)
+    try:
+        yield {s.spec.label: s for s in running}
+    finally:
+        stop_services(running, grace_s=15)
+    assert [s.process.returncode for s in running] == [0] * len(running), [
+        (s.spec.label, s.process.returncode) for s in running
+    ]
+
+
+def _stored_map(env: dict[str, str]) -> ShardMap:
+    async def load() -> ShardMap:
+        store = shard_map_store(env)
+        await store.start()
+        try:
+            found = await store.load()
+            assert found is not None
+            return found
+        finally:
+            await store.close()
+
+    return asyncio.run(load())
+
+
+def test_hftgate_up_starts_two_shards_with_one_stored_map_and_the_gateway_in_front(
+    two_shards: dict[str, RunningService],
+) -> None:
+    assert list(two_shards) == ["cache", "marketdata", "execution", "execution-1", "gateway"]
+    shard0, shard1, gateway = two_shards["execution"], two_shards["execution-1"], two_shards["gateway"]
+    state = Path(shard0.env["HFTGATE_STATE_DIR"])
+    assert shard1.env["HFTGATE_EXECUTION_SHARD_ID"] == "1"
+    assert shard1.env["HFTGATE_EXECUTION_PORT"] == str(shard1.port) != str(shard0.port)
+    assert shard1.env["HFTGATE_EXECUTION_SEED_DEMO_DATA"] == "false"
+    assert "HFTGATE_EXECUTION_SHARD_ID" not in shard0.env  # shard 0: today's service, seeds demo data
+    assert (state / "execution" / "journal").is_dir() and (state / "execution-1" / "journal").is_dir()
+    stored = _stored_map(shard0.env)
+    assert stored.epoch == 1 and stored.shards == (Shard(0, shard0.address), Shard(1, shard1.address))
+    assert gateway.env["HFTGATE_GATEWAY_EXECUTION_SHARDS"] == f"0={shard0.address},1={shard1.address}"
+    # The README's first order (BTCUSDT) on the shard that owns it, port 50051 by default...
+    assert stored.owner("BTCUSDT") == Shard(0, shard0.address)
+    submit_one_order_with_a_demo_key(shard0.address, client_order_id="first-order-direct")
+    # ... and through the front door.
+    submit_one_order_with_a_demo_key(gateway.address, client_order_id="first-order-via-gateway")
+
+
+def _direct_refusal(address: str, symbol: str) -> tuple[grpc.RpcError, dict[str, str]]:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from hftgate.v1 import common_pb2, execution_pb2, execution_pb2_grpc
+
+    order = execution_pb2.NewOrder(
+        client_order_id=f"wrong-shard-{symbol}",
+        symbol=symbol,
+        side=common_pb2.SIDE_BUY,
+        order_type=execution_pb2.ORDER_TYPE_LIMIT,
+        time_in_force=execution_pb2.TIME_IN_FORCE_GTC,
+        price_ticks=100_000,
+        quantity_lots=10,
+    )
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
+        execution_pb2_grpc.ExecutionServiceStub(channel).SubmitOrder(
+            execution_pb2.SubmitOrderRequest(order=order),
+            metadata=(("x-api-key", "hftgate-demo-alice"),),
+            timeout=10,
+        )
+    status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+    assert status is not None, "the refusal carries a google.rpc.Status"
+    info = error_details_pb2.ErrorInfo()
+    assert any(detail.Unpack(info) for detail in status.details)
+    assert info.reason == "NOT_SHARD_OWNER" and info.domain == "hftgate.v1"
+    return refused.value, dict(info.metadata)
+
+
+def test_a_symbol_sent_to_the_shard_that_does_not_own_it_is_refused_naming_the_owner(
+    two_shards: dict[str, RunningService],
+) -> None:
+    shard0, shard1 = two_shards["execution"], two_shards["execution-1"]
+    stored = _stored_map(shard0.env)
+    assert stored.owner("ETHUSDT").shard_id == 1 and stored.owner("BTCUSDT").shard_id == 0
+    error, metadata = _direct_refusal(shard0.address, "ETHUSDT")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "does not own symbol 'ETHUSDT'" in (error.details() or "")
+    assert metadata == {
+        "symbol": "ETHUSDT",
+        "owner_shard_id": "1",
+        "owner_address": shard1.address,
+        "epoch": "1",
+    }
+    error, metadata = _direct_refusal(shard1.address, "BTCUSDT")  # and the other way round
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (metadata["owner_shard_id"], metadata["owner_address"]) == ("0", shard0.address)
+
+
+def _order(client_order_id: str, symbol: str) -> Any:
+    from hftgate.v1 import common_pb2, execution_pb2
+
+    return execution_pb2.NewOrder(
+        client_order_id=client_order_id,
+        symbol=symbol,
+        side=common_pb2.SIDE_SELL,
+        order_type=execution_pb2.ORDER_TYPE_LIMIT,
+        time_in_force=execution_pb2.TIME_IN_FORCE_GTC,
+        price_ticks=9_000_000,
+        quantity_lots=10,
+    )
+
+
+def test_the_routing_client_sends_each_order_straight_to_its_owning_shard(
+    two_shards: dict[str, RunningService],
+) -> None:
+    from hftgate.client import HftgateClient
+    from hftgate.shardmap import order_id_shard
+    from hftgate.v1 import execution_pb2
+
+    stored = _stored_map(two_shards["execution"].env)
+
+    async def run() -> None:
+        gateway = two_shards["gateway"].address
+        async with HftgateClient(gateway, api_key="hftgate-demo-alice") as client:
+            assert client.shard_map == stored
+            btc = await client.submit(_order("rc-btc", "BTCUSDT"), timeout=10)
+            eth = await client.submit(_order("rc-eth", "ETHUSDT"), timeout=10)
+            assert btc.status == eth.status == execution_pb2.ORDER_STATUS_NEW and btc.durable
+            assert client.sent == {0: 1, 1: 1}  # the gateway (None) saw neither
+            assert (order_id_shard(btc.order_id), order_id_shard(eth.order_id)) == (0, 1)
+            assert (await client.get(order_id=eth.order_id, timeout=10)).order_id == eth.order_id
+            assert client.sent == {0: 1, 1: 2}
+
+    asyncio.run(run())
+
+
+def test_the_routing_client_retries_once_on_the_new_owner_when_the_map_moves_a_symbol(
+    two_shards: dict[str, RunningService],
+) -> None:
+    """Last in the module: it moves ETHUSDT from shard 1 to shard 0 with a pin (epoch 2)."""
+    from hftgate.client import HftgateClient
+    from hftgate.shardmap import order_id_shard
+    from hftgate.v1 import execution_pb2
+
+    env = two_shards["execution"].env
+
+    async def run() -> None:
+        gateway = two_shards["gateway"].address
+        # No watch: the client keeps epoch 1 until a shard refuses it.
+        async with HftgateClient(gateway, api_key="hftgate-demo-alice", watch_map=False) as client:
+            assert client.shard_map is not None and client.shard_map.owner("ETHUSDT").shard_id == 1
+            store = shard_map_store(env)
+            await store.start()
+            try:
+                moved = await store.update(lambda m: m.with_pin("ETHUSDT", 0))
+            finally:
+                await store.close()
+            assert moved.epoch == 2
+            # Wait until the gateway serves the new map (it polls every 500 ms), then for shard 1,
+            # which polls every 200 ms, to have certainly followed it.
+            async with HftgateClient(gateway, api_key="hftgate-demo-alice", watch_map=False) as probe:
+                for _ in range(100):
+                    found = await probe.refresh_map()
+                    if found is not None and found.epoch == 2:
+                        break
+                    await asyncio.sleep(0.1)
+                assert probe.shard_map is not None and probe.shard_map.epoch == 2
+            await asyncio.sleep(1.0)
+            ack = await client.submit(_order("moved-eth", "ETHUSDT"), timeout=10)
+            assert ack.status == execution_pb2.ORDER_STATUS_NEW
+            assert order_id_shard(ack.order_id) == 0, "accepted by the new owner"
+            assert client.owner_retries == 1 and client.sent == {1: 1, 0: 1}
+            assert client.shard_map is not None and client.shard_map.epoch == 2
+            # The next one goes straight to the new owner: no refusal, no retry.
+            again = await client.submit(_order("moved-eth-2", "ETHUSDT"), timeout=10)
+            assert order_id_shard(again.order_id) == 0
+            assert client.owner_retries == 1 and client.sent == {1: 1, 0: 2}
+
+    asyncio.run(run())
+    # Shard 1 now refuses ETHUSDT, naming shard 0 at epoch 2.
+    error, metadata = _direct_refusal(two_shards["execution-1"].address, "ETHUSDT")
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (metadata["owner_shard_id"], metadata["epoch"]) == ("0", "2")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hftgate import placement, security
+from hftgate import placement, security, shardmap
 from hftgate.config import default_state_dir, from_env
 
 ENV_PREFIX = "HFTGATE_EXECUTION_"
@@ -135,6 +135,19 @@ class ExecutionConfig:
     # writer wakes it (a sleeping CPU's wake-up, ~45 us on a VM). Costs that CPU time; 0 = never.
     journal_ack_poll_us: int = 200
 
+    # Sharding (hftgate/shardmap.py). This shard's id (0..32767): public order and trade ids carry
+    # it in bits 48..62 (shard 0's ids are today's ids), and new orders are accepted only for the
+    # symbols the shard map gives this id. The map: SQLAlchemy async URL; empty =
+    # HFTGATE_SHARD_MAP_DATABASE_URL, else DATABASE_URL, else SQLite under HFTGATE_STATE_DIR/shardmap
+    # (the file the gateway reads). No stored map = one shard, id 0, owns every symbol.
+    shard_id: int = 0
+    shard_map_database_url: str = ""
+    shard_map_table: str = shardmap.DEFAULT_TABLE
+    shard_map_name: str = shardmap.DEFAULT_MAP_NAME
+    # How often the stored map's epoch is read for changes (a shard stops accepting a symbol it
+    # lost at most this long after the new map is stored).
+    shard_map_poll_ms: int = 200
+
     # Prometheus /metrics port; 0 = no metrics endpoint.
     metrics_port: int = 0
 
@@ -171,6 +184,9 @@ class ExecutionConfig:
     def ledger_url(self) -> str:
         return self.ledger_database_url or f"sqlite+aiosqlite:///{self.state_path() / 'ledger.sqlite3'}"
 
+    def shard_map_url(self, environ: Mapping[str, str] | None = None) -> str:
+        return self.shard_map_database_url or shardmap.default_url(environ)
+
     def reference_url(self) -> str:
         """The reference store's SQL URL; by default the cache service's own SQLite file."""
         if self.reference_database_url:
@@ -206,6 +222,10 @@ def load_config(environ: Mapping[str, str] | None = None) -> ExecutionConfig:
             raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}; use auto, off or a CPU list") from None
     if config.journal_ack_poll_us < 0:
         raise ValueError(f"{ENV_PREFIX}JOURNAL_ACK_POLL_US must be 0 or more")
+    if not 0 <= config.shard_id <= shardmap.MAX_SHARD_ID:
+        raise ValueError(f"{ENV_PREFIX}SHARD_ID must be 0..{shardmap.MAX_SHARD_ID}, not {config.shard_id}")
+    if config.shard_map_poll_ms < 1:
+        raise ValueError(f"{ENV_PREFIX}SHARD_MAP_POLL_MS must be at least 1")
     if config.max_batch_orders < 1 or config.max_stream_message_inputs < 1:
         raise ValueError("max_batch_orders and max_stream_message_inputs must be at least 1")
     for name in (

@@ -292,6 +292,8 @@ class ExecutionCore:
         self._on_batch_applied = on_batch_applied
         #: Called off the order path with the fills of each durable batch (the market data feed).
         self.trade_sink = trade_sink
+        #: This shard's id (hftgate/shardmap.py): the ledger's rows carry its public ids.
+        self.shard_id = 0
         self.accepting = True
         self.ledger_backlog_drops = 0
         self._pending_fills: list[np.ndarray] = []
@@ -1190,13 +1192,14 @@ class ExecutionCore:
             await asyncio.sleep(0)
 
     def fills_for_ledger(self, fills: np.ndarray) -> list[Fill]:
-        return self.fills_for_ledger_of(self.state, fills)
+        return self.fills_for_ledger_of(self.state, fills, self.shard_id)
 
     @staticmethod
-    def fills_for_ledger_of(state: ExecutionState, fills: np.ndarray) -> list[Fill]:
-        """Ledger rows for FILL_DTYPE rows (names from ``state``)."""
+    def fills_for_ledger_of(state: ExecutionState, fills: np.ndarray, shard_id: int = 0) -> list[Fill]:
+        """Ledger rows for FILL_DTYPE rows (names from ``state``; public order ids of ``shard_id``)."""
         names = state.symbol_names
         accounts = state.account_names
+        base = shard_id << 48
         return [
             Fill(
                 symbol=names[symbol_id],
@@ -1204,10 +1207,11 @@ class ExecutionCore:
                 price_ticks=price,
                 quantity_lots=qty,
                 buyer_account=accounts.get(buyer, str(buyer)),
-                buyer_order_id=buy_order,
+                buyer_order_id=buy_order | base,
                 seller_account=accounts.get(seller, str(seller)),
-                seller_order_id=sell_order,
+                seller_order_id=sell_order | base,
                 executed_at_ns=transact,
+                shard_id=shard_id,
             )
             for (trade_id, price, qty, buy_order, buyer, sell_order, seller, transact, symbol_id, _) in (
                 fills.tolist()

@@ -25,6 +25,9 @@ import asyncio
 from collections import deque
 from typing import Literal
 
+#: asyncio runs a timer up to its clock's resolution early; a grace that far from its end is over.
+_CLOCK_SLACK_S = 1e-6
+
 
 class StreamLimitExceeded(Exception):
     """A new stream would exceed a cap: ``scope`` is "account" or "service"."""
@@ -143,6 +146,10 @@ class FairAdmission:
         self._light = 0
         self._heavy: deque[asyncio.Future[None]] = deque()
         self._release_timer: asyncio.TimerHandle | None = None
+        #: Loop time until which heavy steps still defer after the last light call ended (0: none).
+        self._light_until = 0.0
+        #: Releases the deferred heavy steps when the light calls' grace ends (armed only while some wait).
+        self._grace_timer: asyncio.TimerHandle | None = None
         #: Heavy steps that waited for light calls since start.
         self.deferred_steps = 0
 
@@ -150,12 +157,14 @@ class FairAdmission:
         """None when the batch may run now (the common case: no await, no allocation); else a
         future to await, resolved in round-robin order."""
         queued = self._queued
-        if account_id not in queued and (
-            inputs <= self.light_inputs
-            or (not queued and (self._turn_inputs == 0 or self._turn_inputs + inputs <= self.slice_inputs))
-        ):
-            self._run(account_id, inputs)
-            return None
+        if account_id not in queued:
+            if inputs <= self.light_inputs:
+                # The unary fast path: no bookkeeping at all (a light batch is never queued, so it
+                # needs no turn of its own; its few inputs are left out of the turn's slice).
+                return None
+            if not queued and (self._turn_inputs == 0 or self._turn_inputs + inputs <= self.slice_inputs):
+                self._run(account_id, inputs)
+                return None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = queued.get(account_id)
         if waiters is None:
@@ -209,24 +218,58 @@ class FairAdmission:
     def light_exit(self) -> None:
         """The light call's handler returned. Its response still has to be sent (gRPC needs a
         few loop turns for that), and a sequential client's next call follows at once: heavy
-        steps keep deferring for ``light_grace_s`` more."""
-        asyncio.get_running_loop().call_later(self.light_grace_s, self._light_done)
+        steps keep deferring for ``light_grace_s`` more.
 
-    def _light_done(self) -> None:
+        Without deferred heavy steps (no flood) this is two assignments: the grace is a deadline
+        that :meth:`heavy_step` compares with the loop's clock, not a timer per call."""
         self._light -= 1
-        if not self._light:
-            self._release_heavy(all_of_them=True)
+        loop = asyncio.get_running_loop()
+        self._light_until = loop.time() + self.light_grace_s
+        if self._heavy and not self._light:
+            self._arm_grace(loop)
+
+    def _arm_grace(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Release the deferred heavy steps when the grace ends (one timer, only while some wait)."""
+        if self._grace_timer is None:
+            self._grace_timer = loop.call_at(self._light_until, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace_timer = None
+        if self._light:
+            return  # a light call is in flight again: its light_exit re-arms
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._light_until - _CLOCK_SLACK_S:  # a later light call extended the grace
+            self._arm_grace(loop)
+            return
+        self._light_until = 0.0
+        self._release_heavy(all_of_them=True)
+
+    def _deferring(self) -> bool:
+        """A light call is in flight, or one ended less than ``light_grace_s`` ago."""
+        if self._light:
+            return True
+        until = self._light_until
+        if not until:
+            return False
+        if asyncio.get_running_loop().time() < until - _CLOCK_SLACK_S:
+            return True
+        self._light_until = 0.0
+        return False
 
     def heavy_step(self) -> asyncio.Future[None] | None:
         """None when a heavy step (one stream message, one stream response, one large batch) may
-        run now; else a future, resolved once no light call is in flight, or after at most
-        ``max_defer_s`` (one heavy step per period then: floods slow down, never stop)."""
-        if not self._light:
+        run now; else a future, resolved once no light call is in flight (nor in its grace), or
+        after at most ``max_defer_s`` (one heavy step per period then: floods slow down, never
+        stop)."""
+        if not self._deferring():
             return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._heavy.append(future)
         if self._release_timer is None:
-            self._release_timer = asyncio.get_running_loop().call_later(self.max_defer_s, self._timer)
+            self._release_timer = loop.call_later(self.max_defer_s, self._timer)
+        if not self._light:
+            self._arm_grace(loop)
         self.deferred_steps += 1
         return future
 
@@ -244,9 +287,13 @@ class FairAdmission:
                 future.set_result(None)
                 if not all_of_them:
                     break
-        if not heavy and self._release_timer is not None:
-            self._release_timer.cancel()
-            self._release_timer = None
+        if not heavy:
+            if self._release_timer is not None:
+                self._release_timer.cancel()
+                self._release_timer = None
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+                self._grace_timer = None
 
     def waiting(self) -> int:
         """Batches queued now."""

@@ -13,12 +13,14 @@ column              type          meaning
 ==================  ============  ===================================================
 position            BIGINT PK     1, 2, 3 ... the place in the chain, no gaps
 transaction_id      VARCHAR UNIQ  ``"<symbol>:<trade_id>"``: deterministic from the
-                                  fill, so re-recording a fill is a no-op
+                                  fill, so re-recording a fill is a no-op; the public
+                                  trade id, with the shard id in bits 48..62 (shards
+                                  may share one table)
 symbol              VARCHAR
 price_ticks         BIGINT        trade price in the instrument's ticks
 quantity_lots       BIGINT        traded quantity in the instrument's lots
 buyer_account       VARCHAR
-buyer_order_id      BIGINT        the exchange order id of the buying order
+buyer_order_id      BIGINT        the exchange (public) order id of the buying order
 seller_account      VARCHAR
 seller_order_id     BIGINT
 executed_at_ns      BIGINT        when the engine matched (ns since the epoch)
@@ -121,10 +123,20 @@ class Fill:
     seller_account: str
     seller_order_id: int
     executed_at_ns: int
+    #: The execution shard that matched it (hftgate/shardmap.py). ``trade_id`` stays the shard's
+    #: local id (the written-through mark follows it); the transaction id carries the public
+    #: trade id, with the shard in bits 48..62, so shards sharing one ledger table never collide,
+    #: not even on a symbol that moved between them. Shard 0's transaction ids are unchanged.
+    shard_id: int = 0
+
+    @property
+    def public_trade_id(self) -> int:
+        """The trade id clients see in ExecutionReport.trade_id."""
+        return (self.shard_id << 48) | self.trade_id
 
     @property
     def transaction_id(self) -> str:
-        return f"{self.symbol}:{self.trade_id}"
+        return f"{self.symbol}:{self.public_trade_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -403,6 +403,11 @@ class ReferenceData:
         spec: AccountSpec | None = await self._spec(ACCOUNT_PREFIX + name, AccountSpec)
         return spec
 
+    def account_held(self, name: str) -> AccountSpec | NotHeld | None:
+        """:meth:`account` without an await when its row is held locally, else :data:`NOT_HELD`."""
+        spec: AccountSpec | NotHeld | None = self._held_spec(ACCOUNT_PREFIX + name, AccountSpec)
+        return spec
+
     async def account_for_key(self, api_key: str) -> AccountSpec | None:
         """The account owning ``api_key``, or None for an unknown key."""
         row = self.key_row(api_key)

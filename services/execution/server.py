@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -31,12 +32,13 @@ from hftgate import security
 from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
+from hftgate.shardmap import ShardMap
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
 from services.cache.client import CacheClient
 from services.cache.l3_sql import SqlStore
-from services.execution import codec, metrics
+from services.execution import codec, fencing, metrics
 from services.execution.config import ExecutionConfig
 from services.execution.core import (
     KIND_CANCEL,
@@ -72,6 +74,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "hftgate.v1.ExecutionService"
 API_KEY_METADATA = security.API_KEY_METADATA
+ACCOUNT_METADATA = security.ACCOUNT_METADATA
+#: The only principal whose calls may name their account in ACCOUNT_METADATA.
+GATEWAY_PRINCIPAL = "gateway"
 #: The principal this service calls other services as (the cache, market data).
 PRINCIPAL = "execution"
 
@@ -86,6 +91,21 @@ async def _abort_bad_request(
     )
     status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=description)
     status.details.add().Pack(detail)
+    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+    raise AssertionError("abort raises")
+
+
+async def _abort_not_owner(
+    context: grpc.aio.ServicerContext, refusal: fencing.NotOwner, shard_id: int
+) -> NoReturn:
+    """FAILED_PRECONDITION with a google.rpc.ErrorInfo naming the owner: the caller refreshes its
+    shard map and sends the call there (nothing of it was accepted here)."""
+    message = refusal.message(shard_id)
+    info = error_details_pb2.ErrorInfo(
+        reason=fencing.NOT_SHARD_OWNER, domain=fencing.ERROR_DOMAIN, metadata=refusal.metadata()
+    )
+    status = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message=message)
+    status.details.add().Pack(info)
     await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
     raise AssertionError("abort raises")
 
@@ -115,10 +135,20 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
     """Translates execution.proto calls to :class:`ExecutionCore` calls."""
 
     def __init__(
-        self, core: ExecutionCore, config: ExecutionConfig, secret: security.SuiteSecret | None = None
+        self,
+        core: ExecutionCore,
+        config: ExecutionConfig,
+        secret: security.SuiteSecret | None = None,
+        fence: fencing.ShardFence | None = None,
     ) -> None:
         self.core = core
         self.config = config
+        #: Which symbols this shard takes new orders for (default: the single-shard map).
+        self.fence = fence or fencing.ShardFence(config.shard_id, ShardMap.single(config.address))
+        self.shard_id = config.shard_id
+        #: ORed into every order and trade id that leaves (shard 0: nothing).
+        self.shard_base = codec.shard_base_of(config.shard_id)
+        core.shard_id = config.shard_id
         #: Verifies service tokens (GetStats gives suite-wide figures only to a service principal).
         self.secret = secret
         self.streams = StreamSlots(per_account=config.max_streams_per_account, total=config.max_streams)
@@ -136,10 +166,14 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
 
     async def _account(self, context: grpc.aio.ServicerContext) -> AccountSpec:
         key = ""
+        forwarded: str | bytes | None = None
         for name, value in context.invocation_metadata() or ():
             if name == API_KEY_METADATA:
                 key = value if isinstance(value, str) else value.decode("utf-8", "replace")
-                break
+            elif name == ACCOUNT_METADATA:
+                forwarded = value
+        if forwarded is not None:
+            return await self._forwarded_account(context, forwarded)
         if not key:
             self.unauthenticated += 1
             await context.abort(
@@ -152,6 +186,36 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             self.unauthenticated += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
         assert account is not None
+        return account
+
+    async def _forwarded_account(
+        self, context: grpc.aio.ServicerContext, forwarded: str | bytes
+    ) -> AccountSpec:
+        """The account the gateway checked the API key of: trusted only with the "gateway"
+        principal's valid token; any other caller naming an account is refused, nothing done."""
+        principal = None if self.secret is None else security.principal_of(context, self.secret)
+        if principal != GATEWAY_PRINCIPAL:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"{ACCOUNT_METADATA} may be set only by the gateway"
+            )
+        try:
+            text = forwarded if isinstance(forwarded, str) else forwarded.decode("ascii")
+            name = urllib.parse.unquote(text, errors="strict")
+        except UnicodeError:
+            name = ""
+        if not name or len(name) > 128:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{ACCOUNT_METADATA} must be a percent-encoded UTF-8 account name of 1..128 characters",
+            )
+        reference = self.core.reference
+        account = reference.account_held(name)
+        if account is NOT_HELD:
+            account = await reference.account(name)
+        if account is None:
+            self.unauthenticated += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"unknown account {_clipped(name)}")
+        assert isinstance(account, AccountSpec)
         return account
 
     async def _rate(self, context: grpc.aio.ServicerContext, account: AccountSpec) -> None:
@@ -178,7 +242,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
     def _ack_protos(
         self, acks: Acks, symbols: list[str] | None = None, make: Callable[..., api.OrderAck] = api.OrderAck
     ) -> list[api.OrderAck]:
-        protos = codec.encode_acks(acks, time.time_ns(), symbols, make)
+        protos = codec.encode_acks(acks, time.time_ns(), symbols, make, self.shard_base)
         self.core.record_ack_sent(acks)
         return protos
 
@@ -195,6 +259,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             await _abort_bad_request(context, "order_id", "name the order by order_id or client_order_id")
         if order_id < 0:
             await _abort_bad_request(context, "order_id", f"order_id must be positive, got {order_id}")
+        public_id = order_id
+        if order_id:
+            # Another shard's id answers exactly like an id never used here.
+            order_id = codec.local_id(order_id, self.shard_id)
+            if not order_id:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {public_id}")
         if client_order_id:
             by_client = state.order_id_for(account.account_id, client_order_id)
             if not by_client:
@@ -205,12 +275,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 await _abort_bad_request(
                     context,
                     "client_order_id",
-                    f"order_id {order_id} and client_order_id {client_order_id!r} disagree",
+                    f"order_id {public_id} and client_order_id {client_order_id!r} disagree",
                 )
             return by_client
         row = state.order(order_id)
         if row is None or int(row["account_id"]) != account.account_id or int(row["status"]) == REJECTED:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {order_id}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {public_id}")
         return order_id
 
     # --- order entry ---------------------------------------------------------------------------------
@@ -222,6 +292,10 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         account = await self._account(context)
         await self._rate(context, account)
         entry = codec.decode_new_order(request.order, time.time_ns(), arrival)
+        if entry.symbol:
+            refusal = self.fence.refusal(entry.symbol)
+            if refusal is not None:
+                await _abort_not_owner(context, refusal, self.shard_id)
         admission = self.admission
         admission.light_enter()
         try:
@@ -232,7 +306,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             raise AssertionError("abort raises") from exc
         finally:
             admission.light_exit()
-        response = api.SubmitOrderResponse(ack=codec.encode_single_ack(ack, entry.symbol, time.time_ns()))
+        response = api.SubmitOrderResponse(
+            ack=codec.encode_single_ack(ack, entry.symbol, time.time_ns(), self.shard_base)
+        )
         self.core.record_single_ack_sent(ack)
         return response
 
@@ -253,6 +329,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             )
         await self._rate(context, account)
         inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
+        refusal = self.fence.first_refusal(inputs.symbols)
+        if refusal is not None:  # the whole batch: the caller re-splits it by the owner's map
+            await _abort_not_owner(context, refusal, self.shard_id)
         inputs.prioritize = True
         acks = await self._submit(context, account, inputs)
         response = api.SubmitOrdersResponse()
@@ -314,7 +393,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         done = acks.status != REJECTED
         sequences = acks.sequences[done]
         return api.CancelAllResponse(
-            canceled_order_ids=acks.order_ids[done].tolist(),
+            canceled_order_ids=(acks.order_ids[done] | self.shard_base).tolist(),
             sequence=int(sequences[-1]) if len(sequences) else 0,
             durable=acks.durable and bool(len(sequences)),
         )
@@ -324,7 +403,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
     ) -> api.GetOrderResponse:
         account = await self._account(context)
         order_id = await self._resolve(context, account, request.order_id, request.client_order_id)
-        return api.GetOrderResponse(order=codec.encode_order(self.core.state, order_id))
+        return api.GetOrderResponse(order=codec.encode_order(self.core.state, order_id, self.shard_base))
 
     # --- streams ---------------------------------------------------------------------------------------
 
@@ -422,6 +501,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         limit = config.order_stream_max_unsent_inputs
         room = asyncio.Event()
         reader_done = [False]
+        fence = self.fence
+        shard_id = self.shard_id
 
         def sink(acks: Acks | BaseException) -> None:
             subscriber.put_acks(core.published_report_seq, acks)
@@ -443,6 +524,10 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                         room.clear()
                         await room.wait()
                     inputs = codec.decode_stream_inputs(message.inputs, time.time_ns(), arrival)
+                    codec.localize_targets(inputs, shard_id)
+                    refused = fence.refused_positions(inputs.symbols)
+                    if refused:  # per input: REJECT_REASON_NOT_SHARD_OWNER, nothing accepted for it
+                        codec.refuse_symbols(inputs, refused)
                     await self._admit(account, count)
                     submitted[0] += 1
                     unsent[0] += count
@@ -498,7 +583,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     last_sent = int(page["sequence"][-1])
                     page = _without_restated(page, restating)
                     if len(page):
-                        response.executions.extend(codec.encode_reports(page, core.state))
+                        response.executions.extend(codec.encode_reports(page, core.state, self.shard_base))
                 while restate_marks and restate_marks[0][0] <= subscriber.cursor:
                     for sequence in restate_marks.popleft()[1]:  # their reports are all read
                         restating.pop(sequence, None)
@@ -590,7 +675,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 await self._heavy_step()
                 page = core.reports_page(subscriber, page_size)
                 if len(page):
-                    for report in codec.encode_reports(page, core.state):
+                    for report in codec.encode_reports(page, core.state, self.shard_base):
                         await context.write(report)
                         last_sent = report.sequence
                     continue
@@ -616,7 +701,11 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         "admin", the scaler, the benchmarks); an account (an API key, directly or forwarded by the
         gateway) gets only its own figures: how much others trade is not its business."""
         principal = None if self.secret is None else security.principal_of(context, self.secret)
-        if principal is None or security.api_key_of(context) is not None:
+        if (
+            principal is None
+            or security.api_key_of(context) is not None
+            or security.metadata_value(context, ACCOUNT_METADATA) is not None
+        ):
             account = await self._account(context)
             state = self.core.state
             row = state._account_rows.get(account.account_id)
@@ -700,6 +789,7 @@ class ExecutionServer(RunningServer):
 
     core: ExecutionCore | None = None
     snapshotter: Snapshotter | None = None
+    fence: fencing.ShardFence | None = None
     closers: list[Any] = field(default_factory=list)
     recovery_ms: float = 0.0
 
@@ -817,10 +907,26 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
     in the production profile."""
     config.seeds_demo_data()  # refuse before recovering anything
     suite = suite or security.load_suite_security(PRINCIPAL)
-    config.state_path().mkdir(parents=True, exist_ok=True)
-    recovered: Recovery = await asyncio.to_thread(recover, config)
+    try:  # also before recovering: a shard the map does not name must not start
+        fence = await fencing.open_fence(
+            config.shard_id,
+            config.shard_map_url(),
+            config.shard_map_table,
+            config.shard_map_name,
+            config.shard_map_poll_ms,
+            config.address,
+        )
+    except fencing.ShardMapRefused as exc:
+        log.error("cannot start: %s", exc.reason)
+        raise
+    closers: list[Any] = [fence.close]
+    try:
+        config.state_path().mkdir(parents=True, exist_ok=True)
+        recovered: Recovery = await asyncio.to_thread(recover, config)
+    except BaseException:
+        await fence.close()
+        raise
     journal = recovered.journal
-    closers: list[Any] = []
     feed: TradeFeed | None = None
     try:
         ledger = await Ledger.open(
@@ -829,7 +935,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
         closers.append(ledger.close)
         if len(recovered.tail_fills):
             added = await ledger.catch_up(
-                ExecutionCore.fills_for_ledger_of(recovered.state, recovered.tail_fills)
+                ExecutionCore.fills_for_ledger_of(recovered.state, recovered.tail_fills, config.shard_id)
             )
             log.info(
                 "ledger caught up: %d of %d replayed fill(s) were missing", added, len(recovered.tail_fills)
@@ -865,13 +971,14 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
                 lambda symbol_id: core.state.symbol_names[symbol_id],
                 lambda symbol: _sizes_of(reference, symbol),
                 credentials=suite.credentials,
+                trade_id_base=config.shard_id << 48,
             )
             feed.start()
             core.trade_sink = feed.publish
             closers.append(feed.close)
         collector = metrics.register(core)
         closers.append(lambda: _unregister(collector))
-        servicer = ExecutionServicer(core, config, suite.secret)
+        servicer = ExecutionServicer(core, config, suite.secret, fence)
         # Accounts call with their API key (checked by the servicer); services (the gateway) with a
         # service token, and forward the account's key.
         auth = security.ServiceAuthInterceptor(suite.secret, api_key_methods=True)
@@ -900,12 +1007,14 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
         service_names=running.service_names,
         core=core,
         snapshotter=snapshotter,
+        fence=fence,
         closers=[
             *([feed.close] if feed is not None else []),
             journal.close,
             ledger.close,
             reference.close,
             lambda: _unregister(collector),
+            fence.close,
         ],
         recovery_ms=recovered.recovery_ms,
     )

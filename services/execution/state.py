@@ -69,7 +69,7 @@ from hftgate.matching.types import OrderType as EngineType
 from hftgate.native.errors import NativeError
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
-from services.execution.records import Batch
+from services.execution.records import META_DTYPE, Batch
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,17 @@ F_LEAVES, F_CUM, F_NOTIONAL = (_ORDER_FIELDS.index(n) for n in ("leaves", "cum",
 F_LAST, F_REASON, F_SIDE = (_ORDER_FIELDS.index(n) for n in ("last_exec_seq", "reason", "side"))
 F_TYPE, F_STATUS = (_ORDER_FIELDS.index(n) for n in ("order_type", "status"))
 F_UPDATED, F_STOP = _ORDER_FIELDS.index("updated_ns"), _ORDER_FIELDS.index("stop_price")
+#: Positions in a COMMAND_DTYPE / META_DTYPE row tuple (``commands[i].item()``).
+_C_ORDER_ID = (COMMAND_DTYPE.names or ()).index("order_id")
+_M_CLIENT_ID_LENGTH = (META_DTYPE.names or ()).index("client_id_length")
 #: Up to this many touched orders (or fills, or reports) are written back one row at a time:
 #: below it numpy's per-call set-up costs more than the per-row Python work.
 _ROW_BY_ROW_MAX = 8
 OPEN_STATUSES = (NEW, PENDING, PARTIAL)
+#: ``_IS_OPEN[status]``: whether an order status (u1) is open, for whole arrays at once
+#: (``np.isin`` costs ~13 us for 100 statuses, a lookup ~0.5 us).
+_IS_OPEN = np.zeros(256, bool)
+_IS_OPEN[list(OPEN_STATUSES)] = True
 # Plain ints for comparing with numpy values: ``numpy_scalar == Action.NEW`` makes numpy probe the
 # IntEnum for the array protocol, ~4 µs a comparison (measured), against ~0.06 µs for an int.
 _ACTION_NEW = int(Action.NEW)
@@ -382,8 +389,11 @@ class ExecutionState:
     def rows_by_id(self, order_ids: np.ndarray) -> np.ndarray:
         """Copies of the rows of ``order_ids`` (ORDER_DTYPE; an all-zero row where not retained)."""
         slots = self.slots_of(order_ids)
+        missing = slots < 0
+        if not missing.any():
+            return self.table[slots]
         rows = self.table[np.maximum(slots, 0)]
-        rows[slots < 0] = np.zeros(1, ORDER_DTYPE)
+        rows[missing] = np.zeros(1, ORDER_DTYPE)
         return rows
 
     def retained_orders(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -514,20 +524,24 @@ class ExecutionState:
         count = len(commands)
         actions = commands["action"]
         first_new_id = self.order_count + 1
+        one: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
         if count == 1:  # SubmitOrder, CancelOrder, ReplaceOrder: no masks for one command
             new_count = 1 if actions[0] == _ACTION_NEW else 0
             new_mask = None
+            if new_count and len(meta) == 1:
+                one = (commands[0].item(), meta[0].item())  # read once, for _misfit and _add_one_order
         else:
             new_mask = actions == _ACTION_NEW
             new_count = int(new_mask.sum())
-        problem = self._misfit(batch, new_mask, new_count, first_new_id)
+        problem = self._misfit(batch, new_mask, new_count, first_new_id, one)
         if problem is not None:
             return self._refuse(batch, problem)
         self.next_input_seq += count
         received, transact = batch.received_ns, batch.transact_ns
         if new_count:
             if new_mask is None:
-                self._add_one_order(commands[0].item(), meta[0].item(), batch.client_ids, received)
+                command, meta_row = one if one is not None else (commands[0].item(), meta[0].item())
+                self._add_one_order(command, meta_row, batch.client_ids, received)
             else:
                 self._add_orders(commands[new_mask], meta[new_mask], batch.client_ids, received)
 
@@ -540,6 +554,9 @@ class ExecutionState:
         live: dict[int, list[Any]] = {}  # keyed by table row (slot)
         working_before: dict[int, int] = {}  # order row -> lots it had working before this batch
 
+        ring = self._ring
+        survivor_rows: list[int] = []  # rows of survivors the batch touches (retirement, below)
+
         def load(index: int) -> list[Any]:
             row = live.get(index)
             if row is None:
@@ -547,7 +564,17 @@ class ExecutionState:
                     raise LookupError("apply_batch: an engine event names an order that is not retained")
                 row = live[index] = list(orders[index].item())
                 working_before[index] = row[F_LEAVES] if row[F_STATUS] in OPEN_STATUSES else 0
+                if index >= ring:
+                    survivor_rows.append(index)
             return row
+
+        # slot_of with the window fixed for the batch's events (no order is added or retired meanwhile).
+        window_base, last_id, survivor_get = self.order_base, self.order_count, self._survivor_slots.get
+
+        def slot_of(order_id: int) -> int:
+            if order_id > window_base:
+                return (order_id - 1) & mask if order_id <= last_id else -1
+            return survivor_get(order_id, -1)
 
         if new_count:  # the batch's new orders all get events: copy them in one call
             first_slot = (first_new_id - 1) & mask
@@ -560,7 +587,6 @@ class ExecutionState:
             for slot, values in zip(new_slots, new_rows, strict=True):
                 live[slot] = list(values)
                 working_before[slot] = 0
-        slot_of = self.slot_of
         cancel_reasons = meta["cancel_reason"]
         report_rows: list[tuple[int, ...]] = []
         fill_rows: list[tuple[int, ...]] = []
@@ -718,15 +744,20 @@ class ExecutionState:
         self._retain(reports)
         outcome = self._outcome(batch, status_out, reason_out, reports, fills)
         if self.retire:
-            ring = self._ring
-            for index, row in live.items():
-                if index >= ring and row[F_STATUS] not in OPEN_STATUSES:  # a survivor finished
-                    heapq.heappush(self._finished_survivors, (row[F_LAST], int(self._slot_ids[index])))
+            for index in survivor_rows:
+                row = live[index]
+                if row[F_STATUS] not in OPEN_STATUSES:  # a survivor finished
+                    heapq.heappush(self._finished_survivors, (row[F_LAST], self._slot_ids.item(index)))
             self.retire_finished()
         return outcome
 
     def _misfit(
-        self, batch: Batch, new_mask: np.ndarray | None, new_count: int, first_new_id: int
+        self,
+        batch: Batch,
+        new_mask: np.ndarray | None,
+        new_count: int,
+        first_new_id: int,
+        one: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None,
     ) -> str | None:
         """Why ``batch`` cannot apply to this state without failing part-way (None when it can).
 
@@ -741,10 +772,13 @@ class ExecutionState:
         if not new_count:
             return None
         if new_mask is None:
-            order_id = int(commands["order_id"][0])
+            if one is not None:  # the command's and its meta row's values, as tuples
+                order_id, lengths_total = one[0][_C_ORDER_ID], one[1][_M_CLIENT_ID_LENGTH]
+            else:
+                order_id = int(commands["order_id"][0])
+                lengths_total = int(batch.meta["client_id_length"][0])
             if order_id != first_new_id:
                 return f"batch order id {order_id} where {first_new_id} was expected"
-            lengths_total = int(batch.meta["client_id_length"][0])
         else:
             ids = commands["order_id"][new_mask]
             if int(ids[0]) != first_new_id or not (np.diff(ids) == 1).all():
@@ -791,7 +825,7 @@ class ExecutionState:
         if first_slot + count <= self._ring:
             slots = slice(first_slot, first_slot + count)
             rows = self.table[slots]  # a view: written in place
-            rows[...] = np.zeros(1, ORDER_DTYPE)
+            rows.view(np.uint8).fill(0)  # (~10x faster than assigning a zero record to each row)
         else:  # the ring wraps inside this batch: build the rows, then scatter them
             slots = np.arange(start, start + count) & self._mask
             rows = np.zeros(count, ORDER_DTYPE)
@@ -858,10 +892,10 @@ class ExecutionState:
 
     def _forget_client_id(self, slot: int) -> None:
         """A refused (or retired) order's client id may be used again."""
-        account = int(self.table["account_id"][slot])
+        account = self.table["account_id"].item(slot)
         per_account = self.client_id_index.get(account)
         client_id = self._slot_client_ids[slot]
-        if per_account is not None and per_account.get(client_id) == int(self._slot_ids[slot]):
+        if per_account is not None and per_account.get(client_id) == self._slot_ids.item(slot):
             del per_account[client_id]
 
     # --- retirement (see the module docstring) -------------------------------------------------------
@@ -885,26 +919,36 @@ class ExecutionState:
         base = self.order_base
         if limit <= base:
             return
+        table = self.table
         if limit - base == 1:  # one order passed (a SubmitOrder): no arrays
             slot = base & self._mask
-            row = self.table[slot].item()
-            if row[F_STATUS] not in OPEN_STATUSES and row[F_LAST] < oldest:
+            status = table["status"].item(slot)
+            last = table["last_exec_seq"].item(slot)
+            if status not in OPEN_STATUSES and last < oldest:
                 self._drop(slot)
             else:
-                self._to_survivor(slot, row[F_STATUS], row[F_LAST])
+                self._to_survivor(slot, status, last)
             self.order_base = limit
             return
-        ids = np.arange(base + 1, limit + 1, dtype=np.int64)
-        slots = (ids - 1) & self._mask
-        passed = self.table[slots]
-        gone = ~np.isin(passed["status"], OPEN_STATUSES) & (passed["last_exec_seq"] < oldest)
-        dropped = slots[gone]
+        first = base & self._mask
+        slots: slice | np.ndarray
+        if first + (limit - base) <= self._ring:  # no wrap: views, no copy
+            slots = slice(first, first + (limit - base))
+            slot_numbers = np.arange(slots.start, slots.stop, dtype=np.int64)
+        else:
+            slots = slot_numbers = (np.arange(base, limit, dtype=np.int64)) & self._mask
+        statuses = table["status"][slots]
+        lasts = table["last_exec_seq"][slots]
+        gone = ~_IS_OPEN.take(statuses) & (lasts < oldest)
+        dropped = slot_numbers[gone]
         if len(dropped):
             index = self.client_id_index
             for account, client_id, order_id in zip(
-                passed["account_id"][gone].tolist(),
+                table["account_id"][slots][gone].tolist(),
                 self._slot_client_ids[dropped].tolist(),
-                ids[gone].tolist(),
+                (slot_numbers[gone] - first + base + 1).tolist()
+                if isinstance(slots, slice)
+                else np.arange(base + 1, limit + 1, dtype=np.int64)[gone].tolist(),
                 strict=True,
             ):
                 per_account = index.get(account)
@@ -913,14 +957,9 @@ class ExecutionState:
             self._slot_ids[dropped] = 0
             self._slot_client_ids[dropped] = None
             self.retired_orders += len(dropped)
-        kept = ~gone
-        for slot, status, last in zip(
-            slots[kept].tolist(),
-            passed["status"][kept].tolist(),
-            passed["last_exec_seq"][kept].tolist(),
-            strict=True,
-        ):
-            self._to_survivor(slot, status, last)
+        if len(dropped) < len(slot_numbers):
+            kept = ~gone
+            self._to_survivors(slot_numbers[kept], statuses[kept], lasts[kept])
         self.order_base = limit
 
     def _drop(self, slot: int) -> None:
@@ -946,6 +985,35 @@ class ExecutionState:
         if status not in OPEN_STATUSES:
             heapq.heappush(self._finished_survivors, (last_exec_seq, order_id))
 
+    def _to_survivors(self, slots: np.ndarray, statuses: np.ndarray, lasts: np.ndarray) -> None:
+        """:meth:`_to_survivor` of many ring rows at once (in ascending order id, as one by one)."""
+        count = len(slots)
+        if count <= _ROW_BY_ROW_MAX:
+            for slot, status, last in zip(slots.tolist(), statuses.tolist(), lasts.tolist(), strict=True):
+                self._to_survivor(slot, status, last)
+            return
+        while len(self._free_slots) < count:
+            spare = len(self.table) - self._ring
+            self._resize(self._ring, max(_INITIAL_SPARE, 2 * spare))
+        free = self._free_slots
+        # The same rows, in the same order, as count pops of the free list would give.
+        targets_list = free[: len(free) - count - 1 : -1] if len(free) > count else free[::-1]
+        del free[len(free) - count :]
+        targets = np.array(targets_list, np.int64)
+        order_ids = self._slot_ids[slots]
+        self.table[targets] = self.table[slots]
+        self._slot_ids[targets] = order_ids
+        self._slot_client_ids[targets] = self._slot_client_ids[slots]
+        self._slot_ids[slots] = 0
+        self._slot_client_ids[slots] = None
+        ids = order_ids.tolist()
+        self._survivor_slots.update(zip(ids, targets_list, strict=True))
+        finished = ~_IS_OPEN.take(statuses)
+        if finished.any():
+            heap = self._finished_survivors
+            for last, order_id in zip(lasts[finished].tolist(), order_ids[finished].tolist(), strict=True):
+                heapq.heappush(heap, (last, order_id))
+
     def _update_exposure(self, working_before: dict[int, int]) -> None:
         if not working_before:
             return
@@ -967,7 +1035,7 @@ class ExecutionState:
         indices = np.fromiter(working_before.keys(), np.int64, len(working_before))
         before = np.fromiter(working_before.values(), np.int64, len(working_before))
         rows = self.table[indices]
-        after = np.where(np.isin(rows["status"], OPEN_STATUSES), rows["leaves"], 0)
+        after = np.where(_IS_OPEN.take(rows["status"]), rows["leaves"], 0)
         delta = after - before
         changed = delta != 0
         if not changed.any():
@@ -1234,7 +1302,19 @@ class ClientIdsById:
         return self._state.order_count
 
     def __getitem__(self, index: int) -> str:
-        client_id = self._state.client_id_of(index + 1) if index >= 0 else None
+        # slot_of and client_id_at inlined: encoding a stream's reports asks once per report.
+        state = self._state
+        if index >= state.order_base:
+            if index >= state.order_count:
+                return ""
+            slot = index & state._mask
+        elif index < 0:
+            return ""
+        else:
+            slot = state._survivor_slots.get(index + 1, -1)
+            if slot < 0:
+                return ""
+        client_id: str | None = state._slot_client_ids[slot]
         return "" if client_id is None else client_id
 
     def __iter__(self) -> Iterator[str]:

@@ -60,8 +60,12 @@ class TradeFeed:
         credentials: ClientCredentials,
         max_queued_batches: int = 10_000,
         backoff_max_s: float = 5.0,
+        trade_id_base: int = 0,
     ) -> None:
         self.target = target
+        # The shard's bits (shard_id << 48), as in the trade ids clients and the ledger see: two
+        # shards number their trades from 1, and market data would take the second as a duplicate.
+        self._trade_id_base = trade_id_base
         self.credentials = credentials
         self._symbol_name = symbol_name
         self._sizes = sizes  # symbol -> (tick_size, lot_size) as decimal strings
@@ -97,7 +101,7 @@ class TradeFeed:
                     venue=VENUE,
                     symbol=symbol,
                     exchange_ts_ns=transact,
-                    trade_id=trade_id,
+                    trade_id=trade_id | self._trade_id_base,
                     price=float(Decimal(price) * Decimal(tick)),
                     size=float(Decimal(qty) * Decimal(lot)),
                     aggressor_side=common.SIDE_BUY if side == 1 else common.SIDE_SELL,

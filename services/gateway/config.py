@@ -57,14 +57,16 @@ class GatewayConfig:
     # (account, client order id) -> shard routes remembered from submissions, so a cancel, replace or
     # get by client order id goes to one shard; older routes are forgotten past this many.
     max_routes: int = 200_000
-    # Whether the shards allocate order ids with their shard id in bits 48..62 (hftgate/shardmap.py).
-    # Then a cancel, replace or get by order id goes straight to that shard. Off (until the execution
-    # service allocates ids that way): ids of different shards collide, so the gateway asks every
-    # shard (read-only GetOrder) and refuses an id that more than one shard has for the account.
-    order_id_shard_bits: bool = False
-    # Also forward the caller's API key to the shard. On until the execution service trusts the
-    # account header from the gateway principal (then the key is checked only here).
-    forward_api_key: bool = True
+    # Whether the shards allocate order ids with their shard id in bits 48..62 (hftgate/shardmap.py;
+    # the execution service does, HFTGATE_EXECUTION_SHARD_ID). Then a cancel, replace or get by order
+    # id goes straight to that shard. Off (for shards that predate it): ids of different shards
+    # collide, so the gateway asks every shard (read-only GetOrder) and refuses an id that more than
+    # one shard has for the account.
+    order_id_shard_bits: bool = True
+    # Also forward the caller's API key to the shard. Off: the shard trusts the account header
+    # (x-hftgate-account) on calls with the "gateway" principal's token, so the key is checked
+    # only here and never leaves the gateway.
+    forward_api_key: bool = False
 
     # Replicas of the stateless services the gateway balances ("HOST:PORT", comma separated); empty =
     # the gateway does not serve that API. The scaler's WatchReplicas can replace these lists later

@@ -74,6 +74,9 @@ def execution_config(state_dir: Path, **overrides: Any) -> ExecutionConfig:
         port=0,
         state_dir=str(state_dir),
         reference_database_url=f"sqlite+aiosqlite:///{state_dir / 'reference.sqlite3'}",
+        # Never the checkout's ./data/shardmap: a map stored there by `hftgate up` must not fence tests.
+        shard_map_database_url=f"sqlite+aiosqlite:///{state_dir / 'shardmap.sqlite3'}",
+        shard_map_poll_ms=50,
         max_symbols=8,
         max_levels_per_side=1024,
         max_live_orders=1 << 16,

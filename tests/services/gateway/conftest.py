@@ -81,6 +81,14 @@ async def store_map(url: str, shard_map: ShardMap) -> ShardMapStore:
     return store
 
 
+async def shards_follow(shards: list[ExecutionServer], epoch: int, timeout_s: float = 10.0) -> None:
+    """Wait until every shard's fence holds the stored map of ``epoch`` (they poll it)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while any(s.fence is None or s.fence.epoch < epoch for s in shards):
+        assert asyncio.get_running_loop().time() < deadline, "shards did not follow the shard map"
+        await asyncio.sleep(0.01)
+
+
 class _NoRegistry:
     """Stands in for prometheus' global registry: two shards in one test process would register
     the same metric names (in a deployment each shard is its own process)."""
@@ -100,17 +108,21 @@ def _shards_share_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
     reference = f"sqlite+aiosqlite:///{tmp_path / 'reference.sqlite3'}"
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shardmap.sqlite3'}"
     shards: list[ExecutionServer] = []
     for index in range(2):  # one after the other: the first seeds the shared reference rows
         state = tmp_path / f"shard{index}"
-        shards.append(await start_execution(execution_config(state, reference_database_url=reference)))
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shardmap.sqlite3'}"
+        config = execution_config(
+            state, reference_database_url=reference, shard_id=index, shard_map_database_url=url
+        )
+        shards.append(await start_execution(config))
     shard_map = ShardMap(
         1,
         [Shard(0, f"127.0.0.1:{shards[0].port}"), Shard(1, f"127.0.0.1:{shards[1].port}")],
         {"BTCUSDT": 0, "ETHUSDT": 1},
     )
     store = await store_map(url, shard_map)
+    await shards_follow(shards, 1)
     gateway = await start_gateway(gateway_config(tmp_path, url))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
     made = Suite(

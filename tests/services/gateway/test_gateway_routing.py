@@ -11,7 +11,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from hftgate.shardmap import Shard
+from hftgate.shardmap import ORDER_ID_LOCAL_MASK, Shard, order_id_shard
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import gateway_pb2 as gw
 from tests.services.gateway.conftest import ALICE, BOB, Suite, new_order
@@ -57,7 +57,10 @@ async def test_batch_is_split_across_shards_and_merged_in_request_order(suite: S
             shard = 0 if symbols[i] == "BTCUSDT" else 1
             core = suite.shards[shard].core
             assert core is not None
-            assert core.state.order(ack.order_id) is not None, f"m{i} is on shard {shard}"
+            assert order_id_shard(ack.order_id) == shard, f"m{i} carries shard {shard}"
+            assert core.state.order(ack.order_id & ORDER_ID_LOCAL_MASK) is not None, (
+                f"m{i} is on shard {shard}"
+            )
 
 
 async def test_batch_on_one_shard_is_forwarded_whole(suite: Suite) -> None:
@@ -127,27 +130,22 @@ async def test_a_client_order_id_on_two_shards_must_be_named_by_order_id(suite: 
     assert "names orders on shards 0, 1: name the order by order_id" in (ambiguous.value.details() or "")
 
 
-async def test_without_shard_bits_an_order_id_is_looked_up_on_every_shard(suite: Suite) -> None:
-    # Until shards put their id in order ids, both shards hand out 1, 2, ...: an id alone may name an
-    # order on each. The gateway asks every shard and never guesses.
+async def test_order_ids_carry_their_shard_and_go_straight_there(suite: Suite) -> None:
+    # Shards put their id in bits 48..62 of every order id: ids never collide across shards, and a
+    # cancel or get by order id goes to the one shard, never to every shard.
     btc = await suite.stub.SubmitOrder(
         api.SubmitOrderRequest(order=new_order("i1", "BTCUSDT")), metadata=ALICE
     )
-    got = await suite.stub.GetOrder(api.GetOrderRequest(order_id=btc.ack.order_id), metadata=ALICE)
-    assert got.order.request.client_order_id == "i1"
     eth = await suite.stub.SubmitOrder(
         api.SubmitOrderRequest(order=new_order("i2", "ETHUSDT")), metadata=ALICE
     )
-    assert eth.ack.order_id == btc.ack.order_id, "the two shards allocate the same ids"
-    with pytest.raises(grpc.aio.AioRpcError) as ambiguous:
-        await suite.stub.CancelOrder(api.CancelOrderRequest(order_id=eth.ack.order_id), metadata=ALICE)
-    assert ambiguous.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"order_id {eth.ack.order_id} names orders on shards 0, 1: name it by client_order_id as well" in (
-        ambiguous.value.details() or ""
-    )
-    both = api.CancelOrderRequest(order_id=eth.ack.order_id, client_order_id="i2")
-    canceled = await suite.stub.CancelOrder(both, metadata=ALICE)
-    assert canceled.ack.status == api.ORDER_STATUS_CANCELED
+    assert order_id_shard(btc.ack.order_id) == 0 and order_id_shard(eth.ack.order_id) == 1
+    assert eth.ack.order_id != btc.ack.order_id
+    sent_before = dict(suite.gateway.forwarder.sent)  # type: ignore[union-attr]
+    canceled = await suite.stub.CancelOrder(api.CancelOrderRequest(order_id=eth.ack.order_id), metadata=ALICE)
+    assert canceled.ack.status == api.ORDER_STATUS_CANCELED and canceled.ack.order_id == eth.ack.order_id
+    sent_after = suite.gateway.forwarder.sent  # type: ignore[union-attr]
+    assert sent_after.get(1, 0) == sent_before.get(1, 0) + 1 and sent_after.get(0, 0) == sent_before.get(0, 0)
     core0 = suite.shards[0].core
     assert core0 is not None
     assert int(core0.state.order(btc.ack.order_id)["status"]) == api.ORDER_STATUS_NEW, "BTC order untouched"

@@ -1,0 +1,182 @@
+"""Fencing: an execution shard accepts new orders only for the symbols it owns at the shard-map
+epoch it knows (hftgate/shardmap.py; issue #14).
+
+At start the shard reads the stored map (:func:`open_fence`): a store that cannot be read, or a
+stored map without this shard's id, refuses the start (:class:`ShardMapRefused`, exit code 2,
+with the reason); no stored map at all is the single-shard default (shard 0 owns everything).
+Then :meth:`ShardFence.follow` keeps the map of the highest epoch seen, fed by
+:meth:`hftgate.shardmap.ShardMapStore.watch`: a shard never goes back to a map older than one
+it has seen, so it never accepts a symbol it was told it lost, whatever a stale gateway sends.
+
+The check on the order path is :meth:`ShardFence.refusal`: the map's owner of a symbol is
+computed once per map (epoch) and then a dict lookup. Cancels and replaces of resting orders are
+not fenced: the order lives here until it is finished. No gRPC import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from hftgate.shardmap import (
+    ShardMap,
+    ShardMapError,
+    ShardMapStore,
+    ShardMapUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+#: google.rpc.ErrorInfo of a refused call: reason and domain (metadata: symbol, owner_shard_id,
+#: owner_address, epoch).
+NOT_SHARD_OWNER = "NOT_SHARD_OWNER"
+ERROR_DOMAIN = "hftgate.v1"
+
+
+class ShardMapRefused(SystemExit):
+    """The shard cannot start with the stored shard map (the reason is in ``reason``): exit code 2."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(2)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class NotOwner:
+    """Why a new order for ``symbol`` is refused here: the owner at ``epoch``."""
+
+    symbol: str
+    owner_shard_id: int
+    owner_address: str
+    epoch: int
+
+    def message(self, shard_id: int) -> str:
+        return (
+            f"execution shard {shard_id} does not own symbol {self.symbol!r} at shard map epoch "
+            f"{self.epoch}: shard {self.owner_shard_id} at {self.owner_address} does; refresh the "
+            "shard map and send it there"
+        )
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "symbol": self.symbol,
+            "owner_shard_id": str(self.owner_shard_id),
+            "owner_address": self.owner_address,
+            "epoch": str(self.epoch),
+        }
+
+
+class ShardFence:
+    """This shard's view of the map: which symbols it owns now."""
+
+    def __init__(self, shard_id: int, shard_map: ShardMap, epoch: int | None = None) -> None:
+        self.shard_id = shard_id
+        self.map = shard_map
+        #: The epoch held: the map's, or 0 for the default map when none is stored (so that a
+        #: map stored later, even at epoch 1, is followed).
+        self.epoch = shard_map.epoch if epoch is None else epoch
+        #: Maps followed after the first (for logs and tests).
+        self.changes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._store: ShardMapStore | None = None
+
+    def refusal(self, symbol: str) -> NotOwner | None:
+        """None when this shard owns ``symbol`` now, else who does (a dict lookup once the map has
+        seen the symbol: :meth:`ShardMap.owner` caches per map)."""
+        current = self.map
+        owner = current.owner(symbol)
+        if owner.shard_id == self.shard_id:
+            return None
+        return NotOwner(symbol, owner.shard_id, owner.address, self.epoch)
+
+    def first_refusal(self, symbols: list[str]) -> NotOwner | None:
+        """The first of ``symbols`` (empty ones skipped: not new orders) this shard does not own."""
+        current = self.map
+        mine = self.shard_id
+        for symbol in symbols:
+            if symbol and current.owner(symbol).shard_id != mine:
+                return self.refusal(symbol)
+        return None
+
+    def refused_positions(self, symbols: list[str]) -> list[int]:
+        """Positions of ``symbols`` (empty ones skipped) this shard does not own now."""
+        current = self.map
+        mine = self.shard_id
+        return [p for p, symbol in enumerate(symbols) if symbol and current.owner(symbol).shard_id != mine]
+
+    def follow(self, shard_map: ShardMap) -> bool:
+        """Take ``shard_map`` if its epoch is higher than the one held; returns whether it did."""
+        if shard_map.epoch <= self.epoch:
+            return False
+        if shard_map.shard(self.shard_id) is None:
+            log.error(
+                "shard map epoch %d no longer names shard %d: refusing every new order until it does",
+                shard_map.epoch,
+                self.shard_id,
+            )
+        else:
+            log.info("shard map epoch %d followed (was %d)", shard_map.epoch, self.epoch)
+        self.map = shard_map
+        self.epoch = shard_map.epoch
+        self.changes += 1
+        return True
+
+    def start_watching(self, store: ShardMapStore, poll_ms: int) -> None:
+        """Follow ``store`` in a background task until :meth:`close`."""
+        self._store = store
+
+        async def watch() -> None:
+            async for found in store.watch(poll_ms, self.epoch):
+                self.follow(found)
+
+        self._task = asyncio.get_running_loop().create_task(watch(), name="shard-map-watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+
+async def open_fence(
+    shard_id: int, url: str, table: str, name: str, poll_ms: int, address: str
+) -> ShardFence:
+    """Read the stored map and follow it. Raises :class:`ShardMapRefused` when the store cannot be
+    read or its map does not name ``shard_id``. No stored map: the single-shard default (shard 0
+    at ``address`` owns everything; any other id owns nothing until a stored map names it)."""
+    store = ShardMapStore(url, table_name=table, name=name)
+    try:
+        await store.start()
+        stored = await store.load()
+    except (ShardMapUnavailable, ShardMapError) as exc:
+        await store.close()
+        raise ShardMapRefused(f"cannot read the shard map: {exc}") from None
+    if stored is None:
+        if shard_id != 0:
+            log.warning(
+                "no shard map stored at %s yet: shard %d owns no symbol until one names it",
+                store.safe_url(),
+                shard_id,
+            )
+        fence = ShardFence(shard_id, ShardMap.single(address), epoch=0)
+    else:
+        if stored.shard(shard_id) is None:
+            await store.close()
+            raise ShardMapRefused(
+                f"the shard map at {store.safe_url()} (epoch {stored.epoch}) has no shard {shard_id}: "
+                f"it names shards {', '.join(map(str, stored.shard_ids))}; add this shard to the map "
+                "first, or start it with the id the map gives it (HFTGATE_EXECUTION_SHARD_ID)"
+            )
+        fence = ShardFence(shard_id, stored)
+    log.info("shard %d: shard map epoch %d (%r)", shard_id, fence.epoch, fence.map)
+    fence.start_watching(store, poll_ms)
+    return fence
