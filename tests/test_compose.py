@@ -92,6 +92,12 @@ def test_compose_runs_two_execution_shards_behind_the_gateway() -> None:
     }
     assert ports["execution-1"] in shards["execution-1"]["expose"]
     assert {"execution", "execution-1"} <= set(gateway["depends_on"])
+    # Both shards name the same initial map, the gateway's: whichever starts first stores it.
+    for env in (env0, env1):
+        assert (
+            env["HFTGATE_EXECUTION_INITIAL_SHARDS"]
+            == gateway["environment"]["HFTGATE_GATEWAY_EXECUTION_SHARDS"]
+        )
     # The two-shard map gives each shard symbols (the README's BTCUSDT to the published shard 0).
     shard_map = ShardMap(1, listed)
     assert shard_map.owner("BTCUSDT").shard_id == 0 and shard_map.owner("ETHUSDT").shard_id == 1

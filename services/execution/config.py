@@ -147,6 +147,10 @@ class ExecutionConfig:
     # How often the stored map's epoch is read for changes (a shard stops accepting a symbol it
     # lost at most this long after the new map is stored).
     shard_map_poll_ms: int = 200
+    # The map to store when none is stored yet ("ID=HOST:PORT", comma separated), so that shards
+    # started together (compose, Kubernetes) agree on owners before the first order. Every shard
+    # may name the same list: the first store wins, the others read it. Empty = store nothing.
+    initial_shards: tuple[str, ...] = ()
 
     # Prometheus /metrics port; 0 = no metrics endpoint.
     metrics_port: int = 0

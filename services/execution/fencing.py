@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hftgate.shardmap import (
@@ -25,6 +26,7 @@ from hftgate.shardmap import (
     ShardMapError,
     ShardMapStore,
     ShardMapUnavailable,
+    parse_shards,
 )
 
 log = logging.getLogger(__name__)
@@ -148,15 +150,26 @@ class ShardFence:
 
 
 async def open_fence(
-    shard_id: int, url: str, table: str, name: str, poll_ms: int, address: str
+    shard_id: int,
+    url: str,
+    table: str,
+    name: str,
+    poll_ms: int,
+    address: str,
+    *,
+    initial_shards: Sequence[str] = (),
 ) -> ShardFence:
     """Read the stored map and follow it. Raises :class:`ShardMapRefused` when the store cannot be
-    read or its map does not name ``shard_id``. No stored map: the single-shard default (shard 0
-    at ``address`` owns everything; any other id owns nothing until a stored map names it)."""
+    read or its map does not name ``shard_id``. No stored map: ``initial_shards`` (when given) is
+    stored first - the first process to store wins, and every shard then reads the same map -
+    else the single-shard default (shard 0 at ``address`` owns everything; any other id owns
+    nothing until a stored map names it)."""
     store = ShardMapStore(url, table_name=table, name=name)
     try:
         await store.start()
         stored = await store.load()
+        if stored is None and initial_shards:
+            stored = await store.create(ShardMap(1, parse_shards(initial_shards)))
     except (ShardMapUnavailable, ShardMapError) as exc:
         await store.close()
         raise ShardMapRefused(f"cannot read the shard map: {exc}") from None

@@ -915,6 +915,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
             config.shard_map_name,
             config.shard_map_poll_ms,
             config.address,
+            initial_shards=config.initial_shards,
         )
     except fencing.ShardMapRefused as exc:
         log.error("cannot start: %s", exc.reason)

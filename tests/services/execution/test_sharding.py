@@ -307,3 +307,41 @@ def test_the_trade_feed_publishes_trade_ids_with_the_shards_bits() -> None:
     ids = {shard: [t.trade_id for t in feed._trades(fills)] for shard, feed in feeds.items()}
     assert ids[0] == [1, 2]  # shard 0 keeps today's ids
     assert ids[1] == [(1 << 48) | 1, (1 << 48) | 2]  # two shards never publish the same id
+
+
+async def test_shards_started_together_store_one_initial_map_and_agree(tmp_path: Path) -> None:
+    """compose/Kubernetes: every shard names the same initial map; the first store wins, no shard
+    waits for the gateway to store one, and none accepts a symbol it does not own."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'map.sqlite3'}"
+    initial = ("0=127.0.0.1:1", "1=127.0.0.1:2")
+    harnesses = [
+        await start_harness(
+            execution_config(
+                tmp_path / f"s{shard}",
+                shard_id=shard,
+                shard_map_database_url=url,
+                initial_shards=initial,
+                seed_demo_data=True,  # each test shard has its own reference store here
+            )
+        )
+        for shard in (0, 1)
+    ]
+    try:
+        store = ShardMapStore(url)
+        await store.start()
+        stored = await store.load()
+        await store.close()
+        assert stored is not None and stored.epoch == 1 and stored.shard_ids == (0, 1)
+        for harness in harnesses:
+            assert harness.running.fence.epoch == 1
+        owner = stored.owner("BTCUSDT").shard_id
+        other = harnesses[1 - owner]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await other.stub.SubmitOrder(
+                api.SubmitOrderRequest(order=new_order("x1", "BTCUSDT")), metadata=key("alice")
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert not_owner(refused.value)["owner_shard_id"] == str(owner)
+    finally:
+        for harness in harnesses:
+            await harness.close()
