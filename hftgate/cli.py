@@ -288,6 +288,9 @@ def _register_optional_commands() -> None:
     from hftgate.tracereport import register as register_trace_report
 
     register_trace_report(app)  # trace-report
+    from hftgate.prometheus import register as register_prometheus
+
+    register_prometheus(app)  # prometheus-config
 
 
 _register_optional_commands()

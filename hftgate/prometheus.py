@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 import yaml
 
 from hftgate import telemetry
 
 if TYPE_CHECKING:
-    import typer
-
     from hftgate.supervisor import RunningService
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,9 @@ def serve_metrics(service_name: str, port: int) -> bool:
     """Configure this process's telemetry and, if ``port`` > 0, serve /metrics on it.
 
     True when /metrics is served. A port that cannot be bound is logged (saying which and why)
-    and the service goes on without /metrics (see the module docstring)."""
+    and the service goes on without /metrics (see the module docstring). A port out of range
+    raises ValueError naming the variable."""
+    _port(str(port), metrics_port_variable(service_name))
     try:
         telemetry.configure(service_name, metrics_port=port)
     except OSError as exc:
@@ -220,45 +221,43 @@ def serve_metrics(service_name: str, port: int) -> bool:
 # --- the command ------------------------------------------------------------------------------
 
 
+def prometheus_config(
+    out: Annotated[str, typer.Option("--out", "-o", help="Write the file here instead of printing it.")] = "",
+    base_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-base-port",
+            help="First metrics port (gateway; execution +1, marketdata +2, cache +3, scaler +4); "
+            "HFTGATE_<SERVICE>_METRICS_PORT variables win.",
+        ),
+    ] = DEFAULT_METRICS_BASE_PORT,
+    shards: Annotated[
+        int, typer.Option("--shards", min=1, max=16, help="Execution shards (shard i: port +10*i).")
+    ] = 2,
+    services: Annotated[
+        list[str] | None, typer.Option("--service", "-s", help="Only these services (repeatable).")
+    ] = None,
+    scrape_interval_s: Annotated[
+        float, typer.Option("--scrape-interval-s", help="Scrape (and rule evaluation) interval.")
+    ] = DEFAULT_SCRAPE_INTERVAL_S,
+) -> None:
+    """Print (or write) a Prometheus scrape configuration for the suite's /metrics ports."""
+    chosen = tuple(services or METRICS_PORT_OFFSETS)
+    try:
+        env = metrics_env(base_port, chosen, os.environ)
+        targets = suite_targets(env, chosen, shards=shards)
+        text = render(scrape_config(targets, scrape_interval_s=scrape_interval_s))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if not out:
+        typer.echo(text, nl=False)
+        return
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    typer.echo(f"{len(targets)} targets written to {target}", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``hftgate prometheus-config`` to the CLI."""
-    import typer
-
-    def prometheus_config(
-        out: Annotated[
-            str, typer.Option("--out", "-o", help="Write the file here instead of printing it.")
-        ] = "",
-        base_port: Annotated[
-            int,
-            typer.Option(
-                "--metrics-base-port",
-                help="First metrics port (gateway; execution +1, marketdata +2, cache +3, scaler +4); "
-                "HFTGATE_<SERVICE>_METRICS_PORT variables win.",
-            ),
-        ] = DEFAULT_METRICS_BASE_PORT,
-        shards: Annotated[
-            int, typer.Option("--shards", min=1, max=16, help="Execution shards (shard i: port +10*i).")
-        ] = 2,
-        services: Annotated[
-            list[str] | None, typer.Option("--service", "-s", help="Only these services (repeatable).")
-        ] = None,
-        scrape_interval_s: Annotated[
-            float, typer.Option("--scrape-interval-s", help="Scrape (and rule evaluation) interval.")
-        ] = DEFAULT_SCRAPE_INTERVAL_S,
-    ) -> None:
-        """Print (or write) a Prometheus scrape configuration for the suite's /metrics ports."""
-        try:
-            env = metrics_env(base_port, services or tuple(METRICS_PORT_OFFSETS), os.environ)
-            targets = suite_targets(env, services or tuple(METRICS_PORT_OFFSETS), shards=shards)
-            text = render(scrape_config(targets, scrape_interval_s=scrape_interval_s))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-        if not out:
-            typer.echo(text, nl=False)
-            return
-        target = Path(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        typer.echo(f"{len(targets)} targets written to {target}", err=True)
-
     app.command("prometheus-config")(prometheus_config)

@@ -18,6 +18,13 @@ Run against a service started with ``python -m services.execution`` (demo accoun
 
     HFTGATE_LOADTEST_API_KEYS=hftgate-demo-alice,hftgate-demo-bob \\
         .venv/bin/locust -f loadtest/locustfile.py --headless -u 8 -r 4 -t 30s --host 127.0.0.1:50051
+
+Through the gateway of ``hftgate up`` (which checks the key and routes each order to its shard),
+``--host gateway`` (or ``127.0.0.1:50050``); ``--host execution`` is shard 0 directly
+(``loadtest.open_loop.TARGET_ALIASES``)::
+
+    HFTGATE_LOADTEST_API_KEYS=hftgate-demo-alice,hftgate-demo-bob \\
+        .venv/bin/locust -f loadtest/locustfile.py --headless -u 8 -r 4 -t 30s --host gateway
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from locust.exception import StopUser
 from hftgate.bench.execution import OrderFlow, require_loopback, run_prefix
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.v1 import execution_pb2, execution_pb2_grpc
+from loadtest.open_loop import resolve_target
 
 grpc_gevent.init_gevent()
 
@@ -72,7 +80,7 @@ def _stop_the_run(environment: Environment) -> None:
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
     if environment.host:
-        require_loopback(environment.host)
+        require_loopback(resolve_target(environment.host))
     gevent.spawn_later(MAX_SECONDS, _stop_the_run, environment)
 
 
@@ -83,7 +91,7 @@ class ExecutionUser(User):
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        target = require_loopback(self.host or "127.0.0.1:50051")
+        target = require_loopback(resolve_target(self.host or "127.0.0.1:50051"))
         self.metadata = (("x-api-key", next(_key_cycle)),)
         number = next(_user_numbers)
         self.flow = OrderFlow(f"{_prefix}u{number}-", seed=number)

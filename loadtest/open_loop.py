@@ -30,6 +30,11 @@ Usage::
     python -m loadtest.open_loop --target 127.0.0.1:50051 --api-key KEY [--api-key KEY2] \\
         --rate 2000 --duration-s 10 [--json]
     python -m loadtest.open_loop --spawn-server --rate 1000 --duration-s 5   # own server, temp state
+    python -m loadtest.open_loop --target gateway --demo-keys --rate 1000 --duration-s 10   # `hftgate up`
+
+``--target`` takes an address or the name of a process of ``hftgate up`` (:data:`TARGET_ALIASES`:
+``gateway``, the suite's front door that routes each order to its shard, or ``execution``, shard
+0 directly); ``--demo-keys`` uses the demo accounts' keys of the dev profile (:data:`DEMO_API_KEYS`).
 """
 
 from __future__ import annotations
@@ -58,6 +63,16 @@ from hftgate.bench.execution import (
 )
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.native.histogram import LatencyHistogram
+
+#: Addresses of ``hftgate up``'s processes by name, for ``--target``.
+TARGET_ALIASES: dict[str, str] = {"gateway": "127.0.0.1:50050", "execution": "127.0.0.1:50051"}
+#: The demo accounts' API keys the dev profile seeds (``HFTGATE_EXECUTION_DEMO_KEY_SECRET`` unset).
+DEMO_API_KEYS: tuple[str, ...] = ("hftgate-demo-alice", "hftgate-demo-bob")
+
+
+def resolve_target(target: str) -> str:
+    """``target`` as an address: a name of :data:`TARGET_ALIASES`, or the address itself."""
+    return TARGET_ALIASES.get(target.strip().lower(), target)
 
 
 @dataclass(frozen=True)
@@ -268,9 +283,15 @@ def run_against_own_server(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.open_loop", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--target", default="127.0.0.1:50051", help="execution service host:port (loopback only)"
+        "--target",
+        default="127.0.0.1:50051",
+        help="host:port (loopback only) of an execution shard or the gateway, or 'gateway' / 'execution' "
+        "for hftgate up's addresses",
     )
     parser.add_argument("--api-key", action="append", default=[], help="an account's API key (repeatable)")
+    parser.add_argument(
+        "--demo-keys", action="store_true", help="use the dev profile's demo keys (alice, bob) as well"
+    )
     parser.add_argument("--spawn-server", action="store_true", help="start a service with temporary state")
     parser.add_argument("--rate", type=float, default=1_000.0, help="orders per second")
     parser.add_argument("--duration-s", type=float, default=10.0)
@@ -288,17 +309,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup_orders=args.warmup_orders,
         )
     else:
-        if not args.api_key:
-            parser.error("--api-key is required unless --spawn-server")
-        settings = OpenLoopSettings(
-            target=args.target,
-            api_keys=tuple(args.api_key),
-            rate_per_s=args.rate,
-            duration_s=args.duration_s,
-            max_orders=args.max_orders,
-            max_in_flight=args.max_in_flight,
-            warmup_orders=args.warmup_orders,
-        )
+        keys = tuple(args.api_key) + (DEMO_API_KEYS if args.demo_keys else ())
+        if not keys:
+            parser.error("--api-key or --demo-keys is required unless --spawn-server")
+        try:
+            settings = OpenLoopSettings(
+                target=resolve_target(args.target),
+                api_keys=keys,
+                rate_per_s=args.rate,
+                duration_s=args.duration_s,
+                max_orders=args.max_orders,
+                max_in_flight=args.max_in_flight,
+                warmup_orders=args.warmup_orders,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
         report = asyncio.run(run_open_loop(settings))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

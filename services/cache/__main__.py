@@ -6,8 +6,10 @@ import asyncio
 import logging
 from dataclasses import replace
 
+from hftgate import prometheus
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
+from services.cache import metrics
 from services.cache.config import CacheConfig, load_config
 from services.cache.server import start
 
@@ -33,7 +35,14 @@ def _without_credentials(config: CacheConfig) -> CacheConfig:
 async def main() -> None:
     config = load_config()
     log.info("config: %s", describe(_without_credentials(config)))
+    try:
+        prometheus.serve_metrics("cache", config.metrics_port)
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(2) from None
     running = await start(config)
+    assert running.cache is not None
+    metrics.register(running.cache)
     log.info("listening on %s:%d", config.host, running.port)
     await serve_until_signalled(running, config.shutdown_grace_ms / 1000)
 

@@ -69,6 +69,8 @@ class CacheConfig:
     # How long a rotated key keeps working beside its successor, unless the request says.
     key_rotation_overlap_ms: int = 3_600_000
     shutdown_grace_ms: int = 5_000
+    # Prometheus /metrics on 127.0.0.1 at this port (hftgate/prometheus.py); 0 = no metrics endpoint.
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:

@@ -56,7 +56,8 @@ class CacheCollector(Collector):
             errors.add_metric([name], level.errors)
         yield from (lookups, ratio, entries, size, evictions, errors)
         yield GaugeMetricFamily(
-            "hftgate_cache_redis_available", "1 while Redis answers, 0 during an outage",
+            "hftgate_cache_redis_available",
+            "1 while Redis answers, 0 during an outage",
             value=1.0 if stats.redis_available else 0.0,
         )
         yield GaugeMetricFamily(

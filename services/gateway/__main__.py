@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hftgate import security, telemetry
+from hftgate import prometheus, security
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
+from services.gateway import metrics
 from services.gateway.app import StartError
 from services.gateway.config import load_config
 from services.gateway.server import start
@@ -29,13 +30,18 @@ async def main() -> None:
         log.error("cannot start: %s", exc)
         raise SystemExit(2) from None
     log.info("config: %s", describe(config))
-    telemetry.configure("gateway")
+    try:
+        prometheus.serve_metrics("gateway", config.metrics_port)
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(2) from None
     try:
         running = await start(config)
     except (StartError, security.SecurityError) as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(2) from None
     assert running.app is not None
+    metrics.register(running.app)
     log.info("routing by %r", running.app.shard_map)
     log.info("listening on %s:%d", config.host, running.port)
     await serve_until_signalled(running, config.shutdown_grace_s)

@@ -82,6 +82,8 @@ class GatewayConfig:
     balancer_eject_ms: int = 1_000
     # First back-off before a broken health watch of a replica is re-opened (doubles up to 1 s).
     health_retry_ms: int = 100
+    # Prometheus /metrics on 127.0.0.1 at this port (hftgate/prometheus.py); 0 = no metrics endpoint.
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:

@@ -52,11 +52,14 @@ class GatewayCollector(Collector):
         yield from (inflight, calls, failures, serving)
         shard_map = self.app.shard_map
         yield GaugeMetricFamily(
-            "hftgate_gateway_shard_map_epoch", "Epoch of the shard map the gateway routes by",
+            "hftgate_gateway_shard_map_epoch",
+            "Epoch of the shard map the gateway routes by",
             value=shard_map.epoch,
         )
         shards = GaugeMetricFamily(
-            "hftgate_gateway_shard_pins", "Symbols pinned to each execution shard", labels=["shard", "address"]
+            "hftgate_gateway_shard_pins",
+            "Symbols pinned to each execution shard",
+            labels=["shard", "address"],
         )
         pinned: dict[int, int] = {}
         for shard_id in shard_map.pins.values():

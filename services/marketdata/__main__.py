@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import logging
 
+from hftgate import prometheus
 from hftgate.config import describe, from_env
 from hftgate.grpcserver import serve_until_signalled
 from hftgate.security import load_suite_security
+from services.marketdata import metrics
 from services.marketdata.access import ApiKeyVerifier
 from services.marketdata.config import MarketDataConfig
+from services.marketdata.engine import MarketDataEngine
 from services.marketdata.server import start
 
 log = logging.getLogger("services.marketdata")
@@ -19,6 +22,11 @@ log = logging.getLogger("services.marketdata")
 async def main() -> None:
     config = from_env(MarketDataConfig, "HFTGATE_MARKETDATA_")
     log.info("config: %s", describe(config))
+    try:
+        prometheus.serve_metrics("marketdata", config.metrics_port)
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(2) from None
     security = load_suite_security("marketdata")
     async with contextlib.AsyncExitStack() as stack:
         api_keys = None
@@ -41,7 +49,9 @@ async def main() -> None:
             log.info("API keys resolved through the cache service at %s", config.cache_address)
         else:
             log.info("no cache address: API keys are refused, service tokens only")
-        running = await start(config, security=security, api_keys=api_keys)
+        engine = MarketDataEngine(config)
+        metrics.register(engine)
+        running = await start(config, engine, security=security, api_keys=api_keys)
         log.info(
             "listening on %s:%d (%s)",
             config.host,

@@ -152,6 +152,9 @@ class MarketDataConfig:
     snapshot_max_symbols: int = 1_024
     snapshot_max_reply_bytes: int = 16 * 1024 * 1024
 
+    # Prometheus /metrics on 127.0.0.1 at this port (hftgate/prometheus.py); 0 = no metrics endpoint.
+    metrics_port: int = 0
+
     def __post_init__(self) -> None:
         # The environment delivers list items as strings; normalise to the declared type.
         object.__setattr__(self, "bar_intervals_ms", tuple(int(x) for x in self.bar_intervals_ms))

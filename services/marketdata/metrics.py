@@ -39,7 +39,8 @@ class MarketDataCollector(Collector):
             symbols.add_metric([venue], count)
         yield symbols
         yield GaugeMetricFamily(
-            "hftgate_marketdata_symbols_limit", "Most (venue, symbol) pairs tracked (max_symbols)",
+            "hftgate_marketdata_symbols_limit",
+            "Most (venue, symbol) pairs tracked (max_symbols)",
             value=engine.config.max_symbols,
         )
         subscribers = GaugeMetricFamily(
@@ -57,7 +58,9 @@ class MarketDataCollector(Collector):
             refused.add_metric([scope], count)
         yield refused
         yield CounterMetricFamily(
-            "hftgate_marketdata_ticks_accepted", "Ticks (quotes, trades, depth) accepted", value=stats.accepted
+            "hftgate_marketdata_ticks_accepted",
+            "Ticks (quotes, trades, depth) accepted",
+            value=stats.accepted,
         )
         rejected = CounterMetricFamily(
             "hftgate_marketdata_ticks_rejected", "Ticks rejected, by reason", labels=["reason"]

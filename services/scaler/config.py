@@ -73,6 +73,8 @@ class ScalerConfig:
     kubernetes_ready_timeout_s: float = 120.0
     policies: tuple[str, ...] = ()
     shutdown_grace_ms: int = 5_000
+    #: Prometheus /metrics on 127.0.0.1 at this port (hftgate/prometheus.py); 0 = no metrics endpoint.
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
