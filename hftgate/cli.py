@@ -50,6 +50,16 @@ def up(
             help="Execution shards to start (shard i on port 50051 + 10*i); the gateway routes to all.",
         ),
     ] = 2,
+    metrics_base_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-base-port",
+            min=0,
+            max=65_000,
+            help="Serve /metrics from this port up (gateway +0, execution +1, marketdata +2, cache +3, "
+            "scaler +4, shard i +10*i) and write a Prometheus scrape config; 0 = no metrics.",
+        ),
+    ] = 9100,
 ) -> None:
     """Start every built service as a local process on its embedded defaults; Ctrl-C stops them.
 
@@ -64,11 +74,27 @@ def up(
     if not specs:
         err.print("no services are built yet: nothing to start")
         return
-    running = supervisor.start_services(specs, tls=tls, shards=shards)
-    table = Table("service", "address", "pid")
+    import os
+
+    from hftgate import prometheus
+    from hftgate.config import default_state_dir
+
+    env = dict(os.environ)
+    env.update(prometheus.metrics_env(metrics_base_port, environ=env))
+    running = supervisor.start_services(specs, env=env, tls=tls, shards=shards)
+    targets = {t.label: t for t in prometheus.targets_of_running(running)}
+    table = Table("service", "address", "pid", "metrics")
     for service in running:
-        table.add_row(service.spec.label, service.address, str(service.process.pid))
+        target = targets.get(service.spec.label)
+        table.add_row(
+            service.spec.label, service.address, str(service.process.pid), target.address if target else "-"
+        )
     err.print(table)
+    if targets:
+        scrape = prometheus.write_scrape_config(
+            default_state_dir() / "prometheus" / "prometheus.yml", list(targets.values())
+        )
+        err.print(f"Prometheus scrape config: {scrape} (prometheus --config.file={scrape})")
     feeder = supervisor.start_replay(running, replay_speed) if replay else None
     if feeder is not None:
         err.print(f"replaying recorded market data at {replay_speed:g}x (pid {feeder.pid})")

@@ -168,6 +168,8 @@ class LocalProcessBackend(Backend):
             env.update(self._service_env(service))
         env[prefix + "HOST"] = "127.0.0.1"
         env[prefix + "PORT"] = str(port)
+        # Not the metrics port of the service it replicates (taken): a replica serves none for now.
+        env[prefix + "METRICS_PORT"] = "0"
         env["HFTGATE_STATE_DIR"] = str(self._state_root / service / replica_id)
         env[REPLICA_ID_VARIABLE] = replica_id
         return env
