@@ -317,6 +317,9 @@ def _register_optional_commands() -> None:
     from hftgate.prometheus import register as register_prometheus
 
     register_prometheus(app)  # prometheus-config
+    from hftgate.dashboard import register as register_dashboard
+
+    register_dashboard(app)  # dashboard
 
 
 _register_optional_commands()

@@ -135,6 +135,25 @@ SHARD_ADDRESS_VARIABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "gateway": (("execution", "HFTGATE_GATEWAY_EXECUTION_SHARDS"),),
 }
 
+# The services that report their load to the scaler (hftgate/loadreport.py), each through its own
+# ``HFTGATE_<SERVICE>_SCALER_ADDRESS``; the gateway also follows the scaler's replica set with it.
+SCALER_SERVICE = "scaler"
+SCALER_REPORTING_SERVICES: tuple[str, ...] = ("cache", "marketdata", "execution", "gateway")
+
+
+def scaler_address_env(plan: Iterable[tuple[ServiceSpec, int]], env: Mapping[str, str]) -> dict[str, str]:
+    """The scaler's address for every reporting service, when ``plan`` starts the scaler.
+
+    The scaler starts last (it starts replicas of the others), but its port is known up front, so
+    the others get its address when they start; until it serves, their reports are retried with
+    backoff. A variable set already is kept."""
+    ports = [port for spec, port in plan if spec.name == SCALER_SERVICE]
+    if not ports:
+        return {}
+    names = (f"HFTGATE_{name.upper()}_SCALER_ADDRESS" for name in SCALER_REPORTING_SERVICES)
+    return {name: f"127.0.0.1:{ports[0]}" for name in names if not env.get(name)}
+
+
 #: The service that runs as shards, and the most shards ``hftgate up`` starts.
 SHARDED_SERVICE = "execution"
 MAX_LOCAL_SHARDS = 16
@@ -331,6 +350,8 @@ def start_services(
         (spec, int(base_env.get(spec.port_variable, spec.default_port)))
         for spec in with_shards(specs, shards)
     ]
+    # Every child gets them, the scaler too: the replicas it starts inherit its environment.
+    base_env.update(scaler_address_env(plan, base_env))
     shard_list = [
         shardmap.Shard(spec.instance, f"127.0.0.1:{port}")
         for spec, port in plan

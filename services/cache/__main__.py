@@ -6,9 +6,10 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from hftgate import prometheus
+from hftgate import loadreport, prometheus
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
+from hftgate.security import load_suite_security
 from services.cache import metrics
 from services.cache.config import CacheConfig, load_config
 from services.cache.server import start
@@ -44,7 +45,20 @@ async def main() -> None:
     assert running.cache is not None
     metrics.register(running.cache)
     log.info("listening on %s:%d", config.host, running.port)
-    await serve_until_signalled(running, config.shutdown_grace_ms / 1000)
+    # Drained by the scaler: NOT_SERVING, so balancers move away; its back end stops the process.
+    reporter = loadreport.start_reporter(
+        "cache",
+        config.scaler_address,
+        load_suite_security("cache").credentials,
+        host=config.host,
+        port=running.port,
+        on_drain=lambda: running.set_serving(False),
+    )
+    try:
+        await serve_until_signalled(running, config.shutdown_grace_ms / 1000)
+    finally:
+        if reporter is not None:
+            await reporter.close()
 
 
 if __name__ == "__main__":

@@ -71,6 +71,9 @@ class CacheConfig:
     shutdown_grace_ms: int = 5_000
     # Prometheus /metrics on 127.0.0.1 at this port (hftgate/prometheus.py); 0 = no metrics endpoint.
     metrics_port: int = 0
+    # The scaler's "host:port": report this replica's load there every second (hftgate/loadreport.py);
+    # empty = no reports.
+    scaler_address: str = ""
 
     @property
     def address(self) -> str:

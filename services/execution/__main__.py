@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hftgate import placement, security, telemetry
+from hftgate import loadreport, placement, security, telemetry
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
 from services.execution.config import ExecutionConfig, load_config
@@ -61,7 +61,32 @@ async def main() -> None:
         )
     log.info("state directory %s (recovered in %.1f ms)", config.state_path(), running.recovery_ms)
     log.info("listening on %s:%d", config.host, running.port)
-    await serve_until_signalled(running, config.shutdown_grace_s)
+    reporter = start_load_reporter(running, config)
+    try:
+        await serve_until_signalled(running, config.shutdown_grace_s)
+    finally:
+        if reporter is not None:
+            await reporter.close()
+
+
+def start_load_reporter(running: ExecutionServer, config: ExecutionConfig) -> loadreport.LoadReporter | None:
+    """Report orders/s (new orders received) to the scaler when it has an address. Drained by the
+    scaler, the shard reports NOT_SERVING; its symbols move only through the shard map."""
+    core = running.core
+    assert core is not None
+
+    def figures() -> loadreport.ServiceFigures:
+        return loadreport.ServiceFigures(orders_total=core.counters.orders_received)
+
+    return loadreport.start_reporter(
+        "execution",
+        config.scaler_address,
+        security.load_suite_security("execution").credentials,
+        host=config.host,
+        port=running.port,
+        figures=figures,
+        on_drain=lambda: running.set_serving(False),
+    )
 
 
 def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:

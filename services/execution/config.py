@@ -154,6 +154,9 @@ class ExecutionConfig:
 
     # Prometheus /metrics port; 0 = no metrics endpoint.
     metrics_port: int = 0
+    # The scaler's "host:port": report this replica's load there every second (hftgate/loadreport.py);
+    # empty = no reports.
+    scaler_address: str = ""
 
     @property
     def address(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hftgate import prometheus, security
+from hftgate import loadreport, prometheus, security
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
 from services.gateway import metrics
@@ -44,7 +44,20 @@ async def main() -> None:
     metrics.register(running.app)
     log.info("routing by %r", running.app.shard_map)
     log.info("listening on %s:%d", config.host, running.port)
-    await serve_until_signalled(running, config.shutdown_grace_s)
+    # Drained by the scaler: NOT_SERVING, so load balancers in front move away.
+    reporter = loadreport.start_reporter(
+        "gateway",
+        config.scaler_address,
+        security.load_suite_security("gateway").credentials,
+        host=config.host,
+        port=running.port,
+        on_drain=lambda: running.set_serving(False),
+    )
+    try:
+        await serve_until_signalled(running, config.shutdown_grace_s)
+    finally:
+        if reporter is not None:
+            await reporter.close()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from services.execution.reference import (
 )
 from services.gateway.balancer import Balancer
 from services.gateway.config import GatewayConfig
-from services.gateway.replicas import ReplicaPool, ReplicaSource, StaticReplicas
+from services.gateway.replicas import ReplicaPool, ReplicaSource, ScalerReplicas, StaticReplicas
 from services.gateway.routing import PRINCIPAL, Router
 from services.gateway.stateless import CACHE_SERVICE, MARKETDATA_SERVICE
 from services.gateway.upstream import UpstreamPool
@@ -187,10 +187,18 @@ async def build(config: GatewayConfig, suite: security.SuiteSecurity | None = No
     )
     app.start_following()
     try:
-        if config.marketdata_replicas:
-            await app.add_pool(MARKETDATA_SERVICE, "marketdata", StaticReplicas(config.marketdata_replicas))
-        if config.cache_replicas:
-            await app.add_pool(CACHE_SERVICE, "cache", StaticReplicas(config.cache_replicas))
+        for service, label, static in (
+            (MARKETDATA_SERVICE, "marketdata", config.marketdata_replicas),
+            (CACHE_SERVICE, "cache", config.cache_replicas),
+        ):
+            if config.scaler_address:
+                # The static list until the scaler answers, then its replicas on top of it.
+                replicas: ReplicaSource = ScalerReplicas(
+                    label, config.scaler_address, suite.credentials, static
+                )
+                await app.add_pool(service, label, replicas)
+            elif static:
+                await app.add_pool(service, label, StaticReplicas(static))
     except BaseException:
         await app.close()
         raise

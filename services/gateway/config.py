@@ -84,6 +84,10 @@ class GatewayConfig:
     health_retry_ms: int = 100
     # Prometheus /metrics on 127.0.0.1 at this port (hftgate/prometheus.py); 0 = no metrics endpoint.
     metrics_port: int = 0
+    # The scaler's "host:port": report this replica's load there every second (hftgate/loadreport.py)
+    # and follow its WatchReplicas for the market data and cache replicas, on top of the lists above
+    # (services/gateway/replicas.py: ScalerReplicas); empty = neither.
+    scaler_address: str = ""
 
     @property
     def address(self) -> str:

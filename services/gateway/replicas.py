@@ -2,11 +2,12 @@
 
 Where a set comes from is a :class:`ReplicaSource`: an async iterator of *whole* sets, each one
 replacing the previous (a replica missing from the next set is removed; its channel is closed
-once the calls in flight on it had ``close_grace_s`` to finish). Today's source is
-:class:`StaticReplicas` (``HFTGATE_GATEWAY_MARKETDATA_REPLICAS`` / ``_CACHE_REPLICAS``); the
-scaler's ``WatchReplicas`` stream plugs in as another source that turns its changes into whole
-sets (READY -> a replica, DRAINING -> a replica with ``draining=True``, STARTING, STOPPED and
-FAILED -> absent), so nothing else changes.
+once the calls in flight on it had ``close_grace_s`` to finish). Two sources:
+:class:`StaticReplicas` (``HFTGATE_GATEWAY_MARKETDATA_REPLICAS`` / ``_CACHE_REPLICAS``), and
+:class:`ScalerReplicas` (with ``HFTGATE_GATEWAY_SCALER_ADDRESS``), which follows the scaler's
+``WatchReplicas`` stream and turns its changes into whole sets: the static list, plus the scaler's
+replicas (READY -> a replica, DRAINING -> a replica with ``draining=True``, STARTING, STOPPED and
+FAILED -> absent), a static replica the scaler drains marked draining too.
 
 Each replica's health comes from its own ``grpc.health.v1.Health/Watch`` on the service's name
 (a push on every change, not a poll): SERVING makes it eligible, anything else (NOT_SERVING,
@@ -27,6 +28,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hftgate.security import ClientCredentials
+from hftgate.telemetry import RateLimitedWarning
+from hftgate.v1 import scaler_pb2, scaler_pb2_grpc
 from services.gateway.balancer import Balancer, Endpoint
 from services.gateway.upstream import UPSTREAM_OPTIONS
 
@@ -61,6 +64,115 @@ class StaticReplicas:
     async def sets(self) -> AsyncIterator[Sequence[ReplicaSpec]]:
         yield self.specs
         await asyncio.Event().wait()  # a static set never changes
+
+
+class ScalerReplicas:
+    """The replica set of one service as the scaler's ``WatchReplicas`` says, over a static list.
+
+    Yields the static list at once (the scaler may be down, or start after the gateway, as it
+    does under ``hftgate up``), then a new set on every change the watch brings that alters it.
+    A replica the scaler knows only from its reports and that has no address is skipped (the
+    static list covers the replicas the supervisor started). A broken watch is re-opened with
+    backoff (``retry_ms``, doubling up to ``max_retry_ms``), logged at most once a minute; the
+    last set the scaler gave is kept meanwhile (every replica is health-watched, so a dead one
+    takes no calls), and after ``forget_after_s`` without the scaler the set is the static list
+    again. Each message replaces the scaler's part whole (``replicas`` is the set after the change),
+    so a conflated watch (a fresh SNAPSHOT) needs nothing special.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        scaler_address: str,
+        credentials: ClientCredentials,
+        static: Sequence[str] = (),
+        *,
+        retry_ms: int = 200,
+        max_retry_ms: int = 5_000,
+        forget_after_s: float = 30.0,
+    ) -> None:
+        #: The scaler's name of the service ("marketdata", "cache").
+        self.service = service
+        self.scaler_address = scaler_address
+        self.credentials = credentials
+        self.static = tuple(static)
+        self.retry_ms = retry_ms
+        self.max_retry_ms = max_retry_ms
+        self.forget_after_s = forget_after_s
+        #: The scaler's usable replicas of the last message: address -> draining.
+        self.from_scaler: dict[str, bool] = {}
+        #: True while a watch is open and has sent its snapshot.
+        self.connected = False
+        self._warn = RateLimitedWarning(log, 60.0)
+
+    def current(self) -> tuple[ReplicaSpec, ...]:
+        """The static list, then the scaler's other replicas, each marked draining as the scaler says."""
+        specs = [ReplicaSpec(a, self.from_scaler.get(a, False)) for a in self.static]
+        static = set(self.static)
+        specs.extend(ReplicaSpec(a, d) for a, d in sorted(self.from_scaler.items()) if a not in static)
+        return tuple(specs[:MAX_REPLICAS])
+
+    def apply(self, message: scaler_pb2.WatchReplicasResponse) -> None:
+        """Take the scaler's set after one change (any change: SNAPSHOT, ADDED, STATE_CHANGED, REMOVED)."""
+        usable: dict[str, bool] = {}
+        for replica in message.replicas:
+            if replica.service != self.service or not replica.address:
+                continue
+            if replica.state == scaler_pb2.REPLICA_STATE_READY:
+                usable.setdefault(replica.address, False)
+            elif replica.state == scaler_pb2.REPLICA_STATE_DRAINING:
+                usable[replica.address] = True
+        self.from_scaler = usable
+
+    async def sets(self) -> AsyncIterator[Sequence[ReplicaSpec]]:
+        last = self.current()
+        yield last
+        loop = asyncio.get_running_loop()
+        lost_at = loop.time()
+        backoff_ms = self.retry_ms
+        async with self.credentials.open_channel(self.scaler_address) as channel:
+            stub = scaler_pb2_grpc.ScalerServiceStub(channel)
+            while True:
+                try:
+                    call = stub.WatchReplicas(
+                        scaler_pb2.WatchReplicasRequest(service=self.service),
+                        metadata=self.credentials.metadata,
+                    )
+                    async for message in call:
+                        if not self.connected:
+                            log.info("%s replicas follow the scaler at %s", self.service, self.scaler_address)
+                            self.connected = True
+                        backoff_ms = self.retry_ms
+                        self.apply(message)
+                        now = self.current()
+                        if now != last:
+                            last = now
+                            yield now
+                    self._warn.warning("the scaler ended the %s replica watch", self.service)
+                except grpc.aio.AioRpcError as err:
+                    self._warn.warning(
+                        "cannot follow the %s replicas of the scaler at %s (%s: %s); retrying",
+                        self.service,
+                        self.scaler_address,
+                        err.code().name,
+                        err.details(),
+                    )
+                if self.connected:
+                    self.connected = False
+                    lost_at = loop.time()
+                if self.from_scaler and loop.time() - lost_at >= self.forget_after_s:
+                    log.warning(
+                        "no scaler for %.0f s: %s replicas back to the static list",
+                        self.forget_after_s,
+                        self.service,
+                    )
+                    self.from_scaler = {}
+                    now = self.current()
+                    if now != last:
+                        last = now
+                        yield now
+                await asyncio.sleep(backoff_ms / 1000)
+                backoff_ms = min(backoff_ms * 2, self.max_retry_ms)
 
 
 class Replica:

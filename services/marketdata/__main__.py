@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from hftgate import prometheus
+from hftgate import loadreport, prometheus
 from hftgate.config import describe, from_env
 from hftgate.grpcserver import serve_until_signalled
 from hftgate.security import load_suite_security
@@ -58,6 +58,17 @@ async def main() -> None:
             running.port,
             "TLS" if security.server_tls else "plaintext",
         )
+        # Drained by the scaler: NOT_SERVING, so the gateway moves away; its back end stops the process.
+        reporter = loadreport.start_reporter(
+            "marketdata",
+            config.scaler_address,
+            security.credentials,
+            host=config.host,
+            port=running.port,
+            on_drain=lambda: running.set_serving(False),
+        )
+        if reporter is not None:
+            stack.push_async_callback(reporter.close)
         await serve_until_signalled(running, config.shutdown_grace_s)
 
 

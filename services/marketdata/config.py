@@ -154,6 +154,9 @@ class MarketDataConfig:
 
     # Prometheus /metrics on 127.0.0.1 at this port (hftgate/prometheus.py); 0 = no metrics endpoint.
     metrics_port: int = 0
+    # The scaler's "host:port": report this replica's load there every second (hftgate/loadreport.py);
+    # empty = no reports.
+    scaler_address: str = ""
 
     def __post_init__(self) -> None:
         # The environment delivers list items as strings; normalise to the declared type.
