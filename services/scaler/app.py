@@ -70,15 +70,27 @@ def validate_report(report: Report) -> None:
         raise InvalidArgument("metrics.replica_id", "must not be empty")
     if len(report.replica_id) > MAX_ID_CHARS or not report.replica_id.isprintable():
         raise InvalidArgument("metrics.replica_id", f"must be at most {MAX_ID_CHARS} printable characters")
-    for name in ("cpu_cores", "orders_per_s"):
+    for name in ("cpu_cores", "orders_per_s", "requests_per_s"):
         value = getattr(report, name)
         if not (math.isfinite(value) and value >= 0):
             raise InvalidArgument(f"metrics.{name}", f"must be a finite number >= 0, not {value!r}")
-    for name in ("inflight_requests", "p99_latency_ns", "queue_depth"):
+    for name in ("inflight_requests", "p99_latency_ns", "queue_depth", "memory_bytes"):
         if getattr(report, name) < 0:
             raise InvalidArgument(f"metrics.{name}", f"must be >= 0, not {getattr(report, name)}")
     if report.interval_ms <= 0:
         raise InvalidArgument("metrics.interval_ms", f"must be > 0, not {report.interval_ms}")
+    if report.address:
+        host, sep, port = report.address.rpartition(":")
+        if (
+            len(report.address) > 255
+            or not sep
+            or not host
+            or not port.isdigit()
+            or not 0 < int(port) < 65_536
+            or not report.address.isprintable()
+            or " " in report.address
+        ):
+            raise InvalidArgument("metrics.address", "must be host:port (at most 255 printable characters)")
 
 
 def kubernetes_backend(config: ScalerConfig) -> KubernetesBackend:

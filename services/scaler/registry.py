@@ -56,6 +56,9 @@ class Report:
     queue_depth: int = 0
     interval_ms: int = 1_000
     reported_ns: int = 0
+    address: str = ""
+    memory_bytes: int = 0
+    requests_per_s: float = 0.0
 
     def value(self, metric: Metric) -> float:
         return float(getattr(self, metric.value))
@@ -229,6 +232,8 @@ class Registry:
         replica = self.get(report.service, report.replica_id)
         if replica is None:
             replica = self.add(report.service, report.replica_id, state=ReplicaState.READY)
+        if report.address and replica.address != report.address:
+            self.update(report.service, report.replica_id, address=report.address)  # watchers hear it
         replica.last_report_ns = self.clock()
         replica.last_metrics = report
         replica.reports.append(report)

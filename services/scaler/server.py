@@ -103,6 +103,9 @@ def report_from_proto(metrics: scaler_pb2.ReplicaMetrics) -> Report:
         queue_depth=metrics.queue_depth,
         interval_ms=metrics.interval_ms,
         reported_ns=metrics.reported_ns,
+        address=metrics.address,
+        memory_bytes=metrics.memory_bytes,
+        requests_per_s=metrics.requests_per_s,
     )
 
 
@@ -117,6 +120,9 @@ def report_to_proto(report: Report) -> scaler_pb2.ReplicaMetrics:
         queue_depth=report.queue_depth,
         interval_ms=report.interval_ms,
         reported_ns=report.reported_ns,
+        address=report.address,
+        memory_bytes=report.memory_bytes,
+        requests_per_s=report.requests_per_s,
     )
 
 

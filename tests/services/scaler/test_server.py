@@ -176,6 +176,23 @@ async def test_report_adds_the_replica_and_answers_the_interval(world: World) ->
     assert listed.replicas[0].backend == pb.SCALING_BACKEND_UNSPECIFIED
 
 
+async def test_a_reported_address_makes_a_replica_routable(world: World) -> None:
+    """A replica the scaler did not start (hftgate up's own) says where it serves."""
+    metrics = pb.ReplicaMetrics(
+        service="marketdata",
+        replica_id="md-b",
+        interval_ms=1_000,
+        address="127.0.0.1:50052",
+        memory_bytes=1 << 20,
+    )
+    await world.stub.ReportMetrics(pb.ReportMetricsRequest(metrics=metrics), metadata=token("marketdata"))
+    listed = await world.stub.ListReplicas(
+        pb.ListReplicasRequest(service="marketdata"), metadata=token("gateway")
+    )
+    (replica,) = [r for r in listed.replicas if r.replica_id == "md-b"]
+    assert replica.address == "127.0.0.1:50052" and replica.last_metrics.memory_bytes == 1 << 20
+
+
 @pytest.mark.parametrize(
     ("metrics", "field"),
     [
@@ -191,6 +208,18 @@ async def test_report_adds_the_replica_and_answers_the_interval(world: World) ->
             "metrics.inflight_requests",
         ),
         (pb.ReplicaMetrics(service="marketdata", replica_id="a"), "metrics.interval_ms"),
+        (
+            pb.ReplicaMetrics(service="marketdata", replica_id="a", interval_ms=1, address="no-port"),
+            "metrics.address",
+        ),
+        (
+            pb.ReplicaMetrics(service="marketdata", replica_id="a", interval_ms=1, address="h:1\n"),
+            "metrics.address",
+        ),
+        (
+            pb.ReplicaMetrics(service="marketdata", replica_id="a", interval_ms=1, memory_bytes=-1),
+            "metrics.memory_bytes",
+        ),
     ],
 )
 async def test_malformed_reports_name_the_field(world: World, metrics: pb.ReplicaMetrics, field: str) -> None:
