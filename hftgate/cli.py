@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -60,6 +60,10 @@ def up(
             "scaler +4, shard i +10*i) and write a Prometheus scrape config; 0 = no metrics.",
         ),
     ] = 9100,
+    dashboard_port: Annotated[
+        int,
+        typer.Option("--dashboard-port", min=0, max=65_535, help="Serve the live dashboard here; 0 = none."),
+    ] = 8080,
 ) -> None:
     """Start every built service as a local process on its embedded defaults; Ctrl-C stops them.
 
@@ -95,6 +99,7 @@ def up(
             default_state_dir() / "prometheus" / "prometheus.yml", list(targets.values())
         )
         err.print(f"Prometheus scrape config: {scrape} (prometheus --config.file={scrape})")
+    dashboard = _start_dashboard(running, dashboard_port) if dashboard_port else None
     feeder = supervisor.start_replay(running, replay_speed) if replay else None
     if feeder is not None:
         err.print(f"replaying recorded market data at {replay_speed:g}x (pid {feeder.pid})")
@@ -115,10 +120,32 @@ def up(
                 raise typer.Exit(1)
             time.sleep(0.5)
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         if feeder is not None and feeder.poll() is None:
             feeder.terminate()
             feeder.wait()
         supervisor.stop_services(running)
+
+
+def _start_dashboard(running: list[supervisor.RunningService], port: int) -> Any:
+    """The live dashboard of the suite just started, or None (said why) when it cannot serve."""
+    from hftgate.dashboard import Dashboard, DashboardConfig, Poller
+
+    env: dict[str, str] = {}
+    # Each child's own port variable (shard 0's for execution: the first started wins), and the
+    # suite's secret and TLS.
+    for service in reversed(running):
+        env.update(service.env)
+    config = DashboardConfig.from_env(env, http_port=port)
+    try:
+        dashboard = Dashboard(config, Poller.for_suite(config, env))
+    except Exception as error:  # the suite runs without its dashboard
+        err.print(f"no dashboard: {error}")
+        return None
+    dashboard.start()
+    err.print(f"dashboard on {dashboard.url}")
+    return dashboard
 
 
 def _run_suite(suite: str, as_json: bool, repeats: int, **options: object) -> None:
