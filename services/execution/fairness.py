@@ -117,6 +117,10 @@ class FairAdmission:
     per account per turn, least recently served account first. A batch of at most
     ``light_inputs`` inputs from an account with nothing queued always runs at once: a
     well-behaved account's SubmitOrder never waits behind another account's flood for a turn.
+    Heavy steps (stream messages and writes, large batches) defer to light calls in flight (and
+    for ``light_grace_s`` after each), and run one per loop turn for ``light_recent_s`` after a
+    light call (:meth:`heavy_step`). A light call with no flood costs two counters and a clock
+    read: no timer, no callback, no allocation.
     Bounded by construction: at most one waiter per concurrent call (calls are bounded by the
     server's stream caps and gRPC's concurrency).
     """
@@ -127,6 +131,7 @@ class FairAdmission:
         light_inputs: int = 8,
         max_defer_s: float = 0.005,
         light_grace_s: float = 0.002,
+        light_recent_s: float = 0.25,
     ) -> None:
         if slice_inputs <= 0:
             raise ValueError("slice_inputs must be positive")
@@ -150,8 +155,15 @@ class FairAdmission:
         self._light_until = 0.0
         #: Releases the deferred heavy steps when the light calls' grace ends (armed only while some wait).
         self._grace_timer: asyncio.TimerHandle | None = None
+        #: Loop time until which light calls count as recent (heavy steps paced, see heavy_step).
+        self.light_recent_s = light_recent_s
+        self._recent_until = 0.0
+        self._paced_used = False  # a heavy step started in this loop turn (paced mode)
+        self._pace_scheduled = False
         #: Heavy steps that waited for light calls since start.
         self.deferred_steps = 0
+        #: Heavy steps that waited for the next loop turn while light calls were recent.
+        self.paced_steps = 0
 
     def admit(self, account_id: int, inputs: int) -> asyncio.Future[None] | None:
         """None when the batch may run now (the common case: no await, no allocation); else a
@@ -224,7 +236,8 @@ class FairAdmission:
         that :meth:`heavy_step` compares with the loop's clock, not a timer per call."""
         self._light -= 1
         loop = asyncio.get_running_loop()
-        self._light_until = loop.time() + self.light_grace_s
+        self._light_until = now = loop.time() + self.light_grace_s
+        self._recent_until = now + self.light_recent_s
         if self._heavy and not self._light:
             self._arm_grace(loop)
 
@@ -242,7 +255,32 @@ class FairAdmission:
             self._arm_grace(loop)
             return
         self._light_until = 0.0
-        self._release_heavy(all_of_them=True)
+        self._pace_tick()
+
+    def _schedule_pace(self) -> None:
+        if not self._pace_scheduled:
+            self._pace_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pace_tick)
+
+    def _pace_tick(self) -> None:
+        """A loop turn began: release one waiting heavy step (if no light call needs the loop).
+
+        Heavy steps released together would run back to back in one loop turn (a few ms each),
+        and a light call arriving meanwhile would wait for all of them; one a turn, the loop
+        polls for it in between."""
+        self._pace_scheduled = False
+        self._paced_used = False
+        if not self._heavy:
+            return
+        if self._deferring():
+            # A light call came in: the waiting steps go when its grace ends (light_exit arms
+            # that), and one per max_defer_s meanwhile, as any deferred step.
+            if self._release_timer is None:
+                self._release_timer = asyncio.get_running_loop().call_later(self.max_defer_s, self._timer)
+            return
+        self._release_heavy(all_of_them=False)
+        self._paced_used = True
+        self._schedule_pace()  # the next turn: release another, or just end this one's pacing
 
     def _deferring(self) -> bool:
         """A light call is in flight, or one ended less than ``light_grace_s`` ago."""
@@ -260,11 +298,29 @@ class FairAdmission:
         """None when a heavy step (one stream message, one stream response, one large batch) may
         run now; else a future, resolved once no light call is in flight (nor in its grace), or
         after at most ``max_defer_s`` (one heavy step per period then: floods slow down, never
-        stop)."""
+        stop). For ``light_recent_s`` after a light call, heavy steps are paced besides: one per
+        loop turn (the others wait a turn), so a light call arriving after its predecessor's
+        grace waits for one heavy step, not for a burst of every stream's."""
         if not self._deferring():
-            return None
+            if not self._recent_until:
+                return None  # no light call lately: floods run as fast as they can
+            loop = asyncio.get_running_loop()
+            if loop.time() >= self._recent_until:
+                self._recent_until = 0.0
+                return None
+            # Light calls were recent: one heavy step per loop turn, so that the next light call
+            # waits for one of them at most, not for every stream's step at once.
+            if not self._paced_used and not self._heavy:
+                self._paced_used = True
+                self._schedule_pace()
+                return None
+            future = loop.create_future()
+            self._heavy.append(future)
+            self._schedule_pace()
+            self.paced_steps += 1
+            return future
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future = loop.create_future()
         self._heavy.append(future)
         if self._release_timer is None:
             self._release_timer = loop.call_later(self.max_defer_s, self._timer)
