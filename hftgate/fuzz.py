@@ -395,7 +395,7 @@ def identity_metadata(identity: str, secret: Any) -> tuple[tuple[str, str], ...]
     return (("x-api-key", value),)
 
 
-def probe(service: str, address: str) -> str | None:
+def probe(service: str, address: str, secret: Any) -> str | None:
     """A normal request of ``service`` after fuzzing: None when it is answered as usual."""
     from hftgate.v1 import (
         cache_pb2,
@@ -429,16 +429,12 @@ def probe(service: str, address: str) -> str | None:
                 if reply.ack.status != ex.ORDER_STATUS_NEW:
                     return f"a normal order was not accepted: {reply.ack}"
             elif service == "marketdata":
-                from hftgate.security import load_suite_secret
-
-                token = (("x-hftgate-service-token", load_suite_secret().token_for("gateway")),)
+                token = (("x-hftgate-service-token", secret.token_for("gateway")),)
                 marketdata_pb2_grpc.MarketDataServiceStub(channel).GetSnapshot(
                     marketdata_pb2.GetSnapshotRequest(), metadata=token, timeout=10
                 )
             else:
-                from hftgate.security import load_suite_secret
-
-                token = (("x-hftgate-service-token", load_suite_secret().token_for("gateway")),)
+                token = (("x-hftgate-service-token", secret.token_for("gateway")),)
                 stub = cache_pb2_grpc.CacheServiceStub(channel)
                 stub.Set(
                     cache_pb2.CacheSetRequest(key="probe", value=b"v", ttl_ms=60_000),
@@ -509,7 +505,7 @@ def fuzz_suite(
             if target.process.poll() is not None:
                 report.findings.append(Finding("*", "dead", f"exited with code {target.process.returncode}"))
             else:
-                problem = probe(name, target.address)
+                problem = probe(name, target.address, secret)
                 if problem is not None:
                     report.findings.append(Finding("*", "dead", problem))
                 growth = rss_bytes(target.process.pid) - rss_before
