@@ -3,6 +3,9 @@
 
 #include "hft_book_internal.h"
 
+/* Bytes between two writes that fault the table in: the smallest page size. */
+#define HFT_ORDER_INDEX_TOUCH_STRIDE 4096u
+
 /* Clients count their order ids up, and the orders a book is busy with (just
  * added, about to be cancelled) have ids close to each other. Keeping
  * consecutive ids in consecutive slots makes those lookups hit cache lines
@@ -22,9 +25,21 @@ int hft_order_index_init(hft_order_index *index, uint64_t max_orders)
     while ((1ull << bits) < 2 * max_orders) {
         bits++;
     }
+    /* Zeroed, then every page written through a volatile pointer: consecutive
+     * order ids walk consecutive slots, so a lazily zeroed table would fault its
+     * pages in one by one over the first 2 x max_orders ids -- resident memory
+     * creeping up ~16 bytes an order for millions of orders, and a page fault on
+     * the order path every 256 ids. Touching it all now makes the table's memory
+     * resident, and bounded, from the start. (A plain malloc + memset is not
+     * enough: compilers fold it back into a calloc, which maps zero pages lazily.) */
+    size_t bytes = ((size_t)1 << bits) * sizeof(*index->slots);
     index->slots = calloc((size_t)1 << bits, sizeof(*index->slots));
     if (index->slots == NULL) {
         return HFT_ENOMEM;
+    }
+    volatile unsigned char *touch = (volatile unsigned char *)index->slots;
+    for (size_t offset = 0; offset < bytes; offset += HFT_ORDER_INDEX_TOUCH_STRIDE) {
+        touch[offset] = 0;
     }
     index->mask = (1ull << bits) - 1;
     index->bits = bits;
