@@ -51,6 +51,9 @@ from hftgate import telemetry
 from hftgate.security import ClientCredentials
 from hftgate.v1 import scaler_pb2, scaler_pb2_grpc
 
+#: For this long after it starts, a reporter that has never reached the scaler logs its failures at
+#: debug level only: the scaler is started after the services it scales.
+STARTUP_QUIET_S = 30.0
 log = logging.getLogger(__name__)
 
 #: The variable the scaler's back ends set to a replica's id (services/scaler/backends.py).
@@ -335,11 +338,13 @@ class LoadReporter:
     async def _run(self) -> None:
         self.sample()  # the first interval starts now
         failures = 0
+        started, reported = time.monotonic(), False
         while True:
             delay = self.interval_s if failures == 0 else self._backoff_s(failures)
             await asyncio.sleep(delay)
             try:
                 await self.report_once()
+                reported = True
                 if failures:
                     log.info("%s reports to the scaler at %s again", self.service, self.scaler_address)
                 failures = 0
@@ -357,6 +362,11 @@ class LoadReporter:
                     failures = 0
                     continue
                 failures += 1
+                if not reported and time.monotonic() - started < STARTUP_QUIET_S:
+                    # The suite's processes start before the scaler (hftgate up starts it last):
+                    # not worth a warning until it has had time to come up.
+                    log.debug("%s: the scaler does not answer yet (%s)", self.service, self.last_error)
+                    continue
                 self._warn.warning(
                     "%s cannot report load to the scaler at %s (%s); retrying with backoff",
                     self.service,

@@ -4,6 +4,7 @@ that is down or refuses never disturbs the service."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import socket
 from collections.abc import AsyncIterator
@@ -399,3 +400,37 @@ def test_every_service_hftgate_up_starts_reports_to_its_scaler(tmp_path: Any) ->
     finally:
         stop_services(running, grace_s=15)
     assert [s.process.returncode for s in running] == [0] * len(running)
+
+
+@pytest.mark.parametrize("quiet_s", [30.0, 0.0])
+async def test_a_scaler_not_up_yet_is_not_warned_about_during_start_up(
+    quiet_s: float, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hftgate up starts the scaler last: the reporters' first failures are no warning; later ones are."""
+    import hftgate.loadreport as loadreport
+
+    monkeypatch.setattr(loadreport, "STARTUP_QUIET_S", quiet_s)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    reporter = LoadReporter(
+        "cache",
+        dead,
+        load_suite_security("cache").credentials,
+        report_interval_s=0.1,
+        max_backoff_s=0.2,
+        rpc_timeout_s=0.2,
+        rpc_source=FakeRpc(),
+    )
+    with caplog.at_level(logging.DEBUG, logger="hftgate.loadreport"):
+        reporter.start()
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if reporter.failures >= 2:
+                    break
+        finally:
+            await reporter.close()
+    assert reporter.failures >= 2
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING and "cannot report" in r.getMessage()]
+    assert bool(warned) == (quiet_s == 0.0)

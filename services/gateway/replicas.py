@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hftgate.loadreport import STARTUP_QUIET_S
 from hftgate.security import ClientCredentials
 from hftgate.telemetry import RateLimitedWarning
 from hftgate.v1 import scaler_pb2, scaler_pb2_grpc
@@ -128,7 +129,8 @@ class ScalerReplicas:
         last = self.current()
         yield last
         loop = asyncio.get_running_loop()
-        lost_at = loop.time()
+        lost_at = started = loop.time()
+        ever_connected = False
         backoff_ms = self.retry_ms
         async with self.credentials.open_channel(self.scaler_address) as channel:
             stub = scaler_pb2_grpc.ScalerServiceStub(channel)
@@ -141,7 +143,7 @@ class ScalerReplicas:
                     async for message in call:
                         if not self.connected:
                             log.info("%s replicas follow the scaler at %s", self.service, self.scaler_address)
-                            self.connected = True
+                            self.connected = ever_connected = True
                         backoff_ms = self.retry_ms
                         self.apply(message)
                         now = self.current()
@@ -150,7 +152,9 @@ class ScalerReplicas:
                             yield now
                     self._warn.warning("the scaler ended the %s replica watch", self.service)
                 except grpc.aio.AioRpcError as err:
-                    self._warn.warning(
+                    # hftgate up starts the scaler last: no warning while it may still be coming up.
+                    quiet = not ever_connected and loop.time() - started < STARTUP_QUIET_S
+                    (log.debug if quiet else self._warn.warning)(
                         "cannot follow the %s replicas of the scaler at %s (%s: %s); retrying",
                         self.service,
                         self.scaler_address,
