@@ -1,9 +1,9 @@
 """Sharing the execution service between accounts: stream slots and fair admission of order batches.
 
 :class:`StreamSlots` caps the concurrent StreamExecutions and OrderStream streams, per account and
-for the whole service. ``acquire`` refuses a stream beyond either cap with
-:class:`StreamLimitExceeded` (the servicer answers RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure
-naming the limit); the stream ``release``s its slot in a ``finally``, so a slot comes back however
+for the whole service (counted by hftgate/streamslots.py). ``acquire`` refuses a stream beyond
+either cap with :class:`StreamLimitExceeded` (the servicer answers RESOURCE_EXHAUSTED with a
+google.rpc.QuotaFailure naming the limit); the stream ``release``s its slot in a ``finally``, so a slot comes back however
 the stream ends: the client cancels or disconnects, the server stops, the stream is cut off or
 fails. Releasing twice is harmless.
 
@@ -23,87 +23,40 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Literal
+
+from hftgate.streamslots import StreamLimitExceeded, StreamSlot
+from hftgate.streamslots import StreamSlots as SharedStreamSlots
 
 #: asyncio runs a timer up to its clock's resolution early; a grace that far from its end is over.
 _CLOCK_SLACK_S = 1e-6
 
 
-class StreamLimitExceeded(Exception):
-    """A new stream would exceed a cap: ``scope`` is "account" or "service"."""
+class StreamSlots(SharedStreamSlots[str]):
+    """The open StreamExecutions and OrderStream streams by account, within ``per_account`` and ``total``."""
 
-    def __init__(self, scope: Literal["account", "service"], subject: str, limit: int, message: str) -> None:
-        super().__init__(message)
-        self.scope = scope
-        self.subject = subject
-        self.limit = limit
-        self.message = message
-
-
-class StreamSlot:
-    """One open stream's slot; ``release`` it when the stream ends (idempotent)."""
-
-    __slots__ = ("_owner", "account")
-
-    def __init__(self, owner: StreamSlots, account: str) -> None:
-        self._owner: StreamSlots | None = owner
-        self.account = account
-
-    def release(self) -> None:
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner._release(self.account)
-
-
-class StreamSlots:
-    """The open server streams by account, within ``per_account`` and ``total``."""
+    HOLDER_SCOPE = "account"
 
     def __init__(self, *, per_account: int, total: int) -> None:
-        if min(per_account, total) <= 0:
+        if per_account <= 0:
             raise ValueError("stream limits must be positive")
+        super().__init__(total=total)
         self.per_account = per_account
-        self.total = total
-        self._open: dict[str, int] = {}
-        self._in_use = 0
-        #: Streams refused since start, by scope.
-        self.refused = {"account": 0, "service": 0}
 
-    def acquire(self, account: str) -> StreamSlot:
-        """A slot for a new stream of ``account``, or StreamLimitExceeded (nothing is taken)."""
-        held = self._open.get(account, 0)
-        if held >= self.per_account:
-            self.refused["account"] += 1
-            raise StreamLimitExceeded(
-                "account",
-                f"account:{account}",
-                self.per_account,
-                f"account {account!r} already has {held} open streams (StreamExecutions and "
-                f"OrderStream together), the most allowed (max_streams_per_account); close one first",
-            )
-        if self._in_use >= self.total:
-            self.refused["service"] += 1
-            raise StreamLimitExceeded(
-                "service",
-                "service:execution",
-                self.total,
-                f"the execution service has its maximum of {self.total} open streams "
-                "(max_streams); retry later",
-            )
-        self._open[account] = held + 1
-        self._in_use += 1
-        return StreamSlot(self, account)
+    def limit_of(self, holder: str) -> int:
+        return self.per_account
 
-    def _release(self, account: str) -> None:
-        held = self._open.get(account, 0)
-        if held <= 1:
-            self._open.pop(account, None)
-        else:
-            self._open[account] = held - 1
-        self._in_use -= 1
+    def holder_refusal(self, holder: str, held: int, limit: int) -> tuple[str, str]:
+        return (
+            f"account:{holder}",
+            f"account {holder!r} already has {held} open streams (StreamExecutions and "
+            f"OrderStream together), the most allowed (max_streams_per_account); close one first",
+        )
 
-    def open_streams(self, account: str | None = None) -> int:
-        """Streams open now, of ``account`` or in all."""
-        return self._in_use if account is None else self._open.get(account, 0)
+    def service_refusal(self) -> tuple[str, str]:
+        return (
+            "service:execution",
+            f"the execution service has its maximum of {self.total} open streams (max_streams); retry later",
+        )
 
 
 class FairAdmission:
@@ -354,3 +307,6 @@ class FairAdmission:
     def waiting(self) -> int:
         """Batches queued now."""
         return sum(len(w) for w in self._queued.values())
+
+
+__all__ = ["FairAdmission", "StreamLimitExceeded", "StreamSlot", "StreamSlots"]

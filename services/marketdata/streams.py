@@ -7,6 +7,7 @@ RESOURCE_EXHAUSTED with its message); the stream's writer ``release``s its slot 
 ``finally``, so a slot comes back however the stream ends: the client cancels or disconnects,
 the server stops, or the stream fails. Releasing twice is harmless.
 
+The counting is hftgate/streamslots.py's; this module says who a caller is and its limit.
 Single-threaded (the service's event loop): nothing here locks. No gRPC import.
 """
 
@@ -14,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from hftgate.streamslots import StreamLimitExceeded, StreamSlot
+from hftgate.streamslots import StreamSlots as SharedStreamSlots
 
 CallerKind = Literal["account", "service"]
 
@@ -29,86 +33,37 @@ class Caller:
         return f"{'account' if self.kind == 'account' else 'service principal'} {self.name!r}"
 
 
-class StreamLimitExceeded(Exception):
-    """A new stream would exceed a limit: ``scope`` is "caller" or "service"."""
-
-    def __init__(self, scope: Literal["caller", "service"], subject: str, limit: int, message: str) -> None:
-        super().__init__(message)
-        self.scope = scope
-        self.subject = subject
-        self.limit = limit
-        self.message = message
-
-
-class StreamSlot:
-    """One open stream's slot; ``release`` it when the stream ends (idempotent)."""
-
-    __slots__ = ("_owner", "caller")
-
-    def __init__(self, owner: StreamSlots, caller: Caller) -> None:
-        self._owner: StreamSlots | None = owner
-        self.caller = caller
-
-    def release(self) -> None:
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner._release(self.caller)
-
-
-class StreamSlots:
+class StreamSlots(SharedStreamSlots[Caller]):
     """The open streams by caller, within ``per_account`` / ``per_service_principal`` / ``total``."""
 
+    HOLDER_SCOPE = "caller"
+
     def __init__(self, *, per_account: int, per_service_principal: int, total: int) -> None:
-        if min(per_account, per_service_principal, total) <= 0:
+        if min(per_account, per_service_principal) <= 0:
             raise ValueError("stream limits must be positive")
+        super().__init__(total=total)
         self.per_account = per_account
         self.per_service_principal = per_service_principal
-        self.total = total
-        self._open: dict[Caller, int] = {}
-        self._in_use = 0
-        #: Streams refused since start, by scope.
-        self.refused = {"caller": 0, "service": 0}
 
-    def limit_of(self, caller: Caller) -> int:
-        return self.per_account if caller.kind == "account" else self.per_service_principal
+    def limit_of(self, holder: Caller) -> int:
+        return self.per_account if holder.kind == "account" else self.per_service_principal
 
-    def acquire(self, caller: Caller) -> StreamSlot:
-        """A slot for a new stream of ``caller``, or StreamLimitExceeded (nothing is taken)."""
-        held = self._open.get(caller, 0)
-        limit = self.limit_of(caller)
-        if held >= limit:
-            self.refused["caller"] += 1
-            raise StreamLimitExceeded(
-                "caller",
-                f"{caller.kind}:{caller.name}",
-                limit,
-                f"{caller} already has {held} open streams (Subscribe and StreamArbitrage "
-                f"together), the most allowed; close one first",
-            )
-        if self._in_use >= self.total:
-            self.refused["service"] += 1
-            raise StreamLimitExceeded(
-                "service",
-                "marketdata",
-                self.total,
-                f"the market data service has its maximum of {self.total} open streams; retry later",
-            )
-        self._open[caller] = held + 1
-        self._in_use += 1
-        return StreamSlot(self, caller)
+    def holder_refusal(self, holder: Caller, held: int, limit: int) -> tuple[str, str]:
+        return (
+            f"{holder.kind}:{holder.name}",
+            f"{holder} already has {held} open streams (Subscribe and StreamArbitrage "
+            f"together), the most allowed; close one first",
+        )
 
-    def _release(self, caller: Caller) -> None:
-        held = self._open.get(caller, 0)
-        if held <= 1:
-            self._open.pop(caller, None)
-        else:
-            self._open[caller] = held - 1
-        self._in_use -= 1
-
-    def open_streams(self, caller: Caller | None = None) -> int:
-        """Streams open now, of ``caller`` or in all."""
-        return self._in_use if caller is None else self._open.get(caller, 0)
+    def service_refusal(self) -> tuple[str, str]:
+        return (
+            "marketdata",
+            f"the market data service has its maximum of {self.total} open streams; retry later",
+        )
 
     def callers(self) -> int:
         """Callers with at least one open stream (the table never holds more)."""
-        return len(self._open)
+        return self.holders()
+
+
+__all__ = ["Caller", "CallerKind", "StreamLimitExceeded", "StreamSlot", "StreamSlots"]
