@@ -3,9 +3,9 @@
 :class:`StreamSlots` caps the concurrent StreamExecutions and OrderStream streams, per account and
 for the whole service (counted by hftgate/streamslots.py). ``acquire`` refuses a stream beyond
 either cap with :class:`StreamLimitExceeded` (the servicer answers RESOURCE_EXHAUSTED with a
-google.rpc.QuotaFailure naming the limit); the stream ``release``s its slot in a ``finally``, so a slot comes back however
-the stream ends: the client cancels or disconnects, the server stops, the stream is cut off or
-fails. Releasing twice is harmless.
+google.rpc.QuotaFailure naming the limit); the stream ``release``s its slot in a ``finally``, so a
+slot comes back however the stream ends: the client cancels or disconnects, the server stops, the
+stream is cut off or fails. Releasing twice is harmless.
 
 :class:`FairAdmission` decides which account's batch of inputs (a SubmitOrder, a SubmitOrders
 call, one OrderStream message, ...) runs next when several accounts want the event loop at once.
