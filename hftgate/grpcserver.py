@@ -13,11 +13,14 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import _async as health_aio  # public as health.aio; mypy only sees this name
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from hftgate.security import ServerTls
 from hftgate.telemetry import RequestDecodingInterceptor, ServerTelemetryInterceptor
@@ -169,3 +172,20 @@ async def serve_until_signalled(running: RunningServer, grace_s: float) -> None:
     await stop.wait()
     log.info("signal received: draining for up to %.1f s", grace_s)
     await running.stop(grace_s)
+
+
+async def abort_invalid_argument(
+    context: grpc.aio.ServicerContext, field: str, description: str, *, message: str | None = None
+) -> NoReturn:
+    """End the call with INVALID_ARGUMENT and a google.rpc.BadRequest naming ``field``, so a client
+    can fix it; ``message`` is the status text (default: ``description``)."""
+    detail = error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
+    )
+    status = status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=description if message is None else message
+    )
+    status.details.add().Pack(detail)
+    # grpc-stubs lacks abort_with_status on the aio context; grpcio has it.
+    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+    raise AssertionError("abort raises")

@@ -14,14 +14,11 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
+from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.security import (
     ServiceAuthInterceptor,
     SuiteSecret,
@@ -328,19 +325,10 @@ async def _guard(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
     raise AssertionError("unreachable: abort raises")
 
 
-async def _abort_bad_request(context: grpc.aio.ServicerContext, field_name: str, description: str) -> None:
-    """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field, so a client can fix it."""
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description)
-        ]
-    )
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    status = status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=f"{field_name}: {description}", details=[packed]
-    )
-    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+async def _abort_bad_request(
+    context: grpc.aio.ServicerContext, field_name: str, description: str
+) -> NoReturn:
+    await abort_invalid_argument(context, field_name, description, message=f"{field_name}: {description}")
 
 
 @dataclass

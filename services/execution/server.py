@@ -29,7 +29,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hftgate import security
-from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
+from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
 from hftgate.shardmap import ShardMap
@@ -84,15 +84,7 @@ PRINCIPAL = "execution"
 async def _abort_bad_request(
     context: grpc.aio.ServicerContext, field_name: str, description: str
 ) -> NoReturn:
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description)
-        ]
-    )
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=description)
-    status.details.add().Pack(detail)
-    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
-    raise AssertionError("abort raises")
+    await abort_invalid_argument(context, field_name, description)
 
 
 async def _abort_not_owner(

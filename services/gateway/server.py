@@ -32,11 +32,11 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from hftgate import security
-from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
+from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.shardmap import HASH_ALGORITHM, ORDER_ID_SHARD_SHIFT, Shard, ShardMap
 from hftgate.telemetry import describe_malformed
 from hftgate.v1 import cache_pb2, marketdata_pb2  # noqa: F401 (their descriptors, for reflection)
@@ -98,15 +98,7 @@ async def _abort_failure(context: grpc.aio.ServicerContext, failure: _ShardFaile
 async def _abort_bad_request(
     context: grpc.aio.ServicerContext, field_name: str, description: str
 ) -> NoReturn:
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description)
-        ]
-    )
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=description)
-    status.details.add().Pack(detail)
-    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
-    raise AssertionError("abort raises")
+    await abort_invalid_argument(context, field_name, description)
 
 
 async def _parse(context: grpc.aio.ServicerContext, cls: type[Any], data: bytes) -> Any:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, overload
+from typing import Any, NoReturn, overload
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
+from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.security import (
     ServiceAuthInterceptor,
     SuiteSecurity,
@@ -247,15 +247,8 @@ def _arbitrage_event(event: ArbitrageEvent, dropped_before: int) -> marketdata_p
     )
 
 
-async def _abort_bad_request(context: grpc.aio.ServicerContext, field: str, description: str) -> None:
-    """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field, so a client can fix it."""
-    detail = error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=description)]
-    )
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=description)
-    status.details.add().Pack(detail)
-    # grpc-stubs lacks abort_with_status on the aio context; grpcio has it.
-    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+async def _abort_bad_request(context: grpc.aio.ServicerContext, field: str, description: str) -> NoReturn:
+    await abort_invalid_argument(context, field, description)
 
 
 class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):

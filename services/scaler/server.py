@@ -11,14 +11,11 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
+from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.security import SuiteSecret, SuiteSecurity, load_suite_security, principal_of, suite_client_tls
 from hftgate.v1 import scaler_pb2, scaler_pb2_grpc
 from services.scaler.app import (
@@ -345,19 +342,10 @@ async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], T]) -> T:
     raise AssertionError("unreachable: abort raises")
 
 
-async def _abort_bad_request(context: grpc.aio.ServicerContext, field_name: str, description: str) -> None:
-    """INVALID_ARGUMENT with a google.rpc.BadRequest naming the field."""
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description)
-        ]
-    )
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    status = status_pb2.Status(
-        code=code_pb2.INVALID_ARGUMENT, message=f"{field_name}: {description}", details=[packed]
-    )
-    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+async def _abort_bad_request(
+    context: grpc.aio.ServicerContext, field_name: str, description: str
+) -> NoReturn:
+    await abort_invalid_argument(context, field_name, description, message=f"{field_name}: {description}")
 
 
 # --- start-up -------------------------------------------------------------------------------------
