@@ -1,11 +1,16 @@
 """Prometheus for the suite: each process's /metrics port, and a scrape configuration naming them.
 
-Every service serves Prometheus' text format on ``127.0.0.1:<metrics port>/metrics`` when its
+Every service serves Prometheus' text format on ``<host>:<metrics port>/metrics`` when its
 ``HFTGATE_<SERVICE>_METRICS_PORT`` is above 0 (the ``metrics_port`` field of each service's
-config; 0, the default, serves nothing). The series are the shared RPC counters and latency
-histograms of :mod:`hftgate.telemetry` (``hftgate_rpc_total{method,code}``,
-``hftgate_rpc_seconds``, ``hftgate_spans_dropped_total``), the process's CPU and memory
-(``process_*``), and each service's own (``services/<name>/metrics.py``).
+config; 0, the default, serves nothing). The host is ``HFTGATE_METRICS_HOST`` for every service
+of the suite (:func:`metrics_host`): 127.0.0.1 by default, so /metrics (unauthenticated, like
+every Prometheus endpoint) is reachable only from the same host; a container sets ``0.0.0.0`` so
+that Prometheus on the compose network can scrape it (compose publishes none of these ports).
+
+The series are the shared RPC counters and latency histograms of :mod:`hftgate.telemetry`
+(``hftgate_rpc_total{method,code}``, ``hftgate_rpc_seconds``, ``hftgate_spans_dropped_total``),
+the process's CPU and memory (``process_*``), and each service's own
+(``services/<name>/metrics.py``).
 
 Default ports (:data:`DEFAULT_METRICS_PORTS`, from :data:`DEFAULT_METRICS_BASE_PORT` = 9100):
 gateway 9100, execution 9101, market data 9102, cache 9103, scaler 9104; execution shard ``i``
@@ -198,19 +203,45 @@ def write_scrape_config(path: Path, targets: Sequence[MetricsTarget], **options:
     return path
 
 
-def serve_metrics(service_name: str, port: int) -> bool:
+METRICS_HOST_VARIABLE = "HFTGATE_METRICS_HOST"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+
+
+def metrics_host(environ: Mapping[str, str] | None = None) -> str:
+    """The address /metrics binds: ``HFTGATE_METRICS_HOST`` (an IPv4/IPv6 address, or ``localhost``),
+    127.0.0.1 by default. A name that is not an address raises ValueError naming the variable:
+    binding to whatever a name resolves to would make exposure depend on DNS."""
+    import ipaddress
+
+    env = os.environ if environ is None else environ
+    host = env.get(METRICS_HOST_VARIABLE, "").strip() or DEFAULT_METRICS_HOST
+    if host == "localhost":
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{METRICS_HOST_VARIABLE} must be an IP address to bind /metrics to (127.0.0.1, 0.0.0.0, ::), "
+            f"not {host[:64]!r}"
+        ) from None
+    return host
+
+
+def serve_metrics(service_name: str, port: int, environ: Mapping[str, str] | None = None) -> bool:
     """Configure this process's telemetry and, if ``port`` > 0, serve /metrics on it.
 
     True when /metrics is served. A port that cannot be bound is logged (saying which and why)
     and the service goes on without /metrics (see the module docstring). A port out of range
-    raises ValueError naming the variable."""
+    raises ValueError naming the variable, as does a host that is not an address."""
     _port(str(port), metrics_port_variable(service_name))
+    host = metrics_host(environ)
     try:
-        telemetry.configure(service_name, metrics_port=port)
+        telemetry.configure(service_name, metrics_port=port, metrics_host=host)
     except OSError as exc:
         log.error(
-            "%s: cannot serve /metrics on 127.0.0.1:%d (%s); running without metrics",
+            "%s: cannot serve /metrics on %s:%d (%s); running without metrics",
             service_name,
+            host,
             port,
             exc.strerror or exc,
         )

@@ -179,9 +179,11 @@ def configure(
     *,
     exporter: SpanExporter | None = None,
     metrics_port: int = 0,
+    metrics_host: str = "127.0.0.1",
     environ: Mapping[str, str] | None = None,
 ) -> TracerProvider | None:
-    """Install the tracer provider for this process and, if ``metrics_port`` > 0, serve /metrics.
+    """Install the tracer provider for this process and, if ``metrics_port`` > 0, serve /metrics
+    on ``metrics_host``.
 
     The exporters are ``exporter`` if given, else those the environment asks for
     (:func:`exporters_from_environment`); with none, no provider is installed: spans stay
@@ -207,8 +209,8 @@ def configure(
                     ", ".join(type(one).__name__ for one in exporters),
                 )
     if metrics_port > 0:
-        start_http_server(metrics_port, addr="127.0.0.1")
-        log.info("prometheus metrics on 127.0.0.1:%d/metrics", metrics_port)
+        start_http_server(metrics_port, addr=metrics_host)
+        log.info("prometheus metrics on %s:%d/metrics", metrics_host, metrics_port)
     return _provider
 
 

@@ -155,6 +155,16 @@ def test_a_busy_metrics_port_is_logged_and_the_service_goes_on_without_metrics(
         prometheus.serve_metrics("scaler", 70_000)
 
 
+def test_metrics_bind_to_loopback_unless_the_suite_names_an_address() -> None:
+    assert prometheus.metrics_host({}) == "127.0.0.1"
+    assert prometheus.metrics_host({"HFTGATE_METRICS_HOST": "0.0.0.0"}) == "0.0.0.0"
+    assert prometheus.metrics_host({"HFTGATE_METRICS_HOST": "::1"}) == "::1"
+    with pytest.raises(ValueError, match=r"must be an IP address .* not 'metrics.evil.example'"):
+        prometheus.metrics_host({"HFTGATE_METRICS_HOST": "metrics.evil.example"})
+    with pytest.raises(ValueError, match="HFTGATE_METRICS_HOST"):
+        prometheus.serve_metrics("cache", 9_999, environ={"HFTGATE_METRICS_HOST": "x" * 10_000})
+
+
 # --- the services' own series ----------------------------------------------------------------
 
 

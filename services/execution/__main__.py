@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hftgate import loadreport, placement, security, telemetry
+from hftgate import loadreport, placement, prometheus, security
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
 from services.execution.config import ExecutionConfig, load_config
@@ -51,7 +51,11 @@ async def main() -> None:
         raise SystemExit(2) from None
 
     log.info("config: %s", describe(config))
-    telemetry.configure("execution", metrics_port=config.metrics_port)
+    try:
+        prometheus.serve_metrics("execution", config.metrics_port)
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        raise SystemExit(2) from None
     running = await start(config)
     place_threads(running, config)
     if config.seeds_demo_data():
