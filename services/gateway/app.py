@@ -28,6 +28,7 @@ from services.execution.reference import (
 )
 from services.gateway.balancer import Balancer
 from services.gateway.config import GatewayConfig
+from services.gateway.ratelimit import TokenBuckets
 from services.gateway.replicas import ReplicaPool, ReplicaSource, ScalerReplicas, StaticReplicas
 from services.gateway.routing import PRINCIPAL, Router
 from services.gateway.stateless import CACHE_SERVICE, MARKETDATA_SERVICE
@@ -63,6 +64,16 @@ class GatewayApp:
         self._closers: list[Callable[[], Awaitable[Any]]] = []
         #: The balanced stateless services, by full service name (only those with replicas).
         self.pools: dict[str, ReplicaPool] = {}
+        #: Per-account order rate limits (None: off, rate_limit_orders_per_s = 0).
+        self.rate_limits: TokenBuckets | None = (
+            TokenBuckets(
+                config.rate_limit_orders_per_s, config.rate_limit_burst_orders, config.rate_limit_max_accounts
+            )
+            if config.rate_limit_orders_per_s > 0
+            else None
+        )
+        #: Calls refused by the rate limit (streams are paced, never counted here).
+        self.rate_limited_calls = 0
 
     # --- the map -------------------------------------------------------------------------------
     @property

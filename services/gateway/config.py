@@ -68,6 +68,31 @@ class GatewayConfig:
     # only here and never leaves the gateway.
     forward_api_key: bool = False
 
+    # Per-account order rate limit at the gateway (services/gateway/ratelimit.py): a token bucket of
+    # rate_limit_burst_orders tokens refilled at rate_limit_orders_per_s; an order or replace costs
+    # one (a batch of N costs N), a cancel nothing. A unary call over it answers RESOURCE_EXHAUSTED
+    # with RetryInfo; an OrderStream over it is paced (its messages are read more slowly).
+    # rate_limit_orders_per_s = 0 turns the limit off (the shards' own limits still apply).
+    rate_limit_orders_per_s: float = 10_000.0
+    rate_limit_burst_orders: int = 20_000
+    # Accounts whose buckets are kept (least recently used forgotten first; a forgotten bucket
+    # comes back full, as an idle one would be).
+    rate_limit_max_accounts: int = 100_000
+
+    # OrderStream across shards (services/gateway/fanout.py): inputs sent to shards whose acks the
+    # client has not been given; at this many the gateway reads no more of the client's messages.
+    order_stream_max_pending_inputs: int = 10_000
+    # Inputs a client stream message may carry (as the shards' max_stream_message_inputs).
+    max_stream_message_inputs: int = 1_000
+    # Shard response messages held per upstream stream before the gateway stops reading that shard
+    # (gRPC flow control then holds the shard); a client that does not read is so cut off by the
+    # shard's own "reader too slow", never buffered here without bound.
+    stream_max_queued_messages: int = 64
+    # Acks and reports per merged OrderStream response message.
+    stream_page_items: int = 256
+    # StreamExecutions across shards: reports read from the shards and not yet sent to the client.
+    stream_merge_buffer_reports: int = 1_024
+
     # Replicas of the stateless services the gateway balances ("HOST:PORT", comma separated); empty =
     # the gateway does not serve that API. The scaler's WatchReplicas can replace these lists later
     # (services/gateway/replicas.py: ReplicaSource).
@@ -131,6 +156,21 @@ def load_config(environ: Mapping[str, str] | None = None) -> GatewayConfig:
     if config.balancer not in balancer_module.ALGORITHMS:
         raise ValueError(
             f"{ENV_PREFIX}BALANCER={config.balancer!r} is not one of {', '.join(balancer_module.ALGORITHMS)}"
+        )
+    for name in (
+        "rate_limit_burst_orders",
+        "rate_limit_max_accounts",
+        "order_stream_max_pending_inputs",
+        "max_stream_message_inputs",
+        "stream_max_queued_messages",
+        "stream_page_items",
+        "stream_merge_buffer_reports",
+    ):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be at least 1, not {getattr(config, name)}")
+    if config.rate_limit_orders_per_s < 0 or config.rate_limit_orders_per_s != config.rate_limit_orders_per_s:
+        raise ValueError(
+            f"{ENV_PREFIX}RATE_LIMIT_ORDERS_PER_S must be >= 0 (0: off), not {config.rate_limit_orders_per_s}"
         )
     for name in ("balancer_decay_ms", "health_retry_ms"):
         if getattr(config, name) < 1:

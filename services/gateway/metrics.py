@@ -1,4 +1,5 @@
-"""Prometheus view of the gateway: calls in flight per upstream replica, the shard map it routes by.
+"""Prometheus view of the gateway: calls in flight per upstream replica, the shard map it routes by,
+the calls its rate limit refused.
 
 Read when Prometheus scrapes. ``python -m services.gateway`` registers it on the default
 registry and serves it on ``HFTGATE_GATEWAY_METRICS_PORT`` (hftgate/prometheus.py). Each
@@ -67,6 +68,17 @@ class GatewayCollector(Collector):
         for shard in shard_map.shards:
             shards.add_metric([str(shard.shard_id), shard.address], pinned.get(shard.shard_id, 0))
         yield shards
+        yield CounterMetricFamily(
+            "hftgate_gateway_rate_limited_calls",
+            "Calls refused with RESOURCE_EXHAUSTED by the per-account order rate limit (streams are paced)",
+            value=self.app.rate_limited_calls,
+        )
+        buckets = self.app.rate_limits
+        yield GaugeMetricFamily(
+            "hftgate_gateway_rate_limit_accounts",
+            "Accounts whose token buckets the gateway holds (bounded by rate_limit_max_accounts)",
+            value=0 if buckets is None else len(buckets),
+        )
 
 
 def register(app: GatewayApp, registry: CollectorRegistry = REGISTRY) -> GatewayCollector:

@@ -7,6 +7,26 @@ account (``x-hftgate-account``, percent-encoded UTF-8). Only what routing needs 
 symbol of an order (not even that while one shard owns everything), the order ids of a cancel,
 replace or get. A request that does not decode answers INVALID_ARGUMENT as on the shards.
 
+Across several shards (the rules in routing.py, streams.py, fanout.py and stats.py):
+
+* OrderStream: one upstream stream per shard, opened on the first input for it, each input routed
+  as the unary calls are; the client gets its acks in its input order across the whole stream and
+  each shard's reports in that shard's sequence order (fanout.py says what is held and when).
+* StreamExecutions without a symbol: every shard's reports merged; report sequences are per shard,
+  so resuming takes the per-shard cursor ``x-hftgate-after-sequences: 0=S0,1=S1`` (streams.py).
+* GetStats: counters summed, latency percentiles the worst shard's (stats.py).
+
+Per-account rate limit at the door (ratelimit.py): orders and replaces over the account's token
+bucket answer RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure and a google.rpc.RetryInfo whose
+retry_delay is when the bucket will hold the call's orders; an OrderStream is paced instead. It is
+checked here rather than in an interceptor because both what it costs (the orders in the request)
+and whose bucket (the API key's account) are known only once the call is read for routing.
+
+Tracing: with a tracer recording the call's SERVER span, each call to a shard gets a CLIENT span
+(attributes ``hftgate.shard_id``, ``hftgate.symbol`` when one, ``rpc.method``) whose
+``traceparent`` the shard continues; when nothing records, the client's own ``traceparent`` is
+passed on unchanged and no span is made.
+
 Statuses of the gateway itself (the shard's own statuses pass through unchanged, details too):
 
 * UNAVAILABLE naming the shard ("execution shard 1 at host:port is unavailable: ...") when it
@@ -16,15 +36,15 @@ Statuses of the gateway itself (the shard's own statuses pass through unchanged,
 * A SubmitOrders split across shards of which some failed answers the first failure's status with
   a ``hftgate.v1.SubmitOrdersResponse`` detail holding the acks of the orders that other shards
   answered (the failed ones' acks left empty, action UNSPECIFIED).
-* FAILED_PRECONDITION when a client order id names orders on several shards (name it by order id);
-  UNIMPLEMENTED for what needs more than one shard and is not built yet (OrderStream across
-  shards, StreamExecutions without a symbol across shards, GetStats across shards).
+* A stream across shards that a shard ends answers that shard's status, the message naming it.
+* FAILED_PRECONDITION when a client order id names orders on several shards (name it by order id).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -32,28 +52,32 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from hftgate import security
 from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.shardmap import HASH_ALGORITHM, ORDER_ID_SHARD_SHIFT, Shard, ShardMap
-from hftgate.telemetry import describe_malformed
+from hftgate.telemetry import ClientSpan, describe_malformed
 from hftgate.v1 import cache_pb2, marketdata_pb2  # noqa: F401 (their descriptors, for reflection)
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import gateway_pb2 as gw
 from hftgate.v1 import gateway_pb2_grpc as gw_grpc
 from services.gateway.app import GatewayApp, build
 from services.gateway.config import GatewayConfig
+from services.gateway.fanout import OrderStreamFanout, StreamEnded, Upstream, merge_reports, order_cost
 from services.gateway.routing import ACCOUNT_METADATA, PRINCIPAL, MergeError, merge
 from services.gateway.stateless import StatelessForwarder
-from services.gateway.upstream import EXECUTION_SERVICE, ShardChannel
+from services.gateway.stats import merge_stats
+from services.gateway.streams import CURSOR_METADATA, CursorError, parse_cursor
+from services.gateway.upstream import EXECUTION_SERVICE, ShardChannel, ShardFailed, named_status, status_of
 
 log = logging.getLogger(__name__)
 
 GATEWAY_SERVICE = "hftgate.v1.GatewayService"
 _TRACE_METADATA = ("traceparent", "tracestate")
-_STATUS_DETAILS = "grpc-status-details-bin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,37 +85,34 @@ class _Caller:
     """An authenticated account's forwarding metadata, and the deadline left for the shard."""
 
     account: str
+    #: The gateway's metadata for the shard, without the client's trace headers.
+    base: tuple[tuple[str, str], ...]
+    #: ``base`` and the client's trace headers: what goes to the shard when the gateway records
+    #: no span of its own (the shard then continues the client's trace directly).
     metadata: tuple[tuple[str, str], ...]
     timeout_s: float | None
 
 
-class _ShardFailed(Exception):
-    def __init__(self, channel: ShardChannel, error: grpc.aio.AioRpcError) -> None:
-        super().__init__(channel.name)
-        self.channel = channel
-        self.error = error
+class _Status:
+    """A grpc.Status for abort_with_status with trailing metadata besides the rich details."""
+
+    def __init__(self, status: status_pb2.Status, trailing: tuple[tuple[str, str], ...] = ()) -> None:
+        made = rpc_status.to_status(status)
+        self.code = made.code
+        self.details = made.details
+        self.trailing_metadata = (*made.trailing_metadata, *trailing)
 
 
-def _status_of(failure: _ShardFailed) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
-    """The status to answer for a shard's failure: transport failures name the shard; the shard's
-    own statuses pass through with their rich details."""
-    err, name = failure.error, failure.channel.name
-    code = err.code()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return code, f"{name} did not answer within the deadline", ()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return code, f"{name} is unavailable: {err.details()}", ()
-    trailing: tuple[tuple[str, Any], ...] = tuple(
-        (item[0], item[1])  # type: ignore[index]
-        for item in (err.trailing_metadata() or ())
-        if item[0] == _STATUS_DETAILS  # type: ignore[index]
-    )
-    return code, err.details() or f"{name} answered {code.name}", trailing
-
-
-async def _abort_failure(context: grpc.aio.ServicerContext, failure: _ShardFailed) -> NoReturn:
-    code, message, trailing = _status_of(failure)
+async def _abort_failure(context: grpc.aio.ServicerContext, failure: ShardFailed) -> NoReturn:
+    code, message, trailing = status_of(failure)
     await context.abort(code, message, trailing_metadata=trailing)
+    raise AssertionError("abort raises")
+
+
+async def _abort_status(
+    context: grpc.aio.ServicerContext, status: status_pb2.Status, trailing: tuple[tuple[str, str], ...] = ()
+) -> NoReturn:
+    await context.abort_with_status(_Status(status, trailing))  # type: ignore[attr-defined]
     raise AssertionError("abort raises")
 
 
@@ -99,6 +120,24 @@ async def _abort_bad_request(
     context: grpc.aio.ServicerContext, field_name: str, description: str
 ) -> NoReturn:
     await abort_invalid_argument(context, field_name, description)
+
+
+def _ids(shards: Sequence[Shard]) -> str:
+    return ", ".join(str(shard.shard_id) for shard in shards)
+
+
+def _symbol_of(data: bytes) -> str:
+    """The order's symbol of an encoded SubmitOrderRequest ("" when it does not decode)."""
+    try:
+        return str(api.SubmitOrderRequest.FromString(data).order.symbol)
+    except DecodeError:
+        return ""
+
+
+def _one_symbol(orders: Sequence[api.NewOrder]) -> str:
+    """The symbol of every order in ``orders`` when they share one, else "" (a span attribute)."""
+    first = orders[0].symbol if orders else ""
+    return first if all(order.symbol == first for order in orders) else ""
 
 
 async def _parse(context: grpc.aio.ServicerContext, cls: type[Any], data: bytes) -> Any:
@@ -122,6 +161,8 @@ class ExecutionForwarder:
         self._default_timeout_s = app.config.default_deadline_ms / 1000
         #: Calls sent to each shard id (unary calls and streams), for tests and stats.
         self.sent: dict[int, int] = {}
+        # This gateway's own tracer (the global provider's, looked up when a span is made).
+        self._tracer = trace.get_tracer("hftgate.gateway")
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         unary = grpc.unary_unary_rpc_method_handler
@@ -159,12 +200,13 @@ class ExecutionForwarder:
         if account is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
         assert account is not None
-        metadata = [
+        base = [
             (security.SERVICE_TOKEN_METADATA, self._token),
             (ACCOUNT_METADATA, urllib.parse.quote(account.name, safe="")),
         ]
         if self.config.forward_api_key:
-            metadata.append((security.API_KEY_METADATA, key))
+            base.append((security.API_KEY_METADATA, key))
+        metadata = list(base)
         for name, value in context.invocation_metadata() or ():
             if name in _TRACE_METADATA and isinstance(value, str):
                 metadata.append((name, value))
@@ -175,45 +217,158 @@ class ExecutionForwarder:
             if remaining <= 0:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline had passed")
             timeout = remaining
-        return _Caller(account.name, tuple(metadata), timeout)
+        return _Caller(account.name, tuple(base), tuple(metadata), timeout)
+
+    async def _admit(self, context: grpc.aio.ServicerContext, caller: _Caller, cost: int) -> None:
+        """Take ``cost`` orders from the account's bucket, or answer RESOURCE_EXHAUSTED with a
+        QuotaFailure and (when waiting can help) a RetryInfo of when the bucket will hold them."""
+        buckets = self.app.rate_limits
+        if buckets is None or cost <= 0:
+            return
+        wait_s = buckets.take(caller.account, cost)
+        if not wait_s:
+            return
+        self.app.rate_limited_calls += 1
+        rate, burst = buckets.orders_per_s, buckets.burst_orders
+        if math.isinf(wait_s):
+            message = (
+                f"a batch of {cost} orders exceeds account {caller.account!r}'s burst of {burst} orders "
+                f"at the gateway ({rate:g} orders/s): split it into batches of at most {burst}"
+            )
+        else:
+            message = (
+                f"account {caller.account!r} is over its gateway rate limit of {rate:g} orders/s "
+                f"(burst {burst}): {cost} order(s) can be sent in {wait_s * 1000:.1f} ms"
+            )
+        status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+        status.details.add().Pack(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=f"account:{caller.account}",
+                        description=f"at most {rate:g} orders/s, bursts of {burst}, per account "
+                        "at the gateway",
+                    )
+                ]
+            )
+        )
+        if not math.isinf(wait_s):
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromNanoseconds(max(1, math.ceil(wait_s * 1e9)))
+            status.details.add().Pack(retry)
+        await _abort_status(context, status)
+
+    async def _pace(self, account: str, cost: int) -> None:
+        """Wait until ``account`` may send ``cost`` orders on a stream (streams are paced, not refused)."""
+        buckets = self.app.rate_limits
+        if buckets is None:
+            return
+        while wait_s := buckets.take(account, cost, debt_ok=True):
+            await asyncio.sleep(wait_s)
+
+    def _recording(self, context: otel_context.Context | None = None) -> bool:
+        """A span of the gateway's records now (else no CLIENT span is made: near-zero cost)."""
+        return trace.get_current_span(context).is_recording()
+
+    def _client_span(
+        self,
+        caller: _Caller,
+        shard: Shard,
+        method: str,
+        symbol: str = "",
+        context: otel_context.Context | None = None,
+    ) -> ClientSpan:
+        attributes: dict[str, Any] = {"hftgate.shard_id": shard.shard_id}
+        if symbol:
+            attributes["hftgate.symbol"] = symbol
+        return ClientSpan(
+            f"/{EXECUTION_SERVICE}/{method}",
+            shard.address,
+            caller.base,
+            attributes,
+            tracer=self._tracer,
+            context=context,
+        )
 
     def _channel(self, shard: Shard) -> ShardChannel:
         self.sent[shard.shard_id] = self.sent.get(shard.shard_id, 0) + 1
         return self.app.upstreams.get(shard)
 
-    async def _call(self, shard: Shard, method: str, data: bytes, caller: _Caller) -> bytes:
-        """One unary call to ``shard``, never retried; :class:`_ShardFailed` on any failure."""
+    async def _call(self, shard: Shard, method: str, data: bytes, caller: _Caller, symbol: str = "") -> bytes:
+        """One unary call to ``shard``, never retried; :class:`ShardFailed` on any failure."""
         channel = self._channel(shard)
+        reply: bytes
+        send = channel.unary(method)
         try:
-            reply: bytes = await channel.unary(method)(
-                data, metadata=caller.metadata, timeout=caller.timeout_s
-            )
+            if self._recording():
+                with self._client_span(caller, shard, method, symbol) as span:
+                    reply = await send(data, metadata=span.metadata, timeout=caller.timeout_s)
+            else:
+                reply = await send(data, metadata=caller.metadata, timeout=caller.timeout_s)
         except grpc.aio.AioRpcError as err:
-            raise _ShardFailed(channel, err) from None
+            raise ShardFailed(channel, err) from None
         return reply
 
     async def _forward(
-        self, context: grpc.aio.ServicerContext, shard: Shard, method: str, data: bytes, caller: _Caller
+        self,
+        context: grpc.aio.ServicerContext,
+        shard: Shard,
+        method: str,
+        data: bytes,
+        caller: _Caller,
+        symbol: str = "",
     ) -> bytes:
         try:
-            return await self._call(shard, method, data, caller)
-        except _ShardFailed as failure:
+            return await self._call(shard, method, data, caller, symbol)
+        except ShardFailed as failure:
             await _abort_failure(context, failure)
+
+    def _open_upstream(
+        self,
+        caller: _Caller,
+        traced: otel_context.Context | None,
+        shard: Shard,
+        method: str,
+        request: bytes | AsyncIterator[bytes] | None,
+    ) -> Upstream:
+        """Open ``method`` (a stream) on ``shard``: a server stream of ``request`` bytes, else a
+        bidirectional one fed by ``request`` (an iterator) or by ``call.write`` (None). With
+        ``traced`` (the stream's context, when it records), inside a CLIENT span of its own that
+        ends with the stream."""
+        channel = self._channel(shard)
+        span = None if traced is None else self._client_span(caller, shard, method, context=traced)
+        metadata = caller.metadata if span is None else span.metadata
+        if isinstance(request, bytes):
+            call = channel.unary_stream(method)(request, metadata=metadata, timeout=caller.timeout_s)
+        elif request is None:
+            call = channel.stream_stream(method)(metadata=metadata, timeout=caller.timeout_s)
+        else:
+            call = channel.stream_stream(method)(request, metadata=metadata, timeout=caller.timeout_s)
+        return Upstream(channel, call, span)
 
     # --- orders ------------------------------------------------------------------------------------
     async def submit_order(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         caller = await self._caller(context)
+        await self._admit(context, caller, 1)
         shard = self.router.single
+        symbol = ""
         if shard is None:
             request = await _parse(context, api.SubmitOrderRequest, data)
-            shard = self.router.shard_for_symbol(request.order.symbol)
+            symbol = request.order.symbol
+            shard = self.router.shard_for_symbol(symbol)
             self.router.routes.remember(caller.account, request.order.client_order_id, shard.shard_id)
-        return await self._forward(context, shard, "SubmitOrder", data, caller)
+        elif self._recording():  # the span names the symbol (decoded only for it)
+            symbol = _symbol_of(data)
+        return await self._forward(context, shard, "SubmitOrder", data, caller, symbol)
 
     async def submit_orders(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         caller = await self._caller(context)
         single = self.router.single
         if single is not None:
+            if self.app.rate_limits is not None:
+                # An empty batch costs nothing: the shard answers it with INVALID_ARGUMENT.
+                counted = await _parse(context, api.SubmitOrdersRequest, data)
+                await self._admit(context, caller, len(counted.orders))
             return await self._forward(context, single, "SubmitOrders", data, caller)
         request = await _parse(context, api.SubmitOrdersRequest, data)
         orders = request.orders
@@ -227,6 +382,7 @@ class ExecutionForwarder:
                 f"Cannot submit orders: {count} orders exceed the gateway's max_batch_orders="
                 f"{self.config.max_batch_orders}",
             )
+        await self._admit(context, caller, count)
         parts = self.router.split([order.symbol for order in orders])
         routes = self.router.routes
         for shard, indices in parts.items():
@@ -234,21 +390,22 @@ class ExecutionForwarder:
                 routes.remember(caller.account, orders[index].client_order_id, shard.shard_id)
         if len(parts) == 1:
             (only,) = parts
-            return await self._forward(context, only, "SubmitOrders", data, caller)
+            return await self._forward(context, only, "SubmitOrders", data, caller, _one_symbol(orders))
 
         async def send(shard: Shard, indices: list[int]) -> bytes:
             part = api.SubmitOrdersRequest()
             part.orders.extend(orders[i] for i in indices)
-            return await self._call(shard, "SubmitOrders", part.SerializeToString(), caller)
+            symbol = _one_symbol(part.orders)
+            return await self._call(shard, "SubmitOrders", part.SerializeToString(), caller, symbol)
 
         outcomes = await asyncio.gather(
             *(send(shard, indices) for shard, indices in parts.items()),
             return_exceptions=True,
         )
         answered: list[tuple[Sequence[int], Sequence[api.OrderAck]]] = []
-        failures: list[_ShardFailed] = []
+        failures: list[ShardFailed] = []
         for indices, outcome in zip(parts.values(), outcomes, strict=True):
-            if isinstance(outcome, _ShardFailed):
+            if isinstance(outcome, ShardFailed):
                 failures.append(outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
@@ -275,13 +432,13 @@ class ExecutionForwarder:
     async def _abort_partial(
         self,
         context: grpc.aio.ServicerContext,
-        failures: list[_ShardFailed],
+        failures: list[ShardFailed],
         partial: api.SubmitOrdersResponse,
         unanswered: int,
         count: int,
     ) -> NoReturn:
-        code, message, _ = _status_of(failures[0])
-        others = "; ".join(_status_of(f)[1] for f in failures[1:])
+        code, message, _ = status_of(failures[0])
+        others = "; ".join(status_of(f)[1] for f in failures[1:])
         text = (
             f"{message}{'; ' + others if others else ''}: {unanswered} of {count} orders got no answer "
             f"(their acks are empty in this status's SubmitOrdersResponse detail; the other orders' acks "
@@ -319,10 +476,11 @@ class ExecutionForwarder:
                 return found, None
         return await self._probe(context, caller, order_id, client_order_id)
 
-    async def _probe(
-        self, context: grpc.aio.ServicerContext, caller: _Caller, order_id: int, client_order_id: str
-    ) -> tuple[Shard, bytes]:
-        """Ask every shard (read-only GetOrder) which holds the order."""
+    async def _locate(
+        self, caller: _Caller, order_id: int, client_order_id: str
+    ) -> tuple[list[tuple[Shard, bytes]], list[ShardFailed]]:
+        """Every shard's read-only GetOrder of the order: the shards that have it (with their
+        answer), and those that failed otherwise than NOT_FOUND."""
         shards = self.router.map.shards
         request = api.GetOrderRequest(order_id=order_id, client_order_id=client_order_id)
         data = request.SerializeToString()
@@ -330,15 +488,22 @@ class ExecutionForwarder:
             *(self._call(shard, "GetOrder", data, caller) for shard in shards), return_exceptions=True
         )
         found: list[tuple[Shard, bytes]] = []
-        failed: list[_ShardFailed] = []
+        failed: list[ShardFailed] = []
         for shard, outcome in zip(shards, outcomes, strict=True):
             if isinstance(outcome, bytes):
                 found.append((shard, outcome))
-            elif isinstance(outcome, _ShardFailed):
+            elif isinstance(outcome, ShardFailed):
                 if outcome.error.code() != grpc.StatusCode.NOT_FOUND:
                     failed.append(outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
+        return found, failed
+
+    async def _probe(
+        self, context: grpc.aio.ServicerContext, caller: _Caller, order_id: int, client_order_id: str
+    ) -> tuple[Shard, bytes]:
+        """Ask every shard (read-only GetOrder) which holds the order."""
+        found, failed = await self._locate(caller, order_id, client_order_id)
         named = f"order_id {order_id}" if order_id else f"client_order_id {client_order_id!r}"
         if len(found) > 1:
             names = ", ".join(str(shard.shard_id) for shard, _ in found)
@@ -360,6 +525,8 @@ class ExecutionForwarder:
         self, method: str, cls: type[Any], data: bytes, context: grpc.aio.ServicerContext
     ) -> bytes:
         caller = await self._caller(context)
+        if method == "ReplaceOrder":
+            await self._admit(context, caller, 1)
         single = self.router.single
         if single is not None:
             return await self._forward(context, single, method, data, caller)
@@ -393,9 +560,9 @@ class ExecutionForwarder:
             *(self._call(shard, "CancelAll", data, caller) for shard in shards), return_exceptions=True
         )
         merged = api.CancelAllResponse(durable=True)
-        failures: list[_ShardFailed] = []
+        failures: list[ShardFailed] = []
         for outcome in outcomes:
-            if isinstance(outcome, _ShardFailed):
+            if isinstance(outcome, ShardFailed):
                 failures.append(outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
@@ -406,7 +573,7 @@ class ExecutionForwarder:
                     merged.sequence = part.sequence  # the last (highest id) shard that canceled
                     merged.durable = merged.durable and part.durable
         if failures:
-            code, message, _ = _status_of(failures[0])
+            code, message, _ = status_of(failures[0])
             await context.abort(
                 code,
                 f"{message}; the other shards canceled {len(merged.canceled_order_ids)} order(s): "
@@ -419,63 +586,220 @@ class ExecutionForwarder:
     async def get_stats(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         caller = await self._caller(context)
         single = self.router.single
-        if single is None:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"GetStats is per shard and the map has {len(self.router.map.shards)}: call each shard "
-                "(GatewayService.GetShardMap lists them)",
-            )
-        assert single is not None
-        return await self._forward(context, single, "GetStats", data, caller)
+        if single is not None:
+            return await self._forward(context, single, "GetStats", data, caller)
+        await _parse(context, api.GetStatsRequest, data)
+        shards = self.router.map.shards
+        outcomes = await asyncio.gather(
+            *(self._call(shard, "GetStats", data, caller) for shard in shards), return_exceptions=True
+        )
+        parts: list[api.GetStatsResponse] = []
+        for outcome in outcomes:
+            if isinstance(outcome, ShardFailed):  # partial figures would mislead: say which shard
+                await _abort_status(context, named_status(outcome, " (GetStats needs every shard)"))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                parts.append(api.GetStatsResponse.FromString(outcome))
+        return merge_stats(parts).SerializeToString()
 
     # --- streams -----------------------------------------------------------------------------------
-    async def stream_executions(self, data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        caller = await self._caller(context, stream=True)
-        shard = self.router.single
-        if shard is None:
-            request = await _parse(context, api.StreamExecutionsRequest, data)
-            if not request.symbol:
-                await context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    "StreamExecutions across shards is not served by the gateway yet: name a symbol "
-                    "(its shard's reports), or stream from each shard (GatewayService.GetShardMap)",
-                )
-            shard = self.router.shard_for_symbol(request.symbol)
-        channel = self._channel(shard)
-        call = channel.unary_stream("StreamExecutions")(
-            data, metadata=caller.metadata, timeout=caller.timeout_s
-        )
+    async def _cursor(self, context: grpc.aio.ServicerContext) -> dict[int, int] | None:
+        """The per-shard resume cursor the client sent (None: none sent)."""
+        text = security.metadata_value(context, CURSOR_METADATA)
+        if text is None:
+            return None
         try:
-            async for item in call:
+            return parse_cursor(text)
+        except CursorError as exc:
+            await _abort_bad_request(
+                context, CURSOR_METADATA, f"metadata {CURSOR_METADATA} must be SHARD_ID=SEQUENCE,...: {exc}"
+            )
+
+    async def stream_executions(self, data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """A symbol's (or the one shard's) stream passed through, resumed from the shard's entry of
+        the per-shard cursor when one is sent; without a symbol across shards, every shard's merged."""
+        caller = await self._caller(context, stream=True)
+        cursor = await self._cursor(context)
+        shard = self.router.single
+        request: api.StreamExecutionsRequest | None = None
+        if shard is None or cursor is not None:
+            request = await _parse(context, api.StreamExecutionsRequest, data)
+        if shard is None:
+            assert request is not None
+            if not request.symbol:
+                async for item in self._merged_executions(context, caller, request, cursor):
+                    yield item
+                return
+            shard = self.router.shard_for_symbol(request.symbol)
+        if cursor is not None and request is not None and shard.shard_id in cursor:
+            request.after_sequence = cursor[shard.shard_id]  # one shard: its cursor is the resume point
+            data = request.SerializeToString()
+        traced = otel_context.get_current() if self._recording() else None
+        upstream = self._open_upstream(caller, traced, shard, "StreamExecutions", data)
+        error: BaseException | None = None
+        try:
+            async for item in upstream.call:
                 yield item
         except grpc.aio.AioRpcError as err:
-            await _abort_failure(context, _ShardFailed(channel, err))
+            error = err
+            await _abort_failure(context, ShardFailed(upstream.channel, err))
+        except BaseException:  # the client went away: the gateway cancels the shard's stream
+            error = asyncio.CancelledError()
+            raise
         finally:
-            call.cancel()
+            upstream.call.cancel()
+            upstream.finish(error)
+
+    async def _merged_executions(
+        self,
+        context: grpc.aio.ServicerContext,
+        caller: _Caller,
+        request: api.StreamExecutionsRequest,
+        cursor: dict[int, int] | None,
+    ) -> AsyncIterator[bytes]:
+        """StreamExecutions of every shard (streams.py: the per-shard cursor)."""
+        shards = self.router.map.shards
+        if cursor is None:
+            if request.after_sequence > 0 and not request.live_only:
+                await _abort_bad_request(
+                    context,
+                    "after_sequence",
+                    f"report sequences are per shard and the shard map has {len(shards)}: one "
+                    f"after_sequence cannot say where you stopped on each. Resume with metadata "
+                    f"{CURSOR_METADATA}: SHARD_ID=SEQUENCE,... (a report's shard is its order_id >> "
+                    f"{ORDER_ID_SHARD_SHIFT}), or name a symbol",
+                )
+            cursor = {}
+        sent = {s.shard_id: cursor[s.shard_id] for s in shards if s.shard_id in cursor}
+        traced = otel_context.get_current() if self._recording() else None
+        upstreams: list[Upstream] = []
+        for shard in shards:
+            part = api.StreamExecutionsRequest(
+                after_sequence=cursor.get(shard.shard_id, 0), live_only=request.live_only
+            )
+            upstreams.append(
+                self._open_upstream(caller, traced, shard, "StreamExecutions", part.SerializeToString())
+            )
+        try:
+            async for item in merge_reports(
+                upstreams, sent, self.config.stream_merge_buffer_reports, lambda: self._shards_changed(shards)
+            ):
+                yield item
+        except StreamEnded as ended:
+            await _abort_status(context, ended.status, ended.trailing)
+
+    async def _shards_changed(self, shards: Sequence[Shard]) -> str:
+        """Returns once the routed map's shards differ from ``shards``, saying how."""
+        epoch = self.router.map.epoch
+        while True:
+            current = await self.app.next_map(epoch)
+            epoch = current.epoch
+            if tuple(current.shards) != tuple(shards):
+                now, were = _ids(current.shards), _ids(shards)
+                return f"the shard map changed (epoch {epoch}: shards {now}, were {were})"
 
     async def order_stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
+        """One shard: the shard's stream, passed through. Several: fanned out (fanout.py); the
+        client sees its acks in its input order across the whole stream, and each shard's reports
+        in that shard's sequence order, never before that shard's earlier acks; reports of
+        different shards interleave as they arrive."""
         caller = await self._caller(context, stream=True)
+        traced = otel_context.get_current() if self._recording() else None
         shard = self.router.single
-        if shard is None:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"OrderStream across {len(self.router.map.shards)} shards is not served by the gateway "
-                "yet: open one stream per shard (GatewayService.GetShardMap), or use SubmitOrders",
-            )
-        assert shard is not None
-        channel = self._channel(shard)
-        call = channel.stream_stream("OrderStream")(
-            requests, metadata=caller.metadata, timeout=caller.timeout_s
+        if shard is not None:
+            if self.app.rate_limits is not None:
+                requests = self._paced(requests, caller.account)
+            upstream = self._open_upstream(caller, traced, shard, "OrderStream", requests)
+            error: BaseException | None = None
+            try:
+                async for item in upstream.call:
+                    yield item
+            except grpc.aio.AioRpcError as err:
+                error = err
+                await _abort_failure(context, ShardFailed(upstream.channel, err))
+            except BaseException:  # the client went away: the gateway cancels the shard's stream
+                error = asyncio.CancelledError()
+                raise
+            finally:
+                upstream.call.cancel()
+                upstream.finish(error)
+            return
+
+        async def route(one: api.OrderInput) -> Shard:
+            return await self._route_input(caller, one)
+
+        async def pace(cost: int) -> None:
+            await self._pace(caller.account, cost)
+
+        config = self.config
+        fanout = OrderStreamFanout(
+            lambda target, method, request: self._open_upstream(caller, traced, target, method, request),
+            route,
+            pace if self.app.rate_limits is not None else None,
+            max_pending_inputs=config.order_stream_max_pending_inputs,
+            max_message_inputs=config.max_stream_message_inputs,
+            max_queued_messages=config.stream_max_queued_messages,
+            page_items=config.stream_page_items,
         )
         try:
-            async for item in call:
+            async for item in fanout.run(requests):
                 yield item
-        except grpc.aio.AioRpcError as err:
-            await _abort_failure(context, _ShardFailed(channel, err))
-        finally:
-            call.cancel()
+        except StreamEnded as ended:
+            await _abort_status(context, ended.status, ended.trailing)
+
+    async def _paced(self, requests: AsyncIterator[bytes], account: str) -> AsyncIterator[bytes]:
+        """``requests`` unchanged, each message let through once the account's bucket has its orders."""
+        async for data in requests:
+            try:
+                cost = order_cost(api.OrderStreamRequest.FromString(data))
+            except DecodeError:
+                cost = 0  # the shard answers it
+            await self._pace(account, cost)
+            yield data
+
+    async def _route_input(self, caller: _Caller, one: api.OrderInput) -> Shard:
+        """The shard an OrderStream input goes to, as the unary calls route (module docstring of
+        routing.py); what names no shard goes to the lowest id, which rejects it as any shard would.
+        Raises ShardFailed / StreamEnded when asking the shards for a client order id failed."""
+        router = self.router
+        which = one.WhichOneof("input")
+        if which == "new_order":
+            order = one.new_order
+            shard = router.shard_for_symbol(order.symbol)
+            router.routes.remember(caller.account, order.client_order_id, shard.shard_id)
+            return shard
+        first = router.map.shards[0]
+        if which is None:
+            return first
+        target = one.cancel if which == "cancel" else one.replace
+        if target.order_id > 0 and self.config.order_id_shard_bits:
+            return router.shard_for_order_id(target.order_id) or first
+        if not target.client_order_id and target.order_id <= 0:
+            return first
+        if target.client_order_id:
+            remembered = router.routes.recall(caller.account, target.client_order_id)
+            known = None if remembered is None else router.map.shard(remembered)
+            if known is not None:
+                return known
+        found, failed = await self._locate(caller, max(0, target.order_id), target.client_order_id)
+        if len(found) > 1:
+            names = ", ".join(str(shard.shard_id) for shard, _ in found)
+            raise StreamEnded(
+                status_pb2.Status(
+                    code=code_pb2.FAILED_PRECONDITION,
+                    message=f"a {which} input names orders on shards {names}: name the order by order_id",
+                )
+            )
+        if found:
+            if target.client_order_id:
+                router.routes.remember(caller.account, target.client_order_id, found[0][0].shard_id)
+            return found[0][0]
+        if failed:
+            raise failed[0]  # the order may be on the shard that did not answer
+        return first
 
 
 def map_proto(shard_map: ShardMap) -> gw.ShardMap:

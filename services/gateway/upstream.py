@@ -9,9 +9,12 @@ is never sent twice by the gateway (a failure goes back to the client with the s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
 
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.security import ClientCredentials
@@ -71,6 +74,53 @@ class ShardChannel:
                 f"/{EXECUTION_SERVICE}/{method}", None, None
             )
         return known
+
+
+class ShardFailed(Exception):
+    """A call to a shard failed: the channel it went on, and gRPC's error."""
+
+    def __init__(self, channel: ShardChannel, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(channel.name)
+        self.channel = channel
+        self.error = error
+
+
+STATUS_DETAILS = "grpc-status-details-bin"
+
+
+def status_of(failure: ShardFailed) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
+    """The status to answer for a shard's failure: transport failures name the shard; the shard's
+    own statuses pass through with their rich details (trailing ``grpc-status-details-bin``)."""
+    err, name = failure.error, failure.channel.name
+    code = err.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return code, f"{name} did not answer within the deadline", ()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return code, f"{name} is unavailable: {err.details()}", ()
+    trailing: tuple[tuple[str, Any], ...] = tuple(
+        (item[0], item[1])  # type: ignore[index]
+        for item in (err.trailing_metadata() or ())
+        if item[0] == STATUS_DETAILS  # type: ignore[index]
+    )
+    return code, err.details() or f"{name} answered {code.name}", trailing
+
+
+def named_status(failure: ShardFailed, suffix: str = "") -> status_pb2.Status:
+    """A shard's failure as a google.rpc.Status whose message names the shard (for a stream that
+    merges several shards, where the shard's own message would not say which one failed), with the
+    shard's rich details kept, then ``suffix``."""
+    code, message, trailing = status_of(failure)
+    name = failure.channel.name
+    if not message.startswith(name):
+        message = f"{name}: {message}"
+    status = status_pb2.Status(code=code.value[0], message=message + suffix)
+    for _, value in trailing:
+        try:
+            details: Sequence[any_pb2.Any] = status_pb2.Status.FromString(value).details
+        except Exception:  # not a google.rpc.Status: keep the message alone
+            continue
+        status.details.extend(details)
+    return status
 
 
 class UpstreamPool:
