@@ -18,8 +18,9 @@ Streaming methods are left out of the RPC figures: a stream's "latency" is its l
 watch that ends after an hour would look like an hour of load.
 
 It never blocks or crashes its service: each call has a deadline (``rpc_timeout_s``); a scaler
-that is down or refuses is retried with exponential backoff (up to ``max_backoff_s``) and logged
-at most once per ``log_every_s``; a scaler with no policy for the service (NOT_FOUND) is told
+that is down or refuses is retried with exponential backoff (up to ``max_backoff_s``, or
+:data:`FIRST_REPORT_MAX_BACKOFF_S` until a first report got through) and logged at most once per
+``log_every_s``; a scaler with no policy for the service (NOT_FOUND) is told
 again at the normal pace, so the replica counts as soon as a policy exists. When a reply says
 ``drain``, ``on_drain`` is called once (the services set their health to NOT_SERVING with
 :meth:`hftgate.grpcserver.RunningServer.set_serving`; the back end that started the replica
@@ -39,8 +40,8 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -54,6 +55,21 @@ from hftgate.v1 import scaler_pb2, scaler_pb2_grpc
 #: For this long after it starts, a reporter that has never reached the scaler logs its failures at
 #: debug level only: the scaler is started after the services it scales.
 STARTUP_QUIET_S = 30.0
+#: Until its first report is taken, a reporter retries at least this often: the scaler waits a few
+#: seconds after it starts for the replicas already running to report (its discovery_ms) before it
+#: starts min_replicas of a service, so a reporter backed off for longer would be started twice.
+FIRST_REPORT_MAX_BACKOFF_S = 2.0
+#: gRPC's own reconnect backoff grows to minutes while the scaler is not up yet (hftgate up starts
+#: it last), and a channel in backoff fails every call without trying: capped, the first report
+#: after the scaler starts gets through within the retry above, inside the scaler's discovery_ms.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+)
+#: The first report goes out this soon (or at the report interval, if shorter): it makes the replica
+#: known to the scaler (and, through WatchReplicas, to the gateway) and brings the scaler's interval.
+FIRST_REPORT_DELAY_S = 0.25
 log = logging.getLogger(__name__)
 
 #: The variable the scaler's back ends set to a replica's id (services/scaler/backends.py).
@@ -72,6 +88,9 @@ class ServiceFigures:
     orders_total: int | None = None
     #: Work queued inside the replica and not yet started.
     queue_depth: int = 0
+    #: Figures only this service has, sent as ReplicaMetrics.gauges for the scaler's optimiser
+    #: (the cache's ``near_cache_hit_ratio`` over the interval); at most 16, each finite.
+    gauges: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,7 @@ class Sample:
     cpu_cores: float
     memory_bytes: int
     queue_depth: int
+    gauges: Mapping[str, float] = field(default_factory=dict)
 
 
 def default_replica_id(environ: dict[str, str] | None = None) -> str:
@@ -276,6 +296,7 @@ class LoadReporter:
             cpu_cores=max(0.0, cpu - cpu_then) / interval,
             memory_bytes=memory,
             queue_depth=max(0, int(own.queue_depth)),
+            gauges={k: float(v) for k, v in list(own.gauges.items())[:16] if math.isfinite(v)},
         )
         self.last_sample = sample
         return sample
@@ -292,6 +313,8 @@ class LoadReporter:
             interval_ms=max(1, round(sample.interval_s * 1000)),
             reported_ns=time.time_ns(),
         )
+        if sample.gauges and "gauges" in _METRIC_FIELDS:
+            message.gauges.update(sample.gauges)
         # Fields the scaler's proto may grow (the replica's address, its memory, requests/s).
         for name, value in (
             ("address", self.address),
@@ -306,7 +329,7 @@ class LoadReporter:
     async def report_once(self) -> scaler_pb2.ReportMetricsResponse:
         """Sample and send one report; raises grpc.aio.AioRpcError when the scaler does not take it."""
         if self._stub is None:
-            self._channel = self.credentials.open_channel(self.scaler_address)
+            self._channel = self.credentials.open_channel(self.scaler_address, CHANNEL_OPTIONS)
             self._stub = scaler_pb2_grpc.ScalerServiceStub(self._channel)
         request = scaler_pb2.ReportMetricsRequest(metrics=self.metrics(self.sample()))
         reply: scaler_pb2.ReportMetricsResponse = await self._stub.ReportMetrics(
@@ -332,15 +355,21 @@ class LoadReporter:
             log.exception("the drain callback of %s failed", self.service)
 
     def _backoff_s(self, failures: int) -> float:
-        base = min(self.max_backoff_s, self.interval_s * 2 ** min(failures, 16))
+        ceiling = (
+            self.max_backoff_s if self.reports_sent else min(self.max_backoff_s, FIRST_REPORT_MAX_BACKOFF_S)
+        )
+        base = min(ceiling, self.interval_s * 2 ** min(failures, 16))
         return base * random.uniform(0.5, 1.0) if base > self.interval_s else self.interval_s
 
     async def _run(self) -> None:
         self.sample()  # the first interval starts now
         failures = 0
         started, reported = time.monotonic(), False
+        first = True
         while True:
             delay = self.interval_s if failures == 0 else self._backoff_s(failures)
+            if first:
+                delay, first = min(delay, FIRST_REPORT_DELAY_S), False
             await asyncio.sleep(delay)
             try:
                 await self.report_once()

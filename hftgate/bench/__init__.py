@@ -22,6 +22,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "crash": ("crash",),
     "tracing": ("tracing",),
     "gateway": ("gateway",),
+    "scaling": ("scaling",),
 }
 
 

@@ -34,10 +34,17 @@ class ScalerConfig:
     evaluation_interval_ms: int = 15_000
     #: What ReportMetricsResponse asks replicas to use.
     report_interval_ms: int = 1_000
+    #: After the scaler starts (or a policy appears), how long replicas already running (started
+    #: by ``hftgate up``, not by the scaler) have to report before min_replicas is enforced.
+    discovery_ms: int = 5_000
     #: A replica silent this long counts as missing its metric (policies that give none).
     stale_after_ms: int = 5_000
     #: A replica the scaler did not start is dropped (FAILED) after this long without a report.
     forget_after_ms: int = 60_000
+    #: Local back end: replicas of each stateless service kept started and SERVING in reserve
+    #: (STANDBY: no calls, not counted). A scale-up claims one at once instead of waiting for a
+    #: process to start (a "warm pool"), and another is started in its place. 0 = none.
+    warm_replicas: int = 0
     #: Between marking a replica DRAINING (balancers move away) and sending it SIGTERM.
     drain_ms: int = 2_000
     #: How often dead replicas are looked for (and restarted).
@@ -72,6 +79,16 @@ class ScalerConfig:
     kubernetes_request_timeout_s: float = 10.0
     kubernetes_ready_timeout_s: float = 120.0
     policies: tuple[str, ...] = ()
+    #: The optimiser (optimiser.py): tunes the cache's near-cache capacity toward
+    #: optimiser_hit_ratio_target and the execution journal's group-commit window toward
+    #: optimiser_p99_latency_target_ns, through each service's TuningService (scaler.proto), one
+    #: setting at a time, each trial measured over optimiser_window_ms.
+    optimiser_enabled: bool = False
+    optimiser_window_ms: int = 10_000
+    optimiser_sample_interval_ms: int = 1_000
+    optimiser_pause_ms: int = 5_000
+    optimiser_hit_ratio_target: float = 0.95
+    optimiser_p99_latency_target_ns: int = 1_000_000
     shutdown_grace_ms: int = 5_000
     #: Prometheus /metrics on 127.0.0.1 at this port (hftgate/prometheus.py); 0 = no metrics endpoint.
     metrics_port: int = 0
@@ -125,6 +142,26 @@ def load_config(environ: Mapping[str, str] | None = None) -> ScalerConfig:
     for name in ("evaluation_interval_ms", "report_interval_ms", "stale_after_ms", "monitor_interval_ms"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, not {getattr(config, name)}")
+    if config.optimiser_enabled:
+        if not 0 < config.optimiser_hit_ratio_target < 1:
+            raise ConfigError(
+                f"{ENV_PREFIX}OPTIMISER_HIT_RATIO_TARGET must be in (0, 1), "
+                f"not {config.optimiser_hit_ratio_target}"
+            )
+        if config.optimiser_p99_latency_target_ns <= 0:
+            raise ConfigError(f"{ENV_PREFIX}OPTIMISER_P99_LATENCY_TARGET_NS must be positive")
+        if (
+            config.optimiser_window_ms < 3 * config.optimiser_sample_interval_ms
+            or config.optimiser_sample_interval_ms <= 0
+        ):
+            raise ConfigError(
+                f"{ENV_PREFIX}OPTIMISER_WINDOW_MS must hold at least 3 samples of "
+                f"{ENV_PREFIX}OPTIMISER_SAMPLE_INTERVAL_MS (> 0)"
+            )
+    if not 0 <= config.warm_replicas <= 16:
+        raise ConfigError(f"{ENV_PREFIX}WARM_REPLICAS must be 0..16, not {config.warm_replicas}")
+    if config.discovery_ms < 0:
+        raise ConfigError(f"{ENV_PREFIX}DISCOVERY_MS must be >= 0, not {config.discovery_ms}")
     for name in ("max_replicas_per_service", "max_reports_per_replica", "max_decisions", "max_watchers"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, not {getattr(config, name)}")

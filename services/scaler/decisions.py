@@ -28,7 +28,10 @@ decision's reason):
    ``max(limit_replicas, ceil(start * (1 + limit_percent/100)))`` replicas at the end of any
    ``period`` when scaling up, at least ``min(start - limit_replicas, floor(start * (1 -
    limit_percent/100)))`` when scaling down, where ``start`` is the count at the period's start.
-6. **Bounds**: clamped to ``[min_replicas, max_replicas]``.
+6. **Bounds**: clamped to ``[min_replicas, max_replicas]``; while the service is *discovering*
+   (``ScalingMemory.discovering_until_ns``: just after the scaler started or the policy appeared)
+   the floor is what already runs, so replicas started outside the scaler (``hftgate up``) that
+   have not reported yet are not started a second time.
 
 Bounds of the memory: :data:`MAX_RECOMMENDATIONS` recommendations and :data:`MAX_SCALE_EVENTS`
 scale events per service, oldest dropped first (windows longer than that many evaluations see
@@ -77,6 +80,28 @@ class Action(StrEnum):
     HOLD = "hold"
     SCALE_UP = "scale_up"
     SCALE_DOWN = "scale_down"
+
+
+class ScalingKind(StrEnum):
+    """How a service's replica count changes.
+
+    STATELESS: any replica serves any call; scaling starts replicas, or drains and stops them.
+    SHARDED: each replica owns part of the state (execution shards own symbols); scaling moves
+    symbols between shards, so a replica is never drained and stopped like a stateless one
+    (app.py hands the change to a :class:`~services.scaler.app.ShardRebalancer`, or records
+    what it would have moved when none is wired in).
+    """
+
+    STATELESS = "stateless"
+    SHARDED = "sharded"
+
+
+#: Services whose replicas own state, scaled by moving it (a policy that names no kind).
+SHARDED_SERVICES: frozenset[str] = frozenset({"execution"})
+
+
+def default_kind(service: str) -> ScalingKind:
+    return ScalingKind.SHARDED if service in SHARDED_SERVICES else ScalingKind.STATELESS
 
 
 class InvalidPolicy(ValueError):
@@ -133,6 +158,12 @@ class Policy:
     stale_after_ms: int = 5_000
     #: Where replicas run ("local_process", "docker_compose", "kubernetes"; "" = the default).
     backend: str = ""
+    #: Stateless or sharded; None = by service (:func:`default_kind`).
+    kind: ScalingKind | None = None
+
+    @property
+    def scaling_kind(self) -> ScalingKind:
+        return self.kind if self.kind is not None else default_kind(self.service)
 
     @property
     def up_tolerance(self) -> float:
@@ -267,6 +298,10 @@ class ScalingMemory:
     scale_events: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=MAX_SCALE_EVENTS))
     #: No scale-down before this time (a panic is being held).
     panic_until_ns: int = 0
+    #: Until this time, replicas already running (started outside the scaler, e.g. by
+    #: ``hftgate up``) may not have reported yet: min_replicas is not enforced, so an empty or
+    #: short service is not filled with replicas it already has. Load-driven changes still apply.
+    discovering_until_ns: int = 0
     forecaster: HoltWinters | None = None
     #: The settings the forecaster was made with (a policy change remakes it).
     forecaster_settings: ForecastSettings | None = None
@@ -432,7 +467,15 @@ def decide(now_ns: int, policy: Policy, loads: Sequence[ReplicaLoad], memory: Sc
             forecast_replicas_raw = math.ceil(needed)
 
     parts: list[str] = []
-    if current == 0:
+    discovering = now_ns < memory.discovering_until_ns
+    discovery_left_ms = (memory.discovering_until_ns - now_ns) // NS_PER_MS if discovering else 0
+    if current == 0 and discovering:
+        hpa = HpaResult(0, 0.0, 0.0, "no replicas")
+        parts.append(
+            f"no replica has reported yet: waiting {discovery_left_ms} ms more for running ones "
+            f"before starting min_replicas {policy.min_replicas}"
+        )
+    elif current == 0:
         hpa = HpaResult(policy.min_replicas, 0.0, 0.0, "no replicas")
         parts.append(f"no replicas: start min_replicas {policy.min_replicas}")
     else:
@@ -486,10 +529,15 @@ def decide(now_ns: int, policy: Policy, loads: Sequence[ReplicaLoad], memory: Sc
             if why:
                 notes.append(why)
             value = limited
-        clamped = min(max(value, policy.min_replicas), policy.max_replicas)
+        # While discovering, the floor is what already runs: the replicas that have not reported
+        # yet are probably running, and min_replicas would start their twins.
+        floor = min(policy.min_replicas, max(value, current)) if discovering else policy.min_replicas
+        clamped = min(max(value, floor), policy.max_replicas)
         if clamped != value:
             bound = "max_replicas" if clamped < value else "min_replicas"
             notes.append(f"clamped to {bound} {clamped}")
+        elif discovering and current and value < policy.min_replicas:
+            notes.append(f"min_replicas {policy.min_replicas} waits {discovery_left_ms} ms for reports")
         return clamped, notes
 
     desired, notes = settle(recommended)

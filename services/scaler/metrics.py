@@ -1,4 +1,5 @@
-"""Prometheus view of the scaler: replicas per service and state, its latest decision per service.
+"""Prometheus view of the scaler: replicas per service and state, its latest decision per service,
+the optimiser's trials in the decision log.
 
 Read when Prometheus scrapes (from the metrics server's thread: a table the event loop changes
 meanwhile is read again). ``python -m services.scaler`` registers it on the default registry and
@@ -13,7 +14,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from services.scaler.app import DecisionRecord, Scaler
+from services.scaler.app import DecisionRecord, Scaler, TrialRecord
 from services.scaler.registry import Replica, ReplicaState
 
 _READ_ATTEMPTS = 5
@@ -25,17 +26,22 @@ class ScalerCollector(Collector):
     def __init__(self, scaler: Scaler) -> None:
         self.scaler = scaler
 
-    def _read(self) -> tuple[tuple[Replica, ...], list[DecisionRecord], list[str]]:
+    def _read(self) -> tuple[tuple[Replica, ...], list[DecisionRecord], list[str], list[TrialRecord]]:
         for attempt in range(_READ_ATTEMPTS):
             try:
-                return self.scaler.registry.all(), list(self.scaler.decisions), list(self.scaler.policies)
+                return (
+                    self.scaler.registry.all(),
+                    list(self.scaler.decisions),
+                    list(self.scaler.policies),
+                    list(self.scaler.trials),
+                )
             except RuntimeError:  # changed by the event loop while read: read again
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        replicas, decisions, policies = self._read()
+        replicas, decisions, policies, trials = self._read()
         by_state = GaugeMetricFamily(
             "hftgate_scaler_replicas",
             "Replicas the scaler knows, by service and state",
@@ -71,6 +77,18 @@ class ScalerCollector(Collector):
         yield CounterMetricFamily(
             "hftgate_scaler_restarts", "Replicas restarted after they died", value=self.scaler.restarts
         )
+        kept: dict[tuple[str, str, str], int] = {}
+        for trial in (t.trial for t in trials):
+            trial_key = (trial.service, trial.setting, "true" if trial.kept else "false")
+            kept[trial_key] = kept.get(trial_key, 0) + 1
+        by_setting = GaugeMetricFamily(
+            "hftgate_scaler_optimiser_trials",
+            "Optimiser trials in the decision log, by service, setting and whether the change was kept",
+            labels=["service", "setting", "kept"],
+        )
+        for (service, setting, was_kept), count in sorted(kept.items()):
+            by_setting.add_metric([service, setting, was_kept], count)
+        yield by_setting
 
 
 def register(scaler: Scaler, registry: CollectorRegistry = REGISTRY) -> ScalerCollector:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -30,6 +30,9 @@ class ReplicaState(StrEnum):
     DRAINING = "draining"
     STOPPED = "stopped"
     FAILED = "failed"
+    #: Started and held in reserve (a warm replica): takes no calls, not counted; a scale-up
+    #: claims it (READY) instead of starting a process.
+    STANDBY = "standby"
 
 
 class Change(StrEnum):
@@ -59,9 +62,32 @@ class Report:
     address: str = ""
     memory_bytes: int = 0
     requests_per_s: float = 0.0
+    #: Figures only this service has (``near_cache_hit_ratio``), for the optimiser's objectives.
+    gauges: Mapping[str, float] = field(default_factory=dict)
 
     def value(self, metric: Metric) -> float:
         return float(getattr(self, metric.value))
+
+    def figure(self, name: str) -> float | None:
+        """A report field or gauge by name (the optimiser's objectives); None when it has none."""
+        if name in self.gauges:
+            return float(self.gauges[name])
+        if name in _NUMERIC_FIELDS:
+            return float(getattr(self, name))
+        return None
+
+
+_NUMERIC_FIELDS = frozenset(
+    {
+        "cpu_cores",
+        "inflight_requests",
+        "orders_per_s",
+        "p99_latency_ns",
+        "queue_depth",
+        "memory_bytes",
+        "requests_per_s",
+    }
+)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from services.scaler.app import (
     NotFound,
     PermissionDenied,
     Scaler,
+    TrialRecord,
     kubernetes_backend,
     parse_policies,
 )
@@ -40,8 +41,9 @@ from services.scaler.backends import (
     default_local_env,
 )
 from services.scaler.config import ScalerConfig
-from services.scaler.decisions import Action, Metric, Policy, RateLimit
+from services.scaler.decisions import Action, Metric, Policy, RateLimit, ScalingKind
 from services.scaler.registry import Change, Replica, ReplicaEvent, ReplicaState, Report, TableFull
+from services.scaler.tuning import build_optimiser
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ _STATES = {
     ReplicaState.DRAINING: scaler_pb2.REPLICA_STATE_DRAINING,
     ReplicaState.STOPPED: scaler_pb2.REPLICA_STATE_STOPPED,
     ReplicaState.FAILED: scaler_pb2.REPLICA_STATE_FAILED,
+    ReplicaState.STANDBY: scaler_pb2.REPLICA_STATE_STANDBY,
 }
 _BACKENDS = {
     "": scaler_pb2.SCALING_BACKEND_UNSPECIFIED,
@@ -75,6 +78,11 @@ _BACKENDS = {
     KUBERNETES: scaler_pb2.SCALING_BACKEND_KUBERNETES,
 }
 _BACKENDS_BACK = {v: k for k, v in _BACKENDS.items()}
+_KINDS = {
+    ScalingKind.STATELESS: scaler_pb2.SCALING_KIND_STATELESS,
+    ScalingKind.SHARDED: scaler_pb2.SCALING_KIND_SHARDED,
+}
+_KINDS_BACK = {v: k for k, v in _KINDS.items()}
 _CHANGES = {
     Change.SNAPSHOT: scaler_pb2.REPLICA_CHANGE_SNAPSHOT,
     Change.ADDED: scaler_pb2.REPLICA_CHANGE_ADDED,
@@ -103,6 +111,7 @@ def report_from_proto(metrics: scaler_pb2.ReplicaMetrics) -> Report:
         address=metrics.address,
         memory_bytes=metrics.memory_bytes,
         requests_per_s=metrics.requests_per_s,
+        gauges=dict(metrics.gauges),
     )
 
 
@@ -120,6 +129,7 @@ def report_to_proto(report: Report) -> scaler_pb2.ReplicaMetrics:
         address=report.address,
         memory_bytes=report.memory_bytes,
         requests_per_s=report.requests_per_s,
+        gauges=dict(report.gauges),
     )
 
 
@@ -139,6 +149,8 @@ def policy_from_proto(p: scaler_pb2.ScalingPolicy) -> Policy:
         raise InvalidArgument("policy.metric", "must be set to a ScalingMetric")
     if p.backend not in _BACKENDS_BACK:
         raise InvalidArgument("policy.backend", f"unknown ScalingBackend {p.backend}")
+    if p.kind != scaler_pb2.SCALING_KIND_UNSPECIFIED and p.kind not in _KINDS_BACK:
+        raise InvalidArgument("policy.kind", f"unknown ScalingKind {p.kind}")
     if not math.isfinite(p.panic_threshold):
         raise InvalidArgument("policy.panic_threshold", f"must be a finite number, not {p.panic_threshold!r}")
     panic = DEFAULT_PANIC_THRESHOLD if p.panic_threshold == 0 else max(0.0, p.panic_threshold)
@@ -175,6 +187,7 @@ def policy_from_proto(p: scaler_pb2.ScalingPolicy) -> Policy:
         forecast_only=p.forecast_only,
         stale_after_ms=p.stale_after_ms,
         backend=_BACKENDS_BACK[p.backend],
+        kind=_KINDS_BACK.get(p.kind),
     )
 
 
@@ -204,6 +217,7 @@ def policy_to_proto(policy: Policy) -> scaler_pb2.ScalingPolicy:
         season_ms=policy.season_ms,
         forecast_only=policy.forecast_only,
         stale_after_ms=policy.stale_after_ms,
+        kind=_KINDS[policy.scaling_kind],
     )
 
 
@@ -228,6 +242,7 @@ def decision_to_proto(record: DecisionRecord) -> scaler_pb2.ScalingDecision:
         panic=d.panic,
         forecast_replicas=d.forecast_replicas,
         forecast_only=d.forecast_only,
+        recorded_only=record.recorded_only,
         inputs=[
             scaler_pb2.DecisionInput(
                 replica_id=load.replica_id,
@@ -237,6 +252,37 @@ def decision_to_proto(record: DecisionRecord) -> scaler_pb2.ScalingDecision:
             )
             for load in d.loads
         ],
+    )
+
+
+def trial_to_proto(record: TrialRecord) -> scaler_pb2.ScalingDecision:
+    """An optimiser trial as a decision with action TUNE (replica fields 0)."""
+    t = record.trial
+    measured = t.measured
+    return scaler_pb2.ScalingDecision(
+        decision_id=record.decision_id,
+        service=t.service,
+        decided_ns=t.decided_ns,
+        action=scaler_pb2.SCALING_ACTION_TUNE,
+        reason=t.reason,
+        applied=t.kept,
+        trial=scaler_pb2.OptimiserTrial(
+            setting=t.setting,
+            purpose=str(t.purpose),
+            from_value=t.from_value,
+            to_value=t.to_value,
+            objective_metric=t.objective.metric,
+            objective_target=t.objective.target,
+            higher_is_better=t.objective.higher_is_better,
+            baseline_mean=t.baseline.mean,
+            baseline_stderr=t.baseline.stderr,
+            measured_mean=measured.mean if measured else 0.0,
+            measured_stderr=measured.stderr if measured else 0.0,
+            has_measured=measured is not None,
+            kept=t.kept,
+            started_ns=t.started_ns,
+            window_ms=t.window_ms,
+        ),
     )
 
 
@@ -287,8 +333,12 @@ class ScalerServicer(scaler_pb2_grpc.ScalerServiceServicer):
     ) -> Any:
         if request.limit < 0:
             await _abort_bad_request(context, "limit", f"must be >= 0, not {request.limit}")
-        records = self._scaler.get_decisions(request.service, request.since_ns, request.limit)
-        return scaler_pb2.GetDecisionsResponse(decisions=[decision_to_proto(r) for r in records])
+        records = self._scaler.get_log(request.service, request.since_ns, request.limit)
+        return scaler_pb2.GetDecisionsResponse(
+            decisions=[
+                trial_to_proto(r) if isinstance(r, TrialRecord) else decision_to_proto(r) for r in records
+            ]
+        )
 
     async def ListReplicas(
         self, request: scaler_pb2.ListReplicasRequest, context: grpc.aio.ServicerContext
@@ -385,6 +435,8 @@ async def start(
     if security is None:
         security = load_suite_security("scaler")
     scaler = Scaler(config, backends if backends is not None else default_backends(config, security))
+    if config.optimiser_enabled:
+        scaler.attach_optimiser(build_optimiser(config, scaler.registry, security.credentials))
     for policy in parse_policies(config.policies):
         scaler.set_policy("admin", policy)
     servicer = ScalerServicer(scaler, security.secret)

@@ -35,7 +35,7 @@ def pid_alive(pid: int) -> bool:
 @pytest.mark.slow
 async def test_local_backend_starts_restarts_and_stops_real_marketdata_replicas(tmp_path: Path) -> None:
     backend = LocalProcessBackend(dict(os.environ), tmp_path, startup_timeout_s=60, stop_grace_s=10)
-    config = ScalerConfig(port=0, state_dir=str(tmp_path), drain_ms=50)
+    config = ScalerConfig(port=0, state_dir=str(tmp_path), drain_ms=50, discovery_ms=0)
     scaler = Scaler(config, {"local_process": backend})
     try:
         scaler.set_policy(

@@ -316,3 +316,25 @@ def test_invalid_policies_name_their_field(change: dict[str, object], field_name
 def test_default_policy_is_valid() -> None:
     INFLIGHT.validate()
     Policy(service="cache").validate()
+
+
+# --- discovery: replicas already running are counted, not started twice --------------------------------
+def test_while_discovering_an_empty_service_waits_for_reports_instead_of_starting_min_replicas() -> None:
+    policy = replace(INFLIGHT, min_replicas=2)
+    memory = ScalingMemory(discovering_until_ns=START_NS + 5_000 * NS_PER_MS)
+    decision = decide(START_NS, policy, [], memory)
+    assert decision.action is Action.HOLD and decision.desired_replicas == 0
+    assert "no replica has reported yet: waiting 5000 ms more" in decision.reason
+    # The running replicas report: they are the current count, and min_replicas waits for the rest.
+    decision = decide(START_NS + 1_000 * NS_PER_MS, policy, ready(100), memory)
+    assert decision.action is Action.HOLD and decision.desired_replicas == 1
+    assert "min_replicas 2 waits 4000 ms for reports" in decision.reason
+    # Discovery over: min_replicas is enforced again.
+    decision = decide(START_NS + 5_000 * NS_PER_MS, policy, ready(100), memory)
+    assert decision.action is Action.SCALE_UP and decision.desired_replicas == 2
+
+
+def test_while_discovering_load_still_scales_up() -> None:
+    memory = ScalingMemory(discovering_until_ns=START_NS + 5_000 * NS_PER_MS)
+    decision = decide(START_NS, INFLIGHT, ready(300, 300), memory)
+    assert decision.action is Action.SCALE_UP and decision.desired_replicas == 6

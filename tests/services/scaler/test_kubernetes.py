@@ -319,7 +319,8 @@ async def test_a_refused_scale_up_is_recorded_in_the_decision(
     state, host = api
     backend = backend_for(host)
     scaler = Scaler(
-        ScalerConfig(port=0, state_dir=str(tmp_path), default_backend=KUBERNETES), {KUBERNETES: backend}
+        ScalerConfig(port=0, state_dir=str(tmp_path), default_backend=KUBERNETES, discovery_ms=0),
+        {KUBERNETES: backend},
     )
     try:
         scaler.set_policy(

@@ -19,7 +19,7 @@ from hftgate.v1 import scaler_pb2 as pb
 from hftgate.v1 import scaler_pb2_grpc
 from services.scaler.backends import Backend, BackendError, Started
 from services.scaler.config import ScalerConfig
-from services.scaler.decisions import Policy
+from services.scaler.decisions import Metric, Policy
 from services.scaler.server import ScalerRunningServer, start
 
 Metadata = tuple[tuple[str, str], ...]
@@ -393,3 +393,205 @@ async def test_scale_down_drains_then_stops(world: World) -> None:
         await asyncio.sleep(0.01)
     assert sorted(s[1] for s in world.backend.stopped) == sorted(draining)
     assert [r.replica_id for r in world.scaler.registry.all()] == ["md-a"]
+
+
+# --- replicas already running, sharded services, optimiser trials ---------------------------------------
+async def test_replicas_already_running_are_counted_not_started_again(world: World) -> None:
+    """hftgate up starts the services before the scaler: their reports make the current count."""
+    world.scaler.set_policy(
+        "admin", Policy(service="cache", min_replicas=2, max_replicas=4, target_value=100)
+    )
+    record = await world.scaler.evaluate("cache")  # nothing reported yet
+    assert record.decision.action.value == "hold" and world.backend.started == []
+    await world.report("cache", "cache-started-by-hftgate-up", 50, service="cache")
+    record = await world.scaler.evaluate("cache")
+    assert record.decision.current_replicas == 1 and world.backend.started == []
+    assert "waits" in record.decision.reason
+
+
+class FakeRebalancer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int]] = []
+
+    async def rebalance(self, service: str, current_shards: int, desired_shards: int) -> int:
+        self.calls.append((service, current_shards, desired_shards))
+        return desired_shards
+
+
+async def test_execution_is_sharded_and_without_a_mover_decisions_are_recorded_only(world: World) -> None:
+    world.scaler.set_policy(
+        "admin",
+        Policy(
+            service="execution",
+            target_value=100.0,
+            max_replicas=4,
+            scale_down_stabilization_ms=0,
+            panic_threshold=0.0,
+        ),
+    )
+    reply = await world.stub.GetPolicy(pb.GetPolicyRequest(service="execution"), metadata=token("admin"))
+    assert reply.policy.kind == pb.SCALING_KIND_SHARDED
+    await world.report("execution", "shard-0", 300, service="execution")
+    record = await world.scaler.evaluate("execution")
+    assert record.decision.desired_replicas == 3
+    assert record.recorded_only and not record.applied and record.error == ""
+    assert "would move symbols to add 2 shard(s) (1 -> 3)" in record.decision.reason
+    assert world.backend.started == []  # no shard-0 twin started
+    # Light load on two shards: the scale-down is recorded, and no shard is drained.
+    await world.report("execution", "shard-1", 1, service="execution")
+    await world.report("execution", "shard-0", 1, service="execution")
+    record = await world.scaler.evaluate("execution")
+    assert record.decision.desired_replicas == 1 and record.recorded_only
+    assert {r.state.value for r in world.scaler.registry.all("execution")} == {"ready"}
+    assert (await world.report("execution", "shard-1", 1, service="execution")).drain is False
+    [latest, *_] = (
+        await world.stub.GetDecisions(pb.GetDecisionsRequest(service="execution"), metadata=token("admin"))
+    ).decisions
+    assert latest.recorded_only and not latest.applied
+    # With a mover wired in, it carries the change out.
+    mover = FakeRebalancer()
+    world.scaler.rebalancer = mover
+    await world.report("execution", "shard-0", 1, service="execution")
+    record = await world.scaler.evaluate("execution")
+    assert mover.calls == [("execution", 2, 1)]
+    assert record.applied and not record.recorded_only
+    assert world.backend.stopped == []
+
+
+async def test_a_kind_that_does_not_fit_the_service_is_refused(world: World) -> None:
+    policy = pb.ScalingPolicy(
+        service="execution",
+        metric=pb.SCALING_METRIC_INFLIGHT_REQUESTS,
+        target_value=10,
+        kind=pb.SCALING_KIND_STATELESS,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await world.stub.SetPolicy(pb.SetPolicyRequest(policy=policy), metadata=token("admin"))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_field(raised.value) == "policy.kind"
+    assert "scale by moving them" in (raised.value.details() or "")
+
+
+async def test_optimiser_trials_are_served_with_the_decisions(world: World) -> None:
+    from services.scaler.optimiser import Optimiser, OptimiserSettings, near_cache_knob
+
+    from .test_optimiser import SimulatedSuite
+
+    suite = SimulatedSuite(noise=0.002)
+    optimiser = Optimiser(
+        [near_cache_knob(0.95, settle_ms=0)],
+        suite,
+        suite,
+        OptimiserSettings(window_ms=2_000, sample_interval_ms=200),
+        clock=suite.clock,
+        sleep=suite.sleep,
+        on_trial=world.scaler.record_trial,
+    )
+    await world.report("marketdata", "md-a", 100)
+    await world.scaler.evaluate("marketdata")
+    assert await optimiser.step() is not None
+    reply = await world.stub.GetDecisions(pb.GetDecisionsRequest(), metadata=token("admin"))
+    tune, scaling = reply.decisions
+    assert tune.decision_id > scaling.decision_id  # one sequence, newest first
+    assert tune.action == pb.SCALING_ACTION_TUNE and tune.service == "cache"
+    assert tune.applied and tune.trial.kept and tune.trial.has_measured
+    assert (tune.trial.setting, tune.trial.from_value, tune.trial.to_value) == ("l1_max_entries", 1024, 2048)
+    assert tune.trial.objective_metric == "near_cache_hit_ratio" and tune.trial.higher_is_better
+    assert tune.trial.measured_mean > tune.trial.baseline_mean
+    assert "kept" in tune.reason
+    only_cache = await world.stub.GetDecisions(
+        pb.GetDecisionsRequest(service="cache"), metadata=token("admin")
+    )
+    assert [d.action for d in only_cache.decisions] == [pb.SCALING_ACTION_TUNE]
+
+
+async def test_a_warm_replica_is_claimed_at_once_by_a_scale_up_and_replaced(tmp_path: Any) -> None:
+    from services.scaler.app import Scaler
+    from services.scaler.registry import ReplicaState
+
+    backend = RecordingBackend()
+    scaler = Scaler(
+        ScalerConfig(port=0, state_dir=str(tmp_path), warm_replicas=1, discovery_ms=0),
+        {"local_process": backend},
+    )
+    try:
+        scaler.set_policy("admin", Policy(service="marketdata", target_value=100.0, max_replicas=3))
+        await scaler.check_replicas()
+        for _ in range(100):
+            if backend.started:
+                break
+            await asyncio.sleep(0.01)
+        [warm] = scaler.registry.all("marketdata")
+        assert warm.state is ReplicaState.STANDBY and warm.address
+        # Held in reserve: not counted, never a decision's input, and it may report.
+        await asyncio.sleep(0)
+        scaler.report("marketdata", _report("md-a", 250))
+        scaler.report("marketdata", _report(warm.replica_id, 0))
+        assert [
+            load.replica_id for load in scaler.registry.loads("marketdata", Metric.INFLIGHT_REQUESTS, 5_000)
+        ] == ["md-a"]
+        record = await scaler.evaluate("marketdata")  # 2.5x: panic, to 3
+        assert record.applied and record.decision.desired_replicas == 3
+        states = {r.replica_id: r.state for r in scaler.registry.all("marketdata")}
+        assert states[warm.replica_id] is ReplicaState.READY  # claimed, not started
+        assert len(backend.started) == 2  # the warm one, then one cold start
+        await scaler.check_replicas()  # the monitor starts the next warm replica
+        for _ in range(100):
+            if len(backend.started) == 3:
+                break
+            await asyncio.sleep(0.01)
+        standby = [r for r in scaler.registry.all("marketdata") if r.state is ReplicaState.STANDBY]
+        assert len(standby) == 1 and standby[0].replica_id != warm.replica_id
+    finally:
+        await scaler.close()
+
+
+def _report(replica_id: str, inflight: int) -> Any:
+    from services.scaler.registry import Report
+
+    return Report(service="marketdata", replica_id=replica_id, inflight_requests=inflight)
+
+
+async def test_a_slow_start_does_not_let_the_next_evaluation_scale_straight_back_down(tmp_path: Any) -> None:
+    """Nothing is evaluated while replicas start; the windows count from when the start finished."""
+    from services.scaler.app import Scaler
+
+    clock = {"now": 1_700_000_000 * 1_000_000_000}
+
+    class SlowBackend(RecordingBackend):
+        async def start(self, service: str, replica_id: str, target_count: int) -> Started:
+            clock["now"] += 10_000 * 1_000_000  # ten seconds to start
+            return await super().start(service, replica_id, target_count)
+
+    backend = SlowBackend()
+    scaler = Scaler(
+        ScalerConfig(port=0, state_dir=str(tmp_path), discovery_ms=0),
+        {"local_process": backend},
+        clock=lambda: clock["now"],
+    )
+    try:
+        scaler.set_policy(
+            "admin",
+            Policy(
+                service="marketdata",
+                target_value=100.0,
+                max_replicas=3,
+                scale_down_stabilization_ms=6_000,
+                panic_hold_ms=6_000,
+            ),
+        )
+        scaler.report("marketdata", _report("md-a", 450))
+        record = await scaler.evaluate("marketdata")  # panic: to 3, which takes 20 s
+        assert record.decision.desired_replicas == 3 and len(backend.started) == 2
+        for replica in scaler.registry.all("marketdata"):
+            scaler.report("marketdata", _report(replica.replica_id, 5))
+        clock["now"] += 500 * 1_000_000
+        record = await scaler.evaluate("marketdata")
+        assert record.decision.action.value == "hold" and record.decision.desired_replicas == 3
+        clock["now"] += 6_000 * 1_000_000  # the window has passed: now it may come down
+        for replica in scaler.registry.all("marketdata"):
+            scaler.report("marketdata", _report(replica.replica_id, 5))
+        record = await scaler.evaluate("marketdata")
+        assert record.decision.action.value == "scale_down"
+    finally:
+        await scaler.close()
