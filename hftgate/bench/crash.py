@@ -39,8 +39,16 @@ The checks, after every kill and at the end:
 recovery and the ledger catch-up are done), interpreter start included; ``service_recovery_ms_*``
 is the service's own figure for loading the snapshot and replaying the journal.
 
-``hftgate bench crash --kills 10 --json`` runs :func:`run`; the short test in ``make test``
-calls :func:`run_crash_harness` with a few kills.
+**Two shards** (``CrashSettings.shards=2``, the default of :func:`run`, as ``hftgate up`` runs
+execution): :class:`hftgate.bench.gateway.ShardedSuite` starts two shard processes (BTCUSDT pinned
+to shard 0, ETHUSDT to shard 1, one ledger database, one shard map), every account streams to
+both, and the kills alternate between the shards while the other one keeps trading. Each shard
+is checked on its own (input sequences and journaled order ids are per shard; acks and the
+ledger carry public ids, the shard in bits 48-62, so the verifier adds the shard's base), and
+the one ledger against the fills of both.
+
+``hftgate bench crash --kills 10 --json`` runs :func:`run`; the short tests in ``make test``
+call :func:`run_crash_harness` with a few kills, on one shard and on two.
 """
 
 from __future__ import annotations
@@ -63,7 +71,14 @@ from typing import Any
 
 import numpy as np
 
-from hftgate.bench.execution import Account, ExecutionProcess, OrderFlow, run_prefix
+from hftgate.bench.execution import (
+    DEMO_MID_PRICE_TICKS,
+    DEMO_SYMBOL,
+    Account,
+    ExecutionProcess,
+    OrderFlow,
+    run_prefix,
+)
 from hftgate.grpcserver import CHANNEL_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -104,6 +119,10 @@ class CrashSettings:
     live_check_orders: int = 100
     startup_timeout_s: float = 60.0
     seed: int = 0
+    #: Execution shards (1 or 2). With two (:class:`hftgate.bench.gateway.ShardedSuite`: BTCUSDT
+    #: pinned to shard 0, ETHUSDT to shard 1, one ledger), every account trades on both, one
+    #: stream per shard, and the kills alternate between the shards while the other keeps trading.
+    shards: int = 1
 
 
 @dataclass
@@ -118,6 +137,7 @@ class SentInput:
     quantity_lots: int = 0
     time_in_force: int = 0
     symbol: str = ""
+    shard: int = 0  # the shard it was sent to (sequences and order ids are per shard)
     acked: bool = False
     in_doubt: bool = False
     status: int = 0
@@ -141,8 +161,8 @@ class ClientRecord:
             raise RuntimeError(f"input sent twice: {sent.key}")
         self.inputs[sent.key] = sent
 
-    def acked_with_sequence(self) -> list[SentInput]:
-        return [s for s in self.inputs.values() if s.acked and s.sequence > 0]
+    def acked_with_sequence(self, shard: int = 0) -> list[SentInput]:
+        return [s for s in self.inputs.values() if s.acked and s.sequence > 0 and s.shard == shard]
 
 
 class Trader:
@@ -155,7 +175,9 @@ class Trader:
         record: ClientRecord,
         settings: CrashSettings,
         rng: random.Random,
+        shard: int = 0,
     ) -> None:
+        self.shard = shard
         self.account = account
         self.flow = flow
         self.record = record
@@ -175,7 +197,9 @@ class Trader:
                 inputs.append(
                     execution_pb2.OrderInput(cancel=execution_pb2.CancelOrderRequest(client_order_id=target))
                 )
-                sent.append(SentInput(self.account.name, "cancel", target))
+                sent.append(
+                    SentInput(self.account.name, "cancel", target, symbol=self.flow.symbol, shard=self.shard)
+                )
                 continue
             fields = self.flow.next_fields()
             inputs.append(execution_pb2.OrderInput(new_order=execution_pb2.NewOrder(**fields)))
@@ -189,6 +213,7 @@ class Trader:
                     quantity_lots=fields["quantity_lots"],
                     time_in_force=fields["time_in_force"],
                     symbol=fields["symbol"],
+                    shard=self.shard,
                 )
             )
         return inputs, sent
@@ -297,13 +322,18 @@ class Verifier:
     the inputs journaled since the previous one.
     """
 
-    def __init__(self, process: ExecutionProcess, record: ClientRecord) -> None:
+    def __init__(self, process: ExecutionProcess, record: ClientRecord, shard: int = 0) -> None:
         from hftgate.matching.reference import ReferenceEngine
+        from hftgate.shardmap import make_order_id
         from services.execution.config import load_config
         from services.execution.recovery import engine_config_of
 
         self.process = process
         self.record = record
+        self.shard = shard
+        # The journal holds the shard's own order ids; acks and the ledger carry public ones
+        # (the shard id in bits 48-62): public = local + id_base.
+        self.id_base = make_order_id(shard, 1) - 1
         self.config = load_config(process.environment())
         self.reference = ReferenceEngine(engine_config_of(self.config), symbols=())
         self.verified_through = 0  # input sequence
@@ -348,7 +378,7 @@ class Verifier:
 
         # Every input acked since the last check must be among those journaled since.
         journaled = set(sequences.tolist())
-        for sent in self.record.acked_with_sequence():
+        for sent in self.record.acked_with_sequence(self.shard):
             if sent.sequence > self.verified_through and sent.sequence not in journaled:
                 result.lost_acked += 1
                 result.problems.append(f"{sent.key} acked as input {sent.sequence}, not in the journal")
@@ -398,10 +428,11 @@ class Verifier:
                 commands["order_id"][i], commands["account_id"][i] = order_id, account_id
                 commands["action"][i] = Action.CANCEL
                 continue
-            if sent.order_id and sent.order_id != order_id:
+            public_id = self.id_base + order_id
+            if sent.order_id and sent.order_id != public_id:
                 result.lost_acked += 1
-                result.problems.append(f"{sent.key} acked as order {sent.order_id}, journaled as {order_id}")
-            sent.order_id = order_id
+                result.problems.append(f"{sent.key} acked as order {sent.order_id}, journaled as {public_id}")
+            sent.order_id = public_id
             commands[i] = (
                 order_id, account_ids[sent.account], sent.price_ticks, sent.quantity_lots, 0, 0,
                 whole.symbols[sent.symbol], 0, Action.NEW, sent.side, OrderType.LIMIT, sent.time_in_force,
@@ -424,10 +455,11 @@ class Verifier:
         taker_buys = fills["side"] == Side.BUY
         buys = np.where(taker_buys, fills["order_id"], fills["maker_order_id"])
         sells = np.where(taker_buys, fills["maker_order_id"], fills["order_id"])
-        for fill in zip(
+        base = self.id_base
+        for buy, sell, price, qty in zip(
             buys.tolist(), sells.tolist(), fills["price"].tolist(), fills["qty"].tolist(), strict=True
         ):
-            self.reference_fills[fill] += 1
+            self.reference_fills[(base + buy, base + sell, price, qty)] += 1
 
 
 def _diff(expected: dict[str, Any], actual: dict[str, Any]) -> str:
@@ -456,6 +488,7 @@ class CrashReport:
     ledger_matches: bool = True
     ledger_fills: int = 0
     reference_fills: int = 0
+    acked_by_shard: dict[int, int] = field(default_factory=dict)
     recovery_ms: list[float] = field(default_factory=list)
     service_recovery_ms: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -533,17 +566,22 @@ async def _live_check(stub: Any, traders: Sequence[Trader], report: CrashReport)
                 )
 
 
-async def _check_ledger(process: ExecutionProcess, verifier: Verifier, report: CrashReport) -> None:
+async def _check_ledger(
+    process: ExecutionProcess, verifiers: Sequence[Verifier], report: CrashReport
+) -> None:
+    """The one ledger (every shard writes to shard 0's) against every shard's reference fills."""
     from services.execution.ledger import Ledger
 
-    ledger = await Ledger.open(process.ledger_url, verifier.config.ledger_table)
+    ledger = await Ledger.open(process.ledger_url, verifiers[0].config.ledger_table)
     try:
         broken = await ledger.verify()
         entries = await ledger.entries()
     finally:
         await ledger.close()
     rows = Counter((e.buyer_order_id, e.seller_order_id, e.price_ticks, e.quantity_lots) for e in entries)
-    expected = verifier.reference_fills
+    expected: Counter[tuple[int, int, int, int]] = Counter()
+    for verifier in verifiers:
+        expected.update(verifier.reference_fills)
     extra = sum((rows - expected).values())
     missing = sum((expected - rows).values())
     report.ledger_fills = len(entries)
@@ -560,12 +598,26 @@ async def _check_ledger(process: ExecutionProcess, verifier: Verifier, report: C
         report.ledger_matches = False
 
 
+@dataclass
+class _Lane:
+    """One shard under test: its process, its verifier, the traders streaming to it."""
+
+    shard: int
+    process: ExecutionProcess
+    verifier: Verifier
+    traders: list[Trader]
+    streams: list[asyncio.Task[None]] = field(default_factory=list)
+    restarted: bool = False
+
+
 async def run_crash_harness(settings: CrashSettings, state_dir: Path) -> CrashReport:
     """Run the harness once with its state under ``state_dir``; see the module docstring."""
     import grpc
 
     from hftgate.v1 import execution_pb2_grpc
 
+    if settings.shards not in (1, 2):
+        raise ValueError(f"the crash harness runs 1 or 2 shards, not {settings.shards}")
     rng = random.Random(settings.seed)
     record = ClientRecord()
     report = CrashReport()
@@ -575,55 +627,94 @@ async def run_crash_harness(settings: CrashSettings, state_dir: Path) -> CrashRe
         "journal_truncate_after_snapshot": "false",
         "journal_durability": "fsync",
     }
-    process = ExecutionProcess(state_dir, settings_env)
-    verifier = Verifier(process, record)
+    symbols: list[tuple[str, int]] = [(DEMO_SYMBOL, DEMO_MID_PRICE_TICKS)]
+    suite = None
+    if settings.shards == 1:
+        # A map of its own under state_dir: never the suite's (HFTGATE_SHARD_MAP_DATABASE_URL names
+        # the shards `hftgate up` runs, and a shard on another port is not in it).
+        own_map = f"sqlite+aiosqlite:///{state_dir / 'shardmap.sqlite3'}"
+        processes = [ExecutionProcess(state_dir, {**settings_env, "shard_map_database_url": own_map})]
+    else:
+        from hftgate.bench.gateway import MID_PRICE_TICKS, ShardedSuite
+
+        suite = ShardedSuite(state_dir, gateway=False, shard_settings=settings_env)
+        processes = suite.shards
+        by_shard = {shard_id: symbol for symbol, shard_id in suite.pins.items()}
+        symbols = [(by_shard[i], MID_PRICE_TICKS[by_shard[i]]) for i in range(len(processes))]
     prefix = run_prefix()
-    traders = [
-        Trader(
-            process.account(name),
-            OrderFlow(f"{prefix}{name}-", take_share=settings.take_share, seed=settings.seed * 100 + n),
-            record,
-            settings,
-            random.Random(settings.seed * 100 + n),
-        )
-        for n, name in enumerate(settings.accounts)
-    ]
+    lanes = []
+    for shard, process in enumerate(processes):
+        symbol, mid = symbols[shard]
+        traders = []
+        for n, name in enumerate(settings.accounts):
+            seed = settings.seed * 100 + n + 1000 * shard
+            flow = OrderFlow(
+                f"{prefix}{shard}-{name}-",
+                symbol=symbol,
+                mid_price_ticks=mid,
+                take_share=settings.take_share,
+                seed=seed,
+            )
+            traders.append(Trader(process.account(name), flow, record, settings, random.Random(seed), shard))
+        lanes.append(_Lane(shard, process, Verifier(process, record, shard), traders))
     stopping = asyncio.Event()
+    channels: list[grpc.aio.Channel] = []
     try:
-        process.spawn()
-        await process.wait_ready(settings.startup_timeout_s)
-        async with grpc.aio.insecure_channel(process.address, options=_RECONNECT_OPTIONS) as channel:
-            stub = execution_pb2_grpc.ExecutionServiceStub(channel)
-            for kill in range(settings.kills + 1):
-                await channel.channel_ready()
-                if kill:
-                    await _live_check(stub, traders, report)
-                streams = [asyncio.create_task(t.run_stream(stub, stopping)) for t in traders]
-                await _until_flowing(traders, streams)
-                if kill == settings.kills:
-                    await asyncio.sleep(settings.final_flow_s)
-                    stopping.set()
-                    await asyncio.gather(*streams)
-                    break
-                await asyncio.sleep(rng.uniform(*settings.kill_after_s))
-                process.kill()
-                report.kills += 1
-                await asyncio.wait_for(asyncio.gather(*streams), timeout=30)
-                report.absorb(verifier.check(scratch))
-                process.spawn()
-                await process.wait_ready(settings.startup_timeout_s)
-                report.recovery_ms.append((time.monotonic() - process.spawned_at) * 1000)
-                service_figure = _SERVICE_RECOVERED.search(process.log_tail(200))
-                if service_figure:
-                    report.service_recovery_ms.append(float(service_figure.group(1)))
-        code = process.stop()
-        if code != 0:
-            report.problems.append(f"service exited with {code} on SIGTERM")
-        report.absorb(verifier.check(scratch))
-        await _check_ledger(process, verifier, report)
+        if suite is not None:
+            await suite.start(settings.startup_timeout_s)
+        else:
+            processes[0].spawn()
+            await processes[0].wait_ready(settings.startup_timeout_s)
+        stubs = []
+        for lane in lanes:
+            channels.append(grpc.aio.insecure_channel(lane.process.address, options=_RECONNECT_OPTIONS))
+            stubs.append(execution_pb2_grpc.ExecutionServiceStub(channels[-1]))
+        for kill in range(settings.kills + 1):
+            for lane in lanes:
+                if lane.streams:
+                    continue  # still trading: another shard was killed
+                await channels[lane.shard].channel_ready()
+                if lane.restarted:
+                    await _live_check(stubs[lane.shard], lane.traders, report)
+                lane.streams = [
+                    asyncio.create_task(t.run_stream(stubs[lane.shard], stopping)) for t in lane.traders
+                ]
+            await _until_flowing(
+                [t for lane in lanes for t in lane.traders], [s for lane in lanes for s in lane.streams]
+            )
+            if kill == settings.kills:
+                await asyncio.sleep(settings.final_flow_s)
+                stopping.set()
+                await asyncio.gather(*(s for lane in lanes for s in lane.streams))
+                break
+            await asyncio.sleep(rng.uniform(*settings.kill_after_s))
+            victim = lanes[kill % len(lanes)]  # either shard, in turn
+            victim.process.kill()
+            report.kills += 1
+            await asyncio.wait_for(asyncio.gather(*victim.streams), timeout=30)
+            victim.streams = []
+            report.absorb(victim.verifier.check(scratch / f"shard{victim.shard}"))
+            victim.process.spawn()
+            await victim.process.wait_ready(settings.startup_timeout_s)
+            victim.restarted = True
+            report.recovery_ms.append((time.monotonic() - victim.process.spawned_at) * 1000)
+            service_figure = _SERVICE_RECOVERED.search(victim.process.log_tail(200))
+            if service_figure:
+                report.service_recovery_ms.append(float(service_figure.group(1)))
+        for lane in reversed(lanes):
+            code = lane.process.stop()
+            if code != 0:
+                report.problems.append(f"shard {lane.shard} exited with {code} on SIGTERM")
+        for lane in lanes:
+            report.absorb(lane.verifier.check(scratch / f"shard{lane.shard}"))
+        await _check_ledger(processes[0], [lane.verifier for lane in lanes], report)
     finally:
-        process.kill()
+        for channel in channels:
+            await channel.close(None)
+        for process in processes:
+            process.kill()
     report.acked = sum(1 for s in record.inputs.values() if s.acked)
+    report.acked_by_shard = dict(Counter(s.shard for s in record.inputs.values() if s.acked))
     report.in_doubt = sum(1 for s in record.inputs.values() if s.in_doubt)
     report.duplicate_fills += sum(times - 1 for times in record.fill_reports.values() if times > 1)
     for problem in report.problems[:20]:
@@ -645,10 +736,11 @@ async def _until_flowing(traders: Sequence[Trader], streams: Sequence[asyncio.Ta
 
 
 def run(
-    repeats: int = 1, kills: int = 10, *, settings: CrashSettings | None = None
+    repeats: int = 1, kills: int = 10, *, shards: int = 2, settings: CrashSettings | None = None
 ) -> dict[str, float | int | bool]:
-    """``repeats`` harness runs of ``kills`` kills each (fresh state each); counts are summed over runs."""
-    base = settings or CrashSettings()
+    """``repeats`` harness runs of ``kills`` kills each (fresh state each) on ``shards`` shards (two,
+    as ``hftgate up`` runs them, unless ``settings`` say); counts are summed over runs."""
+    base = settings or CrashSettings(shards=shards)
     total = CrashReport()
     bounded = True  # per run: the last kill's recovery at most twice its first's
     for repeat in range(max(1, repeats)):
@@ -670,6 +762,7 @@ def run(
         total.service_recovery_ms.extend(report.service_recovery_ms)
     out = total.summary()
     out["repeats"] = max(1, repeats)
+    out["shards"] = base.shards
     out["recovery_bounded"] = bounded
     out["bars_hold"] = bool(
         out["kills"] >= kills * max(1, repeats)

@@ -11,7 +11,10 @@ What the generated configuration does (Debian's haproxy 2.6, HTTP/2 gRPC end to 
   the shard map for the instruments it is given. HAProxy cannot compute the rendezvous hash, so a
   symbol not in the file, a call without the header, a batch across symbols, cancels, replaces,
   gets and the streams go to the Python gateway backend, which decodes and routes (and splits).
-  The map file is updated without a reload through the runtime API (:meth:`HaproxyProcess.set_symbols`).
+  The map file is updated without a reload through the runtime API (:meth:`HaproxyProcess.set_symbols`);
+  new shards or replicas need a new configuration, which a master-worker HAProxy takes without
+  dropping a call (:meth:`HaproxyProcess.graceful_reload`). :mod:`services.gateway.haproxy_runner`
+  does both as the stored shard map and the replica sets change.
   A header that names the wrong symbol sends the order to a shard that does not own it; the
   shard's fencing refuses it (FAILED_PRECONDITION), as for a stale client.
 * MarketDataService and CacheService go to their replicas with ``balance leastconn`` and health
@@ -89,6 +92,10 @@ def symbol_lines(shard_map: ShardMap, symbols: Iterable[str]) -> str:
     return "".join(lines)
 
 
+def _entries(lines: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in lines.splitlines())
+
+
 def render(plan: HaproxyPlan, map_path: Path) -> str:
     """The haproxy.cfg text for ``plan``, reading symbols from ``map_path``."""
     check = f"check inter {plan.check_interval_ms} fall 1 rise 1"
@@ -147,15 +154,29 @@ def render(plan: HaproxyPlan, map_path: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def haproxy_binary() -> str | None:
     return shutil.which("haproxy") or (("/usr/sbin/haproxy") if os.path.exists("/usr/sbin/haproxy") else None)
 
 
 class HaproxyProcess:
-    """HAProxy running ``plan`` from files under ``folder``, in the foreground (``-db``)."""
+    """HAProxy running ``plan`` from files under ``folder``, in the foreground (``-db``), optionally
+    as master and worker (``-W``) for graceful reloads."""
 
-    def __init__(self, plan: HaproxyPlan, folder: Path) -> None:
+    def __init__(self, plan: HaproxyPlan, folder: Path, *, master_worker: bool = False) -> None:
+        """``master_worker``: run HAProxy's master process (``-W``), which :meth:`graceful_reload`
+        tells to start a worker on a new configuration while the old one finishes its calls."""
         self.folder = folder
+        self.master_worker = master_worker
         folder.mkdir(parents=True, exist_ok=True)
         if not plan.stats_socket:
             plan = HaproxyPlan(**{**plan.__dict__, "stats_socket": str(folder / "admin.sock")})
@@ -174,15 +195,12 @@ class HaproxyProcess:
         if binary is None:
             raise HaproxyError("haproxy is not installed (Debian: apt-get install -y haproxy)")
         self.write()
-        checked = subprocess.run(
-            [binary, "-c", "-q", "-f", str(self.cfg_path)], capture_output=True, text=True
-        )
-        if checked.returncode != 0:
-            raise HaproxyError(
-                f"haproxy refused {self.cfg_path}: {(checked.stderr or checked.stdout)[-2000:]}"
+        self._check(binary)
+        mode = ["-W"] if self.master_worker else []
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [binary, *mode, "-db", "-f", str(self.cfg_path)], stdout=log, stderr=log
             )
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([binary, "-db", "-f", str(self.cfg_path)], stdout=log, stderr=log)
         host, port = self.plan.bind.rsplit(":", 1)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -197,6 +215,59 @@ class HaproxyProcess:
                 time.sleep(0.05)
         self.stop()
         raise HaproxyError(f"haproxy did not listen on {self.plan.bind} within {timeout_s} s")
+
+    def _check(self, binary: str) -> None:
+        checked = subprocess.run(
+            [binary, "-c", "-q", "-f", str(self.cfg_path)], capture_output=True, text=True
+        )
+        if checked.returncode != 0:
+            raise HaproxyError(
+                f"haproxy refused {self.cfg_path}: {(checked.stderr or checked.stdout)[-2000:]}"
+            )
+
+    def worker_pid(self) -> int:
+        """The process id of the worker answering the runtime API now."""
+        for line in self.command("show info").splitlines():
+            if line.startswith("Pid:"):
+                return int(line.split(":", 1)[1])
+        raise HaproxyError("the runtime API's 'show info' did not name a Pid")
+
+    def graceful_reload(self, plan: HaproxyPlan, timeout_s: float = 10.0, old_exit_s: float = 2.0) -> int:
+        """Run ``plan`` without dropping a call (master-worker mode only): the new configuration
+        is checked first (a refused one leaves the running worker as it is and raises), then
+        SIGUSR2 makes the master start a worker on it; the old worker stops accepting, answers
+        what it has in flight and, once its connections are idle, closes them (HTTP/2 GOAWAY),
+        so clients reconnect to the new worker. Returns the new worker's pid once it answers,
+        after waiting up to ``old_exit_s`` for the old one to exit (a long stream keeps it)."""
+        if not self.master_worker or self.process is None or self.process.poll() is not None:
+            raise HaproxyError("graceful_reload needs a running HaproxyProcess(master_worker=True)")
+        binary = haproxy_binary()
+        assert binary is not None  # it started
+        previous_plan = self.plan
+        self.plan = HaproxyPlan(**{**plan.__dict__, "stats_socket": self.plan.stats_socket})
+        self.write()
+        try:
+            self._check(binary)
+        except HaproxyError:
+            self.plan = previous_plan
+            self.write()
+            raise
+        old = self.worker_pid()
+        self.process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + timeout_s
+        new = old
+        while new == old:
+            if time.monotonic() > deadline:
+                raise HaproxyError(f"no new haproxy worker within {timeout_s} s of the reload")
+            time.sleep(0.02)
+            try:
+                new = self.worker_pid()
+            except (OSError, HaproxyError):
+                continue  # the socket is changing hands
+        old_deadline = time.monotonic() + old_exit_s
+        while time.monotonic() < old_deadline and _alive(old):
+            time.sleep(0.02)
+        return new
 
     def command(self, line: str) -> str:
         """One runtime-API command's answer."""
@@ -215,12 +286,19 @@ class HaproxyProcess:
         known = {s.shard_id for s in self.plan.shard_map.shards}
         if {s.shard_id for s in shard_map.shards} - known:
             raise HaproxyError("the shard map has shards this configuration lacks: reload() with a new plan")
+        before = _entries(symbol_lines(self.plan.shard_map, self.plan.symbols))
+        after = _entries(symbol_lines(shard_map, symbols))
         self.plan = HaproxyPlan(**{**self.plan.__dict__, "shard_map": shard_map, "symbols": tuple(symbols)})
-        self.map_path.write_text(symbol_lines(shard_map, symbols))  # what a restart reads
-        self.command(f"clear map {self.map_path}")
-        for line in symbol_lines(shard_map, symbols).splitlines():
-            symbol, backend = line.split(" ")
-            self.command(f"add map {self.map_path} {symbol} {backend}")
+        self.map_path.write_text(symbol_lines(shard_map, symbols))  # what a restart or reload reads
+        # Entry by entry, never cleared: a lookup meanwhile finds the old owner or the new one
+        # (whose fence refuses until it follows the map), never nothing.
+        for symbol, backend in after.items():
+            if symbol not in before:
+                self.command(f"add map {self.map_path} {symbol} {backend}")
+            elif before[symbol] != backend:
+                self.command(f"set map {self.map_path} {symbol} {backend}")
+        for symbol in before.keys() - after.keys():
+            self.command(f"del map {self.map_path} {symbol}")
 
     def set_draining(self, backend: str, index: int, draining: bool) -> None:
         """Take replica ``index`` of ``backend`` out of (or back into) the balancing."""

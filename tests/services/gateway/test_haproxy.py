@@ -21,7 +21,7 @@ from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
 from hftgate.v1 import marketdata_pb2, marketdata_pb2_grpc
 from services.gateway.haproxy import HaproxyError, HaproxyPlan, HaproxyProcess, haproxy_binary, render
-from tests.services.gateway.conftest import ALICE, FakeShard, Suite, new_order
+from tests.services.gateway.conftest import ALICE, BOB, FakeShard, Suite, new_order
 
 
 def free_port() -> int:
@@ -111,6 +111,34 @@ async def test_unknown_symbols_go_to_the_gateway_and_bad_keys_are_refused(proxie
             timeout=5,
         )
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # the shard's own check
+
+
+async def test_through_haproxy_an_order_belongs_to_the_key_never_to_a_forged_account(proxied: Any) -> None:
+    """HAProxy has no service token: the shard checks the client's own key, and a forged account
+    header (stripped by HAProxy in any case) or a forged service token buys nothing."""
+    suite, _, stub, _ = proxied
+    forged = (*with_symbol("BTCUSDT"), ("x-hftgate-account", "bob"))
+    ack = await stub.SubmitOrder(
+        api.SubmitOrderRequest(order=new_order("fa1", "BTCUSDT")), metadata=forged, timeout=5
+    )
+    assert ack.ack.status == api.ORDER_STATUS_NEW
+    assert suite.gateway.forwarder.sent == {}  # it went straight to the shard, not via the gateway
+    gateway = api_grpc.ExecutionServiceStub(suite.channel)
+    mine = await gateway.GetOrder(api.GetOrderRequest(client_order_id="fa1"), metadata=ALICE, timeout=5)
+    assert mine.order.order_id == ack.ack.order_id  # alice's order, as her key says
+    with pytest.raises(grpc.aio.AioRpcError) as not_bobs:
+        await gateway.GetOrder(api.GetOrderRequest(client_order_id="fa1"), metadata=BOB, timeout=5)
+    assert not_bobs.value.code() == grpc.StatusCode.NOT_FOUND
+    token = (
+        ("x-hftgate-service-token", "gateway.forged"),
+        ("x-hftgate-account", "bob"),
+        ("x-hftgate-symbol", "BTCUSDT"),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.SubmitOrder(
+            api.SubmitOrderRequest(order=new_order("fa2", "BTCUSDT")), metadata=token, timeout=5
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_market_data_goes_to_its_replicas(proxied: Any) -> None:
