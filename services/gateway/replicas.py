@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hftgate.loadreport import CHANNEL_OPTIONS as SCALER_CHANNEL_OPTIONS
 from hftgate.loadreport import STARTUP_QUIET_S
 from hftgate.security import ClientCredentials
 from hftgate.telemetry import RateLimitedWarning
@@ -132,7 +133,8 @@ class ScalerReplicas:
         lost_at = started = loop.time()
         ever_connected = False
         backoff_ms = self.retry_ms
-        async with self.credentials.open_channel(self.scaler_address) as channel:
+        # Capped reconnect backoff: the scaler may start after the gateway (hftgate up starts it last).
+        async with self.credentials.open_channel(self.scaler_address, SCALER_CHANNEL_OPTIONS) as channel:
             stub = scaler_pb2_grpc.ScalerServiceStub(channel)
             while True:
                 try:
