@@ -12,6 +12,7 @@ from hftgate.grpcserver import serve_until_signalled
 from hftgate.security import load_suite_security
 from services.cache import metrics
 from services.cache.config import CacheConfig, load_config
+from services.cache.l1 import NearCache
 from services.cache.server import start
 
 log = logging.getLogger("services.cache")
@@ -31,6 +32,24 @@ def _without_credentials(config: CacheConfig) -> CacheConfig:
     if database_url:
         database_url = make_url(database_url).render_as_string(hide_password=True)
     return replace(config, redis_url=mask(config.redis_url), database_url=database_url)
+
+
+class NearCacheHitRatio:
+    """The near cache's hit ratio over each report interval, for the scaler's optimiser (it tunes
+    ``l1_max_entries`` toward a hit-ratio target: a ratio since start would hide its changes)."""
+
+    def __init__(self, near_cache: NearCache) -> None:
+        self.near_cache = near_cache
+        self._hits = self._lookups = 0
+
+    def __call__(self) -> loadreport.ServiceFigures:
+        stats = self.near_cache.stats()
+        hits, lookups = stats.hits, stats.hits + stats.misses
+        new_hits, new_lookups = hits - self._hits, lookups - self._lookups
+        self._hits, self._lookups = hits, lookups
+        if new_lookups <= 0:
+            return loadreport.ServiceFigures()  # no lookups this interval: nothing to judge
+        return loadreport.ServiceFigures(gauges={"near_cache_hit_ratio": new_hits / new_lookups})
 
 
 async def main() -> None:
@@ -53,6 +72,7 @@ async def main() -> None:
         host=config.host,
         port=running.port,
         on_drain=lambda: running.set_serving(False),
+        figures=NearCacheHitRatio(running.cache.l1) if running.cache.l1 is not None else None,
     )
     try:
         await serve_until_signalled(running, config.shutdown_grace_ms / 1000)

@@ -259,9 +259,11 @@ class NearCache:
             raise ValueError(f"near cache bounds must be positive: {max_entries} entries, {max_bytes} bytes")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._window_cap = max(1, round(max_entries * window_percent / 100.0))
-        self._main_cap = max(1, max_entries - self._window_cap)
-        self._protected_cap = max(1, int(self._main_cap * protected_percent / 100.0))
+        self._window_percent = window_percent
+        self._protected_percent = protected_percent
+        self._sample_factor = sample_factor
+        self._window_cap = self._main_cap = self._protected_cap = 1
+        self._set_caps(max_entries)
         self._entries: dict[str, L1Entry] = {}
         self._window = _LruList()
         self._probation = _LruList()
@@ -439,6 +441,36 @@ class NearCache:
         self._bytes = 0
         return count
 
+    def resize(self, max_entries: int) -> int:
+        """Changes the entry bound at once (the scaler's optimiser tunes it live); returns how many
+        entries were evicted to fit.
+
+        Shrinking evicts as a full cache would: probation's and the window's oldest first, the
+        protected segment's last, then demotes protected entries beyond its new share. Growing
+        more than twofold gives the frequency sketch a size for the new bound (frequencies start
+        over: a sketch sized for far fewer keys would count every key as popular).
+        """
+        if max_entries < 1:
+            raise ValueError(f"near cache bound must be positive: {max_entries} entries")
+        before = self._evictions
+        if max_entries > 2 * self.max_entries:
+            self._sketch = FrequencySketch(max_entries, sample_factor=self._sample_factor)
+        self.max_entries = max_entries
+        self._set_caps(max_entries)
+        while len(self._entries) > max_entries:
+            victim = self._probation.oldest() or self._window.oldest() or self._protected.oldest()
+            if victim is None:
+                break
+            self._discard(victim)
+        while self._window.size > self._window_cap:
+            self._evict_from_window()
+        while self._protected.size > self._protected_cap:
+            demoted = self._protected.head.next
+            self._protected.unlink(demoted)
+            demoted.segment = PROBATION
+            self._probation.append(demoted)
+        return self._evictions - before
+
     # --- statistics --------------------------------------------------------------------
     def stats(self) -> NearCacheStats:
         return NearCacheStats(
@@ -453,6 +485,11 @@ class NearCache:
         )
 
     # --- policy internals --------------------------------------------------------------
+    def _set_caps(self, max_entries: int) -> None:
+        self._window_cap = max(1, round(max_entries * self._window_percent / 100.0))
+        self._main_cap = max(1, max_entries - self._window_cap)
+        self._protected_cap = max(1, int(self._main_cap * self._protected_percent / 100.0))
+
     def _promote(self, entry: L1Entry) -> None:
         """A probation entry was hit: it moves to protected, whose LRU end may drop back."""
         self._probation.unlink(entry)

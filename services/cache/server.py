@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
+from hftgate import tuning
 from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.security import (
     ServiceAuthInterceptor,
@@ -54,6 +55,8 @@ SERVICE_NAME = "hftgate.v1.CacheService"
 T = TypeVar("T")
 #: Longer x-api-key values are refused before they are hashed.
 MAX_API_KEY_CHARS = 256
+#: Bounds within which the scaler's optimiser may resize the near cache live (TuningService).
+L1_MAX_ENTRIES_TUNABLE = (1024.0, 4_194_304.0)
 
 _LEVELS = {
     Level.NONE: cache_pb2.CACHE_LEVEL_UNSPECIFIED,
@@ -474,6 +477,19 @@ async def _start(
         max_watcher_name_chars=config.max_watcher_name_chars,
     )
     admin_servicer = admin_server.AdminServicer(admin, secret)
+    tunables = []
+    if l1 is not None:
+        near_cache = l1
+        tunables.append(
+            tuning.TunableSetting(
+                "l1_max_entries",
+                L1_MAX_ENTRIES_TUNABLE[0],
+                L1_MAX_ENTRIES_TUNABLE[1],
+                get=lambda: near_cache.max_entries,
+                set=lambda value: near_cache.resize(int(value)),
+            )
+        )
+    tuning_servicer = tuning.TuningServicer("cache", tunables, secret)
     running = await create_server(
         config.address,
         [
@@ -485,6 +501,7 @@ async def _start(
                 admin_server.SERVICE_NAME,
                 lambda server: admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server),
             ),
+            tuning.binding(tuning_servicer),
         ],
         tls=security.server_tls,
         auth=ServiceAuthInterceptor(secret, api_key_methods=API_KEY_METHODS),
