@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from typing import Annotated, Any
 
@@ -64,10 +65,32 @@ def up(
         int,
         typer.Option("--dashboard-port", min=0, max=65_535, help="Serve the live dashboard here; 0 = none."),
     ] = 8080,
+    demo_flow: Annotated[
+        bool,
+        typer.Option(
+            "--demo-flow/--no-demo-flow",
+            help="Send a gentle live flow of crossing demo orders through the gateway (dev profile only).",
+        ),
+    ] = True,
+    demo_rate: Annotated[
+        float,
+        typer.Option("--demo-rate", min=1, max=1_000, help="Orders per second of the demo flow."),
+    ] = 100.0,
+    summary_interval_s: Annotated[
+        float,
+        typer.Option(
+            "--summary-interval-s",
+            min=0,
+            max=3_600,
+            help="Print a summary line this often (orders/s, p50/p99, cache, shards, replicas); 0 = never.",
+        ),
+    ] = 5.0,
 ) -> None:
     """Start every built service as a local process on its embedded defaults; Ctrl-C stops them.
 
-    Execution runs as --shards processes that split the symbols, behind the gateway on 50050."""
+    Execution runs as --shards processes that split the symbols, behind the gateway on 50050.
+    Then the recorded market data is replayed, demo orders flow through the gateway and a summary
+    is printed every --summary-interval-s until Ctrl-C, which stops every process started."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     specs = supervisor.available_services()
     if services:
@@ -83,53 +106,117 @@ def up(
     from hftgate import prometheus
     from hftgate.config import default_state_dir
 
-    env = dict(os.environ)
-    env.update(prometheus.metrics_env(metrics_base_port, environ=env))
-    running = supervisor.start_services(specs, env=env, tls=tls, shards=shards)
-    targets = {t.label: t for t in prometheus.targets_of_running(running)}
-    table = Table("service", "address", "pid", "metrics")
-    for service in running:
-        target = targets.get(service.spec.label)
-        table.add_row(
-            service.spec.label, service.address, str(service.process.pid), target.address if target else "-"
-        )
-    err.print(table)
-    if targets:
-        scrape = prometheus.write_scrape_config(
-            default_state_dir() / "prometheus" / "prometheus.yml", list(targets.values())
-        )
-        err.print(f"Prometheus scrape config: {scrape} (prometheus --config.file={scrape})")
-    dashboard = _start_dashboard(running, dashboard_port) if dashboard_port else None
-    feeder = supervisor.start_replay(running, replay_speed) if replay else None
-    if feeder is not None:
-        err.print(f"replaying recorded market data at {replay_speed:g}x (pid {feeder.pid})")
-    err.print("suite is up; Ctrl-C or SIGTERM stops it")
-    stop = False
+    stopping = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
+        if not stopping.is_set() and running is None:
+            raise _Stop()  # during start-up: start_services stops what it started, and re-raises
+        stopping.set()  # once up: the watch loop ends and everything is stopped in order
 
+    running: list[supervisor.RunningService] | None = None
+    # Set before anything starts, so Ctrl-C during start-up still stops what was started.
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    env = dict(os.environ)
+    env.update(prometheus.metrics_env(metrics_base_port, environ=env))
     try:
-        while not stop:
-            dead = [s for s in running if s.process.poll() is not None]
-            if dead:
-                err.print(f"service {dead[0].spec.label} exited with code {dead[0].process.returncode}")
-                raise typer.Exit(1)
-            time.sleep(0.5)
+        running = supervisor.start_services(specs, env=env, tls=tls, shards=shards)
+    except _Stop:  # start_services stopped what it had started
+        err.print("interrupted during start-up: every started service stopped")
+        raise typer.Exit(130) from None
+    dashboard = feeder = flow = None
+    try:
+        targets = {t.label: t for t in prometheus.targets_of_running(running)}
+        table = Table("service", "address", "pid", "metrics")
+        for service in running:
+            target = targets.get(service.spec.label)
+            table.add_row(
+                service.spec.label,
+                service.address,
+                str(service.process.pid),
+                target.address if target else "-",
+            )
+        err.print(table)
+        if targets:
+            scrape = prometheus.write_scrape_config(
+                default_state_dir() / "prometheus" / "prometheus.yml", list(targets.values())
+            )
+            err.print(f"Prometheus scrape config: {scrape} (prometheus --config.file={scrape})")
+        if dashboard_port or summary_interval_s:
+            dashboard = _start_dashboard(running, dashboard_port, serve_http=bool(dashboard_port))
+        feeder = supervisor.start_replay(running, replay_speed) if replay else None
+        if feeder is not None:
+            err.print(f"replaying recorded market data at {replay_speed:g}x (pid {feeder.pid})")
+        if demo_flow:
+            flow = _start_demo_flow(running, demo_rate)
+        err.print("suite is up; Ctrl-C or SIGTERM stops it")
+        _watch(running, dashboard, flow, summary_interval_s, stopping)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if flow is not None:
+            flow.stop()
         if dashboard is not None:
             dashboard.stop()
         if feeder is not None and feeder.poll() is None:
             feeder.terminate()
             feeder.wait()
         supervisor.stop_services(running)
+        err.print("every process started was stopped")
 
 
-def _start_dashboard(running: list[supervisor.RunningService], port: int) -> Any:
-    """The live dashboard of the suite just started, or None (said why) when it cannot serve."""
+class _Stop(Exception):
+    """Ctrl-C or SIGTERM during start-up."""
+
+
+def _watch(
+    running: list[supervisor.RunningService],
+    dashboard: Any,
+    flow: Any,
+    summary_interval_s: float,
+    stopping: threading.Event,
+) -> None:
+    """Until ``stopping``: exit if a service dies, and print a summary line every interval."""
+    next_summary = time.monotonic() + summary_interval_s if summary_interval_s else None
+    while not stopping.is_set():
+        dead = [s for s in running if s.process.poll() is not None]
+        if dead:
+            err.print(f"service {dead[0].spec.label} exited with code {dead[0].process.returncode}")
+            raise typer.Exit(1)
+        if next_summary is not None and time.monotonic() >= next_summary:
+            next_summary += summary_interval_s
+            state = dashboard.latest() if dashboard is not None else None
+            window = flow.flow.take_window() if flow is not None else None
+            url = dashboard.url if dashboard is not None and dashboard.port else None
+            line = supervisor.format_summary(state, window, url)
+            # Plain print: a rich console would wrap the line at its width.
+            print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
+        stopping.wait(0.25)
+
+
+def _start_demo_flow(running: list[supervisor.RunningService], rate: float) -> Any:
+    """The demo order flow through the gateway, or None (said why) when it cannot run."""
+    from hftgate.demoflow import DemoFlow, DemoFlowConfig, DemoFlowThread
+
+    gateway = next((s for s in running if s.spec.name == "gateway"), None)
+    if gateway is None:
+        err.print("no demo flow: the gateway is not running")
+        return None
+    if gateway.env.get("HFTGATE_PROFILE") != "dev":
+        err.print("no demo flow: demo accounts exist only in the dev profile")
+        return None
+    config = DemoFlowConfig.from_env(gateway.address, rate, gateway.env)
+    thread = DemoFlowThread(DemoFlow(config, tls_environ=gateway.env))
+    thread.start()
+    err.print(
+        f"demo order flow: {rate:g} orders/s from {', '.join(config.accounts)} through {gateway.address}"
+    )
+    return thread
+
+
+def _start_dashboard(running: list[supervisor.RunningService], port: int, *, serve_http: bool = True) -> Any:
+    """The live dashboard of the suite just started (only sampling, for the summary, when not
+    ``serve_http``), or None (said why) when it cannot run."""
     from hftgate.dashboard import Dashboard, DashboardConfig, Poller
 
     env: dict[str, str] = {}
@@ -139,12 +226,13 @@ def _start_dashboard(running: list[supervisor.RunningService], port: int) -> Any
         env.update(service.env)
     config = DashboardConfig.from_env(env, http_port=port)
     try:
-        dashboard = Dashboard(config, Poller.for_suite(config, env))
+        dashboard = Dashboard(config, Poller.for_suite(config, env), serve_http=serve_http)
     except Exception as error:  # the suite runs without its dashboard
         err.print(f"no dashboard: {error}")
         return None
     dashboard.start()
-    err.print(f"dashboard on {dashboard.url}")
+    if serve_http:
+        err.print(f"dashboard on {dashboard.url}")
     return dashboard
 
 
@@ -210,15 +298,25 @@ def bench_crash(
     as_json: JsonOption = False,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Independent harness runs.")] = 1,
     kills: Annotated[int, typer.Option("--kills", min=1, help="SIGKILLs per run, at random moments.")] = 10,
+    shards: Annotated[
+        int, typer.Option("--shards", min=1, max=2, help="Execution shards (kills alternate between them).")
+    ] = 2,
 ) -> None:
-    """kill -9 the execution service under load, restart it, and check nothing acknowledged was lost."""
-    _run_suite("crash", as_json, repeats, kills=kills)
+    """kill -9 an execution shard under load, restart it, and check nothing acknowledged was lost."""
+    _run_suite("crash", as_json, repeats, kills=kills, shards=shards)
 
 
 @bench_app.command("gateway")
 def bench_gateway(as_json: JsonOption = False, repeats: RepeatsOption = 1) -> None:
-    """The gateway's balancing of market data replicas (one slowed) per algorithm, and the floors."""
+    """SubmitOrder direct, via the routing client, the Python gateway and HAProxy on two shards;
+    throughput; balancing; floors; bars."""
     _run_suite("gateway", as_json, repeats)
+
+
+@bench_app.command("scaling")
+def bench_scaling(as_json: JsonOption = False, repeats: RepeatsOption = 1) -> None:
+    """Scaler: a market data load step (10% to 300% of one replica) via the gateway; a square wave."""
+    _run_suite("scaling", as_json, repeats)
 
 
 @bench_app.command("tracing")

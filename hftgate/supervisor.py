@@ -36,6 +36,7 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -52,6 +53,9 @@ from hftgate.security import (
     profile,
     suite_client_tls,
 )
+
+if TYPE_CHECKING:
+    from hftgate.demoflow import FlowWindow
 
 log = logging.getLogger(__name__)
 
@@ -428,3 +432,53 @@ def stop_services(running: list[RunningService], grace_s: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             service.process.kill()
             service.process.wait()
+
+
+def _figure(value: object, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def format_summary(
+    state: Mapping[str, Any] | None, flow: FlowWindow | None, dashboard_url: str | None
+) -> str:
+    """The line ``hftgate up`` prints every ``--summary-interval-s``: the suite's own figures
+    (``state``, a dashboard sample: orders/s, the worst shard's p50/p99, the cache's hit ratio,
+    shards, replicas), what the demo flow got through the gateway, and the dashboard's address."""
+    parts = []
+    if state is None:
+        parts.append("suite: first sample not taken yet")
+    else:
+        execution, cache, gateway, scaler = (
+            state["execution"],
+            state["cache"],
+            state["gateway"],
+            state["scaler"],
+        )
+        parts.append(
+            f"orders/s {_figure(execution['orders_per_s'])}"
+            f" p50 {_figure(execution['p50_ms'], 3, ' ms')} p99 {_figure(execution['p99_ms'], 3, ' ms')}"
+        )
+        ratio = cache["hit_ratio"]
+        parts.append(f"cache hit ratio {'-' if ratio is None else f'{ratio:.1%}'}")
+        shards = gateway["shards"] if gateway["available"] else execution["shards"]
+        up = sum(1 for s in execution["shards"] if s["available"])
+        parts.append(f"shards {up}/{len(shards)} up")
+        if scaler["available"]:
+            parts.append(f"replicas {len(scaler['replicas'])}")
+        else:
+            parts.append("replicas: no scaler")
+    if flow is not None:
+        text = (
+            f"demo flow {flow.acked_per_s:,.0f} acked/s, {flow.total_acked} orders acked through the gateway"
+            f" (round trip p50 {_figure(flow.p50_ms, 3, ' ms')} p99 {_figure(flow.p99_ms, 3, ' ms')})"
+        )
+        if flow.errors or flow.rejected:
+            text += f", {flow.errors} errors and {flow.rejected} rejects: {flow.last_error}"
+        parts.append(text)
+    if dashboard_url:
+        parts.append(f"dashboard {dashboard_url}")
+    return " | ".join(parts)

@@ -30,3 +30,22 @@ def test_up_rejects_an_unknown_service() -> None:
     result = runner.invoke(app, ["up", "--service", "nonsense"])
     assert result.exit_code != 0
     assert "nonsense" in result.output
+
+
+def test_up_offers_the_demo_flow_and_the_summary_interval() -> None:
+    result = runner.invoke(app, ["up", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for option in (
+        "--demo-flow",
+        "--no-demo-flow",
+        "--demo-rate",
+        "--summary-interval-s",
+        "--dashboard-port",
+    ):
+        assert option in result.output
+
+
+def test_up_refuses_a_negative_summary_interval() -> None:
+    result = runner.invoke(app, ["up", "--summary-interval-s", "-1"])
+    assert result.exit_code == 2
+    assert "--summary-interval-s" in result.output

@@ -495,3 +495,50 @@ def test_the_routing_client_retries_once_on_the_new_owner_when_the_map_moves_a_s
     error, metadata = _direct_refusal(two_shards["execution-1"].address, "ETHUSDT")
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (metadata["owner_shard_id"], metadata["epoch"]) == ("0", "2")
+
+
+def _sample(*, scaler: bool) -> dict[str, Any]:
+    """A dashboard sample with what the summary line reads."""
+    return {
+        "execution": {
+            "orders_per_s": 99.5,
+            "p50_ms": 1.25,
+            "p99_ms": 4.5,
+            "shards": [{"available": True}, {"available": False}],
+        },
+        "cache": {"hit_ratio": 0.9876},
+        "gateway": {"available": True, "shards": [{"shard_id": 0}, {"shard_id": 1}]},
+        "scaler": {"available": scaler, "replicas": [{"replica_id": "marketdata-2"}] if scaler else []},
+    }
+
+
+def test_the_summary_line_gives_the_suite_the_demo_flow_and_the_dashboard() -> None:
+    from hftgate.demoflow import FlowWindow
+    from hftgate.supervisor import format_summary
+
+    window = FlowWindow(
+        elapsed_s=5.0,
+        sent=500,
+        acked=498,
+        rejected=1,
+        errors=1,
+        filled=249,
+        total_sent=1500,
+        total_acked=1490,
+        total_errors=3,
+        p50_ms=2.5,
+        p99_ms=9.75,
+        last_error="UNAVAILABLE: shard restarting",
+    )
+    line = format_summary(_sample(scaler=False), window, "http://127.0.0.1:8080/")
+    assert line.split(" | ") == [
+        "orders/s 99.5 p50 1.250 ms p99 4.500 ms",
+        "cache hit ratio 98.8%",
+        "shards 1/2 up",
+        "replicas: no scaler",
+        "demo flow 100 acked/s, 1490 orders acked through the gateway"
+        " (round trip p50 2.500 ms p99 9.750 ms), 1 errors and 1 rejects: UNAVAILABLE: shard restarting",
+        "dashboard http://127.0.0.1:8080/",
+    ]
+    assert "replicas 1" in format_summary(_sample(scaler=True), None, None)
+    assert format_summary(None, None, None) == "suite: first sample not taken yet"

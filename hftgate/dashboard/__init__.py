@@ -1,7 +1,8 @@
 """``hftgate dashboard``: a live web page of the running suite (see :mod:`hftgate.dashboard.server`).
 
 Polls every service over gRPC with the ``admin`` principal's credentials
-(:mod:`hftgate.dashboard.poller`) and serves the page and ``/api/state`` on 127.0.0.1.
+(:mod:`hftgate.dashboard.poller`) and serves the page, ``/api/state`` and the live
+``/api/events`` stream (server-sent events, one sample a poll) on 127.0.0.1.
 """
 
 from __future__ import annotations

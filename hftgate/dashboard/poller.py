@@ -4,9 +4,16 @@ One :class:`Poller` holds one admin-credentialed channel per address and, on eac
 :meth:`Poller.poll`, asks every service for its figures in parallel: ``grpc.health.v1``
 Check, execution ``GetStats`` on every shard of the gateway's map, market data
 ``GetSnapshot`` (top of book only), cache ``Stats``, gateway ``GetShardMap`` and the scaler's
-``ListReplicas`` and ``GetDecisions``. A service that does not answer within
+``ListReplicas`` and ``GetDecisions``; market data's ``StreamArbitrage`` is followed by one
+long-lived stream (:class:`ArbitrageWatch`). A service that does not answer within
 ``call_timeout_ms`` is shown as such (its panel says why); the scaler's absence is the
-"no scaler" state. Orders/s is computed from two successive ``GetStats`` samples of a shard.
+"no scaler" state. Rates (orders/s, rejects/s, fsyncs/s, ticks/s per venue) are computed from
+two successive samples of the same counters.
+
+Latency percentiles are the services' own (``GetStats``: HDR histograms since each shard
+started); the suite-wide figure of a percentile is the worst shard's, since percentiles of
+different shards cannot be merged from summaries. Each sample also carries ``series``: one
+flat point of the charted figures, which the HTTP side keeps a bounded history of.
 
 No gRPC import leaks into the state: it is plain JSON-ready dicts.
 """
@@ -14,8 +21,11 @@ No gRPC import leaks into the state: it is plain JSON-ready dicts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +33,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hftgate import shardmap
 from hftgate.security import ADMIN, ClientCredentials, load_suite_secret, suite_client_tls
 from hftgate.v1 import (
     cache_pb2,
     cache_pb2_grpc,
+    common_pb2,
     execution_pb2,
     execution_pb2_grpc,
     gateway_pb2,
@@ -36,6 +48,8 @@ from hftgate.v1 import (
     scaler_pb2,
     scaler_pb2_grpc,
 )
+
+log = logging.getLogger(__name__)
 
 #: Default gRPC ports, as ``hftgate up`` uses them (hftgate.supervisor.ALL_SERVICES).
 DEFAULT_PORTS: Mapping[str, int] = {
@@ -55,6 +69,18 @@ MAX_REPLICAS = 50
 MAX_SHARDS = 32
 #: Longest error text kept for a panel (gRPC details can be long).
 MAX_ERROR_CHARS = 200
+#: Venues whose tick rates are shown (a feed naming more shows the first ones by name).
+MAX_VENUES = 16
+#: Symbols listed under each shard (the owners of the symbols market data has seen, and pins).
+MAX_SYMBOLS_PER_SHARD = 40
+#: Reject reasons shown, largest count first.
+MAX_REJECT_REASONS = 8
+#: Arbitrage opportunities tracked as open (beyond it the oldest are forgotten) and recent
+#: events shown.
+MAX_OPEN_ARBITRAGE = 1_024
+MAX_RECENT_ARBITRAGE = 10
+#: Wait before reopening the arbitrage stream after it ended or failed.
+ARBITRAGE_RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +97,9 @@ class DashboardConfig:
     poll_interval_ms: int = 1000
     #: Deadline of each gRPC call, in milliseconds.
     call_timeout_ms: int = 800
+    #: How often services that were SERVING are health-checked again (any other state is checked
+    #: on every poll); the other figures fail on their own, at once, when a service goes away.
+    health_interval_ms: int = 5000
 
     @staticmethod
     def from_env(environ: Mapping[str, str] | None = None, *, http_port: int = 8080) -> DashboardConfig:
@@ -99,16 +128,93 @@ def _error_text(error: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+def _reject_reason(reason: int) -> str:
+    return common_pb2.RejectReason.Name(reason).removeprefix("REJECT_REASON_")  # type: ignore[arg-type]
+
+
 def _ms(ns: int | float) -> float:
     return round(ns / 1e6, 3)
 
 
+class _Rates:
+    """Per-second rates of monotonic counters between successive samples, by key.
+
+    A counter that went back (a restart) or a first sample gives None; a repeated sample
+    (same collection time) keeps the rate it had. Bounded: one entry per key polled."""
+
+    def __init__(self, max_keys: int = 4 * MAX_SHARDS + 2 * MAX_VENUES + 8) -> None:
+        self._last: dict[str, tuple[int, int, float | None]] = {}
+        self._max_keys = max_keys
+
+    def rate(self, key: str, count: int, collected_ns: int) -> float | None:
+        previous = self._last.get(key)
+        if previous is not None and collected_ns == previous[1]:
+            return previous[2]
+        rate: float | None = None
+        if previous is not None and collected_ns > previous[1] and count >= previous[0]:
+            rate = round((count - previous[0]) / ((collected_ns - previous[1]) / 1e9), 1)
+        if key not in self._last and len(self._last) >= self._max_keys:
+            self._last.pop(next(iter(self._last)))
+        self._last[key] = (count, collected_ns, rate)
+        return rate
+
+    def forget(self, prefix: str) -> None:
+        for key in [k for k in self._last if k.startswith(prefix)]:
+            del self._last[key]
+
+
+def _leg_text(leg: marketdata_pb2.ArbitrageLeg) -> str:
+    side = "buy" if leg.side == 1 else "sell"
+    return f"{side} {leg.venue} {leg.symbol} @ {leg.price:g}"
+
+
 @dataclass
-class _Sample:
-    orders_received: int
-    collected_ns: int
-    #: Orders/s between this sample and the one before it; None for a first sample.
-    orders_per_s: float | None
+class ArbitrageWatch:
+    """Follows market data's ``StreamArbitrage`` on one long-lived stream (reopened after
+    ``ARBITRAGE_RETRY_S`` when it ends): opportunities open now, counts since the watch began,
+    and the newest events. Its tables are bounded (``MAX_OPEN_ARBITRAGE``,
+    ``MAX_RECENT_ARBITRAGE``)."""
+
+    opened: int = 0
+    closed: int = 0
+    connected: bool = False
+    error: str | None = "not connected yet"
+    open_now: dict[int, float] = field(default_factory=dict)  # opportunity id -> edge bps
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_RECENT_ARBITRAGE))
+    _seen_open_ids: bool = False
+
+    def on_event(self, event: marketdata_pb2.ArbitrageEvent) -> None:
+        opened = event.type == marketdata_pb2.ARBITRAGE_EVENT_TYPE_OPENED
+        if opened:
+            self.opened += 1
+            if len(self.open_now) >= MAX_OPEN_ARBITRAGE:
+                self.open_now.pop(next(iter(self.open_now)))
+            self.open_now[event.opportunity_id] = event.edge_bps
+        else:
+            self.closed += 1
+            self.open_now.pop(event.opportunity_id, None)
+        self.recent.appendleft(
+            {
+                "opportunity_id": event.opportunity_id,
+                "event": "opened" if opened else "closed",
+                "kind": marketdata_pb2.ArbitrageKind.Name(event.kind).removeprefix("ARBITRAGE_KIND_"),
+                "legs": " / ".join(_leg_text(leg) for leg in event.legs[:3]),
+                "edge_bps": round(event.edge_bps, 3),
+                "peak_edge_bps": round(event.peak_edge_bps, 3),
+                "lifetime_ms": round(event.lifetime_ns / 1e6, 3) if not opened else None,
+            }
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "available": self.connected,
+            "error": None if self.connected else self.error,
+            "open_now": len(self.open_now),
+            "best_open_edge_bps": round(max(self.open_now.values()), 3) if self.open_now else None,
+            "opened": self.opened,
+            "closed": self.closed,
+            "recent": list(self.recent),
+        }
 
 
 @dataclass
@@ -118,7 +224,12 @@ class Poller:
     config: DashboardConfig
     credentials: ClientCredentials
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
-    _previous: dict[str, _Sample] = field(default_factory=dict)
+    _rates: _Rates = field(default_factory=_Rates)
+    _peak_orders_per_s: float | None = None
+    arbitrage: ArbitrageWatch = field(default_factory=ArbitrageWatch)
+    _arbitrage_task: asyncio.Task[None] | None = None
+    _health_checked: list[dict[str, Any]] | None = None
+    _health_due: float = 0.0
 
     @staticmethod
     def for_suite(config: DashboardConfig, environ: Mapping[str, str] | None = None) -> Poller:
@@ -142,9 +253,35 @@ class Poller:
         return self.config.call_timeout_ms / 1000
 
     async def close(self) -> None:
+        task, self._arbitrage_task = self._arbitrage_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close(None)
+
+    async def _follow_arbitrage(self) -> None:
+        watch = self.arbitrage
+        while True:
+            channel = self._channel(self.config.addresses["marketdata"])
+            call = marketdata_pb2_grpc.MarketDataServiceStub(channel).StreamArbitrage(
+                marketdata_pb2.StreamArbitrageRequest(include_open=True), metadata=self.credentials.metadata
+            )
+            try:
+                # A reopened stream replays what is open now: start from an empty open set.
+                watch.open_now.clear()
+                watch.connected, watch.error = True, None
+                async for event in call:
+                    watch.on_event(event)
+                watch.error = "stream ended"
+            except grpc.aio.AioRpcError as error:
+                watch.error = _error_text(error)
+            finally:
+                watch.connected = False
+                call.cancel()
+            await asyncio.sleep(ARBITRAGE_RETRY_S)
 
     async def _health(self, name: str, address: str) -> dict[str, Any]:
         stub = health_pb2_grpc.HealthStub(self._channel(address))
@@ -154,6 +291,15 @@ class Poller:
             return {"name": name, "address": address, "status": status, "error": None}
         except (TimeoutError, grpc.aio.AioRpcError) as error:
             return {"name": name, "address": address, "status": "UNREACHABLE", "error": _error_text(error)}
+
+    async def _all_health(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        checked = self._health_checked
+        if checked is not None and now < self._health_due and all(h["status"] == "SERVING" for h in checked):
+            return checked
+        checked = list(await asyncio.gather(*(self._health(n, a) for n, a in self.config.addresses.items())))
+        self._health_checked, self._health_due = checked, now + self.config.health_interval_ms / 1000
+        return checked
 
     async def _shard_map(self) -> dict[str, Any]:
         stub = gateway_pb2_grpc.GatewayServiceStub(self._channel(self.config.addresses["gateway"]))
@@ -171,23 +317,6 @@ class Poller:
             "pins": [{"symbol": p.symbol, "shard_id": p.shard_id} for p in reply.map.pins],
         }
 
-    def _orders_per_s(self, address: str, orders_received: int, collected_ns: int) -> float | None:
-        """Orders/s of a shard between its previous sample and this one (None after a restart,
-        whose counters went back, or for a first sample); a repeated sample keeps its rate."""
-        previous = self._previous.get(address)
-        if previous is not None and collected_ns == previous.collected_ns:
-            return previous.orders_per_s
-        rate: float | None = None
-        if (
-            previous is not None
-            and collected_ns > previous.collected_ns
-            and orders_received >= previous.orders_received
-        ):
-            elapsed_s = (collected_ns - previous.collected_ns) / 1e9
-            rate = round((orders_received - previous.orders_received) / elapsed_s, 1)
-        self._previous[address] = _Sample(orders_received, collected_ns, rate)
-        return rate
-
     async def _shard_stats(self, shard_id: int | None, address: str) -> dict[str, Any]:
         stub = execution_pb2_grpc.ExecutionServiceStub(self._channel(address))
         base: dict[str, Any] = {"shard_id": shard_id, "address": address}
@@ -196,24 +325,35 @@ class Poller:
                 execution_pb2.GetStatsRequest(), metadata=self.credentials.metadata, timeout=self._timeout_s
             )
         except (TimeoutError, grpc.aio.AioRpcError) as error:
-            self._previous.pop(address, None)
+            self._rates.forget(f"shard {address} ")
             return {**base, "available": False, "error": _error_text(error)}
-        rate = self._orders_per_s(address, reply.orders_received, reply.collected_ns)
-        total = reply.total_latency
+        at = reply.collected_ns
+        total, journal = reply.total_latency, reply.journal_latency
+        up_s = (reply.collected_ns - reply.started_ns) / 1e9
+        rejects = sorted(reply.rejects_by_reason, key=lambda r: -r.count)[:MAX_REJECT_REASONS]
         return {
             **base,
             "available": True,
             "error": None,
-            "orders_per_s": rate,
+            "orders_per_s": self._rates.rate(f"shard {address} orders", reply.orders_received, at),
+            "average_orders_per_s": round(reply.orders_received / up_s, 1) if up_s > 0 else None,
+            "rejects_per_s": self._rates.rate(f"shard {address} rejects", reply.inputs_rejected, at),
+            "fsyncs_per_s": self._rates.rate(f"shard {address} fsyncs", reply.journal_fsyncs, at),
             "orders_received": reply.orders_received,
             "orders_accepted": reply.orders_accepted,
             "inputs_rejected": reply.inputs_rejected,
+            "rejects_by_reason": [{"reason": _reject_reason(r.reason), "count": r.count} for r in rejects],
             "trades": reply.trades,
             "open_orders": reply.open_orders,
+            "journal_records": reply.journal_records,
+            "journal_fsyncs": reply.journal_fsyncs,
             "latency_count": total.count,
             "p50_ms": _ms(total.p50_ns),
             "p99_ms": _ms(total.p99_ns),
             "p999_ms": _ms(total.p99_9_ns),
+            "journal_p50_ms": _ms(journal.p50_ns),
+            "journal_p99_ms": _ms(journal.p99_ns),
+            "journal_p999_ms": _ms(journal.p99_9_ns),
         }
 
     async def _execution(self, shard_map: dict[str, Any]) -> dict[str, Any]:
@@ -222,12 +362,43 @@ class Poller:
             shards = [(None, self.config.addresses["execution"])]
         results = await asyncio.gather(*(self._shard_stats(i, a) for i, a in shards))
         live = [r for r in results if r["available"]]
-        rates = [r["orders_per_s"] for r in live if r["orders_per_s"] is not None]
+
+        def total(key: str, digits: int = 1) -> float | None:
+            values = [r[key] for r in live if r[key] is not None]
+            return round(sum(values), digits) if values else None
+
+        def worst(key: str) -> float | None:
+            # Shards that have not recorded an order yet report 0: they do not set the figure.
+            values = [r[key] for r in live if r["latency_count"]]
+            return max(values) if values else None
+
+        rate = total("orders_per_s")
+        if rate is not None:
+            self._peak_orders_per_s = max(rate, self._peak_orders_per_s or 0.0)
+        records, fsyncs = sum(r["journal_records"] for r in live), sum(r["journal_fsyncs"] for r in live)
+        reasons: dict[str, int] = {}
+        for shard in live:
+            for reject in shard["rejects_by_reason"]:
+                reasons[reject["reason"]] = reasons.get(reject["reason"], 0) + reject["count"]
         return {
             "shards": list(results),
-            "orders_per_s": round(sum(rates), 1) if rates else None,
+            "orders_per_s": rate,
+            "peak_orders_per_s": self._peak_orders_per_s,
+            "average_orders_per_s": total("average_orders_per_s"),
+            "rejects_per_s": total("rejects_per_s"),
+            "fsyncs_per_s": total("fsyncs_per_s"),
+            "records_per_fsync": round(records / fsyncs, 2) if fsyncs else None,
             "open_orders": sum(r["open_orders"] for r in live) if live else None,
             "orders_received": sum(r["orders_received"] for r in live) if live else None,
+            "inputs_rejected": sum(r["inputs_rejected"] for r in live) if live else None,
+            "rejects_by_reason": [
+                {"reason": k, "count": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])
+            ][:MAX_REJECT_REASONS],
+            "p50_ms": worst("p50_ms"),
+            "p99_ms": worst("p99_ms"),
+            "p999_ms": worst("p999_ms"),
+            "journal_p50_ms": worst("journal_p50_ms"),
+            "journal_p99_ms": worst("journal_p99_ms"),
         }
 
     async def _marketdata(self) -> dict[str, Any]:
@@ -239,7 +410,16 @@ class Poller:
                 timeout=self._timeout_s,
             )
         except (TimeoutError, grpc.aio.AioRpcError) as error:
-            return {"available": False, "error": _error_text(error), "symbols": None, "top": []}
+            self._rates.forget("venue ")
+            return {
+                "available": False,
+                "error": _error_text(error),
+                "symbols": None,
+                "top": [],
+                "venues": [],
+                "symbol_names": [],
+            }
+        at = time.time_ns()
         top = [
             {
                 "venue": s.symbol.venue,
@@ -252,6 +432,24 @@ class Poller:
             }
             for s in reply.symbols[:MAX_TOP_OF_BOOK]
         ]
+        ticks: dict[str, list[int]] = {}
+        for s in reply.symbols:
+            counts = ticks.get(s.symbol.venue)
+            if counts is None:
+                if len(ticks) >= MAX_VENUES:
+                    continue
+                counts = ticks[s.symbol.venue] = [0, 0]
+            counts[0] += s.quotes
+            counts[1] += s.trades
+        venues = [
+            {
+                "venue": venue,
+                "quotes": quotes,
+                "trades": trades,
+                "ticks_per_s": self._rates.rate(f"venue {venue}", quotes + trades, at),
+            }
+            for venue, (quotes, trades) in sorted(ticks.items())
+        ]
         return {
             "available": True,
             "error": None,
@@ -261,6 +459,8 @@ class Poller:
             "rejected_ticks": reply.stats.rejected,
             "subscribers": reply.stats.subscribers,
             "top": top,
+            "venues": venues,
+            "symbol_names": sorted({s.symbol.name for s in reply.symbols}),
         }
 
     async def _cache(self) -> dict[str, Any]:
@@ -339,16 +539,25 @@ class Poller:
         shard_map = await self._shard_map()  # the shards to ask come from the gateway's map
         return shard_map, await self._execution(shard_map)
 
+    def _ensure_arbitrage_watch(self) -> None:
+        if self._arbitrage_task is None or self._arbitrage_task.done():
+            self._arbitrage_task = asyncio.get_running_loop().create_task(
+                self._follow_arbitrage(), name="dashboard-arbitrage"
+            )
+
     async def poll(self) -> dict[str, Any]:
         """One sample of the whole suite, as JSON-ready data (cancelling it cancels every call)."""
+        self._ensure_arbitrage_watch()
         health, (shard_map, execution), marketdata, cache, scaler = await asyncio.gather(
-            asyncio.gather(*(self._health(name, a) for name, a in self.config.addresses.items())),
+            self._all_health(),
             self._gateway_and_execution(),
             self._marketdata(),
             self._cache(),
             self._scaler(),
         )
-        return {
+        _add_owned_symbols(shard_map, marketdata["symbol_names"])
+        arbitrage = self.arbitrage.state()
+        state = {
             "collected_ms": int(time.time() * 1000),
             "services": list(health),
             "execution": execution,
@@ -356,4 +565,56 @@ class Poller:
             "cache": cache,
             "gateway": shard_map,
             "scaler": scaler,
+            "arbitrage": arbitrage,
         }
+        state["series"] = chart_point(state)
+        return state
+
+
+def _add_owned_symbols(shard_map: dict[str, Any], seen: list[str]) -> None:
+    """Each shard of the map gets the symbols it owns among those seen (market data's names and
+    the pins), computed from the map as every process computes it (hftgate.shardmap)."""
+    if not shard_map["available"] or not shard_map["shards"]:
+        return
+    try:
+        live = shardmap.ShardMap(
+            shard_map["epoch"],
+            [shardmap.Shard(s["shard_id"], s["address"]) for s in shard_map["shards"]],
+            {p["symbol"]: p["shard_id"] for p in shard_map["pins"]},
+        )
+    except (shardmap.ShardMapError, ValueError):  # a map this build cannot read: no symbols shown
+        return
+    owned: dict[int, list[str]] = {s["shard_id"]: [] for s in shard_map["shards"]}
+    for symbol in sorted({*seen, *(p["symbol"] for p in shard_map["pins"])}):
+        try:
+            owner = live.owner(symbol).shard_id
+        except (shardmap.ShardMapError, ValueError):  # a name that is no valid symbol
+            continue
+        if owner in owned and len(owned[owner]) < MAX_SYMBOLS_PER_SHARD:
+            owned[owner].append(symbol)
+    for shard in shard_map["shards"]:
+        shard["symbols"] = owned[shard["shard_id"]]
+
+
+def chart_point(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The charted figures of one sample, flat (what the page's charts add a point of)."""
+    execution, cache, scaler = state["execution"], state["cache"], state["scaler"]
+    point: dict[str, Any] = {
+        "t": state["collected_ms"],
+        "p50_ms": execution["p50_ms"],
+        "p99_ms": execution["p99_ms"],
+        "p999_ms": execution["p999_ms"],
+        "orders_per_s": execution["orders_per_s"],
+        "rejects_per_s": execution["rejects_per_s"],
+        "journal_p50_ms": execution["journal_p50_ms"],
+        "journal_p99_ms": execution["journal_p99_ms"],
+        "fsyncs_per_s": execution["fsyncs_per_s"],
+        "hit_ratio": cache["hit_ratio"],
+        "replicas": len(scaler["replicas"]) if scaler["available"] else None,
+        "arbitrage_open": state["arbitrage"]["open_now"] if state["arbitrage"]["available"] else None,
+    }
+    for level in cache["levels"]:
+        point["hit_" + level["level"].removeprefix("CACHE_LEVEL_")] = level["hit_ratio"]
+    for venue in state["marketdata"]["venues"]:
+        point["venue " + venue["venue"]] = venue["ticks_per_s"]
+    return point
