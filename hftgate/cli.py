@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +20,7 @@ from hftgate import bench as bench_suites
 from hftgate import supervisor
 
 app = typer.Typer(help="hftgate: gRPC services for low-latency trading.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks (never part of `make test`).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (never part of `make test`).")
 app.add_typer(bench_app, name="bench")
 
 err = Console(stderr=True)
@@ -323,6 +324,71 @@ def bench_scaling(as_json: JsonOption = False, repeats: RepeatsOption = 1) -> No
 def bench_tracing(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
     """Sequential SubmitOrder with tracing off, every call sampled (in-process collector), and 1%."""
     _run_suite("tracing", as_json, repeats)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench_main(
+    ctx: typer.Context,
+    compare_with: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare",
+            help="Compare a run's JSON (--run FILE, else standard input) with this baseline by ratios; "
+            "exit 1 on a regression beyond the baseline's margins (hftgate/bench/compare.py).",
+        ),
+    ] = None,
+    run_file: Annotated[
+        Path | None, typer.Option("--run", help="The run's JSON for --compare (default: standard input).")
+    ] = None,
+) -> None:
+    """Benchmarks (never part of `make test`)."""
+    if compare_with is None:
+        if ctx.invoked_subcommand is None:
+            typer.echo(ctx.get_help())
+        return
+    if ctx.invoked_subcommand is not None:
+        raise typer.BadParameter(
+            "--compare reads a saved run (--run or standard input); run the benchmark first"
+        )
+    from hftgate.bench.compare import run_comparison
+
+    raise typer.Exit(run_comparison(compare_with, run_file, sys.stdout))
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    rate: Annotated[
+        float, typer.Option("--rate", help="Orders per second, each on a fixed schedule.")
+    ] = 1_000.0,
+    duration_s: Annotated[float, typer.Option("--duration", help="Seconds of load.")] = 60.0,
+    via: Annotated[
+        str,
+        typer.Option("--via", help="direct (owning shard), client (routing client), gateway or haproxy"),
+    ] = "gateway",
+    batch_per_ms: Annotated[
+        bool, typer.Option("--batch-per-ms", help="Send the orders due at each wake-up as one SubmitOrders.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Open-loop orders to two durable shards, latency from each order's intended send time, with floors."""
+    from hftgate.bench.e2e import HaproxyUnavailable, check_arguments, e2e
+
+    try:
+        check_arguments(rate, duration_s, via)
+    except HaproxyUnavailable as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with err.status(f"e2e: {rate:g} orders/s for {duration_s:g} s via {via}"):
+        result = e2e(rate, duration_s, via, batch_per_ms)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    table = Table("metric", "value", title="hftgate bench e2e")
+    for key, value in result.items():
+        table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
 
 
 @bench_app.command("all")

@@ -23,7 +23,12 @@ open is *shed*: not sent, and counted, so the client cannot grow without bound w
 stalls; any shed order means the rate was not sustained). Targets must be 127.0.0.1/localhost.
 
 Orders come from :class:`hftgate.bench.execution.OrderFlow` (passive GTC limits and aggressive
-IOC limits around BTCUSDT's mid), round-robin over the given API keys.
+IOC limits around BTCUSDT's mid, or around each of ``instruments``' mids in turn), round-robin over
+the given API keys. With ``batch_per_ms`` the orders due at one wake-up of the sender (about a
+millisecond's worth) go out as one SubmitOrders call, as a bursting client would batch them.
+Where they go is an :class:`OrderPlane`: SubmitOrder to ``target`` by default;
+``hftgate bench e2e`` (``hftgate/bench/e2e.py``) passes a shard, the gateway, HAProxy or the
+routing client.
 
 Usage::
 
@@ -48,10 +53,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hftgate.bench.execution import (
     DEMO_MID_PRICE_TICKS,
@@ -91,6 +96,14 @@ class OpenLoopSettings:
     seed: int = 0
     # Sequential orders sent before the clock starts, not measured (see the module docstring).
     warmup_orders: int = 20
+    #: (symbol, mid price in ticks) pairs the orders cycle through; empty = ``symbol`` alone. Two
+    #: symbols owned by two shards spread the load over both.
+    instruments: tuple[tuple[str, int], ...] = ()
+    #: Every order due at one wake-up of the sender goes out in one SubmitOrders call (at most
+    #: ``max_batch_orders``), as a client bursting thousands of orders a second would; each order's
+    #: latency is still from its own intended send time.
+    batch_per_ms: bool = False
+    max_batch_orders: int = 256
 
     def __post_init__(self) -> None:
         require_loopback(self.target)
@@ -100,6 +113,12 @@ class OpenLoopSettings:
             raise ValueError("rate_per_s, duration_s, max_orders and max_in_flight must be positive")
         if self.warmup_orders < 0:
             raise ValueError("warmup_orders must be 0 or more")
+        if not 1 <= self.max_batch_orders <= 10_000:
+            raise ValueError(f"max_batch_orders must be 1..10000, not {self.max_batch_orders}")
+
+    @property
+    def traded(self) -> tuple[tuple[str, int], ...]:
+        return self.instruments or ((self.symbol, self.mid_price_ticks),)
 
 
 @dataclass
@@ -115,6 +134,7 @@ class OpenLoopReport:
     rejected: int = 0
     failed: int = 0
     shed: int = 0
+    calls: int = 0  # RPCs made: one per order, or one per batch with batch_per_ms
     elapsed_s: float = 0.0
     completed_per_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -130,6 +150,100 @@ class OpenLoopReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rate_sustained": self.rate_sustained}
+
+
+class OrderPlane(Protocol):
+    """Where the orders go (a shard, the gateway, HAProxy, the routing client), as account
+    number ``account`` (an index into the settings' API keys)."""
+
+    async def submit(self, order: Any, account: int, timeout_s: float) -> Any:
+        """One order; its ``OrderAck``, or raises ``grpc.aio.AioRpcError``."""
+        ...
+
+    async def submit_many(self, orders: Sequence[Any], account: int, timeout_s: float) -> list[Any]:
+        """A batch; per order its ``OrderAck`` or, for an order whose call failed, the
+        ``grpc.StatusCode`` it failed with."""
+        ...
+
+
+class StubPlane:
+    """SubmitOrder / SubmitOrders over ``channel_for(address)`` to ``address_of(symbol)`` with each
+    account's API key; with ``symbol_header`` the ``x-hftgate-symbol`` header HAProxy routes by."""
+
+    def __init__(
+        self,
+        channel_for: Callable[[str], Any],
+        address_of: Callable[[str], str],
+        api_keys: Sequence[str],
+        *,
+        symbol_header: bool = False,
+    ) -> None:
+        from hftgate.v1 import execution_pb2_grpc
+
+        self._stubs: dict[str, Any] = {}
+        self._stub_class = execution_pb2_grpc.ExecutionServiceStub
+        self._channel_for = channel_for
+        self._address_of = address_of
+        self._keys = tuple(api_keys)
+        self._symbol_header = symbol_header
+
+    def _stub(self, symbol: str) -> Any:
+        address = self._address_of(symbol)
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = self._stubs[address] = self._stub_class(self._channel_for(address))
+        return stub
+
+    def _metadata(self, account: int, symbol: str | None) -> tuple[tuple[str, str], ...]:
+        metadata: tuple[tuple[str, str], ...] = (("x-api-key", self._keys[account]),)
+        if self._symbol_header and symbol is not None:
+            metadata += (("x-hftgate-symbol", symbol),)
+        return metadata
+
+    async def submit(self, order: Any, account: int, timeout_s: float) -> Any:
+        from hftgate.v1 import execution_pb2
+
+        reply = await self._stub(order.symbol).SubmitOrder(
+            execution_pb2.SubmitOrderRequest(order=order),
+            metadata=self._metadata(account, order.symbol),
+            timeout=timeout_s,
+        )
+        return reply.ack
+
+    async def submit_many(self, orders: Sequence[Any], account: int, timeout_s: float) -> list[Any]:
+        import grpc
+
+        from hftgate.v1 import execution_pb2
+
+        # One call per destination (a direct plane sends each symbol to its own shard).
+        parts: dict[str, list[int]] = {}
+        for index, order in enumerate(orders):
+            parts.setdefault(self._address_of(order.symbol), []).append(index)
+        symbols = {order.symbol for order in orders}
+        header_symbol = next(iter(symbols)) if len(symbols) == 1 else None
+
+        async def part(indices: list[int]) -> Any:
+            batch = [orders[i] for i in indices]
+            return await self._stub(batch[0].symbol).SubmitOrders(
+                execution_pb2.SubmitOrdersRequest(orders=batch),
+                metadata=self._metadata(account, header_symbol),
+                timeout=timeout_s,
+            )
+
+        outcomes = await asyncio.gather(
+            *(part(indices) for indices in parts.values()), return_exceptions=True
+        )
+        results: list[Any] = [None] * len(orders)
+        for indices, outcome in zip(parts.values(), outcomes, strict=True):
+            if isinstance(outcome, grpc.aio.AioRpcError):
+                for i in indices:
+                    results[i] = outcome.code()
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                for i, ack in zip(indices, outcome.acks, strict=True):
+                    results[i] = ack
+        return results
 
 
 @contextlib.contextmanager
@@ -154,93 +268,155 @@ def _summary_ms(histogram: LatencyHistogram) -> dict[str, float]:
     return {key: round(float(summary[key]) / 1e6, 4) for key in keys} | {"count": int(summary["count"])}
 
 
-async def run_open_loop(settings: OpenLoopSettings) -> OpenLoopReport:
-    """Send orders at ``settings.rate_per_s`` until the order or time bound; wait for the stragglers."""
+class _Orders:
+    """The run's orders: one :class:`OrderFlow` per (account, instrument), so client order ids
+    stay unique per account; order ``i`` goes as account ``i % K`` for instrument ``(i // K) % S``."""
+
+    def __init__(self, settings: OpenLoopSettings, prefix: str) -> None:
+        self.accounts = len(settings.api_keys)
+        self.flows = [
+            [
+                OrderFlow(
+                    f"{prefix}{k}-{symbol}-",
+                    symbol=symbol,
+                    mid_price_ticks=mid,
+                    seed=settings.seed + k * len(settings.traded) + s,
+                )
+                for s, (symbol, mid) in enumerate(settings.traded)
+            ]
+            for k in range(self.accounts)
+        ]
+
+    def order(self, index: int, account: int | None = None) -> tuple[Any, int]:
+        k = index % self.accounts if account is None else account
+        flows = self.flows[k]
+        return flows[(index // self.accounts) % len(flows)].next_order(), k
+
+
+async def run_open_loop(settings: OpenLoopSettings, plane: OrderPlane | None = None) -> OpenLoopReport:
+    """Send orders at ``settings.rate_per_s`` until the order or time bound; wait for the stragglers.
+
+    ``plane``: where the orders go; by default SubmitOrder to ``settings.target`` (the caller owns
+    a plane it passes, and its channels)."""
     import grpc
 
-    from hftgate.v1 import common_pb2, execution_pb2, execution_pb2_grpc
+    if plane is None:
+        async with grpc.aio.insecure_channel(settings.target, options=CHANNEL_OPTIONS) as channel:
+            # The connection, and this process's first calls, happen before the clock starts:
+            # measured here, the first grpc.aio call of a process that has used a sync channel took
+            # ~45 ms on the client side alone, while a fresh server's first call took ~4.5 ms.
+            await channel.channel_ready()
+            own = StubPlane(lambda _address: channel, lambda _symbol: settings.target, settings.api_keys)
+            return await _run(settings, own)
+    return await _run(settings, plane)
+
+
+async def _run(settings: OpenLoopSettings, plane: OrderPlane) -> OpenLoopReport:
+    import grpc
+
+    from hftgate.v1 import common_pb2, execution_pb2
 
     report = OpenLoopReport(target=settings.target, rate_per_s=settings.rate_per_s)
     latency, service_time, send_lag = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
     rejects: Counter[str] = Counter()
     failures: Counter[str] = Counter()
     prefix = run_prefix()
-    flows = [
-        (
-            OrderFlow(
-                f"{prefix}{n}-",
-                symbol=settings.symbol,
-                mid_price_ticks=settings.mid_price_ticks,
-                seed=settings.seed + n,
-            ),
-            (("x-api-key", key),),
-        )
-        for n, key in enumerate(settings.api_keys)
-    ]
+    orders = _Orders(settings, prefix)
     total = min(settings.max_orders, max(1, int(settings.rate_per_s * settings.duration_s)))
     interval_ns = 1e9 / settings.rate_per_s
     in_flight: set[asyncio.Task[None]] = set()
+    deadline_s = settings.call_deadline_s
 
-    async with grpc.aio.insecure_channel(settings.target, options=CHANNEL_OPTIONS) as channel:
-        submit = execution_pb2_grpc.ExecutionServiceStub(channel).SubmitOrder
-        # The connection, and this process's first calls, happen before the clock starts: measured
-        # here, the first grpc.aio call of a process that has used a sync channel took ~45 ms on the
-        # client side alone, while a fresh server's first call from a fresh client took ~4.5 ms.
-        await channel.channel_ready()
-        warm_flow = OrderFlow(
-            f"{prefix}warm-", symbol=settings.symbol, mid_price_ticks=settings.mid_price_ticks
-        )
-        for number in range(settings.warmup_orders):
-            metadata = flows[number % len(flows)][1]
-            request = execution_pb2.SubmitOrderRequest(order=warm_flow.next_order())
-            await submit(request, metadata=metadata, timeout=settings.call_deadline_s)
-            report.warmup_orders += 1
+    warm = _Orders(settings, f"{prefix}warm-")
+    for number in range(settings.warmup_orders):
+        order, account = warm.order(number)
+        await plane.submit(order, account, deadline_s)
+        report.warmup_orders += 1
 
-        async def one(request: Any, metadata: tuple[tuple[str, str], ...], intended_ns: int) -> None:
-            sent_ns = time.perf_counter_ns()
+    def answered(ack: Any, intended_ns: int, sent_ns: int, done_ns: int) -> None:
+        latency.record(done_ns - intended_ns)
+        service_time.record(done_ns - sent_ns)
+        if ack.status == execution_pb2.ORDER_STATUS_REJECTED:
+            report.rejected += 1
+            rejects[common_pb2.RejectReason.Name(ack.reason)] += 1
+        else:
+            report.accepted += 1
+
+    async def one(order: Any, account: int, intended_ns: int) -> None:
+        sent_ns = time.perf_counter_ns()
+        send_lag.record(max(0, sent_ns - intended_ns))
+        try:
+            ack = await plane.submit(order, account, deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            failures[exc.code().name] += 1
+            report.failed += 1
+            return
+        answered(ack, intended_ns, sent_ns, time.perf_counter_ns())
+
+    async def batch(batch_orders: list[Any], account: int, intended: list[int]) -> None:
+        sent_ns = time.perf_counter_ns()
+        for intended_ns in intended:
             send_lag.record(max(0, sent_ns - intended_ns))
-            try:
-                response = await submit(request, metadata=metadata, timeout=settings.call_deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                failures[exc.code().name] += 1
+        try:
+            results = await plane.submit_many(batch_orders, account, deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            results = [exc.code()] * len(batch_orders)
+        done_ns = time.perf_counter_ns()
+        for result, intended_ns in zip(results, intended, strict=True):
+            if isinstance(result, grpc.StatusCode):
+                failures[result.name] += 1
                 report.failed += 1
-                return
-            done_ns = time.perf_counter_ns()
-            latency.record(done_ns - intended_ns)
-            service_time.record(done_ns - sent_ns)
-            if response.ack.status == execution_pb2.ORDER_STATUS_REJECTED:
-                report.rejected += 1
-                rejects[common_pb2.RejectReason.Name(response.ack.reason)] += 1
             else:
-                report.accepted += 1
+                answered(result, intended_ns, sent_ns, done_ns)
 
-        with _collector_paused():
-            start_ns = time.perf_counter_ns()
-            deadline_ns = start_ns + int(settings.duration_s * 1e9)
-            index = 0
-            while index < total:
-                now_ns = time.perf_counter_ns()
-                if now_ns >= deadline_ns:
-                    break
-                # Everything due by now goes out now: the schedule, not the responses, sets the pace.
-                while index < total and start_ns + index * interval_ns <= now_ns:
-                    intended_ns = int(start_ns + index * interval_ns)
-                    flow, metadata = flows[index % len(flows)]
-                    index += 1
-                    report.scheduled += 1
+    def launch(call: Any) -> None:
+        task = asyncio.create_task(call)
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        report.calls += 1
+
+    with _collector_paused():
+        start_ns = time.perf_counter_ns()
+        deadline_ns = start_ns + int(settings.duration_s * 1e9)
+        index = 0
+        batches = 0
+        while index < total:
+            now_ns = time.perf_counter_ns()
+            # Everything due by now goes out now: the schedule, not the responses, sets the pace.
+            # A sender that wakes late at the end still sends what was due before the deadline.
+            due_until_ns = min(now_ns, deadline_ns - 1)
+            due: list[int] = []
+            while index < total and start_ns + index * interval_ns <= due_until_ns:
+                due.append(int(start_ns + index * interval_ns))
+                index += 1
+            report.scheduled += len(due)
+            if settings.batch_per_ms:
+                first = index - len(due)
+                for offset in range(0, len(due), settings.max_batch_orders):
+                    chunk = due[offset : offset + settings.max_batch_orders]
+                    if len(in_flight) >= settings.max_in_flight:
+                        report.shed += len(chunk)
+                        continue
+                    account = batches % orders.accounts
+                    batches += 1
+                    made = [orders.order(first + offset + n, account)[0] for n in range(len(chunk))]
+                    launch(batch(made, account, chunk))
+                    report.sent += len(chunk)
+            else:
+                for n, intended_ns in enumerate(due):
                     if len(in_flight) >= settings.max_in_flight:
                         report.shed += 1
                         continue
-                    request = execution_pb2.SubmitOrderRequest(order=flow.next_order())
-                    task = asyncio.create_task(one(request, metadata, intended_ns))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    order, account = orders.order(index - len(due) + n)
+                    launch(one(order, account, intended_ns))
                     report.sent += 1
-                next_ns = start_ns + index * interval_ns
-                await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
-            if in_flight:
-                await asyncio.wait(set(in_flight), timeout=settings.call_deadline_s + 1.0)
-            report.elapsed_s = (time.perf_counter_ns() - start_ns) / 1e9
+            if now_ns >= deadline_ns:
+                break
+            next_ns = start_ns + index * interval_ns
+            await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / 1e9))
+        if in_flight:
+            await asyncio.wait(set(in_flight), timeout=settings.call_deadline_s + 1.0)
+        report.elapsed_s = (time.perf_counter_ns() - start_ns) / 1e9
 
     report.completed_per_s = round((report.accepted + report.rejected) / report.elapsed_s, 1)
     report.latency_ms = _summary_ms(latency)
@@ -298,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-orders", type=int, default=100_000)
     parser.add_argument("--max-in-flight", type=int, default=5_000)
     parser.add_argument("--warmup-orders", type=int, default=20, help="sent before the clock starts")
+    parser.add_argument(
+        "--batch-per-ms", action="store_true", help="send the orders due at each wake-up as one SubmitOrders"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     if args.spawn_server:
@@ -321,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_orders=args.max_orders,
                 max_in_flight=args.max_in_flight,
                 warmup_orders=args.warmup_orders,
+                batch_per_ms=args.batch_per_ms,
             )
         except ValueError as exc:
             parser.error(str(exc))

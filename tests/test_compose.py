@@ -248,3 +248,190 @@ def test_kubernetes_manifests_run_production_with_the_secret_and_no_demo_data() 
     assert "--requirepass" in " ".join(
         workloads["redis"]["spec"]["template"]["spec"]["containers"][0]["command"]
     )
+
+
+# --- observability: collector, Jaeger, Prometheus, Grafana --------------------------------------
+
+OBSERVABILITY = ("otel-collector", "jaeger", "prometheus", "grafana")
+#: Where a hftgate service's environment variables are read: the services, the shared package, the
+#: image's entry point.
+_SOURCES = (
+    *sorted((ROOT / "hftgate").rglob("*.py")),
+    *sorted((ROOT / "services").rglob("*.py")),
+    ENTRYPOINT,
+)
+_CONFIG_CLASSES = {
+    "HFTGATE_CACHE_": ("services.cache.config", "CacheConfig"),
+    "HFTGATE_EXECUTION_": ("services.execution.config", "ExecutionConfig"),
+    "HFTGATE_GATEWAY_": ("services.gateway.config", "GatewayConfig"),
+    "HFTGATE_MARKETDATA_": ("services.marketdata.config", "MarketDataConfig"),
+    "HFTGATE_SCALER_": ("services.scaler.config", "ScalerConfig"),
+}
+
+
+def _config_fields(prefix: str) -> set[str]:
+    import dataclasses
+    import importlib
+
+    module, name = _CONFIG_CLASSES[prefix]
+    return {field.name for field in dataclasses.fields(getattr(importlib.import_module(module), name))}
+
+
+def _otel_sdk_variables() -> set[str]:
+    import opentelemetry.sdk.environment_variables as sdk_variables
+
+    return {
+        value
+        for key, value in vars(sdk_variables).items()
+        if key.startswith("OTEL_") and isinstance(value, str)
+    }
+
+
+def test_every_environment_variable_a_service_is_given_is_one_the_code_reads() -> None:
+    source = "\n".join(path.read_text(encoding="utf-8") for path in _SOURCES)
+    otel = _otel_sdk_variables()
+    for name, spec in hftgate_services().items():
+        for key in spec["environment"]:
+            prefix = next((p for p in _CONFIG_CLASSES if key.startswith(p)), None)
+            if prefix is not None:
+                field = key[len(prefix) :].lower()
+                assert field in _config_fields(prefix), (
+                    f"{name}: {key} is no field of {_CONFIG_CLASSES[prefix][1]}"
+                )
+            elif key.startswith("OTEL_"):
+                assert key in otel or f'"{key}"' in source, (
+                    f"{name}: {key} is read by neither the SDK nor hftgate"
+                )
+            else:
+                assert f'"{key}"' in source or key in ENTRYPOINT.read_text(), f"{name}: nothing reads {key}"
+
+
+def _bind_mounts(spec: dict[str, Any]) -> list[str]:
+    return [volume.split(":")[0] for volume in spec.get("volumes", []) if volume.startswith("./")]
+
+
+def test_every_file_the_compose_file_mounts_exists_in_the_repo() -> None:
+    compose = load_compose()
+    mounted = [source for spec in compose["services"].values() for source in _bind_mounts(spec)]
+    assert len(mounted) >= 5  # the collector's config, Prometheus' config and rules, Grafana's two
+    for source in mounted:
+        assert (ROOT / source).exists(), f"docker-compose.yml mounts {source}, which is not in the repo"
+    # Secrets are made by the operator (README, "Security"), and kept out of the repo and the image.
+    for secret in compose["secrets"].values():
+        assert secret["file"].startswith("./secrets/")
+    # The image is built from this repo's Dockerfile.
+    assert all(spec.get("build") == "." for spec in hftgate_services().values())
+
+
+def test_the_stack_has_a_collector_jaeger_prometheus_and_grafana_started_in_order() -> None:
+    services = load_compose()["services"]
+    assert set(OBSERVABILITY) <= set(services)
+    for name, spec in services.items():
+        for needed, how in spec.get("depends_on", {}).items():
+            assert needed in services, f"{name} depends on {needed}, which is not a service"
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in services[needed], f"{name} waits for {needed} to be healthy: no check"
+    # No cycle: a start order exists.
+    started: list[str] = []
+    pending = dict(services)
+    while pending:
+        ready = [n for n, s in pending.items() if set(s.get("depends_on", {})) <= set(started)]
+        assert ready, f"a depends_on cycle among {sorted(pending)}"
+        for name in ready:
+            started.append(name)
+            del pending[name]
+    order = started.index
+    assert order("jaeger") < order("otel-collector") < order("cache")
+    assert order("execution") < order("gateway") and order("execution-1") < order("gateway")
+    assert order("prometheus") < order("grafana")
+
+
+def test_every_hftgate_service_is_health_checked_on_its_own_grpc_port() -> None:
+    specs = {spec.label: spec for spec in with_shards(ALL_SERVICES, SHARDS)}
+    for name, spec in hftgate_services().items():
+        test = spec["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"] and "HealthCheckRequest" in test[3], name
+        port = int(
+            spec["environment"].get(f"HFTGATE_{specs[name].name.upper()}_PORT", specs[name].default_port)
+        )
+        assert test[4] == f"127.0.0.1:{port}", name
+
+
+def test_services_export_spans_to_the_collector_which_forwards_them_to_jaeger() -> None:
+    compose = load_compose()
+    collector = compose["services"]["otel-collector"]
+    for name, spec in hftgate_services().items():
+        env = spec["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317", name
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio", name
+        assert 0 < float(env["OTEL_TRACES_SAMPLER_ARG"]) <= 1, name
+    assert "4317" in collector["expose"]
+    config_file = ROOT / _bind_mounts(collector)[0]
+    config = yaml.safe_load(config_file.read_text())
+    assert config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(":4317")
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    for exporter in pipeline["exporters"]:
+        assert config["exporters"][exporter]["endpoint"] == "jaeger:4317"
+    for processor in pipeline["processors"]:
+        assert processor in config["processors"]
+    assert str(compose["services"]["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"]).lower() == "true"
+
+
+def test_prometheus_scrapes_each_service_at_the_metrics_port_compose_gives_it() -> None:
+    compose = load_compose()
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    config_path = next(v for v in prometheus["volumes"] if v.startswith("./deploy/prometheus/prometheus."))
+    config = yaml.safe_load((ROOT / config_path.split(":")[0]).read_text())
+    assert f"--config.file={config_path.split(':')[1]}" in prometheus["command"]
+    rules_mount = next(v for v in prometheus["volumes"] if v.startswith("./deploy/prometheus/rules:"))
+    for rule_file in config["rule_files"]:  # relative to the config file's folder in the container
+        assert rules_mount.split(":")[1] == str(
+            Path(config_path.split(":")[1]).parent / Path(rule_file).parent
+        )
+    scraped = {
+        target.rsplit(":", 1)[0]: target.rsplit(":", 1)[1]
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    assert set(scraped) == set(hftgate_services())
+    for name, port in scraped.items():
+        env = services[name]["environment"]
+        assert env["HFTGATE_METRICS_HOST"] == "0.0.0.0", name
+        variable = next(key for key in env if key.endswith("_METRICS_PORT"))
+        assert str(env[variable]) == port, f"{name}: Prometheus scrapes {port}, {variable}={env[variable]}"
+        assert port in services[name]["expose"], name
+        assert not any(port in str(p) for p in services[name].get("ports", [])), f"{name}: /metrics published"
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    services = load_compose()["services"]
+    grafana = services["grafana"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"] if v.startswith("./")}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    prometheus = next(d for d in datasources if d["type"] == "prometheus")
+    assert prometheus["url"] == "http://prometheus:9090"
+    assert "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "hftgate.yml").read_text())["providers"]
+    dashboards_path = providers[0]["options"]["path"]
+    assert dashboards_path in mounts
+    dashboards = list(mounts[dashboards_path].glob("*.json"))
+    assert dashboards
+    import json
+
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                assert target["datasource"]["uid"] == prometheus["uid"], f"{path.name}: {panel['title']}"
+
+
+def test_the_observability_uis_are_published_on_the_hosts_loopback_only() -> None:
+    services = load_compose()["services"]
+    for name in OBSERVABILITY:
+        for port in services[name].get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is reachable from other hosts"
+    assert "ports" not in services["otel-collector"]
