@@ -14,7 +14,13 @@ fencing its inputs) computes the same owner from the map alone, with no table of
 keep in step; adding a shard moves only the symbols whose new highest weight is the new shard,
 about 1/(N+1) of them, and each moves *to* the new shard (nothing is shuffled between old
 shards); removing one moves only its own symbols. A pin overrides the hash for a symbol that
-must live somewhere in particular (a hot instrument on a shard of its own, a move in progress).
+must live somewhere in particular (a hot instrument on a shard of its own, a moved symbol).
+
+Moves (issue #15, services/scaler/moves.py): ``moving`` marks a symbol whose book is being handed
+from its owner to another shard (symbol -> the target shard id). While marked, the owner is
+unchanged but no shard takes new inputs for the symbol (UNAVAILABLE with a retry delay of a few
+ms: services/execution/fencing.py); the move ends by publishing the pin to the target and
+dropping the mark in one epoch (:meth:`ShardMap.with_move_done`).
 
 The default, for a single process, is one shard (id 0) that owns everything: the map of today's
 single execution service, so nothing changes for its users.
@@ -64,6 +70,8 @@ ORDER_ID_LOCAL_MASK = (1 << ORDER_ID_SHARD_SHIFT) - 1
 #: Limits of one map (what happens past them: :class:`ShardMapError` naming the limit).
 MAX_SHARDS = 256
 MAX_PINS = 100_000
+#: Symbols being moved at the same time (each one is refused new inputs until its move ends).
+MAX_MOVING = 1_024
 MAX_ADDRESS_CHARS = 256
 MAX_SYMBOL_CHARS = 64
 #: Owners computed per map are kept for up to this many symbols, then forgotten all at once.
@@ -136,11 +144,18 @@ class ShardMap:
     """An immutable shard map. :meth:`owner` is what every router calls; changes return new maps
     with the next epoch (:meth:`with_shard`, :meth:`without_shard`, :meth:`with_pin`...)."""
 
-    __slots__ = ("_by_id", "_owners", "epoch", "pins", "shards")
+    __slots__ = ("_by_id", "_owners", "epoch", "moving", "pins", "shards")
 
-    def __init__(self, epoch: int, shards: Iterable[Shard], pins: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        epoch: int,
+        shards: Iterable[Shard],
+        pins: Mapping[str, int] | None = None,
+        moving: Mapping[str, int] | None = None,
+    ) -> None:
         shard_list = tuple(sorted(shards, key=lambda s: s.shard_id))
         pin_map = dict(pins or {})
+        moving_map = dict(moving or {})
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
             raise ShardMapError(f"epoch must be a positive integer, got {epoch!r}")
         if not shard_list:
@@ -169,9 +184,17 @@ class ShardMap:
             check_symbol(symbol)
             if sid not in by_id:
                 raise ShardMapError(f"symbol {symbol} is pinned to shard {sid}, which is not in the map")
+        if len(moving_map) > MAX_MOVING:
+            raise ShardMapError(f"{len(moving_map)} symbols moving at once exceed the limit of {MAX_MOVING}")
+        for symbol, sid in moving_map.items():
+            check_symbol(symbol)
+            if sid not in by_id:
+                raise ShardMapError(f"symbol {symbol} is moving to shard {sid}, which is not in the map")
         self.epoch = epoch
         self.shards = shard_list
         self.pins: Mapping[str, int] = pin_map
+        #: Symbols whose book is being handed over: symbol -> target shard id (see the module docstring).
+        self.moving: Mapping[str, int] = moving_map
         self._by_id = by_id
         self._owners: dict[str, Shard] = {}
 
@@ -217,8 +240,10 @@ class ShardMap:
         return self._by_id.get(order_id_shard(order_id))
 
     # --- changing (each returns a new map, epoch + 1) --------------------------------------------
-    def _next(self, shards: Iterable[Shard], pins: Mapping[str, int]) -> ShardMap:
-        return ShardMap(self.epoch + 1, shards, pins)
+    def _next(
+        self, shards: Iterable[Shard], pins: Mapping[str, int], moving: Mapping[str, int] | None = None
+    ) -> ShardMap:
+        return ShardMap(self.epoch + 1, shards, pins, self.moving if moving is None else moving)
 
     def with_shard(self, shard: Shard) -> ShardMap:
         """This map plus ``shard`` (a new id), or with an existing shard's address changed."""
@@ -243,6 +268,30 @@ class ShardMap:
             raise ShardMapError(f"symbol {symbol!r} is not pinned")
         return self._next(self.shards, {s: sid for s, sid in self.pins.items() if s != symbol})
 
+    def with_move_started(self, symbol: str, target_shard_id: int) -> ShardMap:
+        """This map with ``symbol`` marked moving to ``target_shard_id``: no shard takes new inputs
+        for it until :meth:`with_move_done` or :meth:`without_move`."""
+        check_symbol(symbol)
+        if target_shard_id not in self._by_id:
+            raise ShardMapError(f"cannot move {symbol} to shard {target_shard_id}: not in the map")
+        if self.owner(symbol).shard_id == target_shard_id:
+            raise ShardMapError(f"{symbol} already belongs to shard {target_shard_id}")
+        return self._next(self.shards, self.pins, {**self.moving, symbol: target_shard_id})
+
+    def with_move_done(self, symbol: str) -> ShardMap:
+        """The end of a move, in one epoch: ``symbol`` pinned to its target and no longer moving."""
+        target = self.moving.get(symbol)
+        if target is None:
+            raise ShardMapError(f"symbol {symbol!r} is not moving")
+        rest = {s: sid for s, sid in self.moving.items() if s != symbol}
+        return self._next(self.shards, {**self.pins, symbol: target}, rest)
+
+    def without_move(self, symbol: str) -> ShardMap:
+        """An abandoned move: ``symbol`` stays with its owner and takes inputs again."""
+        if symbol not in self.moving:
+            raise ShardMapError(f"symbol {symbol!r} is not moving")
+        return self._next(self.shards, self.pins, {s: sid for s, sid in self.moving.items() if s != symbol})
+
     # --- comparing ---------------------------------------------------------------------------
     def moves_to(self, other: ShardMap, symbols: Iterable[str]) -> dict[str, tuple[int, int]]:
         """For each of ``symbols`` whose owner differs in ``other``: (old shard id, new shard id)."""
@@ -264,6 +313,7 @@ class ShardMap:
                 "epoch": self.epoch,
                 "shards": [{"shard_id": s.shard_id, "address": s.address} for s in self.shards],
                 "pins": dict(sorted(self.pins.items())),
+                **({"moving": dict(sorted(self.moving.items()))} if self.moving else {}),
             },
             separators=(",", ":"),
         )
@@ -274,22 +324,29 @@ class ShardMap:
             body = json.loads(text)
             shards = [Shard(int(s["shard_id"]), str(s["address"])) for s in body["shards"]]
             pins = {str(k): int(v) for k, v in body.get("pins", {}).items()}
+            moving = {str(k): int(v) for k, v in body.get("moving", {}).items()}
             epoch = int(body["epoch"])
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ShardMapError(f"stored shard map cannot be read: {exc!r}") from None
-        return cls(epoch, shards, pins)
+        return cls(epoch, shards, pins, moving)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ShardMap):
             return NotImplemented
-        return (self.epoch, self.shards, dict(self.pins)) == (other.epoch, other.shards, dict(other.pins))
+        return (self.epoch, self.shards, dict(self.pins), dict(self.moving)) == (
+            other.epoch,
+            other.shards,
+            dict(other.pins),
+            dict(other.moving),
+        )
 
     def __hash__(self) -> int:
         return hash((self.epoch, self.shards))
 
     def __repr__(self) -> str:
         shards = ", ".join(f"{s.shard_id}@{s.address}" for s in self.shards)
-        return f"ShardMap(epoch={self.epoch}, shards=[{shards}], pins={len(self.pins)})"
+        moving = f", moving={len(self.moving)}" if self.moving else ""
+        return f"ShardMap(epoch={self.epoch}, shards=[{shards}], pins={len(self.pins)}{moving})"
 
 
 def parse_shards(specs: Iterable[str]) -> list[Shard]:

@@ -39,6 +39,7 @@ from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
+from services.execution.fencing import Refusal, ShardFence, SymbolMoving
 from services.execution.journal import Journal
 from services.execution.ledger import Fill, Ledger, LedgerBacklogFull
 from services.execution.records import (
@@ -108,6 +109,16 @@ class ServiceUnavailable(Exception):
     """The service is recovering or stopping, or the journal cannot take more."""
 
 
+class InputRefused(Exception):
+    """The shard map, read again right before the journal append, says this shard may not take the
+    call's input (fencing.py): ``refusal`` says why (another owner, or the symbol is moving).
+    Nothing of the call was journaled."""
+
+    def __init__(self, refusal: Refusal, shard_id: int) -> None:
+        super().__init__(refusal.message(shard_id))
+        self.refusal = refusal
+
+
 @dataclass(slots=True)
 class Inputs:
     """One batch of inputs from one account, as decoded from the wire (columns, input i at row i)."""
@@ -123,6 +134,9 @@ class Inputs:
     # Pre-set reasons for inputs refused by the decoder (e.g. an empty OrderInput).
     preset_reasons: np.ndarray | None = None
     cancel_reason: int = 0
+    #: The shard map epoch the servicer checked the new orders' symbols at (-1: not checked);
+    #: the core checks them again only when the map moved since (ExecutionCore._refence).
+    fenced_epoch: int = -1
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -317,6 +331,14 @@ class ExecutionCore:
         #: NOT_SERVING. A restart recovers, quarantining that record (recovery.py).
         self.apply_failed: str | None = None
         self.on_apply_failed: Callable[[str], None] | None = None
+        #: The shard map as this shard follows it (set by the server). The servicer checks it when
+        #: a call arrives, but the order path awaits (instrument look-ups) before it journals, and
+        #: the map may move meanwhile: :meth:`_refence` checks again after the last await, with no
+        #: await between that check and the journal append (issue #14).
+        self.fence: ShardFence | None = None
+        #: Orders taken over from another shard (services/execution/handover.py): local id -> the
+        #: original public id, used wherever an id leaves (acks, reports, ledger rows).
+        self.original_ids: dict[int, int] = {}
 
     # --- accounts and instruments --------------------------------------------------------------
 
@@ -400,11 +422,15 @@ class ExecutionCore:
             else ([], [])
         )
         payload: bytes | None
-        if len(inputs) == 1 and inputs.preset_reasons is None and inputs.kind[0] == KIND_NEW and specs:
+        single_new = len(inputs) == 1 and inputs.preset_reasons is None and inputs.kind[0] == KIND_NEW
+        if single_new and specs:
+            self._refence(account, inputs, streaming=sink is not None)  # no await from here to the append
+        if single_new and specs and inputs.preset_reasons is None:
             acks, payload = self._prepare_one_new(account, inputs, specs[0])
             batch, positions = None, _FIRST_POSITION
         else:
             replace_specs = await self._replace_instruments(account, inputs)
+            self._refence(account, inputs, streaming=sink is not None)  # no await from here to the append
             acks, batch, positions = self._prepare(account, inputs, unique, specs, replace_specs)
             payload = None if batch is None else encode_batch(batch)
         if payload is None:
@@ -462,6 +488,11 @@ class ExecutionCore:
         symbol = entry.symbol
         held = self.reference.instrument_held(symbol) if symbol else None
         spec = await self.reference.instrument(symbol) if held is NOT_HELD else held
+        fence = self.fence
+        if fence is not None and symbol:  # again after the await: no await from here to the append
+            refusal = fence.refusal(symbol)
+            if refusal is not None:
+                raise InputRefused(refusal, self.shard_id)
         ack = SingleAck(entry.client_id, entry.received_ns, entry.arrival_ns)
         reason, payload = self._admit_one_new(
             account, symbol, entry.client_id, entry.fields, spec, entry.received_ns
@@ -568,9 +599,74 @@ class ExecutionCore:
             sink(follower)
         self._publish(outcome)
 
+    def _refence(self, account: AccountSpec, inputs: Inputs, *, streaming: bool) -> None:
+        """Check the call's inputs against the shard map as it is now (see :attr:`fence`).
+
+        New orders: the symbol must be this shard's and not moving. Cancels and replaces: the
+        named order's symbol must not be moving or handed over. A unary call is refused whole
+        (:class:`InputRefused`); a stream's refused inputs get REJECT_REASON_NOT_SHARD_OWNER, or
+        REJECT_REASON_UNAVAILABLE for a moving symbol, and the rest go on."""
+        fence = self.fence
+        if fence is None:
+            return
+        refused: list[tuple[int, Refusal]] = []
+        kinds = inputs.kind.tolist()
+        if inputs.fenced_epoch != fence.epoch:
+            for position, symbol in enumerate(inputs.symbols):
+                if symbol and kinds[position] == KIND_NEW:
+                    refusal = fence.refusal(symbol)
+                    if refusal is not None:
+                        refused.append((position, refusal))
+        if fence.map.moving or fence.handed_over:
+            state = self.state
+            names = state.symbol_names
+            table = state.table
+            for position, kind in enumerate(kinds):
+                if kind == KIND_NEW:
+                    continue
+                order_id = int(inputs.target_ids[position])
+                if order_id <= 0 and inputs.client_ids[position]:
+                    order_id = state.order_id_for(account.account_id, inputs.client_ids[position])
+                slot = state.slot_of(order_id) if order_id > 0 else -1
+                if slot < 0:
+                    continue
+                symbol_id = int(table["symbol_id"][slot])
+                if symbol_id < len(names) and int(table["status"][slot]) in OPEN_STATUSES:
+                    refusal = fence.resting_refusal(names[symbol_id])
+                    if refusal is not None:
+                        refused.append((position, refusal))
+        if not refused:
+            return
+        if not streaming:
+            raise InputRefused(refused[0][1], self.shard_id)
+        preset = inputs.preset_reasons
+        if preset is None:
+            preset = inputs.preset_reasons = np.zeros(len(inputs.kind), np.int64)
+        for position, refusal in refused:
+            if not preset[position]:
+                preset[position] = (
+                    common.REJECT_REASON_UNAVAILABLE
+                    if isinstance(refusal, SymbolMoving)
+                    else common.REJECT_REASON_NOT_SHARD_OWNER
+                )
+
+    def without_handed_over(self, order_ids: np.ndarray) -> np.ndarray:
+        """``order_ids`` (local) less the orders of symbols this shard handed over: those live on
+        their new owner now (services/execution/handover.py)."""
+        fence = self.fence
+        if fence is None or not fence.handed_over or not len(order_ids):
+            return order_ids
+        state = self.state
+        handed = [state.symbol_ids[s] for s in fence.handed_over if s in state.symbol_ids]
+        if not handed:
+            return order_ids
+        slots = state.slots_of(order_ids)
+        keep = (slots < 0) | ~np.isin(state.table["symbol_id"][np.maximum(slots, 0)], handed)
+        return order_ids[keep]
+
     async def _cancel_for_kill_switch(self, account: AccountSpec) -> None:
         """The first call after an account's kill switch went on cancels its working orders."""
-        order_ids = self.state.open_order_ids(account.account_id, None, 0)
+        order_ids = self.without_handed_over(self.state.open_order_ids(account.account_id, None, 0))
         if not len(order_ids):
             return
         count = len(order_ids)
@@ -1192,14 +1288,21 @@ class ExecutionCore:
             await asyncio.sleep(0)
 
     def fills_for_ledger(self, fills: np.ndarray) -> list[Fill]:
-        return self.fills_for_ledger_of(self.state, fills, self.shard_id)
+        return self.fills_for_ledger_of(self.state, fills, self.shard_id, self.original_ids)
 
     @staticmethod
-    def fills_for_ledger_of(state: ExecutionState, fills: np.ndarray, shard_id: int = 0) -> list[Fill]:
-        """Ledger rows for FILL_DTYPE rows (names from ``state``; public order ids of ``shard_id``)."""
+    def fills_for_ledger_of(
+        state: ExecutionState,
+        fills: np.ndarray,
+        shard_id: int = 0,
+        original_ids: dict[int, int] | None = None,
+    ) -> list[Fill]:
+        """Ledger rows for FILL_DTYPE rows (names from ``state``; public order ids of ``shard_id``,
+        or the original ids of orders taken over from another shard: ``original_ids``)."""
         names = state.symbol_names
         accounts = state.account_names
         base = shard_id << 48
+        taken = original_ids or {}
         return [
             Fill(
                 symbol=names[symbol_id],
@@ -1207,9 +1310,9 @@ class ExecutionCore:
                 price_ticks=price,
                 quantity_lots=qty,
                 buyer_account=accounts.get(buyer, str(buyer)),
-                buyer_order_id=buy_order | base,
+                buyer_order_id=taken.get(buy_order, buy_order | base) if taken else buy_order | base,
                 seller_account=accounts.get(seller, str(seller)),
-                seller_order_id=sell_order | base,
+                seller_order_id=taken.get(sell_order, sell_order | base) if taken else sell_order | base,
                 executed_at_ns=transact,
                 shard_id=shard_id,
             )

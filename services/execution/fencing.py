@@ -10,7 +10,19 @@ it has seen, so it never accepts a symbol it was told it lost, whatever a stale 
 
 The check on the order path is :meth:`ShardFence.refusal`: the map's owner of a symbol is
 computed once per map (epoch) and then a dict lookup. Cancels and replaces of resting orders are
-not fenced: the order lives here until it is finished. No gRPC import.
+not fenced: the order lives here until it is finished, or until its symbol is moved away.
+
+Moves (issue #15; services/execution/handover.py, services/scaler/moves.py): a symbol the map
+marks ``moving`` is refused with :class:`SymbolMoving` on every shard - new orders, and cancels and
+replaces of its resting orders - which the server answers UNAVAILABLE with a google.rpc.RetryInfo
+of :data:`MOVE_RETRY_DELAY_MS`: nothing of the call was accepted, so the caller (the routing client,
+the gateway, a user) sends it again, and by then the map names the new owner. Why refuse rather
+than hold calls at the gateway: a shard that waits holds a call whose deadline keeps running, and
+a call held at a gateway still reaches the old shard when the gateway's map is stale; a refusal
+before anything is accepted is safe to retry anywhere, at once, by any client. Once the book is
+handed over, the old shard records the symbol as handed over (:attr:`ShardFence.handed_over`,
+durable in its state directory): its resting orders of that symbol are the new owner's, so a
+cancel, replace or get of one answers NOT_SHARD_OWNER naming the new owner. No gRPC import.
 """
 
 from __future__ import annotations
@@ -73,6 +85,30 @@ class NotOwner:
         }
 
 
+#: The retry delay a refused input of a moving symbol is given (google.rpc.RetryInfo): a move's
+#: pause is a few ms once its book is exported, and a retry sooner than the map poll is wasted.
+MOVE_RETRY_DELAY_MS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolMoving:
+    """Why an input for ``symbol`` is refused now: its book is being handed to another shard."""
+
+    symbol: str
+    target_shard_id: int
+    epoch: int
+
+    def message(self, shard_id: int) -> str:
+        return (
+            f"symbol {self.symbol!r} is moving to execution shard {self.target_shard_id} (shard map epoch "
+            f"{self.epoch}); execution shard {shard_id} takes no input for it: nothing was accepted, "
+            f"retry in {MOVE_RETRY_DELAY_MS} ms"
+        )
+
+
+Refusal = NotOwner | SymbolMoving
+
+
 class ShardFence:
     """This shard's view of the map: which symbols it owns now."""
 
@@ -86,30 +122,65 @@ class ShardFence:
         self.changes = 0
         self._task: asyncio.Task[None] | None = None
         self._store: ShardMapStore | None = None
+        #: Symbols whose book this shard handed over: symbol -> the shard it went to (kept by
+        #: services/execution/handover.py, durable in the state directory).
+        self.handed_over: dict[str, int] = {}
 
-    def refusal(self, symbol: str) -> NotOwner | None:
-        """None when this shard owns ``symbol`` now, else who does (a dict lookup once the map has
-        seen the symbol: :meth:`ShardMap.owner` caches per map)."""
+    def refusal(self, symbol: str) -> Refusal | None:
+        """None when this shard owns ``symbol`` now and it is not moving, else why not (a dict
+        lookup once the map has seen the symbol: :meth:`ShardMap.owner` caches per map)."""
         current = self.map
+        if current.moving and symbol in current.moving:
+            return SymbolMoving(symbol, current.moving[symbol], self.epoch)
         owner = current.owner(symbol)
         if owner.shard_id == self.shard_id:
             return None
         return NotOwner(symbol, owner.shard_id, owner.address, self.epoch)
 
-    def first_refusal(self, symbols: list[str]) -> NotOwner | None:
-        """The first of ``symbols`` (empty ones skipped: not new orders) this shard does not own."""
+    def first_refusal(self, symbols: list[str]) -> Refusal | None:
+        """The first of ``symbols`` (empty ones skipped: not new orders) this shard does not take."""
         current = self.map
         mine = self.shard_id
+        moving = current.moving
         for symbol in symbols:
-            if symbol and current.owner(symbol).shard_id != mine:
+            if symbol and (current.owner(symbol).shard_id != mine or (moving and symbol in moving)):
                 return self.refusal(symbol)
         return None
 
     def refused_positions(self, symbols: list[str]) -> list[int]:
-        """Positions of ``symbols`` (empty ones skipped) this shard does not own now."""
+        """Positions of ``symbols`` (empty ones skipped) this shard does not take now."""
         current = self.map
         mine = self.shard_id
-        return [p for p, symbol in enumerate(symbols) if symbol and current.owner(symbol).shard_id != mine]
+        moving = current.moving
+        return [
+            p
+            for p, symbol in enumerate(symbols)
+            if symbol and (current.owner(symbol).shard_id != mine or (moving and symbol in moving))
+        ]
+
+    def resting_refusal(self, symbol: str) -> Refusal | None:
+        """Why a cancel, replace or get of a working order of ``symbol`` held here is not this
+        shard's to answer: the symbol is moving (retry), or its book was handed over (the new
+        owner has the order). None otherwise: resting orders are not fenced by ownership alone."""
+        current = self.map
+        if current.moving and symbol in current.moving:
+            return SymbolMoving(symbol, current.moving[symbol], self.epoch)
+        target = self.handed_over.get(symbol)
+        if target is None:
+            return None
+        owner = current.owner(symbol)
+        if owner.shard_id == self.shard_id:  # the map does not say where yet: name the move's target
+            shard = current.shard(target)
+            return NotOwner(symbol, target, "" if shard is None else shard.address, self.epoch)
+        return NotOwner(symbol, owner.shard_id, owner.address, self.epoch)
+
+    async def refresh(self) -> ShardMap:
+        """Read the stored map now and follow it (a move's step must not wait for the next poll)."""
+        if self._store is not None:
+            stored = await self._store.load()
+            if stored is not None:
+                self.follow(stored)
+        return self.map
 
     def follow(self, shard_map: ShardMap) -> bool:
         """Take ``shard_map`` if its epoch is higher than the one held; returns whether it did."""

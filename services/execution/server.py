@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from hftgate import security
+from hftgate import security, shardmap
 from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
@@ -36,6 +36,7 @@ from hftgate.shardmap import ShardMap
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
+from hftgate.v1 import shard_admin_pb2, shard_admin_pb2_grpc
 from services.cache.client import CacheClient
 from services.cache.l3_sql import SqlStore
 from services.execution import codec, fencing, metrics
@@ -45,6 +46,7 @@ from services.execution.core import (
     KIND_REPLACE,
     Acks,
     ExecutionCore,
+    InputRefused,
     Inputs,
     RateLimited,
     ReaderTooSlow,
@@ -53,6 +55,7 @@ from services.execution.core import (
     cancel_inputs,
 )
 from services.execution.fairness import FairAdmission, StreamLimitExceeded, StreamSlot, StreamSlots
+from services.execution.handover import Handover, HandoverRefused, check_move_id, read_taken_over
 from services.execution.journal import Journal
 from services.execution.ledger import Ledger
 from services.execution.recovery import Recovery, recover
@@ -67,7 +70,7 @@ from services.execution.reference import (
     demo_rows,
 )
 from services.execution.snapshot import Snapshotter
-from services.execution.state import REJECTED
+from services.execution.state import OPEN_STATUSES, REJECTED
 from services.execution.trade_feed import TradeFeed
 
 log = logging.getLogger(__name__)
@@ -88,11 +91,19 @@ async def _abort_bad_request(
 
 
 async def _abort_not_owner(
-    context: grpc.aio.ServicerContext, refusal: fencing.NotOwner, shard_id: int
+    context: grpc.aio.ServicerContext, refusal: fencing.Refusal, shard_id: int
 ) -> NoReturn:
     """FAILED_PRECONDITION with a google.rpc.ErrorInfo naming the owner: the caller refreshes its
-    shard map and sends the call there (nothing of it was accepted here)."""
+    shard map and sends the call there (nothing of it was accepted here). A symbol being moved:
+    UNAVAILABLE with a google.rpc.RetryInfo of a few ms (fencing.py says why)."""
     message = refusal.message(shard_id)
+    if isinstance(refusal, fencing.SymbolMoving):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(fencing.MOVE_RETRY_DELAY_MS)
+        moving = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message)
+        moving.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        await context.abort_with_status(rpc_status.to_status(moving))  # type: ignore[attr-defined]
+        raise AssertionError("abort raises")
     info = error_details_pb2.ErrorInfo(
         reason=fencing.NOT_SHARD_OWNER, domain=fencing.ERROR_DOMAIN, metadata=refusal.metadata()
     )
@@ -151,6 +162,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             light_grace_s=config.fair_light_grace_us / 1e6,
         )
         core.stream_max_behind_reports = config.stream_max_behind_reports
+        core.fence = self.fence
+        #: Orders moves brought here and symbols moved away (set by :func:`start`; None: no moves).
+        self.handover: Handover | None = None
         #: Calls refused for a missing or unknown API key (the interceptor counts its own refusals).
         self.unauthenticated = 0
 
@@ -224,6 +238,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         try:
             await self._admit(account, len(inputs))
             return await self.core.submit(account, inputs)
+        except InputRefused as exc:
+            await _abort_not_owner(context, exc.refusal, self.shard_id)
         except ServiceUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise AssertionError("abort raises") from exc
@@ -235,8 +251,35 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self, acks: Acks, symbols: list[str] | None = None, make: Callable[..., api.OrderAck] = api.OrderAck
     ) -> list[api.OrderAck]:
         protos = codec.encode_acks(acks, time.time_ns(), symbols, make, self.shard_base)
+        if self.handover is not None and self.handover.local_of:
+            for proto in protos:
+                self._as_client_knows(proto)
         self.core.record_ack_sent(acks)
         return protos
+
+    def _as_client_knows(self, message: api.OrderAck | api.ExecutionReport) -> None:
+        """An ack or report of an order a move brought here, as its client knows the order: its
+        original id, and the quantity and fills it had before the move added back."""
+        assert self.handover is not None
+        lots = self.handover.carried_by_shown.get(message.order_id, 0)
+        if lots:
+            message.cum_quantity_lots += lots
+            if message.quantity_lots:
+                message.quantity_lots += lots
+            if message.status == api.ORDER_STATUS_NEW:
+                message.status = api.ORDER_STATUS_PARTIALLY_FILLED
+        message.order_id = self.handover.shown(message.order_id)
+
+    def _reports(self, page: np.ndarray) -> list[api.ExecutionReport]:
+        """ExecutionReports of ``page``, with the original ids of orders taken over by moves."""
+        reports = codec.encode_reports(page, self.core.state, self.shard_base)
+        if self.handover is not None and self.handover.local_of:
+            shown = self.handover.shown
+            for report in reports:
+                self._as_client_knows(report)
+                if report.counterparty_order_id:
+                    report.counterparty_order_id = shown(report.counterparty_order_id)
+        return reports
 
     async def _resolve(
         self, context: grpc.aio.ServicerContext, account: AccountSpec, order_id: int, client_order_id: str
@@ -252,7 +295,10 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         if order_id < 0:
             await _abort_bad_request(context, "order_id", f"order_id must be positive, got {order_id}")
         public_id = order_id
-        if order_id:
+        taken = None if self.handover is None or not order_id else self.handover.local_id(order_id)
+        if taken is not None:  # an order a move brought here keeps the id it was given
+            order_id = taken
+        elif order_id:
             # Another shard's id answers exactly like an id never used here.
             order_id = codec.local_id(order_id, self.shard_id)
             if not order_id:
@@ -275,6 +321,23 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {public_id}")
         return order_id
 
+    async def _check_not_moved(
+        self, context: grpc.aio.ServicerContext, order_id: int, *, reading: bool = False
+    ) -> None:
+        """A working order whose symbol is moving (a change: UNAVAILABLE, retry) or was handed
+        over (NOT_SHARD_OWNER naming the new owner) is not this shard's to change or show."""
+        fence = self.fence
+        if not fence.handed_over and not fence.map.moving:
+            return
+        state = self.core.state
+        row = state.order(order_id)
+        if row is None or int(row["status"]) not in OPEN_STATUSES:
+            return  # history stays here
+        refusal = fence.resting_refusal(state.symbol_names[int(row["symbol_id"])])
+        if refusal is None or (reading and isinstance(refusal, fencing.SymbolMoving)):
+            return
+        await _abort_not_owner(context, refusal, self.shard_id)
+
     # --- order entry ---------------------------------------------------------------------------------
 
     async def SubmitOrder(
@@ -295,6 +358,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             if waiter is not None:
                 await waiter
             ack = await self.core.submit_order(account, entry)
+        except InputRefused as exc:
+            await _abort_not_owner(context, exc.refusal, self.shard_id)
         except ServiceUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise AssertionError("abort raises") from exc
@@ -323,6 +388,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             )
         await self._rate(context, account)
         inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
+        inputs.fenced_epoch = self.fence.epoch
         refusal = self.fence.first_refusal(inputs.symbols)
         if refusal is not None:  # the whole batch: the caller re-splits it by the owner's map
             await _abort_not_owner(context, refusal, self.shard_id)
@@ -338,6 +404,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         arrival = now_ns()
         account = await self._account(context)
         order_id = await self._resolve(context, account, request.order_id, request.client_order_id)
+        await self._check_not_moved(context, order_id)
         inputs = codec.decode_one_target(KIND_CANCEL, order_id, "", time.time_ns(), arrival)
         acks = await self._submit(context, account, inputs)
         return api.CancelOrderResponse(ack=self._ack_protos(acks)[0])
@@ -348,6 +415,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         arrival = now_ns()
         account = await self._account(context)
         order_id = await self._resolve(context, account, request.order_id, request.client_order_id)
+        await self._check_not_moved(context, order_id)
         inputs = codec.decode_one_target(
             KIND_REPLACE,
             order_id,
@@ -355,7 +423,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             time.time_ns(),
             arrival,
             price=request.price_ticks,
-            quantity=request.quantity_lots,
+            quantity=self._local_total(order_id, request.quantity_lots),
             stop_price=request.stop_price_ticks,
         )
         acks = await self._submit(context, account, inputs)
@@ -378,7 +446,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             await _abort_bad_request(context, "side", f"unknown side {request.side}")
         if symbol_id == -1:  # known instrument that never had an order here
             return api.CancelAllResponse()
-        ids = self.core.state.open_order_ids(account.account_id, symbol_id, int(request.side))
+        ids = self.core.without_handed_over(
+            self.core.state.open_order_ids(account.account_id, symbol_id, int(request.side))
+        )
         if not len(ids):
             return api.CancelAllResponse()
         inputs = cancel_inputs(ids, time.time_ns(), arrival)
@@ -386,8 +456,11 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self.core.record_ack_sent(acks)
         done = acks.status != REJECTED
         sequences = acks.sequences[done]
+        canceled = (acks.order_ids[done] | self.shard_base).tolist()
+        if self.handover is not None and self.handover.local_of:
+            canceled = [self.handover.shown(i) for i in canceled]
         return api.CancelAllResponse(
-            canceled_order_ids=(acks.order_ids[done] | self.shard_base).tolist(),
+            canceled_order_ids=canceled,
             sequence=int(sequences[-1]) if len(sequences) else 0,
             durable=acks.durable and bool(len(sequences)),
         )
@@ -397,7 +470,18 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
     ) -> api.GetOrderResponse:
         account = await self._account(context)
         order_id = await self._resolve(context, account, request.order_id, request.client_order_id)
-        return api.GetOrderResponse(order=codec.encode_order(self.core.state, order_id, self.shard_base))
+        await self._check_not_moved(context, order_id, reading=True)
+        order = codec.encode_order(self.core.state, order_id, self.shard_base)
+        if self.handover is not None and self.handover.local_of:
+            lots, notional = self.handover.carried.get(order_id, (0, 0))
+            if lots:  # as its client knows it: the fills before the move added back
+                order.request.quantity_lots += lots
+                order.cum_quantity_lots += lots
+                order.cum_notional += notional
+                if order.status == api.ORDER_STATUS_NEW:
+                    order.status = api.ORDER_STATUS_PARTIALLY_FILLED
+            order.order_id = self.handover.shown(order.order_id)
+        return api.GetOrderResponse(order=order)
 
     # --- streams ---------------------------------------------------------------------------------------
 
@@ -465,6 +549,46 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
         raise AssertionError("abort raises")
 
+    def _localize_taken_over(self, inputs: Inputs, account: AccountSpec) -> None:
+        """Stream targets naming orders a move brought here by their original ids: to local ids
+        (which codec.localize_targets then leaves alone: they carry no shard bits of another);
+        a replace of such an order gets its total quantity as the copy here counts it."""
+        assert self.handover is not None
+        targets = inputs.target_ids
+        kinds = inputs.kind.tolist()
+        for position, target in enumerate(targets.tolist()):
+            local = self.handover.local_id(target) if target > 0 else None
+            if local is not None:
+                targets[position] = local | self.shard_base
+            elif target == 0 and kinds[position] == KIND_REPLACE and inputs.client_ids[position]:
+                local = self.core.state.order_id_for(account.account_id, inputs.client_ids[position]) or None
+            if local is not None and kinds[position] == KIND_REPLACE:
+                quantity = inputs.orders["quantity"]
+                quantity[position] = self._local_total(local, int(quantity[position]))
+
+    def _local_total(self, order_id: int, quantity: int) -> int:
+        """A replace's total quantity (fills included) for the order's copy here: less what a
+        taken-over order had filled before its move (-1, refused as INVALID_QUANTITY, when that
+        leaves nothing)."""
+        if not quantity or self.handover is None or not self.handover.carried:
+            return quantity
+        lots = self.handover.carried.get(order_id, (0, 0))[0]
+        if not lots:
+            return quantity
+        return quantity - lots if quantity > lots else -1
+
+    def _refuse_stream_symbols(self, inputs: Inputs, refused: list[int]) -> None:
+        """NOT_SHARD_OWNER for another shard's symbol; UNAVAILABLE for a symbol being moved."""
+        moving = self.fence.map.moving
+        if moving:
+            preset = inputs.preset_reasons
+            if preset is None:
+                preset = inputs.preset_reasons = np.zeros(len(inputs.kind), np.int64)
+            for position in refused:
+                if inputs.symbols[position] in moving and not preset[position]:
+                    preset[position] = common.REJECT_REASON_UNAVAILABLE
+        codec.refuse_symbols(inputs, refused)
+
     async def OrderStream(
         self, request_iterator: AsyncIterator[api.OrderStreamRequest], context: grpc.aio.ServicerContext
     ) -> None:
@@ -518,10 +642,13 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                         room.clear()
                         await room.wait()
                     inputs = codec.decode_stream_inputs(message.inputs, time.time_ns(), arrival)
+                    if self.handover is not None and self.handover.local_of:
+                        self._localize_taken_over(inputs, account)
                     codec.localize_targets(inputs, shard_id)
+                    inputs.fenced_epoch = fence.epoch
                     refused = fence.refused_positions(inputs.symbols)
                     if refused:  # per input: REJECT_REASON_NOT_SHARD_OWNER, nothing accepted for it
-                        codec.refuse_symbols(inputs, refused)
+                        self._refuse_stream_symbols(inputs, refused)
                     await self._admit(account, count)
                     submitted[0] += 1
                     unsent[0] += count
@@ -577,7 +704,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     last_sent = int(page["sequence"][-1])
                     page = _without_restated(page, restating)
                     if len(page):
-                        response.executions.extend(codec.encode_reports(page, core.state, self.shard_base))
+                        response.executions.extend(self._reports(page))
                 while restate_marks and restate_marks[0][0] <= subscriber.cursor:
                     for sequence in restate_marks.popleft()[1]:  # their reports are all read
                         restating.pop(sequence, None)
@@ -669,7 +796,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 await self._heavy_step()
                 page = core.reports_page(subscriber, page_size)
                 if len(page):
-                    for report in codec.encode_reports(page, core.state, self.shard_base):
+                    for report in self._reports(page):
                         await context.write(report)
                         last_sent = report.sequence
                     continue
@@ -777,6 +904,140 @@ def _summary(histogram: LatencyHistogram) -> common.LatencySummary:
         p99_99_ns=int(s["p99_99"]),
         max_ns=int(s["max"]),
     )
+
+
+ADMIN_SERVICE_NAME = "hftgate.v1.ShardAdminService"
+#: The service principals that may move symbols (an operator command, the scaler's mover).
+MOVE_PRINCIPALS = frozenset({security.ADMIN, "scaler"})
+
+
+class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
+    """shard_admin.proto: this shard's side of a symbol move (the logic is in handover.py)."""
+
+    def __init__(self, servicer: ExecutionServicer, handover: Handover) -> None:
+        self.servicer = servicer
+        self.handover = handover
+        self.fence = servicer.fence
+        self.shard_id = servicer.shard_id
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, move_id: str, symbol: str) -> None:
+        secret = self.servicer.secret
+        principal = None if secret is None else security.principal_of(context, secret)
+        if principal not in MOVE_PRINCIPALS:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"moving symbols needs the service token of one of: {', '.join(sorted(MOVE_PRINCIPALS))}",
+            )
+        try:
+            check_move_id(move_id)
+            shardmap.check_symbol(symbol)
+        except (HandoverRefused, shardmap.ShardMapError) as exc:
+            await _abort_bad_request(
+                context, "move_id" if isinstance(exc, HandoverRefused) else "symbol", str(exc)
+            )
+
+    async def _map_at_least(self, context: grpc.aio.ServicerContext, epoch: int) -> shardmap.ShardMap:
+        fence = self.fence
+        if fence.epoch < epoch:
+            try:
+                await fence.refresh()
+            except shardmap.ShardMapUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if fence.epoch < epoch:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {self.shard_id} holds shard map epoch {fence.epoch}, below the move's {epoch}",
+            )
+        return fence.map
+
+    async def ExportSymbol(
+        self, request: shard_admin_pb2.ExportSymbolRequest, context: grpc.aio.ServicerContext
+    ) -> shard_admin_pb2.ExportSymbolResponse:
+        await self._authorize(context, request.move_id, request.symbol)
+        current = await self._map_at_least(context, request.min_epoch)
+        symbol = request.symbol
+        if symbol not in current.moving:  # the mark may be newer than the last poll
+            current = await self.fence.refresh()
+        if symbol not in current.moving:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard map epoch {self.fence.epoch} does not mark {symbol} moving: publish the move first",
+            )
+        if current.owner(symbol).shard_id != self.shard_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {self.shard_id} does not own {symbol} at epoch {self.fence.epoch}: "
+                f"shard {current.owner(symbol).shard_id} does",
+            )
+        try:
+            orders = await self.handover.export(symbol)
+        except HandoverRefused as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("move %s: exported %d order(s) of %s", request.move_id, len(orders), symbol)
+        return shard_admin_pb2.ExportSymbolResponse(
+            orders=orders, epoch=self.fence.epoch, shard_id=self.shard_id
+        )
+
+    async def ImportSymbol(
+        self, request: shard_admin_pb2.ImportSymbolRequest, context: grpc.aio.ServicerContext
+    ) -> shard_admin_pb2.ImportSymbolResponse:
+        await self._authorize(context, request.move_id, request.symbol)
+        current = await self._map_at_least(context, request.min_epoch)
+        symbol = request.symbol
+        if current.moving.get(symbol) != self.shard_id:  # the mark may be newer than the last poll
+            current = await self.fence.refresh()
+        if current.moving.get(symbol) != self.shard_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard map epoch {self.fence.epoch} does not mark {symbol} moving to shard {self.shard_id}",
+            )
+        try:
+            result = await self.handover.import_book(request.move_id, symbol, list(request.orders))
+        except HandoverRefused as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception as exc:  # the journal: nothing acknowledged, the mover sends it again
+            log.exception("move %s: import of %s failed", request.move_id, symbol)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"import of {symbol} failed: {exc}")
+        return shard_admin_pb2.ImportSymbolResponse(
+            orders=result.orders, already_imported=result.already_imported, journal_seq=result.journal_seq
+        )
+
+    async def ReleaseSymbol(
+        self, request: shard_admin_pb2.ReleaseSymbolRequest, context: grpc.aio.ServicerContext
+    ) -> shard_admin_pb2.ReleaseSymbolResponse:
+        await self._authorize(context, request.move_id, request.symbol)
+        symbol, target = request.symbol, request.to_shard_id
+        if self.handover.handed_over.get(symbol) == target:
+            return shard_admin_pb2.ReleaseSymbolResponse(already_released=True)
+        current = await self._map_at_least(context, 0)
+        if current.moving.get(symbol) != target and current.owner(symbol).shard_id != target:
+            current = await self.fence.refresh()
+        if current.moving.get(symbol) != target and current.owner(symbol).shard_id != target:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard map epoch {self.fence.epoch} neither moves {symbol} to shard {target} nor gives it "
+                "to that shard",
+            )
+        try:
+            released = await asyncio.to_thread(self.handover.release, symbol, target)
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot record the release: {exc}")
+        return shard_admin_pb2.ReleaseSymbolResponse(already_released=not released)
+
+    async def SyncShardMap(
+        self, request: shard_admin_pb2.SyncShardMapRequest, context: grpc.aio.ServicerContext
+    ) -> shard_admin_pb2.SyncShardMapResponse:
+        secret = self.servicer.secret
+        if (None if secret is None else security.principal_of(context, secret)) not in MOVE_PRINCIPALS:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "SyncShardMap needs the admin or scaler token"
+            )
+        if self.fence.epoch < request.min_epoch:
+            try:
+                await self.fence.refresh()
+            except shardmap.ShardMapUnavailable as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return shard_admin_pb2.SyncShardMapResponse(epoch=self.fence.epoch)
 
 
 @dataclass
@@ -932,7 +1193,12 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
         closers.append(ledger.close)
         if len(recovered.tail_fills):
             added = await ledger.catch_up(
-                ExecutionCore.fills_for_ledger_of(recovered.state, recovered.tail_fills, config.shard_id)
+                ExecutionCore.fills_for_ledger_of(
+                    recovered.state,
+                    recovered.tail_fills,
+                    config.shard_id,
+                    read_taken_over(config.state_path()),
+                )
             )
             log.info(
                 "ledger caught up: %d of %d replayed fill(s) were missing", added, len(recovered.tail_fills)
@@ -976,6 +1242,11 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
         collector = metrics.register(core)
         closers.append(lambda: _unregister(collector))
         servicer = ExecutionServicer(core, config, suite.secret, fence)
+        handover = Handover(core, config.state_path(), config.shard_id, servicer.shard_base)
+        handover.load()
+        fence.handed_over = handover.handed_over
+        servicer.handover = handover
+        shard_admin = ShardAdminServicer(servicer, handover)
         # Accounts call with their API key (checked by the servicer); services (the gateway) with a
         # service token, and forward the account's key.
         auth = security.ServiceAuthInterceptor(suite.secret, api_key_methods=True)
@@ -985,7 +1256,11 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
             [
                 ServiceBinding(
                     SERVICE_NAME, lambda s: api_grpc.add_ExecutionServiceServicer_to_server(servicer, s)
-                )
+                ),
+                ServiceBinding(
+                    ADMIN_SERVICE_NAME,
+                    lambda s: shard_admin_pb2_grpc.add_ShardAdminServiceServicer_to_server(shard_admin, s),
+                ),
             ],
             tls=_server_tls(config, suite),
             auth=auth,

@@ -1,0 +1,285 @@
+"""A symbol move under order flow (issue #15): ``move_pause_max_ms``, ``lost_acked``,
+``duplicate_fills``, ``books_match``.
+
+Two real execution shards (``python -m services.execution``) share a shard map; a client sends
+SubmitOrder for one symbol at about ``rate_per_s`` (resting buys and sells around a mid price,
+and every fifth order an IOC that takes from the book, so there are fills on both sides of the
+move) to the owner it knows, the way the routing client does: on NOT_SHARD_OWNER it sends to the
+owner the ErrorInfo names, on UNAVAILABLE it waits the RetryInfo delay and sends again. In the
+middle of the flow a :class:`~services.scaler.moves.SymbolMover` moves the symbol from shard 0
+to shard 1. Then:
+
+* ``move_pause_max_ms`` - the longest any order waited from its first send to its ack (turned
+  away and sent again included); ``move_pause_p50_ms`` the median, as a floor of the same run;
+  ``move_window_ms`` how long the symbol was marked moving (mark published to move done);
+* ``lost_acked`` - acknowledged orders that neither shard knows by their id afterwards;
+* ``duplicate_fills`` - orders filled for more than their quantity across both shards' ledgers,
+  plus trade ids that appear twice;
+* ``books_match`` - every order the move carried is on the new owner under its original id, at
+  its price, with what it had left less what the new owner's ledger filled of it.
+
+Figures are timings on a shared machine: read them against the floor of the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from hftgate.bench.execution import ExecutionProcess
+from hftgate.security import ADMIN, load_suite_secret
+from hftgate.shardmap import Shard, ShardMap, ShardMapStore
+from hftgate.v1 import common_pb2 as common
+from hftgate.v1 import execution_pb2 as api
+from hftgate.v1 import execution_pb2_grpc as api_grpc
+from hftgate.v1 import shard_admin_pb2 as admin
+
+SYMBOL = "BTCUSDT"
+MID = 5_000_000
+#: Bounds of one run (what the flow may send and how long a refused order is sent again).
+MAX_ORDERS = 20_000
+MAX_RESENDS = 1_000
+#: Orders in flight per account at most: past it the flow waits (so a slow machine lowers the rate
+#: rather than queueing thousands of calls, whose waits would measure the queue, not the move).
+MAX_IN_FLIGHT = 32
+
+
+class _Flow:
+    def __init__(self, stubs: dict[str, api_grpc.ExecutionServiceStub], owner: str, metadata: Any) -> None:
+        self.stubs = stubs
+        self.owner = owner
+        self.metadata = metadata
+        self.waits_ms: list[float] = []
+        self.acked: dict[int, tuple[str, int]] = {}  # order id -> (client id, quantity)
+        self.errors = 0
+        self.error_codes: dict[str, int] = {}
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def send(self, order: api.NewOrder) -> None:
+        async with self.slots:
+            await self._send(order)
+
+    async def _send(self, order: api.NewOrder) -> None:
+        started = time.perf_counter()
+        for _ in range(MAX_RESENDS):
+            try:
+                reply = await self.stubs[self.owner].SubmitOrder(
+                    api.SubmitOrderRequest(order=order), metadata=self.metadata, timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+                delay_s = 0.0
+                for detail in status.details if status is not None else ():
+                    info = error_details_pb2.ErrorInfo()
+                    retry = error_details_pb2.RetryInfo()
+                    if detail.Unpack(info) and info.metadata.get("owner_address") in self.stubs:
+                        self.owner = info.metadata["owner_address"]
+                    elif detail.Unpack(retry):
+                        delay_s = retry.retry_delay.ToNanoseconds() / 1e9
+                if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+                    self.errors += 1
+                    name = exc.code().name
+                    self.error_codes[name] = self.error_codes.get(name, 0) + 1
+                    return
+                await asyncio.sleep(delay_s)
+                continue
+            self.waits_ms.append((time.perf_counter() - started) * 1000)
+            if reply.ack.sequence:
+                self.acked[reply.ack.order_id] = (order.client_order_id, order.quantity_lots)
+            return
+        self.errors += 1
+
+
+def _order(number: int) -> api.NewOrder:
+    taker = number % 5 == 4
+    side = common.SIDE_SELL if number % 2 else common.SIDE_BUY
+    offset = 100 * (1 + number % 20)
+    price = (MID - offset if side == common.SIDE_BUY else MID + offset) if not taker else MID
+    return api.NewOrder(
+        client_order_id=f"m{number}",
+        symbol=SYMBOL,
+        side=side,  # type: ignore[arg-type]
+        order_type=api.ORDER_TYPE_LIMIT,
+        time_in_force=api.TIME_IN_FORCE_IOC if taker else api.TIME_IN_FORCE_GTC,
+        price_ticks=price if not taker else (MID + 10_000 if side == common.SIDE_BUY else MID - 10_000),
+        quantity_lots=10 if not taker else 3,
+    )
+
+
+async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any]:
+    from services.execution.ledger import Ledger
+    from services.scaler.moves import SymbolMover
+
+    url = f"sqlite+aiosqlite:///{tmp / 'shardmap.sqlite3'}"
+    processes: list[ExecutionProcess] = []
+    for shard_id in (0, 1):
+        settings = {
+            "shard_id": str(shard_id),
+            "shard_map_database_url": url,
+            "state_dir": str(tmp / f"shard{shard_id}"),
+            "journal_durability": "fsync",
+        }
+        process = ExecutionProcess(tmp, settings)
+        process.log_dir = tmp / f"logs{shard_id}"
+        if processes:
+            process.key_secret = processes[0].key_secret
+        processes.append(process)
+    store = ShardMapStore(url)
+    channels: list[grpc.aio.Channel] = []
+    try:
+        for process in processes:
+            process.spawn()
+        for process in processes:
+            await process.wait_ready()
+        await store.start()
+        addresses = [p.address for p in processes]
+        await store.create(ShardMap(1, [Shard(0, addresses[0]), Shard(1, addresses[1])], {SYMBOL: 0}))
+        channels = [grpc.aio.insecure_channel(a) for a in addresses]
+        stubs = {a: api_grpc.ExecutionServiceStub(c) for a, c in zip(addresses, channels, strict=True)}
+        flows = [_Flow(stubs, addresses[0], processes[0].account(name).metadata) for name in ("alice", "bob")]
+        secret = load_suite_secret(processes[0].environment(), state_dir=tmp, create=False)
+        mover = SymbolMover(store, secret.service_credentials(ADMIN), retry_delay_s=0.01)
+        await mover.start()
+        marked_at: list[float] = []
+
+        def note_mark(current: Any) -> None:
+            if current.step == "export":  # the mark is published: the symbol refuses input from here
+                marked_at.append(time.perf_counter())
+
+        mover.before_step = note_mark
+        pending: set[asyncio.Task[None]] = set()
+        interval = 1.0 / rate_per_s
+        count = min(MAX_ORDERS, int(rate_per_s * flow_s))
+        move_task: asyncio.Task[Any] | None = None
+        finished_at: list[float] = []
+        started = time.perf_counter()
+        for number in range(count):
+            flow = flows[number % 2]
+            if flow.slots.locked():  # the machine cannot keep the rate: wait rather than queue
+                await flow.slots.acquire()
+                flow.slots.release()
+            task = asyncio.ensure_future(flow.send(_order(number)))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            if number == count // 2:
+                move_task = asyncio.ensure_future(mover.move(SYMBOL, 1))
+                move_task.add_done_callback(lambda _: finished_at.append(time.perf_counter()))
+            delay = started + (number + 1) * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        sent_s = time.perf_counter() - started
+        await asyncio.gather(*pending)
+        assert move_task is not None
+        move = await move_task
+        window_ms = (finished_at[0] - marked_at[0]) * 1000 if marked_at and finished_at else 0.0
+        await mover.close()
+
+        # What each shard knows afterwards.
+        lost = 0
+        owner_stub = stubs[addresses[1]]
+        for flow in flows:
+            for order_id in flow.acked:
+                found = False
+                for stub in (owner_stub, stubs[addresses[0]]):
+                    try:
+                        await stub.GetOrder(api.GetOrderRequest(order_id=order_id), metadata=flow.metadata)
+                        found = True
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                            raise
+                lost += not found
+        await asyncio.sleep(0.5)  # the ledgers are written off the order path
+        entries = []
+        for shard_id in (0, 1):
+            ledger = await Ledger.open(f"sqlite+aiosqlite:///{tmp / f'shard{shard_id}' / 'ledger.sqlite3'}")
+            try:
+                entries.append(await ledger.entries())
+            finally:
+                await ledger.close()
+        quantities = {oid: qty for flow in flows for oid, (_, qty) in flow.acked.items()}
+        filled: dict[int, int] = {}
+        trade_ids: list[str] = []
+        for rows in entries:
+            for row in rows:
+                trade_ids.append(row.transaction_id)
+                for order_id in (row.buyer_order_id, row.seller_order_id):
+                    filled[order_id] = filled.get(order_id, 0) + row.quantity_lots
+        duplicates = sum(1 for oid, lots in filled.items() if lots > quantities.get(oid, lots))
+        duplicates += len(trade_ids) - len(set(trade_ids))
+        moved = admin.ExportSymbolResponse.FromString(move.book).orders
+        new_fills: dict[int, int] = {}
+        for row in entries[1]:
+            for order_id in (row.buyer_order_id, row.seller_order_id):
+                new_fills[order_id] = new_fills.get(order_id, 0) + row.quantity_lots
+        books_match = move.step == "done"
+        by_account = {name: processes[1].account(name).metadata for name in ("alice", "bob")}
+        for moved_order in moved:
+            got = await owner_stub.GetOrder(
+                api.GetOrderRequest(order_id=moved_order.original_order_id),
+                metadata=by_account[moved_order.account_name],
+            )
+            left = moved_order.leaves_quantity_lots - new_fills.get(moved_order.original_order_id, 0)
+            if (
+                got.order.request.price_ticks != moved_order.price_ticks
+                or got.order.leaves_quantity_lots != left
+            ):
+                books_match = False
+        waits = [w for flow in flows for w in flow.waits_ms]
+        return {
+            "move_pause_max_ms": max(waits),
+            "move_pause_p50_ms": statistics.median(waits),
+            "move_window_ms": window_ms,
+            "lost_acked": lost,
+            "duplicate_fills": duplicates,
+            "books_match": books_match,
+            "orders_acked": sum(len(f.acked) for f in flows),
+            "orders_moved": len(moved),
+            "fills": len(trade_ids),
+            "errors": sum(f.errors for f in flows),
+            "achieved_rate_per_s": count / max(1e-9, sent_s),
+            "error_codes": ",".join(sorted({c for f in flows for c in f.error_codes})),
+        }
+    finally:
+        for channel in channels:
+            await channel.close(None)
+        await store.close()
+        for process in processes:
+            process.stop()
+
+
+def run(repeats: int = 1, rate_per_s: float = 1_000.0, flow_s: float = 3.0) -> dict[str, float | int | bool]:
+    """``repeats`` moves under ``rate_per_s`` orders/s (fresh shards each); worst figures kept."""
+    out: dict[str, Any] = {}
+    for _ in range(max(1, repeats)):
+        with tempfile.TemporaryDirectory(prefix="hftgate-bench-moves-") as tmp:
+            one = asyncio.run(_one_run(Path(tmp), rate_per_s, flow_s))
+        if not out:
+            out = dict(one)
+            continue
+        out["move_pause_max_ms"] = max(out["move_pause_max_ms"], one["move_pause_max_ms"])
+        out["move_pause_p50_ms"] = max(out["move_pause_p50_ms"], one["move_pause_p50_ms"])
+        out["move_window_ms"] = max(out["move_window_ms"], one["move_window_ms"])
+        for name in ("lost_acked", "duplicate_fills", "orders_acked", "orders_moved", "fills", "errors"):
+            out[name] += one[name]
+        out["books_match"] = out["books_match"] and one["books_match"]
+        out["error_codes"] = ",".join(
+            sorted(set(filter(None, f"{out['error_codes']},{one['error_codes']}".split(","))))
+        )
+    out["repeats"] = max(1, repeats)
+    out["move_rate_per_s"] = rate_per_s
+    out["move_bars_hold"] = bool(
+        out["move_pause_max_ms"] <= 100
+        and out["lost_acked"] == 0
+        and out["duplicate_fills"] == 0
+        and out["books_match"]
+    )
+    return out

@@ -1,0 +1,436 @@
+"""Handing one symbol's book from one execution shard to another (issue #15), without gRPC.
+
+The old owner **exports** (:func:`export_book`): the symbol's working orders as the engine holds
+them - resting bids then asks, each in time priority, then pending stops in trigger order - with
+what the order table knows of each (account, client order id, the client's type, price,
+protection, time in force, self-trade prevention, priority) and its public id.
+
+The new owner **imports** (:meth:`Handover.import_book`): the orders become one ordinary journal
+batch of new orders, in that same order, so that
+
+* a restart rebuilds them from the journal (or a snapshot) like any other input, with no new
+  record type for recovery to learn;
+* each price level keeps its time priority (the orders are entered oldest first and nothing
+  else is in the symbol's book: the symbol was moving, no shard took input for it);
+* the orders keep their **original ids**: the shard gives them local ids, and a table of
+  (local id -> original public id) translates every id that comes in (cancel, replace, get)
+  or goes out (acks, reports, ledger rows). The table is written (fsync, rename) once the
+  batch is durable; a crash in between is repaired when the import is sent again (the orders
+  are found by account and client order id, which a shard keeps unique per account).
+
+Fills before the move: the new shard's copy of an order is entered with its open quantity; the
+lots and notional it had filled are kept in the id table and added back wherever the order is
+shown (GetOrder, acks, reports: quantity and cumulative quantity as the client knew them) and
+taken off a replace's total quantity (which counts fills, as the API says). The fills themselves
+stay in the old shard's history and the ledger.
+
+What a move does not carry over, by design of this one-record import (documented in the
+README's move section): an iceberg shows a full slice again (its reserve is kept); the symbol's
+last trade price, which stops compare with, starts unset on the new shard; report sequence
+numbers are per shard (each moved order gets one NEW report on the new shard, with its original
+id).
+
+The old owner then records the symbol **handed over** (:meth:`Handover.release`): its copies of
+the orders stay in its book and history (GetOrder of a finished order still answers there), but
+the fence (fencing.py) answers a cancel, replace or get of a working one with NOT_SHARD_OWNER
+naming the new owner. A symbol cannot move back to a shard that still holds such a frozen copy
+(the import refuses: it holds working orders of the symbol).
+
+Bounds: a move carries at most :data:`MAX_MOVED_ORDERS` orders; a shard keeps at most
+:data:`MAX_TAKEN_OVER_ORDERS` translated ids (an import past that is refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hftgate.matching.types import COMMAND_DTYPE, Action, Side
+from hftgate.matching.types import OrderType as EngineType
+from hftgate.v1 import shard_admin_pb2 as admin
+from services.execution.core import ExecutionCore
+from services.execution.records import (
+    META_DTYPE,
+    RECORD_ACCOUNT,
+    RECORD_BATCH,
+    RECORD_SYMBOL,
+    Batch,
+    encode_account,
+    encode_batch,
+    encode_symbol,
+)
+from services.execution.state import REJECTED, ExecutionState
+
+log = logging.getLogger(__name__)
+
+#: Orders one move may carry (one journal record; the engine's live-order pool bounds it too).
+MAX_MOVED_ORDERS = 100_000
+#: Translated ids a shard keeps (orders taken over by moves), across all moves.
+MAX_TAKEN_OVER_ORDERS = 1_000_000
+#: How long an export waits for the journal to make what it took durable.
+DURABLE_WAIT_S = 10.0
+MOVES_DIR = "moves"
+HANDED_OVER_FILE = "handed-over.json"
+_MOVE_ID = re.compile(r"[!-~]{1,64}")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class HandoverRefused(Exception):
+    """A step that cannot be done now (the message says why); nothing was changed."""
+
+
+def check_move_id(move_id: str) -> None:
+    if not _MOVE_ID.fullmatch(move_id or ""):
+        raise HandoverRefused(f"move id {move_id[:64]!r} must be 1..64 printable ASCII characters")
+
+
+def export_book(
+    state: ExecutionState,
+    symbol: str,
+    public_of: dict[int, int],
+    shard_base: int,
+    carried: dict[int, tuple[int, int]] | None = None,
+) -> list[admin.MovedOrder]:
+    """The working orders of ``symbol`` in the order they must be re-entered (see the module
+    docstring); ``public_of`` maps local ids of orders this shard took over to their original ids,
+    ``carried`` their fills before they came here (lots, notional)."""
+    symbol_id = state.symbol_ids.get(symbol)
+    if symbol_id is None:
+        return []
+    parts = [
+        state.engine.orders(side, symbol=symbol_id, pending_stops=stops)
+        for stops in (False, True)
+        for side in (Side.BUY, Side.SELL)
+    ]
+    infos = np.concatenate(parts)
+    if len(infos) > MAX_MOVED_ORDERS:
+        raise HandoverRefused(
+            f"{symbol} has {len(infos)} working orders: a move carries at most {MAX_MOVED_ORDERS}"
+        )
+    out: list[admin.MovedOrder] = []
+    for info in infos:
+        local = int(info["order_id"])
+        row = state.order(local)
+        client_id = state.client_id_of(local)
+        if row is None or client_id is None:  # every working order is retained (state.py)
+            raise HandoverRefused(f"working order {local} of {symbol} has no order row: cannot export it")
+        account_id = int(row["account_id"])
+        pending = bool(info["is_pending_stop"])
+        engine_type = int(info["order_type"])
+        stop = int(info["stop_price"]) if pending else 0
+        before_lots, before_notional = (carried or {}).get(local, (0, 0))
+        if not pending and engine_type == EngineType.STOP_LIMIT:
+            engine_type = int(EngineType.LIMIT)  # triggered: it rests as the limit order it became
+        out.append(
+            admin.MovedOrder(
+                original_order_id=public_of.get(local, local | shard_base),
+                account_id=account_id,
+                account_name=state.account_names.get(account_id, str(account_id)),
+                client_order_id=client_id,
+                side=int(info["side"]),
+                order_type=int(row["order_type"]),
+                engine_order_type=engine_type,
+                time_in_force=int(row["tif"]),
+                engine_price_ticks=int(info["price"]),
+                price_ticks=int(row["price"]),
+                stop_price_ticks=stop,
+                leaves_quantity_lots=int(row["leaves"]),
+                display_quantity_lots=int(info["display_qty"]),
+                protection_price_ticks=int(row["protection"]),
+                post_only=bool(row["post_only"]),
+                self_trade_prevention=int(row["stp"]),
+                priority=int(row["priority"]),
+                pending_stop=pending,
+                engine_stp_mode=int(info["stp_mode"]),
+                engine_flags=int(info["flags"]),
+                quantity_lots=int(row["quantity"]) + before_lots,
+                cum_quantity_lots=int(row["cum"]) + before_lots,
+                cum_notional=int(row["notional"]) + before_notional,
+            )
+        )
+    return out
+
+
+def _write_durably(path: Path, body: dict[str, object]) -> None:
+    """Write ``body`` as JSON to ``path`` so that a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(body, handle, separators=(",", ":"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def read_taken_over(state_dir: Path) -> dict[int, int]:
+    """local id -> original public id of every order moves gave the shard of ``state_dir``."""
+    return {local: original for local, (original, _, _) in _read_tables(state_dir).items()}
+
+
+def _read_tables(state_dir: Path) -> dict[int, tuple[int, int, int]]:
+    """local id -> (original id, lots and notional filled before the move) from the id tables."""
+    taken: dict[int, tuple[int, int, int]] = {}
+    for path in sorted((state_dir / MOVES_DIR).glob("import-*.json")):
+        body = json.loads(path.read_text(encoding="utf-8"))
+        for entry in body.get("ids", []):
+            original, local, *before = (int(v) for v in entry)
+            lots, notional = [*before, 0, 0][:2]
+            taken[local] = (original, lots, notional)
+    return taken
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    orders: int
+    already_imported: bool
+    journal_seq: int
+
+
+class Handover:
+    """One shard's side of moves: the ids it took over and the symbols it handed over, both
+    durable under ``<state dir>/moves/``. One per shard, on the shard's event loop."""
+
+    def __init__(self, core: ExecutionCore, state_dir: Path, shard_id: int, shard_base: int) -> None:
+        self.core = core
+        self.directory = state_dir / MOVES_DIR
+        self.shard_id = shard_id
+        self.shard_base = shard_base
+        #: local id -> original public id (shared with the core: it translates ledger rows).
+        self.original_of: dict[int, int] = core.original_ids
+        #: original public id -> local id (what cancels and gets name).
+        self.local_of: dict[int, int] = {}
+        #: the id this shard would show (local | shard base) -> original public id.
+        self.shown_to_original: dict[int, int] = {}
+        #: symbol -> the shard its book went to.
+        self.handed_over: dict[str, int] = {}
+        #: local id -> (lots, notional) a taken-over order had filled before it came here: added
+        #: to what GetOrder, acks and reports show, and taken off a replace's total quantity.
+        self.carried: dict[int, tuple[int, int]] = {}
+        #: the id this shard would show -> lots filled before the move (for the reply paths).
+        self.carried_by_shown: dict[int, int] = {}
+
+    # --- start-up ----------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read what earlier moves left (after recovery, before serving)."""
+        handed = self.directory / HANDED_OVER_FILE
+        if handed.exists():
+            body = json.loads(handed.read_text(encoding="utf-8"))
+            self.handed_over.update({str(k): int(v) for k, v in body.get("symbols", {}).items()})
+        for local, (original, lots, notional) in _read_tables(self.directory.parent).items():
+            self._take(original, local, lots, notional)
+        if self.local_of or self.handed_over:
+            log.info(
+                "moves: %d order id(s) taken over, %d symbol(s) handed over (%s)",
+                len(self.local_of),
+                len(self.handed_over),
+                ", ".join(sorted(self.handed_over)[:5]),
+            )
+
+    def _take(self, original: int, local: int, lots: int = 0, notional: int = 0) -> None:
+        self.original_of[local] = original
+        self.local_of[original] = local
+        self.shown_to_original[local | self.shard_base] = original
+        if lots:
+            self.carried[local] = (lots, notional)
+            self.carried_by_shown[local | self.shard_base] = lots
+
+    # --- ids ---------------------------------------------------------------------------------
+    def local_id(self, public_id: int) -> int | None:
+        """The local id of a taken-over order named by its original id, or None."""
+        return self.local_of.get(public_id) if self.local_of else None
+
+    def shown(self, shown_id: int) -> int:
+        """The id a client must see for an id this shard would show (its original, when taken over)."""
+        return self.shown_to_original.get(shown_id, shown_id)
+
+    # --- the old owner -----------------------------------------------------------------------
+    async def export(self, symbol: str) -> list[admin.MovedOrder]:
+        """The book of ``symbol`` once everything journaled is durable. The caller has checked
+        that the map marks the symbol moving: no input for it is journaled after this point."""
+        journal = self.core.journal
+        target = journal.next_seq - 1
+        deadline = time.monotonic() + DURABLE_WAIT_S
+        while journal.durable_seq < target:
+            if time.monotonic() > deadline:
+                raise HandoverRefused(
+                    f"the journal made seq {journal.durable_seq} of {target} durable in {DURABLE_WAIT_S:g} s"
+                )
+            await asyncio.sleep(0.001)
+        return export_book(self.core.state, symbol, self.original_of, self.shard_base, self.carried)
+
+    def release(self, symbol: str, to_shard_id: int) -> bool:
+        """Record ``symbol`` handed over to ``to_shard_id``; False when it already was."""
+        if self.handed_over.get(symbol) == to_shard_id:
+            return False
+        updated = {**self.handed_over, symbol: to_shard_id}
+        _write_durably(self.directory / HANDED_OVER_FILE, {"symbols": updated})
+        self.handed_over[symbol] = to_shard_id  # in place: the fence holds this same dict
+        log.info("moves: %s handed over to shard %d", symbol, to_shard_id)
+        return True
+
+    # --- the new owner -----------------------------------------------------------------------
+    def _already_imported(self, symbol: str, orders: list[admin.MovedOrder]) -> list[int] | None:
+        """The local ids of a move's orders when they are already in this shard's book, else None."""
+        state = self.core.state
+        symbol_id = state.symbol_ids.get(symbol)
+        if symbol_id is None or not orders:
+            return None
+        found: list[int] = []
+        for order in orders:
+            local = state.order_id_for(order.account_id, order.client_order_id)
+            row = state.order(local) if local else None
+            if row is None or int(row["symbol_id"]) != symbol_id or int(row["status"]) == REJECTED:
+                return None
+            found.append(local)
+        return found
+
+    def _check_importable(self, symbol: str, orders: list[admin.MovedOrder]) -> None:
+        state = self.core.state
+        if len(orders) > MAX_MOVED_ORDERS:
+            raise HandoverRefused(f"{len(orders)} orders: a move carries at most {MAX_MOVED_ORDERS}")
+        if len(self.local_of) + len(orders) > MAX_TAKEN_OVER_ORDERS:
+            raise HandoverRefused(
+                f"shard {self.shard_id} holds {len(self.local_of)} taken-over ids; {len(orders)} more "
+                f"exceed the limit of {MAX_TAKEN_OVER_ORDERS}"
+            )
+        symbol_id = state.symbol_ids.get(symbol)
+        if symbol_id is not None:
+            held = sum(
+                len(state.engine.orders(side, symbol=symbol_id, pending_stops=stops))
+                for stops in (False, True)
+                for side in (Side.BUY, Side.SELL)
+            )
+            if held:
+                raise HandoverRefused(
+                    f"shard {self.shard_id} still holds {held} working order(s) of {symbol} (a book it "
+                    "handed over earlier): it cannot take the symbol back"
+                )
+        elif len(state.symbol_names) >= state.engine_config.max_symbols:
+            raise HandoverRefused(f"shard {self.shard_id} has no engine book left for {symbol} (max_symbols)")
+        for order in orders:
+            if not order.client_order_id.isascii() or not order.client_order_id:
+                raise HandoverRefused(f"order {order.original_order_id}: client order id must be ASCII")
+            if state.order_id_for(order.account_id, order.client_order_id):
+                raise HandoverRefused(
+                    f"client order id {order.client_order_id!r} of account {order.account_name} is in use on "
+                    f"shard {self.shard_id}: the order {order.original_order_id} cannot keep it here"
+                )
+
+    async def import_book(self, move_id: str, symbol: str, orders: list[admin.MovedOrder]) -> ImportResult:
+        """Journal ``orders`` as this shard's book of ``symbol`` (once per move; see the module
+        docstring). Returns once the record is durable and the id table written."""
+        check_move_id(move_id)
+        table_path = self.directory / f"import-{_SAFE_NAME.sub('_', move_id)}.json"
+        if symbol in self.handed_over:  # its frozen copies would pass for this book: refuse
+            raise HandoverRefused(
+                f"shard {self.shard_id} handed {symbol} over to shard {self.handed_over[symbol]} and still "
+                "holds its frozen copy of that book: it cannot take the symbol back"
+            )
+        known = self._already_imported(symbol, orders)
+        if known is not None:
+            if not table_path.exists():  # durable, but the crash came before the id table
+                self._write_ids(table_path, move_id, symbol, orders, known)
+            return ImportResult(len(orders), True, 0)
+        if not orders:
+            self._write_ids(table_path, move_id, symbol, orders, [])
+            return ImportResult(0, False, 0)
+        self._check_importable(symbol, orders)
+        core = self.core
+        state = core.state
+        journal = core.journal
+        journal.check_writable()
+        # One loop step from here to the append: nothing else can take the ids or sequence numbers.
+        symbol_id = state.symbol_ids.get(symbol)
+        if symbol_id is None:
+            symbol_id = len(state.symbol_names)
+            journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
+            state.add_symbol(symbol_id, symbol)
+        for order in orders:
+            if order.account_id not in state.account_names:
+                journal.append(encode_account(order.account_id, order.account_name), RECORD_ACCOUNT)
+                state.add_account(order.account_id, order.account_name)
+        batch = _import_batch(state, symbol_id, orders)
+        first_local = state.order_count + 1
+        future = journal.append(encode_batch(batch), RECORD_BATCH)
+        journal_seq = journal.next_seq - 1
+        outcome = state.apply_batch(batch)
+        refused = int((outcome.status == REJECTED).sum())
+        if refused:
+            log.error(
+                "moves: %d of %d imported order(s) of %s were refused by the engine",
+                refused,
+                len(orders),
+                symbol,
+            )
+        await future
+        core._publish(outcome)
+        locals_ = list(range(first_local, first_local + len(orders)))
+        self._write_ids(table_path, move_id, symbol, orders, locals_)
+        log.info(
+            "moves: %s: %d order(s) imported (move %s, journal seq %d)",
+            symbol,
+            len(orders),
+            move_id,
+            journal_seq,
+        )
+        return ImportResult(len(orders), False, journal_seq)
+
+    def _write_ids(
+        self, path: Path, move_id: str, symbol: str, orders: list[admin.MovedOrder], locals_: list[int]
+    ) -> None:
+        entries = [
+            [o.original_order_id, local, o.cum_quantity_lots, o.cum_notional]
+            for o, local in zip(orders, locals_, strict=True)
+        ]
+        _write_durably(path, {"move_id": move_id, "symbol": symbol, "ids": entries})
+        for original, local, lots, notional in entries:
+            self._take(original, local, lots, notional)
+
+
+def _import_batch(state: ExecutionState, symbol_id: int, orders: list[admin.MovedOrder]) -> Batch:
+    """The moved orders as one batch of new orders, in their priority order."""
+    count = len(orders)
+    commands = np.zeros(count, COMMAND_DTYPE)
+    meta = np.zeros(count, META_DTYPE)
+    first = state.order_count + 1
+    commands["order_id"] = np.arange(first, first + count)
+    commands["action"] = int(Action.NEW)
+    commands["symbol_id"] = symbol_id
+    for position, order in enumerate(orders):
+        command = commands[position]
+        command["account_id"] = order.account_id
+        command["price"] = order.engine_price_ticks
+        command["qty"] = order.leaves_quantity_lots
+        command["stop_price"] = order.stop_price_ticks
+        command["display_qty"] = order.display_quantity_lots
+        command["priority"] = order.priority
+        command["side"] = order.side
+        command["order_type"] = order.engine_order_type
+        command["tif"] = order.time_in_force
+        command["flags"] = order.engine_flags
+        command["stp_mode"] = order.engine_stp_mode
+        row = meta[position]
+        row["client_price"] = order.price_ticks
+        row["protection"] = order.protection_price_ticks
+        row["priority"] = order.priority
+        row["client_type"] = order.order_type
+        row["client_tif"] = order.time_in_force
+        row["client_stp"] = order.self_trade_prevention
+        row["post_only"] = order.post_only
+        row["client_id_length"] = len(order.client_order_id)
+    client_ids = "".join(o.client_order_id for o in orders).encode("ascii")
+    now = time.time_ns()
+    return Batch(state.next_input_seq, now, now, commands, meta, client_ids)

@@ -1,0 +1,461 @@
+"""Moving a symbol between execution shards (issue #15): the book, its priority and its original
+order ids reach the new owner; the old owner keeps its history and points at the new one; a
+mover abandoned at any step, with both shards restarted, resumes to exactly one owner holding the
+same book; inputs for a moving symbol are refused UNAVAILABLE with a retry delay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from hftgate import security
+from hftgate.shardmap import Shard, ShardMap, ShardMapStore, order_id_shard
+from hftgate.v1 import common_pb2 as common
+from hftgate.v1 import execution_pb2 as api
+from hftgate.v1 import shard_admin_pb2 as admin
+from hftgate.v1 import shard_admin_pb2_grpc as admin_grpc
+from services.execution import handover
+from services.execution.codec import shard_base_of
+from services.scaler.moves import STEPS, Move, MoveRefused, SymbolMover
+from tests.services.execution.conftest import Harness, execution_config, key, start_harness
+from tests.services.gateway.conftest import _NoRegistry, shards_follow
+
+SYMBOL = "BTCUSDT"
+
+
+@pytest.fixture(autouse=True)
+def _shards_share_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.execution.metrics.REGISTRY", _NoRegistry())
+
+
+class Pair:
+    """Shards 0 and 1 on one shard map (BTCUSDT pinned to 0, ETHUSDT to 1) and a mover."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.url = f"sqlite+aiosqlite:///{tmp / 'shardmap.sqlite3'}"
+        self.reference = f"sqlite+aiosqlite:///{tmp / 'reference.sqlite3'}"
+        self.shards: list[Harness] = []
+        self.store = ShardMapStore(self.url)
+
+    def config(self, shard_id: int, **overrides: Any) -> Any:
+        return execution_config(
+            self.tmp / f"shard{shard_id}",
+            reference_database_url=self.reference,
+            shard_map_database_url=self.url,
+            shard_id=shard_id,
+            **overrides,
+        )
+
+    async def start(self) -> None:
+        for shard_id in (0, 1):
+            self.shards.append(await start_harness(self.config(shard_id)))
+        await self.store.start()
+        ports = [h.running.port for h in self.shards]
+        await self.store.create(
+            ShardMap(1, [Shard(0, f"127.0.0.1:{ports[0]}"), Shard(1, f"127.0.0.1:{ports[1]}")], {SYMBOL: 0})
+        )
+        await shards_follow([h.running for h in self.shards], 1)
+
+    async def restart(self, shard_id: int) -> Harness:
+        """Stop a shard and start it again on its port from its state directory."""
+        old = self.shards[shard_id]
+        port = old.running.port
+        await old.close()
+        self.shards[shard_id] = await start_harness(replace(old.config, port=port))
+        return self.shards[shard_id]
+
+    def mover(self) -> SymbolMover:
+        credentials = security.load_suite_secret().service_credentials("scaler")
+        return SymbolMover(self.store, credentials, retry_delay_s=0.05)
+
+    async def close(self) -> None:
+        for h in self.shards:
+            await h.close()
+        await self.store.close()
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    made = Pair(tmp_path)
+    await made.start()
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+def order(
+    client_id: str,
+    side: int,
+    price: int,
+    qty: int = 10,
+    *,
+    display: int = 0,
+    stop: int = 0,
+    tif: int = api.TIME_IN_FORCE_GTC,
+) -> api.NewOrder:
+    return api.NewOrder(
+        client_order_id=client_id,
+        symbol=SYMBOL,
+        side=side,  # type: ignore[arg-type]
+        order_type=api.ORDER_TYPE_STOP_LIMIT if stop else api.ORDER_TYPE_LIMIT,
+        time_in_force=tif,  # type: ignore[arg-type]
+        price_ticks=price,
+        stop_price_ticks=stop,
+        quantity_lots=qty,
+        display_quantity_lots=display,
+    )
+
+
+async def submit(h: Harness, account: str, new: api.NewOrder) -> api.OrderAck:
+    reply = await h.stub.SubmitOrder(api.SubmitOrderRequest(order=new), metadata=key(account))
+    assert reply.ack.reason == 0, reply.ack.reason_text
+    return reply.ack
+
+
+BUY, SELL = common.SIDE_BUY, common.SIDE_SELL
+
+
+async def seed_book(h: Harness) -> dict[str, int]:
+    """A traded history plus a book of several accounts: a level of three, a lower bid, an
+    iceberg ask, a buy stop. Returns client order id -> order id."""
+    ids = {}
+    ids["hist_buy"] = (await submit(h, "alice", order("hist_buy", BUY, 5_000_000, 1))).order_id
+    ids["hist_sell"] = (await submit(h, "bob", order("hist_sell", SELL, 5_000_000, 1))).order_id
+    for client_id, account in (("a1", "alice"), ("b1", "bob"), ("c1", "carol")):
+        ids[client_id] = (await submit(h, account, order(client_id, BUY, 4_990_000))).order_id
+    ids["a2"] = (await submit(h, "alice", order("a2", BUY, 4_980_000))).order_id
+    ids["ice"] = (await submit(h, "bob", order("ice", SELL, 5_010_000, 30, display=10))).order_id
+    ids["stop"] = (await submit(h, "carol", order("stop", BUY, 5_031_000, 5, stop=5_030_000))).order_id
+    return ids
+
+
+def book_of(h: Harness) -> list[tuple[Any, ...]]:
+    """The shard's book of SYMBOL as a move would carry it (original ids)."""
+    core = h.core
+    moved = handover.export_book(core.state, SYMBOL, core.original_ids, shard_base_of(h.config.shard_id))
+    return [
+        (o.original_order_id, o.account_id, o.client_order_id, o.side, o.engine_price_ticks,
+         o.leaves_quantity_lots, o.display_quantity_lots, o.stop_price_ticks, o.pending_stop)
+        for o in moved
+    ]  # fmt: skip
+
+
+def error_info(err: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason, dict(info.metadata)
+    raise AssertionError("no ErrorInfo detail")
+
+
+def retry_delay_ms(err: grpc.aio.AioRpcError) -> float:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToNanoseconds() / 1e6
+    raise AssertionError("no RetryInfo detail")
+
+
+async def assert_one_owner(pair: Pair, book: list[tuple[Any, ...]]) -> None:
+    stored = await pair.store.load()
+    assert stored is not None
+    assert stored.owner(SYMBOL).shard_id == 1 and SYMBOL not in stored.moving
+    zero, one = pair.shards
+    await shards_follow([zero.running, one.running], stored.epoch)
+    assert book_of(one) == book
+    assert zero.running.fence.handed_over == {SYMBOL: 1}
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # the old owner takes nothing new
+        await zero.stub.SubmitOrder(
+            api.SubmitOrderRequest(order=order("late", BUY, 4_000_000)), metadata=key("dave")
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(err.value)[1]["owner_shard_id"] == "1"
+
+
+# --- a whole move ------------------------------------------------------------------------------------
+async def test_move_keeps_priority_original_ids_and_history(pair: Pair) -> None:
+    zero, one = pair.shards
+    ids = await seed_book(zero)
+    before = book_of(zero)
+    async with pair.mover() as mover:
+        done = await mover.move(SYMBOL, 1)
+    assert done.step == "done"
+    await assert_one_owner(pair, before)
+
+    # An incoming sell crossing the level fills alice, bob, carol in the order they came, by the
+    # ids they were given on shard 0.
+    taker = await submit(one, "dave", order("taker", SELL, 4_990_000, 25))
+    assert order_id_shard(taker.order_id) == 1 and taker.status == api.ORDER_STATUS_FILLED
+    await one.core.ledger.flush()
+    fills = [e.buyer_order_id for e in await one.core.ledger.entries()]
+    assert fills == [ids["a1"], ids["b1"], ids["c1"]]
+    c1 = await one.stub.GetOrder(api.GetOrderRequest(order_id=ids["c1"]), metadata=key("carol"))
+    assert (c1.order.order_id, c1.order.status, c1.order.leaves_quantity_lots) == (
+        ids["c1"],
+        api.ORDER_STATUS_PARTIALLY_FILLED,
+        5,
+    )
+
+    # A cancel by the original id (shard 0's bits) works on the new owner; the old owner points there.
+    with pytest.raises(grpc.aio.AioRpcError) as old:
+        await zero.stub.CancelOrder(api.CancelOrderRequest(order_id=ids["a2"]), metadata=key("alice"))
+    assert old.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    reason, where = error_info(old.value)
+    assert reason == "NOT_SHARD_OWNER"
+    assert (where["owner_shard_id"], where["owner_address"]) == ("1", f"127.0.0.1:{one.running.port}")
+    canceled = await one.stub.CancelOrder(api.CancelOrderRequest(order_id=ids["a2"]), metadata=key("alice"))
+    assert (canceled.ack.order_id, canceled.ack.status) == (ids["a2"], api.ORDER_STATUS_CANCELED)
+    by_client_id = await one.stub.CancelOrder(
+        api.CancelOrderRequest(client_order_id="stop"), metadata=key("carol")
+    )
+    assert (by_client_id.ack.order_id, by_client_id.ack.status) == (ids["stop"], api.ORDER_STATUS_CANCELED)
+
+    # History stays with the old owner: a finished pre-move order is answered there.
+    hist = await zero.stub.GetOrder(api.GetOrderRequest(order_id=ids["hist_buy"]), metadata=key("alice"))
+    assert hist.order.status == api.ORDER_STATUS_FILLED
+    with pytest.raises(grpc.aio.AioRpcError) as moved:  # a working one is the new owner's
+        await zero.stub.GetOrder(api.GetOrderRequest(order_id=ids["ice"]), metadata=key("bob"))
+    assert error_info(moved.value)[1]["owner_shard_id"] == "1"
+    ice = await one.stub.GetOrder(api.GetOrderRequest(order_id=ids["ice"]), metadata=key("bob"))
+    assert (ice.order.leaves_quantity_lots, ice.order.request.display_quantity_lots) == (30, 10)
+
+    # CancelAll on the old owner leaves the handed-over orders alone.
+    left = await zero.stub.CancelAll(api.CancelAllRequest(), metadata=key("bob"))
+    assert list(left.canceled_order_ids) == []
+
+    # A restart of the new owner rebuilds the book and the id translation from its own state.
+    after = book_of(one)
+    one = await pair.restart(1)
+    assert book_of(one) == after
+    again = await one.stub.GetOrder(api.GetOrderRequest(order_id=ids["ice"]), metadata=key("bob"))
+    assert again.order.order_id == ids["ice"]
+
+
+# --- inputs during a move --------------------------------------------------------------------------
+async def test_inputs_for_a_moving_symbol_are_refused_unavailable_then_go_to_the_new_owner(
+    pair: Pair,
+) -> None:
+    zero, one = pair.shards
+    ids = await seed_book(zero)
+
+    def stop_at_export(move: Move) -> None:
+        if move.step == "export":
+            raise _Abandoned(move.step)
+
+    async with pair.mover() as mover:
+        mover.before_step = stop_at_export
+        move = await mover.start_move(SYMBOL, 1)
+        with pytest.raises(_Abandoned):
+            await mover.run(move.move_id)
+    marked = await pair.store.load()
+    assert marked is not None and marked.moving == {SYMBOL: 1}
+    await shards_follow([zero.running, one.running], marked.epoch)
+    for call in (
+        zero.stub.SubmitOrder(
+            api.SubmitOrderRequest(order=order("m1", BUY, 4_000_000)), metadata=key("dave")
+        ),
+        zero.stub.CancelOrder(api.CancelOrderRequest(order_id=ids["a1"]), metadata=key("alice")),
+        one.stub.SubmitOrder(api.SubmitOrderRequest(order=order("m2", BUY, 4_000_000)), metadata=key("dave")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert 0 < retry_delay_ms(err.value) <= 100
+        assert "moving" in (err.value.details() or "")
+    # The other symbols go on.
+    eth = await submit(
+        one, "dave", api.NewOrder(**{**_fields(order("e1", BUY, 300_000)), "symbol": "ETHUSDT"})
+    )
+    assert eth.status == api.ORDER_STATUS_NEW
+
+    async with pair.mover() as mover:
+        resumed = await mover.resume_all()
+    assert [m.step for m in resumed] == ["done"]
+    retried = await submit(one, "dave", order("m1", BUY, 4_000_000))
+    assert retried.status == api.ORDER_STATUS_NEW
+
+
+def _fields(message: api.NewOrder) -> dict[str, Any]:
+    return {f.name: v for f, v in message.ListFields()}
+
+
+class _Abandoned(Exception):
+    """The mover stops here, as if killed."""
+
+
+# --- a kill at each step -----------------------------------------------------------------------------
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", STEPS[:-1])
+async def test_mover_and_shards_killed_at_each_step_recover_to_one_owner_with_the_same_book(
+    pair: Pair, step: str, when: str
+) -> None:
+    """``before``: the step is recorded, not acted on. ``after``: acted on, the next step not
+    recorded. Then both shards restart and a new mover resumes the move."""
+    zero, _ = pair.shards
+    ids = await seed_book(zero)
+    before = book_of(zero)
+    mover = pair.mover()
+    await mover.start()
+    try:
+        move = await mover.start_move(SYMBOL, 1)
+        if when == "before":
+
+            def kill(current: Move) -> None:
+                if current.step == step:
+                    raise _Abandoned(step)
+
+            mover.before_step = kill
+        else:
+            record = mover._record
+
+            async def kill_after(current: Move, **changes: Any) -> Move:
+                if current.step == step and "step" in changes:
+                    raise _Abandoned(step)
+                return await record(current, **changes)
+
+            mover._record = kill_after  # type: ignore[method-assign,assignment]
+        with pytest.raises(_Abandoned):
+            await mover.run(move.move_id)
+    finally:
+        await mover.close()
+    await pair.restart(0)
+    await pair.restart(1)
+    async with pair.mover() as mover:
+        resumed = await mover.resume_all()
+        assert [m.step for m in resumed] == ["done"]
+        with pytest.raises(MoveRefused):  # done: nothing left to run twice
+            await mover.start_move(SYMBOL, 1)
+    await assert_one_owner(pair, before)
+    one = pair.shards[1]
+    canceled = await one.stub.CancelOrder(api.CancelOrderRequest(order_id=ids["b1"]), metadata=key("bob"))
+    assert (canceled.ack.order_id, canceled.ack.status) == (ids["b1"], api.ORDER_STATUS_CANCELED)
+
+
+# --- the shard side ----------------------------------------------------------------------------------
+async def test_import_sent_again_is_not_imported_twice_even_without_its_id_table(pair: Pair) -> None:
+    zero, one = pair.shards
+    ids = await seed_book(zero)
+    await pair.store.update(lambda m: m.with_move_started(SYMBOL, 1))
+    metadata = ((security.SERVICE_TOKEN_METADATA, security.load_suite_secret().token_for("admin")),)
+    old = admin_grpc.ShardAdminServiceStub(zero.channel)
+    new = admin_grpc.ShardAdminServiceStub(one.channel)
+    book = await old.ExportSymbol(admin.ExportSymbolRequest(move_id="m1", symbol=SYMBOL), metadata=metadata)
+    assert [o.original_order_id for o in book.orders] == [
+        ids["a1"], ids["b1"], ids["c1"], ids["a2"], ids["ice"], ids["stop"]
+    ]  # fmt: skip
+    request = admin.ImportSymbolRequest(move_id="m1", symbol=SYMBOL, from_shard_id=0, orders=book.orders)
+    first = await new.ImportSymbol(request, metadata=metadata)
+    assert (first.orders, first.already_imported) == (6, False)
+    table = pair.tmp / "shard1" / handover.MOVES_DIR / "import-m1.json"
+    table.unlink()  # as if the shard died between the durable record and the id table
+    one = await pair.restart(1)
+    new = admin_grpc.ShardAdminServiceStub(one.channel)
+    again = await new.ImportSymbol(request, metadata=metadata)
+    assert (again.orders, again.already_imported) == (6, True)
+    assert table.exists() and len(book_of(one)) == 6
+    got = await one.stub.GetOrder(api.GetOrderRequest(order_id=ids["a1"]), metadata=key("alice"))
+    assert got.order.order_id == ids["a1"]
+
+
+async def test_shard_admin_refuses_accounts_and_other_services(pair: Pair) -> None:
+    zero, _ = pair.shards
+    stub = admin_grpc.ShardAdminServiceStub(zero.channel)
+    request = admin.ExportSymbolRequest(move_id="m1", symbol=SYMBOL)
+    for metadata, code in (
+        (key("alice"), grpc.StatusCode.PERMISSION_DENIED),
+        (
+            ((security.SERVICE_TOKEN_METADATA, security.load_suite_secret().token_for("gateway")),),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ExportSymbol(request, metadata=metadata)
+        assert err.value.code() == code
+    admin_token = ((security.SERVICE_TOKEN_METADATA, security.load_suite_secret().token_for("admin")),)
+    with pytest.raises(grpc.aio.AioRpcError) as unmarked:  # no move published: nothing exported
+        await stub.ExportSymbol(request, metadata=admin_token)
+    assert unmarked.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "does not mark BTCUSDT moving" in (unmarked.value.details() or "")
+
+
+async def test_a_symbol_cannot_move_back_onto_its_frozen_copy(pair: Pair) -> None:
+    zero, one = pair.shards
+    await seed_book(zero)
+    async with pair.mover() as mover:
+        await mover.move(SYMBOL, 1)
+        with pytest.raises(MoveRefused) as refused:
+            await mover.move(SYMBOL, 0)
+        assert "cannot take the symbol back" in str(refused.value)
+        assert await mover.unfinished() == []  # abandoned: the symbol stays where it is, and takes input
+    stored = await pair.store.load()
+    assert stored is not None and stored.moving == {} and stored.owner(SYMBOL).shard_id == 1
+    await shards_follow([zero.running, one.running], stored.epoch)
+    assert (await submit(one, "dave", order("after", BUY, 4_000_000))).status == api.ORDER_STATUS_NEW
+
+
+async def test_an_order_partly_filled_before_the_move_shows_and_replaces_as_its_client_knows_it(
+    pair: Pair,
+) -> None:
+    zero, one = pair.shards
+    resting = await submit(zero, "alice", order("p1", BUY, 4_990_000, 10))
+    await submit(zero, "bob", order("p2", SELL, 4_990_000, 4))  # 4 of alice's 10 fill on shard 0
+    async with pair.mover() as mover:
+        await mover.move(SYMBOL, 1)
+    got = await one.stub.GetOrder(api.GetOrderRequest(order_id=resting.order_id), metadata=key("alice"))
+    assert (
+        got.order.status,
+        got.order.request.quantity_lots,
+        got.order.cum_quantity_lots,
+        got.order.leaves_quantity_lots,
+        got.order.cum_notional,
+    ) == (api.ORDER_STATUS_PARTIALLY_FILLED, 10, 4, 6, 4 * 4_990_000)
+    # A replace's quantity counts the fills, as for any order: 8 in all leaves 4 open.
+    replaced = await one.stub.ReplaceOrder(
+        api.ReplaceOrderRequest(order_id=resting.order_id, quantity_lots=8), metadata=key("alice")
+    )
+    assert (replaced.ack.order_id, replaced.ack.reason) == (resting.order_id, 0)
+    assert (
+        replaced.ack.quantity_lots,
+        replaced.ack.cum_quantity_lots,
+        replaced.ack.leaves_quantity_lots,
+    ) == (
+        8,
+        4,
+        4,
+    )
+    too_small = await one.stub.ReplaceOrder(  # 3 in all is less than the 4 filled
+        api.ReplaceOrderRequest(order_id=resting.order_id, quantity_lots=3), metadata=key("alice")
+    )
+    assert too_small.ack.reason == common.REJECT_REASON_INVALID_QUANTITY
+    # The same on a stream, naming the order by its original id and by its client order id.
+    stream = one.stub.OrderStream(metadata=key("alice"))
+    for named in (
+        api.ReplaceOrderRequest(order_id=resting.order_id, quantity_lots=9),
+        api.ReplaceOrderRequest(client_order_id="p1", quantity_lots=7),
+    ):
+        await stream.write(api.OrderStreamRequest(inputs=[api.OrderInput(replace=named)]))
+        response = await stream.read()
+        while not response.acks:
+            response = await stream.read()
+        ack = response.acks[0]
+        assert (ack.order_id, ack.reason, ack.quantity_lots, ack.leaves_quantity_lots) == (
+            resting.order_id,
+            0,
+            named.quantity_lots,
+            named.quantity_lots - 4,
+        )
+    await stream.done_writing()
