@@ -502,6 +502,9 @@ def _register_optional_commands() -> None:
         pass
     else:
         register_admin_commands(app)  # accounts, keys, instruments, audit
+    from hftgate.move_cli import move_command
+
+    app.command("move")(move_command)
     from hftgate.tracereport import register as register_trace_report
 
     register_trace_report(app)  # trace-report

@@ -259,7 +259,9 @@ def store_shard_map(env: Mapping[str, str], shards: list[shardmap.Shard]) -> sha
             def change(current: shardmap.ShardMap) -> shardmap.ShardMap:
                 ids = {s.shard_id for s in wanted}
                 pins = {symbol: sid for symbol, sid in current.pins.items() if sid in ids}
-                return shardmap.ShardMap(current.epoch + 1, wanted, pins)
+                # A move in progress keeps its mark (its mover finishes it) while its target stays.
+                moving = {symbol: sid for symbol, sid in current.moving.items() if sid in ids}
+                return shardmap.ShardMap(current.epoch + 1, wanted, pins, moving)
 
             updated = await store.update(change)
             log.warning("the stored shard map named other shards: now %r", updated)

@@ -23,6 +23,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "tracing": ("tracing",),
     "gateway": ("gateway",),
     "scaling": ("scaling",),
+    "moves": ("moves",),
 }
 
 
