@@ -20,8 +20,15 @@ How it routes (the way Kafka, Cassandra and Redis Cluster clients do):
   FAILED_PRECONDITION and a ``google.rpc.ErrorInfo`` whose reason is ``NOT_SHARD_OWNER``
   (metadata ``owner_address`` / ``epoch`` when it knows them). The client then reads the map
   again and sends the order once more, to the new owner (or to the address the refusal named);
-  a second refusal is returned to the caller. Nothing else is ever re-sent: an order whose
-  shard did not answer (UNAVAILABLE, DEADLINE_EXCEEDED) may have been accepted.
+  a second refusal is returned to the caller. A cancel, replace or get of an order whose symbol
+  moved to another shard is refused the same way by the shard that took it, naming the new
+  owner: it is sent once more, there (services/scaler/moves.py).
+* While a symbol is being moved between shards, its shards refuse its inputs, before accepting
+  them, with UNAVAILABLE and a ``google.rpc.RetryInfo``: ``submit``, ``cancel``, ``replace``
+  and ``get`` wait the delay it gives and send again, for at most ``moving_retry_s`` (2 s) and
+  never past the call's deadline.
+  Nothing else is ever re-sent: an order whose shard did not answer (UNAVAILABLE without
+  RetryInfo, DEADLINE_EXCEEDED) may have been accepted.
 * Cancel, replace and get by an order id or client order id that this client submitted go to
   the shard that acknowledged it (remembered in a bounded LRU, ``max_routes``); otherwise, or
   when two shards acknowledged the same id to this client, to the gateway, which finds the
@@ -99,6 +106,26 @@ def map_from_proto(message: gw.ShardMap) -> ShardMap | None:
         return None
 
 
+def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
+    """The delay of an UNAVAILABLE refusal that carries a ``google.rpc.RetryInfo`` (a shard
+    refusing, before accepting, an input of a symbol being moved), or None for any other error:
+    a plain UNAVAILABLE may mean the call reached a shard that then failed."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return max(0.0, info.retry_delay.ToTimedelta().total_seconds())
+    return None
+
+
 def not_owner_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo of a NOT_SHARD_OWNER refusal, or None when ``error`` is something else."""
     if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
@@ -140,6 +167,7 @@ class HftgateClient:
         watch_map: bool = True,
         max_routes: int = 100_000,
         watch_retry_s: float = 0.5,
+        moving_retry_s: float = 2.0,
     ) -> None:
         """``api_key`` for an account; ``credentials`` for TLS and/or a service token (its
         metadata is sent too). ``route_directly=False`` sends everything to the gateway."""
@@ -152,6 +180,7 @@ class HftgateClient:
         self._route_directly = route_directly
         self._watch_map = watch_map
         self._watch_retry_s = watch_retry_s
+        self._moving_retry_s = moving_retry_s
         self._max_routes = max(1, max_routes)
         self._channel: grpc.aio.Channel | None = None
         self._gateway: _Target | None = None
@@ -167,6 +196,8 @@ class HftgateClient:
         self.sent: dict[int | None, int] = {}
         #: Orders sent a second time after a NOT_SHARD_OWNER refusal.
         self.owner_retries = 0
+        #: Calls sent again after a moving symbol's UNAVAILABLE + RetryInfo refusal.
+        self.moving_retries = 0
 
     # --- life --------------------------------------------------------------------------------
     async def start(self) -> HftgateClient:
@@ -323,23 +354,68 @@ class HftgateClient:
         request = ex.SubmitOrderRequest(order=order)
         target = self._for_symbol(order.symbol)
         metadata = self._md(order.symbol)
-        for attempt in (0, 1):
+        give_up = self._give_up_at(timeout)
+        owner_retried = False
+        while True:
             self._count(target)
             try:
                 reply = await target.stub.SubmitOrder(request, metadata=metadata, timeout=timeout)
             except grpc.aio.AioRpcError as err:
+                if await self._wait_out_move(err, give_up):
+                    target = self._for_symbol(order.symbol)  # the move may have published a new owner
+                    continue
                 info = not_owner_info(err)
-                if attempt or info is None or target.shard_id is None:
+                if owner_retried or info is None or target.shard_id is None:
                     raise
                 retarget = await self._after_refusal(target, info, order.symbol)
                 if retarget is None:
                     raise
                 self.owner_retries += 1
+                owner_retried = True
                 target = retarget
                 continue
             self._remember(reply.ack, target.shard_id)
             return reply.ack
-        raise AssertionError("unreachable")
+
+    def _give_up_at(self, timeout: float | None) -> float:
+        budget = self._moving_retry_s if timeout is None else min(self._moving_retry_s, timeout)
+        return asyncio.get_running_loop().time() + budget
+
+    async def _wait_out_move(self, error: grpc.aio.AioRpcError, give_up_at: float) -> bool:
+        """True after waiting the delay of a moving symbol's refusal, if there is time to resend."""
+        delay = retry_delay_s(error)
+        if delay is None or asyncio.get_running_loop().time() + delay >= give_up_at:
+            return False
+        self.moving_retries += 1
+        await asyncio.sleep(delay)
+        return True
+
+    async def _by_order(
+        self, method: str, request: Any, order_id: int, client_order_id: str, timeout: float | None
+    ) -> Any:
+        """Cancel, replace or get: to the shard that took the order; once more to the owner a
+        NOT_SHARD_OWNER refusal names (the order's symbol moved); again after a move's delay."""
+        target = self._for_order(order_id, client_order_id)
+        give_up = self._give_up_at(timeout)
+        owner_retried = False
+        while True:
+            self._count(target)
+            try:
+                return await getattr(target.stub, method)(request, metadata=self._metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as err:
+                if await self._wait_out_move(err, give_up):
+                    continue
+                info = not_owner_info(err)
+                named = info.metadata.get("owner_address", "") if info is not None else ""
+                if owner_retried or not named or named == target.address:
+                    raise
+                shard_id = info.metadata.get("owner_shard_id", "") if info is not None else ""
+                new_shard = int(shard_id) if shard_id.isdigit() else -1
+                target = self._shard_target(Shard(new_shard, named))
+                if new_shard >= 0 and order_id:
+                    self._by_order_id[order_id] = new_shard  # its new home, not an ambiguity
+                self.owner_retries += 1
+                owner_retried = True
 
     async def submit_many(
         self, orders: Sequence[ex.NewOrder], *, timeout: float | None = None
@@ -425,11 +501,9 @@ class HftgateClient:
         self, order_id: int = 0, client_order_id: str = "", *, timeout: float | None = None
     ) -> ex.CancelOrderResponse:
         """Cancel an order by exchange id or client order id."""
-        target = self._for_order(order_id, client_order_id)
-        self._count(target)
         request = ex.CancelOrderRequest(order_id=order_id, client_order_id=client_order_id)
-        response: ex.CancelOrderResponse = await target.stub.CancelOrder(
-            request, metadata=self._metadata, timeout=timeout
+        response: ex.CancelOrderResponse = await self._by_order(
+            "CancelOrder", request, order_id, client_order_id, timeout
         )
         return response
 
@@ -444,8 +518,6 @@ class HftgateClient:
         timeout: float | None = None,
     ) -> ex.ReplaceOrderResponse:
         """Replace an order's price, quantity or trigger (0 keeps each)."""
-        target = self._for_order(order_id, client_order_id)
-        self._count(target)
         request = ex.ReplaceOrderRequest(
             order_id=order_id,
             client_order_id=client_order_id,
@@ -453,8 +525,8 @@ class HftgateClient:
             quantity_lots=quantity_lots,
             stop_price_ticks=stop_price_ticks,
         )
-        response: ex.ReplaceOrderResponse = await target.stub.ReplaceOrder(
-            request, metadata=self._metadata, timeout=timeout
+        response: ex.ReplaceOrderResponse = await self._by_order(
+            "ReplaceOrder", request, order_id, client_order_id, timeout
         )
         return response
 
@@ -462,11 +534,9 @@ class HftgateClient:
         self, order_id: int = 0, client_order_id: str = "", *, timeout: float | None = None
     ) -> ex.Order:
         """An order's current state (NOT_FOUND for an unknown order or another account's)."""
-        target = self._for_order(order_id, client_order_id)
-        self._count(target)
         request = ex.GetOrderRequest(order_id=order_id, client_order_id=client_order_id)
-        response: ex.GetOrderResponse = await target.stub.GetOrder(
-            request, metadata=self._metadata, timeout=timeout
+        response: ex.GetOrderResponse = await self._by_order(
+            "GetOrder", request, order_id, client_order_id, timeout
         )
         return response.order
 
