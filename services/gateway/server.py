@@ -58,6 +58,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from hftgate import security
+from hftgate.client import not_owner_info
 from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.shardmap import HASH_ALGORITHM, ORDER_ID_SHARD_SHIFT, Shard, ShardMap
 from hftgate.telemetry import ClientSpan, describe_malformed
@@ -534,7 +535,23 @@ class ExecutionForwarder:
         shard, probed = await self._order_shard(context, caller, request.order_id, request.client_order_id)
         if probed is not None and method == "GetOrder":
             return probed  # the probe was this very request
-        return await self._forward(context, shard, method, data, caller)
+        try:
+            return await self._call(shard, method, data, caller)
+        except ShardFailed as failure:
+            # The order's symbol moved to another shard since this one took it: the shard refused
+            # before acting (NOT_SHARD_OWNER naming the owner), so sending it there once is safe.
+            owner = self._moved_to(failure)
+            if owner is None or owner.shard_id == shard.shard_id:
+                await _abort_failure(context, failure)
+            assert owner is not None
+            return await self._forward(context, owner, method, data, caller)
+
+    def _moved_to(self, failure: ShardFailed) -> Shard | None:
+        """The shard a NOT_SHARD_OWNER refusal names, if the gateway's map has it (an address in
+        a refusal is never called unless the map agrees)."""
+        info = not_owner_info(failure.error)
+        owner_id = info.metadata.get("owner_shard_id", "") if info is not None else ""
+        return self.router.map.shard(int(owner_id)) if owner_id.isdigit() else None
 
     async def cancel_order(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await self._by_order("CancelOrder", api.CancelOrderRequest, data, context)

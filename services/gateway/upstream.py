@@ -95,13 +95,14 @@ def status_of(failure: ShardFailed) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     code = err.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return code, f"{name} did not answer within the deadline", ()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return code, f"{name} is unavailable: {err.details()}", ()
     trailing: tuple[tuple[str, Any], ...] = tuple(
         (item[0], item[1])  # type: ignore[index]
         for item in (err.trailing_metadata() or ())
         if item[0] == STATUS_DETAILS  # type: ignore[index]
     )
+    if code == grpc.StatusCode.UNAVAILABLE and not trailing:
+        return code, f"{name} is unavailable: {err.details()}", ()
+    # (An UNAVAILABLE with details is the shard's own answer, e.g. a moving symbol's RetryInfo.)
     return code, err.details() or f"{name} answered {code.name}", trailing
 
 
