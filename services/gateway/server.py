@@ -46,7 +46,7 @@ import asyncio
 import logging
 import math
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -72,7 +72,7 @@ from services.gateway.fanout import OrderStreamFanout, StreamEnded, Upstream, me
 from services.gateway.routing import ACCOUNT_METADATA, PRINCIPAL, MergeError, merge
 from services.gateway.stateless import StatelessForwarder
 from services.gateway.stats import merge_stats
-from services.gateway.streams import CURSOR_METADATA, CursorError, parse_cursor
+from services.gateway.streams import CURSOR_METADATA, MAX_CURSOR_SHARDS, CursorError, parse_cursor
 from services.gateway.upstream import EXECUTION_SERVICE, ShardChannel, ShardFailed, named_status, status_of
 
 log = logging.getLogger(__name__)
@@ -633,15 +633,34 @@ class ExecutionForwarder:
                 context, CURSOR_METADATA, f"metadata {CURSOR_METADATA} must be SHARD_ID=SEQUENCE,...: {exc}"
             )
 
+    async def _cursor_of(
+        self, context: grpc.aio.ServicerContext, entries: Mapping[int, int]
+    ) -> dict[int, int]:
+        """``after_sequence_by_shard`` checked as the metadata cursor is."""
+        problem = ""
+        if len(entries) > MAX_CURSOR_SHARDS:
+            problem = f"names {len(entries)} shards, at most {MAX_CURSOR_SHARDS}"
+        elif any(shard_id < 0 or sequence < 0 for shard_id, sequence in entries.items()):
+            problem = "shard ids and sequences must be >= 0"
+        if problem:
+            await _abort_bad_request(context, "after_sequence_by_shard", f"after_sequence_by_shard {problem}")
+        return dict(entries)
+
     async def stream_executions(self, data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         """A symbol's (or the one shard's) stream passed through, resumed from the shard's entry of
         the per-shard cursor when one is sent; without a symbol across shards, every shard's merged."""
         caller = await self._caller(context, stream=True)
         cursor = await self._cursor(context)
         shard = self.router.single
-        request: api.StreamExecutionsRequest | None = None
-        if shard is None or cursor is not None:
-            request = await _parse(context, api.StreamExecutionsRequest, data)
+        request = await _parse(context, api.StreamExecutionsRequest, data)
+        if request.after_sequence_by_shard:
+            if cursor is not None:
+                await _abort_bad_request(
+                    context,
+                    "after_sequence_by_shard",
+                    f"send the per-shard resume point once: after_sequence_by_shard or {CURSOR_METADATA}",
+                )
+            cursor = await self._cursor_of(context, request.after_sequence_by_shard)
         if shard is None:
             assert request is not None
             if not request.symbol:
@@ -651,6 +670,7 @@ class ExecutionForwarder:
             shard = self.router.shard_for_symbol(request.symbol)
         if cursor is not None and request is not None and shard.shard_id in cursor:
             request.after_sequence = cursor[shard.shard_id]  # one shard: its cursor is the resume point
+            request.ClearField("after_sequence_by_shard")
             data = request.SerializeToString()
         traced = otel_context.get_current() if self._recording() else None
         upstream = self._open_upstream(caller, traced, shard, "StreamExecutions", data)
@@ -683,8 +703,9 @@ class ExecutionForwarder:
                     context,
                     "after_sequence",
                     f"report sequences are per shard and the shard map has {len(shards)}: one "
-                    f"after_sequence cannot say where you stopped on each. Resume with metadata "
-                    f"{CURSOR_METADATA}: SHARD_ID=SEQUENCE,... (a report's shard is its order_id >> "
+                    f"after_sequence cannot say where you stopped on each. Resume with "
+                    f"after_sequence_by_shard (or metadata {CURSOR_METADATA}: SHARD_ID=SEQUENCE,...; "
+                    f"a report's shard is its order_id >> "
                     f"{ORDER_ID_SHARD_SHIFT}), or name a symbol",
                 )
             cursor = {}

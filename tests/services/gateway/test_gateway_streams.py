@@ -198,6 +198,40 @@ async def test_stream_executions_merges_every_shard_and_resumes_with_the_per_sha
     resumed.cancel()
 
 
+async def test_the_per_shard_resume_point_can_travel_in_the_request(suite: Suite) -> None:
+    await suite.stub.SubmitOrders(
+        api.SubmitOrdersRequest(orders=[new_order("p0", "BTCUSDT"), new_order("p1", "ETHUSDT")]),
+        metadata=ALICE,
+    )
+    call = suite.stub.StreamExecutions(api.StreamExecutionsRequest(), metadata=ALICE)
+    cursor = {order_id_shard(r.order_id): r.sequence for r in await _reports(call, 2)}
+    call.cancel()
+    await suite.stub.SubmitOrder(api.SubmitOrderRequest(order=new_order("p2", "ETHUSDT")), metadata=ALICE)
+    resumed = suite.stub.StreamExecutions(
+        api.StreamExecutionsRequest(after_sequence_by_shard=cursor), metadata=ALICE
+    )
+    assert [r.client_order_id for r in await _reports(resumed, 1)] == ["p2"]
+    resumed.cancel()
+    # One symbol's shard takes its own entry as after_sequence.
+    one = suite.stub.StreamExecutions(
+        api.StreamExecutionsRequest(symbol="ETHUSDT", after_sequence_by_shard={1: cursor[1]}), metadata=ALICE
+    )
+    assert [r.client_order_id for r in await _reports(one, 1)] == ["p2"]
+    one.cancel()
+    for request, metadata, message in (
+        (api.StreamExecutionsRequest(after_sequence_by_shard={0: -1}), ALICE, "must be >= 0"),
+        (
+            api.StreamExecutionsRequest(after_sequence_by_shard={0: 1}),
+            (*ALICE, (CURSOR_METADATA, "0=1")),
+            "send the per-shard resume point once",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await suite.stub.StreamExecutions(request, metadata=metadata).read()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (refused.value.details() or "")
+
+
 async def test_a_single_after_sequence_across_shards_or_a_bad_cursor_is_refused(suite: Suite) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as single:
         await suite.stub.StreamExecutions(
