@@ -50,20 +50,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
+import functools
+import gc
 import json
 import logging
 import os
 import re
+import signal
+import sys
 import time
+import traceback
+import zipfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import numpy as np
 
 from hftgate.matching.engine import EngineConfig
 from hftgate.matching.types import ORDER_INFO_DTYPE
+from hftgate.native import memory
+from hftgate.native.process import die_with_parent
 from services.execution.config import ExecutionConfig
 from services.execution.journal import Journal
 from services.execution.ledger import Ledger, LedgerGap
@@ -75,6 +83,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^snapshot-(\d{20})\.npz$")
+#: fork_writer needs fork and a copy-on-write image of the process (Linux; not macOS, whose
+#: system libraries are not safe to use in a forked child of a threaded process).
+_CAN_FORK = hasattr(os, "fork") and sys.platform.startswith("linux")
 
 
 @dataclass(slots=True)
@@ -121,7 +132,7 @@ def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
         "open_sell": state.open_sell[:rows].copy(),
         "open_orders": state.open_orders[:rows].copy(),
         "account_ids": np.array(list(state._account_rows), np.uint64),
-        "reports": state.retained_reports_after(0).copy(),
+        "reports": state.retained_reports_after(0),  # (fancy indexing: already a copy)
         "info": np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8).copy(),
     }
     return SnapshotData(journal_seq, arrays, state.next_trade_id - 1)
@@ -131,16 +142,42 @@ def path_for(directory: Path, journal_seq: int) -> Path:
     return directory / f"snapshot-{journal_seq:020d}.npz"
 
 
+#: Bytes of an array handed to the file per write: the most a snapshot write holds besides the
+#: captured arrays themselves (numpy's own ``savez`` copies each array whole, or in 16 MiB pieces).
+WRITE_PIECE_BYTES = 1024 * 1024
+
+
+def write_npz(file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``file`` as an ``.npz`` archive (what ``np.savez`` writes and ``np.load``
+    reads: one stored ``<name>.npy`` member per array), each array streamed from its own memory in
+    :data:`WRITE_PIECE_BYTES` pieces: no copy of the archive or of an array is made."""
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            array = np.ascontiguousarray(value)
+            if array.dtype.hasobject:
+                raise ValueError(f"snapshot array {name!r} holds Python objects")
+            header = np.lib.format.header_data_from_array_1_0(array)
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                try:
+                    np.lib.format.write_array_header_1_0(member, header)
+                except ValueError:  # a header over 64 KiB (a very wide structured dtype)
+                    np.lib.format.write_array_header_2_0(member, header)
+                raw = (array.reshape(-1).view(np.uint8) if array.size else np.zeros(0, np.uint8)).data
+                for start in range(0, len(raw), WRITE_PIECE_BYTES):
+                    member.write(raw[start : start + WRITE_PIECE_BYTES])
+
+
 def write_pending(directory: Path, data: SnapshotData) -> Path:
-    """Write the snapshot durably as ``<name>.pending`` (blocking: call from a thread)."""
+    """Write the snapshot durably as ``<name>.pending`` (blocking: call from a thread).
+
+    Streamed straight into the file (:func:`write_npz`): the only large memory a snapshot holds is
+    its captured arrays, never a second copy of them as one archive buffer."""
     directory.mkdir(parents=True, exist_ok=True)
     final = path_for(directory, data.journal_seq)
     pending = final.with_name(final.name + ".pending")
-    buffer = io.BytesIO()
-    np.savez(buffer, **data.arrays)  # type: ignore[arg-type]
     try:
         with open(pending, "wb") as file:
-            file.write(buffer.getbuffer())
+            write_npz(file, data.arrays)
             file.flush()
             os.fsync(file.fileno())
     except BaseException:
@@ -148,6 +185,79 @@ def write_pending(directory: Path, data: SnapshotData) -> Path:
         pending.unlink(missing_ok=True)
         raise
     return pending
+
+
+class WriterFailed(RuntimeError):
+    """A snapshot writer child exited with an error, a signal, or was killed for taking too long."""
+
+
+def fork_writer(state: ExecutionState, journal_seq: int, directory: Path) -> int:
+    """Write the snapshot of ``state`` as ``<name>.pending`` from a child process; its pid.
+
+    ``fork`` gives the child a copy-on-write image of this process at this instant, between two
+    batches: the child captures and writes that image (:func:`capture`, :func:`write_pending`)
+    while this process goes on, so the event loop pays only for the fork (page tables: about a
+    millisecond for a few hundred MB, against tens of ms to copy the state) and the service holds
+    no copy at all: the only memory a snapshot adds is the pages the order path changes while the
+    child writes, and those the child's own, freed when it exits. The child touches nothing but
+    the state and its file (no gRPC, no logging, no asyncio, no garbage collection, which could
+    run a finalizer of an object it does not own) and leaves with ``os._exit``. Reap it with
+    :func:`wait_writer`; a nonzero code means no usable pending file.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _writer_child(state, journal_seq, directory, parent)
+    return pid
+
+
+def _writer_child(state: ExecutionState, journal_seq: int, directory: Path, parent: int) -> NoReturn:
+    code = 1
+    try:
+        gc.disable()
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the service's handlers are not ours
+            signal.signal(number, signal.SIG_DFL)
+        die_with_parent(parent)
+        write_pending(directory, capture(state, journal_seq))
+        code = 0
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            os.write(2, f"snapshot writer {os.getpid()} failed:\n{traceback.format_exc()}".encode())
+    finally:
+        os._exit(code)
+
+
+#: How long a writer child may take before it is killed (its snapshot abandoned): a child of a
+#: multithreaded process that deadlocked on a lock another thread held at fork time must not stop
+#: snapshots for good.
+WRITER_TIMEOUT_S = 300.0
+#: Writer children failing in a row before snapshots are captured in the service instead.
+MAX_WRITER_FAILURES = 3
+
+
+def wait_writer(pid: int, timeout_s: float = WRITER_TIMEOUT_S) -> int:
+    """Reap the writer child ``pid`` (blocking); its exit code, negative for a signal. A child
+    still running after ``timeout_s`` is killed (SIGKILL) and reaped."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: its outcome is unknown
+            return -1
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                return -1
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(delay)
+        delay = min(0.05, delay * 2)
 
 
 def confirm(pending: Path) -> Path:
@@ -250,9 +360,13 @@ class Snapshotter:
     the journal starts a new segment, so the next snapshot's truncation drops the covered records
     whole: the journal a recovery opens (and CRC-checks) holds about two snapshot intervals at most.
 
-    Capturing copies the state on the event loop between batches (books via the engine's queries,
-    the order table as one array copy); writing, the fsync, the wait for the ledger's high-water
-    mark and the journal truncation run in a background task.
+    A snapshot starts on the event loop between batches. By default (``in_child_process``; Linux)
+    a forked child captures and writes it from its copy-on-write image of the process
+    (:func:`fork_writer`), so the service copies nothing and its memory does not jump with each
+    snapshot (issue #13's ``rss_bytes_per_order``: tens of MB per snapshot before); where fork is
+    unavailable or fails, the state is copied here (books via the engine's queries, the order
+    table as one array copy) and written by a thread. Writing, the fsync, the wait for the
+    ledger's high-water mark and the journal truncation run in a background task.
     """
 
     def __init__(
@@ -263,11 +377,23 @@ class Snapshotter:
         *,
         every_journal_bytes: int | None = None,
         after_recovery_bytes: int | None = None,
+        in_child_process: bool | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
         self.ledger = ledger
         self.directory = config.snapshot_path()
+        #: Whether snapshots are written by a forked child (fork_writer) rather than captured here.
+        self.in_child_process: bool = (
+            in_child_process
+            if in_child_process is not None
+            else getattr(config, "snapshot_in_child_process", True)
+        ) and _CAN_FORK
+        #: Writer children that failed in a row (MAX_WRITER_FAILURES switches to capturing here).
+        self.writer_failures = 0
+        # A capture here allocates and frees tens of MB: with glibc's dynamic threshold that memory
+        # would move onto the heap and stay resident for good after the first snapshot.
+        memory.pin_mmap_threshold()
         # Config fields when the config has them (HFTGATE_EXECUTION_SNAPSHOT_EVERY_JOURNAL_BYTES,
         # ..._SNAPSHOT_AFTER_RECOVERY_BYTES), else the module defaults; 0 disables either.
         self.every_journal_bytes: int = (
@@ -325,46 +451,93 @@ class Snapshotter:
 
     def _take(self, state: ExecutionState, trigger: str) -> None:
         seq = self.journal.next_seq - 1
-        data = capture(state, seq)
+        last_trade_id, orders = state.next_trade_id - 1, state.retained_order_count
+        write: Callable[[], Awaitable[Path]]
+        pid = 0
+        if self.in_child_process:
+            try:
+                pid = fork_writer(state, seq, self.directory)
+            except OSError as exc:  # no memory or no process left for a child: copy here instead
+                log.warning("snapshot writer process not started (%s); capturing in the service", exc)
+        if pid:
+            write = functools.partial(self._reap_writer, pid, path_for(self.directory, seq))
+        else:
+            data = capture(state, seq)
+            write = functools.partial(asyncio.to_thread, self._write, data)
         self._last_input_seq = state.next_input_seq
         self._last_journal_bytes = self.journal.bytes_appended
         self._last_time = time.monotonic()
         self.last_trigger = trigger
         # What follows goes to a new segment: the next snapshot's truncation can drop this one whole.
         self.journal.request_rotation()
-        self._task = asyncio.get_running_loop().create_task(self._finish(data), name="execution-snapshot")
+        self._task = asyncio.get_running_loop().create_task(
+            self._finish(seq, last_trade_id, orders, write), name="execution-snapshot"
+        )
 
-    async def _finish(self, data: SnapshotData) -> None:
+    async def _finish(
+        self, journal_seq: int, last_trade_id: int, orders: int, write: Callable[[], Awaitable[Path]]
+    ) -> None:
         try:
-            while self.journal.durable_seq < data.journal_seq:
+            pending = await write()
+            # Confirmed only once the journal holds everything the snapshot covers.
+            while self.journal.durable_seq < journal_seq:
                 await asyncio.sleep(0.001)
-            pending = await asyncio.to_thread(write_pending, self.directory, data)
             if self.ledger is not None:
                 try:
-                    await self.ledger.wait_written_through(data.last_trade_id)
+                    await self.ledger.wait_written_through(last_trade_id)
                 except LedgerGap as gap:
                     pending.unlink(missing_ok=True)
                     self.dropped += 1
                     log.warning(
                         "snapshot at journal seq %d dropped: the ledger lacks a fill until a restart (%s)",
-                        data.journal_seq,
+                        journal_seq,
                         gap,
                     )
                     return
             final = await asyncio.to_thread(confirm, pending)
             self.taken += 1
-            log.info(
-                "snapshot %s written (%d orders; trigger: %s)",
-                final.name,
-                len(data.arrays["orders"]),
-                self.last_trigger,
-            )
+            log.info("snapshot %s written (%d orders; trigger: %s)", final.name, orders, self.last_trigger)
             if self.config.journal_truncate_after_snapshot:
-                await self.journal.truncate_before(data.journal_seq + 1)
+                await self.journal.truncate_before(journal_seq + 1)
+        except WriterFailed as failed:
+            self.writer_failures += 1
+            log.error(
+                "snapshot at journal seq %d failed (%s); the journal still holds everything",
+                journal_seq,
+                failed,
+            )
+            if self.in_child_process and self.writer_failures >= MAX_WRITER_FAILURES:
+                self.in_child_process = False
+                log.error(
+                    "%d snapshot writer processes failed in a row: capturing in the service from now on",
+                    self.writer_failures,
+                )
+            return
         except Exception:
             log.exception(
-                "snapshot at journal seq %d failed; the journal still holds everything", data.journal_seq
+                "snapshot at journal seq %d failed; the journal still holds everything", journal_seq
             )
+            return
+        self.writer_failures = 0
+
+    def _write(self, data: SnapshotData) -> Path:
+        """:func:`write_pending` in this process, then the captured copies freed and the
+        allocator's free pages returned to the system (in the writer thread: ``malloc_trim`` walks
+        the heap)."""
+        pending = write_pending(self.directory, data)
+        data.arrays = {}  # on disk now: the copies go before the wait for the ledger
+        memory.release_free_memory()
+        return pending
+
+    @staticmethod
+    async def _reap_writer(pid: int, final: Path) -> Path:
+        """Wait (in a thread) for the child of :func:`fork_writer`; its pending file once it succeeded."""
+        pending = final.with_name(final.name + ".pending")
+        code = await asyncio.to_thread(wait_writer, pid)
+        if code != 0:
+            pending.unlink(missing_ok=True)
+            raise WriterFailed(f"the snapshot writer process {pid} exited with {code}")
+        return pending
 
     async def settled(self) -> None:
         """Wait until the snapshot in progress, if any, is written (or has failed)."""

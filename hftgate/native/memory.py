@@ -1,0 +1,78 @@
+"""The C allocator's policy for large blocks: what makes freed memory leave the process.
+
+glibc's malloc serves a block of at least its *mmap threshold* with a mapping of its own, which
+``free`` unmaps at once; a smaller block comes from the heap, whose freed pages stay resident
+until they happen to be at its top. The threshold starts at 128 KiB but is *dynamic*: each time a
+mapped block is freed, the threshold rises to that block's size (up to 32 MiB). A service that
+now and then builds a large transient array (a snapshot's copy of the order table, ~20 MB) thus
+moves every later array of that size onto the heap, where it fragments the heap and keeps its
+pages: the resident size ratchets up by tens of MB with each such episode and never comes back.
+
+:func:`pin_mmap_threshold` fixes the threshold (setting it turns the dynamic adjustment off), so
+every block from that size up is a mapping again and is returned when freed; blocks on the order
+path (a batch's arrays: a few hundred KB at most) stay below it and keep coming from the heap, so
+the order path takes no extra system calls. :func:`release_free_memory` (``malloc_trim``) hands
+the heap's free pages back after an episode that freed much (a snapshot written).
+
+Both are no-ops where the C library is not glibc (musl, macOS): they report False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+#: ``mallopt`` parameter numbers (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+#: Blocks from this size up are mappings of their own (returned to the system when freed).
+DEFAULT_MMAP_THRESHOLD_BYTES = 1024 * 1024
+#: Free space at the top of the heap beyond this is returned at once (glibc's own default, kept
+#: fixed: pinning the mmap threshold pins this one too, at whatever it had reached).
+DEFAULT_TRIM_THRESHOLD_BYTES = 2 * DEFAULT_MMAP_THRESHOLD_BYTES
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+
+
+def pin_mmap_threshold(
+    mmap_threshold_bytes: int = DEFAULT_MMAP_THRESHOLD_BYTES,
+    trim_threshold_bytes: int = DEFAULT_TRIM_THRESHOLD_BYTES,
+) -> bool:
+    """Fix the allocator's mmap and trim thresholds (process-wide); True when the C library took them."""
+    if _LIBC is None:
+        return False
+    if mmap_threshold_bytes <= 0 or trim_threshold_bytes <= 0:
+        raise ValueError("the mmap and trim thresholds must be positive byte counts")
+    pinned = bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_threshold_bytes)) and bool(
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, trim_threshold_bytes)
+    )
+    if not pinned:
+        log.warning("the C allocator refused mmap threshold %d bytes", mmap_threshold_bytes)
+    return pinned
+
+
+def release_free_memory() -> bool:
+    """Return the free pages of every malloc arena to the system (``malloc_trim(0)``).
+
+    Walks every arena's free lists under that arena's lock, so a thread allocating meanwhile
+    waits: call it off the order path. True when the C library has it and released something."""
+    if _LIBC is None:
+        return False
+    return bool(_LIBC.malloc_trim(0))

@@ -1,0 +1,292 @@
+"""Issue #13 part 2: a snapshot must not make the service's memory jump (``rss_bytes_per_order``).
+
+Snapshots are written by a forked child from a copy-on-write image of the state, so the service
+itself copies nothing; the archive is streamed into its file in bounded pieces; and large freed
+blocks leave the process (the allocator's mmap threshold is pinned). These tests check each of
+those behaviours, and that a snapshot written any of these ways restores the same state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hftgate.native import memory
+from hftgate.native.process import die_with_parent
+from services.execution import snapshot
+from services.execution.recovery import comparable_books
+from services.execution.state import REPORT_DTYPE
+
+from .test_retirement import ENGINE, _apply_all, _flow, _retained, _state
+
+linux_only = pytest.mark.skipif(not snapshot._CAN_FORK, reason="fork_writer needs Linux")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_the_streamed_archive_is_what_numpy_writes_and_reads(tmp_path: Path) -> None:
+    rows = np.zeros(1000, REPORT_DTYPE)
+    rows["sequence"] = np.arange(1000)
+    arrays = {
+        "wide": np.arange(3 * snapshot.WRITE_PIECE_BYTES // 8 + 7, dtype=np.int64),  # pieces and a rest
+        "rows": rows,
+        "matrix": np.arange(12, dtype=np.int64).reshape(3, 4),
+        "empty": np.zeros(0, REPORT_DTYPE),
+        "info": np.frombuffer(b'{"a": 1}', np.uint8).copy(),
+    }
+    path = tmp_path / "a.npz"
+    with open(path, "wb") as file:
+        snapshot.write_npz(file, arrays)
+    with np.load(path, allow_pickle=False) as archive:
+        assert sorted(archive.files) == sorted(arrays)
+        for name, array in arrays.items():
+            assert archive[name].dtype == array.dtype and archive[name].shape == array.shape
+            assert archive[name].tobytes() == array.tobytes()
+    with zipfile.ZipFile(path) as archive:  # stored, not compressed: np.load may map it
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+
+
+def test_an_array_of_python_objects_is_refused(tmp_path: Path) -> None:
+    with open(tmp_path / "b.npz", "wb") as file, pytest.raises(ValueError, match="Python objects"):
+        snapshot.write_npz(file, {"bad": np.array(["x", None], object)})
+
+
+@linux_only
+def test_a_forked_writer_writes_the_snapshot_a_capture_here_would(tmp_path: Path) -> None:
+    live = _state(retained_reports=64, retain_orders=32)
+    _apply_all(live, _flow(seed=11, batches=300))
+    before = _retained(live)
+    here = snapshot.confirm(
+        snapshot.write_pending(tmp_path / "here", snapshot.capture(live, journal_seq=300))
+    )
+    pid = snapshot.fork_writer(live, 300, tmp_path / "child")
+    assert pid > 0 and snapshot.wait_writer(pid) == 0
+    forked = snapshot.confirm(tmp_path / "child" / (snapshot.path_for(tmp_path, 300).name + ".pending"))
+    assert _retained(live) == before  # the service's own state is untouched
+    with np.load(here) as a, np.load(forked) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            assert a[name].tobytes() == b[name].tobytes(), name
+    restored, seq = snapshot.load(forked, ENGINE, 64)
+    restored.retain_orders = 32
+    assert seq == 300 and _retained(restored) == _retained(live)
+    assert comparable_books(restored.engine, restored.symbol_ids) == comparable_books(
+        live.engine, live.symbol_ids
+    )
+    # Both go on alike from the snapshot.
+    more = _flow(seed=12, batches=100)
+    assert _apply_all(restored, more) == _apply_all(live, more)
+
+
+@linux_only
+def test_a_writer_killed_mid_write_leaves_no_pending_file_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    live = _state(retained_reports=16)
+    _apply_all(live, _flow(seed=5, batches=20))
+    final = snapshot.path_for(tmp_path, 20)
+    pending = final.with_name(final.name + ".pending")
+
+    def killed(directory: Path, data: snapshot.SnapshotData) -> Path:
+        pending.write_bytes(b"half an archive")
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(snapshot, "write_pending", killed)  # the child runs the patched module
+    pid = snapshot.fork_writer(live, 20, tmp_path)
+    with pytest.raises(RuntimeError, match=f"exited with {-int(signal.SIGKILL)}"):
+        asyncio.run(snapshot.Snapshotter._reap_writer(pid, final))
+    assert not pending.exists() and snapshot.newest(tmp_path) is None
+    # A child reaped by someone else has an unknown outcome: a failure too.
+    assert snapshot.wait_writer(pid) == -1
+
+
+@linux_only
+def test_the_snapshotter_copies_nothing_in_the_service_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the child writer, capture() never runs here (only in the child, on its own pages)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    live = _state(retained_reports=64, retain_orders=32)
+    _apply_all(live, _flow(seed=2, batches=200))
+    captured_here: list[int] = []
+    real_capture = snapshot.capture
+    parent = os.getpid()
+
+    def watched(state: object, journal_seq: int) -> snapshot.SnapshotData:
+        if os.getpid() == parent:
+            captured_here.append(journal_seq)
+        return real_capture(state, journal_seq)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot, "capture", watched)
+    truncated: list[int] = []
+
+    class Journal:
+        next_seq = 201
+        durable_seq = 200
+        bytes_appended = replayed_bytes = replayed_records = 0
+
+        def request_rotation(self) -> None:
+            pass
+
+        async def truncate_before(self, seq: int) -> None:
+            truncated.append(seq)
+
+    config = SimpleNamespace(
+        snapshot_path=lambda: tmp_path,
+        snapshot_every_inputs=0,
+        snapshot_every_s=0.0,
+        journal_truncate_after_snapshot=True,
+    )
+
+    async def run(in_child: bool) -> None:
+        snapper = snapshot.Snapshotter(config, Journal(), None, in_child_process=in_child)  # type: ignore[arg-type]
+        snapper._take(live, "test")
+        await snapper.settled()
+        assert snapper.taken == 1
+
+    asyncio.run(run(True))
+    assert captured_here == [] and truncated == [201]
+    newest = snapshot.newest(tmp_path)
+    assert newest is not None and snapshot.snapshot_seq(newest) == 200
+    restored, _ = snapshot.load(newest, ENGINE, 64)
+    restored.retain_orders = 32
+    assert _retained(restored) == _retained(live)
+    asyncio.run(run(False))  # the in-process path still works where fork is not wanted
+    assert captured_here == [200]
+
+    def no_child(*args: object) -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(snapshot, "fork_writer", no_child)
+    asyncio.run(run(True))  # a fork that fails falls back to the in-process capture
+    assert captured_here == [200, 200]
+
+
+@pytest.mark.skipif(memory._LIBC is None, reason="glibc malloc only")
+def test_large_freed_blocks_leave_the_process_once_the_threshold_is_pinned() -> None:
+    assert memory.pin_mmap_threshold()
+    size = 24 * 1024 * 1024
+    for _ in range(3):  # unpinned, the first free would move later blocks of this size onto the heap
+        block = np.ones(size // 8)
+        held = _rss_bytes()
+        del block
+        assert _rss_bytes() < held - size // 2
+    assert memory.release_free_memory() in (True, False)  # callable at any time; nothing to check
+    with pytest.raises(ValueError):
+        memory.pin_mmap_threshold(0)
+
+
+@linux_only
+def test_a_forked_helper_dies_with_its_parent() -> None:
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # the "service": forks the helper, reports its pid, then waits to be killed
+        os.close(read_end)
+        helper = os.fork()
+        if helper == 0:
+            die_with_parent(os.getppid())
+            time.sleep(60)
+            os._exit(0)
+        os.write(write_end, str(helper).encode())
+        time.sleep(60)
+        os._exit(0)
+    os.close(write_end)
+    helper = int(os.read(read_end, 32))
+    os.close(read_end)
+    time.sleep(0.2)  # (the helper has asked for the signal by now; if not, it checks the parent)
+    os.kill(middle, signal.SIGKILL)
+    os.waitpid(middle, 0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(helper, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{helper}/stat", encoding="ascii") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":  # dead, awaiting its reaper
+                break
+        time.sleep(0.02)
+    else:
+        os.kill(helper, signal.SIGKILL)
+        pytest.fail("the helper outlived its parent")
+
+
+@linux_only
+def test_a_writer_that_hangs_is_killed_and_repeated_failures_switch_to_capturing_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that deadlocked (e.g. on a lock another thread held at fork time) must not stop
+    snapshots for good: it is killed after the timeout, and after MAX_WRITER_FAILURES failures in
+    a row the service captures snapshots itself."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    pid = os.fork()
+    if pid == 0:  # a stuck writer
+        time.sleep(60)
+        os._exit(0)
+    started = time.monotonic()
+    assert snapshot.wait_writer(pid, timeout_s=0.2) == -9
+    assert time.monotonic() - started < 10
+
+    live = _state(retained_reports=64, retain_orders=32)
+    _apply_all(live, _flow(seed=3, batches=20))
+
+    def failing_child(*args: object) -> int:
+        child = os.fork()
+        if child == 0:
+            os._exit(3)
+        return child
+
+    monkeypatch.setattr(snapshot, "fork_writer", failing_child)
+
+    class Journal:
+        next_seq = 21
+        durable_seq = 20
+        bytes_appended = replayed_bytes = replayed_records = 0
+
+        def request_rotation(self) -> None:
+            pass
+
+        async def truncate_before(self, seq: int) -> None:
+            pass
+
+    config = SimpleNamespace(
+        snapshot_path=lambda: tmp_path,
+        snapshot_every_inputs=0,
+        snapshot_every_s=0.0,
+        journal_truncate_after_snapshot=False,
+    )
+
+    async def run() -> snapshot.Snapshotter:
+        snapper = snapshot.Snapshotter(config, Journal(), None, in_child_process=True)  # type: ignore[arg-type]
+        for attempt in range(snapshot.MAX_WRITER_FAILURES):
+            assert snapper.in_child_process, attempt
+            snapper._take(live, "test")
+            await snapper.settled()
+        assert snapper.taken == 0 and not snapper.in_child_process
+        snapper._take(live, "test")  # now captured here: it works
+        await snapper.settled()
+        assert snapper.taken == 1 and snapper.writer_failures == 0
+        return snapper
+
+    asyncio.run(run())
+    assert snapshot.newest(tmp_path) is not None
