@@ -131,6 +131,25 @@ class JournalWriterThread:
             raise RuntimeError("the journal writer thread was joined")
         check(lib.hft_journal_writer_request_rotation(self._writer), "hft_journal_writer_request_rotation")
 
+    #: The longest group-commit window the writer takes (HFT_JOURNAL_MAX_COMMIT_WINDOW_US).
+    MAX_COMMIT_WINDOW_US = 10_000
+
+    def set_commit_window_us(self, window_us: int) -> None:
+        """Wait up to ``window_us`` after a batch's first record for more to share its fdatasync
+        (see ``hft_journal_writer_set_commit_window_us``); 0 takes only what is queued."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        if not 0 <= window_us <= self.MAX_COMMIT_WINDOW_US:
+            raise ValueError(f"commit window must be 0..{self.MAX_COMMIT_WINDOW_US} us, not {window_us}")
+        check(
+            lib.hft_journal_writer_set_commit_window_us(self._writer, window_us),
+            "hft_journal_writer_set_commit_window_us",
+        )
+
+    @property
+    def commit_window_us(self) -> int:
+        return 0 if self._writer is None else int(lib.hft_journal_writer_commit_window_us(self._writer))
+
     def abort(self) -> None:
         """Make a writer that waits for disk space give up (it fails; see ``hft_journal_writer_abort``)."""
         if self._writer is None:

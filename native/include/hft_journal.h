@@ -137,6 +137,16 @@ int hft_journal_writer_set_cpus(hft_journal_writer *writer, const int *cpus, siz
  * whole. Any thread. HFT_EINVAL on NULL. */
 int hft_journal_writer_request_rotation(hft_journal_writer *writer);
 
+/* The group-commit window: after a batch's first record, wait up to `window_us` more for
+ * records to share its write and fdatasync (0, the default: take only what is already queued).
+ * Why tunable at run time: a window trades each record's latency for fewer syncs per record
+ * under load; the scaler's optimiser tries values and keeps one only when a measured window of
+ * latency shows it helped. The writer reads it at each batch. Any thread. HFT_EINVAL on NULL or
+ * a window above HFT_JOURNAL_MAX_COMMIT_WINDOW_US. */
+#define HFT_JOURNAL_MAX_COMMIT_WINDOW_US 10000u
+int hft_journal_writer_set_commit_window_us(hft_journal_writer *writer, uint32_t window_us);
+uint32_t hft_journal_writer_commit_window_us(const hft_journal_writer *writer);
+
 /* Make a writer that waits for disk space give up: it fails (status.failed, a message naming the
  * first record it could not write) and its thread ends; a writer that is not blocked goes on
  * until it has to wait for space. For a stop that cannot wait. Any thread. HFT_EINVAL on NULL. */

@@ -61,6 +61,7 @@ struct hft_journal_writer {
     /* Requests from the controlling thread (atomics). */
     int rotate_requested;
     int abort_requested;
+    uint32_t commit_window_us;  /* see hft_journal_writer_set_commit_window_us */
 };
 
 static void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -370,6 +371,24 @@ static void *writer_main(void *argument) {
             if (frame_slots(w, popped, &records)) return NULL;
             taken += popped;
         }
+        /* Commit window: wait a little longer for more records to share this batch's fdatasync. */
+        uint32_t window_us = __atomic_load_n(&w->commit_window_us, __ATOMIC_RELAXED);
+        if (window_us && taken < w->batch_max_records) {
+            struct timespec start, now;
+            clock_gettime(CLOCK_MONOTONIC, &start);
+            for (;;) {
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                int64_t waited_ns =
+                    (int64_t)(now.tv_sec - start.tv_sec) * 1000000000 + (now.tv_nsec - start.tv_nsec);
+                int64_t left_ns = (int64_t)window_us * 1000 - waited_ns;
+                if (left_ns <= 0 || taken >= w->batch_max_records) break;
+                rc = hft_mpsc_queue_pop_many_wait(w->queue, w->slots, w->batch_max_records - taken, &popped,
+                                                  left_ns);
+                if (rc != HFT_OK || !popped) break; /* the window passed, or the queue closed */
+                if (frame_slots(w, popped, &records)) return NULL;
+                taken += popped;
+            }
+        }
         /* A record's slots are pushed together: the rest of a split one is moments away. */
         while (w->record_remaining) {
             size_t want = (w->record_remaining + w->slot_bytes - 1) / w->slot_bytes;
@@ -471,6 +490,16 @@ int hft_journal_writer_request_rotation(hft_journal_writer *w) {
     if (!w) return HFT_EINVAL;
     __atomic_store_n(&w->rotate_requested, 1, __ATOMIC_RELEASE);
     return HFT_OK;
+}
+
+int hft_journal_writer_set_commit_window_us(hft_journal_writer *w, uint32_t window_us) {
+    if (!w || window_us > HFT_JOURNAL_MAX_COMMIT_WINDOW_US) return HFT_EINVAL;
+    __atomic_store_n(&w->commit_window_us, window_us, __ATOMIC_RELAXED);
+    return HFT_OK;
+}
+
+uint32_t hft_journal_writer_commit_window_us(const hft_journal_writer *w) {
+    return w ? __atomic_load_n(&w->commit_window_us, __ATOMIC_RELAXED) : 0;
 }
 
 int hft_journal_writer_abort(hft_journal_writer *w) {

@@ -47,6 +47,10 @@ class ExecutionConfig:
     # Delete journal segments a confirmed snapshot covers. False keeps every input since the
     # first start (the crash harness replays all of them through the reference book).
     journal_truncate_after_snapshot: bool = True
+    # Group commit: how long the writer waits after a batch's first input for more to share its
+    # fdatasync (0: only what is queued already). The scaler's optimiser may change it live
+    # (TuningService setting journal_group_commit_window_us, 0..10,000).
+    journal_commit_window_us: int = 0
 
     # Snapshots of every book and order: taken after this many journaled inputs or this much
     # time since the last one (whichever comes first, and only when something changed); 0 disables.
@@ -234,6 +238,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> ExecutionConfig:
             placement.check_spec(getattr(config, name))
         except ValueError as exc:
             raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}; use auto, off or a CPU list") from None
+    if not 0 <= config.journal_commit_window_us <= 10_000:
+        raise ValueError(
+            f"{ENV_PREFIX}JOURNAL_COMMIT_WINDOW_US must be 0..10000 microseconds, "
+            f"not {config.journal_commit_window_us}"
+        )
     if config.journal_ack_poll_us < 0:
         raise ValueError(f"{ENV_PREFIX}JOURNAL_ACK_POLL_US must be 0 or more")
     if not 0 <= config.shard_id <= shardmap.MAX_SHARD_ID:

@@ -575,6 +575,17 @@ class Journal:
         self._loop = loop
         loop.add_reader(self._notify_fd, self._on_writer_signal)
 
+    def set_commit_window_us(self, window_us: int) -> None:
+        """How long the writer waits after a batch's first record for more to share its fdatasync
+        (0: only what is already queued); changed live by the scaler's optimiser."""
+        if self._writer is None:
+            raise RuntimeError("journal is not started")
+        self._writer.set_commit_window_us(window_us)
+
+    @property
+    def commit_window_us(self) -> int:
+        return 0 if self._writer is None else self._writer.commit_window_us
+
     def place_writer(self, cpus: Iterable[int]) -> None:
         """Run the writer thread only on ``cpus`` (see :mod:`hftgate.placement`)."""
         if self._writer is None:

@@ -28,10 +28,11 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from hftgate import security, shardmap
+from hftgate import security, shardmap, tuning
 from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
+from hftgate.native.journal_writer import JournalWriterThread
 from hftgate.shardmap import ShardMap
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
@@ -1218,6 +1219,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
         )
         log.info("reference data: %d row(s) loaded before serving", held)
         journal.start()
+        journal.set_commit_window_us(config.journal_commit_window_us)
         closers.append(journal.close)
         snapshotter = Snapshotter(config, journal, ledger)
         core = ExecutionCore(
@@ -1247,6 +1249,19 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
         fence.handed_over = handover.handed_over
         servicer.handover = handover
         shard_admin = ShardAdminServicer(servicer, handover)
+        tuning_servicer = tuning.TuningServicer(
+            "execution",
+            [
+                tuning.TunableSetting(
+                    "journal_group_commit_window_us",
+                    0.0,
+                    float(JournalWriterThread.MAX_COMMIT_WINDOW_US),
+                    get=lambda: journal.commit_window_us,
+                    set=lambda value: journal.set_commit_window_us(int(value)),
+                )
+            ],
+            suite.secret,
+        )
         # Accounts call with their API key (checked by the servicer); services (the gateway) with a
         # service token, and forward the account's key.
         auth = security.ServiceAuthInterceptor(suite.secret, api_key_methods=True)
@@ -1261,6 +1276,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
                     ADMIN_SERVICE_NAME,
                     lambda s: shard_admin_pb2_grpc.add_ShardAdminServiceServicer_to_server(shard_admin, s),
                 ),
+                tuning.binding(tuning_servicer),
             ],
             tls=_server_tls(config, suite),
             auth=auth,

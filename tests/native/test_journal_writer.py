@@ -61,3 +61,48 @@ def test_writer_status_reports_space_fields_and_a_joined_writer_refuses_requests
         assert sorted(p.name for p in tmp_path.iterdir()) == [segment.name]
     finally:
         os.close(notify)
+
+
+def test_a_commit_window_lets_records_that_follow_share_the_first_ones_fdatasync(tmp_path: Path) -> None:
+    queue = MpscQueue(64, 64)
+    segment = tmp_path / "00000000000000000001.journal"
+    fd = os.open(segment, os.O_WRONLY | os.O_CREAT, 0o644)
+    notify = os.eventfd(0, os.EFD_CLOEXEC)
+    try:
+        writer = JournalWriterThread(
+            queue,
+            directory=tmp_path,
+            fd=fd,
+            segment_bytes=0,
+            preallocate_bytes=0,
+            segment_max_bytes=1 << 20,
+            next_seq=1,
+            sync_before_ack=True,
+            notify_fd=notify,
+            batch_max_records=8,
+            max_payload_bytes=48,
+            space_retry_max_ms=5,
+        )
+        assert writer.commit_window_us == 0
+        for bad in (-1, JournalWriterThread.MAX_COMMIT_WINDOW_US + 1):
+            with pytest.raises(ValueError, match=r"commit window must be 0\.\.10000 us"):
+                writer.set_commit_window_us(bad)
+        writer.set_commit_window_us(JournalWriterThread.MAX_COMMIT_WINDOW_US)
+        assert writer.commit_window_us == JournalWriterThread.MAX_COMMIT_WINDOW_US
+
+        # The first record wakes the writer, which takes it and then waits up to 10 ms for more: the
+        # three pushed once it has taken the first share its single write and fdatasync.
+        def push(seq: int) -> None:
+            assert queue.try_push(struct.pack("<QIBB2x", seq, 3, 0, 0) + b"abc".ljust(48, b"\0"))
+
+        push(1)
+        while len(queue):
+            pass
+        for seq in (2, 3, 4):
+            push(seq)
+        queue.close()
+        final = writer.join()
+        assert final.acked_seq == 4 and not final.failed
+        assert final.batches == 1 and final.fsyncs == 1
+    finally:
+        os.close(notify)
