@@ -12,8 +12,10 @@ from ``admin``. A refused call changes nothing.
 
 Sharded services (execution: each shard owns symbols) are never scaled like stateless ones: a
 decision to change their count goes to a :class:`ShardRebalancer` (which adds or retires shards and
-moves symbols, services/scaler/moves.py) or, with none wired in, is recorded as what it would have
-moved (``DecisionRecord.recorded_only``) and nothing is started, drained or stopped.
+moves symbols: services/scaler/rebalancer.py, moves.py) or, with none wired in, is recorded as what
+it would have moved (``DecisionRecord.recorded_only``) and nothing is started, drained or stopped.
+A shard the rebalancer started that dies is started again as the same shard (its id, address and
+state), not replaced by a new replica.
 
 Just after the scaler starts (or a policy appears) a service is *discovering* for
 ``discovery_ms``: replicas already running report within a report interval or two, and until
@@ -41,7 +43,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -385,10 +387,18 @@ class Scaler:
                 f"({current} -> {desired}); no symbol mover is wired in, so nothing was changed"
             )
             return replace(decision, reason=f"{decision.reason}; {note}"), 0, "", True
+        failure = ""
+        reached = current
         try:
             reached = await self.rebalancer.rebalance(policy.service, current, desired)
         except BackendError as exc:
-            return decision, 0, str(exc), False
+            failure = str(exc)
+        # What moved, and where it stopped (MoverRebalancer.last_summary), in the decision's reason.
+        summary = getattr(self.rebalancer, "last_summary", "")
+        if summary:
+            decision = replace(decision, reason=f"{decision.reason}; {summary}")
+        if failure:
+            return decision, 0, failure, False
         error = "" if reached == desired else f"the symbol mover reached {reached} shards of {desired}"
         return decision, reached - current, error, False
 
@@ -536,7 +546,16 @@ class Scaler:
         dead: list[tuple[str, str, str]] = []
         for backend in self.backends.values():
             dead += backend.exited()
+        restart_shard = getattr(self.rebalancer, "restart_shard", None)
         for service, replica_id, why in dead:
+            if restart_shard is not None and default_kind(service) is ScalingKind.SHARDED:
+                # A shard owns symbols: the same shard comes back (id, address, state), not a
+                # new replica (MoverRebalancer.restart_shard).
+                self.registry.remove(service, replica_id, ReplicaState.FAILED)
+                log.warning("%s shard %s %s: restarting it", service, replica_id, why)
+                self.restarts += 1
+                self._spawn(self._restart_shard(restart_shard, replica_id))
+                continue
             known = self.registry.get(service, replica_id)
             # A draining replica that exits early has done what it was asked; a warm one is
             # replaced by ensure_warm below.
@@ -560,6 +579,12 @@ class Scaler:
                 self.config.forget_after_ms,
             )
         return dead
+
+    async def _restart_shard(self, restart: Callable[[str], Awaitable[bool]], replica_id: str) -> None:
+        try:
+            await restart(replica_id)
+        except Exception:  # a background task: nothing else would see it
+            log.exception("restart of execution shard %s failed", replica_id)
 
     async def _restart(self, policy: Policy, backend: Backend) -> None:
         try:
@@ -603,6 +628,9 @@ class Scaler:
         close_actuator = getattr(self.optimiser.actuator, "close", None) if self.optimiser else None
         if close_actuator is not None:
             await close_actuator()
+        close_rebalancer = getattr(self.rebalancer, "close", None)
+        if close_rebalancer is not None:
+            await close_rebalancer()
         for backend in self.backends.values():
             await backend.close()
 

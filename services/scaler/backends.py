@@ -160,8 +160,11 @@ class LocalProcessBackend(Backend):
         entry = self._processes.get((service, replica_id))
         return None if entry is None else entry.process.pid
 
-    def child_env(self, service: str, replica_id: str, port: int) -> dict[str, str]:
-        """The environment of one replica: the suite's, plus its port, state directory and id."""
+    def child_env(
+        self, service: str, replica_id: str, port: int, extra_env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The environment of one replica: the suite's, plus its port, state directory and id;
+        ``extra_env`` last, over all of them (an execution shard's id, state and shard map)."""
         prefix = f"HFTGATE_{service.upper()}_"
         env = dict(self._env)
         if self._service_env is not None:
@@ -172,18 +175,30 @@ class LocalProcessBackend(Backend):
         env[prefix + "METRICS_PORT"] = "0"
         env["HFTGATE_STATE_DIR"] = str(self._state_root / service / replica_id)
         env[REPLICA_ID_VARIABLE] = replica_id
+        env.update(extra_env or {})
         return env
 
-    async def start(self, service: str, replica_id: str, target_count: int) -> Started:
+    async def start(
+        self,
+        service: str,
+        replica_id: str,
+        target_count: int,
+        *,
+        port: int = 0,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> Started:
+        """See :meth:`Backend.start`; ``port`` 0 = a free one. An execution shard is given its port
+        (the shard map names it before it starts) and ``extra_env`` (see :meth:`child_env`)."""
         if service not in RUNNABLE_SERVICES:
             raise BackendError(f"the local back end does not run {service!r}")
         if (service, replica_id) in self._processes:
             raise BackendError(f"replica {service}/{replica_id} is already running")
         if len(self._processes) >= self._max_processes:
             raise BackendError(f"the local back end already runs {self._max_processes} processes (its limit)")
-        port = free_port()
-        env = self.child_env(service, replica_id, port)
-        state_dir = Path(env["HFTGATE_STATE_DIR"])
+        port = port or free_port()
+        env = self.child_env(service, replica_id, port, extra_env)
+        # The replica's own folder holds its log even when extra_env points its state elsewhere.
+        state_dir = self._state_root / service / replica_id
         state_dir.mkdir(parents=True, exist_ok=True)
         log_path = state_dir / "replica.log"
         with open(log_path, "ab") as out:

@@ -79,6 +79,14 @@ class ScalerConfig:
     kubernetes_request_timeout_s: float = 10.0
     kubernetes_ready_timeout_s: float = 120.0
     policies: tuple[str, ...] = ()
+    #: Scale execution by moving symbols (rebalancer.py): at start the scaler opens the suite's
+    #: shard map store, finishes the moves a previous scaler left unfinished, and carries out
+    #: execution's decisions by adding or retiring local shard processes. False: execution's
+    #: decisions are only recorded.
+    rebalance_shards: bool = True
+    #: After a retired shard leaves the shard map, how long before its process gets SIGTERM (the
+    #: gateway and routing clients follow the map by polling it, 500 ms by default).
+    rebalance_retire_grace_ms: int = 1_000
     #: The optimiser (optimiser.py): tunes the cache's near-cache capacity toward
     #: optimiser_hit_ratio_target and the execution journal's group-commit window toward
     #: optimiser_p99_latency_target_ns, through each service's TuningService (scaler.proto), one
@@ -160,6 +168,10 @@ def load_config(environ: Mapping[str, str] | None = None) -> ScalerConfig:
             )
     if not 0 <= config.warm_replicas <= 16:
         raise ConfigError(f"{ENV_PREFIX}WARM_REPLICAS must be 0..16, not {config.warm_replicas}")
+    if config.rebalance_retire_grace_ms < 0:
+        raise ConfigError(
+            f"{ENV_PREFIX}REBALANCE_RETIRE_GRACE_MS must be >= 0, not {config.rebalance_retire_grace_ms}"
+        )
     if config.discovery_ms < 0:
         raise ConfigError(f"{ENV_PREFIX}DISCOVERY_MS must be >= 0, not {config.discovery_ms}")
     for name in ("max_replicas_per_service", "max_reports_per_replica", "max_decisions", "max_watchers"):

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from sqlalchemy.exc import SQLAlchemyError
 
 from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.security import SuiteSecret, SuiteSecurity, load_suite_security, principal_of, suite_client_tls
+from hftgate.shardmap import ShardMapStore, ShardMapUnavailable
+from hftgate.supervisor import shard_map_store
 from hftgate.v1 import scaler_pb2, scaler_pb2_grpc
+from services.execution.config import load_config as load_execution_config
 from services.scaler.app import (
     DecisionRecord,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Scaler,
+    ShardRebalancer,
     TrialRecord,
     kubernetes_backend,
     parse_policies,
@@ -42,6 +48,8 @@ from services.scaler.backends import (
 )
 from services.scaler.config import ScalerConfig
 from services.scaler.decisions import Action, Metric, Policy, RateLimit, ScalingKind
+from services.scaler.moves import SymbolMover
+from services.scaler.rebalancer import LocalShardLauncher, MoverRebalancer, reference_symbols
 from services.scaler.registry import Change, Replica, ReplicaEvent, ReplicaState, Report, TableFull
 from services.scaler.tuning import build_optimiser
 
@@ -402,11 +410,16 @@ async def _abort_bad_request(
 @dataclass
 class ScalerRunningServer(RunningServer):
     scaler: Scaler | None = None
+    #: The shard map store the rebalancer publishes to (closed after the scaler, which closes
+    #: the rebalancer and its mover).
+    shard_map_store: ShardMapStore | None = None
 
     async def stop(self, grace_s: float) -> None:
         await super().stop(grace_s)
         if self.scaler is not None:
             await self.scaler.close()
+        if self.shard_map_store is not None:
+            await self.shard_map_store.close()
 
 
 def default_backends(config: ScalerConfig, security: SuiteSecurity) -> dict[str, Backend]:
@@ -424,17 +437,59 @@ def default_backends(config: ScalerConfig, security: SuiteSecurity) -> dict[str,
     }
 
 
+async def default_rebalancer(
+    config: ScalerConfig, security: SuiteSecurity, backend: LocalProcessBackend
+) -> tuple[MoverRebalancer, ShardMapStore]:
+    """The rebalancer over the suite's shard map store (found as the shards find it), started:
+    the moves a previous scaler left unfinished are finished before this returns."""
+    env = dict(os.environ)
+    store = shard_map_store(env)
+    try:
+        await store.start()
+    except BaseException:
+        await store.close()
+        raise
+    execution = load_execution_config(env)
+    rebalancer = MoverRebalancer(
+        store,
+        SymbolMover(store, security.credentials),
+        LocalShardLauncher(backend, env, store),
+        reference_symbols(execution.reference_url(), execution.reference_table),
+        retire_grace_s=config.rebalance_retire_grace_ms / 1000,
+    )
+    try:
+        await rebalancer.start()
+    except BaseException:
+        await rebalancer.close()
+        await store.close()
+        raise
+    return rebalancer, store
+
+
 async def start(
     config: ScalerConfig,
     security: SuiteSecurity | None = None,
     *,
     backends: dict[str, Backend] | None = None,
     loops: bool = True,
+    rebalancer: ShardRebalancer | None = None,
 ) -> ScalerRunningServer:
-    """Build the scaler from ``config``, start serving and (with ``loops``) deciding."""
+    """Build the scaler from ``config``, start serving and (with ``loops``) deciding. With the
+    default back ends and ``config.rebalance_shards``, execution scales through a
+    :class:`MoverRebalancer` on local shard processes unless ``rebalancer`` is given."""
     if security is None:
         security = load_suite_security("scaler")
-    scaler = Scaler(config, backends if backends is not None else default_backends(config, security))
+    store: ShardMapStore | None = None
+    if backends is None:
+        backends = default_backends(config, security)
+        local = backends.get(LOCAL_PROCESS)
+        if rebalancer is None and config.rebalance_shards and isinstance(local, LocalProcessBackend):
+            try:
+                rebalancer, store = await default_rebalancer(config, security, local)
+            except (ShardMapUnavailable, SQLAlchemyError, OSError) as exc:
+                # The stateless services still scale; execution's decisions are recorded only.
+                log.error("no shard rebalancing: the shard map store cannot be used: %s", exc)
+    scaler = Scaler(config, backends, rebalancer=rebalancer)
     if config.optimiser_enabled:
         scaler.attach_optimiser(build_optimiser(config, scaler.registry, security.credentials))
     for policy in parse_policies(config.policies):
@@ -453,4 +508,5 @@ async def start(
         health=running.health,
         service_names=running.service_names,
         scaler=scaler,
+        shard_map_store=store,
     )
