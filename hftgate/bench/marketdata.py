@@ -11,13 +11,23 @@ Input: the Binance window of ``../shared/data`` (spot, USD-M and COIN-M book tic
   with zero fees, where the basis keeps opportunities opening, updating and closing.
 - ``depth_p50_us`` / ``depth_p99_us``: one ``on_depth`` call per depth message of the raw recordings of
   the same window (``raw/hftbacktest_binance``: spot diffs every 100 ms, futures every change, and
-  the recorder's 1,000-level REST snapshots), validation and book update included.
+  the recorder's 1,000-level REST snapshots), validation and book update (both in C) included.
 - ``opportunities``: opportunities opened with the configured taker fees (the basis between spot
   and perpetuals stays inside the fees); ``opportunities_without_fees`` for contrast.
 - ``ticks_per_s``: the quotes sent over one PublishQuotes stream (1,000 ticks per message,
   encoded beforehand) to a real service process, from the first write to the summary reply, which
   the service sends once it has applied every tick. A fresh service per run, so no tick is ever a
   cheap duplicate.
+- ``subscriber_delivered_ratio``: updates a SubscribeBatched reader that reads as fast as it can got /
+  ticks accepted, the ``ticks_per_s`` replay at full speed with that one subscriber (the lowest of the
+  runs, and of the readers of the next figure); 1.0 is every update.
+- ``subscribers_10_ticks_per_s``: the same replay's ingest rate with 10 such readers.
+- ``stuck_subscribers_slowdown``: the ingest rate alone / with 50 SubscribeBatched streams that never
+  read, each run against a rate taken right before it (machine load drifts). Their client keeps each
+  stream's HTTP/2 window at 64 KiB (no BDP probing), so once it is full the server's writers block.
+  ``buffering_subscribers_slowdown``: the same with gRPC's default client options, whose transport
+  keeps accepting (and buffering in memory) what the application never reads: to the server those
+  streams are fast readers, each sent every update.
 - Floors, same run: ``grpc_echo_p50_us`` (empty unary call to a do-nothing server on the same
   stack) and ``tcp_floor_p50_us`` (raw loopback TCP ping-pong between two processes).
 
@@ -37,6 +47,8 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+
+import grpc
 
 from hftgate.bench.floors import grpc_echo_p50_ms, tcp_floor_p50_ms
 from hftgate.config import default_data_dir, repo_root
@@ -192,27 +204,12 @@ async def _publish(target: str, messages: list[bytes]) -> tuple[marketdata_pb2.P
     credentials = feed_credentials()
     async with credentials.open_channel(target, CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
-        publish = channel.stream_unary(
-            PUBLISH_QUOTES,
-            request_serializer=None,  # the messages are encoded already
-            response_deserializer=marketdata_pb2.PublishSummary.FromString,
-        )
-
-        async def encoded() -> AsyncIterator[bytes]:
-            for message in messages:
-                yield message
-
-        started = time.perf_counter()
-        summary = await publish(encoded(), metadata=credentials.metadata)
-        return summary, time.perf_counter() - started
+        return await _publish_on(channel, messages, credentials.metadata)
 
 
 def grpc_ticks_per_s(quotes: Sequence[Tick]) -> tuple[float, int]:
     """Ticks per second through a fresh service's PublishQuotes stream, and the ticks it rejected."""
-    messages: list[bytes] = []
-    for start in range(0, len(quotes), TICKS_PER_MESSAGE):
-        requests, _ = to_requests(quotes[start : start + TICKS_PER_MESSAGE])
-        messages.extend(request.SerializeToString() for request in requests)
+    messages = _encoded_messages(quotes)
     service = ServiceProcess()
     try:
         summary, elapsed_s = asyncio.run(_publish(f"127.0.0.1:{service.port}", messages))
@@ -223,6 +220,128 @@ def grpc_ticks_per_s(quotes: Sequence[Tick]) -> tuple[float, int]:
             f"the service applied {summary.accepted + summary.rejected} of {len(quotes)} ticks"
         )
     return len(quotes) / elapsed_s, summary.rejected
+
+
+SUBSCRIBE_BATCHED = "/hftgate.v1.MarketDataService/SubscribeBatched"
+GET_SNAPSHOT = "/hftgate.v1.MarketDataService/GetSnapshot"
+FAST_SUBSCRIBERS = 10
+STUCK_SUBSCRIBERS = 50
+# The stuck subscribers' connection: without BDP probing gRPC's client keeps each stream's
+# HTTP/2 window at its initial 64 KiB until the application reads, as a client that has stopped
+# reading does; with it, gRPC's client transport goes on accepting megabytes that nobody reads,
+# so the "stuck" streams would cost the server as much as fast readers.
+STALLED_READER_OPTIONS: list[tuple[str, int]] = [("grpc.http2.bdp_probe", 0)]
+# A fast subscriber that has received nothing for this long has everything it will get.
+_QUIET_S = 2.0
+
+
+async def _publish_with_subscribers(
+    target: str, messages: list[bytes], fast: int, stuck: int, stalled_windows: bool = True
+) -> tuple[marketdata_pb2.PublishSummary, float, list[int]]:
+    """Publish ``messages`` over one PublishQuotes stream while ``fast`` SubscribeBatched streams
+    read as fast as they can and ``stuck`` ones never read; the summary, the seconds from the
+    first write to the summary, and the updates each fast subscriber received."""
+    credentials = feed_credentials()
+    metadata = credentials.metadata
+    # One connection per group, so that stuck streams' flow control windows touch no other.
+    channels = [credentials.open_channel(target, CHANNEL_OPTIONS) for _ in range(1 + fast)]
+    stuck_options = [*CHANNEL_OPTIONS, *STALLED_READER_OPTIONS] if stalled_windows else CHANNEL_OPTIONS
+    channels.append(credentials.open_channel(target, stuck_options))
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
+        publish_channel, *fast_channels, stuck_channel = channels
+
+        def subscribe(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
+            call = channel.unary_stream(
+                SUBSCRIBE_BATCHED,
+                request_serializer=marketdata_pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=marketdata_pb2.MarketUpdates.FromString,
+            )
+            return call(marketdata_pb2.SubscribeRequest(), metadata=metadata)  # type: ignore[no-any-return]
+
+        stuck_calls = [subscribe(stuck_channel) for _ in range(stuck)]
+        fast_calls = [subscribe(channel) for channel in fast_channels]
+        snapshot = publish_channel.unary_unary(
+            GET_SNAPSHOT,
+            request_serializer=marketdata_pb2.GetSnapshotRequest.SerializeToString,
+            response_deserializer=marketdata_pb2.GetSnapshotResponse.FromString,
+        )
+        deadline = time.monotonic() + 30
+        while (await snapshot(marketdata_pb2.GetSnapshotRequest(), metadata=metadata)).stats.subscribers < (
+            fast + stuck
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{fast + stuck} subscribers did not all register within 30 s")
+            await asyncio.sleep(0.01)
+        received = [0] * fast
+
+        async def read(index: int, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+            while True:
+                try:
+                    message = await asyncio.wait_for(call.read(), timeout=_QUIET_S)
+                except TimeoutError:
+                    return
+                if not isinstance(message, marketdata_pb2.MarketUpdates):  # the stream ended
+                    return
+                received[index] += len(message.updates)
+
+        readers = [asyncio.create_task(read(i, call)) for i, call in enumerate(fast_calls)]
+        summary, elapsed_s = await _publish_on(publish_channel, messages, metadata)
+        await asyncio.gather(*readers)
+        for call in (*stuck_calls, *fast_calls):
+            call.cancel()
+        return summary, elapsed_s, received
+    finally:
+        for channel in channels:
+            await channel.close(None)
+
+
+async def _publish_on(
+    channel: grpc.aio.Channel, messages: list[bytes], metadata: Sequence[tuple[str, str]]
+) -> tuple[marketdata_pb2.PublishSummary, float]:
+    publish = channel.stream_unary(
+        PUBLISH_QUOTES,
+        request_serializer=None,  # the messages are encoded already
+        response_deserializer=marketdata_pb2.PublishSummary.FromString,
+    )
+
+    async def encoded() -> AsyncIterator[bytes]:
+        for message in messages:
+            yield message
+
+    started = time.perf_counter()
+    summary = await publish(encoded(), metadata=metadata)
+    return summary, time.perf_counter() - started
+
+
+def fan_out_run(
+    quotes: Sequence[Tick], fast: int, stuck: int, stalled_windows: bool = True
+) -> tuple[float, list[float]]:
+    """On a fresh service: ticks per second ingested with ``fast`` reading and ``stuck`` idle
+    SubscribeBatched streams, and each fast one's updates received / ticks accepted.
+    ``stalled_windows`` False: the idle streams' client keeps BDP probing on (see above)."""
+    messages = _encoded_messages(quotes)
+    service = ServiceProcess()
+    try:
+        summary, elapsed_s, received = asyncio.run(
+            _publish_with_subscribers(f"127.0.0.1:{service.port}", messages, fast, stuck, stalled_windows)
+        )
+    finally:
+        service.stop()
+    if summary.accepted + summary.rejected != len(quotes):
+        raise RuntimeError(
+            f"the service applied {summary.accepted + summary.rejected} of {len(quotes)} ticks"
+        )
+    return len(quotes) / elapsed_s, [n / summary.accepted for n in received]
+
+
+def _encoded_messages(quotes: Sequence[Tick]) -> list[bytes]:
+    messages: list[bytes] = []
+    for start in range(0, len(quotes), TICKS_PER_MESSAGE):
+        requests, _ = to_requests(quotes[start : start + TICKS_PER_MESSAGE])
+        messages.extend(request.SerializeToString() for request in requests)
+    return messages
 
 
 # --- the suite ----------------------------------------------------------------------------------
@@ -252,10 +371,23 @@ def run(repeats: int = 5, data_dir: str | os.PathLike[str] | None = None) -> dic
     _, opportunities_without_fees = tick_latencies(ticks, without_fees)
 
     rates, rejected = [], 0
+    delivered, rates_10, stuck_slowdowns, buffering_slowdowns = [], [], [], []
     for _ in range(repeats):
         rate, rejected_now = grpc_ticks_per_s(quotes)
         rates.append(rate)
         rejected = max(rejected, rejected_now)
+        _, (ratio,) = fan_out_run(quotes, fast=1, stuck=0)
+        delivered.append(ratio)
+        rate_10, ratios_10 = fan_out_run(quotes, fast=FAST_SUBSCRIBERS, stuck=0)
+        rates_10.append(rate_10)
+        delivered.append(min(ratios_10))
+        # Against a rate taken right before it, so that load drifting on the machine cancels out.
+        alone, _ = grpc_ticks_per_s(quotes)
+        rate_stuck, _ = fan_out_run(quotes, fast=0, stuck=STUCK_SUBSCRIBERS)
+        stuck_slowdowns.append(alone / rate_stuck)
+        alone, _ = grpc_ticks_per_s(quotes)
+        rate_buffering, _ = fan_out_run(quotes, fast=0, stuck=STUCK_SUBSCRIBERS, stalled_windows=False)
+        buffering_slowdowns.append(alone / rate_buffering)
 
     return {
         "ticks": len(ticks),
@@ -273,6 +405,10 @@ def run(repeats: int = 5, data_dir: str | os.PathLike[str] | None = None) -> dic
         "ticks_per_s": statistics.median(rates),
         "ticks_per_s_min": min(rates),
         "ticks_per_s_max": max(rates),
+        "subscriber_delivered_ratio": min(delivered),
+        "subscribers_10_ticks_per_s": statistics.median(rates_10),
+        "stuck_subscribers_slowdown": statistics.median(stuck_slowdowns),
+        "buffering_subscribers_slowdown": statistics.median(buffering_slowdowns),
         "grpc_echo_p50_us": grpc_echo_p50_ms() * 1e3,
         "tcp_floor_p50_us": tcp_floor_p50_ms() * 1e3,
         "repeats": repeats,

@@ -9,8 +9,8 @@ one replica picked by the balancer (services/gateway/balancer.py).
 * An idempotent read (GetSnapshot, GetBars, GetVwap; cache Get, GetMany) that fails with
   UNAVAILABLE, UNKNOWN, INTERNAL or ABORTED is retried once on another replica, within the same
   deadline. Nothing else is ever retried: a write might have been applied.
-* A server stream (Subscribe, StreamArbitrage, WatchInvalidations) stays on the replica it
-  started on; when that replica fails, the stream ends with its status and the client
+* A server stream (Subscribe, SubscribeBatched, StreamArbitrage, WatchInvalidations) stays on
+  the replica it started on; when that replica fails, the stream ends with its status and the client
   re-subscribes (to another replica, through the gateway).
 * Publishing (PublishQuotes, PublishTrades) goes to the one replica when there is one; with
   several, a publisher must feed every replica itself, so the gateway refuses it
@@ -45,7 +45,7 @@ UNARY: dict[str, tuple[str, ...]] = {
     CACHE_SERVICE: ("Get", "GetMany", "Set", "SetMany", "Delete", "InvalidatePattern", "Stats"),
 }
 SERVER_STREAMS: dict[str, tuple[str, ...]] = {
-    MARKETDATA_SERVICE: ("Subscribe", "StreamArbitrage"),
+    MARKETDATA_SERVICE: ("Subscribe", "SubscribeBatched", "StreamArbitrage"),
     CACHE_SERVICE: ("WatchInvalidations",),
 }
 CLIENT_STREAMS: dict[str, tuple[str, ...]] = {

@@ -33,7 +33,7 @@ PUBLISH_METHODS: frozenset[str] = frozenset(
 )
 READ_METHODS: frozenset[str] = frozenset(
     f"/{SERVICE_NAME}/{name}"
-    for name in ("GetSnapshot", "Subscribe", "GetBars", "GetVwap", "StreamArbitrage")
+    for name in ("GetSnapshot", "Subscribe", "SubscribeBatched", "GetBars", "GetVwap", "StreamArbitrage")
 )
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]

@@ -129,8 +129,13 @@ class MarketDataConfig:
     # Longest API key looked up (characters); longer ones are refused unlooked.
     max_api_key_chars: int = 256
 
-    # Updates a Subscribe stream may queue before it conflates per symbol.
-    subscriber_buffer_updates: int = 1_024
+    # Updates of subscribed symbols kept in the one log every Subscribe stream reads from: a
+    # stream that falls further behind than this conflates (the latest state per symbol).
+    # Shared by all streams, so it costs the same with 1 or 256 subscribers; it must cover
+    # the ticks ingested between two turns of a fast writer (a few 1,000-tick publish messages).
+    subscriber_buffer_updates: int = 16_384
+    # Most updates in one SubscribeBatched message (a MarketUpdate is ~150 bytes, so ~150 KiB).
+    subscriber_batch_max_updates: int = 1_024
     # Events a StreamArbitrage stream may queue before it drops the oldest.
     arbitrage_buffer_events: int = 4_096
 
@@ -172,6 +177,7 @@ class MarketDataConfig:
             "depth_max_levels_per_update",
             "max_symbols",
             "subscriber_buffer_updates",
+            "subscriber_batch_max_updates",
             "arbitrage_buffer_events",
             "max_venue_chars",
             "max_symbol_chars",

@@ -28,12 +28,14 @@ from services.marketdata.access import publishers as publishers_of
 from services.marketdata.arbitrage import ArbitrageDetector, ArbitrageEvent, ArbitrageKind, EventType
 from services.marketdata.bars import BarView
 from services.marketdata.config import MarketDataConfig
+from services.marketdata.depth_book import REJECT_REASON_OF_CHECK, check_levels, levels
 from services.marketdata.fanout import (
     ArbitrageSubscription,
-    SubscriberBuffer,
+    Subscriber,
     SymbolFilter,
     SymbolUpdate,
     UpdateKind,
+    UpdateLog,
 )
 from services.marketdata.ordering import OrderingRule
 from services.marketdata.reasons import RejectReason
@@ -93,28 +95,6 @@ def _classify_numbers(prices: Iterable[float], sizes: Iterable[float], zero_size
     return 0
 
 
-# The best price among depth levels of positive size, found in the one pass that validates
-# them: None when a level is not finite, a price is not positive or a size is negative.
-def _best_bid(levels: Sequence[tuple[float, float]]) -> float | None:
-    best = 0.0
-    for price, size in levels:
-        if not (0.0 < price < INF and 0.0 <= size < INF):
-            return None
-        if size > 0.0 and price > best:
-            best = price
-    return best
-
-
-def _best_ask(levels: Sequence[tuple[float, float]]) -> float | None:
-    best = INF
-    for price, size in levels:
-        if not (0.0 < price < INF and 0.0 <= size < INF):
-            return None
-        if size > 0.0 and price < best:
-            best = price
-    return best
-
-
 class MarketDataEngine:
     """All market data state, and the one writer of it."""
 
@@ -142,7 +122,9 @@ class MarketDataEngine:
             triangular_venues=config.triangular_venues,
             quote_assets=config.quote_assets,
         )
-        self._subscribers: set[SubscriberBuffer] = set()
+        self._subscribers: set[Subscriber] = set()
+        #: Every update of a subscribed symbol, once, for all Subscribe streams (fanout.py).
+        self.updates = UpdateLog(config.subscriber_buffer_updates)
         self._arbitrage_subscribers: set[ArbitrageSubscription] = set()
         #: Slots of the open Subscribe and StreamArbitrage streams (the servicer takes them).
         self.streams = StreamSlots(
@@ -181,7 +163,13 @@ class MarketDataEngine:
             return RejectReason.TOO_MANY_SYMBOLS
         if publisher is not None:
             self.symbols_created_by[publisher.principal] = created + 1
-        state = SymbolState(venue, symbol, self._fees[venue], self.config.depth_max_levels_per_side)
+        state = SymbolState(
+            venue,
+            symbol,
+            self._fees[venue],
+            self.config.depth_max_levels_per_side,
+            self.config.depth_max_levels_per_update,
+        )
         self._states[state.key] = state
         for subscriber in self._subscribers:
             if subscriber.filter.matches(venue, symbol):
@@ -271,17 +259,10 @@ class MarketDataEngine:
             return self._reject(RejectReason.VENUE_NOT_ALLOWED)
         if len(bids) + len(asks) > self.config.depth_max_levels_per_update:
             return self._reject(RejectReason.DEPTH_TOO_LARGE)
-        best_bid = _best_bid(bids)
-        best_ask = _best_ask(asks)
-        if best_bid is None or best_ask is None:
-            reason = _classify_numbers(
-                [p for p, _ in bids] + [p for p, _ in asks],
-                [s for _, s in bids] + [s for _, s in asks],
-                zero_size_ok=True,
-            )
-            return self._reject(reason)
-        if best_bid >= best_ask:
-            return self._reject(RejectReason.CROSSED)
+        # Flat buffers made once: checked in C, then applied in C.
+        bid_levels, ask_levels = levels(bids), levels(asks)
+        if broken := check_levels(bid_levels, ask_levels):
+            return self._reject(REJECT_REASON_OF_CHECK[broken])
         now = self._clock()
         if not 0 < exchange_ts_ns <= now + self._max_future_ns:
             return self._reject(RejectReason.BAD_TIMESTAMP)
@@ -294,7 +275,7 @@ class MarketDataEngine:
             return self._reject(reason)
         if is_snapshot:
             state.depth.clear()
-        state.depth.apply(bids, asks)
+        state.depth.apply_levels(bid_levels, ask_levels)
         state.depth_updates += 1
         state.quotes += 1
         state.symbol_sequence += 1
@@ -400,15 +381,13 @@ class MarketDataEngine:
         )
 
     def _fan_out(self, state: SymbolState, kind: UpdateKind, receive_ts_ns: int) -> None:
-        update = self._update_of(state, kind, receive_ts_ns or self._clock())
-        for subscriber in state.subscribers:
-            subscriber.offer(state.key, update)
+        self.updates.append(state.key, self._update_of(state, kind, receive_ts_ns or self._clock()))
 
     def subscribe(
         self, symbol_filter: SymbolFilter, notify: Callable[[], None], send_initial_snapshot: bool = False
-    ) -> SubscriberBuffer:
-        """A new Subscribe buffer; the caller must ``unsubscribe`` it when the stream ends."""
-        subscriber = SubscriberBuffer(symbol_filter, self.config.subscriber_buffer_updates, notify)
+    ) -> Subscriber:
+        """A new Subscribe stream's reader; the caller must ``unsubscribe`` it when the stream ends."""
+        subscriber = Subscriber(self.updates, symbol_filter, notify)
         self._subscribers.add(subscriber)
         now = self._clock()
         for key in sorted(self._states):
@@ -416,10 +395,12 @@ class MarketDataEngine:
             if symbol_filter.matches(state.venue, state.symbol):
                 state.subscribers.append(subscriber)
                 if send_initial_snapshot:
-                    subscriber.offer(key, self._update_of(state, UpdateKind.SNAPSHOT, now))
+                    subscriber.queue(key, self._update_of(state, UpdateKind.SNAPSHOT, now))
+                else:
+                    subscriber.skip_to(key, state.symbol_sequence)
         return subscriber
 
-    def unsubscribe(self, subscriber: SubscriberBuffer) -> None:
+    def unsubscribe(self, subscriber: Subscriber) -> None:
         """Forget a Subscribe stream and everything it held."""
         self._subscribers.discard(subscriber)
         for state in self._states.values():

@@ -1,17 +1,25 @@
-"""Per-subscriber buffers that let ingest hand updates to streams without ever waiting.
+"""Subscribe fan-out through one shared log, and the bounded queues of StreamArbitrage.
 
-``SubscriberBuffer`` (Subscribe): a FIFO of at most ``capacity`` updates while the
-client keeps up. Once it is full the client is behind, and an update for a symbol that
-already has an update queued replaces that queued update in place (conflation to the
-latest, counted in ``conflated``) instead of queueing. An update for a symbol with
-nothing queued is still appended, so the buffer holds at most ``capacity`` plus one
-update per subscribed symbol, and the latest state of every symbol always gets through.
+``UpdateLog`` (Subscribe, SubscribeBatched): every update of a subscribed symbol is appended
+once to one ring of the last ``capacity`` updates, whoever subscribes; ingest never touches a
+stream, so its cost per tick is the same with 1 or 256 subscribers, and a stream that never
+reads costs nothing per tick. Each stream is a ``Subscriber``: a cursor into the log. While it
+is at most ``capacity`` updates behind it gets every update of its symbols, in order. Once it
+falls further behind (the log overwrote updates it had not read), it conflates: for each of
+its symbols that changed meanwhile it gets one update, the symbol's latest, whose
+``conflated`` counts the updates merged into it (the jump of ``symbol_sequence`` minus one,
+so the count is exact per symbol), then it continues from the newest update. A stream so
+holds at most ``capacity`` unread updates plus one queued update per subscribed symbol.
+
+Encoding is shared the same way: ``frames`` encodes each update of the log once, for the
+first stream that reads it, and every other stream reuses the bytes.
 
 ``ArbitrageSubscription`` (StreamArbitrage): open/close events cannot be merged, so a
 full buffer drops its oldest event and the next event sent says how many were dropped.
 
-Ingest calls ``offer``; the stream's writer drains with ``take``. Both run on the
-service's one event loop thread, so nothing here locks. ``notify`` wakes the writer.
+Ingest appends; the streams' writers read. Both run on the service's one event loop thread,
+so nothing here locks. A writer that found nothing ``wait``s: the next append calls its
+``notify`` once.
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import NamedTuple
+from operator import itemgetter
+from typing import NamedTuple, TypeVar
 
 from services.marketdata.arbitrage import ArbitrageEvent, ArbitrageKind
+
+_T = TypeVar("_T")
 
 
 class UpdateKind(IntEnum):
@@ -52,13 +63,17 @@ class SymbolUpdate(NamedTuple):
 
 
 class QueuedUpdate:
-    """A queued update and how many older updates of its symbol were merged into it."""
+    """An update for one stream and how many older updates of its symbol were merged into it."""
 
     __slots__ = ("conflated", "update")
 
-    def __init__(self, update: SymbolUpdate) -> None:
+    def __init__(self, update: SymbolUpdate, conflated: int = 0) -> None:
         self.update = update
-        self.conflated = 0
+        self.conflated = conflated
+
+
+Key = tuple[str, str]
+_KEY = itemgetter(0)
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,10 @@ class SymbolFilter:
         set_(self, "_venues", frozenset(v for v, s in patterns if v and not s))
         set_(self, "_names", frozenset(s for v, s in patterns if s and not v))
 
+    @property
+    def matches_everything(self) -> bool:
+        return self._everything
+
     def matches(self, venue: str, symbol: str) -> bool:
         return (
             self._everything
@@ -92,48 +111,220 @@ class SymbolFilter:
         )
 
 
-class SubscriberBuffer:
-    """The bounded, conflating queue of one Subscribe stream."""
+class UpdateLog:
+    """The last ``capacity`` updates of the subscribed symbols, shared by every Subscribe stream."""
 
-    __slots__ = ("_newest_by_symbol", "_queue", "capacity", "filter", "notify", "offered")
+    __slots__ = ("_frames", "_pairs", "_updates", "_waiting", "capacity", "head", "latest")
 
-    def __init__(self, symbol_filter: SymbolFilter, capacity: int, notify: Callable[[], None]) -> None:
-        self.filter = symbol_filter
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
         self.capacity = capacity
-        self.notify = notify
-        self._queue: deque[QueuedUpdate] = deque()
-        # The newest queued entry per (venue, symbol): where a conflated update goes.
-        self._newest_by_symbol: dict[tuple[str, str], QueuedUpdate] = {}
-        self.offered = 0
+        #: Updates ever appended; update number g lives in slot g % capacity until overwritten.
+        self.head = 0
+        self._updates: list[SymbolUpdate | None] = [None] * capacity
+        # ((venue, symbol), symbol_sequence) of each slot: a stream folds a run of them into its
+        # last-sent sequences with one dict.update.
+        self._pairs: list[tuple[Key, int] | None] = [None] * capacity
+        # Each slot's encoding, made by the first stream that sends it (None until then).
+        self._frames: list[bytes | None] = [None] * capacity
+        #: The newest update of every symbol ever appended (at most one per tracked symbol):
+        #: what a stream that fell behind gets.
+        self.latest: dict[Key, SymbolUpdate] = {}
+        self._waiting: list[Subscriber] = []
 
-    def offer(self, key: tuple[str, str], update: SymbolUpdate) -> None:
-        self.offered += 1
-        newest = self._newest_by_symbol.get(key)
-        if newest is not None and len(self._queue) >= self.capacity:
-            newest.update = update
-            newest.conflated += 1
-        else:
-            entry = QueuedUpdate(update)
-            self._queue.append(entry)
-            self._newest_by_symbol[key] = entry
+    def append(self, key: Key, update: SymbolUpdate) -> None:
+        slot = self.head % self.capacity
+        self._updates[slot] = update
+        self._pairs[slot] = (key, update.symbol_sequence)
+        self._frames[slot] = None
+        self.head += 1
+        self.latest[key] = update
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for subscriber in waiting:
+                subscriber.notify()
+
+    def _slice(self, items: list[_T], start: int, end: int) -> list[_T]:
+        """Items of updates start..end-1, all still in the ring."""
+        first = start % self.capacity
+        last = first + (end - start)
+        if last <= self.capacity:
+            return items[first:last]
+        return items[first:] + items[: last - self.capacity]
+
+    def updates(self, start: int, end: int) -> list[SymbolUpdate]:
+        return self._slice(self._updates, start, end)  # type: ignore[arg-type]
+
+    def pairs(self, start: int, end: int) -> list[tuple[Key, int]]:
+        return self._slice(self._pairs, start, end)  # type: ignore[arg-type]
+
+    def frames(self, start: int, end: int, encode: Callable[[SymbolUpdate], bytes]) -> list[bytes]:
+        """The encodings of updates start..end-1, each made at most once for all streams."""
+        capacity, stored = self.capacity, self._frames
+        first = start % capacity
+        last = first + (end - start)
+        runs = ((first, last),) if last <= capacity else ((first, capacity), (0, last - capacity))
+        frames: list[bytes] = []
+        for lo, hi in runs:
+            run = stored[lo:hi]
+            if None in run:
+                run = [
+                    frame if frame is not None else encode(update)  # type: ignore[arg-type]
+                    for frame, update in zip(run, self._updates[lo:hi], strict=True)
+                ]
+                stored[lo:hi] = run
+            frames += run  # type: ignore[arg-type]
+        return frames
+
+    def wait(self, subscriber: Subscriber) -> None:
+        """Call ``subscriber.notify`` once, at the next append."""
+        if subscriber not in self._waiting:
+            self._waiting.append(subscriber)
+
+    def forget(self, subscriber: Subscriber) -> None:
+        if subscriber in self._waiting:
+            self._waiting.remove(subscriber)
+
+
+class Subscriber:
+    """One Subscribe stream: its filter and where it is in the shared log."""
+
+    __slots__ = (
+        "_everything",
+        "_log",
+        "_pending",
+        "_pending_by_key",
+        "cursor",
+        "filter",
+        "last_sequence",
+        "notify",
+    )
+
+    def __init__(self, log: UpdateLog, symbol_filter: SymbolFilter, notify: Callable[[], None]) -> None:
+        self._log = log
+        self.filter = symbol_filter
+        self.notify = notify
+        self._everything = symbol_filter.matches_everything
+        #: The next log update this stream reads.
+        self.cursor = log.head
+        #: symbol_sequence of the last update sent (or skipped as known) per symbol; a symbol
+        #: missing here has sent nothing since it appeared (sequence 0). At most one entry per
+        #: subscribed symbol.
+        self.last_sequence: dict[Key, int] = {}
+        # Updates to send before the log: the initial snapshot, and the conflated latest
+        # states after falling behind; at most one per symbol (a newer one merges into it).
+        self._pending: deque[QueuedUpdate] = deque()
+        self._pending_by_key: dict[Key, QueuedUpdate] = {}
+
+    def queue(self, key: Key, update: SymbolUpdate) -> None:
+        """Send ``update`` (a snapshot) before anything from the log; notifies the writer."""
+        entry = self._pending_by_key[key] = QueuedUpdate(update)
+        self._pending.append(entry)
+        self.last_sequence[key] = update.symbol_sequence
         self.notify()
 
-    def take(self) -> QueuedUpdate | None:
-        """The oldest queued update, or None when empty."""
-        if not self._queue:
-            return None
-        entry = self._queue.popleft()
+    def skip_to(self, key: Key, symbol_sequence: int) -> None:
+        """The stream starts after ``symbol_sequence`` for ``key``: nothing before it is owed."""
+        self.last_sequence[key] = symbol_sequence
+
+    def behind(self) -> int:
+        """Log updates this stream has not read yet (those it may lose to conflation)."""
+        return self._log.head - self.cursor
+
+    def _catch_up(self) -> None:
+        """After falling more than the log behind: the latest state of each changed symbol."""
+        log = self._log
+        if log.head - self.cursor <= log.capacity:
+            return
+        self.cursor = log.head
+        last_sequence, matches, everything = self.last_sequence, self.filter.matches, self._everything
+        for key, update in log.latest.items():
+            last = last_sequence.get(key)
+            if last is None:
+                if not (everything or matches(*key)):
+                    continue
+                last = 0
+            if update.symbol_sequence > last:
+                queued = self._pending_by_key.get(key)
+                if queued is None:
+                    queued = self._pending_by_key[key] = QueuedUpdate(
+                        update, update.symbol_sequence - last - 1
+                    )
+                    self._pending.append(queued)
+                else:  # still queued from the last time: this one merges into it
+                    queued.conflated += update.symbol_sequence - last
+                    queued.update = update
+                last_sequence[key] = update.symbol_sequence
+
+    def _next_pending(self) -> QueuedUpdate:
+        entry = self._pending.popleft()
         key = (entry.update.venue, entry.update.symbol)
-        if self._newest_by_symbol.get(key) is entry:
-            del self._newest_by_symbol[key]
+        if self._pending_by_key.get(key) is entry:
+            del self._pending_by_key[key]
         return entry
 
+    def take(self) -> QueuedUpdate | None:
+        """The next update of this stream, or None (and ``notify`` at the next append)."""
+        self._catch_up()
+        if self._pending:
+            return self._next_pending()
+        log = self._log
+        everything, matches = self._everything, self.filter.matches
+        while self.cursor < log.head:
+            index = self.cursor
+            self.cursor += 1
+            ((key, sequence),) = log.pairs(index, index + 1)
+            if everything or matches(*key):
+                self.last_sequence[key] = sequence
+                return QueuedUpdate(log.updates(index, index + 1)[0])
+        log.wait(self)
+        return None
+
+    def take_encoded(
+        self,
+        max_updates: int,
+        encode: Callable[[SymbolUpdate], bytes],
+        encode_conflated: Callable[[SymbolUpdate, int], bytes],
+    ) -> tuple[list[bytes], int] | None:
+        """Up to ``max_updates`` next updates, encoded, and how many; None when there are none
+        (then ``notify`` at the next append). Updates read from the log use ``encode`` (shared
+        by every stream); queued ones ``encode_conflated`` with their conflation count."""
+        self._catch_up()
+        parts: list[bytes] = []
+        pending = self._pending
+        while pending and len(parts) < max_updates:
+            entry = self._next_pending()
+            parts.append(encode_conflated(entry.update, entry.conflated))
+        log = self._log
+        while len(parts) < max_updates and self.cursor < log.head:
+            start = self.cursor
+            end = min(log.head, start + max_updates - len(parts))
+            self.cursor = end
+            pairs = log.pairs(start, end)
+            if self._everything:
+                parts += log.frames(start, end, encode)
+                self.last_sequence.update(pairs)
+                continue
+            matches = self.filter.matches
+            wanted = [i for i, key in enumerate(map(_KEY, pairs)) if matches(*key)]
+            for i in wanted:  # only what this stream sends gets encoded
+                parts += log.frames(start + i, start + i + 1, encode)
+            self.last_sequence.update(pairs[i] for i in wanted)
+        if not parts:
+            log.wait(self)
+            return None
+        return parts, len(parts)
+
     def __len__(self) -> int:
-        return len(self._queue)
+        """Updates this stream holds: queued ones, plus unread ones still in the log."""
+        return len(self._pending) + min(self.behind(), self._log.capacity)
 
     def clear(self) -> None:
-        self._queue.clear()
-        self._newest_by_symbol.clear()
+        self._pending.clear()
+        self._pending_by_key.clear()
+        self.cursor = self._log.head
+        self._log.forget(self)
 
 
 class ArbitrageSubscription:

@@ -39,6 +39,7 @@ from hftgate.security import (
     principal_of,
 )
 from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
+from services.marketdata import wire
 from services.marketdata.access import ApiKeyVerifier, Publisher
 from services.marketdata.arbitrage import ArbitrageEvent, ArbitrageKind
 from services.marketdata.auth import READ_METHODS, SERVICE_NAME, MarketDataAccessInterceptor
@@ -51,7 +52,7 @@ from services.marketdata.engine import (
     SymbolSnapshot,
     UnknownSymbolError,
 )
-from services.marketdata.fanout import QueuedUpdate, SymbolFilter
+from services.marketdata.fanout import SymbolFilter
 from services.marketdata.streams import Caller, StreamLimitExceeded, StreamSlot
 from services.marketdata.trade_ring import VwapResult
 
@@ -194,27 +195,6 @@ def _symbol_snapshot(snap: SymbolSnapshot) -> marketdata_pb2.SymbolSnapshot:
         quotes=snap.quotes,
         trades=snap.trades,
         symbol_sequence=snap.symbol_sequence,
-    )
-
-
-def _market_update(entry: QueuedUpdate, stream_sequence: int) -> marketdata_pb2.MarketUpdate:
-    u = entry.update
-    return pb.MarketUpdate(
-        stream_sequence=stream_sequence,
-        symbol_sequence=u.symbol_sequence,
-        conflated=entry.conflated,
-        kind=_enum(u.kind),
-        symbol=common_pb2.Symbol(venue=u.venue, name=u.symbol),
-        top=pb.TopOfBook(
-            bid_price=u.bid_price,
-            bid_size=u.bid_size,
-            ask_price=u.ask_price,
-            ask_size=u.ask_size,
-            exchange_ts_ns=u.top_ts_ns,
-        ),
-        last_trade=_last_trade(u.last_trade),
-        vwap=u.vwap,
-        receive_ts_ns=u.receive_ts_ns,
     )
 
 
@@ -516,7 +496,8 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     # --- streams -------------------------------------------------------------------------------
     async def Subscribe(
         self, request: marketdata_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[marketdata_pb2.MarketUpdate]:
+    ) -> AsyncIterator[bytes]:
+        # Yields encoded MarketUpdate messages (see _add_servicer).
         symbol_filter = await self._filter(context, request.filter)
         slot = await self._stream_slot(context)
         try:
@@ -531,7 +512,37 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                         await wakeup.wait()
                         continue
                     stream_sequence += 1
-                    yield _market_update(entry, stream_sequence)
+                    yield wire.single_message(entry.update, entry.conflated, stream_sequence)
+            finally:
+                self._engine.unsubscribe(subscriber)
+        finally:
+            slot.release()
+
+    async def SubscribeBatched(
+        self, request: marketdata_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        # Yields encoded MarketUpdates messages: every update queued when the previous write
+        # completed (at most subscriber_batch_max_updates), so the stream goes as fast as the
+        # client's flow control lets it, and the updates' encodings are shared with every stream.
+        symbol_filter = await self._filter(context, request.filter)
+        slot = await self._stream_slot(context)
+        max_updates = self._engine.config.subscriber_batch_max_updates
+        try:
+            wakeup = asyncio.Event()
+            subscriber = self._engine.subscribe(symbol_filter, wakeup.set, request.send_initial_snapshot)
+            next_stream_sequence = 1
+            try:
+                while True:
+                    taken = subscriber.take_encoded(
+                        max_updates, wire.framed_update, wire.framed_conflated_update
+                    )
+                    if taken is None:
+                        wakeup.clear()
+                        await wakeup.wait()
+                        continue
+                    framed, count = taken
+                    yield wire.batch_message(framed, next_stream_sequence)
+                    next_stream_sequence += count
             finally:
                 self._engine.unsubscribe(subscriber)
         finally:
@@ -568,6 +579,54 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
             slot.release()
 
 
+def _add_servicer(servicer: MarketDataServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that Subscribe and SubscribeBatched send bytes as they
+    are (no serializer): their messages are put together from encodings shared by all streams
+    (services.marketdata.wire)."""
+    handlers = {
+        "PublishQuotes": grpc.stream_unary_rpc_method_handler(
+            servicer.PublishQuotes,
+            request_deserializer=pb.PublishQuotesRequest.FromString,
+            response_serializer=pb.PublishSummary.SerializeToString,
+        ),
+        "PublishTrades": grpc.stream_unary_rpc_method_handler(
+            servicer.PublishTrades,
+            request_deserializer=pb.PublishTradesRequest.FromString,
+            response_serializer=pb.PublishSummary.SerializeToString,
+        ),
+        "GetSnapshot": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSnapshot,
+            request_deserializer=pb.GetSnapshotRequest.FromString,
+            response_serializer=pb.GetSnapshotResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe, request_deserializer=pb.SubscribeRequest.FromString, response_serializer=None
+        ),
+        "SubscribeBatched": grpc.unary_stream_rpc_method_handler(
+            servicer.SubscribeBatched,
+            request_deserializer=pb.SubscribeRequest.FromString,
+            response_serializer=None,
+        ),
+        "GetBars": grpc.unary_unary_rpc_method_handler(
+            servicer.GetBars,
+            request_deserializer=pb.GetBarsRequest.FromString,
+            response_serializer=pb.GetBarsResponse.SerializeToString,
+        ),
+        "GetVwap": grpc.unary_unary_rpc_method_handler(
+            servicer.GetVwap,
+            request_deserializer=pb.GetVwapRequest.FromString,
+            response_serializer=pb.GetVwapResponse.SerializeToString,
+        ),
+        "StreamArbitrage": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamArbitrage,
+            request_deserializer=pb.StreamArbitrageRequest.FromString,
+            response_serializer=pb.ArbitrageEvent.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
+
+
 async def start(
     config: MarketDataConfig,
     engine: MarketDataEngine | None = None,
@@ -584,10 +643,7 @@ async def start(
     engine = engine if engine is not None else MarketDataEngine(config)
     security = security if security is not None else load_suite_security("marketdata")
     servicer = MarketDataServicer(engine, security, api_keys)
-    binding = ServiceBinding(
-        SERVICE_NAME,
-        lambda server: marketdata_pb2_grpc.add_MarketDataServiceServicer_to_server(servicer, server),
-    )
+    binding = ServiceBinding(SERVICE_NAME, lambda server: _add_servicer(servicer, server))
     return await create_server(
         config.address,
         [binding],

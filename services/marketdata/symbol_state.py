@@ -16,7 +16,7 @@ from services.marketdata.ordering import OrderKey
 from services.marketdata.trade_ring import TradeRing
 
 if TYPE_CHECKING:
-    from services.marketdata.fanout import SubscriberBuffer
+    from services.marketdata.fanout import Subscriber
 
 
 class SymbolState:
@@ -54,7 +54,14 @@ class SymbolState:
         "vwap_first_inside",
     )
 
-    def __init__(self, venue: str, symbol: str, taker_fee_bps: float, max_depth_levels_per_side: int) -> None:
+    def __init__(
+        self,
+        venue: str,
+        symbol: str,
+        taker_fee_bps: float,
+        max_depth_levels_per_side: int,
+        max_depth_levels_per_update: int = 5_000,
+    ) -> None:
         self.venue = venue
         self.symbol = symbol
         self.key = (venue, symbol)
@@ -68,7 +75,7 @@ class SymbolState:
         self.quote_order = OrderKey()
         self.depth_order = OrderKey()
         self.trade_order = OrderKey()
-        self.depth = DepthBook(max_depth_levels_per_side)
+        self.depth = DepthBook(max_depth_levels_per_side, max_depth_levels_per_update)
         # Trade side: allocated by allocate_trade_history() on the first trade.
         self.trades: TradeRing | None = None
         self.bars: tuple[BarSeries, ...] = ()
@@ -87,7 +94,7 @@ class SymbolState:
         self.trade_count = 0
         self.symbol_sequence = 0
         # Subscribe streams whose filter matches this symbol.
-        self.subscribers: list[SubscriberBuffer] = []
+        self.subscribers: list[Subscriber] = []
         # Arbitrage checks (cross-venue directions, triangular cycles) this symbol is a leg of.
         self.arbitrage_checks: list[Any] = []
 

@@ -1,14 +1,16 @@
-"""Subscriber buffers: FIFO while the reader keeps up, conflation to the latest once it falls behind."""
+"""Subscribe fan-out: every update in order while a reader keeps up with the shared log,
+conflation to the latest per symbol once it falls behind; arbitrage queues drop the oldest."""
 
 from __future__ import annotations
 
 from services.marketdata.arbitrage import ArbitrageEvent, ArbitrageKind, EventType
 from services.marketdata.fanout import (
     ArbitrageSubscription,
-    SubscriberBuffer,
+    Subscriber,
     SymbolFilter,
     SymbolUpdate,
     UpdateKind,
+    UpdateLog,
 )
 
 
@@ -16,39 +18,93 @@ def update(symbol: str, sequence: int) -> SymbolUpdate:
     return SymbolUpdate(UpdateKind.QUOTE, sequence, "v", symbol, 1.0, 1.0, 2.0, 1.0, 0, None, 0.0, 0)
 
 
-def drain(buffer: SubscriberBuffer) -> list[tuple[str, int, int]]:
+def drain(subscriber: Subscriber) -> list[tuple[str, int, int]]:
     taken = []
-    while (entry := buffer.take()) is not None:
+    while (entry := subscriber.take()) is not None:
         taken.append((entry.update.symbol, entry.update.symbol_sequence, entry.conflated))
     return taken
 
 
-def test_updates_pass_one_by_one_while_the_buffer_has_room() -> None:
+def test_updates_pass_one_by_one_while_the_reader_keeps_up() -> None:
     wakeups = []
-    buffer = SubscriberBuffer(SymbolFilter(), capacity=4, notify=lambda: wakeups.append(1))
+    log = UpdateLog(capacity=4)
+    subscriber = Subscriber(log, SymbolFilter(), notify=lambda: wakeups.append(1))
+    assert subscriber.take() is None  # now waiting: the next append wakes it, once
     for seq in (1, 2, 3):
-        buffer.offer(("v", "A"), update("A", seq))
-    assert drain(buffer) == [("A", 1, 0), ("A", 2, 0), ("A", 3, 0)]
-    assert len(wakeups) == 3
+        log.append(("v", "A"), update("A", seq))
+    assert len(subscriber) == 3
+    assert drain(subscriber) == [("A", 1, 0), ("A", 2, 0), ("A", 3, 0)]
+    assert len(wakeups) == 1
 
 
-def test_a_full_buffer_conflates_each_symbol_to_its_latest_update() -> None:
-    buffer = SubscriberBuffer(SymbolFilter(), capacity=3, notify=lambda: None)
+def test_a_reader_behind_the_log_gets_each_symbol_latest_update_with_the_merged_count() -> None:
+    log = UpdateLog(capacity=3)
+    subscriber = Subscriber(log, SymbolFilter(), notify=lambda: None)
     for seq in range(1, 11):
-        buffer.offer(("v", "A"), update("A", seq))
-        buffer.offer(("v", "B"), update("B", seq))
-    # A1, B1, A2 fill it. From then on each update replaces its symbol's newest queued entry:
-    # B2..B10 land in B1's slot (9 merged), A3..A10 in A2's (8 merged); queue order is kept.
-    assert drain(buffer) == [("A", 1, 0), ("B", 10, 9), ("A", 10, 8)]
+        log.append(("v", "A"), update("A", seq))
+        log.append(("v", "B"), update("B", seq))
+    # 20 updates, the log keeps 3: the reader cannot have them in order, so it gets each
+    # symbol's latest, counting the 9 earlier updates of each merged into it.
+    assert len(subscriber) <= 3 + 2  # the log's capacity plus one per symbol
+    assert drain(subscriber) == [("A", 10, 9), ("B", 10, 9)]
+    log.append(("v", "A"), update("A", 11))  # caught up: in order again
+    assert drain(subscriber) == [("A", 11, 0)]
 
 
-def test_a_symbol_with_nothing_queued_still_gets_through_when_full() -> None:
-    buffer = SubscriberBuffer(SymbolFilter(), capacity=2, notify=lambda: None)
+def test_conflation_counts_from_what_the_reader_already_got() -> None:
+    log = UpdateLog(capacity=2)
+    subscriber = Subscriber(log, SymbolFilter(), notify=lambda: None)
+    log.append(("v", "A"), update("A", 1))
+    assert drain(subscriber) == [("A", 1, 0)]
+    for seq in (2, 3, 4):
+        log.append(("v", "A"), update("A", seq))
+    log.append(("v", "B"), update("B", 1))
+    # A2 and A3 merged into A4; B1 has nothing merged.
+    assert drain(subscriber) == [("A", 4, 2), ("B", 1, 0)]
+
+
+def test_a_symbol_still_queued_when_the_reader_falls_behind_again_merges_instead_of_queueing() -> None:
+    log = UpdateLog(capacity=2)
+    subscriber = Subscriber(log, SymbolFilter(), notify=lambda: None)
     for seq in (1, 2, 3):
-        buffer.offer(("v", "A"), update("A", seq))
-    buffer.offer(("v", "B"), update("B", 1))
-    # Bounded by capacity plus one entry per symbol.
-    assert drain(buffer) == [("A", 1, 0), ("A", 3, 1), ("B", 1, 0)]
+        log.append(("v", "A"), update("A", seq))
+        log.append(("v", "B"), update("B", seq))
+    assert drain_one(subscriber) == ("A", 3, 2)  # B3 (2 merged) stays queued
+    for seq in (4, 5, 6):
+        log.append(("v", "B"), update("B", seq))
+    # Behind again: B6 merges into the queued B3, so B never has two queued updates.
+    assert len(subscriber) <= 2 + 2
+    assert drain(subscriber) == [("B", 6, 5)]
+
+
+def drain_one(subscriber: Subscriber) -> tuple[str, int, int]:
+    entry = subscriber.take()
+    assert entry is not None
+    return entry.update.symbol, entry.update.symbol_sequence, entry.conflated
+
+
+def test_a_filtered_reader_sees_only_its_symbols_and_encodings_are_made_once() -> None:
+    log = UpdateLog(capacity=8)
+    everything = Subscriber(log, SymbolFilter(), notify=lambda: None)
+    only_b = Subscriber(log, SymbolFilter((("", "B"),)), notify=lambda: None)
+    encoded: list[int] = []
+
+    def encode(u: SymbolUpdate) -> bytes:
+        encoded.append(u.symbol_sequence)
+        return f"{u.symbol}{u.symbol_sequence}".encode()
+
+    def conflated(u: SymbolUpdate, merged: int) -> bytes:
+        return f"{u.symbol}{u.symbol_sequence}+{merged}".encode()
+
+    for seq in (1, 2):
+        log.append(("v", "A"), update("A", seq))
+        log.append(("v", "B"), update("B", seq))
+    assert everything.take_encoded(3, encode, conflated) == ([b"A1", b"B1", b"A2"], 3)
+    assert only_b.take_encoded(10, encode, conflated) == ([b"B1", b"B2"], 2)
+    assert everything.take_encoded(10, encode, conflated) == ([b"B2"], 1)
+    assert sorted(encoded) == [1, 1, 2, 2]  # each update encoded once for both readers
+    assert everything.take_encoded(10, encode, conflated) is None
+    assert only_b.last_sequence == {("v", "B"): 2}
 
 
 def test_symbol_filter_wildcards() -> None:

@@ -32,6 +32,8 @@ class Service:
     stub: marketdata_pb2_grpc.MarketDataServiceStub
     # The execution service's client ("execution": publishes venue hftgate).
     execution: marketdata_pb2_grpc.MarketDataServiceStub
+    # host:port of the service, for clients with channel options of their own.
+    target: str = ""
 
 
 @asynccontextmanager
@@ -49,6 +51,7 @@ async def service(**config: object) -> AsyncIterator[Service]:
                 engine,
                 marketdata_pb2_grpc.MarketDataServiceStub(feed),
                 marketdata_pb2_grpc.MarketDataServiceStub(execution),
+                target,
             )
     finally:
         await running.stop(0)

@@ -1,0 +1,302 @@
+/* Price-level depth book (native/include/hft_depth_book.h). */
+#include "hft_depth_book.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bids ascending and asks descending: on both sides the touch is the last level and
+ * the farthest level the first. The levels sit at [lo, lo + n) of arrays of cap slots,
+ * with room at both ends: a level is inserted or deleted by moving whichever part of the
+ * side is shorter, so a snapshot listed best-first (every level inserted at the far end),
+ * a diff near the touch and a trim of the far levels are all cheap. */
+typedef struct {
+    double *prices;
+    double *sizes;
+    size_t lo;
+    size_t n;
+    size_t cap;
+} depth_side;
+
+struct hft_depth_book {
+    depth_side side[2];
+    size_t max_levels_per_side;
+    size_t max_update_levels;
+};
+
+#define DEPTH_INITIAL_CAP 16
+#define DEPTH_MAX_BOUND ((uint32_t)1 << 26)
+
+int hft_depth_book_create(uint32_t max_levels_per_side, uint32_t max_update_levels, hft_depth_book **out) {
+    if (out == NULL || max_levels_per_side == 0 || max_update_levels == 0 ||
+        max_levels_per_side > DEPTH_MAX_BOUND || max_update_levels > DEPTH_MAX_BOUND) {
+        return HFT_EINVAL;
+    }
+    hft_depth_book *book = calloc(1, sizeof *book);
+    if (book == NULL) {
+        return HFT_ENOMEM;
+    }
+    book->max_levels_per_side = max_levels_per_side;
+    book->max_update_levels = max_update_levels;
+    *out = book;
+    return HFT_OK;
+}
+
+void hft_depth_book_destroy(hft_depth_book *book) {
+    if (book == NULL) {
+        return;
+    }
+    for (int s = 0; s < 2; s++) {
+        free(book->side[s].prices);
+        free(book->side[s].sizes);
+    }
+    free(book);
+}
+
+void hft_depth_book_clear(hft_depth_book *book) {
+    if (book != NULL) {
+        for (int s = 0; s < 2; s++) {
+            book->side[s].n = 0;
+            book->side[s].lo = book->side[s].cap / 2;
+        }
+    }
+}
+
+int hft_depth_levels_check(const double *bids, size_t n_bids, const double *asks, size_t n_asks) {
+    if ((bids == NULL && n_bids > 0) || (asks == NULL && n_asks > 0)) {
+        return HFT_EINVAL;
+    }
+    /* The rules in the service's order: every number finite, prices positive, sizes not
+     * negative; then the best bid and ask of positive size must not cross. */
+    for (size_t i = 0; i < 2 * n_bids; i++) {
+        if (!isfinite(bids[i])) {
+            return HFT_DEPTH_NOT_FINITE;
+        }
+    }
+    for (size_t i = 0; i < 2 * n_asks; i++) {
+        if (!isfinite(asks[i])) {
+            return HFT_DEPTH_NOT_FINITE;
+        }
+    }
+    for (size_t i = 0; i < n_bids; i++) {
+        if (bids[2 * i] <= 0.0) {
+            return HFT_DEPTH_INVALID_PRICE;
+        }
+    }
+    for (size_t i = 0; i < n_asks; i++) {
+        if (asks[2 * i] <= 0.0) {
+            return HFT_DEPTH_INVALID_PRICE;
+        }
+    }
+    double best_bid = 0.0;
+    double best_ask = INFINITY;
+    for (size_t i = 0; i < n_bids; i++) {
+        double size = bids[2 * i + 1];
+        if (size < 0.0) {
+            return HFT_DEPTH_INVALID_SIZE;
+        }
+        if (size > 0.0 && bids[2 * i] > best_bid) {
+            best_bid = bids[2 * i];
+        }
+    }
+    for (size_t i = 0; i < n_asks; i++) {
+        double size = asks[2 * i + 1];
+        if (size < 0.0) {
+            return HFT_DEPTH_INVALID_SIZE;
+        }
+        if (size > 0.0 && asks[2 * i] < best_ask) {
+            best_ask = asks[2 * i];
+        }
+    }
+    return best_bid >= best_ask ? HFT_DEPTH_CROSSED : HFT_DEPTH_OK;
+}
+
+/* Makes room for `inserts` more levels at either end (so any sequence of that many inserts
+ * fits), growing the arrays to at most `limit` levels of room per end plus the levels. */
+static int side_reserve(depth_side *side, size_t inserts, size_t limit) {
+    if (side->lo >= inserts && side->cap - side->lo - side->n >= inserts) {
+        return HFT_OK;
+    }
+    size_t need = side->n + 2 * inserts;
+    if (need > side->cap) {
+        size_t cap = side->cap ? side->cap : DEPTH_INITIAL_CAP;
+        while (cap < need) {
+            cap *= 2;
+        }
+        if (cap > 2 * limit) {
+            cap = 2 * limit;
+        }
+        double *prices = malloc(cap * sizeof *prices);
+        double *sizes = malloc(cap * sizeof *sizes);
+        if (prices == NULL || sizes == NULL) {
+            free(prices);
+            free(sizes);
+            return HFT_ENOMEM;
+        }
+        size_t lo = (cap - side->n) / 2;
+        if (side->n > 0) {
+            memcpy(prices + lo, side->prices + side->lo, side->n * sizeof(double));
+            memcpy(sizes + lo, side->sizes + side->lo, side->n * sizeof(double));
+        }
+        free(side->prices);
+        free(side->sizes);
+        side->prices = prices;
+        side->sizes = sizes;
+        side->cap = cap;
+        side->lo = lo;
+        return HFT_OK;
+    }
+    size_t lo = (side->cap - side->n) / 2;
+    memmove(side->prices + lo, side->prices + side->lo, side->n * sizeof(double));
+    memmove(side->sizes + lo, side->sizes + side->lo, side->n * sizeof(double));
+    side->lo = lo;
+    return HFT_OK;
+}
+
+/* Where price is, or would be inserted, keeping the side's order (relative to lo): the
+ * first index whose price is not farther from the touch than price. */
+static size_t side_find(const depth_side *side, double price, int is_ask) {
+    size_t lo = 0, hi = side->n;
+    const double *prices = side->prices + side->lo;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int before = is_ask ? prices[mid] > price : prices[mid] < price;
+        if (before) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+/* Sets (size > 0) or deletes (size == 0) one level; 1 when the price was new. The caller
+ * reserved room for the insert at either end. */
+static int side_apply(depth_side *side, double price, double size, int is_ask) {
+    size_t i = side_find(side, price, is_ask);
+    double *prices = side->prices + side->lo;
+    double *sizes = side->sizes + side->lo;
+    int present = i < side->n && prices[i] == price;
+    if (size == 0.0) {
+        if (present) {
+            if (i < side->n - 1 - i) { /* close the gap from the far end */
+                memmove(prices + 1, prices, i * sizeof(double));
+                memmove(sizes + 1, sizes, i * sizeof(double));
+                side->lo++;
+            } else {
+                memmove(prices + i, prices + i + 1, (side->n - i - 1) * sizeof(double));
+                memmove(sizes + i, sizes + i + 1, (side->n - i - 1) * sizeof(double));
+            }
+            side->n--;
+        }
+        return 0;
+    }
+    if (present) {
+        sizes[i] = size;
+        return 0;
+    }
+    if (i < side->n - i && side->lo > 0) { /* open the gap towards the far end */
+        memmove(prices - 1, prices, i * sizeof(double));
+        memmove(sizes - 1, sizes, i * sizeof(double));
+        side->lo--;
+        prices--;
+        sizes--;
+    } else {
+        memmove(prices + i + 1, prices + i, (side->n - i) * sizeof(double));
+        memmove(sizes + i + 1, sizes + i, (side->n - i) * sizeof(double));
+    }
+    prices[i] = price;
+    sizes[i] = size;
+    side->n++;
+    return 1;
+}
+
+/* The touch, the last level of a side. */
+static double side_touch(const depth_side *side) {
+    return side->prices[side->lo + side->n - 1];
+}
+
+static void side_trim(depth_side *side, size_t max_levels) {
+    if (side->n > max_levels) {
+        side->lo += side->n - max_levels;
+        side->n = max_levels;
+    }
+}
+
+int hft_depth_book_apply(hft_depth_book *book, const double *bids, size_t n_bids, const double *asks,
+                         size_t n_asks) {
+    if (book == NULL || (bids == NULL && n_bids > 0) || (asks == NULL && n_asks > 0)) {
+        return HFT_EINVAL;
+    }
+    if (n_bids > book->max_update_levels || n_asks > book->max_update_levels) {
+        return HFT_ERANGE;
+    }
+    depth_side *bid = &book->side[HFT_DEPTH_BID];
+    depth_side *ask = &book->side[HFT_DEPTH_ASK];
+    size_t limit = book->max_levels_per_side + book->max_update_levels;
+    /* Room for every insert first, so that nothing changes when memory runs out. */
+    int rc = side_reserve(bid, n_bids, limit);
+    if (rc == HFT_OK) {
+        rc = side_reserve(ask, n_asks, limit);
+    }
+    if (rc != HFT_OK) {
+        return rc;
+    }
+    for (size_t i = 0; i < n_bids; i++) {
+        double price = bids[2 * i];
+        if (side_apply(bid, price, bids[2 * i + 1], 0)) {
+            while (ask->n > 0 && side_touch(ask) <= price) {
+                ask->n--;
+            }
+        }
+    }
+    for (size_t i = 0; i < n_asks; i++) {
+        double price = asks[2 * i];
+        if (side_apply(ask, price, asks[2 * i + 1], 1)) {
+            while (bid->n > 0 && side_touch(bid) >= price) {
+                bid->n--;
+            }
+        }
+    }
+    side_trim(bid, book->max_levels_per_side);
+    side_trim(ask, book->max_levels_per_side);
+    return HFT_OK;
+}
+
+int hft_depth_book_best(const hft_depth_book *book, int side, double *price, double *size) {
+    if (book == NULL || (side != HFT_DEPTH_BID && side != HFT_DEPTH_ASK) || price == NULL || size == NULL) {
+        return HFT_EINVAL;
+    }
+    const depth_side *s = &book->side[side];
+    if (s->n == 0) {
+        return HFT_ENOENT;
+    }
+    *price = s->prices[s->lo + s->n - 1];
+    *size = s->sizes[s->lo + s->n - 1];
+    return HFT_OK;
+}
+
+int hft_depth_book_levels(const hft_depth_book *book, int side, size_t max_levels, double *prices,
+                          double *sizes, size_t *written) {
+    if (book == NULL || (side != HFT_DEPTH_BID && side != HFT_DEPTH_ASK) || written == NULL ||
+        (max_levels > 0 && (prices == NULL || sizes == NULL))) {
+        return HFT_EINVAL;
+    }
+    const depth_side *s = &book->side[side];
+    size_t count = s->n < max_levels ? s->n : max_levels;
+    for (size_t i = 0; i < count; i++) {
+        prices[i] = s->prices[s->lo + s->n - 1 - i];
+        sizes[i] = s->sizes[s->lo + s->n - 1 - i];
+    }
+    *written = count;
+    return HFT_OK;
+}
+
+void hft_depth_book_counts(const hft_depth_book *book, size_t *bids, size_t *asks) {
+    if (bids != NULL) {
+        *bids = book->side[HFT_DEPTH_BID].n;
+    }
+    if (asks != NULL) {
+        *asks = book->side[HFT_DEPTH_ASK].n;
+    }
+}

@@ -1,0 +1,61 @@
+"""The C depth book against today's Python book on every recorded Binance depth file."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from hftgate.replay.source import load
+from hftgate.replay.ticks import DepthTick
+from services.marketdata.depth_book import REJECT_REASON_OF_CHECK, DepthBook, check_levels, levels
+from tests.services.marketdata.reference_depth_book import ReferenceDepthBook, depth_reject_reason
+
+RAW_DEPTH_FILES = (
+    "binance_spot_btcusdt_20240808.jsonl.gz",
+    "binance_spot_ethusdt_20240808.jsonl.gz",
+    "binance_usdm_btcusdt_20240808.jsonl.gz",
+    "binance_usdm_ethusdt_20240808.jsonl.gz",
+    "binance_cm_btcusd_perp_20240808.jsonl.gz",
+)
+
+
+@functools.cache
+def _depth_updates(path: Path) -> list[DepthTick]:
+    return [t for t in load([path]) if type(t) is DepthTick]
+
+
+@pytest.mark.parametrize(
+    ("raw_file", "max_levels_per_side"),
+    [
+        *((name, 1_000) for name in RAW_DEPTH_FILES),  # the service's default cap
+        (RAW_DEPTH_FILES[0], 40),  # a cap that trims on most updates
+    ],
+)
+def test_the_c_book_matches_the_python_book_after_every_recorded_update(
+    data_dir: Path, raw_file: str, max_levels_per_side: int
+) -> None:
+    updates = _depth_updates(data_dir / "raw" / "hftbacktest_binance" / raw_file)
+    assert len(updates) > 1_000 and any(u.is_snapshot for u in updates)
+    native, reference = DepthBook(max_levels_per_side), ReferenceDepthBook(max_levels_per_side)
+    for index, update in enumerate(updates):
+        bid_levels, ask_levels = levels(update.bids), levels(update.asks)
+        code = check_levels(bid_levels, ask_levels)
+        assert (REJECT_REASON_OF_CHECK[code] if code else 0) == depth_reject_reason(update.bids, update.asks)
+        if code:
+            continue
+        if update.is_snapshot:
+            native.clear()
+            reference.clear()
+        native.apply_levels(bid_levels, ask_levels)
+        reference.apply(update.bids, update.asks)
+        assert native.best_bid() == reference.best_bid(), index
+        assert native.best_ask() == reference.best_ask(), index
+        assert native.level_counts() == reference.level_counts(), index
+        if index % 499 == 0:  # the whole book now and then (it is the slow part of the comparison)
+            assert native.bids(max_levels_per_side) == reference.bids(max_levels_per_side), index
+            assert native.asks(max_levels_per_side) == reference.asks(max_levels_per_side), index
+    assert native.bids(max_levels_per_side) == reference.bids(max_levels_per_side)
+    assert native.asks(max_levels_per_side) == reference.asks(max_levels_per_side)
+    assert max(native.level_counts()) <= max_levels_per_side
