@@ -320,6 +320,12 @@ def bench_scaling(as_json: JsonOption = False, repeats: RepeatsOption = 1) -> No
     _run_suite("scaling", as_json, repeats)
 
 
+@bench_app.command("moves")
+def bench_moves(as_json: JsonOption = False, repeats: RepeatsOption = 1) -> None:
+    """A symbol moved between two shards under ~1,000 orders/s: pause, lost acks, duplicate fills, books."""
+    _run_suite("moves", as_json, repeats)
+
+
 @bench_app.command("tracing")
 def bench_tracing(as_json: JsonOption = False, repeats: RepeatsOption = 3) -> None:
     """Sequential SubmitOrder with tracing off, every call sampled (in-process collector), and 1%."""
