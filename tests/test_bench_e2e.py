@@ -93,7 +93,8 @@ def _check_run(report: Any, rate: float, duration_s: float, via: str, batch: boo
     return run
 
 
-@pytest.mark.parametrize("via", ["direct", "client", "haproxy"])
+# (direct: the routing client sends to the owning shard too; the gateway path is the burst below.)
+@pytest.mark.parametrize("via", ["client", "haproxy"])
 def test_each_path_gets_every_order_to_its_shard_acknowledged(tmp_path: Path, via: str) -> None:
     if via == "haproxy" and haproxy_binary() is None:
         pytest.skip("HAProxy is not installed")
