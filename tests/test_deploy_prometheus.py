@@ -249,10 +249,22 @@ def served_names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]
     )
 
     def start() -> list[RunningService]:
+        # Every port distinct (a port closed after the check can be handed out again), shard 1's
+        # ten above shard 0's.
+        taken: set[int] = set()
+
+        def distinct(pick: Callable[[], int], span: int = 0) -> int:
+            for _ in range(100):
+                port = pick()
+                if not {port, port + span} & taken:
+                    taken.update({port, port + span})
+                    return port
+            raise RuntimeError("no distinct free port found")
+
         for spec in with_shards(specs, 2):
-            env[spec.port_variable] = str(free_port())
+            env[spec.port_variable] = str(distinct(free_port))
         for name in SUITE:
-            port = free_port_pair() if name == "execution" else free_port()
+            port = distinct(free_port_pair, 10) if name == "execution" else distinct(free_port)
             env[prometheus.metrics_port_variable(name)] = str(port)
         return start_services(specs, env=env, startup_timeout_s=60, shards=2)
 
