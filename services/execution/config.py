@@ -62,9 +62,10 @@ class ExecutionConfig:
     snapshot_every_journal_bytes: int = 16 * 1024 * 1024
     snapshot_after_recovery_bytes: int = 1024 * 1024
     # Write snapshots from a forked copy-on-write child (as Redis' BGSAVE does), so the service
-    # copies nothing and its memory does not jump with each snapshot; false captures in the service.
-    # A child that fails three times in a row switches the service to capturing in-process.
-    snapshot_in_child_process: bool = True
+    # copies nothing and its memory does not jump with each snapshot. Off by default: in the running
+    # service (gRPC's and the journal's threads) the child crashed (SIGSEGV/SIGABRT) in 2 of 3
+    # snapshots when tried; three failures in a row switch back to capturing in the service.
+    snapshot_in_child_process: bool = False
     # Full disk: the longest pause between the journal writer's attempts to find space, and how long
     # a stopping service waits for space before giving up on records it could not write (never acked).
     journal_space_retry_max_ms: int = 100

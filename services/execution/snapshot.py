@@ -360,13 +360,13 @@ class Snapshotter:
     the journal starts a new segment, so the next snapshot's truncation drops the covered records
     whole: the journal a recovery opens (and CRC-checks) holds about two snapshot intervals at most.
 
-    A snapshot starts on the event loop between batches. By default (``in_child_process``; Linux)
-    a forked child captures and writes it from its copy-on-write image of the process
-    (:func:`fork_writer`), so the service copies nothing and its memory does not jump with each
-    snapshot (issue #13's ``rss_bytes_per_order``: tens of MB per snapshot before); where fork is
-    unavailable or fails, the state is copied here (books via the engine's queries, the order
-    table as one array copy) and written by a thread. Writing, the fsync, the wait for the
-    ledger's high-water mark and the journal truncation run in a background task.
+    A snapshot starts on the event loop between batches. With ``in_child_process`` (off by
+    default: see ``snapshot_in_child_process`` in config.py; Linux) a forked child captures and
+    writes it from its copy-on-write image of the process (:func:`fork_writer`), so the service
+    copies nothing; otherwise, or where fork is unavailable or fails, the state is copied here
+    (books via the engine's queries, the order table as one array copy) and written by a thread.
+    Writing, the fsync, the wait for the ledger's high-water mark and the journal truncation run in
+    a background task.
     """
 
     def __init__(
@@ -387,7 +387,7 @@ class Snapshotter:
         self.in_child_process: bool = (
             in_child_process
             if in_child_process is not None
-            else getattr(config, "snapshot_in_child_process", True)
+            else getattr(config, "snapshot_in_child_process", False)
         ) and _CAN_FORK
         #: Writer children that failed in a row (MAX_WRITER_FAILURES switches to capturing here).
         self.writer_failures = 0
