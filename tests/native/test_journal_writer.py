@@ -15,6 +15,24 @@ from hftgate.native.journal_writer import JournalWriterThread, crc32
 from hftgate.native.queues import MpscQueue
 
 
+def small_writer(queue: MpscQueue, directory: Path, fd: int, notify: int) -> JournalWriterThread:
+    """A writer of 8-record batches of 48-byte payloads on a new segment ``fd``."""
+    return JournalWriterThread(
+        queue,
+        directory=directory,
+        fd=fd,
+        segment_bytes=0,
+        preallocate_bytes=0,
+        segment_max_bytes=1 << 20,
+        next_seq=1,
+        sync_before_ack=True,
+        notify_fd=notify,
+        batch_max_records=8,
+        max_payload_bytes=48,
+        space_retry_max_ms=5,
+    )
+
+
 def test_crc32_equals_zlib_on_random_data_and_chains() -> None:
     rng = random.Random(7)
     for size in [0, 1, 7, 8, 9, 63, 64, 65, 1000, 70_001]:
@@ -32,20 +50,7 @@ def test_writer_status_reports_space_fields_and_a_joined_writer_refuses_requests
     fd = os.open(segment, os.O_WRONLY | os.O_CREAT, 0o644)
     notify = os.eventfd(0, os.EFD_CLOEXEC)
     try:
-        writer = JournalWriterThread(
-            queue,
-            directory=tmp_path,
-            fd=fd,
-            segment_bytes=0,
-            preallocate_bytes=0,
-            segment_max_bytes=1 << 20,
-            next_seq=1,
-            sync_before_ack=True,
-            notify_fd=notify,
-            batch_max_records=8,
-            max_payload_bytes=48,
-            space_retry_max_ms=5,
-        )
+        writer = small_writer(queue, tmp_path, fd, notify)
         status = writer.status()
         assert (status.blocked, status.blocked_error, status.blocked_bytes, status.stalls) == (False, 0, 0, 0)
         assert writer.progress() == (0, False, False)
@@ -69,20 +74,7 @@ def test_a_commit_window_lets_records_that_follow_share_the_first_ones_fdatasync
     fd = os.open(segment, os.O_WRONLY | os.O_CREAT, 0o644)
     notify = os.eventfd(0, os.EFD_CLOEXEC)
     try:
-        writer = JournalWriterThread(
-            queue,
-            directory=tmp_path,
-            fd=fd,
-            segment_bytes=0,
-            preallocate_bytes=0,
-            segment_max_bytes=1 << 20,
-            next_seq=1,
-            sync_before_ack=True,
-            notify_fd=notify,
-            batch_max_records=8,
-            max_payload_bytes=48,
-            space_retry_max_ms=5,
-        )
+        writer = small_writer(queue, tmp_path, fd, notify)
         assert writer.commit_window_us == 0
         for bad in (-1, JournalWriterThread.MAX_COMMIT_WINDOW_US + 1):
             with pytest.raises(ValueError, match=r"commit window must be 0\.\.10000 us"):
