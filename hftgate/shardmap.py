@@ -57,6 +57,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from hftgate.config import default_state_dir
+from hftgate.sqltables import create_tables
 
 log = logging.getLogger(__name__)
 
@@ -430,8 +431,7 @@ class ShardMapStore:
             raise ShardMapUnavailable(f"shard map store {self.safe_url()}: {exc}") from None
         self._engine = engine
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(self._metadata.create_all, checkfirst=True)
+            await create_tables(engine, self._metadata)
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             self._engine = None

@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hftgate.security import SuiteSecret
+from hftgate.sqltables import create_tables
 from services.cache.authz import (
     ACCOUNT_PREFIX,
     API_KEY_PREFIX,
@@ -137,8 +138,7 @@ class AuditLog:
 
     async def start(self) -> None:
         try:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(self._metadata.create_all, checkfirst=True)
+            await create_tables(self._engine, self._metadata)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(f"cannot create the audit table {self.table.name}: {exc}") from exc
 

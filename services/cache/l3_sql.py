@@ -43,6 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from hftgate.sqltables import create_tables
 from services.cache import globs
 from services.cache.model import StoredEntry, StoreUnavailable
 
@@ -126,8 +127,7 @@ class SqlStore:
         self._engine = engine
         self._dialect = engine.dialect.name
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(self._metadata.create_all, checkfirst=True)
+            await create_tables(engine, self._metadata)
             await self._ensure_version_index(engine)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(

@@ -81,6 +81,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from hftgate.sqltables import create_tables
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TABLE_NAME = "ledger_transactions"
@@ -429,8 +431,7 @@ class Ledger:
         engine = create_engine_for(database_url or default_database_url())
         table = ledger_table(table_name)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(table.metadata.create_all, checkfirst=True)
+            await create_tables(engine, table.metadata)
         except BaseException:
             await engine.dispose()
             raise

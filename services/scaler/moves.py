@@ -72,6 +72,7 @@ from hftgate.shardmap import (
     ShardMapUnavailable,
     check_symbol,
 )
+from hftgate.sqltables import create_tables
 from hftgate.v1 import shard_admin_pb2 as admin
 from hftgate.v1 import shard_admin_pb2_grpc as admin_grpc
 
@@ -166,8 +167,7 @@ class SymbolMover:
 
         else:
             self._engine = create_async_engine(self.store.url, pool_size=2, pool_pre_ping=True)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(self._metadata.create_all, checkfirst=True)
+        await create_tables(self._engine, self._metadata)
 
     async def close(self) -> None:
         for channel in self._channels.values():
