@@ -147,13 +147,16 @@ def path_for(directory: Path, journal_seq: int) -> Path:
 WRITE_PIECE_BYTES = 1024 * 1024
 
 
-def write_npz(file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(file: BinaryIO, arrays: dict[str, np.ndarray], *, consume: bool = False) -> None:
     """Write ``arrays`` to ``file`` as an ``.npz`` archive (what ``np.savez`` writes and ``np.load``
     reads: one stored ``<name>.npy`` member per array), each array streamed from its own memory in
-    :data:`WRITE_PIECE_BYTES` pieces: no copy of the archive or of an array is made."""
+    :data:`WRITE_PIECE_BYTES` pieces: no copy of the archive or of an array is made.
+
+    ``consume``: each array leaves ``arrays`` as soon as it is in the file, so a captured copy is
+    freed while the rest are written, not after the whole archive and its fsync."""
     with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, value in arrays.items():
-            array = np.ascontiguousarray(value)
+        for name in list(arrays):
+            array = np.ascontiguousarray(arrays.pop(name) if consume else arrays[name])
             if array.dtype.hasobject:
                 raise ValueError(f"snapshot array {name!r} holds Python objects")
             header = np.lib.format.header_data_from_array_1_0(array)
@@ -165,20 +168,24 @@ def write_npz(file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
                 raw = (array.reshape(-1).view(np.uint8) if array.size else np.zeros(0, np.uint8)).data
                 for start in range(0, len(raw), WRITE_PIECE_BYTES):
                     member.write(raw[start : start + WRITE_PIECE_BYTES])
+            del array, raw  # (consume: the last reference to this copy)
 
 
 def write_pending(directory: Path, data: SnapshotData) -> Path:
     """Write the snapshot durably as ``<name>.pending`` (blocking: call from a thread).
 
     Streamed straight into the file (:func:`write_npz`): the only large memory a snapshot holds is
-    its captured arrays, never a second copy of them as one archive buffer."""
+    its captured arrays, never a second copy of them as one archive buffer, and each captured array
+    is freed (``data.arrays`` emptied as it goes, the allocator's free pages handed back) once it
+    is in the page cache, before the fsync: the copies live for the writes, not for the disk."""
     directory.mkdir(parents=True, exist_ok=True)
     final = path_for(directory, data.journal_seq)
     pending = final.with_name(final.name + ".pending")
     try:
         with open(pending, "wb") as file:
-            write_npz(file, data.arrays)
+            write_npz(file, data.arrays, consume=True)
             file.flush()
+            memory.release_free_memory()
             os.fsync(file.fileno())
     except BaseException:
         # A full disk: a half-written file must not keep the space the journal needs.
@@ -521,13 +528,9 @@ class Snapshotter:
         self.writer_failures = 0
 
     def _write(self, data: SnapshotData) -> Path:
-        """:func:`write_pending` in this process, then the captured copies freed and the
-        allocator's free pages returned to the system (in the writer thread: ``malloc_trim`` walks
-        the heap)."""
-        pending = write_pending(self.directory, data)
-        data.arrays = {}  # on disk now: the copies go before the wait for the ledger
-        memory.release_free_memory()
-        return pending
+        """:func:`write_pending` in this process (in the writer thread: it frees the captured copies
+        as it writes them, and ``malloc_trim`` walks the heap)."""
+        return write_pending(self.directory, data)
 
     @staticmethod
     async def _reap_writer(pid: int, final: Path) -> Path:

@@ -215,8 +215,9 @@ def test_retirement_is_the_same_live_after_a_snapshot_and_on_replay(tmp_path: Pa
     live = _state(retained_reports=64, retain_orders=32)
     first = _apply_all(live, flow[:450])
     data = snapshot.capture(live, journal_seq=450)
-    path = snapshot.confirm(snapshot.write_pending(tmp_path, data))
     assert len(data.arrays["orders"]) == live.retained_order_count < live.order_count
+    path = snapshot.confirm(snapshot.write_pending(tmp_path, data))
+    assert data.arrays == {}  # each captured copy freed once written
     restored, _ = snapshot.load(path, ENGINE, 64)
     restored.retain_orders = 32
     assert _retained(restored) == _retained(live)

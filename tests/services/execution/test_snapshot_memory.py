@@ -58,6 +58,18 @@ def test_the_streamed_archive_is_what_numpy_writes_and_reads(tmp_path: Path) -> 
         assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
 
 
+def test_consume_frees_each_array_once_written_and_writes_the_same_archive(tmp_path: Path) -> None:
+    arrays = {"a": np.arange(1000, dtype=np.int64), "r": np.zeros(3, REPORT_DTYPE)}
+    kept = {name: array.copy() for name, array in arrays.items()}
+    with open(tmp_path / "c.npz", "wb") as file:
+        snapshot.write_npz(file, arrays, consume=True)
+    assert arrays == {}
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as archive:
+        assert sorted(archive.files) == sorted(kept)
+        for name, array in kept.items():
+            assert archive[name].tobytes() == array.tobytes()
+
+
 def test_an_array_of_python_objects_is_refused(tmp_path: Path) -> None:
     with open(tmp_path / "b.npz", "wb") as file, pytest.raises(ValueError, match="Python objects"):
         snapshot.write_npz(file, {"bad": np.array(["x", None], object)})
