@@ -737,6 +737,12 @@ async def measure_fair_unary(
     return latencies, float(total) / max(elapsed, 1e-9)
 
 
+#: After each step of ``measure_rss_per_order`` (client paused): readings over this long, the least
+#: kept as the settled figure (a snapshot's capture copy lives ~0.1 s; see rss_transient_mb_max).
+RSS_SETTLE_S = 0.5
+RSS_SETTLE_READINGS = 5
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of process ``pid`` (``VmRSS`` of ``/proc/<pid>/status``), in bytes."""
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
@@ -746,7 +752,9 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def measure_rss_per_order(process: ExecutionProcess, settings: RoundSettings) -> dict[str, float]:
+async def measure_rss_per_order(
+    process: ExecutionProcess, settings: RoundSettings, *, settle_s: float = RSS_SETTLE_S
+) -> dict[str, float]:
     """``rss_bytes_per_order``: the service's RSS growth per accepted order after warm-up.
 
     Two accounts send SubmitOrders of ``batch_orders`` (the stationary :class:`OrderFlow`, so the
@@ -755,6 +763,12 @@ async def measure_rss_per_order(process: ExecutionProcess, settings: RoundSettin
     ``rss_measured_orders / 16`` orders; the figure is the least-squares slope of RSS over orders
     accepted across those samples (less sensitive to one allocator step than the two ends), with
     ``rss_mb_after_warmup``, ``rss_mb_end`` and ``rss_orders_measured`` beside it.
+
+    The bar's figure is the instant reading right after each step, whatever the service is doing:
+    a snapshot's capture (a copy of the retained orders and reports, ~50 MB at the defaults, freed
+    once written) counts when a reading lands on it. Beside it, ``rss_settled_bytes_per_order`` is
+    the same slope over the least reading of each pause (what the service keeps) and
+    ``rss_transient_mb_max`` the largest difference between the two: growth and transient apart.
     """
     import grpc
 
@@ -784,21 +798,37 @@ async def measure_rss_per_order(process: ExecutionProcess, settings: RoundSettin
         calls = max(1, orders // (size * len(flows)))
         await asyncio.gather(*(one_account(flow, account, calls) for flow, account in flows))
 
-    samples: list[tuple[int, int]] = []
+    samples: list[tuple[int, int, int]] = []
+
+    async def sample() -> None:
+        # The instant reading (the bar's figure) and, with the client paused, the least of
+        # readings over settle_s: what the service keeps, without a transient in progress.
+        now = rss_bytes(pid)
+        least = now
+        for _ in range(RSS_SETTLE_READINGS):
+            await asyncio.sleep(settle_s / RSS_SETTLE_READINGS)
+            least = min(least, rss_bytes(pid))
+        samples.append((accepted, now, least))
+
     async with grpc.aio.insecure_channel(process.address, options=CHANNEL_OPTIONS) as channel:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
         await send(stub, settings.rss_warmup_orders)
         steps = 16
-        samples.append((accepted, rss_bytes(pid)))
+        await sample()
         for _ in range(steps):
             await send(stub, settings.rss_measured_orders // steps)
-            samples.append((accepted, rss_bytes(pid)))
-    orders = np.array([o for o, _ in samples], np.float64)
-    rss = np.array([r for _, r in samples], np.float64)
-    slope = float(np.polyfit(orders, rss, 1)[0]) if orders[-1] > orders[0] else float("nan")
+            await sample()
+    orders = np.array([o for o, _, _ in samples], np.float64)
+    rss = np.array([r for _, r, _ in samples], np.float64)
+    settled = np.array([r for _, _, r in samples], np.float64)
+    measured = orders[-1] > orders[0]
+    slope = float(np.polyfit(orders, rss, 1)[0]) if measured else float("nan")
+    settled_slope = float(np.polyfit(orders, settled, 1)[0]) if measured else float("nan")
     return {
         "rss_bytes_per_order": round(slope, 2),
         "rss_bytes_per_order_ends": round((rss[-1] - rss[0]) / max(1.0, orders[-1] - orders[0]), 2),
+        "rss_settled_bytes_per_order": round(settled_slope, 2),
+        "rss_transient_mb_max": round(float(np.max(rss - settled)) / 2**20, 1),
         "rss_mb_after_warmup": round(rss[0] / 2**20, 1),
         "rss_mb_end": round(rss[-1] / 2**20, 1),
         "rss_orders_measured": int(orders[-1] - orders[0]),
