@@ -27,12 +27,16 @@ def test_every_plane_is_measured_on_real_processes_and_every_bar_is_reported() -
         assert float(out[f"{plane}_p99_ms"]) >= float(out[f"{plane}_p50_ms"]) > 0
     # The routing client sent every order straight to a shard, none through the gateway.
     assert int(out["routing_client_direct_calls"]) > 0 and out["routing_client_gateway_calls"] == 0
-    for plane in ("routing_client", "gateway", "haproxy"):
+    for plane in ("routing_client", "gateway", "haproxy", "python_proxy_floor"):
         # Paired per turn against the direct block: a difference of latencies, less than either.
         assert abs(float(out[f"{plane}_added_p50_ms"])) < float(out[f"{plane}_p99_ms"])
     for plane in THROUGHPUT_PATHS:
         assert float(out[f"{plane}_rps"]) > 0
     assert float(out["grpc_echo_p50_ms"]) > float(out["tcp_floor_p50_ms"]) > 0
+    # The do-nothing proxy floor forwards to the owning shard: a hop, so slower than direct.
+    assert float(out["python_proxy_floor_p50_ms"]) > float(out["direct_p50_ms"])
+    own = float(out["gateway_added_p50_ms"]) - float(out["python_proxy_floor_added_p50_ms"])
+    assert float(out["gateway_own_added_p50_ms"]) == pytest.approx(own)
     ratio = float(out["gateway_rps"]) / float(out["direct_rps"])
     assert float(out["gateway_rps_ratio"]) == pytest.approx(ratio)
     for key in ("no_fault_p99_ms", "round_robin_p99_ms", "p2c_inflight_p99_ms", "p2c_peak_ewma_p99_ms"):

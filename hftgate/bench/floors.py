@@ -13,6 +13,12 @@
   transport, the hand-off to the writer and back, and one fsync. An order path's latency
   minus this is its own logic (decode, risk, match, bookkeeping, acks).
 
+- gRPC proxy floor (``"grpc-proxy"``): a do-nothing forwarder in a child process on the same stack
+  (``create_server``, its interceptors), every unary call passed on as bytes, with its metadata, to
+  one upstream over one ``grpc.aio`` channel and the answer passed back. What one Python hop costs
+  before any logic of its own: a gateway's added latency minus this floor's is what the gateway's
+  own work (key check, routing, limits) adds.
+
 The gRPC floors run behind the same authentication interceptor as the services
 (:class:`hftgate.security.ServiceAuthInterceptor`, API keys allowed) unless started with
 ``auth=False``, and :class:`GrpcEcho` sends an API key on every call (``FLOOR_METADATA``), so a
@@ -49,7 +55,7 @@ WARMUP_ROUND_TRIPS = 200
 
 DURABLE_ECHO_RECORD_BYTES = 128  # about one SubmitOrder's journal record
 
-FloorKind = Literal["tcp", "grpc", "grpc-journal"]
+FloorKind = Literal["tcp", "grpc", "grpc-journal", "grpc-proxy"]
 
 #: What :class:`GrpcEcho` sends with every call: an API key, as an account's client does.
 FLOOR_METADATA: tuple[tuple[str, str], ...] = (("x-api-key", "hftgate-bench-floor-key"),)
@@ -62,9 +68,11 @@ def floor_server(
     *,
     placed: bool = False,
     auth: bool = True,
+    upstream: str | None = None,
 ) -> Iterator[str]:
-    """Start a TCP echo (``"tcp"``), gRPC do-nothing (``"grpc"``) or gRPC durable-echo
-    (``"grpc-journal"``, journal in ``journal_dir``) server process; yield ``host:port``.
+    """Start a TCP echo (``"tcp"``), gRPC do-nothing (``"grpc"``), gRPC durable-echo
+    (``"grpc-journal"``, journal in ``journal_dir``) or gRPC proxy (``"grpc-proxy"`` to the
+    ``upstream`` address) server process; yield ``host:port``.
 
     ``placed``: a gRPC floor runs with the execution service's CPU placement (hftgate.placement,
     ``auto``, and its fsync polling), for figures from a service that runs so; the cache service
@@ -76,6 +84,10 @@ def floor_server(
         if journal_dir is None:
             raise ValueError("the grpc-journal floor needs a journal_dir")
         arguments.append(os.fspath(journal_dir))
+    if kind == "grpc-proxy":
+        if not upstream:
+            raise ValueError("the grpc-proxy floor needs an upstream address")
+        arguments.append(upstream)
     if placed and kind != "tcp":
         arguments.append("--placed")
     if not auth and kind != "tcp":
@@ -283,6 +295,48 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False, a
         await journal.close()
 
 
+async def _serve_grpc_proxy(upstream: str, *, auth: bool = True) -> None:
+    import secrets
+
+    import grpc
+
+    from hftgate.grpcserver import CHANNEL_OPTIONS, ServiceBinding, create_server
+    from hftgate.security import ServiceAuthInterceptor, SuiteSecret
+
+    channel = grpc.aio.insecure_channel(upstream, options=CHANNEL_OPTIONS)
+    callables: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+
+    class Forward(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            method: str = details.method
+            send = callables.get(method)
+            if send is None:
+                send = callables[method] = channel.unary_unary(method, None, None)
+
+            async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                reply: bytes = await send(request, metadata=context.invocation_metadata())
+                return reply
+
+            return grpc.unary_unary_rpc_method_handler(forward)
+
+    forward = Forward()
+    binding = ServiceBinding(
+        "hftgate.v1.ExecutionService", lambda server: server.add_generic_rpc_handlers((forward,))
+    )
+    running = await create_server(
+        "127.0.0.1:0",
+        [binding],
+        auth=ServiceAuthInterceptor(SuiteSecret(secrets.token_bytes(32), "floor"), api_key_methods=True)
+        if auth
+        else None,
+    )
+    print(f"PORT {running.port}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    await running.stop(0)
+    await channel.close(None)
+
+
 def main(argv: list[str]) -> None:
     placed = "--placed" in argv
     auth = "--no-auth" not in argv
@@ -293,10 +347,12 @@ def main(argv: list[str]) -> None:
         asyncio.run(_serve_grpc(placed=placed, auth=auth))
     elif len(argv) == 2 and argv[0] == "serve-grpc-journal":
         asyncio.run(_serve_grpc(argv[1], placed=placed, auth=auth))
+    elif len(argv) == 2 and argv[0] == "serve-grpc-proxy":
+        asyncio.run(_serve_grpc_proxy(argv[1], auth=auth))
     else:
         raise SystemExit(
             "usage: python -m hftgate.bench.floors serve-tcp|serve-grpc|serve-grpc-journal DIR"
-            " [--placed] [--no-auth]"
+            "|serve-grpc-proxy HOST:PORT [--placed] [--no-auth]"
         )
 
 

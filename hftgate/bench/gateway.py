@@ -11,9 +11,14 @@ each call carrying its API key and ``x-hftgate-symbol``:
   the owner itself).
 - ``gateway_p50_ms``: through the Python gateway (it checks the key and forwards bytes).
 - ``haproxy_p50_ms``: through HAProxy, routing by the symbol header to the shard, which checks the key.
+- ``python_proxy_floor_p50_ms``: through a do-nothing Python forwarder in front of the owning shard
+  (:mod:`hftgate.bench.floors`, ``grpc-proxy``: the services' stack and interceptors, bytes passed
+  on, no key check, no routing): the floor under any gateway written on grpcio's Python stack.
+  Derived, not bars: ``python_proxy_floor_added_over_echo`` and ``gateway_own_added_p50_ms``
+  (``gateway_added_p50_ms`` minus the floor's: what the gateway's own work adds).
 - ``grpc_echo_p50_ms``, ``tcp_floor_p50_ms``: the floors (:mod:`hftgate.bench.floors`).
 
-The four planes and the two floors run in blocks of ``block`` calls, one block each in turn, the
+The five planes and the two floors run in blocks of ``block`` calls, one block each in turn, the
 first plane of a turn rotating (ABCD, BCDA, ...), so the noise of a shared machine hits them alike;
 each figure is the median of all its blocks. Derived: ``<plane>_added_p50_ms``, what the plane adds
 to the direct path: per turn, the median of the plane's block minus the median of the direct block
@@ -235,7 +240,7 @@ BENCH_PINS: dict[str, int] = {"BTCUSDT": 0, "ETHUSDT": 1}
 #: A mid price per pinned symbol for the order flow (BTCUSDT's is the demo reference price).
 MID_PRICE_TICKS: dict[str, int] = {"BTCUSDT": DEMO_MID_PRICE_TICKS, "ETHUSDT": 300_000}
 #: The planes measured, in the order their first block runs (the order rotates every block).
-PATHS = ("direct", "routing_client", "gateway", "haproxy")
+PATHS = ("direct", "routing_client", "gateway", "haproxy", "python_proxy_floor")
 THROUGHPUT_PATHS = ("direct", "gateway", "haproxy")
 
 # The bars of issue 14, as ratios of figures measured in one run.
@@ -458,9 +463,14 @@ async def _throughput(senders: Sequence[Send], orders: _Orders, calls: int, coun
 
 
 async def measure_order_paths(
-    suite: ShardedSuite, settings: OrderPathSettings, echo_target: str, tcp_target: str
+    suite: ShardedSuite,
+    settings: OrderPathSettings,
+    echo_target: str,
+    tcp_target: str,
+    proxy_targets: Sequence[str],
 ) -> dict[str, float | int]:
-    """The order-path figures of one round over a started ``suite`` (see the module docstring)."""
+    """The order-path figures of one round over a started ``suite`` (see the module docstring);
+    ``proxy_targets[i]``: the address of a do-nothing proxy floor in front of shard ``i``."""
     from hftgate.bench.floors import GrpcEcho, TcpPingPong
     from hftgate.client import SYMBOL_METADATA, HftgateClient
     from hftgate.v1 import execution_pb2, execution_pb2_grpc
@@ -478,6 +488,9 @@ async def measure_order_paths(
         """SubmitOrder as ``account`` through ``plane``, with the symbol header the routing client sets."""
         if plane == "direct":
             stubs = {symbol: stub(suite.owner(symbol).address) for symbol in orders.symbols}
+        elif plane == "python_proxy_floor":
+            owners = {symbol: suite.shard_map.owner(symbol).shard_id for symbol in orders.symbols}
+            stubs = {symbol: stub(proxy_targets[owners[symbol]]) for symbol in orders.symbols}
         else:
             address = suite.gateway_address if plane == "gateway" else suite.haproxy_address
             stubs = dict.fromkeys(orders.symbols, stub(address))
@@ -566,11 +579,18 @@ async def measure_order_paths(
 async def _order_path_round(
     settings: OrderPathSettings, echo_target: str, tcp_target: str
 ) -> dict[str, float | int]:
+    from hftgate.bench.floors import floor_server
+
     with tempfile.TemporaryDirectory(prefix="hftgate-bench-gateway-suite-") as tmp:
         suite = ShardedSuite(Path(tmp))
         try:
             await suite.start()
-            result = await measure_order_paths(suite, settings, echo_target, tcp_target)
+            with contextlib.ExitStack() as proxies:
+                proxy_targets = [
+                    proxies.enter_context(floor_server("grpc-proxy", upstream=shard.address))
+                    for shard in suite.shards
+                ]
+                result = await measure_order_paths(suite, settings, echo_target, tcp_target, proxy_targets)
         finally:
             problems = await suite.stop()
         if problems:
@@ -583,6 +603,11 @@ def _bars(out: dict[str, float | int | bool | str]) -> None:
     echo = float(out["grpc_echo_p50_ms"])
     out["routing_client_bar_holds"] = float(out["routing_client_added_p50_ms"]) <= ROUTING_CLIENT_ADDED_MS_BAR
     out["gateway_added_over_echo"] = float(out["gateway_added_p50_ms"]) / echo
+    # Not a bar: what the cheapest Python hop on the same stack adds, and the gateway beyond it.
+    out["python_proxy_floor_added_over_echo"] = float(out["python_proxy_floor_added_p50_ms"]) / echo
+    out["gateway_own_added_p50_ms"] = float(out["gateway_added_p50_ms"]) - float(
+        out["python_proxy_floor_added_p50_ms"]
+    )
     out["gateway_bar_holds"] = float(out["gateway_added_over_echo"]) <= GATEWAY_ADDED_ECHO_BAR
     out["haproxy_added_over_echo"] = float(out["haproxy_added_p50_ms"]) / echo
     out["haproxy_bar_holds"] = float(out["haproxy_added_over_echo"]) <= HAPROXY_ADDED_ECHO_BAR
