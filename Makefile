@@ -12,7 +12,7 @@ NATIVE_TESTS := $(wildcard native/tests/test_*.c)
 CFLAGS_TEST  := -std=gnu11 -g -Wall -Wextra -Werror -Inative/include -pthread -D_GNU_SOURCE
 BUILD        := build/native
 
-.PHONY: native-inplace protos setup run test test-python test-native lint format bench clean help
+.PHONY: native-inplace protos setup run test test-python test-native native-test-binaries lint format bench clean help
 
 help:
 	@echo "make run    set up and start the suite on its embedded defaults"
@@ -53,7 +53,14 @@ $(BUILD)/tsan/%: native/tests/%.c $(NATIVE_SRC) $(NATIVE_HDR) native/tests/check
 	$(CC) $(CFLAGS_TEST) -O1 -fsanitize=thread -o $@ $< $(NATIVE_SRC) -lm
 
 TEST_NAMES := $(notdir $(basename $(NATIVE_TESTS)))
-test-native: $(foreach v,plain asan tsan,$(addprefix $(BUILD)/$(v)/,$(TEST_NAMES)))
+TEST_BINARIES := $(foreach v,plain asan tsan,$(addprefix $(BUILD)/$(v)/,$(TEST_NAMES)))
+# The builds (most of the time) on every CPU; the runs one at a time, so TSan and the timing
+# assertions of the concurrent tests get the machine to themselves.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+native-test-binaries: $(TEST_BINARIES)
+
+test-native:
+	@$(MAKE) --no-print-directory -j$(NPROC) native-test-binaries
 	@set -e; for v in plain asan tsan; do for t in $(TEST_NAMES); do \
 	  echo "== native $$v $$t"; \
 	  if [ $$v = tsan ]; then setarch "$$(uname -m)" -R $(BUILD)/$$v/$$t; else $(BUILD)/$$v/$$t; fi; \
