@@ -104,7 +104,7 @@ def up(
         return
     import os
 
-    from hftgate import prometheus
+    from hftgate import prometheus, shardmap
     from hftgate.config import default_state_dir
 
     stopping = threading.Event()
@@ -125,6 +125,9 @@ def up(
     except _Stop:  # start_services stopped what it had started
         err.print("interrupted during start-up: every started service stopped")
         raise typer.Exit(130) from None
+    except shardmap.ShardMapError as exc:  # the stored map cannot be used as asked: say why
+        err.print(f"cannot start the execution shards: {exc}")
+        raise typer.Exit(2) from None
     dashboard = feeder = flow = None
     try:
         targets = {t.label: t for t in prometheus.targets_of_running(running)}

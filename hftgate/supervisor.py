@@ -191,6 +191,17 @@ def _state_dir(env: Mapping[str, str]) -> Path:
     return Path(env["HFTGATE_STATE_DIR"]) if env.get("HFTGATE_STATE_DIR") else default_state_dir()
 
 
+def shard_state_dir(shard_id: int, env: Mapping[str, str]) -> Path:
+    """Where execution shard ``shard_id`` keeps its journal and snapshots under the suite's ``env``
+    (shard 0: ``<state dir>/execution``; shard i: the same with ``-i``)."""
+    first = Path(env.get("HFTGATE_EXECUTION_STATE_DIR") or _state_dir(env) / "execution")
+    return first if shard_id == 0 else Path(f"{first}-{shard_id}")
+
+
+def _holds_state(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.iterdir())
+
+
 def execution_shard_env(shard_id: int, env: Mapping[str, str]) -> dict[str, str]:
     """What execution shard ``shard_id`` gets over the suite's ``env``: shard 0 nothing (it is
     today's single service: ``<state dir>/execution``, seeds the demo data in the dev profile);
@@ -199,10 +210,10 @@ def execution_shard_env(shard_id: int, env: Mapping[str, str]) -> dict[str, str]
     seeding, and its own metrics port when shard 0 has one."""
     if shard_id == 0:
         return {}
-    first_state = Path(env.get("HFTGATE_EXECUTION_STATE_DIR") or _state_dir(env) / "execution")
+    first_state = shard_state_dir(0, env)
     extra = {
         "HFTGATE_EXECUTION_SHARD_ID": str(shard_id),
-        "HFTGATE_EXECUTION_STATE_DIR": f"{first_state}-{shard_id}",
+        "HFTGATE_EXECUTION_STATE_DIR": str(shard_state_dir(shard_id, env)),
         "HFTGATE_EXECUTION_SEED_DEMO_DATA": "false",
     }
     if not env.get("HFTGATE_EXECUTION_LEDGER_DATABASE_URL"):
@@ -242,8 +253,10 @@ def store_shard_map(env: Mapping[str, str], shards: list[shardmap.Shard]) -> sha
     (with its pins and epoch). One with other shards (another ``--shards``, other ports) is
     replaced by the next epoch with ``shards`` and the pins that still name one of them, so a
     shard never starts against a map that does not name it and the gateway never routes to a
-    shard that is not running. Raises :class:`hftgate.shardmap.ShardMapUnavailable` or
-    ``ShardMapError`` saying why when the store cannot be used."""
+    shard that is not running; unless it would leave out a shard that kept state (its books):
+    that is refused with ``ShardMapError`` saying how to proceed. Raises
+    :class:`hftgate.shardmap.ShardMapUnavailable` or ``ShardMapError`` saying why when the store
+    cannot be used."""
 
     async def ensure() -> shardmap.ShardMap:
         store = shard_map_store(env)
@@ -255,9 +268,27 @@ def store_shard_map(env: Mapping[str, str], shards: list[shardmap.Shard]) -> sha
                 stored = await store.create(shardmap.ShardMap(1, wanted))
             if stored.shards == wanted:
                 return stored
+            ids = {s.shard_id for s in wanted}
+            # A shard left out that kept state holds books and acknowledged orders: dropping it from
+            # the map would leave them with no route (its symbols hashed to other shards, which
+            # know nothing of them). Its symbols must be moved off first, as the scaler does.
+            kept = [
+                (shard, shard_state_dir(shard.shard_id, env))
+                for shard in stored.shards
+                if shard.shard_id not in ids and _holds_state(shard_state_dir(shard.shard_id, env))
+            ]
+            if kept:
+                named = ", ".join(
+                    f"shard {shard.shard_id} ({shard.address}, state in {path})" for shard, path in kept
+                )
+                raise shardmap.ShardMapError(
+                    f"the stored shard map names {named}, which this start would leave out: its orders "
+                    f"would have no route. Start at least {max(s.shard_id for s in stored.shards) + 1} "
+                    "shards (hftgate up --shards N), or move its symbols to the shards you keep first "
+                    "(hftgate move SYMBOL --to N) and remove its state directory"
+                )
 
             def change(current: shardmap.ShardMap) -> shardmap.ShardMap:
-                ids = {s.shard_id for s in wanted}
                 pins = {symbol: sid for symbol, sid in current.pins.items() if sid in ids}
                 # A move in progress keeps its mark (its mover finishes it) while its target stays.
                 moving = {symbol: sid for symbol, sid in current.moving.items() if sid in ids}

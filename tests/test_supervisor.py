@@ -20,7 +20,7 @@ from hftgate.security import (
     load_suite_secret,
     suite_client_tls,
 )
-from hftgate.shardmap import Shard, ShardMap, ShardMapUnavailable
+from hftgate.shardmap import Shard, ShardMap, ShardMapError, ShardMapUnavailable
 from hftgate.supervisor import (
     ALL_SERVICES,
     MAX_LOCAL_SHARDS,
@@ -201,7 +201,18 @@ def test_the_stored_map_is_made_once_kept_and_replaced_when_the_shards_change(tm
     # The same shards again (a restart): the stored map stands, pins and epoch included.
     again = store_shard_map(env, list(reversed(two)))
     assert again.epoch == 3 and dict(again.pins) == {"ETHUSDT": 0, "ESZ4": 1}
-    # `--shards 1` on the same state: the next epoch names only shard 0; pins to shard 1 go.
+    # `--shards 1` while shard 1 kept state (books, acknowledged orders): refused, saying how on.
+    shard_1_state = tmp_path / "execution-1"
+    (shard_1_state / "journal").mkdir(parents=True)
+    with pytest.raises(
+        ShardMapError, match=r"shard 1 \(127.0.0.1:50061, state in .*execution-1\)"
+    ) as refused:
+        store_shard_map(env, two[:1])
+    assert "--shards N" in str(refused.value) and "hftgate move" in str(refused.value)
+    assert store_shard_map(env, two).epoch == 3  # nothing was published
+    # Its symbols moved off and its state removed: the next epoch names only shard 0; pins to it go.
+    shard_1_state.joinpath("journal").rmdir()
+    shard_1_state.rmdir()
     one = store_shard_map(env, two[:1])
     assert one.epoch == 4 and one.shard_ids == (0,) and dict(one.pins) == {"ETHUSDT": 0}
     # A store that cannot be opened says which.
