@@ -5,9 +5,10 @@ Two real execution shards (``python -m services.execution``) share a shard map; 
 SubmitOrder for one symbol at about ``rate_per_s`` (resting buys and sells around a mid price,
 and every fifth order an IOC that takes from the book, so there are fills on both sides of the
 move) to the owner it knows, the way the routing client does: on NOT_SHARD_OWNER it sends to the
-owner the ErrorInfo names, on UNAVAILABLE it waits the RetryInfo delay and sends again. In the
-middle of the flow a :class:`~services.scaler.moves.SymbolMover` moves the symbol from shard 0
-to shard 1. Then:
+owner the ErrorInfo names, on UNAVAILABLE it waits the RetryInfo delay and sends again, one
+order of the symbol at a time while the others wait for its answer
+(:class:`hftgate.client.MovingSymbolGate`). In the middle of the flow a
+:class:`~services.scaler.moves.SymbolMover` moves the symbol from shard 0 to shard 1. Then:
 
 * ``move_pause_max_ms`` - the longest any order waited from its first send to its ack (turned
   away and sent again included); ``move_pause_p50_ms`` the median, as a floor of the same run;
@@ -35,6 +36,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from hftgate.bench.execution import ExecutionProcess
+from hftgate.client import MovingSymbolGate
 from hftgate.security import ADMIN, load_suite_secret
 from hftgate.shardmap import Shard, ShardMap, ShardMapStore
 from hftgate.v1 import common_pb2 as common
@@ -50,6 +52,9 @@ MAX_RESENDS = 1_000
 #: Orders in flight per account at most: past it the flow waits (so a slow machine lowers the rate
 #: rather than queueing thousands of calls, whose waits would measure the queue, not the move).
 MAX_IN_FLIGHT = 32
+#: How long an order waits for another order's probe of the moving symbol before sending itself
+#: (the routing client's ``moving_retry_s``).
+MOVING_WAIT_S = 2.0
 
 
 class _Flow:
@@ -62,6 +67,7 @@ class _Flow:
         self.errors = 0
         self.error_codes: dict[str, int] = {}
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.gate = MovingSymbolGate()
 
     async def send(self, order: api.NewOrder) -> None:
         async with self.slots:
@@ -69,33 +75,49 @@ class _Flow:
 
     async def _send(self, order: api.NewOrder) -> None:
         started = time.perf_counter()
-        for _ in range(MAX_RESENDS):
-            try:
-                reply = await self.stubs[self.owner].SubmitOrder(
-                    api.SubmitOrderRequest(order=order), metadata=self.metadata, timeout=10
-                )
-            except grpc.aio.AioRpcError as exc:
-                status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-                delay_s = 0.0
-                for detail in status.details if status is not None else ():
-                    info = error_details_pb2.ErrorInfo()
-                    retry = error_details_pb2.RetryInfo()
-                    if detail.Unpack(info) and info.metadata.get("owner_address") in self.stubs:
-                        self.owner = info.metadata["owner_address"]
-                    elif detail.Unpack(retry):
-                        delay_s = retry.retry_delay.ToNanoseconds() / 1e9
-                if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
-                    self.errors += 1
-                    name = exc.code().name
-                    self.error_codes[name] = self.error_codes.get(name, 0) + 1
-                    return
-                await asyncio.sleep(delay_s)
-                continue
-            self.waits_ms.append((time.perf_counter() - started) * 1000)
-            if reply.ack.sequence:
-                self.acked[reply.ack.order_id] = (order.client_order_id, order.quantity_lots)
-            return
-        self.errors += 1
+        gate, symbol = self.gate, order.symbol
+        probe = False
+        try:
+            for _ in range(MAX_RESENDS):
+                if not probe and gate.probing(symbol):
+                    await gate.wait(symbol, asyncio.get_running_loop().time() + MOVING_WAIT_S)
+                try:
+                    reply = await self.stubs[self.owner].SubmitOrder(
+                        api.SubmitOrderRequest(order=order), metadata=self.metadata, timeout=10
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+                    delay_s: float | None = None
+                    for detail in status.details if status is not None else ():
+                        info = error_details_pb2.ErrorInfo()
+                        retry = error_details_pb2.RetryInfo()
+                        if detail.Unpack(info) and info.metadata.get("owner_address") in self.stubs:
+                            self.owner = info.metadata["owner_address"]
+                        elif detail.Unpack(retry):
+                            delay_s = retry.retry_delay.ToNanoseconds() / 1e9
+                    if probe and delay_s is None:
+                        gate.release(symbol)
+                        probe = False
+                    if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
+                        self.errors += 1
+                        name = exc.code().name
+                        self.error_codes[name] = self.error_codes.get(name, 0) + 1
+                        return
+                    if delay_s is not None:
+                        # As the routing client does: one probe per symbol, the others wait for it.
+                        probe = gate.claim(symbol) or probe
+                        if not probe:
+                            continue
+                    await asyncio.sleep(delay_s or 0.0)
+                    continue
+                self.waits_ms.append((time.perf_counter() - started) * 1000)
+                if reply.ack.sequence:
+                    self.acked[reply.ack.order_id] = (order.client_order_id, order.quantity_lots)
+                return
+            self.errors += 1
+        finally:
+            if probe:
+                gate.release(symbol)
 
 
 def _order(number: int) -> api.NewOrder:

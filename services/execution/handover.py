@@ -50,6 +50,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,56 +116,65 @@ def export_book(
         raise HandoverRefused(
             f"{symbol} has {len(infos)} working orders: a move carries at most {MAX_MOVED_ORDERS}"
         )
-    out: list[admin.MovedOrder] = []
-    for info in infos:
-        local = int(info["order_id"])
-        row = state.order(local)
-        client_id = state.client_id_of(local)
-        if row is None or client_id is None:  # every working order is retained (state.py)
-            raise HandoverRefused(f"working order {local} of {symbol} has no order row: cannot export it")
-        account_id = int(row["account_id"])
-        pending = bool(info["is_pending_stop"])
-        engine_type = int(info["order_type"])
-        stop = int(info["stop_price"]) if pending else 0
-        before_lots, before_notional = (carried or {}).get(local, (0, 0))
-        if not pending and engine_type == EngineType.STOP_LIMIT:
-            engine_type = int(EngineType.LIMIT)  # triggered: it rests as the limit order it became
-        out.append(
-            admin.MovedOrder(
-                original_order_id=public_of.get(local, local | shard_base),
-                account_id=account_id,
-                account_name=state.account_names.get(account_id, str(account_id)),
-                client_order_id=client_id,
-                side=int(info["side"]),
-                order_type=int(row["order_type"]),
-                engine_order_type=engine_type,
-                time_in_force=int(row["tif"]),
-                engine_price_ticks=int(info["price"]),
-                price_ticks=int(row["price"]),
-                stop_price_ticks=stop,
-                leaves_quantity_lots=int(row["leaves"]),
-                display_quantity_lots=int(info["display_qty"]),
-                protection_price_ticks=int(row["protection"]),
-                post_only=bool(row["post_only"]),
-                self_trade_prevention=int(row["stp"]),
-                priority=int(row["priority"]),
-                pending_stop=pending,
-                engine_stp_mode=int(info["stp_mode"]),
-                engine_flags=int(info["flags"]),
-                quantity_lots=int(row["quantity"]) + before_lots,
-                cum_quantity_lots=int(row["cum"]) + before_lots,
-                cum_notional=int(row["notional"]) + before_notional,
-            )
-        )
-    return out
+    # Column by column (numpy, then plain lists) rather than row by row: one move carries up to
+    # MAX_MOVED_ORDERS orders while its symbol refuses input, and a numpy scalar read per field
+    # per order cost ~10 us per order (measured).
+    locals_ = infos["order_id"].astype(np.int64)
+    slots = state.slots_of(locals_)
+    if (slots < 0).any():  # every working order is retained (state.py)
+        missing = int(locals_[np.argmax(slots < 0)])
+        raise HandoverRefused(f"working order {missing} of {symbol} has no order row: cannot export it")
+    rows = state.table[slots]
+    pending = infos["is_pending_stop"].astype(bool)
+    engine_types = infos["order_type"].astype(np.int64)
+    # A triggered stop-limit rests as the limit order it became.
+    engine_types[~pending & (engine_types == int(EngineType.STOP_LIMIT))] = int(EngineType.LIMIT)
+    stops = np.where(pending, infos["stop_price"], 0)
+    carried = carried or {}
+    names = state.account_names
+    account_ids = rows["account_id"].tolist()
+    before = [carried.get(local, (0, 0)) for local in locals_.tolist()]
+    columns: dict[str, list[Any]] = {
+        "original_order_id": [public_of.get(local, local | shard_base) for local in locals_.tolist()],
+        "account_id": account_ids,
+        "account_name": [names.get(account_id, str(account_id)) for account_id in account_ids],
+        "client_order_id": [state.client_id_at(slot) for slot in slots.tolist()],
+        "side": infos["side"].tolist(),
+        "order_type": rows["order_type"].tolist(),
+        "engine_order_type": engine_types.tolist(),
+        "time_in_force": rows["tif"].tolist(),
+        "engine_price_ticks": infos["price"].tolist(),
+        "price_ticks": rows["price"].tolist(),
+        "stop_price_ticks": stops.tolist(),
+        "leaves_quantity_lots": rows["leaves"].tolist(),
+        "display_quantity_lots": infos["display_qty"].tolist(),
+        "protection_price_ticks": rows["protection"].tolist(),
+        "post_only": rows["post_only"].astype(bool).tolist(),
+        "self_trade_prevention": rows["stp"].tolist(),
+        "priority": rows["priority"].tolist(),
+        "pending_stop": pending.tolist(),
+        "engine_stp_mode": infos["stp_mode"].tolist(),
+        "engine_flags": infos["flags"].tolist(),
+        "quantity_lots": [q + b[0] for q, b in zip(rows["quantity"].tolist(), before, strict=True)],
+        "cum_quantity_lots": [c + b[0] for c, b in zip(rows["cum"].tolist(), before, strict=True)],
+        "cum_notional": [n + b[1] for n, b in zip(rows["notional"].tolist(), before, strict=True)],
+    }
+    fields = tuple(columns)
+    return [
+        admin.MovedOrder(**dict(zip(fields, values, strict=True)))
+        for values in zip(*columns.values(), strict=True)
+    ]
 
 
 def _write_durably(path: Path, body: dict[str, object]) -> None:
     """Write ``body`` as JSON to ``path`` so that a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
+    # json.dumps, not json.dump: dump streams through the pure-Python encoder (~10 ms for a
+    # 1,000-order id table, measured), dumps uses the C one.
+    text = json.dumps(body, separators=(",", ":"))
     with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(body, handle, separators=(",", ":"))
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -409,28 +419,27 @@ def _import_batch(state: ExecutionState, symbol_id: int, orders: list[admin.Move
     commands["order_id"] = np.arange(first, first + count)
     commands["action"] = int(Action.NEW)
     commands["symbol_id"] = symbol_id
-    for position, order in enumerate(orders):
-        command = commands[position]
-        command["account_id"] = order.account_id
-        command["price"] = order.engine_price_ticks
-        command["qty"] = order.leaves_quantity_lots
-        command["stop_price"] = order.stop_price_ticks
-        command["display_qty"] = order.display_quantity_lots
-        command["priority"] = order.priority
-        command["side"] = order.side
-        command["order_type"] = order.engine_order_type
-        command["tif"] = order.time_in_force
-        command["flags"] = order.engine_flags
-        command["stp_mode"] = order.engine_stp_mode
-        row = meta[position]
-        row["client_price"] = order.price_ticks
-        row["protection"] = order.protection_price_ticks
-        row["priority"] = order.priority
-        row["client_type"] = order.order_type
-        row["client_tif"] = order.time_in_force
-        row["client_stp"] = order.self_trade_prevention
-        row["post_only"] = order.post_only
-        row["client_id_length"] = len(order.client_order_id)
+    # Field by field over the whole batch: writing a numpy row's fields one order at a time cost
+    # ~6 us per order (measured), on the path where the symbol refuses input.
+    commands["account_id"] = [o.account_id for o in orders]
+    commands["price"] = [o.engine_price_ticks for o in orders]
+    commands["qty"] = [o.leaves_quantity_lots for o in orders]
+    commands["stop_price"] = [o.stop_price_ticks for o in orders]
+    commands["display_qty"] = [o.display_quantity_lots for o in orders]
+    commands["priority"] = [o.priority for o in orders]
+    commands["side"] = [o.side for o in orders]
+    commands["order_type"] = [o.engine_order_type for o in orders]
+    commands["tif"] = [o.time_in_force for o in orders]
+    commands["flags"] = [o.engine_flags for o in orders]
+    commands["stp_mode"] = [o.engine_stp_mode for o in orders]
+    meta["client_price"] = [o.price_ticks for o in orders]
+    meta["protection"] = [o.protection_price_ticks for o in orders]
+    meta["priority"] = commands["priority"]
+    meta["client_type"] = [o.order_type for o in orders]
+    meta["client_tif"] = commands["tif"]
+    meta["client_stp"] = [o.self_trade_prevention for o in orders]
+    meta["post_only"] = [o.post_only for o in orders]
+    meta["client_id_length"] = [len(o.client_order_id) for o in orders]
     client_ids = "".join(o.client_order_id for o in orders).encode("ascii")
     now = time.time_ns()
     return Batch(state.next_input_seq, now, now, commands, meta, client_ids)

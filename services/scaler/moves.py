@@ -148,6 +148,10 @@ class SymbolMover:
         self.clock_ns = clock_ns
         self._engine: AsyncEngine | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        #: The map last read, for the shards' addresses: read once per step rather than once per
+        #: call (each read is a SQL round trip inside the symbol's pause); dropped when a step
+        #: fails, so a retry reads where a restarted shard listens now.
+        self._addresses: ShardMap | None = None
         #: Test hook: called with the step about to be acted on (after it is recorded); raising
         #: from it abandons the mover there, as a kill would.
         self.before_step: Callable[[Move], None] | None = None
@@ -281,6 +285,7 @@ class SymbolMover:
         move = await self.get(move_id)
         if move is None:
             raise MoveRefused(f"no move {move_id}")
+        self._addresses = None
         while move.step not in ("done", ABORTED):
             if self.before_step is not None:
                 self.before_step(move)
@@ -303,6 +308,7 @@ class SymbolMover:
                 EpochConflict,
             ) as exc:
                 last = exc
+                self._addresses = None
                 if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
                     grpc.StatusCode.PERMISSION_DENIED,
                     grpc.StatusCode.UNAUTHENTICATED,
@@ -370,10 +376,16 @@ class SymbolMover:
             return await self._record(move, step="publish")
         if step == "publish":
             epoch = await self._publish(move)
-            await asyncio.gather(  # both at once: the pause lasts until both follow the new epoch
+            # All at once: the pause lasts until both shards follow the new epoch, and recording
+            # the end need not wait for them (the syncs are best effort; a mover killed before
+            # the record publishes nothing new when it resumes, and syncs again).
+            syncing = asyncio.gather(
                 *(self._sync(shard_id, epoch) for shard_id in (move.to_shard_id, move.from_shard_id))
             )
-            return await self._record(move, step="done")
+            try:
+                return await self._record(move, step="done")
+            finally:
+                await syncing
         raise MoveRefused(f"move {move.move_id} is at unknown step {step!r}")
 
     async def _sync(self, shard_id: int, epoch: int) -> None:
@@ -406,13 +418,25 @@ class SymbolMover:
             if marked(current):
                 return current.epoch
             raise
+        self._addresses = published
         return published.epoch
 
     async def _publish(self, move: Move) -> int:
-        current = await self._map()
-        if move.symbol not in current.moving and current.pins.get(move.symbol) == move.to_shard_id:
-            return current.epoch
-        published = await self.store.update(lambda m: m.with_move_done(move.symbol))
+        def published_already(current: ShardMap) -> bool:
+            return move.symbol not in current.moving and current.pins.get(move.symbol) == move.to_shard_id
+
+        def done(current: ShardMap) -> ShardMap:
+            if published_already(current):  # a resumed move: its end is in the map
+                raise _Published(current)
+            return current.with_move_done(move.symbol)
+
+        # One read and one compare-and-set (the check rides in the change), inside the pause.
+        try:
+            published = await self.store.update(done)
+        except _Published as already:
+            self._addresses = already.current
+            return already.current.epoch
+        self._addresses = published
         log.info(
             "move %s: %s now on shard %d (epoch %d)",
             move.move_id,
@@ -441,17 +465,28 @@ class SymbolMover:
         current = await self.store.load()
         if current is None:
             raise MoveRefused("no shard map is stored")
+        self._addresses = current
         return current
 
     async def _stub(self, shard_id: int) -> admin_grpc.ShardAdminServiceStub:
-        """A stub for the shard's address in the stored map (a shard may have moved address)."""
-        shard = (await self._map()).shard(shard_id)
+        """A stub for the shard's address in the stored map (a shard may have moved address: a
+        failed step drops the map read, so its retry reads it again)."""
+        known = self._addresses if self._addresses is not None else await self._map()
+        shard = known.shard(shard_id)
         if shard is None:
             raise MoveRefused(f"shard {shard_id} is no longer in the shard map")
         channel = self._channels.get(shard.address)
         if channel is None:
             channel = self._channels[shard.address] = self.credentials.open_channel(shard.address)
         return admin_grpc.ShardAdminServiceStub(channel)
+
+
+class _Published(Exception):
+    """The map already holds the move's end (raised from inside a map update to skip it)."""
+
+    def __init__(self, current: ShardMap) -> None:
+        super().__init__(f"epoch {current.epoch} already holds the move's end")
+        self.current = current
 
 
 class _suppress:

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from hftgate import security
+from hftgate.matching.types import OrderType as EngineType
 from hftgate.shardmap import Shard, ShardMap, ShardMapStore, order_id_shard
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
@@ -459,3 +460,22 @@ async def test_an_order_partly_filled_before_the_move_shows_and_replaces_as_its_
             named.quantity_lots - 4,
         )
     await stream.done_writing()
+
+
+async def test_a_triggered_stop_limit_moves_resting_as_the_limit_it_became(pair: Pair) -> None:
+    zero, one = pair.shards
+    stop = await submit(zero, "carol", order("sl", BUY, 5_025_000, 5, stop=5_030_000))
+    await submit(zero, "bob", order("s1", SELL, 5_030_000, 1))
+    await submit(zero, "alice", order("b1", BUY, 5_030_000, 1))  # trades at the stop: it triggers
+    (moved,) = handover.export_book(zero.core.state, SYMBOL, {}, shard_base_of(0))
+    carried = (moved.original_order_id, moved.pending_stop, moved.engine_order_type, moved.engine_price_ticks)
+    assert carried == (stop.order_id, False, EngineType.LIMIT, 5_025_000)
+    async with pair.mover() as mover:
+        assert (await mover.move(SYMBOL, 1)).step == "done"
+    got = await one.stub.GetOrder(api.GetOrderRequest(order_id=stop.order_id), metadata=key("carol"))
+    assert (got.order.request.order_type, got.order.leaves_quantity_lots) == (api.ORDER_TYPE_STOP_LIMIT, 5)
+    # It rests in the new owner's book at its limit: a sell there fills it.
+    taker = await submit(one, "dave", order("t1", SELL, 5_025_000, 5))
+    assert taker.status == api.ORDER_STATUS_FILLED
+    done = await one.stub.GetOrder(api.GetOrderRequest(order_id=stop.order_id), metadata=key("carol"))
+    assert (done.order.status, done.order.cum_quantity_lots) == (api.ORDER_STATUS_FILLED, 5)

@@ -1,19 +1,22 @@
 """The routing client across a symbol move: while the symbol is marked moving it waits out the
-shards' UNAVAILABLE + RetryInfo and sends again; after the move, a cancel or get of an order the
-old shard took follows the NOT_SHARD_OWNER refusal to the new owner (once)."""
+shards' UNAVAILABLE + RetryInfo and sends again, one call per symbol at a time; after the move,
+a cancel or get of an order the old shard took follows the NOT_SHARD_OWNER refusal to the new
+owner (once)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from hftgate.client import HftgateClient
+from hftgate.client import HftgateClient, MovingSymbolGate, retry_delay_s
 from hftgate.v1 import execution_pb2 as api
 from services.scaler.moves import Move
+from tests.services.execution.conftest import key
 from tests.services.execution.test_symbol_move import (
     BUY,
     SELL,
@@ -41,9 +44,11 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         await made.close()
 
 
-async def client_for(pair: Pair, account: str, **options: float) -> HftgateClient:
+async def client_for(pair: Pair, account: str, *, moving_retry_s: float = 2.0) -> HftgateClient:
     # No gateway here: the client is given the stored map instead of reading it from one.
-    client = HftgateClient("127.0.0.1:1", api_key=f"hftgate-demo-{account}", watch_map=False, **options)
+    client = HftgateClient(
+        "127.0.0.1:1", api_key=f"hftgate-demo-{account}", watch_map=False, moving_retry_s=moving_retry_s
+    )
     client._route_directly = False  # start() must not wait on the absent gateway
     await client.start()
     client._route_directly = True
@@ -110,3 +115,106 @@ async def test_a_plain_unavailable_is_never_resent(pair: Pair) -> None:
         assert bob.moving_retries == 0 and bob.sent == {0: 1}
     finally:
         await bob.close()
+
+
+class _CountingStub:
+    """A shard stub that counts SubmitOrder calls out at once and the symbol's refusals per order."""
+
+    def __init__(self, stub: Any, counts: _Counts) -> None:
+        self._stub = stub
+        self._counts = counts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    async def SubmitOrder(self, request: api.SubmitOrderRequest, **kwargs: Any) -> Any:
+        counts = self._counts
+        counts.out += 1
+        counts.most_out = max(counts.most_out, counts.out)
+        counts.sent_while_watched += counts.watching
+        try:
+            return await self._stub.SubmitOrder(request, **kwargs)
+        except grpc.aio.AioRpcError as err:
+            if retry_delay_s(err) is not None:
+                counts.refused.add(request.order.client_order_id)
+            raise
+        finally:
+            counts.out -= 1
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.out = 0
+        self.most_out = 0
+        self.watching = False
+        self.sent_while_watched = 0
+        self.refused: set[str] = set()
+
+
+async def test_calls_waiting_out_a_move_send_again_one_at_a_time_then_all_reach_the_new_owner(
+    pair: Pair,
+) -> None:
+    zero, one = pair.shards
+    alice = await client_for(pair, "alice", moving_retry_s=30.0)
+    counts = _Counts()
+    try:
+        stored = await pair.store.load()
+        assert stored is not None
+        for shard in stored.shards:
+            alice._shard_target(shard)
+        for address, (channel, stub) in list(alice._shards.items()):
+            alice._shards[address] = (channel, _CountingStub(stub, counts))  # type: ignore[assignment]
+
+        def stop_at_export(move: Move) -> None:
+            if move.step == "export":
+                raise _Abandoned(move.step)
+
+        async with pair.mover() as mover:
+            mover.before_step = stop_at_export
+            move = await mover.start_move(SYMBOL, 1)
+            with pytest.raises(_Abandoned):
+                await mover.run(move.move_id)
+        marked = await pair.store.load()
+        assert marked is not None and marked.moving == {SYMBOL: 1}
+        await shards_follow([zero.running, one.running], marked.epoch)
+
+        names = [f"w{n}" for n in range(10)]
+        waiting = [
+            asyncio.create_task(alice.submit(order(name, BUY, 4_990_000 - 100 * n), timeout=30))
+            for n, name in enumerate(names)
+        ]
+        async with asyncio.timeout(60):  # a guard against a hang, not a measurement
+            while len(counts.refused) < len(names):  # every call was turned away once
+                await asyncio.sleep(0.005)
+            counts.most_out = counts.out
+            counts.watching = True
+            while counts.sent_while_watched < 20:  # the symbol stays marked while they wait
+                await asyncio.sleep(0.005)
+            counts.watching = False
+        assert counts.most_out == 1, "while the symbol is marked one call is sent again at a time"
+        assert not any(task.done() for task in waiting)
+
+        async with pair.mover() as mover:
+            assert [m.step for m in await mover.resume_all()] == ["done"]
+        acks = await asyncio.gather(*waiting)
+        assert [a.status for a in acks] == [api.ORDER_STATUS_NEW] * len(names)
+        for ack, name in zip(acks, names, strict=True):
+            got = await one.stub.GetOrder(api.GetOrderRequest(order_id=ack.order_id), metadata=key("alice"))
+            assert got.order.request.client_order_id == name
+    finally:
+        await alice.close()
+
+
+async def test_the_gate_lets_one_probe_through_and_wakes_every_waiter_when_it_is_answered() -> None:
+    gate = MovingSymbolGate()
+    assert gate.claim(SYMBOL) and not gate.claim(SYMBOL) and gate.probing(SYMBOL)
+    assert not gate.probing("ETHUSDT")
+    loop = asyncio.get_running_loop()
+    waiters = [asyncio.create_task(gate.wait(SYMBOL, loop.time() + 3600)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    gate.release(SYMBOL)
+    await asyncio.gather(*waiters)
+    assert not gate.probing(SYMBOL) and gate.claim(SYMBOL)
+    await gate.wait(SYMBOL, loop.time())  # past its deadline a waiter goes without the answer
+    await gate.wait("ETHUSDT", loop.time() + 3600)  # nobody probes it: no wait
