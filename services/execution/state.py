@@ -172,6 +172,7 @@ _IS_OPEN[list(OPEN_STATUSES)] = True
 _ACTION_NEW = int(Action.NEW)
 MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
 STOP_TYPES = (api.ORDER_TYPE_STOP_LIMIT, api.ORDER_TYPE_STOP_MARKET)
+_ENGINE_STOP_TYPES = (int(EngineType.STOP_LIMIT), int(EngineType.STOP_MARKET))
 
 _ENGINE_TO_REASON: dict[int, int] = {
     Reason.NONE: common.REJECT_REASON_UNSPECIFIED,
@@ -660,7 +661,9 @@ class ExecutionState:
             reason: int = common.REJECT_REASON_UNSPECIFIED
             exec_type: int
             if kind == EventType.ACK:
-                status = PENDING if row[F_TYPE] in STOP_TYPES else NEW
+                # The engine's type, not the client's: a stop-limit moved after it triggered is
+                # entered on its new shard as the limit it became (handover.py), and is live.
+                status = PENDING if int(commands["order_type"][ci]) in _ENGINE_STOP_TYPES else NEW
                 row[F_LEAVES] = qty
                 exec_type = api.EXEC_TYPE_NEW
             elif kind == EventType.TRIGGERED:

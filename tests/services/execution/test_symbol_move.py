@@ -474,6 +474,8 @@ async def test_a_triggered_stop_limit_moves_resting_as_the_limit_it_became(pair:
         assert (await mover.move(SYMBOL, 1)).step == "done"
     got = await one.stub.GetOrder(api.GetOrderRequest(order_id=stop.order_id), metadata=key("carol"))
     assert (got.order.request.order_type, got.order.leaves_quantity_lots) == (api.ORDER_TYPE_STOP_LIMIT, 5)
+    # Live, as it was on the old owner (it triggered there), not waiting for a trigger again.
+    assert got.order.status == api.ORDER_STATUS_NEW
     # It rests in the new owner's book at its limit: a sell there fills it.
     taker = await submit(one, "dave", order("t1", SELL, 5_025_000, 5))
     assert taker.status == api.ORDER_STATUS_FILLED
