@@ -12,6 +12,9 @@ Input: the Binance window of ``../shared/data`` (spot, USD-M and COIN-M book tic
 - ``depth_p50_us`` / ``depth_p99_us``: one ``on_depth`` call per depth message of the raw recordings of
   the same window (``raw/hftbacktest_binance``: spot diffs every 100 ms, futures every change, and
   the recorder's 1,000-level REST snapshots), validation and book update (both in C) included.
+  ``depth_levels_p50_us`` / ``depth_levels_p99_us``, a floor of the same run: only the turning of
+  each message's (price, size) pairs (Python tuples, as ``on_depth`` is given them) into the C arrays
+  it hands to C, the part of each call that grows with its levels and that no C change removes.
 - ``opportunities``: opportunities opened with the configured taker fees (the basis between spot
   and perpetuals stays inside the fees); ``opportunities_without_fees`` for contrast.
 - ``ticks_per_s``: the quotes sent over one PublishQuotes stream (1,000 ticks per message,
@@ -61,6 +64,7 @@ from hftgate.replay.ticks import DepthTick, QuoteTick, Tick, TradeTick
 from hftgate.v1 import marketdata_pb2
 from services.marketdata.arbitrage import ArbitrageDetector
 from services.marketdata.config import MarketDataConfig
+from services.marketdata.depth_book import levels
 from services.marketdata.engine import MarketDataEngine
 from services.marketdata.symbol_state import SymbolState
 
@@ -126,6 +130,19 @@ def depth_latencies(depth: Sequence[Tick], config: MarketDataConfig) -> dict[str
         start = now_ns()
         engine.on_depth(*tick)
         histogram.record(now_ns() - start)
+    return histogram.summary()
+
+
+def depth_levels_latencies(depth: Sequence[Tick]) -> dict[str, float]:
+    """Per-update latency summary (ns) of the pairs' conversion alone (``depth_book.levels`` on
+    both sides, as ``on_depth`` calls it), timed as ``depth_latencies`` times a call."""
+    histogram = LatencyHistogram()
+    for tick in depth:
+        assert type(tick) is DepthTick
+        start = now_ns()
+        bid_levels, ask_levels = levels(tick.bids), levels(tick.asks)
+        histogram.record(now_ns() - start)
+        assert len(bid_levels) == len(tick.bids) and len(ask_levels) == len(tick.asks)
     return histogram.summary()
 
 
@@ -358,6 +375,7 @@ def run(repeats: int = 5, data_dir: str | os.PathLike[str] | None = None) -> dic
     without_fees = zero_fees(config)
 
     tick_p50, tick_p99, arbitrage_p99, arbitrage_p99_free, depth_p50, depth_p99 = [], [], [], [], [], []
+    depth_levels_p50, depth_levels_p99 = [], []
     opportunities = opportunities_without_fees = 0
     for _ in range(repeats):
         summary, opportunities = tick_latencies(ticks, config)
@@ -368,6 +386,9 @@ def run(repeats: int = 5, data_dir: str | os.PathLike[str] | None = None) -> dic
         depth_summary = depth_latencies(depth, config)
         depth_p50.append(depth_summary["p50"])
         depth_p99.append(depth_summary["p99"])
+        depth_levels_summary = depth_levels_latencies(depth)
+        depth_levels_p50.append(depth_levels_summary["p50"])
+        depth_levels_p99.append(depth_levels_summary["p99"])
     _, opportunities_without_fees = tick_latencies(ticks, without_fees)
 
     rates, rejected = [], 0
@@ -398,6 +419,8 @@ def run(repeats: int = 5, data_dir: str | os.PathLike[str] | None = None) -> dic
         "depth_updates": len(depth),
         "depth_p50_us": statistics.median(depth_p50) / 1e3,
         "depth_p99_us": statistics.median(depth_p99) / 1e3,
+        "depth_levels_p50_us": statistics.median(depth_levels_p50) / 1e3,
+        "depth_levels_p99_us": statistics.median(depth_levels_p99) / 1e3,
         "opportunities": opportunities,
         "opportunities_without_fees": opportunities_without_fees,
         "grpc_ticks": len(quotes),

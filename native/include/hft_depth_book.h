@@ -6,10 +6,12 @@
  * the END (bids ascending, asks descending) and free room at both ends: a level is found
  * by binary search and inserted or deleted by moving the shorter part of the side, so
  * levels near the touch (most diffs), levels beyond the far end (a snapshot listed
- * best-first) and trimming the far levels are all cheap. Prices compare as doubles
- * (exactly, as the Python book's dict keys did).
+ * best-first) and trimming the far levels are all cheap. A side's part of an update
+ * listed in price order (rising or falling, as venues send them) with at least 8 levels,
+ * and at least one per 16 levels of the side, is merged in one pass instead (same result).
+ * Prices compare as doubles (exactly, as the Python book's dict keys did).
  *
- * Levels arrive as interleaved (price, size) pairs: levels[2*i] is a price, levels[2*i+1]
+ * Levels arrive as arrays of (price, size) pairs: levels[i][0] is a price, levels[i][1]
  * its size. hft_depth_levels_check validates an update (the service's rules, in their
  * order); hft_depth_book_apply applies one already checked:
  *   - each bid level in order, then each ask level in order: size 0 deletes the level
@@ -21,13 +23,15 @@
  * Bounds: a side holds at most max_levels_per_side levels between updates, and at most
  * max_levels_per_side + max_update_levels while one is applied (both fixed at create).
  * Its arrays start empty and grow by doubling to at most 2 * (max_levels_per_side +
- * max_update_levels) slots (16 bytes each), so a book that sees no depth costs ~100 bytes. An update with more than max_update_levels levels on a side is
- * refused whole (HFT_ERANGE) before anything changes.
+ * max_update_levels) slots (16 bytes each, 32 once a merge has needed the spare arrays
+ * it writes into), so a book that sees no depth costs ~100 bytes. An update with more
+ * than max_update_levels levels on a side is refused whole (HFT_ERANGE) before anything
+ * changes.
  *
  * Ownership: hft_depth_book_create allocates, hft_depth_book_destroy frees. Out-arrays
  * belong to the caller.
  *
- * Concurrency: a book has one writer; no function here locks. Readers (best, levels,
+ * Concurrency: a book has one writer; no function here locks. Readers (best, top, levels,
  * counts) may run concurrently with each other, never with apply/clear on the same book.
  * Different books are independent. hft_depth_levels_check is pure.
  */
@@ -62,17 +66,22 @@ void hft_depth_book_clear(hft_depth_book *book);
 /* Which rule an update of n_bids bid and n_asks ask (price, size) pairs breaks first:
  * every number finite, then every price > 0, then every size >= 0, then not crossed
  * (HFT_DEPTH_* above). A NULL array is only valid with a count of 0. Pure. */
-int hft_depth_levels_check(const double *bids, size_t n_bids, const double *asks, size_t n_asks);
+int hft_depth_levels_check(const double (*bids)[2], size_t n_bids, const double (*asks)[2], size_t n_asks);
 
 /* Applies a checked update (see above). HFT_OK; HFT_EINVAL for a NULL book or a NULL
  * array with a non-zero count; HFT_ERANGE when a side has more than max_update_levels
  * levels; HFT_ENOMEM when an array could not grow. Nothing changes on an error. */
-int hft_depth_book_apply(hft_depth_book *book, const double *bids, size_t n_bids, const double *asks,
+int hft_depth_book_apply(hft_depth_book *book, const double (*bids)[2], size_t n_bids, const double (*asks)[2],
                          size_t n_asks);
 
 /* The best level of a side into *price and *size: HFT_OK, HFT_ENOENT when the side is
  * empty, HFT_EINVAL for a bad side or NULL pointer. */
 int hft_depth_book_best(const hft_depth_book *book, int side, double *price, double *size);
+
+/* Both touches at once, into top[0..3]: best bid price and size, best ask price and size.
+ * HFT_OK; HFT_ENOENT when either side is empty (top unchanged); HFT_EINVAL for a NULL
+ * pointer. */
+int hft_depth_book_top(const hft_depth_book *book, double top[4]);
 
 /* Up to max_levels levels of a side, best first, into prices[] and sizes[] (each room
  * for max_levels); the number written into *written. HFT_EINVAL for a bad side or a NULL

@@ -9,10 +9,16 @@
  * the farthest level the first. The levels sit at [lo, lo + n) of arrays of cap slots,
  * with room at both ends: a level is inserted or deleted by moving whichever part of the
  * side is shorter, so a snapshot listed best-first (every level inserted at the far end),
- * a diff near the touch and a trim of the far levels are all cheap. */
+ * a diff near the touch and a trim of the far levels are all cheap.
+ *
+ * A long update listed in price order (as venues send them) is merged instead: one pass
+ * over the side into the spare arrays, which then become the side's. Level by level, each
+ * of its levels spread through the book would move a quarter of the side on average. */
 typedef struct {
     double *prices;
     double *sizes;
+    double *spare_prices; /* cap slots once a merge has needed them, else NULL */
+    double *spare_sizes;
     size_t lo;
     size_t n;
     size_t cap;
@@ -26,6 +32,11 @@ struct hft_depth_book {
 
 #define DEPTH_INITIAL_CAP 16
 #define DEPTH_MAX_BOUND ((uint32_t)1 << 26)
+/* A side's update is merged when it is in price order and has at least this many levels
+ * and at least one per DEPTH_MERGE_SIDE_RATIO levels of the side: below that, moving the
+ * levels it touches costs less than copying the whole side. */
+#define DEPTH_MERGE_MIN_LEVELS 8
+#define DEPTH_MERGE_SIDE_RATIO 16
 
 int hft_depth_book_create(uint32_t max_levels_per_side, uint32_t max_update_levels, hft_depth_book **out) {
     if (out == NULL || max_levels_per_side == 0 || max_update_levels == 0 ||
@@ -49,6 +60,8 @@ void hft_depth_book_destroy(hft_depth_book *book) {
     for (int s = 0; s < 2; s++) {
         free(book->side[s].prices);
         free(book->side[s].sizes);
+        free(book->side[s].spare_prices);
+        free(book->side[s].spare_sizes);
     }
     free(book);
 }
@@ -62,51 +75,42 @@ void hft_depth_book_clear(hft_depth_book *book) {
     }
 }
 
-int hft_depth_levels_check(const double *bids, size_t n_bids, const double *asks, size_t n_asks) {
+int hft_depth_levels_check(const double (*bids)[2], size_t n_bids, const double (*asks)[2], size_t n_asks) {
     if ((bids == NULL && n_bids > 0) || (asks == NULL && n_asks > 0)) {
         return HFT_EINVAL;
     }
-    /* The rules in the service's order: every number finite, prices positive, sizes not
-     * negative; then the best bid and ask of positive size must not cross. */
-    for (size_t i = 0; i < 2 * n_bids; i++) {
-        if (!isfinite(bids[i])) {
-            return HFT_DEPTH_NOT_FINITE;
-        }
-    }
-    for (size_t i = 0; i < 2 * n_asks; i++) {
-        if (!isfinite(asks[i])) {
-            return HFT_DEPTH_NOT_FINITE;
-        }
-    }
-    for (size_t i = 0; i < n_bids; i++) {
-        if (bids[2 * i] <= 0.0) {
-            return HFT_DEPTH_INVALID_PRICE;
-        }
-    }
-    for (size_t i = 0; i < n_asks; i++) {
-        if (asks[2 * i] <= 0.0) {
-            return HFT_DEPTH_INVALID_PRICE;
-        }
-    }
+    /* The rules in the service's order (every number finite, prices positive, sizes not
+     * negative, then the best bid and ask of positive size must not cross), each over the
+     * whole update: so one pass notes every rule broken and the first in that order wins. */
+    int not_finite = 0, bad_price = 0, bad_size = 0;
     double best_bid = 0.0;
     double best_ask = INFINITY;
     for (size_t i = 0; i < n_bids; i++) {
-        double size = bids[2 * i + 1];
-        if (size < 0.0) {
-            return HFT_DEPTH_INVALID_SIZE;
-        }
-        if (size > 0.0 && bids[2 * i] > best_bid) {
-            best_bid = bids[2 * i];
+        double price = bids[i][0], size = bids[i][1];
+        not_finite |= !isfinite(price) | !isfinite(size);
+        bad_price |= price <= 0.0;
+        bad_size |= size < 0.0;
+        if (size > 0.0 && price > best_bid) {
+            best_bid = price;
         }
     }
     for (size_t i = 0; i < n_asks; i++) {
-        double size = asks[2 * i + 1];
-        if (size < 0.0) {
-            return HFT_DEPTH_INVALID_SIZE;
+        double price = asks[i][0], size = asks[i][1];
+        not_finite |= !isfinite(price) | !isfinite(size);
+        bad_price |= price <= 0.0;
+        bad_size |= size < 0.0;
+        if (size > 0.0 && price < best_ask) {
+            best_ask = price;
         }
-        if (size > 0.0 && asks[2 * i] < best_ask) {
-            best_ask = asks[2 * i];
-        }
+    }
+    if (not_finite) {
+        return HFT_DEPTH_NOT_FINITE;
+    }
+    if (bad_price) {
+        return HFT_DEPTH_INVALID_PRICE;
+    }
+    if (bad_size) {
+        return HFT_DEPTH_INVALID_SIZE;
     }
     return best_bid >= best_ask ? HFT_DEPTH_CROSSED : HFT_DEPTH_OK;
 }
@@ -140,6 +144,10 @@ static int side_reserve(depth_side *side, size_t inserts, size_t limit) {
         }
         free(side->prices);
         free(side->sizes);
+        free(side->spare_prices); /* sized for the old cap */
+        free(side->spare_sizes);
+        side->spare_prices = NULL;
+        side->spare_sizes = NULL;
         side->prices = prices;
         side->sizes = sizes;
         side->cap = cap;
@@ -211,6 +219,96 @@ static int side_apply(depth_side *side, double price, double size, int is_ask) {
     return 1;
 }
 
+/* 1 when the update's prices strictly rise, -1 when they strictly fall, else 0. */
+static int levels_order(const double (*levels)[2], size_t k) {
+    if (k < 2) {
+        return 0;
+    }
+    int order = levels[1][0] > levels[0][0] ? 1 : levels[1][0] < levels[0][0] ? -1 : 0;
+    for (size_t i = 2; order != 0 && i < k; i++) {
+        double prev = levels[i - 1][0], price = levels[i][0];
+        if (order > 0 ? !(price > prev) : !(price < prev)) {
+            order = 0;
+        }
+    }
+    return order;
+}
+
+/* Whether an update of k levels in the given order (levels_order) is merged into a side
+ * of n levels. */
+static int side_merges(const depth_side *side, size_t k, int order) {
+    return order != 0 && k >= DEPTH_MERGE_MIN_LEVELS && k * DEPTH_MERGE_SIDE_RATIO >= side->n;
+}
+
+/* The spare arrays a merge writes into, cap slots each. The caller reserved first. */
+static int side_reserve_spare(depth_side *side) {
+    if (side->spare_prices != NULL) {
+        return HFT_OK;
+    }
+    side->spare_prices = malloc(side->cap * sizeof(double));
+    side->spare_sizes = malloc(side->cap * sizeof(double));
+    if (side->spare_prices == NULL || side->spare_sizes == NULL) {
+        free(side->spare_prices);
+        free(side->spare_sizes);
+        side->spare_prices = NULL;
+        side->spare_sizes = NULL;
+        return HFT_ENOMEM;
+    }
+    return HFT_OK;
+}
+
+/* Applies an update of k levels with strictly monotonic prices (order 1 rising, -1
+ * falling) in one pass, as side_apply level by level would: no price repeats, so a level
+ * is new exactly when the side lacks its price. The touch-most new price goes into
+ * *touch_new; returns whether any level was new. The caller reserved room for k inserts
+ * and the spare arrays. */
+static int side_merge(depth_side *side, const double (*levels)[2], size_t k, int order, int is_ask,
+                      double *touch_new) {
+    /* The side runs far to touch: rising prices for bids, falling for asks. */
+    int forward = (order > 0) != is_ask;
+    const double *prices = side->prices + side->lo;
+    const double *sizes = side->sizes + side->lo;
+    size_t n = side->n;
+    size_t lo = (side->cap - n - k) / 2;
+    double *out_prices = side->spare_prices + lo;
+    double *out_sizes = side->spare_sizes + lo;
+    size_t i = 0, out = 0;
+    int any_new = 0;
+    for (size_t step = 0; step < k; step++) {
+        size_t j = forward ? step : k - 1 - step;
+        double price = levels[j][0], size = levels[j][1];
+        /* An element loop: measured faster than finding the run and copying it as a block,
+         * as the runs between an update's levels are short. */
+        while (i < n && (is_ask ? prices[i] > price : prices[i] < price)) {
+            out_prices[out] = prices[i];
+            out_sizes[out++] = sizes[i++];
+        }
+        int present = i < n && prices[i] == price;
+        if (present) {
+            i++;
+        }
+        if (size != 0.0) {
+            out_prices[out] = price;
+            out_sizes[out++] = size;
+            if (!present) {
+                *touch_new = price;
+                any_new = 1;
+            }
+        }
+    }
+    memcpy(out_prices + out, prices + i, (n - i) * sizeof(double));
+    memcpy(out_sizes + out, sizes + i, (n - i) * sizeof(double));
+    out += n - i;
+    double *old_prices = side->prices, *old_sizes = side->sizes;
+    side->prices = side->spare_prices;
+    side->sizes = side->spare_sizes;
+    side->spare_prices = old_prices;
+    side->spare_sizes = old_sizes;
+    side->lo = lo;
+    side->n = out;
+    return any_new;
+}
+
 /* The touch, the last level of a side. */
 static double side_touch(const depth_side *side) {
     return side->prices[side->lo + side->n - 1];
@@ -223,7 +321,7 @@ static void side_trim(depth_side *side, size_t max_levels) {
     }
 }
 
-int hft_depth_book_apply(hft_depth_book *book, const double *bids, size_t n_bids, const double *asks,
+int hft_depth_book_apply(hft_depth_book *book, const double (*bids)[2], size_t n_bids, const double (*asks)[2],
                          size_t n_asks) {
     if (book == NULL || (bids == NULL && n_bids > 0) || (asks == NULL && n_asks > 0)) {
         return HFT_EINVAL;
@@ -234,27 +332,57 @@ int hft_depth_book_apply(hft_depth_book *book, const double *bids, size_t n_bids
     depth_side *bid = &book->side[HFT_DEPTH_BID];
     depth_side *ask = &book->side[HFT_DEPTH_ASK];
     size_t limit = book->max_levels_per_side + book->max_update_levels;
-    /* Room for every insert first, so that nothing changes when memory runs out. */
+    /* Room for every insert (and the spare arrays of a merge) first, so that nothing
+     * changes when memory runs out. The bids' crossing can only shrink the asks, so the
+     * asks' choice made before it merges no more than it allows. */
+    int bid_order = levels_order(bids, n_bids);
+    int ask_order = levels_order(asks, n_asks);
     int rc = side_reserve(bid, n_bids, limit);
     if (rc == HFT_OK) {
         rc = side_reserve(ask, n_asks, limit);
     }
+    int bid_merges = side_merges(bid, n_bids, bid_order);
+    int ask_merges = side_merges(ask, n_asks, ask_order);
+    if (rc == HFT_OK && bid_merges) {
+        rc = side_reserve_spare(bid);
+    }
+    if (rc == HFT_OK && ask_merges) {
+        rc = side_reserve_spare(ask);
+    }
     if (rc != HFT_OK) {
         return rc;
     }
-    for (size_t i = 0; i < n_bids; i++) {
-        double price = bids[2 * i];
-        if (side_apply(bid, price, bids[2 * i + 1], 0)) {
-            while (ask->n > 0 && side_touch(ask) <= price) {
+    /* A new bid at p deletes every ask at or below p: the highest new bid decides. */
+    double touch_new = 0.0;
+    if (bid_merges) {
+        if (side_merge(bid, bids, n_bids, bid_order, 0, &touch_new)) {
+            while (ask->n > 0 && side_touch(ask) <= touch_new) {
                 ask->n--;
             }
         }
+    } else {
+        for (size_t i = 0; i < n_bids; i++) {
+            double price = bids[i][0];
+            if (side_apply(bid, price, bids[i][1], 0)) {
+                while (ask->n > 0 && side_touch(ask) <= price) {
+                    ask->n--;
+                }
+            }
+        }
     }
-    for (size_t i = 0; i < n_asks; i++) {
-        double price = asks[2 * i];
-        if (side_apply(ask, price, asks[2 * i + 1], 1)) {
-            while (bid->n > 0 && side_touch(bid) >= price) {
+    if (ask_merges) {
+        if (side_merge(ask, asks, n_asks, ask_order, 1, &touch_new)) {
+            while (bid->n > 0 && side_touch(bid) >= touch_new) {
                 bid->n--;
+            }
+        }
+    } else {
+        for (size_t i = 0; i < n_asks; i++) {
+            double price = asks[i][0];
+            if (side_apply(ask, price, asks[i][1], 1)) {
+                while (bid->n > 0 && side_touch(bid) >= price) {
+                    bid->n--;
+                }
             }
         }
     }
@@ -273,6 +401,22 @@ int hft_depth_book_best(const hft_depth_book *book, int side, double *price, dou
     }
     *price = s->prices[s->lo + s->n - 1];
     *size = s->sizes[s->lo + s->n - 1];
+    return HFT_OK;
+}
+
+int hft_depth_book_top(const hft_depth_book *book, double top[4]) {
+    if (book == NULL || top == NULL) {
+        return HFT_EINVAL;
+    }
+    const depth_side *bid = &book->side[HFT_DEPTH_BID];
+    const depth_side *ask = &book->side[HFT_DEPTH_ASK];
+    if (bid->n == 0 || ask->n == 0) {
+        return HFT_ENOENT;
+    }
+    top[0] = bid->prices[bid->lo + bid->n - 1];
+    top[1] = bid->sizes[bid->lo + bid->n - 1];
+    top[2] = ask->prices[ask->lo + ask->n - 1];
+    top[3] = ask->sizes[ask->lo + ask->n - 1];
     return HFT_OK;
 }
 

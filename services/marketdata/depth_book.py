@@ -7,9 +7,9 @@ without a snapshot), so newer information wins: setting a bid at a new price p d
 at or below p, and setting an ask deletes every bid at or above it, so the book is never
 crossed. The farthest levels beyond ``max_levels_per_side`` are dropped.
 
-The engine turns an update's (price, size) pairs into flat buffers once (``levels``), checks
-them in C (``check_levels``, whose codes map to the RejectReason below) and applies the same
-buffers (``DepthBook.apply_levels``).
+The engine turns an update's (price, size) pairs into C arrays once (``levels``), checks them
+in C (``check_levels``, whose codes map to the RejectReason below) and applies the same arrays
+(``DepthBook.apply_levels``).
 """
 
 from __future__ import annotations

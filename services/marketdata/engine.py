@@ -259,7 +259,7 @@ class MarketDataEngine:
             return self._reject(RejectReason.VENUE_NOT_ALLOWED)
         if len(bids) + len(asks) > self.config.depth_max_levels_per_update:
             return self._reject(RejectReason.DEPTH_TOO_LARGE)
-        # Flat buffers made once: checked in C, then applied in C.
+        # C arrays made once: checked in C, then applied in C.
         bid_levels, ask_levels = levels(bids), levels(asks)
         if broken := check_levels(bid_levels, ask_levels):
             return self._reject(REJECT_REASON_OF_CHECK[broken])
@@ -282,10 +282,10 @@ class MarketDataEngine:
         self.accepted += 1
         if not state.has_quote_feed:
             # No top-of-book feed for this symbol: its top comes from the depth book.
-            bid, ask = state.depth.best_bid(), state.depth.best_ask()
-            if bid is not None and ask is not None:
+            top = state.depth.top_of_book()
+            if top is not None:
                 had_top = state.has_top
-                self._set_top(state, bid[0], bid[1], ask[0], ask[1], exchange_ts_ns)
+                self._set_top(state, *top, exchange_ts_ns)
                 if not had_top:
                     self.arbitrage.add_symbol(state)
                 self.arbitrage.on_top_changed(state, receive_ts_ns or self._clock())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 
 import numpy as np
 import pytest
@@ -61,6 +62,46 @@ def test_random_updates_leave_the_same_book_as_the_python_book(max_levels: int) 
         assert native.bids(max_levels) == reference.bids(max_levels), step
         assert native.asks(max_levels) == reference.asks(max_levels), step
         assert native.best_bid() == reference.best_bid() and native.best_ask() == reference.best_ask()
+
+
+def _ordered_levels(rng: random.Random) -> list[tuple[float, float]]:
+    """Distinct prices listed rising or falling, as venues send them: long ones are merged."""
+    prices = sorted(rng.sample(range(-60, 60), rng.randint(0, 40)), reverse=rng.random() < 0.5)
+    return [(100.0 + p * 0.5, rng.choice([0.0, 1.0, 2.5, 4.0])) for p in prices]
+
+
+@pytest.mark.parametrize("max_levels", [5, 40, 1_000])
+def test_ordered_updates_merged_in_one_pass_leave_the_same_book_as_the_python_book(max_levels: int) -> None:
+    rng = random.Random(max_levels + 18)
+    native, reference = DepthBook(max_levels), ReferenceDepthBook(max_levels)
+    for step in range(3_000):
+        bids, asks = _ordered_levels(rng), _ordered_levels(rng)
+        if rng.random() < 0.01:
+            native.clear()
+            reference.clear()
+        native.apply(bids, asks)
+        reference.apply(bids, asks)
+        assert native.bids(max_levels) == reference.bids(max_levels), step
+        assert native.asks(max_levels) == reference.asks(max_levels), step
+
+
+def test_top_of_book_gives_both_touches_once_both_sides_have_levels() -> None:
+    book = DepthBook(10)
+    assert book.top_of_book() is None
+    book.apply([(99.0, 1.0), (100.0, 2.0)], [])
+    assert book.top_of_book() is None
+    book.apply([], [(102.0, 4.0), (101.0, 3.0)])
+    assert book.top_of_book() == (100.0, 2.0, 101.0, 3.0)
+    assert book.top_of_book() == (*book.best_bid(), *book.best_ask())  # type: ignore[misc]
+
+
+def test_levels_are_read_from_any_sequence_of_pairs() -> None:
+    pairs = [(99.0, 1.0), (98.5, 0.0)]
+    for given in (pairs, tuple(pairs), deque(pairs), [[99.0, 1.0], [98.5, 0]]):
+        assert [tuple(level) for level in levels(given)] == pairs  # type: ignore[arg-type]
+    assert len(levels([])) == 0
+    with pytest.raises(IndexError):
+        levels([(99.0, 1.0, 5.0)])  # type: ignore[list-item]
 
 
 def test_top_levels_come_back_as_numpy_arrays_best_first() -> None:
