@@ -41,7 +41,7 @@ def test_a_tiny_round_decides_to_scale_up_and_reports_every_key() -> None:
         scale_down_window_ms=2_000,
         max_replicas=2,
     )
-    result = scaling.run(1, settings)
+    result = scaling.run(1, settings, moves=False)  # the move: the next test
     assert set(result) >= KEYS
     assert result["capacity_calls_per_s"] > 0
     assert result["replicas_before"] == 1
@@ -50,6 +50,23 @@ def test_a_tiny_round_decides_to_scale_up_and_reports_every_key() -> None:
     assert float(result["step_to_decision_s"]) > 0
     assert result["errors_bar_holds"] == (result["errors"] == 0)
     assert result["replicas_after_bar_holds"] == (result["replicas_after"] > result["replicas_before"])
+
+
+@pytest.mark.slow
+def test_a_tiny_move_under_flow_loses_nothing_and_its_bars_join_the_scaling_figures() -> None:
+    from hftgate.bench import moves
+
+    moved = moves.run(1, rate_per_s=200.0, flow_s=1.0)
+    assert moved["lost_acked"] == 0 and moved["duplicate_fills"] == 0 and moved["books_match"] is True
+    assert moved["orders_acked"] > 0 and moved["orders_moved"] > 0
+    assert float(moved["move_pause_max_ms"]) >= float(moved["move_pause_p50_ms"]) > 0
+    figures = {name: moved[source] for source, name in scaling.MOVE_KEYS.items()}
+    base = {"step_to_serving_s": 1.0, "errors": 0, "replicas_before": 1, "replicas_after": 2}
+    out = scaling.with_bars({**base, "scale_downs_per_window": 0, **figures})
+    assert out["lost_acked_bar_holds"] and out["duplicate_fills_bar_holds"] and out["books_match_bar_holds"]
+    pause_holds = float(moved["move_pause_max_ms"]) <= scaling.BAR_MOVE_PAUSE_MAX_MS
+    assert out["move_pause_max_ms_bar_holds"] == pause_holds
+    assert out["bars_hold"] == pause_holds
 
 
 def test_most_in_window_counts_the_worst_window() -> None:

@@ -25,8 +25,14 @@ process, open loop (a fixed arrival rate, at most ``max_outstanding`` calls in f
   the most scale-downs in any window of the policy's scale-down stabilisation (flapping), with
   ``square_scale_downs`` and ``square_scale_ups`` over the whole wave.
 
+- A symbol moved between two execution shards under ~1,000 orders/s (:mod:`hftgate.bench.moves`,
+  also ``hftgate bench moves`` alone): ``move_pause_max_ms`` (the longest any order of the symbol
+  waited or was turned away, with ``move_pause_p50_ms`` as the same run's floor), ``lost_acked``,
+  ``duplicate_fills``, ``books_match``, and ``move_errors`` (calls that failed).
+
 Bars: ``step_to_serving_s`` <= 5, ``errors`` = 0, ``replicas_after`` > ``replicas_before``,
-``scale_downs_per_window`` <= 1; each as ``<name>_bar_holds``.
+``scale_downs_per_window`` <= 1, ``move_pause_max_ms`` <= 100, ``lost_acked`` = 0,
+``duplicate_fills`` = 0, ``books_match``; each as ``<name>_bar_holds``, and ``bars_hold``.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ STEP_LOW_FRACTION = 0.1
 STEP_HIGH_FRACTION = 3.0
 BAR_STEP_TO_SERVING_S = 5.0
 BAR_SCALE_DOWNS_PER_WINDOW = 1
+BAR_MOVE_PAUSE_MAX_MS = 100.0
 CALL_TIMEOUT_S = 10.0
 
 Metadata = tuple[tuple[str, str], ...]
@@ -376,12 +383,34 @@ def with_bars(result: dict[str, float | int]) -> dict[str, float | int | bool]:
     out["errors_bar_holds"] = result["errors"] == 0
     out["replicas_after_bar_holds"] = result["replicas_after"] > result["replicas_before"]
     out["scale_downs_per_window_bar_holds"] = result["scale_downs_per_window"] <= BAR_SCALE_DOWNS_PER_WINDOW
+    if "move_pause_max_ms" in result:
+        out["move_pause_max_ms_bar_holds"] = float(result["move_pause_max_ms"]) <= BAR_MOVE_PAUSE_MAX_MS
+        out["lost_acked_bar_holds"] = result["lost_acked"] == 0
+        out["duplicate_fills_bar_holds"] = result["duplicate_fills"] == 0
+        out["books_match_bar_holds"] = bool(result["books_match"])
+    out["bars_hold"] = all(bool(v) for k, v in out.items() if k.endswith("_bar_holds"))
     return out
 
 
-def run(repeats: int = 1, settings: ScalingSettings | None = None) -> dict[str, float | int | bool]:
+#: The symbol-move figures ``run`` takes from :func:`hftgate.bench.moves.run`, by the names they
+#: get here (the move's failed calls are not the load step's ``errors``).
+MOVE_KEYS = {
+    "move_pause_max_ms": "move_pause_max_ms",
+    "move_pause_p50_ms": "move_pause_p50_ms",
+    "move_window_ms": "move_window_ms",
+    "lost_acked": "lost_acked",
+    "duplicate_fills": "duplicate_fills",
+    "books_match": "books_match",
+    "errors": "move_errors",
+}
+
+
+def run(
+    repeats: int = 1, settings: ScalingSettings | None = None, *, moves: bool = True
+) -> dict[str, float | int | bool]:
     """Every figure of the module docstring: medians over ``repeats`` rounds (a fresh suite each),
-    except counts of failures and the worst flapping, which are the worst round's."""
+    except counts of failures and the worst flapping, which are the worst round's; with ``moves``,
+    the symbol move's figures (the worst of ``repeats`` moves)."""
     rounds = [measure(settings) for _ in range(max(1, repeats))]
     merged: dict[str, float | int] = {}
     for key in rounds[0]:
@@ -397,4 +426,10 @@ def run(repeats: int = 1, settings: ScalingSettings | None = None) -> dict[str, 
         else:
             merged[key] = statistics.median(values)
     merged["rounds"] = len(rounds)
+    if moves:
+        from hftgate.bench import moves as move_bench
+
+        moved = move_bench.run(repeats)
+        for source, name in MOVE_KEYS.items():
+            merged[name] = moved[source]
     return with_bars(merged)
