@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 
 from hftgate.config import repo_root
 from hftgate.security import load_suite_secret
-from hftgate.shardmap import Shard, ShardMap, make_order_id
+from hftgate.shardmap import Shard, ShardMap, make_order_id, order_id_shard
 from hftgate.v1 import execution_pb2 as api
 from services.gateway.app import StartError
 from services.gateway.config import GatewayConfig
@@ -43,6 +43,9 @@ def _echo_shard(shard_id: int) -> Any:
     async def answer(method: str, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         if method == "GetOrder":
             request = api.GetOrderRequest.FromString(data)
+            if request.order_id and order_id_shard(request.order_id) != shard_id:
+                # As a real shard: it knows only the orders it took (or was handed).
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {request.order_id}")
             order = api.Order(
                 order_id=request.order_id, request=api.NewOrder(client_order_id=f"on-{shard_id}")
             )
@@ -203,17 +206,21 @@ async def test_order_ids_route_by_their_shard_bits(fake_gateway: Any) -> None:
             )
             assert got.order.request.client_order_id == f"on-{shard_id}"
         assert [len(f.calls) for f in fakes] == [2, 2], "one call each, no broadcast"
+        # An id of a shard the map no longer names (retired after its symbols moved, its resting
+        # orders with them under their ids): every shard is asked, read-only; none has it here.
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await stub.CancelOrder(api.CancelOrderRequest(order_id=make_order_id(5, 7)), metadata=ALICE)
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         assert unknown.value.details() == f"no order with order_id {make_order_id(5, 7)}"
+        assert [len(f.calls) for f in fakes] == [3, 3]
+        assert [f.calls[-1][0] for f in fakes] == ["GetOrder", "GetOrder"]
         with pytest.raises(grpc.aio.AioRpcError) as negative:
             await stub.GetOrder(api.GetOrderRequest(order_id=-3), metadata=ALICE)
         assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.aio.AioRpcError) as unnamed:
             await stub.ReplaceOrder(api.ReplaceOrderRequest(price_ticks=5), metadata=ALICE)
         assert unnamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert [len(f.calls) for f in fakes] == [2, 2]
+        assert [len(f.calls) for f in fakes] == [3, 3]
     finally:
         for fake in fakes:
             await fake.stop()

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from hftgate import security
-from hftgate.shardmap import order_id_shard
+from hftgate.shardmap import Shard, ShardMap, order_id_shard
 from hftgate.v1 import execution_pb2 as api
+from services.execution.server import start as start_execution
 from services.scaler.moves import Move, SymbolMover
+from tests.services.execution.conftest import execution_config
 from tests.services.gateway.conftest import ALICE, Suite, new_order, shards_follow
 
 
@@ -93,3 +96,53 @@ async def test_an_order_for_a_moving_symbol_gets_the_shards_retry_advice_and_is_
     assert suite.orders_on(0) + suite.orders_on(1) - before <= 1, "sent to a shard at most once"
     async with mover(suite) as moving:
         assert [m.step for m in await moving.resume_all()] == ["done"]
+
+
+async def test_an_order_of_a_retired_shard_is_found_where_its_symbol_moved(suite: Suite) -> None:
+    # A third shard, so that two remain once shard 0 is retired (with one, every call goes there);
+    # in the map before it starts, as the rebalancer adds one.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    grown = await suite.store.update(lambda m: m.with_shard(Shard(2, f"127.0.0.1:{port}")))
+    third = await start_execution(
+        execution_config(
+            suite.tmp / "shard2",
+            port=port,
+            reference_database_url=f"sqlite+aiosqlite:///{suite.tmp / 'reference.sqlite3'}",
+            shard_id=2,
+            shard_map_database_url=suite.store.url,
+        )
+    )
+    suite.extra.append(third)
+    await shards_follow([*suite.shards, third], grown.epoch)
+    ack = (
+        await suite.stub.SubmitOrder(
+            api.SubmitOrderRequest(order=new_order("resting", "BTCUSDT")), metadata=ALICE
+        )
+    ).ack
+    assert ack.status == api.ORDER_STATUS_NEW and order_id_shard(ack.order_id) == 0
+    async with mover(suite) as moving:
+        assert (await moving.move("BTCUSDT", 1)).step == "done"
+    # Shard 0 retired (as the scaler's rebalancer does once its symbols are off): the map no longer
+    # names it, so the order id's shard bits lead nowhere; the order rests on shard 1 under its id.
+    retired = await suite.store.update(
+        lambda m: ShardMap(
+            m.epoch + 1,
+            [s for s in m.shards if s.shard_id != 0],
+            {symbol: sid for symbol, sid in m.pins.items() if sid != 0},
+            m.moving,
+        )
+    )
+    await shards_follow([*suite.shards, third], retired.epoch)
+    app = suite.gateway.app
+    assert app is not None
+    for _ in range(200):
+        if app.shard_map.epoch >= retired.epoch:
+            break
+        await asyncio.sleep(0.02)
+    assert app.shard_map.shard(0) is None
+    got = await suite.stub.GetOrder(api.GetOrderRequest(order_id=ack.order_id), metadata=ALICE)
+    assert (got.order.order_id, got.order.request.client_order_id) == (ack.order_id, "resting")
+    cancelled = await suite.stub.CancelOrder(api.CancelOrderRequest(order_id=ack.order_id), metadata=ALICE)
+    assert cancelled.ack.status == api.ORDER_STATUS_CANCELED
