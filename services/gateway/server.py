@@ -814,7 +814,10 @@ class ExecutionForwarder:
             return first
         target = one.cancel if which == "cancel" else one.replace
         if target.order_id > 0 and self.config.order_id_shard_bits:
-            return router.shard_for_order_id(target.order_id) or first
+            by_bits = router.shard_for_order_id(target.order_id)
+            if by_bits is not None:
+                return by_bits
+            # Its shard retired: asked below, as the unary calls do (_order_shard).
         if not target.client_order_id and target.order_id <= 0:
             return first
         if target.client_order_id:
