@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from hftgate.aioloops import new_thread_loop
 from hftgate.security import ADMIN, ClientCredentials, suite_client_tls
 from hftgate.v1 import common_pb2, execution_pb2, execution_pb2_grpc, marketdata_pb2, marketdata_pb2_grpc
 
@@ -262,7 +263,7 @@ class DemoFlowThread:
 
     def __init__(self, flow: DemoFlow) -> None:
         self.flow = flow
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_thread_loop()  # beside the dashboard's: see hftgate.aioloops
         self._task: asyncio.Task[None] | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-flow", daemon=True)

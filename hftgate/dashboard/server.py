@@ -32,6 +32,7 @@ from http import HTTPStatus
 from importlib import resources
 from typing import Any
 
+from hftgate.aioloops import new_thread_loop
 from hftgate.dashboard.poller import DashboardConfig, Poller
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class Dashboard:
         self._threads[0].start()
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_thread_loop()  # beside the demo flow's: see hftgate.aioloops
         main = loop.create_task(self._serve())
         with self._lock:
             self._loop, self._main = loop, main
