@@ -1,31 +1,32 @@
 """Subscribe's updates as protobuf bytes, encoded once and shared by every stream.
 
 A MarketUpdate has two fields that differ between streams, ``stream_sequence`` (1) and
-``conflated`` (3); everything else is the same for every stream that sends the update.
-Protobuf fields may come in any order and a message is the concatenation of its fields, so
-the shared part is encoded once per update (``update_bytes``) and a stream adds its own fields
-in front (``single_message``). In a MarketUpdates message each update is a length-delimited
-field 1 (``framed_update``), and the batch's own ``first_stream_sequence`` (field 2) replaces the
-per-update stream_sequence, so the framed bytes of an update are the same for every stream and
-a batch is a join of shared bytes plus a few bytes of its own (``batch_message``).
+``conflated`` (3); everything else is the same for every stream that sends the update. In a
+MarketUpdates message each update is a length-delimited field 1 (``framed_update``), and the
+batch's own ``first_stream_sequence`` (field 2) replaces the per-update stream_sequence, so the
+framed bytes of an update are the same for every stream (encoded once per update, for the first
+stream that sends it) and a batch is a join of shared bytes plus a few bytes of its own
+(``batch_message``). An update that carries its stream's conflation count
+(``framed_conflated_update``) and Subscribe's one-update messages (``single_message``) are
+encoded per stream.
+
+Every encoding is one call into the C core (``hftgate.native.md_wire``), which writes the bytes
+protobuf would write for the same message.
 
 No gRPC import: the servicer sends these bytes through handlers that do not serialize.
 """
 
 from __future__ import annotations
 
-from hftgate.v1 import marketdata_pb2
+from hftgate.native.md_wire import MarketUpdateEncoder
 from services.marketdata.fanout import SymbolUpdate
 
-# Tags (field number << 3 | wire type) of the fields added per stream.
-_STREAM_SEQUENCE_TAG = b"\x08"  # MarketUpdate.stream_sequence, varint
-_CONFLATED_TAG = b"\x18"  # MarketUpdate.conflated, varint
-_UPDATES_TAG = b"\x0a"  # MarketUpdates.updates, length-delimited
 _FIRST_STREAM_SEQUENCE_TAG = b"\x10"  # MarketUpdates.first_stream_sequence, varint
 
-# One message reused for every encoding: setting fields of a live message and serializing it
-# costs half of building a new one (the event loop is single-threaded, so it is never shared).
-_scratch = marketdata_pb2.MarketUpdate()
+# The C encoder writes the bytes protobuf would (native/include/hft_md_wire.h) at a fraction
+# of the cost of setting a message's fields and serializing it. It owns one buffer, and the
+# event loop is single-threaded, so it is never shared.
+_encode = MarketUpdateEncoder().encode
 
 
 def varint(value: int) -> bytes:
@@ -42,46 +43,17 @@ def varint(value: int) -> bytes:
 
 def update_bytes(update: SymbolUpdate, conflated: int = 0) -> bytes:
     """The MarketUpdate of ``update`` without stream_sequence."""
-    m = _scratch
-    m.symbol_sequence = update.symbol_sequence
-    m.conflated = conflated
-    m.kind = int(update.kind)  # type: ignore[assignment]
-    symbol = m.symbol
-    symbol.venue = update.venue
-    symbol.name = update.symbol
-    top = m.top
-    top.bid_price = update.bid_price
-    top.bid_size = update.bid_size
-    top.ask_price = update.ask_price
-    top.ask_size = update.ask_size
-    top.exchange_ts_ns = update.top_ts_ns
-    last_trade = update.last_trade
-    if last_trade is None:
-        m.ClearField("last_trade")
-    else:
-        trade = m.last_trade
-        trade.price, trade.size, side, trade.exchange_ts_ns, trade.trade_id = last_trade
-        trade.aggressor_side = side  # type: ignore[assignment]
-    m.vwap = update.vwap
-    m.receive_ts_ns = update.receive_ts_ns
-    return m.SerializeToString()
-
-
-# The tag and length of a MarketUpdates entry, by length (an update is ~150 bytes).
-_ENTRY_PREFIX = [_UPDATES_TAG + varint(n) for n in range(16_384)]
+    return _encode(update, conflated)
 
 
 def framed_update(update: SymbolUpdate) -> bytes:
     """``update`` as one entry of MarketUpdates.updates: the same bytes for every stream."""
-    body = update_bytes(update)
-    size = len(body)
-    return (_ENTRY_PREFIX[size] if size < 16_384 else _UPDATES_TAG + varint(size)) + body
+    return _encode(update, 0, 0, True)
 
 
 def framed_conflated_update(update: SymbolUpdate, conflated: int) -> bytes:
     """As ``framed_update``, for an update that carries its stream's conflation count."""
-    body = update_bytes(update, conflated)
-    return _UPDATES_TAG + varint(len(body)) + body
+    return _encode(update, conflated, 0, True)
 
 
 def batch_message(framed: list[bytes], first_stream_sequence: int) -> bytes:
@@ -92,4 +64,4 @@ def batch_message(framed: list[bytes], first_stream_sequence: int) -> bytes:
 
 def single_message(update: SymbolUpdate, conflated: int, stream_sequence: int) -> bytes:
     """A whole MarketUpdate message (Subscribe's)."""
-    return _STREAM_SEQUENCE_TAG + varint(stream_sequence) + update_bytes(update, conflated)
+    return _encode(update, conflated, stream_sequence)

@@ -1,0 +1,251 @@
+"""hftgate.native.md_wire and services.marketdata.wire: the C encoding of a MarketUpdate is the
+bytes protobuf writes for the same message, on random extreme updates and on recorded data."""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from hftgate.config import default_data_dir
+from hftgate.native.md_wire import FIXED_MAX_BYTES, MarketUpdateEncoder
+from hftgate.replay.source import load
+from hftgate.replay.ticks import Aggressor, QuoteTick, TradeTick
+from hftgate.v1 import marketdata_pb2 as pb
+from services.marketdata import wire
+from services.marketdata.config import MarketDataConfig
+from services.marketdata.engine import MarketDataEngine
+from services.marketdata.fanout import SymbolFilter, SymbolUpdate, UpdateKind
+
+UINT64_MAX = 2**64 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_CHARS = MarketDataConfig().max_venue_chars
+
+
+def protobuf_bytes(update: SymbolUpdate, conflated: int = 0, stream_sequence: int = 0) -> bytes:
+    """The reference: the message built field by field with protobuf and serialized by it."""
+    m = pb.MarketUpdate(
+        stream_sequence=stream_sequence,
+        symbol_sequence=update.symbol_sequence,
+        conflated=conflated,
+        kind=int(update.kind),  # type: ignore[arg-type]
+        vwap=update.vwap,
+        receive_ts_ns=update.receive_ts_ns,
+    )
+    # The service always sets symbol and top, so they are present even when all default.
+    m.symbol.SetInParent()
+    m.symbol.venue = update.venue
+    m.symbol.name = update.symbol
+    m.top.SetInParent()
+    m.top.bid_price = update.bid_price
+    m.top.bid_size = update.bid_size
+    m.top.ask_price = update.ask_price
+    m.top.ask_size = update.ask_size
+    m.top.exchange_ts_ns = update.top_ts_ns
+    if update.last_trade is not None:
+        price, size, side, exchange_ts_ns, trade_id = update.last_trade
+        m.last_trade.SetInParent()
+        m.last_trade.price = price
+        m.last_trade.size = size
+        m.last_trade.aggressor_side = int(side)  # type: ignore[assignment]
+        m.last_trade.exchange_ts_ns = exchange_ts_ns
+        m.last_trade.trade_id = trade_id
+    return m.SerializeToString()
+
+
+def assert_same_message(encoded: bytes, reference: bytes) -> None:
+    # Protobuf's encoding of MarketUpdate is deterministic (no maps, no unknown fields), so the
+    # bytes must be the same; and they decode to a message protobuf writes back unchanged
+    # (compared as bytes, since a NaN field makes two equal messages compare unequal).
+    assert encoded == reference
+    assert pb.MarketUpdate.FromString(encoded).SerializeToString() == reference
+
+
+def entry_of(message: bytes) -> bytes:
+    return b"\x0a" + wire.varint(len(message)) + message
+
+
+def double_bits(value: float) -> int:
+    return int(struct.unpack("<Q", struct.pack("<d", value))[0])
+
+
+uint64s = st.one_of(st.sampled_from([0, 1, 127, 128, 2**63 - 1, UINT64_MAX]), st.integers(0, UINT64_MAX))
+int64s = st.one_of(st.sampled_from([0, -1, INT64_MIN, INT64_MAX]), st.integers(INT64_MIN, INT64_MAX))
+int32s = st.integers(-(2**31), 2**31 - 1)
+doubles = st.one_of(
+    st.sampled_from([0.0, -0.0, math.nan, -math.nan, math.inf, -math.inf, 5e-324, 1.7976931348623157e308]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+# Up to the service's character limit; text() draws from all of Unicode but lone surrogates,
+# which protobuf cannot encode either.
+names = st.text(max_size=MAX_CHARS)
+trades = st.none() | st.tuples(doubles, doubles, st.sampled_from(list(Aggressor)) | int32s, int64s, uint64s)
+updates = st.builds(
+    SymbolUpdate,
+    kind=st.sampled_from(list(UpdateKind)) | int32s,
+    symbol_sequence=uint64s,
+    venue=names,
+    symbol=names,
+    bid_price=doubles,
+    bid_size=doubles,
+    ask_price=doubles,
+    ask_size=doubles,
+    top_ts_ns=int64s,
+    last_trade=trades,
+    vwap=doubles,
+    receive_ts_ns=int64s,
+)
+EMPTY = SymbolUpdate(UpdateKind.QUOTE, 0, "", "", 0.0, 0.0, 0.0, 0.0, 0, None, 0.0, 0)
+EXTREME = SymbolUpdate(
+    UpdateKind.TRADE,
+    UINT64_MAX,
+    "v" * MAX_CHARS,
+    "\U0010ffff" * MAX_CHARS,
+    -0.0,
+    math.nan,
+    math.inf,
+    -math.inf,
+    INT64_MIN,
+    (-0.0, math.nan, Aggressor.SELL, INT64_MAX, UINT64_MAX),
+    math.nan,
+    INT64_MAX,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(update=updates, conflated=st.one_of(st.just(0), uint64s), stream_sequence=uint64s)
+@example(update=EMPTY, conflated=0, stream_sequence=0)
+@example(update=EMPTY._replace(last_trade=(0.0, 0.0, 0, 0, 0)), conflated=0, stream_sequence=0)
+@example(update=EXTREME, conflated=UINT64_MAX, stream_sequence=UINT64_MAX)
+def test_every_encoding_is_the_bytes_protobuf_writes(
+    update: SymbolUpdate, conflated: int, stream_sequence: int
+) -> None:
+    reference = protobuf_bytes(update, conflated)
+    assert_same_message(wire.update_bytes(update, conflated), reference)
+    assert wire.framed_conflated_update(update, conflated) == entry_of(reference)
+    shared = protobuf_bytes(update)
+    assert_same_message(wire.update_bytes(update), shared)
+    assert wire.framed_update(update) == entry_of(shared)
+    assert_same_message(
+        wire.single_message(update, conflated, stream_sequence),
+        protobuf_bytes(update, conflated, stream_sequence),
+    )
+
+
+def test_special_doubles_keep_their_bits() -> None:
+    # -0.0 is not protobuf's default (its bits are not zero) and a NaN keeps its payload.
+    payload_nan = struct.unpack("<d", struct.pack("<Q", 0x7FF8_0000_DEAD_BEEF))[0]
+    update = EMPTY._replace(bid_price=-0.0, vwap=payload_nan)
+    decoded = pb.MarketUpdate.FromString(wire.update_bytes(update))
+    assert double_bits(decoded.top.bid_price) == double_bits(-0.0)
+    assert double_bits(decoded.vwap) == 0x7FF8_0000_DEAD_BEEF
+
+
+def test_a_batch_of_c_entries_decodes_to_its_updates_in_order() -> None:
+    first = EMPTY._replace(venue="binance-spot", symbol="BTCUSDT", symbol_sequence=7, bid_price=1.5)
+    second = first._replace(symbol_sequence=9, last_trade=(2.0, 0.1, Aggressor.BUY, 5, 11))
+    batch = pb.MarketUpdates.FromString(
+        wire.batch_message([wire.framed_update(first), wire.framed_conflated_update(second, 1)], 42)
+    )
+    assert batch.first_stream_sequence == 42
+    assert [u.SerializeToString() for u in batch.updates] == [
+        protobuf_bytes(first),
+        protobuf_bytes(second, 1),
+    ]
+
+
+@given(venue=st.text(min_size=MAX_CHARS, max_size=4 * MAX_CHARS), symbol=st.text(max_size=4 * MAX_CHARS))
+@settings(max_examples=200, deadline=None)
+def test_strings_longer_than_the_encoder_buffer_get_a_buffer_of_their_own(venue: str, symbol: str) -> None:
+    encoder = MarketUpdateEncoder(capacity_bytes=FIXED_MAX_BYTES + MAX_CHARS)
+    update = EMPTY._replace(venue=venue, symbol=symbol, last_trade=(1.0, 2.0, 1, 3, 4))
+    assert_same_message(encoder.encode(update), protobuf_bytes(update))
+    # The reused buffer still serves the updates that fit it.
+    short = update._replace(venue="v", symbol="s")
+    assert_same_message(encoder.encode(short), protobuf_bytes(short))
+
+
+def test_an_encoder_buffer_smaller_than_the_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match=f"capacity_bytes must be at least {FIXED_MAX_BYTES}"):
+        MarketUpdateEncoder(capacity_bytes=FIXED_MAX_BYTES - 1)
+
+
+@pytest.mark.parametrize(
+    ("update", "conflated", "message"),
+    [
+        (EMPTY._replace(symbol_sequence=2**64), 0, "MarketUpdate symbol_sequence must be between 0 and"),
+        (EMPTY._replace(symbol_sequence=-1), 0, "MarketUpdate symbol_sequence must be between 0 and"),
+        (EMPTY, -1, "MarketUpdate conflated must be between 0 and"),
+        (EMPTY._replace(kind=2**31), 0, "MarketUpdate kind must be between"),  # type: ignore[arg-type]
+        (EMPTY._replace(receive_ts_ns=2**63), 0, "MarketUpdate receive_ts_ns must be between"),
+        (
+            EMPTY._replace(last_trade=(1.0, 1.0, 1, 1, 2**64)),
+            0,
+            "MarketUpdate last_trade.trade_id must be between 0 and",
+        ),
+    ],
+)
+def test_an_integer_out_of_its_proto_range_is_named(
+    update: SymbolUpdate, conflated: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        wire.update_bytes(update, conflated)
+
+
+def test_a_value_of_the_wrong_type_is_named() -> None:
+    with pytest.raises(TypeError, match=r"MarketUpdate top\.exchange_ts_ns must be an int, got float"):
+        wire.update_bytes(EMPTY._replace(top_ts_ns=1.5))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="MarketUpdate vwap must be a float, got str"):
+        wire.update_bytes(EMPTY._replace(vwap="1.0"))  # type: ignore[arg-type]
+
+
+# --- recorded data ---------------------------------------------------------------------------
+RECORDED = [
+    "quotes/binance-spot_BTCUSDT_bookTicker_20240808.csv.gz",
+    "trades/binance-spot_BTCUSDT_trades_20240808.csv.gz",
+    "quotes/binance-usdm_ETHUSDT_bookTicker_20240808.csv.gz",
+    "trades/binance-usdm_ETHUSDT_trades_20240808.csv.gz",
+]
+
+
+@pytest.fixture(scope="module")
+def recorded_updates() -> list[SymbolUpdate]:
+    """Every update the engine publishes replaying RECORDED, as a subscriber gets them."""
+    root = default_data_dir()
+    if not (root / "quotes").is_dir():
+        message = f"recorded market data not found at {root} (set HFTGATE_DATA_DIR)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    engine = MarketDataEngine(MarketDataConfig(), wall_clock_ns=lambda: 1_900_000_000_000_000_000)
+    subscriber = engine.subscribe(SymbolFilter(), notify=lambda: None)
+    log = engine.updates
+    published: list[SymbolUpdate] = []
+    # Read well before the log wraps: each tick appends at most one update.
+    read_every = log.capacity // 2
+    for i, tick in enumerate(load([Path(root) / name for name in RECORDED])):
+        if type(tick) is QuoteTick:
+            engine.on_quote(*tick)
+        elif type(tick) is TradeTick:
+            engine.on_trade(*tick)
+        if i % read_every == 0 or log.head - len(published) >= read_every:
+            published += log.updates(len(published), log.head)
+    published += log.updates(len(published), log.head)
+    engine.unsubscribe(subscriber)
+    return published
+
+
+def test_recorded_updates_encode_to_the_bytes_protobuf_writes(recorded_updates: list[SymbolUpdate]) -> None:
+    assert len(recorded_updates) > 10_000
+    assert any(u.last_trade is None for u in recorded_updates)
+    assert any(u.last_trade is not None for u in recorded_updates)
+    for i, update in enumerate(recorded_updates):
+        conflated = i % 3 * (i + 1)  # 0 for a third of them, else growing counts
+        assert wire.update_bytes(update, conflated) == protobuf_bytes(update, conflated)
+        assert wire.framed_update(update) == entry_of(protobuf_bytes(update))
+        assert wire.single_message(update, conflated, i + 1) == protobuf_bytes(update, conflated, i + 1)
