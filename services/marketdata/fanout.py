@@ -12,7 +12,10 @@ so the count is exact per symbol), then it continues from the newest update. A s
 holds at most ``capacity`` unread updates plus one queued update per subscribed symbol.
 
 Encoding is shared the same way: ``frames`` encodes each update of the log once, for the
-first stream that reads it, and every other stream reuses the bytes.
+first stream that reads it, and every other stream reuses the bytes. Streams that match
+everything and keep up read the same runs of the log (one append wakes them all, and each reads
+to the head), so ``run`` also shares the join of a run's bytes and its last sequence per symbol:
+such a stream then costs a few Python operations per batch, not per update.
 
 ``ArbitrageSubscription`` (StreamArbitrage): open/close events cannot be merged, so a
 full buffer drops its oldest event and the next event sent says how many were dropped.
@@ -114,7 +117,7 @@ class SymbolFilter:
 class UpdateLog:
     """The last ``capacity`` updates of the subscribed symbols, shared by every Subscribe stream."""
 
-    __slots__ = ("_frames", "_pairs", "_updates", "_waiting", "capacity", "head", "latest")
+    __slots__ = ("_frames", "_last_run", "_pairs", "_updates", "_waiting", "capacity", "head", "latest")
 
     def __init__(self, capacity: int) -> None:
         if capacity <= 0:
@@ -132,6 +135,10 @@ class UpdateLog:
         #: what a stream that fell behind gets.
         self.latest: dict[Key, SymbolUpdate] = {}
         self._waiting: list[Subscriber] = []
+        # (start, end, joined frames, last symbol_sequence per key) of the run last asked for
+        # by ``run``. Updates never change once appended, so it stays right after the ring
+        # overwrites their slots.
+        self._last_run: tuple[int, int, bytes, dict[Key, int]] | None = None
 
     def append(self, key: Key, update: SymbolUpdate) -> None:
         slot = self.head % self.capacity
@@ -169,13 +176,30 @@ class UpdateLog:
         for lo, hi in runs:
             run = stored[lo:hi]
             if None in run:
-                run = [
-                    frame if frame is not None else encode(update)  # type: ignore[arg-type]
-                    for frame, update in zip(run, self._updates[lo:hi], strict=True)
-                ]
+                updates = self._updates[lo:hi]
+                if run.count(None) == len(run):  # the usual case: the first stream to read these
+                    run = list(map(encode, updates))  # type: ignore[arg-type]
+                else:
+                    run = [
+                        frame if frame is not None else encode(update)  # type: ignore[arg-type]
+                        for frame, update in zip(run, updates, strict=True)
+                    ]
                 stored[lo:hi] = run
             frames += run  # type: ignore[arg-type]
         return frames
+
+    def run(
+        self, start: int, end: int, encode: Callable[[SymbolUpdate], bytes]
+    ) -> tuple[bytes, dict[Key, int]]:
+        """Updates start..end-1 encoded and joined, and the last symbol_sequence of each key
+        among them; made once for every stream that reads the same run."""
+        last_run = self._last_run
+        if last_run is not None and last_run[0] == start and last_run[1] == end:
+            return last_run[2], last_run[3]
+        joined = b"".join(self.frames(start, end, encode))
+        last_sequences = dict(self.pairs(start, end))
+        self._last_run = (start, end, joined, last_sequences)
+        return joined, last_sequences
 
     def wait(self, subscriber: Subscriber) -> None:
         """Call ``subscriber.notify`` once, at the next append."""
@@ -288,33 +312,39 @@ class Subscriber:
         encode_conflated: Callable[[SymbolUpdate, int], bytes],
     ) -> tuple[list[bytes], int] | None:
         """Up to ``max_updates`` next updates, encoded, and how many; None when there are none
-        (then ``notify`` at the next append). Updates read from the log use ``encode`` (shared
-        by every stream); queued ones ``encode_conflated`` with their conflation count."""
+        (then ``notify`` at the next append). The bytes are in order but one part may hold many
+        updates (a run shared with other streams), so only their join is a batch. Updates read
+        from the log use ``encode`` (shared by every stream); queued ones ``encode_conflated``
+        with their conflation count."""
         self._catch_up()
         parts: list[bytes] = []
         pending = self._pending
         while pending and len(parts) < max_updates:
             entry = self._next_pending()
             parts.append(encode_conflated(entry.update, entry.conflated))
+        count = len(parts)
         log = self._log
-        while len(parts) < max_updates and self.cursor < log.head:
+        while count < max_updates and self.cursor < log.head:
             start = self.cursor
-            end = min(log.head, start + max_updates - len(parts))
+            end = min(log.head, start + max_updates - count)
             self.cursor = end
-            pairs = log.pairs(start, end)
             if self._everything:
-                parts += log.frames(start, end, encode)
-                self.last_sequence.update(pairs)
+                joined, last_sequences = log.run(start, end, encode)
+                parts.append(joined)
+                count += end - start
+                self.last_sequence.update(last_sequences)
                 continue
+            pairs = log.pairs(start, end)
             matches = self.filter.matches
             wanted = [i for i, key in enumerate(map(_KEY, pairs)) if matches(*key)]
             for i in wanted:  # only what this stream sends gets encoded
                 parts += log.frames(start + i, start + i + 1, encode)
+            count += len(wanted)
             self.last_sequence.update(pairs[i] for i in wanted)
-        if not parts:
+        if not count:
             log.wait(self)
             return None
-        return parts, len(parts)
+        return parts, count
 
     def __len__(self) -> int:
         """Updates this stream holds: queued ones, plus unread ones still in the log."""

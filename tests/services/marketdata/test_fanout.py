@@ -99,12 +99,64 @@ def test_a_filtered_reader_sees_only_its_symbols_and_encodings_are_made_once() -
     for seq in (1, 2):
         log.append(("v", "A"), update("A", seq))
         log.append(("v", "B"), update("B", seq))
-    assert everything.take_encoded(3, encode, conflated) == ([b"A1", b"B1", b"A2"], 3)
-    assert only_b.take_encoded(10, encode, conflated) == ([b"B1", b"B2"], 2)
-    assert everything.take_encoded(10, encode, conflated) == ([b"B2"], 1)
+    assert joined(everything.take_encoded(3, encode, conflated)) == (b"A1B1A2", 3)
+    assert joined(only_b.take_encoded(10, encode, conflated)) == (b"B1B2", 2)
+    assert joined(everything.take_encoded(10, encode, conflated)) == (b"B2", 1)
     assert sorted(encoded) == [1, 1, 2, 2]  # each update encoded once for both readers
     assert everything.take_encoded(10, encode, conflated) is None
     assert only_b.last_sequence == {("v", "B"): 2}
+    assert everything.last_sequence == {("v", "A"): 2, ("v", "B"): 2}
+
+
+def joined(taken: tuple[list[bytes], int] | None) -> tuple[bytes, int]:
+    assert taken is not None
+    parts, count = taken
+    return b"".join(parts), count
+
+
+def test_readers_of_everything_at_the_same_place_share_one_run() -> None:
+    log = UpdateLog(capacity=8)
+    first = Subscriber(log, SymbolFilter(), notify=lambda: None)
+    second = Subscriber(log, SymbolFilter(), notify=lambda: None)
+    encoded: list[int] = []
+
+    def encode(u: SymbolUpdate) -> bytes:
+        encoded.append(u.symbol_sequence)
+        return f"{u.symbol}{u.symbol_sequence}".encode()
+
+    def conflated(u: SymbolUpdate, merged: int) -> bytes:
+        return f"{u.symbol}{u.symbol_sequence}+{merged}".encode()
+
+    for seq in (1, 2, 3):
+        log.append(("v", "A"), update("A", seq))
+    log.append(("v", "B"), update("B", 1))
+    first_taken = first.take_encoded(10, encode, conflated)
+    second_taken = second.take_encoded(10, encode, conflated)
+    assert first_taken is not None and second_taken is not None
+    assert first_taken == second_taken
+    assert joined(first_taken) == (b"A1A2A3B1", 4)
+    assert first_taken[0][0] is second_taken[0][0]  # one join for both
+    assert encoded == [1, 2, 3, 1]
+    assert first.last_sequence == second.last_sequence == {("v", "A"): 3, ("v", "B"): 1}
+
+
+def test_a_shared_run_leaves_conflation_counts_exact() -> None:
+    log = UpdateLog(capacity=4)
+    reader = Subscriber(log, SymbolFilter(), notify=lambda: None)
+
+    def encode(u: SymbolUpdate) -> bytes:
+        return f"{u.symbol}{u.symbol_sequence}".encode()
+
+    def conflated(u: SymbolUpdate, merged: int) -> bytes:
+        return f"{u.symbol}{u.symbol_sequence}+{merged}".encode()
+
+    for seq in (1, 2):
+        log.append(("v", "A"), update("A", seq))
+    assert joined(reader.take_encoded(10, encode, conflated)) == (b"A1A2", 2)
+    for seq in range(3, 10):  # 7 updates into a ring of 4: the reader falls behind
+        log.append(("v", "A"), update("A", seq))
+    # A2 was the last sent, so A9 stands for A3..A9: 6 merged into it.
+    assert joined(reader.take_encoded(10, encode, conflated)) == (b"A9+6", 1)
 
 
 def test_symbol_filter_wildcards() -> None:
