@@ -9,12 +9,14 @@ Input: the Binance window of ``../shared/data`` (spot, USD-M and COIN-M book tic
 - ``arbitrage_p99_us``: the detection step alone (``ArbitrageDetector.on_top_changed``) on every
   quote of a symbol that has checks, on the same data; ``arbitrage_p99_us_without_fees`` the same
   with zero fees, where the basis keeps opportunities opening, updating and closing.
-- ``depth_p50_us`` / ``depth_p99_us``: one ``on_depth`` call per depth message of the raw recordings of
-  the same window (``raw/hftbacktest_binance``: spot diffs every 100 ms, futures every change, and
-  the recorder's 1,000-level REST snapshots), validation and book update (both in C) included.
-  ``depth_levels_p50_us`` / ``depth_levels_p99_us``, a floor of the same run: only the turning of
-  each message's (price, size) pairs (Python tuples, as ``on_depth`` is given them) into the C arrays
-  it hands to C, the part of each call that grows with its levels and that no C change removes.
+- ``depth_p50_us`` / ``depth_p99_us``: each depth message of the raw recordings of the same window
+  (``raw/hftbacktest_binance``: spot diffs every 100 ms, futures every change, and the recorder's
+  1,000-level REST snapshots) as the service handles it once gRPC has decoded its DepthUpdate
+  (built beforehand here): its levels read in C from the message's bytes (``levels_from_wire``,
+  the message serialized again as the server does), then one ``on_depth`` call, validation and
+  book update (both in C) included.
+  ``depth_levels_p50_us`` / ``depth_levels_p99_us``, a floor of the same run: the levels' reading
+  alone (serialization and the C read), the part that grows with the levels before any check.
 - ``opportunities``: opportunities opened with the configured taker fees (the basis between spot
   and perpetuals stays inside the fees); ``opportunities_without_fees`` for contrast.
 - ``ticks_per_s``: the quotes sent over one PublishQuotes stream (1,000 ticks per message,
@@ -64,7 +66,7 @@ from hftgate.replay.ticks import DepthTick, QuoteTick, Tick, TradeTick
 from hftgate.v1 import marketdata_pb2
 from services.marketdata.arbitrage import ArbitrageDetector
 from services.marketdata.config import MarketDataConfig
-from services.marketdata.depth_book import levels
+from services.marketdata.depth_book import levels_from_wire
 from services.marketdata.engine import MarketDataEngine
 from services.marketdata.symbol_state import SymbolState
 
@@ -117,32 +119,57 @@ def tick_latencies(ticks: list[Tick], config: MarketDataConfig) -> tuple[dict[st
     return histogram.summary(), engine.arbitrage.opened
 
 
-def depth_latencies(depth: Sequence[Tick], config: MarketDataConfig) -> dict[str, float]:
-    """Per-update ``on_depth`` latency summary (ns) on a fresh engine.
+def depth_messages(depth: Sequence[Tick]) -> list[marketdata_pb2.DepthUpdate]:
+    """Each depth tick as the DepthUpdate the server holds once gRPC has decoded a request."""
+    messages = []
+    for tick in depth:
+        assert type(tick) is DepthTick
+        message = marketdata_pb2.DepthUpdate(
+            venue=tick.venue,
+            symbol=tick.symbol,
+            exchange_ts_ns=tick.exchange_ts_ns,
+            receive_ts_ns=tick.receive_ts_ns,
+            sequence=tick.sequence,
+            is_snapshot=tick.is_snapshot,
+        )
+        for price, size in tick.bids:
+            message.bids.add(price=price, size=size)
+        for price, size in tick.asks:
+            message.asks.add(price=price, size=size)
+        messages.append(message)
+    return messages
+
+
+def depth_latencies(
+    messages: Sequence[marketdata_pb2.DepthUpdate], config: MarketDataConfig
+) -> dict[str, float]:
+    """Per-update latency summary (ns) on a fresh engine of the server's path for a decoded
+    DepthUpdate: its levels read in C from its bytes, then ``on_depth``.
 
     A diff older than a market's REST snapshot is refused as a duplicate, as Binance prescribes;
     the refusal is timed like any other update.
     """
     engine = MarketDataEngine(config)
     histogram = LatencyHistogram()
-    for tick in depth:
-        assert type(tick) is DepthTick
+    for m in messages:
         start = now_ns()
-        engine.on_depth(*tick)
+        bids, asks = levels_from_wire(m.SerializeToString(), len(m.bids), len(m.asks))
+        engine.on_depth(
+            m.venue, m.symbol, m.exchange_ts_ns, m.receive_ts_ns, m.sequence, m.is_snapshot, bids, asks
+        )
         histogram.record(now_ns() - start)
     return histogram.summary()
 
 
-def depth_levels_latencies(depth: Sequence[Tick]) -> dict[str, float]:
-    """Per-update latency summary (ns) of the pairs' conversion alone (``depth_book.levels`` on
-    both sides, as ``on_depth`` calls it), timed as ``depth_latencies`` times a call."""
+def depth_levels_latencies(messages: Sequence[marketdata_pb2.DepthUpdate]) -> dict[str, float]:
+    """Per-update latency summary (ns) of the levels' reading alone (serialization and the C read,
+    as ``depth_latencies`` does before ``on_depth``), timed the same way."""
     histogram = LatencyHistogram()
-    for tick in depth:
-        assert type(tick) is DepthTick
+    for m in messages:
         start = now_ns()
-        bid_levels, ask_levels = levels(tick.bids), levels(tick.asks)
+        bids, asks = levels_from_wire(m.SerializeToString(), len(m.bids), len(m.asks))
         histogram.record(now_ns() - start)
-        assert len(bid_levels) == len(tick.bids) and len(ask_levels) == len(tick.asks)
+        assert len(bids) == len(m.bids) and len(asks) == len(m.asks)
     return histogram.summary()
 
 
@@ -371,6 +398,7 @@ def run(repeats: int = 5, data_dir: str | os.PathLike[str] | None = None) -> dic
     quotes = [t for t in ticks if type(t) is QuoteTick]
     raw = load([root / "raw" / "hftbacktest_binance" / name for name in RAW_DEPTH_FILES])
     depth = [t for t in raw if type(t) is DepthTick]
+    depth_updates = depth_messages(depth)
     config = MarketDataConfig()
     without_fees = zero_fees(config)
 
@@ -383,10 +411,10 @@ def run(repeats: int = 5, data_dir: str | os.PathLike[str] | None = None) -> dic
         tick_p99.append(summary["p99"])
         arbitrage_p99.append(arbitrage_latencies(ticks, config)["p99"])
         arbitrage_p99_free.append(arbitrage_latencies(ticks, without_fees)["p99"])
-        depth_summary = depth_latencies(depth, config)
+        depth_summary = depth_latencies(depth_updates, config)
         depth_p50.append(depth_summary["p50"])
         depth_p99.append(depth_summary["p99"])
-        depth_levels_summary = depth_levels_latencies(depth)
+        depth_levels_summary = depth_levels_latencies(depth_updates)
         depth_levels_p50.append(depth_levels_summary["p50"])
         depth_levels_p99.append(depth_levels_summary["p99"])
     _, opportunities_without_fees = tick_latencies(ticks, without_fees)

@@ -15,7 +15,7 @@ in C (``check_levels``, whose codes map to the RejectReason below) and applies t
 from __future__ import annotations
 
 from hftgate.native import depth_book as native
-from hftgate.native.depth_book import DepthBook, check_levels, levels
+from hftgate.native.depth_book import DepthBook, Levels, check_levels, levels, levels_from_wire
 from services.marketdata.reasons import RejectReason
 
 #: The RejectReason of each code check_levels returns.
@@ -26,4 +26,4 @@ REJECT_REASON_OF_CHECK: dict[int, RejectReason] = {
     native.CROSSED: RejectReason.CROSSED,
 }
 
-__all__ = ["REJECT_REASON_OF_CHECK", "DepthBook", "check_levels", "levels"]
+__all__ = ["REJECT_REASON_OF_CHECK", "DepthBook", "Levels", "check_levels", "levels", "levels_from_wire"]

@@ -28,7 +28,7 @@ from services.marketdata.access import publishers as publishers_of
 from services.marketdata.arbitrage import ArbitrageDetector, ArbitrageEvent, ArbitrageKind, EventType
 from services.marketdata.bars import BarView
 from services.marketdata.config import MarketDataConfig
-from services.marketdata.depth_book import REJECT_REASON_OF_CHECK, check_levels, levels
+from services.marketdata.depth_book import REJECT_REASON_OF_CHECK, Levels, check_levels, levels
 from services.marketdata.fanout import (
     ArbitrageSubscription,
     Subscriber,
@@ -247,11 +247,12 @@ class MarketDataEngine:
         receive_ts_ns: int,
         sequence: int,
         is_snapshot: bool,
-        bids: Sequence[tuple[float, float]],
-        asks: Sequence[tuple[float, float]],
+        bids: Sequence[tuple[float, float]] | Levels,
+        asks: Sequence[tuple[float, float]] | Levels,
         publisher: Publisher | None = None,
     ) -> int:
-        """Apply a depth update or snapshot; 0 or the RejectReason."""
+        """Apply a depth update or snapshot; 0 or the RejectReason. ``bids`` and ``asks`` are
+        (price, size) pairs, or the C arrays ``levels_from_wire`` read from the message's bytes."""
         state = self._states.get((venue, symbol))
         if state is None and (reason := self._new_symbol_names(venue, symbol)):
             return self._reject(reason)

@@ -45,6 +45,7 @@ from services.marketdata.arbitrage import ArbitrageEvent, ArbitrageKind
 from services.marketdata.auth import READ_METHODS, SERVICE_NAME, MarketDataAccessInterceptor
 from services.marketdata.bars import BarView
 from services.marketdata.config import MarketDataConfig
+from services.marketdata.depth_book import Levels, levels_from_wire
 from services.marketdata.engine import (
     IngestStats,
     MarketDataEngine,
@@ -352,11 +353,13 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                 else:
                     accepted += 1
             for d in request.depth_updates:
-                bids: Sequence[tuple[float, float]]
-                asks: Sequence[tuple[float, float]]
-                if len(d.bids) + len(d.asks) <= max_levels:
-                    bids = [(level.price, level.size) for level in d.bids]
-                    asks = [(level.price, level.size) for level in d.asks]
+                bids: Sequence[tuple[float, float]] | Levels
+                asks: Sequence[tuple[float, float]] | Levels
+                bid_count, ask_count = len(d.bids), len(d.asks)
+                if bid_count + ask_count <= max_levels:
+                    # Read in C from the message's bytes: a Python tuple per level cost ~0.2 us
+                    # (77 us for 350 levels), serializing the message again ~6 us.
+                    bids, asks = levels_from_wire(d.SerializeToString(), bid_count, ask_count)
                 else:  # the engine rejects it on its count: no object per level is made
                     bids, asks = _Levels(d.bids), _Levels(d.asks)
                 reason = on_depth(

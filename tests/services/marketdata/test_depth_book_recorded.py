@@ -59,3 +59,24 @@ def test_the_c_book_matches_the_python_book_after_every_recorded_update(
     assert native.bids(max_levels_per_side) == reference.bids(max_levels_per_side)
     assert native.asks(max_levels_per_side) == reference.asks(max_levels_per_side)
     assert max(native.level_counts()) <= max_levels_per_side
+
+
+def test_levels_read_from_the_message_bytes_give_the_same_books_as_the_tuples(data_dir: Path) -> None:
+    from hftgate.bench.marketdata import depth_messages
+    from services.marketdata.config import MarketDataConfig
+    from services.marketdata.depth_book import levels_from_wire
+    from services.marketdata.engine import MarketDataEngine
+    from services.marketdata.fanout import SymbolFilter
+
+    updates = _depth_updates(data_dir / "raw" / "hftbacktest_binance" / RAW_DEPTH_FILES[2])[:3_000]
+    by_tuples, by_wire = MarketDataEngine(MarketDataConfig()), MarketDataEngine(MarketDataConfig())
+    for update, message in zip(updates, depth_messages(updates), strict=True):
+        bids, asks = levels_from_wire(message.SerializeToString(), len(message.bids), len(message.asks))
+        wire_reason = by_wire.on_depth(*update[:6], bids, asks)
+        assert by_tuples.on_depth(*update) == wire_reason
+    for engine in (by_tuples, by_wire):
+        assert engine.accepted > 1_000
+    everything = SymbolFilter()
+    books_a = [(s.bids, s.asks) for s in by_tuples.iter_snapshots(everything, 1_000)]
+    books_b = [(s.bids, s.asks) for s in by_wire.iter_snapshots(everything, 1_000)]
+    assert books_a == books_b and books_a
