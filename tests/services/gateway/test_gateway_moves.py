@@ -116,16 +116,19 @@ async def test_an_order_of_a_retired_shard_is_found_where_its_symbol_moved(suite
     )
     suite.extra.append(third)
     await shards_follow([*suite.shards, third], grown.epoch)
-    ack = (
-        await suite.stub.SubmitOrder(
-            api.SubmitOrderRequest(order=new_order("resting", "BTCUSDT")), metadata=ALICE
-        )
-    ).ack
+    ack, streamed = [
+        (
+            await suite.stub.SubmitOrder(
+                api.SubmitOrderRequest(order=new_order(name, "BTCUSDT")), metadata=ALICE
+            )
+        ).ack
+        for name in ("resting", "streamed")
+    ]
     assert ack.status == api.ORDER_STATUS_NEW and order_id_shard(ack.order_id) == 0
     async with mover(suite) as moving:
-        assert (await moving.move("BTCUSDT", 1)).step == "done"
+        assert (await moving.move("BTCUSDT", 2)).step == "done"
     # Shard 0 retired (as the scaler's rebalancer does once its symbols are off): the map no longer
-    # names it, so the order id's shard bits lead nowhere; the order rests on shard 1 under its id.
+    # names it, so the order id's shard bits lead nowhere; the order rests on shard 2 under its id.
     retired = await suite.store.update(
         lambda m: ShardMap(
             m.epoch + 1,
@@ -146,3 +149,13 @@ async def test_an_order_of_a_retired_shard_is_found_where_its_symbol_moved(suite
     assert (got.order.order_id, got.order.request.client_order_id) == (ack.order_id, "resting")
     cancelled = await suite.stub.CancelOrder(api.CancelOrderRequest(order_id=ack.order_id), metadata=ALICE)
     assert cancelled.ack.status == api.ORDER_STATUS_CANCELED
+    # The same on an OrderStream: the cancel by the retired shard's id reaches shard 2, not the
+    # lowest shard (1), where a stream input that names no shard goes.
+    session = suite.stub.OrderStream(metadata=ALICE)
+    cancel = api.OrderInput(cancel=api.CancelOrderRequest(order_id=streamed.order_id))
+    await session.write(api.OrderStreamRequest(inputs=[cancel]))
+    while not (response := await asyncio.wait_for(session.read(), 10)).acks:
+        assert response is not grpc.aio.EOF
+    (stream_ack,) = response.acks
+    assert (stream_ack.order_id, stream_ack.status) == (streamed.order_id, api.ORDER_STATUS_CANCELED)
+    await session.done_writing()
