@@ -589,6 +589,7 @@ class ExecutionState:
                 live[slot] = list(values)
                 working_before[slot] = 0
         cancel_reasons = meta["cancel_reason"]
+        engine_types = commands["order_type"]  # a field view made once, not per event
         report_rows: list[tuple[int, ...]] = []
         fill_rows: list[tuple[int, ...]] = []
         rejected_inputs: list[tuple[int, int]] = []  # (command index, RejectReason)
@@ -663,7 +664,7 @@ class ExecutionState:
             if kind == EventType.ACK:
                 # The engine's type, not the client's: a stop-limit moved after it triggered is
                 # entered on its new shard as the limit it became (handover.py), and is live.
-                status = PENDING if int(commands["order_type"][ci]) in _ENGINE_STOP_TYPES else NEW
+                status = PENDING if int(engine_types[ci]) in _ENGINE_STOP_TYPES else NEW
                 row[F_LEAVES] = qty
                 exec_type = api.EXEC_TYPE_NEW
             elif kind == EventType.TRIGGERED:
