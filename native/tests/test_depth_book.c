@@ -179,6 +179,23 @@ static void model_trim(model *m, size_t max) {
     }
 }
 
+/* The book's levels on each side are the model's: the same sizes at the same prices, in
+ * price order from the touch. */
+static void check_book_is_model(hft_depth_book *book, const model *m) {
+    for (int side = 0; side < 2; side++) {
+        double p[MODEL_MAX], s[MODEL_MAX];
+        size_t n = levels(book, side, p, s, MODEL_MAX);
+        CHECK_EQ_INT(n, m->n[side]);
+        for (size_t i = 0; i < n; i++) {
+            int at = model_find(m, side, p[i]);
+            CHECK(at >= 0 && m->s[side][at] == s[i]);
+            if (i > 0) {
+                CHECK(side == HFT_DEPTH_BID ? p[i] < p[i - 1] : p[i] > p[i - 1]);
+            }
+        }
+    }
+}
+
 static void test_random_updates_agree_with_a_naive_model(void) {
     const size_t max_levels = 12;
     hft_depth_book *book = new_book((uint32_t)max_levels, 8);
@@ -207,18 +224,7 @@ static void test_random_updates_agree_with_a_naive_model(void) {
             model_apply(&m, HFT_DEPTH_ASK, asks[i][0], asks[i][1]);
         }
         model_trim(&m, max_levels);
-        for (int side = 0; side < 2; side++) {
-            double p[MODEL_MAX], s[MODEL_MAX];
-            size_t n = levels(book, side, p, s, MODEL_MAX);
-            CHECK_EQ_INT(n, m.n[side]);
-            for (size_t i = 0; i < n; i++) {
-                int at = model_find(&m, side, p[i]);
-                CHECK(at >= 0 && m.s[side][at] == s[i]);
-                if (i > 0) {
-                    CHECK(side == HFT_DEPTH_BID ? p[i] < p[i - 1] : p[i] > p[i - 1]);
-                }
-            }
-        }
+        check_book_is_model(book, &m);
     }
     hft_depth_book_destroy(book);
 }
@@ -269,18 +275,7 @@ static void test_ordered_updates_merged_in_one_pass_agree_with_a_naive_model(voi
             }
         }
         model_trim(&m, max_levels);
-        for (int side = 0; side < 2; side++) {
-            double p[MODEL_MAX], s[MODEL_MAX];
-            size_t n = levels(book, side, p, s, MODEL_MAX);
-            CHECK_EQ_INT(n, m.n[side]);
-            for (size_t i = 0; i < n; i++) {
-                int at = model_find(&m, side, p[i]);
-                CHECK(at >= 0 && m.s[side][at] == s[i]);
-                if (i > 0) {
-                    CHECK(side == HFT_DEPTH_BID ? p[i] < p[i - 1] : p[i] > p[i - 1]);
-                }
-            }
-        }
+        check_book_is_model(book, &m);
     }
     hft_depth_book_destroy(book);
 }
