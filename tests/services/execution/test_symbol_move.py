@@ -252,18 +252,7 @@ async def test_inputs_for_a_moving_symbol_are_refused_unavailable_then_go_to_the
     zero, one = pair.shards
     ids = await seed_book(zero)
 
-    def stop_at_export(move: Move) -> None:
-        if move.step == "export":
-            raise _Abandoned(move.step)
-
-    async with pair.mover() as mover:
-        mover.before_step = stop_at_export
-        move = await mover.start_move(SYMBOL, 1)
-        with pytest.raises(_Abandoned):
-            await mover.run(move.move_id)
-    marked = await pair.store.load()
-    assert marked is not None and marked.moving == {SYMBOL: 1}
-    await shards_follow([zero.running, one.running], marked.epoch)
+    await mark_moving(pair)
     for call in (
         zero.stub.SubmitOrder(
             api.SubmitOrderRequest(order=order("m1", BUY, 4_000_000)), metadata=key("dave")
@@ -295,6 +284,25 @@ def _fields(message: api.NewOrder) -> dict[str, Any]:
 
 class _Abandoned(Exception):
     """The mover stops here, as if killed."""
+
+
+async def mark_moving(pair: Pair) -> None:
+    """Start moving SYMBOL to shard 1 and abandon the mover before its export, as if killed: the
+    map marks the symbol moving and both shards follow it."""
+
+    def stop_at_export(move: Move) -> None:
+        if move.step == "export":
+            raise _Abandoned(move.step)
+
+    async with pair.mover() as mover:
+        mover.before_step = stop_at_export
+        move = await mover.start_move(SYMBOL, 1)
+        with pytest.raises(_Abandoned):
+            await mover.run(move.move_id)
+    marked = await pair.store.load()
+    assert marked is not None and marked.moving == {SYMBOL: 1}
+    zero, one = pair.shards
+    await shards_follow([zero.running, one.running], marked.epoch)
 
 
 # --- a kill at each step -----------------------------------------------------------------------------

@@ -15,16 +15,14 @@ import pytest
 
 from hftgate.client import HftgateClient, MovingSymbolGate, retry_delay_s
 from hftgate.v1 import execution_pb2 as api
-from services.scaler.moves import Move
 from tests.services.execution.conftest import key
 from tests.services.execution.test_symbol_move import (
     BUY,
     SELL,
     SYMBOL,
     Pair,
-    _Abandoned,
+    mark_moving,
     order,
-    shards_follow,
 )
 from tests.services.gateway.conftest import _NoRegistry
 
@@ -58,24 +56,12 @@ async def client_for(pair: Pair, account: str, *, moving_retry_s: float = 2.0) -
 
 
 async def test_a_client_waits_out_a_move_and_follows_moved_orders_to_their_new_shard(pair: Pair) -> None:
-    zero, one = pair.shards
     alice = await client_for(pair, "alice")
     try:
         resting = await alice.submit(order("r1", BUY, 4_990_000))
         assert resting.status == api.ORDER_STATUS_NEW and alice.sent == {0: 1}
 
-        def stop_at_export(move: Move) -> None:
-            if move.step == "export":
-                raise _Abandoned(move.step)
-
-        async with pair.mover() as mover:
-            mover.before_step = stop_at_export
-            move = await mover.start_move(SYMBOL, 1)
-            with pytest.raises(_Abandoned):
-                await mover.run(move.move_id)
-        marked = await pair.store.load()
-        assert marked is not None and marked.moving == {SYMBOL: 1}
-        await shards_follow([zero.running, one.running], marked.epoch)
+        await mark_moving(pair)
 
         # An order sent while the symbol is marked is refused before acceptance and re-sent
         # until the move ends (the mover finishes it meanwhile).
@@ -154,7 +140,7 @@ class _Counts:
 async def test_calls_waiting_out_a_move_send_again_one_at_a_time_then_all_reach_the_new_owner(
     pair: Pair,
 ) -> None:
-    zero, one = pair.shards
+    _, one = pair.shards
     alice = await client_for(pair, "alice", moving_retry_s=30.0)
     counts = _Counts()
     try:
@@ -165,18 +151,7 @@ async def test_calls_waiting_out_a_move_send_again_one_at_a_time_then_all_reach_
         for address, (channel, stub) in list(alice._shards.items()):
             alice._shards[address] = (channel, _CountingStub(stub, counts))  # type: ignore[assignment]
 
-        def stop_at_export(move: Move) -> None:
-            if move.step == "export":
-                raise _Abandoned(move.step)
-
-        async with pair.mover() as mover:
-            mover.before_step = stop_at_export
-            move = await mover.start_move(SYMBOL, 1)
-            with pytest.raises(_Abandoned):
-                await mover.run(move.move_id)
-        marked = await pair.store.load()
-        assert marked is not None and marked.moving == {SYMBOL: 1}
-        await shards_follow([zero.running, one.running], marked.epoch)
+        await mark_moving(pair)
 
         names = [f"w{n}" for n in range(10)]
         waiting = [
