@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy import MetaData
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 #: Attempts before a creation error is taken for what it says.
@@ -25,7 +25,7 @@ _RACE_WORDS = ("already exists", "pg_type_typname_nsp_index", "duplicate key val
 
 def lost_creation_race(error: BaseException) -> bool:
     """True when ``error`` says another process created the object first."""
-    if not isinstance(error, OperationalError | ProgrammingError | IntegrityError | DBAPIError):
+    if not isinstance(error, DBAPIError):  # OperationalError, ProgrammingError, IntegrityError...
         return False
     text = str(getattr(error, "orig", None) or error)
     return any(word in text for word in _RACE_WORDS)
@@ -39,7 +39,7 @@ async def create_tables(engine: AsyncEngine, metadata: MetaData) -> None:
             async with engine.begin() as conn:
                 await conn.run_sync(metadata.create_all, checkfirst=True)
             return
-        except (OperationalError, ProgrammingError, IntegrityError, DBAPIError) as error:
+        except DBAPIError as error:
             if attempt + 1 == CREATE_ATTEMPTS or not lost_creation_race(error):
                 raise
             await asyncio.sleep(0.01 * (attempt + 1))
