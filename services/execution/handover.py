@@ -33,8 +33,16 @@ id).
 The old owner then records the symbol **handed over** (:meth:`Handover.release`): its copies of
 the orders stay in its book and history (GetOrder of a finished order still answers there), but
 the fence (fencing.py) answers a cancel, replace or get of a working one with NOT_SHARD_OWNER
-naming the new owner. A symbol cannot move back to a shard that still holds such a frozen copy
-(the import refuses: it holds working orders of the symbol).
+naming the new owner.
+
+**The way back** (a shard retired, execution scaled back down): a symbol may move back to a shard
+that handed it over. Its frozen copies are stale (the orders traded, were cancelled or replaced
+since on the shards that held them), so the import first journals a ``RECORD_PURGE`` of the
+symbol (:meth:`~services.execution.state.ExecutionState.purge_symbol`: the copies leave the book
+and the exposure, their client order ids are free, no report is made) and then the book it is
+sent, in the same loop step; the orders born here come back under their original ids like any
+other (the id table maps them to their new local ids). Once that is durable the symbol is no
+longer recorded handed over. A restart replays the purge, then the batch.
 
 Bounds: a move carries at most :data:`MAX_MOVED_ORDERS` orders; a shard keeps at most
 :data:`MAX_TAKEN_OVER_ORDERS` translated ids (an import past that is refused).
@@ -54,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from hftgate.matching.types import COMMAND_DTYPE, Action, Side
+from hftgate.matching.types import COMMAND_DTYPE, Action
 from hftgate.matching.types import OrderType as EngineType
 from hftgate.v1 import shard_admin_pb2 as admin
 from services.execution.core import ExecutionCore
@@ -62,13 +70,15 @@ from services.execution.records import (
     META_DTYPE,
     RECORD_ACCOUNT,
     RECORD_BATCH,
+    RECORD_PURGE,
     RECORD_SYMBOL,
     Batch,
     encode_account,
     encode_batch,
+    encode_purge,
     encode_symbol,
 )
-from services.execution.state import REJECTED, ExecutionState
+from services.execution.state import OPEN_STATUSES, REJECTED, ExecutionState
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +116,7 @@ def export_book(
     symbol_id = state.symbol_ids.get(symbol)
     if symbol_id is None:
         return []
-    parts = [
-        state.engine.orders(side, symbol=symbol_id, pending_stops=stops)
-        for stops in (False, True)
-        for side in (Side.BUY, Side.SELL)
-    ]
-    infos = np.concatenate(parts)
+    infos = state.handed_over_orders(symbol_id)
     if len(infos) > MAX_MOVED_ORDERS:
         raise HandoverRefused(
             f"{symbol} has {len(infos)} working orders: a move carries at most {MAX_MOVED_ORDERS}"
@@ -199,7 +204,9 @@ def _read_tables(state_dir: Path) -> dict[int, tuple[int, int, int]]:
             original, local, *before = (int(v) for v in entry)
             lots, notional = [*before, 0, 0][:2]
             taken[local] = (original, lots, notional)
-    return taken
+    # Oldest import first (local ids grow with time; move ids do not sort by it): an order that came
+    # back more than once is named by its latest local id.
+    return dict(sorted(taken.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +233,9 @@ class Handover:
         self.shown_to_original: dict[int, int] = {}
         #: symbol -> the shard its book went to.
         self.handed_over: dict[str, int] = {}
+        #: symbol handed over -> the highest order id this shard had handed out when it released it:
+        #: its frozen copies have ids up to that one, a book taken back gets higher ones.
+        self.released_after: dict[str, int] = {}
         #: local id -> (lots, notional) a taken-over order had filled before it came here: added
         #: to what GetOrder, acks and reports show, and taken off a replace's total quantity.
         self.carried: dict[int, tuple[int, int]] = {}
@@ -239,6 +249,11 @@ class Handover:
         if handed.exists():
             body = json.loads(handed.read_text(encoding="utf-8"))
             self.handed_over.update({str(k): int(v) for k, v in body.get("symbols", {}).items()})
+            released = body.get("released_after", {})
+            # (A file of an older version has no bounds: no book was ever taken back then, so every
+            # working order of a handed-over symbol here is a frozen copy.)
+            count = self.core.state.order_count
+            self.released_after.update({s: int(released.get(s, count)) for s in self.handed_over})
         for local, (original, lots, notional) in _read_tables(self.directory.parent).items():
             self._take(original, local, lots, notional)
         if self.local_of or self.handed_over:
@@ -285,11 +300,33 @@ class Handover:
         """Record ``symbol`` handed over to ``to_shard_id``; False when it already was."""
         if self.handed_over.get(symbol) == to_shard_id:
             return False
-        updated = {**self.handed_over, symbol: to_shard_id}
-        _write_durably(self.directory / HANDED_OVER_FILE, {"symbols": updated})
-        self.handed_over[symbol] = to_shard_id  # in place: the fence holds this same dict
+        released = {**self.released_after, symbol: self.core.state.order_count}
+        self._record({**self.handed_over, symbol: to_shard_id}, released)
         log.info("moves: %s handed over to shard %d", symbol, to_shard_id)
         return True
+
+    def _taken_back(self, symbol: str) -> None:
+        """Record that ``symbol``'s book is this shard's again (its import is durable)."""
+        if symbol not in self.handed_over:
+            return
+        symbols = {s: t for s, t in self.handed_over.items() if s != symbol}
+        self._record(symbols, {s: n for s, n in self.released_after.items() if s != symbol})
+        log.info("moves: %s taken back", symbol)
+
+    def _record(self, symbols: dict[str, int], released_after: dict[str, int]) -> None:
+        _write_durably(
+            self.directory / HANDED_OVER_FILE, {"symbols": symbols, "released_after": released_after}
+        )
+        # In place: the fence holds this same dict.
+        for gone in set(self.handed_over) - set(symbols):
+            del self.handed_over[gone]
+        self.handed_over.update(symbols)
+        self.released_after.clear()
+        self.released_after.update(released_after)
+
+    def _frozen_up_to(self, symbol: str) -> int:
+        """The highest id of this shard's frozen copies of ``symbol`` (0: it holds none)."""
+        return self.released_after.get(symbol, 0) if symbol in self.handed_over else 0
 
     # --- the new owner -----------------------------------------------------------------------
     def _already_imported(self, symbol: str, orders: list[admin.MovedOrder]) -> list[int] | None:
@@ -298,10 +335,11 @@ class Handover:
         symbol_id = state.symbol_ids.get(symbol)
         if symbol_id is None or not orders:
             return None
+        frozen_up_to = self._frozen_up_to(symbol)
         found: list[int] = []
         for order in orders:
             local = state.order_id_for(order.account_id, order.client_order_id)
-            row = state.order(local) if local else None
+            row = state.order(local) if local > frozen_up_to else None  # (a frozen copy is not it)
             if row is None or int(row["symbol_id"]) != symbol_id or int(row["status"]) == REJECTED:
                 return None
             found.append(local)
@@ -317,53 +355,69 @@ class Handover:
                 f"exceed the limit of {MAX_TAKEN_OVER_ORDERS}"
             )
         symbol_id = state.symbol_ids.get(symbol)
+        frozen_up_to = self._frozen_up_to(symbol)
         if symbol_id is not None:
-            held = sum(
-                len(state.engine.orders(side, symbol=symbol_id, pending_stops=stops))
-                for stops in (False, True)
-                for side in (Side.BUY, Side.SELL)
-            )
+            # Working orders of the symbol other than frozen copies (which the import purges): a
+            # book this shard did not hand over (the map gave it the symbol some other way).
+            held = int((state.handed_over_orders(symbol_id)["order_id"] > frozen_up_to).sum())
             if held:
                 raise HandoverRefused(
-                    f"shard {self.shard_id} still holds {held} working order(s) of {symbol} (a book it "
-                    "handed over earlier): it cannot take the symbol back"
+                    f"shard {self.shard_id} already holds {held} working order(s) of {symbol} that it "
+                    "did not hand over: it cannot take another book of that symbol"
                 )
         elif len(state.symbol_names) >= state.engine_config.max_symbols:
             raise HandoverRefused(f"shard {self.shard_id} has no engine book left for {symbol} (max_symbols)")
         for order in orders:
             if not order.client_order_id.isascii() or not order.client_order_id:
                 raise HandoverRefused(f"order {order.original_order_id}: client order id must be ASCII")
-            if state.order_id_for(order.account_id, order.client_order_id):
+            local = state.order_id_for(order.account_id, order.client_order_id)
+            if local and not (local <= frozen_up_to and self._is_working_copy(local, symbol_id)):
                 raise HandoverRefused(
                     f"client order id {order.client_order_id!r} of account {order.account_name} is in use on "
                     f"shard {self.shard_id}: the order {order.original_order_id} cannot keep it here"
                 )
+
+    def _is_working_copy(self, local: int, symbol_id: int | None) -> bool:
+        row = self.core.state.order(local)
+        return (
+            row is not None
+            and symbol_id is not None
+            and int(row["symbol_id"]) == symbol_id
+            and int(row["status"]) in OPEN_STATUSES
+        )
 
     async def import_book(self, move_id: str, symbol: str, orders: list[admin.MovedOrder]) -> ImportResult:
         """Journal ``orders`` as this shard's book of ``symbol`` (once per move; see the module
         docstring). Returns once the record is durable and the id table written."""
         check_move_id(move_id)
         table_path = self.directory / f"import-{_SAFE_NAME.sub('_', move_id)}.json"
-        if symbol in self.handed_over:  # its frozen copies would pass for this book: refuse
-            raise HandoverRefused(
-                f"shard {self.shard_id} handed {symbol} over to shard {self.handed_over[symbol]} and still "
-                "holds its frozen copy of that book: it cannot take the symbol back"
-            )
         known = self._already_imported(symbol, orders)
         if known is not None:
             if not table_path.exists():  # durable, but the crash came before the id table
                 self._write_ids(table_path, move_id, symbol, orders, known)
+            self._taken_back(symbol)
             return ImportResult(len(orders), True, 0)
-        if not orders:
-            self._write_ids(table_path, move_id, symbol, orders, [])
-            return ImportResult(0, False, 0)
         self._check_importable(symbol, orders)
         core = self.core
         state = core.state
         journal = core.journal
         journal.check_writable()
-        # One loop step from here to the append: nothing else can take the ids or sequence numbers.
+        # One loop step from here to the appends: nothing else can take the ids or sequence numbers.
         symbol_id = state.symbol_ids.get(symbol)
+        frozen_up_to = self._frozen_up_to(symbol)
+        purged: asyncio.Future[int] | None = None
+        if symbol_id is not None and frozen_up_to:
+            frozen = state.handed_over_orders(symbol_id)["order_id"]
+            if (frozen <= frozen_up_to).any():  # (none left when a crash came after the purge)
+                purged = journal.append(encode_purge(symbol_id, frozen_up_to), RECORD_PURGE)
+                dropped = state.purge_symbol(symbol_id, frozen_up_to)
+                log.info("moves: %s: %d frozen order(s) dropped to take the book back", symbol, dropped)
+        if not orders:
+            if purged is not None:
+                await purged
+            self._write_ids(table_path, move_id, symbol, orders, [])
+            self._taken_back(symbol)
+            return ImportResult(0, False, 0)
         if symbol_id is None:
             symbol_id = len(state.symbol_names)
             journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
@@ -385,10 +439,11 @@ class Handover:
                 len(orders),
                 symbol,
             )
-        await future
+        await future  # (the purge before it is durable too: the journal keeps its order)
         core._publish(outcome)
         locals_ = list(range(first_local, first_local + len(orders)))
         self._write_ids(table_path, move_id, symbol, orders, locals_)
+        self._taken_back(symbol)
         log.info(
             "moves: %s: %d order(s) imported (move %s, journal seq %d)",
             symbol,

@@ -19,6 +19,10 @@ books, orders, reports and fills.
 ``RECORD_SYMBOL`` (2): ``<I`` engine symbol id, then the symbol's name (UTF-8).
 ``RECORD_ACCOUNT`` (3): ``<Q`` account id, then the account's name (UTF-8).
 Both come before the first batch that uses the id, so the names survive a restart.
+``RECORD_PURGE`` (4): ``<IQ`` engine symbol id, highest order id: the shard drops its frozen copies
+of the symbol's working orders (ids up to that one), a book it handed over and now takes back
+(``ExecutionState.purge_symbol``; services/execution/handover.py). It comes right before the batch
+that imports the book again.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from hftgate.matching.types import COMMAND_DTYPE
 RECORD_BATCH = 1
 RECORD_SYMBOL = 2
 RECORD_ACCOUNT = 3
+RECORD_PURGE = 4
 
 META_DTYPE = np.dtype(
     [
@@ -152,3 +157,15 @@ def encode_account(account_id: int, name: str) -> bytes:
 
 def decode_account(payload: bytes) -> tuple[int, str]:
     return _ACCOUNT.unpack_from(payload)[0], payload[_ACCOUNT.size :].decode("utf-8")
+
+
+_PURGE = struct.Struct("<IQ")
+
+
+def encode_purge(symbol_id: int, up_to_order_id: int) -> bytes:
+    return _PURGE.pack(symbol_id, up_to_order_id)
+
+
+def decode_purge(payload: bytes) -> tuple[int, int]:
+    symbol_id, up_to_order_id = _PURGE.unpack_from(payload)
+    return int(symbol_id), int(up_to_order_id)

@@ -41,9 +41,11 @@ from services.execution.journal import Durability, Journal, JournalCorruption
 from services.execution.records import (
     RECORD_ACCOUNT,
     RECORD_BATCH,
+    RECORD_PURGE,
     RECORD_SYMBOL,
     decode_account,
     decode_batch,
+    decode_purge,
     decode_symbol,
 )
 from services.execution.state import FILL_DTYPE, ORDER_DTYPE, ExecutionState
@@ -303,6 +305,8 @@ def _replay(
             elif record.record_type == RECORD_ACCOUNT:
                 account_id, name = decode_account(record.payload)
                 state.add_account(account_id, name)
+            elif record.record_type == RECORD_PURGE:
+                state.purge_symbol(*decode_purge(record.payload))
             else:
                 raise RuntimeError(f"journal record {record.seq} has unknown type {record.record_type}")
         except Exception as exc:

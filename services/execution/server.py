@@ -71,7 +71,7 @@ from services.execution.reference import (
     demo_rows,
 )
 from services.execution.snapshot import Snapshotter
-from services.execution.state import OPEN_STATUSES, REJECTED
+from services.execution.state import OPEN_STATUSES, REJECTED, is_purged
 from services.execution.trade_feed import TradeFeed
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 )
             return by_client
         row = state.order(order_id)
-        if row is None or int(row["account_id"]) != account.account_id or int(row["status"]) == REJECTED:
+        if (
+            row is None
+            or int(row["account_id"]) != account.account_id
+            or int(row["status"]) == REJECTED
+            or is_purged(row)  # a frozen copy dropped: this shard no longer knows how the order ended
+        ):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no order with order_id {public_id}")
         return order_id
 

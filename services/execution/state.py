@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from hftgate.matching import EngineConfig, MatchingEngine
-from hftgate.matching.types import COMMAND_DTYPE, Action, EventType, Reason, StpMode
+from hftgate.matching.types import COMMAND_DTYPE, Action, EventType, Reason, Side, StpMode
 from hftgate.matching.types import OrderType as EngineType
 from hftgate.native.errors import NativeError
 from hftgate.v1 import common_pb2 as common
@@ -262,6 +262,12 @@ class BatchOutcome:
     priority_kept: np.ndarray  # bool
     reports: np.ndarray  # REPORT_DTYPE
     fills: np.ndarray  # FILL_DTYPE
+
+
+def is_purged(row: np.void) -> bool:
+    """Whether an order row is a frozen copy :meth:`ExecutionState.purge_symbol` dropped (the order
+    ended, or lives on, on other shards: this one cannot say how)."""
+    return int(row["status"]) == CANCELED and int(row["reason"]) == common.REJECT_REASON_NOT_SHARD_OWNER
 
 
 class ExecutionState:
@@ -507,6 +513,67 @@ class ExecutionState:
         if side:
             mask &= table["side"] == side
         return np.sort(self._slot_ids[mask])
+
+    def handed_over_orders(self, symbol_id: int) -> np.ndarray:
+        """The engine's working orders of ``symbol_id`` (ORDER_INFO_DTYPE): resting bids, resting
+        asks, then pending stops of each side."""
+        return np.concatenate(
+            [
+                self.engine.orders(side, symbol=symbol_id, pending_stops=stops)
+                for stops in (False, True)
+                for side in (Side.BUY, Side.SELL)
+            ]
+        )
+
+    def purge_symbol(self, symbol_id: int, up_to_order_id: int) -> int:
+        """Drop the working orders of a symbol whose book this shard handed over (those with ids
+        up to ``up_to_order_id``: the copies it held when it handed the book over), with no report
+        (journal record ``RECORD_PURGE``; issue #15's way back). Returns how many it dropped.
+
+        They are frozen copies: the orders live on the shard the book went to, which reported
+        every change of theirs since, so a report here (a CANCELED) would tell their owners a lie.
+        The copies leave the engine, their rows close (status CANCELED, reason NOT_SHARD_OWNER,
+        never shown: the order's id now names the copy that comes back with the book), their
+        working lots leave the account's exposure and their client order ids are free again.
+        Nothing else changes: no input or report sequence number is used, so a replay of the
+        journal does exactly this again (a function of the state alone)."""
+        if symbol_id >= len(self.symbol_names):
+            return 0
+        infos = self.handed_over_orders(symbol_id)
+        infos = infos[infos["order_id"] <= up_to_order_id]
+        count = len(infos)
+        if not count:
+            return 0
+        order_ids = infos["order_id"].astype(np.int64)
+        slots = self.slots_of(order_ids)
+        commands = np.zeros(count, COMMAND_DTYPE)
+        commands["order_id"] = order_ids
+        commands["account_id"] = infos["account_id"]
+        commands["symbol_id"] = symbol_id
+        commands["action"] = int(Action.CANCEL)
+        events = self.engine.process(commands)
+        canceled = int((events["type"] == int(EventType.CANCELED)).sum())
+        if canceled != count:  # a bug: say so, the rows are closed all the same
+            log.error("purge of symbol %d: %d of %d orders left the engine", symbol_id, canceled, count)
+        held = slots >= 0
+        slots = slots[held]
+        table = self.table
+        working_before = dict(zip(slots.tolist(), table["leaves"][slots].tolist(), strict=True))
+        table["status"][slots] = CANCELED
+        table["leaves"][slots] = 0
+        table["reason"][slots] = common.REJECT_REASON_NOT_SHARD_OWNER
+        self._update_exposure(working_before)
+        ring = self._ring
+        for slot in slots.tolist():
+            self._forget_client_id(slot)
+            if slot >= ring and self.retire:  # a survivor: retired once its last report has gone
+                heapq.heappush(
+                    self._finished_survivors,
+                    (int(table["last_exec_seq"][slot]), int(self._slot_ids[slot])),
+                )
+        if self.retire:
+            self.retire_finished()
+        return count
 
     # --- the one way state changes -----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -24,6 +25,7 @@ from hftgate.v1 import shard_admin_pb2 as admin
 from hftgate.v1 import shard_admin_pb2_grpc as admin_grpc
 from services.execution import handover
 from services.execution.codec import shard_base_of
+from services.execution.state import OPEN_STATUSES
 from services.scaler.moves import STEPS, Move, MoveRefused, SymbolMover
 from tests.services.execution.conftest import Harness, execution_config, key, start_harness
 from tests.services.gateway.conftest import _NoRegistry, shards_follow
@@ -184,6 +186,22 @@ async def assert_one_owner(pair: Pair, book: list[tuple[Any, ...]]) -> None:
         )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(err.value)[1]["owner_shard_id"] == "1"
+
+
+def assert_exposure_is_the_working_orders(h: Harness) -> None:
+    """The shard's per-account working lots and open-order counts are those of its open rows (a
+    dropped frozen copy counts no more)."""
+    state = h.core.state
+    rows = state.table[state._slot_ids != 0]
+    rows = rows[np.isin(rows["status"], OPEN_STATUSES)]
+    for account_id in state.account_names:
+        account_row = state.account_row(account_id)
+        mine = rows[rows["account_id"] == account_id]
+        for side, exposure in ((BUY, state.open_buy), (SELL, state.open_sell)):
+            for symbol_id in range(len(state.symbol_names)):
+                held = mine[(mine["side"] == side) & (mine["symbol_id"] == symbol_id)]
+                assert exposure[account_row, symbol_id] == int(held["leaves"].sum())
+        assert state.open_orders[account_row] == len(mine)
 
 
 # --- a whole move ------------------------------------------------------------------------------------
@@ -401,19 +419,85 @@ async def test_shard_admin_refuses_accounts_and_other_services(pair: Pair) -> No
     assert "does not mark BTCUSDT moving" in (unmarked.value.details() or "")
 
 
-async def test_a_symbol_cannot_move_back_onto_its_frozen_copy(pair: Pair) -> None:
+@pytest.mark.parametrize(
+    ("step", "when"), [("", "")] + [(step, when) for step in STEPS[:-1] for when in ("before", "after")]
+)
+async def test_a_symbol_moves_back_to_the_shard_that_handed_it_over(pair: Pair, step: str, when: str) -> None:
+    """The way back (scaling down): shard 0 drops its frozen copies and takes the book as shard 1
+    left it; with a kill at each step of that move (both shards restarted, a new mover resumes),
+    and then the book moves out again."""
     zero, one = pair.shards
-    await seed_book(zero)
+    ids = await seed_book(zero)
     async with pair.mover() as mover:
         await mover.move(SYMBOL, 1)
-        with pytest.raises(MoveRefused) as refused:
-            await mover.move(SYMBOL, 0)
-        assert "cannot take the symbol back" in str(refused.value)
-        assert await mover.unfinished() == []  # abandoned: the symbol stays where it is, and takes input
+    await shards_follow([zero.running, one.running], (await pair.store.load()).epoch)  # type: ignore[union-attr]
+    # On shard 1: a1 fills, b1 is cancelled, dave's d1 rests (born on shard 1).
+    await one.stub.CancelOrder(api.CancelOrderRequest(order_id=ids["b1"]), metadata=key("bob"))
+    sold = await submit(one, "dave", order("e1", SELL, 4_990_000, 10))
+    assert sold.status == api.ORDER_STATUS_FILLED
+    ids["d1"] = (await submit(one, "dave", order("d1", BUY, 4_985_000))).order_id
+    assert order_id_shard(ids["d1"]) == 1
+    left = book_of(one)
+
+    mover = pair.mover()
+    await mover.start()
+    try:
+        move = await mover.start_move(SYMBOL, 0)
+        if step:
+            record = mover._record
+
+            def kill(current: Move) -> None:
+                if current.step == step:
+                    raise _Abandoned(step)
+
+            async def kill_after(current: Move, **changes: Any) -> Move:
+                if current.step == step and "step" in changes:
+                    raise _Abandoned(step)
+                return await record(current, **changes)
+
+            if when == "before":
+                mover.before_step = kill
+            else:
+                mover._record = kill_after  # type: ignore[method-assign,assignment]
+            with pytest.raises(_Abandoned):
+                await mover.run(move.move_id)
+        else:
+            await mover.run(move.move_id)
+    finally:
+        await mover.close()
+    if step:
+        zero, one = await pair.restart(0), await pair.restart(1)
+        async with pair.mover() as resuming:
+            assert [m.step for m in await resuming.resume_all()] == ["done"]
+
     stored = await pair.store.load()
-    assert stored is not None and stored.moving == {} and stored.owner(SYMBOL).shard_id == 1
+    assert stored is not None and stored.owner(SYMBOL).shard_id == 0 and SYMBOL not in stored.moving
     await shards_follow([zero.running, one.running], stored.epoch)
-    assert (await submit(one, "dave", order("after", BUY, 4_000_000))).status == api.ORDER_STATUS_NEW
+    assert book_of(zero) == left
+    assert zero.running.fence.handed_over == {} and one.running.fence.handed_over == {SYMBOL: 0}
+    assert_exposure_is_the_working_orders(zero)
+    # Shard 0's copies of a1 (filled on shard 1) and b1 (cancelled there) are gone, not stale.
+    for gone, account in (("a1", "alice"), ("b1", "bob")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await zero.stub.GetOrder(api.GetOrderRequest(order_id=ids[gone]), metadata=key(account))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    for kept, account in (("c1", "carol"), ("d1", "dave"), ("stop", "carol")):
+        got = await zero.stub.GetOrder(api.GetOrderRequest(order_id=ids[kept]), metadata=key(account))
+        assert got.order.order_id == ids[kept]
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # and so are their client order ids
+        await zero.stub.GetOrder(api.GetOrderRequest(client_order_id="a1"), metadata=key("alice"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # The book trades on shard 0 in the priority shard 1 left.
+    hit = await submit(zero, "dave", order("e2", SELL, 4_990_000, 10))
+    assert hit.status == api.ORDER_STATUS_FILLED
+    got = await zero.stub.GetOrder(api.GetOrderRequest(order_id=ids["c1"]), metadata=key("carol"))
+    assert got.order.status == api.ORDER_STATUS_FILLED
+
+    # And out again: shard 1 drops its own frozen copies the same way.
+    out = book_of(zero)
+    async with pair.mover() as mover:
+        await mover.move(SYMBOL, 1)
+    assert book_of(one) == out and one.running.fence.handed_over == {}
 
 
 async def test_an_order_partly_filled_before_the_move_shows_and_replaces_as_its_client_knows_it(

@@ -278,21 +278,25 @@ async def test_a_refused_move_stops_the_rebalance_with_one_owner_and_the_decisio
     record = await scaler.evaluate("execution")
     assert record.decision.desired_replicas == 2 and record.applied, record.error
     assert "moved 2 symbol(s): ESZ4 0->1, ETHUSDT 0->1" in record.decision.reason
-    one = suite.launcher.shards[1]
+    zero, one = suite.launcher.shards[0], suite.launcher.shards[1]
     resting = await submit(one, "alice", order("r1", MOVING, BUY, 300_000))
+    # Client order ids are unique per account on a shard: alice used "dup" on each of the two, so
+    # shard 0 cannot take ETHUSDT's book back with her "dup" in it.
+    await submit(one, "alice", order("dup", MOVING, BUY, 299_000))
+    await submit(zero, "alice", order("dup", STAYING, BUY, 5_000_000))
 
-    # Back to one shard: shard 0 handed these symbols over and still holds their frozen copies,
-    # so it refuses to take them back (services/execution/handover.py): the first move is
-    # abandoned and the rebalance stops there.
+    # Back to one shard: ESZ4 moves back (shard 0 takes back a book it handed over); ETHUSDT's
+    # import is refused, so that move is abandoned and the rebalance stops there.
     scaler.report("execution", Report("execution", "shard-0", inflight_requests=1))
     scaler.report("execution", Report("execution", "shard-1", inflight_requests=1))
     record = await scaler.evaluate("execution")
     assert record.decision.desired_replicas == 1
-    assert not record.applied and "stopped:" in record.error and "take the symbol back" in record.error
-    assert "moved no symbol; stopped:" in record.decision.reason
+    assert not record.applied and "stopped:" in record.error
+    assert "client order id 'dup' of account alice is in use on shard 0" in record.error
+    assert "moved 1 symbol(s): ESZ4 1->0; stopped:" in record.decision.reason
     stored = await suite.followed()
     assert stored.shard_ids == (0, 1) and not stored.moving
-    assert [stored.owner(s).shard_id for s in TO_NEW_SHARD] == [1, 1]
+    assert [stored.owner(s).shard_id for s in TO_NEW_SHARD] == [0, 1]
     assert suite.launcher.stopped == [] and 1 in suite.launcher.shards
     got = await one.stub.GetOrder(api.GetOrderRequest(order_id=resting.order_id), metadata=key("alice"))
     assert got.order.order_id == resting.order_id
@@ -428,3 +432,62 @@ async def test_the_local_launcher_starts_a_shard_process_that_takes_its_symbols(
         await backend.close()
         await zero.close()
         await store.close()
+
+
+# --- 1 -> 2 -> 1 ---------------------------------------------------------------------------------
+async def test_scaling_back_down_gives_the_books_back_to_the_shard_that_handed_them_over(
+    suite: Suite,
+) -> None:
+    zero = suite.launcher.shards[0]
+    traded = await submit(zero, "alice", order("r1", MOVING, BUY, 300_000))
+    gone = await submit(zero, "alice", order("r2", MOVING, BUY, 299_000))
+    rebalancer = suite.rebalancer()
+    await rebalancer.start()
+    assert await rebalancer.rebalance("execution", 1, 2) == 2
+    one = suite.launcher.shards[1]
+    # On shard 1: r1 (born on shard 0) trades 4 of its 10 lots, r2 is cancelled, carol's n1 rests.
+    await submit(one, "bob", order("s1", MOVING, SELL, 300_000, qty=4))
+    await one.stub.CancelOrder(api.CancelOrderRequest(order_id=gone.order_id), metadata=key("alice"))
+    born_on_one = await submit(one, "carol", order("n1", MOVING, SELL, 310_000))
+    assert order_id_shard(born_on_one.order_id) == 1
+
+    assert await rebalancer.rebalance("execution", 2, 1) == 1
+
+    stored = await suite.followed()
+    assert stored.shard_ids == (0,) and not stored.moving and suite.launcher.stopped == [1]
+    assert rebalancer.history[-1].moved == [(s, 1, 0) for s in TO_NEW_SHARD]
+
+    async def books_as_shard_one_left_them() -> None:
+        got = await zero.stub.GetOrder(api.GetOrderRequest(order_id=traded.order_id), metadata=key("alice"))
+        assert got.order.order_id == traded.order_id
+        assert got.order.status == api.ORDER_STATUS_PARTIALLY_FILLED
+        assert (got.order.cum_quantity_lots, got.order.leaves_quantity_lots) == (4, 6)
+        got = await zero.stub.GetOrder(
+            api.GetOrderRequest(order_id=born_on_one.order_id), metadata=key("carol")
+        )
+        assert got.order.order_id == born_on_one.order_id and got.order.status == api.ORDER_STATUS_NEW
+        # Shard 0's frozen copy of r2 was dropped: it cannot say how r2 ended (shard 1 could).
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await zero.stub.GetOrder(api.GetOrderRequest(order_id=gone.order_id), metadata=key("alice"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        # alice's client order id r2 is free again; r1's names the order that came back.
+        by_client = await zero.stub.GetOrder(api.GetOrderRequest(client_order_id="r1"), metadata=key("alice"))
+        assert by_client.order.order_id == traded.order_id
+
+    await books_as_shard_one_left_them()
+    # A restart replays the purge and the import: the same answers.
+    address = f"127.0.0.1:{zero.running.port}"
+    await suite.launcher.stop_shard(0)
+    await suite.launcher.start_shard(0, address)
+    zero = suite.launcher.shards[0]
+    await books_as_shard_one_left_them()
+    # The book trades on shard 0 with the moved orders' time priority and original ids.
+    taker = await submit(zero, "dave", order("t1", MOVING, BUY, 310_000, qty=10))
+    assert taker.status == api.ORDER_STATUS_FILLED
+    got = await zero.stub.GetOrder(api.GetOrderRequest(order_id=born_on_one.order_id), metadata=key("carol"))
+    assert got.order.status == api.ORDER_STATUS_FILLED
+    assert await submit(zero, "alice", order("r2", MOVING, BUY, 299_000))
+    cancelled = await zero.stub.CancelOrder(
+        api.CancelOrderRequest(order_id=traded.order_id), metadata=key("alice")
+    )
+    assert cancelled.ack.status == api.ORDER_STATUS_CANCELED and cancelled.ack.order_id == traded.order_id
