@@ -254,7 +254,8 @@ def store_shard_map(env: Mapping[str, str], shards: list[shardmap.Shard]) -> sha
     replaced by the next epoch with ``shards`` and the pins that still name one of them, so a
     shard never starts against a map that does not name it and the gateway never routes to a
     shard that is not running; unless it would leave out a shard that kept state (its books):
-    that is refused with ``ShardMapError`` saying how to proceed. Raises
+    that is refused with ``ShardMapError`` saying how to proceed. A traded symbol (reference data)
+    whose owner stays and kept state is pinned to it, so no book is split by the new hash. Raises
     :class:`hftgate.shardmap.ShardMapUnavailable` or ``ShardMapError`` saying why when the store
     cannot be used."""
 
@@ -288,10 +289,25 @@ def store_shard_map(env: Mapping[str, str], shards: list[shardmap.Shard]) -> sha
                     "(hftgate move SYMBOL --to N) and remove its state directory"
                 )
 
+            symbols = await _traded_symbols(env)
+
             def change(current: shardmap.ShardMap) -> shardmap.ShardMap:
                 pins = {symbol: sid for symbol, sid in current.pins.items() if sid in ids}
                 # A move in progress keeps its mark (its mover finishes it) while its target stays.
                 moving = {symbol: sid for symbol, sid in current.moving.items() if sid in ids}
+                rehashed = shardmap.ShardMap(current.epoch + 1, wanted, pins, moving)
+                # A symbol whose book is on a shard that stays keeps that shard: rehashing it onto
+                # another would split its book in two (the resting orders stay where they are, new
+                # ones go elsewhere). Moving a book is `hftgate move` or the scaler's rebalance.
+                for symbol in symbols:
+                    owner = current.owner(symbol).shard_id
+                    if (
+                        symbol not in pins
+                        and owner in ids
+                        and rehashed.owner(symbol).shard_id != owner
+                        and _holds_state(shard_state_dir(owner, env))
+                    ):
+                        pins[symbol] = owner
                 return shardmap.ShardMap(current.epoch + 1, wanted, pins, moving)
 
             updated = await store.update(change)
@@ -301,6 +317,33 @@ def store_shard_map(env: Mapping[str, str], shards: list[shardmap.Shard]) -> sha
             await store.close()
 
     return _run(ensure())
+
+
+def reference_url(env: Mapping[str, str]) -> str:
+    """The reference store's SQL URL under the suite's ``env`` (as the execution service finds it:
+    services/execution/config.py ``reference_url``)."""
+    if env.get("HFTGATE_EXECUTION_REFERENCE_DATABASE_URL"):
+        return env["HFTGATE_EXECUTION_REFERENCE_DATABASE_URL"]
+    if env.get("DATABASE_URL"):
+        return env["DATABASE_URL"]
+    cache_state = Path(env.get("HFTGATE_CACHE_STATE_DIR") or _state_dir(env) / "cache")
+    return f"sqlite+aiosqlite:///{cache_state / 'cache.sqlite3'}"
+
+
+async def _traded_symbols(env: Mapping[str, str]) -> list[str]:
+    """The instruments of the reference data ([] when there is none yet: then no shard has a book)."""
+    url = reference_url(env)
+    if url.startswith("sqlite") and not Path(url.partition(":///")[2]).exists():
+        return []
+    from services.scaler.backends import BackendError
+    from services.scaler.rebalancer import reference_symbols
+
+    try:
+        return await reference_symbols(url)()
+    except BackendError as exc:
+        raise shardmap.ShardMapUnavailable(
+            f"cannot read the traded symbols, to keep each book on its shard: {exc}"
+        ) from exc
 
 
 def prepare_suite_env(env: Mapping[str, str] | None = None, *, tls: bool = False) -> dict[str, str]:

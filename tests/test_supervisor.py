@@ -28,6 +28,7 @@ from hftgate.supervisor import (
     available_services,
     execution_shard_env,
     prepare_suite_env,
+    reference_url,
     shard_map_store,
     start_services,
     stop_services,
@@ -35,6 +36,8 @@ from hftgate.supervisor import (
     wait_until_serving,
     with_shards,
 )
+from services.cache.l3_sql import SqlStore
+from services.cache.model import StoredEntry
 
 # One RPC per service, for the bad-bytes and missing-credential checks on real processes.
 PROBES: dict[str, str] = {
@@ -218,6 +221,37 @@ def test_the_stored_map_is_made_once_kept_and_replaced_when_the_shards_change(tm
     # A store that cannot be opened says which.
     with pytest.raises(ShardMapUnavailable, match="shard map"):
         store_shard_map({"HFTGATE_SHARD_MAP_DATABASE_URL": "nosuchdriver://x/y"}, two)
+
+
+def test_more_shards_leave_every_book_on_the_shard_that_holds_it(tmp_path: Path) -> None:
+    """`--shards 2` after a run with one shard: the symbols the new hash gives shard 1 have their
+    books on shard 0, so they are pinned there (a new shard gets books only by a move)."""
+    env = {"HFTGATE_STATE_DIR": str(tmp_path)}
+    one, two = [Shard(0, "127.0.0.1:50051")], [Shard(0, "127.0.0.1:50051"), Shard(1, "127.0.0.1:50061")]
+    assert store_shard_map(env, one).epoch == 1
+    symbols = ["BTCUSDT", "ETHUSDT", "ESZ4", "SOLUSDT", "XRPUSDT"]
+
+    async def seed_reference() -> None:
+        store = SqlStore(reference_url(env), table_name="cache_entries")
+        await store.start()
+        try:
+            await store.put_many([(f"instrument:{s}", StoredEntry(b"{}", 0)) for s in symbols])
+        finally:
+            await store.close()
+
+    (tmp_path / "cache").mkdir()
+    asyncio.run(seed_reference())
+    (tmp_path / "execution" / "journal").mkdir(parents=True)  # shard 0 kept state
+    grown = store_shard_map(env, two)
+    hashed = ShardMap(grown.epoch, grown.shards)
+    moved_by_hash = [s for s in symbols if hashed.owner(s).shard_id == 1]
+    assert moved_by_hash, "the test needs symbols the hash gives shard 1"
+    assert dict(grown.pins) == {s: 0 for s in moved_by_hash}
+    assert all(grown.owner(s).shard_id == 0 for s in symbols)
+    # With no state anywhere (a fresh suite), the hash decides.
+    fresh = {"HFTGATE_STATE_DIR": str(tmp_path / "fresh")}
+    assert store_shard_map(fresh, one).epoch == 1
+    assert dict(store_shard_map(fresh, two).pins) == {}
 
 
 def check_real_services_refuse_bad_bytes_and_missing_credentials(running: list[RunningService]) -> None:
