@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -53,7 +54,17 @@ ECHO_METHOD = f"/{ECHO_SERVICE}/Call"
 TCP_MESSAGE_BYTES = 64
 WARMUP_ROUND_TRIPS = 200
 
-DURABLE_ECHO_RECORD_BYTES = 128  # about one SubmitOrder's journal record
+
+def submit_order_payload_bytes() -> int:
+    """The journal payload of one SubmitOrder (services/execution/records.py): batch header, one
+    command, one meta row, a 12-character client order id."""
+    from hftgate.matching.types import COMMAND_DTYPE
+    from services.execution.records import META_DTYPE
+
+    return struct.calcsize("<QqqII") + COMMAND_DTYPE.itemsize + META_DTYPE.itemsize + 12
+
+
+DURABLE_ECHO_RECORD_BYTES = submit_order_payload_bytes()  # one SubmitOrder's journal record
 
 FloorKind = Literal["tcp", "grpc", "grpc-journal", "grpc-proxy"]
 
