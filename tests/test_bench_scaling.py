@@ -53,12 +53,12 @@ def test_a_tiny_round_decides_to_scale_up_and_reports_every_key() -> None:
 
 
 @pytest.mark.slow
-def test_a_tiny_move_under_flow_loses_nothing_and_its_bars_join_the_scaling_figures() -> None:
+def test_a_tiny_move_out_and_back_under_flow_loses_nothing_and_its_bars_join_the_scaling_figures() -> None:
     from hftgate.bench import moves
 
     moved = moves.run(1, rate_per_s=200.0, flow_s=1.0)
     assert moved["lost_acked"] == 0 and moved["duplicate_fills"] == 0 and moved["books_match"] is True
-    assert moved["orders_acked"] > 0 and moved["orders_moved"] > 0
+    assert moved["orders_acked"] > 0 and moved["orders_moved"] > 0 and moved["orders_moved_back"] > 0
     assert float(moved["move_pause_max_ms"]) >= float(moved["move_pause_p50_ms"]) > 0
     figures = {name: moved[source] for source, name in scaling.MOVE_KEYS.items()}
     base = {"step_to_serving_s": 1.0, "errors": 0, "replicas_before": 1, "replicas_after": 2}

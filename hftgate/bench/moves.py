@@ -1,23 +1,28 @@
-"""A symbol move under order flow (issue #15): ``move_pause_max_ms``, ``lost_acked``,
-``duplicate_fills``, ``books_match``.
+"""A symbol moved out and back under order flow (issue #15): ``move_pause_max_ms``,
+``lost_acked``, ``duplicate_fills``, ``books_match``.
 
 Two real execution shards (``python -m services.execution``) share a shard map; a client sends
 SubmitOrder for one symbol at about ``rate_per_s`` (resting buys and sells around a mid price,
 and every fifth order an IOC that takes from the book, so there are fills on both sides of the
-move) to the owner it knows, the way the routing client does: on NOT_SHARD_OWNER it sends to the
+moves) to the owner it knows, the way the routing client does: on NOT_SHARD_OWNER it sends to the
 owner the ErrorInfo names, on UNAVAILABLE it waits the RetryInfo delay and sends again, one
 order of the symbol at a time while the others wait for its answer
-(:class:`hftgate.client.MovingSymbolGate`). In the middle of the flow a
-:class:`~services.scaler.moves.SymbolMover` moves the symbol from shard 0 to shard 1. Then:
+(:class:`hftgate.client.MovingSymbolGate`). A third of the way into the flow a
+:class:`~services.scaler.moves.SymbolMover` moves the symbol from shard 0 to shard 1 (scaling
+up); two thirds of the way, back to shard 0 (scaling down: shard 0 drops its frozen copy of the
+book it handed over and takes the book shard 1 left). Then:
 
 * ``move_pause_max_ms`` - the longest any order waited from its first send to its ack (turned
-  away and sent again included); ``move_pause_p50_ms`` the median, as a floor of the same run;
-  ``move_window_ms`` how long the symbol was marked moving (mark published to move done);
+  away and sent again included), over both moves; ``move_pause_p50_ms`` the median, as a floor of
+  the same run; ``move_window_ms`` how long the symbol was marked moving (mark published to move
+  done), the longer of the two moves; ``move_out_window_ms`` / ``move_back_window_ms`` each;
 * ``lost_acked`` - acknowledged orders that neither shard knows by their id afterwards;
 * ``duplicate_fills`` - orders filled for more than their quantity across both shards' ledgers,
   plus trade ids that appear twice;
-* ``books_match`` - every order the move carried is on the new owner under its original id, at
-  its price, with what it had left less what the new owner's ledger filled of it.
+* ``books_match`` - both moves were done, and every order each carried is known afterwards by
+  its original id (on shard 0 if the move back carried it, else on shard 1, where it finished),
+  at its price, with no lot made or lost: its open plus filled quantity now is what the move
+  carried (``orders_moved``, ``orders_moved_back``: how many each carried).
 
 Figures are timings on a shared machine: read them against the floor of the same run.
 """
@@ -180,8 +185,19 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
         pending: set[asyncio.Task[None]] = set()
         interval = 1.0 / rate_per_s
         count = min(MAX_ORDERS, int(rate_per_s * flow_s))
-        move_task: asyncio.Task[Any] | None = None
         finished_at: list[float] = []
+        back_reached = asyncio.Event()
+
+        async def out_and_back() -> list[Any]:
+            done = []
+            for target in (1, 0):
+                if target == 0:
+                    await back_reached.wait()
+                done.append(await mover.move(SYMBOL, target))
+                finished_at.append(time.perf_counter())
+            return done
+
+        moves_task: asyncio.Task[list[Any]] | None = None
         started = time.perf_counter()
         for number in range(count):
             flow = flows[number % 2]
@@ -191,26 +207,26 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
             task = asyncio.ensure_future(flow.send(_order(number)))
             pending.add(task)
             task.add_done_callback(pending.discard)
-            if number == count // 2:
-                move_task = asyncio.ensure_future(mover.move(SYMBOL, 1))
-                move_task.add_done_callback(lambda _: finished_at.append(time.perf_counter()))
+            if number == count // 3:
+                moves_task = asyncio.ensure_future(out_and_back())
+            elif number == 2 * count // 3:
+                back_reached.set()
             delay = started + (number + 1) * interval - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
         sent_s = time.perf_counter() - started
         await asyncio.gather(*pending)
-        assert move_task is not None
-        move = await move_task
-        window_ms = (finished_at[0] - marked_at[0]) * 1000 if marked_at and finished_at else 0.0
+        assert moves_task is not None
+        out_move, back_move = await moves_task
+        windows_ms = [(end - mark) * 1000 for mark, end in zip(marked_at, finished_at, strict=False)]
         await mover.close()
 
         # What each shard knows afterwards.
         lost = 0
-        owner_stub = stubs[addresses[1]]
         for flow in flows:
             for order_id in flow.acked:
                 found = False
-                for stub in (owner_stub, stubs[addresses[0]]):
+                for stub in (stubs[addresses[0]], stubs[addresses[1]]):
                     try:
                         await stub.GetOrder(api.GetOrderRequest(order_id=order_id), metadata=flow.metadata)
                         found = True
@@ -237,34 +253,43 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
                     filled[order_id] = filled.get(order_id, 0) + row.quantity_lots
         duplicates = sum(1 for oid, lots in filled.items() if lots > quantities.get(oid, lots))
         duplicates += len(trade_ids) - len(set(trade_ids))
-        moved = admin.ExportSymbolResponse.FromString(move.book).orders
-        new_fills: dict[int, int] = {}
-        for row in entries[1]:
-            for order_id in (row.buyer_order_id, row.seller_order_id):
-                new_fills[order_id] = new_fills.get(order_id, 0) + row.quantity_lots
-        books_match = move.step == "done"
-        by_account = {name: processes[1].account(name).metadata for name in ("alice", "bob")}
-        for moved_order in moved:
-            got = await owner_stub.GetOrder(
-                api.GetOrderRequest(order_id=moved_order.original_order_id),
-                metadata=by_account[moved_order.account_name],
-            )
-            left = moved_order.leaves_quantity_lots - new_fills.get(moved_order.original_order_id, 0)
+        moved_out = admin.ExportSymbolResponse.FromString(out_move.book).orders
+        moved_back = admin.ExportSymbolResponse.FromString(back_move.book).orders
+        books_match = out_move.step == "done" and back_move.step == "done"
+        by_account = {name: processes[0].account(name).metadata for name in ("alice", "bob")}
+        for moved_order in [*moved_out, *moved_back]:
+            got = None
+            for stub in (stubs[addresses[0]], stubs[addresses[1]]):  # back home, else where it ended
+                try:
+                    got = await stub.GetOrder(
+                        api.GetOrderRequest(order_id=moved_order.original_order_id),
+                        metadata=by_account[moved_order.account_name],
+                    )
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
             if (
-                got.order.request.price_ticks != moved_order.price_ticks
-                or got.order.leaves_quantity_lots != left
+                got is None
+                or got.order.request.price_ticks != moved_order.price_ticks
+                or got.order.cum_quantity_lots < moved_order.cum_quantity_lots
+                or got.order.leaves_quantity_lots + got.order.cum_quantity_lots
+                != moved_order.leaves_quantity_lots + moved_order.cum_quantity_lots
             ):
                 books_match = False
         waits = [w for flow in flows for w in flow.waits_ms]
         return {
             "move_pause_max_ms": max(waits),
             "move_pause_p50_ms": statistics.median(waits),
-            "move_window_ms": window_ms,
+            "move_window_ms": max(windows_ms, default=0.0),
+            "move_out_window_ms": windows_ms[0] if windows_ms else 0.0,
+            "move_back_window_ms": windows_ms[1] if len(windows_ms) > 1 else 0.0,
             "lost_acked": lost,
             "duplicate_fills": duplicates,
             "books_match": books_match,
             "orders_acked": sum(len(f.acked) for f in flows),
-            "orders_moved": len(moved),
+            "orders_moved": len(moved_out),
+            "orders_moved_back": len(moved_back),
             "fills": len(trade_ids),
             "errors": sum(f.errors for f in flows),
             "achieved_rate_per_s": count / max(1e-9, sent_s),
@@ -279,7 +304,8 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
 
 
 def run(repeats: int = 1, rate_per_s: float = 1_000.0, flow_s: float = 3.0) -> dict[str, float | int | bool]:
-    """``repeats`` moves under ``rate_per_s`` orders/s (fresh shards each); worst figures kept."""
+    """``repeats`` round trips (out and back) under ``rate_per_s`` orders/s (fresh shards each);
+    worst figures kept."""
     out: dict[str, Any] = {}
     for _ in range(max(1, repeats)):
         with tempfile.TemporaryDirectory(prefix="hftgate-bench-moves-") as tmp:
@@ -289,8 +315,10 @@ def run(repeats: int = 1, rate_per_s: float = 1_000.0, flow_s: float = 3.0) -> d
             continue
         out["move_pause_max_ms"] = max(out["move_pause_max_ms"], one["move_pause_max_ms"])
         out["move_pause_p50_ms"] = max(out["move_pause_p50_ms"], one["move_pause_p50_ms"])
-        out["move_window_ms"] = max(out["move_window_ms"], one["move_window_ms"])
-        for name in ("lost_acked", "duplicate_fills", "orders_acked", "orders_moved", "fills", "errors"):
+        for name in ("move_window_ms", "move_out_window_ms", "move_back_window_ms"):
+            out[name] = max(out[name], one[name])
+        counts = ("lost_acked", "duplicate_fills", "orders_acked", "orders_moved", "orders_moved_back")
+        for name in (*counts, "fills", "errors"):
             out[name] += one[name]
         out["books_match"] = out["books_match"] and one["books_match"]
         out["error_codes"] = ",".join(

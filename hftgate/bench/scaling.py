@@ -25,10 +25,12 @@ process, open loop (a fixed arrival rate, at most ``max_outstanding`` calls in f
   the most scale-downs in any window of the policy's scale-down stabilisation (flapping), with
   ``square_scale_downs`` and ``square_scale_ups`` over the whole wave.
 
-- A symbol moved between two execution shards under ~1,000 orders/s (:mod:`hftgate.bench.moves`,
-  also ``hftgate bench moves`` alone): ``move_pause_max_ms`` (the longest any order of the symbol
-  waited or was turned away, with ``move_pause_p50_ms`` as the same run's floor), ``lost_acked``,
-  ``duplicate_fills``, ``books_match``, and ``move_errors`` (calls that failed).
+- A symbol moved from one execution shard to another and back (scaling up, then down) under
+  ~1,000 orders/s (:mod:`hftgate.bench.moves`, also ``hftgate bench moves`` alone):
+  ``move_pause_max_ms`` (the longest any order of the symbol waited or was turned away, over both
+  moves, with ``move_pause_p50_ms`` as the same run's floor), ``lost_acked``, ``duplicate_fills``,
+  ``books_match``, and ``move_errors`` (calls that failed); ``move_back_window_ms`` and
+  ``orders_moved_back`` for the way back.
 
 Bars: ``step_to_serving_s`` <= 5, ``errors`` = 0, ``replicas_after`` > ``replicas_before``,
 ``scale_downs_per_window`` <= 1, ``move_pause_max_ms`` <= 100, ``lost_acked`` = 0,
@@ -398,6 +400,8 @@ MOVE_KEYS = {
     "move_pause_max_ms": "move_pause_max_ms",
     "move_pause_p50_ms": "move_pause_p50_ms",
     "move_window_ms": "move_window_ms",
+    "move_back_window_ms": "move_back_window_ms",
+    "orders_moved_back": "orders_moved_back",
     "lost_acked": "lost_acked",
     "duplicate_fills": "duplicate_fills",
     "books_match": "books_match",
