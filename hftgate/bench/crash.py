@@ -35,8 +35,9 @@ The checks, after every kill and at the end:
 - *ledger_matches*: the ledger's hash chain verifies and its fills are exactly the reference's,
   each once.
 
-``recovery_ms_*``: from spawning the new process to its "listening on" line (it listens only once
-recovery and the ledger catch-up are done), interpreter start included; ``service_recovery_ms_*``
+``recovery_ms_*``: from spawning the new process to its first SERVING answer on ``grpc.health.v1``
+(it listens only once recovery and the ledger catch-up are done), interpreter start included;
+``service_recovery_ms_*``
 is the service's own figure for loading the snapshot and replaying the journal.
 
 **Two shards** (``CrashSettings.shards=2``, the default of :func:`run`, as ``hftgate up`` runs

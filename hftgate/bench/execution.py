@@ -121,6 +121,19 @@ class Account:
 # --- the server process ---------------------------------------------------------------------------
 
 
+def _serving(address: str) -> bool:
+    """One ``grpc.health.v1`` check: whether ``address`` answers SERVING now."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 class ExecutionProcess:
     """One ``python -m services.execution`` process on 127.0.0.1, state in ``state_dir``.
 
@@ -148,6 +161,7 @@ class ExecutionProcess:
         self.starts = 0
         self.log_path: Path | None = None
         self.spawned_at = 0.0  # time.monotonic() of the latest spawn
+        self._port_of_start = 0  # the start whose log gave ``port``
 
     @property
     def address(self) -> str:
@@ -218,11 +232,16 @@ class ExecutionProcess:
             )
 
     def _poll_ready(self) -> bool:
-        """True once the latest process has logged 'listening on'; raises if it died first."""
+        """True once the latest process answers SERVING on ``grpc.health.v1``, as the supervisor
+        waits for a service; raises if it died first. Its port is the one it logged ('listening on
+        HOST:PORT'): the service binds port 0 itself, since a port chosen here could be taken by
+        another process between the choice and the bind."""
         assert self.process is not None and self.log_path is not None
-        match = _LISTENING.search(self.log_path.read_text(errors="replace"))
-        if match:
-            self.port = int(match.group(2))
+        if not self.port or self.starts != self._port_of_start:
+            match = _LISTENING.search(self.log_path.read_text(errors="replace"))
+            if match:
+                self.port, self._port_of_start = int(match.group(2)), self.starts
+        if self.port and self.starts == self._port_of_start and _serving(self.address):
             return True
         code = self.process.poll()
         if code is not None:
