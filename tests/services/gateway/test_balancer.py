@@ -79,15 +79,42 @@ def test_p2c_peak_ewma_avoids_a_slow_replica_even_one_call_at_a_time() -> None:
     assert min(counts["fast1"], counts["fast2"]) > 1_000, counts
 
 
-def test_peak_ewma_takes_slowness_at_once_and_forgets_it_over_time() -> None:
+def test_peak_ewma_takes_slowness_at_once_and_forgets_it_over_busy_time() -> None:
     clock = Clock()
     balancer = Balancer("p2c_peak_ewma", clock_ns=clock, decay_ms=100)
-    (e,) = serving("e")
+    e, other = serving("e", "other")
     observe(balancer, clock, e, 0.2)
     observe(balancer, clock, e, 8.0)
-    assert e.latency_ns(clock(), balancer.decay_ns) == pytest.approx(8e6)  # the peak, not an average
-    clock.advance_ms(500)  # five time constants without a call
-    assert e.latency_ns(clock(), balancer.decay_ns) < 8e6 * 0.01
+    assert e.latency_ns(balancer.busy_ns(), balancer.decay_ns) == pytest.approx(8e6)  # the peak
+    clock.advance_ms(10_000)  # a pause in traffic: counts for IDLE_CAP_MS at most
+    assert e.latency_ns(balancer.busy_ns(), balancer.decay_ns) > 8e6 * 0.3
+    for _ in range(1_000):  # 500 ms of calls to another replica: five time constants
+        observe(balancer, clock, other, 0.5)
+    assert e.latency_ns(balancer.busy_ns(), balancer.decay_ns) < 8e6 * 0.01
+
+
+def test_a_pause_in_traffic_does_not_send_a_burst_to_the_slow_replica() -> None:
+    """Decaying on wall time, a pause left every replica's cost near zero; the fast ones, measured
+    again first, then looked dearer than the slow one, which took calls until it answered."""
+    clock = Clock()
+    balancer = Balancer("p2c_peak_ewma", clock_ns=clock, rng=random.Random(3), decay_ms=1_000)
+    fast1, fast2, slow = serving("fast1", "fast2", "slow")
+    for endpoint, rtt in ((fast1, 0.6), (fast2, 0.6), (slow, 5.6)):
+        observe(balancer, clock, endpoint, rtt)
+    clock.advance_ms(3_000)  # the pause
+    to_slow = 0
+    in_flight: list[tuple[object, int]] = []
+    for _ in range(200):  # 8 calls in flight, each fast one answering in 0.6 ms
+        chosen = balancer.pick([fast1, fast2, slow])
+        assert chosen is not None
+        to_slow += chosen is slow
+        in_flight.append((chosen, balancer.started(chosen)))
+        if len(in_flight) == 8:
+            clock.advance_ms(0.6 / 8)
+            done, started = in_flight.pop(0)
+            if done is not slow:
+                balancer.finished(done, started)  # type: ignore[arg-type]
+    assert to_slow == 0
 
 
 def test_p2c_inflight_prefers_the_replica_with_fewer_calls_in_flight() -> None:
