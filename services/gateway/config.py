@@ -101,7 +101,8 @@ class GatewayConfig:
     # How a replica is chosen: p2c_peak_ewma, p2c_inflight or round_robin (services/gateway/balancer.py).
     balancer: str = balancer_module.DEFAULT_ALGORITHM
     # Time constant of the peak-EWMA latency's decay (towards faster observations, and towards zero
-    # while a replica gets no calls, so a once-slow replica is tried again).
+    # while a replica gets no calls and the others do, so a once-slow replica is tried again; a pause
+    # in all traffic counts for 100 ms at most).
     balancer_decay_ms: int = 1_000
     # How long a replica that failed a call in transport (UNAVAILABLE) gets no new calls.
     balancer_eject_ms: int = 1_000
