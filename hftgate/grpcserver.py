@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from hftgate.native.process import die_with_parent
 from hftgate.security import ServerTls
 from hftgate.telemetry import RequestDecodingInterceptor, ServerTelemetryInterceptor
 
@@ -158,6 +160,15 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
+def _stop_with_supervisor() -> None:
+    """A service ``hftgate up`` started (in a session of its own, out of reach of the terminal's
+    Ctrl-C) gets SIGTERM, and drains, if that supervisor dies without stopping it. Only when the
+    supervisor is this process's parent: a replica the scaler started inherits the variable."""
+    supervisor = os.environ.get("HFTGATE_SUPERVISOR_PID", "")
+    if supervisor.isdigit() and int(supervisor) == os.getppid():
+        die_with_parent(int(supervisor), signal.SIGTERM)
+
+
 async def serve_until_signalled(running: RunningServer, grace_s: float) -> None:
     """Block until SIGTERM or SIGINT, then stop gracefully (health first).
 
@@ -169,6 +180,7 @@ async def serve_until_signalled(running: RunningServer, grace_s: float) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    _stop_with_supervisor()
     await stop.wait()
     log.info("signal received: draining for up to %.1f s", grace_s)
     await running.stop(grace_s)

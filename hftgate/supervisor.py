@@ -105,6 +105,9 @@ class ServiceSpec:
 
 
 # Start order: dependencies first (execution reads reference data through the cache).
+#: The supervisor's pid, given to each service it starts (see hftgate.grpcserver.serve_until_signalled).
+SUPERVISOR_PID_VARIABLE = "HFTGATE_SUPERVISOR_PID"
+
 ALL_SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("cache", 50053),
     ServiceSpec("marketdata", 50052),
@@ -455,7 +458,12 @@ def start_services(
                 instances = [s for s in running if s.spec.name == dependency]
                 if instances and not child_env.get(variable):
                     child_env[variable] = ",".join(f"{s.spec.instance}={s.address}" for s in instances)
-            process = subprocess.Popen([sys.executable, "-m", spec.module], env=child_env)
+            # Its own session: Ctrl-C in the terminal reaches only this process, which stops the
+            # services in dependency order (stop_services); they stop themselves if it dies.
+            child_env[SUPERVISOR_PID_VARIABLE] = str(os.getpid())
+            process = subprocess.Popen(
+                [sys.executable, "-m", spec.module], env=child_env, start_new_session=True
+            )
             service = RunningService(spec=spec, port=port, process=process, env=child_env)
             running.append(service)
             if not wait_until_serving(service.address, startup_timeout_s, health_tls):
@@ -495,19 +503,31 @@ def start_replay(running: list[RunningService], speed: float) -> subprocess.Pope
     return subprocess.Popen(command, env=target.env or None)
 
 
+#: The order services stop in (lowest first), each wave once the one before has exited: a service
+#: outlives those that call it or report to it, so none logs a lost dependency while stopping (the
+#: gateway calls everything; execution calls market data and the cache and reports to the scaler;
+#: the cache, with its Redis, serves everyone). Unknown names stop first.
+STOP_WAVES: dict[str, int] = {"gateway": 1, "execution": 2, "marketdata": 3, "scaler": 4, "cache": 5}
+
+
 def stop_services(running: list[RunningService], grace_s: float = 10.0) -> None:
-    """SIGTERM in reverse start order (each drains itself), then SIGKILL stragglers."""
-    for service in reversed(running):
-        if service.process.poll() is None:
-            service.process.terminate()
+    """SIGTERM in :data:`STOP_WAVES` order (each drains itself; a wave once the one before has
+    exited), within ``grace_s`` in all, then SIGKILL stragglers."""
     deadline = time.monotonic() + grace_s
+    waves: dict[int, list[RunningService]] = {}
     for service in reversed(running):
-        remaining = max(0.1, deadline - time.monotonic())
-        try:
-            service.process.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
-            service.process.kill()
-            service.process.wait()
+        waves.setdefault(STOP_WAVES.get(service.spec.name, 0), []).append(service)
+    for _, wave in sorted(waves.items()):
+        for service in wave:
+            if service.process.poll() is None:
+                service.process.terminate()
+        for service in wave:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                service.process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
 
 
 def _figure(value: object, digits: int = 1, unit: str = "") -> str:

@@ -128,6 +128,9 @@ def test_hftgate_up_runs_the_demo_flow_through_the_gateway_and_ctrl_c_leaves_no_
             raise
     assert code == 0, lines.tail()
     assert "every process started was stopped" in lines.tail()
+    # Stopped in dependency order: nothing lost a dependency it still used on the way down.
+    for lost in ("cannot report load to the scaler", "invalidation listener lost Redis"):
+        assert lost not in lines.tail(300), lines.tail(300)
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes left behind: {[(c.pid, c.cmdline()) for c in left]}"
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from hftgate.supervisor import (
     ALL_SERVICES,
     MAX_LOCAL_SHARDS,
     RunningService,
+    ServiceSpec,
     available_services,
     execution_shard_env,
     prepare_suite_env,
@@ -252,6 +258,85 @@ def test_more_shards_leave_every_book_on_the_shard_that_holds_it(tmp_path: Path)
     fresh = {"HFTGATE_STATE_DIR": str(tmp_path / "fresh")}
     assert store_shard_map(fresh, one).epoch == 1
     assert dict(store_shard_map(fresh, two).pins) == {}
+
+
+_RECORD_SIGTERM = """
+import os, signal, sys, time
+def stopped(*_):
+    with open(sys.argv[1], "a") as out:
+        out.write(sys.argv[2] + "\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopped)
+open(sys.argv[1] + "." + sys.argv[2], "w").close()
+time.sleep(60)
+"""
+
+
+def test_services_stop_in_dependency_waves(tmp_path: Path) -> None:
+    """The gateway first, the cache last, each wave once the one before has exited: no service is
+    left calling or reporting to one already gone (the warnings Ctrl-C used to print)."""
+    log = tmp_path / "stopped.txt"
+    names = ["cache", "marketdata", "execution", "execution", "gateway", "scaler"]  # start order
+    running = []
+    for number, name in enumerate(names):
+        label = f"{name}-{number}"
+        process = subprocess.Popen([sys.executable, "-c", _RECORD_SIGTERM, str(log), label])
+        running.append(RunningService(spec=ServiceSpec(name, 1), port=1, process=process))
+    for number, name in enumerate(names):  # each has its handler in place
+        deadline = time.monotonic() + 10
+        while not (tmp_path / f"stopped.txt.{name}-{number}").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    stop_services(running, grace_s=10)
+    order = [line.split("-")[0] for line in log.read_text().split()]
+    assert order[0] == "gateway" and order[-1] == "cache"
+    assert order[1:3] == ["execution", "execution"] and order[3:5] == ["marketdata", "scaler"]
+
+
+_CHILD_OF_SUPERVISOR = """
+import os, signal, subprocess, sys
+env = {**os.environ, "HFTGATE_SUPERVISOR_PID": str(os.getpid())}
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], env=env, start_new_session=True)
+print(child.pid, flush=True)
+sys.stdin.readline()  # until the test says so: then this "supervisor" exits without stopping it
+"""
+_SERVICE = """
+import signal, sys, time
+from hftgate.grpcserver import _stop_with_supervisor
+def stopped(*_):
+    open(sys.argv[1], "w").write("SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stopped)
+_stop_with_supervisor()
+open(sys.argv[1] + ".ready", "w").close()
+time.sleep(60)
+"""
+
+
+def test_a_service_drains_when_its_supervisor_dies_without_stopping_it(tmp_path: Path) -> None:
+    marker = tmp_path / "service.txt"
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_OF_SUPERVISOR, _SERVICE, str(marker)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert supervisor.stdout is not None and supervisor.stdin is not None
+    service_pid = int(supervisor.stdout.readline())
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.with_name("service.txt.ready").exists():
+            assert time.monotonic() < deadline, "the service never started"
+            time.sleep(0.01)
+        assert os.getsid(service_pid) != os.getsid(0)  # out of reach of the terminal's Ctrl-C
+        supervisor.stdin.close()  # the supervisor exits; the service must be told
+        supervisor.wait(10)
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the service outlived its supervisor"
+            time.sleep(0.01)
+        assert marker.read_text() == "SIGTERM"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(service_pid, signal.SIGKILL)
 
 
 def check_real_services_refuse_bad_bytes_and_missing_credentials(running: list[RunningService]) -> None:

@@ -23,14 +23,14 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """In a forked child: be killed (SIGKILL) when the parent dies, and exit now if it already has.
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """In a forked child: be sent ``sig`` (SIGKILL) when the parent dies, and exit now if it already has.
 
     A child that outlived a killed service would keep its listening sockets and files open while
     the service restarts. (Linux sends the signal when the *thread* that forked ends: fork from the
     thread that lives as long as the service, its event loop's.) Linux only (``prctl``); elsewhere
     only the check that the parent lives."""
     if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before the request above took effect
         os._exit(1)
