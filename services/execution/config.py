@@ -62,10 +62,11 @@ class ExecutionConfig:
     snapshot_every_journal_bytes: int = 16 * 1024 * 1024
     snapshot_after_recovery_bytes: int = 1024 * 1024
     # Write snapshots from a forked copy-on-write child (as Redis' BGSAVE does), so the service
-    # copies nothing and its memory does not jump with each snapshot. Off by default: in the running
-    # service (gRPC's and the journal's threads) the child crashed (SIGSEGV/SIGABRT) in 2 of 3
-    # snapshots when tried; three failures in a row switch back to capturing in the service.
-    snapshot_in_child_process: bool = False
+    # copies none of the state's big arrays and its memory does not jump with each snapshot. The
+    # child runs no Python, only system calls (native/src/snapshot_writer.c): safe in a child of
+    # this multithreaded process. Linux only; where fork fails, and after three failed children in
+    # a row, the service captures snapshots itself (a copy written by a thread).
+    snapshot_in_child_process: bool = True
     # Full disk: the longest pause between the journal writer's attempts to find space, and how long
     # a stopping service waits for space before giving up on records it could not write (never acked).
     journal_space_retry_max_ms: int = 100

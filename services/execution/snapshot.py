@@ -14,6 +14,17 @@ digits>.npz``: the state after every journal record up to that sequence number. 
 * ``reports`` -- the retained execution reports (StreamExecutions resumes across restarts);
 * ``info`` -- JSON: counters, symbol and account names.
 
+Two writers make that archive. By default (``snapshot_in_child_process``, Linux) a forked child that
+runs no Python writes it from its copy-on-write image of the service (:func:`start_writer`): the big
+arrays go from memory as they lie, so ``orders`` / ``order_ids`` are the order table's rows as laid
+out in state.py (the window's run(s), then every survivor row: a free one has id 0, survivors are
+in row order) and the loader drops the free rows and sorts by id. The member's CRC-32 is in a data
+descriptor after its data (only the child reads the data), which zipfile (and so ``np.load``)
+checks on load like any other. Otherwise, or when no child can be made, the service copies the
+state (:func:`capture`) and a thread streams it (:func:`write_pending`): retained orders by id.
+:func:`load` reads both, and every archive written before either (``order_ids`` absent, or
+sorted without free rows).
+
 Books are restored into an empty engine in that order: one anonymous trade sets the last price,
 every resting order is put back exactly as it was (``hft_engine_restore_resting``: its shown
 slice and iceberg reserve too, so a partly filled iceberg slice survives), and the pending stops
@@ -51,27 +62,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
+import io
 import json
 import logging
 import os
 import re
 import signal
+import struct
 import sys
 import time
-import traceback
 import zipfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from hftgate.matching.engine import EngineConfig
 from hftgate.matching.types import ORDER_INFO_DTYPE
-from hftgate.native import memory
-from hftgate.native.process import die_with_parent
+from hftgate.native import ffi, lib, memory
 from services.execution.config import ExecutionConfig
 from services.execution.journal import Journal
 from services.execution.ledger import Ledger, LedgerGap
@@ -83,8 +93,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^snapshot-(\d{20})\.npz$")
-#: fork_writer needs fork and a copy-on-write image of the process (Linux; not macOS, whose
-#: system libraries are not safe to use in a forked child of a threaded process).
+#: start_writer needs fork, a copy-on-write image of the process and prctl(PR_SET_PDEATHSIG): Linux.
 _CAN_FORK = hasattr(os, "fork") and sys.platform.startswith("linux")
 
 
@@ -198,46 +207,286 @@ class WriterFailed(RuntimeError):
     """A snapshot writer child exited with an error, a signal, or was killed for taking too long."""
 
 
-def fork_writer(state: ExecutionState, journal_seq: int, directory: Path) -> int:
-    """Write the snapshot of ``state`` as ``<name>.pending`` from a child process; its pid.
+@dataclass(slots=True)
+class _Member:
+    """One ``<name>.npy`` member of the archive: an array of ``dtype`` and ``shape`` whose bytes are
+    ``parts`` one after the other (C-contiguous views of the state's own arrays, or small copies)."""
 
-    ``fork`` gives the child a copy-on-write image of this process at this instant, between two
-    batches: the child captures and writes that image (:func:`capture`, :func:`write_pending`)
-    while this process goes on, so the event loop pays only for the fork (page tables: about a
-    millisecond for a few hundred MB, against tens of ms to copy the state) and the service holds
-    no copy at all: the only memory a snapshot adds is the pages the order path changes while the
-    child writes, and those the child's own, freed when it exits. The child touches nothing but
-    the state and its file (no gRPC, no logging, no asyncio, no garbage collection, which could
-    run a finalizer of an object it does not own) and leaves with ``os._exit``. Reap it with
-    :func:`wait_writer`; a nonzero code means no usable pending file.
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    parts: list[np.ndarray]
+    #: Whether ``parts`` are the state's own memory (else built for this snapshot).
+    in_place: bool = True
+
+
+def _ring_parts(ring: np.ndarray, first: int, count: int) -> list[np.ndarray]:
+    """The ``count`` rows of ``ring`` from row ``first`` on, wrapping round: one or two views."""
+    head = ring[first : min(first + count, len(ring))]
+    return [head, ring[: count - len(head)]] if count > len(head) else [head]
+
+
+def _members_in_memory(state: ExecutionState, journal_seq: int) -> list[_Member]:
+    """The snapshot's arrays as they lie in ``state`` (on the loop, between batches).
+
+    The big ones are views, not copies: the order table's window (its ring's one or two runs, in
+    id order) then its survivor rows, with the row ids beside them, and the report ring's one or
+    two runs in sequence order. The table is taken whole where that is simpler than picking: a
+    free survivor row goes along with id 0, and survivors are in row order, not id order
+    (:func:`load` drops the former and sorts). Only what is not an array in memory is built here:
+    the books (the engine's queries), the client order ids (Python strings), the names (JSON).
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        _writer_child(state, journal_seq, directory, parent)
-    return pid
+    window = state.order_count - state.order_base
+    first = state.order_base & state._mask
+    ring = state._ring
+
+    def table_parts(array: np.ndarray) -> list[np.ndarray]:
+        return [*_ring_parts(array[:ring], first, window), array[ring:]]
+
+    order_parts = table_parts(state.table)
+    id_parts = table_parts(state._slot_ids)
+    *window_ids, survivor_ids = table_parts(state._slot_client_ids)
+    # (Every window row holds an order; a free survivor row has None.)
+    client_ids = [c for part in window_ids for c in part.tolist()] + [c or "" for c in survivor_ids.tolist()]
+    newest = state.next_report_seq - 1
+    oldest = state.oldest_retained_report
+    report_parts = _ring_parts(state.reports, (oldest - 1) % len(state.reports), max(0, newest - oldest + 1))
+    books = state.engine_orders()
+    last = state.last_trade_prices()
+    rows = len(state._account_rows)
+    info = {
+        "journal_seq": journal_seq,
+        "next_input_seq": state.next_input_seq,
+        "next_report_seq": state.next_report_seq,
+        "next_trade_id": state.next_trade_id,
+        "trades": state.trades,
+        "traded_lots": state.traded_lots,
+        "order_count": state.order_count,
+        "order_base": state.order_base,
+        "symbols": state.symbol_names,
+        "accounts": {str(k): v for k, v in state.account_names.items()},
+        "max_symbols": state.engine_config.max_symbols,
+    }
+
+    def whole(name: str, array: np.ndarray, *, in_place: bool = False) -> _Member:
+        array = np.ascontiguousarray(array)  # (the view itself where it is contiguous)
+        return _Member(name, array.dtype, array.shape, [array], in_place)
+
+    def joined(name: str, parts: list[np.ndarray]) -> _Member:
+        return _Member(name, parts[0].dtype, (sum(len(p) for p in parts),), parts)
+
+    lengths = np.fromiter(map(len, client_ids), np.int64, len(client_ids))
+    return [
+        whole("book_orders", np.concatenate(books) if books else np.zeros(0, ORDER_INFO_DTYPE)),
+        whole("book_counts", np.array([len(b) for b in books], np.int64)),
+        whole("last_trade", np.array([p if p is not None else 0 for p in last], np.int64)),
+        whole("has_last_trade", np.array([p is not None for p in last], bool)),
+        joined("orders", order_parts),
+        joined("order_ids", id_parts),
+        whole("client_id_lengths", lengths.astype(np.uint16) if lengths.max(initial=0) < 2**16 else lengths),
+        whole("client_ids", np.frombuffer("".join(client_ids).encode("ascii"), np.uint8)),
+        whole("position", state.position[:rows], in_place=True),
+        whole("open_buy", state.open_buy[:rows], in_place=True),
+        whole("open_sell", state.open_sell[:rows], in_place=True),
+        whole("open_orders", state.open_orders[:rows], in_place=True),
+        whole("account_ids", np.array(list(state._account_rows), np.uint64)),
+        joined("reports", report_parts),
+        whole("info", np.frombuffer(json.dumps(info).encode("utf-8"), np.uint8)),
+    ]
 
 
-def _writer_child(state: ExecutionState, journal_seq: int, directory: Path, parent: int) -> NoReturn:
-    code = 1
+# The zip archive (an ``.npz``) the child writes, built to PKWARE's APPNOTE: stored members, zip64
+# sizes and offsets (so no size limit), and each member's CRC-32 in a data descriptor after its data
+# (flag bit 3), where only the child, reading the data, can compute it.
+_ZIP_VERSION = 45  # 4.5: zip64
+_ZIP_MADE_BY = (3 << 8) | _ZIP_VERSION  # on Unix
+_ZIP_FLAGS = 0x08  # CRC-32 and sizes follow the data (a data descriptor)
+_ZIP_DATE = (1 << 5) | 1  # 1980-01-01 00:00, the earliest a zip can say (no clock in a snapshot)
+_ZIP_ATTRIBUTES = 0o600 << 16
+_ZIP64_MARK = 0xFFFFFFFF
+_BYTES, _CRC = 0, 1  # hft_snapshot_piece kinds
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    out = io.BytesIO()
     try:
-        gc.disable()
-        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the service's handlers are not ours
-            signal.signal(number, signal.SIG_DFL)
-        die_with_parent(parent)
-        write_pending(directory, capture(state, journal_seq))
-        code = 0
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            os.write(2, f"snapshot writer {os.getpid()} failed:\n{traceback.format_exc()}".encode())
-    finally:
-        os._exit(code)
+        np.lib.format.write_array_header_1_0(out, header)
+    except ValueError:  # a header over 64 KiB (a very wide structured dtype)
+        out = io.BytesIO()
+        np.lib.format.write_array_header_2_0(out, header)
+    return out.getvalue()
 
 
-#: How long a writer child may take before it is killed (its snapshot abandoned): a child of a
-#: multithreaded process that deadlocked on a lock another thread held at fork time must not stop
-#: snapshots for good.
+_Piece = tuple[int, "bytes | np.ndarray | None", int]  # (kind, bytes, CRC slot or -1)
+
+
+def _zip_pieces(members: list[_Member]) -> list[_Piece]:
+    """What the child writes, in order: the archive's headers (made here) around the members' bytes
+    (read in the child), with a CRC piece wherever the archive states a member's checksum."""
+    pieces: list[_Piece] = []
+    central: list[_Piece] = []
+    offset = 0
+    for slot, member in enumerate(members):
+        if member.dtype.hasobject:
+            raise ValueError(f"snapshot array {member.name!r} holds Python objects")
+        name = (member.name + ".npy").encode("ascii")
+        header = _npy_header(member.dtype, member.shape)
+        size = len(header) + sum(part.nbytes for part in member.parts)
+        # (Sizes 0xFFFFFFFF: see the zip64 field, whose sizes are 0 here: see the data descriptor.)
+        local = (
+            struct.pack(
+                "<IHHHHHIIIHH",
+                0x04034B50,
+                _ZIP_VERSION,
+                _ZIP_FLAGS,
+                0,
+                0,
+                _ZIP_DATE,
+                0,
+                _ZIP64_MARK,
+                _ZIP64_MARK,
+                len(name),
+                20,
+            )
+            + name
+            + struct.pack("<HHQQ", 0x0001, 16, 0, 0)
+        )
+        pieces.append((_BYTES, local, -1))
+        pieces.append((_BYTES, header, slot))
+        pieces.extend((_BYTES, part, slot) for part in member.parts)
+        pieces.append((_BYTES, struct.pack("<I", 0x08074B50), -1))
+        pieces.append((_CRC, None, slot))
+        pieces.append((_BYTES, struct.pack("<QQ", size, size), -1))
+        central.append(
+            (
+                _BYTES,
+                struct.pack("<IHHHHHH", 0x02014B50, _ZIP_MADE_BY, _ZIP_VERSION, _ZIP_FLAGS, 0, 0, _ZIP_DATE),
+                -1,
+            )
+        )
+        central.append((_CRC, None, slot))
+        central.append(
+            (
+                _BYTES,
+                struct.pack(
+                    "<IIHHHHHII",
+                    _ZIP64_MARK,
+                    _ZIP64_MARK,
+                    len(name),
+                    28,
+                    0,
+                    0,
+                    0,
+                    _ZIP_ATTRIBUTES,
+                    _ZIP64_MARK,
+                )
+                + name
+                + struct.pack("<HHQQQ", 0x0001, 24, size, size, offset),
+                -1,
+            )
+        )
+        offset += len(local) + size + 4 + 4 + 16
+    directory_size = sum(len(data) if isinstance(data, bytes) else 4 for _, data, _ in central)
+    count = len(members)
+    end = (
+        struct.pack(
+            "<IQHHIIQQQQ",
+            0x06064B50,
+            44,
+            _ZIP_MADE_BY,
+            _ZIP_VERSION,
+            0,
+            0,
+            count,
+            count,
+            directory_size,
+            offset,
+        )
+        + struct.pack("<IIQI", 0x07064B50, 0, offset + directory_size, 1)
+        + struct.pack(
+            "<IHHHHIIH", 0x06054B50, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF), _ZIP64_MARK, _ZIP64_MARK, 0
+        )
+    )
+    return [*pieces, *central, (_BYTES, end, -1)]
+
+
+@dataclass(slots=True)
+class WriterChild:
+    """A writer child started by :func:`start_writer`."""
+
+    pid: int
+    #: Bytes it writes from the state's memory as they lie (nothing copied for them).
+    referenced_bytes: int
+    #: Bytes built on the loop for it (books, client ids, names, the archive's headers).
+    built_bytes: int
+    #: How long the fork itself held the loop.
+    fork_s: float
+
+    def describe(self) -> str:
+        return (
+            f"by writer process {self.pid}: {self.referenced_bytes / 2**20:.1f} MB from memory as it lay, "
+            f"{self.built_bytes / 2**20:.2f} MB built on the loop, fork {self.fork_s * 1e3:.1f} ms"
+        )
+
+
+def start_writer(state: ExecutionState, journal_seq: int, directory: Path) -> WriterChild:
+    """Fork a child that writes the snapshot of ``state`` as ``<name>.pending`` (on the loop, between
+    batches; reap it with :func:`wait_writer`).
+
+    The child runs no Python (native/src/snapshot_writer.c): it writes the regions listed here
+    (:func:`_members_in_memory`, :func:`_zip_pieces`) from its copy-on-write image of this process,
+    fsyncs and exits. So the service copies none of the big arrays (the snapshot costs the loop the
+    small parts and the fork, which copies the page tables: milliseconds for a few hundred MB) and
+    holds no copy of them; what the snapshot adds to memory is the pages the order path changes
+    while the child writes, held by the child (their old versions) and freed when it exits. A child of this
+    multithreaded process (gRPC's threads, the journal writer's) cannot safely run Python; this one
+    only makes system calls. OSError when no child could be made."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pending = os.fsencode(path_for(directory, journal_seq)) + b".pending"
+    members = _members_in_memory(state, journal_seq)
+    plan = _zip_pieces(members)
+    pieces = ffi.new("hft_snapshot_piece[]", len(plan))
+    keep = []  # cdata of the headers: alive until the fork is done
+    referenced = sum(part.nbytes for m in members if m.in_place for part in m.parts)
+    built = 0
+    for piece, (kind, data, slot) in zip(pieces, plan, strict=True):
+        piece.kind, piece.crc_slot = kind, slot
+        if isinstance(data, bytes):
+            buffer = ffi.from_buffer(data)
+            keep.append(buffer)
+            piece.data, piece.length = buffer, len(data)
+            built += len(data)
+        elif data is not None:
+            piece.data, piece.length = ffi.cast("const void *", data.ctypes.data), data.nbytes
+    built += sum(part.nbytes for m in members if not m.in_place for part in m.parts)
+    path = ffi.new("char[]", pending)
+    pid = ffi.new("int *")
+    started = time.perf_counter()
+    rc = lib.hft_snapshot_fork_writer(path, pieces, len(plan), pid)
+    fork_s = time.perf_counter() - started
+    if rc < 0:
+        raise OSError(-rc, f"snapshot writer process not started: {os.strerror(-rc)}")
+    return WriterChild(int(pid[0]), referenced, built, fork_s)
+
+
+#: What a writer child's exit code means (native/include/hft_snapshot_writer.h).
+WRITER_EXIT_MEANINGS = {
+    lib.HFT_SNAPSHOT_EXIT_ORPHANED: "the service had gone",
+    lib.HFT_SNAPSHOT_EXIT_OPEN: "could not create the file",
+    lib.HFT_SNAPSHOT_EXIT_WRITE: "write failed",
+    lib.HFT_SNAPSHOT_EXIT_FSYNC: "fsync failed",
+    lib.HFT_SNAPSHOT_EXIT_BAD_PIECES: "bad regions",
+}
+
+
+def fork_writer(state: ExecutionState, journal_seq: int, directory: Path) -> int:
+    """:func:`start_writer`; the child's pid."""
+    return start_writer(state, journal_seq, directory).pid
+
+
+#: How long a writer child may take before it is killed (its snapshot abandoned): a child stuck on
+#: a disk that does not answer must not stop snapshots for good.
 WRITER_TIMEOUT_S = 300.0
 #: Writer children failing in a row before snapshots are captured in the service instead.
 MAX_WRITER_FAILURES = 3
@@ -329,6 +578,13 @@ def load(
     for length in arrays["client_id_lengths"].tolist():
         client_ids.append(text[offset : offset + length])
         offset += length
+    # A snapshot a writer child wrote holds the table as it lay in memory: free rows (id 0) too,
+    # and the survivors in row order. restore_orders wants the retained orders by ascending id.
+    held = np.flatnonzero(order_ids)
+    if len(held) < len(order_ids) or np.any(np.diff(order_ids) < 0):
+        held = held[np.argsort(order_ids[held], kind="stable")]
+        orders, order_ids = orders[held], order_ids[held]
+        client_ids = [client_ids[i] for i in held.tolist()]
     state.restore_orders(
         order_ids, orders, client_ids, info.get("order_count", len(orders)), info.get("order_base", 0)
     )
@@ -367,11 +623,12 @@ class Snapshotter:
     the journal starts a new segment, so the next snapshot's truncation drops the covered records
     whole: the journal a recovery opens (and CRC-checks) holds about two snapshot intervals at most.
 
-    A snapshot starts on the event loop between batches. With ``in_child_process`` (off by
-    default: see ``snapshot_in_child_process`` in config.py; Linux) a forked child captures and
-    writes it from its copy-on-write image of the process (:func:`fork_writer`), so the service
-    copies nothing; otherwise, or where fork is unavailable or fails, the state is copied here
-    (books via the engine's queries, the order table as one array copy) and written by a thread.
+    A snapshot starts on the event loop between batches. With ``in_child_process`` (the default
+    on Linux: see ``snapshot_in_child_process`` in config.py) a forked child that runs no Python
+    writes the state's arrays from its copy-on-write image of the process (:func:`start_writer`),
+    so the service copies none of them; otherwise, where fork is unavailable or fails, or after
+    MAX_WRITER_FAILURES failed children in a row, the state is copied here (books via the engine's
+    queries, the order table as one array copy) and written by a thread.
     Writing, the fsync, the wait for the ledger's high-water mark and the journal truncation run in
     a background task.
     """
@@ -390,7 +647,7 @@ class Snapshotter:
         self.journal = journal
         self.ledger = ledger
         self.directory = config.snapshot_path()
-        #: Whether snapshots are written by a forked child (fork_writer) rather than captured here.
+        #: Whether snapshots are written by a forked child (start_writer) rather than captured here.
         self.in_child_process: bool = (
             in_child_process
             if in_child_process is not None
@@ -398,6 +655,8 @@ class Snapshotter:
         ) and _CAN_FORK
         #: Writer children that failed in a row (MAX_WRITER_FAILURES switches to capturing here).
         self.writer_failures = 0
+        #: The writer child of the latest snapshot (None: captured in the service).
+        self.last_writer: WriterChild | None = None
         # A capture here allocates and frees tens of MB: with glibc's dynamic threshold that memory
         # would move onto the heap and stay resident for good after the first snapshot.
         memory.pin_mmap_threshold()
@@ -460,14 +719,15 @@ class Snapshotter:
         seq = self.journal.next_seq - 1
         last_trade_id, orders = state.next_trade_id - 1, state.retained_order_count
         write: Callable[[], Awaitable[Path]]
-        pid = 0
+        child: WriterChild | None = None
         if self.in_child_process:
             try:
-                pid = fork_writer(state, seq, self.directory)
-            except OSError as exc:  # no memory or no process left for a child: copy here instead
+                child = start_writer(state, seq, self.directory)
+            except Exception as exc:  # no memory or no process left for a child: copy here instead
                 log.warning("snapshot writer process not started (%s); capturing in the service", exc)
-        if pid:
-            write = functools.partial(self._reap_writer, pid, path_for(self.directory, seq))
+        self.last_writer = child
+        if child is not None:
+            write = functools.partial(self._reap_writer, child.pid, path_for(self.directory, seq))
         else:
             data = capture(state, seq)
             write = functools.partial(asyncio.to_thread, self._write, data)
@@ -503,7 +763,14 @@ class Snapshotter:
                     return
             final = await asyncio.to_thread(confirm, pending)
             self.taken += 1
-            log.info("snapshot %s written (%d orders; trigger: %s)", final.name, orders, self.last_trigger)
+            child = self.last_writer
+            log.info(
+                "snapshot %s written (%d orders; trigger: %s; %s)",
+                final.name,
+                orders,
+                self.last_trigger,
+                "captured in the service" if child is None else child.describe(),
+            )
             if self.config.journal_truncate_after_snapshot:
                 await self.journal.truncate_before(journal_seq + 1)
         except WriterFailed as failed:
@@ -534,12 +801,13 @@ class Snapshotter:
 
     @staticmethod
     async def _reap_writer(pid: int, final: Path) -> Path:
-        """Wait (in a thread) for the child of :func:`fork_writer`; its pending file once it succeeded."""
+        """Wait (in a thread) for the child of :func:`start_writer`; its pending file once it succeeded."""
         pending = final.with_name(final.name + ".pending")
         code = await asyncio.to_thread(wait_writer, pid)
         if code != 0:
             pending.unlink(missing_ok=True)
-            raise WriterFailed(f"the snapshot writer process {pid} exited with {code}")
+            meaning = WRITER_EXIT_MEANINGS.get(code, "killed by a signal" if code < 0 else "failed")
+            raise WriterFailed(f"the snapshot writer process {pid} exited with {code} ({meaning})")
         return pending
 
     async def settled(self) -> None:

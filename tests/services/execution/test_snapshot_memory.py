@@ -1,10 +1,11 @@
 """Issue #13 part 2: a snapshot must not make the service's memory jump (``rss_bytes_per_order``).
 
-A snapshot's captured copies are streamed into its file in bounded pieces and each is freed once
-written; large freed blocks leave the process (the allocator's mmap threshold is pinned); a forked
-child can write from a copy-on-write image instead (opt-in). These tests check each of those
-behaviours, that a snapshot written any of these ways restores the same state, and that the
-benchmark's measure tells growth from a snapshot's transient copy.
+By default a forked child that runs no Python writes the snapshot from a copy-on-write image
+(test_snapshot_child_writer.py: that it restores the same state). Where the service captures a
+snapshot itself (the fallback), its captured copies are streamed into its file in bounded pieces
+and each is freed once written; large freed blocks leave the process (the allocator's mmap
+threshold is pinned). These tests check each of those behaviours, the writer child's lifecycle,
+and that the benchmark's measure tells growth from a snapshot's transient copy.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pytest
 from hftgate.native import memory
 from hftgate.native.process import die_with_parent
 from services.execution import snapshot
-from services.execution.recovery import comparable_books
 from services.execution.state import REPORT_DTYPE
 
 from .test_retirement import ENGINE, _apply_all, _flow, _retained, _state
@@ -77,51 +77,17 @@ def test_an_array_of_python_objects_is_refused(tmp_path: Path) -> None:
 
 
 @linux_only
-def test_a_forked_writer_writes_the_snapshot_a_capture_here_would(tmp_path: Path) -> None:
-    live = _state(retained_reports=64, retain_orders=32)
-    _apply_all(live, _flow(seed=11, batches=300))
-    before = _retained(live)
-    here = snapshot.confirm(
-        snapshot.write_pending(tmp_path / "here", snapshot.capture(live, journal_seq=300))
-    )
-    pid = snapshot.fork_writer(live, 300, tmp_path / "child")
-    assert pid > 0 and snapshot.wait_writer(pid) == 0
-    forked = snapshot.confirm(tmp_path / "child" / (snapshot.path_for(tmp_path, 300).name + ".pending"))
-    assert _retained(live) == before  # the service's own state is untouched
-    with np.load(here) as a, np.load(forked) as b:
-        assert sorted(a.files) == sorted(b.files)
-        for name in a.files:
-            assert a[name].tobytes() == b[name].tobytes(), name
-    restored, seq = snapshot.load(forked, ENGINE, 64)
-    restored.retain_orders = 32
-    assert seq == 300 and _retained(restored) == _retained(live)
-    assert comparable_books(restored.engine, restored.symbol_ids) == comparable_books(
-        live.engine, live.symbol_ids
-    )
-    # Both go on alike from the snapshot.
-    more = _flow(seed=12, batches=100)
-    assert _apply_all(restored, more) == _apply_all(live, more)
-
-
-@linux_only
-def test_a_writer_killed_mid_write_leaves_no_pending_file_and_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_writer_killed_mid_write_leaves_no_pending_file_and_says_so(tmp_path: Path) -> None:
     import asyncio
 
     live = _state(retained_reports=16)
     _apply_all(live, _flow(seed=5, batches=20))
     final = snapshot.path_for(tmp_path, 20)
     pending = final.with_name(final.name + ".pending")
-
-    def killed(directory: Path, data: snapshot.SnapshotData) -> Path:
-        pending.write_bytes(b"half an archive")
-        os.kill(os.getpid(), signal.SIGKILL)
-        raise AssertionError("unreachable")
-
-    monkeypatch.setattr(snapshot, "write_pending", killed)  # the child runs the patched module
+    os.mkfifo(pending)  # holds the child in open() until it is killed: caught mid-snapshot
     pid = snapshot.fork_writer(live, 20, tmp_path)
-    with pytest.raises(RuntimeError, match=f"exited with {-int(signal.SIGKILL)}"):
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=f"exited with {-int(signal.SIGKILL)} \\(killed by a signal\\)"):
         asyncio.run(snapshot.Snapshotter._reap_writer(pid, final))
     assert not pending.exists() and snapshot.newest(tmp_path) is None
     # A child reaped by someone else has an unknown outcome: a failure too.
@@ -132,7 +98,7 @@ def test_a_writer_killed_mid_write_leaves_no_pending_file_and_says_so(
 def test_the_snapshotter_copies_nothing_in_the_service_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the child writer, capture() never runs here (only in the child, on its own pages)."""
+    """With the child writer, capture() never runs: the child writes the arrays as they lie."""
     import asyncio
     from types import SimpleNamespace
 
@@ -187,7 +153,7 @@ def test_the_snapshotter_copies_nothing_in_the_service_process(
     def no_child(*args: object) -> int:
         raise OSError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(snapshot, "fork_writer", no_child)
+    monkeypatch.setattr(snapshot, "start_writer", no_child)
     asyncio.run(run(True))  # a fork that fails falls back to the in-process capture
     assert captured_here == [200, 200]
 
@@ -284,13 +250,13 @@ def test_a_writer_that_hangs_is_killed_and_repeated_failures_switch_to_capturing
     live = _state(retained_reports=64, retain_orders=32)
     _apply_all(live, _flow(seed=3, batches=20))
 
-    def failing_child(*args: object) -> int:
+    def failing_child(*args: object) -> snapshot.WriterChild:
         child = os.fork()
         if child == 0:
             os._exit(3)
-        return child
+        return snapshot.WriterChild(child, 0, 0, 0.0)
 
-    monkeypatch.setattr(snapshot, "fork_writer", failing_child)
+    monkeypatch.setattr(snapshot, "start_writer", failing_child)
 
     class Journal:
         next_seq = 21
