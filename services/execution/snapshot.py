@@ -81,7 +81,7 @@ import numpy as np
 
 from hftgate.matching.engine import EngineConfig
 from hftgate.matching.types import ORDER_INFO_DTYPE
-from hftgate.native import ffi, lib, memory
+from hftgate.native import memory, snapshot_writer
 from services.execution.config import ExecutionConfig
 from services.execution.journal import Journal
 from services.execution.ledger import Ledger, LedgerGap
@@ -304,7 +304,7 @@ _ZIP_FLAGS = 0x08  # CRC-32 and sizes follow the data (a data descriptor)
 _ZIP_DATE = (1 << 5) | 1  # 1980-01-01 00:00, the earliest a zip can say (no clock in a snapshot)
 _ZIP_ATTRIBUTES = 0o600 << 16
 _ZIP64_MARK = 0xFFFFFFFF
-_BYTES, _CRC = 0, 1  # hft_snapshot_piece kinds
+_BYTES, _CRC = snapshot_writer.PIECE_BYTES, snapshot_writer.PIECE_CRC
 
 
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -446,38 +446,15 @@ def start_writer(state: ExecutionState, journal_seq: int, directory: Path) -> Wr
     pending = os.fsencode(path_for(directory, journal_seq)) + b".pending"
     members = _members_in_memory(state, journal_seq)
     plan = _zip_pieces(members)
-    pieces = ffi.new("hft_snapshot_piece[]", len(plan))
-    keep = []  # cdata of the headers: alive until the fork is done
     referenced = sum(part.nbytes for m in members if m.in_place for part in m.parts)
-    built = 0
-    for piece, (kind, data, slot) in zip(pieces, plan, strict=True):
-        piece.kind, piece.crc_slot = kind, slot
-        if isinstance(data, bytes):
-            buffer = ffi.from_buffer(data)
-            keep.append(buffer)
-            piece.data, piece.length = buffer, len(data)
-            built += len(data)
-        elif data is not None:
-            piece.data, piece.length = ffi.cast("const void *", data.ctypes.data), data.nbytes
+    built = sum(len(data) for _, data, _ in plan if isinstance(data, bytes))
     built += sum(part.nbytes for m in members if not m.in_place for part in m.parts)
-    path = ffi.new("char[]", pending)
-    pid = ffi.new("int *")
-    started = time.perf_counter()
-    rc = lib.hft_snapshot_fork_writer(path, pieces, len(plan), pid)
-    fork_s = time.perf_counter() - started
-    if rc < 0:
-        raise OSError(-rc, f"snapshot writer process not started: {os.strerror(-rc)}")
-    return WriterChild(int(pid[0]), referenced, built, fork_s)
+    pid, fork_s = snapshot_writer.fork_writer(pending, plan)
+    return WriterChild(pid, referenced, built, fork_s)
 
 
-#: What a writer child's exit code means (native/include/hft_snapshot_writer.h).
-WRITER_EXIT_MEANINGS = {
-    lib.HFT_SNAPSHOT_EXIT_ORPHANED: "the service had gone",
-    lib.HFT_SNAPSHOT_EXIT_OPEN: "could not create the file",
-    lib.HFT_SNAPSHOT_EXIT_WRITE: "write failed",
-    lib.HFT_SNAPSHOT_EXIT_FSYNC: "fsync failed",
-    lib.HFT_SNAPSHOT_EXIT_BAD_PIECES: "bad regions",
-}
+#: What a writer child's exit code means.
+WRITER_EXIT_MEANINGS = snapshot_writer.EXIT_MEANINGS
 
 
 def fork_writer(state: ExecutionState, journal_seq: int, directory: Path) -> int:
