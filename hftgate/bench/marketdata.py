@@ -11,12 +11,15 @@ Input: the Binance window of ``../shared/data`` (spot, USD-M and COIN-M book tic
   with zero fees, where the basis keeps opportunities opening, updating and closing.
 - ``depth_p50_us`` / ``depth_p99_us``: each depth message of the raw recordings of the same window
   (``raw/hftbacktest_binance``: spot diffs every 100 ms, futures every change, and the recorder's
-  1,000-level REST snapshots) as the service handles it once gRPC has decoded its DepthUpdate
-  (built beforehand here): its levels read in C from the message's bytes (``levels_from_wire``,
-  the message serialized again as the server does), then one ``on_depth`` call, validation and
-  book update (both in C) included.
-  ``depth_levels_p50_us`` / ``depth_levels_p99_us``, a floor of the same run: the levels' reading
-  alone (serialization and the C read), the part that grows with the levels before any check.
+  1,000-level REST snapshots) as the service handles it from the bytes gRPC hands it: the updates
+  are encoded beforehand into PublishQuotesRequest bytes, batched as the replay publisher sends
+  them; per request, protobuf's decoding (which gRPC did in the server before as well, for every
+  other field) is not timed; per update, the time covers finding it in the request's bytes and
+  reading its levels in C (``RequestDepthLevels``), then one ``on_depth`` call, validation and book
+  update (both in C; the check made by the read) included, as ``PublishQuotes`` does.
+  ``depth_levels_p50_us`` / ``depth_levels_p99_us``, a floor of the same run: the finding, reading
+  and checking of the levels alone (one C call), the part that grows with the levels before the
+  book update.
 - ``opportunities``: opportunities opened with the configured taker fees (the basis between spot
   and perpetuals stays inside the fees); ``opportunities_without_fees`` for contrast.
 - ``ticks_per_s``: the quotes sent over one PublishQuotes stream (1,000 ticks per message,
@@ -66,7 +69,7 @@ from hftgate.replay.ticks import DepthTick, QuoteTick, Tick, TradeTick
 from hftgate.v1 import marketdata_pb2
 from services.marketdata.arbitrage import ArbitrageDetector
 from services.marketdata.config import MarketDataConfig
-from services.marketdata.depth_book import levels_from_wire
+from services.marketdata.depth_book import RequestDepthLevels
 from services.marketdata.engine import MarketDataEngine
 from services.marketdata.symbol_state import SymbolState
 
@@ -119,57 +122,73 @@ def tick_latencies(ticks: list[Tick], config: MarketDataConfig) -> tuple[dict[st
     return histogram.summary(), engine.arbitrage.opened
 
 
-def depth_messages(depth: Sequence[Tick]) -> list[marketdata_pb2.DepthUpdate]:
-    """Each depth tick as the DepthUpdate the server holds once gRPC has decoded a request."""
-    messages = []
-    for tick in depth:
-        assert type(tick) is DepthTick
-        message = marketdata_pb2.DepthUpdate(
-            venue=tick.venue,
-            symbol=tick.symbol,
-            exchange_ts_ns=tick.exchange_ts_ns,
-            receive_ts_ns=tick.receive_ts_ns,
-            sequence=tick.sequence,
-            is_snapshot=tick.is_snapshot,
-        )
-        for price, size in tick.bids:
-            message.bids.add(price=price, size=size)
-        for price, size in tick.asks:
-            message.asks.add(price=price, size=size)
-        messages.append(message)
-    return messages
+def depth_requests(depth: Sequence[Tick]) -> list[bytes]:
+    """The depth ticks as the PublishQuotesRequest bytes gRPC hands the server, batched as the
+    replay publisher sends them (up to ``TICKS_PER_MESSAGE`` updates a message)."""
+    requests: list[bytes] = []
+    for start in range(0, len(depth), TICKS_PER_MESSAGE):
+        quote_requests, _ = to_requests(depth[start : start + TICKS_PER_MESSAGE])
+        requests.extend(request.SerializeToString() for request in quote_requests)
+    return requests
 
 
-def depth_latencies(
-    messages: Sequence[marketdata_pb2.DepthUpdate], config: MarketDataConfig
-) -> dict[str, float]:
-    """Per-update latency summary (ns) on a fresh engine of the server's path for a decoded
-    DepthUpdate: its levels read in C from its bytes, then ``on_depth``.
+def depth_latencies(requests: Sequence[bytes], config: MarketDataConfig) -> dict[str, float]:
+    """Per-update latency summary (ns) on a fresh engine of the server's path for a DepthUpdate
+    from the bytes of the request it came in: the update found in the request's bytes and its
+    levels read in C (``RequestDepthLevels``), then ``on_depth``. Each request is decoded first,
+    untimed: gRPC's decoding, which the server did before this change too; the reader's start on
+    a request is timed with its first update.
 
     A diff older than a market's REST snapshot is refused as a duplicate, as Binance prescribes;
     the refusal is timed like any other update.
     """
     engine = MarketDataEngine(config)
+    on_depth = engine.on_depth
+    max_levels = config.depth_max_levels_per_update
+    depth_levels = RequestDepthLevels()
     histogram = LatencyHistogram()
-    for m in messages:
+    record = histogram.record
+    for data in requests:
+        request = marketdata_pb2.PublishQuotesRequest.FromString(data)
         start = now_ns()
-        bids, asks = levels_from_wire(m.SerializeToString(), len(m.bids), len(m.asks))
-        engine.on_depth(
-            m.venue, m.symbol, m.exchange_ts_ns, m.receive_ts_ns, m.sequence, m.is_snapshot, bids, asks
-        )
-        histogram.record(now_ns() - start)
+        depth_levels.start(data)
+        for d in request.depth_updates:
+            bid_count, ask_count = len(d.bids), len(d.asks)
+            if bid_count + ask_count > max_levels:
+                raise RuntimeError(f"a recorded depth update of {bid_count + ask_count} levels")
+            bids, asks, checked = depth_levels.next_levels(bid_count, ask_count)
+            on_depth(
+                d.venue,
+                d.symbol,
+                d.exchange_ts_ns,
+                d.receive_ts_ns,
+                d.sequence,
+                d.is_snapshot,
+                bids,
+                asks,
+                None,
+                checked,
+            )
+            record(now_ns() - start)
+            start = now_ns()
     return histogram.summary()
 
 
-def depth_levels_latencies(messages: Sequence[marketdata_pb2.DepthUpdate]) -> dict[str, float]:
-    """Per-update latency summary (ns) of the levels' reading alone (serialization and the C read,
-    as ``depth_latencies`` does before ``on_depth``), timed the same way."""
+def depth_levels_latencies(requests: Sequence[bytes]) -> dict[str, float]:
+    """Per-update latency summary (ns) of the levels' reading alone (finding the update in the
+    request's bytes, the C read and its check, as ``depth_latencies`` does before ``on_depth``),
+    timed the same way."""
+    depth_levels = RequestDepthLevels()
     histogram = LatencyHistogram()
-    for m in messages:
+    record = histogram.record
+    for data in requests:
+        request = marketdata_pb2.PublishQuotesRequest.FromString(data)
         start = now_ns()
-        bids, asks = levels_from_wire(m.SerializeToString(), len(m.bids), len(m.asks))
-        histogram.record(now_ns() - start)
-        assert len(bids) == len(m.bids) and len(asks) == len(m.asks)
+        depth_levels.start(data)
+        for d in request.depth_updates:
+            depth_levels.next_levels(len(d.bids), len(d.asks))
+            record(now_ns() - start)
+            start = now_ns()
     return histogram.summary()
 
 
@@ -398,7 +417,7 @@ def run(repeats: int = 5, data_dir: str | os.PathLike[str] | None = None) -> dic
     quotes = [t for t in ticks if type(t) is QuoteTick]
     raw = load([root / "raw" / "hftbacktest_binance" / name for name in RAW_DEPTH_FILES])
     depth = [t for t in raw if type(t) is DepthTick]
-    depth_updates = depth_messages(depth)
+    depth_updates = depth_requests(depth)
     config = MarketDataConfig()
     without_fees = zero_fees(config)
 

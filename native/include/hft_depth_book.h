@@ -8,7 +8,7 @@
  * levels near the touch (most diffs), levels beyond the far end (a snapshot listed
  * best-first) and trimming the far levels are all cheap. A side's part of an update
  * listed in price order (rising or falling, as venues send them) with at least 8 levels,
- * and at least one per 16 levels of the side, is merged in one pass instead (same result).
+ * and at least one per 64 levels of the side, is merged in one pass instead (same result).
  * Prices compare as doubles (exactly, as the Python book's dict keys did).
  *
  * Levels arrive as arrays of (price, size) pairs: levels[i][0] is a price, levels[i][1]

@@ -34,9 +34,16 @@ struct hft_depth_book {
 #define DEPTH_MAX_BOUND ((uint32_t)1 << 26)
 /* A side's update is merged when it is in price order and has at least this many levels
  * and at least one per DEPTH_MERGE_SIDE_RATIO levels of the side: below that, moving the
- * levels it touches costs less than copying the whole side. */
+ * levels it touches costs less than copying the whole side. Measured on the recorded Binance
+ * diffs (1,000-level sides, diffs spread over the whole side): at one per 16, a diff of 30 to
+ * 62 levels a side went level by level, each level moving a quarter of the side on average,
+ * and took ~1.5x as long as the merge does (median of the 50-150-level updates 4.4 -> 3.0 us). */
 #define DEPTH_MERGE_MIN_LEVELS 8
-#define DEPTH_MERGE_SIDE_RATIO 16
+#define DEPTH_MERGE_SIDE_RATIO 64
+/* Levels a merge compares and copies at a time; at most DEPTH_MERGE_MIN_LEVELS, the least room
+ * a merge has past the end of its side and of its output. */
+#define MERGE_BLOCK 8
+_Static_assert(MERGE_BLOCK <= DEPTH_MERGE_MIN_LEVELS, "a merge's room past its ends is one block");
 
 int hft_depth_book_create(uint32_t max_levels_per_side, uint32_t max_update_levels, hft_depth_book **out) {
     if (out == NULL || max_levels_per_side == 0 || max_update_levels == 0 ||
@@ -85,23 +92,23 @@ int hft_depth_levels_check(const double (*bids)[2], size_t n_bids, const double 
     int not_finite = 0, bad_price = 0, bad_size = 0;
     double best_bid = 0.0;
     double best_ask = INFINITY;
+    /* No branch on the numbers: sizes of 0 (deletions) come in any order, and a branch on
+     * them mispredicted often enough to cost more than the rest of the loop. */
     for (size_t i = 0; i < n_bids; i++) {
         double price = bids[i][0], size = bids[i][1];
         not_finite |= !isfinite(price) | !isfinite(size);
         bad_price |= price <= 0.0;
         bad_size |= size < 0.0;
-        if (size > 0.0 && price > best_bid) {
-            best_bid = price;
-        }
+        int better = (size > 0.0) & (price > best_bid);
+        best_bid = better ? price : best_bid;
     }
     for (size_t i = 0; i < n_asks; i++) {
         double price = asks[i][0], size = asks[i][1];
         not_finite |= !isfinite(price) | !isfinite(size);
         bad_price |= price <= 0.0;
         bad_size |= size < 0.0;
-        if (size > 0.0 && price < best_ask) {
-            best_ask = price;
-        }
+        int better = (size > 0.0) & (price < best_ask);
+        best_ask = better ? price : best_ask;
     }
     if (not_finite) {
         return HFT_DEPTH_NOT_FINITE;
@@ -162,20 +169,24 @@ static int side_reserve(depth_side *side, size_t inserts, size_t limit) {
 }
 
 /* Where price is, or would be inserted, keeping the side's order (relative to lo): the
- * first index whose price is not farther from the touch than price. */
+ * first index whose price is not farther from the touch than price. A search whose steps
+ * choose by a conditional move rather than a branch: each step's way is as likely as not,
+ * so a branch mispredicted on every other step. */
 static size_t side_find(const depth_side *side, double price, int is_ask) {
-    size_t lo = 0, hi = side->n;
-    const double *prices = side->prices + side->lo;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int before = is_ask ? prices[mid] > price : prices[mid] < price;
-        if (before) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
+    size_t n = side->n;
+    if (n == 0) {
+        return 0;
     }
-    return lo;
+    const double *base = side->prices + side->lo;
+    const double *first = base;
+    while (n > 1) {
+        size_t half = n / 2;
+        int before = is_ask ? base[half - 1] > price : base[half - 1] < price;
+        base = before ? base + half : base;
+        n -= half;
+    }
+    int before = is_ask ? base[0] > price : base[0] < price;
+    return (size_t)(base - first) + (size_t)before;
 }
 
 /* Sets (size > 0) or deletes (size == 0) one level; 1 when the price was new. The caller
@@ -269,19 +280,48 @@ static int side_merge(depth_side *side, const double (*levels)[2], size_t k, int
     const double *prices = side->prices + side->lo;
     const double *sizes = side->sizes + side->lo;
     size_t n = side->n;
-    size_t lo = (side->cap - n - k) / 2;
+    /* Room for a block past the end of the output too (k >= MERGE_BLOCK, and the caller
+     * reserved k slots past the touch and k before the far end). */
+    size_t lo = (side->cap - n - k - MERGE_BLOCK) / 2;
     double *out_prices = side->spare_prices + lo;
     double *out_sizes = side->spare_sizes + lo;
     size_t i = 0, out = 0;
     int any_new = 0;
+    /* Where the side has at least two levels per level of the update (a diff into a full
+     * book), the side's levels before each of the update's are copied a block at a time: how
+     * many of the block come first is counted with no branch (the side is sorted, so they are
+     * a prefix), the whole block copied, and the copy's end moved by that count. An element
+     * loop ended on a mispredicted branch at nearly every level of the update: on the recorded
+     * diffs that cost more than the copying itself. Blocks read past the touch into the room
+     * reserved for inserts, where a price that no level passes ends every run. */
+    int blocks = n >= 2 * k && n <= 16 * k; /* measured: beyond 16, runs span blocks too often */
+    if (blocks) {
+        double *room_prices = side->prices + side->lo + n, *room_sizes = side->sizes + side->lo + n;
+        for (size_t b = 0; b < MERGE_BLOCK; b++) {
+            room_prices[b] = is_ask ? -INFINITY : INFINITY;
+            room_sizes[b] = 0.0;
+        }
+    }
     for (size_t step = 0; step < k; step++) {
         size_t j = forward ? step : k - 1 - step;
         double price = levels[j][0], size = levels[j][1];
-        /* An element loop: measured faster than finding the run and copying it as a block,
-         * as the runs between an update's levels are short. */
-        while (i < n && (is_ask ? prices[i] > price : prices[i] < price)) {
-            out_prices[out] = prices[i];
-            out_sizes[out++] = sizes[i++];
+        if (blocks) {
+            size_t run;
+            do {
+                run = 0;
+                for (size_t b = 0; b < MERGE_BLOCK; b++) {
+                    run += (size_t)(is_ask ? prices[i + b] > price : prices[i + b] < price);
+                }
+                memcpy(out_prices + out, prices + i, MERGE_BLOCK * sizeof(double));
+                memcpy(out_sizes + out, sizes + i, MERGE_BLOCK * sizeof(double));
+                i += run;
+                out += run;
+            } while (run == MERGE_BLOCK);
+        } else {
+            while (i < n && (is_ask ? prices[i] > price : prices[i] < price)) {
+                out_prices[out] = prices[i];
+                out_sizes[out++] = sizes[i++];
+            }
         }
         int present = i < n && prices[i] == price;
         if (present) {

@@ -280,6 +280,51 @@ static void test_ordered_updates_merged_in_one_pass_agree_with_a_naive_model(voi
     hft_depth_book_destroy(book);
 }
 
+/* Ordered updates with 2 to 16 levels of the side per level of the update, as a diff into a
+ * full book has: merged a block of the side at a time (runs shorter and longer than a block,
+ * the blocks reading past the touch), against the naive model. */
+static void test_block_merges_agree_with_a_naive_model(void) {
+    const size_t max_levels = 60;
+    hft_depth_book *book = new_book((uint32_t)max_levels, 40);
+    model m = {0};
+    srand(1818);
+    for (int round = 0; round < 3000; round++) {
+        double levels_of[2][40][2];
+        size_t count[2];
+        for (int side = 0; side < 2; side++) {
+            size_t n = 8 + (size_t)(rand() % 18);
+            /* Bids below asks, so that the sides fill up rather than cross each other out. */
+            double price = (side == HFT_DEPTH_BID ? 50.0 : 200.0) + rand() % 40 * 0.5;
+            for (size_t i = 0; i < n; i++) {
+                levels_of[side][i][0] = price;
+                levels_of[side][i][1] = rand() % 4 == 0 ? 0.0 : 1.0 + rand() % 5;
+                price += 0.5 * (1 + rand() % 12);
+            }
+            for (size_t i = 0; rand() % 2 == 0 && i < n / 2; i++) { /* falling, now and then */
+                for (int f = 0; f < 2; f++) {
+                    double t = levels_of[side][i][f];
+                    levels_of[side][i][f] = levels_of[side][n - 1 - i][f];
+                    levels_of[side][n - 1 - i][f] = t;
+                }
+            }
+            count[side] = n;
+        }
+        if (rand() % 100 == 0) {
+            hft_depth_book_clear(book);
+            m.n[0] = m.n[1] = 0;
+        }
+        CHECK_EQ_INT(hft_depth_book_apply(book, levels_of[0], count[0], levels_of[1], count[1]), HFT_OK);
+        for (int side = 0; side < 2; side++) {
+            for (size_t i = 0; i < count[side]; i++) {
+                model_apply(&m, side, levels_of[side][i][0], levels_of[side][i][1]);
+            }
+        }
+        model_trim(&m, max_levels);
+        check_book_is_model(book, &m);
+    }
+    hft_depth_book_destroy(book);
+}
+
 /* A merged update: new levels set, present ones resized or deleted, absent deletes ignored,
  * and its best new bid removes the asks it crosses. */
 static void test_a_merged_update_sets_deletes_and_uncrosses(void) {
@@ -333,6 +378,7 @@ int main(void) {
     RUN(test_bad_arguments_and_oversized_updates_change_nothing);
     RUN(test_random_updates_agree_with_a_naive_model);
     RUN(test_ordered_updates_merged_in_one_pass_agree_with_a_naive_model);
+    RUN(test_block_merges_agree_with_a_naive_model);
     RUN(test_a_merged_update_sets_deletes_and_uncrosses);
     RUN(test_top_gives_both_touches_or_nothing_while_a_side_is_empty);
     return TEST_SUMMARY("depth_book");

@@ -250,9 +250,13 @@ class MarketDataEngine:
         bids: Sequence[tuple[float, float]] | Levels,
         asks: Sequence[tuple[float, float]] | Levels,
         publisher: Publisher | None = None,
+        checked: int | None = None,
     ) -> int:
         """Apply a depth update or snapshot; 0 or the RejectReason. ``bids`` and ``asks`` are
-        (price, size) pairs, or the C arrays ``levels_from_wire`` read from the message's bytes."""
+        (price, size) pairs, or C arrays read from the bytes received (``RequestDepthLevels``,
+        ``levels_from_wire``). ``checked``: what ``check_levels`` says of these very levels when
+        the caller has it already (``RequestDepthLevels`` checks as it reads); they are not
+        checked again."""
         state = self._states.get((venue, symbol))
         if state is None and (reason := self._new_symbol_names(venue, symbol)):
             return self._reject(reason)
@@ -262,7 +266,8 @@ class MarketDataEngine:
             return self._reject(RejectReason.DEPTH_TOO_LARGE)
         # C arrays made once: checked in C, then applied in C.
         bid_levels, ask_levels = levels(bids), levels(asks)
-        if broken := check_levels(bid_levels, ask_levels):
+        broken = check_levels(bid_levels, ask_levels) if checked is None else checked
+        if broken:
             return self._reject(REJECT_REASON_OF_CHECK[broken])
         now = self._clock()
         if not 0 < exchange_ts_ns <= now + self._max_future_ns:

@@ -61,19 +61,28 @@ def test_the_c_book_matches_the_python_book_after_every_recorded_update(
     assert max(native.level_counts()) <= max_levels_per_side
 
 
-def test_levels_read_from_the_message_bytes_give_the_same_books_as_the_tuples(data_dir: Path) -> None:
-    from hftgate.bench.marketdata import depth_messages
+def test_levels_read_from_the_request_bytes_give_the_same_books_as_the_tuples(data_dir: Path) -> None:
+    from hftgate.bench.marketdata import depth_requests
+    from hftgate.v1 import marketdata_pb2
     from services.marketdata.config import MarketDataConfig
-    from services.marketdata.depth_book import levels_from_wire
+    from services.marketdata.depth_book import RequestDepthLevels
     from services.marketdata.engine import MarketDataEngine
     from services.marketdata.fanout import SymbolFilter
 
     updates = _depth_updates(data_dir / "raw" / "hftbacktest_binance" / RAW_DEPTH_FILES[2])[:3_000]
     by_tuples, by_wire = MarketDataEngine(MarketDataConfig()), MarketDataEngine(MarketDataConfig())
-    for update, message in zip(updates, depth_messages(updates), strict=True):
-        bids, asks = levels_from_wire(message.SerializeToString(), len(message.bids), len(message.asks))
-        wire_reason = by_wire.on_depth(*update[:6], bids, asks)
-        assert by_tuples.on_depth(*update) == wire_reason
+    reader = RequestDepthLevels()
+    ticks = iter(updates)
+    requests = depth_requests(updates)
+    assert len(requests) > 1  # the reader starts on each request of the replay's batching
+    for data in requests:
+        reader.start(data)
+        for message in marketdata_pb2.PublishQuotesRequest.FromString(data).depth_updates:
+            update = next(ticks)
+            bids, asks, checked = reader.next_levels(len(message.bids), len(message.asks))
+            wire_reason = by_wire.on_depth(*update[:6], bids, asks, None, checked)
+            assert by_tuples.on_depth(*update) == wire_reason
+    assert next(ticks, None) is None
     for engine in (by_tuples, by_wire):
         assert engine.accepted > 1_000
     everything = SymbolFilter()

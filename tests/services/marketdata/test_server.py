@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,9 +17,10 @@ from grpc_status import rpc_status
 
 from hftgate.v1 import common_pb2, marketdata_pb2, marketdata_pb2_grpc
 from services.marketdata.config import MarketDataConfig
-from services.marketdata.engine import MarketDataEngine
+from services.marketdata.engine import MarketDataEngine, RejectReason
 from services.marketdata.server import start
 from tests.services.marketdata.helpers import channel, token_metadata
+from tests.services.marketdata.test_bad_input import DEPTH_CASES
 
 pb = marketdata_pb2
 NOW = time.time_ns()
@@ -211,6 +213,142 @@ async def test_depth_snapshot_then_update_is_served_best_first() -> None:
         assert [(lvl.price, lvl.size) for lvl in snap.asks] == [(1.2, 8.0), (1.25, 1.0)]
         # No top-of-book feed for this symbol: its top comes from the depth book.
         assert (snap.top.bid_price, snap.top.ask_price) == (1.0, 1.2)
+
+
+async def test_depth_levels_are_the_ones_protobuf_decodes_from_the_bytes_as_sent() -> None:
+    # Written field by field: what protobuf's encoder never writes but its decoder takes. The
+    # server reads the levels from the request's own bytes, so they must be read as protobuf
+    # decodes them: an unknown group inside a level, a price given twice (the last wins), a size
+    # sent with another wire type (an unknown field: the level has size 0, a deletion), an
+    # unknown field between the updates, the quotes after the updates on the wire.
+    def field(number: int, wire: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | wire]) + (bytes([len(payload)]) if wire == 2 else b"") + payload
+
+    def number(number: int, value: float) -> bytes:
+        return field(number, 1, struct.pack("<d", value))
+
+    def update(sequence: int, is_snapshot: bool, bids: list[bytes], asks: list[bytes]) -> bytes:
+        head = field(1, 2, b"bybit") + field(2, 2, b"XRPUSDT") + field(3, 0, _varint(NOW))
+        head += field(5, 0, bytes([sequence])) + field(6, 0, bytes([int(is_snapshot)]))
+        return field(
+            2, 2, head + b"".join(field(7, 2, b) for b in bids) + b"".join(field(8, 2, a) for a in asks)
+        )
+
+    group = bytes([9 << 3 | 3]) + field(1, 0, b"\x05") + bytes([9 << 3 | 4])
+    snapshot = update(
+        1,
+        True,
+        bids=[number(1, 1.0) + group + number(2, 5.0), number(1, 7.0) + number(1, 1.1) + number(2, 6.0)],
+        asks=[number(2, 8.0) + number(1, 1.2), number(1, 1.3) + number(2, 7.0)],
+    )
+    diff = update(2, False, bids=[number(1, 1.1) + field(2, 5, b"\x00\x00\x80\x3f")], asks=[])
+    quote_bytes = field(1, 2, pb.Quote(venue="binance-spot", symbol="BTCUSDT").SerializeToString())
+    data = snapshot + field(15, 0, b"\x01") + diff + quote_bytes
+    decoded = pb.PublishQuotesRequest.FromString(data)
+    assert [len(d.bids) for d in decoded.depth_updates] == [2, 1] and len(decoded.quotes) == 1
+    assert decoded.depth_updates[1].bids[0].size == 0.0  # the size sent as fixed32 is unknown
+
+    async with service() as svc:
+        async with grpc.aio.insecure_channel(svc.target) as ch:
+            publish = ch.stream_unary(
+                "/hftgate.v1.MarketDataService/PublishQuotes",
+                request_serializer=None,  # the bytes as written here
+                response_deserializer=pb.PublishSummary.FromString,
+            )
+
+            async def one() -> AsyncIterator[bytes]:
+                yield data
+
+            summary = await publish(one(), metadata=token_metadata("feed"))
+        # The quote is refused (it has no prices); both depth updates are applied.
+        assert (summary.accepted, summary.rejected, summary.messages) == (2, 1, 1)
+        snap = next(
+            s
+            for s in (await svc.stub.GetSnapshot(pb.GetSnapshotRequest(depth_levels=5))).symbols
+            if s.symbol.venue == "bybit"
+        )
+        assert [(lvl.price, lvl.size) for lvl in snap.bids] == [(1.0, 5.0)]
+        assert [(lvl.price, lvl.size) for lvl in snap.asks] == [(1.2, 8.0), (1.3, 7.0)]
+
+
+async def test_a_level_whose_price_came_with_another_wire_type_is_refused_as_protobuf_reads_it() -> None:
+    # Price 1.5 sent as a fixed32: protobuf keeps it as an unknown field, so the level's price is
+    # 0: INVALID_PRICE, counted, and the stream goes on.
+    level = bytes([1 << 3 | 5]) + struct.pack("<f", 1.5) + bytes([2 << 3 | 1]) + struct.pack("<d", 2.0)
+    bad = pb.DepthUpdate(venue="bybit", symbol="XRPUSDT", exchange_ts_ns=NOW, sequence=1).SerializeToString()
+    bad += bytes([7 << 3 | 2, len(level)]) + level
+    good = pb.DepthUpdate(
+        venue="bybit",
+        symbol="XRPUSDT",
+        exchange_ts_ns=NOW,
+        sequence=2,
+        bids=[pb.PriceLevel(price=1.0, size=1.0)],
+    ).SerializeToString()
+    data = b"".join(bytes([2 << 3 | 2, len(u)]) + u for u in (bad, good))
+    assert pb.PublishQuotesRequest.FromString(data).depth_updates[0].bids[0].price == 0.0
+    async with service() as svc:
+        async with grpc.aio.insecure_channel(svc.target) as ch:
+            publish = ch.stream_unary(
+                "/hftgate.v1.MarketDataService/PublishQuotes",
+                request_serializer=None,  # the bytes as written here
+                response_deserializer=pb.PublishSummary.FromString,
+            )
+
+            async def one() -> AsyncIterator[bytes]:
+                yield data
+
+            summary = await publish(one(), metadata=token_metadata("feed"))
+        assert (summary.accepted, summary.rejected) == (1, 1)
+        assert [(r.reason, r.count) for r in summary.rejected_by_reason] == [
+            (pb.TICK_REJECT_REASON_INVALID_PRICE, 1)
+        ]
+
+
+@pytest.mark.parametrize(("levels", "reason"), DEPTH_CASES)
+async def test_a_bad_depth_update_through_the_service_is_refused_for_the_engines_reason(
+    levels: dict,  # type: ignore[type-arg]
+    reason: RejectReason,
+) -> None:
+    # The levels are read and checked in one C call from the request's bytes: the same reasons,
+    # in the same order, as the engine's own check of (price, size) pairs (test_bad_input).
+    def update(
+        sequence: int, bids: list[tuple[float, float]], asks: list[tuple[float, float]]
+    ) -> pb.DepthUpdate:
+        return pb.DepthUpdate(
+            venue="bybit",
+            symbol="XRPUSDT",
+            exchange_ts_ns=NOW,
+            sequence=sequence,
+            is_snapshot=sequence == 1,
+            bids=[pb.PriceLevel(price=p, size=s) for p, s in bids],
+            asks=[pb.PriceLevel(price=p, size=s) for p, s in asks],
+        )
+
+    async with service(depth_max_levels_per_update=20) as svc:
+
+        async def requests() -> AsyncIterator[marketdata_pb2.PublishQuotesRequest]:
+            yield pb.PublishQuotesRequest(
+                depth_updates=[
+                    update(1, [(99.0, 1.0)], [(101.0, 1.0)]),
+                    update(2, levels.get("bids", []), levels.get("asks", [])),
+                ]
+            )
+
+        summary = await svc.stub.PublishQuotes(requests())
+        assert (summary.accepted, summary.rejected) == (1, 1)
+        assert [(r.reason, r.count) for r in summary.rejected_by_reason] == [(int(reason), 1)]
+        (snap,) = (await svc.stub.GetSnapshot(pb.GetSnapshotRequest(depth_levels=10))).symbols
+        assert [(lvl.price, lvl.size) for lvl in snap.bids] == [(99.0, 1.0)]
+        assert [(lvl.price, lvl.size) for lvl in snap.asks] == [(101.0, 1.0)]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def bad_request_field(error: grpc.aio.AioRpcError) -> str:
