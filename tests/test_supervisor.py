@@ -330,7 +330,7 @@ def test_a_service_drains_when_its_supervisor_dies_without_stopping_it(tmp_path:
         assert os.getsid(service_pid) != os.getsid(0)  # out of reach of the terminal's Ctrl-C
         supervisor.stdin.close()  # the supervisor exits; the service must be told
         supervisor.wait(10)
-        while not marker.exists():
+        while not (marker.exists() and marker.read_text()):  # (created, then written: wait for both)
             assert time.monotonic() < deadline, "the service outlived its supervisor"
             time.sleep(0.01)
         assert marker.read_text() == "SIGTERM"
