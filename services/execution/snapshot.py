@@ -107,25 +107,29 @@ class SnapshotData:
     last_trade_id: int = 0
 
 
-def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
-    """Copy everything a snapshot needs (on the loop, between batches)."""
-    books = state.engine_orders()
-    last = state.last_trade_prices()
-    count = state.order_count
-    order_ids, orders, ids = state.retained_orders()
-    info = {
+def _info(state: ExecutionState, journal_seq: int) -> dict[str, object]:
+    """The snapshot's ``info`` member: counters, symbol and account names (both writers)."""
+    return {
         "journal_seq": journal_seq,
         "next_input_seq": state.next_input_seq,
         "next_report_seq": state.next_report_seq,
         "next_trade_id": state.next_trade_id,
         "trades": state.trades,
         "traded_lots": state.traded_lots,
-        "order_count": count,
+        "order_count": state.order_count,
         "order_base": state.order_base,
         "symbols": state.symbol_names,
         "accounts": {str(k): v for k, v in state.account_names.items()},
         "max_symbols": state.engine_config.max_symbols,
     }
+
+
+def capture(state: ExecutionState, journal_seq: int) -> SnapshotData:
+    """Copy everything a snapshot needs (on the loop, between batches)."""
+    books = state.engine_orders()
+    last = state.last_trade_prices()
+    order_ids, orders, ids = state.retained_orders()
+    info = _info(state, journal_seq)
     rows = len(state._account_rows)
     arrays = {
         "book_orders": np.concatenate(books) if books else np.zeros(0, ORDER_INFO_DTYPE),
@@ -254,19 +258,7 @@ def _members_in_memory(state: ExecutionState, journal_seq: int) -> list[_Member]
     books = state.engine_orders()
     last = state.last_trade_prices()
     rows = len(state._account_rows)
-    info = {
-        "journal_seq": journal_seq,
-        "next_input_seq": state.next_input_seq,
-        "next_report_seq": state.next_report_seq,
-        "next_trade_id": state.next_trade_id,
-        "trades": state.trades,
-        "traded_lots": state.traded_lots,
-        "order_count": state.order_count,
-        "order_base": state.order_base,
-        "symbols": state.symbol_names,
-        "accounts": {str(k): v for k, v in state.account_names.items()},
-        "max_symbols": state.engine_config.max_symbols,
-    }
+    info = _info(state, journal_seq)
 
     def whole(name: str, array: np.ndarray, *, in_place: bool = False) -> _Member:
         array = np.ascontiguousarray(array)  # (the view itself where it is contiguous)
