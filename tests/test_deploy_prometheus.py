@@ -8,10 +8,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hftgate import prometheus
-from hftgate.supervisor import RunningService, available_services, start_services, stop_services, with_shards
+from tests.running_suite import RunningSuite
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -28,7 +26,6 @@ RULES = PROMETHEUS_DIR / "rules" / "hftgate.rules.yml"
 RULE_TESTS = PROMETHEUS_DIR / "rules" / "hftgate.rules.test.yml"
 CONFIGS = (PROMETHEUS_DIR / "prometheus.local.yml", PROMETHEUS_DIR / "prometheus.compose.yml")
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
-SUITE = ("cache", "marketdata", "execution", "gateway", "scaler")
 #: Series Prometheus makes itself, not a service.
 PROMETHEUS_OWN = {"up"}
 #: A metric name in PromQL: outside quotes, not a function or keyword (those are followed by "(").
@@ -203,92 +200,28 @@ def test_the_metric_name_extraction_reads_series_not_labels_or_functions() -> No
 # --- every named metric is served -------------------------------------------------------------
 
 
-def start_with_retries(start: Callable[[], list[RunningService]], attempts: int = 3) -> list[RunningService]:
-    """``start()`` again with fresh ports when a port picked free was taken meanwhile by another
-    process of a busy machine (start_services stops what it started before it raises)."""
-    for attempt in range(attempts):
-        try:
-            return start()
-        except RuntimeError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_pair(step: int = 10) -> int:
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + step))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no pair of free ports found")
-
-
 @pytest.fixture(scope="module")
-def served_names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
-    """Every series name some process of a running two-shard suite serves on /metrics, after
-    orders through the gateway to both shards (labelled series appear once used)."""
-    specs = [s for s in available_services() if s.name in SUITE]
-    if {s.name for s in specs} != set(SUITE):
-        pytest.skip("the metric-name check needs every service built")
-    env = dict(os.environ)
-    env.update(
-        HFTGATE_STATE_DIR=str(tmp_path_factory.mktemp("deploy-prometheus")),
-        HFTGATE_EXECUTION_LOOP_CPUS="off",
-        HFTGATE_EXECUTION_JOURNAL_WRITER_CPUS="off",
-        HFTGATE_EXECUTION_JOURNAL_ACK_POLL_US="0",
-    )
-
-    def start() -> list[RunningService]:
-        # Every port distinct (a port closed after the check can be handed out again), shard 1's
-        # ten above shard 0's.
-        taken: set[int] = set()
-
-        def distinct(pick: Callable[[], int], span: int = 0) -> int:
-            for _ in range(100):
-                port = pick()
-                if not {port, port + span} & taken:
-                    taken.update({port, port + span})
-                    return port
-            raise RuntimeError("no distinct free port found")
-
-        for spec in with_shards(specs, 2):
-            env[spec.port_variable] = str(distinct(free_port))
-        for name in SUITE:
-            port = distinct(free_port_pair, 10) if name == "execution" else distinct(free_port)
-            env[prometheus.metrics_port_variable(name)] = str(port)
-        return start_services(specs, env=env, startup_timeout_s=60, shards=2)
-
-    running = start_with_retries(start)
-    try:
-        shards = {s.spec.label: s.address for s in running if s.spec.name == "execution"}
-        # Straight to each owner (the default two-shard map), so that this check does not
-        # depend on the gateway's own behaviour.
-        _submit(shards["execution"], "BTCUSDT", 5_000_000)
-        _submit(shards["execution-1"], "ETHUSDT", 300_000)
-        names: set[str] = set()
-        for target in prometheus.targets_of_running(running):
-            with urllib.request.urlopen(f"http://{target.address}/metrics", timeout=5) as reply:
-                text = reply.read().decode()
-            for family in text_string_to_metric_families(text):
-                # A declared family counts even with no sample yet (the scaler's replicas with
-                # no policy, spans dropped before any drop), under each name Prometheus stores.
-                suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
-                names.add(family.name)
-                names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
-                names.update(sample.name for sample in family.samples)
-        yield names
-    finally:
-        stop_services(running, grace_s=15)
+def served_names(two_shard_suite: RunningSuite) -> set[str]:
+    """Every series name some process of the running two-shard suite (tests/running_suite.py)
+    serves on /metrics, after orders to both shards (labelled series appear once used)."""
+    running = two_shard_suite.running
+    shards = {s.spec.label: s.address for s in running if s.spec.name == "execution"}
+    # Straight to each owner (the default two-shard map), so that this check does not
+    # depend on the gateway's own behaviour.
+    _submit(shards["execution"], "BTCUSDT", 5_000_000)
+    _submit(shards["execution-1"], "ETHUSDT", 300_000)
+    names: set[str] = set()
+    for target in prometheus.targets_of_running(running):
+        with urllib.request.urlopen(f"http://{target.address}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        for family in text_string_to_metric_families(text):
+            # A declared family counts even with no sample yet (the scaler's replicas with
+            # no policy, spans dropped before any drop), under each name Prometheus stores.
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+            names.add(family.name)
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+            names.update(sample.name for sample in family.samples)
+    return names
 
 
 def _submit(address: str, symbol: str, price: int) -> None:

@@ -24,26 +24,14 @@ from typer.testing import CliRunner
 from hftgate import prometheus
 from hftgate.cli import app as cli_app
 from hftgate.prometheus import MetricsTarget, metrics_env, scrape_config, suite_targets
-from hftgate.supervisor import RunningService, available_services, start_services, stop_services, with_shards
+from hftgate.supervisor import RunningService
+from tests.running_suite import SUITE, RunningSuite
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def free_port_pair(step: int = 10) -> int:
-    """A free port ``p`` with ``p + step`` free too (execution shard 1's metrics port)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + step))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no pair of free ports found")
 
 
 # --- ports and the scrape configuration ------------------------------------------------------
@@ -284,44 +272,23 @@ class PrometheusProcess:
         self._log_file.close()
 
 
-SUITE = ("cache", "marketdata", "execution", "gateway", "scaler")
-
-
 @pytest.fixture(scope="module")
 def scraped_suite(
-    tmp_path_factory: pytest.TempPathFactory,
+    two_shard_suite: RunningSuite, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[list[RunningService], PrometheusProcess]]:
+    """A real Prometheus scraping the running suite (tests/running_suite.py) every 0.5 s."""
     binary = require_prometheus()
-    specs = [s for s in available_services() if s.name in SUITE]
-    if {s.name for s in specs} != set(SUITE):
-        pytest.skip("the scrape test needs every service built")
     folder = tmp_path_factory.mktemp("prometheus")
-    env = dict(os.environ)
-    env.update(
-        HFTGATE_STATE_DIR=str(folder / "state"),
-        # A shared 2-CPU test machine: no pinned or busy-polling threads.
-        HFTGATE_EXECUTION_LOOP_CPUS="off",
-        HFTGATE_EXECUTION_JOURNAL_WRITER_CPUS="off",
-        HFTGATE_EXECUTION_JOURNAL_ACK_POLL_US="0",
+    running = two_shard_suite.running
+    config = prometheus.write_scrape_config(
+        folder / "prometheus.yml", prometheus.targets_of_running(running), scrape_interval_s=0.5
     )
-    for spec in with_shards(specs, 2):
-        env[spec.port_variable] = str(free_port())
-    for name in SUITE:
-        port = free_port_pair() if name == "execution" else free_port()
-        env[prometheus.metrics_port_variable(name)] = str(port)
-    running = start_services(specs, env=env, startup_timeout_s=60, shards=2)
-    server: PrometheusProcess | None = None
+    server = PrometheusProcess(binary, config, folder)
     try:
-        config = prometheus.write_scrape_config(
-            folder / "prometheus.yml", prometheus.targets_of_running(running), scrape_interval_s=0.5
-        )
-        server = PrometheusProcess(binary, config, folder)
         server.wait_ready()
         yield running, server
     finally:
-        if server is not None:
-            server.stop()
-        stop_services(running, grace_s=15)
+        server.stop()
 
 
 def submit(gateway: RunningService, client_order_id: str, symbol: str, price_ticks: int) -> None:
@@ -359,8 +326,8 @@ def test_prometheus_scrapes_every_process_of_the_suite_and_sees_the_orders(
     assert labels == {"cache", "marketdata", "execution", "execution-1", "gateway", "scaler"}
     gateway = next(s for s in running if s.spec.name == "gateway")
     for index in range(3):  # through the gateway to both shards (default map: BTC and ETH apart)
-        submit(gateway, f"btc-{index}", "BTCUSDT", 5_000_000)
-        submit(gateway, f"eth-{index}", "ETHUSDT", 300_000)
+        submit(gateway, f"prometheus-btc-{index}", "BTCUSDT", 5_000_000)
+        submit(gateway, f"prometheus-eth-{index}", "ETHUSDT", 300_000)
 
     up = server.wait_for("up", lambda r: by_process(r) == dict.fromkeys(labels, 1.0), timeout_s=15)
     assert {sample["metric"]["job"] for sample in up} == {f"hftgate-{name}" for name in SUITE}

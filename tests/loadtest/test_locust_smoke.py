@@ -1,43 +1,23 @@
 """CI smoke run of loadtest/locustfile.py: a few seconds of headless locust through the gateway of a
-real suite (cache, market data, two execution shards, the gateway); fails on any failed call."""
+real suite (tests/running_suite.py); fails on any failed call."""
 
 from __future__ import annotations
 
 import csv
 import os
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from hftgate.supervisor import RunningService, available_services, start_services, stop_services, with_shards
+from hftgate.supervisor import RunningService
 from loadtest.open_loop import DEMO_API_KEYS
+from tests.running_suite import RunningSuite
 
 ROOT = Path(__file__).resolve().parents[2]
-SUITE = ("cache", "marketdata", "execution", "gateway")
 RUN_SECONDS = 4
-
-
-def start_with_retries(start: Callable[[], list[RunningService]], attempts: int = 3) -> list[RunningService]:
-    """``start()`` again with fresh ports when a port picked free was taken meanwhile by another
-    process of a busy machine (start_services stops what it started before it raises)."""
-    for attempt in range(attempts):
-        try:
-            return start()
-        except RuntimeError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def locust_command() -> list[str]:
@@ -50,30 +30,9 @@ def locust_command() -> list[str]:
     return [found]
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    specs = [s for s in available_services() if s.name in SUITE]
-    if {s.name for s in specs} != set(SUITE):
-        pytest.skip("the locust smoke run needs cache, marketdata, execution and the gateway")
-    env = dict(os.environ)
-    env.update(
-        HFTGATE_STATE_DIR=str(tmp_path_factory.mktemp("locust-smoke")),
-        # A shared 2-CPU test machine: no pinned or busy-polling threads.
-        HFTGATE_EXECUTION_LOOP_CPUS="off",
-        HFTGATE_EXECUTION_JOURNAL_WRITER_CPUS="off",
-        HFTGATE_EXECUTION_JOURNAL_ACK_POLL_US="0",
-    )
-
-    def start() -> list[RunningService]:
-        for spec in with_shards(specs, 2):
-            env[spec.port_variable] = str(free_port())
-        return start_services(specs, env=env, startup_timeout_s=60, shards=2)
-
-    running = start_with_retries(start)
-    try:
-        yield next(s for s in running if s.spec.name == "gateway")
-    finally:
-        stop_services(running, grace_s=15)
+@pytest.fixture
+def gateway(two_shard_suite: RunningSuite) -> RunningService:
+    return two_shard_suite.gateway
 
 
 def run_locust(

@@ -1,46 +1,18 @@
-"""The open-loop generator through the gateway of a real suite (cache, market data, two execution
-shards, the gateway), with the dev profile's demo keys: every order answered, figures sane."""
+"""The open-loop generator through the gateway of a real suite (tests/running_suite.py), with the
+dev profile's demo keys: every order answered, figures sane."""
 
 from __future__ import annotations
 
-import os
-import socket
-from collections.abc import Iterator
-
 import pytest
 
-from hftgate.supervisor import RunningService, available_services, start_services, stop_services, with_shards
+from hftgate.supervisor import RunningService
 from loadtest.open_loop import DEMO_API_KEYS, OpenLoopSettings, main, resolve_target, run_open_loop
-
-SUITE = ("cache", "marketdata", "execution", "gateway")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.running_suite import RunningSuite
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    specs = [s for s in available_services() if s.name in SUITE]
-    if {s.name for s in specs} != set(SUITE):
-        pytest.skip("the gateway load test needs cache, marketdata, execution and the gateway")
-    env = dict(os.environ)
-    env.update(
-        HFTGATE_STATE_DIR=str(tmp_path_factory.mktemp("open-loop-gateway")),
-        # A shared 2-CPU test machine: no pinned or busy-polling threads.
-        HFTGATE_EXECUTION_LOOP_CPUS="off",
-        HFTGATE_EXECUTION_JOURNAL_WRITER_CPUS="off",
-        HFTGATE_EXECUTION_JOURNAL_ACK_POLL_US="0",
-    )
-    for spec in with_shards(specs, 2):
-        env[spec.port_variable] = str(free_port())
-    running = start_services(specs, env=env, startup_timeout_s=60, shards=2)
-    try:
-        yield next(s for s in running if s.spec.name == "gateway")
-    finally:
-        stop_services(running, grace_s=15)
+@pytest.fixture
+def gateway(two_shard_suite: RunningSuite) -> RunningService:
+    return two_shard_suite.gateway
 
 
 async def test_the_open_loop_through_the_gateway_gets_every_order_answered_with_sane_figures(

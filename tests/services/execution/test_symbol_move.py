@@ -419,8 +419,10 @@ async def test_shard_admin_refuses_accounts_and_other_services(pair: Pair) -> No
     assert "does not mark BTCUSDT moving" in (unmarked.value.details() or "")
 
 
+# The way back differs from the way out at the import (the old owner purges its frozen copies)
+# and at the release; a kill at the other steps is the way out's, tested above.
 @pytest.mark.parametrize(
-    ("step", "when"), [("", "")] + [(step, when) for step in STEPS[:-1] for when in ("before", "after")]
+    ("step", "when"), [("", ""), ("import", "before"), ("import", "after"), ("release", "after")]
 )
 async def test_a_symbol_moves_back_to_the_shard_that_handed_it_over(pair: Pair, step: str, when: str) -> None:
     """The way back (scaling down): shard 0 drops its frozen copies and takes the book as shard 1
