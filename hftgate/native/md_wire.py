@@ -128,6 +128,80 @@ class MarketUpdateEncoder:
         return ffi.unpack(buffer_chars, written[0])  # type: ignore[no-any-return]
 
 
+class StateFields(Protocol):
+    """What ``FramedStateEncoder.encode`` reads of a symbol's state (the market data service's
+    ``SymbolState``): its names already UTF-8 encoded, its top of book, its last trade (read
+    only when ``trade_count`` is not 0) and its rolling VWAP."""
+
+    wire_names: tuple[bytes, int, bytes, int] | None  # (venue, its length, symbol, its length)
+    symbol_sequence: int
+    bid_price: float
+    bid_size: float
+    ask_price: float
+    ask_size: float
+    top_ts_ns: int
+    trade_count: int
+    last_trade_price: float
+    last_trade_size: float
+    last_trade_side: int
+    last_trade_ts_ns: int
+    last_trade_id: int
+    vwap: float
+
+
+class FramedStateEncoder:
+    """A symbol's state as one framed MarketUpdates entry, read straight from the state.
+
+    The market data service encodes every update it logs for its subscribers once, as it logs
+    it: from the state's attributes this is one C call, without the ``SymbolUpdate`` tuple and
+    the per-call name encoding of :meth:`MarketUpdateEncoder.encode` (about half its cost).
+    ``encode`` returns None when it cannot encode the state (no ``wire_names``, names longer than
+    the buffer's room, an integer out of its proto type's range): the caller then takes the
+    general path, which raises an error that names the field.
+    """
+
+    __slots__ = ("_buffer", "_buffer_chars", "_capacity", "_encode", "_string_room", "_written")
+
+    def __init__(self, capacity_bytes: int = 4096) -> None:
+        if capacity_bytes < FIXED_MAX_BYTES:
+            raise ValueError(f"capacity_bytes must be at least {FIXED_MAX_BYTES}, got {capacity_bytes}")
+        self._capacity = capacity_bytes
+        self._string_room = capacity_bytes - FIXED_MAX_BYTES
+        self._buffer = ffi.new("uint8_t[]", capacity_bytes)
+        self._buffer_chars = ffi.cast("char *", self._buffer)
+        self._written = ffi.new("size_t *")
+        self._encode = lib.hft_md_wire_market_update
+
+    def encode(self, state: StateFields, kind: int, receive_ts_ns: int) -> bytes | None:
+        names = state.wire_names
+        if names is None:
+            return None
+        venue, venue_len, symbol, symbol_len = names
+        if venue_len + symbol_len > self._string_room:
+            return None
+        try:
+            if state.trade_count:
+                rc = self._encode(
+                    0, state.symbol_sequence, 0, kind, venue, venue_len, symbol, symbol_len,
+                    state.bid_price, state.bid_size, state.ask_price, state.ask_size, state.top_ts_ns,
+                    True, state.last_trade_price, state.last_trade_size, state.last_trade_side,
+                    state.last_trade_ts_ns, state.last_trade_id,
+                    state.vwap, receive_ts_ns, True, self._buffer, self._capacity, self._written,
+                )  # fmt: skip
+            else:
+                rc = self._encode(
+                    0, state.symbol_sequence, 0, kind, venue, venue_len, symbol, symbol_len,
+                    state.bid_price, state.bid_size, state.ask_price, state.ask_size, state.top_ts_ns,
+                    False, 0.0, 0.0, 0, 0, 0,
+                    state.vwap, receive_ts_ns, True, self._buffer, self._capacity, self._written,
+                )  # fmt: skip
+        except (OverflowError, TypeError):
+            return None
+        if rc < 0:
+            return None
+        return ffi.unpack(self._buffer_chars, self._written[0])  # type: ignore[no-any-return]
+
+
 def _raise_for_bad_field(update: UpdateFields, conflated: int, stream_sequence: int) -> None:
     """Raise the error that names the field C could not take (cffi's own message names none)."""
     trade = update.last_trade or (0.0, 0.0, 0, 0, 0)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from hftgate.native.md_wire import FramedStateEncoder
 from services.marketdata.access import Publisher
 from services.marketdata.access import publishers as publishers_of
 from services.marketdata.arbitrage import ArbitrageDetector, ArbitrageEvent, ArbitrageKind, EventType
@@ -124,7 +125,8 @@ class MarketDataEngine:
         )
         self._subscribers: set[Subscriber] = set()
         #: Every update of a subscribed symbol, once, for all Subscribe streams (fanout.py).
-        self.updates = UpdateLog(config.subscriber_buffer_updates)
+        self.updates = UpdateLog(config.subscriber_buffer_updates, self._logged_update_of)
+        self._encode_state = FramedStateEncoder().encode
         self._arbitrage_subscribers: set[ArbitrageSubscription] = set()
         #: Slots of the open Subscribe and StreamArbitrage streams (the servicer takes them).
         self.streams = StreamSlots(
@@ -387,7 +389,19 @@ class MarketDataEngine:
         )
 
     def _fan_out(self, state: SymbolState, kind: UpdateKind, receive_ts_ns: int) -> None:
-        self.updates.append(state.key, self._update_of(state, kind, receive_ts_ns or self._clock()))
+        receive_ts_ns = receive_ts_ns or self._clock()
+        frame = self._encode_state(state, kind, receive_ts_ns)
+        if frame is None:  # the general path, which names what cannot be encoded
+            self.updates.append(state.key, self._update_of(state, kind, receive_ts_ns))
+            return
+        state.fanout_kind = kind
+        state.fanout_receive_ts_ns = receive_ts_ns
+        self.updates.append_encoded(state.key, state.symbol_sequence, frame, state)
+
+    def _logged_update_of(self, state: SymbolState) -> SymbolUpdate:
+        """The update last logged encoded for ``state`` (UpdateLog.latest_update): the state as
+        it is, since every change of a symbol that a stream follows is logged."""
+        return self._update_of(state, UpdateKind(state.fanout_kind), state.fanout_receive_ts_ns)
 
     def subscribe(
         self, symbol_filter: SymbolFilter, notify: Callable[[], None], send_initial_snapshot: bool = False

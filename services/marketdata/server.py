@@ -546,7 +546,10 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                         await wakeup.wait()
                         continue
                     stream_sequence += 1
-                    yield wire.single_message(entry.update, entry.conflated, stream_sequence)
+                    if entry.frame is not None:  # logged encoded (conflated 0)
+                        yield wire.single_message_of_frame(entry.frame, stream_sequence)
+                    else:
+                        yield wire.single_message(entry.update, entry.conflated, stream_sequence)  # type: ignore[arg-type]
             finally:
                 self._engine.unsubscribe(subscriber)
         finally:

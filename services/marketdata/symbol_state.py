@@ -32,6 +32,8 @@ class SymbolState:
         "depth",
         "depth_order",
         "depth_updates",
+        "fanout_kind",
+        "fanout_receive_ts_ns",
         "has_quote_feed",
         "key",
         "last_trade_id",
@@ -52,6 +54,7 @@ class SymbolState:
         "venue",
         "vwap",
         "vwap_first_inside",
+        "wire_names",
     )
 
     def __init__(
@@ -65,6 +68,19 @@ class SymbolState:
         self.venue = venue
         self.symbol = symbol
         self.key = (venue, symbol)
+        # The names as a MarketUpdate carries them, encoded once (hftgate.native.md_wire's
+        # FramedStateEncoder); None for a name that is not valid Unicode (the general path,
+        # which names the error, then encodes its updates).
+        try:
+            venue_bytes, symbol_bytes = venue.encode(), symbol.encode()
+        except UnicodeEncodeError:
+            self.wire_names: tuple[bytes, int, bytes, int] | None = None
+        else:
+            self.wire_names = (venue_bytes, len(venue_bytes), symbol_bytes, len(symbol_bytes))
+        # The kind and receive time of the symbol's last update logged for subscribers: with the
+        # state itself, the update a stream that fell behind gets (fanout.UpdateLog.latest).
+        self.fanout_kind = 0
+        self.fanout_receive_ts_ns = 0
         self.taker_fee_bps = taker_fee_bps
         # Top of book; 0.0 prices until the first quote (or depth) sets them.
         self.bid_price = self.bid_size = self.ask_price = self.ask_size = 0.0

@@ -22,6 +22,7 @@ from hftgate.native.md_wire import MarketUpdateEncoder
 from services.marketdata.fanout import SymbolUpdate
 
 _FIRST_STREAM_SEQUENCE_TAG = b"\x10"  # MarketUpdates.first_stream_sequence, varint
+_STREAM_SEQUENCE_TAG = b"\x08"  # MarketUpdate.stream_sequence, varint
 
 # The C encoder writes the bytes protobuf would (native/include/hft_md_wire.h) at a fraction
 # of the cost of setting a message's fields and serializing it. It owns one buffer, and the
@@ -65,3 +66,17 @@ def batch_message(framed: list[bytes], first_stream_sequence: int) -> bytes:
 def single_message(update: SymbolUpdate, conflated: int, stream_sequence: int) -> bytes:
     """A whole MarketUpdate message (Subscribe's)."""
     return _encode(update, conflated, stream_sequence)
+
+
+def single_message_of_frame(frame: bytes, stream_sequence: int) -> bytes:
+    """Subscribe's whole MarketUpdate message from a ``framed_update`` (conflated 0).
+
+    The entry is tag, length, then the update's fields 2 and up in order; protobuf writes
+    stream_sequence (field 1) first, so the message is that field followed by the entry's body."""
+    start = 1
+    while frame[start] & 0x80:  # the length's varint
+        start += 1
+    body = frame[start + 1 :]
+    if not stream_sequence:
+        return body
+    return _STREAM_SEQUENCE_TAG + varint(stream_sequence) + body

@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hftgate.config import default_data_dir
-from hftgate.native.md_wire import FIXED_MAX_BYTES, MarketUpdateEncoder
+from hftgate.native.md_wire import FIXED_MAX_BYTES, FramedStateEncoder, MarketUpdateEncoder
 from hftgate.replay.source import load
 from hftgate.replay.ticks import Aggressor, QuoteTick, TradeTick
 from hftgate.v1 import marketdata_pb2 as pb
@@ -21,6 +21,7 @@ from services.marketdata import wire
 from services.marketdata.config import MarketDataConfig
 from services.marketdata.engine import MarketDataEngine
 from services.marketdata.fanout import SymbolFilter, SymbolUpdate, UpdateKind
+from services.marketdata.symbol_state import SymbolState
 
 UINT64_MAX = 2**64 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -137,6 +138,53 @@ def test_every_encoding_is_the_bytes_protobuf_writes(
     )
 
 
+def state_of(update: SymbolUpdate) -> SymbolState:
+    """A symbol state holding ``update``'s fields, as the engine leaves it after logging it."""
+    state = SymbolState(update.venue, update.symbol, 0.0, 8)
+    state.symbol_sequence = update.symbol_sequence
+    state.bid_price, state.bid_size = update.bid_price, update.bid_size
+    state.ask_price, state.ask_size = update.ask_price, update.ask_size
+    state.top_ts_ns, state.vwap = update.top_ts_ns, update.vwap
+    if update.last_trade is not None:
+        state.trade_count = 1
+        (
+            state.last_trade_price,
+            state.last_trade_size,
+            state.last_trade_side,
+            state.last_trade_ts_ns,
+            state.last_trade_id,
+        ) = update.last_trade
+    return state
+
+
+@settings(max_examples=1000, deadline=None)
+@given(update=updates, stream_sequence=uint64s)
+@example(update=EMPTY, stream_sequence=0)
+@example(update=EXTREME, stream_sequence=UINT64_MAX)
+@example(update=EXTREME._replace(venue="v" * 5000), stream_sequence=1)  # beyond the buffer's room
+@example(update=EMPTY._replace(top_ts_ns=2**63), stream_sequence=1)  # out of int64
+@example(update=EMPTY._replace(symbol="\ud800"), stream_sequence=1)  # not valid Unicode
+def test_an_update_encoded_from_the_state_is_the_entry_protobuf_writes_or_none(
+    update: SymbolUpdate, stream_sequence: int
+) -> None:
+    """FramedStateEncoder (the engine's path) gives the general encoder's entry, or None where
+    the general encoder raises or the names exceed its buffer; Subscribe's message made of the
+    entry is protobuf's."""
+    frame = FramedStateEncoder().encode(state_of(update), update.kind, update.receive_ts_ns)
+    try:
+        expected = MarketUpdateEncoder().encode(update, framed=True)
+    except (ValueError, TypeError, UnicodeEncodeError):
+        assert frame is None
+        return
+    if len(update.venue.encode()) + len(update.symbol.encode()) > 4096 - FIXED_MAX_BYTES:
+        assert frame is None
+        return
+    assert frame == expected
+    assert_same_message(
+        wire.single_message_of_frame(frame, stream_sequence), protobuf_bytes(update, 0, stream_sequence)
+    )
+
+
 def test_special_doubles_keep_their_bits() -> None:
     # -0.0 is not protobuf's default (its bits are not zero) and a NaN keeps its payload.
     payload_nan = struct.unpack("<d", struct.pack("<Q", 0x7FF8_0000_DEAD_BEEF))[0]
@@ -214,8 +262,10 @@ RECORDED = [
 
 
 @pytest.fixture(scope="module")
-def recorded_updates() -> list[SymbolUpdate]:
-    """Every update the engine publishes replaying RECORDED, as a subscriber gets them."""
+def recorded_log() -> list[tuple[SymbolUpdate, bytes | None]]:
+    """Every update the engine logs for a subscriber replaying RECORDED: the update (the
+    state it stands for, read right after its tick) and the bytes it was logged with (None for
+    an update logged as a tuple)."""
     root = default_data_dir()
     if not (root / "quotes").is_dir():
         message = f"recorded market data not found at {root} (set HFTGATE_DATA_DIR)"
@@ -225,19 +275,37 @@ def recorded_updates() -> list[SymbolUpdate]:
     engine = MarketDataEngine(MarketDataConfig(), wall_clock_ns=lambda: 1_900_000_000_000_000_000)
     subscriber = engine.subscribe(SymbolFilter(), notify=lambda: None)
     log = engine.updates
-    published: list[SymbolUpdate] = []
-    # Read well before the log wraps: each tick appends at most one update.
-    read_every = log.capacity // 2
-    for i, tick in enumerate(load([Path(root) / name for name in RECORDED])):
+    logged: list[tuple[SymbolUpdate, bytes | None]] = []
+    for tick in load([Path(root) / name for name in RECORDED]):
+        head = log.head
         if type(tick) is QuoteTick:
             engine.on_quote(*tick)
         elif type(tick) is TradeTick:
             engine.on_trade(*tick)
-        if i % read_every == 0 or log.head - len(published) >= read_every:
-            published += log.updates(len(published), log.head)
-    published += log.updates(len(published), log.head)
+        if log.head != head:  # each tick logs at most one update
+            assert log.head == head + 1
+            key = log.pairs(head, head + 1)[0][0]
+            entry = log.logged(head)
+            logged.append((log.latest_update(log.latest[key]), entry.frame))
     engine.unsubscribe(subscriber)
-    return published
+    return logged
+
+
+@pytest.fixture(scope="module")
+def recorded_updates(recorded_log: list[tuple[SymbolUpdate, bytes | None]]) -> list[SymbolUpdate]:
+    return [update for update, _ in recorded_log]
+
+
+def test_the_engine_logs_each_recorded_update_as_the_bytes_protobuf_writes(
+    recorded_log: list[tuple[SymbolUpdate, bytes | None]],
+) -> None:
+    """Encoded from the symbol's state as it is logged (FramedStateEncoder), each update is the
+    entry protobuf writes for it, and Subscribe's message made of that entry is protobuf's too."""
+    assert len(recorded_log) > 10_000
+    assert all(frame is not None for _, frame in recorded_log)
+    for i, (update, frame) in enumerate(recorded_log):
+        assert frame == entry_of(protobuf_bytes(update))
+        assert wire.single_message_of_frame(frame, i + 1) == protobuf_bytes(update, 0, i + 1)
 
 
 def test_recorded_updates_encode_to_the_bytes_protobuf_writes(recorded_updates: list[SymbolUpdate]) -> None:

@@ -207,3 +207,45 @@ def test_a_filter_of_a_thousand_patterns_does_not_scan_them_per_symbol() -> None
     assert hits == 1_024
     # 4M pattern comparisons took ~0.5 s; set lookups take ~1 ms (generous bound for a shared CI box).
     assert time.perf_counter() - started < 0.1
+
+
+def test_the_engine_logs_updates_encoded_and_a_reader_behind_gets_each_symbols_state() -> None:
+    """The engine logs encoded bytes (no tuple); a reader that keeps up gets them as Subscribe's
+    messages, one that fell behind gets each symbol's latest update from its state, counted."""
+    from dataclasses import replace
+
+    from hftgate.v1 import marketdata_pb2 as pb
+    from services.marketdata import wire
+    from services.marketdata.config import MarketDataConfig
+    from services.marketdata.engine import MarketDataEngine
+
+    engine = MarketDataEngine(
+        replace(MarketDataConfig(), subscriber_buffer_updates=4), wall_clock_ns=lambda: 2 * 10**18
+    )
+    keeping_up = engine.subscribe(SymbolFilter(), notify=lambda: None)
+    behind = engine.subscribe(SymbolFilter(), notify=lambda: None)
+
+    def quote(symbol: str, n: int) -> None:
+        reason = engine.on_quote(
+            "binance-spot", symbol, 10**18 + n, 10**18 + n, n, 100.0 + n, 1.0, 101.0 + n, 2.0
+        )
+        assert reason == 0
+
+    quote("BTCUSDT", 1)
+    entry = keeping_up.take()
+    assert entry is not None and entry.update is None and entry.frame is not None
+    message = pb.MarketUpdate.FromString(wire.single_message_of_frame(entry.frame, 7))
+    assert (message.stream_sequence, message.symbol.name, message.symbol_sequence) == (7, "BTCUSDT", 1)
+    assert (message.top.bid_price, message.receive_ts_ns, message.conflated) == (101.0, 10**18 + 1, 0)
+    assert keeping_up.take() is None
+    for n in range(2, 12):  # 10 more updates of each symbol: the reader behind loses the order
+        quote("BTCUSDT", n)
+        quote("ETHUSDT", n)
+    drained = []
+    while (entry := behind.take()) is not None:
+        assert entry.update is not None  # the latest of each symbol, built from its state
+        drained.append((entry.update.symbol, entry.update.symbol_sequence, entry.conflated))
+        first_n = 1 if entry.update.symbol == "BTCUSDT" else 2  # (ETHUSDT's first quote is n=2)
+        assert entry.update.bid_price == 100.0 + entry.update.symbol_sequence + first_n - 1
+        assert entry.update.receive_ts_ns == 10**18 + 11
+    assert drained == [("BTCUSDT", 11, 10), ("ETHUSDT", 10, 9)]
