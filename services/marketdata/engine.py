@@ -390,13 +390,16 @@ class MarketDataEngine:
 
     def _fan_out(self, state: SymbolState, kind: UpdateKind, receive_ts_ns: int) -> None:
         receive_ts_ns = receive_ts_ns or self._clock()
-        frame = self._encode_state(state, kind, receive_ts_ns)
-        if frame is None:  # the general path, which names what cannot be encoded
-            self.updates.append(state.key, self._update_of(state, kind, receive_ts_ns))
-            return
-        state.fanout_kind = kind
-        state.fanout_receive_ts_ns = receive_ts_ns
-        self.updates.append_encoded(state.key, state.symbol_sequence, frame, state)
+        log = self.updates
+        if log.readers_keep_up:
+            frame = self._encode_state(state, kind, receive_ts_ns)
+            if frame is not None:
+                state.fanout_kind = kind
+                state.fanout_receive_ts_ns = receive_ts_ns
+                log.append_encoded(state.key, state.symbol_sequence, frame, state)
+                return
+            # else the general path, which names what cannot be encoded
+        log.append(state.key, self._update_of(state, kind, receive_ts_ns))
 
     def _logged_update_of(self, state: SymbolState) -> SymbolUpdate:
         """The update last logged encoded for ``state`` (UpdateLog.latest_update): the state as

@@ -134,6 +134,7 @@ class UpdateLog:
         "capacity",
         "head",
         "latest",
+        "read_head",
     )
 
     def __init__(self, capacity: int, update_of: Callable[[Any], SymbolUpdate] | None = None) -> None:
@@ -143,6 +144,9 @@ class UpdateLog:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.capacity = capacity
         self._update_of = update_of
+        #: ``head`` when a stream last read the log: while it is less than ``capacity`` behind,
+        #: some stream reads what is logged (``readers_keep_up``).
+        self.read_head = 0
         #: Updates ever appended; update number g lives in slot g % capacity until overwritten.
         self.head = 0
         # Each slot's update as logged by ``append`` (None for one logged encoded).
@@ -190,6 +194,14 @@ class UpdateLog:
             waiting, self._waiting = self._waiting, []
             for subscriber in waiting:
                 subscriber.notify()
+
+    @property
+    def readers_keep_up(self) -> bool:
+        """A stream read the log within its last ``capacity`` updates: what is logged now will
+        be read, so it is worth encoding as it is logged. When none did (no stream, or only
+        streams that stopped reading), updates are logged as tuples, which cost less than
+        encoding them, and encoded only if a stream ever reads them."""
+        return self.head - self.read_head < self.capacity
 
     def latest_update(self, source: Any) -> SymbolUpdate:
         """The update a value of ``latest`` stands for."""
@@ -348,6 +360,7 @@ class Subscriber:
 
     def take(self) -> QueuedUpdate | None:
         """The next update of this stream, or None (and ``notify`` at the next append)."""
+        self._log.read_head = self._log.head
         self._catch_up()
         if self._pending:
             return self._next_pending()
@@ -374,6 +387,7 @@ class Subscriber:
         updates (a run shared with other streams), so only their join is a batch. Updates read
         from the log use ``encode`` (shared by every stream); queued ones ``encode_conflated``
         with their conflation count."""
+        self._log.read_head = self._log.head
         self._catch_up()
         parts: list[bytes] = []
         pending = self._pending

@@ -249,3 +249,44 @@ def test_the_engine_logs_updates_encoded_and_a_reader_behind_gets_each_symbols_s
         assert entry.update.bid_price == 100.0 + entry.update.symbol_sequence + first_n - 1
         assert entry.update.receive_ts_ns == 10**18 + 11
     assert drained == [("BTCUSDT", 11, 10), ("ETHUSDT", 10, 9)]
+
+
+def test_with_no_reader_keeping_up_the_engine_logs_tuples_and_encodes_them_if_read() -> None:
+    """Streams that stopped reading cost ingest a tuple per update, not an encoding; a stream
+    that reads again gets the same bytes either way, and the engine logs encoded bytes again."""
+    from dataclasses import replace
+
+    from services.marketdata import wire
+    from services.marketdata.config import MarketDataConfig
+    from services.marketdata.engine import MarketDataEngine
+
+    engine = MarketDataEngine(
+        replace(MarketDataConfig(), subscriber_buffer_updates=8), wall_clock_ns=lambda: 2 * 10**18
+    )
+    reader = engine.subscribe(SymbolFilter(), notify=lambda: None)
+    log = engine.updates
+
+    def quote(n: int) -> None:
+        assert (
+            engine.on_quote("binance-spot", "BTCUSDT", 10**18 + n, 10**18 + n, n, 100.0, 1.0, 101.0, 2.0) == 0
+        )
+
+    def encoded(index: int) -> bool:
+        return log.logged(index).frame is not None
+
+    for n in range(1, 9):  # a reader within the log's capacity (it has not read yet)
+        quote(n)
+    assert all(encoded(i) for i in range(8)) and not log.readers_keep_up
+    for n in range(9, 13):  # nobody read the last 8: tuples
+        quote(n)
+    assert not any(encoded(i) for i in range(8, 12))
+    taken = reader.take_encoded(100, wire.framed_update, wire.framed_conflated_update)
+    assert taken is not None and taken[1] == 1  # it fell behind: BTCUSDT's latest, conflated
+    assert log.readers_keep_up
+    for n in range(13, 17):
+        quote(n)
+    assert all(encoded(i) for i in range(12, 16))
+    # Tuples and frames read alike: protobuf's entries for the symbol's sequences 12 and 13.
+    log.append(("binance-spot", "BTCUSDT"), log.latest_update(log.latest[("binance-spot", "BTCUSDT")]))
+    frames = log.frames(14, 17, wire.framed_update)
+    assert frames[-1] == frames[-2]  # the tuple of sequence 16 is encoded as its frame was
