@@ -59,6 +59,34 @@ async def test_a_table_created_by_another_process_between_check_and_create_is_ta
         await engine.dispose()
 
 
+async def test_a_sqlite_file_locked_for_a_moment_at_start_is_tried_again(tmp_path: Path) -> None:
+    """Another process holds the file for 150 ms; SQLite answers "database is locked" (here past
+    a 10 ms busy timeout; at a WAL switch or checkpoint it does so at once), and the creation
+    goes through on a later attempt instead of the service refusing to start."""
+    import threading
+
+    path = tmp_path / "locked.sqlite3"
+    metadata, _ = _table("shard_maps")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    released = threading.Timer(0.15, lambda: holder.execute("COMMIT"))
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.01})
+    try:
+        async with engine.begin() as conn:  # what a single attempt gets
+            with pytest.raises(OperationalError, match="database is locked") as raised:
+                await conn.run_sync(metadata.create_all, checkfirst=True)
+        assert lost_creation_race(raised.value)
+        released.start()
+        await create_tables(engine, metadata)
+        async with engine.connect() as conn:
+            names = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+        assert names == ["shard_maps"]
+    finally:
+        released.join()
+        holder.close()
+        await engine.dispose()
+
+
 async def test_any_other_creation_error_is_raised_as_it_came(tmp_path: Path) -> None:
     metadata, table = _table("t")
 
