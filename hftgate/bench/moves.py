@@ -8,8 +8,8 @@ moves) to the owner it knows, the way the routing client does: on NOT_SHARD_OWNE
 owner the ErrorInfo names, on UNAVAILABLE it waits the RetryInfo delay and sends again, one
 order of the symbol at a time while the others wait for its answer
 (:class:`hftgate.client.MovingSymbolGate`). A third of the way into the flow a
-:class:`~services.scaler.moves.SymbolMover` moves the symbol from shard 0 to shard 1 (scaling
-up); two thirds of the way, back to shard 0 (scaling down: shard 0 drops its frozen copy of the
+:class:`~services.scaler.moves.SymbolMover`, in a process of its own as the scaler is, moves the
+symbol from shard 0 to shard 1 (scaling up); two thirds of the way, back to shard 0 (scaling down: shard 0 drops its frozen copy of the
 book it handed over and takes the book shard 1 left). Then:
 
 * ``move_pause_max_ms`` - the longest any order waited from its first send to its ack (turned
@@ -141,9 +141,60 @@ def _order(number: int) -> api.NewOrder:
     )
 
 
-async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any]:
-    from services.execution.ledger import Ledger
+def _mover_child(
+    url: str,
+    environment: dict[str, str],
+    tmp: str,
+    ready: Any,
+    go_out: Any,
+    go_back: Any,
+    results: Any,
+) -> None:
+    """The scaler's part, in a process of its own as in a deployment: move the symbol to shard 1
+    once ``go_out`` is set, back to shard 0 once ``go_back`` is; put (mark times, end times,
+    [(step, book bytes)] of both moves) on ``results``, or the error's text."""
+    asyncio.run(_mover_main(url, environment, tmp, ready, go_out, go_back, results))
+
+
+async def _mover_main(
+    url: str, environment: dict[str, str], tmp: str, ready: Any, go_out: Any, go_back: Any, results: Any
+) -> None:
     from services.scaler.moves import SymbolMover
+
+    store = ShardMapStore(url)
+    try:
+        await store.start()
+        secret = load_suite_secret(environment, state_dir=Path(tmp), create=False)
+        mover = SymbolMover(store, secret.service_credentials(ADMIN), retry_delay_s=0.01)
+        await mover.start()
+        marked_at: list[float] = []
+        finished_at: list[float] = []
+
+        def note_mark(current: Any) -> None:
+            if current.step == "export":  # the mark is published: the symbol refuses input from here
+                marked_at.append(time.perf_counter())
+
+        mover.before_step = note_mark
+        done = []
+        ready.set()
+        for target, go in ((1, go_out), (0, go_back)):
+            while not go.is_set():  # (an Event's wait would block this loop's thread)
+                await asyncio.sleep(0.001)
+            moved = await mover.move(SYMBOL, target)
+            finished_at.append(time.perf_counter())
+            done.append((moved.step, moved.book))
+        await mover.close()
+        results.put((marked_at, finished_at, done))
+    except Exception as exc:  # reported to the bench, which raises it
+        results.put(f"{type(exc).__name__}: {exc}")
+    finally:
+        await store.close()
+
+
+async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any]:
+    import multiprocessing
+
+    from services.execution.ledger import Ledger
 
     url = f"sqlite+aiosqlite:///{tmp / 'shardmap.sqlite3'}"
     processes: list[ExecutionProcess] = []
@@ -161,6 +212,7 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
         processes.append(process)
     store = ShardMapStore(url)
     channels: list[grpc.aio.Channel] = []
+    mover_process: Any = None
     try:
         for process in processes:
             process.spawn()
@@ -172,32 +224,24 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
         channels = [grpc.aio.insecure_channel(a) for a in addresses]
         stubs = {a: api_grpc.ExecutionServiceStub(c) for a, c in zip(addresses, channels, strict=True)}
         flows = [_Flow(stubs, addresses[0], processes[0].account(name).metadata) for name in ("alice", "bob")]
-        secret = load_suite_secret(processes[0].environment(), state_dir=tmp, create=False)
-        mover = SymbolMover(store, secret.service_credentials(ADMIN), retry_delay_s=0.01)
-        await mover.start()
-        marked_at: list[float] = []
-
-        def note_mark(current: Any) -> None:
-            if current.step == "export":  # the mark is published: the symbol refuses input from here
-                marked_at.append(time.perf_counter())
-
-        mover.before_step = note_mark
+        # The mover runs where the scaler would: in a process of its own, not on this client's
+        # event loop (whose 1,000 calls a second then delayed each of its steps).
+        context = multiprocessing.get_context("spawn")  # never fork a process that holds gRPC objects
+        ready, go_out, go_back, results = context.Event(), context.Event(), context.Event(), context.Queue()
+        mover_process = context.Process(
+            target=_mover_child,
+            args=(url, processes[0].environment(), str(tmp), ready, go_out, go_back, results),
+            daemon=True,
+        )
+        mover_process.start()
+        deadline = time.monotonic() + 60
+        while not ready.is_set():
+            if not mover_process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the mover process did not start")
+            await asyncio.sleep(0.01)
         pending: set[asyncio.Task[None]] = set()
         interval = 1.0 / rate_per_s
         count = min(MAX_ORDERS, int(rate_per_s * flow_s))
-        finished_at: list[float] = []
-        back_reached = asyncio.Event()
-
-        async def out_and_back() -> list[Any]:
-            done = []
-            for target in (1, 0):
-                if target == 0:
-                    await back_reached.wait()
-                done.append(await mover.move(SYMBOL, target))
-                finished_at.append(time.perf_counter())
-            return done
-
-        moves_task: asyncio.Task[list[Any]] | None = None
         started = time.perf_counter()
         for number in range(count):
             flow = flows[number % 2]
@@ -208,18 +252,20 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
             pending.add(task)
             task.add_done_callback(pending.discard)
             if number == count // 3:
-                moves_task = asyncio.ensure_future(out_and_back())
+                go_out.set()
             elif number == 2 * count // 3:
-                back_reached.set()
+                go_back.set()
             delay = started + (number + 1) * interval - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
         sent_s = time.perf_counter() - started
         await asyncio.gather(*pending)
-        assert moves_task is not None
-        out_move, back_move = await moves_task
+        reported = await asyncio.to_thread(results.get, True, 120)
+        mover_process.join(30)
+        if isinstance(reported, str):
+            raise RuntimeError(f"the move failed: {reported}")
+        marked_at, finished_at, ((out_step, out_book), (back_step, back_book)) = reported
         windows_ms = [(end - mark) * 1000 for mark, end in zip(marked_at, finished_at, strict=False)]
-        await mover.close()
 
         # What each shard knows afterwards.
         lost = 0
@@ -253,9 +299,9 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
                     filled[order_id] = filled.get(order_id, 0) + row.quantity_lots
         duplicates = sum(1 for oid, lots in filled.items() if lots > quantities.get(oid, lots))
         duplicates += len(trade_ids) - len(set(trade_ids))
-        moved_out = admin.ExportSymbolResponse.FromString(out_move.book).orders
-        moved_back = admin.ExportSymbolResponse.FromString(back_move.book).orders
-        books_match = out_move.step == "done" and back_move.step == "done"
+        moved_out = admin.ExportSymbolResponse.FromString(out_book).orders
+        moved_back = admin.ExportSymbolResponse.FromString(back_book).orders
+        books_match = out_step == "done" and back_step == "done"
         by_account = {name: processes[0].account(name).metadata for name in ("alice", "bob")}
         for moved_order in [*moved_out, *moved_back]:
             got = None
@@ -298,6 +344,8 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
     finally:
         for channel in channels:
             await channel.close(None)
+        if mover_process is not None and mover_process.is_alive():
+            mover_process.kill()
         await store.close()
         for process in processes:
             process.stop()
