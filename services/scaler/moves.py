@@ -1,9 +1,9 @@
 """Moving a symbol between execution shards without losing anything (issue #15).
 
-A move is a small state machine whose every step is recorded in a SQL table (``symbol_moves``,
-in the shard map's database, through SQLAlchemy async) **before** it is acted on, and whose every
-step is idempotent, so that a mover killed at any point resumes with :meth:`SymbolMover.run` (or
-:meth:`SymbolMover.resume_all`) and ends with exactly one owner holding the same book:
+A move is a small state machine whose steps are recorded in a SQL table (``symbol_moves``, in
+the shard map's database, through SQLAlchemy async) and whose every step is idempotent, so that a
+mover killed at any point resumes with :meth:`SymbolMover.run` (or :meth:`SymbolMover.resume_all`)
+and ends with exactly one owner holding the same book:
 
 =========  ==============================================================================
 step       what it does (and why sending it again is harmless)
@@ -15,10 +15,10 @@ mark       publishes the shard map with the symbol marked ``moving`` (compare-an
 export     asks the old owner for the book (shard_admin.proto ExportSymbol): once the shard
            follows the marking epoch and its journal made every accepted input durable, the
            resting orders in time priority, iceberg reserves, pending stops, each with its
-           original order id. The book is stored in the move's row (the same book every time:
-           nothing can change it while the symbol is marked).
-import     gives the stored book to the new owner (ImportSymbol), which journals it as one
-           record and keeps the original ids; a repeat finds it already imported.
+           original order id (the same book every time: nothing can change it while the symbol
+           is marked).
+import     gives the book to the new owner (ImportSymbol), which journals it as one record and
+           keeps the original ids; a repeat finds it already imported.
 release    tells the old owner the book left (ReleaseSymbol, durable there): cancels, replaces
            and gets of the moved working orders it still holds answer NOT_SHARD_OWNER naming
            the new owner. Done before the map changes, so no cancel ever lands on the old copy.
@@ -27,10 +27,18 @@ publish    publishes the pin to the new owner and drops the mark in one epoch, t
 done       nothing left.
 =========  ==============================================================================
 
+``mark`` is recorded before it is acted on, and ``export`` once the mark is published. The steps
+inside the symbol's pause (export, import, release) are not recorded one by one: each record is a
+SQL commit of a few ms while every order of the symbol waits. A mover killed among them resumes
+at ``export``, which gives the same book again (the old owner is frozen, even once it released
+it), and the import and release that were done find themselves done; one killed after
+``publish`` finds the move's end in the map and records ``done``.
+
 A kill -9 of either shard during a step is a failed call: the mover retries the step (after the
 shard restarts; its journal, snapshots and ``moves/`` files rebuild what it had). A move can be
-abandoned only before ``import`` (:meth:`SymbolMover.abort`: the mark is dropped and the old owner
-takes input again), or by the mover itself when the new owner refuses the import
+abandoned only at ``mark`` (:meth:`SymbolMover.abort`: the mark is dropped and the old owner
+takes input again; a move recorded at ``export`` may have been imported already), or by the mover
+itself when the new owner refuses the import
 (FAILED_PRECONDITION: it changed nothing, e.g. it still holds a frozen copy of the symbol from an
 earlier move away); once imported, only forward. No gRPC server here; the mover is a client of the
 shards, called by the scaler or an operator command.
@@ -81,6 +89,8 @@ log = logging.getLogger(__name__)
 STEPS = ("mark", "export", "import", "release", "publish", "done")
 ABORTED = "aborted"
 DEFAULT_MOVES_TABLE = "symbol_moves"
+#: Step changes inside the symbol's pause, made in memory only (see the module docstring).
+_UNRECORDED = frozenset({("export", "import"), ("import", "release"), ("release", "publish")})
 #: Finished moves kept in the table (older ones are deleted when a move is recorded).
 MAX_KEPT_MOVES = 10_000
 #: Deadline of one shard call; a step that fails is retried up to ``attempts`` times.
@@ -152,9 +162,11 @@ class SymbolMover:
         #: call (each read is a SQL round trip inside the symbol's pause); dropped when a step
         #: fails, so a retry reads where a restarted shard listens now.
         self._addresses: ShardMap | None = None
-        #: Test hook: called with the step about to be acted on (after it is recorded); raising
-        #: from it abandons the mover there, as a kill would.
+        #: Test hook: called with the step about to be acted on; raising from it abandons the
+        #: mover there, as a kill would.
         self.before_step: Callable[[Move], None] | None = None
+        #: The step each move's row holds, where it differs from the move's (_UNRECORDED).
+        self._stored_steps: dict[str, str] = {}
 
     async def start(self) -> None:
         if self.store.url.startswith("sqlite"):
@@ -211,17 +223,27 @@ class SymbolMover:
         return [Move(**row._mapping) for row in rows]
 
     async def _record(self, move: Move, **changes: Any) -> Move:
-        t = self.table
+        """The move with ``changes``, written to its row unless it is a step change inside the
+        symbol's pause (``_UNRECORDED``)."""
         values = {**changes, "updated_ns": self.clock_ns()}
+        fields = {f: getattr(move, f) for f in Move.__dataclass_fields__}
+        fields.update(values)
+        changed = Move(**fields)
+        if (move.step, changes.get("step")) in _UNRECORDED and set(changes) <= {"step", "book"}:
+            self._stored_steps.setdefault(move.move_id, move.step)
+            return changed
+        t = self.table
+        stored = self._stored_steps.get(move.move_id, move.step)
+        values.pop("book", None)  # (the book is not kept: an export gives it again)
         async with self._live().begin() as conn:
             result = await conn.execute(
-                update(t).where(t.c.move_id == move.move_id, t.c.step == move.step).values(**values)
+                update(t).where(t.c.move_id == move.move_id, t.c.step == stored).values(**values)
             )
             if result.rowcount != 1:
                 raise MoveRefused(f"move {move.move_id} changed underneath (another mover runs it?)")
-        fields = {f: getattr(move, f) for f in Move.__dataclass_fields__}
-        fields.update(values)
-        return Move(**fields)
+        if "step" in changes:
+            self._stored_steps.pop(move.move_id, None)
+        return changed
 
     async def start_move(self, symbol: str, to_shard_id: int, move_id: str | None = None) -> Move:
         """Record a new move of ``symbol`` to ``to_shard_id`` (nothing acted on yet)."""
@@ -286,6 +308,9 @@ class SymbolMover:
         if move is None:
             raise MoveRefused(f"no move {move_id}")
         self._addresses = None
+        if move.step in ("export", "import", "release", "publish") and await self._published_already(move):
+            # Killed after it published (the row says an earlier step): its end is in the map.
+            move = await self._record(move, step="done")
         while move.step not in ("done", ABORTED):
             if self.before_step is not None:
                 self.before_step(move)
@@ -421,6 +446,10 @@ class SymbolMover:
         self._addresses = published
         return published.epoch
 
+    async def _published_already(self, move: Move) -> bool:
+        current = await self._map()
+        return move.symbol not in current.moving and current.pins.get(move.symbol) == move.to_shard_id
+
     async def _publish(self, move: Move) -> int:
         def published_already(current: ShardMap) -> bool:
             return move.symbol not in current.moving and current.pins.get(move.symbol) == move.to_shard_id
@@ -451,8 +480,11 @@ class SymbolMover:
         move = await self.get(move_id)
         if move is None:
             raise MoveRefused(f"no move {move_id}")
-        if move.step not in ("mark", "export"):
-            raise MoveRefused(f"move {move_id} is at step {move.step}: past import it can only go forward")
+        if move.step != "mark":
+            raise MoveRefused(
+                f"move {move_id} is at step {move.step}: once marked it may have been imported, so it "
+                "can only go forward"
+            )
         return await self._abandon(move)
 
     async def _abandon(self, move: Move) -> Move:

@@ -371,6 +371,42 @@ async def test_mover_and_shards_killed_at_each_step_recover_to_one_owner_with_th
     assert (canceled.ack.order_id, canceled.ack.status) == (ids["b1"], api.ORDER_STATUS_CANCELED)
 
 
+async def test_inside_the_pause_nothing_is_written_and_a_mover_killed_there_starts_again_at_export(
+    pair: Pair,
+) -> None:
+    """Export, import and release are not recorded one by one (each record is a SQL commit while
+    the symbol's orders wait): the row says ``export`` until ``done``, a mover killed before the
+    publish resumes from the export (same book, import and release found done), and a move that
+    may have been imported can no longer be aborted."""
+    zero, _ = pair.shards
+    await seed_book(zero)
+    before = book_of(zero)
+    mover = pair.mover()
+    await mover.start()
+    try:
+        move = await mover.start_move(SYMBOL, 1)
+        seen: list[str] = []
+
+        def kill_at_publish(current: Move) -> None:
+            seen.append(current.step)
+            if current.step == "publish":
+                raise _Abandoned("publish")
+
+        mover.before_step = kill_at_publish
+        with pytest.raises(_Abandoned):
+            await mover.run(move.move_id)
+        assert seen == ["mark", "export", "import", "release", "publish"]
+        stored = await mover.get(move.move_id)
+        assert stored is not None and (stored.step, stored.book) == ("export", b"")
+        with pytest.raises(MoveRefused, match="can only go forward"):
+            await mover.abort(move.move_id)
+    finally:
+        await mover.close()
+    async with pair.mover() as resuming:
+        assert [m.step for m in await resuming.resume_all()] == ["done"]
+    await assert_one_owner(pair, before)
+
+
 # --- the shard side ----------------------------------------------------------------------------------
 async def test_import_sent_again_is_not_imported_twice_even_without_its_id_table(pair: Pair) -> None:
     zero, one = pair.shards
