@@ -9,8 +9,8 @@ owner the ErrorInfo names, on UNAVAILABLE it waits the RetryInfo delay and sends
 order of the symbol at a time while the others wait for its answer
 (:class:`hftgate.client.MovingSymbolGate`). A third of the way into the flow a
 :class:`~services.scaler.moves.SymbolMover`, in a process of its own as the scaler is, moves the
-symbol from shard 0 to shard 1 (scaling up); two thirds of the way, back to shard 0 (scaling down: shard 0 drops its frozen copy of the
-book it handed over and takes the book shard 1 left). Then:
+symbol from shard 0 to shard 1 (scaling up); two thirds of the way, back to shard 0 (scaling
+down: shard 0 drops its frozen copy of the book it handed over and takes the book shard 1 left). Then:
 
 * ``move_pause_max_ms`` - the longest any order waited from its first send to its ack (turned
   away and sent again included), over both moves; ``move_pause_p50_ms`` the median, as a floor of
