@@ -41,7 +41,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from hftgate.bench.execution import ExecutionProcess
-from hftgate.client import MovingSymbolGate
+from hftgate.client import HeldOrder, MovingSymbolGate, not_owner_info, retry_delay_s
 from hftgate.security import ADMIN, load_suite_secret
 from hftgate.shardmap import Shard, ShardMap, ShardMapStore
 from hftgate.v1 import common_pb2 as common
@@ -85,7 +85,20 @@ class _Flow:
         try:
             for _ in range(MAX_RESENDS):
                 if not probe and gate.probing(symbol):
+                    held = gate.hold(symbol, order, 10.0)
                     await gate.wait(symbol, asyncio.get_running_loop().time() + MOVING_WAIT_S)
+                    if held is not None:
+                        if held.taken:  # sent with the probe's order
+                            try:
+                                ack = await held.result
+                            except grpc.aio.AioRpcError as exc:
+                                self._error(exc)
+                                return
+                            if ack is not None:
+                                self._answered(order, ack, started)
+                                return
+                        else:
+                            gate.unhold(symbol, held)
                 try:
                     reply = await self.stubs[self.owner].SubmitOrder(
                         api.SubmitOrderRequest(order=order), metadata=self.metadata, timeout=10
@@ -100,13 +113,12 @@ class _Flow:
                             self.owner = info.metadata["owner_address"]
                         elif detail.Unpack(retry):
                             delay_s = retry.retry_delay.ToNanoseconds() / 1e9
-                    if probe and delay_s is None:
+                    if probe and delay_s is None and exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        # (A probe refused as not the owner keeps probing, at the owner named.)
                         gate.release(symbol)
                         probe = False
                     if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE):
-                        self.errors += 1
-                        name = exc.code().name
-                        self.error_codes[name] = self.error_codes.get(name, 0) + 1
+                        self._error(exc)
                         return
                     if delay_s is not None:
                         # As the routing client does: one probe per symbol, the others wait for it.
@@ -115,14 +127,45 @@ class _Flow:
                             continue
                     await asyncio.sleep(delay_s or 0.0)
                     continue
-                self.waits_ms.append((time.perf_counter() - started) * 1000)
-                if reply.ack.sequence:
-                    self.acked[reply.ack.order_id] = (order.client_order_id, order.quantity_lots)
+                self._answered(order, reply.ack, started)
+                if probe:  # as the routing client does: the orders that waited go as one batch
+                    held_orders = gate.take_held(symbol)
+                    gate.release(symbol)
+                    probe = False
+                    if held_orders:
+                        await self._send_held(held_orders)
                 return
             self.errors += 1
         finally:
             if probe:
                 gate.release(symbol)
+
+    async def _send_held(self, held: list[HeldOrder]) -> None:
+        """:meth:`hftgate.client.HftgateClient._send_held` against this flow's owner."""
+        try:
+            reply = await self.stubs[self.owner].SubmitOrders(
+                api.SubmitOrdersRequest(orders=[h.order for h in held]), metadata=self.metadata, timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            alone = retry_delay_s(exc) is not None or not_owner_info(exc) is not None
+            for h in held:
+                if alone:  # refused whole (moving again, not the owner): each is sent alone
+                    h.result.set_result(None)
+                else:
+                    h.result.set_exception(exc)
+            return
+        for h, ack in zip(held, reply.acks, strict=True):
+            h.result.set_result(ack)
+
+    def _answered(self, order: api.NewOrder, ack: api.OrderAck, started: float) -> None:
+        self.waits_ms.append((time.perf_counter() - started) * 1000)
+        if ack.sequence:
+            self.acked[ack.order_id] = (order.client_order_id, order.quantity_lots)
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> None:
+        self.errors += 1
+        name = exc.code().name
+        self.error_codes[name] = self.error_codes.get(name, 0) + 1
 
 
 def _order(number: int) -> api.NewOrder:

@@ -113,6 +113,10 @@ class _CountingStub:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stub, name)
 
+    async def SubmitOrders(self, request: api.SubmitOrdersRequest, **kwargs: Any) -> Any:
+        self._counts.batches.append([o.client_order_id for o in request.orders])
+        return await self._stub.SubmitOrders(request, **kwargs)
+
     async def SubmitOrder(self, request: api.SubmitOrderRequest, **kwargs: Any) -> Any:
         counts = self._counts
         counts.out += 1
@@ -130,6 +134,7 @@ class _CountingStub:
 
 class _Counts:
     def __init__(self) -> None:
+        self.batches: list[list[str]] = []  # client order ids of each SubmitOrders
         self.out = 0
         self.most_out = 0
         self.watching = False
@@ -140,6 +145,8 @@ class _Counts:
 async def test_calls_waiting_out_a_move_send_again_one_at_a_time_then_all_reach_the_new_owner(
     pair: Pair,
 ) -> None:
+    """One probe while the symbol is marked; once its order is accepted by the new owner, the nine
+    orders that waited go there with it as one SubmitOrders, each call getting its own ack."""
     _, one = pair.shards
     alice = await client_for(pair, "alice", moving_retry_s=30.0)
     counts = _Counts()
@@ -173,6 +180,8 @@ async def test_calls_waiting_out_a_move_send_again_one_at_a_time_then_all_reach_
             assert [m.step for m in await mover.resume_all()] == ["done"]
         acks = await asyncio.gather(*waiting)
         assert [a.status for a in acks] == [api.ORDER_STATUS_NEW] * len(names)
+        (batch,) = counts.batches  # all but the probe's own order, in one SubmitOrders
+        assert len(batch) == len(names) - 1 and set(batch) < set(names)
         for ack, name in zip(acks, names, strict=True):
             got = await one.stub.GetOrder(api.GetOrderRequest(order_id=ack.order_id), metadata=key("alice"))
             assert got.order.request.client_order_id == name
@@ -193,3 +202,71 @@ async def test_the_gate_lets_one_probe_through_and_wakes_every_waiter_when_it_is
     assert not gate.probing(SYMBOL) and gate.claim(SYMBOL)
     await gate.wait(SYMBOL, loop.time())  # past its deadline a waiter goes without the answer
     await gate.wait("ETHUSDT", loop.time() + 3600)  # nobody probes it: no wait
+
+
+class _ScriptedStub:
+    """SubmitOrders answering from a script: acks for each order, or raising the given error."""
+
+    def __init__(self, error: grpc.aio.AioRpcError | None = None) -> None:
+        self.error = error
+        self.calls: list[list[str]] = []
+
+    async def SubmitOrders(self, request: api.SubmitOrdersRequest, **_: Any) -> api.SubmitOrdersResponse:
+        self.calls.append([o.client_order_id for o in request.orders])
+        if self.error is not None:
+            raise self.error
+        return api.SubmitOrdersResponse(
+            acks=[
+                api.OrderAck(order_id=n + 1, client_order_id=o.client_order_id, status=api.ORDER_STATUS_NEW)
+                for n, o in enumerate(request.orders)
+            ]
+        )
+
+
+def _error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (None, "acks"),
+        (_error(grpc.StatusCode.UNAVAILABLE), "each its own error"),  # (no RetryInfo: maybe accepted)
+        ("moving", "sent alone"),
+        ("not owner", "sent alone"),
+    ],
+)
+async def test_the_probes_batch_gives_each_waiter_its_ack_or_hands_back_what_was_refused_whole(
+    monkeypatch: pytest.MonkeyPatch, error: Any, outcome: str
+) -> None:
+    from hftgate import client as client_module
+    from hftgate.client import _Target
+
+    refused = _error(
+        grpc.StatusCode.UNAVAILABLE if error == "moving" else grpc.StatusCode.FAILED_PRECONDITION
+    )
+    if error == "moving":
+        monkeypatch.setattr(client_module, "retry_delay_s", lambda e: 0.005 if e is refused else None)
+    if error == "not owner":
+        monkeypatch.setattr(client_module, "not_owner_info", lambda e: object() if e is refused else None)
+    stub = _ScriptedStub(refused if isinstance(error, str) else error)
+    gate = MovingSymbolGate()
+    assert gate.hold(SYMBOL, order("nobody probes", BUY, 1), None) is None
+    assert gate.claim(SYMBOL)
+    held = [gate.hold(SYMBOL, order(f"h{n}", BUY, 4_990_000), 5.0) for n in range(3)]
+    assert all(h is not None for h in held)
+    gate.unhold(SYMBOL, held[1])  # (gave up waiting: sends it itself)
+    taken = gate.take_held(SYMBOL)
+    assert [h.order.client_order_id for h in taken] == ["h0", "h2"] and all(h.taken for h in taken)
+    gate.release(SYMBOL)
+    client = HftgateClient("127.0.0.1:1", watch_map=False)
+    await client._send_held(_Target(stub, 1, "shard-1"), SYMBOL, taken)  # type: ignore[arg-type]
+    assert stub.calls == [["h0", "h2"]]  # one batch, in the order they waited
+    if outcome == "acks":
+        assert [(await h.result).client_order_id for h in taken] == ["h0", "h2"]  # type: ignore[union-attr]
+    elif outcome == "sent alone":
+        assert [await h.result for h in taken] == [None, None]
+    else:
+        for h in taken:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await h.result
