@@ -25,14 +25,7 @@ from hftgate import prometheus
 from hftgate.cli import app as cli_app
 from hftgate.prometheus import MetricsTarget, metrics_env, scrape_config, suite_targets
 from hftgate.supervisor import RunningService
-from tests.running_suite import SUITE, RunningSuite
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from tests.running_suite import SUITE, RunningSuite, free_port
 
 # --- ports and the scrape configuration ------------------------------------------------------
 

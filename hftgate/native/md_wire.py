@@ -57,6 +57,27 @@ class UpdateFields(Protocol):
     def receive_ts_ns(self) -> int: ...  # receive_ts_ns [int64]
 
 
+class StateFields(Protocol):
+    """What ``MarketUpdateEncoder.encode_state`` reads of a symbol's state (the market data service's
+    ``SymbolState``): its names already UTF-8 encoded, its top of book, its last trade (read
+    only when ``trade_count`` is not 0) and its rolling VWAP."""
+
+    wire_names: tuple[bytes, int, bytes, int] | None  # (venue, its length, symbol, its length)
+    symbol_sequence: int
+    bid_price: float
+    bid_size: float
+    ask_price: float
+    ask_size: float
+    top_ts_ns: int
+    trade_count: int
+    last_trade_price: float
+    last_trade_size: float
+    last_trade_side: int
+    last_trade_ts_ns: int
+    last_trade_id: int
+    vwap: float
+
+
 # (lowest, highest) value of each integer proto type.
 _UINT64 = (0, 2**64 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
@@ -127,74 +148,35 @@ class MarketUpdateEncoder:
             check(rc, f"encoding a MarketUpdate of {update.venue!r} {update.symbol!r}")
         return ffi.unpack(buffer_chars, written[0])  # type: ignore[no-any-return]
 
-
-class StateFields(Protocol):
-    """What ``FramedStateEncoder.encode`` reads of a symbol's state (the market data service's
-    ``SymbolState``): its names already UTF-8 encoded, its top of book, its last trade (read
-    only when ``trade_count`` is not 0) and its rolling VWAP."""
-
-    wire_names: tuple[bytes, int, bytes, int] | None  # (venue, its length, symbol, its length)
-    symbol_sequence: int
-    bid_price: float
-    bid_size: float
-    ask_price: float
-    ask_size: float
-    top_ts_ns: int
-    trade_count: int
-    last_trade_price: float
-    last_trade_size: float
-    last_trade_side: int
-    last_trade_ts_ns: int
-    last_trade_id: int
-    vwap: float
-
-
-class FramedStateEncoder:
-    """A symbol's state as one framed MarketUpdates entry, read straight from the state.
-
-    The market data service encodes every update it logs for its subscribers once, as it logs
-    it: from the state's attributes this is one C call, without the ``SymbolUpdate`` tuple and
-    the per-call name encoding of :meth:`MarketUpdateEncoder.encode` (about half its cost).
-    ``encode`` returns None when it cannot encode the state (no ``wire_names``, names longer than
-    the buffer's room, an integer out of its proto type's range): the caller then takes the
-    general path, which raises an error that names the field.
-    """
-
-    __slots__ = ("_buffer", "_buffer_chars", "_capacity", "_encode", "_string_room", "_written")
-
-    def __init__(self, capacity_bytes: int = 4096) -> None:
-        if capacity_bytes < FIXED_MAX_BYTES:
-            raise ValueError(f"capacity_bytes must be at least {FIXED_MAX_BYTES}, got {capacity_bytes}")
-        self._capacity = capacity_bytes
-        self._string_room = capacity_bytes - FIXED_MAX_BYTES
-        self._buffer = ffi.new("uint8_t[]", capacity_bytes)
-        self._buffer_chars = ffi.cast("char *", self._buffer)
-        self._written = ffi.new("size_t *")
-        self._encode = lib.hft_md_wire_market_update
-
-    def encode(self, state: StateFields, kind: int, receive_ts_ns: int) -> bytes | None:
+    def encode_state(self, state: StateFields, kind: int, receive_ts_ns: int) -> bytes | None:
+        """A symbol's state as one framed MarketUpdates entry (conflated and stream_sequence 0),
+        read straight from the state: the market data service encodes every update it logs for
+        its subscribers as it logs it, and this skips the ``SymbolUpdate`` tuple and the name
+        encoding of :meth:`encode` (about half its cost). None when it cannot encode the state
+        (no ``wire_names``, names longer than the buffer's room, an integer out of its proto
+        type's range): the caller then takes :meth:`encode`, which raises an error naming the
+        field."""
         names = state.wire_names
         if names is None:
             return None
         venue, venue_len, symbol, symbol_len = names
         if venue_len + symbol_len > self._string_room:
             return None
+        if state.trade_count:
+            has_last_trade = True
+            trade_price, trade_size = state.last_trade_price, state.last_trade_size
+            side, trade_ts_ns, trade_id = state.last_trade_side, state.last_trade_ts_ns, state.last_trade_id
+        else:
+            has_last_trade = False
+            trade_price = trade_size = 0.0
+            side = trade_ts_ns = trade_id = 0
         try:
-            if state.trade_count:
-                rc = self._encode(
-                    0, state.symbol_sequence, 0, kind, venue, venue_len, symbol, symbol_len,
-                    state.bid_price, state.bid_size, state.ask_price, state.ask_size, state.top_ts_ns,
-                    True, state.last_trade_price, state.last_trade_size, state.last_trade_side,
-                    state.last_trade_ts_ns, state.last_trade_id,
-                    state.vwap, receive_ts_ns, True, self._buffer, self._capacity, self._written,
-                )  # fmt: skip
-            else:
-                rc = self._encode(
-                    0, state.symbol_sequence, 0, kind, venue, venue_len, symbol, symbol_len,
-                    state.bid_price, state.bid_size, state.ask_price, state.ask_size, state.top_ts_ns,
-                    False, 0.0, 0.0, 0, 0, 0,
-                    state.vwap, receive_ts_ns, True, self._buffer, self._capacity, self._written,
-                )  # fmt: skip
+            rc = self._encode(
+                0, state.symbol_sequence, 0, kind, venue, venue_len, symbol, symbol_len,
+                state.bid_price, state.bid_size, state.ask_price, state.ask_size, state.top_ts_ns,
+                has_last_trade, trade_price, trade_size, side, trade_ts_ns, trade_id,
+                state.vwap, receive_ts_ns, True, self._buffer, self._capacity, self._written,
+            )  # fmt: skip
         except (OverflowError, TypeError):
             return None
         if rc < 0:

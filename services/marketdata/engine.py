@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from hftgate.native.md_wire import FramedStateEncoder
+from hftgate.native.md_wire import MarketUpdateEncoder
 from services.marketdata.access import Publisher
 from services.marketdata.access import publishers as publishers_of
 from services.marketdata.arbitrage import ArbitrageDetector, ArbitrageEvent, ArbitrageKind, EventType
@@ -126,7 +126,7 @@ class MarketDataEngine:
         self._subscribers: set[Subscriber] = set()
         #: Every update of a subscribed symbol, once, for all Subscribe streams (fanout.py).
         self.updates = UpdateLog(config.subscriber_buffer_updates, self._logged_update_of)
-        self._encode_state = FramedStateEncoder().encode
+        self._encode_state = MarketUpdateEncoder().encode_state
         self._arbitrage_subscribers: set[ArbitrageSubscription] = set()
         #: Slots of the open Subscribe and StreamArbitrage streams (the servicer takes them).
         self.streams = StreamSlots(

@@ -217,10 +217,6 @@ class UpdateLog:
             return items[first:last]
         return items[first:] + items[: last - self.capacity]
 
-    def updates(self, start: int, end: int) -> list[SymbolUpdate | None]:
-        """The updates start..end-1 as logged by ``append`` (None for those logged encoded)."""
-        return self._slice(self._updates, start, end)
-
     def logged(self, index: int) -> QueuedUpdate:
         """Update ``index`` (still in the ring) for one stream: its frame when it was logged
         encoded, else the update."""

@@ -69,7 +69,7 @@ class SymbolState:
         self.symbol = symbol
         self.key = (venue, symbol)
         # The names as a MarketUpdate carries them, encoded once (hftgate.native.md_wire's
-        # FramedStateEncoder); None for a name that is not valid Unicode (the general path,
+        # MarketUpdateEncoder.encode_state); None for a name that is not valid Unicode (the general path,
         # which names the error, then encodes its updates).
         try:
             venue_bytes, symbol_bytes = venue.encode(), symbol.encode()

@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hftgate.config import default_data_dir
-from hftgate.native.md_wire import FIXED_MAX_BYTES, FramedStateEncoder, MarketUpdateEncoder
+from hftgate.native.md_wire import FIXED_MAX_BYTES, MarketUpdateEncoder
 from hftgate.replay.source import load
 from hftgate.replay.ticks import Aggressor, QuoteTick, TradeTick
 from hftgate.v1 import marketdata_pb2 as pb
@@ -167,10 +167,10 @@ def state_of(update: SymbolUpdate) -> SymbolState:
 def test_an_update_encoded_from_the_state_is_the_entry_protobuf_writes_or_none(
     update: SymbolUpdate, stream_sequence: int
 ) -> None:
-    """FramedStateEncoder (the engine's path) gives the general encoder's entry, or None where
+    """MarketUpdateEncoder.encode_state (the engine's path) gives the general encoder's entry, or None where
     the general encoder raises or the names exceed its buffer; Subscribe's message made of the
     entry is protobuf's."""
-    frame = FramedStateEncoder().encode(state_of(update), update.kind, update.receive_ts_ns)
+    frame = MarketUpdateEncoder().encode_state(state_of(update), update.kind, update.receive_ts_ns)
     try:
         expected = MarketUpdateEncoder().encode(update, framed=True)
     except (ValueError, TypeError, UnicodeEncodeError):
@@ -303,7 +303,7 @@ def recorded_updates(recorded_log: list[tuple[SymbolUpdate, bytes | None]]) -> l
 def test_the_engine_logs_each_recorded_update_as_the_bytes_protobuf_writes(
     recorded_log: list[tuple[SymbolUpdate, bytes | None]],
 ) -> None:
-    """Encoded from the symbol's state as it is logged (FramedStateEncoder), each update is the
+    """Encoded from the symbol's state as it is logged (MarketUpdateEncoder.encode_state), each update is the
     entry protobuf writes for it, and Subscribe's message made of that entry is protobuf's too."""
     assert len(recorded_log) > 10_000
     assert all(frame is not None for _, frame in recorded_log)
