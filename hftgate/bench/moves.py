@@ -48,6 +48,7 @@ from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
 from hftgate.v1 import shard_admin_pb2 as admin
+from services.execution.handover import rows_of_book
 
 SYMBOL = "BTCUSDT"
 MID = 5_000_000
@@ -342,8 +343,8 @@ async def _one_run(tmp: Path, rate_per_s: float, flow_s: float) -> dict[str, Any
                     filled[order_id] = filled.get(order_id, 0) + row.quantity_lots
         duplicates = sum(1 for oid, lots in filled.items() if lots > quantities.get(oid, lots))
         duplicates += len(trade_ids) - len(set(trade_ids))
-        moved_out = admin.ExportSymbolResponse.FromString(out_book).orders
-        moved_back = admin.ExportSymbolResponse.FromString(back_book).orders
+        moved_out = rows_of_book(admin.ExportSymbolResponse.FromString(out_book).book)
+        moved_back = rows_of_book(admin.ExportSymbolResponse.FromString(back_book).book)
         books_match = out_step == "done" and back_step == "done"
         by_account = {name: processes[0].account(name).metadata for name in ("alice", "bob")}
         for moved_order in [*moved_out, *moved_back]:

@@ -109,21 +109,22 @@ def export_book(
     public_of: dict[int, int],
     shard_base: int,
     carried: dict[int, tuple[int, int]] | None = None,
-) -> list[admin.MovedOrder]:
-    """The working orders of ``symbol`` in the order they must be re-entered (see the module
-    docstring); ``public_of`` maps local ids of orders this shard took over to their original ids,
-    ``carried`` their fills before they came here (lots, notional)."""
+) -> admin.MovedBook:
+    """The working orders of ``symbol`` as columns, in the order they must be re-entered (see
+    the module docstring); ``public_of`` maps local ids of orders this shard took over to their
+    original ids, ``carried`` their fills before they came here (lots, notional)."""
+    book = admin.MovedBook()
     symbol_id = state.symbol_ids.get(symbol)
     if symbol_id is None:
-        return []
+        return book
     infos = state.handed_over_orders(symbol_id)
     if len(infos) > MAX_MOVED_ORDERS:
         raise HandoverRefused(
             f"{symbol} has {len(infos)} working orders: a move carries at most {MAX_MOVED_ORDERS}"
         )
-    # Column by column (numpy, then plain lists) rather than row by row: one move carries up to
-    # MAX_MOVED_ORDERS orders while its symbol refuses input, and a numpy scalar read per field
-    # per order cost ~10 us per order (measured).
+    # Column by column from numpy into the message's packed columns: one move carries up to
+    # MAX_MOVED_ORDERS orders while its symbol refuses input, and a message per order cost
+    # ~6 us per order to build (measured), besides its encoding and decoding on the way.
     locals_ = infos["order_id"].astype(np.int64)
     slots = state.slots_of(locals_)
     if (slots < 0).any():  # every working order is retained (state.py)
@@ -138,7 +139,12 @@ def export_book(
     carried = carried or {}
     names = state.account_names
     account_ids = rows["account_id"].tolist()
-    before = [carried.get(local, (0, 0)) for local in locals_.tolist()]
+    before = [carried.get(local, (0, 0)) for local in locals_.tolist()] if carried else None
+    quantity, cum, notional = rows["quantity"].tolist(), rows["cum"].tolist(), rows["notional"].tolist()
+    if before is not None:
+        quantity = [q + b[0] for q, b in zip(quantity, before, strict=True)]
+        cum = [c + b[0] for c, b in zip(cum, before, strict=True)]
+        notional = [n + b[1] for n, b in zip(notional, before, strict=True)]
     columns: dict[str, list[Any]] = {
         "original_order_id": [public_of.get(local, local | shard_base) for local in locals_.tolist()],
         "account_id": account_ids,
@@ -160,15 +166,47 @@ def export_book(
         "pending_stop": pending.tolist(),
         "engine_stp_mode": infos["stp_mode"].tolist(),
         "engine_flags": infos["flags"].tolist(),
-        "quantity_lots": [q + b[0] for q, b in zip(rows["quantity"].tolist(), before, strict=True)],
-        "cum_quantity_lots": [c + b[0] for c, b in zip(rows["cum"].tolist(), before, strict=True)],
-        "cum_notional": [n + b[1] for n, b in zip(rows["notional"].tolist(), before, strict=True)],
+        "quantity_lots": quantity,
+        "cum_quantity_lots": cum,
+        "cum_notional": notional,
     }
-    fields = tuple(columns)
+    for name, values in columns.items():
+        getattr(book, name).extend(values)
+    return book
+
+
+#: The columns of a MovedBook: MovedOrder's fields under the same names (a test checks it).
+BOOK_COLUMNS: tuple[str, ...] = tuple(f.name for f in admin.MovedBook.DESCRIPTOR.fields)
+
+
+def book_length(book: admin.MovedBook) -> int:
+    """The number of orders in ``book``; HandoverRefused when its columns differ in length."""
+    lengths = {name: len(getattr(book, name)) for name in BOOK_COLUMNS}
+    count = lengths[BOOK_COLUMNS[0]]
+    odd = [name for name, length in lengths.items() if length != count]
+    if odd:
+        raise HandoverRefused(
+            f"the book's columns differ in length: {BOOK_COLUMNS[0]} has {count} entries, "
+            f"{odd[0]} has {lengths[odd[0]]}"
+        )
+    return count
+
+
+def rows_of_book(book: admin.MovedBook) -> list[admin.MovedOrder]:
+    """The book as MovedOrder rows (the form callers from before MovedBook send and expect)."""
+    columns = [getattr(book, name) for name in BOOK_COLUMNS]
     return [
-        admin.MovedOrder(**dict(zip(fields, values, strict=True)))
-        for values in zip(*columns.values(), strict=True)
+        admin.MovedOrder(**dict(zip(BOOK_COLUMNS, values, strict=True)))
+        for values in zip(*columns, strict=True)
     ]
+
+
+def book_of_rows(orders: list[admin.MovedOrder]) -> admin.MovedBook:
+    """MovedOrder rows as a book of columns."""
+    book = admin.MovedBook()
+    for name in BOOK_COLUMNS:
+        getattr(book, name).extend([getattr(order, name) for order in orders])
+    return book
 
 
 def _write_durably(path: Path, body: dict[str, object]) -> None:
@@ -282,7 +320,7 @@ class Handover:
         return self.shown_to_original.get(shown_id, shown_id)
 
     # --- the old owner -----------------------------------------------------------------------
-    async def export(self, symbol: str) -> list[admin.MovedOrder]:
+    async def export(self, symbol: str) -> admin.MovedBook:
         """The book of ``symbol`` once everything journaled is durable. The caller has checked
         that the map marks the symbol moving: no input for it is journaled after this point."""
         journal = self.core.journal
@@ -329,29 +367,34 @@ class Handover:
         return self.released_after.get(symbol, 0) if symbol in self.handed_over else 0
 
     # --- the new owner -----------------------------------------------------------------------
-    def _already_imported(self, symbol: str, orders: list[admin.MovedOrder]) -> list[int] | None:
+    def _already_imported(self, symbol: str, book: admin.MovedBook) -> list[int] | None:
         """The local ids of a move's orders when they are already in this shard's book, else None."""
         state = self.core.state
         symbol_id = state.symbol_ids.get(symbol)
-        if symbol_id is None or not orders:
+        if symbol_id is None or not book.original_order_id:
             return None
         frozen_up_to = self._frozen_up_to(symbol)
-        found: list[int] = []
-        for order in orders:
-            local = state.order_id_for(order.account_id, order.client_order_id)
-            row = state.order(local) if local > frozen_up_to else None  # (a frozen copy is not it)
-            if row is None or int(row["symbol_id"]) != symbol_id or int(row["status"]) == REJECTED:
-                return None
-            found.append(local)
+        found = [
+            state.order_id_for(account_id, client_id)
+            for account_id, client_id in zip(book.account_id, book.client_order_id, strict=True)
+        ]
+        if min(found) <= frozen_up_to:  # not held, or only as a frozen copy (which is not it)
+            return None
+        slots = state.slots_of(np.array(found, np.int64))
+        if (slots < 0).any():
+            return None
+        rows = state.table[slots]
+        if (rows["symbol_id"] != symbol_id).any() or (rows["status"] == REJECTED).any():
+            return None
         return found
 
-    def _check_importable(self, symbol: str, orders: list[admin.MovedOrder]) -> None:
+    def _check_importable(self, symbol: str, book: admin.MovedBook, count: int) -> None:
         state = self.core.state
-        if len(orders) > MAX_MOVED_ORDERS:
-            raise HandoverRefused(f"{len(orders)} orders: a move carries at most {MAX_MOVED_ORDERS}")
-        if len(self.local_of) + len(orders) > MAX_TAKEN_OVER_ORDERS:
+        if count > MAX_MOVED_ORDERS:
+            raise HandoverRefused(f"{count} orders: a move carries at most {MAX_MOVED_ORDERS}")
+        if len(self.local_of) + count > MAX_TAKEN_OVER_ORDERS:
             raise HandoverRefused(
-                f"shard {self.shard_id} holds {len(self.local_of)} taken-over ids; {len(orders)} more "
+                f"shard {self.shard_id} holds {len(self.local_of)} taken-over ids; {count} more "
                 f"exceed the limit of {MAX_TAKEN_OVER_ORDERS}"
             )
         symbol_id = state.symbol_ids.get(symbol)
@@ -367,37 +410,44 @@ class Handover:
                 )
         elif len(state.symbol_names) >= state.engine_config.max_symbols:
             raise HandoverRefused(f"shard {self.shard_id} has no engine book left for {symbol} (max_symbols)")
-        for order in orders:
-            if not order.client_order_id.isascii() or not order.client_order_id:
-                raise HandoverRefused(f"order {order.original_order_id}: client order id must be ASCII")
-            local = state.order_id_for(order.account_id, order.client_order_id)
-            if local and not (local <= frozen_up_to and self._is_working_copy(local, symbol_id)):
-                raise HandoverRefused(
-                    f"client order id {order.client_order_id!r} of account {order.account_name} is in use on "
-                    f"shard {self.shard_id}: the order {order.original_order_id} cannot keep it here"
-                )
+        client_ids = list(book.client_order_id)
+        if not all(client_ids) or not "".join(client_ids).isascii():
+            bad = next(i for i, c in enumerate(client_ids) if not c or not c.isascii())
+            raise HandoverRefused(f"order {book.original_order_id[bad]}: client order id must be ASCII")
+        locals_ = [
+            state.order_id_for(account_id, client_id)
+            for account_id, client_id in zip(book.account_id, client_ids, strict=True)
+        ]
+        if not any(locals_):
+            return
+        # A client order id may be in use here only by a working frozen copy of this symbol (the
+        # import purges those first).
+        held_ids = np.array(locals_, np.int64)
+        slots = state.slots_of(held_ids)
+        rows = state.table[slots]  # (row -1 where not retained: masked below)
+        copy = (held_ids <= frozen_up_to) & (slots >= 0) & np.isin(rows["status"], OPEN_STATUSES)
+        copy &= rows["symbol_id"] == (symbol_id if symbol_id is not None else -1)
+        clash = (held_ids != 0) & ~copy
+        if clash.any():
+            i = int(np.argmax(clash))
+            raise HandoverRefused(
+                f"client order id {client_ids[i]!r} of account {book.account_name[i]} is in use on "
+                f"shard {self.shard_id}: the order {book.original_order_id[i]} cannot keep it here"
+            )
 
-    def _is_working_copy(self, local: int, symbol_id: int | None) -> bool:
-        row = self.core.state.order(local)
-        return (
-            row is not None
-            and symbol_id is not None
-            and int(row["symbol_id"]) == symbol_id
-            and int(row["status"]) in OPEN_STATUSES
-        )
-
-    async def import_book(self, move_id: str, symbol: str, orders: list[admin.MovedOrder]) -> ImportResult:
-        """Journal ``orders`` as this shard's book of ``symbol`` (once per move; see the module
+    async def import_book(self, move_id: str, symbol: str, book: admin.MovedBook) -> ImportResult:
+        """Journal ``book`` as this shard's book of ``symbol`` (once per move; see the module
         docstring). Returns once the record is durable and the id table written."""
         check_move_id(move_id)
+        count = book_length(book)
         table_path = self.directory / f"import-{_SAFE_NAME.sub('_', move_id)}.json"
-        known = self._already_imported(symbol, orders)
+        known = self._already_imported(symbol, book)
         if known is not None:
             if not table_path.exists():  # durable, but the crash came before the id table
-                self._write_ids(table_path, move_id, symbol, orders, known)
+                self._write_ids(table_path, move_id, symbol, book, known)
             self._taken_back(symbol)
-            return ImportResult(len(orders), True, 0)
-        self._check_importable(symbol, orders)
+            return ImportResult(count, True, 0)
+        self._check_importable(symbol, book, count)
         core = self.core
         state = core.state
         journal = core.journal
@@ -412,21 +462,21 @@ class Handover:
                 purged = journal.append(encode_purge(symbol_id, frozen_up_to), RECORD_PURGE)
                 dropped = state.purge_symbol(symbol_id, frozen_up_to)
                 log.info("moves: %s: %d frozen order(s) dropped to take the book back", symbol, dropped)
-        if not orders:
+        if not count:
             if purged is not None:
                 await purged
-            self._write_ids(table_path, move_id, symbol, orders, [])
+            self._write_ids(table_path, move_id, symbol, book, [])
             self._taken_back(symbol)
             return ImportResult(0, False, 0)
         if symbol_id is None:
             symbol_id = len(state.symbol_names)
             journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
             state.add_symbol(symbol_id, symbol)
-        for order in orders:
-            if order.account_id not in state.account_names:
-                journal.append(encode_account(order.account_id, order.account_name), RECORD_ACCOUNT)
-                state.add_account(order.account_id, order.account_name)
-        batch = _import_batch(state, symbol_id, orders)
+        for account_id, name in dict(zip(book.account_id, book.account_name, strict=True)).items():
+            if account_id not in state.account_names:
+                journal.append(encode_account(account_id, name), RECORD_ACCOUNT)
+                state.add_account(account_id, name)
+        batch = _import_batch(state, symbol_id, book, count)
         first_local = state.order_count + 1
         future = journal.append(encode_batch(batch), RECORD_BATCH)
         journal_seq = journal.next_seq - 1
@@ -436,36 +486,38 @@ class Handover:
             log.error(
                 "moves: %d of %d imported order(s) of %s were refused by the engine",
                 refused,
-                len(orders),
+                count,
                 symbol,
             )
         await future  # (the purge before it is durable too: the journal keeps its order)
         core._publish(outcome)
-        locals_ = list(range(first_local, first_local + len(orders)))
-        self._write_ids(table_path, move_id, symbol, orders, locals_)
+        locals_ = list(range(first_local, first_local + count))
+        self._write_ids(table_path, move_id, symbol, book, locals_)
         self._taken_back(symbol)
         log.info(
             "moves: %s: %d order(s) imported (move %s, journal seq %d)",
             symbol,
-            len(orders),
+            count,
             move_id,
             journal_seq,
         )
-        return ImportResult(len(orders), False, journal_seq)
+        return ImportResult(count, False, journal_seq)
 
     def _write_ids(
-        self, path: Path, move_id: str, symbol: str, orders: list[admin.MovedOrder], locals_: list[int]
+        self, path: Path, move_id: str, symbol: str, book: admin.MovedBook, locals_: list[int]
     ) -> None:
         entries = [
-            [o.original_order_id, local, o.cum_quantity_lots, o.cum_notional]
-            for o, local in zip(orders, locals_, strict=True)
+            list(entry)
+            for entry in zip(
+                book.original_order_id, locals_, book.cum_quantity_lots, book.cum_notional, strict=True
+            )
         ]
         _write_durably(path, {"move_id": move_id, "symbol": symbol, "ids": entries})
         for original, local, lots, notional in entries:
             self._take(original, local, lots, notional)
 
 
-#: (array, column, MovedOrder field) of an imported order's batch row, copied as they are.
+#: (array, column, MovedBook column) of an imported order's batch row, copied as they are.
 _IMPORT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("commands", "account_id", "account_id"),
     ("commands", "price", "engine_price_ticks"),
@@ -486,22 +538,19 @@ _IMPORT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _import_batch(state: ExecutionState, symbol_id: int, orders: list[admin.MovedOrder]) -> Batch:
+def _import_batch(state: ExecutionState, symbol_id: int, book: admin.MovedBook, count: int) -> Batch:
     """The moved orders as one batch of new orders, in their priority order."""
-    count = len(orders)
     commands = np.zeros(count, COMMAND_DTYPE)
     meta = np.zeros(count, META_DTYPE)
     first = state.order_count + 1
     commands["order_id"] = np.arange(first, first + count)
     commands["action"] = int(Action.NEW)
     commands["symbol_id"] = symbol_id
-    # Field by field over the whole batch: writing a numpy row's fields one order at a time cost
-    # ~6 us per order (measured), on the path where the symbol refuses input.
     for table, column, name in _IMPORT_COLUMNS:
-        (commands if table == "commands" else meta)[column] = [getattr(o, name) for o in orders]
+        (commands if table == "commands" else meta)[column] = list(getattr(book, name))
     meta["priority"] = commands["priority"]
     meta["client_tif"] = commands["tif"]
-    meta["client_id_length"] = [len(o.client_order_id) for o in orders]
-    client_ids = "".join(o.client_order_id for o in orders).encode("ascii")
+    client_ids = list(book.client_order_id)
+    meta["client_id_length"] = [len(c) for c in client_ids]
     now = time.time_ns()
-    return Batch(state.next_input_seq, now, now, commands, meta, client_ids)
+    return Batch(state.next_input_seq, now, now, commands, meta, "".join(client_ids).encode("ascii"))

@@ -56,7 +56,15 @@ from services.execution.core import (
     cancel_inputs,
 )
 from services.execution.fairness import FairAdmission, StreamLimitExceeded, StreamSlot, StreamSlots
-from services.execution.handover import Handover, HandoverRefused, check_move_id, read_taken_over
+from services.execution.handover import (
+    Handover,
+    HandoverRefused,
+    book_length,
+    book_of_rows,
+    check_move_id,
+    read_taken_over,
+    rows_of_book,
+)
 from services.execution.journal import Journal
 from services.execution.ledger import Ledger
 from services.execution.recovery import Recovery, recover
@@ -976,13 +984,16 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
                 f"shard {current.owner(symbol).shard_id} does",
             )
         try:
-            orders = await self.handover.export(symbol)
+            book = await self.handover.export(symbol)
         except HandoverRefused as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        log.info("move %s: exported %d order(s) of %s", request.move_id, len(orders), symbol)
-        return shard_admin_pb2.ExportSymbolResponse(
-            orders=orders, epoch=self.fence.epoch, shard_id=self.shard_id
-        )
+        log.info("move %s: exported %d order(s) of %s", request.move_id, len(book.original_order_id), symbol)
+        reply = shard_admin_pb2.ExportSymbolResponse(epoch=self.fence.epoch, shard_id=self.shard_id)
+        if request.columns:
+            reply.book.CopyFrom(book)
+        else:  # a caller from before MovedBook
+            reply.orders.extend(rows_of_book(book))
+        return reply
 
     async def ImportSymbol(
         self, request: shard_admin_pb2.ImportSymbolRequest, context: grpc.aio.ServicerContext
@@ -997,8 +1008,17 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"shard map epoch {self.fence.epoch} does not mark {symbol} moving to shard {self.shard_id}",
             )
+        book = request.book
+        if request.orders:  # rows, from a caller that does not know MovedBook
+            if request.book.original_order_id:
+                await _abort_bad_request(context, "book", "a book comes as orders or as book, not both")
+            book = book_of_rows(list(request.orders))
         try:
-            result = await self.handover.import_book(request.move_id, symbol, list(request.orders))
+            book_length(book)
+        except HandoverRefused as exc:
+            await _abort_bad_request(context, "book", str(exc))
+        try:
+            result = await self.handover.import_book(request.move_id, symbol, book)
         except HandoverRefused as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except Exception as exc:  # the journal: nothing acknowledged, the mover sends it again

@@ -370,7 +370,7 @@ class SymbolMover:
         if step == "export":
             reply = await (await self._stub(move.from_shard_id)).ExportSymbol(
                 admin.ExportSymbolRequest(
-                    move_id=move.move_id, symbol=move.symbol, min_epoch=move.marked_epoch
+                    move_id=move.move_id, symbol=move.symbol, min_epoch=move.marked_epoch, columns=True
                 ),
                 timeout=CALL_TIMEOUT_S,
                 metadata=self.credentials.metadata,
@@ -384,7 +384,9 @@ class SymbolMover:
                     symbol=move.symbol,
                     from_shard_id=move.from_shard_id,
                     min_epoch=move.marked_epoch,
+                    # (Rows when the old owner predates MovedBook: the new owner reads either.)
                     orders=book.orders,
+                    book=book.book,
                 ),
                 timeout=CALL_TIMEOUT_S,
                 metadata=self.credentials.metadata,

@@ -144,7 +144,9 @@ async def seed_book(h: Harness) -> dict[str, int]:
 def book_of(h: Harness) -> list[tuple[Any, ...]]:
     """The shard's book of SYMBOL as a move would carry it (original ids)."""
     core = h.core
-    moved = handover.export_book(core.state, SYMBOL, core.original_ids, shard_base_of(h.config.shard_id))
+    moved = handover.rows_of_book(
+        handover.export_book(core.state, SYMBOL, core.original_ids, shard_base_of(h.config.shard_id))
+    )
     return [
         (o.original_order_id, o.account_id, o.client_order_id, o.side, o.engine_price_ticks,
          o.leaves_quantity_lots, o.display_quantity_lots, o.stop_price_ticks, o.pending_stop)
@@ -433,6 +435,55 @@ async def test_import_sent_again_is_not_imported_twice_even_without_its_id_table
     assert got.order.order_id == ids["a1"]
 
 
+def test_a_book_has_a_column_for_each_field_of_a_moved_order() -> None:
+    columns = [(f.name, f.number, f.type) for f in admin.MovedBook.DESCRIPTOR.fields]
+    assert columns == [(f.name, f.number, f.type) for f in admin.MovedOrder.DESCRIPTOR.fields]
+    assert all(f.is_repeated for f in admin.MovedBook.DESCRIPTOR.fields)
+
+
+async def test_the_book_moves_as_columns_and_a_caller_without_them_gets_and_gives_rows(pair: Pair) -> None:
+    """A mover asks for columns; an older caller (no ``columns``) gets the same orders as rows,
+    and an import takes either form, but not both at once, nor columns of unequal length."""
+    zero, one = pair.shards
+    await seed_book(zero)
+    before = book_of(zero)
+    await pair.store.update(lambda m: m.with_move_started(SYMBOL, 1))
+    metadata = ((security.SERVICE_TOKEN_METADATA, security.load_suite_secret().token_for("admin")),)
+    old = admin_grpc.ShardAdminServiceStub(zero.channel)
+    new = admin_grpc.ShardAdminServiceStub(one.channel)
+    columns = await old.ExportSymbol(
+        admin.ExportSymbolRequest(move_id="m1", symbol=SYMBOL, columns=True), metadata=metadata
+    )
+    rows = await old.ExportSymbol(admin.ExportSymbolRequest(move_id="m1", symbol=SYMBOL), metadata=metadata)
+    assert not columns.orders and not rows.book.original_order_id
+    assert handover.rows_of_book(columns.book) == list(rows.orders) and len(rows.orders) == len(before) == 6
+    assert handover.book_of_rows(list(rows.orders)) == columns.book
+
+    uneven = admin.MovedBook()
+    uneven.CopyFrom(columns.book)
+    del uneven.client_order_id[-1]
+    both = admin.ImportSymbolRequest(move_id="m1", symbol=SYMBOL, orders=rows.orders, book=columns.book)
+    for bad, says in (
+        (both, "not both"),
+        (admin.ImportSymbolRequest(move_id="m1", symbol=SYMBOL, book=uneven), "client_order_id has 5"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await new.ImportSymbol(bad, metadata=metadata)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert says in (refused.value.details() or "")
+    assert book_of(one) == []  # nothing of either was imported
+
+    imported = await new.ImportSymbol(
+        admin.ImportSymbolRequest(move_id="m1", symbol=SYMBOL, book=columns.book), metadata=metadata
+    )
+    assert (imported.orders, imported.already_imported) == (6, False)
+    again = await new.ImportSymbol(  # the same import as rows: found done
+        admin.ImportSymbolRequest(move_id="m1", symbol=SYMBOL, orders=rows.orders), metadata=metadata
+    )
+    assert (again.orders, again.already_imported) == (6, True)
+    assert book_of(one) == before
+
+
 async def test_shard_admin_refuses_accounts_and_other_services(pair: Pair) -> None:
     zero, _ = pair.shards
     stub = admin_grpc.ShardAdminServiceStub(zero.channel)
@@ -597,7 +648,7 @@ async def test_a_triggered_stop_limit_moves_resting_as_the_limit_it_became(pair:
     stop = await submit(zero, "carol", order("sl", BUY, 5_025_000, 5, stop=5_030_000))
     await submit(zero, "bob", order("s1", SELL, 5_030_000, 1))
     await submit(zero, "alice", order("b1", BUY, 5_030_000, 1))  # trades at the stop: it triggers
-    (moved,) = handover.export_book(zero.core.state, SYMBOL, {}, shard_base_of(0))
+    (moved,) = handover.rows_of_book(handover.export_book(zero.core.state, SYMBOL, {}, shard_base_of(0)))
     carried = (moved.original_order_id, moved.pending_stop, moved.engine_order_type, moved.engine_price_ticks)
     assert carried == (stop.order_id, False, EngineType.LIMIT, 5_025_000)
     async with pair.mover() as mover:
