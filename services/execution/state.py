@@ -245,6 +245,17 @@ _ZERO_ORDER: tuple[Any, ...] = np.zeros(1, ORDER_DTYPE)[0].item()
 RESTORE_ORDER_ID_BASE = (1 << 63) - 16
 
 
+def _all_rest(events: np.ndarray, commands: np.ndarray) -> bool:
+    """Whether the engine's only events for a batch of new orders are one ACK per order, in
+    command order (every order rests, or waits as a stop): apply_batch's array path."""
+    return (
+        len(events) == len(commands)
+        and bool((events["type"] == EventType.ACK).all())
+        and bool((events["command_index"] == np.arange(len(commands))).all())
+        and bool((events["order_id"] == commands["order_id"]).all())
+    )
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     """What one applied batch produced (all arrays, index i answering the batch's input i)."""
@@ -564,8 +575,13 @@ class ExecutionState:
         table["reason"][slots] = common.REJECT_REASON_NOT_SHARD_OWNER
         self._update_exposure(working_before)
         ring = self._ring
-        for slot in slots.tolist():
-            self._forget_client_id(slot)
+        index, client_ids, slot_ids = self.client_id_index, self._slot_client_ids, self._slot_ids
+        for slot, account, order_id in zip(
+            slots.tolist(), table["account_id"][slots].tolist(), slot_ids[slots].tolist(), strict=True
+        ):
+            per_account = index.get(account)  # (_forget_client_id, inline: one move may purge 100k)
+            if per_account is not None and per_account.get(client_ids[slot]) == order_id:
+                del per_account[client_ids[slot]]
             if slot >= ring and self.retire:  # a survivor: retired once its last report has gone
                 heapq.heappush(
                     self._finished_survivors,
@@ -614,6 +630,8 @@ class ExecutionState:
                 self._add_orders(commands[new_mask], meta[new_mask], batch.client_ids, received)
 
         events = self.engine.process(commands)
+        if new_mask is not None and new_count == count and _all_rest(events, commands):
+            return self._apply_resting(batch, events, first_new_id)
 
         # Every order the events touch is copied once into a Python list (fast to update per event)
         # and written back to the numpy table in one pass at the end.
@@ -819,6 +837,43 @@ class ExecutionState:
                 row = live[index]
                 if row[F_STATUS] not in OPEN_STATUSES:  # a survivor finished
                     heapq.heappush(self._finished_survivors, (row[F_LAST], self._slot_ids.item(index)))
+            self.retire_finished()
+        return outcome
+
+    def _apply_resting(self, batch: Batch, events: np.ndarray, first_new_id: int) -> BatchOutcome:
+        """apply_batch's rest for a batch of new orders that all rest or wait as stops (the
+        engine acknowledged each and did nothing else: see :func:`_all_rest`), over arrays: the
+        same rows, reports and outcome the event loop makes, without a Python step per order
+        (a symbol's book imported by a move, a batch of passive quotes)."""
+        commands = batch.commands
+        count = len(commands)
+        slots = (np.arange(first_new_id, first_new_id + count, dtype=np.int64) - 1) & self._mask
+        rows = self.table[slots]
+        seqs = np.arange(self.next_report_seq, self.next_report_seq + count, dtype=np.int64)
+        status = np.where(np.isin(commands["order_type"], _ENGINE_STOP_TYPES), PENDING, NEW).astype(np.uint8)
+        rows["leaves"] = events["qty"]
+        rows["status"] = status
+        rows["last_exec_seq"] = seqs
+        rows["updated_ns"] = batch.transact_ns
+        self.table[slots] = rows
+        self._update_exposure(dict.fromkeys(slots.tolist(), 0))
+        self.next_report_seq += count
+        reports = np.zeros(count, REPORT_DTYPE)
+        reports["sequence"] = seqs
+        reports["input_sequence"] = batch.first_input_seq + events["command_index"].astype(np.int64)
+        reports["order_id"] = commands["order_id"]
+        for name in ("account_id", "price", "quantity", "leaves", "cum", "side"):
+            reports[name] = rows[name]
+        reports["received_ns"] = batch.received_ns
+        reports["transact_ns"] = batch.transact_ns
+        reports["symbol_id"] = events["symbol_id"]
+        reports["exec_type"] = api.EXEC_TYPE_NEW
+        reports["status"] = status
+        self._retain(reports)
+        outcome = self._outcome(
+            batch, np.zeros(count, np.uint8), np.zeros(count, np.uint16), reports, np.zeros(0, FILL_DTYPE)
+        )
+        if self.retire:
             self.retire_finished()
         return outcome
 
@@ -1112,7 +1167,9 @@ class ExecutionState:
         if not changed.any():
             return
         rows, delta, before, after = rows[changed], delta[changed], before[changed], after[changed]
-        account_rows = np.fromiter((self.account_row(a) for a in rows["account_id"].tolist()), np.int64)
+        # One account_row lookup per account rather than per order (a batch is mostly few accounts).
+        accounts, inverse = np.unique(rows["account_id"], return_inverse=True)
+        account_rows = np.array([self.account_row(a) for a in accounts.tolist()], np.int64)[inverse]
         symbols = rows["symbol_id"].astype(np.int64)
         buys = rows["side"] == 1
         np.add.at(self.open_buy, (account_rows[buys], symbols[buys]), delta[buys])
