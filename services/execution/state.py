@@ -71,6 +71,7 @@ from hftgate.matching import EngineConfig, MatchingEngine
 from hftgate.matching.types import COMMAND_DTYPE, Action, EventType, Reason, Side, StpMode
 from hftgate.matching.types import OrderType as EngineType
 from hftgate.native.errors import NativeError
+from hftgate.native.order_fold import OrderFold
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.records import META_DTYPE, Batch
@@ -247,17 +248,7 @@ _ZERO_ORDER: tuple[Any, ...] = np.zeros(1, ORDER_DTYPE)[0].item()
 
 # Ids of the orders recovery uses to set a book's last trade price; above any id the service hands out.
 RESTORE_ORDER_ID_BASE = (1 << 63) - 16
-
-
-def _all_rest(events: np.ndarray, commands: np.ndarray) -> bool:
-    """Whether the engine's only events for a batch of new orders are one ACK per order, in
-    command order (every order rests, or waits as a stop): apply_batch's array path."""
-    return (
-        len(events) == len(commands)
-        and bool((events["type"] == EventType.ACK).all())
-        and bool((events["command_index"] == np.arange(len(commands))).all())
-        and bool((events["order_id"] == commands["order_id"]).all())
-    )
+_EVENT_FILL = int(EventType.FILL)
 
 
 @dataclass(slots=True)
@@ -298,6 +289,7 @@ class ExecutionState:
     ) -> None:
         self.engine_config = engine_config
         self.engine = MatchingEngine(engine_config, symbols=())
+        self._folder = OrderFold(ORDER_DTYPE, REPORT_DTYPE, FILL_DTYPE, META_DTYPE, _ENGINE_TO_REASON)
         self.symbol_ids: dict[str, int] = {}
         self.symbol_names: list[str] = []
         self.account_names: dict[int, str] = {}
@@ -625,7 +617,7 @@ class ExecutionState:
         if problem is not None:
             return self._refuse(batch, problem)
         self.next_input_seq += count
-        received, transact = batch.received_ns, batch.transact_ns
+        received = batch.received_ns
         if new_count:
             if new_mask is None:
                 command, meta_row = one if one is not None else (commands[0].item(), meta[0].item())
@@ -634,202 +626,68 @@ class ExecutionState:
                 self._add_orders(commands[new_mask], meta[new_mask], batch.client_ids, received)
 
         events = self.engine.process(commands)
-        if new_mask is not None and new_count == count and _all_rest(events, commands):
-            return self._apply_resting(batch, events, first_new_id)
+        return self._fold(batch, events, first_new_id, new_count)
 
-        # Every order the events touch is copied once into a Python list (fast to update per event)
-        # and written back to the numpy table in one pass at the end.
-        orders = self.table
-        mask = self._mask
-        live: dict[int, list[Any]] = {}  # keyed by table row (slot)
-        working_before: dict[int, int] = {}  # order row -> lots it had working before this batch
-
-        ring = self._ring
-        survivor_rows: list[int] = []  # rows of survivors the batch touches (retirement, below)
-
-        def load(index: int) -> list[Any]:
-            row = live.get(index)
-            if row is None:
-                if index < 0:  # an engine event for an order not held: a bug, contained by the caller
-                    raise LookupError("apply_batch: an engine event names an order that is not retained")
-                row = live[index] = list(orders[index].item())
-                working_before[index] = row[F_LEAVES] if row[F_STATUS] in OPEN_STATUSES else 0
-                if index >= ring:
-                    survivor_rows.append(index)
-            return row
-
-        # slot_of with the window fixed for the batch's events (no order is added or retired meanwhile).
-        window_base, last_id, survivor_get = self.order_base, self.order_count, self._survivor_slots.get
-
-        def slot_of(order_id: int) -> int:
-            if order_id > window_base:
-                return (order_id - 1) & mask if order_id <= last_id else -1
-            return survivor_get(order_id, -1)
-
-        if new_count:  # the batch's new orders all get events: copy them in one call
-            first_slot = (first_new_id - 1) & mask
-            if first_slot + new_count <= self._ring:
-                new_slots: list[int] = list(range(first_slot, first_slot + new_count))
-                new_rows = orders[first_slot : first_slot + new_count].tolist()
-            else:  # the ring wraps inside this batch
-                wrapped = (np.arange(first_new_id, first_new_id + new_count) - 1) & mask
-                new_slots, new_rows = wrapped.tolist(), orders[wrapped].tolist()
-            for slot, values in zip(new_slots, new_rows, strict=True):
-                live[slot] = list(values)
-                working_before[slot] = 0
-        cancel_reasons = meta["cancel_reason"]
-        engine_types = commands["order_type"]  # a field view made once, not per event
-        report_rows: list[tuple[int, ...]] = []
-        fill_rows: list[tuple[int, ...]] = []
-        rejected_inputs: list[tuple[int, int]] = []  # (command index, RejectReason)
-        seq = self.next_report_seq
-        trade_id = self.next_trade_id
-        first_input = batch.first_input_seq
-        liquidity_taker, liquidity_maker = api.LIQUIDITY_TAKER, api.LIQUIDITY_MAKER
-        fill_kind, reject_kind = EventType.FILL, EventType.REJECT
-        exec_fill, exec_partial = api.EXEC_TYPE_FILL, api.EXEC_TYPE_PARTIAL_FILL
-
-        for event in events.tolist():
-            order_id, account, maker_id, maker_account, price, qty, leaves, maker_leaves = event[:8]
-            symbol_id, ci, kind, side, engine_reason = event[8], event[9], event[10], event[11], event[12]
-            input_seq = first_input + ci
-            if kind == fill_kind:
-                taker_row = load(slot_of(order_id))
-                maker_row = load(slot_of(maker_id))
-                notional = price * qty
-                for row, own_id, own_leaves, liquidity, other_account, other_id in (
-                    (taker_row, order_id, leaves, liquidity_taker, maker_account, maker_id),
-                    (maker_row, maker_id, maker_leaves, liquidity_maker, account, order_id),
-                ):
-                    cum = row[F_CUM] + qty
-                    row[F_CUM] = cum
-                    total = row[F_NOTIONAL] + notional
-                    # Bounded at admission (risk.py); saturates rather than fail where an
-                    # instrument's limits were raised under orders still resting.
-                    row[F_NOTIONAL] = (
-                        total
-                        if _INT64_MIN <= total <= _INT64_MAX
-                        else (_INT64_MAX if total > 0 else _INT64_MIN)
-                    )
-                    row[F_LEAVES] = own_leaves
-                    status = PARTIAL if own_leaves else FILLED
-                    row[F_STATUS] = status
-                    row[F_LAST] = seq
-                    own_account = row[F_ACCOUNT]
-                    report_rows.append(
-                        (
-                            seq, input_seq, own_id, own_account, row[F_PRICE], row[F_QUANTITY],
-                            price, qty, own_leaves, cum, trade_id,
-                            other_id if other_account == own_account else 0,
-                            received, transact, symbol_id, 0, exec_partial if own_leaves else exec_fill,
-                            row[F_SIDE], status, liquidity,
-                        )
-                    )  # fmt: skip
-                    seq += 1
-                buy_is_taker = side == 1
-                fill_rows.append(
-                    (
-                        trade_id, price, qty,
-                        order_id if buy_is_taker else maker_id, account if buy_is_taker else maker_account,
-                        maker_id if buy_is_taker else order_id, maker_account if buy_is_taker else account,
-                        transact, symbol_id, side,
-                    )
-                )  # fmt: skip
-                trade_id += 1
-                continue
-            if kind == reject_kind:
-                rejected_inputs.append(
-                    (ci, _ENGINE_TO_REASON.get(engine_reason, common.REJECT_REASON_INVALID_ORDER))
-                )
-                continue
-            if order_id >= RESTORE_ORDER_ID_BASE:
-                continue
-            if kind not in _ORDER_EVENTS:
-                log.error("apply_batch: engine event type %s ignored (input %d)", kind, input_seq)
-                continue
-            row = load(slot_of(order_id))
-            reason: int = common.REJECT_REASON_UNSPECIFIED
-            exec_type: int
-            if kind == EventType.ACK:
-                # The engine's type, not the client's: a stop-limit moved after it triggered is
-                # entered on its new shard as the limit it became (handover.py), and is live.
-                status = PENDING if int(engine_types[ci]) in _ENGINE_STOP_TYPES else NEW
-                row[F_LEAVES] = qty
-                exec_type = api.EXEC_TYPE_NEW
-            elif kind == EventType.TRIGGERED:
-                status = PARTIAL if row[F_CUM] else NEW
-                exec_type = api.EXEC_TYPE_TRIGGERED
-            elif kind == EventType.REPLACED:
-                if row[F_STATUS] == PENDING:  # a stop still waiting: maybe a new trigger too
-                    status = PENDING
-                    new_stop = int(commands["stop_price"][ci])
-                    if new_stop:
-                        row[F_STOP] = new_stop
-                    if row[F_TYPE] != api.ORDER_TYPE_STOP_MARKET:  # its engine price is a band edge
-                        row[F_PRICE] = price
-                else:
-                    status = PARTIAL if row[F_CUM] else NEW
-                    row[F_PRICE] = price
-                row[F_QUANTITY] = row[F_CUM] + qty
-                row[F_LEAVES] = qty
-                exec_type = api.EXEC_TYPE_REPLACED
-            elif kind == EventType.CANCELED:
-                row[F_LEAVES] = leaves
-                reason = _ENGINE_TO_REASON.get(engine_reason, common.REJECT_REASON_UNSPECIFIED)
-                if engine_reason == Reason.USER_CANCEL and cancel_reasons[ci]:
-                    reason = int(cancel_reasons[ci])
-                status = row[F_STATUS] if leaves else CANCELED
-                exec_type = api.EXEC_TYPE_CANCELED
-            elif kind == EventType.EXPIRED:
-                row[F_LEAVES] = 0
-                reason = _ENGINE_TO_REASON.get(engine_reason, common.REJECT_REASON_UNSPECIFIED)
-                if engine_reason == Reason.UNFILLED and row[F_TYPE] in MARKET_TYPES and not row[F_CUM]:
-                    reason = common.REJECT_REASON_NO_LIQUIDITY
-                status = EXPIRED
-                exec_type = api.EXEC_TYPE_EXPIRED
-            else:
-                raise ValueError(f"unknown engine event type {kind}")
-            row[F_STATUS] = status
-            if reason:
-                row[F_REASON] = reason
-            row[F_LAST] = seq
-            report_rows.append(
-                (
-                    seq, input_seq, order_id, row[F_ACCOUNT], row[F_PRICE], row[F_QUANTITY],
-                    0, 0, row[F_LEAVES], row[F_CUM], 0, 0, received, transact, symbol_id,
-                    reason, exec_type, row[F_SIDE], status, 0,
-                )
-            )  # fmt: skip
-            seq += 1
-
+    def _fold(self, batch: Batch, events: np.ndarray, first_new_id: int, new_count: int) -> BatchOutcome:
+        """apply_batch after the engine ran: its events folded into the order rows, in C
+        (hft_order_fold.h), with the batch's reports and trades; then what depends on them."""
+        commands, meta = batch.commands, batch.meta
+        count = len(commands)
+        folder = self._folder
+        taker, maker = folder.slot_buffers(len(events), new_count)
+        if len(events) <= _ROW_BY_ROW_MAX:  # numpy's per-call set-up costs more than a few lookups
+            slot_of = self.slot_of
+            for i, event in enumerate(events.tolist()):
+                taker[i] = slot_of(event[0])
+                maker[i] = slot_of(event[2]) if event[10] == _EVENT_FILL else -1
+        else:
+            taker[:] = self.slots_of(events["order_id"].astype(np.int64))
+            fills = events["type"] == _EVENT_FILL
+            maker[:] = -1
+            if fills.any():
+                maker[fills] = self.slots_of(events["maker_order_id"][fills].astype(np.int64))
+        folded = folder.fold(
+            self.table,
+            events,
+            commands,
+            meta,
+            first_new_id=first_new_id,
+            new_count=new_count,
+            slot_mask=self._mask,
+            first_input_seq=batch.first_input_seq,
+            received_ns=batch.received_ns,
+            transact_ns=batch.transact_ns,
+            restore_id_base=RESTORE_ORDER_ID_BASE,
+            next_seq=self.next_report_seq,
+            next_trade_id=self.next_trade_id,
+        )
+        if folded.unknown:
+            log.error(
+                "apply_batch: %d engine event(s) of unknown types ignored (batch at input %d)",
+                folded.unknown,
+                batch.first_input_seq,
+            )
+        table = self.table
         # Inputs the engine refused: their orders never existed for the client.
         status_out = np.zeros(count, np.uint8)
         reason_out = np.zeros(count, np.uint16)
-        for ci, reason in rejected_inputs:
-            status_out[ci] = REJECTED
-            reason_out[ci] = reason
-            if actions[ci] == _ACTION_NEW:
-                index = slot_of(int(commands["order_id"][ci]))
-                row = load(index)
-                row[F_STATUS] = REJECTED
-                row[F_REASON] = reason
-                row[F_LEAVES] = 0
-                self._forget_client_id(index)
-
-        if 0 < len(live) <= _ROW_BY_ROW_MAX:
-            for index, row in live.items():
-                row[F_UPDATED] = transact
-                orders[index] = tuple(row)
-        elif live:
-            touched = np.fromiter(live.keys(), np.int64, len(live))
-            rows_back = np.array([tuple(row) for row in live.values()], ORDER_DTYPE)
-            rows_back["updated_ns"] = transact
-            orders[touched] = rows_back
-        self._update_exposure(working_before)
-        self.next_report_seq = seq
-        self.next_trade_id = trade_id
-        reports = np.array(report_rows, REPORT_DTYPE) if report_rows else np.zeros(0, REPORT_DTYPE)
-        fills = np.array(fill_rows, FILL_DTYPE) if fill_rows else np.zeros(0, FILL_DTYPE)
+        if len(folded.rejected_index):
+            status_out[folded.rejected_index] = REJECTED
+            reason_out[folded.rejected_index] = folded.rejected_reason
+            actions = commands["action"]
+            for ci, reason in zip(
+                folded.rejected_index.tolist(), folded.rejected_reason.tolist(), strict=True
+            ):
+                if int(actions[ci]) == _ACTION_NEW:
+                    index = self.slot_of(int(commands["order_id"][ci]))  # a new order: always held
+                    table["status"][index] = REJECTED
+                    table["reason"][index] = reason
+                    table["leaves"][index] = 0
+                    self._forget_client_id(index)
+        self._update_exposure_of(folded.touched, folded.before)
+        self.next_report_seq = folded.next_seq
+        self.next_trade_id = folded.next_trade_id
+        reports, fills = folded.reports, folded.fills
         if len(fills):
             self.trades += len(fills)
             self.traded_lots += int(fills["quantity"].sum())
@@ -837,47 +695,11 @@ class ExecutionState:
         self._retain(reports)
         outcome = self._outcome(batch, status_out, reason_out, reports, fills)
         if self.retire:
-            for index in survivor_rows:
-                row = live[index]
-                if row[F_STATUS] not in OPEN_STATUSES:  # a survivor finished
-                    heapq.heappush(self._finished_survivors, (row[F_LAST], self._slot_ids.item(index)))
-            self.retire_finished()
-        return outcome
-
-    def _apply_resting(self, batch: Batch, events: np.ndarray, first_new_id: int) -> BatchOutcome:
-        """apply_batch's rest for a batch of new orders that all rest or wait as stops (the
-        engine acknowledged each and did nothing else: see :func:`_all_rest`), over arrays: the
-        same rows, reports and outcome the event loop makes, without a Python step per order
-        (a symbol's book imported by a move, a batch of passive quotes)."""
-        commands = batch.commands
-        count = len(commands)
-        slots = (np.arange(first_new_id, first_new_id + count, dtype=np.int64) - 1) & self._mask
-        rows = self.table[slots]
-        seqs = np.arange(self.next_report_seq, self.next_report_seq + count, dtype=np.int64)
-        status = np.where(np.isin(commands["order_type"], _ENGINE_STOP_TYPES), PENDING, NEW).astype(np.uint8)
-        rows["leaves"] = events["qty"]
-        rows["status"] = status
-        rows["last_exec_seq"] = seqs
-        rows["updated_ns"] = batch.transact_ns
-        self.table[slots] = rows
-        self._update_exposure(dict.fromkeys(slots.tolist(), 0))
-        self.next_report_seq += count
-        reports = np.zeros(count, REPORT_DTYPE)
-        reports["sequence"] = seqs
-        reports["input_sequence"] = batch.first_input_seq + events["command_index"].astype(np.int64)
-        reports["order_id"] = commands["order_id"]
-        for name in ("account_id", "price", "quantity", "leaves", "cum", "side"):
-            reports[name] = rows[name]
-        reports["received_ns"] = batch.received_ns
-        reports["transact_ns"] = batch.transact_ns
-        reports["symbol_id"] = events["symbol_id"]
-        reports["exec_type"] = api.EXEC_TYPE_NEW
-        reports["status"] = status
-        self._retain(reports)
-        outcome = self._outcome(
-            batch, np.zeros(count, np.uint8), np.zeros(count, np.uint16), reports, np.zeros(0, FILL_DTYPE)
-        )
-        if self.retire:
+            ring = self._ring
+            for slot in folded.touched.tolist():
+                if slot >= ring and table["status"].item(slot) not in OPEN_STATUSES:  # a survivor finished
+                    last = table["last_exec_seq"].item(slot)
+                    heapq.heappush(self._finished_survivors, (last, self._slot_ids.item(slot)))
             self.retire_finished()
         return outcome
 
@@ -1145,11 +967,21 @@ class ExecutionState:
                 heapq.heappush(heap, (last, order_id))
 
     def _update_exposure(self, working_before: dict[int, int]) -> None:
-        if not working_before:
+        """:meth:`_update_exposure_of` for rows given as {row: open lots before}."""
+        if working_before:
+            self._update_exposure_of(
+                np.fromiter(working_before.keys(), np.int64, len(working_before)),
+                np.fromiter(working_before.values(), np.int64, len(working_before)),
+            )
+
+    def _update_exposure_of(self, indices: np.ndarray, before: np.ndarray) -> None:
+        """The accounts' open lots and orders after rows ``indices`` changed (``before``: each
+        row's open lots before the change)."""
+        if not len(indices):
             return
-        if len(working_before) <= 16:  # numpy's per-call overhead dominates for a few orders
+        if len(indices) <= 16:  # numpy's per-call overhead dominates for a few orders
             orders = self.table
-            for index, was in working_before.items():
+            for index, was in zip(indices.tolist(), before.tolist(), strict=True):
                 row = orders[index]
                 now = int(row["leaves"]) if row["status"] in OPEN_STATUSES else 0
                 if now == was:
@@ -1162,8 +994,6 @@ class ExecutionState:
                     self.open_sell[account_row, symbol] += now - was
                 self.open_orders[account_row] += (now > 0) - (was > 0)
             return
-        indices = np.fromiter(working_before.keys(), np.int64, len(working_before))
-        before = np.fromiter(working_before.values(), np.int64, len(working_before))
         rows = self.table[indices]
         after = np.where(_IS_OPEN.take(rows["status"]), rows["leaves"], 0)
         delta = after - before

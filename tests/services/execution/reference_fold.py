@@ -1,0 +1,269 @@
+"""The Python fold of a batch's engine events into the order table, as apply_batch did it before
+the fold moved to C (native/src/order_fold.c): the reference the C fold is compared with
+(test_order_fold.py), kept in the tests only. Not for the service: ~5 us an event."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from typing import Any
+
+import numpy as np
+
+from hftgate.matching.types import EventType, Reason
+from hftgate.v1 import common_pb2 as common
+from hftgate.v1 import execution_pb2 as api
+from services.execution.records import Batch
+from services.execution.state import (
+    _ACTION_NEW,
+    _ENGINE_STOP_TYPES,
+    _ENGINE_TO_REASON,
+    _INT64_MAX,
+    _INT64_MIN,
+    _ORDER_EVENTS,
+    _ROW_BY_ROW_MAX,
+    CANCELED,
+    EXPIRED,
+    F_ACCOUNT,
+    F_CUM,
+    F_LAST,
+    F_LEAVES,
+    F_NOTIONAL,
+    F_PRICE,
+    F_QUANTITY,
+    F_REASON,
+    F_SIDE,
+    F_STATUS,
+    F_STOP,
+    F_TYPE,
+    F_UPDATED,
+    FILL_DTYPE,
+    FILLED,
+    MARKET_TYPES,
+    NEW,
+    OPEN_STATUSES,
+    ORDER_DTYPE,
+    PARTIAL,
+    PENDING,
+    REJECTED,
+    REPORT_DTYPE,
+    RESTORE_ORDER_ID_BASE,
+    BatchOutcome,
+    ExecutionState,
+)
+
+log = logging.getLogger(__name__)
+
+
+def reference_fold(
+    self: ExecutionState, batch: Batch, events: np.ndarray, first_new_id: int, new_count: int
+) -> BatchOutcome:
+    """ExecutionState._fold, event by event in Python (``self``: the state)."""
+    commands, meta = batch.commands, batch.meta
+    count = len(commands)
+    actions = commands["action"]
+    received, transact = batch.received_ns, batch.transact_ns
+    # Every order the events touch is copied once into a Python list (fast to update per event)
+    # and written back to the numpy table in one pass at the end.
+    orders = self.table
+    mask = self._mask
+    live: dict[int, list[Any]] = {}  # keyed by table row (slot)
+    working_before: dict[int, int] = {}  # order row -> lots it had working before this batch
+
+    ring = self._ring
+    survivor_rows: list[int] = []  # rows of survivors the batch touches (retirement, below)
+
+    def load(index: int) -> list[Any]:
+        row = live.get(index)
+        if row is None:
+            if index < 0:  # an engine event for an order not held: a bug, contained by the caller
+                raise LookupError("apply_batch: an engine event names an order that is not retained")
+            row = live[index] = list(orders[index].item())
+            working_before[index] = row[F_LEAVES] if row[F_STATUS] in OPEN_STATUSES else 0
+            if index >= ring:
+                survivor_rows.append(index)
+        return row
+
+    # slot_of with the window fixed for the batch's events (no order is added or retired meanwhile).
+    window_base, last_id, survivor_get = self.order_base, self.order_count, self._survivor_slots.get
+
+    def slot_of(order_id: int) -> int:
+        if order_id > window_base:
+            return (order_id - 1) & mask if order_id <= last_id else -1
+        return survivor_get(order_id, -1)
+
+    if new_count:  # the batch's new orders all get events: copy them in one call
+        first_slot = (first_new_id - 1) & mask
+        if first_slot + new_count <= self._ring:
+            new_slots: list[int] = list(range(first_slot, first_slot + new_count))
+            new_rows = orders[first_slot : first_slot + new_count].tolist()
+        else:  # the ring wraps inside this batch
+            wrapped = (np.arange(first_new_id, first_new_id + new_count) - 1) & mask
+            new_slots, new_rows = wrapped.tolist(), orders[wrapped].tolist()
+        for slot, values in zip(new_slots, new_rows, strict=True):
+            live[slot] = list(values)
+            working_before[slot] = 0
+    cancel_reasons = meta["cancel_reason"]
+    engine_types = commands["order_type"]  # a field view made once, not per event
+    report_rows: list[tuple[int, ...]] = []
+    fill_rows: list[tuple[int, ...]] = []
+    rejected_inputs: list[tuple[int, int]] = []  # (command index, RejectReason)
+    seq = self.next_report_seq
+    trade_id = self.next_trade_id
+    first_input = batch.first_input_seq
+    liquidity_taker, liquidity_maker = api.LIQUIDITY_TAKER, api.LIQUIDITY_MAKER
+    fill_kind, reject_kind = EventType.FILL, EventType.REJECT
+    exec_fill, exec_partial = api.EXEC_TYPE_FILL, api.EXEC_TYPE_PARTIAL_FILL
+
+    for event in events.tolist():
+        order_id, account, maker_id, maker_account, price, qty, leaves, maker_leaves = event[:8]
+        symbol_id, ci, kind, side, engine_reason = event[8], event[9], event[10], event[11], event[12]
+        input_seq = first_input + ci
+        if kind == fill_kind:
+            taker_row = load(slot_of(order_id))
+            maker_row = load(slot_of(maker_id))
+            notional = price * qty
+            for row, own_id, own_leaves, liquidity, other_account, other_id in (
+                (taker_row, order_id, leaves, liquidity_taker, maker_account, maker_id),
+                (maker_row, maker_id, maker_leaves, liquidity_maker, account, order_id),
+            ):
+                cum = row[F_CUM] + qty
+                row[F_CUM] = cum
+                total = row[F_NOTIONAL] + notional
+                # Bounded at admission (risk.py); saturates rather than fail where an
+                # instrument's limits were raised under orders still resting.
+                row[F_NOTIONAL] = (
+                    total if _INT64_MIN <= total <= _INT64_MAX else (_INT64_MAX if total > 0 else _INT64_MIN)
+                )
+                row[F_LEAVES] = own_leaves
+                status = PARTIAL if own_leaves else FILLED
+                row[F_STATUS] = status
+                row[F_LAST] = seq
+                own_account = row[F_ACCOUNT]
+                report_rows.append(
+                    (
+                        seq, input_seq, own_id, own_account, row[F_PRICE], row[F_QUANTITY],
+                        price, qty, own_leaves, cum, trade_id,
+                        other_id if other_account == own_account else 0,
+                        received, transact, symbol_id, 0, exec_partial if own_leaves else exec_fill,
+                        row[F_SIDE], status, liquidity,
+                    )
+                )  # fmt: skip
+                seq += 1
+            buy_is_taker = side == 1
+            fill_rows.append(
+                (
+                    trade_id, price, qty,
+                    order_id if buy_is_taker else maker_id, account if buy_is_taker else maker_account,
+                    maker_id if buy_is_taker else order_id, maker_account if buy_is_taker else account,
+                    transact, symbol_id, side,
+                )
+            )  # fmt: skip
+            trade_id += 1
+            continue
+        if kind == reject_kind:
+            rejected_inputs.append(
+                (ci, _ENGINE_TO_REASON.get(engine_reason, common.REJECT_REASON_INVALID_ORDER))
+            )
+            continue
+        if order_id >= RESTORE_ORDER_ID_BASE:
+            continue
+        if kind not in _ORDER_EVENTS:
+            log.error("apply_batch: engine event type %s ignored (input %d)", kind, input_seq)
+            continue
+        row = load(slot_of(order_id))
+        reason: int = common.REJECT_REASON_UNSPECIFIED
+        exec_type: int
+        if kind == EventType.ACK:
+            # The engine's type, not the client's: a stop-limit moved after it triggered is
+            # entered on its new shard as the limit it became (handover.py), and is live.
+            status = PENDING if int(engine_types[ci]) in _ENGINE_STOP_TYPES else NEW
+            row[F_LEAVES] = qty
+            exec_type = api.EXEC_TYPE_NEW
+        elif kind == EventType.TRIGGERED:
+            status = PARTIAL if row[F_CUM] else NEW
+            exec_type = api.EXEC_TYPE_TRIGGERED
+        elif kind == EventType.REPLACED:
+            if row[F_STATUS] == PENDING:  # a stop still waiting: maybe a new trigger too
+                status = PENDING
+                new_stop = int(commands["stop_price"][ci])
+                if new_stop:
+                    row[F_STOP] = new_stop
+                if row[F_TYPE] != api.ORDER_TYPE_STOP_MARKET:  # its engine price is a band edge
+                    row[F_PRICE] = price
+            else:
+                status = PARTIAL if row[F_CUM] else NEW
+                row[F_PRICE] = price
+            row[F_QUANTITY] = row[F_CUM] + qty
+            row[F_LEAVES] = qty
+            exec_type = api.EXEC_TYPE_REPLACED
+        elif kind == EventType.CANCELED:
+            row[F_LEAVES] = leaves
+            reason = _ENGINE_TO_REASON.get(engine_reason, common.REJECT_REASON_UNSPECIFIED)
+            if engine_reason == Reason.USER_CANCEL and cancel_reasons[ci]:
+                reason = int(cancel_reasons[ci])
+            status = row[F_STATUS] if leaves else CANCELED
+            exec_type = api.EXEC_TYPE_CANCELED
+        elif kind == EventType.EXPIRED:
+            row[F_LEAVES] = 0
+            reason = _ENGINE_TO_REASON.get(engine_reason, common.REJECT_REASON_UNSPECIFIED)
+            if engine_reason == Reason.UNFILLED and row[F_TYPE] in MARKET_TYPES and not row[F_CUM]:
+                reason = common.REJECT_REASON_NO_LIQUIDITY
+            status = EXPIRED
+            exec_type = api.EXEC_TYPE_EXPIRED
+        else:
+            raise ValueError(f"unknown engine event type {kind}")
+        row[F_STATUS] = status
+        if reason:
+            row[F_REASON] = reason
+        row[F_LAST] = seq
+        report_rows.append(
+            (
+                seq, input_seq, order_id, row[F_ACCOUNT], row[F_PRICE], row[F_QUANTITY],
+                0, 0, row[F_LEAVES], row[F_CUM], 0, 0, received, transact, symbol_id,
+                reason, exec_type, row[F_SIDE], status, 0,
+            )
+        )  # fmt: skip
+        seq += 1
+
+    # Inputs the engine refused: their orders never existed for the client.
+    status_out = np.zeros(count, np.uint8)
+    reason_out = np.zeros(count, np.uint16)
+    for ci, reason in rejected_inputs:
+        status_out[ci] = REJECTED
+        reason_out[ci] = reason
+        if actions[ci] == _ACTION_NEW:
+            index = slot_of(int(commands["order_id"][ci]))
+            row = load(index)
+            row[F_STATUS] = REJECTED
+            row[F_REASON] = reason
+            row[F_LEAVES] = 0
+            self._forget_client_id(index)
+
+    if 0 < len(live) <= _ROW_BY_ROW_MAX:
+        for index, row in live.items():
+            row[F_UPDATED] = transact
+            orders[index] = tuple(row)
+    elif live:
+        touched = np.fromiter(live.keys(), np.int64, len(live))
+        rows_back = np.array([tuple(row) for row in live.values()], ORDER_DTYPE)
+        rows_back["updated_ns"] = transact
+        orders[touched] = rows_back
+    self._update_exposure(working_before)
+    self.next_report_seq = seq
+    self.next_trade_id = trade_id
+    reports = np.array(report_rows, REPORT_DTYPE) if report_rows else np.zeros(0, REPORT_DTYPE)
+    fills = np.array(fill_rows, FILL_DTYPE) if fill_rows else np.zeros(0, FILL_DTYPE)
+    if len(fills):
+        self.trades += len(fills)
+        self.traded_lots += int(fills["quantity"].sum())
+        self._update_positions(fills)
+    self._retain(reports)
+    outcome = self._outcome(batch, status_out, reason_out, reports, fills)
+    if self.retire:
+        for index in survivor_rows:
+            row = live[index]
+            if row[F_STATUS] not in OPEN_STATUSES:  # a survivor finished
+                heapq.heappush(self._finished_survivors, (row[F_LAST], self._slot_ids.item(index)))
+        self.retire_finished()
+    return outcome
