@@ -21,6 +21,9 @@ Every round measures, in this order:
   acknowledgement on this stack (see :mod:`hftgate.bench.floors`).
 - ``batch_orders_per_s``: SubmitOrders with 1,000 orders a call, two accounts each with one
   call in flight.
+- ``columns_orders_per_s``: SubmitOrderColumns (the batch and its acks as packed columns) with
+  10,000 orders a call, two accounts each with one call in flight; ``columns_bar_holds`` against
+  issue #17's 500,000.
 - ``stream_orders_per_s``: OrderStream, 100 orders a message, two accounts, each stream keeping
   up to ``stream_window_inputs`` orders unanswered.
 - ``stream_single_orders_per_s``: OrderStream with one order a message.
@@ -80,6 +83,8 @@ from hftgate.grpcserver import CHANNEL_OPTIONS
 
 # Bars of issue 5.
 BATCH_ORDERS_PER_S_BAR = 50_000
+#: Issue #17's bar for SubmitOrderColumns, batches of 10,000, durable.
+COLUMNS_ORDERS_PER_S_BAR = 500_000
 STREAM_ORDERS_PER_S_BAR = 20_000
 UNARY_OVERHEAD_MS_BAR = 0.25
 # Issue 13.2: what the service's resident memory may grow per accepted order after warm-up.
@@ -566,6 +571,56 @@ async def measure_unary_with_floors(
     )
 
 
+def order_columns(orders: Sequence[Any]) -> Any:
+    """NewOrders as one ``execution_pb2.OrderColumns`` (what a columnar client sends)."""
+    from hftgate.v1 import execution_pb2
+
+    columns = execution_pb2.OrderColumns()
+    symbols = sorted({o.symbol for o in orders})
+    columns.symbols.extend(symbols)
+    columns.symbol_index.extend(symbols.index(o.symbol) for o in orders)
+    columns.client_order_id.extend(o.client_order_id for o in orders)
+    for name in ("side", "order_type", "time_in_force", "price_ticks", "quantity_lots"):
+        getattr(columns, name).extend(getattr(o, name) for o in orders)
+    return columns
+
+
+async def measure_columns(
+    stub: Any, flows: Sequence[tuple[OrderFlow, Account]], *, batches_per_account: int, batch_orders: int
+) -> tuple[float, int]:
+    """(orders per second, rejected orders) through SubmitOrderColumns, one call in flight per
+    account (the batches built before the clock starts, as for :func:`measure_batches`)."""
+    from hftgate.v1 import execution_pb2
+
+    plans = [
+        (
+            account,
+            [
+                execution_pb2.SubmitOrderColumnsRequest(
+                    orders=order_columns([flow.next_order() for _ in range(batch_orders)])
+                )
+                for _ in range(batches_per_account)
+            ],
+        )
+        for flow, account in flows
+    ]
+    rejected = 0
+
+    async def one_account(account: Account, requests: list[Any]) -> None:
+        nonlocal rejected
+        for request in requests:
+            response = await stub.SubmitOrderColumns(request, metadata=account.metadata)
+            rejected += sum(
+                1 for status in response.acks.status if status == execution_pb2.ORDER_STATUS_REJECTED
+            )
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_account(account, requests) for account, requests in plans))
+    elapsed = time.perf_counter() - start
+    total = batches_per_account * batch_orders * len(flows)
+    return total / elapsed, rejected
+
+
 async def measure_batches(
     stub: Any, flows: Sequence[tuple[OrderFlow, Account]], *, batches_per_account: int, batch_orders: int
 ) -> tuple[float, int]:
@@ -894,6 +949,8 @@ class RoundSettings:
     unary_block: int = 250
     batch_orders: int = 1000
     batches_per_account: int = 40
+    columns_orders: int = 10_000
+    columns_batches_per_account: int = 8
     stream_orders_per_account: int = 50_000
     stream_message_orders: int = 100
     stream_window_inputs: int = 2_000
@@ -970,6 +1027,13 @@ async def _one_round(
             stub, flows, batches_per_account=settings.batches_per_account, batch_orders=settings.batch_orders
         )
         result.update(batch_orders_per_s=rate, batch_rejected=rejected)
+        rate, rejected = await measure_columns(
+            stub,
+            flows,
+            batches_per_account=settings.columns_batches_per_account,
+            batch_orders=settings.columns_orders,
+        )
+        result.update(columns_orders_per_s=rate, columns_rejected=rejected)
         rate, rejected = await measure_streams(
             stub,
             flows,
@@ -1048,6 +1112,7 @@ def run(repeats: int = 3, *, settings: RoundSettings | None = None) -> dict[str,
     # The overhead is taken per round (figure and floors from the same minutes), then the median.
     out["unary_bar_holds"] = float(out["unary_overhead_ms"]) <= UNARY_OVERHEAD_MS_BAR
     out["batch_bar_holds"] = float(out["batch_orders_per_s"]) >= BATCH_ORDERS_PER_S_BAR
+    out["columns_bar_holds"] = float(out["columns_orders_per_s"]) >= COLUMNS_ORDERS_PER_S_BAR
     out["stream_bar_holds"] = float(out["stream_orders_per_s"]) >= STREAM_ORDERS_PER_S_BAR
     # Per round (figure and reference from the same minutes), then the median of the ratios.
     ratios = [r["fair_unary_p99_ms_under_flood"] / r["unary_p99_ms"] for r in rounds if r.get("unary_p99_ms")]

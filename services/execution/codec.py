@@ -85,6 +85,59 @@ def decode_new_orders(orders: Sequence[api.NewOrder], received_ns: int, arrival_
     )
 
 
+class BadColumns(ValueError):
+    """An OrderColumns batch whose columns do not fit together (the message says how)."""
+
+
+#: (OrderColumns column, NEW_ORDER_DTYPE field) of the numeric columns, copied as they are.
+_ORDER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("side", "side"),
+    ("order_type", "order_type"),
+    ("time_in_force", "tif"),
+    ("price_ticks", "price"),
+    ("stop_price_ticks", "stop_price"),
+    ("quantity_lots", "quantity"),
+    ("display_quantity_lots", "display"),
+    ("post_only", "post_only"),
+    ("self_trade_prevention", "stp"),
+    ("protection_price_ticks", "protection"),
+    ("priority", "priority"),
+)
+
+
+def decode_order_columns(columns: api.OrderColumns, received_ns: int, arrival_ns: int) -> Inputs:
+    """A SubmitOrderColumns batch as the order path's columns: each column copied in one call
+    (protobuf's packed arrays read into numpy without a Python object per entry)."""
+    count = len(columns.client_order_id)
+    if len(columns.symbol_index) != count:
+        raise BadColumns(
+            f"symbol_index has {len(columns.symbol_index)} entries and client_order_id {count}: "
+            "both need one per order"
+        )
+    orders = np.zeros(count, NEW_ORDER_DTYPE)
+    for column, field in _ORDER_COLUMNS:
+        values = getattr(columns, column)
+        if len(values) == count:
+            orders[field] = np.array(values, np.int64)
+        elif len(values):
+            raise BadColumns(f"{column} has {len(values)} entries for {count} orders: one per order, or none")
+    symbols = list(columns.symbols)
+    index = np.array(columns.symbol_index, np.int64)
+    if count and int(index.max()) >= len(symbols):
+        raise BadColumns(f"symbol_index {int(index.max())} is past the {len(symbols)} entries of symbols")
+    kind = np.empty(count, np.int64)
+    kind.fill(KIND_NEW)
+    return Inputs(
+        kind=kind,
+        symbols=[symbols[i] for i in index.tolist()],
+        client_ids=list(columns.client_order_id),
+        orders=orders,
+        target_ids=np.zeros(count, np.int64),
+        received_ns=received_ns,
+        arrival_ns=arrival_ns,
+    )
+
+
 def decode_one_target(kind: int, order_id: int, client_order_id: str, received_ns: int, arrival_ns: int,
                       price: int = 0, quantity: int = 0, stop_price: int = 0) -> Inputs:  # fmt: skip
     """A cancel or replace as a batch of one."""
@@ -227,6 +280,31 @@ def encode_acks(
             )
         )
     return out
+
+
+def encode_ack_columns(
+    acks: Acks, ack_ns: int, symbols: list[str], out: api.AckColumns, shard_base: int = 0
+) -> None:
+    """:func:`encode_acks` as columns, written into ``out`` (a response's, built in place)."""
+    order_ids = acks.order_ids
+    if shard_base:
+        order_ids = np.where(order_ids > 0, order_ids | shard_base, order_ids)
+    out.order_id.extend(order_ids.tolist())
+    out.sequence.extend(acks.sequences.tolist())
+    out.status.extend(acks.status.tolist())
+    out.reason.extend(acks.reason.tolist())
+    out.price_ticks.extend(acks.price.tolist())
+    out.quantity_lots.extend(acks.quantity.tolist())
+    out.leaves_quantity_lots.extend(acks.leaves.tolist())
+    out.cum_quantity_lots.extend(acks.cum.tolist())
+    refused = np.nonzero(acks.reason)[0].tolist()
+    client_ids, reasons = acks.client_ids, acks.reason
+    out.reason_text.extend(
+        reason_text(KIND_NEW, client_ids[i], int(reasons[i]), symbols[i] if symbols else "") for i in refused
+    )
+    out.durable = bool(acks.durable and (acks.sequences > 0).any())
+    out.received_ns = acks.received_ns
+    out.ack_ns = ack_ns
 
 
 def encode_single_ack(ack: SingleAck, symbol: str, ack_ns: int, shard_base: int = 0) -> api.OrderAck:

@@ -412,6 +412,38 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self._ack_protos(acks, inputs.symbols, response.acks.add)  # built in place, not copied in
         return response
 
+    async def SubmitOrderColumns(
+        self, request: api.SubmitOrderColumnsRequest, context: grpc.aio.ServicerContext
+    ) -> api.SubmitOrderColumnsResponse:
+        arrival = now_ns()
+        account = await self._account(context)
+        count = len(request.orders.client_order_id)
+        if count == 0:
+            await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
+        if count > self.config.max_batch_orders:
+            await _abort_bad_request(
+                context,
+                "orders",
+                f"Cannot submit orders: {count} orders exceed max_batch_orders="
+                f"{self.config.max_batch_orders}",
+            )
+        try:
+            inputs = codec.decode_order_columns(request.orders, time.time_ns(), arrival)
+        except codec.BadColumns as exc:
+            await _abort_bad_request(context, "orders", f"Cannot submit orders: {exc}")
+        await self._rate(context, account)
+        inputs.fenced_epoch = self.fence.epoch
+        refusal = self.fence.first_refusal(inputs.symbols)
+        if refusal is not None:  # the whole batch: the caller re-splits it by the owner's map
+            await _abort_not_owner(context, refusal, self.shard_id)
+        inputs.prioritize = True
+        acks = await self._submit(context, account, inputs)
+        response = api.SubmitOrderColumnsResponse()
+        # (New orders only: none is an order taken over by a move, whose id _ack_protos translates.)
+        codec.encode_ack_columns(acks, time.time_ns(), inputs.symbols, response.acks, self.shard_base)
+        self.core.record_ack_sent(acks)
+        return response
+
     async def CancelOrder(
         self, request: api.CancelOrderRequest, context: grpc.aio.ServicerContext
     ) -> api.CancelOrderResponse:

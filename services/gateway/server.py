@@ -135,6 +135,48 @@ def _symbol_of(data: bytes) -> str:
         return ""
 
 
+#: OrderColumns' per-order columns besides symbol and client order id (NewOrder's fields by name).
+_ORDER_COLUMNS = (
+    "side", "order_type", "time_in_force", "price_ticks", "stop_price_ticks", "quantity_lots",
+    "display_quantity_lots", "post_only", "self_trade_prevention", "protection_price_ticks", "priority",
+)  # fmt: skip
+#: AckColumns' per-order columns (OrderAck's fields by name).
+_ACK_COLUMNS = (
+    "order_id", "sequence", "status", "reason", "price_ticks", "quantity_lots", "leaves_quantity_lots",
+    "cum_quantity_lots",
+)  # fmt: skip
+
+
+def orders_of_columns(columns: api.OrderColumns, symbols: list[str]) -> list[api.NewOrder]:
+    """An OrderColumns batch as NewOrders (``symbols``: each order's); a column left empty
+    leaves its field at the default, as the shard reads it."""
+    orders = [
+        api.NewOrder(symbol=s, client_order_id=c)
+        for s, c in zip(symbols, columns.client_order_id, strict=True)
+    ]
+    for name in _ORDER_COLUMNS:
+        values = getattr(columns, name)
+        if len(values) == len(orders):
+            for order, value in zip(orders, values, strict=True):
+                setattr(order, name, value)
+        elif len(values):
+            raise ValueError(f"{name} has {len(values)} entries for {len(orders)} orders")
+    return orders
+
+
+def columns_of_acks(acks: Sequence[api.OrderAck]) -> api.AckColumns:
+    """OrderAcks as AckColumns."""
+    out = api.AckColumns()
+    for name in _ACK_COLUMNS:
+        getattr(out, name).extend(getattr(a, name) for a in acks)
+    out.reason_text.extend(a.reason_text for a in acks if a.reason)
+    out.durable = any(a.durable for a in acks)
+    if acks:
+        out.received_ns = min(a.received_ns for a in acks)
+        out.ack_ns = max(a.ack_ns for a in acks)
+    return out
+
+
 def _one_symbol(orders: Sequence[api.NewOrder]) -> str:
     """The symbol of every order in ``orders`` when they share one, else "" (a span attribute)."""
     first = orders[0].symbol if orders else ""
@@ -172,6 +214,7 @@ class ExecutionForwarder:
             {
                 "SubmitOrder": unary(self.submit_order),
                 "SubmitOrders": unary(self.submit_orders),
+                "SubmitOrderColumns": unary(self.submit_order_columns),
                 "CancelOrder": unary(self.cancel_order),
                 "ReplaceOrder": unary(self.replace_order),
                 "GetOrder": unary(self.get_order),
@@ -429,6 +472,54 @@ class ExecutionForwarder:
         await self._abort_partial(
             context, failures, response, count - sum(len(i) for i, _ in answered), count
         )
+
+    async def submit_order_columns(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """A batch whose symbols one shard owns goes there as it came (columns all the way). One
+        that spans shards goes as SubmitOrders, split and answered as that call is (a partial
+        failure's detail is then a SubmitOrdersResponse), its acks turned back into columns: the
+        gateway then pays a message per order, which a client avoids by splitting by the map."""
+        caller = await self._caller(context)
+        request = await _parse(context, api.SubmitOrderColumnsRequest, data)
+        columns = request.orders
+        count = len(columns.client_order_id)
+        if count == 0:
+            await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
+        if count > self.config.max_batch_orders:
+            await _abort_bad_request(
+                context,
+                "orders",
+                f"Cannot submit orders: {count} orders exceed the gateway's max_batch_orders="
+                f"{self.config.max_batch_orders}",
+            )
+        single = self.router.single
+        if single is not None:
+            await self._admit(context, caller, count)
+            return await self._forward(context, single, "SubmitOrderColumns", data, caller)
+        names = list(columns.symbols)
+        if len(columns.symbol_index) != count or any(i >= len(names) for i in columns.symbol_index):
+            await _abort_bad_request(
+                context,
+                "orders",
+                "Cannot submit orders: symbol_index needs one entry per order, each in symbols",
+            )
+        symbols = [names[i] for i in columns.symbol_index]
+        parts = self.router.split(symbols)
+        if len(parts) == 1:
+            await self._admit(context, caller, count)
+            (only,) = parts
+            routes = self.router.routes
+            for client_order_id in columns.client_order_id:
+                routes.remember(caller.account, client_order_id, only.shard_id)
+            one_symbol = names[0] if len(names) == 1 else ""
+            return await self._forward(context, only, "SubmitOrderColumns", data, caller, one_symbol)
+        try:
+            rows = api.SubmitOrdersRequest(orders=orders_of_columns(columns, symbols))
+        except ValueError as exc:
+            await _abort_bad_request(context, "orders", f"Cannot submit orders: {exc}")
+        answered = api.SubmitOrdersResponse.FromString(
+            await self.submit_orders(rows.SerializeToString(), context)
+        )
+        return api.SubmitOrderColumnsResponse(acks=columns_of_acks(answered.acks)).SerializeToString()
 
     async def _abort_partial(
         self,
