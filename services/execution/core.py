@@ -798,8 +798,10 @@ class ExecutionCore:
         self._ensure_account(account)
         batch = self._build_batch(account, inputs, accepted, symbol_ids, targets, client_ids)
         acks_order = accepted
-        if inputs.prioritize and len(accepted) > 1:
-            order = _client_priority_order(orders["priority"][accepted])
+        priorities = orders["priority"][accepted]
+        # (Equal priorities, the usual case, keep the list order: nothing to reorder.)
+        if inputs.prioritize and len(accepted) > 1 and (priorities != priorities[0]).any():
+            order = _client_priority_order(priorities)
             acks_order = accepted[order]
             batch = Batch(
                 batch.first_input_seq,

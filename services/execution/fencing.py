@@ -142,7 +142,7 @@ class ShardFence:
         current = self.map
         mine = self.shard_id
         moving = current.moving
-        for symbol in symbols:
+        for symbol in dict.fromkeys(symbols):  # each symbol once, in the order it first comes
             if symbol and (current.owner(symbol).shard_id != mine or (moving and symbol in moving)):
                 return self.refusal(symbol)
         return None

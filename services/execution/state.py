@@ -56,6 +56,7 @@ every order (the offline tools that replay a whole journal use it).
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -803,19 +804,21 @@ class ExecutionState:
         self._slot_ids[slots] = np.arange(start + 1, start + count + 1)
         self.order_count += count
         text = client_ids.decode("ascii")
-        offset = 0
+        ends = list(itertools.accumulate(meta["client_id_length"].tolist()))
+        texts = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         index = self.client_id_index
-        texts: list[str] = []
-        for position, (length, account) in enumerate(
-            zip(meta["client_id_length"].tolist(), commands["account_id"].tolist(), strict=True)
-        ):
-            client_id = text[offset : offset + length]
-            offset += length
-            texts.append(client_id)
-            per_account = index.get(account)
+        accounts = commands["account_id"]
+        if (accounts == accounts[0]).all():  # one account's batch (every client call): one update
+            per_account = index.get(int(accounts[0]))
             if per_account is None:
-                per_account = index[account] = {}
-            per_account[client_id] = start + position + 1
+                per_account = index[int(accounts[0])] = {}
+            per_account.update(zip(texts, range(start + 1, start + count + 1), strict=True))
+        else:
+            for position, (client_id, account) in enumerate(zip(texts, accounts.tolist(), strict=True)):
+                per_account = index.get(account)
+                if per_account is None:
+                    per_account = index[account] = {}
+                per_account[client_id] = start + position + 1
         held = np.empty(count, object)
         held[:] = texts
         self._slot_client_ids[slots] = held

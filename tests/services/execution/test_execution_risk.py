@@ -92,3 +92,24 @@ def test_scalar_and_vectorized_checks_give_the_same_reasons() -> None:
                 )
             )
         assert results[0].tolist() == results[1].tolist(), (orders, ids, instrument_rows)
+
+
+def test_the_whole_batch_client_id_check_agrees_with_the_one_by_one_rules() -> None:
+    """risk._all_valid_and_new (whole-list operations) says yes exactly when no client order id
+    of the batch is invalid, repeated or already known, by the per-order rules."""
+    import random
+
+    from services.execution.risk import MAX_CLIENT_ID_LENGTH, _all_valid_and_new, _valid_client_id
+
+    rng = random.Random(7)
+    pool = ["a", "b1", "x" * MAX_CLIENT_ID_LENGTH, "x" * (MAX_CLIENT_ID_LENGTH + 1), "", "é", "tab\t", "ok-2"]
+    for _ in range(2000):
+        ids = [
+            rng.choice(pool) if rng.random() < 0.2 else f"c{rng.randint(0, 50)}"
+            for _ in range(rng.randint(0, 6))
+        ]
+        known = {f"c{rng.randint(0, 200)}": 1 for _ in range(rng.randint(0, 3))}
+        by_rules = (
+            all(_valid_client_id(c) for c in ids) and len(set(ids)) == len(ids) and not set(ids) & set(known)
+        )
+        assert _all_valid_and_new(ids, known) == by_rules, (ids, known)
