@@ -176,9 +176,7 @@ _IS_OPEN[list(OPEN_STATUSES)] = True
 # Plain ints for comparing with numpy values: ``numpy_scalar == Action.NEW`` makes numpy probe the
 # IntEnum for the array protocol, ~4 µs a comparison (measured), against ~0.06 µs for an int.
 _ACTION_NEW = int(Action.NEW)
-MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
 STOP_TYPES = (api.ORDER_TYPE_STOP_LIMIT, api.ORDER_TYPE_STOP_MARKET)
-_ENGINE_STOP_TYPES = (int(EngineType.STOP_LIMIT), int(EngineType.STOP_MARKET))
 
 _ENGINE_TO_REASON: dict[int, int] = {
     Reason.NONE: common.REJECT_REASON_UNSPECIFIED,
@@ -235,12 +233,6 @@ REASON_TEXT: dict[int, str] = {
 #: The reason of inputs refused after they were journaled, because their batch could not apply
 #: (see ExecutionState.apply_batch): "the service cannot take the input now".
 INTERNAL_REJECT_REASON: int = common.REJECT_REASON_INTERNAL
-_INT64_MAX = (1 << 63) - 1
-_INT64_MIN = -(1 << 63)
-_ORDER_EVENTS = frozenset(
-    int(k)
-    for k in (EventType.ACK, EventType.TRIGGERED, EventType.REPLACED, EventType.CANCELED, EventType.EXPIRED)
-)
 
 #: The order table's first ring and survivor area (rows); both grow by doubling.
 _INITIAL_RING = 1024

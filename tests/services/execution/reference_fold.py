@@ -11,16 +11,13 @@ from typing import Any
 import numpy as np
 
 from hftgate.matching.types import EventType, Reason
+from hftgate.matching.types import OrderType as EngineType
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.records import Batch
 from services.execution.state import (
     _ACTION_NEW,
-    _ENGINE_STOP_TYPES,
     _ENGINE_TO_REASON,
-    _INT64_MAX,
-    _INT64_MIN,
-    _ORDER_EVENTS,
     _ROW_BY_ROW_MAX,
     CANCELED,
     EXPIRED,
@@ -39,7 +36,6 @@ from services.execution.state import (
     F_UPDATED,
     FILL_DTYPE,
     FILLED,
-    MARKET_TYPES,
     NEW,
     OPEN_STATUSES,
     ORDER_DTYPE,
@@ -53,6 +49,15 @@ from services.execution.state import (
 )
 
 log = logging.getLogger(__name__)
+
+MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
+_ENGINE_STOP_TYPES = (int(EngineType.STOP_LIMIT), int(EngineType.STOP_MARKET))
+_INT64_MAX = (1 << 63) - 1
+_INT64_MIN = -(1 << 63)
+_ORDER_EVENTS = frozenset(
+    int(k)
+    for k in (EventType.ACK, EventType.TRIGGERED, EventType.REPLACED, EventType.CANCELED, EventType.EXPIRED)
+)
 
 
 def reference_fold(
