@@ -257,6 +257,7 @@ def test_execution_service_has_the_specified_rpcs() -> None:
     assert streaming_shape(compiled("hftgate/v1/execution.proto"), "ExecutionService") == {
         "SubmitOrder": "unary",
         "SubmitOrders": "unary",
+        "SubmitOrderColumns": "unary",
         "OrderStream": "bidirectional",
         "CancelOrder": "unary",
         "ReplaceOrder": "unary",
