@@ -60,6 +60,7 @@ from hftgate.bench import floors
 from hftgate.bench.execution import ExecutionProcess, drive_stream, replayed_mbo_messages, run_prefix
 from hftgate.native.histogram import LatencyHistogram
 from hftgate.security import load_suite_secret
+from hftgate.supervisor import wait_until_serving
 from services.cache.client import CacheClient
 from services.cache.embedded_redis import EmbeddedRedis
 from services.cache.l1 import NearCache
@@ -201,8 +202,10 @@ def cache_service_process(state_dir: Path, redis_url: str, **settings: str) -> I
     try:
         deadline = time.monotonic() + 30
         while True:
+            # The port it bound (port 0: no port chosen here can be taken meanwhile), then ready as
+            # the supervisor judges a service: SERVING on grpc.health.v1.
             match = re.search(rb"listening on [\d.]+:(\d+)", log_path.read_bytes())
-            if match:
+            if match and wait_until_serving(f"127.0.0.1:{int(match.group(1))}", 0.5):
                 break
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"cache service did not start; its log:\n{log_path.read_text()}")

@@ -66,6 +66,7 @@ from hftgate.native.histogram import LatencyHistogram
 from hftgate.replay.publisher import feed_credentials, to_requests
 from hftgate.replay.source import load
 from hftgate.replay.ticks import DepthTick, QuoteTick, Tick, TradeTick
+from hftgate.supervisor import wait_until_serving
 from hftgate.v1 import marketdata_pb2
 from services.marketdata.arbitrage import ArbitrageDetector
 from services.marketdata.config import MarketDataConfig
@@ -246,7 +247,8 @@ class ServiceProcess:
             text=True,
         )
         deadline = time.monotonic() + 60
-        while "listening on" not in Path(self._log.name).read_text():
+        # Ready as the supervisor judges a service: SERVING on grpc.health.v1 (not a log line).
+        while not wait_until_serving(f"127.0.0.1:{self.port}", 0.5):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"market data service did not start:\n{Path(self._log.name).read_text()}")
             time.sleep(0.05)
