@@ -37,8 +37,8 @@ import logging
 from hftgate import loadreport, placement, prometheus, security
 from hftgate.config import describe
 from hftgate.grpcserver import serve_until_signalled
+from services.execution.app import ExecutionServer, start
 from services.execution.config import ExecutionConfig, load_config
-from services.execution.server import ExecutionServer, start
 
 log = logging.getLogger("services.execution")
 

@@ -113,7 +113,7 @@ class Harness:
 
 
 async def start_harness(config: ExecutionConfig) -> Harness:
-    from services.execution.server import start
+    from services.execution.app import start
 
     return Harness(await start(config), config)
 

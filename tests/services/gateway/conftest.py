@@ -18,8 +18,8 @@ from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
 from hftgate.v1 import gateway_pb2_grpc as gw_grpc
-from services.execution.server import ExecutionServer
-from services.execution.server import start as start_execution
+from services.execution.app import ExecutionServer
+from services.execution.app import start as start_execution
 from services.gateway.config import GatewayConfig
 from services.gateway.server import GatewayServer
 from services.gateway.server import start as start_gateway

@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 from hftgate import security
 from hftgate.shardmap import Shard, ShardMap, order_id_shard
 from hftgate.v1 import execution_pb2 as api
-from services.execution.server import start as start_execution
+from services.execution.app import start as start_execution
 from services.scaler.moves import Move, SymbolMover
 from tests.services.execution.conftest import execution_config
 from tests.services.gateway.conftest import ALICE, Suite, new_order, shards_follow

@@ -18,7 +18,7 @@ from hftgate.shardmap import Shard, ShardMap, ShardMapStore
 from hftgate.supervisor import wait_until_serving
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
-from services.execution.server import start as start_execution
+from services.execution.app import start as start_execution
 from tests.services.execution.conftest import execution_config
 from tests.services.gateway.conftest import ALICE, new_order
 

@@ -13,8 +13,8 @@ import pytest
 from hftgate.shardmap import Shard, ShardMap, ShardMapStore
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
-from services.execution.server import ExecutionServer
-from services.execution.server import start as start_execution
+from services.execution.app import ExecutionServer
+from services.execution.app import start as start_execution
 from services.gateway.server import GatewayServer
 from services.gateway.server import start as start_gateway
 from tests.services.execution.conftest import execution_config
