@@ -14,12 +14,29 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 
-from .conftest import key
+from .conftest import execution_config, key, start_harness
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Any]:
+    """The shared harness with room for every report these floods make (8,000 for the largest):
+    the tests are about whose acks and reports reach which stream, so no reader here may be cut
+    off as too slow (test_execution_streams_bounded.py tests that), however the machine's load
+    shares the event loop between the server and the test's readers."""
+    h = await start_harness(execution_config(tmp_path, retained_reports=100_000))
+    try:
+        yield h
+    finally:
+        await h.close()
+
 
 BUY, SELL = common.SIDE_BUY, common.SIDE_SELL
 NEW, CANCEL = api.ORDER_ACTION_NEW, api.ORDER_ACTION_CANCEL
