@@ -71,7 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -588,37 +588,17 @@ def order_columns(orders: Sequence[Any]) -> Any:
 async def measure_columns(
     stub: Any, flows: Sequence[tuple[OrderFlow, Account]], *, batches_per_account: int, batch_orders: int
 ) -> tuple[float, int]:
-    """(orders per second, rejected orders) through SubmitOrderColumns, one call in flight per
-    account (the batches built before the clock starts, as for :func:`measure_batches`)."""
+    """(orders per second, rejected orders) through SubmitOrderColumns, one call in flight per account."""
     from hftgate.v1 import execution_pb2
 
-    plans = [
-        (
-            account,
-            [
-                execution_pb2.SubmitOrderColumnsRequest(
-                    orders=order_columns([flow.next_order() for _ in range(batch_orders)])
-                )
-                for _ in range(batches_per_account)
-            ],
-        )
-        for flow, account in flows
-    ]
-    rejected = 0
+    def request(orders: list[Any]) -> Any:
+        return execution_pb2.SubmitOrderColumnsRequest(orders=order_columns(orders))
 
-    async def one_account(account: Account, requests: list[Any]) -> None:
-        nonlocal rejected
-        for request in requests:
-            response = await stub.SubmitOrderColumns(request, metadata=account.metadata)
-            rejected += sum(
-                1 for status in response.acks.status if status == execution_pb2.ORDER_STATUS_REJECTED
-            )
+    async def send(request: Any, account: Account) -> int:
+        response = await stub.SubmitOrderColumns(request, metadata=account.metadata)
+        return sum(1 for status in response.acks.status if status == execution_pb2.ORDER_STATUS_REJECTED)
 
-    start = time.perf_counter()
-    await asyncio.gather(*(one_account(account, requests) for account, requests in plans))
-    elapsed = time.perf_counter() - start
-    total = batches_per_account * batch_orders * len(flows)
-    return total / elapsed, rejected
+    return await _measure_calls(flows, request, send, batches_per_account, batch_orders)
 
 
 async def measure_batches(
@@ -627,13 +607,30 @@ async def measure_batches(
     """(orders per second, rejected orders) through SubmitOrders, one call in flight per account."""
     from hftgate.v1 import execution_pb2
 
+    def request(orders: list[Any]) -> Any:
+        return execution_pb2.SubmitOrdersRequest(orders=orders)
+
+    async def send(request: Any, account: Account) -> int:
+        response = await stub.SubmitOrders(request, metadata=account.metadata)
+        return sum(1 for ack in response.acks if ack.status == execution_pb2.ORDER_STATUS_REJECTED)
+
+    return await _measure_calls(flows, request, send, batches_per_account, batch_orders)
+
+
+async def _measure_calls(
+    flows: Sequence[tuple[OrderFlow, Account]],
+    request: Callable[[list[Any]], Any],
+    send: Callable[[Any, Account], Awaitable[int]],
+    batches_per_account: int,
+    batch_orders: int,
+) -> tuple[float, int]:
+    """(orders per second, rejected orders): ``batches_per_account`` requests of ``batch_orders``
+    orders per account, built before the clock starts, sent with one call in flight per account
+    (``send`` answers how many of a request's orders were rejected)."""
     plans = [
         (
             account,
-            [
-                execution_pb2.SubmitOrdersRequest(orders=[flow.next_order() for _ in range(batch_orders)])
-                for _ in range(batches_per_account)
-            ],
+            [request([flow.next_order() for _ in range(batch_orders)]) for _ in range(batches_per_account)],
         )
         for flow, account in flows
     ]
@@ -641,15 +638,13 @@ async def measure_batches(
 
     async def one_account(account: Account, requests: list[Any]) -> None:
         nonlocal rejected
-        for request in requests:
-            response = await stub.SubmitOrders(request, metadata=account.metadata)
-            rejected += sum(1 for ack in response.acks if ack.status == execution_pb2.ORDER_STATUS_REJECTED)
+        for one in requests:
+            rejected += await send(one, account)
 
     start = time.perf_counter()
     await asyncio.gather(*(one_account(account, requests) for account, requests in plans))
     elapsed = time.perf_counter() - start
-    total = batches_per_account * batch_orders * len(flows)
-    return total / elapsed, rejected
+    return batches_per_account * batch_orders * len(flows) / elapsed, rejected
 
 
 async def drive_stream(

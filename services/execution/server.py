@@ -369,12 +369,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self.core.record_single_ack_sent(ack)
         return response
 
-    async def SubmitOrders(
-        self, request: api.SubmitOrdersRequest, context: grpc.aio.ServicerContext
-    ) -> api.SubmitOrdersResponse:
-        arrival = now_ns()
-        account = await self._account(context)
-        count = len(request.orders)
+    async def _check_batch_size(self, context: grpc.aio.ServicerContext, count: int) -> None:
+        """INVALID_ARGUMENT for an empty batch or one past max_batch_orders (nothing accepted)."""
         if count == 0:
             await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
         if count > self.config.max_batch_orders:
@@ -384,14 +380,29 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 f"Cannot submit orders: {count} orders exceed max_batch_orders="
                 f"{self.config.max_batch_orders}",
             )
-        await self._rate(context, account)
-        inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
+
+    async def _submit_new_orders(
+        self, context: grpc.aio.ServicerContext, account: AccountSpec, inputs: Inputs
+    ) -> Acks:
+        """A decoded batch of new orders (SubmitOrders, SubmitOrderColumns): refused whole when a
+        symbol is not this shard's now, else run in the order of the orders' priorities."""
         inputs.fenced_epoch = self.fence.epoch
         refusal = self.fence.first_refusal(inputs.symbols)
         if refusal is not None:  # the whole batch: the caller re-splits it by the owner's map
             await _abort_not_owner(context, refusal, self.shard_id)
         inputs.prioritize = True
-        acks = await self._submit(context, account, inputs)
+        return await self._submit(context, account, inputs)
+
+    async def SubmitOrders(
+        self, request: api.SubmitOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> api.SubmitOrdersResponse:
+        arrival = now_ns()
+        account = await self._account(context)
+        count = len(request.orders)
+        await self._check_batch_size(context, count)
+        await self._rate(context, account)
+        inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
+        acks = await self._submit_new_orders(context, account, inputs)
         response = api.SubmitOrdersResponse()
         self._ack_protos(acks, inputs.symbols, response.acks.add)  # built in place, not copied in
         return response
@@ -402,26 +413,13 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         arrival = now_ns()
         account = await self._account(context)
         count = len(request.orders.client_order_id)
-        if count == 0:
-            await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
-        if count > self.config.max_batch_orders:
-            await _abort_bad_request(
-                context,
-                "orders",
-                f"Cannot submit orders: {count} orders exceed max_batch_orders="
-                f"{self.config.max_batch_orders}",
-            )
+        await self._check_batch_size(context, count)
         try:
             inputs = codec.decode_order_columns(request.orders, time.time_ns(), arrival)
         except codec.BadColumns as exc:
             await _abort_bad_request(context, "orders", f"Cannot submit orders: {exc}")
         await self._rate(context, account)
-        inputs.fenced_epoch = self.fence.epoch
-        refusal = self.fence.first_refusal(inputs.symbols)
-        if refusal is not None:  # the whole batch: the caller re-splits it by the owner's map
-            await _abort_not_owner(context, refusal, self.shard_id)
-        inputs.prioritize = True
-        acks = await self._submit(context, account, inputs)
+        acks = await self._submit_new_orders(context, account, inputs)
         response = api.SubmitOrderColumnsResponse()
         # (New orders only: none is an order taken over by a move, whose id _ack_protos translates.)
         codec.encode_ack_columns(acks, time.time_ns(), inputs.symbols, response.acks, self.shard_base)

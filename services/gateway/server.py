@@ -417,15 +417,7 @@ class ExecutionForwarder:
         request = await _parse(context, api.SubmitOrdersRequest, data)
         orders = request.orders
         count = len(orders)
-        if count == 0:
-            await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
-        if count > self.config.max_batch_orders:
-            await _abort_bad_request(
-                context,
-                "orders",
-                f"Cannot submit orders: {count} orders exceed the gateway's max_batch_orders="
-                f"{self.config.max_batch_orders}",
-            )
+        await self._check_batch_size(context, count)
         await self._admit(context, caller, count)
         parts = self.router.split([order.symbol for order in orders])
         routes = self.router.routes
@@ -473,15 +465,8 @@ class ExecutionForwarder:
             context, failures, response, count - sum(len(i) for i, _ in answered), count
         )
 
-    async def submit_order_columns(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """A batch whose symbols one shard owns goes there as it came (columns all the way). One
-        that spans shards goes as SubmitOrders, split and answered as that call is (a partial
-        failure's detail is then a SubmitOrdersResponse), its acks turned back into columns: the
-        gateway then pays a message per order, which a client avoids by splitting by the map."""
-        caller = await self._caller(context)
-        request = await _parse(context, api.SubmitOrderColumnsRequest, data)
-        columns = request.orders
-        count = len(columns.client_order_id)
+    async def _check_batch_size(self, context: grpc.aio.ServicerContext, count: int) -> None:
+        """INVALID_ARGUMENT for an empty batch or one past the gateway's max_batch_orders."""
         if count == 0:
             await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
         if count > self.config.max_batch_orders:
@@ -491,6 +476,17 @@ class ExecutionForwarder:
                 f"Cannot submit orders: {count} orders exceed the gateway's max_batch_orders="
                 f"{self.config.max_batch_orders}",
             )
+
+    async def submit_order_columns(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """A batch whose symbols one shard owns goes there as it came (columns all the way). One
+        that spans shards goes as SubmitOrders, split and answered as that call is (a partial
+        failure's detail is then a SubmitOrdersResponse), its acks turned back into columns: the
+        gateway then pays a message per order, which a client avoids by splitting by the map."""
+        caller = await self._caller(context)
+        request = await _parse(context, api.SubmitOrderColumnsRequest, data)
+        columns = request.orders
+        count = len(columns.client_order_id)
+        await self._check_batch_size(context, count)
         single = self.router.single
         if single is not None:
             await self._admit(context, caller, count)
