@@ -330,9 +330,14 @@ def encode_single_ack(ack: SingleAck, symbol: str, ack_ns: int, shard_base: int 
 
 
 def encode_reports(
-    reports: np.ndarray, state: ExecutionState, shard_base: int = 0
+    reports: np.ndarray,
+    state: ExecutionState,
+    shard_base: int = 0,
+    make: Callable[..., api.ExecutionReport] = api.ExecutionReport,
 ) -> list[api.ExecutionReport]:
-    """ExecutionReport per row; ``shard_base`` goes into the order, counterparty and trade ids."""
+    """ExecutionReport per row, each built by ``make(**fields)``; ``shard_base`` goes into the
+    order, counterparty and trade ids. Pass a response's ``executions.add`` to build them in place
+    (see :func:`encode_acks`)."""
     names = state.symbol_names
     client_ids = state.client_ids
     out = []
@@ -340,7 +345,7 @@ def encode_reports(
         (seq, input_seq, order_id, _, price, qty, last_price, last_qty, leaves, cum, trade_id,
          counterparty, received, transact, symbol_id, reason, exec_type, side, status, liq) = row  # fmt: skip
         out.append(
-            api.ExecutionReport(
+            make(
                 sequence=seq,
                 input_sequence=input_seq,
                 exec_type=exec_type,

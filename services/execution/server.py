@@ -263,9 +263,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 message.status = api.ORDER_STATUS_PARTIALLY_FILLED
         message.order_id = self.handover.shown(message.order_id)
 
-    def _reports(self, page: np.ndarray) -> list[api.ExecutionReport]:
-        """ExecutionReports of ``page``, with the original ids of orders taken over by moves."""
-        reports = codec.encode_reports(page, self.core.state, self.shard_base)
+    def _reports(
+        self, page: np.ndarray, make: Callable[..., api.ExecutionReport] = api.ExecutionReport
+    ) -> list[api.ExecutionReport]:
+        """ExecutionReports of ``page`` (built by ``make``), with the original ids of orders taken
+        over by moves."""
+        reports = codec.encode_reports(page, self.core.state, self.shard_base, make)
         if self.handover is not None and self.handover.local_of:
             shown = self.handover.shown
             for report in reports:
@@ -732,7 +735,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     last_sent = int(page["sequence"][-1])
                     page = _without_restated(page, restating)
                     if len(page):
-                        response.executions.extend(self._reports(page))
+                        self._reports(page, response.executions.add)  # built in place, not copied in
                 while restate_marks and restate_marks[0][0] <= subscriber.cursor:
                     for sequence in restate_marks.popleft()[1]:  # their reports are all read
                         restating.pop(sequence, None)

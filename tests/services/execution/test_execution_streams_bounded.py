@@ -87,9 +87,9 @@ async def test_history_is_encoded_a_page_at_a_time_as_the_client_reads(
     encoded = [0]
     real = codec.encode_reports
 
-    def counting(reports: Any, state: Any, shard_base: int = 0) -> Any:
+    def counting(reports: Any, state: Any, shard_base: int = 0, *make: Any) -> Any:
         encoded[0] += len(reports)
-        return real(reports, state, shard_base)
+        return real(reports, state, shard_base, *make)
 
     monkeypatch.setattr(codec, "encode_reports", counting)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{roomy.running.port}", options=TIGHT_CLIENT) as channel:
