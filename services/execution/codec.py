@@ -339,18 +339,18 @@ def encode_reports(
     order, counterparty and trade ids. Pass a response's ``executions.add`` to build them in place
     (see :func:`encode_acks`)."""
     names = state.symbol_names
-    client_ids = state.client_ids
+    client_ids = state.client_ids_of(reports["order_id"]) if len(reports) else []
     out = []
-    for row in reports.tolist():
+    for row, client_id in zip(reports.tolist(), client_ids, strict=True):
         (seq, input_seq, order_id, _, price, qty, last_price, last_qty, leaves, cum, trade_id,
          counterparty, received, transact, symbol_id, reason, exec_type, side, status, liq) = row  # fmt: skip
-        out.append(
-            make(
+        if trade_id or last_price or last_qty or counterparty or liq:  # a fill
+            report = make(
                 sequence=seq,
                 input_sequence=input_seq,
                 exec_type=exec_type,
                 order_id=order_id | shard_base,
-                client_order_id=client_ids[order_id - 1],
+                client_order_id=client_id,
                 symbol=names[symbol_id],
                 side=side,
                 status=status,
@@ -363,12 +363,30 @@ def encode_reports(
                 trade_id=trade_id | shard_base if trade_id > 0 else trade_id,
                 liquidity=liq,
                 counterparty_order_id=counterparty | shard_base if counterparty > 0 else counterparty,
-                reason=reason,
-                reason_text=REASON_TEXT.get(reason, "") if reason else "",
                 received_ns=received,
                 transact_ns=transact,
             )
-        )
+        else:  # no trade: the fill fields stay at their defaults (fewer keywords, the same message)
+            report = make(
+                sequence=seq,
+                input_sequence=input_seq,
+                exec_type=exec_type,
+                order_id=order_id | shard_base,
+                client_order_id=client_id,
+                symbol=names[symbol_id],
+                side=side,
+                status=status,
+                price_ticks=price,
+                quantity_lots=qty,
+                leaves_quantity_lots=leaves,
+                cum_quantity_lots=cum,
+                received_ns=received,
+                transact_ns=transact,
+            )
+        if reason:
+            report.reason = reason  # type: ignore[assignment]  # a RejectReason value
+            report.reason_text = REASON_TEXT.get(reason, "")
+        out.append(report)
     return out
 
 

@@ -388,6 +388,15 @@ class ExecutionState:
         client_id: str = self._slot_client_ids[slot]
         return client_id
 
+    def client_ids_of(self, order_ids: np.ndarray) -> list[str]:
+        """The client order id of each of ``order_ids`` ("" for an order not retained, as
+        :class:`ClientIdsById` answers): one lookup for a whole page of reports."""
+        slots = self.slots_of(order_ids)
+        held = slots >= 0
+        texts = self._slot_client_ids[np.where(held, slots, 0)]
+        texts[~held] = ""
+        return [text or "" for text in texts.tolist()]
+
     def client_id_of(self, order_id: int) -> str | None:
         """The client order id of a retained order (None when not retained)."""
         slot = self.slot_of(order_id)
