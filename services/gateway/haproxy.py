@@ -5,17 +5,17 @@ What the generated configuration does (Debian's haproxy 2.6, HTTP/2 gRPC end to 
 
 * One frontend (``bind ... proto h2``). It deletes ``x-hftgate-account`` from every request: only
   the Python gateway, with its service token, may tell a shard which account a call is for.
-* ExecutionService calls that carry ``x-hftgate-symbol`` (the routing client and thin clients set
-  it on SubmitOrder, and on a SubmitOrders whose orders share one symbol) go to the shard that
-  owns the symbol, looked up in a map file (``symbols.map``: symbol -> shard backend) written from
-  the shard map for the instruments it is given. HAProxy cannot compute the rendezvous hash, so a
-  symbol not in the file, a call without the header, a batch across symbols, cancels, replaces,
-  gets and the streams go to the Python gateway backend, which decodes and routes (and splits).
-  The map file is updated without a reload through the runtime API (:meth:`HaproxyProcess.set_symbols`);
-  new shards or replicas need a new configuration, which a master-worker HAProxy takes without
-  dropping a call (:meth:`HaproxyProcess.graceful_reload`). :mod:`services.gateway.haproxy_runner`
-  does both as the stored shard map and the replica sets change.
-  A header that names the wrong symbol sends the order to a shard that does not own it; the
+* ExecutionService calls that carry ``x-hftgate-symbol`` (the routing client and thin clients set it
+  on SubmitOrder, and on a SubmitOrders or SubmitOrderColumns whose orders share one symbol) go to
+  the shard that owns the symbol, looked up in a map file (``symbols.map``: symbol -> shard backend)
+  written from the shard map for the instruments it is given. HAProxy cannot compute the rendezvous
+  hash, so a symbol not in the file, a call without the header, a batch across symbols, cancels,
+  replaces, gets and the streams go to the Python gateway backend, which decodes and routes (and
+  splits). The map file is updated without a reload through the runtime API
+  (:meth:`HaproxyProcess.set_symbols`); new shards or replicas need a new configuration, which a
+  master-worker HAProxy takes without dropping a call (:meth:`HaproxyProcess.graceful_reload`).
+  :mod:`services.gateway.haproxy_runner` does both as the stored shard map and the replica sets
+  change. A header that names the wrong symbol sends the order to a shard that does not own it; the
   shard's fencing refuses it (FAILED_PRECONDITION), as for a stale client.
 * MarketDataService and CacheService go to their replicas with ``balance leastconn`` and health
   checks. HAProxy 2.6's HTTP checks cannot send a binary body, so they cannot ask
@@ -126,7 +126,8 @@ def render(plan: HaproxyPlan, map_path: Path) -> str:
         f"  acl execution path_beg {EXECUTION_PATH}",
         f"  acl marketdata path_beg {MARKETDATA_PATH}",
         f"  acl cache path_beg {CACHE_PATH}",
-        f"  acl routable path {EXECUTION_PATH}SubmitOrder {EXECUTION_PATH}SubmitOrders",
+        f"  acl routable path {EXECUTION_PATH}SubmitOrder {EXECUTION_PATH}SubmitOrders"
+        f" {EXECUTION_PATH}SubmitOrderColumns",
         f"  acl has_symbol req.hdr({SYMBOL_HEADER}) -m found",
         f"  use_backend %[req.hdr({SYMBOL_HEADER}),map({map_path},gateway)] if execution routable has_symbol",
     ]

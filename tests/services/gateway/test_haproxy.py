@@ -97,6 +97,19 @@ async def test_orders_with_a_symbol_header_go_straight_to_their_shard(proxied: A
     assert got.order.order_id == batch.acks[1].order_id
 
 
+async def test_a_column_batch_with_a_symbol_header_goes_straight_to_its_shard(proxied: Any) -> None:
+    from tests.services.execution.test_order_columns import as_columns
+
+    suite, _, stub, _ = proxied
+    orders = [new_order(f"col{i}", "ETHUSDT") for i in range(3)]
+    reply = await stub.SubmitOrderColumns(
+        api.SubmitOrderColumnsRequest(orders=as_columns(orders)), metadata=with_symbol("ETHUSDT"), timeout=5
+    )
+    assert list(reply.acks.status) == [api.ORDER_STATUS_NEW] * 3 and reply.acks.durable
+    assert (suite.orders_on(0), suite.orders_on(1)) == (0, 3)
+    assert suite.gateway.forwarder.sent == {}  # the Python gateway never saw it
+
+
 async def test_unknown_symbols_go_to_the_gateway_and_bad_keys_are_refused(proxied: Any) -> None:
     suite, _, stub, _ = proxied
     reply = await stub.SubmitOrder(
