@@ -637,6 +637,83 @@ class HftgateClient:
             raise BatchError(acks, errors)
         return [a for a in acks if a is not None]
 
+    async def submit_columns(self, orders: ex.OrderColumns, *, timeout: float | None = None) -> ex.AckColumns:
+        """SubmitOrderColumns through the map: the columns split by owning shard (no message per
+        order on the way), the parts sent in parallel, the acks merged back in the batch's order.
+        A part a shard refuses whole as not its owner is routed again by a fresh map, once; any
+        other failure of a part raises its status (the other parts may have been accepted: look
+        them up by client order id)."""
+        count = len(orders.client_order_id)
+        if count == 0:
+            raise ValueError("submit_columns needs at least one order")
+        symbols = list(orders.symbols)
+        try:
+            order_symbols = [symbols[i] for i in orders.symbol_index]
+        except IndexError:
+            raise ValueError("symbol_index names an entry past symbols") from None
+        return await self._submit_columns(orders, order_symbols, timeout, retry=True)
+
+    async def _submit_columns(
+        self, orders: ex.OrderColumns, order_symbols: list[str], timeout: float | None, *, retry: bool
+    ) -> ex.AckColumns:
+        parts: dict[str, tuple[_Target, list[int]]] = {}
+        for index, symbol in enumerate(order_symbols):
+            target = self._for_symbol(symbol)
+            parts.setdefault(target.address, (target, []))[1].append(index)
+        if len(parts) == 1:
+            ((target, _),) = parts.values()
+            return await self._submit_column_part(target, orders, order_symbols, timeout, retry=retry)
+        answers = await asyncio.gather(
+            *(
+                self._submit_column_part(
+                    target,
+                    _columns_at(orders, indices),
+                    [order_symbols[i] for i in indices],
+                    timeout,
+                    retry=retry,
+                )
+                for target, indices in parts.values()
+            )
+        )
+        return _merged_ack_columns(
+            len(order_symbols),
+            [(indices, acks) for (_, indices), acks in zip(parts.values(), answers, strict=True)],
+        )
+
+    async def _submit_column_part(
+        self,
+        target: _Target,
+        orders: ex.OrderColumns,
+        order_symbols: list[str],
+        timeout: float | None,
+        *,
+        retry: bool,
+    ) -> ex.AckColumns:
+        self._count(target)
+        symbol = order_symbols[0] if len(set(order_symbols)) == 1 else ""
+        try:
+            reply = await target.stub.SubmitOrderColumns(
+                ex.SubmitOrderColumnsRequest(orders=orders), metadata=self._md(symbol), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            if not retry or not_owner_info(err) is None or target.shard_id is None:
+                raise
+            # Refused whole before any of it was accepted: route it again by the fresh map, once.
+            await self.refresh_map()
+            self.owner_retries += 1
+            return await self._submit_columns(orders, order_symbols, timeout, retry=False)
+        acks = reply.acks
+        if len(acks.order_id) != len(order_symbols):
+            raise RuntimeError(
+                f"{target.address} answered {len(acks.order_id)} acks for {len(order_symbols)} orders"
+            )
+        for order_id, client_order_id in zip(acks.order_id, orders.client_order_id, strict=True):
+            if order_id > 0:
+                self._remember(
+                    ex.OrderAck(order_id=order_id, client_order_id=client_order_id), target.shard_id
+                )
+        return acks
+
     async def _submit_part(
         self, target: _Target, orders: list[ex.NewOrder], timeout: float | None, *, retry: bool
     ) -> list[ex.OrderAck]:
@@ -746,3 +823,44 @@ class HftgateClient:
             md.GetSnapshotRequest(depth_levels=depth_levels), metadata=self._metadata, timeout=timeout
         )
         return response
+
+
+#: OrderColumns' per-order columns besides symbol_index and client_order_id, and AckColumns'.
+_ORDER_COLUMN_NAMES = tuple(f.name for f in ex.OrderColumns.DESCRIPTOR.fields if f.name != "symbols")
+_ACK_COLUMN_NAMES = tuple(
+    f.name for f in ex.AckColumns.DESCRIPTOR.fields if f.is_repeated and f.name != "reason_text"
+)
+
+
+def _columns_at(orders: ex.OrderColumns, indices: list[int]) -> ex.OrderColumns:
+    """The orders at ``indices`` as a batch of their own (the symbols list kept whole)."""
+    part = ex.OrderColumns(symbols=orders.symbols)
+    for name in _ORDER_COLUMN_NAMES:
+        values = getattr(orders, name)
+        if len(values):  # (an empty column stays empty: the default for every order)
+            getattr(part, name).extend([values[i] for i in indices])
+    return part
+
+
+def _merged_ack_columns(count: int, parts: list[tuple[list[int], ex.AckColumns]]) -> ex.AckColumns:
+    """The acks of a batch's parts in the batch's order (``parts``: each part's batch positions)."""
+    merged = {name: [0] * count for name in _ACK_COLUMN_NAMES}
+    texts: list[str | None] = [None] * count
+    for indices, acks in parts:
+        part_texts = iter(acks.reason_text)
+        for name in _ACK_COLUMN_NAMES:
+            column = merged[name]
+            for index, value in zip(indices, getattr(acks, name), strict=True):
+                column[index] = value
+        for index, reason in zip(indices, acks.reason, strict=True):
+            if reason:
+                texts[index] = next(part_texts, "")
+    out = ex.AckColumns()
+    for name in _ACK_COLUMN_NAMES:
+        getattr(out, name).extend(merged[name])
+    out.reason_text.extend(t for t in texts if t is not None)
+    accepted = [acks for _, acks in parts if any(s > 0 for s in acks.sequence)]
+    out.durable = bool(accepted) and all(acks.durable for acks in accepted)
+    out.received_ns = min(acks.received_ns for _, acks in parts)
+    out.ack_ns = max(acks.ack_ns for _, acks in parts)
+    return out

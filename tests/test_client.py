@@ -70,6 +70,29 @@ async def test_a_batch_is_split_by_shard_and_answered_in_request_order(suite: Su
     assert suite.gateway.forwarder.sent == {}  # type: ignore[union-attr]
 
 
+async def test_a_column_batch_is_split_by_shard_and_answered_in_its_order(suite: Suite) -> None:
+    from tests.services.execution.test_order_columns import as_columns
+
+    symbols = ["ETHUSDT", "BTCUSDT", "BTCUSDT", "NOPE", "ETHUSDT"]
+    orders = [new_order(f"k{i}", s) for i, s in enumerate(symbols)]
+    async with HftgateClient(f"127.0.0.1:{suite.gateway.port}", api_key=ALICE_KEY) as client:
+        acks = await client.submit_columns(as_columns(orders), timeout=5)
+        # Each accepted order carries its shard in its id, and the client knows where it went.
+        got = await client.get(acks.order_id[1], timeout=5)
+    statuses = [s == api.ORDER_STATUS_REJECTED for s in acks.status]
+    assert statuses == [s == "NOPE" for s in symbols]
+    assert [order_id_shard(i) for i, s in zip(acks.order_id, symbols, strict=True) if s != "NOPE"] == [
+        1,
+        0,
+        0,
+        1,
+    ]
+    assert list(acks.reason_text) == ["Cannot submit order 'k3': unknown symbol 'NOPE'"]
+    assert acks.durable and got.request.client_order_id == "k1"
+    assert suite.orders_on(0) + suite.orders_on(1) == 5
+    assert suite.gateway.forwarder.sent == {}  # type: ignore[union-attr]
+
+
 async def test_without_a_map_everything_goes_through_the_gateway(suite: Suite) -> None:
     address = f"127.0.0.1:{suite.gateway.port}"
     async with HftgateClient(address, api_key=ALICE_KEY, route_directly=False) as client:
@@ -120,6 +143,11 @@ def not_owner(owner_address: str = "") -> Callable[[str, bytes, grpc.aio.Service
 
 
 async def accept(method: str, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    if method == "SubmitOrderColumns":
+        count = len(api.SubmitOrderColumnsRequest.FromString(data).orders.client_order_id)
+        acks = api.AckColumns(order_id=range(1, count + 1), sequence=range(1, count + 1), durable=True)
+        acks.status.extend([api.ORDER_STATUS_NEW] * count)
+        return api.SubmitOrderColumnsResponse(acks=acks).SerializeToString()
     if method == "SubmitOrders":
         request = api.SubmitOrdersRequest.FromString(data)
         return api.SubmitOrdersResponse(
@@ -170,6 +198,28 @@ async def test_not_the_owner_refreshes_the_map_and_retries_once_on_the_new_owner
             ]
             assert stale.calls[0][2][SYMBOL_METADATA] == "XYZ"  # for proxies that route by header
             assert stale.calls[0][2]["x-api-key"] == ALICE_KEY
+    finally:
+        for fake in (stale, owner):
+            await fake.stop()
+
+
+async def test_a_column_batch_refused_as_not_the_owner_goes_again_by_the_fresh_map(fake_gateway: Any) -> None:
+    from tests.services.execution.test_order_columns import as_columns
+
+    stale, owner = await fakes(not_owner(), accept)
+    try:
+        gateway, _ = await fake_gateway(
+            ShardMap(1, [Shard(0, stale.address), Shard(1, owner.address)], {"XYZ": 0})
+        )
+        async with HftgateClient(f"127.0.0.1:{gateway.port}", api_key=ALICE_KEY, watch_map=False) as client:
+            await gateway.app.store.update(lambda m: m.with_pin("XYZ", 1))  # the symbol moved
+            await wait_epoch(gateway, 2)
+            acks = await client.submit_columns(
+                as_columns([new_order(f"c{i}", "XYZ") for i in range(3)]), timeout=5
+            )
+            assert list(acks.order_id) == [1, 2, 3] and client.owner_retries == 1
+            assert [c[0] for c in stale.calls] == [c[0] for c in owner.calls] == ["SubmitOrderColumns"]
+            assert stale.calls[0][2][SYMBOL_METADATA] == "XYZ"  # one symbol: the header for proxies
     finally:
         for fake in (stale, owner):
             await fake.stop()

@@ -186,7 +186,10 @@ class FakeShard:
 
             return grpc.unary_unary_rpc_method_handler(unary)
 
-        methods = ("SubmitOrder", "SubmitOrders", "CancelOrder", "ReplaceOrder", "GetOrder", "CancelAll")
+        methods = (
+            "SubmitOrder", "SubmitOrders", "SubmitOrderColumns",
+            "CancelOrder", "ReplaceOrder", "GetOrder", "CancelAll",
+        )  # fmt: skip
         handler = grpc.method_handlers_generic_handler(
             "hftgate.v1.ExecutionService", {m: bind(m) for m in methods}
         )
