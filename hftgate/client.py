@@ -61,6 +61,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from hftgate.columns import columns_at, merged_ack_columns
 from hftgate.grpcserver import CHANNEL_OPTIONS
 from hftgate.security import API_KEY_METADATA, ClientCredentials
 from hftgate.shardmap import HASH_ALGORITHM, MAX_SYMBOL_CHARS, Shard, ShardMap, ShardMapError
@@ -667,7 +668,7 @@ class HftgateClient:
             *(
                 self._submit_column_part(
                     target,
-                    _columns_at(orders, indices),
+                    columns_at(orders, indices),
                     [order_symbols[i] for i in indices],
                     timeout,
                     retry=retry,
@@ -675,7 +676,7 @@ class HftgateClient:
                 for target, indices in parts.values()
             )
         )
-        return _merged_ack_columns(
+        return merged_ack_columns(
             len(order_symbols),
             [(indices, acks) for (_, indices), acks in zip(parts.values(), answers, strict=True)],
         )
@@ -823,44 +824,3 @@ class HftgateClient:
             md.GetSnapshotRequest(depth_levels=depth_levels), metadata=self._metadata, timeout=timeout
         )
         return response
-
-
-#: OrderColumns' per-order columns besides symbol_index and client_order_id, and AckColumns'.
-_ORDER_COLUMN_NAMES = tuple(f.name for f in ex.OrderColumns.DESCRIPTOR.fields if f.name != "symbols")
-_ACK_COLUMN_NAMES = tuple(
-    f.name for f in ex.AckColumns.DESCRIPTOR.fields if f.is_repeated and f.name != "reason_text"
-)
-
-
-def _columns_at(orders: ex.OrderColumns, indices: list[int]) -> ex.OrderColumns:
-    """The orders at ``indices`` as a batch of their own (the symbols list kept whole)."""
-    part = ex.OrderColumns(symbols=orders.symbols)
-    for name in _ORDER_COLUMN_NAMES:
-        values = getattr(orders, name)
-        if len(values):  # (an empty column stays empty: the default for every order)
-            getattr(part, name).extend([values[i] for i in indices])
-    return part
-
-
-def _merged_ack_columns(count: int, parts: list[tuple[list[int], ex.AckColumns]]) -> ex.AckColumns:
-    """The acks of a batch's parts in the batch's order (``parts``: each part's batch positions)."""
-    merged = {name: [0] * count for name in _ACK_COLUMN_NAMES}
-    texts: list[str | None] = [None] * count
-    for indices, acks in parts:
-        part_texts = iter(acks.reason_text)
-        for name in _ACK_COLUMN_NAMES:
-            column = merged[name]
-            for index, value in zip(indices, getattr(acks, name), strict=True):
-                column[index] = value
-        for index, reason in zip(indices, acks.reason, strict=True):
-            if reason:
-                texts[index] = next(part_texts, "")
-    out = ex.AckColumns()
-    for name in _ACK_COLUMN_NAMES:
-        getattr(out, name).extend(merged[name])
-    out.reason_text.extend(t for t in texts if t is not None)
-    accepted = [acks for _, acks in parts if any(s > 0 for s in acks.sequence)]
-    out.durable = bool(accepted) and all(acks.durable for acks in accepted)
-    out.received_ns = min(acks.received_ns for _, acks in parts)
-    out.ack_ns = max(acks.ack_ns for _, acks in parts)
-    return out

@@ -59,6 +59,7 @@ from opentelemetry import trace
 
 from hftgate import security
 from hftgate.client import not_owner_info
+from hftgate.columns import column_problem, columns_at, merged_ack_columns
 from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
 from hftgate.shardmap import HASH_ALGORITHM, ORDER_ID_SHARD_SHIFT, Shard, ShardMap
 from hftgate.telemetry import ClientSpan, describe_malformed
@@ -133,48 +134,6 @@ def _symbol_of(data: bytes) -> str:
         return str(api.SubmitOrderRequest.FromString(data).order.symbol)
     except DecodeError:
         return ""
-
-
-#: OrderColumns' per-order columns besides symbol and client order id (NewOrder's fields by name).
-_ORDER_COLUMNS = (
-    "side", "order_type", "time_in_force", "price_ticks", "stop_price_ticks", "quantity_lots",
-    "display_quantity_lots", "post_only", "self_trade_prevention", "protection_price_ticks", "priority",
-)  # fmt: skip
-#: AckColumns' per-order columns (OrderAck's fields by name).
-_ACK_COLUMNS = (
-    "order_id", "sequence", "status", "reason", "price_ticks", "quantity_lots", "leaves_quantity_lots",
-    "cum_quantity_lots",
-)  # fmt: skip
-
-
-def orders_of_columns(columns: api.OrderColumns, symbols: list[str]) -> list[api.NewOrder]:
-    """An OrderColumns batch as NewOrders (``symbols``: each order's); a column left empty
-    leaves its field at the default, as the shard reads it."""
-    orders = [
-        api.NewOrder(symbol=s, client_order_id=c)
-        for s, c in zip(symbols, columns.client_order_id, strict=True)
-    ]
-    for name in _ORDER_COLUMNS:
-        values = getattr(columns, name)
-        if len(values) == len(orders):
-            for order, value in zip(orders, values, strict=True):
-                setattr(order, name, value)
-        elif len(values):
-            raise ValueError(f"{name} has {len(values)} entries for {len(orders)} orders")
-    return orders
-
-
-def columns_of_acks(acks: Sequence[api.OrderAck]) -> api.AckColumns:
-    """OrderAcks as AckColumns."""
-    out = api.AckColumns()
-    for name in _ACK_COLUMNS:
-        getattr(out, name).extend(getattr(a, name) for a in acks)
-    out.reason_text.extend(a.reason_text for a in acks if a.reason)
-    out.durable = any(a.durable for a in acks)
-    if acks:
-        out.received_ns = min(a.received_ns for a in acks)
-        out.ack_ns = max(a.ack_ns for a in acks)
-    return out
 
 
 def _one_symbol(orders: Sequence[api.NewOrder]) -> str:
@@ -478,10 +437,10 @@ class ExecutionForwarder:
             )
 
     async def submit_order_columns(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """A batch whose symbols one shard owns goes there as it came (columns all the way). One
-        that spans shards goes as SubmitOrders, split and answered as that call is (a partial
-        failure's detail is then a SubmitOrdersResponse), its acks turned back into columns: the
-        gateway then pays a message per order, which a client avoids by splitting by the map."""
+        """A batch whose symbols one shard owns goes there as it came; one that spans shards is
+        split column by column (no message per order), the parts sent in parallel and their acks
+        merged back in the batch's order, as SubmitOrders does with rows (a partial failure's
+        detail is then the SubmitOrderColumnsResponse of what the other shards answered)."""
         caller = await self._caller(context)
         request = await _parse(context, api.SubmitOrderColumnsRequest, data)
         columns = request.orders
@@ -491,37 +450,57 @@ class ExecutionForwarder:
         if single is not None:
             await self._admit(context, caller, count)
             return await self._forward(context, single, "SubmitOrderColumns", data, caller)
+        problem = column_problem(columns)
+        if problem:
+            await _abort_bad_request(context, "orders", f"Cannot submit orders: {problem}")
         names = list(columns.symbols)
-        if len(columns.symbol_index) != count or any(i >= len(names) for i in columns.symbol_index):
-            await _abort_bad_request(
-                context,
-                "orders",
-                "Cannot submit orders: symbol_index needs one entry per order, each in symbols",
-            )
         symbols = [names[i] for i in columns.symbol_index]
+        await self._admit(context, caller, count)
         parts = self.router.split(symbols)
+        routes = self.router.routes
+        for shard, indices in parts.items():
+            for index in indices:
+                routes.remember(caller.account, columns.client_order_id[index], shard.shard_id)
         if len(parts) == 1:
-            await self._admit(context, caller, count)
             (only,) = parts
-            routes = self.router.routes
-            for client_order_id in columns.client_order_id:
-                routes.remember(caller.account, client_order_id, only.shard_id)
             one_symbol = names[0] if len(names) == 1 else ""
             return await self._forward(context, only, "SubmitOrderColumns", data, caller, one_symbol)
-        try:
-            rows = api.SubmitOrdersRequest(orders=orders_of_columns(columns, symbols))
-        except ValueError as exc:
-            await _abort_bad_request(context, "orders", f"Cannot submit orders: {exc}")
-        answered = api.SubmitOrdersResponse.FromString(
-            await self.submit_orders(rows.SerializeToString(), context)
+
+        async def send(shard: Shard, indices: list[int]) -> bytes:
+            part = api.SubmitOrderColumnsRequest(orders=columns_at(columns, indices))
+            part_symbols = {symbols[i] for i in indices}
+            symbol = next(iter(part_symbols)) if len(part_symbols) == 1 else ""
+            return await self._call(shard, "SubmitOrderColumns", part.SerializeToString(), caller, symbol)
+
+        outcomes = await asyncio.gather(
+            *(send(shard, indices) for shard, indices in parts.items()), return_exceptions=True
         )
-        return api.SubmitOrderColumnsResponse(acks=columns_of_acks(answered.acks)).SerializeToString()
+        answered: list[tuple[list[int], api.AckColumns]] = []
+        failures: list[ShardFailed] = []
+        for indices, outcome in zip(parts.values(), outcomes, strict=True):
+            if isinstance(outcome, ShardFailed):
+                failures.append(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                acks = api.SubmitOrderColumnsResponse.FromString(outcome).acks
+                if len(acks.order_id) != len(indices):
+                    await context.abort(
+                        grpc.StatusCode.INTERNAL, "a shard's SubmitOrderColumns answer did not match its part"
+                    )
+                answered.append((list(indices), acks))
+        response = api.SubmitOrderColumnsResponse(acks=merged_ack_columns(count, answered))
+        if not failures:
+            return response.SerializeToString()
+        await self._abort_partial(
+            context, failures, response, count - sum(len(i) for i, _ in answered), count
+        )
 
     async def _abort_partial(
         self,
         context: grpc.aio.ServicerContext,
         failures: list[ShardFailed],
-        partial: api.SubmitOrdersResponse,
+        partial: api.SubmitOrdersResponse | api.SubmitOrderColumnsResponse,
         unanswered: int,
         count: int,
     ) -> NoReturn:
@@ -529,8 +508,8 @@ class ExecutionForwarder:
         others = "; ".join(status_of(f)[1] for f in failures[1:])
         text = (
             f"{message}{'; ' + others if others else ''}: {unanswered} of {count} orders got no answer "
-            f"(their acks are empty in this status's SubmitOrdersResponse detail; the other orders' acks "
-            f"are there). Sending them again is safe: a shard answers an order it already has with "
+            f"(their acks are empty in this status's {partial.DESCRIPTOR.name} detail; the other orders' "
+            f"acks are there). Sending them again is safe: a shard answers an order it already has with "
             f"REJECT_REASON_DUPLICATE_CLIENT_ORDER_ID"
         )
         status = status_pb2.Status(code=code.value[0], message=text)

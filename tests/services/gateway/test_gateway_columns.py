@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from grpc_status import rpc_status
 
+from hftgate.columns import merged_ack_columns
 from hftgate.shardmap import order_id_shard
 from hftgate.v1 import execution_pb2 as api
-from services.gateway.server import columns_of_acks
 from tests.services.execution.test_order_columns import ack_rows, as_columns
 from tests.services.gateway.conftest import ALICE, Suite, new_order
 
@@ -49,13 +50,30 @@ async def test_columns_that_do_not_fit_are_refused_at_the_gateway(suite: Suite) 
     assert (suite.orders_on(0), suite.orders_on(1)) == (0, 0)
 
 
-def test_acks_as_columns_keep_their_order_and_the_reasons_of_refused_ones() -> None:
-    acks = [
-        api.OrderAck(
-            order_id=1, sequence=3, status=api.ORDER_STATUS_NEW, durable=True, received_ns=5, ack_ns=9
-        ),
-        api.OrderAck(status=api.ORDER_STATUS_REJECTED, reason=2, reason_text="no", received_ns=4, ack_ns=8),
-    ]
-    columns = columns_of_acks(acks)
-    assert list(columns.order_id) == [1, 0] and list(columns.reason_text) == ["no"]
-    assert (columns.durable, columns.received_ns, columns.ack_ns) == (True, 4, 9)
+def test_merged_acks_keep_the_batch_order_and_the_reasons_of_refused_ones() -> None:
+    first = api.AckColumns(order_id=[1, 0], sequence=[3, 0], durable=True, received_ns=5, ack_ns=9)
+    first.status.extend([api.ORDER_STATUS_NEW, api.ORDER_STATUS_REJECTED])
+    first.reason.extend([0, 2])
+    first.reason_text.append("no")
+    second = api.AckColumns(order_id=[7], sequence=[4], durable=True, received_ns=4, ack_ns=8)
+    second.status.append(api.ORDER_STATUS_NEW)
+    merged = merged_ack_columns(4, [([2, 0], first), ([3], second)])  # position 1: no part answered
+    assert list(merged.order_id) == [0, 0, 1, 7] and list(merged.status)[1] == 0
+    assert list(merged.reason_text) == ["no"] and list(merged.reason) == [2, 0, 0, 0]
+    assert (merged.durable, merged.received_ns, merged.ack_ns) == (True, 4, 9)
+
+
+async def test_a_split_column_batch_with_a_down_shard_returns_what_the_other_accepted(suite: Suite) -> None:
+    await suite.shards[1].stop(0)
+    orders = [new_order(f"q{i}", s) for i, s in enumerate(["BTCUSDT", "ETHUSDT", "BTCUSDT"])]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await suite.stub.SubmitOrderColumns(
+            api.SubmitOrderColumnsRequest(orders=as_columns(orders)), metadata=ALICE, timeout=3
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "1 of 3 orders got no answer" in (caught.value.details() or "")
+    status = rpc_status.from_call(caught.value)
+    partial = api.SubmitOrderColumnsResponse()
+    assert status is not None and status.details[0].Unpack(partial)
+    assert list(partial.acks.status) == [api.ORDER_STATUS_NEW, 0, api.ORDER_STATUS_NEW]
+    assert suite.orders_on(0) == 2
