@@ -708,11 +708,11 @@ class HftgateClient:
             raise RuntimeError(
                 f"{target.address} answered {len(acks.order_id)} acks for {len(order_symbols)} orders"
             )
-        for order_id, client_order_id in zip(acks.order_id, orders.client_order_id, strict=True):
-            if order_id > 0:
-                self._remember(
-                    ex.OrderAck(order_id=order_id, client_order_id=client_order_id), target.shard_id
-                )
+        if target.shard_id is not None:  # (as _remember does, without an OrderAck per order)
+            for order_id, client_order_id in zip(acks.order_id, orders.client_order_id, strict=True):
+                if order_id > 0:  # (0: refused)
+                    self._note(self._by_order_id, order_id, target.shard_id)
+                    self._note(self._by_client_id, client_order_id, target.shard_id)
         return acks
 
     async def _submit_part(

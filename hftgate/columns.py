@@ -4,6 +4,8 @@ batch by owning shard without making a message per order."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from hftgate.v1 import execution_pb2 as ex
 
 #: OrderColumns' per-order columns (all but ``symbols``), and AckColumns' (all but ``reason_text``).
@@ -24,7 +26,7 @@ def columns_at(orders: ex.OrderColumns, indices: list[int]) -> ex.OrderColumns:
 
 
 def column_problem(orders: ex.OrderColumns) -> str:
-    """Why ``orders`` is not a batch ("" when it is): as the shard refuses it (codec.py)."""
+    """Why ``orders`` is not a batch ("" when it is), as the gateway and the shard both say it."""
     count = len(orders.client_order_id)
     if len(orders.symbol_index) != count:
         return (
@@ -35,8 +37,9 @@ def column_problem(orders: ex.OrderColumns) -> str:
         length = len(getattr(orders, name))
         if length not in (0, count):
             return f"{name} has {length} entries for {count} orders: one per order, or none"
-    if count and max(orders.symbol_index) >= len(orders.symbols):
-        return f"symbol_index {max(orders.symbol_index)} is past the {len(orders.symbols)} entries of symbols"
+    highest = int(np.array(orders.symbol_index, np.int64).max()) if count else 0
+    if count and highest >= len(orders.symbols):
+        return f"symbol_index {highest} is past the {len(orders.symbols)} entries of symbols"
     return ""
 
 

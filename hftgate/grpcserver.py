@@ -186,6 +186,19 @@ async def serve_until_signalled(running: RunningServer, grace_s: float) -> None:
     await running.stop(grace_s)
 
 
+async def check_batch_size(
+    context: grpc.aio.ServicerContext, count: int, limit: int, whose: str = ""
+) -> None:
+    """INVALID_ARGUMENT (field ``orders``) for a batch of no order or of more than ``limit``
+    (``whose``: whose setting the limit is, for the message, e.g. "the gateway's ")."""
+    if count == 0:
+        await abort_invalid_argument(context, "orders", "Cannot submit orders: the batch is empty")
+    if count > limit:
+        await abort_invalid_argument(
+            context, "orders", f"Cannot submit orders: {count} orders exceed {whose}max_batch_orders={limit}"
+        )
+
+
 async def abort_invalid_argument(
     context: grpc.aio.ServicerContext, field: str, description: str, *, message: str | None = None
 ) -> NoReturn:

@@ -170,16 +170,22 @@ _LAYOUTS = {
 def verify_layout() -> None:
     """Raise ``TypeError`` if a dtype's size or field offsets differ from its C struct."""
     for c_name, dtype in _LAYOUTS.items():
-        if ffi.sizeof(c_name) != dtype.itemsize:
-            raise TypeError(f"{c_name} is {ffi.sizeof(c_name)} bytes in C but {dtype.itemsize} in numpy")
-        fields = dtype.fields
-        assert fields is not None
-        for name, (_, offset, *_rest) in fields.items():
-            if name.startswith("reserved"):
-                continue
-            c_offset = ffi.offsetof(c_name, name)
-            if c_offset != offset:
-                raise TypeError(f"{c_name}.{name} is at offset {c_offset} in C but {offset} in numpy")
+        check_layout(c_name, dtype)
+
+
+def check_layout(c_name: str, dtype: np.dtype) -> None:
+    """Raise ``TypeError`` if ``dtype``'s size or field offsets differ from C struct ``c_name``
+    (fields named ``reserved*`` aside), so that its arrays can be passed to C as they are."""
+    if ffi.sizeof(c_name) != dtype.itemsize:
+        raise TypeError(f"{c_name} is {ffi.sizeof(c_name)} bytes in C but {dtype.itemsize} in numpy")
+    fields = dtype.fields
+    assert fields is not None
+    for name, (_, offset, *_rest) in fields.items():
+        if name.startswith("reserved"):
+            continue
+        c_offset = ffi.offsetof(c_name, name)
+        if c_offset != offset:
+            raise TypeError(f"{c_name}.{name} is at offset {c_offset} in C but {offset} in numpy")
 
 
 def new_commands(count: int) -> np.ndarray:

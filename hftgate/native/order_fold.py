@@ -15,31 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from hftgate.matching.types import COMMAND_DTYPE, EVENT_DTYPE
+from hftgate.matching.types import check_layout
 from hftgate.native import check, ffi, lib
 
 #: A reason_of entry with no mapping (hft_order_fold.h).
 UNMAPPED = lib.HFT_FOLD_UNMAPPED
-
-
-def _c_dtype(struct: str, like: np.dtype) -> np.dtype:
-    """``like``'s fields at the offsets C gives them in ``struct`` (with C's padding)."""
-    names = list(like.names or ())
-    fields = dict(ffi.typeof(struct).fields)
-    if list(fields) != names:
-        raise TypeError(f"{struct} has the fields {list(fields)}, the dtype {names}")
-    formats = [like.fields[name][0] for name in names]  # type: ignore[index]
-    offsets = [fields[name].offset for name in names]
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": ffi.sizeof(struct)})
-
-
-def _require_same_layout(struct: str, dtype: np.dtype) -> None:
-    """The dtype is the C struct, byte for byte (so a table of it can be passed as is)."""
-    c_dtype = _c_dtype(struct, dtype)
-    fields = dict(ffi.typeof(struct).fields)
-    sizes_match = all(ffi.sizeof(fields[n].type) == dtype.fields[n][0].itemsize for n in fields)  # type: ignore[index]
-    if c_dtype != dtype or not sizes_match:
-        raise TypeError(f"{struct} and the dtype {dtype} differ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +50,16 @@ class OrderFold:
         meta_dtype: np.dtype,
         reason_of: dict[int, int],
     ) -> None:
-        _require_same_layout("hft_order_row", order_dtype)
-        _require_same_layout("hft_order_command", COMMAND_DTYPE)
-        _require_same_layout("hft_match_event", EVENT_DTYPE)
+        # (Commands and events: hftgate.matching checks theirs when the engine is imported.)
+        for c_name, dtype in (
+            ("hft_order_row", order_dtype),
+            ("hft_report_row", report_dtype),
+            ("hft_fill_row", fill_dtype),
+        ):
+            check_layout(c_name, dtype)
         self.order_dtype = order_dtype
         self.report_dtype = report_dtype
         self.fill_dtype = fill_dtype
-        self.meta_dtype = meta_dtype
-        _require_same_layout("hft_report_row", report_dtype)
-        _require_same_layout("hft_fill_row", fill_dtype)
         table = np.full(256, UNMAPPED, np.uint16)
         for engine_reason, reason in reason_of.items():
             table[int(engine_reason)] = int(reason)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hftgate import shardmap
+from hftgate.columns import column_problem
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.core import (
@@ -108,28 +109,21 @@ _ORDER_COLUMNS: tuple[tuple[str, str], ...] = (
 def decode_order_columns(columns: api.OrderColumns, received_ns: int, arrival_ns: int) -> Inputs:
     """A SubmitOrderColumns batch as the order path's columns: each column copied in one call
     (protobuf's packed arrays read into numpy without a Python object per entry)."""
+    problem = column_problem(columns)
+    if problem:
+        raise BadColumns(problem)
     count = len(columns.client_order_id)
-    if len(columns.symbol_index) != count:
-        raise BadColumns(
-            f"symbol_index has {len(columns.symbol_index)} entries and client_order_id {count}: "
-            "both need one per order"
-        )
     orders = np.zeros(count, NEW_ORDER_DTYPE)
     for column, field in _ORDER_COLUMNS:
         values = getattr(columns, column)
-        if len(values) == count:
+        if len(values):  # (an empty column: NewOrder's default, 0, for every order)
             orders[field] = np.array(values, np.int64)
-        elif len(values):
-            raise BadColumns(f"{column} has {len(values)} entries for {count} orders: one per order, or none")
     symbols = list(columns.symbols)
-    index = np.array(columns.symbol_index, np.int64)
-    if count and int(index.max()) >= len(symbols):
-        raise BadColumns(f"symbol_index {int(index.max())} is past the {len(symbols)} entries of symbols")
     kind = np.empty(count, np.int64)
     kind.fill(KIND_NEW)
     return Inputs(
         kind=kind,
-        symbols=[symbols[i] for i in index.tolist()],
+        symbols=[symbols[i] for i in columns.symbol_index],
         client_ids=list(columns.client_order_id),
         orders=orders,
         target_ids=np.zeros(count, np.int64),
@@ -344,45 +338,30 @@ def encode_reports(
     for row, client_id in zip(reports.tolist(), client_ids, strict=True):
         (seq, input_seq, order_id, _, price, qty, last_price, last_qty, leaves, cum, trade_id,
          counterparty, received, transact, symbol_id, reason, exec_type, side, status, liq) = row  # fmt: skip
-        if trade_id or last_price or last_qty or counterparty or liq:  # a fill
-            report = make(
-                sequence=seq,
-                input_sequence=input_seq,
-                exec_type=exec_type,
-                order_id=order_id | shard_base,
-                client_order_id=client_id,
-                symbol=names[symbol_id],
-                side=side,
-                status=status,
-                price_ticks=price,
-                quantity_lots=qty,
-                last_price_ticks=last_price,
-                last_quantity_lots=last_qty,
-                leaves_quantity_lots=leaves,
-                cum_quantity_lots=cum,
-                trade_id=trade_id | shard_base if trade_id > 0 else trade_id,
-                liquidity=liq,
-                counterparty_order_id=counterparty | shard_base if counterparty > 0 else counterparty,
-                received_ns=received,
-                transact_ns=transact,
-            )
-        else:  # no trade: the fill fields stay at their defaults (fewer keywords, the same message)
-            report = make(
-                sequence=seq,
-                input_sequence=input_seq,
-                exec_type=exec_type,
-                order_id=order_id | shard_base,
-                client_order_id=client_id,
-                symbol=names[symbol_id],
-                side=side,
-                status=status,
-                price_ticks=price,
-                quantity_lots=qty,
-                leaves_quantity_lots=leaves,
-                cum_quantity_lots=cum,
-                received_ns=received,
-                transact_ns=transact,
-            )
+        report = make(
+            sequence=seq,
+            input_sequence=input_seq,
+            exec_type=exec_type,
+            order_id=order_id | shard_base,
+            client_order_id=client_id,
+            symbol=names[symbol_id],
+            side=side,
+            status=status,
+            price_ticks=price,
+            quantity_lots=qty,
+            leaves_quantity_lots=leaves,
+            cum_quantity_lots=cum,
+            received_ns=received,
+            transact_ns=transact,
+        )
+        # The fill fields only where there was a trade: left at their defaults otherwise (fewer
+        # keywords for most reports, the same message).
+        if trade_id or last_price or last_qty or counterparty or liq:
+            report.last_price_ticks = last_price
+            report.last_quantity_lots = last_qty
+            report.trade_id = trade_id | shard_base if trade_id > 0 else trade_id
+            report.liquidity = liq  # type: ignore[assignment]  # a Liquidity value
+            report.counterparty_order_id = counterparty | shard_base if counterparty > 0 else counterparty
         if reason:
             report.reason = reason  # type: ignore[assignment]  # a RejectReason value
             report.reason_text = REASON_TEXT.get(reason, "")

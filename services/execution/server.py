@@ -28,7 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hftgate import security, shardmap
-from hftgate.grpcserver import abort_invalid_argument
+from hftgate.grpcserver import abort_invalid_argument, check_batch_size
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
 from hftgate.shardmap import ShardMap
@@ -372,18 +372,6 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self.core.record_single_ack_sent(ack)
         return response
 
-    async def _check_batch_size(self, context: grpc.aio.ServicerContext, count: int) -> None:
-        """INVALID_ARGUMENT for an empty batch or one past max_batch_orders (nothing accepted)."""
-        if count == 0:
-            await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
-        if count > self.config.max_batch_orders:
-            await _abort_bad_request(
-                context,
-                "orders",
-                f"Cannot submit orders: {count} orders exceed max_batch_orders="
-                f"{self.config.max_batch_orders}",
-            )
-
     async def _submit_new_orders(
         self, context: grpc.aio.ServicerContext, account: AccountSpec, inputs: Inputs
     ) -> Acks:
@@ -402,7 +390,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         arrival = now_ns()
         account = await self._account(context)
         count = len(request.orders)
-        await self._check_batch_size(context, count)
+        await check_batch_size(context, count, self.config.max_batch_orders)
         await self._rate(context, account)
         inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
         acks = await self._submit_new_orders(context, account, inputs)
@@ -416,7 +404,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         arrival = now_ns()
         account = await self._account(context)
         count = len(request.orders.client_order_id)
-        await self._check_batch_size(context, count)
+        await check_batch_size(context, count, self.config.max_batch_orders)
         try:
             inputs = codec.decode_order_columns(request.orders, time.time_ns(), arrival)
         except codec.BadColumns as exc:

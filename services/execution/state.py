@@ -155,7 +155,7 @@ CANCELED: int = api.ORDER_STATUS_CANCELED
 EXPIRED: int = api.ORDER_STATUS_EXPIRED
 REJECTED: int = api.ORDER_STATUS_REJECTED
 
-# Positions of ORDER_DTYPE fields in a row tuple (``orders[i].item()``), for apply_batch's working copies.
+# Positions of ORDER_DTYPE fields in a row tuple (``orders[i].item()``), for the one-order outcome.
 _ORDER_FIELDS: tuple[str, ...] = tuple(ORDER_DTYPE.fields or ())
 F_ACCOUNT, F_PRICE, F_QUANTITY = (_ORDER_FIELDS.index(n) for n in ("account_id", "price", "quantity"))
 F_LEAVES, F_CUM, F_NOTIONAL = (_ORDER_FIELDS.index(n) for n in ("leaves", "cum", "notional"))

@@ -46,7 +46,7 @@ import asyncio
 import logging
 import math
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -60,7 +60,13 @@ from opentelemetry import trace
 from hftgate import security
 from hftgate.client import not_owner_info
 from hftgate.columns import column_problem, columns_at, merged_ack_columns
-from hftgate.grpcserver import RunningServer, ServiceBinding, abort_invalid_argument, create_server
+from hftgate.grpcserver import (
+    RunningServer,
+    ServiceBinding,
+    abort_invalid_argument,
+    check_batch_size,
+    create_server,
+)
 from hftgate.shardmap import HASH_ALGORITHM, ORDER_ID_SHARD_SHIFT, Shard, ShardMap
 from hftgate.telemetry import ClientSpan, describe_malformed
 from hftgate.v1 import cache_pb2, marketdata_pb2  # noqa: F401 (their descriptors, for reflection)
@@ -134,6 +140,26 @@ def _symbol_of(data: bytes) -> str:
         return str(api.SubmitOrderRequest.FromString(data).order.symbol)
     except DecodeError:
         return ""
+
+
+async def _send_parts(
+    parts: dict[Shard, list[int]], send: Callable[[Shard, list[int]], Awaitable[bytes]]
+) -> tuple[list[tuple[list[int], bytes]], list[ShardFailed]]:
+    """A split batch's parts sent in parallel: (each answered part's positions and reply bytes,
+    the failures of the others); anything but a shard's failure is raised."""
+    outcomes = await asyncio.gather(
+        *(send(shard, indices) for shard, indices in parts.items()), return_exceptions=True
+    )
+    replies: list[tuple[list[int], bytes]] = []
+    failures: list[ShardFailed] = []
+    for indices, outcome in zip(parts.values(), outcomes, strict=True):
+        if isinstance(outcome, ShardFailed):
+            failures.append(outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            replies.append((indices, outcome))
+    return replies, failures
 
 
 def _one_symbol(orders: Sequence[api.NewOrder]) -> str:
@@ -376,7 +402,7 @@ class ExecutionForwarder:
         request = await _parse(context, api.SubmitOrdersRequest, data)
         orders = request.orders
         count = len(orders)
-        await self._check_batch_size(context, count)
+        await check_batch_size(context, count, self.config.max_batch_orders, "the gateway's ")
         await self._admit(context, caller, count)
         parts = self.router.split([order.symbol for order in orders])
         routes = self.router.routes
@@ -393,19 +419,10 @@ class ExecutionForwarder:
             symbol = _one_symbol(part.orders)
             return await self._call(shard, "SubmitOrders", part.SerializeToString(), caller, symbol)
 
-        outcomes = await asyncio.gather(
-            *(send(shard, indices) for shard, indices in parts.items()),
-            return_exceptions=True,
-        )
-        answered: list[tuple[Sequence[int], Sequence[api.OrderAck]]] = []
-        failures: list[ShardFailed] = []
-        for indices, outcome in zip(parts.values(), outcomes, strict=True):
-            if isinstance(outcome, ShardFailed):
-                failures.append(outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                answered.append((indices, api.SubmitOrdersResponse.FromString(outcome).acks))
+        replies, failures = await _send_parts(parts, send)
+        answered: list[tuple[Sequence[int], Sequence[api.OrderAck]]] = [
+            (indices, api.SubmitOrdersResponse.FromString(reply).acks) for indices, reply in replies
+        ]
         try:
             merged = merge(count, answered)
         except MergeError as exc:
@@ -424,18 +441,6 @@ class ExecutionForwarder:
             context, failures, response, count - sum(len(i) for i, _ in answered), count
         )
 
-    async def _check_batch_size(self, context: grpc.aio.ServicerContext, count: int) -> None:
-        """INVALID_ARGUMENT for an empty batch or one past the gateway's max_batch_orders."""
-        if count == 0:
-            await _abort_bad_request(context, "orders", "Cannot submit orders: the batch is empty")
-        if count > self.config.max_batch_orders:
-            await _abort_bad_request(
-                context,
-                "orders",
-                f"Cannot submit orders: {count} orders exceed the gateway's max_batch_orders="
-                f"{self.config.max_batch_orders}",
-            )
-
     async def submit_order_columns(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """A batch whose symbols one shard owns goes there as it came; one that spans shards is
         split column by column (no message per order), the parts sent in parallel and their acks
@@ -445,7 +450,7 @@ class ExecutionForwarder:
         request = await _parse(context, api.SubmitOrderColumnsRequest, data)
         columns = request.orders
         count = len(columns.client_order_id)
-        await self._check_batch_size(context, count)
+        await check_batch_size(context, count, self.config.max_batch_orders, "the gateway's ")
         single = self.router.single
         if single is not None:
             await self._admit(context, caller, count)
@@ -472,23 +477,15 @@ class ExecutionForwarder:
             symbol = next(iter(part_symbols)) if len(part_symbols) == 1 else ""
             return await self._call(shard, "SubmitOrderColumns", part.SerializeToString(), caller, symbol)
 
-        outcomes = await asyncio.gather(
-            *(send(shard, indices) for shard, indices in parts.items()), return_exceptions=True
-        )
+        replies, failures = await _send_parts(parts, send)
         answered: list[tuple[list[int], api.AckColumns]] = []
-        failures: list[ShardFailed] = []
-        for indices, outcome in zip(parts.values(), outcomes, strict=True):
-            if isinstance(outcome, ShardFailed):
-                failures.append(outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                acks = api.SubmitOrderColumnsResponse.FromString(outcome).acks
-                if len(acks.order_id) != len(indices):
-                    await context.abort(
-                        grpc.StatusCode.INTERNAL, "a shard's SubmitOrderColumns answer did not match its part"
-                    )
-                answered.append((list(indices), acks))
+        for indices, reply in replies:
+            acks = api.SubmitOrderColumnsResponse.FromString(reply).acks
+            if len(acks.order_id) != len(indices):
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, "a shard's SubmitOrderColumns answer did not match its part"
+                )
+            answered.append((list(indices), acks))
         response = api.SubmitOrderColumnsResponse(acks=merged_ack_columns(count, answered))
         if not failures:
             return response.SerializeToString()
