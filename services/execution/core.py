@@ -6,7 +6,8 @@ or, for SubmitOrder, as one :class:`NewOrderEntry` (:meth:`ExecutionCore.submit_
 steps and journal record with plain values instead of arrays), and goes through, synchronously on
 the event loop:
 
-1. **risk** -- :func:`~services.execution.risk.check_new_orders` for new orders (one numpy pass),
+1. **risk** -- :class:`~services.execution.risk.NewOrderRisk` for new orders (one C pass, the same
+   for a batch of one),
    ownership and existence for cancels and replaces; refused inputs get their reason and are
    not journaled;
 2. **match** -- the accepted inputs become one :class:`~services.execution.records.Batch`, which is
@@ -58,9 +59,8 @@ from services.execution.reference import NOT_HELD, AccountSpec, InstrumentSpec, 
 from services.execution.risk import (
     NEW_ORDER_DTYPE,
     AccountExposure,
+    NewOrderRisk,
     TokenBucket,
-    check_new_orders,
-    check_one_new_order,
     instrument_limits,
     position_limit,
 )
@@ -297,6 +297,7 @@ class ExecutionCore:
         self.counters = Counters()
         self.started_ns = time.time_ns()
         self._buckets: dict[int, TokenBucket] = {}
+        self.risk = NewOrderRisk()
         self._subscribers: dict[int, list[ReportSubscriber]] = {}
         #: See max_behind_reports (set by the server from its config).
         self.stream_max_behind_reports = 100_000
@@ -751,9 +752,9 @@ class ExecutionCore:
             symbol_ids[new_positions] = np.array([ids_by_symbol[s] for s in position_symbols], np.int64)
             row = state.account_row(account.account_id)
             exposure = AccountExposure(
-                state.position[row], state.open_buy[row], state.open_sell[row], int(state.open_orders[row])
+                state.position, state.open_buy, state.open_sell, int(state.open_orders[row]), row
             )
-            reason[new_positions] = check_new_orders(
+            reason[new_positions] = self.risk.check_new_orders(
                 orders[new_positions],
                 [client_ids[p] for p in new_positions.tolist()],
                 instrument_rows,
@@ -882,9 +883,9 @@ class ExecutionCore:
             symbol_id = -1
         row = state.account_row(account.account_id)
         exposure = AccountExposure(
-            state.position[row], state.open_buy[row], state.open_sell[row], int(state.open_orders[row])
+            state.position, state.open_buy, state.open_sell, int(state.open_orders[row]), row
         )
-        reason = check_one_new_order(
+        reason = self.risk.check_one_new_order(
             fields,
             client_id,
             spec,

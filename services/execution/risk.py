@@ -1,10 +1,13 @@
-"""Pre-trade risk and validation of new orders, one numpy pass per batch.
+"""Pre-trade risk and validation of new orders: the limits the C checks read, and their Python face.
 
-:func:`check_new_orders` gives every order of a batch its first failing rule as a
-common.proto RejectReason (0 = passes), in this order: client order id, kill switch, symbol,
-trading halted, field values and combinations, tick/lot grid, price band, max quantity, max
-notional, duplicate client order id, then the account's limits that depend on the orders before
-it in the batch: rate limit (token bucket), open-order limit and position limit.
+:class:`NewOrderRisk` gives every order of a batch its first failing rule as a common.proto
+RejectReason (0 = passes). The rules and their order are in one place, ``native/src/risk.c``
+(``native/include/hft_risk.h`` lists them): client order id, kill switch, symbol, trading halted,
+field values and combinations, tick/lot grid, price band, max quantity, max notional, duplicate
+client order id, then the account's limits that depend on the orders before it in the batch: rate
+limit (token bucket), open-order limit and position limit. Every entry point uses it, a batch of
+one included. Python keeps what needs Python objects: the client order ids' text and uniqueness,
+the token bucket's clock, and the instruments' limits derived from their specs (below).
 
 Position limit is checked worst case: a buy passes when net position + lots already working
 on the buy side + this batch's earlier buys + its quantity stay within the limit (sells
@@ -32,12 +35,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from hftgate.matching.types import MAX_PRICE, MAX_QTY
+from hftgate.native.risk import (
+    ID_INVALID,
+    ID_OK,
+    ID_USED,
+    REASON_NAMES,
+    RULES_DTYPE,
+    InstrumentRules,
+    RiskCheck,
+)
 from hftgate.v1 import common_pb2 as common
-from hftgate.v1 import execution_pb2 as api
 from services.execution.reference import AccountSpec, InstrumentSpec
 
 NEW_ORDER_DTYPE = np.dtype(
@@ -56,9 +68,6 @@ NEW_ORDER_DTYPE = np.dtype(
     ]
 )
 
-_LIMIT_TYPES = (api.ORDER_TYPE_LIMIT, api.ORDER_TYPE_STOP_LIMIT)
-_MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
-_STOP_TYPES = (api.ORDER_TYPE_STOP_LIMIT, api.ORDER_TYPE_STOP_MARKET)
 MAX_CLIENT_ID_LENGTH = 64
 #: Largest cum notional (ticks x lots) of one order and largest ceiling x max lots of an instrument.
 NOTIONAL_BOUND = 1 << 62
@@ -144,12 +153,15 @@ class TokenBucket:
 
 @dataclass(slots=True)
 class AccountExposure:
-    """The account's current state the limits compare with (per symbol id)."""
+    """The account's current state the limits compare with: int64 arrays by engine symbol id, of
+    this account (1-D) or of every account (2-D, this one's at ``row``: the state's own arrays,
+    whose addresses the C checks take once)."""
 
     position: np.ndarray
     open_buy: np.ndarray
     open_sell: np.ndarray
     open_orders: int
+    row: int = 0
 
 
 def _valid_client_id(client_id: str) -> bool:
@@ -174,366 +186,161 @@ def _all_valid_and_new(client_ids: list[str], known_client_ids: dict[str, int]) 
     )
 
 
-#: Batches up to this size are checked order by order in plain Python (numpy's per-call overhead
-#: dominates below it); larger ones in one numpy pass. Both apply the same rules in the same order
-#: (a test runs both on random orders).
-SCALAR_BATCH_MAX = 8
+def _check_reason_values() -> None:
+    """The C checks' reasons are common.proto's RejectReason values (a renumbered proto fails here,
+    at import, not as a wrong reason on the wire)."""
+    for name, value in REASON_NAMES.items():
+        if common.RejectReason.Value(f"REJECT_REASON_{name}") != value:
+            raise RuntimeError(f"hft_risk.h's {name} is {value}, not common.proto's value")
 
 
-def check_new_orders(
-    orders: np.ndarray,
-    client_ids: list[str],
-    instrument_rows: np.ndarray,
-    instruments: list[InstrumentSpec | None],
-    symbol_ids: np.ndarray,
-    account: AccountSpec,
-    known_client_ids: dict[str, int],
-    exposure: AccountExposure,
-    bucket: TokenBucket,
-) -> np.ndarray:
-    """RejectReason per order (0 = accepted). ``instrument_rows[i]`` indexes ``instruments`` for order i;
-    ``symbol_ids[i]`` is its engine symbol id (-1 when unknown)."""
-    if len(orders) <= SCALAR_BATCH_MAX:
-        return check_orders_one_by_one(
+_check_reason_values()
+
+
+class NewOrderRisk:
+    """The pre-trade checks of new orders, for every entry point: one C pass over a batch of any
+    size (native/include/hft_risk.h has the rules and their order). The client order ids' text
+    and uniqueness are checked here, in Python, where the strings are; C gets one state per order.
+    One per execution core (the C call's structs are reused)."""
+
+    def __init__(self) -> None:
+        self._check = RiskCheck(NEW_ORDER_DTYPE)
+        # What the C structs were last bound to (see _bind): rebinding costs ~1 us, a call ~0.2.
+        self._bound: tuple[Any, ...] = (None, None, None, None, -1)
+
+    def _bind(self, account: AccountSpec, exposure: AccountExposure) -> None:
+        """Bind the checks to ``account`` unless they are already (specs are frozen: a changed
+        account is a new object; the state's exposure arrays are replaced when they grow)."""
+        bound = self._bound
+        if (
+            account is bound[0]
+            and exposure.position is bound[1]
+            and exposure.open_buy is bound[2]
+            and exposure.open_sell is bound[3]
+            and exposure.row == bound[4]
+        ):
+            return
+        self._check.bind_account(
+            account.kill_switch,
+            position_limit(account),
+            exposure.position,
+            exposure.open_buy,
+            exposure.open_sell,
+            exposure.row,
+        )
+        self._bound = (account, exposure.position, exposure.open_buy, exposure.open_sell, exposure.row)
+
+    def check_new_orders(
+        self,
+        orders: np.ndarray,
+        client_ids: list[str],
+        instrument_rows: np.ndarray,
+        instruments: list[InstrumentSpec | None],
+        symbol_ids: np.ndarray,
+        account: AccountSpec,
+        known_client_ids: dict[str, int],
+        exposure: AccountExposure,
+        bucket: TokenBucket,
+    ) -> np.ndarray:
+        """RejectReason per order (int64, 0 = accepted). ``instrument_rows[i]`` indexes
+        ``instruments`` for order i; ``symbol_ids[i]`` is its engine symbol id (-1 when unknown).
+        Takes a rate token per order from ``bucket``."""
+        count = len(orders)
+        rules = np.array(
+            [(instrument_rules(spec) if spec is not None else _NO_RULES).values for spec in instruments]
+            or [_NO_RULES.values],
+            RULES_DTYPE,
+        )
+        known = np.array([spec is not None for spec in instruments] or [False], bool)
+        rule_rows = np.where(known[instrument_rows], instrument_rows, -1) if count else instrument_rows
+        self._bind(account, exposure)
+        return self._check.check(
             orders,
-            client_ids,
-            instrument_rows,
-            instruments,
+            rules,
+            rule_rows,
             symbol_ids,
-            account,
-            known_client_ids,
-            exposure,
-            bucket,
+            client_id_states(client_ids, known_client_ids),
+            _open_room(account, exposure),
+            bucket.take(count),
         )
-    return check_orders_vectorized(
-        orders,
-        client_ids,
-        instrument_rows,
-        instruments,
-        symbol_ids,
-        account,
-        known_client_ids,
-        exposure,
-        bucket,
-    )
 
-
-def check_orders_vectorized(
-    orders: np.ndarray,
-    client_ids: list[str],
-    instrument_rows: np.ndarray,
-    instruments: list[InstrumentSpec | None],
-    symbol_ids: np.ndarray,
-    account: AccountSpec,
-    known_client_ids: dict[str, int],
-    exposure: AccountExposure,
-    bucket: TokenBucket,
-) -> np.ndarray:
-    """:func:`check_new_orders` in one numpy pass over the batch."""
-    count = len(orders)
-    reason = np.zeros(count, np.int64)
-
-    def fail(mask: np.ndarray, why: int) -> None:
-        reason[(reason == 0) & mask] = why
-
-    bad_id = np.zeros(count, bool)
-    duplicate = np.zeros(count, bool)
-    if not _all_valid_and_new(client_ids, known_client_ids):  # else order by order, to say which
-        seen: set[str] = set()
-        for position, client_id in enumerate(client_ids):
-            if not _valid_client_id(client_id):
-                bad_id[position] = True
-            elif client_id in seen or client_id in known_client_ids:
-                duplicate[position] = True
-            seen.add(client_id)
-    fail(bad_id, common.REJECT_REASON_INVALID_ORDER)
-    if account.kill_switch:
-        fail(np.ones(count, bool), common.REJECT_REASON_KILL_SWITCH)
-
-    # Per-instrument parameters, spread over the orders.
-    specs = [spec or _UNKNOWN for spec in instruments]
-    limits = [instrument_limits(s) for s in specs]
-    known = np.array([spec is not None for spec in instruments], bool)[instrument_rows]
-    enabled = np.array([s.trading_enabled for s in specs], bool)[instrument_rows]
-    price_step = np.array([lim.price_step for lim in limits], np.int64)[instrument_rows]
-    lot_step = np.array([lim.lot_step for lim in limits], np.int64)[instrument_rows]
-    max_lots = np.array([lim.max_lots for lim in limits], np.int64)[instrument_rows]
-    max_notional = np.array([lim.max_notional for lim in limits], np.int64)[instrument_rows]
-    band = np.array([lim.band for lim in limits], np.int64)[instrument_rows]
-    reference = np.array([lim.reference for lim in limits], np.int64)[instrument_rows]
-    ceiling = np.array([lim.price_ceiling for lim in limits], np.int64)[instrument_rows]
-    fail(~known | (symbol_ids < 0), common.REJECT_REASON_UNKNOWN_SYMBOL)
-    fail(~enabled, common.REJECT_REASON_TRADING_HALTED)
-
-    side, otype, tif = orders["side"], orders["order_type"], orders["tif"]
-    price, stop, qty = orders["price"], orders["stop_price"], orders["quantity"]
-    display, post_only, stp, protection = (
-        orders["display"],
-        orders["post_only"],
-        orders["stp"],
-        orders["protection"],
-    )
-    is_limit = np.isin(otype, _LIMIT_TYPES)
-    is_market = np.isin(otype, _MARKET_TYPES)
-    is_stop = np.isin(otype, _STOP_TYPES)
-    fail((side != 1) & (side != 2), common.REJECT_REASON_INVALID_ORDER)
-    fail(~(is_limit | is_market), common.REJECT_REASON_INVALID_ORDER)
-    fail((tif < 0) | (tif > 3) | (stp < 0) | (stp > 5), common.REJECT_REASON_INVALID_ORDER)
-    fail((qty <= 0) | (qty > MAX_QTY), common.REJECT_REASON_INVALID_QUANTITY)
-    fail(is_limit & ((price <= 0) | (price > MAX_PRICE)), common.REJECT_REASON_INVALID_PRICE)
-    fail(is_market & (price != 0), common.REJECT_REASON_INVALID_PRICE)
-    fail(is_stop & ((stop <= 0) | (stop > MAX_PRICE)), common.REJECT_REASON_INVALID_PRICE)
-    fail(~is_stop & (stop != 0), common.REJECT_REASON_INVALID_ORDER)
-    fail((protection < 0) | (protection > MAX_PRICE), common.REJECT_REASON_INVALID_PRICE)
-    fail(is_limit & (protection != 0), common.REJECT_REASON_INVALID_ORDER)
-    # Unspecified time in force is the type's default: GTC for limit types, IOC for market types.
-    gtc = (tif == api.TIME_IN_FORCE_GTC) | ((tif == 0) & is_limit)
-    fail(is_market & gtc, common.REJECT_REASON_INVALID_ORDER)
-    fail((display < 0) | ((display != 0) & (display >= qty)), common.REJECT_REASON_INVALID_ORDER)
-    fail((display > 0) & ~(is_limit & gtc), common.REJECT_REASON_INVALID_ORDER)
-    fail((post_only != 0) & ~((otype == api.ORDER_TYPE_LIMIT) & gtc), common.REJECT_REASON_INVALID_ORDER)
-
-    fail(is_limit & (price % price_step != 0), common.REJECT_REASON_OFF_TICK)
-    fail(is_stop & (stop % price_step != 0), common.REJECT_REASON_OFF_TICK)
-    fail((protection % price_step) != 0, common.REJECT_REASON_OFF_TICK)
-    fail((qty % lot_step != 0) | (display % lot_step != 0), common.REJECT_REASON_OFF_LOT)
-    banded = band > 0
-    fail(banded & is_limit & (np.abs(price - reference) > band), common.REJECT_REASON_PRICE_BAND)
-    fail(banded & is_stop & (np.abs(stop - reference) > band), common.REJECT_REASON_PRICE_BAND)
-    fail(banded & (protection > 0) & (np.abs(protection - reference) > band), common.REJECT_REASON_PRICE_BAND)
-    above = (is_limit & (price > ceiling)) | (is_stop & (stop > ceiling)) | (protection > ceiling)
-    fail(above, common.REJECT_REASON_PRICE_BAND)
-    fail(qty > max_lots, common.REJECT_REASON_MAX_QUANTITY)
-    # The price an order may trade at worst: its limit, else its protection, else the band edge.
-    worst = np.where(is_limit, price, np.where(protection > 0, protection, reference + band))
-    fail((worst > 0) & (qty > max_notional // np.maximum(worst, 1)), common.REJECT_REASON_MAX_NOTIONAL)
-    fail(duplicate, common.REJECT_REASON_DUPLICATE_CLIENT_ORDER_ID)
-
-    # Rate limit: every order of the call spends a token, in order.
-    granted = bucket.take(count)
-    if granted < count:
-        over = np.zeros(count, bool)
-        over[granted:] = True
-        fail(over, common.REJECT_REASON_RATE_LIMIT)
-
-    # Open-order limit: orders that can rest count, in batch order, until the limit is reached.
-    can_rest = gtc | is_stop
-    counting = (reason == 0) & can_rest
-    if counting.any():
-        room = account.max_open_orders - exposure.open_orders
-        fail(counting & (np.cumsum(counting) > room), common.REJECT_REASON_OPEN_ORDER_LIMIT)
-
-    _check_positions(reason, side, qty, symbol_ids, position_limit(account), exposure)
-    return reason
-
-
-def _static_reason(
-    side: int,
-    otype: int,
-    tif: int,
-    price: int,
-    stop: int,
-    qty: int,
-    display: int,
-    post_only: int,
-    stp: int,
-    protection: int,
-    spec: InstrumentSpec,
-) -> int:
-    """The order-and-instrument rules of :func:`check_orders_vectorized`, for one order, in the same order."""
-    if not spec.trading_enabled:
-        return common.REJECT_REASON_TRADING_HALTED
-    invalid = common.REJECT_REASON_INVALID_ORDER
-    is_limit = otype in _LIMIT_TYPES
-    is_market = otype in _MARKET_TYPES
-    is_stop = otype in _STOP_TYPES
-    if side not in (1, 2) or not (is_limit or is_market):
-        return invalid
-    if tif < 0 or tif > 3 or stp < 0 or stp > 5:
-        return invalid
-    if qty <= 0 or qty > MAX_QTY:
-        return common.REJECT_REASON_INVALID_QUANTITY
-    if is_limit and (price <= 0 or price > MAX_PRICE):
-        return common.REJECT_REASON_INVALID_PRICE
-    if is_market and price != 0:
-        return common.REJECT_REASON_INVALID_PRICE
-    if is_stop and (stop <= 0 or stop > MAX_PRICE):
-        return common.REJECT_REASON_INVALID_PRICE
-    if not is_stop and stop != 0:
-        return invalid
-    if protection < 0 or protection > MAX_PRICE:
-        return common.REJECT_REASON_INVALID_PRICE
-    if is_limit and protection != 0:
-        return invalid
-    gtc = tif == api.TIME_IN_FORCE_GTC or (tif == 0 and is_limit)
-    if is_market and gtc:
-        return invalid
-    if display < 0 or (display != 0 and display >= qty):
-        return invalid
-    if display > 0 and not (is_limit and gtc):
-        return invalid
-    if post_only and not (otype == api.ORDER_TYPE_LIMIT and gtc):
-        return invalid
-    lim = instrument_limits(spec)
-    price_step = lim.price_step
-    lot_step = lim.lot_step
-    if (is_limit and price % price_step) or (is_stop and stop % price_step) or protection % price_step:
-        return common.REJECT_REASON_OFF_TICK
-    if qty % lot_step or display % lot_step:
-        return common.REJECT_REASON_OFF_LOT
-    band, reference, ceiling = lim.band, lim.reference, lim.price_ceiling
-    if band > 0 and (
-        (is_limit and abs(price - reference) > band)
-        or (is_stop and abs(stop - reference) > band)
-        or (protection > 0 and abs(protection - reference) > band)
-    ):
-        return common.REJECT_REASON_PRICE_BAND
-    if (is_limit and price > ceiling) or (is_stop and stop > ceiling) or protection > ceiling:
-        return common.REJECT_REASON_PRICE_BAND
-    if qty > lim.max_lots:
-        return common.REJECT_REASON_MAX_QUANTITY
-    worst = price if is_limit else (protection if protection > 0 else reference + band)
-    if worst > 0 and qty > lim.max_notional // worst:
-        return common.REJECT_REASON_MAX_NOTIONAL
-    return 0
-
-
-def check_orders_one_by_one(
-    orders: np.ndarray,
-    client_ids: list[str],
-    instrument_rows: np.ndarray,
-    instruments: list[InstrumentSpec | None],
-    symbol_ids: np.ndarray,
-    account: AccountSpec,
-    known_client_ids: dict[str, int],
-    exposure: AccountExposure,
-    bucket: TokenBucket,
-) -> np.ndarray:
-    """:func:`check_new_orders` order by order (the same rules as :func:`check_orders_vectorized`)."""
-    count = len(orders)
-    reasons = [0] * count
-    seen: set[str] = set()
-    granted = bucket.take(count)
-    open_room = account.max_open_orders - exposure.open_orders
-    used: dict[tuple[int, int], int] = {}
-    limit = position_limit(account)
-    rows = instrument_rows.tolist()
-    symbols = symbol_ids.tolist()
-    for position, fields in enumerate(orders.tolist()):
-        side, otype, tif, price, stop, qty, display, post_only, stp, protection, _ = fields
-        client_id = client_ids[position]
-        spec = instruments[rows[position]]
-        duplicate = client_id in seen or client_id in known_client_ids
-        seen.add(client_id)
-        reason: int
+    def check_one_new_order(
+        self,
+        fields: tuple[int, ...],
+        client_id: str,
+        instrument: InstrumentSpec | None,
+        symbol_id: int,
+        account: AccountSpec,
+        known_client_ids: dict[str, int],
+        exposure: AccountExposure,
+        bucket: TokenBucket,
+    ) -> int:
+        """:meth:`check_new_orders` for a batch of one (SubmitOrder, a one-order stream message): the
+        RejectReason of the order whose NEW_ORDER_DTYPE row is ``fields``, without building any
+        array."""
         if not _valid_client_id(client_id):
-            reason = common.REJECT_REASON_INVALID_ORDER
-        elif account.kill_switch:
-            reason = common.REJECT_REASON_KILL_SWITCH
-        elif spec is None or symbols[position] < 0:
-            reason = common.REJECT_REASON_UNKNOWN_SYMBOL
+            id_state = ID_INVALID
+        elif client_id in known_client_ids:
+            id_state = ID_USED
         else:
-            reason = _static_reason(
-                side, otype, tif, price, stop, qty, display, post_only, stp, protection, spec
-            )
-        if not reason and duplicate:
-            reason = common.REJECT_REASON_DUPLICATE_CLIENT_ORDER_ID
-        if not reason and position >= granted:
-            reason = common.REJECT_REASON_RATE_LIMIT
-        if not reason and (tif == api.TIME_IN_FORCE_GTC or (tif == 0 and otype in _LIMIT_TYPES)
-                           or otype in _STOP_TYPES):  # fmt: skip
-            if open_room <= 0:
-                reason = common.REJECT_REASON_OPEN_ORDER_LIMIT
-            else:
-                open_room -= 1
-        if not reason:
-            symbol = symbols[position]
-            key = (symbol, side)
-            if side == 1:
-                start = int(exposure.position[symbol] + exposure.open_buy[symbol])
-            else:
-                start = int(exposure.open_sell[symbol] - exposure.position[symbol])
-            if start + used.get(key, 0) + qty > limit:
-                reason = common.REJECT_REASON_POSITION_LIMIT
-            else:
-                used[key] = used.get(key, 0) + qty
-        reasons[position] = reason
-    return np.array(reasons, np.int64)
-
-
-def check_one_new_order(
-    fields: tuple[int, ...],
-    client_id: str,
-    instrument: InstrumentSpec | None,
-    symbol_id: int,
-    account: AccountSpec,
-    known_client_ids: dict[str, int],
-    exposure: AccountExposure,
-    bucket: TokenBucket,
-) -> int:
-    """:func:`check_new_orders` for a batch of one (SubmitOrder): the RejectReason of the order whose
-    NEW_ORDER_DTYPE row is ``fields`` (0 = accepted), without building any array."""
-    side, otype, tif, price, stop, qty, display, post_only, stp, protection, _ = fields
-    granted = bucket.take(1)
-    reason: int
-    if not _valid_client_id(client_id):
-        reason = common.REJECT_REASON_INVALID_ORDER
-    elif account.kill_switch:
-        reason = common.REJECT_REASON_KILL_SWITCH
-    elif instrument is None or symbol_id < 0:
-        reason = common.REJECT_REASON_UNKNOWN_SYMBOL
-    else:
-        reason = _static_reason(
-            side, otype, tif, price, stop, qty, display, post_only, stp, protection, instrument
+            id_state = ID_OK
+        self._bind(account, exposure)
+        return self._check.check_one(
+            fields,
+            instrument_rules(instrument) if instrument is not None else None,
+            symbol_id,
+            id_state,
+            _open_room(account, exposure),
+            bucket.take(1),
         )
-    if reason:
-        return reason
-    if client_id in known_client_ids:
-        return common.REJECT_REASON_DUPLICATE_CLIENT_ORDER_ID
-    if not granted:
-        return common.REJECT_REASON_RATE_LIMIT
-    can_rest = tif == api.TIME_IN_FORCE_GTC or (tif == 0 and otype in _LIMIT_TYPES) or otype in _STOP_TYPES
-    if can_rest and account.max_open_orders - exposure.open_orders <= 0:
-        return common.REJECT_REASON_OPEN_ORDER_LIMIT
-    if side == 1:
-        start = int(exposure.position[symbol_id] + exposure.open_buy[symbol_id])
-    else:
-        start = int(exposure.open_sell[symbol_id] - exposure.position[symbol_id])
-    if start + qty > position_limit(account):
-        return common.REJECT_REASON_POSITION_LIMIT
-    return 0
 
 
-def _check_positions(
-    reason: np.ndarray,
-    side: np.ndarray,
-    qty: np.ndarray,
-    symbol_ids: np.ndarray,
-    limit: int,
-    exposure: AccountExposure,
-) -> None:
-    live = reason == 0
-    if not live.any():
-        return
-    symbols = np.where(live, symbol_ids, 0)
-    buys = live & (side == 1)
-    sells = live & (side == 2)
-    long_start = exposure.position[symbols] + exposure.open_buy[symbols]
-    short_start = exposure.open_sell[symbols] - exposure.position[symbols]
-    # Fast path: even taking every order of the batch, no symbol goes past the limit.
-    if (long_start[buys] + qty[buys].sum() <= limit).all() and (
-        short_start[sells] + qty[sells].sum() <= limit
-    ).all():
-        return
-    used: dict[tuple[int, int], int] = {}
-    for position in np.nonzero(buys | sells)[0].tolist():
-        key = (int(symbols[position]), int(side[position]))
-        start = int(long_start[position] if key[1] == 1 else short_start[position])
-        total = start + used.get(key, 0) + int(qty[position])
-        if total > limit:
-            reason[position] = common.REJECT_REASON_POSITION_LIMIT
-        else:
-            used[key] = used.get(key, 0) + int(qty[position])
+def client_id_states(client_ids: list[str], known_client_ids: dict[str, int]) -> np.ndarray | None:
+    """Each client order id's hft_risk.h state (None: every one valid and new, the usual batch)."""
+    if _all_valid_and_new(client_ids, known_client_ids):
+        return None
+    states = np.zeros(len(client_ids), np.uint8)
+    seen: set[str] = set()
+    for position, client_id in enumerate(client_ids):
+        if not _valid_client_id(client_id):
+            states[position] = ID_INVALID
+        elif client_id in seen or client_id in known_client_ids:
+            states[position] = ID_USED
+        seen.add(client_id)
+    return states
 
 
-_UNKNOWN = InstrumentSpec(symbol="", trading_enabled=True)
+def _open_room(account: AccountSpec, exposure: AccountExposure) -> int:
+    """Open orders the account may still add, clamped into int64 (any batch is far smaller)."""
+    room = account.max_open_orders - exposure.open_orders
+    return room if -(1 << 62) <= room <= 1 << 62 else (1 << 62 if room > 0 else -(1 << 62))
+
+
+def instrument_rules(spec: InstrumentSpec) -> InstrumentRules:
+    """``spec``'s limits as the C checks read them (cached per spec object, as its limits are)."""
+    held = _rules_cache.get(id(spec))
+    if held is not None and held[0] is spec:
+        return held[1]
+    lim = instrument_limits(spec)
+    rules = InstrumentRules(
+        (
+            1 if spec.trading_enabled else 0,
+            lim.max_lots,
+            lim.price_ceiling,
+            lim.max_notional,
+            lim.band,
+            lim.reference,
+            lim.price_step,
+            lim.lot_step,
+        )
+    )
+    if len(_rules_cache) >= _LIMITS_CACHE_MAX:
+        _rules_cache.clear()
+    _rules_cache[id(spec)] = (spec, rules)
+    return rules
+
+
+_rules_cache: dict[int, tuple[InstrumentSpec, InstrumentRules]] = {}
+#: The rules row of an unknown instrument: never read (its orders fail UNKNOWN_SYMBOL first), but
+#: in range, as every row handed to C must be.
+_NO_RULES = InstrumentRules((0, 0, 1, 1, 0, 0, 1, 1))

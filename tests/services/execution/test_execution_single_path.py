@@ -156,15 +156,11 @@ def _fields(order: api.NewOrder) -> dict[str, Any]:
 
 def test_single_order_risk_check_gives_the_batch_reasons() -> None:
     from services.execution.reference import AccountSpec
-    from services.execution.risk import (
-        AccountExposure,
-        TokenBucket,
-        check_one_new_order,
-        check_orders_vectorized,
-    )
+    from services.execution.risk import AccountExposure, NewOrderRisk, TokenBucket
     from tests.services.execution.test_execution_risk import INSTRUMENTS, random_batch
 
     rng = random.Random(7)
+    risk = NewOrderRisk()
     for _ in range(3000):
         orders, ids, instrument_rows, symbol_ids = random_batch(rng, 1)
         account = AccountSpec(
@@ -184,11 +180,11 @@ def test_single_order_risk_check_gives_the_batch_reasons() -> None:
         buckets = [TokenBucket(0.0, burst), TokenBucket(0.0, burst)]
         for bucket in buckets:
             bucket.tokens = min(float(burst), tokens)
-        batch_reason = check_orders_vectorized(
+        batch_reason = risk.check_new_orders(
             orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, {"known": 1}, exposure, buckets[0]
         )
         row = int(instrument_rows[0])
-        single_reason = check_one_new_order(
+        single_reason = risk.check_one_new_order(
             orders[0].item(), ids[0], INSTRUMENTS[row], int(symbol_ids[0]), account, {"known": 1}, exposure,
             buckets[1],
         )  # fmt: skip
