@@ -21,6 +21,21 @@ from hftgate.native import check, ffi, lib
 #: A reason_of entry with no mapping (hft_order_fold.h).
 UNMAPPED = lib.HFT_FOLD_UNMAPPED
 
+#: What each input left its order in (hft_fold_outcome): its ack's values.
+OUTCOME_DTYPE = np.dtype(
+    [
+        ("order_id", "<i8"),  # 0 for a refused NEW
+        ("price", "<i8"),
+        ("quantity", "<i8"),
+        ("leaves", "<i8"),
+        ("cum", "<i8"),
+        ("reason", "<u2"),  # common.proto RejectReason
+        ("status", "u1"),  # execution.proto OrderStatus (REJECTED when the engine refused the input)
+        ("priority_kept", "u1"),
+        ("reserved", "u1", (4,)),
+    ]
+)
+
 
 @dataclass(frozen=True, slots=True)
 class FoldResult:
@@ -28,6 +43,7 @@ class FoldResult:
     ``fills`` are the caller's; the other arrays are views of the fold's buffers, valid until
     its next call."""
 
+    outcomes: np.ndarray  # OUTCOME_DTYPE, one per command (the caller's)
     reports: np.ndarray  # the caller's report dtype, in report sequence order
     fills: np.ndarray  # the caller's fill dtype, in trade id order
     rejected_index: np.ndarray  # int64: command index of each input the engine refused
@@ -55,11 +71,14 @@ class OrderFold:
             ("hft_order_row", order_dtype),
             ("hft_report_row", report_dtype),
             ("hft_fill_row", fill_dtype),
+            ("hft_order_meta", meta_dtype),
+            ("hft_fold_outcome", OUTCOME_DTYPE),
         ):
             check_layout(c_name, dtype)
         self.order_dtype = order_dtype
         self.report_dtype = report_dtype
         self.fill_dtype = fill_dtype
+        self.meta_dtype = meta_dtype
         table = np.full(256, UNMAPPED, np.uint16)
         for engine_reason, reason in reason_of.items():
             table[int(engine_reason)] = int(reason)
@@ -69,10 +88,10 @@ class OrderFold:
         self._bad = ffi.new("size_t *")
         batch = self._batch
         batch.reason_of = ffi.from_buffer("uint16_t[]", self._reason_of)
-        batch.meta_stride = meta_dtype.itemsize
-        batch.cancel_reason_offset = meta_dtype.fields["cancel_reason"][1]  # type: ignore[index]
         self._table: np.ndarray | None = None
         self._table_ptr: Any = None
+        self._slot_ids: np.ndarray | None = None
+        self._slot_ids_ptr: Any = None
         self._capacity = 0
         self._grow(1024)
 
@@ -86,6 +105,8 @@ class OrderFold:
         self._fill_bytes = self._fills.view(np.uint8)
         self._rejected_index = np.empty(capacity, np.int64)
         self._rejected_reason = np.empty(capacity, np.uint16)
+        self._outcomes = np.empty(capacity, OUTCOME_DTYPE)
+        self._outcome_bytes = self._outcomes.view(np.uint8)
         self._touched = np.empty(3 * capacity, np.int64)
         self._before = np.empty(3 * capacity, np.int64)
         #: Where callers put each event's order's and maker's table rows (:meth:`slot_buffers`).
@@ -104,21 +125,25 @@ class OrderFold:
         out.touched = ffi.from_buffer("int64_t[]", self._touched, require_writable=True)
         out.before = ffi.from_buffer("int64_t[]", self._before, require_writable=True)
         out.touched_cap = len(self._touched)
+        out.outcomes = ffi.from_buffer("hft_fold_outcome[]", self._outcomes, require_writable=True)
+        out.outcome_cap = len(self._outcomes)
         self._capacity = capacity
 
-    def slot_buffers(self, events: int, new_orders: int) -> tuple[np.ndarray, np.ndarray]:
+    def slot_buffers(self, events: int, commands: int) -> tuple[np.ndarray, np.ndarray]:
         """The fold's own (taker, maker) int64 slot arrays for a batch of ``events`` events and
-        ``new_orders`` new orders: fill them, then :meth:`fold` (no copy on the way in)."""
-        if events + new_orders > self._capacity:
-            self._grow(events + new_orders)
+        ``commands`` commands: fill them, then :meth:`fold` (no copy on the way in)."""
+        if events + commands > self._capacity:
+            self._grow(events + commands)
         return self._taker[:events], self._maker[:events]
 
     def fold(
         self,
         table: np.ndarray,
+        slot_ids: np.ndarray,
         events: np.ndarray,
         commands: np.ndarray,
         meta: np.ndarray,
+        command_slots: np.ndarray | None,
         *,
         first_new_id: int,
         new_count: int,
@@ -130,12 +155,15 @@ class OrderFold:
         next_seq: int,
         next_trade_id: int,
     ) -> FoldResult:
-        """Fold ``events`` into ``table`` (rows changed in place), the rows of each event's order
-        and maker being what the caller put in :meth:`slot_buffers` (-1: not held). The batch's
-        new orders have ids ``first_new_id`` .. ``+ new_count - 1`` and rows ``(id - 1) &
-        slot_mask``. LookupError when an event names an order that is not held (nothing changed)."""
+        """Add the batch's new orders to ``table`` and fold ``events`` into it (rows changed in
+        place), the rows of each event's order and maker being what the caller put in
+        :meth:`slot_buffers` (-1: not held). The batch's NEW commands have ids ``first_new_id`` ..
+        ``+ new_count - 1`` and rows ``(id - 1) & slot_mask``, whose ``slot_ids`` entries get their
+        ids. ``command_slots`` (int64, -1: not held) is each command's order's row, None for a
+        batch of NEW commands only. LookupError when an event names an order that is not held
+        (nothing changed)."""
         count = len(events)
-        if count + new_count > self._capacity:
+        if count + len(commands) > self._capacity:
             raise ValueError("fold: call slot_buffers for the batch first")
         if table is not self._table:  # (the table is replaced only when it grows)
             if table.dtype != self.order_dtype:
@@ -144,10 +172,27 @@ class OrderFold:
                 table,
                 ffi.from_buffer("hft_order_row[]", table, require_writable=True),
             )
+        if slot_ids is not self._slot_ids:  # (replaced with the table)
+            if slot_ids.dtype != np.int64 or len(slot_ids) != len(table):
+                raise TypeError("fold: slot_ids must be int64, one per table row")
+            self._slot_ids = slot_ids
+            self._slot_ids_ptr = ffi.from_buffer("int64_t[]", slot_ids, require_writable=True)
+        if meta.dtype != self.meta_dtype or len(meta) != len(commands):
+            raise TypeError("fold: one meta row of the meta dtype per command")
         batch, out = self._batch, self._out
-        batch.commands = ffi.from_buffer("hft_order_command[]", commands)
+        # (held in locals until the call returns: the struct's pointers do not keep the buffers)
+        commands_c = ffi.from_buffer("hft_order_command[]", commands)
+        meta_c = ffi.from_buffer("hft_order_meta[]", meta)
+        slots_c = ffi.NULL if command_slots is None else ffi.from_buffer("int64_t[]", command_slots)
+        if command_slots is not None and (
+            command_slots.dtype != np.int64 or len(command_slots) != len(commands)
+        ):
+            raise TypeError("fold: command_slots must be int64, one per command")
+        batch.commands = commands_c
         batch.commands_count = len(commands)
-        batch.meta = ffi.from_buffer("uint8_t[]", meta)
+        batch.meta = meta_c
+        batch.slot_ids = self._slot_ids_ptr
+        batch.command_slots = slots_c
         batch.first_new_id = first_new_id
         batch.new_count = new_count
         batch.slot_mask = slot_mask
@@ -173,6 +218,7 @@ class OrderFold:
         check(rc, f"hft_order_fold(events={count})")
         touched, rejected = out.n_touched, out.n_rejected
         return FoldResult(
+            outcomes=self._outcome_bytes[: len(commands) * OUTCOME_DTYPE.itemsize].copy().view(OUTCOME_DTYPE),
             reports=self._report_bytes[: out.n_reports * self.report_dtype.itemsize]
             .copy()
             .view(self.report_dtype),

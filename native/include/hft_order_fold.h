@@ -12,7 +12,12 @@
  * REPORT_DTYPE and FILL_DTYPE rows, packed as numpy packs them, so that Python takes them as they
  * are. hftgate/native/order_fold.py checks every layout against its dtype.
  *
- * What it does per event, in order (the rules are apply_batch's; see there for why):
+ * First the batch's NEW commands become their rows: account, side, symbol, quantity (open in
+ * full), stop price and display from the command; the client's price, protection, type, time
+ * in force, self-trade rule, post-only flag and priority from its meta row; status 0 (not working
+ * until the engine's ACK, so that exposure counts it from there); created_ns = received_ns.
+ *
+ * Then per event, in order (the rules are apply_batch's; see there for why):
  *   FILL      both orders: cum += qty, notional += price * qty (exact, saturated at int64's
  *             bounds), leaves from the event, status PARTIALLY_FILLED or FILLED; a report per
  *             side (taker first), the counterparty id shown only within one account; a trade.
@@ -34,11 +39,14 @@
  * first-touch order, with before[] its open lots before the batch (0 if it was not open, and 0
  * for the batch's new orders, listed first): what the caller's exposure update needs.
  *
+ * Last, each command's outcome (hft_fold_outcome): what its ack says.
+ *
  * Slots: taker_slots[i] is the table row of events[i].order_id, maker_slots[i] that of
  * events[i].maker_order_id (fills only), -1 where the order is not held. Every slot an event
  * needs is checked before anything is written: on HFT_ENOENT (*bad_event = the event's index)
  * nothing changed. HFT_ERANGE: an output array is too small (sizes that always suffice: reports
- * 2 x events, fills and rejected and touched 2 x events + new orders); nothing changed either.
+ * 2 x events, fills and rejected and touched 2 x events + new orders, outcomes one per command);
+ * nothing changed either.
  *
  * Ownership: every pointer belongs to the caller and is used only during the call.
  * Concurrency: none; the caller owns the table.
@@ -139,22 +147,56 @@ typedef struct __attribute__((packed)) hft_fill_row {
     uint8_t aggressor_side;
 } hft_fill_row;
 
+/* META_DTYPE (services/execution/records.py), field for field (packed: 36 bytes): what the
+ * journal keeps of each command besides the engine's view of it. */
+typedef struct __attribute__((packed)) hft_order_meta {
+    int64_t client_price;     /* the limit price the client gave (0 for market types) */
+    int64_t protection;       /* a market type's protective bound as given (0 = default) */
+    int64_t replace_quantity; /* REPLACE: the new total quantity */
+    int32_t priority;
+    uint8_t client_type; /* execution.proto OrderType */
+    uint8_t client_tif;
+    uint8_t client_stp;
+    uint8_t post_only;
+    uint8_t client_id_length;
+    uint8_t cancel_reason; /* common.proto RejectReason of a service-made cancel, 0 for none */
+    uint8_t priority_kept; /* REPLACE: decided before the engine ran */
+    uint8_t reserved;
+} hft_order_meta;
+
 /* What a batch is, besides its events. */
 typedef struct hft_fold_batch {
     const hft_order_command *commands; /* the batch's commands (the engine's order types, stop prices) */
+    const hft_order_meta *meta;        /* one per command */
     size_t commands_count;
-    const uint8_t *meta;           /* the batch's META_DTYPE rows, meta_stride bytes each: a row's */
-    size_t meta_stride;            /* cancel reason (common.proto RejectReason of a service-made */
-    size_t cancel_reason_offset;   /* cancel, 0 for none) is the byte at cancel_reason_offset */
-    uint64_t first_new_id;         /* the batch's new orders: ids first_new_id .. + new_count - 1, */
-    size_t new_count;              /* in table rows (id - 1) & slot_mask (open lots before: 0) */
+    uint64_t first_new_id;             /* the batch's NEW commands, in order, have ids first_new_id .. */
+    size_t new_count;                  /* + new_count - 1 and become table rows (id - 1) & slot_mask */
     uint64_t slot_mask;
+    int64_t *slot_ids;                 /* the table's order id per row (table_len): set for new rows */
+    const int64_t *command_slots;      /* the row of each command's order (-1: not held); NULL: the
+                                          batch is all NEW, whose rows the fold knows */
     int64_t first_input_seq;
     int64_t received_ns;
     int64_t transact_ns;
     uint64_t restore_id_base;
     const uint16_t *reason_of;     /* 256 entries: engine reason -> RejectReason (HFT_FOLD_UNMAPPED) */
 } hft_fold_batch;
+
+/* What an input left its order in (OUTCOME_DTYPE, hftgate/native/order_fold.py: 48 bytes): its
+ * ack's values. From the input's last report about its own order, else from the order's row
+ * after the batch; an input the engine refused is REJECTED with the refusal's reason, and a
+ * refused NEW has order id 0 and no open lots. */
+typedef struct hft_fold_outcome {
+    int64_t order_id;
+    int64_t price;
+    int64_t quantity;
+    int64_t leaves;
+    int64_t cum;
+    uint16_t reason;
+    uint8_t status;
+    uint8_t priority_kept; /* a REPLACE that kept its time priority (never for a refused input) */
+    uint8_t reserved[4];
+} hft_fold_outcome;
 
 /* Where the fold writes, with the capacities of each array; the counts come back. */
 typedef struct hft_fold_out {
@@ -172,6 +214,8 @@ typedef struct hft_fold_out {
     int64_t *before;  /* its open lots before the batch */
     size_t touched_cap;
     size_t n_touched;
+    hft_fold_outcome *outcomes; /* one per command */
+    size_t outcome_cap;
     size_t unknown;   /* events of a type the fold does not know (skipped) */
     int64_t next_seq;      /* in: the next report sequence; out: after the batch's reports */
     int64_t next_trade_id; /* in and out, likewise for trades */
@@ -179,7 +223,8 @@ typedef struct hft_fold_out {
 
 /* Fold events[0, n) into table[0, table_len) (see above). HFT_OK, HFT_ENOENT (*bad_event set),
  * HFT_ERANGE, or HFT_EINVAL for a NULL array with a non-zero length, a command index past the
- * batch's commands, a new order's slot past the table, or a cancel reason outside a meta row. */
+ * batch's commands, a new order's slot past the table, NEW commands whose count or ids are not
+ * new_count from first_new_id, or no command_slots for a batch that is not all NEW. */
 int hft_order_fold(hft_order_row *table, size_t table_len, const hft_match_event *events, size_t n,
                    const int64_t *taker_slots, const int64_t *maker_slots, const hft_fold_batch *batch,
                    hft_fold_out *out, size_t *bad_event);

@@ -98,8 +98,21 @@ static int check(size_t table_len, const hft_match_event *events, size_t n, cons
         }
     }
     if (batch->new_count && batch->slot_mask >= table_len) return HFT_EINVAL; /* a new slot past the table */
+    size_t news = 0;
+    for (size_t ci = 0; ci < batch->commands_count; ci++) {
+        const hft_order_command *c = &batch->commands[ci];
+        if (c->action == HFT_ACTION_NEW) {
+            if (c->order_id != batch->first_new_id + news) return HFT_EINVAL;
+            news++;
+        } else if (batch->command_slots == NULL) {
+            return HFT_EINVAL;
+        } else if (batch->command_slots[ci] >= (int64_t)table_len) {
+            return HFT_EINVAL;
+        }
+    }
+    if (news != batch->new_count) return HFT_EINVAL;
     if (reports > out->report_cap || fills > out->fill_cap || rejected > out->rejected_cap ||
-        2 * n + batch->new_count > out->touched_cap)
+        2 * n + batch->new_count > out->touched_cap || batch->commands_count > out->outcome_cap)
         return HFT_ERANGE;
     return HFT_OK;
 }
@@ -198,7 +211,7 @@ static void order_change(hft_order_row *table, const hft_match_event *e, int64_t
     case HFT_EVENT_CANCELED:
         row->leaves = e->leaves_qty;
         reason = mapped(batch->reason_of, e->reason, 0);
-        uint8_t cancel_reason = batch->meta[ci * batch->meta_stride + batch->cancel_reason_offset];
+        uint8_t cancel_reason = batch->meta[ci].cancel_reason;
         if (e->reason == HFT_REASON_USER_CANCEL && cancel_reason) reason = cancel_reason;
         status = e->leaves_qty ? row->status : HFT_FOLD_STATUS_CANCELED;
         exec_type = HFT_FOLD_EXEC_CANCELED;
@@ -235,14 +248,88 @@ static void order_change(hft_order_row *table, const hft_match_event *e, int64_t
     r->status = status;
 }
 
+/* The batch's NEW commands as their rows (see hft_order_fold.h). */
+static void add_new_rows(hft_order_row *table, const hft_fold_batch *batch) {
+    for (size_t ci = 0; ci < batch->commands_count; ci++) {
+        const hft_order_command *c = &batch->commands[ci];
+        if (c->action != HFT_ACTION_NEW) continue;
+        const hft_order_meta *m = &batch->meta[ci];
+        const int64_t slot = (int64_t)((c->order_id - 1) & batch->slot_mask);
+        hft_order_row *row = &table[slot];
+        memset(row, 0, sizeof *row);
+        row->account_id = c->account_id;
+        row->price = m->client_price;
+        row->stop_price = c->stop_price;
+        row->quantity = c->qty;
+        row->display = c->display_qty;
+        row->protection = m->protection;
+        row->leaves = c->qty;
+        row->created_ns = batch->received_ns;
+        row->updated_ns = batch->received_ns;
+        row->priority = m->priority;
+        row->symbol_id = c->symbol_id;
+        row->side = c->side;
+        row->order_type = m->client_type;
+        row->tif = m->client_tif;
+        row->stp = m->client_stp;
+        row->post_only = m->post_only;
+        batch->slot_ids[slot] = (int64_t)c->order_id;
+    }
+}
+
+/* Each command's outcome (hft_fold_outcome): its order's row after the batch, then its own last
+ * report, then its refusal. */
+static void outcomes(const hft_order_row *table, const hft_fold_batch *batch, hft_fold_out *out) {
+    static const hft_order_row none; /* an order not held: all zero */
+    for (size_t ci = 0; ci < batch->commands_count; ci++) {
+        const hft_order_command *c = &batch->commands[ci];
+        /* (check() made sure command_slots is there when a command is not NEW) */
+        const int64_t slot = c->action == HFT_ACTION_NEW ? (int64_t)((c->order_id - 1) & batch->slot_mask)
+                                                          : batch->command_slots[ci];
+        const hft_order_row *row = slot >= 0 ? &table[slot] : &none;
+        hft_fold_outcome *o = &out->outcomes[ci];
+        memset(o, 0, sizeof *o);
+        o->order_id = (int64_t)c->order_id;
+        o->price = row->price;
+        o->quantity = row->quantity;
+        o->leaves = row->leaves;
+        o->cum = row->cum;
+        o->reason = row->reason;
+        o->status = row->status;
+        o->priority_kept = batch->meta[ci].priority_kept != 0;
+    }
+    for (size_t i = 0; i < out->n_reports; i++) { /* the last report of an input about its order wins */
+        const hft_report_row *r = &out->reports[i];
+        const size_t ci = (size_t)(r->input_sequence - batch->first_input_seq);
+        if ((uint64_t)r->order_id != batch->commands[ci].order_id) continue;
+        hft_fold_outcome *o = &out->outcomes[ci];
+        o->price = r->price;
+        o->quantity = r->quantity;
+        o->leaves = r->leaves;
+        o->cum = r->cum;
+        o->reason = r->reason;
+        o->status = r->status;
+    }
+    for (size_t k = 0; k < out->n_rejected; k++) {
+        const size_t ci = (size_t)out->rejected_index[k];
+        hft_fold_outcome *o = &out->outcomes[ci];
+        o->status = HFT_FOLD_STATUS_REJECTED;
+        o->reason = out->rejected_reason[k];
+        o->priority_kept = 0;
+        if (batch->commands[ci].action == HFT_ACTION_NEW) {
+            o->order_id = 0;
+            o->leaves = 0;
+        }
+    }
+}
+
 int hft_order_fold(hft_order_row *table, size_t table_len, const hft_match_event *events, size_t n,
                    const int64_t *taker_slots, const int64_t *maker_slots, const hft_fold_batch *batch,
                    hft_fold_out *out, size_t *bad_event) {
     if (batch == NULL || out == NULL || bad_event == NULL) return HFT_EINVAL;
     if ((n && (events == NULL || taker_slots == NULL || maker_slots == NULL)) || (table_len && table == NULL) ||
-        (batch->commands_count && (batch->commands == NULL || batch->meta == NULL ||
-                                   batch->cancel_reason_offset >= batch->meta_stride)) ||
-        batch->reason_of == NULL)
+        (batch->commands_count && (batch->commands == NULL || batch->meta == NULL || out->outcomes == NULL)) ||
+        (batch->new_count && batch->slot_ids == NULL) || batch->reason_of == NULL)
         return HFT_EINVAL;
     out->n_reports = out->n_fills = out->n_rejected = out->n_touched = out->unknown = 0;
     int rc = check(table_len, events, n, taker_slots, maker_slots, batch, out, bad_event);
@@ -250,6 +337,7 @@ int hft_order_fold(hft_order_row *table, size_t table_len, const hft_match_event
     touched_set set;
     rc = touched_init(&set, 2 * n + batch->new_count);
     if (rc != HFT_OK) return rc;
+    add_new_rows(table, batch);
     for (size_t i = 0; i < batch->new_count; i++) { /* the batch's new orders: nothing open before */
         int64_t slot = (int64_t)((batch->first_new_id + i - 1) & batch->slot_mask);
         if (!touched_seen(&set, slot)) {
@@ -278,5 +366,6 @@ int hft_order_fold(hft_order_row *table, size_t table_len, const hft_match_event
         }
     }
     free(set.cells);
+    outcomes(table, batch, out);
     return HFT_OK;
 }

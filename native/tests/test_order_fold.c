@@ -15,7 +15,10 @@ typedef struct fixture {
     hft_match_event events[EVENTS];
     int64_t taker[EVENTS], maker[EVENTS];
     hft_order_command commands[EVENTS];
-    uint8_t meta[EVENTS][4]; /* a meta row of 4 bytes whose byte 1 is the cancel reason */
+    hft_order_meta meta[EVENTS];
+    int64_t slot_ids[ROWS];
+    int64_t command_slots[EVENTS];
+    hft_fold_outcome outcomes[EVENTS];
     uint16_t reason_of[256];
     hft_report_row reports[2 * EVENTS];
     hft_fill_row fills[EVENTS];
@@ -38,16 +41,18 @@ static void setup(fixture *f) {
     for (int i = 0; i < 256; i++) f->reason_of[i] = HFT_FOLD_UNMAPPED;
     f->reason_of[HFT_REASON_UNFILLED] = 0;
     f->reason_of[HFT_REASON_POST_ONLY_WOULD_TAKE] = 14;
-    f->batch = (hft_fold_batch){.commands = f->commands, .commands_count = EVENTS,
-                                .meta = &f->meta[0][0], .meta_stride = 4, .cancel_reason_offset = 1,
-                                .slot_mask = ROWS - 1,
+    for (int i = 0; i < EVENTS; i++) f->command_slots[i] = -1;
+    f->batch = (hft_fold_batch){.commands = f->commands, .commands_count = EVENTS, .meta = f->meta,
+                                .slot_mask = ROWS - 1, .slot_ids = f->slot_ids,
+                                .command_slots = f->command_slots,
                                 .first_input_seq = 100, .received_ns = 5, .transact_ns = 7,
                                 .restore_id_base = UINT64_C(1) << 62, .reason_of = f->reason_of};
     f->out = (hft_fold_out){.reports = f->reports, .report_cap = 2 * EVENTS, .fills = f->fills,
                             .fill_cap = EVENTS, .rejected_index = f->rejected_index,
                             .rejected_reason = f->rejected_reason, .rejected_cap = EVENTS,
                             .touched = f->touched, .before = f->before, .touched_cap = 3 * EVENTS,
-                            .next_seq = 50, .next_trade_id = 9};
+                            .outcomes = f->outcomes, .outcome_cap = EVENTS, .next_seq = 50,
+                            .next_trade_id = 9};
     for (int i = 0; i < EVENTS; i++) f->maker[i] = -1;
 }
 
@@ -94,7 +99,7 @@ static void test_order_events_follow_their_rules(void) {
     fixture f;
     setup(&f);
     f.commands[0].order_type = HFT_TYPE_STOP_LIMIT;
-    f.meta[1][1] = 13; /* a kill-switch cancel carries its own reason */
+    f.meta[1].cancel_reason = 13; /* a kill-switch cancel carries its own reason */
     f.table[2].order_type = HFT_FOLD_CLIENT_MARKET;
     f.table[2].leaves = 0;
     f.events[0] = (hft_match_event){.order_id = 1, .qty = 10, .type = HFT_EVENT_ACK, .command_index = 0};
@@ -180,6 +185,8 @@ static void test_each_row_is_touched_once_with_what_it_had_open(void) {
     setup(&f);
     f.batch.first_new_id = 6; /* row (6 - 1) & mask = 5 */
     f.batch.new_count = 1;
+    f.commands[0] = (hft_order_command){.order_id = 6, .account_id = 1, .qty = 10, .action = HFT_ACTION_NEW,
+                                        .side = HFT_SIDE_BUY};
     f.table[5].status = HFT_FOLD_STATUS_NEW;
     f.table[5].leaves = 10; /* a new order: counts as nothing open before the batch */
     f.table[6].status = HFT_FOLD_STATUS_FILLED;
@@ -200,11 +207,90 @@ static void test_each_row_is_touched_once_with_what_it_had_open(void) {
     CHECK_EQ_INT(f.table[5].cum, 3);
 }
 
+static void test_new_orders_become_rows_and_every_input_gets_its_outcome(void) {
+    fixture f;
+    setup(&f);
+    f.batch.commands_count = 3;
+    f.batch.first_new_id = 4; /* rows 3 and 4 */
+    f.batch.new_count = 2;
+    f.commands[0] = (hft_order_command){.order_id = 4, .account_id = 2, .price = 90, .qty = 6, .stop_price = 0,
+                                        .display_qty = 2, .symbol_id = 1, .action = HFT_ACTION_NEW,
+                                        .side = HFT_SIDE_SELL, .order_type = HFT_TYPE_LIMIT};
+    f.meta[0] = (hft_order_meta){.client_price = 90, .protection = 0, .priority = -3, .client_type = 1,
+                                 .client_tif = 1, .client_stp = 5, .post_only = 1};
+    f.commands[1] = f.commands[0];
+    f.commands[1].order_id = 5; /* refused by the engine */
+    f.commands[2] = (hft_order_command){.order_id = 1, .qty = 4, .action = HFT_ACTION_REPLACE};
+    f.meta[2].priority_kept = 1;
+    f.command_slots[2] = 0;
+    f.events[0] = (hft_match_event){.order_id = 4, .qty = 6, .type = HFT_EVENT_ACK, .command_index = 0};
+    f.events[1] = (hft_match_event){.order_id = 5, .type = HFT_EVENT_REJECT, .reason = HFT_REASON_POST_ONLY_WOULD_TAKE,
+                                    .command_index = 1};
+    f.taker[0] = 3;
+    f.taker[1] = 4;
+    f.table[0].cum = 3; /* the replaced order: no report of its own in this batch, so its row */
+    f.table[0].price = 77;
+    size_t bad = 0;
+    CHECK_EQ_INT(fold(&f, 2, &bad), HFT_OK);
+    const hft_order_row *row = &f.table[3];
+    CHECK_EQ_INT(row->account_id, 2);
+    CHECK_EQ_INT(row->price, 90);
+    CHECK_EQ_INT(row->quantity, 6);
+    CHECK_EQ_INT(row->display, 2);
+    CHECK_EQ_INT(row->symbol_id, 1);
+    CHECK_EQ_INT(row->side, HFT_SIDE_SELL);
+    CHECK_EQ_INT(row->priority, -3);
+    CHECK_EQ_INT(row->stp, 5);
+    CHECK_EQ_INT(row->post_only, 1);
+    CHECK_EQ_INT(row->created_ns, 5);
+    CHECK_EQ_INT(row->updated_ns, 7);
+    CHECK_EQ_INT(row->status, HFT_FOLD_STATUS_NEW); /* from the ACK */
+    CHECK_EQ_INT(f.slot_ids[3], 4);
+    CHECK_EQ_INT(f.slot_ids[4], 5);
+    CHECK_EQ_INT(f.outcomes[0].order_id, 4);
+    CHECK_EQ_INT(f.outcomes[0].status, HFT_FOLD_STATUS_NEW);
+    CHECK_EQ_INT(f.outcomes[0].leaves, 6);
+    CHECK_EQ_INT(f.outcomes[1].order_id, 0);
+    CHECK_EQ_INT(f.outcomes[1].status, HFT_FOLD_STATUS_REJECTED);
+    CHECK_EQ_INT(f.outcomes[1].reason, 14);
+    CHECK_EQ_INT(f.outcomes[1].leaves, 0);
+    CHECK_EQ_INT(f.outcomes[2].order_id, 1);
+    CHECK_EQ_INT(f.outcomes[2].price, 77);
+    CHECK_EQ_INT(f.outcomes[2].cum, 3);
+    CHECK_EQ_INT(f.outcomes[2].priority_kept, 1);
+
+    /* Refusals, each before anything is written. */
+    hft_order_row before[ROWS];
+    setup(&f);
+    memcpy(before, f.table, sizeof before);
+    f.batch.commands_count = 1;
+    f.batch.first_new_id = 4;
+    f.batch.new_count = 1;
+    f.commands[0] = (hft_order_command){.order_id = 5, .qty = 1, .action = HFT_ACTION_NEW}; /* out of turn */
+    CHECK_EQ_INT(fold(&f, 0, &bad), HFT_EINVAL);
+    f.commands[0].order_id = 4;
+    f.batch.new_count = 2; /* more new orders announced than there are */
+    CHECK_EQ_INT(fold(&f, 0, &bad), HFT_EINVAL);
+    f.batch.new_count = 1;
+    f.out.outcome_cap = 0;
+    CHECK_EQ_INT(fold(&f, 0, &bad), HFT_ERANGE);
+    f.out.outcome_cap = EVENTS;
+    f.commands[0] = (hft_order_command){.order_id = 1, .action = HFT_ACTION_CANCEL};
+    f.batch.new_count = 0;
+    f.batch.command_slots = NULL; /* a cancel needs its order's row */
+    CHECK_EQ_INT(fold(&f, 0, &bad), HFT_EINVAL);
+    f.batch.command_slots = f.command_slots;
+    f.command_slots[0] = ROWS; /* past the table */
+    CHECK_EQ_INT(fold(&f, 0, &bad), HFT_EINVAL);
+    CHECK(memcmp(before, f.table, sizeof before) == 0);
+}
+
 int main(void) {
     RUN(test_a_fill_updates_both_orders_and_reports_each_side);
     RUN(test_order_events_follow_their_rules);
     RUN(test_refusals_change_nothing);
     RUN(test_notional_and_cum_saturate);
     RUN(test_each_row_is_touched_once_with_what_it_had_open);
+    RUN(test_new_orders_become_rows_and_every_input_gets_its_outcome);
     return TEST_SUMMARY("order_fold");
 }

@@ -155,16 +155,6 @@ CANCELED: int = api.ORDER_STATUS_CANCELED
 EXPIRED: int = api.ORDER_STATUS_EXPIRED
 REJECTED: int = api.ORDER_STATUS_REJECTED
 
-# Positions of ORDER_DTYPE fields in a row tuple (``orders[i].item()``), for the one-order outcome.
-_ORDER_FIELDS: tuple[str, ...] = tuple(ORDER_DTYPE.fields or ())
-F_ACCOUNT, F_PRICE, F_QUANTITY = (_ORDER_FIELDS.index(n) for n in ("account_id", "price", "quantity"))
-F_LEAVES, F_CUM, F_NOTIONAL = (_ORDER_FIELDS.index(n) for n in ("leaves", "cum", "notional"))
-F_LAST, F_REASON, F_SIDE = (_ORDER_FIELDS.index(n) for n in ("last_exec_seq", "reason", "side"))
-F_TYPE, F_STATUS = (_ORDER_FIELDS.index(n) for n in ("order_type", "status"))
-F_UPDATED, F_STOP = _ORDER_FIELDS.index("updated_ns"), _ORDER_FIELDS.index("stop_price")
-#: Positions in a COMMAND_DTYPE / META_DTYPE row tuple (``commands[i].item()``).
-_C_ORDER_ID = (COMMAND_DTYPE.names or ()).index("order_id")
-_M_CLIENT_ID_LENGTH = (META_DTYPE.names or ()).index("client_id_length")
 #: Up to this many touched orders (or fills, or reports) are written back one row at a time:
 #: below it numpy's per-call set-up costs more than the per-row Python work.
 _ROW_BY_ROW_MAX = 8
@@ -237,7 +227,6 @@ INTERNAL_REJECT_REASON: int = common.REJECT_REASON_INTERNAL
 #: The order table's first ring and survivor area (rows); both grow by doubling.
 _INITIAL_RING = 1024
 _INITIAL_SPARE = 1024
-_ZERO_ORDER: tuple[Any, ...] = np.zeros(1, ORDER_DTYPE)[0].item()
 
 # Ids of the orders recovery uses to set a book's last trade price; above any id the service hands out.
 RESTORE_ORDER_ID_BASE = (1 << 63) - 16
@@ -602,31 +591,23 @@ class ExecutionState:
         at int64's maximum besides. An exception that still escapes is a bug: the caller
         contains it (core.py fails stop, recovery.py quarantines the record).
         """
-        commands, meta = batch.commands, batch.meta
+        commands = batch.commands
         count = len(commands)
         actions = commands["action"]
         first_new_id = self.order_count + 1
-        one: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None
+        new_mask: np.ndarray | None
         if count == 1:  # SubmitOrder, CancelOrder, ReplaceOrder: no masks for one command
             new_count = 1 if actions[0] == _ACTION_NEW else 0
             new_mask = None
-            if new_count and len(meta) == 1:
-                one = (commands[0].item(), meta[0].item())  # read once, for _misfit and _add_one_order
         else:
             new_mask = actions == _ACTION_NEW
             new_count = int(new_mask.sum())
-        problem = self._misfit(batch, new_mask, new_count, first_new_id, one)
+        problem = self._misfit(batch, new_mask, new_count, first_new_id)
         if problem is not None:
             return self._refuse(batch, problem)
         self.next_input_seq += count
-        received = batch.received_ns
         if new_count:
-            if new_mask is None:
-                command, meta_row = one if one is not None else (commands[0].item(), meta[0].item())
-                self._add_one_order(command, meta_row, batch.client_ids, received)
-            else:
-                self._add_orders(commands[new_mask], meta[new_mask], batch.client_ids, received)
-
+            self._index_new_orders(batch, new_mask, new_count)
         events = self.engine.process(commands)
         return self._fold(batch, events, first_new_id, new_count)
 
@@ -636,7 +617,7 @@ class ExecutionState:
         commands, meta = batch.commands, batch.meta
         count = len(commands)
         folder = self._folder
-        taker, maker = folder.slot_buffers(len(events), new_count)
+        taker, maker = folder.slot_buffers(len(events), count)
         if len(events) <= _ROW_BY_ROW_MAX:  # numpy's per-call set-up costs more than a few lookups
             slot_of = self.slot_of
             for i, event in enumerate(events.tolist()):
@@ -648,11 +629,19 @@ class ExecutionState:
             maker[:] = -1
             if fills.any():
                 maker[fills] = self.slots_of(events["maker_order_id"][fills].astype(np.int64))
+        command_slots: np.ndarray | None = None
+        if new_count != count:  # cancels or replaces: the rows of the orders they name
+            if count == 1:
+                command_slots = np.array([self.slot_of(int(commands["order_id"][0]))], np.int64)
+            else:
+                command_slots = self.slots_of(commands["order_id"].astype(np.int64))
         folded = folder.fold(
             self.table,
+            self._slot_ids,
             events,
             commands,
             meta,
+            command_slots,
             first_new_id=first_new_id,
             new_count=new_count,
             slot_mask=self._mask,
@@ -671,11 +660,7 @@ class ExecutionState:
             )
         table = self.table
         # Inputs the engine refused: their orders never existed for the client.
-        status_out = np.zeros(count, np.uint8)
-        reason_out = np.zeros(count, np.uint16)
         if len(folded.rejected_index):
-            status_out[folded.rejected_index] = REJECTED
-            reason_out[folded.rejected_index] = folded.rejected_reason
             actions = commands["action"]
             for ci, reason in zip(
                 folded.rejected_index.tolist(), folded.rejected_reason.tolist(), strict=True
@@ -695,7 +680,22 @@ class ExecutionState:
             self.traded_lots += int(fills["quantity"].sum())
             self._update_positions(fills)
         self._retain(reports)
-        outcome = self._outcome(batch, status_out, reason_out, reports, fills)
+        outcomes = folded.outcomes
+        outcome = BatchOutcome(
+            first_input_seq=batch.first_input_seq,
+            received_ns=batch.received_ns,
+            transact_ns=batch.transact_ns,
+            order_ids=outcomes["order_id"],
+            status=outcomes["status"],
+            reason=outcomes["reason"],
+            price=outcomes["price"],
+            quantity=outcomes["quantity"],
+            leaves=outcomes["leaves"],
+            cum=outcomes["cum"],
+            priority_kept=outcomes["priority_kept"].view(bool),
+            reports=reports,
+            fills=fills,
+        )
         if self.retire:
             ring = self._ring
             for slot in folded.touched.tolist():
@@ -711,7 +711,6 @@ class ExecutionState:
         new_mask: np.ndarray | None,
         new_count: int,
         first_new_id: int,
-        one: tuple[tuple[Any, ...], tuple[Any, ...]] | None = None,
     ) -> str | None:
         """Why ``batch`` cannot apply to this state without failing part-way (None when it can).
 
@@ -726,11 +725,8 @@ class ExecutionState:
         if not new_count:
             return None
         if new_mask is None:
-            if one is not None:  # the command's and its meta row's values, as tuples
-                order_id, lengths_total = one[0][_C_ORDER_ID], one[1][_M_CLIENT_ID_LENGTH]
-            else:
-                order_id = int(commands["order_id"][0])
-                lengths_total = int(batch.meta["client_id_length"][0])
+            order_id = int(commands["order_id"][0])
+            lengths_total = int(batch.meta["client_id_length"][0])
             if order_id != first_new_id:
                 return f"batch order id {order_id} where {first_new_id} was expected"
         else:
@@ -768,47 +764,32 @@ class ExecutionState:
             fills=np.zeros(0, FILL_DTYPE),
         )
 
-    def _add_orders(
-        self, commands: np.ndarray, meta: np.ndarray, client_ids: bytes, received_ns: int
-    ) -> None:
-        count = len(commands)
+    def _index_new_orders(self, batch: Batch, new_mask: np.ndarray | None, count: int) -> None:
+        """Hand out the batch's new orders' ids (their rows are written by the fold, in C) and
+        index their client order ids: the strings stay in Python."""
         self._reserve_orders(count)
         start = self.order_count
-        first_slot = start & self._mask  # order id start + 1
+        self.order_count += count
+        index = self.client_id_index
+        text = batch.client_ids.decode("ascii")
+        if count == 1:  # (_misfit checked that the one order's id is the whole text)
+            account = int(batch.commands["account_id"][0 if new_mask is None else int(np.argmax(new_mask))])
+            self._slot_client_ids[start & self._mask] = text
+            per_account = index.get(account)
+            if per_account is None:
+                per_account = index[account] = {}
+            per_account[text] = start + 1
+            return
+        assert new_mask is not None
+        first_slot = start & self._mask
         slots: slice | np.ndarray
         if first_slot + count <= self._ring:
             slots = slice(first_slot, first_slot + count)
-            rows = self.table[slots]  # a view: written in place
-            rows.view(np.uint8).fill(0)  # (~10x faster than assigning a zero record to each row)
-        else:  # the ring wraps inside this batch: build the rows, then scatter them
+        else:  # the ring wraps inside this batch
             slots = np.arange(start, start + count) & self._mask
-            rows = np.zeros(count, ORDER_DTYPE)
-        rows["account_id"] = commands["account_id"]
-        rows["price"] = meta["client_price"]
-        rows["stop_price"] = commands["stop_price"]
-        rows["quantity"] = commands["qty"]
-        rows["display"] = commands["display_qty"]
-        rows["protection"] = meta["protection"]
-        rows["leaves"] = commands["qty"]
-        rows["created_ns"] = received_ns
-        rows["updated_ns"] = received_ns
-        rows["priority"] = meta["priority"]
-        rows["symbol_id"] = commands["symbol_id"]
-        rows["side"] = commands["side"]
-        rows["order_type"] = meta["client_type"]
-        rows["tif"] = meta["client_tif"]
-        rows["stp"] = meta["client_stp"]
-        rows["post_only"] = meta["post_only"]
-        rows["status"] = 0  # not working until the engine's ACK (so exposure counts it from there)
-        if not isinstance(slots, slice):
-            self.table[slots] = rows
-        self._slot_ids[slots] = np.arange(start + 1, start + count + 1)
-        self.order_count += count
-        text = client_ids.decode("ascii")
-        ends = list(itertools.accumulate(meta["client_id_length"].tolist()))
+        ends = list(itertools.accumulate(batch.meta["client_id_length"][new_mask].tolist()))
         texts = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-        index = self.client_id_index
-        accounts = commands["account_id"]
+        accounts = batch.commands["account_id"][new_mask]
         if (accounts == accounts[0]).all():  # one account's batch (every client call): one update
             per_account = index.get(int(accounts[0]))
             if per_account is None:
@@ -823,28 +804,6 @@ class ExecutionState:
         held = np.empty(count, object)
         held[:] = texts
         self._slot_client_ids[slots] = held
-
-    def _add_one_order(
-        self, command: tuple[int, ...], meta: tuple[int, ...], client_ids: bytes, received_ns: int
-    ) -> None:
-        """:meth:`_add_orders` for one NEW command (its COMMAND_DTYPE and META_DTYPE rows as tuples)."""
-        _, account, _, qty, stop, display, symbol_id, _, _, side = command[:10]
-        client_price, protection, _, priority, client_type, client_tif, client_stp, post_only = meta[:8]
-        self._reserve_orders(1)
-        start = self.order_count
-        slot = start & self._mask  # order id start + 1
-        self.table[slot] = (
-            account, client_price, stop, qty, display, protection, qty, 0, 0, received_ns, received_ns, 0,
-            priority, symbol_id, 0, side, client_type, client_tif, client_stp, post_only, 0,
-        )  # fmt: skip
-        self._slot_ids[slot] = start + 1
-        self.order_count += 1
-        client_id = client_ids[: meta[8]].decode("ascii")
-        self._slot_client_ids[slot] = client_id
-        per_account = self.client_id_index.get(account)
-        if per_account is None:
-            per_account = self.client_id_index[account] = {}
-        per_account[client_id] = start + 1
 
     def _forget_client_id(self, slot: int) -> None:
         """A refused (or retired) order's client id may be used again."""
@@ -1062,89 +1021,6 @@ class ExecutionState:
     @property
     def oldest_retained_report(self) -> int:
         return max(1, self.next_report_seq - len(self.reports))
-
-    def _outcome(
-        self, batch: Batch, status: np.ndarray, reason: np.ndarray, reports: np.ndarray, fills: np.ndarray
-    ) -> BatchOutcome:
-        if len(batch.commands) == 1:
-            return self._outcome_of_one(batch, int(status[0]), int(reason[0]), reports, fills)
-        commands = batch.commands
-        target = commands["order_id"].astype(np.int64)
-        rows = self.rows_by_id(target)
-        refused = status == REJECTED
-        # The status each input left its order in: the order's state after the input's last event.
-        # Reports carry it per event; the last report of an input about its own order wins.
-        final_status = rows["status"].copy()
-        final_reason = rows["reason"].copy()
-        leaves = rows["leaves"].copy()
-        cum = rows["cum"].copy()
-        price = rows["price"].copy()
-        quantity = rows["quantity"].copy()
-        if len(reports):
-            own = reports["order_id"] == target[reports["input_sequence"] - batch.first_input_seq]
-            mine = reports[own]
-            ci = mine["input_sequence"] - batch.first_input_seq
-            final_status[ci] = mine["status"]
-            final_reason[ci] = mine["reason"]
-            leaves[ci] = mine["leaves"]
-            cum[ci] = mine["cum"]
-            price[ci] = mine["price"]
-            quantity[ci] = mine["quantity"]
-        status_out = np.where(refused, REJECTED, final_status).astype(np.uint8)
-        reason_out = np.where(refused, reason, final_reason).astype(np.uint16)
-        new_inputs = commands["action"] == _ACTION_NEW
-        order_ids = np.where(refused & new_inputs, 0, target)
-        kept = (batch.meta["priority_kept"] != 0) & ~refused
-        return BatchOutcome(
-            first_input_seq=batch.first_input_seq,
-            received_ns=batch.received_ns,
-            transact_ns=batch.transact_ns,
-            order_ids=order_ids,
-            status=status_out,
-            reason=reason_out,
-            price=price,
-            quantity=quantity,
-            leaves=np.where(refused & new_inputs, 0, leaves),
-            cum=cum,
-            priority_kept=kept,
-            reports=reports,
-            fills=fills,
-        )
-
-    def _outcome_of_one(
-        self, batch: Batch, status: int, reason: int, reports: np.ndarray, fills: np.ndarray
-    ) -> BatchOutcome:
-        """:meth:`_outcome` for a batch of one input, from Python values instead of masks."""
-        target = int(batch.commands["order_id"][0])
-        refused = status == REJECTED
-        is_new = batch.commands["action"][0] == _ACTION_NEW
-        slot = self.slot_of(target) if target > 0 else -1
-        row = self.table[slot].item() if slot >= 0 else _ZERO_ORDER
-        final = (row[F_STATUS], row[F_REASON], row[F_LEAVES], row[F_CUM], row[F_PRICE], row[F_QUANTITY])
-        # The last report of the input about its own order wins (every report here is the input's).
-        for sequence_row in reversed(reports.tolist()) if len(reports) else ():
-            if sequence_row[2] == target:
-                final = (
-                    sequence_row[18], sequence_row[15], sequence_row[8], sequence_row[9],
-                    sequence_row[4], sequence_row[5],
-                )  # fmt: skip
-                break
-        final_status, final_reason, leaves, cum, price, quantity = final
-        return BatchOutcome(
-            first_input_seq=batch.first_input_seq,
-            received_ns=batch.received_ns,
-            transact_ns=batch.transact_ns,
-            order_ids=np.array([0 if refused and is_new else target], np.int64),
-            status=np.array([REJECTED if refused else final_status], np.uint8),
-            reason=np.array([reason if refused else final_reason], np.uint16),
-            price=np.array([price], np.int64),
-            quantity=np.array([quantity], np.int64),
-            leaves=np.array([0 if refused and is_new else leaves], np.int64),
-            cum=np.array([cum], np.int64),
-            priority_kept=np.array([bool(batch.meta["priority_kept"][0]) and not refused], bool),
-            reports=reports,
-            fills=fills,
-        )
 
     # --- snapshots -----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The Python fold of a batch's engine events into the order table, as apply_batch did it before
 the fold moved to C (native/src/order_fold.c): the reference the C fold is compared with
-(test_order_fold.py), kept in the tests only. Not for the service: ~5 us an event."""
+(test_order_fold.py), kept in the tests only. Not for the service: ~5 us an event. It adds the
+batch's new orders' rows and computes each input's outcome as the service did in Python too."""
 
 from __future__ import annotations
 
@@ -21,19 +22,6 @@ from services.execution.state import (
     _ROW_BY_ROW_MAX,
     CANCELED,
     EXPIRED,
-    F_ACCOUNT,
-    F_CUM,
-    F_LAST,
-    F_LEAVES,
-    F_NOTIONAL,
-    F_PRICE,
-    F_QUANTITY,
-    F_REASON,
-    F_SIDE,
-    F_STATUS,
-    F_STOP,
-    F_TYPE,
-    F_UPDATED,
     FILL_DTYPE,
     FILLED,
     NEW,
@@ -49,6 +37,14 @@ from services.execution.state import (
 )
 
 log = logging.getLogger(__name__)
+
+# Positions of ORDER_DTYPE fields in a row tuple (``orders[i].item()``).
+_ORDER_FIELDS: tuple[str, ...] = tuple(ORDER_DTYPE.fields or ())
+F_ACCOUNT, F_PRICE, F_QUANTITY = (_ORDER_FIELDS.index(n) for n in ("account_id", "price", "quantity"))
+F_LEAVES, F_CUM, F_NOTIONAL = (_ORDER_FIELDS.index(n) for n in ("leaves", "cum", "notional"))
+F_LAST, F_REASON, F_SIDE = (_ORDER_FIELDS.index(n) for n in ("last_exec_seq", "reason", "side"))
+F_TYPE, F_STATUS = (_ORDER_FIELDS.index(n) for n in ("order_type", "status"))
+F_UPDATED, F_STOP = _ORDER_FIELDS.index("updated_ns"), _ORDER_FIELDS.index("stop_price")
 
 MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
 _ENGINE_STOP_TYPES = (int(EngineType.STOP_LIMIT), int(EngineType.STOP_MARKET))
@@ -67,6 +63,9 @@ def reference_fold(
     commands, meta = batch.commands, batch.meta
     count = len(commands)
     actions = commands["action"]
+    if new_count:
+        new_mask = actions == _ACTION_NEW
+        _add_rows(self, commands[new_mask], meta[new_mask], first_new_id, batch.received_ns)
     received, transact = batch.received_ns, batch.transact_ns
     # Every order the events touch is copied once into a Python list (fast to update per event)
     # and written back to the numpy table in one pass at the end.
@@ -264,7 +263,7 @@ def reference_fold(
         self.traded_lots += int(fills["quantity"].sum())
         self._update_positions(fills)
     self._retain(reports)
-    outcome = self._outcome(batch, status_out, reason_out, reports, fills)
+    outcome = _outcome(self, batch, status_out, reason_out, reports, fills)
     if self.retire:
         for index in survivor_rows:
             row = live[index]
@@ -272,3 +271,86 @@ def reference_fold(
                 heapq.heappush(self._finished_survivors, (row[F_LAST], self._slot_ids.item(index)))
         self.retire_finished()
     return outcome
+
+
+def _add_rows(
+    self: ExecutionState, commands: np.ndarray, meta: np.ndarray, first_new_id: int, received_ns: int
+) -> None:
+    """The batch's new orders' rows, as ExecutionState._add_orders wrote them before the fold did
+    (the state has handed out their ids already)."""
+    count = len(commands)
+    slots = (np.arange(first_new_id - 1, first_new_id - 1 + count) & self._mask).astype(np.int64)
+    rows = np.zeros(count, ORDER_DTYPE)
+    rows["account_id"] = commands["account_id"]
+    rows["price"] = meta["client_price"]
+    rows["stop_price"] = commands["stop_price"]
+    rows["quantity"] = commands["qty"]
+    rows["display"] = commands["display_qty"]
+    rows["protection"] = meta["protection"]
+    rows["leaves"] = commands["qty"]
+    rows["created_ns"] = received_ns
+    rows["updated_ns"] = received_ns
+    rows["priority"] = meta["priority"]
+    rows["symbol_id"] = commands["symbol_id"]
+    rows["side"] = commands["side"]
+    rows["order_type"] = meta["client_type"]
+    rows["tif"] = meta["client_tif"]
+    rows["stp"] = meta["client_stp"]
+    rows["post_only"] = meta["post_only"]
+    rows["status"] = 0  # not working until the engine's ACK (so exposure counts it from there)
+    self.table[slots] = rows
+    self._slot_ids[slots] = np.arange(first_new_id, first_new_id + count)
+
+
+def _outcome(
+    self: ExecutionState,
+    batch: Batch,
+    status: np.ndarray,
+    reason: np.ndarray,
+    reports: np.ndarray,
+    fills: np.ndarray,
+) -> BatchOutcome:
+    """Each input's outcome from the rows after the batch and its own last report, as
+    ExecutionState._outcome did before the fold computed it."""
+    commands = batch.commands
+    target = commands["order_id"].astype(np.int64)
+    rows = self.rows_by_id(target)
+    refused = status == REJECTED
+    # The status each input left its order in: the order's state after the input's last event.
+    # Reports carry it per event; the last report of an input about its own order wins.
+    final_status = rows["status"].copy()
+    final_reason = rows["reason"].copy()
+    leaves = rows["leaves"].copy()
+    cum = rows["cum"].copy()
+    price = rows["price"].copy()
+    quantity = rows["quantity"].copy()
+    if len(reports):
+        own = reports["order_id"] == target[reports["input_sequence"] - batch.first_input_seq]
+        mine = reports[own]
+        ci = mine["input_sequence"] - batch.first_input_seq
+        final_status[ci] = mine["status"]
+        final_reason[ci] = mine["reason"]
+        leaves[ci] = mine["leaves"]
+        cum[ci] = mine["cum"]
+        price[ci] = mine["price"]
+        quantity[ci] = mine["quantity"]
+    status_out = np.where(refused, REJECTED, final_status).astype(np.uint8)
+    reason_out = np.where(refused, reason, final_reason).astype(np.uint16)
+    new_inputs = commands["action"] == _ACTION_NEW
+    order_ids = np.where(refused & new_inputs, 0, target)
+    kept = (batch.meta["priority_kept"] != 0) & ~refused
+    return BatchOutcome(
+        first_input_seq=batch.first_input_seq,
+        received_ns=batch.received_ns,
+        transact_ns=batch.transact_ns,
+        order_ids=order_ids,
+        status=status_out,
+        reason=reason_out,
+        price=price,
+        quantity=quantity,
+        leaves=np.where(refused & new_inputs, 0, leaves),
+        cum=cum,
+        priority_kept=kept,
+        reports=reports,
+        fills=fills,
+    )

@@ -63,6 +63,7 @@ def _batch(state: ExecutionState, inputs: list[dict[str, Any]]) -> Batch:
                 command["price"], command["qty"] = order["price"], order["qty"]
                 command["stop_price"] = order.get("stop", 0)
                 row["replace_quantity"] = order["qty"]
+                row["priority_kept"] = order.get("kept", 0)  # (refused replaces must not keep it)
             continue
         command["order_id"], command["action"], command["side"] = next_id, Action.NEW, order["side"]
         client_id = f"c{next_id}"
@@ -82,6 +83,8 @@ def _batch(state: ExecutionState, inputs: list[dict[str, Any]]) -> Batch:
         command["flags"] = 1 if kind == "post" else 0
         command["stp_mode"] = StpMode.NONE
         row["client_price"] = 0 if kind == "market" else order["price"]
+        row["protection"] = order["price"] if kind == "market" else 0
+        row["priority"] = command["priority"] = order.get("priority", 0)
         row["client_type"] = client_type
         row["client_tif"] = api.TIME_IN_FORCE_IOC if kind in ("ioc", "market") else api.TIME_IN_FORCE_GTC
         row["client_stp"] = api.SELF_TRADE_PREVENTION_ALLOW
@@ -103,6 +106,7 @@ def _input(
     away = rng.randint(1, 40)
     order["price"] = MID - away if buy else MID + away
     order["qty"] = rng.randint(1, 20)
+    order["priority"] = rng.choice((0, 0, 1, -3))
     roll = rng.random()
     if passive or roll < 0.3:
         order["kind"] = "gtc"
@@ -116,6 +120,7 @@ def _input(
         order["cancel_reason"] = KILL if rng.random() < 0.3 else 0
     elif roll < 0.65 and issued:
         order["kind"], order["target"] = "replace", rng.randint(max(1, issued - 200), issued + 5)
+        order["kept"] = rng.randint(0, 1)
         if stops and rng.random() < 0.6:  # a stop, maybe still waiting: a new limit, maybe a new trigger
             order["target"], order["account"], order["symbol"], order["side"] = rng.choice(stops[-50:])
             buy = order["side"] == 1
@@ -210,13 +215,15 @@ def test_the_c_fold_leaves_what_the_python_fold_leaves(
 
 def _fold_one(table: np.ndarray, events: np.ndarray, taker: list[int], maker: list[int]) -> Any:
     folder = OrderFold(ORDER_DTYPE, REPORT_DTYPE, FILL_DTYPE, META_DTYPE, _ENGINE_TO_REASON)
-    taker_slots, maker_slots = folder.slot_buffers(len(events), 0)
+    taker_slots, maker_slots = folder.slot_buffers(len(events), 1)
     taker_slots[:], maker_slots[:] = taker, maker
     return folder.fold(
         table,
+        np.zeros(len(table), np.int64),
         events,
         np.zeros(1, COMMAND_DTYPE),
         np.zeros(1, META_DTYPE),
+        np.full(1, -1, np.int64),
         first_new_id=1,
         new_count=0,
         slot_mask=len(table) - 1,
