@@ -72,6 +72,7 @@ from hftgate.matching import EngineConfig, MatchingEngine
 from hftgate.matching.types import COMMAND_DTYPE, Action, EventType, Reason, Side, StpMode
 from hftgate.matching.types import OrderType as EngineType
 from hftgate.native.errors import NativeError
+from hftgate.native.exposure import ExposureUpdate, UnknownAccount
 from hftgate.native.order_fold import OrderFold
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
@@ -276,6 +277,7 @@ class ExecutionState:
         self.symbol_names: list[str] = []
         self.account_names: dict[int, str] = {}
         self._account_rows: dict[int, int] = {}
+        self._exposure = ExposureUpdate()
         #: Orders: the window ring then the survivors (see the module docstring).
         self.table = np.zeros(_INITIAL_RING, ORDER_DTYPE)
         self._slot_ids = np.zeros(_INITIAL_RING, np.int64)  # order id in each row, 0 = free
@@ -939,39 +941,31 @@ class ExecutionState:
 
     def _update_exposure_of(self, indices: np.ndarray, before: np.ndarray) -> None:
         """The accounts' open lots and orders after rows ``indices`` changed (``before``: each
-        row's open lots before the change)."""
+        row's open lots before the change), in C (hft_exposure.h)."""
         if not len(indices):
             return
-        if len(indices) <= 16:  # numpy's per-call overhead dominates for a few orders
-            orders = self.table
-            for index, was in zip(indices.tolist(), before.tolist(), strict=True):
-                row = orders[index]
-                now = int(row["leaves"]) if row["status"] in OPEN_STATUSES else 0
-                if now == was:
-                    continue
-                account_row = self.account_row(int(row["account_id"]))
-                symbol = int(row["symbol_id"])
-                if row["side"] == 1:
-                    self.open_buy[account_row, symbol] += now - was
-                else:
-                    self.open_sell[account_row, symbol] += now - was
-                self.open_orders[account_row] += (now > 0) - (was > 0)
-            return
-        rows = self.table[indices]
-        after = np.where(_IS_OPEN.take(rows["status"]), rows["leaves"], 0)
-        delta = after - before
-        changed = delta != 0
-        if not changed.any():
-            return
-        rows, delta, before, after = rows[changed], delta[changed], before[changed], after[changed]
-        # One account_row lookup per account rather than per order (a batch is mostly few accounts).
-        accounts, inverse = np.unique(rows["account_id"], return_inverse=True)
-        account_rows = np.array([self.account_row(a) for a in accounts.tolist()], np.int64)[inverse]
-        symbols = rows["symbol_id"].astype(np.int64)
-        buys = rows["side"] == 1
-        np.add.at(self.open_buy, (account_rows[buys], symbols[buys]), delta[buys])
-        np.add.at(self.open_sell, (account_rows[~buys], symbols[~buys]), delta[~buys])
-        np.add.at(self.open_orders, account_rows, (after > 0).astype(np.int64) - (before > 0))
+        try:
+            self._exposure.apply(
+                self.table,
+                self.open_buy,
+                self.open_sell,
+                self.open_orders,
+                self._account_rows,
+                indices,
+                before,
+            )
+        except UnknownAccount:  # an account's first order: give it its rows (they may grow), again
+            for account in np.unique(self.table["account_id"][indices]).tolist():
+                self.account_row(account)
+            self._exposure.apply(
+                self.table,
+                self.open_buy,
+                self.open_sell,
+                self.open_orders,
+                self._account_rows,
+                indices,
+                before,
+            )
 
     def _update_positions(self, fills: np.ndarray) -> None:
         if len(fills) <= _ROW_BY_ROW_MAX:

@@ -19,6 +19,7 @@ from services.execution.records import Batch
 from services.execution.state import (
     _ACTION_NEW,
     _ENGINE_TO_REASON,
+    _IS_OPEN,
     _ROW_BY_ROW_MAX,
     CANCELED,
     EXPIRED,
@@ -253,7 +254,12 @@ def reference_fold(
         rows_back = np.array([tuple(row) for row in live.values()], ORDER_DTYPE)
         rows_back["updated_ns"] = transact
         orders[touched] = rows_back
-    self._update_exposure(working_before)
+    if working_before:
+        _exposure_of(
+            self,
+            np.fromiter(working_before.keys(), np.int64, len(working_before)),
+            np.fromiter(working_before.values(), np.int64, len(working_before)),
+        )
     self.next_report_seq = seq
     self.next_trade_id = trade_id
     reports = np.array(report_rows, REPORT_DTYPE) if report_rows else np.zeros(0, REPORT_DTYPE)
@@ -354,3 +360,41 @@ def _outcome(
         reports=reports,
         fills=fills,
     )
+
+
+def _exposure_of(self: ExecutionState, indices: np.ndarray, before: np.ndarray) -> None:
+    """The accounts' open lots and orders after rows ``indices`` changed (``before``: each
+    row's open lots before the change), as ExecutionState._update_exposure_of did in Python
+    before native/src/exposure.c."""
+    if not len(indices):
+        return
+    if len(indices) <= 16:  # numpy's per-call overhead dominates for a few orders
+        orders = self.table
+        for index, was in zip(indices.tolist(), before.tolist(), strict=True):
+            row = orders[index]
+            now = int(row["leaves"]) if row["status"] in OPEN_STATUSES else 0
+            if now == was:
+                continue
+            account_row = self.account_row(int(row["account_id"]))
+            symbol = int(row["symbol_id"])
+            if row["side"] == 1:
+                self.open_buy[account_row, symbol] += now - was
+            else:
+                self.open_sell[account_row, symbol] += now - was
+            self.open_orders[account_row] += (now > 0) - (was > 0)
+        return
+    rows = self.table[indices]
+    after = np.where(_IS_OPEN.take(rows["status"]), rows["leaves"], 0)
+    delta = after - before
+    changed = delta != 0
+    if not changed.any():
+        return
+    rows, delta, before, after = rows[changed], delta[changed], before[changed], after[changed]
+    # One account_row lookup per account rather than per order (a batch is mostly few accounts).
+    accounts, inverse = np.unique(rows["account_id"], return_inverse=True)
+    account_rows = np.array([self.account_row(a) for a in accounts.tolist()], np.int64)[inverse]
+    symbols = rows["symbol_id"].astype(np.int64)
+    buys = rows["side"] == 1
+    np.add.at(self.open_buy, (account_rows[buys], symbols[buys]), delta[buys])
+    np.add.at(self.open_sell, (account_rows[~buys], symbols[~buys]), delta[~buys])
+    np.add.at(self.open_orders, account_rows, (after > 0).astype(np.int64) - (before > 0))
