@@ -691,10 +691,11 @@ class ExecutionCore:
         if not positions:
             return {}
         state = self.state
-        own = state.client_id_index.get(account.account_id, {})
         symbol_ids: set[int] = set()
         for position in positions:
-            order_id = int(inputs.target_ids[position]) or own.get(inputs.client_ids[position], 0)
+            order_id = int(inputs.target_ids[position]) or state.order_id_for(
+                account.account_id, inputs.client_ids[position]
+            )
             slot = state.slot_of(order_id) if order_id > 0 else -1
             if slot >= 0:
                 symbol_ids.add(int(state.table["symbol_id"][slot]))
@@ -761,7 +762,7 @@ class ExecutionCore:
                 specs,
                 symbol_ids[new_positions],
                 account,
-                state.client_id_index.get(account.account_id, {}),
+                state.client_id_index,
                 exposure,
                 bucket,
             )
@@ -891,7 +892,7 @@ class ExecutionCore:
             spec,
             symbol_id,
             account,
-            state.client_id_index.get(account.account_id, {}),
+            state.client_id_index,
             exposure,
             bucket,
         )
@@ -949,7 +950,6 @@ class ExecutionCore:
             return
         state = self.state
         orders = state.table
-        own = state.client_id_index.get(account.account_id, {})
         # New orders earlier in this same batch get the next ids, in order: a stream may cancel them.
         accepted_new = np.nonzero((inputs.kind == KIND_NEW) & (reason == 0))[0].tolist()
         provisional = {
@@ -966,7 +966,7 @@ class ExecutionCore:
                     reason[position] = common.REJECT_REASON_INVALID_ORDER  # replace it in a later message
                 continue
             if client_id:
-                by_client = own.get(client_id, 0)
+                by_client = state.order_id_for(account.account_id, client_id)
                 if order_id and by_client and by_client != order_id:
                     reason[position] = common.REJECT_REASON_INVALID_ORDER
                     continue

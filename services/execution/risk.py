@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from hftgate.matching.types import MAX_PRICE, MAX_QTY
+from hftgate.native.client_ids import ClientIdIndex, valid_client_id
 from hftgate.native.risk import (
     ID_INVALID,
     ID_OK,
@@ -68,7 +69,6 @@ NEW_ORDER_DTYPE = np.dtype(
     ]
 )
 
-MAX_CLIENT_ID_LENGTH = 64
 #: Largest cum notional (ticks x lots) of one order and largest ceiling x max lots of an instrument.
 NOTIONAL_BOUND = 1 << 62
 #: An account's position limit counts as at most this many lots (see the module docstring).
@@ -164,28 +164,6 @@ class AccountExposure:
     row: int = 0
 
 
-def _valid_client_id(client_id: str) -> bool:
-    return 0 < len(client_id) <= MAX_CLIENT_ID_LENGTH and client_id.isascii() and client_id.isprintable()
-
-
-def _all_valid_and_new(client_ids: list[str], known_client_ids: dict[str, int]) -> bool:
-    """Whether every client order id is valid and none is used twice or already known: the usual
-    batch, checked with whole-list operations (the characters' rules hold per character, so they
-    hold for the joined text) instead of a Python step per order."""
-    if not client_ids:
-        return True
-    lengths = list(map(len, client_ids))
-    text = "".join(client_ids)
-    return (
-        min(lengths) > 0
-        and max(lengths) <= MAX_CLIENT_ID_LENGTH
-        and text.isascii()
-        and text.isprintable()
-        and len(set(client_ids)) == len(client_ids)
-        and known_client_ids.keys().isdisjoint(client_ids)
-    )
-
-
 def _check_reason_values() -> None:
     """The C checks' reasons are common.proto's RejectReason values (a renumbered proto fails here,
     at import, not as a wrong reason on the wire)."""
@@ -199,8 +177,9 @@ _check_reason_values()
 
 class NewOrderRisk:
     """The pre-trade checks of new orders, for every entry point: one C pass over a batch of any
-    size (native/include/hft_risk.h has the rules and their order). The client order ids' text
-    and uniqueness are checked here, in Python, where the strings are; C gets one state per order.
+    size (native/include/hft_risk.h has the rules and their order). The client order ids' text and
+    uniqueness are checked by the state's client id index, in C too (hft_client_ids.h), which gives
+    the risk checks one state per order.
     One per execution core (the C call's structs are reused)."""
 
     def __init__(self) -> None:
@@ -238,7 +217,7 @@ class NewOrderRisk:
         instruments: list[InstrumentSpec | None],
         symbol_ids: np.ndarray,
         account: AccountSpec,
-        known_client_ids: dict[str, int],
+        known_client_ids: ClientIdIndex,
         exposure: AccountExposure,
         bucket: TokenBucket,
     ) -> np.ndarray:
@@ -259,7 +238,7 @@ class NewOrderRisk:
             rules,
             rule_rows,
             symbol_ids,
-            client_id_states(client_ids, known_client_ids),
+            known_client_ids.check(account.account_id, client_ids),
             _open_room(account, exposure),
             bucket.take(count),
         )
@@ -271,16 +250,16 @@ class NewOrderRisk:
         instrument: InstrumentSpec | None,
         symbol_id: int,
         account: AccountSpec,
-        known_client_ids: dict[str, int],
+        known_client_ids: ClientIdIndex,
         exposure: AccountExposure,
         bucket: TokenBucket,
     ) -> int:
         """:meth:`check_new_orders` for a batch of one (SubmitOrder, a one-order stream message): the
         RejectReason of the order whose NEW_ORDER_DTYPE row is ``fields``, without building any
         array."""
-        if not _valid_client_id(client_id):
+        if not valid_client_id(client_id):
             id_state = ID_INVALID
-        elif client_id in known_client_ids:
+        elif known_client_ids.get(account.account_id, client_id):
             id_state = ID_USED
         else:
             id_state = ID_OK
@@ -293,21 +272,6 @@ class NewOrderRisk:
             _open_room(account, exposure),
             bucket.take(1),
         )
-
-
-def client_id_states(client_ids: list[str], known_client_ids: dict[str, int]) -> np.ndarray | None:
-    """Each client order id's hft_risk.h state (None: every one valid and new, the usual batch)."""
-    if _all_valid_and_new(client_ids, known_client_ids):
-        return None
-    states = np.zeros(len(client_ids), np.uint8)
-    seen: set[str] = set()
-    for position, client_id in enumerate(client_ids):
-        if not _valid_client_id(client_id):
-            states[position] = ID_INVALID
-        elif client_id in seen or client_id in known_client_ids:
-            states[position] = ID_USED
-        seen.add(client_id)
-    return states
 
 
 def _open_room(account: AccountSpec, exposure: AccountExposure) -> int:

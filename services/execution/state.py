@@ -71,6 +71,7 @@ import numpy.ma
 from hftgate.matching import EngineConfig, MatchingEngine
 from hftgate.matching.types import COMMAND_DTYPE, Action, EventType, Reason, Side, StpMode
 from hftgate.matching.types import OrderType as EngineType
+from hftgate.native.client_ids import ClientIdIndex, joined, valid_client_id
 from hftgate.native.errors import NativeError
 from hftgate.native.exposure import ExposureUpdate, UnknownAccount
 from hftgate.native.order_fold import OrderFold
@@ -293,7 +294,8 @@ class ExecutionState:
         self.retain_orders = max(1, retained_reports if retain_orders is None else retain_orders)
         self.retire = retire
         self.retired_orders = 0
-        self.client_id_index: dict[int, dict[str, int]] = {}
+        #: (account, client order id) -> order id, for the orders held (hft_client_ids.h).
+        self.client_id_index = ClientIdIndex()
         self.next_input_seq = 1
         self.next_report_seq = 1
         self.next_trade_id = 1
@@ -445,17 +447,17 @@ class ExecutionState:
         self._slot_ids[slots] = ids
         self._slot_client_ids[slots] = np.array(client_ids, object) if client_ids else []
         self._finished_survivors = []
-        self.client_id_index = {}
-        statuses, accounts, lasts = (
-            rows["status"].tolist(),
-            rows["account_id"].tolist(),
-            rows["last_exec_seq"],
-        )
-        for position, (order_id, client_id, status, account) in enumerate(
-            zip(ids.tolist(), client_ids, statuses, accounts, strict=True)
-        ):
-            if status != REJECTED:  # a rejected order's client id is free again
-                self.client_id_index.setdefault(account, {})[client_id] = order_id
+        # A rejected order's client id is free again; an empty one (a table set directly) is none.
+        statuses, accounts, lasts = rows["status"], rows["account_id"], rows["last_exec_seq"]
+        indexed = [
+            position
+            for position, (client_id, status) in enumerate(zip(client_ids, statuses.tolist(), strict=True))
+            if client_id and status != REJECTED and valid_client_id(client_id)
+        ]
+        text, lengths = joined([client_ids[p] for p in indexed])
+        self.client_id_index.clear()
+        self.client_id_index.add(accounts[indexed], text, lengths, ids[indexed])
+        for position, (order_id, status) in enumerate(zip(ids.tolist(), statuses.tolist(), strict=True)):
             if order_id <= self.order_base and status not in OPEN_STATUSES:
                 self._finished_survivors.append((int(lasts[position]), order_id))
         heapq.heapify(self._finished_survivors)
@@ -493,7 +495,7 @@ class ExecutionState:
 
     def order_id_for(self, account_id: int, client_order_id: str) -> int:
         """The order id of the account's order with this client order id, or 0."""
-        return self.client_id_index.get(account_id, {}).get(client_order_id, 0)
+        return self.client_id_index.get(account_id, client_order_id)
 
     def order(self, order_id: int) -> np.void | None:
         """The row of a retained order (a view: do not write), or None."""
@@ -563,14 +565,9 @@ class ExecutionState:
         table["leaves"][slots] = 0
         table["reason"][slots] = common.REJECT_REASON_NOT_SHARD_OWNER
         self._update_exposure(working_before)
+        self._forget_client_ids(slots)
         ring = self._ring
-        index, client_ids, slot_ids = self.client_id_index, self._slot_client_ids, self._slot_ids
-        for slot, account, order_id in zip(
-            slots.tolist(), table["account_id"][slots].tolist(), slot_ids[slots].tolist(), strict=True
-        ):
-            per_account = index.get(account)  # (_forget_client_id, inline: one move may purge 100k)
-            if per_account is not None and per_account.get(client_ids[slot]) == order_id:
-                del per_account[client_ids[slot]]
+        for slot in slots.tolist():
             if slot >= ring and self.retire:  # a survivor: retired once its last report has gone
                 heapq.heappush(
                     self._finished_survivors,
@@ -767,53 +764,53 @@ class ExecutionState:
         )
 
     def _index_new_orders(self, batch: Batch, new_mask: np.ndarray | None, count: int) -> None:
-        """Hand out the batch's new orders' ids (their rows are written by the fold, in C) and
-        index their client order ids: the strings stay in Python."""
+        """Hand out the batch's new orders' ids (their rows are written by the fold, in C), index
+        their client order ids (in C: hft_client_ids.h) and keep each one's text by its row."""
         self._reserve_orders(count)
         start = self.order_count
         self.order_count += count
-        index = self.client_id_index
+        commands, meta = batch.commands, batch.meta
+        if new_mask is not None and count != len(commands):
+            commands, meta = commands[new_mask], meta[new_mask]
+        lengths = meta["client_id_length"].astype(np.int64)
+        self.client_id_index.add(
+            commands["account_id"],
+            batch.client_ids,
+            lengths,
+            np.arange(start + 1, start + count + 1, dtype=np.int64),
+        )
         text = batch.client_ids.decode("ascii")
         if count == 1:  # (_misfit checked that the one order's id is the whole text)
-            account = int(batch.commands["account_id"][0 if new_mask is None else int(np.argmax(new_mask))])
             self._slot_client_ids[start & self._mask] = text
-            per_account = index.get(account)
-            if per_account is None:
-                per_account = index[account] = {}
-            per_account[text] = start + 1
             return
-        assert new_mask is not None
         first_slot = start & self._mask
         slots: slice | np.ndarray
         if first_slot + count <= self._ring:
             slots = slice(first_slot, first_slot + count)
         else:  # the ring wraps inside this batch
             slots = np.arange(start, start + count) & self._mask
-        ends = list(itertools.accumulate(batch.meta["client_id_length"][new_mask].tolist()))
-        texts = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-        accounts = batch.commands["account_id"][new_mask]
-        if (accounts == accounts[0]).all():  # one account's batch (every client call): one update
-            per_account = index.get(int(accounts[0]))
-            if per_account is None:
-                per_account = index[int(accounts[0])] = {}
-            per_account.update(zip(texts, range(start + 1, start + count + 1), strict=True))
-        else:
-            for position, (client_id, account) in enumerate(zip(texts, accounts.tolist(), strict=True)):
-                per_account = index.get(account)
-                if per_account is None:
-                    per_account = index[account] = {}
-                per_account[client_id] = start + position + 1
+        ends = list(itertools.accumulate(lengths.tolist()))
         held = np.empty(count, object)
-        held[:] = texts
+        held[:] = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         self._slot_client_ids[slots] = held
 
     def _forget_client_id(self, slot: int) -> None:
         """A refused (or retired) order's client id may be used again."""
-        account = self.table["account_id"].item(slot)
-        per_account = self.client_id_index.get(account)
         client_id = self._slot_client_ids[slot]
-        if per_account is not None and per_account.get(client_id) == self._slot_ids.item(slot):
-            del per_account[client_id]
+        if client_id:
+            self.client_id_index.remove_one(
+                self.table["account_id"].item(slot), client_id, self._slot_ids.item(slot)
+            )
+
+    def _forget_client_ids(self, slots: np.ndarray) -> None:
+        """:meth:`_forget_client_id` of many rows in one call."""
+        texts = self._slot_client_ids[slots].tolist()
+        held = [position for position, text in enumerate(texts) if text]
+        if len(held) < len(texts):
+            slots, texts = slots[held], [texts[p] for p in held]
+        if len(texts):
+            text, lengths = joined(texts)
+            self.client_id_index.remove(self.table["account_id"][slots], text, lengths, self._slot_ids[slots])
 
     # --- retirement (see the module docstring) -------------------------------------------------------
 
@@ -859,18 +856,7 @@ class ExecutionState:
         gone = ~_IS_OPEN.take(statuses) & (lasts < oldest)
         dropped = slot_numbers[gone]
         if len(dropped):
-            index = self.client_id_index
-            for account, client_id, order_id in zip(
-                table["account_id"][slots][gone].tolist(),
-                self._slot_client_ids[dropped].tolist(),
-                (slot_numbers[gone] - first + base + 1).tolist()
-                if isinstance(slots, slice)
-                else np.arange(base + 1, limit + 1, dtype=np.int64)[gone].tolist(),
-                strict=True,
-            ):
-                per_account = index.get(account)
-                if per_account is not None and per_account.get(client_id) == order_id:
-                    del per_account[client_id]
+            self._forget_client_ids(dropped)
             self._slot_ids[dropped] = 0
             self._slot_client_ids[dropped] = None
             self.retired_orders += len(dropped)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from hftgate.matching.types import MAX_PRICE, MAX_QTY
+from hftgate.native.client_ids import valid_client_id as _valid_client_id
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.reference import AccountSpec, InstrumentSpec
 from services.execution.risk import (
     AccountExposure,
     TokenBucket,
-    _valid_client_id,
     instrument_limits,
     position_limit,
 )

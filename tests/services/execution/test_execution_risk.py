@@ -10,6 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hftgate.native.client_ids import ClientIdIndex, joined
 from services.execution.reference import AccountSpec, InstrumentSpec
 from services.execution.risk import (
     NEW_ORDER_DTYPE,
@@ -18,6 +19,16 @@ from services.execution.risk import (
     TokenBucket,
 )
 from tests.services.execution.reference_risk import reference_reasons
+
+
+def known_ids(account_id: int, known: dict[str, int]) -> ClientIdIndex:
+    """The C index holding ``known`` (client order id -> order id) for ``account_id``."""
+    index = ClientIdIndex()
+    if known:
+        text, lengths = joined(list(known))
+        index.add(np.full(len(known), account_id, np.uint64), text, lengths, np.array(list(known.values())))
+    return index
+
 
 INSTRUMENTS: list[InstrumentSpec | None] = [
     InstrumentSpec(symbol="A"),
@@ -33,6 +44,10 @@ INSTRUMENTS: list[InstrumentSpec | None] = [
     InstrumentSpec(symbol="H", trading_enabled=False),
     None,
 ]
+
+
+#: Account 1's client order id "known" is in use (the random batches use it).
+KNOWN = known_ids(1, {"known": 1})
 
 
 def random_batch(rng: random.Random, count: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
@@ -87,7 +102,7 @@ def test_the_c_checks_give_the_reference_reasons() -> None:
         burst = rng.choice((2, 100))
         buckets = [TokenBucket(0.0, burst), TokenBucket(0.0, burst)]
         got = risk.check_new_orders(
-            orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, {"known": 1}, exposure, buckets[0]
+            orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, KNOWN, exposure, buckets[0]
         )
         want = reference_reasons(
             orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, {"known": 1}, exposure, buckets[1]
@@ -114,10 +129,10 @@ def test_the_account_limits_at_their_edges_give_the_reference_reasons() -> None:
         rows = np.array([rng.randrange(2) for _ in range(count)], np.int64)
         account, exposure = random_account(rng)
         exposure.open_orders = rng.randint(0, 4)
-        args = (orders, ids, rows, INSTRUMENTS, rows.copy(), account, {}, exposure)
+        args = (orders, ids, rows, INSTRUMENTS, rows.copy(), account)
         burst = rng.randint(1, 14)
-        got = risk.check_new_orders(*args, TokenBucket(0.0, burst))
-        assert got.tolist() == reference_reasons(*args, TokenBucket(0.0, burst)).tolist()
+        got = risk.check_new_orders(*args, ClientIdIndex(), exposure, TokenBucket(0.0, burst))
+        assert got.tolist() == reference_reasons(*args, {}, exposure, TokenBucket(0.0, burst)).tolist()
 
 
 def test_the_account_arrays_of_every_account_give_the_one_accounts_reasons() -> None:
@@ -134,7 +149,7 @@ def test_the_account_arrays_of_every_account_give_the_one_accounts_reasons() -> 
         for array, mine in zip(grid, (exposure.position, exposure.open_buy, exposure.open_sell), strict=True):
             array[row] = mine
         wide = AccountExposure(grid[0], grid[1], grid[2], exposure.open_orders, row)
-        args = (orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, {"known": 1})
+        args = (orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, KNOWN)
         assert (
             risk.check_new_orders(*args, wide, TokenBucket(1e9, 10**9)).tolist()
             == risk.check_new_orders(*args, exposure, TokenBucket(1e9, 10**9)).tolist()
@@ -204,29 +219,10 @@ def test_extreme_values_never_fail_the_call_and_agree_with_the_reference(
         open_orders,
     )
     ids = [f"c{i}" for i in range(count)]
-    args = (orders, ids, rows, list(specs), rows.copy(), account, {}, exposure)
-    got = NewOrderRisk().check_new_orders(*args, TokenBucket(1e9, 10**9))
-    assert got.tolist() == reference_reasons(*args, TokenBucket(1e9, 10**9)).tolist()
+    args = (orders, ids, rows, list(specs), rows.copy(), account)
+    got = NewOrderRisk().check_new_orders(*args, ClientIdIndex(), exposure, TokenBucket(1e9, 10**9))
+    assert got.tolist() == reference_reasons(*args, {}, exposure, TokenBucket(1e9, 10**9)).tolist()
     one = NewOrderRisk().check_one_new_order(
-        fields[0], "c0", specs[0], 0, account, {}, exposure, TokenBucket(1e9, 10**9)
+        fields[0], "c0", specs[0], 0, account, ClientIdIndex(), exposure, TokenBucket(1e9, 10**9)
     )
     assert one == int(got[0])
-
-
-def test_the_whole_batch_client_id_check_agrees_with_the_one_by_one_rules() -> None:
-    """risk._all_valid_and_new (whole-list operations) says yes exactly when no client order id
-    of the batch is invalid, repeated or already known, by the per-order rules."""
-    from services.execution.risk import MAX_CLIENT_ID_LENGTH, _all_valid_and_new, _valid_client_id
-
-    rng = random.Random(7)
-    pool = ["a", "b1", "x" * MAX_CLIENT_ID_LENGTH, "x" * (MAX_CLIENT_ID_LENGTH + 1), "", "é", "tab\t", "ok-2"]
-    for _ in range(2000):
-        ids = [
-            rng.choice(pool) if rng.random() < 0.2 else f"c{rng.randint(0, 50)}"
-            for _ in range(rng.randint(0, 6))
-        ]
-        known = {f"c{rng.randint(0, 200)}": 1 for _ in range(rng.randint(0, 3))}
-        by_rules = (
-            all(_valid_client_id(c) for c in ids) and len(set(ids)) == len(ids) and not set(ids) & set(known)
-        )
-        assert _all_valid_and_new(ids, known) == by_rules, (ids, known)

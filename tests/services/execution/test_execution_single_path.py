@@ -157,7 +157,7 @@ def _fields(order: api.NewOrder) -> dict[str, Any]:
 def test_single_order_risk_check_gives_the_batch_reasons() -> None:
     from services.execution.reference import AccountSpec
     from services.execution.risk import AccountExposure, NewOrderRisk, TokenBucket
-    from tests.services.execution.test_execution_risk import INSTRUMENTS, random_batch
+    from tests.services.execution.test_execution_risk import INSTRUMENTS, KNOWN, random_batch
 
     rng = random.Random(7)
     risk = NewOrderRisk()
@@ -181,11 +181,11 @@ def test_single_order_risk_check_gives_the_batch_reasons() -> None:
         for bucket in buckets:
             bucket.tokens = min(float(burst), tokens)
         batch_reason = risk.check_new_orders(
-            orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, {"known": 1}, exposure, buckets[0]
+            orders, ids, instrument_rows, INSTRUMENTS, symbol_ids, account, KNOWN, exposure, buckets[0]
         )
         row = int(instrument_rows[0])
         single_reason = risk.check_one_new_order(
-            orders[0].item(), ids[0], INSTRUMENTS[row], int(symbol_ids[0]), account, {"known": 1}, exposure,
+            orders[0].item(), ids[0], INSTRUMENTS[row], int(symbol_ids[0]), account, KNOWN, exposure,
             buckets[1],
         )  # fmt: skip
         assert single_reason == int(batch_reason[0]), (orders, ids, instrument_rows)

@@ -163,7 +163,7 @@ def _view(state: ExecutionState) -> tuple[Any, ...]:
         ids.tobytes(),
         orders.tobytes(),
         client_ids,
-        {a: dict(sorted(d.items())) for a, d in sorted(state.client_id_index.items())},
+        state.client_id_index.items(),
         state.order_base,
         state.next_input_seq,
         state.next_report_seq,

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from hftgate.matching import EngineConfig
 from hftgate.matching.types import COMMAND_DTYPE, MAX_PRICE, MAX_QTY, Action, StpMode
+from hftgate.native.client_ids import ClientIdIndex
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.journal import Journal
@@ -92,13 +93,18 @@ def test_an_admitted_order_fits_the_bounds_apply_relies_on(
     assert limits.price_ceiling * max(1, limits.max_lots) <= NOTIONAL_BOUND
     assert 1 <= limits.price_ceiling <= MAX_PRICE and 0 <= limits.max_lots <= MAX_QTY
     bucket = TokenBucket(1e9, 10**9)
-    reason = check_one_new_order(fields, "c1", spec, 0, ACCOUNT, {}, _exposure(), bucket)
+    reason = check_one_new_order(fields, "c1", spec, 0, ACCOUNT, ClientIdIndex(), _exposure(), bucket)
     batch = np.array([fields], NEW_ORDER_DTYPE)
     rows = np.zeros(1, np.int64)
-    args = (["c1"], rows, [spec], np.zeros(1, np.int64), ACCOUNT, {}, _exposure())
+    args = (["c1"], rows, [spec], np.zeros(1, np.int64), ACCOUNT)
     # A batch of one through either entry and the reference agree, and none raises on any value.
-    assert reference_reasons(batch, *args, TokenBucket(1e9, 10**9))[0] == reason
-    assert NewOrderRisk().check_new_orders(batch, *args, TokenBucket(1e9, 10**9))[0] == reason
+    assert reference_reasons(batch, *args, {}, _exposure(), TokenBucket(1e9, 10**9))[0] == reason
+    assert (
+        NewOrderRisk().check_new_orders(batch, *args, ClientIdIndex(), _exposure(), TokenBucket(1e9, 10**9))[
+            0
+        ]
+        == reason
+    )
     if reason:
         return
     price, stop, qty = fields[3:6]
@@ -112,7 +118,9 @@ def test_an_admitted_order_fits_the_bounds_apply_relies_on(
 def test_the_issues_order_at_2_61_is_refused_at_admission_with_the_band_reason() -> None:
     spec = InstrumentSpec(symbol="X", max_notional=0, price_band_ticks=0)  # no band, no notional limit
     order = (1, api.ORDER_TYPE_LIMIT, api.TIME_IN_FORCE_GTC, 1 << 61, 0, 1, 0, 0, 0, 0, 0)
-    reason = check_one_new_order(order, "c1", spec, 0, ACCOUNT, {}, _exposure(), TokenBucket(1e9, 10**9))
+    reason = check_one_new_order(
+        order, "c1", spec, 0, ACCOUNT, ClientIdIndex(), _exposure(), TokenBucket(1e9, 10**9)
+    )
     assert reason == common.REJECT_REASON_PRICE_BAND
     ceiling = instrument_limits(spec).price_ceiling
     at_ceiling = (
@@ -129,7 +137,10 @@ def test_the_issues_order_at_2_61_is_refused_at_admission_with_the_band_reason()
         0,
     )
     assert (
-        check_one_new_order(at_ceiling, "c2", spec, 0, ACCOUNT, {}, _exposure(), TokenBucket(1e9, 10**9)) == 0
+        check_one_new_order(
+            at_ceiling, "c2", spec, 0, ACCOUNT, ClientIdIndex(), _exposure(), TokenBucket(1e9, 10**9)
+        )
+        == 0
     )
 
 
@@ -138,7 +149,9 @@ def test_a_position_limit_beyond_the_bound_counts_as_the_bound() -> None:
     exposure = _exposure()
     exposure.position[0] = MAX_POSITION_LIMIT_LOTS
     order = (1, api.ORDER_TYPE_LIMIT, api.TIME_IN_FORCE_GTC, 1, 0, 1, 0, 0, 0, 0, 0)
-    reason = check_one_new_order(order, "c1", spec, 0, ACCOUNT, {}, exposure, TokenBucket(1e9, 10**9))
+    reason = check_one_new_order(
+        order, "c1", spec, 0, ACCOUNT, ClientIdIndex(), exposure, TokenBucket(1e9, 10**9)
+    )
     assert reason == common.REJECT_REASON_POSITION_LIMIT
 
 

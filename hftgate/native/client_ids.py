@@ -1,0 +1,138 @@
+"""The client order id index, in C (``native/include/hft_client_ids.h``).
+
+:class:`ClientIdIndex` maps (account, client order id) to the order id it names. Single ids go
+in and out as ``str``; batches as one text and the byte lengths of its ids, which is how the
+journal holds them, so a batch crosses in one call with no string per order. Not thread-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hftgate.native import check, ffi, lib
+
+#: The longest client order id, in bytes.
+MAX_LENGTH = lib.HFT_CLIENT_ID_MAX
+
+
+def valid_client_id(client_id: str) -> bool:
+    """Whether ``client_id`` is a client order id the index takes: 1..MAX_LENGTH printable ASCII."""
+    return 0 < len(client_id) <= MAX_LENGTH and client_id.isascii() and client_id.isprintable()
+
+
+def joined(client_ids: list[str]) -> tuple[bytes, np.ndarray]:
+    """``client_ids`` as one text and their byte lengths (int64). Ids that are not ASCII are
+    UTF-8 (never valid: their bytes are above 0x7e)."""
+    text = "".join(client_ids)
+    if text.isascii():
+        return text.encode("ascii"), np.fromiter(map(len, client_ids), np.int64, len(client_ids))
+    encoded = [c.encode("utf-8", "surrogatepass") for c in client_ids]
+    return b"".join(encoded), np.fromiter(map(len, encoded), np.int64, len(encoded))
+
+
+class ClientIdIndex:
+    """(account, client order id) -> order id (see the module docstring)."""
+
+    def __init__(self, capacity_hint: int = 1024) -> None:
+        out = ffi.new("hft_client_ids **")
+        check(lib.hft_client_ids_new(capacity_hint, out), "hft_client_ids_new")
+        self._index = ffi.gc(out[0], lib.hft_client_ids_free)
+        self._states = np.zeros(0, np.uint8)
+        self._all_ok = ffi.new("int *")
+        self._removed = ffi.new("size_t *")
+
+    def __len__(self) -> int:
+        return int(lib.hft_client_ids_count(self._index))
+
+    def clear(self) -> None:
+        lib.hft_client_ids_clear(self._index)
+
+    def get(self, account: int, client_id: str) -> int:
+        """The order id ``client_id`` of ``account`` names, or 0."""
+        data = client_id.encode("utf-8", "surrogatepass")
+        return int(lib.hft_client_ids_get(self._index, account, data, len(data)))
+
+    def check(self, account: int, client_ids: list[str]) -> np.ndarray | None:
+        """Each id's state (uint8: hft_risk.h's HFT_RISK_ID_*) for a batch of ``account``'s, or
+        None when every one is valid, new to the account and not repeated in the batch."""
+        count = len(client_ids)
+        if count == 0:
+            return None
+        text, lengths = joined(client_ids)
+        states = np.empty(count, np.uint8)
+        rc = lib.hft_client_ids_check(
+            self._index, account, text, len(text), ffi.from_buffer("int64_t[]", lengths), count,
+            ffi.from_buffer("uint8_t[]", states, require_writable=True), self._all_ok,
+        )  # fmt: skip
+        check(rc, "hft_client_ids_check")
+        return None if self._all_ok[0] else states
+
+    def add(self, accounts: np.ndarray, text: bytes, lengths: np.ndarray, order_ids: np.ndarray) -> None:
+        """Index ids (``text`` split by ``lengths``) of ``accounts`` as ``order_ids``; ValueError
+        (nothing indexed) when one is not a valid client order id."""
+        count = len(lengths)
+        keep = self._arrays(accounts, lengths, order_ids, count)
+        rc = lib.hft_client_ids_add(self._index, keep[0], text, len(text), keep[1], keep[2], count)
+        if rc == lib.HFT_EINVAL:
+            raise ValueError("client ids: not valid client order ids, or lengths that do not fit the text")
+        check(rc, "hft_client_ids_add")
+
+    def remove(self, accounts: np.ndarray, text: bytes, lengths: np.ndarray, order_ids: np.ndarray) -> int:
+        """Forget each id that still names its order id; how many went."""
+        count = len(lengths)
+        keep = self._arrays(accounts, lengths, order_ids, count)
+        rc = lib.hft_client_ids_remove(
+            self._index, keep[0], text, len(text), keep[1], keep[2], count, self._removed
+        )
+        check(rc, "hft_client_ids_remove")
+        return int(self._removed[0])
+
+    def remove_one(self, account: int, client_id: str, order_id: int) -> bool:
+        """Forget ``client_id`` of ``account`` if it still names ``order_id``."""
+        data = client_id.encode("utf-8", "surrogatepass")
+        return bool(
+            self.remove(
+                np.array([account], np.uint64),
+                data,
+                np.array([len(data)], np.int64),
+                np.array([order_id], np.int64),
+            )
+        )
+
+    def items(self) -> list[tuple[int, str, int]]:
+        """Every (account, client order id, order id), sorted."""
+        count = len(self)
+        accounts = np.empty(count, np.uint64)
+        order_ids = np.empty(count, np.int64)
+        lengths = np.empty(count, np.int64)
+        text = bytearray(count * MAX_LENGTH)
+        written = lib.hft_client_ids_export(
+            self._index,
+            ffi.from_buffer("uint64_t[]", accounts, require_writable=True),
+            ffi.from_buffer("int64_t[]", order_ids, require_writable=True),
+            ffi.from_buffer("char[]", text, require_writable=True),
+            ffi.from_buffer("int64_t[]", lengths, require_writable=True),
+            count,
+        )
+        return sorted(
+            (
+                int(accounts[i]),
+                bytes(text[i * MAX_LENGTH : i * MAX_LENGTH + int(lengths[i])]).decode("ascii"),
+                int(order_ids[i]),
+            )
+            for i in range(written)
+        )
+
+    @staticmethod
+    def _arrays(
+        accounts: np.ndarray, lengths: np.ndarray, order_ids: np.ndarray, count: int
+    ) -> tuple[Any, ...]:
+        if len(accounts) != count or len(order_ids) != count:
+            raise ValueError("client ids: one account, length and order id per id")
+        return (
+            ffi.from_buffer("uint64_t[]", np.ascontiguousarray(accounts, np.uint64)),
+            ffi.from_buffer("int64_t[]", np.ascontiguousarray(lengths, np.int64)),
+            ffi.from_buffer("int64_t[]", np.ascontiguousarray(order_ids, np.int64)),
+        )

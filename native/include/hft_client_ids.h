@@ -1,0 +1,70 @@
+/*
+ * hft_client_ids.h -- the execution service's client order id index: (account, client order id)
+ * -> the order id it names, for the orders the service still holds, and the admission check of a
+ * batch's ids (valid text, not used by the account, not repeated in the batch).
+ *
+ * Why in C: a batch of 10,000 orders spent ~18 ms of ~40 on its client order ids in Python
+ * dicts (check, index, retire), more than on risk, matching and bookkeeping together.
+ *
+ * A client order id is 1..HFT_CLIENT_ID_MAX bytes of printable ASCII (0x20..0x7e). The index
+ * keeps each key inline (open addressing, linear probing, deletion by backward shift), so no
+ * string is allocated per order and nothing in it points into the caller's memory. It grows
+ * (doubling, rehashing) to stay at most half full.
+ *
+ * Batches of ids travel as one text (the ids concatenated) and their byte lengths.
+ *
+ * Ownership: the index belongs to whoever made it (hft_client_ids_free); every other pointer
+ * belongs to the caller and is used only during the call.
+ * Concurrency: none; one writer.
+ */
+#ifndef HFT_CLIENT_IDS_H
+#define HFT_CLIENT_IDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hft_common.h"
+
+#define HFT_CLIENT_ID_MAX 64
+
+/* hft_client_ids_check's states (the same values as hft_risk.h's HFT_RISK_ID_*). */
+#define HFT_CLIENT_ID_OK 0
+#define HFT_CLIENT_ID_INVALID 1
+#define HFT_CLIENT_ID_USED 2
+
+typedef struct hft_client_ids hft_client_ids;
+
+int hft_client_ids_new(size_t capacity_hint, hft_client_ids **out);
+void hft_client_ids_free(hft_client_ids *index);
+size_t hft_client_ids_count(const hft_client_ids *index);
+void hft_client_ids_clear(hft_client_ids *index);
+
+/* The order id (account, id[0, length)) names, or 0. */
+int64_t hft_client_ids_get(const hft_client_ids *index, uint64_t account, const char *id, size_t length);
+
+/* For n ids of one account (text, lengths): states[i] HFT_CLIENT_ID_INVALID (not 1..64
+ * printable ASCII bytes), HFT_CLIENT_ID_USED (the account's already, or the same as an earlier
+ * id of the batch) or HFT_CLIENT_ID_OK; *all_ok says whether every one is OK.
+ * HFT_EINVAL: lengths that are negative or do not fit text_length. HFT_ENOMEM. */
+int hft_client_ids_check(hft_client_ids *index, uint64_t account, const char *text, size_t text_length,
+                         const int64_t *lengths, size_t n, uint8_t *states, int *all_ok);
+
+/* Index n ids (text, lengths) of accounts[i] as order_ids[i] (> 0), replacing what an id named
+ * before. HFT_EINVAL (nothing indexed): an id that is not valid, lengths that do not fit
+ * text_length. HFT_ENOMEM (nothing indexed). */
+int hft_client_ids_add(hft_client_ids *index, const uint64_t *accounts, const char *text, size_t text_length,
+                       const int64_t *lengths, const int64_t *order_ids, size_t n);
+
+/* Forget each of n ids (text, lengths) of accounts[i] that still names order_ids[i] (one that
+ * names another order now stays). *removed: how many went. HFT_EINVAL (nothing removed):
+ * lengths that do not fit text_length. */
+int hft_client_ids_remove(hft_client_ids *index, const uint64_t *accounts, const char *text,
+                          size_t text_length, const int64_t *lengths, const int64_t *order_ids, size_t n,
+                          size_t *removed);
+
+/* Up to capacity of the index's entries, in no particular order: accounts, order ids, and the ids
+ * (entry i's at text + i x HFT_CLIENT_ID_MAX) with their lengths. Returns how many were written. */
+size_t hft_client_ids_export(const hft_client_ids *index, uint64_t *accounts, int64_t *order_ids, char *text,
+                             int64_t *lengths, size_t capacity);
+
+#endif /* HFT_CLIENT_IDS_H */

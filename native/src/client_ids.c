@@ -1,0 +1,270 @@
+/* The client order id index (see hft_client_ids.h). */
+#include "hft_client_ids.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct entry {
+    uint64_t account;
+    int64_t order_id; /* 0: the cell is free */
+    uint64_t hash;
+    uint8_t length;
+    char id[HFT_CLIENT_ID_MAX];
+} entry;
+
+struct hft_client_ids {
+    entry *cells;
+    size_t mask; /* cells - 1; a power of two minus one */
+    size_t count;
+    /* check()'s set of the batch's ids so far: indexes into the batch, -1 free (reused, grown) */
+    int64_t *seen;
+    size_t seen_mask;
+};
+
+static uint64_t hash_of(uint64_t account, const char *id, size_t length) {
+    uint64_t h = account * 0x9E3779B97F4A7C15ull ^ (length * 0xC2B2AE3D27D4EB4Full);
+    size_t i = 0;
+    for (; i + 8 <= length; i += 8) {
+        uint64_t word;
+        memcpy(&word, id + i, 8);
+        h = (h ^ word) * 0xFF51AFD7ED558CCDull;
+        h ^= h >> 32;
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, id + i, length - i);
+    h = (h ^ tail) * 0xC4CEB9FE1A85EC53ull;
+    return h ^ (h >> 29);
+}
+
+static int valid(const char *id, int64_t length) {
+    if (length < 1 || length > HFT_CLIENT_ID_MAX) return 0;
+    for (int64_t i = 0; i < length; i++)
+        if ((unsigned char)id[i] < 0x20 || (unsigned char)id[i] > 0x7e) return 0;
+    return 1;
+}
+
+/* Whether lengths[0, n) are non-negative and add up to at most text_length. */
+static int lengths_fit(const int64_t *lengths, size_t n, size_t text_length) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lengths[i] < 0 || (uint64_t)lengths[i] > text_length - total) return 0;
+        total += (size_t)lengths[i];
+    }
+    return 1;
+}
+
+static size_t cell_count(size_t at_least) {
+    size_t cells = 16;
+    while (cells < 2 * at_least) cells <<= 1;
+    return cells;
+}
+
+int hft_client_ids_new(size_t capacity_hint, hft_client_ids **out) {
+    if (out == NULL) return HFT_EINVAL;
+    hft_client_ids *index = calloc(1, sizeof *index);
+    if (index == NULL) return HFT_ENOMEM;
+    size_t cells = cell_count(capacity_hint);
+    index->cells = calloc(cells, sizeof *index->cells);
+    if (index->cells == NULL) {
+        free(index);
+        return HFT_ENOMEM;
+    }
+    index->mask = cells - 1;
+    *out = index;
+    return HFT_OK;
+}
+
+void hft_client_ids_free(hft_client_ids *index) {
+    if (index == NULL) return;
+    free(index->cells);
+    free(index->seen);
+    free(index);
+}
+
+size_t hft_client_ids_count(const hft_client_ids *index) { return index->count; }
+
+void hft_client_ids_clear(hft_client_ids *index) {
+    memset(index->cells, 0, (index->mask + 1) * sizeof *index->cells);
+    index->count = 0;
+}
+
+/* The cell of (account, id), or the free cell where it would go. */
+static size_t find(const hft_client_ids *index, uint64_t account, const char *id, size_t length,
+                   uint64_t hash) {
+    size_t i = hash & index->mask;
+    for (;;) {
+        const entry *e = &index->cells[i];
+        if (e->order_id == 0) return i;
+        if (e->hash == hash && e->account == account && e->length == length && memcmp(e->id, id, length) == 0)
+            return i;
+        i = (i + 1) & index->mask;
+    }
+}
+
+/* Room for `more` entries beyond count at a load of at most one half. */
+static int reserve(hft_client_ids *index, size_t more) {
+    if (2 * (index->count + more) <= index->mask + 1) return HFT_OK;
+    size_t cells = cell_count(index->count + more);
+    entry *old = index->cells;
+    size_t old_cells = index->mask + 1;
+    index->cells = calloc(cells, sizeof *index->cells);
+    if (index->cells == NULL) {
+        index->cells = old;
+        return HFT_ENOMEM;
+    }
+    index->mask = cells - 1;
+    for (size_t c = 0; c < old_cells; c++) {
+        if (old[c].order_id == 0) continue;
+        size_t i = old[c].hash & index->mask;
+        while (index->cells[i].order_id != 0) i = (i + 1) & index->mask;
+        index->cells[i] = old[c];
+    }
+    free(old);
+    return HFT_OK;
+}
+
+int64_t hft_client_ids_get(const hft_client_ids *index, uint64_t account, const char *id, size_t length) {
+    if (index == NULL || id == NULL || length < 1 || length > HFT_CLIENT_ID_MAX) return 0;
+    return index->cells[find(index, account, id, length, hash_of(account, id, length))].order_id;
+}
+
+int hft_client_ids_check(hft_client_ids *index, uint64_t account, const char *text, size_t text_length,
+                         const int64_t *lengths, size_t n, uint8_t *states, int *all_ok) {
+    if (index == NULL || all_ok == NULL || (n && (text == NULL || lengths == NULL || states == NULL)))
+        return HFT_EINVAL;
+    if (!lengths_fit(lengths, n, text_length)) return HFT_EINVAL;
+    size_t seen_cells = cell_count(n);
+    if (index->seen == NULL || index->seen_mask + 1 < seen_cells) {
+        int64_t *seen = realloc(index->seen, seen_cells * sizeof *seen);
+        if (seen == NULL) return HFT_ENOMEM;
+        index->seen = seen;
+        index->seen_mask = seen_cells - 1;
+    }
+    memset(index->seen, 0xff, (index->seen_mask + 1) * sizeof *index->seen); /* every cell -1 */
+    int ok = 1;
+    size_t offset = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *id = text + offset;
+        const size_t length = (size_t)lengths[i];
+        offset += length;
+        if (!valid(id, lengths[i])) {
+            states[i] = HFT_CLIENT_ID_INVALID;
+            ok = 0;
+            continue;
+        }
+        const uint64_t hash = hash_of(account, id, length);
+        if (index->cells[find(index, account, id, length, hash)].order_id != 0) {
+            states[i] = HFT_CLIENT_ID_USED;
+            ok = 0;
+            continue;
+        }
+        /* Earlier in the batch? The set holds each earlier valid id as offset << 8 | length. */
+        size_t cell = hash & index->seen_mask;
+        int repeated = 0;
+        for (;;) {
+            const int64_t held = index->seen[cell];
+            if (held < 0) break;
+            const size_t held_offset = (size_t)held >> 8, held_length = (size_t)held & 0xff;
+            if (held_length == length && memcmp(text + held_offset, id, length) == 0) {
+                repeated = 1;
+                break;
+            }
+            cell = (cell + 1) & index->seen_mask;
+        }
+        if (repeated) {
+            states[i] = HFT_CLIENT_ID_USED;
+            ok = 0;
+            continue;
+        }
+        index->seen[cell] = (int64_t)((offset - length) << 8 | length);
+        states[i] = HFT_CLIENT_ID_OK;
+    }
+    *all_ok = ok;
+    return HFT_OK;
+}
+
+int hft_client_ids_add(hft_client_ids *index, const uint64_t *accounts, const char *text, size_t text_length,
+                       const int64_t *lengths, const int64_t *order_ids, size_t n) {
+    if (index == NULL || (n && (accounts == NULL || text == NULL || lengths == NULL || order_ids == NULL)))
+        return HFT_EINVAL;
+    if (!lengths_fit(lengths, n, text_length)) return HFT_EINVAL;
+    size_t offset = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!valid(text + offset, lengths[i]) || order_ids[i] < 1) return HFT_EINVAL;
+        offset += (size_t)lengths[i];
+    }
+    int rc = reserve(index, n);
+    if (rc != HFT_OK) return rc;
+    offset = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *id = text + offset;
+        const size_t length = (size_t)lengths[i];
+        offset += length;
+        const uint64_t hash = hash_of(accounts[i], id, length);
+        entry *e = &index->cells[find(index, accounts[i], id, length, hash)];
+        if (e->order_id == 0) {
+            index->count++;
+            e->account = accounts[i];
+            e->hash = hash;
+            e->length = (uint8_t)length;
+            memcpy(e->id, id, length);
+        }
+        e->order_id = order_ids[i];
+    }
+    return HFT_OK;
+}
+
+/* Free cell i, moving later cells of its run back so that every entry stays reachable. */
+static void delete_at(hft_client_ids *index, size_t i) {
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & index->mask;
+        if (index->cells[j].order_id == 0) break;
+        size_t home = index->cells[j].hash & index->mask;
+        /* Entry j may move to i unless its home lies cyclically in (i, j]. */
+        if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+            index->cells[i] = index->cells[j];
+            i = j;
+        }
+    }
+    index->cells[i].order_id = 0;
+    index->count--;
+}
+
+int hft_client_ids_remove(hft_client_ids *index, const uint64_t *accounts, const char *text,
+                          size_t text_length, const int64_t *lengths, const int64_t *order_ids, size_t n,
+                          size_t *removed) {
+    if (index == NULL || removed == NULL ||
+        (n && (accounts == NULL || text == NULL || lengths == NULL || order_ids == NULL)))
+        return HFT_EINVAL;
+    if (!lengths_fit(lengths, n, text_length)) return HFT_EINVAL;
+    size_t offset = 0, gone = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *id = text + offset;
+        const int64_t length = lengths[i];
+        offset += (size_t)length;
+        if (length < 1 || length > HFT_CLIENT_ID_MAX) continue; /* never indexed */
+        const size_t cell = find(index, accounts[i], id, (size_t)length, hash_of(accounts[i], id, (size_t)length));
+        if (index->cells[cell].order_id != 0 && index->cells[cell].order_id == order_ids[i]) {
+            delete_at(index, cell);
+            gone++;
+        }
+    }
+    *removed = gone;
+    return HFT_OK;
+}
+
+size_t hft_client_ids_export(const hft_client_ids *index, uint64_t *accounts, int64_t *order_ids, char *text,
+                             int64_t *lengths, size_t capacity) {
+    size_t written = 0;
+    for (size_t c = 0; c <= index->mask && written < capacity; c++) {
+        const entry *e = &index->cells[c];
+        if (e->order_id == 0) continue;
+        accounts[written] = e->account;
+        order_ids[written] = e->order_id;
+        memcpy(text + written * HFT_CLIENT_ID_MAX, e->id, e->length);
+        lengths[written] = e->length;
+        written++;
+    }
+    return written;
+}
