@@ -42,6 +42,10 @@ class ClientIdIndex:
         self._states = np.zeros(0, np.uint8)
         self._all_ok = ffi.new("int *")
         self._removed = ffi.new("size_t *")
+        # One id's arrays, for add_one: no numpy for a single order.
+        self._one_account = ffi.new("uint64_t[1]")
+        self._one_length = ffi.new("int64_t[1]")
+        self._one_order_id = ffi.new("int64_t[1]")
 
     def __len__(self) -> int:
         return int(lib.hft_client_ids_count(self._index))
@@ -77,6 +81,16 @@ class ClientIdIndex:
         rc = lib.hft_client_ids_add(self._index, keep[0], text, len(text), keep[1], keep[2], count)
         if rc == lib.HFT_EINVAL:
             raise ValueError("client ids: not valid client order ids, or lengths that do not fit the text")
+        check(rc, "hft_client_ids_add")
+
+    def add_one(self, account: int, client_id: bytes, order_id: int) -> None:
+        """:meth:`add` of one id (ASCII bytes)."""
+        self._one_account[0], self._one_length[0], self._one_order_id[0] = account, len(client_id), order_id
+        rc = lib.hft_client_ids_add(
+            self._index, self._one_account, client_id, len(client_id), self._one_length, self._one_order_id, 1
+        )
+        if rc == lib.HFT_EINVAL:
+            raise ValueError("client ids: not a valid client order id")
         check(rc, "hft_client_ids_add")
 
     def remove(self, accounts: np.ndarray, text: bytes, lengths: np.ndarray, order_ids: np.ndarray) -> int:

@@ -123,7 +123,7 @@ def decode_order_columns(columns: api.OrderColumns, received_ns: int, arrival_ns
     kind.fill(KIND_NEW)
     return Inputs(
         kind=kind,
-        symbols=[symbols[i] for i in columns.symbol_index],
+        symbols=symbols * count if len(symbols) == 1 else [symbols[i] for i in columns.symbol_index],
         client_ids=list(columns.client_order_id),
         orders=orders,
         target_ids=np.zeros(count, np.int64),

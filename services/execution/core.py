@@ -415,13 +415,8 @@ class ExecutionCore:
             raise ServiceUnavailable("the service is stopping")
         if account.kill_switch and inputs.cancel_reason != common.REJECT_REASON_KILL_SWITCH:
             await self._cancel_for_kill_switch(account)
-        unique, specs = (
-            await self.instruments_for(
-                [s for s, k in zip(inputs.symbols, inputs.kind.tolist(), strict=True) if k == KIND_NEW]
-            )
-            if inputs.symbols
-            else ([], [])
-        )
+        # (Cancels and replaces carry "", whose instrument is None: they never look it up.)
+        unique, specs = await self.instruments_for(inputs.symbols) if inputs.symbols else ([], [])
         payload: bytes | None
         single_new = len(inputs) == 1 and inputs.preset_reasons is None and inputs.kind[0] == KIND_NEW
         if single_new and specs:
@@ -747,17 +742,27 @@ class ExecutionCore:
                 else:
                     log.error("no engine book left for %s (max_symbols reached)", symbol)
                     ids_by_symbol[symbol] = -1
-            position_symbols = [inputs.symbols[p] for p in new_positions.tolist()]
+            every = len(new_positions) == count  # (the usual batch: new orders only, none preset)
+            position_symbols = (
+                inputs.symbols if every else [inputs.symbols[p] for p in new_positions.tolist()]
+            )
+            new_count = len(position_symbols)
             row_of = {symbol: row for row, symbol in enumerate(symbols)}
-            instrument_rows = np.array([row_of[s] for s in position_symbols], np.int64)
-            symbol_ids[new_positions] = np.array([ids_by_symbol[s] for s in position_symbols], np.int64)
+            if len(row_of) == 1:  # one symbol: no look-up per order
+                instrument_rows = np.zeros(new_count, np.int64)
+                symbol_ids[new_positions] = ids_by_symbol[symbols[0]]
+            else:
+                instrument_rows = np.fromiter(map(row_of.__getitem__, position_symbols), np.int64, new_count)
+                symbol_ids[new_positions] = np.fromiter(
+                    map(ids_by_symbol.__getitem__, position_symbols), np.int64, new_count
+                )
             row = state.account_row(account.account_id)
             exposure = AccountExposure(
                 state.position, state.open_buy, state.open_sell, int(state.open_orders[row]), row
             )
             reason[new_positions] = self.risk.check_new_orders(
-                orders[new_positions],
-                [client_ids[p] for p in new_positions.tolist()],
+                orders if every else orders[new_positions],
+                client_ids if every else [client_ids[p] for p in new_positions.tolist()],
                 instrument_rows,
                 specs,
                 symbol_ids[new_positions],
@@ -1082,11 +1087,15 @@ class ExecutionCore:
         new_count = int(is_new.sum())
         if new_count:
             self._fill_new_commands(commands, meta, orders, is_new, symbol_ids[accepted], new_count)
-            ids = [client_ids[p] for p in accepted[is_new].tolist()]
+            ids = (
+                client_ids
+                if new_count == len(client_ids)  # every input accepted and new: in their order
+                else [client_ids[p] for p in accepted[is_new].tolist()]
+            )
             encoded = "".join(ids).encode("ascii")
-            meta["client_id_length"][is_new] = [len(i) for i in ids]
+            meta["client_id_length"][is_new] = np.fromiter(map(len, ids), np.int64, new_count)
         else:
-            encoded = b""
+            ids, encoded = [], b""
         others = ~is_new
         if others.any():
             target = targets[accepted][others]
@@ -1113,7 +1122,7 @@ class ExecutionCore:
                     and open_qty <= int(row["leaves"])
                     and new_stop in (0, int(row["stop_price"]))
                 )
-        return Batch(state.next_input_seq, inputs.received_ns, time.time_ns(), commands, meta, encoded)
+        return Batch(state.next_input_seq, inputs.received_ns, time.time_ns(), commands, meta, encoded, ids)
 
     def _fill_new_commands(
         self,

@@ -770,6 +770,11 @@ class ExecutionState:
         start = self.order_count
         self.order_count += count
         commands, meta = batch.commands, batch.meta
+        if count == 1:  # (_misfit checked that the one order's id is the whole text)
+            position = 0 if new_mask is None else int(np.argmax(new_mask))
+            self.client_id_index.add_one(int(commands["account_id"][position]), batch.client_ids, start + 1)
+            self._slot_client_ids[start & self._mask] = batch.client_ids.decode("ascii")
+            return
         if new_mask is not None and count != len(commands):
             commands, meta = commands[new_mask], meta[new_mask]
         lengths = meta["client_id_length"].astype(np.int64)
@@ -779,19 +784,20 @@ class ExecutionState:
             lengths,
             np.arange(start + 1, start + count + 1, dtype=np.int64),
         )
-        text = batch.client_ids.decode("ascii")
-        if count == 1:  # (_misfit checked that the one order's id is the whole text)
-            self._slot_client_ids[start & self._mask] = text
-            return
         first_slot = start & self._mask
         slots: slice | np.ndarray
         if first_slot + count <= self._ring:
             slots = slice(first_slot, first_slot + count)
         else:  # the ring wraps inside this batch
             slots = np.arange(start, start + count) & self._mask
-        ends = list(itertools.accumulate(lengths.tolist()))
         held = np.empty(count, object)
-        held[:] = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        texts = batch.client_id_texts
+        if texts is not None and len(texts) == count:
+            held[:] = texts
+        else:  # (a batch from the journal: its text split by the lengths)
+            text = batch.client_ids.decode("ascii")
+            ends = list(itertools.accumulate(lengths.tolist()))
+            held[:] = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         self._slot_client_ids[slots] = held
 
     def _forget_client_id(self, slot: int) -> None:
