@@ -177,7 +177,9 @@ class OrderFold:
                 raise TypeError("fold: slot_ids must be int64, one per table row")
             self._slot_ids = slot_ids
             self._slot_ids_ptr = ffi.from_buffer("int64_t[]", slot_ids, require_writable=True)
-        if meta.dtype != self.meta_dtype or len(meta) != len(commands):
+        if (meta.dtype is not self.meta_dtype and meta.dtype != self.meta_dtype) or len(meta) != len(
+            commands
+        ):
             raise TypeError("fold: one meta row of the meta dtype per command")
         batch, out = self._batch, self._out
         # (held in locals until the call returns: the struct's pointers do not keep the buffers)
@@ -217,12 +219,22 @@ class OrderFold:
             raise LookupError(f"event {self._bad[0]} names an order that is not held")
         check(rc, f"hft_order_fold(events={count})")
         touched, rejected = out.n_touched, out.n_rejected
+        # Copies of the rows as fresh arrays of their dtypes (a bytearray wrapped by np.ndarray:
+        # half the cost of copying bytes and viewing them as a structured dtype).
+        n_outcomes, n_reports, n_fills = len(commands), out.n_reports, out.n_fills
+        outcome_size, report_size, fill_size = (
+            OUTCOME_DTYPE.itemsize,
+            self.report_dtype.itemsize,
+            self.fill_dtype.itemsize,
+        )
         return FoldResult(
-            outcomes=self._outcome_bytes[: len(commands) * OUTCOME_DTYPE.itemsize].copy().view(OUTCOME_DTYPE),
-            reports=self._report_bytes[: out.n_reports * self.report_dtype.itemsize]
-            .copy()
-            .view(self.report_dtype),
-            fills=self._fill_bytes[: out.n_fills * self.fill_dtype.itemsize].copy().view(self.fill_dtype),
+            outcomes=np.ndarray(
+                (n_outcomes,), OUTCOME_DTYPE, bytearray(self._outcome_bytes[: n_outcomes * outcome_size])
+            ),
+            reports=np.ndarray(
+                (n_reports,), self.report_dtype, bytearray(self._report_bytes[: n_reports * report_size])
+            ),
+            fills=np.ndarray((n_fills,), self.fill_dtype, bytearray(self._fill_bytes[: n_fills * fill_size])),
             rejected_index=self._rejected_index[:rejected],
             rejected_reason=self._rejected_reason[:rejected],
             touched=self._touched[:touched],

@@ -984,10 +984,6 @@ class ExecutionState:
             return
         ring = self.reports
         capacity = len(ring)
-        if len(reports) <= _ROW_BY_ROW_MAX:
-            for row in reports.tolist():
-                ring[(row[0] - 1) % capacity] = row
-            return
         if len(reports) >= capacity:
             reports = reports[-capacity:]
         count = len(reports)
