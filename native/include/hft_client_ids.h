@@ -6,10 +6,11 @@
  * Why in C: a batch of 10,000 orders spent ~18 ms of ~40 on its client order ids in Python
  * dicts (check, index, retire), more than on risk, matching and bookkeeping together.
  *
- * A client order id is 1..HFT_CLIENT_ID_MAX bytes of printable ASCII (0x20..0x7e). The index
- * keeps each key inline (open addressing, linear probing, deletion by backward shift), so no
- * string is allocated per order and nothing in it points into the caller's memory. It grows
- * (doubling, rehashing) to stay at most half full.
+ * A client order id is 1..HFT_CLIENT_ID_MAX bytes of printable ASCII (0x20..0x7e). The index is
+ * open addressing with linear probing and deletion by backward shift, over 16-byte cells (a full
+ * hash and the index of a key record); the keys are copied into an arena of records reused
+ * last-freed-first, so no string is allocated per order and nothing in it points into the
+ * caller's memory. The cells grow (doubling, rehashing) to stay at most half full.
  *
  * Batches of ids travel as one text (the ids concatenated) and their byte lengths.
  *

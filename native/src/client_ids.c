@@ -4,19 +4,33 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct entry {
-    uint64_t account;
-    int64_t order_id; /* 0: the cell is free */
+/* The table is compact cells (16 bytes, four to a cache line) that point into an arena of keys:
+ * a probe reads cells only, and a key record is read when a cell's whole hash matches. Keys are
+ * handed out from a free list (last freed, first reused) or the arena's end, so a batch's keys sit
+ * together and a batch's adds and removals walk memory in order. */
+typedef struct cell {
     uint64_t hash;
+    uint32_t key; /* the key record's index + 1; 0: the cell is free */
+    uint32_t unused;
+} cell;
+
+typedef struct key_record {
+    uint64_t account;
+    int64_t order_id;
     uint8_t length;
     char id[HFT_CLIENT_ID_MAX];
-} entry;
+} key_record;
 
 struct hft_client_ids {
-    entry *cells;
+    cell *cells;
     size_t mask; /* cells - 1; a power of two minus one */
     size_t count;
-    /* check()'s set of the batch's ids so far: indexes into the batch, -1 free (reused, grown) */
+    key_record *keys;
+    size_t key_capacity;
+    size_t keys_used;  /* records ever handed out (the arena's end) */
+    uint32_t *free_keys; /* indexes of freed records (key_capacity of room) */
+    size_t free_count;
+    /* check()'s set of the batch's ids so far: offset << 8 | length, -1 free (reused, grown) */
     int64_t *seen;
     size_t seen_mask;
 };
@@ -65,8 +79,11 @@ int hft_client_ids_new(size_t capacity_hint, hft_client_ids **out) {
     if (index == NULL) return HFT_ENOMEM;
     size_t cells = cell_count(capacity_hint);
     index->cells = calloc(cells, sizeof *index->cells);
-    if (index->cells == NULL) {
-        free(index);
+    index->key_capacity = cells / 2;
+    index->keys = malloc(index->key_capacity * sizeof *index->keys);
+    index->free_keys = malloc(index->key_capacity * sizeof *index->free_keys);
+    if (index->cells == NULL || index->keys == NULL || index->free_keys == NULL) {
+        hft_client_ids_free(index);
         return HFT_ENOMEM;
     }
     index->mask = cells - 1;
@@ -77,6 +94,8 @@ int hft_client_ids_new(size_t capacity_hint, hft_client_ids **out) {
 void hft_client_ids_free(hft_client_ids *index) {
     if (index == NULL) return;
     free(index->cells);
+    free(index->keys);
+    free(index->free_keys);
     free(index->seen);
     free(index);
 }
@@ -85,27 +104,45 @@ size_t hft_client_ids_count(const hft_client_ids *index) { return index->count; 
 
 void hft_client_ids_clear(hft_client_ids *index) {
     memset(index->cells, 0, (index->mask + 1) * sizeof *index->cells);
-    index->count = 0;
+    index->count = index->keys_used = index->free_count = 0;
 }
+
+static const key_record *record_of(const hft_client_ids *index, const cell *c) { return &index->keys[c->key - 1]; }
 
 /* The cell of (account, id), or the free cell where it would go. */
 static size_t find(const hft_client_ids *index, uint64_t account, const char *id, size_t length,
                    uint64_t hash) {
     size_t i = hash & index->mask;
     for (;;) {
-        const entry *e = &index->cells[i];
-        if (e->order_id == 0) return i;
-        if (e->hash == hash && e->account == account && e->length == length && memcmp(e->id, id, length) == 0)
-            return i;
+        const cell *c = &index->cells[i];
+        if (c->key == 0) return i;
+        if (c->hash == hash) {
+            const key_record *k = record_of(index, c);
+            if (k->account == account && k->length == length && memcmp(k->id, id, length) == 0) return i;
+        }
         i = (i + 1) & index->mask;
     }
 }
 
-/* Room for `more` entries beyond count at a load of at most one half. */
+/* Room for `more` entries beyond count: cells at a load of at most one half, and key records. */
 static int reserve(hft_client_ids *index, size_t more) {
-    if (2 * (index->count + more) <= index->mask + 1) return HFT_OK;
-    size_t cells = cell_count(index->count + more);
-    entry *old = index->cells;
+    const size_t needed = index->count + more;
+    /* Records free for new keys: the freed ones and the arena past its end. */
+    if (more > index->key_capacity - index->keys_used + index->free_count) {
+        size_t capacity = index->key_capacity;
+        while (capacity - index->keys_used + index->free_count < more) capacity *= 2;
+        if (capacity > UINT32_MAX - 1) return HFT_ENOMEM; /* (key indexes are 32-bit) */
+        key_record *keys = realloc(index->keys, capacity * sizeof *keys);
+        if (keys == NULL) return HFT_ENOMEM;
+        index->keys = keys;
+        uint32_t *free_keys = realloc(index->free_keys, capacity * sizeof *free_keys);
+        if (free_keys == NULL) return HFT_ENOMEM;
+        index->free_keys = free_keys;
+        index->key_capacity = capacity;
+    }
+    if (2 * needed <= index->mask + 1) return HFT_OK;
+    size_t cells = cell_count(needed);
+    cell *old = index->cells;
     size_t old_cells = index->mask + 1;
     index->cells = calloc(cells, sizeof *index->cells);
     if (index->cells == NULL) {
@@ -114,18 +151,24 @@ static int reserve(hft_client_ids *index, size_t more) {
     }
     index->mask = cells - 1;
     for (size_t c = 0; c < old_cells; c++) {
-        if (old[c].order_id == 0) continue;
+        if (old[c].key == 0) continue;
         size_t i = old[c].hash & index->mask;
-        while (index->cells[i].order_id != 0) i = (i + 1) & index->mask;
+        while (index->cells[i].key != 0) i = (i + 1) & index->mask;
         index->cells[i] = old[c];
     }
     free(old);
     return HFT_OK;
 }
 
+static uint32_t take_key(hft_client_ids *index) {
+    if (index->free_count) return index->free_keys[--index->free_count];
+    return (uint32_t)index->keys_used++;
+}
+
 int64_t hft_client_ids_get(const hft_client_ids *index, uint64_t account, const char *id, size_t length) {
     if (index == NULL || id == NULL || length < 1 || length > HFT_CLIENT_ID_MAX) return 0;
-    return index->cells[find(index, account, id, length, hash_of(account, id, length))].order_id;
+    const cell *c = &index->cells[find(index, account, id, length, hash_of(account, id, length))];
+    return c->key ? record_of(index, c)->order_id : 0;
 }
 
 int hft_client_ids_check(hft_client_ids *index, uint64_t account, const char *text, size_t text_length,
@@ -153,7 +196,7 @@ int hft_client_ids_check(hft_client_ids *index, uint64_t account, const char *te
             continue;
         }
         const uint64_t hash = hash_of(account, id, length);
-        if (index->cells[find(index, account, id, length, hash)].order_id != 0) {
+        if (index->cells[find(index, account, id, length, hash)].key != 0) {
             states[i] = HFT_CLIENT_ID_USED;
             ok = 0;
             continue;
@@ -201,33 +244,38 @@ int hft_client_ids_add(hft_client_ids *index, const uint64_t *accounts, const ch
         const size_t length = (size_t)lengths[i];
         offset += length;
         const uint64_t hash = hash_of(accounts[i], id, length);
-        entry *e = &index->cells[find(index, accounts[i], id, length, hash)];
-        if (e->order_id == 0) {
+        cell *c = &index->cells[find(index, accounts[i], id, length, hash)];
+        if (c->key == 0) {
+            const uint32_t key = take_key(index);
+            key_record *k = &index->keys[key];
+            k->account = accounts[i];
+            k->length = (uint8_t)length;
+            memcpy(k->id, id, length);
+            c->hash = hash;
+            c->key = key + 1;
             index->count++;
-            e->account = accounts[i];
-            e->hash = hash;
-            e->length = (uint8_t)length;
-            memcpy(e->id, id, length);
         }
-        e->order_id = order_ids[i];
+        index->keys[c->key - 1].order_id = order_ids[i];
     }
     return HFT_OK;
 }
 
-/* Free cell i, moving later cells of its run back so that every entry stays reachable. */
+/* Free cell i and its key record, moving later cells of its run back so that every entry stays
+ * reachable. */
 static void delete_at(hft_client_ids *index, size_t i) {
+    index->free_keys[index->free_count++] = index->cells[i].key - 1;
     size_t j = i;
     for (;;) {
         j = (j + 1) & index->mask;
-        if (index->cells[j].order_id == 0) break;
+        if (index->cells[j].key == 0) break;
         size_t home = index->cells[j].hash & index->mask;
-        /* Entry j may move to i unless its home lies cyclically in (i, j]. */
+        /* Cell j may move to i unless its home lies cyclically in (i, j]. */
         if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
             index->cells[i] = index->cells[j];
             i = j;
         }
     }
-    index->cells[i].order_id = 0;
+    index->cells[i].key = 0;
     index->count--;
 }
 
@@ -244,9 +292,9 @@ int hft_client_ids_remove(hft_client_ids *index, const uint64_t *accounts, const
         const int64_t length = lengths[i];
         offset += (size_t)length;
         if (length < 1 || length > HFT_CLIENT_ID_MAX) continue; /* never indexed */
-        const size_t cell = find(index, accounts[i], id, (size_t)length, hash_of(accounts[i], id, (size_t)length));
-        if (index->cells[cell].order_id != 0 && index->cells[cell].order_id == order_ids[i]) {
-            delete_at(index, cell);
+        const size_t at = find(index, accounts[i], id, (size_t)length, hash_of(accounts[i], id, (size_t)length));
+        if (index->cells[at].key != 0 && record_of(index, &index->cells[at])->order_id == order_ids[i]) {
+            delete_at(index, at);
             gone++;
         }
     }
@@ -258,8 +306,8 @@ size_t hft_client_ids_export(const hft_client_ids *index, uint64_t *accounts, in
                              int64_t *lengths, size_t capacity) {
     size_t written = 0;
     for (size_t c = 0; c <= index->mask && written < capacity; c++) {
-        const entry *e = &index->cells[c];
-        if (e->order_id == 0) continue;
+        if (index->cells[c].key == 0) continue;
+        const key_record *e = record_of(index, &index->cells[c]);
         accounts[written] = e->account;
         order_ids[written] = e->order_id;
         memcpy(text + written * HFT_CLIENT_ID_MAX, e->id, e->length);

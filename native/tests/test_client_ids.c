@@ -38,6 +38,17 @@ static void test_many_ids_survive_growth_and_removals(void) {
         CHECK_EQ_INT(hft_client_ids_get(index, accounts[i], text + offset, (size_t)lengths[i]), expected);
         offset += (size_t)lengths[i];
     }
+    /* Add them all again (freed key records are reused, the arena grows for the rest), then clear. */
+    for (int i = 0; i < MANY; i++) order_ids[i] = MANY + i + 1;
+    CHECK_EQ_INT(hft_client_ids_add(index, accounts, text, offset, lengths, order_ids, MANY), HFT_OK);
+    CHECK_EQ_INT(hft_client_ids_count(index), MANY);
+    CHECK_EQ_INT(hft_client_ids_get(index, 1, "o1", 2), MANY + 2);
+    CHECK_EQ_INT(hft_client_ids_get(index, 0, "o0", 2), MANY + 1);
+    hft_client_ids_clear(index);
+    CHECK_EQ_INT(hft_client_ids_count(index), 0);
+    CHECK_EQ_INT(hft_client_ids_get(index, 1, "o1", 2), 0);
+    CHECK_EQ_INT(hft_client_ids_add(index, accounts, text, offset, lengths, order_ids, MANY), HFT_OK);
+    CHECK_EQ_INT(hft_client_ids_get(index, 2, "o2", 2), MANY + 3);
     hft_client_ids_free(index);
 }
 
