@@ -58,13 +58,16 @@ class ClientIdIndex:
         data = client_id.encode("utf-8", "surrogatepass")
         return int(lib.hft_client_ids_get(self._index, account, data, len(data)))
 
-    def check(self, account: int, client_ids: list[str]) -> np.ndarray | None:
+    def check(
+        self, account: int, client_ids: list[str], joined_ids: tuple[bytes, np.ndarray] | None = None
+    ) -> np.ndarray | None:
         """Each id's state (uint8: hft_risk.h's HFT_RISK_ID_*) for a batch of ``account``'s, or
-        None when every one is valid, new to the account and not repeated in the batch."""
+        None when every one is valid, new to the account and not repeated in the batch.
+        ``joined_ids``: :func:`joined` of ``client_ids``, when the caller has it already."""
         count = len(client_ids)
         if count == 0:
             return None
-        text, lengths = joined(client_ids)
+        text, lengths = joined(client_ids) if joined_ids is None else joined_ids
         states = np.empty(count, np.uint8)
         rc = lib.hft_client_ids_check(
             self._index, account, text, len(text), ffi.from_buffer("int64_t[]", lengths), count,
@@ -102,18 +105,6 @@ class ClientIdIndex:
         )
         check(rc, "hft_client_ids_remove")
         return int(self._removed[0])
-
-    def remove_one(self, account: int, client_id: str, order_id: int) -> bool:
-        """Forget ``client_id`` of ``account`` if it still names ``order_id``."""
-        data = client_id.encode("utf-8", "surrogatepass")
-        return bool(
-            self.remove(
-                np.array([account], np.uint64),
-                data,
-                np.array([len(data)], np.int64),
-                np.array([order_id], np.int64),
-            )
-        )
 
     def items(self) -> list[tuple[int, str, int]]:
         """Every (account, client order id, order id), sorted."""

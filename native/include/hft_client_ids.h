@@ -25,13 +25,11 @@
 #include <stdint.h>
 
 #include "hft_common.h"
+#include "hft_risk.h"
 
 #define HFT_CLIENT_ID_MAX 64
 
-/* hft_client_ids_check's states (the same values as hft_risk.h's HFT_RISK_ID_*). */
-#define HFT_CLIENT_ID_OK 0
-#define HFT_CLIENT_ID_INVALID 1
-#define HFT_CLIENT_ID_USED 2
+/* hft_client_ids_check's states are hft_risk.h's HFT_RISK_ID_*: what the risk checks take. */
 
 typedef struct hft_client_ids hft_client_ids;
 
@@ -43,9 +41,9 @@ void hft_client_ids_clear(hft_client_ids *index);
 /* The order id (account, id[0, length)) names, or 0. */
 int64_t hft_client_ids_get(const hft_client_ids *index, uint64_t account, const char *id, size_t length);
 
-/* For n ids of one account (text, lengths): states[i] HFT_CLIENT_ID_INVALID (not 1..64
- * printable ASCII bytes), HFT_CLIENT_ID_USED (the account's already, or the same as an earlier
- * id of the batch) or HFT_CLIENT_ID_OK; *all_ok says whether every one is OK.
+/* For n ids of one account (text, lengths): states[i] HFT_RISK_ID_INVALID (not 1..64
+ * printable ASCII bytes), HFT_RISK_ID_USED (the account's already, or the same as an earlier
+ * id of the batch) or HFT_RISK_ID_OK; *all_ok says whether every one is OK.
  * HFT_EINVAL: lengths that are negative or do not fit text_length. HFT_ENOMEM. */
 int hft_client_ids_check(hft_client_ids *index, uint64_t account, const char *text, size_t text_length,
                          const int64_t *lengths, size_t n, uint8_t *states, int *all_ok);

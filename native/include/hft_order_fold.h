@@ -81,6 +81,12 @@
 #define HFT_FOLD_CLIENT_STOP_MARKET 4
 #define HFT_FOLD_REASON_NO_LIQUIDITY 18
 #define HFT_FOLD_REASON_INVALID_ORDER 20
+/* Whether an order in status `status` is open (works in a book or waits for its trigger). */
+static inline int hft_fold_is_open(uint8_t status) {
+    return status == HFT_FOLD_STATUS_NEW || status == HFT_FOLD_STATUS_PENDING ||
+           status == HFT_FOLD_STATUS_PARTIAL;
+}
+
 /* reason_of[] entry of an engine reason with no mapping (REJECT: INVALID_ORDER, else none). */
 #define HFT_FOLD_UNMAPPED 0xFFFF
 

@@ -191,13 +191,13 @@ int hft_client_ids_check(hft_client_ids *index, uint64_t account, const char *te
         const size_t length = (size_t)lengths[i];
         offset += length;
         if (!valid(id, lengths[i])) {
-            states[i] = HFT_CLIENT_ID_INVALID;
+            states[i] = HFT_RISK_ID_INVALID;
             ok = 0;
             continue;
         }
         const uint64_t hash = hash_of(account, id, length);
         if (index->cells[find(index, account, id, length, hash)].key != 0) {
-            states[i] = HFT_CLIENT_ID_USED;
+            states[i] = HFT_RISK_ID_USED;
             ok = 0;
             continue;
         }
@@ -215,12 +215,12 @@ int hft_client_ids_check(hft_client_ids *index, uint64_t account, const char *te
             cell = (cell + 1) & index->seen_mask;
         }
         if (repeated) {
-            states[i] = HFT_CLIENT_ID_USED;
+            states[i] = HFT_RISK_ID_USED;
             ok = 0;
             continue;
         }
         index->seen[cell] = (int64_t)((offset - length) << 8 | length);
-        states[i] = HFT_CLIENT_ID_OK;
+        states[i] = HFT_RISK_ID_OK;
     }
     *all_ok = ok;
     return HFT_OK;

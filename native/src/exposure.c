@@ -1,11 +1,6 @@
 /* The accounts' exposure after order rows changed (see hft_exposure.h). */
 #include "hft_exposure.h"
 
-static int is_open(uint8_t status) {
-    return status == HFT_FOLD_STATUS_NEW || status == HFT_FOLD_STATUS_PENDING ||
-           status == HFT_FOLD_STATUS_PARTIAL;
-}
-
 /* The row of account_id, or -1. */
 static int64_t row_of(const hft_exposure *x, uint64_t account_id) {
     size_t low = 0, high = x->account_count;
@@ -51,7 +46,7 @@ int hft_exposure_apply(const hft_exposure *x, const hft_order_row *table, size_t
     }
     for (size_t i = 0; i < n; i++) {
         const hft_order_row *row = &table[slots[i]];
-        const int64_t now = is_open(row->status) ? row->leaves : 0, was = before[i];
+        const int64_t now = hft_fold_is_open(row->status) ? row->leaves : 0, was = before[i];
         if (now == was) continue;
         const int64_t account_row = row_of(x, row->account_id);
         const int64_t cell = account_row * x->symbols + (int64_t)row->symbol_id;

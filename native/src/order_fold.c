@@ -36,18 +36,13 @@ static int touched_seen(touched_set *set, int64_t slot) {
     }
 }
 
-static int is_open(uint8_t status) {
-    return status == HFT_FOLD_STATUS_NEW || status == HFT_FOLD_STATUS_PENDING ||
-           status == HFT_FOLD_STATUS_PARTIAL;
-}
-
 /* The row of slot, recorded as touched (with its open lots before the batch) the first time. */
 static hft_order_row *touch(hft_order_row *table, int64_t slot, touched_set *set, hft_fold_out *out,
                             int64_t transact_ns) {
     hft_order_row *row = &table[slot];
     if (!touched_seen(set, slot)) {
         out->touched[out->n_touched] = slot;
-        out->before[out->n_touched] = is_open(row->status) ? row->leaves : 0;
+        out->before[out->n_touched] = hft_fold_is_open(row->status) ? row->leaves : 0;
         out->n_touched++;
         row->updated_ns = transact_ns;
     }

@@ -65,8 +65,8 @@ static void test_a_batch_check_says_which_ids_fail(void) {
     int all_ok = 1;
     CHECK_EQ_INT(hft_client_ids_check(index, account, text, strlen(text), lengths, 6, states, &all_ok), HFT_OK);
     CHECK_EQ_INT(all_ok, 0);
-    const uint8_t expected[6] = {HFT_CLIENT_ID_OK, HFT_CLIENT_ID_USED, HFT_CLIENT_ID_USED,
-                                 HFT_CLIENT_ID_INVALID, HFT_CLIENT_ID_INVALID, HFT_CLIENT_ID_OK};
+    const uint8_t expected[6] = {HFT_RISK_ID_OK, HFT_RISK_ID_USED, HFT_RISK_ID_USED,
+                                 HFT_RISK_ID_INVALID, HFT_RISK_ID_INVALID, HFT_RISK_ID_OK};
     for (int i = 0; i < 6; i++) CHECK_EQ_INT(states[i], expected[i]);
     CHECK_EQ_INT(hft_client_ids_check(index, 8, text, strlen(text), lengths, 1, states, &all_ok), HFT_OK);
     CHECK_EQ_INT(all_ok, 1);

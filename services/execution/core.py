@@ -36,6 +36,7 @@ import numpy as np
 
 from hftgate.matching.types import COMMAND_DTYPE, Action, StpMode
 from hftgate.matching.types import OrderType as EngineType
+from hftgate.native.client_ids import joined
 from hftgate.native.clock import now_ns
 from hftgate.native.histogram import LatencyHistogram
 from hftgate.v1 import common_pb2 as common
@@ -724,6 +725,7 @@ class ExecutionCore:
         new_mask = kind == KIND_NEW
         new_positions = np.nonzero(new_mask & (reason == 0))[0]
         symbol_ids = np.full(count, -1, np.int64)
+        joined_ids: tuple[bytes, np.ndarray] | None = None
         if len(new_positions):
             self.counters.orders_received += int(new_mask.sum())
             # Instruments without a book yet get provisional ids; a book opens (and is journaled) only
@@ -760,9 +762,13 @@ class ExecutionCore:
             exposure = AccountExposure(
                 state.position, state.open_buy, state.open_sell, int(state.open_orders[row]), row
             )
+            new_ids = client_ids if every else [client_ids[p] for p in new_positions.tolist()]
+            # (joined once: the id check takes them so, and so does the journal record when every
+            # order passes)
+            joined_ids = joined(new_ids)
             reason[new_positions] = self.risk.check_new_orders(
                 orders if every else orders[new_positions],
-                client_ids if every else [client_ids[p] for p in new_positions.tolist()],
+                new_ids,
                 instrument_rows,
                 specs,
                 symbol_ids[new_positions],
@@ -770,6 +776,7 @@ class ExecutionCore:
                 state.client_id_index,
                 exposure,
                 bucket,
+                joined_ids,
             )
             if provisional:
                 self._open_books(provisional, symbol_ids, reason)
@@ -803,7 +810,7 @@ class ExecutionCore:
         if not len(accepted):
             return acks, None, accepted
         self._ensure_account(account)
-        batch = self._build_batch(account, inputs, accepted, symbol_ids, targets, client_ids)
+        batch = self._build_batch(account, inputs, accepted, symbol_ids, targets, client_ids, joined_ids)
         acks_order = accepted
         priorities = orders["priority"][accepted]
         # (Equal priorities, the usual case, keep the list order: nothing to reorder.)
@@ -1074,7 +1081,11 @@ class ExecutionCore:
         symbol_ids: np.ndarray,
         targets: np.ndarray,
         client_ids: list[str],
+        joined_ids: tuple[bytes, np.ndarray] | None = None,
     ) -> Batch:
+        """The journal batch of the accepted inputs. ``joined_ids``: the new orders' client ids as
+        :func:`~hftgate.native.client_ids.joined` gave them to the id check (reused when every
+        input is new and accepted: then they are those ids, all ASCII)."""
         state = self.state
         count = len(accepted)
         commands = np.zeros(count, COMMAND_DTYPE)
@@ -1087,13 +1098,13 @@ class ExecutionCore:
         new_count = int(is_new.sum())
         if new_count:
             self._fill_new_commands(commands, meta, orders, is_new, symbol_ids[accepted], new_count)
-            ids = (
-                client_ids
-                if new_count == len(client_ids)  # every input accepted and new: in their order
-                else [client_ids[p] for p in accepted[is_new].tolist()]
-            )
-            encoded = "".join(ids).encode("ascii")
-            meta["client_id_length"][is_new] = np.fromiter(map(len, ids), np.int64, new_count)
+            if new_count == len(client_ids) and joined_ids is not None:  # every input accepted and new
+                ids = client_ids
+                encoded, lengths = joined_ids
+            else:
+                ids = [client_ids[p] for p in accepted[is_new].tolist()]
+                encoded, lengths = joined(ids)
+            meta["client_id_length"][is_new] = lengths
         else:
             ids, encoded = [], b""
         others = ~is_new

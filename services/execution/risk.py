@@ -6,8 +6,8 @@ RejectReason (0 = passes). The rules and their order are in one place, ``native/
 field values and combinations, tick/lot grid, price band, max quantity, max notional, duplicate
 client order id, then the account's limits that depend on the orders before it in the batch: rate
 limit (token bucket), open-order limit and position limit. Every entry point uses it, a batch of
-one included. Python keeps what needs Python objects: the client order ids' text and uniqueness,
-the token bucket's clock, and the instruments' limits derived from their specs (below).
+one included; client order ids are checked by the state's index, in C too (hft_client_ids.h).
+Python keeps the token bucket's clock and the instruments' limits derived from their specs (below).
 
 Position limit is checked worst case: a buy passes when net position + lots already working
 on the buy side + this batch's earlier buys + its quantity stay within the limit (sells
@@ -34,7 +34,7 @@ apply), enforced here, at admission, before the journal append:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,8 @@ class InstrumentLimits:
     reference: int  # 0..MAX_PRICE
     price_step: int
     lot_step: int
+    #: The same limits as the C checks read them (with the instrument's trading switch).
+    rules: InstrumentRules = field(compare=False, repr=False)
 
 
 _limits_cache: dict[int, tuple[InstrumentSpec, InstrumentLimits]] = {}
@@ -104,14 +106,30 @@ def instrument_limits(spec: InstrumentSpec) -> InstrumentLimits:
     if band:
         ceiling = min(ceiling, reference + band)
     configured = int(spec.max_notional)
+    price_ceiling = max(1, ceiling)
+    max_notional = configured if 0 < configured <= NOTIONAL_BOUND else NOTIONAL_BOUND
+    price_step = min(max(1, int(spec.price_increment_ticks)), MAX_PRICE)
+    lot_step = min(max(1, int(spec.quantity_increment_lots)), MAX_QTY)
     limits = InstrumentLimits(
         max_lots=max_lots,
-        price_ceiling=max(1, ceiling),
-        max_notional=configured if 0 < configured <= NOTIONAL_BOUND else NOTIONAL_BOUND,
+        price_ceiling=price_ceiling,
+        max_notional=max_notional,
         band=band,
         reference=reference,
-        price_step=min(max(1, int(spec.price_increment_ticks)), MAX_PRICE),
-        lot_step=min(max(1, int(spec.quantity_increment_lots)), MAX_QTY),
+        price_step=price_step,
+        lot_step=lot_step,
+        rules=InstrumentRules(
+            (
+                1 if spec.trading_enabled else 0,
+                max_lots,
+                price_ceiling,
+                max_notional,
+                band,
+                reference,
+                price_step,
+                lot_step,
+            )
+        ),
     )
     if len(_limits_cache) >= _LIMITS_CACHE_MAX:
         _limits_cache.clear()
@@ -220,13 +238,18 @@ class NewOrderRisk:
         known_client_ids: ClientIdIndex,
         exposure: AccountExposure,
         bucket: TokenBucket,
+        joined_ids: tuple[bytes, np.ndarray] | None = None,
     ) -> np.ndarray:
         """RejectReason per order (int64, 0 = accepted). ``instrument_rows[i]`` indexes
         ``instruments`` for order i; ``symbol_ids[i]`` is its engine symbol id (-1 when unknown).
-        Takes a rate token per order from ``bucket``."""
+        Takes a rate token per order from ``bucket``. ``joined_ids``: the client ids as
+        ``hftgate.native.client_ids.joined`` gives them, when the caller has them already."""
         count = len(orders)
         rules = np.array(
-            [(instrument_rules(spec) if spec is not None else _NO_RULES).values for spec in instruments]
+            [
+                (instrument_limits(spec).rules if spec is not None else _NO_RULES).values
+                for spec in instruments
+            ]
             or [_NO_RULES.values],
             RULES_DTYPE,
         )
@@ -238,7 +261,7 @@ class NewOrderRisk:
             rules,
             rule_rows,
             symbol_ids,
-            known_client_ids.check(account.account_id, client_ids),
+            known_client_ids.check(account.account_id, client_ids, joined_ids),
             _open_room(account, exposure),
             bucket.take(count),
         )
@@ -266,7 +289,7 @@ class NewOrderRisk:
         self._bind(account, exposure)
         return self._check.check_one(
             fields,
-            instrument_rules(instrument) if instrument is not None else None,
+            instrument_limits(instrument).rules if instrument is not None else None,
             symbol_id,
             id_state,
             _open_room(account, exposure),
@@ -280,31 +303,6 @@ def _open_room(account: AccountSpec, exposure: AccountExposure) -> int:
     return room if -(1 << 62) <= room <= 1 << 62 else (1 << 62 if room > 0 else -(1 << 62))
 
 
-def instrument_rules(spec: InstrumentSpec) -> InstrumentRules:
-    """``spec``'s limits as the C checks read them (cached per spec object, as its limits are)."""
-    held = _rules_cache.get(id(spec))
-    if held is not None and held[0] is spec:
-        return held[1]
-    lim = instrument_limits(spec)
-    rules = InstrumentRules(
-        (
-            1 if spec.trading_enabled else 0,
-            lim.max_lots,
-            lim.price_ceiling,
-            lim.max_notional,
-            lim.band,
-            lim.reference,
-            lim.price_step,
-            lim.lot_step,
-        )
-    )
-    if len(_rules_cache) >= _LIMITS_CACHE_MAX:
-        _rules_cache.clear()
-    _rules_cache[id(spec)] = (spec, rules)
-    return rules
-
-
-_rules_cache: dict[int, tuple[InstrumentSpec, InstrumentRules]] = {}
 #: The rules row of an unknown instrument: never read (its orders fail UNKNOWN_SYMBOL first), but
 #: in range, as every row handed to C must be.
 _NO_RULES = InstrumentRules((0, 0, 1, 1, 0, 0, 1, 1))

@@ -802,14 +802,11 @@ class ExecutionState:
 
     def _forget_client_id(self, slot: int) -> None:
         """A refused (or retired) order's client id may be used again."""
-        client_id = self._slot_client_ids[slot]
-        if client_id:
-            self.client_id_index.remove_one(
-                self.table["account_id"].item(slot), client_id, self._slot_ids.item(slot)
-            )
+        self._forget_client_ids(np.array([slot], np.int64))
 
     def _forget_client_ids(self, slots: np.ndarray) -> None:
-        """:meth:`_forget_client_id` of many rows in one call."""
+        """Free the client ids of the orders in rows ``slots`` (each only while it still names its
+        order: a refused order's id may have been taken again since), in one call."""
         texts = self._slot_client_ids[slots].tolist()
         held = [position for position, text in enumerate(texts) if text]
         if len(held) < len(texts):
@@ -937,27 +934,16 @@ class ExecutionState:
         if not len(indices):
             return
         try:
-            self._exposure.apply(
-                self.table,
-                self.open_buy,
-                self.open_sell,
-                self.open_orders,
-                self._account_rows,
-                indices,
-                before,
-            )
+            self._apply_exposure(indices, before)
         except UnknownAccount:  # an account's first order: give it its rows (they may grow), again
             for account in np.unique(self.table["account_id"][indices]).tolist():
                 self.account_row(account)
-            self._exposure.apply(
-                self.table,
-                self.open_buy,
-                self.open_sell,
-                self.open_orders,
-                self._account_rows,
-                indices,
-                before,
-            )
+            self._apply_exposure(indices, before)
+
+    def _apply_exposure(self, indices: np.ndarray, before: np.ndarray) -> None:
+        self._exposure.apply(
+            self.table, self.open_buy, self.open_sell, self.open_orders, self._account_rows, indices, before
+        )
 
     def _update_positions(self, fills: np.ndarray) -> None:
         if len(fills) <= _ROW_BY_ROW_MAX:
