@@ -164,6 +164,34 @@ async def test_bad_orders_in_a_batch_leave_the_good_ones_accepted(seeded: Any) -
     assert acks[3].reason == common.REJECT_REASON_DUPLICATE_CLIENT_ORDER_ID
 
 
+@pytest.mark.parametrize("entry", ["SubmitOrders", "SubmitOrderColumns"])
+async def test_client_ids_at_their_edges_in_one_batch_get_their_own_reasons(seeded: Any, entry: str) -> None:
+    """The batch check of client order ids (in C): 64 printable ASCII characters pass, 65 do not,
+    nor do non-ASCII ids (64 characters but more bytes), control characters, an id used earlier
+    in the batch or already the account's; the valid ones around them are accepted."""
+    from hftgate.bench.execution import order_columns
+
+    ids = ["e" * 64, "e" * 65, "é" * 64, "ok-é", "tab\t", "dup", "dup", "keep-bid", " ~!", "last"]
+    orders = [order(client_id, BUY, 95, 1) for client_id in ids]
+    invalid, used = common.REJECT_REASON_INVALID_ORDER, common.REJECT_REASON_DUPLICATE_CLIENT_ORDER_ID
+    expected = [0, invalid, invalid, invalid, invalid, 0, used, used, 0, 0]
+    before = await book_fingerprint(seeded)
+    if entry == "SubmitOrders":
+        acks = (await seeded.stub.SubmitOrders(api.SubmitOrdersRequest(orders=orders), metadata=ALICE)).acks
+        reasons = [a.reason for a in acks]
+        statuses = [a.status for a in acks]
+    else:
+        request = api.SubmitOrderColumnsRequest(orders=order_columns(orders))
+        columns = (await seeded.stub.SubmitOrderColumns(request, metadata=ALICE)).acks
+        reasons, statuses = list(columns.reason), list(columns.status)
+    assert reasons == expected
+    assert statuses == [api.ORDER_STATUS_REJECTED if r else api.ORDER_STATUS_NEW for r in expected]
+    assert (await book_fingerprint(seeded))[1] == before[1] + expected.count(0)
+    for client_id, reason in zip(ids, expected, strict=True):
+        if not reason:
+            assert seeded.core.state.order_id_for(1, client_id) > 0
+
+
 async def test_missing_or_unknown_api_key_is_unauthenticated(seeded: Any) -> None:
     for metadata in ((), (("x-api-key", "not-a-key"),)):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
