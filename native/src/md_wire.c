@@ -1,5 +1,6 @@
 /* A MarketUpdate as protobuf wire bytes (native/include/hft_md_wire.h). */
 #include "hft_md_wire.h"
+#include "hft_wire_internal.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -38,10 +39,7 @@ enum {
 #define TAG_BYTES 1
 #define FIXED64_BYTES 8
 
-static inline size_t varint_bytes(uint64_t value) {
-    /* 7 bits per byte: bits needed (at least 1), rounded up to whole bytes. */
-    return (size_t)(64 - __builtin_clzll(value | 1) + 6) / 7;
-}
+static inline size_t varint_bytes(uint64_t value) { return hft_wire_varint_bytes(value); }
 
 /* proto3 omits a field at its default; these are the bytes a present field takes. */
 static inline size_t varint_field_bytes(uint64_t value) {
@@ -67,14 +65,7 @@ static inline size_t message_field_bytes(size_t len) {
     return TAG_BYTES + varint_bytes(len) + len;
 }
 
-static inline uint8_t *put_varint(uint8_t *p, uint64_t value) {
-    while (value >= 0x80) {
-        *p++ = (uint8_t)(value | 0x80);
-        value >>= 7;
-    }
-    *p++ = (uint8_t)value;
-    return p;
-}
+static inline uint8_t *put_varint(uint8_t *p, uint64_t value) { return hft_wire_put_varint(p, value); }
 
 static inline uint8_t *put_varint_field(uint8_t *p, uint8_t tag, uint64_t value) {
     if (!value) {

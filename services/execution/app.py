@@ -26,6 +26,7 @@ from services.execution.core import ExecutionCore
 from services.execution.handover import Handover, read_taken_over
 from services.execution.journal import Journal
 from services.execution.ledger import Ledger
+from services.execution.publishing import Publisher
 from services.execution.recovery import Recovery, recover
 from services.execution.reference import (
     INSTRUMENT_PREFIX,
@@ -196,7 +197,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
         closers.append(ledger.close)
         if len(recovered.tail_fills):
             added = await ledger.catch_up(
-                ExecutionCore.fills_for_ledger_of(
+                Publisher.fills_for_ledger_of(
                     recovered.state,
                     recovered.tail_fills,
                     config.shard_id,
@@ -241,7 +242,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
                 trade_id_base=config.shard_id << 48,
             )
             feed.start()
-            core.trade_sink = feed.publish
+            core.publisher.trade_sink = feed.publish
             closers.append(feed.close)
         collector = metrics.register(core)
         closers.append(lambda: _unregister(collector))

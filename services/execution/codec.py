@@ -14,9 +14,11 @@ import numpy as np
 
 from hftgate import shardmap
 from hftgate.columns import column_problem
+from hftgate.native.client_ids import joined
+from hftgate.native.exec_wire import ExecWireEncoder, TextTable
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
-from services.execution.core import (
+from services.execution.admission import (
     KIND_CANCEL,
     KIND_NEW,
     KIND_REPLACE,
@@ -276,29 +278,117 @@ def encode_acks(
     return out
 
 
-def encode_ack_columns(
-    acks: Acks, ack_ns: int, symbols: list[str], out: api.AckColumns, shard_base: int = 0
-) -> None:
-    """:func:`encode_acks` as columns, written into ``out`` (a response's, built in place)."""
+#: Field numbers of the repeated fields the wire encoder writes entries of.
+ACKS_FIELD = 1  # SubmitOrdersResponse.acks, OrderStreamResponse.acks
+EXECUTIONS_FIELD = 2  # OrderStreamResponse.executions
+_REASON_TABLE = TextTable([REASON_TEXT.get(value, "") for value in range(max(REASON_TEXT) + 1)])
+
+
+def ack_entries(
+    acks: Acks, ack_ns: int, symbols: list[str] | None, encoder: ExecWireEncoder, shard_base: int = 0
+) -> bytes:
+    """:func:`encode_acks` as the wire bytes of ``acks`` entries (field :data:`ACKS_FIELD`): the
+    same messages, written in one C call (hftgate/native/exec_wire.py) instead of one protobuf
+    object each. Reason texts are built here, for the refused acks only."""
+    count = len(acks.kind)
     order_ids = acks.order_ids
     if shard_base:
         order_ids = np.where(order_ids > 0, order_ids | shard_base, order_ids)
-    out.order_id.extend(order_ids.tolist())
-    out.sequence.extend(acks.sequences.tolist())
-    out.status.extend(acks.status.tolist())
-    out.reason.extend(acks.reason.tolist())
-    out.price_ticks.extend(acks.price.tolist())
-    out.quantity_lots.extend(acks.quantity.tolist())
-    out.leaves_quantity_lots.extend(acks.leaves.tolist())
-    out.cum_quantity_lots.extend(acks.cum.tolist())
+    client_text, client_lengths = joined(acks.client_ids)
+    refused = np.flatnonzero(acks.reason).tolist()
+    reason_lengths = np.zeros(count, np.int64)
+    reason_text_bytes = b""
+    if refused:
+        kinds, reasons = acks.kind.tolist(), acks.reason.tolist()
+        texts = [
+            reason_text(kinds[i], acks.client_ids[i], reasons[i], symbols[i] if symbols else "").encode(
+                "utf-8"
+            )
+            for i in refused
+        ]
+        reason_lengths[refused] = [len(text) for text in texts]
+        reason_text_bytes = b"".join(texts)
+    return encoder.acks(
+        ACKS_FIELD,
+        action=acks.kind,
+        order_id=order_ids,
+        sequence=acks.sequences,
+        status=acks.status,
+        reason=acks.reason,
+        price=acks.price,
+        quantity=acks.quantity,
+        leaves=acks.leaves,
+        cum=acks.cum,
+        priority_kept=acks.priority_kept,
+        client_ids=client_text,
+        client_id_lengths=client_lengths,
+        reason_texts=reason_text_bytes,
+        reason_text_lengths=reason_lengths,
+        received_ns=acks.received_ns,
+        ack_ns=ack_ns,
+        durable=acks.durable,
+    )
+
+
+class SymbolTexts:
+    """The state's symbol names as the wire encoder's table, rebuilt when a symbol is added."""
+
+    def __init__(self) -> None:
+        self._table = TextTable([])
+
+    def of(self, state: ExecutionState) -> TextTable:
+        names = state.symbol_names
+        if self._table.texts != names:
+            self._table = TextTable(names)
+        return self._table
+
+
+def report_entries(
+    reports: np.ndarray,
+    state: ExecutionState,
+    symbols: SymbolTexts,
+    encoder: ExecWireEncoder,
+    shard_base: int = 0,
+) -> bytes:
+    """:func:`encode_reports` as the wire bytes of ``executions`` entries (field
+    :data:`EXECUTIONS_FIELD`), written in one C call."""
+    client_text, client_lengths = joined(state.client_ids_of(reports["order_id"]) if len(reports) else [])
+    return encoder.reports(
+        EXECUTIONS_FIELD, reports, client_text, client_lengths, symbols.of(state), _REASON_TABLE, shard_base
+    )
+
+
+def encode_ack_columns(
+    acks: Acks, ack_ns: int, symbols: list[str], encoder: ExecWireEncoder, shard_base: int = 0
+) -> bytes:
+    """:func:`encode_acks` as an AckColumns message's wire bytes: each packed column written in
+    one C call (hftgate/native/exec_wire.py), the rest (reason texts of the refused orders, the
+    batch's scalars) by protobuf; fields in field-number order, as protobuf writes them."""
+    order_ids = acks.order_ids
+    if shard_base:
+        order_ids = np.where(order_ids > 0, order_ids | shard_base, order_ids)
     refused = np.nonzero(acks.reason)[0].tolist()
     client_ids, reasons = acks.client_ids, acks.reason
-    out.reason_text.extend(
-        reason_text(KIND_NEW, client_ids[i], int(reasons[i]), symbols[i] if symbols else "") for i in refused
+    rest = api.AckColumns(
+        reason_text=[
+            reason_text(KIND_NEW, client_ids[i], int(reasons[i]), symbols[i] if symbols else "")
+            for i in refused
+        ],
+        durable=bool(acks.durable and (acks.sequences > 0).any()),
+        received_ns=acks.received_ns,
+        ack_ns=ack_ns,
     )
-    out.durable = bool(acks.durable and (acks.sequences > 0).any())
-    out.received_ns = acks.received_ns
-    out.ack_ns = ack_ns
+    columns = (
+        order_ids,
+        acks.sequences,
+        acks.status,
+        acks.reason,
+        acks.price,
+        acks.quantity,
+        acks.leaves,
+        acks.cum,
+    )
+    return b"".join([*(encoder.packed(f, c) for f, c in enumerate(columns, 1)), rest.SerializeToString()])
 
 
 def encode_single_ack(ack: SingleAck, symbol: str, ack_ns: int, shard_base: int = 0) -> api.OrderAck:

@@ -264,7 +264,7 @@ class Handover:
         self.shard_id = shard_id
         self.shard_base = shard_base
         #: local id -> original public id (shared with the core: it translates ledger rows).
-        self.original_of: dict[int, int] = core.original_ids
+        self.original_of: dict[int, int] = core.publisher.original_ids
         #: original public id -> local id (what cancels and gets name).
         self.local_of: dict[int, int] = {}
         #: the id this shard would show (local | shard base) -> original public id.
@@ -490,7 +490,7 @@ class Handover:
                 symbol,
             )
         await future  # (the purge before it is durable too: the journal keeps its order)
-        core._publish(outcome)
+        core.publisher.publish(outcome)
         locals_ = list(range(first_local, first_local + count))
         self._write_ids(table_path, move_id, symbol, book, locals_)
         self._taken_back(symbol)

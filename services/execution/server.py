@@ -6,8 +6,9 @@ valid service token nor an API key is refused UNAUTHENTICATED before it is decod
 then authenticates the account (``x-api-key`` metadata, looked up by its keyed hash), turns
 call-level problems into
 statuses (see the service comment in execution.proto), decodes requests into
-:class:`~services.execution.core.Inputs` and encodes the core's acks and reports back. All the
-order logic is in core.py, state.py and risk.py.
+:class:`~services.execution.admission.Inputs` and encodes the core's acks and reports back. All the
+order logic is below it: core.py (the order path) with admission.py and publishing.py, state.py
+and the C core behind them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from grpc_status import rpc_status
 from hftgate import security, shardmap
 from hftgate.grpcserver import abort_invalid_argument, check_batch_size
 from hftgate.native.clock import now_ns
+from hftgate.native.exec_wire import ExecWireEncoder
 from hftgate.native.histogram import LatencyHistogram
 from hftgate.shardmap import ShardMap
 from hftgate.v1 import common_pb2 as common
@@ -37,20 +39,9 @@ from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
 from hftgate.v1 import shard_admin_pb2, shard_admin_pb2_grpc
 from services.execution import codec, fencing
+from services.execution.admission import KIND_CANCEL, KIND_REPLACE, Acks, Inputs, RateLimited, cancel_inputs
 from services.execution.config import ExecutionConfig
-from services.execution.core import (
-    KIND_CANCEL,
-    KIND_REPLACE,
-    Acks,
-    ExecutionCore,
-    InputRefused,
-    Inputs,
-    RateLimited,
-    ReaderTooSlow,
-    ReportSubscriber,
-    ServiceUnavailable,
-    cancel_inputs,
-)
+from services.execution.core import ExecutionCore, InputRefused, ServiceUnavailable
 from services.execution.fairness import FairAdmission, StreamLimitExceeded, StreamSlot, StreamSlots
 from services.execution.handover import (
     Handover,
@@ -60,6 +51,7 @@ from services.execution.handover import (
     check_move_id,
     rows_of_book,
 )
+from services.execution.publishing import ReaderTooSlow, ReportSubscriber
 from services.execution.reference import (
     NOT_HELD,
     AccountSpec,
@@ -67,6 +59,11 @@ from services.execution.reference import (
 from services.execution.state import OPEN_STATUSES, REJECTED, is_purged
 
 log = logging.getLogger(__name__)
+
+#: From this many acks or reports in one message up, they are written as wire bytes in one C call
+#: (codec.ack_entries, codec.report_entries); below it, as protobuf objects: the C call's fixed
+#: cost (~20 us for its columns and buffers) is an ack's ~2 us times about ten.
+_WIRE_MIN_ENTRIES = 8
 
 SERVICE_NAME = "hftgate.v1.ExecutionService"
 API_KEY_METADATA = security.API_KEY_METADATA
@@ -144,7 +141,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self.shard_id = config.shard_id
         #: ORed into every order and trade id that leaves (shard 0: nothing).
         self.shard_base = codec.shard_base_of(config.shard_id)
-        core.shard_id = config.shard_id
+        core.publisher.shard_id = config.shard_id
         #: Verifies service tokens (GetStats gives suite-wide figures only to a service principal).
         self.secret = secret
         self.streams = StreamSlots(per_account=config.max_streams_per_account, total=config.max_streams)
@@ -154,12 +151,15 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             max_defer_s=config.fair_max_defer_us / 1e6,
             light_grace_s=config.fair_light_grace_us / 1e6,
         )
-        core.stream_max_behind_reports = config.stream_max_behind_reports
+        core.publisher.stream_max_behind_reports = config.stream_max_behind_reports
         core.fence = self.fence
         #: Orders moves brought here and symbols moved away (set by :func:`start`; None: no moves).
         self.handover: Handover | None = None
         #: Calls refused for a missing or unknown API key (the interceptor counts its own refusals).
         self.unauthenticated = 0
+        # Batches of acks and reports are written as wire bytes in one C call (codec.ack_entries).
+        self._wire = ExecWireEncoder()
+        self._symbol_texts = codec.SymbolTexts()
 
     # --- call-level checks -------------------------------------------------------------------------
 
@@ -219,7 +219,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
 
     async def _rate(self, context: grpc.aio.ServicerContext, account: AccountSpec) -> None:
         try:
-            self.core.check_rate(account, now_ns())
+            self.core.admission.check_rate(account, now_ns())
         except RateLimited as exc:
             await _abort_rate_limited(context, account, exc)
 
@@ -249,6 +249,34 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 self._as_client_knows(proto)
         self.core.record_ack_sent(acks)
         return protos
+
+    def _add_acks(
+        self,
+        response: api.SubmitOrdersResponse | api.OrderStreamResponse,
+        acks: Acks,
+        symbols: list[str] | None = None,
+    ) -> None:
+        """Append ``acks`` to ``response.acks`` (field 1 of both messages). From _WIRE_MIN_ENTRIES
+        acks up they are written as wire bytes in one C call and parsed in (protobuf's C parser
+        makes no Python object per entry); fewer, or acks of orders taken over by a move (their
+        ids are translated), are built as protobuf objects, cheaper below that size."""
+        if len(acks.kind) < _WIRE_MIN_ENTRIES or (self.handover is not None and self.handover.local_of):
+            self._ack_protos(acks, symbols, response.acks.add)
+            return
+        response.MergeFromString(
+            codec.ack_entries(acks, time.time_ns(), symbols, self._wire, self.shard_base)
+        )
+        self.core.record_ack_sent(acks)
+
+    def _add_reports(self, response: api.OrderStreamResponse, page: np.ndarray) -> None:
+        """:meth:`_add_acks` for the executions (field 2) of ``page``'s reports."""
+        if len(page) < _WIRE_MIN_ENTRIES or (self.handover is not None and self.handover.local_of):
+            self._reports(page, response.executions.add)
+            return
+        state = self.core.state
+        response.MergeFromString(
+            codec.report_entries(page, state, self._symbol_texts, self._wire, self.shard_base)
+        )
 
     def _as_client_knows(self, message: api.OrderAck | api.ExecutionReport) -> None:
         """An ack or report of an order a move brought here, as its client knows the order: its
@@ -395,7 +423,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
         acks = await self._submit_new_orders(context, account, inputs)
         response = api.SubmitOrdersResponse()
-        self._ack_protos(acks, inputs.symbols, response.acks.add)  # built in place, not copied in
+        self._add_acks(response, acks, inputs.symbols)
         return response
 
     async def SubmitOrderColumns(
@@ -413,7 +441,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         acks = await self._submit_new_orders(context, account, inputs)
         response = api.SubmitOrderColumnsResponse()
         # (New orders only: none is an order taken over by a move, whose id _ack_protos translates.)
-        codec.encode_ack_columns(acks, time.time_ns(), inputs.symbols, response.acks, self.shard_base)
+        response.acks.MergeFromString(
+            codec.encode_ack_columns(acks, time.time_ns(), inputs.symbols, self._wire, self.shard_base)
+        )
         self.core.record_ack_sent(acks)
         return response
 
@@ -630,7 +660,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         the retained ring a page at a time; a writer too far behind is cut off."""
         core = self.core
         config = self.config
-        subscriber = core.subscribe(account.account_id, None)
+        subscriber = core.publisher.subscribe(account.account_id, None)
         self._cut_off_on_too_slow(subscriber)
         ended: list[BaseException | None] = []
         submitted = [0]  # calls to core.submit; each gets exactly one sink call
@@ -642,7 +672,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         shard_id = self.shard_id
 
         def sink(acks: Acks | BaseException) -> None:
-            subscriber.put_acks(core.published_report_seq, acks)
+            subscriber.put_acks(core.publisher.published_report_seq, acks)
 
         async def read() -> None:
             try:
@@ -697,7 +727,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         try:
             while True:
                 await self._heavy_step()
-                response = api.OrderStreamResponse()  # acks are built in place (see encode_acks)
+                response = api.OrderStreamResponse()
                 taken = 0
                 pending = subscriber.acks
                 while pending and taken < page_size:
@@ -711,19 +741,19 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                         break
                     answered += 1
                     taken += len(entry.kind)
-                    self._ack_protos(entry, make=response.acks.add)
+                    self._add_acks(response, entry)
                     accepted = entry.sequences > 0
                     sequences = entry.sequences[accepted].tolist()
                     restating.update(zip(sequences, entry.order_ids[accepted].tolist(), strict=True))
-                    restate_marks.append((core.published_report_seq, sequences))
+                    restate_marks.append((core.publisher.published_report_seq, sequences))
                 # Never a report before its order's ack: stop where the next unsent acks came in.
                 until = pending[0][0] if pending else None
-                page = core.reports_page(subscriber, page_size, until)
+                page = core.publisher.reports_page(subscriber, page_size, until)
                 if len(page):
                     last_sent = int(page["sequence"][-1])
                     page = _without_restated(page, restating)
                     if len(page):
-                        self._reports(page, response.executions.add)  # built in place, not copied in
+                        self._add_reports(response, page)
                 while restate_marks and restate_marks[0][0] <= subscriber.cursor:
                     for sequence in restate_marks.popleft()[1]:  # their reports are all read
                         restating.pop(sequence, None)
@@ -733,7 +763,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     if unsent[0] < limit:
                         room.set()
                     continue
-                if pending or subscriber.cursor < (core.published_report_seq if until is None else until):
+                published = core.publisher.published_report_seq
+                if pending or subscriber.cursor < (published if until is None else until):
                     await asyncio.sleep(0)  # more to read: let the loop run others first
                     continue
                 if reader_done[0] and answered >= submitted[0]:
@@ -748,7 +779,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 raise
             await self._too_slow(context, subscriber.too_slow, last_sent, _UNSENT_ACKS.format(unsent[0]))
         finally:
-            core.unsubscribe(subscriber)
+            core.publisher.unsubscribe(subscriber)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -793,11 +824,11 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                         f"reports after {after} are no longer retained; the oldest retained is {oldest}",
                     )
                 after = max(after, oldest - 1)
-            subscriber = core.subscribe(account.account_id, symbol_id, after)
+            subscriber = core.publisher.subscribe(account.account_id, symbol_id, after)
             try:
                 await self._stream_reports(context, subscriber)
             finally:
-                core.unsubscribe(subscriber)
+                core.publisher.unsubscribe(subscriber)
         finally:
             slot.release()
 
@@ -813,13 +844,13 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         try:
             while True:
                 await self._heavy_step()
-                page = core.reports_page(subscriber, page_size)
+                page = core.publisher.reports_page(subscriber, page_size)
                 if len(page):
                     for report in self._reports(page):
                         await context.write(report)
                         last_sent = report.sequence
                     continue
-                if subscriber.cursor < core.published_report_seq:
+                if subscriber.cursor < core.publisher.published_report_seq:
                     await asyncio.sleep(0)  # a long stretch of others' reports: let the loop run others
                     continue
                 subscriber.wake.clear()

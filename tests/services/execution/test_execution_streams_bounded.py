@@ -215,10 +215,10 @@ async def test_a_reader_too_far_behind_is_cut_off_with_where_to_resume(
 
             stub = execution_pb2_grpc.ExecutionServiceStub(channel)
             slow = stub.StreamExecutions(api.StreamExecutionsRequest(live_only=True), metadata=ALICE)
-            await _until(lambda: harness.core.subscriber_count() == 1)
+            await _until(lambda: harness.core.publisher.subscriber_count() == 1)
             await _submit(harness.stub, "s", 3_000)  # reports the slow reader does not take
-            await _until(lambda: harness.core.streams_cut_off == 1)
-            await _until(lambda: harness.core.subscriber_count() == 0)
+            await _until(lambda: harness.core.publisher.streams_cut_off == 1)
+            await _until(lambda: harness.core.publisher.subscriber_count() == 0)
             received: list[int] = []
             with pytest.raises(grpc.aio.AioRpcError) as cut:
                 async for report in slow:
@@ -261,10 +261,10 @@ async def test_live_readers_that_never_read_hold_no_per_reader_copy(
                 stub.StreamExecutions(api.StreamExecutionsRequest(live_only=True), metadata=ALICE)
                 for _ in range(8)
             ]
-            await _until(lambda: harness.core.subscriber_count() == 8)
+            await _until(lambda: harness.core.publisher.subscriber_count() == 8)
             await _submit(harness.stub, "n", 6_000)
             await asyncio.sleep(0.3)
-            for subscriber in harness.core._subscribers.values():
+            for subscriber in harness.core.publisher._subscribers.values():
                 for one in subscriber:
                     # A cursor and at most the acks deque (empty for StreamExecutions): no queue of
                     # reports (the old asyncio.Queue held every report of the account per reader).

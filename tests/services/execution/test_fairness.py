@@ -17,7 +17,7 @@ from hftgate.native.clock import now_ns
 from hftgate.security import SERVICE_TOKEN_METADATA, load_suite_secret
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
-from services.execution.core import RateLimited
+from services.execution.admission import RateLimited
 from services.execution.fairness import FairAdmission
 
 from .conftest import key
@@ -45,10 +45,10 @@ async def test_first_order_after_a_rate_limit_change_with_burst_one_is_not_refus
     for rate in (10.0, 11.0, 12.0, 13.0):  # each change makes a new bucket
         changed = dataclasses.replace(account, rate_limit_orders_per_s=rate, rate_limit_burst=1)
         arrival = now_ns()  # read when the call arrives, before the bucket exists
-        harness.core.check_rate(changed, arrival)  # before: RateLimited "retry in 0.000 s"
-        assert harness.core.bucket(changed).take(1) == 1  # the order takes the one token
+        harness.core.admission.check_rate(changed, arrival)  # before: RateLimited "retry in 0.000 s"
+        assert harness.core.admission.bucket(changed).take(1) == 1  # the order takes the one token
         with pytest.raises(RateLimited):
-            harness.core.check_rate(changed, now_ns())
+            harness.core.admission.check_rate(changed, now_ns())
 
 
 async def test_an_arrival_read_before_another_calls_refill_takes_no_tokens(harness: Any) -> None:
@@ -56,9 +56,9 @@ async def test_an_arrival_read_before_another_calls_refill_takes_no_tokens(harne
     limited = dataclasses.replace(account, rate_limit_orders_per_s=1.0, rate_limit_burst=2)
     early = now_ns()
     await asyncio.sleep(0.01)
-    harness.core.check_rate(limited, now_ns())  # another call, later, refills first
-    harness.core.bucket(limited).take(1)
-    harness.core.check_rate(limited, early)  # the earlier arrival still finds the token left
+    harness.core.admission.check_rate(limited, now_ns())  # another call, later, refills first
+    harness.core.admission.bucket(limited).take(1)
+    harness.core.admission.check_rate(limited, early)  # the earlier arrival still finds the token left
 
 
 # --- FairAdmission ---------------------------------------------------------------------------------

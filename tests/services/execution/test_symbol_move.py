@@ -145,7 +145,9 @@ def book_of(h: Harness) -> list[tuple[Any, ...]]:
     """The shard's book of SYMBOL as a move would carry it (original ids)."""
     core = h.core
     moved = handover.rows_of_book(
-        handover.export_book(core.state, SYMBOL, core.original_ids, shard_base_of(h.config.shard_id))
+        handover.export_book(
+            core.state, SYMBOL, core.publisher.original_ids, shard_base_of(h.config.shard_id)
+        )
     )
     return [
         (o.original_order_id, o.account_id, o.client_order_id, o.side, o.engine_price_ticks,
