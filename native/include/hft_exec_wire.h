@@ -102,9 +102,9 @@ int hft_exec_wire_reports(const hft_report_row *rows, size_t count, const hft_re
 /* A packed repeated int64 (or enum) field of count values -- a column of SubmitOrderColumns'
  * AckColumns -- into out[0..capacity), its length in *written: the field's key, the values'
  * byte length, the values as varints. Nothing when count is 0 (protobuf writes an empty
- * packed field so; out may then be NULL). HFT_OK; HFT_EINVAL for a NULL pointer that count > 0 needs or a field
- * number out of range; HFT_ERANGE when capacity is short of HFT_EXEC_WIRE_PACKED_FIXED_MAX_BYTES
- * + 10 * count (*written is then that bound). */
+ * packed field so; out may then be NULL). HFT_OK; HFT_EINVAL for a NULL pointer that
+ * count > 0 needs or a field number out of range; HFT_ERANGE when capacity is short of
+ * HFT_EXEC_WIRE_PACKED_FIXED_MAX_BYTES + 10 * count (*written is then that bound). */
 #define HFT_EXEC_WIRE_PACKED_FIXED_MAX_BYTES 16
 int hft_exec_wire_packed(const int64_t *values, size_t count, uint32_t field_number, uint8_t *out, size_t capacity,
                          size_t *written);

@@ -106,7 +106,8 @@ static int offsets_fit(const int64_t *offsets, size_t n, size_t size) {
 /* count * fixed + texts, or SIZE_MAX when that overflows. */
 static size_t bound_of(size_t count, size_t fixed, size_t texts) {
     size_t bound;
-    if (__builtin_mul_overflow(count, fixed, &bound) || __builtin_add_overflow(bound, texts, &bound)) return SIZE_MAX;
+    if (__builtin_mul_overflow(count, fixed, &bound) || __builtin_add_overflow(bound, texts, &bound))
+        return SIZE_MAX;
     return bound;
 }
 

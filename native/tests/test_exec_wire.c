@@ -212,7 +212,8 @@ static void test_reports_refuse_bad_tables_and_unknown_symbols(void) {
     /* a reason past the table: no text, the rest as usual */
     row.reason = 40;
     CHECK_EQ_INT(hft_exec_wire_reports(&row, 1, &t, 2, out, sizeof out, &written), HFT_OK);
-    const uint8_t want[] = {0x12, 16, 0x20, 0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 0x32, 3, 'B', 'T', 'C', 0x90, 0x01, 40};
+    const uint8_t want[] = {0x12, 16, 0x20, 0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, /* order_id 1 | 1 << 48 */
+                            0x32, 3, 'B', 'T', 'C', 0x90, 0x01, 40};
     CHECK(bytes_equal(out, written, want, sizeof want));
 }
 
