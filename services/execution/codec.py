@@ -222,6 +222,11 @@ def reason_text(kind: int, client_id: str, reason: int, symbol: str = "") -> str
     return f"Cannot {_VERB.get(kind, 'run')} order {client_id!r}: {text}"
 
 
+def _public_ids(order_ids: np.ndarray, shard_base: int) -> np.ndarray:
+    """Local order ids as clients know them: ``shard_base`` in every id above 0."""
+    return np.where(order_ids > 0, order_ids | shard_base, order_ids) if shard_base else order_ids
+
+
 def encode_acks(
     acks: Acks,
     ack_ns: int,
@@ -238,9 +243,7 @@ def encode_acks(
     out = []
     durable = acks.durable
     received = acks.received_ns
-    order_ids = acks.order_ids
-    if shard_base:
-        order_ids = np.where(order_ids > 0, order_ids | shard_base, order_ids)
+    order_ids = _public_ids(acks.order_ids, shard_base)
     for kind, client_id, order_id, seq, status, reason, price, qty, leaves, cum, kept, symbol in zip(
         acks.kind.tolist(),
         acks.client_ids,
@@ -284,34 +287,36 @@ EXECUTIONS_FIELD = 2  # OrderStreamResponse.executions
 _REASON_TABLE = TextTable([REASON_TEXT.get(value, "") for value in range(max(REASON_TEXT) + 1)])
 
 
+def _refused_reason_texts(
+    acks: Acks, symbols: list[str] | None, kind: int | None = None
+) -> tuple[list[int], list[str]]:
+    """(positions, reason texts) of the acks whose ``reason`` is set, in order; each worded for its
+    input's kind, or for ``kind`` when given (SubmitOrderColumns: new orders only)."""
+    refused = np.flatnonzero(acks.reason).tolist()
+    if not refused:
+        return refused, []
+    kinds = acks.kind.tolist() if kind is None else [kind] * len(acks.kind)
+    reasons, client_ids = acks.reason.tolist(), acks.client_ids
+    return refused, [
+        reason_text(kinds[i], client_ids[i], reasons[i], symbols[i] if symbols else "") for i in refused
+    ]
+
+
 def ack_entries(
     acks: Acks, ack_ns: int, symbols: list[str] | None, encoder: ExecWireEncoder, shard_base: int = 0
 ) -> bytes:
     """:func:`encode_acks` as the wire bytes of ``acks`` entries (field :data:`ACKS_FIELD`): the
     same messages, written in one C call (hftgate/native/exec_wire.py) instead of one protobuf
     object each. Reason texts are built here, for the refused acks only."""
-    count = len(acks.kind)
-    order_ids = acks.order_ids
-    if shard_base:
-        order_ids = np.where(order_ids > 0, order_ids | shard_base, order_ids)
     client_text, client_lengths = joined(acks.client_ids)
-    refused = np.flatnonzero(acks.reason).tolist()
-    reason_lengths = np.zeros(count, np.int64)
-    reason_text_bytes = b""
-    if refused:
-        kinds, reasons = acks.kind.tolist(), acks.reason.tolist()
-        texts = [
-            reason_text(kinds[i], acks.client_ids[i], reasons[i], symbols[i] if symbols else "").encode(
-                "utf-8"
-            )
-            for i in refused
-        ]
-        reason_lengths[refused] = [len(text) for text in texts]
-        reason_text_bytes = b"".join(texts)
+    refused, texts = _refused_reason_texts(acks, symbols)
+    encoded = [text.encode("utf-8") for text in texts]
+    reason_lengths = np.zeros(len(acks.kind), np.int64)
+    reason_lengths[refused] = [len(text) for text in encoded]
     return encoder.acks(
         ACKS_FIELD,
         action=acks.kind,
-        order_id=order_ids,
+        order_id=_public_ids(acks.order_ids, shard_base),
         sequence=acks.sequences,
         status=acks.status,
         reason=acks.reason,
@@ -322,7 +327,7 @@ def ack_entries(
         priority_kept=acks.priority_kept,
         client_ids=client_text,
         client_id_lengths=client_lengths,
-        reason_texts=reason_text_bytes,
+        reason_texts=b"".join(encoded),
         reason_text_lengths=reason_lengths,
         received_ns=acks.received_ns,
         ack_ns=ack_ns,
@@ -364,22 +369,14 @@ def encode_ack_columns(
     """:func:`encode_acks` as an AckColumns message's wire bytes: each packed column written in
     one C call (hftgate/native/exec_wire.py), the rest (reason texts of the refused orders, the
     batch's scalars) by protobuf; fields in field-number order, as protobuf writes them."""
-    order_ids = acks.order_ids
-    if shard_base:
-        order_ids = np.where(order_ids > 0, order_ids | shard_base, order_ids)
-    refused = np.nonzero(acks.reason)[0].tolist()
-    client_ids, reasons = acks.client_ids, acks.reason
     rest = api.AckColumns(
-        reason_text=[
-            reason_text(KIND_NEW, client_ids[i], int(reasons[i]), symbols[i] if symbols else "")
-            for i in refused
-        ],
+        reason_text=_refused_reason_texts(acks, symbols, KIND_NEW)[1],
         durable=bool(acks.durable and (acks.sequences > 0).any()),
         received_ns=acks.received_ns,
         ack_ns=ack_ns,
     )
     columns = (
-        order_ids,
+        _public_ids(acks.order_ids, shard_base),
         acks.sequences,
         acks.status,
         acks.reason,

@@ -320,9 +320,7 @@ class ExecutionCore:
                 with contextlib.suppress(Exception):
                     self.on_apply_failed(self.apply_failed)
             raise ServiceUnavailable("the service hit an internal error and must be restarted") from exc
-        publisher = self.publisher
-        if publisher._subscribers and self.state.next_report_seq > publisher._next_lag_check:
-            publisher.check_lag()  # the ring moves on apply, before the reports are published
+        self.publisher.after_apply()
         return future, outcome
 
     def _durable(self, acks: Acks, outcome: BatchOutcome, t_match: int) -> None:

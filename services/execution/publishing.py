@@ -274,6 +274,12 @@ class Publisher:
         when it resumes."""
         return max(1, min(self.stream_max_behind_reports, len(self.state.reports) // 2))
 
+    def after_apply(self) -> None:
+        """A batch was applied: its reports are in the ring, not yet published. Readers are
+        checked now if any listen and a lag check is due (the ring moved on apply)."""
+        if self._subscribers and self.state.next_report_seq > self._next_lag_check:
+            self.check_lag()
+
     def check_lag(self) -> None:
         """Every quarter of :attr:`max_behind_reports` reports made: move idle readers' cursors
         up (nothing of theirs was published since they went idle, else they were woken) and cut

@@ -121,54 +121,39 @@ def test_a_report_naming_a_symbol_past_the_table_is_refused_not_read() -> None:
         ExecWireEncoder().reports(2, rows, b"", np.zeros(1, np.int64), TextTable(["A", "B"]), TextTable([]))
 
 
+def _one_ack(**changed: object) -> dict[str, object]:
+    """ExecWireEncoder.acks' keyword arguments for one accepted ack, with ``changed`` in place."""
+    one = np.ones(1, np.int64)
+    columns: dict[str, object] = dict(
+        action=one,
+        order_id=one,
+        sequence=one,
+        status=np.zeros(1, np.uint8),
+        reason=np.zeros(1, np.uint16),
+        price=one,
+        quantity=one,
+        leaves=one,
+        cum=one,
+        priority_kept=np.zeros(1, bool),
+        client_ids=b"a",
+        client_id_lengths=one,
+        reason_texts=b"",
+        reason_text_lengths=np.zeros(1, np.int64),
+        received_ns=0,
+        ack_ns=0,
+        durable=False,
+    )
+    return {**columns, **changed}
+
+
 def test_columns_of_different_lengths_are_refused() -> None:
-    one, two = np.zeros(1, np.int64), np.zeros(2, np.int64)
     with pytest.raises(ValueError, match="one entry per ack"):
-        ExecWireEncoder().acks(
-            1,
-            action=one,
-            order_id=two,
-            sequence=one,
-            status=np.zeros(1, np.uint8),
-            reason=np.zeros(1, np.uint16),
-            price=one,
-            quantity=one,
-            leaves=one,
-            cum=one,
-            priority_kept=np.zeros(1, bool),
-            client_ids=b"",
-            client_id_lengths=one,
-            reason_texts=b"",
-            reason_text_lengths=one,
-            received_ns=0,
-            ack_ns=0,
-            durable=False,
-        )
+        ExecWireEncoder().acks(1, **_one_ack(order_id=np.zeros(2, np.int64)))  # type: ignore[arg-type]
 
 
 def test_client_id_lengths_past_their_text_are_refused() -> None:
-    one = np.ones(1, np.int64)
     with pytest.raises(NativeError):
-        ExecWireEncoder().acks(
-            1,
-            action=one,
-            order_id=one,
-            sequence=one,
-            status=np.zeros(1, np.uint8),
-            reason=np.zeros(1, np.uint16),
-            price=one,
-            quantity=one,
-            leaves=one,
-            cum=one,
-            priority_kept=np.zeros(1, bool),
-            client_ids=b"",  # one byte claimed, none given
-            client_id_lengths=one,
-            reason_texts=b"",
-            reason_text_lengths=np.zeros(1, np.int64),
-            received_ns=0,
-            ack_ns=0,
-            durable=False,
-        )
+        ExecWireEncoder().acks(1, **_one_ack(client_ids=b""))  # type: ignore[arg-type]  # one byte claimed, none given
 
 
 def _reference_ack_columns(acks: Acks, ack_ns: int, symbols: list[str], shard_base: int) -> api.AckColumns:
