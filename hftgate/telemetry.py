@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib
 import inspect
 import json
 import logging
@@ -692,6 +693,13 @@ class RequestDecoder:
             yield message
 
 
+# What a server stream's write raises when the call ended while the write waited for the
+# client's flow control window (the client went away without reading): gRPC's own name for a
+# failed send. Escaping the handler, gRPC logs it at ERROR as if the server had failed; it is a
+# client leaving, as a CancelledError says.
+_WRITE_FAILED: Any = getattr(importlib.import_module("grpc._cython.cygrpc"), "ExecuteBatchError", ())
+
+
 async def _forward_stream(result: Any, context: grpc.aio.ServicerContext) -> None:
     """Run a streaming handler's result: an async generator's items are written; a coroutine
     (which writes with context.write itself) is awaited. A generator left early (the client
@@ -699,7 +707,10 @@ async def _forward_stream(result: Any, context: grpc.aio.ServicerContext) -> Non
     if inspect.isasyncgen(result):
         try:
             async for item in result:
-                await context.write(item)
+                try:
+                    await context.write(item)
+                except _WRITE_FAILED:  # the call ended under a write that waited on its client
+                    raise asyncio.CancelledError from None
         finally:
             await result.aclose()
     else:

@@ -391,14 +391,18 @@ class MarketDataEngine:
     def _fan_out(self, state: SymbolState, kind: UpdateKind, receive_ts_ns: int) -> None:
         receive_ts_ns = receive_ts_ns or self._clock()
         log = self.updates
-        if log.readers_keep_up:
-            frame = self._encode_state(state, kind, receive_ts_ns)
-            if frame is not None:
-                state.fanout_kind = kind
-                state.fanout_receive_ts_ns = receive_ts_ns
-                log.append_encoded(state.key, state.symbol_sequence, frame, state)
-                return
-            # else the general path, which names what cannot be encoded
+        if not log.readers_keep_up:  # every stream stopped reading: none will read this slot
+            state.fanout_kind = kind
+            state.fanout_receive_ts_ns = receive_ts_ns
+            log.append_unread(state.key, state)
+            return
+        frame = self._encode_state(state, kind, receive_ts_ns)
+        if frame is not None:
+            state.fanout_kind = kind
+            state.fanout_receive_ts_ns = receive_ts_ns
+            log.append_encoded(state.key, state.symbol_sequence, frame, state)
+            return
+        # else the general path, which names what cannot be encoded
         log.append(state.key, self._update_of(state, kind, receive_ts_ns))
 
     def _logged_update_of(self, state: SymbolState) -> SymbolUpdate:

@@ -195,12 +195,25 @@ class UpdateLog:
             for subscriber in waiting:
                 subscriber.notify()
 
+    def append_unread(self, key: Key, latest: Any) -> None:
+        """Count an update that no stream can read from the ring, keeping it only as the
+        symbol's latest (``latest`` as for ``append_encoded``). Only while no reader keeps up
+        (``readers_keep_up`` is False): every stream is then ``capacity`` or more updates
+        behind, so after this one more it conflates from ``latest`` at its next read and never
+        reads this slot, and a new stream starts after it. A stream that stopped reading so
+        costs ingest one dict store per tick, not an update built and logged."""
+        self.head += 1
+        self.latest[key] = latest
+        if self._waiting:  # (none wait while none keeps up; cheap to be sure)
+            waiting, self._waiting = self._waiting, []
+            for subscriber in waiting:
+                subscriber.notify()
+
     @property
     def readers_keep_up(self) -> bool:
         """A stream read the log within its last ``capacity`` updates: what is logged now will
-        be read, so it is worth encoding as it is logged. When none did (no stream, or only
-        streams that stopped reading), updates are logged as tuples, which cost less than
-        encoding them, and encoded only if a stream ever reads them."""
+        be read, so it is worth encoding as it is logged. When none did (only streams that
+        stopped reading), no stream can read what is logged now (``append_unread``)."""
         return self.head - self.read_head < self.capacity
 
     def latest_update(self, source: Any) -> SymbolUpdate:
@@ -431,10 +444,13 @@ class ArbitrageSubscription:
     __slots__ = ("_queue", "capacity", "dropped", "kinds", "notify")
 
     def __init__(self, kinds: Sequence[ArbitrageKind], capacity: int, notify: Callable[[], None]) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
         self.kinds = frozenset(kinds)
         self.capacity = capacity
         self.notify = notify
-        self._queue: deque[ArbitrageEvent] = deque()
+        # A full deque of maxlen drops its oldest event as a new one is appended.
+        self._queue: deque[ArbitrageEvent] = deque(maxlen=capacity)
         # Events dropped since the last one taken.
         self.dropped = 0
 
@@ -442,13 +458,18 @@ class ArbitrageSubscription:
         return not self.kinds or event.kind in self.kinds
 
     def offer(self, event: ArbitrageEvent) -> None:
-        if not self.wants(event):
+        """Queue ``event``; ``notify`` only when the queue was empty, since the stream's writer
+        waits only then (a stream that stopped reading so costs ingest an append per event)."""
+        if self.kinds and event.kind not in self.kinds:
             return
-        if len(self._queue) >= self.capacity:
-            self._queue.popleft()
+        queue = self._queue
+        if not queue:
+            queue.append(event)
+            self.notify()
+            return
+        if len(queue) == self.capacity:
             self.dropped += 1
-        self._queue.append(event)
-        self.notify()
+        queue.append(event)
 
     def take(self) -> tuple[ArbitrageEvent, int] | None:
         """The oldest event and the number dropped before it, or None when empty."""

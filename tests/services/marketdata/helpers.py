@@ -55,9 +55,9 @@ class _StreamStream(_AddMetadata, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._details(details), request_iterator)
 
 
-def channel(target: str, metadata: Sequence[tuple[str, str]] = ()) -> grpc.aio.Channel:
+def channel(target: str, metadata: Sequence[tuple[str, str]] = (), options=()) -> grpc.aio.Channel:
     """A plaintext channel to ``target`` sending ``metadata`` on every call."""
     interceptors: list[Any] | None = None
     if metadata:
         interceptors = [kind(metadata) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=[*CHANNEL_OPTIONS, *options], interceptors=interceptors)

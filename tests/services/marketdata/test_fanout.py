@@ -3,6 +3,7 @@ conflation to the latest per symbol once it falls behind; arbitrage queues drop 
 
 from __future__ import annotations
 
+from hftgate.v1 import marketdata_pb2
 from services.marketdata.arbitrage import ArbitrageEvent, ArbitrageKind, EventType
 from services.marketdata.fanout import (
     ArbitrageSubscription,
@@ -184,6 +185,21 @@ def test_arbitrage_subscription_drops_the_oldest_and_says_how_many() -> None:
     assert subscription.take() is None
 
 
+def test_arbitrage_subscription_wakes_its_writer_only_when_its_queue_was_empty() -> None:
+    """The writer waits only on an empty queue, so one wake-up per empty-to-not-empty is enough;
+    a stream that stopped reading costs ingest no wake-up per event."""
+    wakeups: list[int] = []
+    subscription = ArbitrageSubscription([], capacity=3, notify=lambda: wakeups.append(1))
+    for i in range(1, 8):
+        subscription.offer(event(i))
+    assert len(wakeups) == 1 and len(subscription) == 3
+    taken = [subscription.take() for _ in range(3)]
+    assert [(t[0].opportunity_id, t[1]) for t in taken if t] == [(5, 4), (6, 0), (7, 0)]
+    assert subscription.take() is None
+    subscription.offer(event(8))
+    assert len(wakeups) == 2
+
+
 def test_filter_lookups_agree_with_the_pattern_rule_for_every_kind_of_pattern() -> None:
     import itertools
     import random
@@ -251,9 +267,10 @@ def test_the_engine_logs_updates_encoded_and_a_reader_behind_gets_each_symbols_s
     assert drained == [("BTCUSDT", 11, 10), ("ETHUSDT", 10, 9)]
 
 
-def test_with_no_reader_keeping_up_the_engine_logs_tuples_and_encodes_them_if_read() -> None:
-    """Streams that stopped reading cost ingest a tuple per update, not an encoding; a stream
-    that reads again gets the same bytes either way, and the engine logs encoded bytes again."""
+def test_with_no_reader_keeping_up_the_engine_builds_nothing_per_update_and_readers_conflate() -> None:
+    """Streams that stopped reading cost ingest no update built or encoded (no stream can read
+    it from the ring: each conflates from the symbol's latest); a stream that reads again gets
+    the latest state with the merged count, and the engine logs encoded bytes again."""
     from dataclasses import replace
 
     from services.marketdata import wire
@@ -277,11 +294,18 @@ def test_with_no_reader_keeping_up_the_engine_logs_tuples_and_encodes_them_if_re
     for n in range(1, 9):  # a reader within the log's capacity (it has not read yet)
         quote(n)
     assert all(encoded(i) for i in range(8)) and not log.readers_keep_up
-    for n in range(9, 13):  # nobody read the last 8: tuples
+    built: list[str] = []
+    encode_state, update_of = engine._encode_state, engine._update_of
+    engine._encode_state = lambda *a: built.append("frame") or encode_state(*a)  # type: ignore[method-assign]
+    engine._update_of = lambda *a: built.append("tuple") or update_of(*a)  # type: ignore[method-assign]
+    for n in range(9, 13):  # nobody read the last 8: counted, nothing built
         quote(n)
-    assert not any(encoded(i) for i in range(8, 12))
+    assert built == [] and log.head == 12
+    engine._encode_state, engine._update_of = encode_state, update_of  # type: ignore[method-assign]
     taken = reader.take_encoded(100, wire.framed_update, wire.framed_conflated_update)
     assert taken is not None and taken[1] == 1  # it fell behind: BTCUSDT's latest, conflated
+    sent = marketdata_pb2.MarketUpdates.FromString(b"".join(taken[0])).updates[0]
+    assert (sent.symbol_sequence, sent.conflated, sent.top.bid_price) == (12, 11, 100.0)
     assert log.readers_keep_up
     for n in range(13, 17):
         quote(n)
