@@ -292,6 +292,37 @@ async def test_malformed_stream_messages_end_the_stream_and_keep_earlier_inputs(
     assert kept.order.status == api.ORDER_STATUS_NEW
 
 
+async def test_stream_inputs_that_say_nothing_are_rejected_with_their_reason_alone_or_among_others(
+    seeded: Any,
+) -> None:
+    """An OrderInput with none of its oneof set is INVALID_ORDER, a cancel or replace naming no
+    order is UNKNOWN_ORDER: as the only input of a message (the single-order path) and among
+    valid inputs (the batch path), and the valid ones around them are accepted."""
+    empty = api.OrderInput()
+    cancel = api.OrderInput(cancel=api.CancelOrderRequest())
+    replace = api.OrderInput(replace=api.ReplaceOrderRequest(price_ticks=96))
+    expected = {
+        "": (api.ORDER_STATUS_REJECTED, common.REJECT_REASON_INVALID_ORDER),
+        "cancel": (api.ORDER_STATUS_REJECTED, common.REJECT_REASON_UNKNOWN_ORDER),
+        "replace": (api.ORDER_STATUS_REJECTED, common.REJECT_REASON_UNKNOWN_ORDER),
+    }
+    mixed = [api.OrderInput(new_order=order("nothing-a", BUY, 95, 1)), empty, cancel, replace]
+    mixed.append(api.OrderInput(new_order=order("nothing-b", BUY, 95, 1)))
+    requests = [api.OrderStreamRequest(inputs=[one]) for one in (empty, cancel, replace)]
+    requests.append(api.OrderStreamRequest(inputs=mixed))
+    acks = []
+    async for response in seeded.stub.OrderStream(iter(requests), metadata=ALICE):
+        acks.extend(response.acks)
+    kinds = ["", "cancel", "replace", "new", "", "cancel", "replace", "new"]
+    assert len(acks) == len(kinds)
+    for kind, ack in zip(kinds, acks, strict=True):
+        if kind == "new":
+            assert ack.status == api.ORDER_STATUS_NEW, ack
+        else:
+            assert (ack.status, ack.reason) == expected[kind], (kind, ack)
+            assert ack.reason_text, ack
+
+
 async def test_rate_limit_is_resource_exhausted_with_quota_and_retry_details(seeded: Any) -> None:
     await put_rows(
         seeded,

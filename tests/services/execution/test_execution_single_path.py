@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from hftgate.bench.execution import drive_stream
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.recovery import comparable_books
@@ -91,18 +93,22 @@ def state_view(state: ExecutionState) -> tuple[Any, ...]:
     )
 
 
-async def submit_runs(
-    harness: Any, runs: list[tuple[str, list[api.NewOrder], bool]], batched: bool
-) -> list[Any]:
-    """Each run as one SubmitOrders call, or (unless ``batched``) order by order where the run says so."""
+async def submit_runs(harness: Any, runs: list[tuple[str, list[api.NewOrder], bool]], mode: str) -> list[Any]:
+    """Each run as one SubmitOrders call, or (unless ``mode`` is "batched") order by order where
+    the run says so: SubmitOrder calls ("single"), or one OrderStream message an order ("stream")."""
     acks: list[tuple[Any, ...]] = []
     for who, orders, one_by_one in runs:
-        if one_by_one and not batched:
+        if one_by_one and mode == "single":
             for order in orders:
                 single = await harness.stub.SubmitOrder(
                     api.SubmitOrderRequest(order=order), metadata=key(who)
                 )
                 acks.append(ack_view(single.ack))
+        elif one_by_one and mode == "stream":
+            messages = [api.OrderStreamRequest(inputs=[api.OrderInput(new_order=o)]) for o in orders]
+            account = SimpleNamespace(metadata=key(who))
+            streamed, _ = await drive_stream(harness.stub, account, messages, window_inputs=1)
+            acks.extend(ack_view(a) for a in streamed)
         else:
             response = await harness.stub.SubmitOrders(
                 api.SubmitOrdersRequest(orders=orders), metadata=key(who)
@@ -124,28 +130,41 @@ async def test_single_and_batched_submissions_give_the_state_of_all_batched(
             orders.append(api.NewOrder(**{**_fields(orders[0]), "price_ticks": 100}))  # duplicate client id
         runs.append((who, orders, rng.random() < 0.6))
 
+    one_by_one = sum(len(orders) for _, orders, single in runs if single)
     views = {}
-    for batched in (False, True):
-        harness = await launch(make_config(tmp_path / str(batched)))
-        harness.core.ack_poll_ns = 0 if batched else 200_000  # SubmitOrder polls for its fsync
+    for mode in ("single", "stream", "batched"):
+        harness = await launch(make_config(tmp_path / mode))
+        harness.core.ack_poll_ns = 200_000 if mode == "single" else 0  # SubmitOrder polls for its fsync
+        admission = harness.core.admission
+        taken: list[int] = []
+
+        def counted(*args: Any, taken: list[int] = taken, single_path: Any = admission.admit_one_new) -> Any:
+            taken.append(1)
+            return single_path(*args)
+
+        admission.admit_one_new = counted  # type: ignore[method-assign]
         try:
-            acks = await submit_runs(harness, runs, batched)
+            acks = await submit_runs(harness, runs, mode)
             assert harness.core._orders_in_flight == 0
-            views[batched] = (acks, state_view(harness.core.state), harness.core.counters)
+            views[mode] = (acks, state_view(harness.core.state), harness.core.counters)
             assert harness.core.state.trades > 0
+            # A lone order takes the single-order path whether it came by SubmitOrder or as a
+            # one-order stream message (the batch path's numpy set-up costs more than its work).
+            assert len(taken) == (0 if mode == "batched" else one_by_one), (mode, len(taken))
         finally:
             await harness.close()
 
-    assert views[False][0] == views[True][0]
-    statuses = {ack[3] for ack in views[False][0]}
+    statuses = {ack[3] for ack in views["single"][0]}
     assert {api.ORDER_STATUS_REJECTED, api.ORDER_STATUS_FILLED, api.ORDER_STATUS_NEW} <= statuses
-    assert views[False][1] == views[True][1]
-    assert views[False][2] == views[True][2]
+    for mode in ("single", "stream"):
+        assert views[mode][0] == views["batched"][0], mode
+        assert views[mode][1] == views["batched"][1], mode
+        assert views[mode][2] == views["batched"][2], mode
 
     # Recovery replays the single-order records through the same apply path.
-    harness = await launch(make_config(tmp_path / "False"))
+    harness = await launch(make_config(tmp_path / "single"))
     try:
-        assert state_view(harness.core.state) == views[False][1]
+        assert state_view(harness.core.state) == views["single"][1]
     finally:
         await harness.close()
 
