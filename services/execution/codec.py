@@ -158,8 +158,7 @@ def decode_stream_inputs(inputs: Sequence[api.OrderInput], received_ns: int, arr
     client_ids: list[str] = []
     rows: list[tuple[int, ...]] = []
     targets = np.zeros(count, np.int64)
-    preset = np.zeros(count, np.int64)
-    refused = False  # (a flag: numpy's any() on a few rows costs more than this loop's step)
+    refused: list[tuple[int, int]] = []  # (position, reason) of inputs refused while decoding
     for position, item in enumerate(inputs):
         which = item.WhichOneof("input")
         if which == "new_order":
@@ -180,8 +179,7 @@ def decode_stream_inputs(inputs: Sequence[api.OrderInput], received_ns: int, arr
             targets[position] = c.order_id
             rows.append((0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
             if not c.order_id and not c.client_order_id:
-                preset[position] = common.REJECT_REASON_UNKNOWN_ORDER
-                refused = True
+                refused.append((position, common.REJECT_REASON_UNKNOWN_ORDER))
         elif which == "replace":
             r = item.replace
             kind[position] = KIND_REPLACE
@@ -189,14 +187,17 @@ def decode_stream_inputs(inputs: Sequence[api.OrderInput], received_ns: int, arr
             targets[position] = r.order_id
             rows.append((0, 0, 0, r.price_ticks, r.stop_price_ticks, r.quantity_lots, 0, 0, 0, 0, 0))
             if not r.order_id and not r.client_order_id:
-                preset[position] = common.REJECT_REASON_UNKNOWN_ORDER
-                refused = True
+                refused.append((position, common.REJECT_REASON_UNKNOWN_ORDER))
         else:
             kind[position] = KIND_NEW
             client_ids.append("")
             rows.append((0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
-            preset[position] = common.REJECT_REASON_INVALID_ORDER
-            refused = True
+            refused.append((position, common.REJECT_REASON_INVALID_ORDER))
+    preset = None
+    if refused:
+        preset = np.zeros(count, np.int64)
+        for position, reason in refused:
+            preset[position] = reason
     return Inputs(
         kind=kind,
         symbols=symbols,
@@ -207,7 +208,7 @@ def decode_stream_inputs(inputs: Sequence[api.OrderInput], received_ns: int, arr
         arrival_ns=arrival_ns,
         # None when no input was refused here: a one-order message then takes the single-order
         # path (Admission.prepare_one_new), not the batch path's numpy set-up.
-        preset_reasons=preset if refused else None,
+        preset_reasons=preset,
     )
 
 

@@ -65,6 +65,8 @@ from typing import Any  # noqa: E402
 
 import grpc  # noqa: E402
 
+from hftgate.v1 import common_pb2 as common  # noqa: E402
+from hftgate.v1 import execution_pb2 as api  # noqa: E402
 from services.execution.config import ExecutionConfig  # noqa: E402
 
 
@@ -90,6 +92,19 @@ def execution_config(state_dir: Path, **overrides: Any) -> ExecutionConfig:
 def key(name: str) -> tuple[tuple[str, str], ...]:
     """Call metadata carrying demo account ``name``'s API key."""
     return (("x-api-key", f"hftgate-demo-{name}"),)
+
+
+def limit_order(client_id: str, side: int = common.SIDE_BUY, price: int = 100) -> api.NewOrder:
+    """A one-lot GTC limit order for BTCUSDT."""
+    return api.NewOrder(
+        client_order_id=client_id,
+        symbol="BTCUSDT",
+        side=side,  # type: ignore[arg-type]
+        order_type=api.ORDER_TYPE_LIMIT,
+        time_in_force=api.TIME_IN_FORCE_GTC,
+        price_ticks=price,
+        quantity_lots=1,
+    )
 
 
 class Harness:

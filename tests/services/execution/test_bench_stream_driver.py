@@ -11,7 +11,7 @@ from hftgate.bench.execution import acks_and_executions, drive_stream, drive_str
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 
-from .conftest import key
+from .conftest import key, limit_order
 
 
 def _messages(
@@ -20,17 +20,7 @@ def _messages(
     return [
         api.OrderStreamRequest(
             inputs=[
-                api.OrderInput(
-                    new_order=api.NewOrder(
-                        client_order_id=f"{prefix}{m}-{i}",
-                        symbol="BTCUSDT",
-                        side=side,  # type: ignore[arg-type]
-                        order_type=api.ORDER_TYPE_LIMIT,
-                        time_in_force=api.TIME_IN_FORCE_GTC,
-                        price_ticks=price,
-                        quantity_lots=1,
-                    )
-                )
+                api.OrderInput(new_order=limit_order(f"{prefix}{m}-{i}", side, price))
                 for i in range(per_message)
             ]
         )

@@ -20,21 +20,9 @@ from hftgate.v1 import execution_pb2 as api
 from services.execution.admission import RateLimited
 from services.execution.fairness import FairAdmission
 
-from .conftest import key
+from .conftest import key, limit_order
 
 ALICE, BOB = key("alice"), key("bob")
-
-
-def _order(client_id: str, side: int = common.SIDE_BUY, price: int = 100) -> api.NewOrder:
-    return api.NewOrder(
-        client_order_id=client_id,
-        symbol="BTCUSDT",
-        side=side,  # type: ignore[arg-type]
-        order_type=api.ORDER_TYPE_LIMIT,
-        time_in_force=api.TIME_IN_FORCE_GTC,
-        price_ticks=price,
-        quantity_lots=1,
-    )
 
 
 # --- the token bucket ------------------------------------------------------------------------------
@@ -141,7 +129,7 @@ async def _unary_under_flood(harness: Any) -> None:
         number = 0
         while not stop.is_set():
             inputs = [
-                api.OrderInput(new_order=_order(f"{name}{number + i}", side, price)) for i in range(100)
+                api.OrderInput(new_order=limit_order(f"{name}{number + i}", side, price)) for i in range(100)
             ]
             number += 100
             await call.write(api.OrderStreamRequest(inputs=inputs))
@@ -158,7 +146,7 @@ async def _unary_under_flood(harness: Any) -> None:
     before = harness.core.counters.orders_received
     for number in range(50):
         response = await harness.stub.SubmitOrder(
-            api.SubmitOrderRequest(order=_order(f"c{number}", price=150)), metadata=key("carol")
+            api.SubmitOrderRequest(order=limit_order(f"c{number}", price=150)), metadata=key("carol")
         )
         assert response.ack.status == api.ORDER_STATUS_NEW
     progressed = harness.core.counters.orders_received - before
@@ -183,9 +171,11 @@ def _servicer(harness: Any) -> Any:
 
 async def test_get_stats_gives_an_account_only_its_own_figures(harness: Any) -> None:
     for number in range(3):
-        await harness.stub.SubmitOrder(api.SubmitOrderRequest(order=_order(f"a{number}")), metadata=ALICE)
+        await harness.stub.SubmitOrder(
+            api.SubmitOrderRequest(order=limit_order(f"a{number}")), metadata=ALICE
+        )
     await harness.stub.SubmitOrders(
-        api.SubmitOrdersRequest(orders=[_order(f"b{n}", common.SIDE_SELL, 200) for n in range(7)]),
+        api.SubmitOrdersRequest(orders=[limit_order(f"b{n}", common.SIDE_SELL, 200) for n in range(7)]),
         metadata=BOB,
     )
     mine = await harness.stub.GetStats(api.GetStatsRequest(), metadata=ALICE)
