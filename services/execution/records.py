@@ -141,9 +141,13 @@ def decode_batch(payload: bytes) -> Batch:
     meta_end = commands_end + count * META_DTYPE.itemsize
     if meta_end + ids_bytes != len(payload):
         raise ValueError(f"batch record of {len(payload)} bytes does not hold {count} inputs")
-    commands = np.frombuffer(payload, COMMAND_DTYPE, count, offset).copy()
-    meta = np.frombuffer(payload, META_DTYPE, count, commands_end).copy()
-    return Batch(first, received, transact, commands, meta, bytes(payload[meta_end:]))
+    # Writable copies made as bytes: copying a structured array (ndarray.copy) walks its fields
+    # one by one and costs ~9 us for one row against ~1 us (the SubmitOrder path decodes every
+    # order's record).
+    view = memoryview(payload)
+    commands = np.ndarray((count,), COMMAND_DTYPE, bytearray(view[offset:commands_end]))
+    meta = np.ndarray((count,), META_DTYPE, bytearray(view[commands_end:meta_end]))
+    return Batch(first, received, transact, commands, meta, bytes(view[meta_end:]))
 
 
 def encode_symbol(symbol_id: int, name: str) -> bytes:
