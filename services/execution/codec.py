@@ -16,6 +16,7 @@ from hftgate import shardmap
 from hftgate.columns import column_problem
 from hftgate.native.client_ids import joined
 from hftgate.native.exec_wire import ExecWireEncoder, TextTable
+from hftgate.native.order_wire import ROW_DTYPE, STREAM, SUBMIT_ORDERS, NewOrderWireDecoder
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.admission import (
@@ -86,6 +87,59 @@ def decode_new_orders(orders: Sequence[api.NewOrder], received_ns: int, arrival_
         received_ns=received_ns,
         arrival_ns=arrival_ns,
     )
+
+
+def decode_submit_orders(
+    request: api.SubmitOrdersRequest,
+    wire: NewOrderWireDecoder,
+    max_orders: int,
+    received_ns: int,
+    arrival_ns: int,
+) -> Inputs:
+    """:func:`decode_new_orders` of a SubmitOrders request, read from its wire bytes in C when
+    it allows (hftgate/native/order_wire.py); the same Inputs either way."""
+    decoded = wire.decode(request.SerializeToString(), SUBMIT_ORDERS, max_orders)
+    if decoded is None:
+        return decode_new_orders(request.orders, received_ns, arrival_ns)
+    return _new_order_inputs(decoded.rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
+
+
+def decode_stream_message(
+    request: api.OrderStreamRequest,
+    wire: NewOrderWireDecoder,
+    max_inputs: int,
+    received_ns: int,
+    arrival_ns: int,
+) -> Inputs:
+    """:func:`decode_stream_inputs` of one OrderStream message, read from its wire bytes in C
+    when every input is a new order the fast path takes; the same Inputs either way."""
+    decoded = wire.decode(request.SerializeToString(), STREAM, max_inputs)
+    if decoded is None:
+        return decode_stream_inputs(request.inputs, received_ns, arrival_ns)
+    rows = decoded.rows
+    rows["priority"] = 0  # a stream runs its inputs in order: NewOrder.priority is for batches only
+    return _new_order_inputs(rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
+
+
+def _new_order_inputs(
+    rows: np.ndarray, symbols: list[str], client_ids: list[str], received_ns: int, arrival_ns: int
+) -> Inputs:
+    count = len(rows)
+    kind = np.empty(count, np.int64)
+    kind.fill(KIND_NEW)
+    return Inputs(
+        kind=kind,
+        symbols=symbols,
+        client_ids=client_ids,
+        orders=rows.view(NEW_ORDER_DTYPE),
+        target_ids=np.zeros(count, np.int64),
+        received_ns=received_ns,
+        arrival_ns=arrival_ns,
+    )
+
+
+if ROW_DTYPE != NEW_ORDER_DTYPE:  # pragma: no cover - a change to one layout without the other
+    raise ImportError("hft_new_order_row (native/include/hft_order_wire.h) no longer matches NEW_ORDER_DTYPE")
 
 
 class BadColumns(ValueError):

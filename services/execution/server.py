@@ -33,6 +33,7 @@ from hftgate.grpcserver import abort_invalid_argument, check_batch_size
 from hftgate.native.clock import now_ns
 from hftgate.native.exec_wire import ExecWireEncoder
 from hftgate.native.histogram import LatencyHistogram
+from hftgate.native.order_wire import NewOrderWireDecoder
 from hftgate.shardmap import ShardMap
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
@@ -159,6 +160,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self.unauthenticated = 0
         # Batches of acks and reports are written as wire bytes in one C call (codec.ack_entries).
         self._wire = ExecWireEncoder()
+        self._order_wire = NewOrderWireDecoder()
         self._symbol_texts = codec.SymbolTexts()
 
     # --- call-level checks -------------------------------------------------------------------------
@@ -420,7 +422,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         count = len(request.orders)
         await check_batch_size(context, count, self.config.max_batch_orders)
         await self._rate(context, account)
-        inputs = codec.decode_new_orders(request.orders, time.time_ns(), arrival)
+        inputs = codec.decode_submit_orders(
+            request, self._order_wire, self.config.max_batch_orders, time.time_ns(), arrival
+        )
         acks = await self._submit_new_orders(context, account, inputs)
         response = api.SubmitOrdersResponse()
         self._add_acks(response, acks, inputs.symbols)
@@ -670,6 +674,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         reader_done = [False]
         fence = self.fence
         shard_id = self.shard_id
+        order_wire = self._order_wire
 
         def sink(acks: Acks | BaseException) -> None:
             subscriber.put_acks(core.publisher.published_report_seq, acks)
@@ -690,7 +695,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     while unsent[0] >= limit:  # the client is not reading its acks: stop reading
                         room.clear()
                         await room.wait()
-                    inputs = codec.decode_stream_inputs(message.inputs, time.time_ns(), arrival)
+                    inputs = codec.decode_stream_message(
+                        message, order_wire, config.max_stream_message_inputs, time.time_ns(), arrival
+                    )
                     if self.handover is not None and self.handover.local_of:
                         self._localize_taken_over(inputs, account)
                     codec.localize_targets(inputs, shard_id)

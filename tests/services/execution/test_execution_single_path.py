@@ -8,8 +8,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from hftgate.bench.execution import drive_stream
+from hftgate.native.order_wire import NewOrderWireDecoder
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.recovery import comparable_books
@@ -118,7 +120,7 @@ async def submit_runs(harness: Any, runs: list[tuple[str, list[api.NewOrder], bo
 
 
 async def test_single_and_batched_submissions_give_the_state_of_all_batched(
-    tmp_path: Path, make_config: Any, launch: Any
+    tmp_path: Path, make_config: Any, launch: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = random.Random(20261125)
     # Runs of orders from one account; the mixed server gets some runs order by order (SubmitOrder).
@@ -131,8 +133,20 @@ async def test_single_and_batched_submissions_give_the_state_of_all_batched(
         runs.append((who, orders, rng.random() < 0.6))
 
     one_by_one = sum(len(orders) for _, orders, single in runs if single)
+    # Batches are read from their wire bytes in C (hftgate/native/order_wire.py) unless the mode
+    # is "protobuf", where the decoder hands every message back to protobuf's reading.
+    read_in_c: list[bool] = []
+    wire_decode = NewOrderWireDecoder.decode
+
+    def decode(decoder: NewOrderWireDecoder, data: bytes, message: int, max_orders: int) -> Any:
+        decoded = None if mode == "protobuf" else wire_decode(decoder, data, message, max_orders)
+        read_in_c.append(decoded is not None)
+        return decoded
+
+    monkeypatch.setattr(NewOrderWireDecoder, "decode", decode)
     views = {}
-    for mode in ("single", "stream", "batched"):
+    for mode in ("single", "stream", "batched", "protobuf"):
+        read_in_c.clear()
         harness = await launch(make_config(tmp_path / mode))
         harness.core.ack_poll_ns = 200_000 if mode == "single" else 0  # SubmitOrder polls for its fsync
         admission = harness.core.admission
@@ -150,13 +164,15 @@ async def test_single_and_batched_submissions_give_the_state_of_all_batched(
             assert harness.core.state.trades > 0
             # A lone order takes the single-order path whether it came by SubmitOrder or as a
             # one-order stream message (the batch path's numpy set-up costs more than its work).
-            assert len(taken) == (0 if mode == "batched" else one_by_one), (mode, len(taken))
+            single_path = 0 if mode in ("batched", "protobuf") else one_by_one
+            assert len(taken) == single_path, (mode, len(taken))
+            assert read_in_c and all(read_in_c) == (mode != "protobuf"), mode
         finally:
             await harness.close()
 
     statuses = {ack[3] for ack in views["single"][0]}
     assert {api.ORDER_STATUS_REJECTED, api.ORDER_STATUS_FILLED, api.ORDER_STATUS_NEW} <= statuses
-    for mode in ("single", "stream"):
+    for mode in ("single", "stream", "protobuf"):
         assert views[mode][0] == views["batched"][0], mode
         assert views[mode][1] == views["batched"][1], mode
         assert views[mode][2] == views["batched"][2], mode

@@ -1,0 +1,266 @@
+"""hftgate.native.order_wire: new orders read from wire bytes in C are what protobuf reads from
+the same bytes, and whatever the fast path does not take, it hands back (None) rather than
+guessing. Checked against protobuf itself on random extreme orders, on hand-made encodings
+protobuf never writes but accepts, and on random corruptions of real messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hftgate.native.order_wire import ROW_FIELDS, STREAM, SUBMIT_ORDERS, SYMBOLS_MAX, NewOrderWireDecoder
+from hftgate.v1 import execution_pb2 as api
+from services.execution import codec
+
+INT64 = st.integers(-(2**63), 2**63 - 1)
+INT32 = st.integers(-(2**31), 2**31 - 1)
+# Texts the fast path takes (printable ASCII up to 64 bytes) and some it must hand back.
+FAST_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64)
+ANY_TEXT = st.one_of(FAST_TEXT, st.text(max_size=70))
+# The NewOrder fields as protobuf names them, and their row field.
+NUMERIC = (
+    ("side", "side", INT32),
+    ("order_type", "order_type", INT32),
+    ("time_in_force", "tif", INT32),
+    ("price_ticks", "price", INT64),
+    ("stop_price_ticks", "stop_price", INT64),
+    ("quantity_lots", "quantity", INT64),
+    ("display_quantity_lots", "display", INT64),
+    ("post_only", "post_only", st.booleans()),
+    ("self_trade_prevention", "stp", INT32),
+    ("protection_price_ticks", "protection", INT64),
+    ("priority", "priority", INT32),
+)
+
+
+@st.composite
+def new_orders(draw: st.DrawFn, text: st.SearchStrategy[str] = FAST_TEXT) -> api.NewOrder:
+    order = api.NewOrder(client_order_id=draw(text), symbol=draw(st.sampled_from(["BTCUSDT", "ETHUSDT", ""])))
+    for name, _, values in NUMERIC:
+        if draw(st.booleans()):
+            setattr(order, name, draw(values))
+    return order
+
+
+def _expected(orders: list[api.NewOrder], stream: bool) -> tuple[np.ndarray, list[str], list[str]]:
+    """What the service's protobuf decoders make of the orders (the reference)."""
+    if stream:
+        inputs = codec.decode_stream_inputs([api.OrderInput(new_order=o) for o in orders], 0, 0)
+    else:
+        inputs = codec.decode_new_orders(orders, 0, 0)
+    return inputs.orders, inputs.client_ids, inputs.symbols
+
+
+def _same(decoded: object, expected: tuple[np.ndarray, list[str], list[str]], stream: bool) -> None:
+    assert decoded is not None
+    rows, client_ids, symbols = expected
+    got = decoded.rows.copy()  # type: ignore[attr-defined]
+    if stream:
+        got["priority"] = 0  # (codec.decode_stream_message's rule, not the decoder's)
+    assert got.tolist() == rows.tolist()
+    assert decoded.client_ids == client_ids  # type: ignore[attr-defined]
+    assert decoded.symbols == symbols  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(orders=st.lists(new_orders(), max_size=40), stream=st.booleans())
+def test_ordinary_orders_decode_as_protobuf_decodes_them(orders: list[api.NewOrder], stream: bool) -> None:
+    decoder = NewOrderWireDecoder(capacity=4)  # (grows)
+    if stream:
+        data = api.OrderStreamRequest(
+            inputs=[api.OrderInput(new_order=o) for o in orders]
+        ).SerializeToString()
+    else:
+        data = api.SubmitOrdersRequest(orders=orders).SerializeToString()
+    _same(decoder.decode(data, STREAM if stream else SUBMIT_ORDERS, 1000), _expected(orders, stream), stream)
+
+
+@settings(max_examples=200, deadline=None)
+@given(orders=st.lists(new_orders(ANY_TEXT), min_size=1, max_size=10))
+def test_texts_it_does_not_take_are_handed_back_and_the_others_decode(orders: list[api.NewOrder]) -> None:
+    data = api.SubmitOrdersRequest(orders=orders).SerializeToString()
+    decoded = NewOrderWireDecoder().decode(data, SUBMIT_ORDERS, 1000)
+    fast = all(
+        len(o.client_order_id) <= 64 and all(0x20 <= ord(c) <= 0x7E for c in o.client_order_id)
+        for o in orders
+    )
+    if not fast:
+        assert decoded is None
+    else:
+        _same(decoded, _expected(orders, False), False)
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    return bytes([number << 3 | wire]) + payload
+
+
+def _length_delimited(number: int, body: bytes) -> bytes:
+    return _field(number, 2, _varint(len(body)) + body)
+
+
+def _orders_message(*bodies: bytes) -> bytes:
+    return b"".join(_length_delimited(1, body) for body in bodies)
+
+
+def test_encodings_protobuf_never_writes_but_reads_are_read_the_same_way() -> None:
+    """Fields out of order, a field repeated (the last one counts), an int32 written as a
+    64-bit varint with high bits set (protobuf keeps the low 32), a bool varint above 1."""
+    body = b"".join(
+        [
+            _field(8, 0, _varint(5)),  # quantity before the texts
+            _length_delimited(2, b"ETHUSDT"),
+            _length_delimited(1, b"first"),
+            _length_delimited(1, b"second"),  # the last one counts
+            _field(3, 0, _varint((1 << 40) | 2)),  # side: the low 32 bits (2)
+            _field(13, 0, _varint(-7)),  # priority: a ten-byte varint, -7
+            _field(11, 0, _varint(0xFFFFFFFF)),  # stp: int32 -1
+            _field(10, 0, _varint(300)),  # post_only: true
+            _field(6, 0, _varint(-(2**63))),
+            _field(6, 0, _varint(2**63 - 1)),  # the last price counts
+        ]
+    )
+    data = _orders_message(body, b"")
+    parsed = api.SubmitOrdersRequest.FromString(data)
+    decoded = NewOrderWireDecoder().decode(data, SUBMIT_ORDERS, 10)
+    _same(decoded, _expected(list(parsed.orders), False), False)
+    assert decoded is not None
+    assert decoded.client_ids == ["second", ""]
+    row = decoded.rows[0]
+    assert (row["side"], row["priority"], row["stp"], row["post_only"]) == (2, -7, -1, 1)
+    assert row["price"] == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_orders_message(_field(14, 0, _varint(1))), id="unknown-field"),
+        pytest.param(_orders_message(bytes([0x80 | (16 << 3) & 0x7F, 1, 0])), id="field-number-past-15"),
+        pytest.param(_orders_message(_field(3, 2, _varint(1) + b"x")), id="known-field-wrong-wire-type"),
+        pytest.param(_orders_message(_field(1, 0, _varint(1))), id="text-field-as-varint"),
+        pytest.param(_orders_message(_field(3, 0, b"\x81\x00")), id="overlong-varint"),
+        pytest.param(_orders_message(_field(3, 0, b"\xff" * 9 + b"\x02")), id="varint-past-64-bits"),
+        pytest.param(_orders_message(_field(3, 0, b"\xff" * 10 + b"\x01")), id="varint-over-ten-bytes"),
+        pytest.param(_orders_message(_length_delimited(1, b"a\nb")), id="newline-in-id"),
+        pytest.param(_orders_message(_length_delimited(1, "é".encode())), id="non-ascii-id"),
+        pytest.param(_orders_message(_length_delimited(2, b"x" * 65)), id="symbol-over-64"),
+        pytest.param(_orders_message(b"") + b"\x12\x00", id="other-request-field"),
+        pytest.param(b"\x0a\x85\x00" + b"\x00" * 5, id="overlong-length"),
+        pytest.param(b"\x0a\x05\x18\x01", id="length-past-the-end"),
+        pytest.param(_orders_message(b"\x18"), id="cut-inside-a-field"),
+    ],
+)
+def test_what_the_fast_path_does_not_take_is_handed_back(data: bytes) -> None:
+    assert NewOrderWireDecoder().decode(data, SUBMIT_ORDERS, 10) is None
+
+
+def test_stream_inputs_other_than_one_new_order_are_handed_back() -> None:
+    order = api.NewOrder(client_order_id="a", symbol="BTCUSDT", quantity_lots=1)
+    cancel = api.OrderInput(cancel=api.CancelOrderRequest(order_id=5))
+    decoder = NewOrderWireDecoder()
+    for inputs in (
+        [api.OrderInput(new_order=order), cancel],
+        [api.OrderInput()],  # an input that says nothing
+        [api.OrderInput(replace=api.ReplaceOrderRequest(order_id=1, quantity_lots=2))],
+    ):
+        assert decoder.decode(api.OrderStreamRequest(inputs=inputs).SerializeToString(), STREAM, 10) is None
+    # new_order twice in one input: protobuf merges the two; the fast path does not try.
+    twice = _length_delimited(1, _length_delimited(1, b"") + _length_delimited(1, b""))
+    assert decoder.decode(twice, STREAM, 10) is None
+    # Without a cancel the same message is taken.
+    only = api.OrderStreamRequest(inputs=[api.OrderInput(new_order=order)] * 3).SerializeToString()
+    decoded = decoder.decode(only, STREAM, 10)
+    assert decoded is not None and decoded.client_ids == ["a"] * 3
+
+
+def test_more_orders_than_allowed_or_too_many_symbols_are_handed_back() -> None:
+    decoder = NewOrderWireDecoder(capacity=2)
+    orders = [api.NewOrder(client_order_id=str(i), symbol=f"S{i}") for i in range(SYMBOLS_MAX + 1)]
+    data = api.SubmitOrdersRequest(orders=orders).SerializeToString()
+    assert decoder.decode(data, SUBMIT_ORDERS, 1000) is None  # one symbol too many
+    fits = api.SubmitOrdersRequest(orders=orders[:SYMBOLS_MAX]).SerializeToString()
+    decoded = decoder.decode(fits, SUBMIT_ORDERS, 1000)
+    assert decoded is not None and decoded.symbols == [f"S{i}" for i in range(SYMBOLS_MAX)]
+    assert decoder.decode(fits, SUBMIT_ORDERS, SYMBOLS_MAX - 1) is None  # over the caller's bound
+    assert decoder.decode(b"", SUBMIT_ORDERS, 10) is not None  # an empty batch: the caller refuses it
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    orders=st.lists(new_orders(), min_size=1, max_size=6),
+    stream=st.booleans(),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.integers(0, 2)), max_size=4),
+)
+def test_corrupted_messages_are_refused_or_read_exactly_as_protobuf_reads_them(
+    orders: list[api.NewOrder], stream: bool, edits: list[tuple[int, int, int]]
+) -> None:
+    """Random byte changes, insertions and cuts of real messages: whatever the fast path takes,
+    protobuf parses too, into the same orders (never a message protobuf refuses, never a
+    different reading)."""
+    if stream:
+        data = bytearray(
+            api.OrderStreamRequest(inputs=[api.OrderInput(new_order=o) for o in orders]).SerializeToString()
+        )
+    else:
+        data = bytearray(api.SubmitOrdersRequest(orders=orders).SerializeToString())
+    for position, value, action in edits:
+        at = position % (len(data) + 1)
+        if action == 0 and at < len(data):
+            data[at] = value
+        elif action == 1:
+            data.insert(at, value)
+        else:
+            del data[at:]
+    decoded = NewOrderWireDecoder().decode(bytes(data), STREAM if stream else SUBMIT_ORDERS, 1000)
+    if decoded is None:
+        return
+    message = api.OrderStreamRequest if stream else api.SubmitOrdersRequest
+    parsed = message.FromString(bytes(data))  # raises if the fast path took what protobuf refuses
+    if stream:
+        assert all(item.WhichOneof("input") == "new_order" for item in parsed.inputs)
+        taken = [item.new_order for item in parsed.inputs]
+    else:
+        taken = list(parsed.orders)
+    _same(decoded, _expected(taken, stream), stream)
+
+
+@settings(max_examples=150, deadline=None)
+@given(orders=st.lists(new_orders(ANY_TEXT), min_size=1, max_size=8))
+def test_the_service_decoders_give_the_inputs_protobufs_reading_gives(orders: list[api.NewOrder]) -> None:
+    """codec.decode_submit_orders and decode_stream_message (fast path or not) against the
+    protobuf readers they replace: the same Inputs, a stream's priorities ignored included."""
+    wire = NewOrderWireDecoder()
+    batch = api.SubmitOrdersRequest(orders=orders)
+    stream = api.OrderStreamRequest(inputs=[api.OrderInput(new_order=o) for o in orders])
+    for got, want in (
+        (codec.decode_submit_orders(batch, wire, 1000, 1, 2), codec.decode_new_orders(batch.orders, 1, 2)),
+        (
+            codec.decode_stream_message(stream, wire, 1000, 1, 2),
+            codec.decode_stream_inputs(stream.inputs, 1, 2),
+        ),
+    ):
+        assert got.orders.dtype == want.orders.dtype
+        assert got.orders.tolist() == want.orders.tolist()
+        assert (got.symbols, got.client_ids) == (want.symbols, want.client_ids)
+        assert got.kind.tolist() == want.kind.tolist() and got.target_ids.tolist() == want.target_ids.tolist()
+        assert (got.received_ns, got.arrival_ns, got.preset_reasons) == (1, 2, None)
+
+
+def test_row_fields_are_the_order_paths() -> None:
+    from services.execution.risk import NEW_ORDER_DTYPE
+
+    assert tuple(NEW_ORDER_DTYPE.names or ()) == ROW_FIELDS
