@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hftgate import rows
 from hftgate.matching.types import (
     ALL_SYMBOLS,
     COMMAND_DTYPE,
@@ -227,7 +228,7 @@ class MatchingEngine:
             if done == total and lib.hft_engine_pending_events(self._engine) == 0:
                 break
             capacity = 2 * capacity
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        return chunks[0] if len(chunks) == 1 else rows.concat(chunks)
 
     @property
     def pending_events(self) -> int:

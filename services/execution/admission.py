@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hftgate import rows
 from hftgate.matching.types import COMMAND_DTYPE, Action, StpMode
 from hftgate.matching.types import OrderType as EngineType
 from hftgate.native.client_ids import joined
@@ -373,8 +374,8 @@ class Admission:
                 batch.first_input_seq,
                 batch.received_ns,
                 batch.transact_ns,
-                batch.commands[order],
-                batch.meta[order],
+                rows.take(batch.commands, order),
+                rows.take(batch.meta, order),
                 _reorder_ids(batch, order),
             )
             # order ids follow the engine order
@@ -643,7 +644,7 @@ class Admission:
         commands = np.zeros(count, COMMAND_DTYPE)
         meta = np.zeros(count, META_DTYPE)
         kind = inputs.kind[accepted]
-        orders = inputs.orders[accepted]
+        orders = rows.take(inputs.orders, accepted)
         commands["account_id"] = account.account_id
         meta["priority"] = orders["priority"]
         is_new = kind == KIND_NEW

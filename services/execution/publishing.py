@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from hftgate import rows
 from services.execution.admission import KIND_CANCEL, KIND_NEW, KIND_REPLACE, Acks, Counters
 from services.execution.ledger import Fill, Ledger, LedgerBacklogFull
 from services.execution.state import REJECTED, BatchOutcome, ExecutionState
@@ -202,7 +203,7 @@ class Publisher:
         await asyncio.sleep(0)
         while self._pending_fills:
             batches, self._pending_fills = self._pending_fills, []
-            fills = np.concatenate(batches) if len(batches) > 1 else batches[0]
+            fills = rows.concat(batches) if len(batches) > 1 else batches[0]
             if self.trade_sink is not None:
                 self.trade_sink(fills)
             if self.ledger is None:
@@ -312,7 +313,7 @@ class Publisher:
         end = self.published_report_seq if until is None else min(until, self.published_report_seq)
         start = subscriber.cursor + 1
         if start > end:
-            return ring[:0].copy()
+            return rows.empty_like(ring)
         if start < state.oldest_retained_report:
             raise ReaderTooSlow(end - subscriber.cursor, subscriber.cursor)
         accounts = ring["account_id"]
@@ -331,14 +332,14 @@ class Publisher:
                 hits = hits[:wanted]
                 stop = start + int(hits[-1])
             if len(hits):
-                taken.append(ring[positions[hits]])
+                taken.append(rows.take(ring, positions[hits]))
                 wanted -= len(hits)
             looked += stop - start + 1
             subscriber.cursor = stop
             start = stop + 1
         if not taken:
-            return ring[:0].copy()
-        page = taken[0] if len(taken) == 1 else np.concatenate(taken)
+            return rows.empty_like(ring)
+        page = taken[0] if len(taken) == 1 else rows.concat(taken)
         return page
 
     async def drain(self) -> None:

@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from hftgate import security, shardmap
+from hftgate import rows, security, shardmap
 from hftgate.grpcserver import abort_invalid_argument, check_batch_size
 from hftgate.native.clock import now_ns
 from hftgate.native.exec_wire import ExecWireEncoder
@@ -945,7 +945,7 @@ def _without_restated(reports: np.ndarray, restating: dict[int, int]) -> np.ndar
     if not restate.any():
         return reports
     own = np.array([restating.get(s, -1) for s in reports["input_sequence"].tolist()], np.int64)
-    return reports[~(restate & (own == reports["order_id"]))]
+    return rows.select(reports, ~(restate & (own == reports["order_id"])))
 
 
 def _summary(histogram: LatencyHistogram) -> common.LatencySummary:

@@ -68,6 +68,7 @@ import numpy as np
 # module, at start-up, so that the first batch a shard takes does not pay for it.
 import numpy.ma
 
+from hftgate import rows
 from hftgate.matching import EngineConfig, MatchingEngine
 from hftgate.matching.types import COMMAND_DTYPE, Action, EventType, Reason, Side, StpMode
 from hftgate.matching.types import OrderType as EngineType
@@ -776,7 +777,7 @@ class ExecutionState:
             self._slot_client_ids[start & self._mask] = batch.client_ids.decode("ascii")
             return
         if new_mask is not None and count != len(commands):
-            commands, meta = commands[new_mask], meta[new_mask]
+            commands, meta = rows.select(commands, new_mask), rows.select(meta, new_mask)
         lengths = meta["client_id_length"].astype(np.int64)
         self.client_id_index.add(
             commands["account_id"],
@@ -995,7 +996,7 @@ class ExecutionState:
         if start > newest:
             return np.zeros(0, REPORT_DTYPE)
         positions = (np.arange(start, newest + 1) - 1) % len(ring)
-        return ring[positions]
+        return rows.take(ring, positions)
 
     @property
     def oldest_retained_report(self) -> int:
