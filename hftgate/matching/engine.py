@@ -162,7 +162,8 @@ class MatchingEngine:
             self._consumed,
             self._written,
         )
-        check(rc, f"hft_engine_process_batch(count={len(commands)}, capacity={len(events)})")
+        if rc < 0:
+            check(rc, f"hft_engine_process_batch(count={len(commands)}, capacity={len(events)})")
         return int(self._consumed[0]), int(self._written[0])
 
     def process(self, commands: np.ndarray, *, prioritize: bool = False) -> np.ndarray:
@@ -195,7 +196,8 @@ class MatchingEngine:
             self._consumed,
             self._written,
         )
-        check(rc, f"hft_engine_process_batch(count={total}, capacity={capacity})")
+        if rc < 0:  # (the message's f-string only then: this runs for every batch and SubmitOrder)
+            check(rc, f"hft_engine_process_batch(count={total}, capacity={capacity})")
         done = int(self._consumed[0])
         if done == total and not lib.hft_engine_pending_events(engine):
             return events[: int(self._written[0])]
@@ -214,7 +216,8 @@ class MatchingEngine:
                 self._consumed,
                 self._written,
             )
-            check(rc, f"hft_engine_process_batch(count={total - done}, capacity={len(events)})")
+            if rc < 0:
+                check(rc, f"hft_engine_process_batch(count={total - done}, capacity={len(events)})")
             written = int(self._written[0])
             chunk = events[:written]
             # Events left over from the previous call belong to its last command, done - 1.

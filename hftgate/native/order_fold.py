@@ -217,7 +217,8 @@ class OrderFold:
         )
         if rc == lib.HFT_ENOENT:
             raise LookupError(f"event {self._bad[0]} names an order that is not held")
-        check(rc, f"hft_order_fold(events={count})")
+        if rc < 0:
+            check(rc, f"hft_order_fold(events={count})")
         touched, rejected = out.n_touched, out.n_rejected
         # Copies of the rows as fresh arrays of their dtypes (a bytearray wrapped by np.ndarray:
         # half the cost of copying bytes and viewing them as a structured dtype).

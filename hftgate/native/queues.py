@@ -266,6 +266,8 @@ class _RecordQueue:
         return arg
 
     def _check(self, rc: int, what: str) -> None:
+        if rc >= 0:  # (before the message's f-string: this runs on every push and pop)
+            return
         # The C side answers a wait on a closed queue with EINVAL.
         if rc == lib.HFT_EINVAL and self._handle is None:
             raise QueueClosed(f"{type(self).__name__} was closed during {what}")
