@@ -32,6 +32,44 @@ def joined(client_ids: list[str]) -> tuple[bytes, np.ndarray]:
     return b"".join(encoded), np.fromiter(map(len, encoded), np.int64, len(encoded))
 
 
+#: One client order id per fixed-width row, zero-padded (what ``ids_to_rows`` gives).
+ROW_DTYPE = np.dtype(f"S{MAX_LENGTH}")
+
+
+def ids_to_rows(text: bytes, lengths: np.ndarray) -> np.ndarray:
+    """Ids (``text`` split by ``lengths``) as :data:`ROW_DTYPE` rows, in one C call.
+    ValueError when a length is over MAX_LENGTH or the lengths do not add up to the text."""
+    count = len(lengths)
+    rows = np.empty(count, ROW_DTYPE)
+    lengths = np.ascontiguousarray(lengths, np.int64)
+    rc = lib.hft_client_ids_to_rows(
+        text,
+        len(text),
+        ffi.from_buffer("int64_t[]", lengths),
+        count,
+        ffi.from_buffer("char[]", rows, require_writable=True),
+    )
+    if rc == lib.HFT_EINVAL:
+        raise ValueError("client ids: a length over 64 bytes, or lengths that do not fit the text")
+    check(rc, "hft_client_ids_to_rows")
+    return rows
+
+
+def ids_from_rows(rows: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """:data:`ROW_DTYPE` rows as one text and each row's length (0 for an empty row), in one C call."""
+    rows = np.ascontiguousarray(rows, ROW_DTYPE)
+    count = len(rows)
+    text = ffi.new("char[]", max(1, count * MAX_LENGTH))
+    lengths = np.empty(count, np.int64)
+    written = ffi.new("size_t *")
+    rc = lib.hft_client_ids_from_rows(
+        ffi.from_buffer("char[]", rows), count, text, count * MAX_LENGTH,
+        ffi.from_buffer("int64_t[]", lengths, require_writable=True), written,
+    )  # fmt: skip
+    check(rc, "hft_client_ids_from_rows")
+    return ffi.unpack(text, written[0]), lengths
+
+
 class ClientIdIndex:
     """(account, client order id) -> order id (see the module docstring)."""
 

@@ -66,4 +66,17 @@ int hft_client_ids_remove(hft_client_ids *index, const uint64_t *accounts, const
 size_t hft_client_ids_export(const hft_client_ids *index, uint64_t *accounts, int64_t *order_ids, char *text,
                              int64_t *lengths, size_t capacity);
 
+/* Ids kept one per fixed-width row of HFT_CLIENT_ID_MAX bytes, zero-padded (the order table keeps
+ * each row's id this way: no string object per order). An id holds no zero byte, so a row's id is
+ * its bytes before the first zero.
+ *
+ * hft_client_ids_to_rows: n ids (text, lengths) into rows[0, n). HFT_EINVAL (nothing written): a
+ * length outside 0..HFT_CLIENT_ID_MAX, or lengths that do not add up to text_length. */
+int hft_client_ids_to_rows(const char *text, size_t text_length, const int64_t *lengths, size_t n, char *rows);
+
+/* The ids of rows[0, n) joined into text (room for capacity bytes) and their lengths (0 for an
+ * empty row). *written: the text's bytes. HFT_ERANGE when they do not fit capacity. */
+int hft_client_ids_from_rows(const char *rows, size_t n, char *text, size_t capacity, int64_t *lengths,
+                             size_t *written);
+
 #endif /* HFT_CLIENT_IDS_H */

@@ -316,3 +316,39 @@ size_t hft_client_ids_export(const hft_client_ids *index, uint64_t *accounts, in
     }
     return written;
 }
+
+int hft_client_ids_to_rows(const char *text, size_t text_length, const int64_t *lengths, size_t n, char *rows) {
+    if ((text == NULL && text_length) || (lengths == NULL && n) || (rows == NULL && n)) return HFT_EINVAL;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lengths[i] < 0 || lengths[i] > HFT_CLIENT_ID_MAX) return HFT_EINVAL;
+        total += (size_t)lengths[i];
+    }
+    if (total != text_length) return HFT_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        char *row = rows + i * HFT_CLIENT_ID_MAX;
+        size_t length = (size_t)lengths[i];
+        memcpy(row, text, length);
+        memset(row + length, 0, HFT_CLIENT_ID_MAX - length);
+        text += length;
+    }
+    return HFT_OK;
+}
+
+int hft_client_ids_from_rows(const char *rows, size_t n, char *text, size_t capacity, int64_t *lengths,
+                             size_t *written) {
+    if ((rows == NULL && n) || (lengths == NULL && n) || written == NULL || (text == NULL && capacity))
+        return HFT_EINVAL;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *row = rows + i * HFT_CLIENT_ID_MAX;
+        const char *zero = memchr(row, 0, HFT_CLIENT_ID_MAX);
+        size_t length = zero == NULL ? HFT_CLIENT_ID_MAX : (size_t)(zero - row);
+        if (length > capacity - at) return HFT_ERANGE;
+        memcpy(text + at, row, length);
+        lengths[i] = (int64_t)length;
+        at += length;
+    }
+    *written = at;
+    return HFT_OK;
+}

@@ -80,8 +80,39 @@ static void test_a_batch_check_says_which_ids_fail(void) {
     hft_client_ids_free(index);
 }
 
+/* Ids into zero-padded fixed-width rows and back: a full 64-byte row, an empty row, refusals. */
+static void test_ids_into_rows_and_back(void) {
+    char text[2 + HFT_CLIENT_ID_MAX];
+    memcpy(text, "ab", 2);
+    memset(text + 2, 'z', HFT_CLIENT_ID_MAX);
+    const int64_t lengths[3] = {2, 0, HFT_CLIENT_ID_MAX};
+    char rows[3 * HFT_CLIENT_ID_MAX];
+    memset(rows, 'x', sizeof rows);
+    CHECK_EQ_INT(hft_client_ids_to_rows(text, sizeof text, lengths, 3, rows), HFT_OK);
+    CHECK(memcmp(rows, "ab", 2) == 0);
+    for (int i = 2; i < 2 * HFT_CLIENT_ID_MAX; i++) CHECK_EQ_INT(rows[i], 0); /* padding, then the empty row */
+    CHECK(memcmp(rows + 2 * HFT_CLIENT_ID_MAX, text + 2, HFT_CLIENT_ID_MAX) == 0);
+    char back[2 + HFT_CLIENT_ID_MAX];
+    int64_t back_lengths[3];
+    size_t written = 0;
+    CHECK_EQ_INT(hft_client_ids_from_rows(rows, 3, back, sizeof back, back_lengths, &written), HFT_OK);
+    CHECK_EQ_INT(written, sizeof text);
+    CHECK(memcmp(back, text, sizeof text) == 0);
+    CHECK_EQ_INT(back_lengths[0], 2);
+    CHECK_EQ_INT(back_lengths[1], 0);
+    CHECK_EQ_INT(back_lengths[2], HFT_CLIENT_ID_MAX);
+    CHECK_EQ_INT(hft_client_ids_from_rows(rows, 3, back, sizeof back - 1, back_lengths, &written), HFT_ERANGE);
+    const int64_t too_long[1] = {HFT_CLIENT_ID_MAX + 1};
+    CHECK_EQ_INT(hft_client_ids_to_rows(text, HFT_CLIENT_ID_MAX + 1, too_long, 1, rows), HFT_EINVAL);
+    const int64_t short_of_text[1] = {1};
+    CHECK_EQ_INT(hft_client_ids_to_rows(text, 2, short_of_text, 1, rows), HFT_EINVAL);
+    const int64_t negative[2] = {3, -1};
+    CHECK_EQ_INT(hft_client_ids_to_rows(text, 2, negative, 2, rows), HFT_EINVAL);
+}
+
 int main(void) {
     RUN(test_many_ids_survive_growth_and_removals);
     RUN(test_a_batch_check_says_which_ids_fail);
+    RUN(test_ids_into_rows_and_back);
     return TEST_SUMMARY("client_ids");
 }

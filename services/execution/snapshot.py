@@ -82,6 +82,7 @@ import numpy as np
 from hftgate.matching.engine import EngineConfig
 from hftgate.matching.types import ORDER_INFO_DTYPE
 from hftgate.native import memory, snapshot_writer
+from hftgate.native.client_ids import ids_from_rows
 from services.execution.config import ExecutionConfig
 from services.execution.journal import Journal
 from services.execution.ledger import Ledger, LedgerGap
@@ -249,9 +250,9 @@ def _members_in_memory(state: ExecutionState, journal_seq: int) -> list[_Member]
 
     order_parts = table_parts(state.table)
     id_parts = table_parts(state._slot_ids)
-    *window_ids, survivor_ids = table_parts(state._slot_client_ids)
-    # (Every window row holds an order; a free survivor row has None.)
-    client_ids = [c for part in window_ids for c in part.tolist()] + [c or "" for c in survivor_ids.tolist()]
+    # The client order ids in the rows' order (a free survivor row has none: length 0), as lengths
+    # and one text, built without a Python string per order (state.py: CLIENT_ID_DTYPE).
+    id_text, id_lengths = ids_from_rows(np.concatenate(table_parts(state._slot_client_ids)))
     newest = state.next_report_seq - 1
     oldest = state.oldest_retained_report
     report_parts = _ring_parts(state.reports, (oldest - 1) % len(state.reports), max(0, newest - oldest + 1))
@@ -267,7 +268,7 @@ def _members_in_memory(state: ExecutionState, journal_seq: int) -> list[_Member]
     def joined(name: str, parts: list[np.ndarray]) -> _Member:
         return _Member(name, parts[0].dtype, (sum(len(p) for p in parts),), parts)
 
-    lengths = np.fromiter(map(len, client_ids), np.int64, len(client_ids))
+    lengths = id_lengths
     return [
         whole("book_orders", np.concatenate(books) if books else np.zeros(0, ORDER_INFO_DTYPE)),
         whole("book_counts", np.array([len(b) for b in books], np.int64)),
@@ -276,7 +277,7 @@ def _members_in_memory(state: ExecutionState, journal_seq: int) -> list[_Member]
         joined("orders", order_parts),
         joined("order_ids", id_parts),
         whole("client_id_lengths", lengths.astype(np.uint16) if lengths.max(initial=0) < 2**16 else lengths),
-        whole("client_ids", np.frombuffer("".join(client_ids).encode("ascii"), np.uint8)),
+        whole("client_ids", np.frombuffer(id_text, np.uint8)),
         whole("position", state.position[:rows], in_place=True),
         whole("open_buy", state.open_buy[:rows], in_place=True),
         whole("open_sell", state.open_sell[:rows], in_place=True),

@@ -56,7 +56,6 @@ every order (the offline tools that replay a whole journal use it).
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -72,7 +71,14 @@ from hftgate import rows
 from hftgate.matching import EngineConfig, MatchingEngine
 from hftgate.matching.types import COMMAND_DTYPE, Action, EventType, Reason, Side, StpMode
 from hftgate.matching.types import OrderType as EngineType
-from hftgate.native.client_ids import ClientIdIndex, joined, valid_client_id
+from hftgate.native.client_ids import (
+    ROW_DTYPE,
+    ClientIdIndex,
+    ids_from_rows,
+    ids_to_rows,
+    joined,
+    valid_client_id,
+)
 from hftgate.native.errors import NativeError
 from hftgate.native.exposure import ExposureUpdate, UnknownAccount
 from hftgate.native.order_fold import OrderFold
@@ -229,7 +235,13 @@ INTERNAL_REJECT_REASON: int = common.REJECT_REASON_INTERNAL
 
 #: The order table's first ring and survivor area (rows); both grow by doubling.
 _INITIAL_RING = 1024
+#: Each row's client order id, as fixed-width bytes ("" for a free row): valid ids are 1..64 bytes
+#: of printable ASCII, and numpy's S dtype holds them without a Python object per order. A string
+#: object per retained order kept ~1 M small objects alive at the defaults, and which pymalloc
+#: arenas they pinned decided how much memory the service kept (README: rss_bytes_per_order).
+CLIENT_ID_DTYPE = ROW_DTYPE
 _INITIAL_SPARE = 1024
+
 
 # Ids of the orders recovery uses to set a book's last trade price; above any id the service hands out.
 RESTORE_ORDER_ID_BASE = (1 << 63) - 16
@@ -283,7 +295,7 @@ class ExecutionState:
         #: Orders: the window ring then the survivors (see the module docstring).
         self.table = np.zeros(_INITIAL_RING, ORDER_DTYPE)
         self._slot_ids = np.zeros(_INITIAL_RING, np.int64)  # order id in each row, 0 = free
-        self._slot_client_ids = np.full(_INITIAL_RING, None, object)  # client order id in each row
+        self._slot_client_ids = np.zeros(_INITIAL_RING, CLIENT_ID_DTYPE)  # client order id in each row
         self._ring = _INITIAL_RING
         self._mask = _INITIAL_RING - 1
         self._survivor_slots: dict[int, int] = {}  # order id <= order_base -> its row
@@ -379,8 +391,8 @@ class ExecutionState:
 
     def client_id_at(self, slot: int) -> str:
         """The client order id of the order in table row ``slot``."""
-        client_id: str = self._slot_client_ids[slot]
-        return client_id
+        client_id: bytes = self._slot_client_ids[slot]
+        return client_id.decode("ascii")
 
     def client_ids_of(self, order_ids: np.ndarray) -> list[str]:
         """The client order id of each of ``order_ids`` ("" for an order not retained, as
@@ -388,8 +400,8 @@ class ExecutionState:
         slots = self.slots_of(order_ids)
         held = slots >= 0
         texts = self._slot_client_ids[np.where(held, slots, 0)]
-        texts[~held] = ""
-        return [text or "" for text in texts.tolist()]
+        texts[~held] = b""
+        return [text.decode("ascii") for text in texts.tolist()]
 
     def client_id_of(self, order_id: int) -> str | None:
         """The client order id of a retained order (None when not retained)."""
@@ -412,7 +424,7 @@ class ExecutionState:
         ids = self._slot_ids[used]
         order = np.argsort(ids, kind="stable")
         used, ids = used[order], ids[order]
-        return ids, self.table[used], self._slot_client_ids[used].tolist()
+        return ids, self.table[used], [text.decode("ascii") for text in self._slot_client_ids[used].tolist()]
 
     def restore_orders(
         self,
@@ -437,7 +449,7 @@ class ExecutionState:
         spare = max(_INITIAL_SPARE, int(older.sum()))
         self.table = np.zeros(ring + spare, ORDER_DTYPE)
         self._slot_ids = np.zeros(ring + spare, np.int64)
-        self._slot_client_ids = np.full(ring + spare, None, object)
+        self._slot_client_ids = np.zeros(ring + spare, CLIENT_ID_DTYPE)
         self._ring, self._mask = ring, ring - 1
         slots = (ids - 1) & self._mask
         survivors = np.nonzero(older)[0]
@@ -446,7 +458,7 @@ class ExecutionState:
         self._free_slots = list(range(ring + spare - 1, ring + len(survivors) - 1, -1))
         self.table[slots] = rows.astype(ORDER_DTYPE)
         self._slot_ids[slots] = ids
-        self._slot_client_ids[slots] = np.array(client_ids, object) if client_ids else []
+        self._slot_client_ids[slots] = ids_to_rows(*joined(client_ids))
         self._finished_survivors = []
         # A rejected order's client id is free again; an empty one (a table set directly) is none.
         statuses, accounts, lasts = rows["status"], rows["account_id"], rows["last_exec_seq"]
@@ -477,7 +489,7 @@ class ExecutionState:
         old_ring, old_mask, old_spare = self._ring, self._mask, len(self.table) - self._ring
         table = np.zeros(ring + spare, ORDER_DTYPE)
         slot_ids = np.zeros(ring + spare, np.int64)
-        client_ids = np.full(ring + spare, None, object)
+        client_ids = np.zeros(ring + spare, CLIENT_ID_DTYPE)
         ids = np.arange(self.order_base + 1, self.order_count + 1, dtype=np.int64)
         old_slots, new_slots = (ids - 1) & old_mask, (ids - 1) & (ring - 1)
         table[new_slots] = self.table[old_slots]
@@ -774,7 +786,7 @@ class ExecutionState:
         if count == 1:  # (_misfit checked that the one order's id is the whole text)
             position = 0 if new_mask is None else int(np.argmax(new_mask))
             self.client_id_index.add_one(int(commands["account_id"][position]), batch.client_ids, start + 1)
-            self._slot_client_ids[start & self._mask] = batch.client_ids.decode("ascii")
+            self._slot_client_ids[start & self._mask] = batch.client_ids
             return
         if new_mask is not None and count != len(commands):
             commands, meta = rows.select(commands, new_mask), rows.select(meta, new_mask)
@@ -791,15 +803,7 @@ class ExecutionState:
             slots = slice(first_slot, first_slot + count)
         else:  # the ring wraps inside this batch
             slots = np.arange(start, start + count) & self._mask
-        held = np.empty(count, object)
-        texts = batch.client_id_texts
-        if texts is not None and len(texts) == count:
-            held[:] = texts
-        else:  # (a batch from the journal: its text split by the lengths)
-            text = batch.client_ids.decode("ascii")
-            ends = list(itertools.accumulate(lengths.tolist()))
-            held[:] = [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-        self._slot_client_ids[slots] = held
+        self._slot_client_ids[slots] = ids_to_rows(batch.client_ids, lengths)
 
     def _forget_client_id(self, slot: int) -> None:
         """A refused (or retired) order's client id may be used again."""
@@ -808,12 +812,11 @@ class ExecutionState:
     def _forget_client_ids(self, slots: np.ndarray) -> None:
         """Free the client ids of the orders in rows ``slots`` (each only while it still names its
         order: a refused order's id may have been taken again since), in one call."""
-        texts = self._slot_client_ids[slots].tolist()
-        held = [position for position, text in enumerate(texts) if text]
-        if len(held) < len(texts):
-            slots, texts = slots[held], [texts[p] for p in held]
-        if len(texts):
-            text, lengths = joined(texts)
+        text, lengths = ids_from_rows(self._slot_client_ids[slots])
+        held = lengths > 0
+        if not held.all():
+            slots, lengths = slots[held], lengths[held]
+        if len(lengths):
             self.client_id_index.remove(self.table["account_id"][slots], text, lengths, self._slot_ids[slots])
 
     # --- retirement (see the module docstring) -------------------------------------------------------
@@ -862,7 +865,7 @@ class ExecutionState:
         if len(dropped):
             self._forget_client_ids(dropped)
             self._slot_ids[dropped] = 0
-            self._slot_client_ids[dropped] = None
+            self._slot_client_ids[dropped] = b""
             self.retired_orders += len(dropped)
         if len(dropped) < len(slot_numbers):
             kept = ~gone
@@ -873,7 +876,7 @@ class ExecutionState:
         """Retire the order in ``slot``: nothing of it stays."""
         self._forget_client_id(slot)
         self._slot_ids[slot] = 0
-        self._slot_client_ids[slot] = None
+        self._slot_client_ids[slot] = b""
         self.retired_orders += 1
 
     def _to_survivor(self, slot: int, status: int, last_exec_seq: int) -> None:
@@ -887,7 +890,7 @@ class ExecutionState:
         self._slot_ids[target] = order_id
         self._slot_client_ids[target] = self._slot_client_ids[slot]
         self._slot_ids[slot] = 0
-        self._slot_client_ids[slot] = None
+        self._slot_client_ids[slot] = b""
         self._survivor_slots[order_id] = target
         if status not in OPEN_STATUSES:
             heapq.heappush(self._finished_survivors, (last_exec_seq, order_id))
@@ -912,7 +915,7 @@ class ExecutionState:
         self._slot_ids[targets] = order_ids
         self._slot_client_ids[targets] = self._slot_client_ids[slots]
         self._slot_ids[slots] = 0
-        self._slot_client_ids[slots] = None
+        self._slot_client_ids[slots] = b""
         ids = order_ids.tolist()
         self._survivor_slots.update(zip(ids, targets_list, strict=True))
         finished = ~_IS_OPEN.take(statuses)
@@ -1136,8 +1139,8 @@ class ClientIdsById:
             slot = state._survivor_slots.get(index + 1, -1)
             if slot < 0:
                 return ""
-        client_id: str | None = state._slot_client_ids[slot]
-        return "" if client_id is None else client_id
+        client_id: bytes = state._slot_client_ids[slot]
+        return client_id.decode("ascii")
 
     def __iter__(self) -> Iterator[str]:
         state = self._state

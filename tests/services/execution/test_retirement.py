@@ -193,7 +193,7 @@ def test_the_table_stops_growing_after_warm_up_and_nothing_per_order_stays() -> 
     assert state.retained_order_count <= 600 + 30 + 1
     assert len(state.client_id_index) == state.retained_order_count
     assert int((state._slot_ids != 0).sum()) == state.retained_order_count
-    assert sum(1 for c in state._slot_client_ids.tolist() if c is not None) == state.retained_order_count
+    assert sum(1 for c in state._slot_client_ids.tolist() if c) == state.retained_order_count
     assert state.open_order_ids(2, None, 0).tolist() == list(range(1, 31))
 
 
