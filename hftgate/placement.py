@@ -158,6 +158,8 @@ def pin_event_loop(loop: asyncio.AbstractEventLoop, cpus: frozenset[int]) -> Non
 #: I/O), its timer and lifeguard threads, and grpc.aio's completion-queue poller (a Python thread).
 GRPC_THREAD_NAMES = ("event_engine", "grpc_global_tim", "lifeguard")
 GRPC_POLLER_THREAD_SUFFIX = "(_poll_wrapper)"
+#: Most passes pin_grpc_threads makes over the process's threads.
+_PIN_PASSES = 5
 
 
 def pin_grpc_threads(cpus: frozenset[int]) -> int:
@@ -171,18 +173,30 @@ def pin_grpc_threads(cpus: frozenset[int]) -> int:
     later from these inherit their CPUs. Names are grpc's, not an API: an unknown name is
     simply not moved.
     """
-    native_ids = {t.native_id for t in threading.enumerate() if t.name.endswith(GRPC_POLLER_THREAD_SUFFIX)}
-    moved = 0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            tid = int(task.name)
-            if tid in native_ids or name.startswith(GRPC_THREAD_NAMES):
-                os.sched_setaffinity(tid, cpus)
-                moved += 1
-        except (OSError, ValueError):
-            continue  # the thread ended meanwhile
-    return moved
+    moved: set[int] = set()
+    # Again until a pass finds nothing left to move: a thread that an unmoved grpc thread starts
+    # during a pass inherits the old CPUs and may not be in that pass's listing (seen under load:
+    # one event_engine thread of several left on every CPU).
+    for _ in range(_PIN_PASSES):
+        native_ids = {
+            t.native_id for t in threading.enumerate() if t.name.endswith(GRPC_POLLER_THREAD_SUFFIX)
+        }
+        moved_now = 0
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                tid = int(task.name)
+                if (tid in native_ids or name.startswith(GRPC_THREAD_NAMES)) and os.sched_getaffinity(
+                    tid
+                ) != cpus:
+                    os.sched_setaffinity(tid, cpus)
+                    moved.add(tid)
+                    moved_now += 1
+            except (OSError, ValueError):
+                continue  # the thread ended meanwhile
+        if not moved_now:
+            break
+    return len(moved)
 
 
 def apply(
