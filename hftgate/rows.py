@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["concat", "copy", "empty_like", "select", "take"]
+__all__ = ["concat", "copy", "empty_like", "move", "select", "take"]
 
 
 def _records(array: np.ndarray) -> np.ndarray:
@@ -52,3 +52,9 @@ def copy(array: np.ndarray) -> np.ndarray:
 def empty_like(array: np.ndarray) -> np.ndarray:
     """No rows, of ``array``'s dtype (what ``array[:0].copy()`` gives, without its cost)."""
     return np.empty(0, array.dtype)
+
+
+def move(array: np.ndarray, targets: np.ndarray | int, sources: np.ndarray | int) -> None:
+    """``array[targets] = array[sources]`` in place (rows or one row: integer positions)."""
+    records = _records(array)
+    records[targets] = records[sources]

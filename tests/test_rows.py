@@ -40,6 +40,16 @@ def test_take_select_concat_and_copy_are_numpys(seed: int, count: int, dtype: np
     same(rows.concat([array, array[::-1], array[:3]]), np.concatenate([array, array[::-1], array[:3]]))
     same(rows.copy(array), array.copy())
     same(rows.empty_like(array), array[:0].copy())
+    if count:
+        targets = rng.permutation(count)[: len(index)] if len(index) <= count else np.arange(count)
+        sources = index[: len(targets)]
+        want, got = array.copy(), rows.copy(array)
+        want[targets] = want[sources]
+        rows.move(got, targets, sources)
+        same(got, want)
+        rows.move(got, 0, count - 1)  # one row
+        want[0] = want[count - 1]
+        same(got, want)
     # Every result is an array of its own: writing to it leaves the source as it was.
     before = array.tobytes()
     for result in (rows.take(array, index), rows.select(array, mask), rows.copy(array), rows.concat([array])):

@@ -413,10 +413,10 @@ class ExecutionState:
         slots = self.slots_of(order_ids)
         missing = slots < 0
         if not missing.any():
-            return self.table[slots]
-        rows = self.table[np.maximum(slots, 0)]
-        rows[missing] = np.zeros(1, ORDER_DTYPE)
-        return rows
+            return rows.take(self.table, slots)
+        found = rows.take(self.table, np.maximum(slots, 0))
+        found[missing] = np.zeros(1, ORDER_DTYPE)
+        return found
 
     def retained_orders(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Every retained order, by ascending id: (ids, rows, client order ids)."""
@@ -886,7 +886,7 @@ class ExecutionState:
             self._resize(self._ring, max(_INITIAL_SPARE, 2 * spare))
         target = self._free_slots.pop()
         order_id = int(self._slot_ids[slot])
-        self.table[target] = self.table[slot]
+        rows.move(self.table, target, slot)
         self._slot_ids[target] = order_id
         self._slot_client_ids[target] = self._slot_client_ids[slot]
         self._slot_ids[slot] = 0
@@ -911,7 +911,7 @@ class ExecutionState:
         del free[len(free) - count :]
         targets = np.array(targets_list, np.int64)
         order_ids = self._slot_ids[slots]
-        self.table[targets] = self.table[slots]
+        rows.move(self.table, targets, slots)
         self._slot_ids[targets] = order_ids
         self._slot_client_ids[targets] = self._slot_client_ids[slots]
         self._slot_ids[slots] = 0
