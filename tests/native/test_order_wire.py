@@ -239,7 +239,7 @@ def test_corrupted_messages_are_refused_or_read_exactly_as_protobuf_reads_them(
 
 
 @settings(max_examples=150, deadline=None)
-@given(orders=st.lists(new_orders(ANY_TEXT), min_size=1, max_size=8))
+@given(orders=st.lists(new_orders(ANY_TEXT), min_size=3, max_size=8))
 def test_the_service_decoders_give_the_inputs_protobufs_reading_gives(orders: list[api.NewOrder]) -> None:
     """codec.decode_submit_orders and decode_stream_message (fast path or not) against the
     protobuf readers they replace: the same Inputs, a stream's priorities ignored included."""
