@@ -652,14 +652,12 @@ class Admission:
         if new_count:
             self._fill_new_commands(commands, meta, orders, is_new, symbol_ids[accepted], new_count)
             if new_count == len(client_ids) and joined_ids is not None:  # every input accepted and new
-                ids = client_ids
                 encoded, lengths = joined_ids
             else:
-                ids = [client_ids[p] for p in accepted[is_new].tolist()]
-                encoded, lengths = joined(ids)
+                encoded, lengths = joined([client_ids[p] for p in accepted[is_new].tolist()])
             meta["client_id_length"][is_new] = lengths
         else:
-            ids, encoded = [], b""
+            encoded = b""
         others = ~is_new
         if others.any():
             target = targets[accepted][others]
@@ -686,7 +684,7 @@ class Admission:
                     and open_qty <= int(row["leaves"])
                     and new_stop in (0, int(row["stop_price"]))
                 )
-        return Batch(state.next_input_seq, inputs.received_ns, time.time_ns(), commands, meta, encoded, ids)
+        return Batch(state.next_input_seq, inputs.received_ns, time.time_ns(), commands, meta, encoded)
 
     def _fill_new_commands(
         self,

@@ -28,7 +28,7 @@ that imports the book again.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -101,9 +101,6 @@ class Batch:
     commands: np.ndarray  # COMMAND_DTYPE
     meta: np.ndarray  # META_DTYPE
     client_ids: bytes
-    #: The new orders' client order ids as the texts ``client_ids`` joins, when the batch was built
-    #: from them (the live path: the state need not split them again); not journaled.
-    client_id_texts: list[str] | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.commands)
