@@ -28,6 +28,7 @@ from hftgate.grpcserver import RunningServer, ServiceBinding, create_server
 from hftgate.security import SERVICE_TOKEN_METADATA, ServiceAuthInterceptor, load_suite_secret
 from hftgate.telemetry import RPC_MALFORMED, RPC_TOTAL, describe_malformed
 from hftgate.v1 import cache_pb2, execution_pb2
+from tests.protowire import varint
 
 Request, Reply = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
 REQUEST_NAME = "grpc.health.v1.HealthCheckRequest"
@@ -401,17 +402,5 @@ def test_describing_a_huge_malformed_request_is_bounded() -> None:
     # And nesting deeper than the describer follows is not a recursion error.
     nested = b""
     for _ in range(200):
-        nested = b"\x0a" + _varint(len(nested)) + nested
+        nested = b"\x0a" + varint(len(nested)) + nested
     assert describe_malformed(nested + b"\xff", execution_pb2.SubmitOrderRequest.DESCRIPTOR)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hftgate.native.order_wire import ROW_FIELDS, STREAM, SUBMIT_ORDERS, SYMBOLS_MAX, NewOrderWireDecoder
 from hftgate.v1 import execution_pb2 as api
 from services.execution import codec
+from tests.protowire import key, length_delimited, varint
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 INT32 = st.integers(-(2**31), 2**31 - 1)
@@ -92,29 +93,12 @@ def test_texts_it_does_not_take_are_handed_back_and_the_others_decode(orders: li
         _same(decoded, _expected(orders, False), False)
 
 
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _field(number: int, wire: int, payload: bytes) -> bytes:
-    return bytes([number << 3 | wire]) + payload
-
-
-def _length_delimited(number: int, body: bytes) -> bytes:
-    return _field(number, 2, _varint(len(body)) + body)
+    return key(number, wire) + payload
 
 
 def _orders_message(*bodies: bytes) -> bytes:
-    return b"".join(_length_delimited(1, body) for body in bodies)
+    return b"".join(length_delimited(1, body) for body in bodies)
 
 
 def test_encodings_protobuf_never_writes_but_reads_are_read_the_same_way() -> None:
@@ -122,16 +106,16 @@ def test_encodings_protobuf_never_writes_but_reads_are_read_the_same_way() -> No
     64-bit varint with high bits set (protobuf keeps the low 32), a bool varint above 1."""
     body = b"".join(
         [
-            _field(8, 0, _varint(5)),  # quantity before the texts
-            _length_delimited(2, b"ETHUSDT"),
-            _length_delimited(1, b"first"),
-            _length_delimited(1, b"second"),  # the last one counts
-            _field(3, 0, _varint((1 << 40) | 2)),  # side: the low 32 bits (2)
-            _field(13, 0, _varint(-7)),  # priority: a ten-byte varint, -7
-            _field(11, 0, _varint(0xFFFFFFFF)),  # stp: int32 -1
-            _field(10, 0, _varint(300)),  # post_only: true
-            _field(6, 0, _varint(-(2**63))),
-            _field(6, 0, _varint(2**63 - 1)),  # the last price counts
+            _field(8, 0, varint(5)),  # quantity before the texts
+            length_delimited(2, b"ETHUSDT"),
+            length_delimited(1, b"first"),
+            length_delimited(1, b"second"),  # the last one counts
+            _field(3, 0, varint((1 << 40) | 2)),  # side: the low 32 bits (2)
+            _field(13, 0, varint(-7)),  # priority: a ten-byte varint, -7
+            _field(11, 0, varint(0xFFFFFFFF)),  # stp: int32 -1
+            _field(10, 0, varint(300)),  # post_only: true
+            _field(6, 0, varint(-(2**63))),
+            _field(6, 0, varint(2**63 - 1)),  # the last price counts
         ]
     )
     data = _orders_message(body, b"")
@@ -148,16 +132,16 @@ def test_encodings_protobuf_never_writes_but_reads_are_read_the_same_way() -> No
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(_orders_message(_field(14, 0, _varint(1))), id="unknown-field"),
+        pytest.param(_orders_message(_field(14, 0, varint(1))), id="unknown-field"),
         pytest.param(_orders_message(bytes([0x80 | (16 << 3) & 0x7F, 1, 0])), id="field-number-past-15"),
-        pytest.param(_orders_message(_field(3, 2, _varint(1) + b"x")), id="known-field-wrong-wire-type"),
-        pytest.param(_orders_message(_field(1, 0, _varint(1))), id="text-field-as-varint"),
+        pytest.param(_orders_message(_field(3, 2, varint(1) + b"x")), id="known-field-wrong-wire-type"),
+        pytest.param(_orders_message(_field(1, 0, varint(1))), id="text-field-as-varint"),
         pytest.param(_orders_message(_field(3, 0, b"\x81\x00")), id="overlong-varint"),
         pytest.param(_orders_message(_field(3, 0, b"\xff" * 9 + b"\x02")), id="varint-past-64-bits"),
         pytest.param(_orders_message(_field(3, 0, b"\xff" * 10 + b"\x01")), id="varint-over-ten-bytes"),
-        pytest.param(_orders_message(_length_delimited(1, b"a\nb")), id="newline-in-id"),
-        pytest.param(_orders_message(_length_delimited(1, "é".encode())), id="non-ascii-id"),
-        pytest.param(_orders_message(_length_delimited(2, b"x" * 65)), id="symbol-over-64"),
+        pytest.param(_orders_message(length_delimited(1, b"a\nb")), id="newline-in-id"),
+        pytest.param(_orders_message(length_delimited(1, "é".encode())), id="non-ascii-id"),
+        pytest.param(_orders_message(length_delimited(2, b"x" * 65)), id="symbol-over-64"),
         pytest.param(_orders_message(b"") + b"\x12\x00", id="other-request-field"),
         pytest.param(b"\x0a\x85\x00" + b"\x00" * 5, id="overlong-length"),
         pytest.param(b"\x0a\x05\x18\x01", id="length-past-the-end"),
@@ -179,7 +163,7 @@ def test_stream_inputs_other_than_one_new_order_are_handed_back() -> None:
     ):
         assert decoder.decode(api.OrderStreamRequest(inputs=inputs).SerializeToString(), STREAM, 10) is None
     # new_order twice in one input: protobuf merges the two; the fast path does not try.
-    twice = _length_delimited(1, _length_delimited(1, b"") + _length_delimited(1, b""))
+    twice = length_delimited(1, length_delimited(1, b"") + length_delimited(1, b""))
     assert decoder.decode(twice, STREAM, 10) is None
     # Without a cancel the same message is taken.
     only = api.OrderStreamRequest(inputs=[api.OrderInput(new_order=order)] * 3).SerializeToString()

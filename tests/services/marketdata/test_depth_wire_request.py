@@ -22,32 +22,20 @@ from hypothesis import strategies as st
 
 from hftgate.v1 import marketdata_pb2 as pb
 from services.marketdata.depth_book import RequestDepthLevels, check_levels
-
-VARINT, FIXED64, LEN, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def key(field: int, wire: int) -> bytes:
-    return varint(field << 3 | wire)
+from tests.protowire import (
+    END_GROUP,
+    FIXED32,
+    FIXED64,
+    START_GROUP,
+    VARINT,
+    key,
+    length_delimited,
+    varint,
+)
 
 
 def double(field: int, value: float) -> bytes:
     return key(field, FIXED64) + struct.pack("<d", value)
-
-
-def length_delimited(field: int, payload: bytes) -> bytes:
-    return key(field, LEN) + varint(len(payload)) + payload
 
 
 numbers = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 5e-324, 1.0])
