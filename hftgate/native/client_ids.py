@@ -55,19 +55,29 @@ def ids_to_rows(text: bytes, lengths: np.ndarray) -> np.ndarray:
     return rows
 
 
-def ids_from_rows(rows: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """:data:`ROW_DTYPE` rows as one text and each row's length (0 for an empty row), in one C call."""
-    rows = np.ascontiguousarray(rows, ROW_DTYPE)
-    count = len(rows)
-    text = ffi.new("char[]", max(1, count * MAX_LENGTH))
+#: Buffers the C code fills before anything reads them: not zeroed first, so a big one costs no
+#: resident memory beyond what is written (the snapshot joins every retained order's id).
+_unzeroed = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+def ids_from_rows(*parts: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The ids of :data:`ROW_DTYPE` rows (one or more arrays of them, in order, read in place) as
+    one text and each row's length (0 for an empty row), in one C call per part."""
+    count = sum(len(part) for part in parts)
+    text = _unzeroed("char[]", max(1, count * MAX_LENGTH))
     lengths = np.empty(count, np.int64)
     written = ffi.new("size_t *")
-    rc = lib.hft_client_ids_from_rows(
-        ffi.from_buffer("char[]", rows), count, text, count * MAX_LENGTH,
-        ffi.from_buffer("int64_t[]", lengths, require_writable=True), written,
-    )  # fmt: skip
-    check(rc, "hft_client_ids_from_rows")
-    return ffi.unpack(text, written[0]), lengths
+    at = row = 0
+    for part in parts:
+        part = np.ascontiguousarray(part, ROW_DTYPE)
+        rc = lib.hft_client_ids_from_rows(
+            ffi.from_buffer("char[]", part), len(part), text + at, count * MAX_LENGTH - at,
+            ffi.from_buffer("int64_t[]", lengths[row:], require_writable=True), written,
+        )  # fmt: skip
+        check(rc, "hft_client_ids_from_rows")
+        at += written[0]
+        row += len(part)
+    return ffi.unpack(text, at), lengths
 
 
 class ClientIdIndex:

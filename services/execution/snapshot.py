@@ -251,8 +251,9 @@ def _members_in_memory(state: ExecutionState, journal_seq: int) -> list[_Member]
     order_parts = table_parts(state.table)
     id_parts = table_parts(state._slot_ids)
     # The client order ids in the rows' order (a free survivor row has none: length 0), as lengths
-    # and one text, built without a Python string per order (state.py: CLIENT_ID_DTYPE).
-    id_text, id_lengths = ids_from_rows(np.concatenate(table_parts(state._slot_client_ids)))
+    # and one text, built without a Python string per order (state.py: CLIENT_ID_DTYPE) and read
+    # from the rows in place: a joined copy of the id column would be 64 bytes an order.
+    id_text, id_lengths = ids_from_rows(*table_parts(state._slot_client_ids))
     newest = state.next_report_seq - 1
     oldest = state.oldest_retained_report
     report_parts = _ring_parts(state.reports, (oldest - 1) % len(state.reports), max(0, newest - oldest + 1))

@@ -34,6 +34,11 @@ def test_ids_go_into_rows_and_come_back_exactly(ids: list[str], empty: list[int]
         mixed.insert(min(at, len(mixed)), b"")
     text2, lengths2 = ids_from_rows(np.array(mixed, ROW_DTYPE))
     assert text2 == text and lengths2.tolist() == [len(m) for m in mixed]
+    # Read from several arrays in turn (the snapshot's ring runs, read in place): the same as joined.
+    cuts = sorted(min(at, len(mixed)) for at in empty)
+    parts = np.split(np.array(mixed, ROW_DTYPE), cuts)
+    text3, lengths3 = ids_from_rows(*parts)
+    assert text3 == text and lengths3.tolist() == lengths2.tolist()
 
 
 def test_an_id_that_does_not_fit_is_refused_not_cut() -> None:
