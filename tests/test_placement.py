@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,12 @@ def test_the_service_process_places_its_threads(tmp_path: Path, loop_cpus: str) 
     env["HFTGATE_EXECUTION_LOOP_CPUS"] = loop_cpus
     process = start_process(env, tmp_path / "service.log")
     try:
+        # The service answers health checks before it places its threads: read them once it has
+        # logged "listening on", which comes after the placement (a read in between saw one grpc
+        # thread of four not yet moved).
+        deadline = time.monotonic() + 30
+        while "listening on" not in (tmp_path / "service.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
         threads = _threads(process.pid)
         writer_cpu = str(max(allowed))
         rest = ",".join(map(str, sorted(allowed - {max(allowed)})))
