@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["concat", "copy", "empty_like", "move", "select", "take"]
+__all__ = ["concat", "copy", "empty_like", "move", "put", "select", "take"]
 
 
 def _records(array: np.ndarray) -> np.ndarray:
@@ -58,3 +58,14 @@ def move(array: np.ndarray, targets: np.ndarray | int, sources: np.ndarray | int
     """``array[targets] = array[sources]`` in place (rows or one row: integer positions)."""
     records = _records(array)
     records[targets] = records[sources]
+
+
+Where = np.ndarray | int | slice
+
+
+def put(target: np.ndarray, targets: Where, source: np.ndarray, sources: Where) -> None:
+    """``target[targets] = source[sources]`` between two arrays of one dtype (integer positions or
+    slices)."""
+    if target.dtype != source.dtype:
+        raise TypeError("put: the arrays have different dtypes")
+    _records(target)[targets] = _records(source)[sources]

@@ -12,9 +12,9 @@ from hftgate import rows
 from hftgate.matching.engine import COMMAND_DTYPE, EVENT_DTYPE
 from services.execution.records import META_DTYPE
 from services.execution.risk import NEW_ORDER_DTYPE
-from services.execution.state import FILL_DTYPE, REPORT_DTYPE
+from services.execution.state import FILL_DTYPE, ORDER_DTYPE, REPORT_DTYPE
 
-DTYPES = [REPORT_DTYPE, COMMAND_DTYPE, META_DTYPE, NEW_ORDER_DTYPE, FILL_DTYPE, EVENT_DTYPE]
+DTYPES = [REPORT_DTYPE, COMMAND_DTYPE, META_DTYPE, NEW_ORDER_DTYPE, FILL_DTYPE, EVENT_DTYPE, ORDER_DTYPE]
 
 
 def random_rows(seed: int, count: int, dtype: np.dtype) -> np.ndarray:
@@ -50,6 +50,14 @@ def test_take_select_concat_and_copy_are_numpys(seed: int, count: int, dtype: np
         rows.move(got, 0, count - 1)  # one row
         want[0] = want[count - 1]
         same(got, want)
+        # From another array: by positions and by slices.
+        other = random_rows(seed + 2, count, dtype)
+        want[targets] = other[sources]
+        rows.put(got, targets, other, sources)
+        same(got, want)
+        want[count // 2 :] = other[: count - count // 2]
+        rows.put(got, slice(count // 2, None), other, slice(0, count - count // 2))
+        same(got, want)
     # Every result is an array of its own: writing to it leaves the source as it was.
     before = array.tobytes()
     for result in (rows.take(array, index), rows.select(array, mask), rows.copy(array), rows.concat([array])):
@@ -63,5 +71,7 @@ def test_a_strided_source_and_refusals() -> None:
     same(rows.take(array[::2], np.array([0, 3, 9])), array[::2][[0, 3, 9]])
     with pytest.raises(TypeError):
         rows.concat([array, random_rows(1, 2, FILL_DTYPE)])
+    with pytest.raises(TypeError):
+        rows.put(array, np.array([0]), random_rows(1, 2, FILL_DTYPE), np.array([0]))
     with pytest.raises(TypeError):
         rows.take(np.zeros(2, [("a", object)]), np.array([0]))

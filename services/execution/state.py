@@ -492,10 +492,12 @@ class ExecutionState:
         client_ids = np.zeros(ring + spare, CLIENT_ID_DTYPE)
         ids = np.arange(self.order_base + 1, self.order_count + 1, dtype=np.int64)
         old_slots, new_slots = (ids - 1) & old_mask, (ids - 1) & (ring - 1)
-        table[new_slots] = self.table[old_slots]
+        # As whole records (hftgate.rows): numpy's field-by-field copy of ORDER_DTYPE's 21 fields
+        # took ~32 ms for 131,072 rows against ~1.6, a stall of the loop each time the ring doubles.
+        rows.put(table, new_slots, self.table, old_slots)
         slot_ids[new_slots] = self._slot_ids[old_slots]
         client_ids[new_slots] = self._slot_client_ids[old_slots]
-        table[ring : ring + old_spare] = self.table[old_ring:]
+        rows.put(table, slice(ring, ring + old_spare), self.table, slice(old_ring, None))
         slot_ids[ring : ring + old_spare] = self._slot_ids[old_ring:]
         client_ids[ring : ring + old_spare] = self._slot_client_ids[old_ring:]
         shift = ring - old_ring

@@ -324,3 +324,20 @@ async def test_clients_see_retired_orders_as_unknown_and_working_ones_whatever_t
         assert canceled.ack.status == api.ORDER_STATUS_CANCELED
     finally:
         await harness.close()
+
+
+def test_a_ring_that_has_wrapped_grows_with_every_row_where_its_id_finds_it() -> None:
+    keep_all, retiring = _state(10_000, retire=False), _state(retained_reports=8, retain_orders=900)
+    for step in range(40):  # past the first ring's 1024 rows: ids wrap round it
+        orders = [_ioc(1 + (step + i) % 3) for i in range(97)]
+        for state in (keep_all, retiring):
+            state.apply_batch(_batch(state, orders))
+    assert retiring._ring == 1024 and retiring.order_base % 1024 != 0
+    big = [_ioc(1 + i % 3) for i in range(500)]  # 900 retained + 500 new: the ring must double
+    for state in (keep_all, retiring):
+        state.apply_batch(_batch(state, big))
+    assert retiring._ring == 2048
+    ids, rows, client_ids = retiring.retained_orders()
+    assert ids.tolist() == list(range(retiring.order_count - 899, retiring.order_count + 1))
+    assert rows.tobytes() == keep_all.rows_by_id(ids).tobytes()
+    assert client_ids == [f"o{i}" for i in ids.tolist()]
