@@ -233,8 +233,11 @@ REASON_TEXT: dict[int, str] = {
 #: (see ExecutionState.apply_batch): "the service cannot take the input now".
 INTERNAL_REJECT_REASON: int = common.REJECT_REASON_INTERNAL
 
-#: The order table's first ring and survivor area (rows); both grow by doubling.
+#: The order table's smallest ring and survivor area (rows); both grow by doubling.
 _INITIAL_RING = 1024
+#: The largest ring made up front for the retained window (ExecutionState._first_ring): 2^20 rows,
+#: ~117 MB of order rows and 64 MB of client ids of address space, resident only as used.
+_PREALLOCATED_RING_MAX = 1 << 20
 #: Each row's client order id, as fixed-width bytes ("" for a free row): valid ids are 1..64 bytes
 #: of printable ASCII, and numpy's S dtype holds them without a Python object per order. A string
 #: object per retained order kept ~1 M small objects alive at the defaults, and which pymalloc
@@ -292,20 +295,21 @@ class ExecutionState:
         self.account_names: dict[int, str] = {}
         self._account_rows: dict[int, int] = {}
         self._exposure = ExposureUpdate()
+        #: Finished orders stay at least until this many newer order ids exist (see module docstring).
+        self.retain_orders = max(1, retained_reports if retain_orders is None else retain_orders)
+        self.retire = retire
         #: Orders: the window ring then the survivors (see the module docstring).
-        self.table = np.zeros(_INITIAL_RING, ORDER_DTYPE)
-        self._slot_ids = np.zeros(_INITIAL_RING, np.int64)  # order id in each row, 0 = free
-        self._slot_client_ids = np.zeros(_INITIAL_RING, CLIENT_ID_DTYPE)  # client order id in each row
-        self._ring = _INITIAL_RING
-        self._mask = _INITIAL_RING - 1
+        ring = self._first_ring()
+        self.table = np.zeros(ring, ORDER_DTYPE)
+        self._slot_ids = np.zeros(ring, np.int64)  # order id in each row, 0 = free
+        self._slot_client_ids = np.zeros(ring, CLIENT_ID_DTYPE)  # client order id in each row
+        self._ring = ring
+        self._mask = ring - 1
         self._survivor_slots: dict[int, int] = {}  # order id <= order_base -> its row
         self._free_slots: list[int] = []  # survivor rows free for reuse
         self._finished_survivors: list[tuple[int, int]] = []  # heap of (last report seq, order id)
         self.order_count = 0  # order ids 1 .. order_count were handed out
         self.order_base = 0  # ids <= order_base are survivors or retired; the rest are in the ring
-        #: Finished orders stay at least until this many newer order ids exist (see module docstring).
-        self.retain_orders = max(1, retained_reports if retain_orders is None else retain_orders)
-        self.retire = retire
         self.retired_orders = 0
         #: (account, client order id) -> order id, for the orders held (hft_client_ids.h).
         self.client_id_index = ClientIdIndex()
@@ -442,7 +446,7 @@ class ExecutionState:
         ids = np.asarray(order_ids, np.int64)
         self.order_count, self.order_base = int(order_count), int(order_base)
         window = max(1, self.order_count - self.order_base)
-        ring = _INITIAL_RING
+        ring = self._first_ring()
         while ring < window:
             ring *= 2
         older = ids <= self.order_base
@@ -474,6 +478,20 @@ class ExecutionState:
             if order_id <= self.order_base and status not in OPEN_STATUSES:
                 self._finished_survivors.append((int(lasts[position]), order_id))
         heapq.heapify(self._finished_survivors)
+
+    def _first_ring(self) -> int:
+        """The ring's rows to start with: room for the whole retained window (up to
+        :data:`_PREALLOCATED_RING_MAX` rows), so that it does not grow while the service warms up.
+
+        Each doubling copied every retained row into a new table while the loop waited (~10-30 ms
+        for 131,072 rows, most of it faulting in the new pages). Zeroed rows not yet written cost
+        no resident memory: the pages come in as order ids reach them, as they did when it grew.
+        """
+        ring = _INITIAL_RING
+        if self.retire:
+            while ring <= self.retain_orders and ring < _PREALLOCATED_RING_MAX:
+                ring *= 2
+        return ring
 
     def _reserve_orders(self, count: int) -> None:
         """Room in the ring for ``count`` more order ids."""

@@ -341,3 +341,16 @@ def test_a_ring_that_has_wrapped_grows_with_every_row_where_its_id_finds_it() ->
     assert ids.tolist() == list(range(retiring.order_count - 899, retiring.order_count + 1))
     assert rows.tobytes() == keep_all.rows_by_id(ids).tobytes()
     assert client_ids == [f"o{i}" for i in ids.tolist()]
+
+
+def test_the_ring_holds_the_retained_window_from_the_start_and_is_never_reallocated() -> None:
+    state = _state(retained_reports=8, retain_orders=5_000)
+    table = state.table
+    assert state._ring >= 5_000 + 1
+    for step in range(80):  # 7,760 orders: past the window, with retirement from there on
+        state.apply_batch(_batch(state, [_ioc(1 + (step + i) % 3) for i in range(97)]))
+    assert state.order_count > 5_000 and state.retired_orders > 0
+    assert state.table is table  # never copied into a bigger table while the window filled
+    # Without retirement the table grows as the orders do, from the smallest ring.
+    keep_all = _state(10_000, retire=False)
+    assert keep_all._ring == 1024
