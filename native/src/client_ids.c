@@ -50,6 +50,52 @@ static uint64_t hash_of(uint64_t account, const char *id, size_t length) {
     return h ^ (h >> 29);
 }
 
+/* A batch's keys hashed PREFETCH_AHEAD items before their probe, with their home cell prefetched
+ * then. The probes land on random cells of a table far bigger than the caches (8 MB of cells for
+ * 200,000 ids): without it each probe waits a memory round trip for its cell. */
+enum { PREFETCH_AHEAD = 8 };
+
+typedef struct lookahead {
+    const hft_client_ids *index;
+    const uint64_t *accounts; /* one per key, or NULL: `account` for every key */
+    uint64_t account;
+    const char *text;
+    const int64_t *lengths; /* non-negative and within the text (lengths_fit) */
+    size_t n;
+    size_t next;   /* the next key to hash */
+    size_t offset; /* where its id starts in text */
+    uint64_t hashes[PREFETCH_AHEAD];
+} lookahead;
+
+static void lookahead_step(lookahead *a) {
+    if (a->next >= a->n) return;
+    const int64_t length = a->lengths[a->next];
+    uint64_t hash = 0; /* (an id of no valid length is never probed) */
+    if (length >= 1 && length <= HFT_CLIENT_ID_MAX) {
+        const uint64_t account = a->accounts != NULL ? a->accounts[a->next] : a->account;
+        hash = hash_of(account, a->text + a->offset, (size_t)length);
+        __builtin_prefetch(&a->index->cells[hash & a->index->mask]);
+    }
+    a->hashes[a->next % PREFETCH_AHEAD] = hash;
+    a->offset += (size_t)length;
+    a->next++;
+}
+
+static void lookahead_start(lookahead *a, const hft_client_ids *index, const uint64_t *accounts,
+                            uint64_t account, const char *text, const int64_t *lengths, size_t n) {
+    *a = (lookahead){.index = index, .accounts = accounts, .account = account, .text = text,
+                     .lengths = lengths, .n = n};
+    for (int k = 0; k < PREFETCH_AHEAD; k++) lookahead_step(a);
+}
+
+/* Key i's hash (keys are taken in order, each once), then the key PREFETCH_AHEAD further on is
+ * hashed into the slot key i leaves. */
+static uint64_t lookahead_take(lookahead *a, size_t i) {
+    const uint64_t hash = a->hashes[i % PREFETCH_AHEAD];
+    lookahead_step(a);
+    return hash;
+}
+
 static int valid(const char *id, int64_t length) {
     if (length < 1 || length > HFT_CLIENT_ID_MAX) return 0;
     for (int64_t i = 0; i < length; i++)
@@ -186,16 +232,18 @@ int hft_client_ids_check(hft_client_ids *index, uint64_t account, const char *te
     memset(index->seen, 0xff, (index->seen_mask + 1) * sizeof *index->seen); /* every cell -1 */
     int ok = 1;
     size_t offset = 0;
+    lookahead ahead;
+    lookahead_start(&ahead, index, NULL, account, text, lengths, n);
     for (size_t i = 0; i < n; i++) {
         const char *id = text + offset;
         const size_t length = (size_t)lengths[i];
         offset += length;
+        const uint64_t hash = lookahead_take(&ahead, i);
         if (!valid(id, lengths[i])) {
             states[i] = HFT_RISK_ID_INVALID;
             ok = 0;
             continue;
         }
-        const uint64_t hash = hash_of(account, id, length);
         if (index->cells[find(index, account, id, length, hash)].key != 0) {
             states[i] = HFT_RISK_ID_USED;
             ok = 0;
@@ -239,11 +287,13 @@ int hft_client_ids_add(hft_client_ids *index, const uint64_t *accounts, const ch
     int rc = reserve(index, n);
     if (rc != HFT_OK) return rc;
     offset = 0;
+    lookahead ahead; /* (after reserve: it may have moved the cells) */
+    lookahead_start(&ahead, index, accounts, 0, text, lengths, n);
     for (size_t i = 0; i < n; i++) {
         const char *id = text + offset;
         const size_t length = (size_t)lengths[i];
         offset += length;
-        const uint64_t hash = hash_of(accounts[i], id, length);
+        const uint64_t hash = lookahead_take(&ahead, i);
         cell *c = &index->cells[find(index, accounts[i], id, length, hash)];
         if (c->key == 0) {
             const uint32_t key = take_key(index);
@@ -287,12 +337,15 @@ int hft_client_ids_remove(hft_client_ids *index, const uint64_t *accounts, const
         return HFT_EINVAL;
     if (!lengths_fit(lengths, n, text_length)) return HFT_EINVAL;
     size_t offset = 0, gone = 0;
+    lookahead ahead;
+    lookahead_start(&ahead, index, accounts, 0, text, lengths, n);
     for (size_t i = 0; i < n; i++) {
         const char *id = text + offset;
         const int64_t length = lengths[i];
         offset += (size_t)length;
+        const uint64_t hash = lookahead_take(&ahead, i);
         if (length < 1 || length > HFT_CLIENT_ID_MAX) continue; /* never indexed */
-        const size_t at = find(index, accounts[i], id, (size_t)length, hash_of(accounts[i], id, (size_t)length));
+        const size_t at = find(index, accounts[i], id, (size_t)length, hash);
         if (index->cells[at].key != 0 && record_of(index, &index->cells[at])->order_id == order_ids[i]) {
             delete_at(index, at);
             gone++;
