@@ -700,6 +700,20 @@ class RequestDecoder:
 _WRITE_FAILED: Any = getattr(importlib.import_module("grpc._cython.cygrpc"), "ExecuteBatchError", ())
 
 
+def bytes_or(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A streaming method's response serializer that also takes a response its handler has
+    serialized itself (``bytes``), as is: a handler that builds a message's entries as wire bytes
+    in C then need not parse them into a message for gRPC to serialize them again."""
+    if serializer is None:
+        return None
+    serialize = serializer
+
+    def serialize_or_pass(message: Any) -> bytes:
+        return message if message.__class__ is bytes else serialize(message)
+
+    return serialize_or_pass
+
+
 async def _forward_stream(result: Any, context: grpc.aio.ServicerContext) -> None:
     """Run a streaming handler's result: an async generator's items are written; a coroutine
     (which writes with context.write itself) is awaited. A generator left early (the client
@@ -745,7 +759,9 @@ def decoding_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMet
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(decode_unary, response_serializer=serializer)
-        return grpc.unary_stream_rpc_method_handler(decode_unary_streaming, response_serializer=serializer)
+        return grpc.unary_stream_rpc_method_handler(
+            decode_unary_streaming, response_serializer=bytes_or(serializer)
+        )
 
     async def decode_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
         return await inner(decoder.messages(requests, context), context)
@@ -757,7 +773,9 @@ def decoding_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMet
 
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(decode_stream, response_serializer=serializer)
-    return grpc.stream_stream_rpc_method_handler(decode_stream_streaming, response_serializer=serializer)
+    return grpc.stream_stream_rpc_method_handler(
+        decode_stream_streaming, response_serializer=bytes_or(serializer)
+    )
 
 
 class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
@@ -1157,7 +1175,7 @@ class _MethodTelemetry:
             if handler.unary_stream
             else grpc.stream_stream_rpc_method_handler
         )
-        return factory(stream_response, response_serializer=serializer)
+        return factory(stream_response, response_serializer=bytes_or(serializer))
 
 
 class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):

@@ -262,7 +262,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         acks up they are written as wire bytes in one C call and parsed in (protobuf's C parser
         makes no Python object per entry); fewer, or acks of orders taken over by a move (their
         ids are translated), are built as protobuf objects, cheaper below that size."""
-        if len(acks.kind) < _WIRE_MIN_ENTRIES or (self.handover is not None and self.handover.local_of):
+        if self._as_protos(len(acks.kind)):
             self._ack_protos(acks, symbols, response.acks.add)
             return
         response.MergeFromString(
@@ -270,15 +270,30 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         )
         self.core.record_ack_sent(acks)
 
-    def _add_reports(self, response: api.OrderStreamResponse, page: np.ndarray) -> None:
-        """:meth:`_add_acks` for the executions (field 2) of ``page``'s reports."""
-        if len(page) < _WIRE_MIN_ENTRIES or (self.handover is not None and self.handover.local_of):
-            self._reports(page, response.executions.add)
-            return
-        state = self.core.state
-        response.MergeFromString(
-            codec.report_entries(page, state, self._symbol_texts, self._wire, self.shard_base)
-        )
+    def _as_protos(self, entries: int) -> bool:
+        """Whether acks or reports are built as protobuf objects rather than wire bytes in C: below
+        _WIRE_MIN_ENTRIES, and for orders taken over by a move (their ids are translated)."""
+        return entries < _WIRE_MIN_ENTRIES or (self.handover is not None and bool(self.handover.local_of))
+
+    def _ack_bytes(self, acks: Acks) -> bytes:
+        """``acks`` as OrderStreamResponse.acks entries (field 1), serialized: OrderStream writes a
+        response as the bytes of its entries (hftgate.telemetry.bytes_or), so wire entries from C
+        go out as they are, never parsed into a message and serialized again."""
+        if self._as_protos(len(acks.kind)):
+            message = api.OrderStreamResponse()
+            self._ack_protos(acks, None, message.acks.add)
+            return message.SerializeToString()
+        data = codec.ack_entries(acks, time.time_ns(), None, self._wire, self.shard_base)
+        self.core.record_ack_sent(acks)
+        return data
+
+    def _report_bytes(self, page: np.ndarray) -> bytes:
+        """:meth:`_ack_bytes` for the executions (field 2) of ``page``'s reports."""
+        if self._as_protos(len(page)):
+            message = api.OrderStreamResponse()
+            self._reports(page, message.executions.add)
+            return message.SerializeToString()
+        return codec.report_entries(page, self.core.state, self._symbol_texts, self._wire, self.shard_base)
 
     def _as_client_knows(self, message: api.OrderAck | api.ExecutionReport) -> None:
         """An ack or report of an order a move brought here, as its client knows the order: its
@@ -734,7 +749,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         try:
             while True:
                 await self._heavy_step()
-                response = api.OrderStreamResponse()
+                # The response as its entries' bytes: acks (field 1) then executions (field 2).
+                parts: list[bytes] = []
                 taken = 0
                 pending = subscriber.acks
                 while pending and taken < page_size:
@@ -748,7 +764,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                         break
                     answered += 1
                     taken += len(entry.kind)
-                    self._add_acks(response, entry)
+                    parts.append(self._ack_bytes(entry))
                     accepted = entry.sequences > 0
                     sequences = entry.sequences[accepted].tolist()
                     restating.update(zip(sequences, entry.order_ids[accepted].tolist(), strict=True))
@@ -760,11 +776,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     last_sent = int(page["sequence"][-1])
                     page = _without_restated(page, restating)
                     if len(page):
-                        self._add_reports(response, page)
+                        parts.append(self._report_bytes(page))
                 while restate_marks and restate_marks[0][0] <= subscriber.cursor:
                     for sequence in restate_marks.popleft()[1]:  # their reports are all read
                         restating.pop(sequence, None)
-                if len(response.acks) or len(response.executions):
+                response = b"".join(parts)
+                if response:
                     await context.write(response)
                     unsent[0] -= taken
                     if unsent[0] < limit:

@@ -1,0 +1,71 @@
+"""A streaming handler of the suite's servers may write a response it serialized itself (bytes)
+beside ordinary messages (hftgate.telemetry.bytes_or): the client reads the same messages either
+way, with telemetry on or off, from a handler that yields and from one that calls write()."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from hftgate.grpcserver import ServiceBinding, create_server
+from hftgate.telemetry import bytes_or
+from tests.test_bad_bytes import _call
+
+Request, Reply = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+
+
+def _replies() -> list[Any]:
+    """What each handler sends: a message, its bytes, a message, its bytes."""
+    serving, unknown = Reply(status=Reply.SERVING), Reply(status=Reply.SERVICE_UNKNOWN)
+    return [serving, unknown.SerializeToString(), unknown, serving.SerializeToString()]
+
+
+def _handlers() -> grpc.GenericRpcHandler:
+    async def yields(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        for reply in _replies():
+            yield reply
+
+    async def writes(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+        async for _ in requests:
+            for reply in _replies():
+                await context.write(reply)
+
+    parse, write = Request.FromString, Reply.SerializeToString
+    return grpc.method_handlers_generic_handler(
+        "test.Bytes",
+        {
+            "Yields": grpc.unary_stream_rpc_method_handler(yields, parse, write),
+            "Writes": grpc.stream_stream_rpc_method_handler(writes, parse, write),
+        },
+    )
+
+
+@pytest.mark.parametrize("telemetry_on", [True, False], ids=["telemetry", "no-telemetry"])
+async def test_a_stream_handler_writes_messages_and_bytes_alike(telemetry_on: bool) -> None:
+    handlers = _handlers()
+    binding = ServiceBinding("test.Bytes", lambda server: server.add_generic_rpc_handlers((handlers,)))
+    running = await create_server("127.0.0.1:0", [binding], telemetry=telemetry_on)
+    want = [Reply(status=Reply.SERVING), Reply(status=Reply.SERVICE_UNKNOWN)] * 2
+    want = [want[0], want[1], want[1], want[0]]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            request = Request(service="x").SerializeToString()
+            for method, client_streaming in (("/test.Bytes/Yields", False), ("/test.Bytes/Writes", True)):
+                replies = await _call(channel, method, client_streaming, True, [request])
+                assert [Reply.FromString(r) for r in replies] == want, method
+    finally:
+        await running.stop(0)
+
+
+def test_bytes_pass_through_and_messages_are_serialized() -> None:
+    serialize = bytes_or(Reply.SerializeToString)
+    assert serialize is not None and bytes_or(None) is None
+    message = Reply(status=Reply.SERVING)
+    assert serialize(message) == message.SerializeToString()
+    assert serialize(b"\x08\x02") == b"\x08\x02"
+    with pytest.raises(TypeError):  # anything else is still a message to serialize
+        serialize(bytearray(b"\x08\x02"))
