@@ -700,16 +700,33 @@ class RequestDecoder:
 _WRITE_FAILED: Any = getattr(importlib.import_module("grpc._cython.cygrpc"), "ExecuteBatchError", ())
 
 
+class SerializedResponse:
+    """A unary response its handler serialized itself: ``data``, the wire bytes of a
+    ``message_type`` (kept for the span attributes of a sampled call, which parse it)."""
+
+    __slots__ = ("data", "message_type")
+
+    def __init__(self, data: bytes, message_type: Any) -> None:
+        self.data = data
+        self.message_type = message_type
+
+
 def bytes_or(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """A streaming method's response serializer that also takes a response its handler has
-    serialized itself (``bytes``), as is: a handler that builds a message's entries as wire bytes
-    in C then need not parse them into a message for gRPC to serialize them again."""
+    """A method's response serializer that also takes a response its handler has serialized
+    itself, as is: ``bytes`` (a stream's writes) or a :class:`SerializedResponse` (a unary
+    method's return). A handler that builds a message's entries as wire bytes in C then need not
+    parse them into a message for gRPC to serialize them again."""
     if serializer is None:
         return None
     serialize = serializer
 
     def serialize_or_pass(message: Any) -> bytes:
-        return message if message.__class__ is bytes else serialize(message)
+        kind = message.__class__
+        if kind is bytes:
+            return message  # type: ignore[no-any-return]
+        if kind is SerializedResponse:
+            return message.data  # type: ignore[no-any-return]
+        return serialize(message)
 
     return serialize_or_pass
 
@@ -758,7 +775,7 @@ def decoding_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMet
             await _forward_stream(inner(request, context), context)
 
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(decode_unary, response_serializer=serializer)
+            return grpc.unary_unary_rpc_method_handler(decode_unary, response_serializer=bytes_or(serializer))
         return grpc.unary_stream_rpc_method_handler(
             decode_unary_streaming, response_serializer=bytes_or(serializer)
         )
@@ -772,7 +789,7 @@ def decoding_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMet
         await _forward_stream(inner(decoder.messages(requests, context), context), context)
 
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(decode_stream, response_serializer=serializer)
+        return grpc.stream_unary_rpc_method_handler(decode_stream, response_serializer=bytes_or(serializer))
     return grpc.stream_stream_rpc_method_handler(
         decode_stream_streaming, response_serializer=bytes_or(serializer)
     )
@@ -1009,6 +1026,8 @@ class _MethodTelemetry:
         return span, time.perf_counter()
 
     def annotate_response(self, span: Any, response: Any) -> None:
+        if response.__class__ is SerializedResponse:
+            response = response.message_type.FromString(response.data)  # (a sampled call only)
         plan = self._response_plan
         if plan is None:
             plan = self._response_plan = _attribute_plan(getattr(response, "DESCRIPTOR", None))
@@ -1132,7 +1151,7 @@ class _MethodTelemetry:
                 if handler.unary_unary
                 else grpc.stream_unary_rpc_method_handler
             )
-            return factory(unary_response, response_serializer=serializer)
+            return factory(unary_response, response_serializer=bytes_or(serializer))
 
         inner_stream: Callable[..., Any] = handler.unary_stream or handler.stream_stream  # type: ignore[assignment]
         unary_stream_request = handler.unary_stream is not None

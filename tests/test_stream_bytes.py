@@ -69,3 +69,31 @@ def test_bytes_pass_through_and_messages_are_serialized() -> None:
     assert serialize(b"\x08\x02") == b"\x08\x02"
     with pytest.raises(TypeError):  # anything else is still a message to serialize
         serialize(bytearray(b"\x08\x02"))
+
+
+def test_a_sampled_call_s_serialized_response_gives_its_span_the_message_s_attributes() -> None:
+    from opentelemetry import trace
+
+    from hftgate.telemetry import SerializedResponse, _MethodTelemetry
+    from hftgate.v1 import execution_pb2 as api
+
+    class Span:
+        def __init__(self) -> None:
+            self.attributes: dict[str, Any] = {}
+
+        def set_attributes(self, values: dict[str, Any]) -> None:
+            self.attributes.update(values)
+
+    message = api.SubmitOrdersResponse()
+    message.acks.add(sequence=7, durable=True)
+    message.acks.add(sequence=9, durable=True)
+    as_message, as_bytes = Span(), Span()
+    for span, response in (
+        (as_message, message),
+        (as_bytes, SerializedResponse(message.SerializeToString(), api.SubmitOrdersResponse)),
+    ):
+        handler = grpc.unary_unary_rpc_method_handler(None, None, api.SubmitOrdersResponse.SerializeToString)
+        method = _MethodTelemetry("/x.Y/SubmitOrders", handler, trace.get_tracer("test"))
+        method.annotate_response(span, response)
+    assert as_bytes.attributes == as_message.attributes
+    assert as_bytes.attributes["hftgate.journal.sequence"] == 9

@@ -34,7 +34,9 @@ from hftgate.native.clock import now_ns
 from hftgate.native.exec_wire import ExecWireEncoder
 from hftgate.native.histogram import LatencyHistogram
 from hftgate.native.order_wire import NewOrderWireDecoder
+from hftgate.protowire import length_delimited
 from hftgate.shardmap import ShardMap
+from hftgate.telemetry import SerializedResponse
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
@@ -252,38 +254,21 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         self.core.record_ack_sent(acks)
         return protos
 
-    def _add_acks(
-        self,
-        response: api.SubmitOrdersResponse | api.OrderStreamResponse,
-        acks: Acks,
-        symbols: list[str] | None = None,
-    ) -> None:
-        """Append ``acks`` to ``response.acks`` (field 1 of both messages). From _WIRE_MIN_ENTRIES
-        acks up they are written as wire bytes in one C call and parsed in (protobuf's C parser
-        makes no Python object per entry); fewer, or acks of orders taken over by a move (their
-        ids are translated), are built as protobuf objects, cheaper below that size."""
-        if self._as_protos(len(acks.kind)):
-            self._ack_protos(acks, symbols, response.acks.add)
-            return
-        response.MergeFromString(
-            codec.ack_entries(acks, time.time_ns(), symbols, self._wire, self.shard_base)
-        )
-        self.core.record_ack_sent(acks)
-
     def _as_protos(self, entries: int) -> bool:
         """Whether acks or reports are built as protobuf objects rather than wire bytes in C: below
         _WIRE_MIN_ENTRIES, and for orders taken over by a move (their ids are translated)."""
         return entries < _WIRE_MIN_ENTRIES or (self.handover is not None and bool(self.handover.local_of))
 
-    def _ack_bytes(self, acks: Acks) -> bytes:
-        """``acks`` as OrderStreamResponse.acks entries (field 1), serialized: OrderStream writes a
-        response as the bytes of its entries (hftgate.telemetry.bytes_or), so wire entries from C
-        go out as they are, never parsed into a message and serialized again."""
+    def _ack_bytes(self, acks: Acks, symbols: list[str] | None = None) -> bytes:
+        """``acks`` as the acks entries (field 1) of an OrderStreamResponse or a
+        SubmitOrdersResponse, serialized: both are sent as their entries' bytes
+        (hftgate.telemetry.bytes_or), so wire entries from C go out as they are, never parsed into
+        a message and serialized again."""
         if self._as_protos(len(acks.kind)):
             message = api.OrderStreamResponse()
-            self._ack_protos(acks, None, message.acks.add)
+            self._ack_protos(acks, symbols, message.acks.add)
             return message.SerializeToString()
-        data = codec.ack_entries(acks, time.time_ns(), None, self._wire, self.shard_base)
+        data = codec.ack_entries(acks, time.time_ns(), symbols, self._wire, self.shard_base)
         self.core.record_ack_sent(acks)
         return data
 
@@ -431,7 +416,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
 
     async def SubmitOrders(
         self, request: api.SubmitOrdersRequest, context: grpc.aio.ServicerContext
-    ) -> api.SubmitOrdersResponse:
+    ) -> SerializedResponse:
         arrival = now_ns()
         account = await self._account(context)
         count = len(request.orders)
@@ -441,13 +426,11 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             request, self._order_wire, self.config.max_batch_orders, time.time_ns(), arrival
         )
         acks = await self._submit_new_orders(context, account, inputs)
-        response = api.SubmitOrdersResponse()
-        self._add_acks(response, acks, inputs.symbols)
-        return response
+        return SerializedResponse(self._ack_bytes(acks, inputs.symbols), api.SubmitOrdersResponse)
 
     async def SubmitOrderColumns(
         self, request: api.SubmitOrderColumnsRequest, context: grpc.aio.ServicerContext
-    ) -> api.SubmitOrderColumnsResponse:
+    ) -> SerializedResponse:
         arrival = now_ns()
         account = await self._account(context)
         count = len(request.orders.client_order_id)
@@ -458,13 +441,11 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             await _abort_bad_request(context, "orders", f"Cannot submit orders: {exc}")
         await self._rate(context, account)
         acks = await self._submit_new_orders(context, account, inputs)
-        response = api.SubmitOrderColumnsResponse()
         # (New orders only: none is an order taken over by a move, whose id _ack_protos translates.)
-        response.acks.MergeFromString(
-            codec.encode_ack_columns(acks, time.time_ns(), inputs.symbols, self._wire, self.shard_base)
-        )
+        columns = codec.encode_ack_columns(acks, time.time_ns(), inputs.symbols, self._wire, self.shard_base)
         self.core.record_ack_sent(acks)
-        return response
+        # SubmitOrderColumnsResponse.acks (field 1) around the columns' bytes, sent as they are.
+        return SerializedResponse(length_delimited(1, columns), api.SubmitOrderColumnsResponse)
 
     async def CancelOrder(
         self, request: api.CancelOrderRequest, context: grpc.aio.ServicerContext

@@ -19,6 +19,7 @@ No gRPC import: the servicer sends these bytes through handlers that do not seri
 from __future__ import annotations
 
 from hftgate.native.md_wire import MarketUpdateEncoder
+from hftgate.protowire import varint
 from services.marketdata.fanout import SymbolUpdate
 
 _FIRST_STREAM_SEQUENCE_TAG = b"\x10"  # MarketUpdates.first_stream_sequence, varint
@@ -28,18 +29,6 @@ _STREAM_SEQUENCE_TAG = b"\x08"  # MarketUpdate.stream_sequence, varint
 # of the cost of setting a message's fields and serializing it. It owns one buffer, and the
 # event loop is single-threaded, so it is never shared.
 _encode = MarketUpdateEncoder().encode
-
-
-def varint(value: int) -> bytes:
-    """``value`` (0 <= value < 2**64) as a protobuf varint."""
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def update_bytes(update: SymbolUpdate, conflated: int = 0) -> bytes:
