@@ -110,12 +110,15 @@ async def test_reports_reach_list_replicas_with_their_figures(scaler: ScalerRunn
         report_interval_s=0.1,
         rpc_source=rpc,
     )
-    reporter.start()
+    # One report made here rather than by the reporter's loop, so that the scaler lists the very
+    # sample read below (with the loop, under load, a second sample could replace last_sample
+    # before the listing was compared with it).
+    reporter.sample()  # the interval starts now, as the loop's does
     try:
         await asyncio.sleep(0.05)
         rpc.add(200, 0.005)
         orders["total"] += 500
-        await wait_for(lambda: reporter.reports_sent >= 1)
+        await reporter.report_once()
         channel, stub = admin_stub(scaler.port)
         async with channel:
             listed = await stub.ListReplicas(pb.ListReplicasRequest(service="execution"), metadata=admin())
