@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from hftgate import rows as order_rows
 from hftgate.matching.engine import EngineConfig
 from hftgate.matching.types import ORDER_INFO_DTYPE
 from hftgate.native import memory, snapshot_writer
@@ -554,7 +555,7 @@ def load(
     held = np.flatnonzero(order_ids)
     if len(held) < len(order_ids) or np.any(np.diff(order_ids) < 0):
         held = held[np.argsort(order_ids[held], kind="stable")]
-        orders, order_ids = orders[held], order_ids[held]
+        orders, order_ids = order_rows.take(orders, held), order_ids[held]  # (whole records: hftgate.rows)
         client_ids = [client_ids[i] for i in held.tolist()]
     state.restore_orders(
         order_ids, orders, client_ids, info.get("order_count", len(orders)), info.get("order_base", 0)

@@ -428,12 +428,16 @@ class ExecutionState:
         ids = self._slot_ids[used]
         order = np.argsort(ids, kind="stable")
         used, ids = used[order], ids[order]
-        return ids, self.table[used], [text.decode("ascii") for text in self._slot_client_ids[used].tolist()]
+        return (
+            ids,
+            rows.take(self.table, used),
+            [text.decode("ascii") for text in self._slot_client_ids[used].tolist()],
+        )
 
     def restore_orders(
         self,
         order_ids: np.ndarray,
-        rows: np.ndarray,
+        orders: np.ndarray,
         client_ids: list[str],
         order_count: int,
         order_base: int,
@@ -460,12 +464,12 @@ class ExecutionState:
         slots[survivors] = ring + np.arange(len(survivors))
         self._survivor_slots = dict(zip(ids[survivors].tolist(), slots[survivors].tolist(), strict=True))
         self._free_slots = list(range(ring + spare - 1, ring + len(survivors) - 1, -1))
-        self.table[slots] = rows.astype(ORDER_DTYPE)
+        rows.put(self.table, slots, orders.astype(ORDER_DTYPE, copy=False), slice(None))  # (as whole records)
         self._slot_ids[slots] = ids
         self._slot_client_ids[slots] = ids_to_rows(*joined(client_ids))
         self._finished_survivors = []
         # A rejected order's client id is free again; an empty one (a table set directly) is none.
-        statuses, accounts, lasts = rows["status"], rows["account_id"], rows["last_exec_seq"]
+        statuses, accounts, lasts = orders["status"], orders["account_id"], orders["last_exec_seq"]
         indexed = [
             position
             for position, (client_id, status) in enumerate(zip(client_ids, statuses.tolist(), strict=True))
