@@ -711,6 +711,46 @@ class SerializedResponse:
         self.message_type = message_type
 
 
+class RequestBytes:
+    """A unary request as gRPC received it, for a handler marked :func:`takes_request_bytes`:
+    ``data``, its bytes, for a reader of its own (one that takes only what protobuf reads the
+    same way), and :meth:`message` for protobuf's reading, which refuses bytes that do not decode
+    exactly as every other method's requests are refused (INVALID_ARGUMENT, the call ended)."""
+
+    __slots__ = ("_context", "_decoder", "data")
+
+    def __init__(self, data: bytes, decoder: RequestDecoder, context: grpc.aio.ServicerContext) -> None:
+        self.data = data
+        self._decoder = decoder
+        self._context = context
+
+    async def message(self) -> Any:
+        """The request as its message; a request that does not decode ends the call."""
+        try:
+            return self._decoder.parse(self.data)
+        except Exception:
+            await self._decoder.reject(self._context, self.data)
+
+    def parsed(self) -> Any:
+        """The request as its message, or None where it does not decode (span attributes)."""
+        try:
+            return self._decoder.parse(self.data)
+        except Exception:
+            return None
+
+
+def takes_request_bytes(method: Any) -> Any:
+    """Mark a unary-request servicer method to be handed a :class:`RequestBytes` instead of the
+    decoded message (the suite's servers decode requests themselves: see the module docstring)."""
+    method.takes_request_bytes = True
+    return method
+
+
+def _takes_bytes(handler_function: Any) -> bool:
+    # (A bound method reads its function's attributes.)
+    return bool(getattr(handler_function, "takes_request_bytes", False))
+
+
 def bytes_or(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
     """A method's response serializer that also takes a response its handler has serialized
     itself, as is: ``bytes`` (a stream's writes) or a :class:`SerializedResponse` (a unary
@@ -759,8 +799,11 @@ def decoding_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMet
     inner: Any = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     serializer = handler.response_serializer
     if handler.unary_unary or handler.unary_stream:
+        raw = _takes_bytes(inner)
 
         async def decode_unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            if raw:
+                return await inner(RequestBytes(data, decoder, context), context)
             try:
                 request = parse(data)
             except Exception:
@@ -1100,6 +1143,7 @@ class _MethodTelemetry:
             # grpc-stubs types the handlers as sync callables; the aio server gives coroutines.
             inner: Callable[..., Any] = handler.unary_unary or handler.stream_unary  # type: ignore[assignment]
             unary_request = handler.unary_unary is not None
+            raw = unary_request and decoder is not None and _takes_bytes(inner)
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 span, started = self.start_unary(context)
@@ -1108,7 +1152,9 @@ class _MethodTelemetry:
                 response: Any = None  # a sampled call's response, annotated once it is sent
                 try:
                     if decoder is not None:
-                        if unary_request:
+                        if raw:
+                            request = RequestBytes(request, decoder, context)
+                        elif unary_request:
                             try:
                                 request = decoder.parse(request)
                             except Exception:
@@ -1121,7 +1167,7 @@ class _MethodTelemetry:
                         request = messages = _TracedMessages(request, self._tracer, self.method, span)
                     if span.is_recording():
                         if unary_request and self._request_plan:
-                            _annotate(span, self._request_plan, request)
+                            _annotate(span, self._request_plan, request.parsed() if raw else request)
                         with trace.use_span(span, end_on_exit=False):
                             try:
                                 result = await inner(request, context)

@@ -89,25 +89,20 @@ def decode_new_orders(orders: Sequence[api.NewOrder], received_ns: int, arrival_
     )
 
 
-#: Fewer orders than this are read in Python: for one order the C path's fixed cost (serializing
-#: the request again, the call, its lists) is ~12.6 us against ~8.2; they break even at two.
+#: OrderStream messages of fewer orders than this are read in Python: for one order the C path's
+#: fixed cost (serializing the message again, the call, its lists) is ~12.6 us against ~8.2.
 _WIRE_MIN_ORDERS = 3
 
 
-def decode_submit_orders(
-    request: api.SubmitOrdersRequest,
-    wire: NewOrderWireDecoder,
-    max_orders: int,
-    received_ns: int,
-    arrival_ns: int,
-) -> Inputs:
-    """:func:`decode_new_orders` of a SubmitOrders request, read from its wire bytes in C when
-    it allows (hftgate/native/order_wire.py); the same Inputs either way."""
-    if len(request.orders) < _WIRE_MIN_ORDERS:
-        return decode_new_orders(request.orders, received_ns, arrival_ns)
-    decoded = wire.decode(request.SerializeToString(), SUBMIT_ORDERS, max_orders)
+def read_submit_orders(
+    data: bytes, wire: NewOrderWireDecoder, max_orders: int, received_ns: int, arrival_ns: int
+) -> Inputs | None:
+    """:func:`decode_new_orders` of a SubmitOrders request read from the bytes it came in, in C,
+    or None when the fast path does not take them (then protobuf reads them: a malformed request
+    is refused there) or they hold more than ``max_orders`` orders."""
+    decoded = wire.decode(data, SUBMIT_ORDERS, max_orders)
     if decoded is None:
-        return decode_new_orders(request.orders, received_ns, arrival_ns)
+        return None
     return _new_order_inputs(decoded.rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
 
 

@@ -36,7 +36,7 @@ from hftgate.native.histogram import LatencyHistogram
 from hftgate.native.order_wire import NewOrderWireDecoder
 from hftgate.protowire import length_delimited
 from hftgate.shardmap import ShardMap
-from hftgate.telemetry import SerializedResponse
+from hftgate.telemetry import RequestBytes, SerializedResponse, takes_request_bytes
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
@@ -414,17 +414,28 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         inputs.prioritize = True
         return await self._submit(context, account, inputs)
 
+    @takes_request_bytes
     async def SubmitOrders(
-        self, request: api.SubmitOrdersRequest, context: grpc.aio.ServicerContext
+        self, request: RequestBytes, context: grpc.aio.ServicerContext
     ) -> SerializedResponse:
+        """Read from the bytes the request came in (hft_order_wire.h), or by protobuf where the fast
+        path does not take them, before any other check: a malformed request is refused
+        INVALID_ARGUMENT whoever sends it, as every method's are."""
         arrival = now_ns()
+        limit = self.config.max_batch_orders
+        inputs = codec.read_submit_orders(request.data, self._order_wire, limit, time.time_ns(), arrival)
+        message: api.SubmitOrdersRequest | None = None
+        if inputs is None:
+            message = await request.message()
+            count = len(message.orders)
+        else:
+            count = len(inputs.kind)
         account = await self._account(context)
-        count = len(request.orders)
-        await check_batch_size(context, count, self.config.max_batch_orders)
+        await check_batch_size(context, count, limit)
         await self._rate(context, account)
-        inputs = codec.decode_submit_orders(
-            request, self._order_wire, self.config.max_batch_orders, time.time_ns(), arrival
-        )
+        if message is not None:
+            inputs = codec.decode_new_orders(message.orders, time.time_ns(), arrival)
+        assert inputs is not None
         acks = await self._submit_new_orders(context, account, inputs)
         return SerializedResponse(self._ack_bytes(acks, inputs.symbols), api.SubmitOrdersResponse)
 

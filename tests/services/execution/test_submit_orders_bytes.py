@@ -1,0 +1,79 @@
+"""SubmitOrders is read from the bytes it came in (hftgate.telemetry.takes_request_bytes, the C
+order wire reader), with protobuf's reading where the fast path does not take them: bytes that do
+not decode are refused INVALID_ARGUMENT before any other check, with or without an API key, as
+every method's are; what protobuf reads but the fast path does not is still served; the batch's
+size is checked on either path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from hftgate.v1 import execution_pb2 as api
+from tests.protowire import key, length_delimited
+
+from .conftest import key as api_key
+from .conftest import limit_order
+
+METHOD = "/hftgate.v1.ExecutionService/SubmitOrders"
+
+
+async def _call(harness: Any, data: bytes, metadata: Any = ()) -> bytes:
+    call = harness.channel.unary_unary(METHOD)
+    return await call(data, metadata=metadata, timeout=10)  # type: ignore[no-any-return]
+
+
+def _batch(count: int, tag: str) -> api.SubmitOrdersRequest:
+    return api.SubmitOrdersRequest(orders=[limit_order(f"{tag}{i}", price=90 + i % 5) for i in range(count)])
+
+
+async def test_malformed_bytes_are_refused_before_the_api_key_is_looked_at(harness: Any) -> None:
+    for metadata in ((("x-api-key", "no-such-key"),), api_key("alice")):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _call(harness, b"\x0a\x09ab", metadata)  # field 1 claims 9 bytes, 2 remain
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request is not a valid hftgate.v1.SubmitOrdersRequest" in (refused.value.details() or "")
+    assert harness.core.counters.orders_received == 0
+
+
+async def test_both_readers_serve_the_same_orders_and_check_the_batch_size(
+    harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.execution import codec
+
+    taken: list[bool] = []
+    read = codec.read_submit_orders
+
+    def recording(*args: Any) -> Any:
+        inputs = read(*args)
+        taken.append(inputs is not None)
+        return inputs
+
+    monkeypatch.setattr(codec, "read_submit_orders", recording)
+    plain = _batch(5, "p").SerializeToString()
+    # The same orders with an unknown field after them: protobuf reads it (and keeps it aside),
+    # the fast path hands it back, so this batch takes protobuf's reading.
+    unknown = _batch(5, "u").SerializeToString() + key(99, 0) + b"\x01"
+    acks = []
+    for data in (plain, unknown):
+        reply = api.SubmitOrdersResponse.FromString(await _call(harness, data, api_key("alice")))
+        acks.append([(a.client_order_id, a.status, a.price_ticks) for a in reply.acks])
+    assert [(c[1:], s, p) for c, s, p in acks[0]] == [(c[1:], s, p) for c, s, p in acks[1]]
+    assert all(s == api.ORDER_STATUS_NEW for _, s, _ in acks[0])
+    assert taken == [True, False]  # the fast path, then protobuf's reading
+    limit = harness.config.max_batch_orders
+    for data, problem in (
+        (b"", "the batch is empty"),
+        (_batch(limit + 1, "x").SerializeToString(), f"{limit + 1} orders exceed max_batch_orders={limit}"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _call(harness, data, api_key("alice"))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert problem in (refused.value.details() or "")
+    # One order of all defaults (an empty NewOrder) is a batch of one, refused order by order.
+    reply = api.SubmitOrdersResponse.FromString(
+        await _call(harness, length_delimited(1, b""), api_key("alice"))
+    )
+    assert [a.status for a in reply.acks] == [api.ORDER_STATUS_REJECTED]
