@@ -12,6 +12,12 @@ telemetry get the decoding alone (:class:`RequestDecodingInterceptor`). So a ser
 streamed requests by iterating its request iterator, never with ``context.read()`` (which
 would return the raw bytes).
 
+Two ways around protobuf objects on hot paths, both opted into by the servicer: a unary-request
+method marked :func:`takes_request_bytes` gets a :class:`RequestBytes` (the bytes as received,
+for a reader of its own, and protobuf's reading with the same refusal of malformed bytes); and a
+response may be sent as bytes its handler serialized itself (a stream's ``bytes`` writes, a unary
+method's :class:`SerializedResponse`: :func:`bytes_or`).
+
 Tracing (see :func:`configure`): spans leave the process through OpenTelemetry's own OTLP
 exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is
 set, over gRPC or HTTP (``OTEL_EXPORTER_OTLP_PROTOCOL``: ``grpc``, the default, or

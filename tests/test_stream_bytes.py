@@ -97,3 +97,12 @@ def test_a_sampled_call_s_serialized_response_gives_its_span_the_message_s_attri
         method.annotate_response(span, response)
     assert as_bytes.attributes == as_message.attributes
     assert as_bytes.attributes["hftgate.journal.sequence"] == 9
+
+
+def test_request_bytes_read_by_protobuf_on_demand() -> None:
+    from hftgate.telemetry import RequestBytes, RequestDecoder
+
+    decoder = RequestDecoder("/x.Y/Check", Request.FromString)
+    good = RequestBytes(Request(service="ok").SerializeToString(), decoder, None)  # type: ignore[arg-type]
+    assert good.parsed() == Request(service="ok")
+    assert RequestBytes(b"\x0a\x09ab", decoder, None).parsed() is None  # type: ignore[arg-type]
