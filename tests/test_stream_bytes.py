@@ -106,3 +106,38 @@ def test_request_bytes_read_by_protobuf_on_demand() -> None:
     good = RequestBytes(Request(service="ok").SerializeToString(), decoder, None)  # type: ignore[arg-type]
     assert good.parsed() == Request(service="ok")
     assert RequestBytes(b"\x0a\x09ab", decoder, None).parsed() is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("telemetry_on", [True, False], ids=["telemetry", "no-telemetry"])
+async def test_a_method_that_takes_request_bytes_gets_them_and_malformed_ones_are_refused(
+    telemetry_on: bool,
+) -> None:
+    from hftgate.telemetry import RequestBytes, SerializedResponse, takes_request_bytes
+
+    seen: list[bytes] = []
+
+    @takes_request_bytes
+    async def check(request: RequestBytes, context: grpc.aio.ServicerContext) -> Any:
+        seen.append(request.data)
+        message = await request.message()
+        status = Reply.SERVING if message.service == "ok" else Reply.SERVICE_UNKNOWN
+        return SerializedResponse(Reply(status=status).SerializeToString(), Reply)
+
+    handlers = grpc.method_handlers_generic_handler(
+        "test.Raw",
+        {"Check": grpc.unary_unary_rpc_method_handler(check, Request.FromString, Reply.SerializeToString)},
+    )
+    binding = ServiceBinding("test.Raw", lambda server: server.add_generic_rpc_handlers((handlers,)))
+    running = await create_server("127.0.0.1:0", [binding], telemetry=telemetry_on)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            good = Request(service="ok").SerializeToString()
+            [reply] = await _call(channel, "/test.Raw/Check", False, False, [good])
+            assert Reply.FromString(reply).status == Reply.SERVING and seen == [good]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await _call(channel, "/test.Raw/Check", False, False, [b"\x0a\x09ab"])
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            details = refused.value.details() or ""
+            assert details.startswith("request is not a valid grpc.health.v1.HealthCheckRequest")
+    finally:
+        await running.stop(0)
