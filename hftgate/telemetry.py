@@ -686,6 +686,13 @@ class RequestDecoder:
         )
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
+    async def raw_messages(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[RequestBytes]:
+        """A request stream's messages as received (for a handler marked takes_request_bytes)."""
+        async for data in requests:
+            yield RequestBytes(data, self, context)
+
     async def messages(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
@@ -737,8 +744,14 @@ class RequestBytes:
         except Exception:
             await self._decoder.reject(self._context, self.data)
 
+    async def refuse(self) -> None:
+        """End the call as :meth:`message` does for bytes that do not decode (INVALID_ARGUMENT
+        saying what is wrong, counted and logged): for a handler that read :meth:`parsed` and
+        must first stop other work on the call (a stream's writes)."""
+        await self._decoder.reject(self._context, self.data)
+
     def parsed(self) -> Any:
-        """The request as its message, or None where it does not decode (span attributes)."""
+        """The request as its message, or None where it does not decode."""
         try:
             return self._decoder.parse(self.data)
         except Exception:
@@ -746,8 +759,10 @@ class RequestBytes:
 
 
 def takes_request_bytes(method: Any) -> Any:
-    """Mark a unary-request servicer method to be handed a :class:`RequestBytes` instead of the
-    decoded message (the suite's servers decode requests themselves: see the module docstring)."""
+    """Mark a servicer method to be handed each request as a :class:`RequestBytes` instead of the
+    decoded message: its one request, or each message of its request stream (the suite's servers
+    decode requests themselves: see the module docstring). Not for a unary-request,
+    server-streaming method, which is handed its request decoded."""
     method.takes_request_bytes = True
     return method
 
@@ -829,13 +844,15 @@ def decoding_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMet
             decode_unary_streaming, response_serializer=bytes_or(serializer)
         )
 
+    read = decoder.raw_messages if _takes_bytes(inner) else decoder.messages
+
     async def decode_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-        return await inner(decoder.messages(requests, context), context)
+        return await inner(read(requests, context), context)
 
     async def decode_stream_streaming(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> None:
-        await _forward_stream(inner(decoder.messages(requests, context), context), context)
+        await _forward_stream(inner(read(requests, context), context), context)
 
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(decode_stream, response_serializer=bytes_or(serializer))
@@ -1006,9 +1023,11 @@ class _TracedMessages:
             span.set_attribute("rpc.method", self._name[: -len(" message")])
             span.set_attribute("rpc.message.type", "RECEIVED")
             span.set_attribute("rpc.message.id", self._index)
-            if self._plan is None:
-                self._plan = _attribute_plan(getattr(message, "DESCRIPTOR", None))
-            _annotate(span, self._plan, message)
+            readable = message.parsed() if message.__class__ is RequestBytes else message
+            if self._plan is None and readable is not None:
+                self._plan = _attribute_plan(getattr(readable, "DESCRIPTOR", None))
+            if self._plan:
+                _annotate(span, self._plan, readable)
             self._span = span
             self._token = otel_context.attach(trace.set_span_in_context(span))
             self._task = asyncio.current_task()
@@ -1149,7 +1168,7 @@ class _MethodTelemetry:
             # grpc-stubs types the handlers as sync callables; the aio server gives coroutines.
             inner: Callable[..., Any] = handler.unary_unary or handler.stream_unary  # type: ignore[assignment]
             unary_request = handler.unary_unary is not None
-            raw = unary_request and decoder is not None and _takes_bytes(inner)
+            raw = decoder is not None and _takes_bytes(inner)
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 span, started = self.start_unary(context)
@@ -1158,7 +1177,7 @@ class _MethodTelemetry:
                 response: Any = None  # a sampled call's response, annotated once it is sent
                 try:
                     if decoder is not None:
-                        if raw:
+                        if raw and unary_request:
                             request = RequestBytes(request, decoder, context)
                         elif unary_request:
                             try:
@@ -1166,7 +1185,7 @@ class _MethodTelemetry:
                             except Exception:
                                 await decoder.reject(context, request)
                         else:
-                            request = decoder.messages(request, context)
+                            request = (decoder.raw_messages if raw else decoder.messages)(request, context)
                     if not unary_request and not self.untraced():
                         # Per-message spans only with a provider (without one, each message's
                         # span would be a no-op, never current: nothing to make).
@@ -1207,6 +1226,8 @@ class _MethodTelemetry:
 
         inner_stream: Callable[..., Any] = handler.unary_stream or handler.stream_stream  # type: ignore[assignment]
         unary_stream_request = handler.unary_stream is not None
+        # (A server-streaming method with one request is handed it decoded, whatever its mark.)
+        raw_stream = decoder is not None and not unary_stream_request and _takes_bytes(inner_stream)
 
         async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> None:
             # A streaming handler is either an async generator or a coroutine that
@@ -1222,7 +1243,7 @@ class _MethodTelemetry:
                         except Exception:
                             await decoder.reject(context, request)
                     else:
-                        request = decoder.messages(request, context)
+                        request = (decoder.raw_messages if raw_stream else decoder.messages)(request, context)
                 if not unary_stream_request:
                     if not self.untraced():  # see unary_response
                         request = messages = _TracedMessages(request, self._tracer, self.method, span)

@@ -89,11 +89,6 @@ def decode_new_orders(orders: Sequence[api.NewOrder], received_ns: int, arrival_
     )
 
 
-#: OrderStream messages of fewer orders than this are read in Python: for one order the C path's
-#: fixed cost (serializing the message again, the call, its lists) is ~12.6 us against ~8.2.
-_WIRE_MIN_ORDERS = 3
-
-
 def read_submit_orders(
     data: bytes, wire: NewOrderWireDecoder, max_orders: int, received_ns: int, arrival_ns: int
 ) -> Inputs | None:
@@ -106,20 +101,14 @@ def read_submit_orders(
     return _new_order_inputs(decoded.rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
 
 
-def decode_stream_message(
-    request: api.OrderStreamRequest,
-    wire: NewOrderWireDecoder,
-    max_inputs: int,
-    received_ns: int,
-    arrival_ns: int,
-) -> Inputs:
-    """:func:`decode_stream_inputs` of one OrderStream message, read from its wire bytes in C
-    when every input is a new order the fast path takes; the same Inputs either way."""
-    if len(request.inputs) < _WIRE_MIN_ORDERS:
-        return decode_stream_inputs(request.inputs, received_ns, arrival_ns)
-    decoded = wire.decode(request.SerializeToString(), STREAM, max_inputs)
+def read_stream_message(
+    data: bytes, wire: NewOrderWireDecoder, max_inputs: int, received_ns: int, arrival_ns: int
+) -> Inputs | None:
+    """:func:`read_submit_orders` for one OrderStream message: its inputs when every one is a new
+    order the fast path takes, else None (protobuf reads it, :func:`decode_stream_inputs`)."""
+    decoded = wire.decode(data, STREAM, max_inputs)
     if decoded is None:
-        return decode_stream_inputs(request.inputs, received_ns, arrival_ns)
+        return None
     rows = decoded.rows
     rows["priority"] = 0  # a stream runs its inputs in order: NewOrder.priority is for batches only
     return _new_order_inputs(rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)

@@ -649,8 +649,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     preset[position] = common.REJECT_REASON_UNAVAILABLE
         codec.refuse_symbols(inputs, refused)
 
+    @takes_request_bytes
     async def OrderStream(
-        self, request_iterator: AsyncIterator[api.OrderStreamRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[RequestBytes], context: grpc.aio.ServicerContext
     ) -> None:
         account = await self._account(context)
         slot = await self._stream_slot(context, account)
@@ -662,7 +663,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
     async def _order_stream(
         self,
         account: AccountSpec,
-        request_iterator: AsyncIterator[api.OrderStreamRequest],
+        request_iterator: AsyncIterator[RequestBytes],
         context: grpc.aio.ServicerContext,
     ) -> None:
         """One OrderStream: a reader task submits the client's messages, this task writes acks and
@@ -688,9 +689,22 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
 
         async def read() -> None:
             try:
-                async for message in request_iterator:
+                async for raw in request_iterator:
                     arrival = now_ns()
-                    count = len(message.inputs)
+                    # From the bytes the message came in, in C, or else by protobuf (which ends
+                    # the call with INVALID_ARGUMENT on bytes that do not decode).
+                    inputs = codec.read_stream_message(
+                        raw.data, order_wire, config.max_stream_message_inputs, time.time_ns(), arrival
+                    )
+                    message: api.OrderStreamRequest | None = None
+                    if inputs is None:
+                        message = raw.parsed()
+                        if message is None:  # refused once the writer has stopped (see below)
+                            ended.append(_MalformedStreamMessage(raw))
+                            break
+                        count = len(message.inputs)
+                    else:
+                        count = len(inputs.kind)
                     if count == 0 or count > config.max_stream_message_inputs:
                         ended.append(
                             _BadStreamMessage(
@@ -702,9 +716,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     while unsent[0] >= limit:  # the client is not reading its acks: stop reading
                         room.clear()
                         await room.wait()
-                    inputs = codec.decode_stream_message(
-                        message, order_wire, config.max_stream_message_inputs, time.time_ns(), arrival
-                    )
+                    if message is not None:
+                        inputs = codec.decode_stream_inputs(message.inputs, time.time_ns(), arrival)
+                    assert inputs is not None
                     if self.handover is not None and self.handover.local_of:
                         self._localize_taken_over(inputs, account)
                     codec.localize_targets(inputs, shard_id)
@@ -802,6 +816,11 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         problem = next((e for e in ended if e is not None), None)
         if isinstance(problem, grpc.aio.AbortError):
             raise problem  # the call's status is set (e.g. INVALID_ARGUMENT for bytes that do not decode)
+        if isinstance(problem, _MalformedStreamMessage):
+            # Ended here, after the writer's last write, not from the reader: an abort while a
+            # write was in flight failed in gRPC (too many operations on the call) and left the
+            # client waiting for a status that never came.
+            await problem.request.refuse()
         if isinstance(problem, _BadStreamMessage):
             await _abort_bad_request(context, "inputs", str(problem))
         if isinstance(problem, ServiceUnavailable):
@@ -936,6 +955,14 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
 
 class _BadStreamMessage(Exception):
     pass
+
+
+class _MalformedStreamMessage(Exception):
+    """A stream message whose bytes do not decode (``request``: the message as received)."""
+
+    def __init__(self, request: RequestBytes) -> None:
+        super().__init__("a message that does not decode")
+        self.request = request
 
 
 _UNSENT_ACKS = "; acks of {} inputs were not sent: look them up with GetOrder or StreamExecutions"

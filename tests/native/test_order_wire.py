@@ -59,7 +59,7 @@ def _same(decoded: object, expected: tuple[np.ndarray, list[str], list[str]], st
     rows, client_ids, symbols = expected
     got = decoded.rows.copy()  # type: ignore[attr-defined]
     if stream:
-        got["priority"] = 0  # (codec.decode_stream_message's rule, not the decoder's)
+        got["priority"] = 0  # (codec.read_stream_message's rule, not the decoder's)
     assert got.tolist() == rows.tolist()
     assert decoded.client_ids == client_ids  # type: ignore[attr-defined]
     assert decoded.symbols == symbols  # type: ignore[attr-defined]
@@ -225,20 +225,20 @@ def test_corrupted_messages_are_refused_or_read_exactly_as_protobuf_reads_them(
 @settings(max_examples=150, deadline=None)
 @given(orders=st.lists(new_orders(ANY_TEXT), min_size=3, max_size=8))
 def test_the_service_decoders_give_the_inputs_protobufs_reading_gives(orders: list[api.NewOrder]) -> None:
-    """codec.read_submit_orders (where the fast path takes the bytes) and decode_stream_message
-    (fast path or not) against the protobuf readers they replace: the same Inputs, a stream's
-    priorities ignored included."""
+    """codec.read_submit_orders and read_stream_message (where the fast path takes the bytes)
+    against the protobuf readers they replace: the same Inputs, a stream's priorities ignored
+    included."""
     wire = NewOrderWireDecoder()
     batch = api.SubmitOrdersRequest(orders=orders)
     stream = api.OrderStreamRequest(inputs=[api.OrderInput(new_order=o) for o in orders])
-    read = codec.read_submit_orders(batch.SerializeToString(), wire, 1000, 1, 2)
-    for got, want in (
-        *([(read, codec.decode_new_orders(batch.orders, 1, 2))] if read is not None else []),
-        (
-            codec.decode_stream_message(stream, wire, 1000, 1, 2),
-            codec.decode_stream_inputs(stream.inputs, 1, 2),
-        ),
-    ):
+    read_batch = codec.read_submit_orders(batch.SerializeToString(), wire, 1000, 1, 2)
+    read_stream = codec.read_stream_message(stream.SerializeToString(), wire, 1000, 1, 2)
+    assert (read_batch is None) == (read_stream is None)  # (the same orders either way)
+    pairs = [
+        (read_batch, codec.decode_new_orders(batch.orders, 1, 2)),
+        (read_stream, codec.decode_stream_inputs(stream.inputs, 1, 2)),
+    ]
+    for got, want in [(g, w) for g, w in pairs if g is not None]:
         assert got.orders.dtype == want.orders.dtype
         assert got.orders.tolist() == want.orders.tolist()
         assert (got.symbols, got.client_ids) == (want.symbols, want.client_ids)

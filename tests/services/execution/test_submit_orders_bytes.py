@@ -1,8 +1,8 @@
-"""SubmitOrders is read from the bytes it came in (hftgate.telemetry.takes_request_bytes, the C
-order wire reader), with protobuf's reading where the fast path does not take them: bytes that do
-not decode are refused INVALID_ARGUMENT before any other check, with or without an API key, as
-every method's are; what protobuf reads but the fast path does not is still served; the batch's
-size is checked on either path."""
+"""SubmitOrders and OrderStream are read from the bytes they came in
+(hftgate.telemetry.takes_request_bytes, the C order wire reader), with protobuf's reading where the
+fast path does not take them: bytes that do not decode are refused INVALID_ARGUMENT before any
+other check, with or without an API key, as every method's are; what protobuf reads but the fast
+path does not is still served; the batch's size is checked on either path."""
 
 from __future__ import annotations
 
@@ -77,3 +77,40 @@ async def test_both_readers_serve_the_same_orders_and_check_the_batch_size(
         await _call(harness, length_delimited(1, b""), api_key("alice"))
     )
     assert [a.status for a in reply.acks] == [api.ORDER_STATUS_REJECTED]
+
+
+async def test_stream_messages_are_read_from_their_bytes_or_by_protobuf_alike(
+    harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.execution import codec
+
+    taken: list[bool] = []
+    read = codec.read_stream_message
+
+    def recording(*args: Any) -> Any:
+        inputs = read(*args)
+        taken.append(inputs is not None)
+        return inputs
+
+    monkeypatch.setattr(codec, "read_stream_message", recording)
+
+    def message(tag: str) -> bytes:
+        orders = [api.OrderInput(new_order=limit_order(f"{tag}{i}", price=90 + i)) for i in range(4)]
+        return api.OrderStreamRequest(inputs=orders).SerializeToString()
+
+    sent = [message("c"), message("p") + key(99, 0) + b"\x01"]
+    call = harness.channel.stream_stream(
+        "/hftgate.v1.ExecutionService/OrderStream",
+        request_serializer=lambda b: b,
+        response_deserializer=api.OrderStreamResponse.FromString,
+    )(iter(sent), metadata=api_key("alice"))
+    acks = []
+    async for response in call:
+        acks.extend(response.acks)
+        if len(acks) == 8:
+            break
+    call.cancel()
+    assert taken == [True, False]  # the fast path, then protobuf's reading
+    assert [(a.client_order_id, a.status) for a in acks] == [
+        (f"{tag}{i}", api.ORDER_STATUS_NEW) for tag in "cp" for i in range(4)
+    ]
