@@ -12,8 +12,8 @@ telemetry get the decoding alone (:class:`RequestDecodingInterceptor`). So a ser
 streamed requests by iterating its request iterator, never with ``context.read()`` (which
 would return the raw bytes).
 
-Two ways around protobuf objects on hot paths, both opted into by the servicer: a unary-request
-method marked :func:`takes_request_bytes` gets a :class:`RequestBytes` (the bytes as received,
+Two ways around protobuf objects on hot paths, both opted into by the servicer: a method marked
+:func:`takes_request_bytes` gets each request as a :class:`RequestBytes` (the bytes as received,
 for a reader of its own, and protobuf's reading with the same refusal of malformed bytes); and a
 response may be sent as bytes its handler serialized itself (a stream's ``bytes`` writes, a unary
 method's :class:`SerializedResponse`: :func:`bytes_or`).
@@ -725,7 +725,8 @@ class SerializedResponse:
 
 
 class RequestBytes:
-    """A unary request as gRPC received it, for a handler marked :func:`takes_request_bytes`:
+    """A request (or one message of a request stream) as gRPC received it, for a handler marked
+    :func:`takes_request_bytes`:
     ``data``, its bytes, for a reader of its own (one that takes only what protobuf reads the
     same way), and :meth:`message` for protobuf's reading, which refuses bytes that do not decode
     exactly as every other method's requests are refused (INVALID_ARGUMENT, the call ended)."""
@@ -742,7 +743,7 @@ class RequestBytes:
         try:
             return self._decoder.parse(self.data)
         except Exception:
-            await self._decoder.reject(self._context, self.data)
+            await self.refuse()
 
     async def refuse(self) -> None:
         """End the call as :meth:`message` does for bytes that do not decode (INVALID_ARGUMENT

@@ -691,8 +691,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             try:
                 async for raw in request_iterator:
                     arrival = now_ns()
-                    # From the bytes the message came in, in C, or else by protobuf (which ends
-                    # the call with INVALID_ARGUMENT on bytes that do not decode).
+                    # From the bytes the message came in, in C, or else by protobuf; bytes that
+                    # do not decode end the stream (refused by the writer's task, below).
                     inputs = codec.read_stream_message(
                         raw.data, order_wire, config.max_stream_message_inputs, time.time_ns(), arrival
                     )
@@ -739,7 +739,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     ended.append(None)
             except ServiceUnavailable as exc:
                 ended.append(exc)
-            except grpc.aio.AbortError as exc:  # the request decoder has already answered the call
+            except grpc.aio.AbortError as exc:  # a step that answered the call itself: not twice
                 ended.append(exc)
             except Exception as exc:  # a broken client stream: end ours too
                 ended.append(exc)
@@ -815,7 +815,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 await reader
         problem = next((e for e in ended if e is not None), None)
         if isinstance(problem, grpc.aio.AbortError):
-            raise problem  # the call's status is set (e.g. INVALID_ARGUMENT for bytes that do not decode)
+            raise problem  # the call's status is set
         if isinstance(problem, _MalformedStreamMessage):
             # Ended here, after the writer's last write, not from the reader: an abort while a
             # write was in flight failed in gRPC (too many operations on the call) and left the

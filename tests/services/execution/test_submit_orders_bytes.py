@@ -29,6 +29,22 @@ def _batch(count: int, tag: str) -> api.SubmitOrdersRequest:
     return api.SubmitOrdersRequest(orders=[limit_order(f"{tag}{i}", price=90 + i % 5) for i in range(count)])
 
 
+def _fast_path_taken(monkeypatch: pytest.MonkeyPatch, reader: str) -> list[bool]:
+    """Whether each call of codec's ``reader`` (the C fast path) took the bytes, in order."""
+    from services.execution import codec
+
+    taken: list[bool] = []
+    read = getattr(codec, reader)
+
+    def recording(*args: Any) -> Any:
+        inputs = read(*args)
+        taken.append(inputs is not None)
+        return inputs
+
+    monkeypatch.setattr(codec, reader, recording)
+    return taken
+
+
 async def test_malformed_bytes_are_refused_before_the_api_key_is_looked_at(harness: Any) -> None:
     for metadata in ((("x-api-key", "no-such-key"),), api_key("alice")):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -41,17 +57,7 @@ async def test_malformed_bytes_are_refused_before_the_api_key_is_looked_at(harne
 async def test_both_readers_serve_the_same_orders_and_check_the_batch_size(
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.execution import codec
-
-    taken: list[bool] = []
-    read = codec.read_submit_orders
-
-    def recording(*args: Any) -> Any:
-        inputs = read(*args)
-        taken.append(inputs is not None)
-        return inputs
-
-    monkeypatch.setattr(codec, "read_submit_orders", recording)
+    taken = _fast_path_taken(monkeypatch, "read_submit_orders")
     plain = _batch(5, "p").SerializeToString()
     # The same orders with an unknown field after them: protobuf reads it (and keeps it aside),
     # the fast path hands it back, so this batch takes protobuf's reading.
@@ -82,17 +88,7 @@ async def test_both_readers_serve_the_same_orders_and_check_the_batch_size(
 async def test_stream_messages_are_read_from_their_bytes_or_by_protobuf_alike(
     harness: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.execution import codec
-
-    taken: list[bool] = []
-    read = codec.read_stream_message
-
-    def recording(*args: Any) -> Any:
-        inputs = read(*args)
-        taken.append(inputs is not None)
-        return inputs
-
-    monkeypatch.setattr(codec, "read_stream_message", recording)
+    taken = _fast_path_taken(monkeypatch, "read_stream_message")
 
     def message(tag: str) -> bytes:
         orders = [api.OrderInput(new_order=limit_order(f"{tag}{i}", price=90 + i)) for i in range(4)]
