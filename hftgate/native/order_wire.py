@@ -18,7 +18,7 @@ one on its event loop).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -84,15 +84,32 @@ class NewOrderWireDecoder:
         """The new orders of ``data`` (a serialized message of kind ``message``: :data:`SUBMIT_ORDERS`
         or :data:`STREAM`), or None when it is not for the fast path or holds more than
         ``max_orders`` orders (the caller then reads it with protobuf)."""
-        # Each order takes at least two bytes of the message, and its id no more bytes than it
-        # has there; the '\n' between ids fits in the tag bytes they do not copy.
+        out = self._prepared(data, max_orders)
+        rc = lib.hft_order_wire_decode_new_orders(ffi.from_buffer(data), len(data), message, out)
+        return self._decoded(rc, "hft_order_wire_decode_new_orders")
+
+    def decode_columns(self, data: bytes, max_orders: int) -> DecodedOrders | None:
+        """The orders of ``data``, a serialized SubmitOrderColumnsRequest, or None when it is not
+        for the fast path (a column that does not fit the others included: protobuf's reading and
+        the service's checks then say what is wrong) or holds more than ``max_orders`` orders."""
+        out = self._prepared(data, max_orders)
+        rc = lib.hft_order_wire_decode_columns(ffi.from_buffer(data), len(data), out)
+        return self._decoded(rc, "hft_order_wire_decode_columns")
+
+    def _prepared(self, data: bytes, max_orders: int) -> Any:
+        # Each order takes at least two bytes of the message (its client order id's tag and
+        # length), and its id no more bytes than it has there; the '\n' between ids fits in the
+        # tag bytes they do not copy.
         self._reserve(min(max_orders, len(data) // 2 + 1), len(data) + 1)
         out = self._out
         out.capacity = min(self._capacity, max_orders)
-        rc = lib.hft_order_wire_decode_new_orders(ffi.from_buffer(data), len(data), message, out)
+        return out
+
+    def _decoded(self, rc: int, call: str) -> DecodedOrders | None:
         if rc == lib.HFT_ORDER_WIRE_GENERAL:
             return None
-        check(rc, "hft_order_wire_decode_new_orders")
+        check(rc, call)
+        out = self._out
         count = int(out.count)
         if not count:
             return DecodedOrders(np.zeros(0, ROW_DTYPE), [], [])

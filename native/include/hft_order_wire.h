@@ -88,4 +88,20 @@ typedef struct hft_order_wire_out {
  * mean nothing). HFT_EINVAL: a NULL pointer or an unknown kind. */
 int hft_order_wire_decode_new_orders(const uint8_t *data, size_t size, int message, hft_order_wire_out *out);
 
+/* The orders of a SubmitOrderColumnsRequest (execution.proto: orders = 1, an OrderColumns),
+ * data[0, size), into the same buffers: the rows, the client order ids joined by '\n', the
+ * message's `symbols` entries joined by '\n' (as they are, duplicates included: symbol_count
+ * is the number of entries) and each order's symbol_index into them.
+ *
+ * The same fast-path rules as above, and the columns' own. It hands to the general path, where
+ * protobuf reads the message and the service says what is wrong with it:
+ *   - a request that is not exactly one `orders` field, or holds no order;
+ *   - a per-order numeric column (symbol_index, side .. priority) not in one packed field,
+ *     or that appears twice (protobuf would join the two);
+ *   - a column whose entries are neither one per order nor none (symbol_index: one per order),
+ *     or a symbol_index entry past the symbols' entries;
+ *   - more than HFT_ORDER_WIRE_SYMBOLS_MAX `symbols` entries, or a text the rules above refuse.
+ * A column with no entries is 0 for every order, as protobuf's NewOrder default. */
+int hft_order_wire_decode_columns(const uint8_t *data, size_t size, hft_order_wire_out *out);
+
 #endif /* HFT_ORDER_WIRE_H */

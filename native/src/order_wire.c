@@ -3,50 +3,13 @@
 
 #include <string.h>
 
+#include "hft_wire_internal.h"
+
 /* The NewOrder field numbers (execution.proto) and protobuf's wire types. */
 enum { F_CLIENT_ORDER_ID = 1, F_SYMBOL = 2, F_PRIORITY = 13 };
-enum { WIRE_VARINT = 0, WIRE_LEN = 2 };
 /* Field 1, length-delimited: SubmitOrdersRequest.orders, OrderStreamRequest.inputs and
  * OrderInput.new_order all have this one-byte tag. */
 #define TAG_FIELD1_LEN 0x0a
-
-/* A varint at *p (before end) in its shortest form; 0 when it is not (too long, overlong, a
- * tenth byte beyond the 64th bit, or cut off by end). */
-static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *value) {
-    const uint8_t *q = *p;
-    uint64_t v = 0;
-    for (int shift = 0; shift < 70; shift += 7) {
-        if (q == end) return 0;
-        uint8_t byte = *q++;
-        if (shift == 63 && byte > 1) return 0; /* bits past the 64th */
-        v |= (uint64_t)(byte & 0x7f) << shift;
-        if (!(byte & 0x80)) {
-            if (byte == 0 && shift > 0) return 0; /* overlong: a trailing zero byte */
-            *p = q;
-            *value = v;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* A length-delimited field's length at *p, which must fit before end. */
-static int read_length(const uint8_t **p, const uint8_t *end, size_t *length) {
-    uint64_t v;
-    if (!read_varint(p, end, &v) || v > (uint64_t)(end - *p)) return 0;
-    *length = (size_t)v;
-    return 1;
-}
-
-static int printable(const uint8_t *text, size_t length) {
-    if (length > HFT_ORDER_WIRE_TEXT_MAX) return 0;
-    for (size_t i = 0; i < length; i++)
-        if (text[i] < 0x20 || text[i] > 0x7e) return 0;
-    return 1;
-}
-
-/* The int32 (and enum) reading of a varint: its low 32 bits, sign-extended. */
-static int64_t as_int32(uint64_t v) { return (int64_t)(int32_t)(uint32_t)v; }
 
 /* One NewOrder message [p, end) into row, its texts into (id, id_length), (symbol, symbol_length). */
 static int read_new_order(const uint8_t *p, const uint8_t *end, hft_new_order_row *row, const uint8_t **id,
@@ -60,7 +23,9 @@ static int read_new_order(const uint8_t *p, const uint8_t *end, hft_new_order_ro
         int field = tag >> 3, wire = tag & 7;
         if (field == F_CLIENT_ORDER_ID || field == F_SYMBOL) {
             size_t length;
-            if (wire != WIRE_LEN || !read_length(&p, end, &length) || !printable(p, length)) return 0;
+            if (wire != HFT_WIRE_LEN || !hft_wire_read_length(&p, end, &length) ||
+                !hft_wire_printable(p, length, HFT_ORDER_WIRE_TEXT_MAX))
+                return 0;
             if (field == F_CLIENT_ORDER_ID) {
                 *id = p;
                 *id_length = length;
@@ -72,19 +37,20 @@ static int read_new_order(const uint8_t *p, const uint8_t *end, hft_new_order_ro
             continue;
         }
         uint64_t v;
-        if (field < 3 || field > F_PRIORITY || wire != WIRE_VARINT || !read_varint(&p, end, &v)) return 0;
+        if (field < 3 || field > F_PRIORITY || wire != HFT_WIRE_VARINT || !hft_wire_read_varint(&p, end, &v))
+            return 0;
         switch (field) {
-        case 3: row->side = as_int32(v); break;
-        case 4: row->order_type = as_int32(v); break;
-        case 5: row->tif = as_int32(v); break;
+        case 3: row->side = hft_wire_as_int32(v); break;
+        case 4: row->order_type = hft_wire_as_int32(v); break;
+        case 5: row->tif = hft_wire_as_int32(v); break;
         case 6: row->price = (int64_t)v; break;
         case 7: row->stop_price = (int64_t)v; break;
         case 8: row->quantity = (int64_t)v; break;
         case 9: row->display = (int64_t)v; break;
         case 10: row->post_only = v != 0; break;
-        case 11: row->stp = as_int32(v); break;
+        case 11: row->stp = hft_wire_as_int32(v); break;
         case 12: row->protection = (int64_t)v; break;
-        default: row->priority = as_int32(v); break; /* 13 */
+        default: row->priority = hft_wire_as_int32(v); break; /* 13 */
         }
     }
     return 1;
@@ -118,12 +84,13 @@ int hft_order_wire_decode_new_orders(const uint8_t *data, size_t size, int messa
     const uint8_t *p = data, *end = data + size;
     while (p < end) {
         size_t length;
-        if (*p++ != TAG_FIELD1_LEN || !read_length(&p, end, &length)) return HFT_ORDER_WIRE_GENERAL;
+        if (*p++ != TAG_FIELD1_LEN || !hft_wire_read_length(&p, end, &length)) return HFT_ORDER_WIRE_GENERAL;
         const uint8_t *body = p, *body_end = p + length;
         p = body_end;
         if (message == HFT_ORDER_WIRE_STREAM) { /* OrderInput: exactly one new_order, nothing else */
             size_t inner;
-            if (body == body_end || *body++ != TAG_FIELD1_LEN || !read_length(&body, body_end, &inner) ||
+            if (body == body_end || *body++ != TAG_FIELD1_LEN ||
+                !hft_wire_read_length(&body, body_end, &inner) ||
                 inner != (size_t)(body_end - body))
                 return HFT_ORDER_WIRE_GENERAL;
         }

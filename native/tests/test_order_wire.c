@@ -179,6 +179,83 @@ static void test_empty_and_bad_arguments(void) {
     CHECK_EQ_INT(decode(two_orders, sizeof two_orders, HFT_ORDER_WIRE_SUBMIT_ORDERS, &out), HFT_EINVAL);
 }
 
+/* SubmitOrderColumnsRequest { orders { symbols "BTC" symbols "ETH" symbol_index [1, 0]
+ * client_order_id "ab" client_order_id "c" quantity_lots [300, -1] priority [-2, 5] } }, with
+ * the columns before the texts: the fields may come in any order. */
+static const uint8_t two_columns[] = {
+    0x0a, 48,                                                       /* orders, 48 bytes */
+    0x4a, 12, 0xac, 0x02,                                           /* quantity_lots: 300, */
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,     /*   -1 */
+    0x72, 11, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 5, /* priority */
+    0x0a, 3, 'B', 'T', 'C',                                         /* symbols */
+    0x12, 2, 1, 0,                                                  /* symbol_index */
+    0x1a, 2, 'a', 'b',                                              /* client_order_id */
+    0x1a, 1, 'c',
+    0x0a, 3, 'E', 'T', 'H',
+};
+
+static int decode_columns(const uint8_t *data, size_t size, hft_order_wire_out *out) {
+    return hft_order_wire_decode_columns(data, size, out);
+}
+
+static void test_columns_decode_into_rows_with_absent_columns_zero(void) {
+    hft_order_wire_out out = fresh_out(8);
+    memset(rows, 0x5a, sizeof rows); /* what a column left out must not leave behind */
+    CHECK_EQ_INT(decode_columns(two_columns, sizeof two_columns, &out), HFT_OK);
+    CHECK_EQ_INT(out.count, 2);
+    CHECK_EQ_INT(rows[0].quantity, 300);
+    CHECK_EQ_INT(rows[1].quantity, -1);
+    CHECK_EQ_INT(rows[0].priority, -2);
+    CHECK_EQ_INT(rows[1].priority, 5);
+    CHECK_EQ_INT(rows[0].price, 0);
+    CHECK_EQ_INT(rows[1].side, 0);
+    CHECK_EQ_INT(rows[1].post_only, 0);
+    CHECK_EQ_INT(out.client_ids_size, 4);
+    CHECK(memcmp(client_ids, "ab\nc", 4) == 0);
+    CHECK_EQ_INT(out.symbol_count, 2);
+    CHECK_EQ_INT(out.symbols_size, 7);
+    CHECK(memcmp(symbols, "BTC\nETH", 7) == 0);
+    CHECK_EQ_INT(symbol_index[0], 1);
+    CHECK_EQ_INT(symbol_index[1], 0);
+}
+
+static void test_columns_that_do_not_fit_are_general(void) {
+    uint8_t message[sizeof two_columns];
+    hft_order_wire_out out = fresh_out(8);
+    /* a symbol_index entry past the two symbols */
+    memcpy(message, two_columns, sizeof message);
+    message[2 + 14 + 13 + 5 + 2] = 2; /* after quantity_lots, priority, "BTC" and the index's tag */
+    CHECK_EQ_INT(decode_columns(message, sizeof message, &out), HFT_ORDER_WIRE_GENERAL);
+    /* quantity_lots with one entry: its length cut to the first varint, the rest skipped by a
+     * request one field shorter */
+    static const uint8_t short_column[] = {0x0a, 14, 0x0a, 1, 'X', 0x12, 2, 0, 0, 0x1a, 0, 0x1a, 0, 0x4a, 1, 7};
+    CHECK_EQ_INT(decode_columns(short_column, sizeof short_column, &out), HFT_ORDER_WIRE_GENERAL);
+    /* the same with two entries fits */
+    static const uint8_t fits[] = {0x0a, 15, 0x0a, 1, 'X', 0x12, 2, 0, 0, 0x1a, 0, 0x1a, 0, 0x4a, 2, 7, 8};
+    CHECK_EQ_INT(decode_columns(fits, sizeof fits, &out), HFT_OK);
+    CHECK_EQ_INT(rows[1].quantity, 8);
+    /* a column twice, a column unpacked, no symbol_index, no order, something after orders */
+    static const uint8_t twice[] = {0x0a, 13, 0x0a, 0, 0x12, 1, 0, 0x1a, 0, 0x22, 1, 1, 0x22, 1, 2};
+    static const uint8_t unpacked[] = {0x0a, 9, 0x0a, 0, 0x12, 1, 0, 0x1a, 0, 0x20, 1};
+    static const uint8_t no_index[] = {0x0a, 4, 0x0a, 0, 0x1a, 0};
+    static const uint8_t no_order[] = {0x0a, 2, 0x0a, 0};
+    static const uint8_t trailing[] = {0x0a, 7, 0x0a, 0, 0x12, 1, 0, 0x1a, 0, 0x10, 1};
+    CHECK_EQ_INT(decode_columns(twice, sizeof twice, &out), HFT_ORDER_WIRE_GENERAL);
+    CHECK_EQ_INT(decode_columns(unpacked, sizeof unpacked, &out), HFT_ORDER_WIRE_GENERAL);
+    CHECK_EQ_INT(decode_columns(no_index, sizeof no_index, &out), HFT_ORDER_WIRE_GENERAL);
+    CHECK_EQ_INT(decode_columns(no_order, sizeof no_order, &out), HFT_ORDER_WIRE_GENERAL);
+    CHECK_EQ_INT(decode_columns(trailing, sizeof trailing, &out), HFT_ORDER_WIRE_GENERAL);
+    CHECK_EQ_INT(decode_columns(trailing, sizeof trailing - 2, &out), HFT_OK);
+    /* more orders than the caller's room, an id past the text room */
+    out = fresh_out(1);
+    CHECK_EQ_INT(decode_columns(two_columns, sizeof two_columns, &out), HFT_ORDER_WIRE_GENERAL);
+    out = fresh_out(8);
+    out.client_ids_capacity = 3;
+    CHECK_EQ_INT(decode_columns(two_columns, sizeof two_columns, &out), HFT_ORDER_WIRE_GENERAL);
+    CHECK_EQ_INT(decode_columns(NULL, 0, &out), HFT_ORDER_WIRE_GENERAL);
+    CHECK_EQ_INT(decode_columns(two_columns, sizeof two_columns, NULL), HFT_EINVAL);
+}
+
 int main(void) {
     RUN(test_two_orders_decode_with_their_texts_joined);
     RUN(test_int32_fields_keep_their_low_32_bits_and_bools_any_non_zero);
@@ -186,5 +263,7 @@ int main(void) {
     RUN(test_what_the_fast_path_does_not_take_is_general);
     RUN(test_bounds_make_it_general_never_overflow);
     RUN(test_empty_and_bad_arguments);
+    RUN(test_columns_decode_into_rows_with_absent_columns_zero);
+    RUN(test_columns_that_do_not_fit_are_general);
     return TEST_SUMMARY("order_wire");
 }

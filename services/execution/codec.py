@@ -114,6 +114,18 @@ def read_stream_message(
     return _new_order_inputs(rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
 
 
+def read_order_columns(
+    data: bytes, wire: NewOrderWireDecoder, max_orders: int, received_ns: int, arrival_ns: int
+) -> Inputs | None:
+    """:func:`decode_order_columns` of a SubmitOrderColumnsRequest read from the bytes it came in,
+    in C, or None where the fast path does not take them (then protobuf reads them and
+    :func:`decode_order_columns` says what is wrong with a batch whose columns do not fit)."""
+    decoded = wire.decode_columns(data, max_orders)
+    if decoded is None:
+        return None
+    return _new_order_inputs(decoded.rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
+
+
 def _new_order_inputs(
     rows: np.ndarray, symbols: list[str], client_ids: list[str], received_ns: int, arrival_ns: int
 ) -> Inputs:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from tests.protowire import key, length_delimited
 
@@ -110,3 +111,64 @@ async def test_stream_messages_are_read_from_their_bytes_or_by_protobuf_alike(
     assert [(a.client_order_id, a.status) for a in acks] == [
         (f"{tag}{i}", api.ORDER_STATUS_NEW) for tag in "cp" for i in range(4)
     ]
+
+
+COLUMNS_METHOD = "/hftgate.v1.ExecutionService/SubmitOrderColumns"
+
+
+def _columns(count: int, tag: str) -> api.OrderColumns:
+    return api.OrderColumns(
+        symbols=["BTCUSDT"],
+        symbol_index=[0] * count,
+        client_order_id=[f"{tag}{i}" for i in range(count)],
+        side=[common.SIDE_BUY] * count,
+        order_type=[api.ORDER_TYPE_LIMIT] * count,
+        time_in_force=[api.TIME_IN_FORCE_GTC] * count,
+        price_ticks=[90 + i % 5 for i in range(count)],
+        quantity_lots=[1] * count,
+    )
+
+
+async def _columns_call(harness: Any, data: bytes, metadata: Any = ()) -> api.AckColumns:
+    call = harness.channel.unary_unary(COLUMNS_METHOD)
+    reply = await call(data, metadata=metadata, timeout=10)
+    return api.SubmitOrderColumnsResponse.FromString(reply).acks
+
+
+async def test_order_columns_are_read_from_their_bytes_or_by_protobuf_alike(
+    harness: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SubmitOrderColumns as SubmitOrders: the C reader where it takes the bytes, protobuf's
+    reading where it does not, the same acks either way; what is wrong with a batch said the
+    same way (malformed bytes before the key is looked at, then the batch's size, then a column
+    that does not fit)."""
+    taken = _fast_path_taken(monkeypatch, "read_order_columns")
+    plain = api.SubmitOrderColumnsRequest(orders=_columns(5, "p")).SerializeToString()
+    unknown = api.SubmitOrderColumnsRequest(orders=_columns(5, "u")).SerializeToString()
+    unknown += key(99, 0) + b"\x01"  # (protobuf keeps it aside; the fast path hands it back)
+    answers = [await _columns_call(harness, data, api_key("alice")) for data in (plain, unknown)]
+    assert taken == [True, False]
+    for acks in answers:
+        assert list(acks.status) == [api.ORDER_STATUS_NEW] * 5
+        assert list(acks.price_ticks) == [90, 91, 92, 93, 94]
+        assert all(acks.order_id) and acks.durable
+    for metadata in ((("x-api-key", "no-such-key"),), api_key("alice")):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _columns_call(harness, b"\x0a\x09ab", metadata)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid hftgate.v1.SubmitOrderColumnsRequest" in (refused.value.details() or "")
+    limit = harness.config.max_batch_orders
+    misfit = _columns(3, "m")
+    misfit.quantity_lots.append(1)
+    for data, problem in (
+        (b"", "the batch is empty"),
+        (api.SubmitOrderColumnsRequest(orders=_columns(limit + 1, "x")).SerializeToString(),
+         f"{limit + 1} orders exceed max_batch_orders={limit}"),
+        (api.SubmitOrderColumnsRequest(orders=misfit).SerializeToString(),
+         "quantity_lots has 4 entries for 3 orders"),
+    ):  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _columns_call(harness, data, api_key("alice"))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert problem in (refused.value.details() or "")
+    assert harness.core.counters.orders_received == 10
