@@ -10,8 +10,11 @@ pages: the resident size ratchets up by tens of MB with each such episode and ne
 
 :func:`pin_mmap_threshold` fixes the threshold (setting it turns the dynamic adjustment off), so
 every block from that size up is a mapping again and is returned when freed; blocks on the order
-path (a batch's arrays: under 1 MB each, even for a 10,000-order batch) stay below it and keep
-coming from the heap, so the order path takes no extra system calls.
+path stay below it and keep coming from the heap, so the order path takes no extra system calls.
+The threshold is :data:`DEFAULT_MMAP_THRESHOLD_BYTES`: a 10,000-order batch (SubmitOrderColumns'
+size) has arrays over 1 MiB, which at a 1 MiB threshold were mapped and unmapped in every call
+(~540 pages faulted in per batch, ~20,000 page faults in all over the bench's first 160,000 such
+orders, against ~9,700 at 4 MiB).
 
 It also fixes the heap's *top pad*: how much free space at the heap's top a trim leaves in place.
 glibc's default (128 KiB) returns the top as soon as it passes the trim threshold, so each large
@@ -39,8 +42,9 @@ _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
-#: Blocks from this size up are mappings of their own (returned to the system when freed).
-DEFAULT_MMAP_THRESHOLD_BYTES = 1024 * 1024
+#: Blocks from this size up are mappings of their own (returned to the system when freed): above
+#: a 10,000-order batch's largest array, below a snapshot capture's (tens of MB).
+DEFAULT_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
 #: Free space at the top of the heap beyond this is returned at once (glibc's own default, kept
 #: fixed: pinning the mmap threshold pins this one too, at whatever it had reached).
 DEFAULT_TRIM_THRESHOLD_BYTES = 2 * DEFAULT_MMAP_THRESHOLD_BYTES

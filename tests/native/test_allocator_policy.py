@@ -20,7 +20,7 @@ from hftgate.native import memory
 assert memory.pin_mmap_threshold(top_pad_bytes=int(sys.argv[1]))
 
 def batch():
-    # A 10,000-order batch's worth of transient arrays: each under the 1 MiB mmap threshold, so
+    # A 10,000-order batch's worth of transient arrays: each under the mmap threshold, so
     # they come from the heap, ~9 MB in all, written and freed in reverse order.
     arrays = [np.ones(100_000) for _ in range(12)]
     del arrays
