@@ -731,9 +731,11 @@ class Journal:
             self._drained = loop.create_future()
             await self._wait_drained(writer, self._drained)
         self._queue.close()  # the writer drains the queue (empty by now) and exits
-        self._final_status = await asyncio.to_thread(writer.join)
+        # Let go of the writer before joining it: the join frees it on another thread, and a
+        # signal handled meanwhile (the writer's last notify) or a stats read must not touch it.
         self._writer = None
         loop.remove_reader(self._notify_fd)
+        self._final_status = await asyncio.to_thread(writer.join)
         os.close(self._notify_fd)
         self._notify_fd = -1
 

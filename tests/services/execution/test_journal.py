@@ -471,3 +471,29 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_record(tmp_path: Path) -
     assert sorted(records) == list(range(1, max(records) + 1)), f"seed {seed}: sequence has holes"
     for seq, data in records.items():
         assert data.startswith(f"seq={seq};".encode()), f"seed {seed}: record {seq} holds another payload"
+
+
+async def test_a_signal_or_a_stats_read_while_close_joins_the_writer_touches_nothing_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join frees the writer on a worker thread while the loop may still handle the writer's
+    last signal or serve a stats read: both must see a closed journal, not the freed writer (they
+    raised TypeError from cffi, logged as 'Exception in callback Journal._on_writer_signal')."""
+    from hftgate.native.journal_writer import JournalWriterThread
+
+    journal = Journal.open(tmp_path)
+    journal.start()
+    await journal.append(payload(1))
+    seen: list[object] = []
+    join = JournalWriterThread.join
+
+    def join_then_race(writer: JournalWriterThread) -> object:
+        final = join(writer)
+        seen.append(journal.writer_status().acked_seq)  # a stats read meanwhile
+        journal._on_writer_signal()  # the writer's last signal handled meanwhile
+        return final
+
+    monkeypatch.setattr(JournalWriterThread, "join", join_then_race)
+    await journal.close()
+    assert seen == [1]
+    assert journal.writer_status().acked_seq == 1 and journal.durable_seq == 1
