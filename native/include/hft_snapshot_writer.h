@@ -60,8 +60,9 @@ int hft_snapshot_write_pieces_with(int fd, const hft_snapshot_piece *pieces, siz
  * _exit()s with an HFT_SNAPSHOT_EXIT_* code. The child dies with this process (PR_SET_PDEATHSIG
  * from the forking thread: fork from one that lives as long as the process) and starts with
  * default signal dispositions (SIGINT ignored: a terminal's Ctrl-C is the parent's to handle, and
- * it waits for the child), so none of the parent's handlers ever runs in it. `pieces` and `path`
- * must stay valid until this returns; the child has its own copy of them from then on.
+ * it waits for the child), so none of the parent's handlers ever runs in it. It may run on any CPU
+ * the process may use, under SCHED_IDLE: only on time the service's threads leave idle. `pieces`
+ * and `path` must stay valid until this returns; the child has its own copy of them from then on.
  *
  * Returns 0 with the child's pid in *pid_out (reap it with waitpid), or a negative errno: the
  * pieces are invalid (HFT_EINVAL) or fork failed (no child). */

@@ -189,6 +189,14 @@ static __attribute__((noreturn)) void run_child(const char *path, const hft_snap
     CPU_ZERO(&anywhere);
     for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) CPU_SET(cpu, &anywhere);
     (void)sched_setaffinity(0, sizeof anywhere, &anywhere);
+    /* Background work: the child runs only on CPU time the service and its clients leave idle
+     * (SCHED_IDLE), so a snapshot never takes a core from order entry. Measured through the
+     * service (160,000 SubmitOrderColumns orders over a snapshot, 6 runs each way): the slowest
+     * 10,000-order call took 59-94 ms against 100-124 ms. A busy machine delays the snapshot
+     * (SCHED_IDLE still runs a little), never the orders. */
+    struct sched_param idle;
+    memset(&idle, 0, sizeof idle);
+    (void)sched_setscheduler(0, SCHED_IDLE, &idle);
 
     int fd;
     do fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -307,3 +307,23 @@ async def test_the_rss_measure_reports_growth_and_transient_apart_on_a_real_serv
     for key in ("rss_bytes_per_order", "rss_settled_bytes_per_order"):
         assert np.isfinite(figures[key]), key
     assert 50 < figures["rss_mb_after_warmup"] < 2_000
+
+
+@linux_only
+def test_the_writer_child_runs_only_on_idle_cpu_time(tmp_path: Path) -> None:
+    """The child is background work (SCHED_IDLE): a snapshot never takes a CPU from order entry."""
+    live = _state(retained_reports=16)
+    _apply_all(live, _flow(seed=5, batches=20))
+    final = snapshot.path_for(tmp_path, 20)
+    pending = final.with_name(final.name + ".pending")
+    os.mkfifo(pending)  # holds the child in open(), after it has set its policy
+    pid = snapshot.fork_writer(live, 20, tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while os.sched_getscheduler(pid) != os.SCHED_IDLE and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the service's own threads are untouched
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
