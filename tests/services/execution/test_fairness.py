@@ -93,13 +93,21 @@ async def test_heavy_steps_wait_for_light_calls_but_never_stop() -> None:
     fair = FairAdmission(slice_inputs=100, max_defer_s=0.01, light_grace_s=0.001)
     assert fair.heavy_step() is None
     fair.light_enter()
-    first, second = fair.heavy_step(), fair.heavy_step()
-    assert first is not None and second is not None
-    await asyncio.sleep(0.015)  # one deferred step is released per max_defer_s
-    assert first.done() and not second.done()
+    loop = asyncio.get_running_loop()
+    deferred_at = loop.time()
+    steps = [fair.heavy_step() for _ in range(3)]
+    released: list[float] = []
+    for step in steps:
+        assert step is not None
+        step.add_done_callback(lambda _: released.append(loop.time()))
+    # While the light call lasts, one deferred step is released per max_defer_s: the second no
+    # sooner than max_defer_s after the first (a loaded machine only spaces them further apart).
+    await asyncio.wait_for(asyncio.gather(steps[0], steps[1]), 1.0)
+    assert released[0] - deferred_at >= 0.01 - 0.002  # (the loop's timer slack)
+    assert released[1] - released[0] >= 0.01 - 0.002
     fair.light_exit()
-    await asyncio.wait_for(second, 1.0)  # the light call is over (after its grace): all run
-    assert fair.heavy_step() is None and fair.deferred_steps == 2
+    await asyncio.wait_for(steps[2], 1.0)  # the light call is over (after its grace): the rest run
+    assert fair.heavy_step() is None and fair.deferred_steps == 3
 
 
 async def test_a_unary_call_runs_while_two_streams_flood(
