@@ -35,8 +35,21 @@ def _node_modules() -> Path:
 
 
 @pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="needs node and npm")
-async def test_a_node_client_sends_columns_and_reads_the_acks(tmp_path: Path) -> None:
+async def test_a_node_client_sends_columns_and_reads_the_acks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.execution import codec
+
     modules = _node_modules()
+    read = codec.read_order_columns
+    taken: list[bool] = []  # whether the C column reader took each request's bytes
+
+    def recording(*args: object) -> object:
+        inputs = read(*args)  # type: ignore[arg-type]
+        taken.append(inputs is not None)
+        return inputs
+
+    monkeypatch.setattr(codec, "read_order_columns", recording)
     h = await start_harness(execution_config(tmp_path))
     try:
         # (Not subprocess.run: the server answers on this test's event loop.)
@@ -56,6 +69,7 @@ async def test_a_node_client_sends_columns_and_reads_the_acks(tmp_path: Path) ->
         assert acks["status"] == [api.ORDER_STATUS_NEW] * 3 + [api.ORDER_STATUS_REJECTED]
         assert acks["reason_text"] == ["Cannot submit order 'js-4': unknown symbol 'NOPE'"]
         assert acks["durable"] is True
+        assert taken == [True]  # what protobufjs writes is what the C fast path reads
         # The orders are there as the Node client built them.
         for order_id, client_id, lots in zip(
             acks["order_id"][:3], ("js-1", "js-2", "js-3"), (1, 2, 3), strict=True
