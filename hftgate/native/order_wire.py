@@ -5,6 +5,9 @@
 one row of eleven int64 per order (the layout of the service's ``NEW_ORDER_DTYPE``), the client
 order ids and the symbols as lists of ``str``. Read field by field in Python the same orders
 cost ~1.5 us each; here a batch of 1,000 costs a few tens of microseconds.
+``NewOrderWireDecoder.decode_columns`` does the same for a SubmitOrderColumnsRequest, whose packed
+columns go straight into the rows (~29 us per 1,000 orders, against ~143 us for protobuf's parse
+and the columns' conversion to numpy).
 
 It is a fast path for the messages protobuf libraries write for ordinary orders: anything else
 (an unknown field, a text that is not printable ASCII, a client order id over 64 bytes, more

@@ -1,6 +1,7 @@
 /*
  * hft_order_wire.h -- the execution service's new orders read from their protobuf wire bytes
- * (protos/hftgate/v1/execution.proto: SubmitOrdersRequest, OrderStreamRequest), many in one call.
+ * (protos/hftgate/v1/execution.proto: SubmitOrdersRequest, OrderStreamRequest, and
+ * SubmitOrderColumnsRequest's packed columns), many in one call.
  *
  * Why in C: reading a batch's NewOrder messages field by field in Python (13 attribute reads
  * and a tuple per order, then a structured array built from the tuples) cost ~1.5 us an order,
