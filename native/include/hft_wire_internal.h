@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Most bytes a varint takes (a 64-bit value). */
 #define HFT_WIRE_VARINT_MAX_BYTES 10
@@ -70,6 +71,18 @@ static inline int hft_wire_printable(const uint8_t *text, size_t length, size_t 
     if (length > max) return 0;
     for (size_t i = 0; i < length; i++)
         if (text[i] < 0x20 || text[i] > 0x7e) return 0;
+    return 1;
+}
+
+/* text[0, length) appended to the '\n'-joined texts at buffer[*size], of `entries` entries so far,
+ * within capacity bytes (the '\n' before it included); 0, with nothing written, when it does not fit. */
+static inline int hft_wire_append_line(char *buffer, size_t *size, size_t capacity, size_t entries,
+                                       const uint8_t *text, size_t length) {
+    size_t at = *size + (entries ? 1 : 0);
+    if (length > capacity || at > capacity - length) return 0;
+    if (entries) buffer[*size] = '\n';
+    memcpy(buffer + at, text, length);
+    *size = at + length;
     return 1;
 }
 

@@ -82,17 +82,11 @@ static int read_symbol_index(const uint8_t *p, const uint8_t *end, hft_order_wir
     return p == end;
 }
 
-/* text appended to the '\n'-joined texts at buffer[*size], of `entries` entries so far, within
- * capacity bytes. */
+/* A printable text (see hft_order_wire.h) appended to '\n'-joined texts (hft_wire_append_line). */
 static int append_text(char *buffer, size_t *size, size_t capacity, size_t entries, const uint8_t *text,
                        size_t length) {
-    if (!hft_wire_printable(text, length, HFT_ORDER_WIRE_TEXT_MAX)) return 0;
-    size_t at = *size + (entries ? 1 : 0);
-    if (length > capacity || at > capacity - length) return 0;
-    if (entries) buffer[*size] = '\n';
-    memcpy(buffer + at, text, length);
-    *size = at + length;
-    return 1;
+    return hft_wire_printable(text, length, HFT_ORDER_WIRE_TEXT_MAX) &&
+           hft_wire_append_line(buffer, size, capacity, entries, text, length);
 }
 
 int hft_order_wire_decode_columns(const uint8_t *data, size_t size, hft_order_wire_out *out) {

@@ -63,13 +63,12 @@ static int symbol_index(hft_order_wire_out *out, size_t *starts, size_t *lengths
         return last;
     for (size_t i = 0; i < out->symbol_count; i++)
         if (lengths[i] == length && memcmp(out->symbols + starts[i], symbol, length) == 0) return (int)i;
-    if (out->symbol_count == HFT_ORDER_WIRE_SYMBOLS_MAX) return -1;
-    size_t at = out->symbols_size + (out->symbol_count ? 1 : 0);
-    if (out->symbol_count) out->symbols[out->symbols_size] = '\n';
-    memcpy(out->symbols + at, symbol, length);
-    starts[out->symbol_count] = at;
+    if (out->symbol_count == HFT_ORDER_WIRE_SYMBOLS_MAX ||
+        !hft_wire_append_line(out->symbols, &out->symbols_size, HFT_ORDER_WIRE_SYMBOLS_BYTES, out->symbol_count,
+                              symbol, length))
+        return -1;
+    starts[out->symbol_count] = out->symbols_size - length;
     lengths[out->symbol_count] = length;
-    out->symbols_size = at + length;
     return (int)out->symbol_count++;
 }
 
@@ -103,12 +102,9 @@ int hft_order_wire_decode_new_orders(const uint8_t *data, size_t size, int messa
         if (index < 0) return HFT_ORDER_WIRE_GENERAL;
         out->symbol_index[out->count] = (uint8_t)index;
         last = index;
-        size_t at = out->client_ids_size + (out->count ? 1 : 0);
-        if (id_length > out->client_ids_capacity || at > out->client_ids_capacity - id_length)
+        if (!hft_wire_append_line(out->client_ids, &out->client_ids_size, out->client_ids_capacity, out->count, id,
+                                  id_length))
             return HFT_ORDER_WIRE_GENERAL;
-        if (out->count) out->client_ids[out->client_ids_size] = '\n';
-        memcpy(out->client_ids + at, id, id_length);
-        out->client_ids_size = at + id_length;
         out->count++;
     }
     return HFT_OK;
