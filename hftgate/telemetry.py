@@ -740,10 +740,10 @@ class RequestBytes:
 
     async def message(self) -> Any:
         """The request as its message; a request that does not decode ends the call."""
-        try:
-            return self._decoder.parse(self.data)
-        except Exception:
+        message = self.parsed()
+        if message is None:
             await self.refuse()
+        return message
 
     async def refuse(self) -> None:
         """End the call as :meth:`message` does for bytes that do not decode (INVALID_ARGUMENT

@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -414,6 +414,25 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         inputs.prioritize = True
         return await self._submit(context, account, inputs)
 
+    async def _read_batch(
+        self,
+        request: RequestBytes,
+        context: grpc.aio.ServicerContext,
+        read: Callable[[bytes, NewOrderWireDecoder, int, int, int], Inputs | None],
+        count_of: Callable[[Any], int],
+        arrival: int,
+    ) -> tuple[AccountSpec, Inputs | None, Any]:
+        """A batch request read from its bytes in C by ``read``, or else by protobuf, before any
+        other check (a malformed request is refused whoever sends it); then the caller's account
+        and the batch's size (``count_of`` protobuf's message). Returns the account and the C
+        reader's Inputs, or None and the message for the caller to decode."""
+        limit = self.config.max_batch_orders
+        inputs = read(request.data, self._order_wire, limit, time.time_ns(), arrival)
+        message = None if inputs is not None else await request.message()
+        account = await self._account(context)
+        await check_batch_size(context, len(inputs.kind) if inputs is not None else count_of(message), limit)
+        return account, inputs, message
+
     @takes_request_bytes
     async def SubmitOrders(
         self, request: RequestBytes, context: grpc.aio.ServicerContext
@@ -422,20 +441,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         path does not take them, before any other check: a malformed request is refused
         INVALID_ARGUMENT whoever sends it, as every method's are."""
         arrival = now_ns()
-        limit = self.config.max_batch_orders
-        inputs = codec.read_submit_orders(request.data, self._order_wire, limit, time.time_ns(), arrival)
-        message: api.SubmitOrdersRequest | None = None
-        if inputs is None:
-            message = await request.message()
-            count = len(message.orders)
-        else:
-            count = len(inputs.kind)
-        account = await self._account(context)
-        await check_batch_size(context, count, limit)
+        account, inputs, message = await self._read_batch(
+            request, context, codec.read_submit_orders, lambda m: len(m.orders), arrival
+        )
         await self._rate(context, account)
-        if message is not None:
+        if inputs is None:
             inputs = codec.decode_new_orders(message.orders, time.time_ns(), arrival)
-        assert inputs is not None
         acks = await self._submit_new_orders(context, account, inputs)
         return SerializedResponse(self._ack_bytes(acks, inputs.symbols), api.SubmitOrdersResponse)
 
@@ -446,23 +457,15 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         """Read as SubmitOrders is: the columns from their bytes in C where the fast path takes
         them, else by protobuf, whose batch the codec checks column by column."""
         arrival = now_ns()
-        limit = self.config.max_batch_orders
-        inputs = codec.read_order_columns(request.data, self._order_wire, limit, time.time_ns(), arrival)
-        message: api.SubmitOrderColumnsRequest | None = None
+        account, inputs, message = await self._read_batch(
+            request, context, codec.read_order_columns, lambda m: len(m.orders.client_order_id), arrival
+        )
         if inputs is None:
-            message = await request.message()
-            count = len(message.orders.client_order_id)
-        else:
-            count = len(inputs.kind)
-        account = await self._account(context)
-        await check_batch_size(context, count, limit)
-        if message is not None:
             try:
                 inputs = codec.decode_order_columns(message.orders, time.time_ns(), arrival)
             except codec.BadColumns as exc:
                 await _abort_bad_request(context, "orders", f"Cannot submit orders: {exc}")
         await self._rate(context, account)
-        assert inputs is not None
         acks = await self._submit_new_orders(context, account, inputs)
         # (New orders only: none is an order taken over by a move, whose id _ack_protos translates.)
         columns = codec.encode_ack_columns(acks, time.time_ns(), inputs.symbols, self._wire, self.shard_base)
