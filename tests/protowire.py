@@ -13,6 +13,7 @@ __all__ = [
     "LEN",
     "START_GROUP",
     "VARINT",
+    "corrupted",
     "key",
     "length_delimited",
     "varint",
@@ -28,3 +29,18 @@ def varint(value: int) -> bytes:
 
 def key(field: int, wire: int) -> bytes:
     return varint(field << 3 | wire)
+
+
+def corrupted(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """``data`` with each (position, value, action) edit applied in turn: action 0 sets the byte at
+    the position, 1 inserts ``value`` there, 2 cuts everything from there on."""
+    out = bytearray(data)
+    for position, value, action in edits:
+        at = position % (len(out) + 1)
+        if action == 0 and at < len(out):
+            out[at] = value
+        elif action == 1:
+            out.insert(at, value)
+        elif action == 2:
+            del out[at:]
+    return bytes(out)

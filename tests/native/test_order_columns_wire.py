@@ -14,12 +14,9 @@ from hypothesis import strategies as st
 from hftgate.native.order_wire import SYMBOLS_MAX, NewOrderWireDecoder
 from hftgate.v1 import execution_pb2 as api
 from services.execution import codec
-from tests.protowire import LEN, VARINT, key, length_delimited, varint
+from tests.native.test_order_wire import ANY_TEXT, FAST_TEXT, INT32, INT64
+from tests.protowire import LEN, VARINT, corrupted, key, length_delimited, varint
 
-INT64 = st.integers(-(2**63), 2**63 - 1)
-INT32 = st.integers(-(2**31), 2**31 - 1)
-FAST_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64)
-ANY_TEXT = st.one_of(FAST_TEXT, st.text(max_size=70))
 #: OrderColumns' numeric columns and their values.
 NUMERIC = (
     ("side", INT32),
@@ -189,19 +186,11 @@ def test_corrupted_requests_are_refused_or_read_exactly_as_protobuf_reads_them(
 ) -> None:
     """Random byte changes, insertions and cuts of real requests: whatever the fast path takes,
     protobuf parses too, into a batch the codec takes, and the same orders."""
-    data = bytearray(_request(columns))
-    for position, value, action in edits:
-        at = position % (len(data) + 1)
-        if action == 0 and at < len(data):
-            data[at] = value
-        elif action == 1:
-            data.insert(at, value)
-        else:
-            del data[at:]
-    got = codec.read_order_columns(bytes(data), NewOrderWireDecoder(), 1000, 1, 2)
+    data = corrupted(_request(columns), edits)
+    got = codec.read_order_columns(data, NewOrderWireDecoder(), 1000, 1, 2)
     if got is None:
         return
-    parsed = api.SubmitOrderColumnsRequest.FromString(bytes(data))  # raises if it took what protobuf refuses
+    parsed = api.SubmitOrderColumnsRequest.FromString(data)  # raises if it took what protobuf refuses
     _same_inputs(got, codec.decode_order_columns(parsed.orders, 1, 2))
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hftgate.native.order_wire import ROW_FIELDS, STREAM, SUBMIT_ORDERS, SYMBOLS_MAX, NewOrderWireDecoder
 from hftgate.v1 import execution_pb2 as api
 from services.execution import codec
-from tests.protowire import key, length_delimited, varint
+from tests.protowire import corrupted, key, length_delimited, varint
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 INT32 = st.integers(-(2**31), 2**31 - 1)
@@ -196,24 +196,17 @@ def test_corrupted_messages_are_refused_or_read_exactly_as_protobuf_reads_them(
     protobuf parses too, into the same orders (never a message protobuf refuses, never a
     different reading)."""
     if stream:
-        data = bytearray(
-            api.OrderStreamRequest(inputs=[api.OrderInput(new_order=o) for o in orders]).SerializeToString()
-        )
+        message_bytes = api.OrderStreamRequest(
+            inputs=[api.OrderInput(new_order=o) for o in orders]
+        ).SerializeToString()
     else:
-        data = bytearray(api.SubmitOrdersRequest(orders=orders).SerializeToString())
-    for position, value, action in edits:
-        at = position % (len(data) + 1)
-        if action == 0 and at < len(data):
-            data[at] = value
-        elif action == 1:
-            data.insert(at, value)
-        else:
-            del data[at:]
-    decoded = NewOrderWireDecoder().decode(bytes(data), STREAM if stream else SUBMIT_ORDERS, 1000)
+        message_bytes = api.SubmitOrdersRequest(orders=orders).SerializeToString()
+    data = corrupted(message_bytes, edits)
+    decoded = NewOrderWireDecoder().decode(data, STREAM if stream else SUBMIT_ORDERS, 1000)
     if decoded is None:
         return
     message = api.OrderStreamRequest if stream else api.SubmitOrdersRequest
-    parsed = message.FromString(bytes(data))  # raises if the fast path took what protobuf refuses
+    parsed = message.FromString(data)  # raises if the fast path took what protobuf refuses
     if stream:
         assert all(item.WhichOneof("input") == "new_order" for item in parsed.inputs)
         taken = [item.new_order for item in parsed.inputs]
