@@ -298,6 +298,8 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False, a
         from services.execution.config import ExecutionConfig
 
         poll_ns = ExecutionConfig.journal_ack_poll_us * 1000
+        if journal is not None and ExecutionConfig.journal_keep_cpu_us:
+            journal.keep_writer_cpu(ExecutionConfig.journal_keep_cpu_us)
     print(f"PORT {running.port}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)

@@ -133,6 +133,8 @@ class JournalWriterThread:
 
     #: The longest group-commit window the writer takes (HFT_JOURNAL_MAX_COMMIT_WINDOW_US).
     MAX_COMMIT_WINDOW_US = 10_000
+    #: The longest window :meth:`keep_cpu` takes (HFT_JOURNAL_MAX_KEEP_CPU_US).
+    MAX_KEEP_CPU_US: int = lib.HFT_JOURNAL_MAX_KEEP_CPU_US
 
     def set_commit_window_us(self, window_us: int) -> None:
         """Wait up to ``window_us`` after a batch's first record for more to share its fdatasync
@@ -166,6 +168,28 @@ class JournalWriterThread:
             lib.hft_journal_writer_set_cpus(self._writer, ffi.new("int[]", chosen), len(chosen)),
             f"hft_journal_writer_set_cpus({chosen})",
         )
+
+    def keep_cpu(self, spin_us: int, cpus: Iterable[int]) -> None:
+        """Keep the writer's CPUs ``cpus`` out of idle for ``spin_us`` after each batch it takes (see
+        ``hft_journal_writer_keep_cpu``: a SCHED_IDLE thread spins there). Once per writer; raises
+        ValueError for 0, more than MAX_KEEP_CPU_US, no CPU or a second call."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        chosen = sorted(set(cpus))
+        if not 0 < spin_us <= self.MAX_KEEP_CPU_US:
+            raise ValueError(f"spin_us must be 1..{self.MAX_KEEP_CPU_US}, got {spin_us}")
+        check(
+            lib.hft_journal_writer_keep_cpu(self._writer, spin_us, ffi.new("int[]", chosen), len(chosen)),
+            f"hft_journal_writer_keep_cpu({spin_us}, {chosen})",
+        )
+
+    def keeper_stats(self) -> tuple[int, int]:
+        """The CPU keeper's (wakes of the writer, parks); (0, 0) without one."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        out = ffi.new("uint64_t[2]")
+        lib.hft_journal_writer_keeper_stats(self._writer, out, out + 1)
+        return int(out[0]), int(out[1])
 
     def join(self) -> WriterStatus:
         """Wait for the thread to end (close the queue first), free it, and return its last counters."""

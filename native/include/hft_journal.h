@@ -132,6 +132,21 @@ void hft_journal_writer_status_get(const hft_journal_writer *writer, hft_journal
  * errno of pthread_setaffinity_np (e.g. -EINVAL for CPUs the process may not use). */
 int hft_journal_writer_set_cpus(hft_journal_writer *writer, const int *cpus, size_t count);
 
+/* Longest keeper spin hft_journal_writer_keep_cpu takes. */
+#define HFT_JOURNAL_MAX_KEEP_CPU_US 100000
+
+/* Keep the writer's CPU out of idle for `spin_us` after each batch it takes, with an
+ * hft_cpu_keeper (hft_cpu_keeper.h) pinned to `cpus` (the writer's, after
+ * hft_journal_writer_set_cpus): the fdatasync's completion interrupt then finds the CPU
+ * running, and while the keeper spins the writer waits on it, so the event loop's push
+ * needs no FUTEX_WAKE. Once per writer; the keeper stops with the writer (join).
+ * HFT_EINVAL for 0 or more than HFT_JOURNAL_MAX_KEEP_CPU_US, an empty CPU list or a second
+ * call; else as hft_cpu_keeper_create. */
+int hft_journal_writer_keep_cpu(hft_journal_writer *writer, uint32_t spin_us, const int *cpus, size_t count);
+
+/* The keeper's counters (0 without one): times it woke the writer, times it parked. */
+void hft_journal_writer_keeper_stats(const hft_journal_writer *writer, uint64_t *wakes, uint64_t *parks);
+
 /* Ask the writer to start a new segment before its next batch (when the active one holds any
  * records), whatever its size: after a snapshot, so the records it covers can soon be dropped
  * whole. Any thread. HFT_EINVAL on NULL. */

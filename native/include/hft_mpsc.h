@@ -24,6 +24,8 @@
 #ifndef HFT_MPSC_H
 #define HFT_MPSC_H
 
+#include <stdbool.h>
+
 #include "hft_common.h"
 
 typedef struct hft_mpsc_queue hft_mpsc_queue;
@@ -79,6 +81,11 @@ void hft_mpsc_queue_close(hft_mpsc_queue *queue);
 /* Any thread. Records claimed and not yet popped (including ones a producer
  * is still copying); exact only when no thread is active. */
 size_t hft_mpsc_queue_size_approx(const hft_mpsc_queue *queue);
+
+/* Whether a pop would find a record or the queue is closed (`queue` is an
+ * hft_mpsc_queue *; the signature fits a wait condition). For the consumer
+ * thread: acquire loads only, no write. */
+bool hft_mpsc_queue_poppable(const void *queue);
 
 /* Any thread. The rounded-up capacity, and the record size. */
 size_t hft_mpsc_queue_capacity(const hft_mpsc_queue *queue);

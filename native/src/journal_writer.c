@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hft_cpu_keeper.h"
 #include "hft_crc32.h"
 
 struct hft_journal_writer {
@@ -62,6 +63,7 @@ struct hft_journal_writer {
     int rotate_requested;
     int abort_requested;
     uint32_t commit_window_us;  /* see hft_journal_writer_set_commit_window_us */
+    hft_cpu_keeper *keeper;     /* see hft_journal_writer_keep_cpu; set once, read with acquire */
 };
 
 static void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -350,12 +352,28 @@ static int commit(hft_journal_writer *w, uint64_t last_seq, size_t records) {
     return 0;
 }
 
+/* Waits until a slot arrives, then takes every slot that is there: woken by the keeper
+ * while it spins (the producer then pushes without a syscall), else parked on the queue.
+ * The keeper is touched only when the writer had to wait: under a load that always has
+ * records queued by the end of an fsync it would only spin beside a busy writer, and on a
+ * 2-vCPU VM whose vCPUs share a core that took ~8% off the loop's throughput. */
+static int take_slots(hft_journal_writer *w, size_t *popped) {
+    hft_cpu_keeper *keeper = __atomic_load_n(&w->keeper, __ATOMIC_ACQUIRE);
+    int rc = hft_mpsc_queue_pop_many(w->queue, w->slots, w->batch_max_records, popped);
+    if (rc != HFT_EAGAIN) return rc;
+    if (keeper && hft_cpu_keeper_wait(keeper))
+        rc = hft_mpsc_queue_pop_many(w->queue, w->slots, w->batch_max_records, popped);
+    /* The keeper handed the writer back, or the queue was closed (pop_many_wait says so). */
+    if (rc == HFT_EAGAIN) rc = hft_mpsc_queue_pop_many_wait(w->queue, w->slots, w->batch_max_records, popped, -1);
+    if (rc == HFT_OK && keeper) hft_cpu_keeper_touch(keeper); /* a light load: keep the CPU awake through the fsync */
+    return rc;
+}
+
 static void *writer_main(void *argument) {
     hft_journal_writer *w = argument;
     for (;;) {
         size_t popped = 0, records = 0, taken;
-        /* Sleeps until a slot arrives (spin, then futex), then takes every slot that is there. */
-        int rc = hft_mpsc_queue_pop_many_wait(w->queue, w->slots, w->batch_max_records, &popped, -1);
+        int rc = take_slots(w, &popped);
         if (rc == HFT_EINVAL) return NULL; /* closed and drained: a normal stop */
         if (rc != HFT_OK) {
             fail(w, 0, "journal queue wait failed (%d)", rc);
@@ -462,6 +480,25 @@ int hft_journal_writer_set_cpus(hft_journal_writer *w, const int *cpus, size_t c
     return rc ? -rc : HFT_OK;
 }
 
+int hft_journal_writer_keep_cpu(hft_journal_writer *w, uint32_t spin_us, const int *cpus, size_t count) {
+    if (!w || spin_us == 0 || spin_us > HFT_JOURNAL_MAX_KEEP_CPU_US || !cpus || count == 0) return HFT_EINVAL;
+    if (__atomic_load_n(&w->keeper, __ATOMIC_ACQUIRE)) return HFT_EINVAL;
+    hft_cpu_keeper *keeper;
+    int rc = hft_cpu_keeper_create((int64_t)spin_us * 1000, cpus, count, hft_mpsc_queue_poppable, w->queue,
+                                   &keeper);
+    if (rc) return rc;
+    __atomic_store_n(&w->keeper, keeper, __ATOMIC_RELEASE);
+    return HFT_OK;
+}
+
+void hft_journal_writer_keeper_stats(const hft_journal_writer *w, uint64_t *wakes, uint64_t *parks) {
+    hft_cpu_keeper_stats stats = {0, 0};
+    hft_cpu_keeper *keeper = __atomic_load_n(&w->keeper, __ATOMIC_ACQUIRE);
+    if (keeper) hft_cpu_keeper_stats_get(keeper, &stats);
+    *wakes = stats.wakes;
+    *parks = stats.parks;
+}
+
 void hft_journal_writer_status_get(const hft_journal_writer *w, hft_journal_writer_status *out) {
     memset(out, 0, sizeof *out);
     out->failed = __atomic_load_n(&w->failed, __ATOMIC_ACQUIRE);
@@ -511,6 +548,7 @@ int hft_journal_writer_abort(hft_journal_writer *w) {
 int hft_journal_writer_join(hft_journal_writer *w, hft_journal_writer_status *final_status) {
     if (!w) return HFT_EINVAL;
     pthread_join(w->thread, NULL);
+    hft_cpu_keeper_destroy(w->keeper);
     if (final_status) hft_journal_writer_status_get(w, final_status);
     if (w->fd >= 0) close(w->fd);
     free(w->out);

@@ -226,7 +226,7 @@ static bool queue_not_full_or_closed(const void *ctx)
     return enqueue_pos - dequeue_pos < queue->capacity || atomic_load_explicit(&queue->closed, memory_order_acquire);
 }
 
-static bool queue_not_empty_or_closed(const void *ctx)
+bool hft_mpsc_queue_poppable(const void *ctx)
 {
     const hft_mpsc_queue *queue = ctx;
     uint64_t pos = atomic_load_explicit(&queue->dequeue_pos, memory_order_relaxed);
@@ -275,7 +275,7 @@ int hft_mpsc_queue_pop_many_wait(hft_mpsc_queue *queue, void *records_out, size_
         if (rc != HFT_EAGAIN) {
             return rc;
         }
-        rc = wait_after_miss(queue, &queue->not_empty, queue_not_empty_or_closed, timeout_ns, &deadline_ns);
+        rc = wait_after_miss(queue, &queue->not_empty, hft_mpsc_queue_poppable, timeout_ns, &deadline_ns);
         if (rc != HFT_OK) {
             return rc;
         }

@@ -348,6 +348,52 @@ static void test_writer_can_be_placed_on_chosen_cpus(void) {
     remove_dir(f.dir);
 }
 
+/* A kept CPU: records pushed one at a time, each after the last one's ack (SubmitOrder's
+ * pattern), and bursts of split records, all written in order; the keeper woke the writer. */
+static void test_a_writer_with_a_kept_cpu_writes_everything_in_order(void) {
+    cpu_set_t mine;
+    CHECK_EQ_INT(sched_getaffinity(0, sizeof mine, &mine), 0);
+    int last = -1;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, &mine)) last = cpu;
+    fixture f;
+    fixture_open(&f, 1, 1 << 30, 1, 1 << 20);
+    int cpus[] = {last};
+    CHECK_EQ_INT(hft_journal_writer_keep_cpu(f.writer, 0, cpus, 1), HFT_EINVAL);
+    CHECK_EQ_INT(hft_journal_writer_keep_cpu(f.writer, HFT_JOURNAL_MAX_KEEP_CPU_US + 1, cpus, 1), HFT_EINVAL);
+    CHECK_EQ_INT(hft_journal_writer_keep_cpu(f.writer, 1000, cpus, 0), HFT_EINVAL);
+    uint64_t wakes, parks;
+    hft_journal_writer_keeper_stats(f.writer, &wakes, &parks);
+    CHECK_EQ_INT(wakes + parks, 0); /* no keeper yet */
+    CHECK_EQ_INT(hft_journal_writer_set_cpus(f.writer, cpus, 1), HFT_OK);
+    CHECK_EQ_INT(hft_journal_writer_keep_cpu(f.writer, 50000, cpus, 1), HFT_OK);
+    CHECK_EQ_INT(hft_journal_writer_keep_cpu(f.writer, 50000, cpus, 1), HFT_EINVAL); /* once */
+    unsigned char payload[600];
+    uint32_t lengths[400];
+    uint64_t seq = 1;
+    for (; seq <= 200; seq++) {
+        lengths[seq - 1] = 16 + (uint32_t)(seq % 7);
+        make_payload(payload, seq, lengths[seq - 1]);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, lengths[seq - 1]);
+        wait_acked(&f, seq);
+    }
+    for (; seq <= 400; seq++) { /* bursts, some records split over continuation slots */
+        lengths[seq - 1] = seq % 3 ? 24 : 500;
+        make_payload(payload, seq, lengths[seq - 1]);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, lengths[seq - 1]);
+    }
+    wait_acked(&f, 400);
+    hft_journal_writer_keeper_stats(f.writer, &wakes, &parks);
+    CHECK(wakes > 0);
+    fixture_close(&f);
+    size_t size;
+    unsigned char *data = read_file(f.dir, 1, &size);
+    CHECK(data != NULL);
+    if (data) check_records(data, size, 0, 1, 400, lengths);
+    free(data);
+    remove_dir(f.dir);
+}
+
 /* --- a full disk: a small tmpfs of the test's own (root only) ------------------------------ */
 
 static int mount_small_tmpfs(char *dir, size_t size, const char *options) {
@@ -538,6 +584,7 @@ int main(void) {
     RUN(test_writer_stops_on_a_sequence_gap);
     RUN(test_start_rejects_bad_configuration);
     RUN(test_writer_can_be_placed_on_chosen_cpus);
+    RUN(test_a_writer_with_a_kept_cpu_writes_everything_in_order);
     RUN(test_writer_waits_for_space_then_resumes_losing_nothing);
     RUN(test_blocked_writer_gives_up_when_aborted);
     RUN(test_rotation_on_request_starts_a_new_segment_before_the_next_batch);

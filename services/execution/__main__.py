@@ -109,6 +109,11 @@ def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:
         # Only then: polling beside a writer that may share the loop's CPU takes the CPU it needs.
         running.core.ack_poll_ns = config.journal_ack_poll_us * 1000
         log.info("SubmitOrder polls up to %d us for its fsync", config.journal_ack_poll_us)
+    # Only then too: a keeper beside the loop would spin on the loop's CPU (never in its way, being
+    # SCHED_IDLE, but to no use), and "auto" pins nothing under a CPU quota.
+    keep_us = config.journal_keep_cpu_us
+    if chosen.writer_apart and keep_us and running.core.journal.keep_writer_cpu(keep_us):
+        log.info("the journal writer's CPU is kept awake %d us after each batch", keep_us)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hftgate import placement, security, shardmap
 from hftgate.config import default_state_dir, from_env
+from hftgate.native.journal_writer import JournalWriterThread
 
 ENV_PREFIX = "HFTGATE_EXECUTION_"
 
@@ -147,6 +148,12 @@ class ExecutionConfig:
     # after matching, the loop busy-polls up to this long for the fsync instead of sleeping until the
     # writer wakes it (a sleeping CPU's wake-up, ~45 us on a VM). Costs that CPU time; 0 = never.
     journal_ack_poll_us: int = 200
+    # When the journal writer has a CPU of its own (as for journal_ack_poll_us): a SCHED_IDLE thread
+    # keeps that CPU from going idle for this long after each batch the writer takes, so the fsync's
+    # completion and the next record's hand-off do not wait for a halted CPU to wake (on a VM,
+    # ~20-40 us per durable order; hft_cpu_keeper.h). The CPU shows busy meanwhile, with time nothing
+    # else wanted. 0 = never; at most 100000.
+    journal_keep_cpu_us: int = 2000
 
     # Sharding (hftgate/shardmap.py). This shard's id (0..32767): public order and trade ids carry
     # it in bits 48..62 (shard 0's ids are today's ids), and new orders are accepted only for the
@@ -247,6 +254,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> ExecutionConfig:
         )
     if config.journal_ack_poll_us < 0:
         raise ValueError(f"{ENV_PREFIX}JOURNAL_ACK_POLL_US must be 0 or more")
+    if not 0 <= config.journal_keep_cpu_us <= JournalWriterThread.MAX_KEEP_CPU_US:
+        raise ValueError(
+            f"{ENV_PREFIX}JOURNAL_KEEP_CPU_US must be 0..{JournalWriterThread.MAX_KEEP_CPU_US} microseconds, "
+            f"not {config.journal_keep_cpu_us}"
+        )
     if not 0 <= config.shard_id <= shardmap.MAX_SHARD_ID:
         raise ValueError(f"{ENV_PREFIX}SHARD_ID must be 0..{shardmap.MAX_SHARD_ID}, not {config.shard_id}")
     if config.shard_map_poll_ms < 1:

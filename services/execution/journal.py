@@ -128,6 +128,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hftgate.native.errors import NativeError
 from hftgate.native.journal_writer import SLOT_FLAG_CONTINUED, JournalWriterThread, WriterStatus
 from hftgate.native.queues import MpscQueue
 
@@ -384,6 +385,7 @@ class Journal:
         # largest record fits in it).
         self._queue = MpscQueue(queue_capacity, slot_bytes)
         self._writer: JournalWriterThread | None = None
+        self._writer_cpus: frozenset[int] | None = None
         self._notify_fd = -1
         self._final_status: WriterStatus | None = None
 
@@ -590,7 +592,28 @@ class Journal:
         """Run the writer thread only on ``cpus`` (see :mod:`hftgate.placement`)."""
         if self._writer is None:
             raise RuntimeError("journal is not started")
-        self._writer.set_cpus(cpus)
+        chosen = frozenset(cpus)
+        self._writer.set_cpus(chosen)
+        self._writer_cpus = chosen
+
+    def keep_writer_cpu(self, spin_us: int) -> bool:
+        """Keep the writer's CPU out of idle for ``spin_us`` after each batch (a SCHED_IDLE thread
+        spins there; ``hft_journal_writer_keep_cpu``): on a VM the fsync's completion and the
+        writer's wake-up no longer wait for a halted vCPU. Only after :meth:`place_writer`, for a
+        writer with CPUs of its own. False, with a warning, where the machine refuses it (no
+        SCHED_IDLE): the journal works as before."""
+        if self._writer is None or self._writer_cpus is None:
+            raise RuntimeError("keep_writer_cpu needs a started journal whose writer is placed")
+        try:
+            self._writer.keep_cpu(spin_us, self._writer_cpus)
+        except NativeError as exc:
+            log.warning("the journal writer's CPU is not kept awake: %s", exc)
+            return False
+        return True
+
+    def keeper_stats(self) -> tuple[int, int]:
+        """The writer CPU keeper's (wakes, parks); (0, 0) without one."""
+        return (0, 0) if self._writer is None else self._writer.keeper_stats()
 
     def slots_for(self, payload_length: int) -> int:
         """How many queue slots a record with ``payload_length`` bytes of payload takes."""

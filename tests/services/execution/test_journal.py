@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -497,3 +498,64 @@ async def test_a_signal_or_a_stats_read_while_close_joins_the_writer_touches_not
     await journal.close()
     assert seen == [1]
     assert journal.writer_status().acked_seq == 1 and journal.durable_seq == 1
+
+
+# --- the writer's CPU keeper (native/include/hft_cpu_keeper.h) ---------------------------------
+
+
+def _thread_ids_named(name: str) -> list[int]:
+    tids = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if (task / "comm").read_text().strip() == name:
+                tids.append(int(task.name))
+    return tids
+
+
+async def test_a_kept_writer_cpu_hands_records_over_and_acknowledges_each_after_its_fsync(
+    tmp_path: Path,
+) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    journal = Journal.open(tmp_path)
+    journal.start()
+    try:
+        with pytest.raises(RuntimeError):
+            journal.keep_writer_cpu(2000)  # the writer is not placed yet: where would it spin?
+        journal.place_writer([cpu])
+        assert journal.keep_writer_cpu(50_000)
+        keepers = _thread_ids_named("hft-keeper")
+        assert len(keepers) == 1
+        assert os.sched_getscheduler(keepers[0]) == os.SCHED_IDLE  # never in anyone's way
+        assert os.sched_getaffinity(keepers[0]) == {cpu}
+        # One record at a time, as SubmitOrder sends them: while the keeper spins, it is the
+        # keeper that wakes the writer for the next record.
+        for seq in range(1, 201):
+            assert await journal.append(payload(seq)) == seq
+            assert journal._writer_status().synced_seq >= seq
+        wakes, _ = journal.keeper_stats()
+        assert wakes > 0
+        # Past the window the keeper parks and hands the writer back to the queue's own wake-up.
+        await asyncio.sleep(0.2)
+        _, parks = journal.keeper_stats()
+        assert parks > 0
+        assert await journal.append(payload(201)) == 201
+        # A second keeper is refused, and says so.
+        assert not journal.keep_writer_cpu(2000)
+        with pytest.raises(ValueError):
+            journal._writer.keep_cpu(0, [cpu])  # type: ignore[union-attr]
+    finally:
+        await journal.close()
+    assert _thread_ids_named("hft-keeper") == []  # stopped with the writer
+    assert [seq for seq, _ in replayed(tmp_path)] == list(range(1, 202))
+
+
+async def test_a_journal_closes_promptly_while_its_keeper_spins(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    journal.start()
+    journal.place_writer([max(os.sched_getaffinity(0))])
+    assert journal.keep_writer_cpu(100_000)  # the longest window
+    futures = [journal.append(payload(seq)) for seq in range(1, 51)]
+    started = time.monotonic()
+    await journal.close()
+    assert time.monotonic() - started < 5.0
+    assert [future.result() for future in futures] == list(range(1, 51))

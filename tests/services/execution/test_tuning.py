@@ -64,3 +64,12 @@ def test_a_commit_window_out_of_range_is_refused_at_start() -> None:
         ValueError, match=r"JOURNAL_COMMIT_WINDOW_US must be 0\.\.10000 microseconds, not 20000"
     ):
         load_config({"HFTGATE_EXECUTION_JOURNAL_COMMIT_WINDOW_US": "20000"})
+
+
+def test_a_writer_cpu_keeper_window_out_of_range_is_refused_at_start() -> None:
+    from services.execution.config import load_config
+
+    with pytest.raises(ValueError, match=r"JOURNAL_KEEP_CPU_US must be 0\.\.100000 microseconds, not 100001"):
+        load_config({"HFTGATE_EXECUTION_JOURNAL_KEEP_CPU_US": "100001"})
+    assert load_config({"HFTGATE_EXECUTION_JOURNAL_KEEP_CPU_US": "0"}).journal_keep_cpu_us == 0
+    assert load_config({}).journal_keep_cpu_us == 2000

@@ -1,0 +1,176 @@
+/* cpu_keeper.c -- see hft_cpu_keeper.h.
+ *
+ * Two handshakes, each Dekker's (each side stores its own flag with seq_cst, then
+ * loads the other's), so that neither a wake-up nor a hand-back is lost:
+ *
+ *   worker waits                      keeper
+ *   v = worker_word                   (spinning) if waiting && ready():
+ *   waiting = 1                           if xchg(waiting, 0): worker_word++, FUTEX_WAKE
+ *   ready()?        -> true           (stops)   spinning = 0
+ *   spinning?  no   -> false                    if xchg(waiting, 0): worker_word++, FUTEX_WAKE
+ *   FUTEX_WAIT(worker_word, v)
+ *
+ * A bump of worker_word after the worker read v makes its FUTEX_WAIT return at once;
+ * a keeper that stops after the worker saw it spinning finds `waiting` set and bumps.
+ *
+ *   worker touches                    keeper parks
+ *   spin_until = now + spin_ns        parked = 1
+ *   parked? -> park_word++, WAKE      spin_until passed (and not stopping)? FUTEX_WAIT(park_word)
+ */
+#include "hft_cpu_keeper.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hft_wait.h"
+
+/* PAUSEs between two checks while spinning: bounds the wake-up delay to well under a
+ * microsecond and keeps the keeper off the cache lines the worker's producers write. */
+#define KEEPER_PAUSES_PER_CHECK 16
+
+struct hft_cpu_keeper {
+    int64_t spin_ns;
+    hft_cpu_keeper_ready_fn ready;
+    const void *ctx;
+    pthread_t thread;
+
+    _Atomic int64_t spin_until_ns; /* written by touch */
+    _Atomic uint32_t worker_word;  /* the worker's futex */
+    _Atomic int waiting;           /* the worker is in hft_cpu_keeper_wait */
+    _Atomic int spinning;          /* the keeper spins and will wake the worker */
+    _Atomic uint32_t park_word;    /* the keeper's futex */
+    _Atomic int parked;
+    _Atomic int stopping;
+    _Atomic uint64_t wakes;
+    _Atomic uint64_t parks;
+};
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected) {
+    /* EAGAIN (changed), EINTR: the callers re-check their state and come back. */
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word) {
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+/* The keeper's side of the first handshake: release a waiting worker. */
+static void release_worker(hft_cpu_keeper *k) {
+    if (atomic_exchange(&k->waiting, 0)) {
+        atomic_fetch_add(&k->worker_word, 1);
+        futex_wake(&k->worker_word);
+    }
+}
+
+static bool window_open(hft_cpu_keeper *k) {
+    return hft_wait_now_ns() < atomic_load(&k->spin_until_ns);
+}
+
+static void *keeper_main(void *argument) {
+    hft_cpu_keeper *k = argument;
+    while (!atomic_load_explicit(&k->stopping, memory_order_acquire)) {
+        if (window_open(k)) {
+            if (!atomic_load_explicit(&k->spinning, memory_order_relaxed)) atomic_store(&k->spinning, 1);
+            if (atomic_load(&k->waiting) && k->ready(k->ctx)) {
+                release_worker(k);
+                atomic_fetch_add_explicit(&k->wakes, 1, memory_order_relaxed);
+            }
+            for (int i = 0; i < KEEPER_PAUSES_PER_CHECK; i++) hft_cpu_relax();
+            continue;
+        }
+        atomic_store(&k->spinning, 0);
+        release_worker(k);
+        atomic_fetch_add_explicit(&k->parks, 1, memory_order_relaxed);
+        uint32_t word = atomic_load(&k->park_word);
+        atomic_store(&k->parked, 1);
+        if (!window_open(k) && !atomic_load(&k->stopping)) futex_wait(&k->park_word, word);
+        atomic_store(&k->parked, 0);
+    }
+    atomic_store(&k->spinning, 0);
+    release_worker(k);
+    return NULL;
+}
+
+int hft_cpu_keeper_create(int64_t spin_ns, const int *cpus, size_t count, hft_cpu_keeper_ready_fn ready,
+                          const void *ctx, hft_cpu_keeper **out) {
+    if (spin_ns <= 0 || !cpus || count == 0 || !ready || !out) return HFT_EINVAL;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (size_t i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return HFT_EINVAL;
+        CPU_SET(cpus[i], &set);
+    }
+    hft_cpu_keeper *k = calloc(1, sizeof *k);
+    if (!k) return HFT_ENOMEM;
+    k->spin_ns = spin_ns;
+    k->ready = ready;
+    k->ctx = ctx;
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr)) {
+        free(k);
+        return HFT_ENOMEM;
+    }
+    int rc = pthread_attr_setaffinity_np(&attr, sizeof set, &set);
+    if (!rc) rc = pthread_create(&k->thread, &attr, keeper_main, k);
+    pthread_attr_destroy(&attr);
+    if (rc) {
+        free(k);
+        return rc == EAGAIN || rc == ENOMEM ? HFT_ENOMEM : -rc;
+    }
+    /* A new keeper parks before it spins (no touch yet), so it never spins at normal priority.
+     * (glibc's thread attributes take no SCHED_IDLE: set it on the running thread.) */
+    struct sched_param param = {.sched_priority = 0};
+    rc = pthread_setschedparam(k->thread, SCHED_IDLE, &param);
+    if (rc) {
+        hft_cpu_keeper_destroy(k);
+        return -rc;
+    }
+    pthread_setname_np(k->thread, "hft-keeper");
+    *out = k;
+    return HFT_OK;
+}
+
+void hft_cpu_keeper_destroy(hft_cpu_keeper *k) {
+    if (!k) return;
+    atomic_store_explicit(&k->stopping, 1, memory_order_release);
+    atomic_fetch_add(&k->park_word, 1);
+    futex_wake(&k->park_word);
+    pthread_join(k->thread, NULL);
+    free(k);
+}
+
+void hft_cpu_keeper_touch(hft_cpu_keeper *k) {
+    atomic_store(&k->spin_until_ns, hft_wait_now_ns() + k->spin_ns);
+    if (atomic_load(&k->parked)) {
+        atomic_fetch_add(&k->park_word, 1);
+        futex_wake(&k->park_word);
+    }
+}
+
+bool hft_cpu_keeper_wait(hft_cpu_keeper *k) {
+    for (;;) {
+        uint32_t word = atomic_load(&k->worker_word);
+        atomic_store(&k->waiting, 1);
+        if (k->ready(k->ctx)) break;
+        if (!atomic_load(&k->spinning)) {
+            atomic_store(&k->waiting, 0);
+            return false;
+        }
+        futex_wait(&k->worker_word, word);
+        if (k->ready(k->ctx)) break;
+    }
+    atomic_store(&k->waiting, 0);
+    return true;
+}
+
+void hft_cpu_keeper_stats_get(const hft_cpu_keeper *k, hft_cpu_keeper_stats *out) {
+    out->wakes = atomic_load_explicit(&k->wakes, memory_order_relaxed);
+    out->parks = atomic_load_explicit(&k->parks, memory_order_relaxed);
+}
