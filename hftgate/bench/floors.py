@@ -265,6 +265,7 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False, a
         record = bytes(DURABLE_ECHO_RECORD_BYTES)
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            journal.keep_writer_cpu_awake()  # as SubmitOrder does (a no-op without a keeper)
             future = journal.append(record)
             if poll_ns:  # as the execution service's SubmitOrder does (journal_ack_poll_us)
                 journal.poll_durable(journal.next_seq - 1, poll_ns)

@@ -15,13 +15,20 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from hftgate.native import ffi, lib
 from hftgate.native.errors import check
 from hftgate.native.queues import MpscQueue
 
-__all__ = ["SLOT_FLAG_CONTINUED", "SLOT_HEADER_BYTES", "JournalWriterThread", "WriterStatus", "crc32"]
+__all__ = [
+    "SLOT_FLAG_CONTINUED",
+    "SLOT_HEADER_BYTES",
+    "JournalWriterThread",
+    "KeeperStats",
+    "WriterStatus",
+    "crc32",
+]
 
 SLOT_HEADER_BYTES: int = lib.HFT_JOURNAL_SLOT_HEADER_BYTES
 SLOT_FLAG_CONTINUED: int = lib.HFT_JOURNAL_SLOT_FLAG_CONTINUED
@@ -31,6 +38,14 @@ def crc32(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """zlib.crc32's value, computed by the C core (the journal writer uses the same function)."""
     buffer = ffi.from_buffer(data)
     return int(lib.hft_crc32(crc, buffer, len(buffer)))
+
+
+class KeeperStats(NamedTuple):
+    """The writer's CPU keeper's counters (``hft_cpu_keeper_stats``)."""
+
+    wakes: int  # times the keeper woke the writer for records
+    parks: int  # times it stopped spinning
+    kicks: int  # times the producer woke the writer because the keeper was held off its CPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +185,10 @@ class JournalWriterThread:
         )
 
     def keep_cpu(self, spin_us: int, cpus: Iterable[int]) -> None:
-        """Keep the writer's CPUs ``cpus`` out of idle for ``spin_us`` after each batch it takes (see
-        ``hft_journal_writer_keep_cpu``: a SCHED_IDLE thread spins there). Once per writer; raises
-        ValueError for 0, more than MAX_KEEP_CPU_US, no CPU or a second call."""
+        """Give the writer a keeper that keeps its CPUs ``cpus`` out of idle for ``spin_us`` after each
+        :meth:`keep_cpu_awake` (see ``hft_journal_writer_keep_cpu``: a SCHED_IDLE thread spins
+        there). Once per writer; raises ValueError for 0 or more than MAX_KEEP_CPU_US, and
+        NativeError for no CPU or a second call."""
         if self._writer is None:
             raise RuntimeError("the journal writer thread was joined")
         chosen = sorted(set(cpus))
@@ -183,13 +199,27 @@ class JournalWriterThread:
             f"hft_journal_writer_keep_cpu({spin_us}, {chosen})",
         )
 
-    def keeper_stats(self) -> tuple[int, int]:
-        """The CPU keeper's (wakes of the writer, parks); (0, 0) without one."""
+    def keep_cpu_awake(self) -> None:
+        """A record someone will wait on is coming: keep the writer's CPU awake from now for the
+        keeper's window (see ``hft_journal_writer_keep_cpu_awake``); a no-op without a keeper."""
         if self._writer is None:
             raise RuntimeError("the journal writer thread was joined")
-        out = ffi.new("uint64_t[2]")
-        lib.hft_journal_writer_keeper_stats(self._writer, out, out + 1)
-        return int(out[0]), int(out[1])
+        lib.hft_journal_writer_keep_cpu_awake(self._writer)
+
+    def kick(self) -> None:
+        """Records were pushed: wake the writer here if it waits on a keeper that other threads hold
+        off its CPU (see ``hft_journal_writer_kick``); cheap otherwise."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        lib.hft_journal_writer_kick(self._writer)
+
+    def keeper_stats(self) -> KeeperStats:
+        """The CPU keeper's counters (all 0 without one)."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        out = ffi.new("hft_cpu_keeper_stats *")
+        lib.hft_journal_writer_keeper_stats(self._writer, out)
+        return KeeperStats(int(out.wakes), int(out.parks), int(out.kicks))
 
     def join(self) -> WriterStatus:
         """Wait for the thread to end (close the queue first), free it, and return its last counters."""

@@ -11,8 +11,8 @@
  * ~15 us. Bare metal pays the same kind of price for deep C-states.
  *
  * A keeper is a thread under SCHED_IDLE, pinned with its worker, that spins (x86
- * PAUSE) for `spin_ns` after the worker's last sign of activity
- * (hft_cpu_keeper_touch), then parks until the next one. SCHED_IDLE means it runs
+ * PAUSE) for `spin_ns` after the last sign that work is coming (hft_cpu_keeper_touch),
+ * then parks until the next one. SCHED_IDLE means it runs
  * only on CPU time nothing else wants: any other thread that becomes runnable on
  * that CPU preempts it at once, and the scheduler counts the CPU as idle when it
  * places woken threads. While it spins the CPU never halts, so the interrupt and the
@@ -22,7 +22,8 @@
  * hft_cpu_keeper_wait instead, on a futex of the keeper's; the keeper, spinning on
  * the same CPU, sees the worker's condition become true and wakes it there (a local
  * wake-up, no inter-processor interrupt). So the producer (the event loop) pushes
- * without any syscall while the keeper spins. When the keeper stops spinning it first
+ * without any syscall while the keeper spins, unless the keeper is held off its CPU
+ * by other threads: then hft_cpu_keeper_kick has the producer wake the worker itself. When the keeper stops spinning it first
  * hands the waiting worker back (hft_cpu_keeper_wait returns false) so that the worker
  * parks on its own waitpoint, where producers wake it as usual.
  *
@@ -30,8 +31,8 @@
  * else wanted). Use it only for a worker that has a CPU of its own, and never under a
  * CPU quota (spinning would spend the quota).
  *
- * Threads: create, set_cpus and destroy from one controlling thread; touch and wait
- * from the one worker thread.
+ * Threads: create and destroy from one controlling thread; wait from the one worker
+ * thread; touch from any.
  */
 #ifndef HFT_CPU_KEEPER_H
 #define HFT_CPU_KEEPER_H
@@ -60,7 +61,7 @@ int hft_cpu_keeper_create(int64_t spin_ns, const int *cpus, size_t count, hft_cp
  * The worker must not touch or wait on it afterwards. NULL is a no-op. */
 void hft_cpu_keeper_destroy(hft_cpu_keeper *keeper);
 
-/* Worker: "I am busy now": spin for the next spin_ns (waking the keeper if parked). */
+/* "Work is coming": spin for the next spin_ns (waking the keeper if parked). Any thread. */
 void hft_cpu_keeper_touch(hft_cpu_keeper *keeper);
 
 /* Worker: block until ready(ctx) holds, woken by the spinning keeper, and return true;
@@ -68,9 +69,16 @@ void hft_cpu_keeper_touch(hft_cpu_keeper *keeper);
  * wait its own way (ready may be true by then: the caller re-checks). */
 bool hft_cpu_keeper_wait(hft_cpu_keeper *keeper);
 
+/* Producer, right after making the worker's condition true: if the worker waits on the
+ * keeper and the keeper has not been on its CPU for `stale_ns` (other threads hold it off:
+ * it runs under SCHED_IDLE), wake the worker here instead (one FUTEX_WAKE, as without a
+ * keeper). Otherwise one atomic load and a clock read. Any thread. */
+void hft_cpu_keeper_kick(hft_cpu_keeper *keeper, int64_t stale_ns);
+
 typedef struct hft_cpu_keeper_stats {
     uint64_t wakes;    /* times the keeper woke the worker (its condition held) */
     uint64_t parks;    /* times the keeper stopped spinning and parked */
+    uint64_t kicks;    /* times a producer woke the worker because the keeper was held off */
 } hft_cpu_keeper_stats;
 
 void hft_cpu_keeper_stats_get(const hft_cpu_keeper *keeper, hft_cpu_keeper_stats *out);

@@ -74,6 +74,7 @@
 #define HFT_JOURNAL_H
 
 #include "hft_common.h"
+#include "hft_cpu_keeper.h"
 #include "hft_mpsc.h"
 
 #define HFT_JOURNAL_SLOT_HEADER_BYTES 16
@@ -135,17 +136,33 @@ int hft_journal_writer_set_cpus(hft_journal_writer *writer, const int *cpus, siz
 /* Longest keeper spin hft_journal_writer_keep_cpu takes. */
 #define HFT_JOURNAL_MAX_KEEP_CPU_US 100000
 
-/* Keep the writer's CPU out of idle for `spin_us` after each batch it takes, with an
- * hft_cpu_keeper (hft_cpu_keeper.h) pinned to `cpus` (the writer's, after
- * hft_journal_writer_set_cpus): the fdatasync's completion interrupt then finds the CPU
- * running, and while the keeper spins the writer waits on it, so the event loop's push
- * needs no FUTEX_WAKE. Once per writer; the keeper stops with the writer (join).
- * HFT_EINVAL for 0 or more than HFT_JOURNAL_MAX_KEEP_CPU_US, an empty CPU list or a second
- * call; else as hft_cpu_keeper_create. */
+/* Give the writer an hft_cpu_keeper (hft_cpu_keeper.h) pinned to `cpus` (the writer's, after
+ * hft_journal_writer_set_cpus) that keeps that CPU out of idle for `spin_us` after each
+ * hft_journal_writer_keep_cpu_awake: the fdatasync's completion interrupt then finds the CPU
+ * running, and while the keeper spins the writer waits on it, so the producer's push needs no
+ * FUTEX_WAKE. Once per writer; the keeper stops with the writer (join). HFT_EINVAL for 0 or
+ * more than HFT_JOURNAL_MAX_KEEP_CPU_US, an empty CPU list or a second call; else as
+ * hft_cpu_keeper_create. */
 int hft_journal_writer_keep_cpu(hft_journal_writer *writer, uint32_t spin_us, const int *cpus, size_t count);
 
-/* The keeper's counters (0 without one): times it woke the writer, times it parked. */
-void hft_journal_writer_keeper_stats(const hft_journal_writer *writer, uint64_t *wakes, uint64_t *parks);
+/* A record someone will wait on is coming (a lone order's): keep the writer's CPU awake from now
+ * for the keeper's window. Any thread; a no-op without a keeper. Called by the producer rather
+ * than the writer so that throughput loads, which never wait on one record, leave the keeper
+ * parked: beside a busy writer it would only take the core's resources from the event loop
+ * (vCPUs that share a physical core). */
+void hft_journal_writer_keep_cpu_awake(hft_journal_writer *writer);
+
+/* The producer pushed records: if the writer waits on its keeper and the keeper has not run for
+ * HFT_JOURNAL_KEEPER_STALE_NS (held off its CPU by other threads), wake the writer here. Call
+ * after every push when the writer has a keeper; cheap otherwise (hft_cpu_keeper_kick). */
+void hft_journal_writer_kick(hft_journal_writer *writer);
+
+/* A keeper that has not checked in for this long counts as held off its CPU. It checks in
+ * every microsecond or so while it runs. */
+#define HFT_JOURNAL_KEEPER_STALE_NS 20000
+
+/* The keeper's counters (all 0 without one). */
+void hft_journal_writer_keeper_stats(const hft_journal_writer *writer, hft_cpu_keeper_stats *out);
 
 /* Ask the writer to start a new segment before its next batch (when the active one holds any
  * records), whatever its size: after a snapshot, so the records it covers can soon be dropped

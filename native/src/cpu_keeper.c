@@ -16,6 +16,13 @@
  *   worker touches                    keeper parks
  *   spin_until = now + spin_ns        parked = 1
  *   parked? -> park_word++, WAKE      spin_until passed (and not stopping)? FUTEX_WAIT(park_word)
+ *
+ * The keeper runs under SCHED_IDLE, so any other thread on its CPU holds it off; a worker
+ * whose wake-up depended on it alone would wait as long (a priority inversion). Two things
+ * bound that: the producer kicks after making the condition true (hft_cpu_keeper_kick: it
+ * wakes the worker itself when the keeper has not checked in for a while), and the worker's
+ * futex wait times out after WORKER_BACKSTOP_NS for the rare kick that finds the keeper
+ * fresh just before it is preempted.
  */
 #include "hft_cpu_keeper.h"
 
@@ -42,6 +49,7 @@ struct hft_cpu_keeper {
     pthread_t thread;
 
     _Atomic int64_t spin_until_ns; /* written by touch */
+    _Atomic int64_t alive_ns;      /* the clock at the spinning keeper's latest check */
     _Atomic uint32_t worker_word;  /* the worker's futex */
     _Atomic int waiting;           /* the worker is in hft_cpu_keeper_wait */
     _Atomic int spinning;          /* the keeper spins and will wake the worker */
@@ -50,11 +58,15 @@ struct hft_cpu_keeper {
     _Atomic int stopping;
     _Atomic uint64_t wakes;
     _Atomic uint64_t parks;
+    _Atomic uint64_t kicks;
 };
 
-static void futex_wait(_Atomic uint32_t *word, uint32_t expected) {
-    /* EAGAIN (changed), EINTR: the callers re-check their state and come back. */
-    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+/* A waiting worker re-checks its condition itself this often, whatever the keeper does. */
+#define WORKER_BACKSTOP_NS 1000000L
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected, const struct timespec *timeout) {
+    /* EAGAIN (changed), EINTR, ETIMEDOUT: the callers re-check their state and come back. */
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, timeout, NULL, 0);
 }
 
 static void futex_wake(_Atomic uint32_t *word) {
@@ -70,7 +82,9 @@ static void release_worker(hft_cpu_keeper *k) {
 }
 
 static bool window_open(hft_cpu_keeper *k) {
-    return hft_wait_now_ns() < atomic_load(&k->spin_until_ns);
+    int64_t now = hft_wait_now_ns();
+    atomic_store_explicit(&k->alive_ns, now, memory_order_relaxed);
+    return now < atomic_load(&k->spin_until_ns);
 }
 
 static void *keeper_main(void *argument) {
@@ -90,7 +104,7 @@ static void *keeper_main(void *argument) {
         atomic_fetch_add_explicit(&k->parks, 1, memory_order_relaxed);
         uint32_t word = atomic_load(&k->park_word);
         atomic_store(&k->parked, 1);
-        if (!window_open(k) && !atomic_load(&k->stopping)) futex_wait(&k->park_word, word);
+        if (!window_open(k) && !atomic_load(&k->stopping)) futex_wait(&k->park_word, word, NULL);
         atomic_store(&k->parked, 0);
     }
     atomic_store(&k->spinning, 0);
@@ -163,14 +177,24 @@ bool hft_cpu_keeper_wait(hft_cpu_keeper *k) {
             atomic_store(&k->waiting, 0);
             return false;
         }
-        futex_wait(&k->worker_word, word);
+        struct timespec backstop = {0, WORKER_BACKSTOP_NS};
+        futex_wait(&k->worker_word, word, &backstop);
         if (k->ready(k->ctx)) break;
     }
     atomic_store(&k->waiting, 0);
     return true;
 }
 
+void hft_cpu_keeper_kick(hft_cpu_keeper *k, int64_t stale_ns) {
+    if (!atomic_load(&k->waiting)) return;
+    if (hft_wait_now_ns() - atomic_load_explicit(&k->alive_ns, memory_order_relaxed) > stale_ns) {
+        release_worker(k);
+        atomic_fetch_add_explicit(&k->kicks, 1, memory_order_relaxed);
+    }
+}
+
 void hft_cpu_keeper_stats_get(const hft_cpu_keeper *k, hft_cpu_keeper_stats *out) {
     out->wakes = atomic_load_explicit(&k->wakes, memory_order_relaxed);
     out->parks = atomic_load_explicit(&k->parks, memory_order_relaxed);
+    out->kicks = atomic_load_explicit(&k->kicks, memory_order_relaxed);
 }

@@ -55,6 +55,7 @@ static void test_a_parked_keeper_hands_the_worker_back_at_once(void) {
 struct ping_pong {
     hft_cpu_keeper *keeper;
     int rounds;
+    int kick;                /* the producer kicks after each post */
     _Atomic uint64_t wanted; /* the round the worker waits for */
     _Atomic int taken;
     _Atomic int woken_by_keeper;
@@ -109,6 +110,7 @@ static void run_ping_pong(int64_t spin_ns, int rounds, int gap_us, struct ping_p
             nanosleep(&gap, NULL);
         }
         atomic_store_explicit(&posted, (uint64_t)round, memory_order_release);
+        if (p->kick) hft_cpu_keeper_kick(p->keeper, 20000);
         while (atomic_load_explicit(&p->taken, memory_order_acquire) < round && hft_wait_now_ns() < deadline)
             sched_yield();
     }
@@ -143,6 +145,38 @@ static void test_windows_on_the_edge_never_lose_a_wake_up(void) {
     hft_cpu_keeper_destroy(p.keeper);
 }
 
+/* A thread that keeps the keeper's CPU busy at normal priority: SCHED_IDLE never runs there. */
+static _Atomic int hog_stop;
+
+static void *hog_main(void *argument) {
+    (void)argument;
+    while (!atomic_load_explicit(&hog_stop, memory_order_relaxed)) hft_cpu_relax();
+    return NULL;
+}
+
+static void test_a_held_off_keeper_leaves_the_wake_up_to_the_producers_kick(void) {
+    int cpu = first_allowed_cpu();
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    pthread_t hog;
+    atomic_store(&hog_stop, 0);
+    CHECK_EQ_INT(pthread_create(&hog, NULL, hog_main, NULL), 0);
+    pthread_setaffinity_np(hog, sizeof set, &set);
+    struct ping_pong p = {0};
+    p.kick = 1;
+    int64_t start = hft_wait_now_ns();
+    run_ping_pong(10000 * MS, 300, 200, &p);
+    int64_t took = hft_wait_now_ns() - start;
+    atomic_store(&hog_stop, 1);
+    pthread_join(hog, NULL);
+    hft_cpu_keeper_stats stats;
+    hft_cpu_keeper_stats_get(p.keeper, &stats);
+    CHECK(stats.kicks > 0); /* the producer, not the starved keeper, woke the worker */
+    CHECK(took < 30000 * MS);
+    hft_cpu_keeper_destroy(p.keeper);
+}
+
 static void test_destroy_stops_a_spinning_keeper_promptly(void) {
     int cpu = first_allowed_cpu();
     hft_cpu_keeper *k = NULL;
@@ -161,6 +195,7 @@ int main(void) {
     RUN(test_a_spinning_keeper_wakes_the_waiting_worker);
     RUN(test_the_keeper_hands_the_worker_back_when_its_window_passes);
     RUN(test_windows_on_the_edge_never_lose_a_wake_up);
+    RUN(test_a_held_off_keeper_leaves_the_wake_up_to_the_producers_kick);
     RUN(test_destroy_stops_a_spinning_keeper_promptly);
     return TEST_SUMMARY("cpu_keeper");
 }

@@ -242,6 +242,9 @@ class ExecutionCore:
     async def _submit_order(self, account: AccountSpec, entry: NewOrderEntry) -> SingleAck:
         if not self.accepting:
             raise ServiceUnavailable("the service is stopping")
+        # Its client waits on this one order's fsync: have the writer's CPU awake by the append
+        # (a parked keeper wakes while admission runs).
+        self.journal.keep_writer_cpu_awake()
         if account.kill_switch:
             await self._cancel_for_kill_switch(account)
         symbol = entry.symbol

@@ -129,7 +129,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hftgate.native.errors import NativeError
-from hftgate.native.journal_writer import SLOT_FLAG_CONTINUED, JournalWriterThread, WriterStatus
+from hftgate.native.journal_writer import SLOT_FLAG_CONTINUED, JournalWriterThread, KeeperStats, WriterStatus
 from hftgate.native.queues import MpscQueue
 
 log = logging.getLogger(__name__)
@@ -386,6 +386,7 @@ class Journal:
         self._queue = MpscQueue(queue_capacity, slot_bytes)
         self._writer: JournalWriterThread | None = None
         self._writer_cpus: frozenset[int] | None = None
+        self._keeper: JournalWriterThread | None = None  # the writer, once it has a CPU keeper
         self._notify_fd = -1
         self._final_status: WriterStatus | None = None
 
@@ -597,11 +598,12 @@ class Journal:
         self._writer_cpus = chosen
 
     def keep_writer_cpu(self, spin_us: int) -> bool:
-        """Keep the writer's CPU out of idle for ``spin_us`` after each batch (a SCHED_IDLE thread
-        spins there; ``hft_journal_writer_keep_cpu``): on a VM the fsync's completion and the
-        writer's wake-up no longer wait for a halted vCPU. Only after :meth:`place_writer`, for a
-        writer with CPUs of its own. False, with a warning, where the machine refuses it (no
-        SCHED_IDLE): the journal works as before."""
+        """Give the writer a keeper that keeps its CPU out of idle for ``spin_us`` after each
+        :meth:`keep_writer_cpu_awake` (a SCHED_IDLE thread spins there;
+        ``hft_journal_writer_keep_cpu``): on a VM the fsync's completion and the writer's wake-up
+        then no longer wait for a halted vCPU. Only after :meth:`place_writer`, for a writer with
+        CPUs of its own. False, with a warning, where the machine refuses it (no SCHED_IDLE): the
+        journal works as before."""
         if self._writer is None or self._writer_cpus is None:
             raise RuntimeError("keep_writer_cpu needs a started journal whose writer is placed")
         try:
@@ -609,11 +611,21 @@ class Journal:
         except NativeError as exc:
             log.warning("the journal writer's CPU is not kept awake: %s", exc)
             return False
+        self._keeper = self._writer
         return True
 
-    def keeper_stats(self) -> tuple[int, int]:
-        """The writer CPU keeper's (wakes, parks); (0, 0) without one."""
-        return (0, 0) if self._writer is None else self._writer.keeper_stats()
+    def keep_writer_cpu_awake(self) -> None:
+        """A record its caller will wait on is coming (a lone SubmitOrder's): keep the writer's CPU
+        awake from now for the keeper's window. A no-op without a keeper. Only such callers touch
+        it: a throughput load never waits on one record, and a keeper spinning beside a busy
+        writer would only take the core from the loop where vCPUs share one."""
+        keeper = self._keeper
+        if keeper is not None:
+            keeper.keep_cpu_awake()
+
+    def keeper_stats(self) -> KeeperStats:
+        """The writer's CPU keeper's counters (all 0 without one, or once closed)."""
+        return KeeperStats(0, 0, 0) if self._writer is None else self._writer.keeper_stats()
 
     def slots_for(self, payload_length: int) -> int:
         """How many queue slots a record with ``payload_length`` bytes of payload takes."""
@@ -715,8 +727,12 @@ class Journal:
     def _push(self, record: bytes) -> bool:
         """Push all of a record's slots as one unbroken run, or none when they do not all fit now."""
         if len(record) == self._slot_bytes:
-            return self._queue.try_push(record)
-        return self._queue.try_push_many(record)
+            pushed = self._queue.try_push(record)
+        else:
+            pushed = self._queue.try_push_many(record)
+        if pushed and self._keeper is not None:  # its writer may wait on a keeper held off its CPU
+            self._keeper.kick()
+        return pushed
 
     @property
     def batches_written(self) -> int:
@@ -756,7 +772,7 @@ class Journal:
         self._queue.close()  # the writer drains the queue (empty by now) and exits
         # Let go of the writer before joining it: the join frees it on another thread, and a
         # signal handled meanwhile (the writer's last notify) or a stats read must not touch it.
-        self._writer = None
+        self._writer = self._keeper = None
         loop.remove_reader(self._notify_fd)
         self._final_status = await asyncio.to_thread(writer.join)
         os.close(self._notify_fd)

@@ -527,26 +527,34 @@ async def test_a_kept_writer_cpu_hands_records_over_and_acknowledges_each_after_
         assert len(keepers) == 1
         assert os.sched_getscheduler(keepers[0]) == os.SCHED_IDLE  # never in anyone's way
         assert os.sched_getaffinity(keepers[0]) == {cpu}
-        # One record at a time, as SubmitOrder sends them: while the keeper spins, it is the
-        # keeper that wakes the writer for the next record.
+        # One record at a time, each announced, as SubmitOrder sends them: while the keeper spins,
+        # it is the keeper that wakes the writer for the next record.
         for seq in range(1, 201):
+            journal.keep_writer_cpu_awake()
             assert await journal.append(payload(seq)) == seq
             assert journal._writer_status().synced_seq >= seq
-        wakes, _ = journal.keeper_stats()
+        wakes = journal.keeper_stats().wakes
         assert wakes > 0
-        # Past the window the keeper parks and hands the writer back to the queue's own wake-up.
+        # Past the window the keeper parks and hands the writer back to the queue's own wake-up;
+        # records nobody announced (a throughput load) leave it parked.
         await asyncio.sleep(0.2)
-        _, parks = journal.keeper_stats()
+        parks = journal.keeper_stats().parks
         assert parks > 0
-        assert await journal.append(payload(201)) == 201
+        assert list(await asyncio.gather(*(journal.append(payload(seq)) for seq in range(201, 301)))) == list(
+            range(201, 301)
+        )
+        for seq in range(301, 321):
+            assert await journal.append(payload(seq)) == seq
+        assert journal.keeper_stats().wakes == wakes
         # A second keeper is refused, and says so.
         assert not journal.keep_writer_cpu(2000)
         with pytest.raises(ValueError):
             journal._writer.keep_cpu(0, [cpu])  # type: ignore[union-attr]
     finally:
         await journal.close()
+    journal.keep_writer_cpu_awake()  # after close: a no-op, never a freed writer
     assert _thread_ids_named("hft-keeper") == []  # stopped with the writer
-    assert [seq for seq, _ in replayed(tmp_path)] == list(range(1, 202))
+    assert [seq for seq, _ in replayed(tmp_path)] == list(range(1, 321))
 
 
 async def test_a_journal_closes_promptly_while_its_keeper_spins(tmp_path: Path) -> None:
@@ -554,6 +562,7 @@ async def test_a_journal_closes_promptly_while_its_keeper_spins(tmp_path: Path) 
     journal.start()
     journal.place_writer([max(os.sched_getaffinity(0))])
     assert journal.keep_writer_cpu(100_000)  # the longest window
+    journal.keep_writer_cpu_awake()
     futures = [journal.append(payload(seq)) for seq in range(1, 51)]
     started = time.monotonic()
     await journal.close()
