@@ -67,6 +67,16 @@ class ExecutionCollector(Collector):
             ("reference_sql_lookups", core.reference.counters.sql_lookups, "Reference lookups that read SQL"),
         ):
             yield CounterMetricFamily(f"hftgate_execution_{name}", text, value=value)
+        keeper = CounterMetricFamily(
+            "hftgate_execution_journal_keeper_events",
+            "The journal writer's CPU keeper (HFTGATE_EXECUTION_JOURNAL_KEEP_CPU_US): wakes = it handed the "
+            "writer a record, parks = it stopped spinning, kicks = it was held off its CPU and the loop woke "
+            "the writer (all 0 without a keeper)",
+            labels=["event"],
+        )
+        for event, value in core.journal.keeper_stats()._asdict().items():
+            keeper.add_metric([event], value)
+        yield keeper
         refused = CounterMetricFamily(
             "hftgate_execution_unauthenticated_calls",
             "Calls refused UNAUTHENTICATED: no credential or a forged service token (interceptor), "

@@ -233,3 +233,22 @@ async def test_stage_latencies_are_exported_to_prometheus(harness: Any) -> None:
     text = generate_latest(REGISTRY).decode()
     assert 'hftgate_execution_stage_latency_seconds{quantile="0.99",stage="journal"}' in text
     assert "hftgate_execution_orders_accepted_total 1.0" in text
+
+
+async def test_the_journal_keeper_counts_are_exported_to_prometheus(harness: Any) -> None:
+    import os
+
+    from prometheus_client import REGISTRY, generate_latest
+
+    journal = harness.core.journal
+    journal.place_writer([max(os.sched_getaffinity(0))])
+    assert journal.keep_writer_cpu(50_000)
+    for n in range(20):
+        await harness.stub.SubmitOrder(api.SubmitOrderRequest(order=new_order(f"k{n}")), metadata=ALICE)
+    stats = journal.keeper_stats()
+    # Sequential SubmitOrders: their records reached the writer through the keeper (or, when this
+    # process's other threads held the keeper off its CPU, through the loop's kick).
+    assert stats.wakes + stats.kicks > 0
+    text = generate_latest(REGISTRY).decode()
+    assert f'hftgate_execution_journal_keeper_events_total{{event="wakes"}} {float(stats.wakes)}' in text
+    assert 'hftgate_execution_journal_keeper_events_total{event="kicks"}' in text
