@@ -113,7 +113,7 @@ def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:
     # SCHED_IDLE, but to no use), and "auto" pins nothing under a CPU quota.
     keep_us = config.journal_keep_cpu_us
     if chosen.writer_apart and keep_us and running.core.journal.keep_writer_cpu(keep_us):
-        log.info("the journal writer's CPU is kept awake %d us after each batch", keep_us)
+        log.info("the journal writer's CPU is kept awake %d us after each SubmitOrder", keep_us)
 
 
 if __name__ == "__main__":

@@ -149,10 +149,10 @@ class ExecutionConfig:
     # writer wakes it (a sleeping CPU's wake-up, ~45 us on a VM). Costs that CPU time; 0 = never.
     journal_ack_poll_us: int = 200
     # When the journal writer has a CPU of its own (as for journal_ack_poll_us): a SCHED_IDLE thread
-    # keeps that CPU from going idle for this long after each batch the writer takes, so the fsync's
-    # completion and the next record's hand-off do not wait for a halted CPU to wake (on a VM,
-    # ~20-40 us per durable order; hft_cpu_keeper.h). The CPU shows busy meanwhile, with time nothing
-    # else wanted. 0 = never; at most 100000.
+    # keeps that CPU from going idle for this long after each SubmitOrder, so the fsync's completion
+    # and the record's hand-off do not wait for a halted CPU to wake (on a VM, ~40 us per durable
+    # order; hft_cpu_keeper.h). The CPU shows busy meanwhile, with time nothing else wanted.
+    # 0 = never; at most 100000.
     journal_keep_cpu_us: int = 2000
 
     # Sharding (hftgate/shardmap.py). This shard's id (0..32767): public order and trade ids carry
