@@ -128,6 +128,14 @@ def test_the_service_process_places_its_threads(tmp_path: Path, loop_cpus: str) 
         rest = ",".join(map(str, sorted(allowed - {max(allowed)})))
         assert threads["hft-journal"] == [writer_cpu]
         if loop_cpus == "auto":
+            # A grpc thread started by one not yet moved during the first passes is moved by the
+            # pass the service makes REPIN_AFTER_S later.
+            settle = time.monotonic() + placement.REPIN_AFTER_S + 5
+            while (
+                threads["event_engine"] != [rest] * len(threads["event_engine"]) and time.monotonic() < settle
+            ):
+                time.sleep(0.05)
+                threads = _threads(process.pid)
             assert threads["main"] == [rest] and threads["event_engine"] == [rest] * len(
                 threads["event_engine"]
             )
