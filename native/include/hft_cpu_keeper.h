@@ -12,27 +12,27 @@
  *
  * A keeper is a thread under SCHED_IDLE, pinned with its worker, that spins (x86
  * PAUSE) for `spin_ns` after the last sign that work is coming (hft_cpu_keeper_touch),
- * then parks until the next one. SCHED_IDLE means it runs
- * only on CPU time nothing else wants: any other thread that becomes runnable on
- * that CPU preempts it at once, and the scheduler counts the CPU as idle when it
- * places woken threads. While it spins the CPU never halts, so the interrupt and the
- * wake-up are taken at once.
+ * then parks until the next one. SCHED_IDLE means it runs only on CPU time nothing
+ * else wants: any other thread that becomes runnable on that CPU preempts it at once,
+ * and the scheduler counts the CPU as idle when it places woken threads. While it
+ * spins the CPU never halts, so the interrupt and the wake-up are taken at once.
  *
  * It also carries the worker's wake-ups: a worker that would park waits in
  * hft_cpu_keeper_wait instead, on a futex of the keeper's; the keeper, spinning on
  * the same CPU, sees the worker's condition become true and wakes it there (a local
  * wake-up, no inter-processor interrupt). So the producer (the event loop) pushes
  * without any syscall while the keeper spins, unless the keeper is held off its CPU
- * by other threads: then hft_cpu_keeper_kick has the producer wake the worker itself. When the keeper stops spinning it first
- * hands the waiting worker back (hft_cpu_keeper_wait returns false) so that the worker
- * parks on its own waitpoint, where producers wake it as usual.
+ * by other threads: then hft_cpu_keeper_kick has the producer wake the worker itself.
+ * When the keeper stops spinning it first hands the waiting worker back
+ * (hft_cpu_keeper_wait returns false) so that the worker parks on its own waitpoint,
+ * where producers wake it as usual.
  *
- * The cost: the CPU shows busy for `spin_ns` after each burst of work (time nothing
- * else wanted). Use it only for a worker that has a CPU of its own, and never under a
+ * The cost: the CPU shows busy for `spin_ns` after each touch (time nothing else
+ * wanted). Use it only for a worker that has a CPU of its own, and never under a
  * CPU quota (spinning would spend the quota).
  *
  * Threads: create and destroy from one controlling thread; wait from the one worker
- * thread; touch from any.
+ * thread; touch and kick from any.
  */
 #ifndef HFT_CPU_KEEPER_H
 #define HFT_CPU_KEEPER_H
