@@ -56,6 +56,7 @@ struct ping_pong {
     hft_cpu_keeper *keeper;
     int rounds;
     int kick;                /* the producer kicks after each post */
+    void (*before_round)(struct ping_pong *p, int round); /* optional, on the producer */
     _Atomic uint64_t wanted; /* the round the worker waits for */
     _Atomic int taken;
     _Atomic int woken_by_keeper;
@@ -105,6 +106,7 @@ static void run_ping_pong(int64_t spin_ns, int rounds, int gap_us, struct ping_p
     pthread_setaffinity_np(worker, sizeof set, &set);
     int64_t deadline = hft_wait_now_ns() + 60000 * MS;
     for (int round = 1; round <= rounds && hft_wait_now_ns() < deadline; round++) {
+        if (p->before_round) p->before_round(p, round);
         if (gap_us) {
             struct timespec gap = {0, gap_us * 1000L};
             nanosleep(&gap, NULL);
@@ -154,22 +156,36 @@ static void *hog_main(void *argument) {
     return NULL;
 }
 
-static void test_a_held_off_keeper_leaves_the_wake_up_to_the_producers_kick(void) {
+/* The hog starts only once the keeper has spun and woken the worker: a keeper held off
+ * before it ever ran would not be spinning, and the worker would be handed back (no kick
+ * needed). Started earlier, the test depended on the scheduler's luck (it failed once in CI). */
+#define HOG_FROM_ROUND 100
+static pthread_t hog_thread;
+
+static void start_hog_once_the_keeper_spun(struct ping_pong *p, int round) {
+    if (round != HOG_FROM_ROUND) return;
+    CHECK(atomic_load(&p->woken_by_keeper) > 0);
     int cpu = first_allowed_cpu();
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
-    pthread_t hog;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setaffinity_np(&attr, sizeof set, &set);
+    CHECK_EQ_INT(pthread_create(&hog_thread, &attr, hog_main, NULL), 0);
+    pthread_attr_destroy(&attr);
+}
+
+static void test_a_held_off_keeper_leaves_the_wake_up_to_the_producers_kick(void) {
     atomic_store(&hog_stop, 0);
-    CHECK_EQ_INT(pthread_create(&hog, NULL, hog_main, NULL), 0);
-    pthread_setaffinity_np(hog, sizeof set, &set);
     struct ping_pong p = {0};
     p.kick = 1;
+    p.before_round = start_hog_once_the_keeper_spun;
     int64_t start = hft_wait_now_ns();
-    run_ping_pong(10000 * MS, 300, 200, &p);
+    run_ping_pong(10000 * MS, HOG_FROM_ROUND + 300, 200, &p);
     int64_t took = hft_wait_now_ns() - start;
     atomic_store(&hog_stop, 1);
-    pthread_join(hog, NULL);
+    pthread_join(hog_thread, NULL);
     hft_cpu_keeper_stats stats;
     hft_cpu_keeper_stats_get(p.keeper, &stats);
     CHECK(stats.kicks > 0); /* the producer, not the starved keeper, woke the worker */
