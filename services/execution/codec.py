@@ -423,7 +423,10 @@ def report_entries(
 ) -> bytes:
     """:func:`encode_reports` as the wire bytes of ``executions`` entries (field
     :data:`EXECUTIONS_FIELD`), written in one C call."""
-    client_text, client_lengths = joined(state.client_ids_of(reports["order_id"]) if len(reports) else [])
+    if len(reports):
+        client_text, client_lengths = state.client_id_text_of(reports["order_id"])
+    else:
+        client_text, client_lengths = b"", np.zeros(0, np.int64)
     return encoder.reports(
         EXECUTIONS_FIELD, reports, client_text, client_lengths, symbols.of(state), _REASON_TABLE, shard_base
     )

@@ -152,11 +152,15 @@ class ShardFence:
         current = self.map
         mine = self.shard_id
         moving = current.moving
-        return [
-            p
-            for p, symbol in enumerate(symbols)
+        # Each distinct symbol asked once: a stream message's 100 orders are mostly of one.
+        refused = {
+            symbol
+            for symbol in set(symbols)
             if symbol and (current.owner(symbol).shard_id != mine or (moving and symbol in moving))
-        ]
+        }
+        if not refused:
+            return []
+        return [p for p, symbol in enumerate(symbols) if symbol in refused]
 
     def resting_refusal(self, symbol: str) -> Refusal | None:
         """Why a cancel, replace or get of a working order of ``symbol`` held here is not this

@@ -29,6 +29,8 @@ from services.execution.admission import KIND_CANCEL, KIND_NEW, KIND_REPLACE, Ac
 from services.execution.ledger import Fill, Ledger, LedgerBacklogFull
 from services.execution.state import REJECTED, BatchOutcome, ExecutionState
 
+_KIND_COUNT = max(KIND_NEW, KIND_CANCEL, KIND_REPLACE) + 1
+
 
 class ReaderTooSlow(Exception):
     """A stream fell so far behind the published reports that the ones it has not read yet would
@@ -123,7 +125,11 @@ class Publisher:
             return
         acks.order_ids[positions] = outcome.order_ids
         refused = outcome.status == REJECTED
-        acks.sequences[positions] = np.where(refused, 0, outcome.first_input_seq + np.arange(len(positions)))
+        engine_refused = int(np.count_nonzero(refused))
+        sequences = np.arange(outcome.first_input_seq, outcome.first_input_seq + len(positions))
+        if engine_refused:
+            sequences[refused] = 0
+        acks.sequences[positions] = sequences
         acks.status[positions] = outcome.status
         acks.reason[positions] = outcome.reason
         acks.price[positions] = outcome.price
@@ -133,11 +139,13 @@ class Publisher:
         acks.priority_kept[positions] = outcome.priority_kept
         acks.reports = outcome.reports
         kinds = acks.kind[positions]
-        accepted = ~refused
-        self.counters.orders_accepted += int((accepted & (kinds == KIND_NEW)).sum())
-        self.counters.cancels_accepted += int((accepted & (kinds == KIND_CANCEL)).sum())
-        self.counters.replaces_accepted += int((accepted & (kinds == KIND_REPLACE)).sum())
-        engine_refused = int(refused.sum())
+        if engine_refused:
+            kinds = kinds[~refused]
+        # Accepted inputs by kind in one pass (KIND_* are small non-negative numbers).
+        by_kind = np.bincount(kinds, minlength=_KIND_COUNT).tolist()
+        self.counters.orders_accepted += by_kind[KIND_NEW]
+        self.counters.cancels_accepted += by_kind[KIND_CANCEL]
+        self.counters.replaces_accepted += by_kind[KIND_REPLACE]
         if engine_refused:
             self.counters.inputs_rejected += engine_refused
             by_reason = self.counters.rejects_by_reason

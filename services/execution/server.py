@@ -762,8 +762,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             subscriber.notify()
 
         reader = asyncio.get_running_loop().create_task(read())
-        restating: dict[int, int] = {}
-        restate_marks: deque[tuple[int, list[int]]] = deque()
+        restated = _RestatedReports()
         answered = 0
         last_sent = subscriber.cursor
         page_size = config.stream_page_reports
@@ -787,20 +786,20 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     taken += len(entry.kind)
                     parts.append(self._ack_bytes(entry))
                     accepted = entry.sequences > 0
-                    sequences = entry.sequences[accepted].tolist()
-                    restating.update(zip(sequences, entry.order_ids[accepted].tolist(), strict=True))
-                    restate_marks.append((core.publisher.published_report_seq, sequences))
+                    restated.add(
+                        core.publisher.published_report_seq,
+                        entry.sequences[accepted],
+                        entry.order_ids[accepted],
+                    )
                 # Never a report before its order's ack: stop where the next unsent acks came in.
                 until = pending[0][0] if pending else None
                 page = core.publisher.reports_page(subscriber, page_size, until)
                 if len(page):
                     last_sent = int(page["sequence"][-1])
-                    page = _without_restated(page, restating)
+                    page = restated.drop_from(page)
                     if len(page):
                         parts.append(self._report_bytes(page))
-                while restate_marks and restate_marks[0][0] <= subscriber.cursor:
-                    for sequence in restate_marks.popleft()[1]:  # their reports are all read
-                        restating.pop(sequence, None)
+                restated.forget_read(subscriber.cursor)
                 response = b"".join(parts)
                 if response:
                     await context.write(response)
@@ -987,16 +986,56 @@ _RESTATING_EXEC_TYPES = np.zeros(256, bool)
 _RESTATING_EXEC_TYPES[[api.EXEC_TYPE_NEW, api.EXEC_TYPE_CANCELED, api.EXEC_TYPE_REPLACED]] = True
 
 
-def _without_restated(reports: np.ndarray, restating: dict[int, int]) -> np.ndarray:
-    """Drop NEW/CANCELED/REPLACED reports that only restate an ack this stream already sent."""
-    if not restating:
-        return reports
-    restate = _RESTATING_EXEC_TYPES.take(reports["exec_type"])  # np.isin costs ~12 us a call
-    restate &= reports["reason"] == 0
-    if not restate.any():
-        return reports
-    own = np.array([restating.get(s, -1) for s in reports["input_sequence"].tolist()], np.int64)
-    return rows.select(reports, ~(restate & (own == reports["order_id"])))
+class _RestatedReports:
+    """The accepted inputs of an OrderStream whose acks were sent, kept until the subscriber's
+    cursor has passed their batch's reports: a NEW, CANCELED or REPLACED report of one of them
+    only restates its ack, so the stream drops it. Held as arrays (input sequences ascending:
+    a stream's batches are journaled in order), looked up with one search per page."""
+
+    def __init__(self) -> None:
+        #: (published report sequence when the acks went out, their input sequences, order ids)
+        self._marks: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+
+    def add(self, published: int, sequences: np.ndarray, order_ids: np.ndarray) -> None:
+        if not len(sequences):
+            return
+        marks = self._marks
+        if (marks and sequences[0] <= marks[-1][1][-1]) or (sequences[1:] <= sequences[:-1]).any():
+            # Not after what is held (never seen; the lookup needs them in order): keep them all sorted.
+            if marks:
+                sequences = np.concatenate([mark[1] for mark in marks] + [sequences])
+                order_ids = np.concatenate([mark[2] for mark in marks] + [order_ids])
+            order = np.argsort(sequences, kind="stable")
+            sequences, order_ids = sequences[order], order_ids[order]
+            marks.clear()
+        marks.append((published, sequences, order_ids))
+
+    def forget_read(self, cursor: int) -> None:
+        """Forget the acks whose reports the subscriber has all read."""
+        marks = self._marks
+        while marks and marks[0][0] <= cursor:
+            marks.popleft()
+
+    def drop_from(self, reports: np.ndarray) -> np.ndarray:
+        """``reports`` without those that restate an ack sent."""
+        marks = self._marks
+        if not marks:
+            return reports
+        restate = _RESTATING_EXEC_TYPES.take(reports["exec_type"])  # np.isin costs ~12 us a call
+        restate &= reports["reason"] == 0
+        if not restate.any():
+            return reports
+        if len(marks) == 1:
+            sequences, order_ids = marks[0][1], marks[0][2]
+        else:
+            sequences = np.concatenate([mark[1] for mark in marks])
+            order_ids = np.concatenate([mark[2] for mark in marks])
+        wanted = reports["input_sequence"]
+        at = np.searchsorted(sequences, wanted)
+        at[at == len(sequences)] = 0  # (past the last: compared with the first, never equal)
+        restate &= sequences[at] == wanted
+        restate &= order_ids[at] == reports["order_id"]
+        return rows.select(reports, ~restate) if restate.any() else reports
 
 
 def _summary(histogram: LatencyHistogram) -> common.LatencySummary:
