@@ -9,7 +9,8 @@ synchronously, with no await between them:
   it raises, the rules a new order would (:meth:`Admission._check_replace`);
 * the accepted inputs become one :class:`~services.execution.records.Batch` (engine commands, the
   journal's meta rows and client ids), or, for one new order, its record bytes straight away
-  (:meth:`Admission.admit_one_new`).
+  (:meth:`Admission.admit_one_new`); the new orders' commands are built in C
+  (:class:`~hftgate.native.admission.NewOrderCommands`), one call for a batch or a single order.
 
 Refused inputs get their reason here and are never journaled. Books are opened (and journaled) only
 for instruments that end up with an accepted order. The types an entry point hands in
@@ -26,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hftgate import rows
-from hftgate.matching.types import COMMAND_DTYPE, Action, StpMode
-from hftgate.matching.types import OrderType as EngineType
+from hftgate.matching.types import COMMAND_DTYPE, Action
+from hftgate.native.admission import NewOrderCommands
 from hftgate.native.client_ids import joined
 from hftgate.native.clock import now_ns
 from hftgate.v1 import common_pb2 as common
@@ -59,17 +60,6 @@ _ACTION_NEW = int(Action.NEW)  # an int, not the IntEnum, for numpy comparisons 
 
 KIND_NEW, KIND_CANCEL, KIND_REPLACE = api.ORDER_ACTION_NEW, api.ORDER_ACTION_CANCEL, api.ORDER_ACTION_REPLACE
 
-# execution.proto SelfTradePrevention -> engine mode (UNSPECIFIED is the service default, CANCEL_RESTING).
-_STP_TO_ENGINE = np.array(
-    [StpMode.CANCEL_RESTING, StpMode.CANCEL_RESTING, StpMode.CANCEL_TAKER, StpMode.CANCEL_BOTH,
-     StpMode.DECREMENT, StpMode.NONE], np.uint8,
-)  # fmt: skip
-_DEFAULT_TIF = np.array([0, api.TIME_IN_FORCE_GTC, api.TIME_IN_FORCE_IOC, api.TIME_IN_FORCE_GTC,
-                         api.TIME_IN_FORCE_IOC], np.int64)  # fmt: skip
-
-
-_STP_TO_ENGINE_LIST: list[int] = _STP_TO_ENGINE.tolist()
-_DEFAULT_TIF_BY_TYPE: list[int] = _DEFAULT_TIF.tolist()
 _NO_POSITIONS = np.zeros(0, np.int64)
 _FIRST_POSITION = np.zeros(1, np.int64)
 _NO_POSITIONS.setflags(write=False)
@@ -181,6 +171,10 @@ class Admission:
         self.reference = reference
         self.counters = counters
         self.risk = NewOrderRisk()
+        #: How an accepted NewOrder becomes its engine command and journal meta row (in C).
+        self._new_commands = NewOrderCommands(
+            state.engine_config.max_symbols, NEW_ORDER_DTYPE, COMMAND_DTYPE, META_DTYPE
+        )
         self._buckets: dict[int, TokenBucket] = {}
 
     def bucket(self, account: AccountSpec) -> TokenBucket:
@@ -297,6 +291,7 @@ class Admission:
                 else:
                     log.error("no engine book left for %s (max_symbols reached)", symbol)
                     ids_by_symbol[symbol] = -1
+                self._refresh_band(ids_by_symbol[symbol], symbol)
             every = len(new_positions) == count  # (the usual batch: new orders only, none preset)
             position_symbols = (
                 inputs.symbols if every else [inputs.symbols[p] for p in new_positions.tolist()]
@@ -424,12 +419,13 @@ class Admission:
         spec: InstrumentSpec | None,
         received_ns: int,
     ) -> tuple[int, bytes | None]:
-        """:meth:`_prepare` for one new order in plain Python: (reject reason, journal record or None).
+        """:meth:`prepare` for one new order: (reject reason, journal record or None).
 
-        numpy's per-call set-up costs more than the work for one order, so this reads the order's
-        NEW_ORDER_DTYPE ``fields`` once and builds the engine command and journal meta as tuples. The
-        record is byte for byte what :meth:`_prepare` builds for a batch of one (a test holds them
-        together). An accepted order's book is opened (and journaled) here when it is the first.
+        numpy's per-call set-up costs more than the work for one order, so this takes the order's
+        NEW_ORDER_DTYPE ``fields`` as a tuple: the C risk check and the C command builder (the same
+        ones a batch goes through) see them with no array on the way. The record is byte for byte
+        what :meth:`prepare` builds for a batch of one (a test holds them together). An accepted
+        order's book is opened (and journaled) here when it is the first.
         """
         state = self.state
         bucket = self.bucket(account)
@@ -470,34 +466,22 @@ class Admission:
             self.journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
             state.add_symbol(symbol_id, symbol)
         self.ensure_account(account)
-        side, otype, tif, price, stop, qty, display, post_only, stp, protection, priority = fields
-        if tif == 0:
-            tif = _DEFAULT_TIF_BY_TYPE[otype]
-        is_market = otype in (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
-        bound = protection
-        if is_market and bound == 0:
-            spec_band = self._band_of(symbol_id)
-            if spec_band is not None:
-                reference, band = spec_band
-                bound = reference + band if side == 1 else max(1, reference - band)
-        engine_type = otype
-        if bound > 0 and otype == api.ORDER_TYPE_MARKET:
-            engine_type = EngineType.LIMIT
-        elif bound > 0 and otype == api.ORDER_TYPE_STOP_MARKET:
-            engine_type = EngineType.STOP_LIMIT
-        command = (
-            state.order_count + 1, account.account_id, bound if is_market else price, qty, stop, display,
-            symbol_id, priority, _ACTION_NEW, side, engine_type, tif, 1 if post_only else 0,
-            _STP_TO_ENGINE_LIST[stp], 0,
-        )  # fmt: skip
-        meta = (
-            price, protection, 0, priority, otype, tif,
-            stp or api.SELF_TRADE_PREVENTION_CANCEL_RESTING, 1 if post_only else 0, len(client_id),
-            0, 0, 0,
-        )  # fmt: skip
+        self._refresh_band(symbol_id, symbol)
+        command, meta = self._new_commands.one(
+            fields, symbol_id, account.account_id, state.order_count + 1, len(client_id)
+        )
         return 0, encode_one_batch(
             state.next_input_seq, received_ns, time.time_ns(), command, meta, client_id.encode("ascii")
         )
+
+    def _refresh_band(self, symbol_id: int, symbol: str) -> None:
+        """Give the C command builder the band of ``symbol`` (engine id ``symbol_id``, which may
+        be provisional: its book not open yet) as the reference data holds it now."""
+        if symbol_id < 0:
+            return
+        spec_band = self._band_of(symbol)
+        reference, band = (0, 0) if spec_band is None else spec_band
+        self._new_commands.set_band(symbol_id, reference, band)
 
     def _check_existing(
         self,
@@ -641,21 +625,35 @@ class Admission:
         input is new and accepted: then they are those ids, all ASCII)."""
         state = self.state
         count = len(accepted)
-        commands = np.zeros(count, COMMAND_DTYPE)
-        meta = np.zeros(count, META_DTYPE)
         kind = inputs.kind[accepted]
-        orders = rows.take(inputs.orders, accepted)
-        commands["account_id"] = account.account_id
-        meta["priority"] = orders["priority"]
+        orders = inputs.orders if count == len(inputs.kind) else rows.take(inputs.orders, accepted)
         is_new = kind == KIND_NEW
-        new_count = int(is_new.sum())
+        new_count = int(np.count_nonzero(is_new))
+        if new_count == count:  # new orders only: C writes every row whole
+            commands = np.empty(count, COMMAND_DTYPE)
+            meta = np.empty(count, META_DTYPE)
+            positions = None
+        else:
+            commands = np.zeros(count, COMMAND_DTYPE)
+            meta = np.zeros(count, META_DTYPE)
+            commands["account_id"] = account.account_id
+            meta["priority"] = orders["priority"]
+            positions = np.flatnonzero(is_new)
         if new_count:
-            self._fill_new_commands(commands, meta, orders, is_new, symbol_ids[accepted], new_count)
             if new_count == len(client_ids) and joined_ids is not None:  # every input accepted and new
                 encoded, lengths = joined_ids
             else:
                 encoded, lengths = joined([client_ids[p] for p in accepted[is_new].tolist()])
-            meta["client_id_length"][is_new] = lengths
+            self._new_commands.fill(
+                orders,
+                symbol_ids if count == len(symbol_ids) else symbol_ids[accepted],
+                positions,
+                account.account_id,
+                state.order_count + 1,
+                lengths,
+                commands,
+                meta,
+            )
         else:
             encoded = b""
         others = ~is_new
@@ -686,61 +684,7 @@ class Admission:
                 )
         return Batch(state.next_input_seq, inputs.received_ns, time.time_ns(), commands, meta, encoded)
 
-    def _fill_new_commands(
-        self,
-        commands: np.ndarray,
-        meta: np.ndarray,
-        orders: np.ndarray,
-        is_new: np.ndarray,
-        symbol_ids: np.ndarray,
-        new_count: int,
-    ) -> None:
-        state = self.state
-        # All new (SubmitOrder/SubmitOrders): a full slice instead of a mask saves a copy per field.
-        sel: slice | np.ndarray = slice(None) if new_count == len(commands) else is_new
-        new_orders = orders[sel]
-        otype = new_orders["order_type"]
-        tif = np.where(new_orders["tif"] == 0, _DEFAULT_TIF[otype], new_orders["tif"])
-        side = new_orders["side"]
-        protection = new_orders["protection"]
-        is_market = (otype == api.ORDER_TYPE_MARKET) | (otype == api.ORDER_TYPE_STOP_MARKET)
-        # A market order with a protective bound is the engine's IOC/FOK limit order at that bound.
-        bound = protection.copy()
-        symbols = symbol_ids[sel]
-        for symbol_id in np.unique(symbols[is_market & (bound == 0)]).tolist():
-            spec_band = self._band_of(symbol_id)
-            if spec_band is not None:
-                reference, band = spec_band
-                banded = is_market & (bound == 0) & (symbols == symbol_id)
-                bound[banded] = np.where(side[banded] == 1, reference + band, max(1, reference - band))
-        engine_type = otype.copy()
-        engine_type[(otype == api.ORDER_TYPE_MARKET) & (bound > 0)] = EngineType.LIMIT
-        engine_type[(otype == api.ORDER_TYPE_STOP_MARKET) & (bound > 0)] = EngineType.STOP_LIMIT
-        price = np.where(is_market, bound, new_orders["price"])
-        first_id = state.order_count + 1
-        commands["order_id"][sel] = np.arange(first_id, first_id + new_count)
-        commands["action"][sel] = Action.NEW
-        commands["symbol_id"][sel] = symbols
-        commands["side"][sel] = side
-        commands["order_type"][sel] = engine_type  # proto and engine numbering agree for the four types
-        commands["tif"][sel] = tif
-        commands["price"][sel] = price
-        commands["qty"][sel] = new_orders["quantity"]
-        commands["stop_price"][sel] = new_orders["stop_price"]
-        commands["display_qty"][sel] = new_orders["display"]
-        commands["flags"][sel] = (new_orders["post_only"] != 0).astype(np.uint8)
-        stp = new_orders["stp"]
-        commands["stp_mode"][sel] = _STP_TO_ENGINE[stp]
-        commands["priority"][sel] = new_orders["priority"]
-        meta["client_price"][sel] = new_orders["price"]
-        meta["protection"][sel] = protection
-        meta["client_type"][sel] = otype
-        meta["client_tif"][sel] = tif
-        meta["client_stp"][sel] = np.where(stp == 0, api.SELF_TRADE_PREVENTION_CANCEL_RESTING, stp)
-        meta["post_only"][sel] = new_orders["post_only"] != 0
-
-    def _band_of(self, symbol_id: int) -> tuple[int, int] | None:
-        symbol = self.state.symbol_names[symbol_id]
+    def _band_of(self, symbol: str) -> tuple[int, int] | None:
         held = self.reference._decoded.get("instrument:" + symbol)
         if held is None:
             return None

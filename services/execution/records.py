@@ -85,8 +85,6 @@ def struct_of(dtype: np.dtype) -> struct.Struct:
     return packed
 
 
-_COMMAND = struct_of(COMMAND_DTYPE)
-_META = struct_of(META_DTYPE)
 _SYMBOL = struct.Struct("<I")
 _ACCOUNT = struct.Struct("<Q")
 
@@ -121,14 +119,14 @@ def encode_one_batch(
     first_input_seq: int,
     received_ns: int,
     transact_ns: int,
-    command: tuple[int, ...],
-    meta: tuple[int, ...],
+    command: bytes,
+    meta: bytes,
     client_ids: bytes,
 ) -> bytes:
-    """:func:`encode_batch` of a batch of one input given as a COMMAND_DTYPE and a META_DTYPE row
-    (tuples): the same bytes, without building arrays (the SubmitOrder path)."""
+    """:func:`encode_batch` of a batch of one input given as its COMMAND_DTYPE and META_DTYPE
+    rows' bytes: the same bytes, without building arrays (the SubmitOrder path)."""
     header = _BATCH_HEADER.pack(first_input_seq, received_ns, transact_ns, 1, len(client_ids))
-    return b"".join((header, _COMMAND.pack(*command), _META.pack(*meta), client_ids))
+    return b"".join((header, command, meta, client_ids))
 
 
 def decode_batch(payload: bytes) -> Batch:

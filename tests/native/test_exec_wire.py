@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hftgate.native.client_ids import joined
 from hftgate.native.errors import NativeError
 from hftgate.native.exec_wire import ExecWireEncoder, TextTable
 from hftgate.v1 import execution_pb2 as api
@@ -74,6 +75,9 @@ class _State:
 
     def client_ids_of(self, order_ids: np.ndarray) -> list[str]:
         return [self._client_ids.get(int(i), "") for i in order_ids.tolist()]
+
+    def client_id_text_of(self, order_ids: np.ndarray) -> tuple[bytes, np.ndarray]:
+        return joined(self.client_ids_of(order_ids))
 
 
 @st.composite

@@ -42,7 +42,9 @@ def test_one_order_record_is_byte_for_byte_the_batch_record() -> None:
             np.array([meta], META_DTYPE),
             client_id,
         )
-        payload = encode_one_batch(first, received, transact, command, meta, client_id)
+        command_row = np.array([command], COMMAND_DTYPE).tobytes()
+        meta_row = np.array([meta], META_DTYPE).tobytes()
+        payload = encode_one_batch(first, received, transact, command_row, meta_row, client_id)
         assert payload == encode_batch(batch)
         decoded = decode_batch(payload)
         assert decoded.commands[0].item() == command and decoded.meta[0].item() == meta

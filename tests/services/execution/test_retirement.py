@@ -17,6 +17,7 @@ import numpy as np
 
 from hftgate.matching import EngineConfig
 from hftgate.matching.types import COMMAND_DTYPE, Action, OrderType, StpMode, TimeInForce
+from hftgate.native.client_ids import joined
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution import snapshot
@@ -164,6 +165,15 @@ def test_a_working_order_survives_the_window_and_retires_once_finished_and_repor
     assert state.order_id_for(2, "keep1") == 1
     assert state.open_order_ids(2, 0, 0).tolist() == [1]
     assert state.client_ids[0] == "keep1" and int(state.orders[0]["quantity"]) == 7
+    # A page of reports' client ids as one text (survivor, retired, window, never handed out):
+    # what client_ids_of gives, joined.
+    ids = np.array([1, 2, 36, 38, 41, 0, 99, 1], np.int64)
+    names = state.client_ids_of(ids)
+    assert names[:2] == ["keep1", ""] and names[3:] == ["o38", "o41", "", "", "keep1"]
+    text, lengths = state.client_id_text_of(ids)
+    assert (text, lengths.tolist()) == (joined(names)[0], joined(names)[1].tolist())
+    text, lengths = state.client_id_text_of(np.array([38, 39], np.int64))  # all held
+    assert text == b"o38o39" and lengths.tolist() == [3, 3]
     # A sell fills it: it finishes, yet stays while its fill report is in the ring.
     state.apply_batch(_batch(state, [(3, 2, int(TimeInForce.IOC), MID - 100, 7)]))
     row = state.order(1)

@@ -1,0 +1,126 @@
+"""Accepted new orders turned into engine commands and journal meta rows, in C
+(``native/include/hft_admission.h``): the one statement of how a NewOrder becomes what the engine
+runs (default time in force, a market order's protective bound, self-trade prevention's default).
+
+:class:`NewOrderCommands` keeps each symbol's price band (what a market order without a
+protection price is bounded by) and the C buffers of one call. Orders cross as the caller's
+NEW_ORDER_DTYPE rows; commands and meta rows as the caller's COMMAND and META dtypes, each checked
+once against its C struct. A batch of one has :meth:`NewOrderCommands.one`, which returns the
+row's bytes (the journal record's). Not thread-safe: one per service.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hftgate.matching.types import check_layout
+from hftgate.native import check, ffi, lib
+
+#: hft_symbol_band: a symbol's reference price and band, in ticks (none unless both are > 0).
+BAND_DTYPE = np.dtype([("reference", "<i8"), ("band", "<i8")])
+
+
+class NewOrderCommands:
+    """Calls ``hft_admission_new_commands`` (see the module docstring)."""
+
+    def __init__(
+        self, max_symbols: int, order_dtype: np.dtype, command_dtype: np.dtype, meta_dtype: np.dtype
+    ) -> None:
+        for c_name, dtype in (
+            ("hft_new_order_row", order_dtype),
+            ("hft_order_command", command_dtype),
+            ("hft_order_meta", meta_dtype),
+            ("hft_symbol_band", BAND_DTYPE),
+        ):
+            check_layout(c_name, dtype)
+        self.order_dtype, self.command_dtype, self.meta_dtype = order_dtype, command_dtype, meta_dtype
+        self._bands = np.zeros(max_symbols, BAND_DTYPE)
+        self._bands_c = ffi.from_buffer("hft_symbol_band[]", self._bands, require_writable=True)
+        self._bad = ffi.new("size_t *")
+        # One order's buffers, for one(): no array per call.
+        self._one_order = np.zeros(1, order_dtype)
+        self._one_symbol = np.zeros(1, np.int64)
+        self._one_length = np.zeros(1, np.int64)
+        self._one_command = np.zeros(1, command_dtype)
+        self._one_meta = np.zeros(1, meta_dtype)
+        self._one_c = (
+            ffi.from_buffer("hft_new_order_row[]", self._one_order),
+            ffi.from_buffer("int64_t[]", self._one_symbol),
+            ffi.from_buffer("int64_t[]", self._one_length),
+            ffi.from_buffer("hft_order_command[]", self._one_command, require_writable=True),
+            ffi.from_buffer("hft_order_meta[]", self._one_meta, require_writable=True),
+        )
+        self._one_command_bytes = ffi.buffer(self._one_c[3])
+        self._one_meta_bytes = ffi.buffer(self._one_c[4])
+
+    def set_band(self, symbol_id: int, reference: int, band: int) -> None:
+        """The band market orders of ``symbol_id`` without a protection price get from now on."""
+        self._bands[symbol_id] = (reference, band)
+
+    def fill(
+        self,
+        orders: np.ndarray,
+        symbol_ids: np.ndarray,
+        positions: np.ndarray | None,
+        account_id: int,
+        first_order_id: int,
+        client_id_lengths: np.ndarray,
+        commands: np.ndarray,
+        meta: np.ndarray,
+    ) -> None:
+        """Write the command and meta row of each new order at ``positions`` (None: every row) of
+        ``orders`` / ``symbol_ids`` (int64) / ``commands`` / ``meta``, with ids from
+        ``first_order_id`` on; ``client_id_lengths`` (int64) per new order. ValueError (nothing
+        written) when an order has a field out of range: its risk check should have refused it."""
+        rows = len(orders)
+        if (
+            orders.dtype != self.order_dtype
+            or commands.dtype != self.command_dtype
+            or meta.dtype != self.meta_dtype
+            or symbol_ids.dtype != np.int64
+            or client_id_lengths.dtype != np.int64
+            or (positions is not None and positions.dtype != np.int64)
+            or len(symbol_ids) != rows
+            or len(commands) != rows
+            or len(meta) != rows
+        ):
+            raise TypeError("new order commands: arrays of the wrong dtype or length")
+        count = rows if positions is None else len(positions)
+        if len(client_id_lengths) != count:
+            raise TypeError("new order commands: one client id length per new order")
+        rc = lib.hft_admission_new_commands(
+            ffi.from_buffer("hft_new_order_row[]", orders),
+            ffi.from_buffer("int64_t[]", symbol_ids),
+            rows,
+            ffi.NULL if positions is None else ffi.from_buffer("int64_t[]", positions),
+            count,
+            account_id,
+            first_order_id,
+            ffi.from_buffer("int64_t[]", client_id_lengths),
+            self._bands_c,
+            len(self._bands),
+            ffi.from_buffer("hft_order_command[]", commands, require_writable=True),
+            ffi.from_buffer("hft_order_meta[]", meta, require_writable=True),
+            self._bad,
+        )
+        if rc == lib.HFT_EINVAL:
+            raise ValueError(f"new order commands: order {self._bad[0]} of {count} has a field out of range")
+        check(rc, "hft_admission_new_commands")
+
+    def one(
+        self, fields: tuple[int, ...], symbol_id: int, account_id: int, order_id: int, client_id_length: int
+    ) -> tuple[bytes, bytes]:
+        """:meth:`fill` of one order given as its NEW_ORDER_DTYPE fields: its command's and meta
+        row's bytes."""
+        self._one_order[0] = fields
+        self._one_symbol[0] = symbol_id
+        self._one_length[0] = client_id_length
+        order_c, symbol_c, length_c, command_c, meta_c = self._one_c
+        rc = lib.hft_admission_new_commands(
+            order_c, symbol_c, 1, ffi.NULL, 1, account_id, order_id, length_c,
+            self._bands_c, len(self._bands), command_c, meta_c, self._bad,
+        )  # fmt: skip
+        if rc == lib.HFT_EINVAL:
+            raise ValueError("new order commands: the order has a field out of range")
+        check(rc, "hft_admission_new_commands")
+        return self._one_command_bytes[:], self._one_meta_bytes[:]
