@@ -94,6 +94,9 @@ class ClientIdIndex:
         self._one_account = ffi.new("uint64_t[1]")
         self._one_length = ffi.new("int64_t[1]")
         self._one_order_id = ffi.new("int64_t[1]")
+        # forget_rows' table, slot ids and id rows, and their C views (bound on first use).
+        self._rows_of: tuple[Any, Any, Any] = (None, None, None)
+        self._rows_c: tuple[Any, Any, Any] = (None, None, None)
 
     def __len__(self) -> int:
         return int(lib.hft_client_ids_count(self._index))
@@ -152,6 +155,38 @@ class ClientIdIndex:
             self._index, keep[0], text, len(text), keep[1], keep[2], count, self._removed
         )
         check(rc, "hft_client_ids_remove")
+        return int(self._removed[0])
+
+    def forget_rows(
+        self, table: np.ndarray, slot_ids: np.ndarray, id_rows: np.ndarray, slots: np.ndarray, *, free: bool
+    ) -> int:
+        """:meth:`remove` of the ids of order table rows ``slots`` (int64), read in place: each
+        row's account from ``table`` (hft_order_row rows), its order from ``slot_ids`` (int64),
+        its id from ``id_rows`` (:data:`ROW_DTYPE`; empty rows skipped). ``free``: zero those rows'
+        ``slot_ids`` and ``id_rows`` too. How many ids went (native/include/hft_order_retire.h)."""
+        if slot_ids.dtype != np.int64 or id_rows.dtype != ROW_DTYPE or slots.dtype != np.int64:
+            raise TypeError("forget_rows: slot_ids and slots must be int64, id_rows client id rows")
+        if table.dtype.itemsize != ffi.sizeof("hft_order_row"):
+            raise TypeError("forget_rows: the table's rows are not hft_order_row")
+        if len(slot_ids) != len(table) or len(id_rows) != len(table):
+            raise TypeError("forget_rows: one slot id and one id row per table row")
+        bound = self._rows_of
+        if table is not bound[0] or slot_ids is not bound[1] or id_rows is not bound[2]:
+            # (bound once: the state replaces the three arrays together, when its table grows)
+            self._rows_of = (table, slot_ids, id_rows)
+            self._rows_c = (
+                ffi.from_buffer("hft_order_row[]", table),
+                ffi.from_buffer("int64_t[]", slot_ids, require_writable=True),
+                ffi.from_buffer("char[]", id_rows, require_writable=True),
+            )
+        table_c, slot_ids_c, id_rows_c = self._rows_c
+        rc = lib.hft_order_retire_rows(
+            self._index, table_c, slot_ids_c, id_rows_c, len(table),
+            ffi.from_buffer("int64_t[]", slots), len(slots), free, self._removed,
+        )  # fmt: skip
+        if rc == lib.HFT_EINVAL:
+            raise ValueError("forget_rows: a slot past the table")
+        check(rc, "hft_order_retire_rows")
         return int(self._removed[0])
 
     def items(self) -> list[tuple[int, str, int]]:

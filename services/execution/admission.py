@@ -118,6 +118,8 @@ class Acks:
     arrival_ns: int = 0
     accepted: int = 0
     durable_at_ns: int = 0
+    #: ``client_ids`` as joined() gives them, when admission had them (every input a new order).
+    client_text: tuple[bytes, np.ndarray] | None = None
 
 
 @dataclass(slots=True)
@@ -347,6 +349,7 @@ class Admission:
             priority_kept=np.zeros(count, bool),
             received_ns=inputs.received_ns,
             arrival_ns=inputs.arrival_ns,
+            client_text=joined_ids if joined_ids is not None and len(joined_ids[1]) == count else None,
         )
         rejected = count - len(accepted)
         if rejected:

@@ -358,9 +358,9 @@ def _refused_reason_texts(
 ) -> tuple[list[int], list[str]]:
     """(positions, reason texts) of the acks whose ``reason`` is set, in order; each worded for its
     input's kind, or for ``kind`` when given (SubmitOrderColumns: new orders only)."""
+    if not acks.reason.any():  # (the usual batch: cheaper than flatnonzero's empty list)
+        return [], []
     refused = np.flatnonzero(acks.reason).tolist()
-    if not refused:
-        return refused, []
     kinds = acks.kind.tolist() if kind is None else [kind] * len(acks.kind)
     reasons, client_ids = acks.reason.tolist(), acks.client_ids
     return refused, [
@@ -374,11 +374,12 @@ def ack_entries(
     """:func:`encode_acks` as the wire bytes of ``acks`` entries (field :data:`ACKS_FIELD`): the
     same messages, written in one C call (hftgate/native/exec_wire.py) instead of one protobuf
     object each. Reason texts are built here, for the refused acks only."""
-    client_text, client_lengths = joined(acks.client_ids)
+    client_text, client_lengths = joined(acks.client_ids) if acks.client_text is None else acks.client_text
     refused, texts = _refused_reason_texts(acks, symbols)
     encoded = [text.encode("utf-8") for text in texts]
     reason_lengths = np.zeros(len(acks.kind), np.int64)
-    reason_lengths[refused] = [len(text) for text in encoded]
+    if refused:
+        reason_lengths[refused] = [len(text) for text in encoded]
     return encoder.acks(
         ACKS_FIELD,
         action=acks.kind,

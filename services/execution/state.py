@@ -313,6 +313,7 @@ class ExecutionState:
         self.retired_orders = 0
         #: (account, client order id) -> order id, for the orders held (hft_client_ids.h).
         self.client_id_index = ClientIdIndex()
+        self._one_slot = np.zeros(1, np.int64)  # _forget_client_id's slot: no array per call
         self.next_input_seq = 1
         self.next_report_seq = 1
         self.next_trade_id = 1
@@ -845,19 +846,17 @@ class ExecutionState:
             slots = np.arange(start, start + count) & self._mask
         self._slot_client_ids[slots] = ids_to_rows(batch.client_ids, lengths)
 
-    def _forget_client_id(self, slot: int) -> None:
-        """A refused (or retired) order's client id may be used again."""
-        self._forget_client_ids(np.array([slot], np.int64))
+    def _forget_client_id(self, slot: int, *, free: bool = False) -> None:
+        """A refused (or retired) order's client id may be used again (:meth:`_forget_client_ids`)."""
+        one = self._one_slot
+        one[0] = slot
+        self._forget_client_ids(one, free=free)
 
-    def _forget_client_ids(self, slots: np.ndarray) -> None:
+    def _forget_client_ids(self, slots: np.ndarray, *, free: bool = False) -> None:
         """Free the client ids of the orders in rows ``slots`` (each only while it still names its
-        order: a refused order's id may have been taken again since), in one call."""
-        text, lengths = ids_from_rows(self._slot_client_ids[slots])
-        held = lengths > 0
-        if not held.all():
-            slots, lengths = slots[held], lengths[held]
-        if len(lengths):
-            self.client_id_index.remove(self.table["account_id"][slots], text, lengths, self._slot_ids[slots])
+        order: a refused order's id may have been taken again since), read from the rows in place,
+        in one C call (hft_order_retire.h); ``free``: the rows' order ids and ids go too."""
+        self.client_id_index.forget_rows(self.table, self._slot_ids, self._slot_client_ids, slots, free=free)
 
     # --- retirement (see the module docstring) -------------------------------------------------------
 
@@ -903,9 +902,7 @@ class ExecutionState:
         gone = ~_IS_OPEN.take(statuses) & (lasts < oldest)
         dropped = slot_numbers[gone]
         if len(dropped):
-            self._forget_client_ids(dropped)
-            self._slot_ids[dropped] = 0
-            self._slot_client_ids[dropped] = b""
+            self._forget_client_ids(dropped, free=True)
             self.retired_orders += len(dropped)
         if len(dropped) < len(slot_numbers):
             kept = ~gone
@@ -914,9 +911,7 @@ class ExecutionState:
 
     def _drop(self, slot: int) -> None:
         """Retire the order in ``slot``: nothing of it stays."""
-        self._forget_client_id(slot)
-        self._slot_ids[slot] = 0
-        self._slot_client_ids[slot] = b""
+        self._forget_client_id(slot, free=True)
         self.retired_orders += 1
 
     def _to_survivor(self, slot: int, status: int, last_exec_seq: int) -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
-from hftgate.native.client_ids import MAX_LENGTH, ClientIdIndex, joined
+from hftgate.native.client_ids import MAX_LENGTH, ROW_DTYPE, ClientIdIndex, ids_to_rows, joined
 
 OK, INVALID, USED = 0, 1, 2
 
@@ -91,3 +92,26 @@ def test_bad_batches_are_refused_whole() -> None:
     else:
         raise AssertionError("lengths past the text were taken")
     assert len(index) == 0
+
+
+def test_forget_rows_reads_the_ids_in_place_and_frees_rows_on_request() -> None:
+    from services.execution.state import ORDER_DTYPE
+
+    index = ClientIdIndex()
+    table = np.zeros(4, ORDER_DTYPE)
+    table["account_id"] = [1, 1, 2, 2]
+    slot_ids = np.array([11, 12, 13, 0], np.int64)
+    text, lengths = joined(["a", "bb", "a", ""][:3])
+    id_rows = np.zeros(4, ROW_DTYPE)
+    id_rows[:3] = ids_to_rows(text, lengths)
+    index.add(np.array([1, 1, 2], np.uint64), text, lengths, slot_ids[:3].copy())
+    assert index.forget_rows(table, slot_ids, id_rows, np.array([0, 3], np.int64), free=False) == 1
+    assert index.get(1, "a") == 0 and index.get(2, "a") == 13 and slot_ids[0] == 11  # kept
+    assert index.forget_rows(table, slot_ids, id_rows, np.array([1, 2], np.int64), free=True) == 2
+    assert len(index) == 0 and slot_ids.tolist() == [11, 0, 0, 0] and id_rows.tolist()[1:] == [b"", b"", b""]
+    with pytest.raises(ValueError):
+        index.forget_rows(table, slot_ids, id_rows, np.array([4], np.int64), free=True)
+    with pytest.raises(TypeError):
+        index.forget_rows(table, slot_ids, id_rows, np.array([0], np.int32), free=True)
+    with pytest.raises(TypeError):
+        index.forget_rows(table, slot_ids[:3], id_rows, np.array([0], np.int64), free=True)
