@@ -50,6 +50,8 @@ class NewOrderCommands:
             ffi.from_buffer("hft_order_command[]", self._one_command, require_writable=True),
             ffi.from_buffer("hft_order_meta[]", self._one_meta, require_writable=True),
         )
+        #: The rows one() wrote (valid until its next call).
+        self.one_command, self.one_meta = self._one_command, self._one_meta
         self._one_command_bytes = ffi.buffer(self._one_c[3])
         self._one_meta_bytes = ffi.buffer(self._one_c[4])
 

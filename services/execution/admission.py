@@ -60,6 +60,7 @@ _ACTION_NEW = int(Action.NEW)  # an int, not the IntEnum, for numpy comparisons 
 
 KIND_NEW, KIND_CANCEL, KIND_REPLACE = api.ORDER_ACTION_NEW, api.ORDER_ACTION_CANCEL, api.ORDER_ACTION_REPLACE
 
+_MARKET_TYPES = (api.ORDER_TYPE_MARKET, api.ORDER_TYPE_STOP_MARKET)
 _NO_POSITIONS = np.zeros(0, np.int64)
 _FIRST_POSITION = np.zeros(1, np.int64)
 _NO_POSITIONS.setflags(write=False)
@@ -385,10 +386,10 @@ class Admission:
 
     def prepare_one_new(
         self, account: AccountSpec, inputs: Inputs, spec: InstrumentSpec | None
-    ) -> tuple[Acks, bytes | None]:
-        """:meth:`_prepare` for a batch of one new order (a one-order stream message): its acks and
-        its journal record (None when refused)."""
-        reason, payload = self.admit_one_new(
+    ) -> tuple[Acks, bytes | None, Batch | None]:
+        """:meth:`prepare` for a batch of one new order (a one-order stream message): its acks,
+        its journal record and the batch it holds (see :meth:`admit_one_new`)."""
+        reason, payload, batch = self.admit_one_new(
             account,
             inputs.symbols[0],
             inputs.client_ids[0],
@@ -411,7 +412,7 @@ class Admission:
             received_ns=inputs.received_ns,
             arrival_ns=inputs.arrival_ns,
         )
-        return acks, payload
+        return acks, payload, batch
 
     def admit_one_new(
         self,
@@ -421,8 +422,10 @@ class Admission:
         fields: tuple[int, ...],
         spec: InstrumentSpec | None,
         received_ns: int,
-    ) -> tuple[int, bytes | None]:
-        """:meth:`prepare` for one new order: (reject reason, journal record or None).
+    ) -> tuple[int, bytes | None, Batch | None]:
+        """:meth:`prepare` for one new order: (reject reason, journal record, the batch it holds),
+        the record and batch None when refused. The batch's arrays are reused by the next call:
+        apply it before admitting another order.
 
         numpy's per-call set-up costs more than the work for one order, so this takes the order's
         NEW_ORDER_DTYPE ``fields`` as a tuple: the C risk check and the C command builder (the same
@@ -464,18 +467,25 @@ class Admission:
             self.counters.inputs_rejected += 1
             by_reason = self.counters.rejects_by_reason
             by_reason[reason] = by_reason.get(reason, 0) + 1
-            return reason, None
+            return reason, None, None
         if provisional:
             self.journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
             state.add_symbol(symbol_id, symbol)
         self.ensure_account(account)
-        self._refresh_band(symbol_id, symbol)
+        if fields[1] in _MARKET_TYPES and fields[9] == 0:  # (order_type, protection): bounded by the band
+            self._refresh_band(symbol_id, symbol)
         command, meta = self._new_commands.one(
             fields, symbol_id, account.account_id, state.order_count + 1, len(client_id)
         )
-        return 0, encode_one_batch(
-            state.next_input_seq, received_ns, time.time_ns(), command, meta, client_id.encode("ascii")
+        text = client_id.encode("ascii")
+        transact_ns = time.time_ns()
+        first = state.next_input_seq
+        # The record, and the batch it decodes to (the builder's one-row arrays, read by the
+        # state's apply in this same step: no decode of the record on the way).
+        batch = Batch(
+            first, received_ns, transact_ns, self._new_commands.one_command, self._new_commands.one_meta, text
         )
+        return 0, encode_one_batch(first, received_ns, transact_ns, command, meta, text), batch
 
     def _refresh_band(self, symbol_id: int, symbol: str) -> None:
         """Give the C command builder the band of ``symbol`` (engine id ``symbol_id``, which may

@@ -185,8 +185,8 @@ class ExecutionCore:
         if single_new and specs:
             self._refence(account, inputs, streaming=sink is not None)  # no await from here to the append
         if single_new and specs and inputs.preset_reasons is None:
-            acks, payload = self.admission.prepare_one_new(account, inputs, specs[0])
-            batch, positions = None, _FIRST_POSITION
+            acks, payload, batch = self.admission.prepare_one_new(account, inputs, specs[0])
+            positions = _FIRST_POSITION
         else:
             replace_specs = await self.admission.replace_instruments(account, inputs)
             self._refence(account, inputs, streaming=sink is not None)  # no await from here to the append
@@ -256,14 +256,14 @@ class ExecutionCore:
             if refusal is not None:
                 raise InputRefused(refusal, self.publisher.shard_id)
         ack = SingleAck(entry.client_id, entry.received_ns, entry.arrival_ns)
-        reason, payload = self.admission.admit_one_new(
+        reason, payload, batch = self.admission.admit_one_new(
             account, symbol, entry.client_id, entry.fields, spec, entry.received_ns
         )
         if payload is None:
             ack.status, ack.reason = REJECTED, reason
             return ack
         t_risk = now_ns()
-        future, outcome = self._journal_and_apply(payload, None)
+        future, outcome = self._journal_and_apply(payload, batch)
         t_match = now_ns()
         (ack.order_id, ack.sequence, ack.status, ack.reason, ack.price, ack.quantity, ack.leaves, ack.cum,
          _) = self.publisher.outcome_of_one(outcome, KIND_NEW)  # fmt: skip
