@@ -51,4 +51,10 @@ int hft_admission_new_commands(const hft_new_order_row *orders, const int64_t *s
                                const hft_symbol_band *bands, size_t band_count, hft_order_command *commands,
                                hft_order_meta *meta, size_t *bad);
 
+/* hft_admission_new_commands for one order (SubmitOrder): its fields by pointer, the rest as
+ * values. HFT_EINVAL (nothing written) as above. */
+int hft_admission_new_command(const hft_new_order_row *order, int64_t symbol_id, uint64_t account_id,
+                              uint64_t order_id, int64_t client_id_length, const hft_symbol_band *bands,
+                              size_t band_count, hft_order_command *command, hft_order_meta *meta);
+
 #endif /* HFT_ADMISSION_H */

@@ -109,3 +109,16 @@ int hft_admission_new_commands(const hft_new_order_row *orders, const int64_t *s
     }
     return HFT_OK;
 }
+
+int hft_admission_new_command(const hft_new_order_row *order, int64_t symbol_id, uint64_t account_id,
+                              uint64_t order_id, int64_t client_id_length, const hft_symbol_band *bands,
+                              size_t band_count, hft_order_command *command, hft_order_meta *meta) {
+    if (!order || !bands || !command || !meta || order_id == 0) return HFT_EINVAL;
+    hft_order_command c;
+    hft_order_meta m;
+    if (!fill_one(order, symbol_id, account_id, order_id, client_id_length, bands, band_count, &c, &m))
+        return HFT_EINVAL;
+    *command = c;
+    *meta = m;
+    return HFT_OK;
+}

@@ -137,11 +137,33 @@ static void test_a_field_out_of_range_writes_nothing(void) {
     CHECK_EQ_INT(fill(NULL, NULL, 0, NULL, 0, NULL, bands, NULL, NULL, NULL), HFT_OK); /* nothing to do */
 }
 
+static void test_one_order_gives_the_batch_rows(void) {
+    hft_new_order_row o[3] = {limit_buy(7, 2), limit_buy(9, 1), limit_buy(1, 1)};
+    o[1].side = HFT_SIDE_SELL, o[1].order_type = 2, o[1].stp = 4;
+    o[2].order_type = 9; /* out of range */
+    const int64_t symbols[3] = {1, 1, 1}, lengths[3] = {3, 4, 5};
+    hft_symbol_band bands[SYMBOLS] = {{0, 0}, {500, 20}, {0, 0}};
+    hft_order_command batch_c[2], one_c;
+    hft_order_meta batch_m[2], one_m;
+    CHECK_EQ_INT(fill(o, symbols, 2, NULL, 2, lengths, bands, batch_c, batch_m, NULL), HFT_OK);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(hft_admission_new_command(&o[i], 1, 7, 100 + (uint64_t)i, lengths[i], bands, SYMBOLS, &one_c,
+                                               &one_m),
+                     HFT_OK);
+        CHECK(memcmp(&one_c, &batch_c[i], sizeof one_c) == 0 && memcmp(&one_m, &batch_m[i], sizeof one_m) == 0);
+    }
+    memset(&one_c, 0x77, sizeof one_c);
+    CHECK_EQ_INT(hft_admission_new_command(&o[2], 1, 7, 100, 5, bands, SYMBOLS, &one_c, &one_m), HFT_EINVAL);
+    CHECK(one_c.order_id == 0x7777777777777777ULL); /* nothing written */
+    CHECK_EQ_INT(hft_admission_new_command(&o[0], 1, 7, 0, 5, bands, SYMBOLS, &one_c, &one_m), HFT_EINVAL);
+}
+
 int main(void) {
     RUN(test_a_limit_order_keeps_its_fields_and_gets_the_defaults);
     RUN(test_market_orders_are_bounded_by_protection_then_band);
     RUN(test_self_trade_modes_and_explicit_time_in_force_map);
     RUN(test_positions_fill_only_the_new_rows_ids_in_order);
     RUN(test_a_field_out_of_range_writes_nothing);
+    RUN(test_one_order_gives_the_batch_rows);
     return TEST_SUMMARY("admission");
 }

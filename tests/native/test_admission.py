@@ -48,8 +48,8 @@ def test_a_batch_and_one_order_at_a_time_give_the_same_rows() -> None:
     commands_of.fill(orders, symbols, None, 9, 500, lengths, commands, meta)
     for i in range(200):
         command, row = commands_of.one(orders[i].item(), int(symbols[i]), 9, 500 + i, int(lengths[i]))
-        assert command == commands[i : i + 1].tobytes()
-        assert row == meta[i : i + 1].tobytes()
+        assert bytes(command) == commands[i : i + 1].tobytes()
+        assert bytes(row) == meta[i : i + 1].tobytes()
     market = (orders["order_type"] == 2) & (orders["protection"] == 0) & (symbols == 1)
     assert (commands["price"][market & (orders["side"] == 1)] == 1_030).all()
     assert (commands["price"][market & (orders["side"] == 2)] == 970).all()
