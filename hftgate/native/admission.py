@@ -74,6 +74,8 @@ class NewOrderCommands:
         ``orders`` / ``symbol_ids`` (int64) / ``commands`` / ``meta``, with ids from
         ``first_order_id`` on; ``client_id_lengths`` (int64) per new order. ValueError (nothing
         written) when an order has a field out of range: its risk check should have refused it."""
+        orders = np.ascontiguousarray(orders)  # (a no-op for the order path's own arrays)
+        symbol_ids = np.ascontiguousarray(symbol_ids)
         rows = len(orders)
         if (
             orders.dtype != self.order_dtype

@@ -36,13 +36,8 @@ from services.execution.reference import (
     SqlSource,
     demo_rows,
 )
-from services.execution.server import (
-    ADMIN_SERVICE_NAME,
-    PRINCIPAL,
-    SERVICE_NAME,
-    ExecutionServicer,
-    ShardAdminServicer,
-)
+from services.execution.server import PRINCIPAL, SERVICE_NAME, ExecutionServicer
+from services.execution.shard_admin import ADMIN_SERVICE_NAME, ShardAdminServicer
 from services.execution.snapshot import Snapshotter
 from services.execution.trade_feed import TradeFeed
 

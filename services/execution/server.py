@@ -1,5 +1,5 @@
-"""gRPC wiring of the execution service: the ExecutionService and ShardAdminService servicers
-(app.py builds them and starts the server).
+"""gRPC wiring of the execution service: the ExecutionService servicer (app.py builds it, and the
+ShardAdminService one of shard_admin.py, and starts the server).
 
 Every call passes :class:`~hftgate.security.ServiceAuthInterceptor` first (a call with neither a
 valid service token nor an API key is refused UNAUTHENTICATED before it is decoded); the servicer
@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
@@ -28,7 +27,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from hftgate import rows, security, shardmap
+from hftgate import security
 from hftgate.grpcserver import abort_invalid_argument, check_batch_size
 from hftgate.native.clock import now_ns
 from hftgate.native.exec_wire import ExecWireEncoder
@@ -40,25 +39,18 @@ from hftgate.telemetry import RequestBytes, SerializedResponse, takes_request_by
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
-from hftgate.v1 import shard_admin_pb2, shard_admin_pb2_grpc
 from services.execution import codec, fencing
 from services.execution.admission import KIND_CANCEL, KIND_REPLACE, Acks, Inputs, RateLimited, cancel_inputs
 from services.execution.config import ExecutionConfig
 from services.execution.core import ExecutionCore, InputRefused, ServiceUnavailable
 from services.execution.fairness import FairAdmission, StreamLimitExceeded, StreamSlot, StreamSlots
-from services.execution.handover import (
-    Handover,
-    HandoverRefused,
-    book_length,
-    book_of_rows,
-    check_move_id,
-    rows_of_book,
-)
+from services.execution.handover import Handover
 from services.execution.publishing import ReaderTooSlow, ReportSubscriber
 from services.execution.reference import (
     NOT_HELD,
     AccountSpec,
 )
+from services.execution.restated import RestatedReports
 from services.execution.state import OPEN_STATUSES, REJECTED, is_purged
 
 log = logging.getLogger(__name__)
@@ -77,9 +69,7 @@ GATEWAY_PRINCIPAL = "gateway"
 PRINCIPAL = "execution"
 
 
-async def _abort_bad_request(
-    context: grpc.aio.ServicerContext, field_name: str, description: str
-) -> NoReturn:
+async def abort_bad_request(context: grpc.aio.ServicerContext, field_name: str, description: str) -> NoReturn:
     await abort_invalid_argument(context, field_name, description)
 
 
@@ -217,7 +207,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             account = await reference.account(name)
         if account is None:
             self.unauthenticated += 1
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"unknown account {_clipped(name)}")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"unknown account {clipped(name)}")
         assert isinstance(account, AccountSpec)
         return account
 
@@ -317,9 +307,9 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         sequential order ids exist, and so how much others trade."""
         state = self.core.state
         if not order_id and not client_order_id:
-            await _abort_bad_request(context, "order_id", "name the order by order_id or client_order_id")
+            await abort_bad_request(context, "order_id", "name the order by order_id or client_order_id")
         if order_id < 0:
-            await _abort_bad_request(context, "order_id", f"order_id must be positive, got {order_id}")
+            await abort_bad_request(context, "order_id", f"order_id must be positive, got {order_id}")
         public_id = order_id
         taken = None if self.handover is None or not order_id else self.handover.local_id(order_id)
         if taken is not None:  # an order a move brought here keeps the id it was given
@@ -336,7 +326,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     grpc.StatusCode.NOT_FOUND, f"no order with client_order_id {client_order_id!r}"
                 )
             if order_id and order_id != by_client:
-                await _abort_bad_request(
+                await abort_bad_request(
                     context,
                     "client_order_id",
                     f"order_id {public_id} and client_order_id {client_order_id!r} disagree",
@@ -464,7 +454,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             try:
                 inputs = codec.decode_order_columns(message.orders, time.time_ns(), arrival)
             except codec.BadColumns as exc:
-                await _abort_bad_request(context, "orders", f"Cannot submit orders: {exc}")
+                await abort_bad_request(context, "orders", f"Cannot submit orders: {exc}")
         await self._rate(context, account)
         acks = await self._submit_new_orders(context, account, inputs)
         # (New orders only: none is an order taken over by a move, whose id _ack_protos translates.)
@@ -513,12 +503,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         if request.symbol:
             found = await self.core.symbol_id_of(request.symbol)
             if found is None:
-                await _abort_bad_request(
-                    context, "symbol", f"Cannot cancel orders: unknown symbol {_clipped(request.symbol)}"
+                await abort_bad_request(
+                    context, "symbol", f"Cannot cancel orders: unknown symbol {clipped(request.symbol)}"
                 )
             symbol_id = found
         if request.side not in (common.SIDE_UNSPECIFIED, common.SIDE_BUY, common.SIDE_SELL):
-            await _abort_bad_request(context, "side", f"unknown side {request.side}")
+            await abort_bad_request(context, "side", f"unknown side {request.side}")
         if symbol_id == -1:  # known instrument that never had an order here
             return api.CancelAllResponse()
         ids = self.core.without_handed_over(
@@ -762,7 +752,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             subscriber.notify()
 
         reader = asyncio.get_running_loop().create_task(read())
-        restated = _RestatedReports()
+        restated = RestatedReports()
         answered = 0
         last_sent = subscriber.cursor
         page_size = config.stream_page_reports
@@ -836,7 +826,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             # client waiting for a status that never came.
             await problem.request.refuse()
         if isinstance(problem, _BadStreamMessage):
-            await _abort_bad_request(context, "inputs", str(problem))
+            await abort_bad_request(context, "inputs", str(problem))
         if isinstance(problem, ServiceUnavailable):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(problem))
         if problem is not None:
@@ -853,10 +843,10 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         if request.symbol:
             found = await core.symbol_id_of(request.symbol)
             if found is None:
-                await _abort_bad_request(context, "symbol", f"unknown symbol {_clipped(request.symbol)}")
+                await abort_bad_request(context, "symbol", f"unknown symbol {clipped(request.symbol)}")
             symbol_id = found
         if request.after_sequence < 0:
-            await _abort_bad_request(
+            await abort_bad_request(
                 context,
                 "after_sequence",
                 f"must be 0 (from the oldest retained) or a report sequence, not {request.after_sequence}",
@@ -982,62 +972,6 @@ class _MalformedStreamMessage(Exception):
 _UNSENT_ACKS = "; acks of {} inputs were not sent: look them up with GetOrder or StreamExecutions"
 
 
-_RESTATING_EXEC_TYPES = np.zeros(256, bool)
-_RESTATING_EXEC_TYPES[[api.EXEC_TYPE_NEW, api.EXEC_TYPE_CANCELED, api.EXEC_TYPE_REPLACED]] = True
-
-
-class _RestatedReports:
-    """The accepted inputs of an OrderStream whose acks were sent, kept until the subscriber's
-    cursor has passed their batch's reports: a NEW, CANCELED or REPLACED report of one of them
-    only restates its ack, so the stream drops it. Held as arrays (input sequences ascending:
-    a stream's batches are journaled in order), looked up with one search per page."""
-
-    def __init__(self) -> None:
-        #: (published report sequence when the acks went out, their input sequences, order ids)
-        self._marks: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
-
-    def add(self, published: int, sequences: np.ndarray, order_ids: np.ndarray) -> None:
-        if not len(sequences):
-            return
-        marks = self._marks
-        if (marks and sequences[0] <= marks[-1][1][-1]) or (sequences[1:] <= sequences[:-1]).any():
-            # Not after what is held (never seen; the lookup needs them in order): keep them all sorted.
-            if marks:
-                sequences = np.concatenate([mark[1] for mark in marks] + [sequences])
-                order_ids = np.concatenate([mark[2] for mark in marks] + [order_ids])
-            order = np.argsort(sequences, kind="stable")
-            sequences, order_ids = sequences[order], order_ids[order]
-            marks.clear()
-        marks.append((published, sequences, order_ids))
-
-    def forget_read(self, cursor: int) -> None:
-        """Forget the acks whose reports the subscriber has all read."""
-        marks = self._marks
-        while marks and marks[0][0] <= cursor:
-            marks.popleft()
-
-    def drop_from(self, reports: np.ndarray) -> np.ndarray:
-        """``reports`` without those that restate an ack sent."""
-        marks = self._marks
-        if not marks:
-            return reports
-        restate = _RESTATING_EXEC_TYPES.take(reports["exec_type"])  # np.isin costs ~12 us a call
-        restate &= reports["reason"] == 0
-        if not restate.any():
-            return reports
-        if len(marks) == 1:
-            sequences, order_ids = marks[0][1], marks[0][2]
-        else:
-            sequences = np.concatenate([mark[1] for mark in marks])
-            order_ids = np.concatenate([mark[2] for mark in marks])
-        wanted = reports["input_sequence"]
-        at = np.searchsorted(sequences, wanted)
-        at[at == len(sequences)] = 0  # (past the last: compared with the first, never equal)
-        restate &= sequences[at] == wanted
-        restate &= order_ids[at] == reports["order_id"]
-        return rows.select(reports, ~restate) if restate.any() else reports
-
-
 def _summary(histogram: LatencyHistogram) -> common.LatencySummary:
     s = histogram.summary()
     return common.LatencySummary(
@@ -1053,152 +987,6 @@ def _summary(histogram: LatencyHistogram) -> common.LatencySummary:
     )
 
 
-ADMIN_SERVICE_NAME = "hftgate.v1.ShardAdminService"
-#: The service principals that may move symbols (an operator command, the scaler's mover).
-MOVE_PRINCIPALS = frozenset({security.ADMIN, "scaler"})
-
-
-class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
-    """shard_admin.proto: this shard's side of a symbol move (the logic is in handover.py)."""
-
-    def __init__(self, servicer: ExecutionServicer, handover: Handover) -> None:
-        self.servicer = servicer
-        self.handover = handover
-        self.fence = servicer.fence
-        self.shard_id = servicer.shard_id
-
-    async def _authorize(self, context: grpc.aio.ServicerContext, move_id: str, symbol: str) -> None:
-        secret = self.servicer.secret
-        principal = None if secret is None else security.principal_of(context, secret)
-        if principal not in MOVE_PRINCIPALS:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"moving symbols needs the service token of one of: {', '.join(sorted(MOVE_PRINCIPALS))}",
-            )
-        try:
-            check_move_id(move_id)
-            shardmap.check_symbol(symbol)
-        except (HandoverRefused, shardmap.ShardMapError) as exc:
-            await _abort_bad_request(
-                context, "move_id" if isinstance(exc, HandoverRefused) else "symbol", str(exc)
-            )
-
-    async def _map_at_least(self, context: grpc.aio.ServicerContext, epoch: int) -> shardmap.ShardMap:
-        fence = self.fence
-        if fence.epoch < epoch:
-            try:
-                await fence.refresh()
-            except shardmap.ShardMapUnavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        if fence.epoch < epoch:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard {self.shard_id} holds shard map epoch {fence.epoch}, below the move's {epoch}",
-            )
-        return fence.map
-
-    async def ExportSymbol(
-        self, request: shard_admin_pb2.ExportSymbolRequest, context: grpc.aio.ServicerContext
-    ) -> shard_admin_pb2.ExportSymbolResponse:
-        await self._authorize(context, request.move_id, request.symbol)
-        current = await self._map_at_least(context, request.min_epoch)
-        symbol = request.symbol
-        if symbol not in current.moving:  # the mark may be newer than the last poll
-            current = await self.fence.refresh()
-        if symbol not in current.moving:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard map epoch {self.fence.epoch} does not mark {symbol} moving: publish the move first",
-            )
-        if current.owner(symbol).shard_id != self.shard_id:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard {self.shard_id} does not own {symbol} at epoch {self.fence.epoch}: "
-                f"shard {current.owner(symbol).shard_id} does",
-            )
-        try:
-            book = await self.handover.export(symbol)
-        except HandoverRefused as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        log.info("move %s: exported %d order(s) of %s", request.move_id, len(book.original_order_id), symbol)
-        reply = shard_admin_pb2.ExportSymbolResponse(epoch=self.fence.epoch, shard_id=self.shard_id)
-        if request.columns:
-            reply.book.CopyFrom(book)
-        else:  # a caller from before MovedBook
-            reply.orders.extend(rows_of_book(book))
-        return reply
-
-    async def ImportSymbol(
-        self, request: shard_admin_pb2.ImportSymbolRequest, context: grpc.aio.ServicerContext
-    ) -> shard_admin_pb2.ImportSymbolResponse:
-        await self._authorize(context, request.move_id, request.symbol)
-        current = await self._map_at_least(context, request.min_epoch)
-        symbol = request.symbol
-        if current.moving.get(symbol) != self.shard_id:  # the mark may be newer than the last poll
-            current = await self.fence.refresh()
-        if current.moving.get(symbol) != self.shard_id:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard map epoch {self.fence.epoch} does not mark {symbol} moving to shard {self.shard_id}",
-            )
-        book = request.book
-        if request.orders:  # rows, from a caller that does not know MovedBook
-            if request.book.original_order_id:
-                await _abort_bad_request(context, "book", "a book comes as orders or as book, not both")
-            book = book_of_rows(list(request.orders))
-        try:
-            book_length(book)
-        except HandoverRefused as exc:
-            await _abort_bad_request(context, "book", str(exc))
-        try:
-            result = await self.handover.import_book(request.move_id, symbol, book)
-        except HandoverRefused as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except Exception as exc:  # the journal: nothing acknowledged, the mover sends it again
-            log.exception("move %s: import of %s failed", request.move_id, symbol)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"import of {symbol} failed: {exc}")
-        return shard_admin_pb2.ImportSymbolResponse(
-            orders=result.orders, already_imported=result.already_imported, journal_seq=result.journal_seq
-        )
-
-    async def ReleaseSymbol(
-        self, request: shard_admin_pb2.ReleaseSymbolRequest, context: grpc.aio.ServicerContext
-    ) -> shard_admin_pb2.ReleaseSymbolResponse:
-        await self._authorize(context, request.move_id, request.symbol)
-        symbol, target = request.symbol, request.to_shard_id
-        if self.handover.handed_over.get(symbol) == target:
-            return shard_admin_pb2.ReleaseSymbolResponse(already_released=True)
-        current = await self._map_at_least(context, 0)
-        if current.moving.get(symbol) != target and current.owner(symbol).shard_id != target:
-            current = await self.fence.refresh()
-        if current.moving.get(symbol) != target and current.owner(symbol).shard_id != target:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard map epoch {self.fence.epoch} neither moves {symbol} to shard {target} nor gives it "
-                "to that shard",
-            )
-        try:
-            released = await asyncio.to_thread(self.handover.release, symbol, target)
-        except OSError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot record the release: {exc}")
-        return shard_admin_pb2.ReleaseSymbolResponse(already_released=not released)
-
-    async def SyncShardMap(
-        self, request: shard_admin_pb2.SyncShardMapRequest, context: grpc.aio.ServicerContext
-    ) -> shard_admin_pb2.SyncShardMapResponse:
-        secret = self.servicer.secret
-        if (None if secret is None else security.principal_of(context, secret)) not in MOVE_PRINCIPALS:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, "SyncShardMap needs the admin or scaler token"
-            )
-        if self.fence.epoch < request.min_epoch:
-            try:
-                await self.fence.refresh()
-            except shardmap.ShardMapUnavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        return shard_admin_pb2.SyncShardMapResponse(epoch=self.fence.epoch)
-
-
-def _clipped(text: str, limit: int = 64) -> str:
+def clipped(text: str, limit: int = 64) -> str:
     """``text`` quoted for a status message, cut to ``limit`` characters (a client may send megabytes)."""
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"

@@ -80,3 +80,14 @@ def test_arrays_that_do_not_fit_never_reach_c() -> None:
         commands_of.fill(orders, np.zeros(2, np.int64), None, 9, 1, ones, commands[:1], meta)
     with pytest.raises(TypeError):
         commands_of.fill(orders, np.zeros(2, np.int64), None, 9, 1, ones, np.zeros(2, META_DTYPE), meta)
+
+
+def test_strided_orders_are_read_as_the_rows_they_are() -> None:
+    commands_of = builder()
+    orders = random_orders(random.Random(6), 10)
+    every_other = orders[::2]  # a view with a stride: not contiguous
+    assert not every_other.flags.c_contiguous
+    symbols = np.zeros(10, np.int64)[::2]
+    commands, meta = np.empty(5, COMMAND_DTYPE), np.empty(5, META_DTYPE)
+    commands_of.fill(every_other, symbols, None, 9, 1, np.ones(5, np.int64), commands, meta)
+    assert commands["qty"].tolist() == every_other["quantity"].tolist()

@@ -1,4 +1,4 @@
-"""OrderStream drops the reports that only restate an ack it sent (server._RestatedReports):
+"""OrderStream drops the reports that only restate an ack it sent (restated.RestatedReports):
 NEW, CANCELED and REPLACED reports with no reason, of an input whose ack went out, until the
 subscriber's cursor has passed that ack's reports."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from hftgate.v1 import execution_pb2 as api
-from services.execution.server import _RestatedReports
+from services.execution.restated import RestatedReports
 from services.execution.state import REPORT_DTYPE
 
 
@@ -23,14 +23,14 @@ def reports(*rows: tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
-def kept(restated: _RestatedReports, page: np.ndarray) -> list[tuple[int, int, int]]:
+def kept(restated: RestatedReports, page: np.ndarray) -> list[tuple[int, int, int]]:
     left = restated.drop_from(page)
     columns = (left["input_sequence"].tolist(), left["order_id"].tolist(), left["exec_type"].tolist())
     return list(zip(*columns, strict=True))
 
 
 def test_only_restating_reports_of_acked_inputs_are_dropped() -> None:
-    restated = _RestatedReports()
+    restated = RestatedReports()
     restated.add(10, np.array([5, 6, 7], np.int64), np.array([50, 60, 70], np.int64))
     page = reports(
         (5, 50, api.EXEC_TYPE_NEW, 0),  # restates the ack of input 5: dropped
@@ -51,7 +51,7 @@ def test_only_restating_reports_of_acked_inputs_are_dropped() -> None:
 
 
 def test_acks_are_forgotten_once_the_cursor_passed_their_reports() -> None:
-    restated = _RestatedReports()
+    restated = RestatedReports()
     restated.add(10, np.array([1, 2], np.int64), np.array([1, 2], np.int64))
     restated.add(20, np.array([3], np.int64), np.array([3], np.int64))
     page = reports((1, 1, api.EXEC_TYPE_NEW, 0), (3, 3, api.EXEC_TYPE_NEW, 0))
@@ -63,7 +63,7 @@ def test_acks_are_forgotten_once_the_cursor_passed_their_reports() -> None:
 
 
 def test_sequences_out_of_order_are_still_found() -> None:
-    restated = _RestatedReports()
+    restated = RestatedReports()
     restated.add(10, np.array([8, 9], np.int64), np.array([80, 90], np.int64))
     restated.add(11, np.array([4, 2], np.int64), np.array([40, 20], np.int64))
     page = reports(
@@ -76,7 +76,7 @@ def test_sequences_out_of_order_are_still_found() -> None:
 
 
 def test_nothing_held_or_nothing_restating_returns_the_page_itself() -> None:
-    restated = _RestatedReports()
+    restated = RestatedReports()
     page = reports((1, 1, api.EXEC_TYPE_NEW, 0))
     assert restated.drop_from(page) is page
     restated.add(5, np.array([1], np.int64), np.array([1], np.int64))
