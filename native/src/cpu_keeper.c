@@ -13,9 +13,8 @@
  * A bump of worker_word after the worker read v makes its FUTEX_WAIT return at once;
  * a keeper that stops after the worker saw it spinning finds `waiting` set and bumps.
  *
- *   worker touches                    keeper parks
- *   spin_until = now + spin_ns        parked = 1
- *   parked? -> park_word++, WAKE      spin_until passed (and not stopping)? FUTEX_WAIT(park_word)
+ * The keeper parks on a waitpoint (hft_wait.h) until a touch opens a window (or it stops): a
+ * touch is a store of spin_until then hft_waitpoint_wake_all, one load when the keeper spins.
  *
  * The keeper runs under SCHED_IDLE, so any other thread on its CPU holds it off; a worker
  * whose wake-up depended on it alone would wait as long (a priority inversion). Two things
@@ -53,8 +52,7 @@ struct hft_cpu_keeper {
     _Atomic uint32_t worker_word;  /* the worker's futex */
     _Atomic int waiting;           /* the worker is in hft_cpu_keeper_wait */
     _Atomic int spinning;          /* the keeper spins and will wake the worker */
-    _Atomic uint32_t park_word;    /* the keeper's futex */
-    _Atomic int parked;
+    hft_waitpoint park;            /* where the keeper waits for a window (or the stop) */
     _Atomic int stopping;
     _Atomic uint64_t wakes;
     _Atomic uint64_t parks;
@@ -87,6 +85,13 @@ static bool window_open(hft_cpu_keeper *k) {
     return now < atomic_load(&k->spin_until_ns);
 }
 
+/* The keeper's park condition: a window is open, or it must stop (acquire loads: hft_wait.h). */
+static bool keeper_has_work(const void *ctx) {
+    const hft_cpu_keeper *k = ctx;
+    return atomic_load_explicit(&k->stopping, memory_order_acquire) ||
+           hft_wait_now_ns() < atomic_load_explicit(&k->spin_until_ns, memory_order_acquire);
+}
+
 static void *keeper_main(void *argument) {
     hft_cpu_keeper *k = argument;
     while (!atomic_load_explicit(&k->stopping, memory_order_acquire)) {
@@ -102,10 +107,7 @@ static void *keeper_main(void *argument) {
         atomic_store(&k->spinning, 0);
         release_worker(k);
         atomic_fetch_add_explicit(&k->parks, 1, memory_order_relaxed);
-        uint32_t word = atomic_load(&k->park_word);
-        atomic_store(&k->parked, 1);
-        if (!window_open(k) && !atomic_load(&k->stopping)) futex_wait(&k->park_word, word, NULL);
-        atomic_store(&k->parked, 0);
+        hft_waitpoint_wait(&k->park, keeper_has_work, k, HFT_DEADLINE_NEVER);
     }
     atomic_store(&k->spinning, 0);
     release_worker(k);
@@ -126,6 +128,7 @@ int hft_cpu_keeper_create(int64_t spin_ns, const int *cpus, size_t count, hft_cp
     k->spin_ns = spin_ns;
     k->ready = ready;
     k->ctx = ctx;
+    hft_waitpoint_init(&k->park);
     pthread_attr_t attr;
     if (pthread_attr_init(&attr)) {
         free(k);
@@ -154,18 +157,14 @@ int hft_cpu_keeper_create(int64_t spin_ns, const int *cpus, size_t count, hft_cp
 void hft_cpu_keeper_destroy(hft_cpu_keeper *k) {
     if (!k) return;
     atomic_store_explicit(&k->stopping, 1, memory_order_release);
-    atomic_fetch_add(&k->park_word, 1);
-    futex_wake(&k->park_word);
+    hft_waitpoint_wake_all(&k->park);
     pthread_join(k->thread, NULL);
     free(k);
 }
 
 void hft_cpu_keeper_touch(hft_cpu_keeper *k) {
-    atomic_store(&k->spin_until_ns, hft_wait_now_ns() + k->spin_ns);
-    if (atomic_load(&k->parked)) {
-        atomic_fetch_add(&k->park_word, 1);
-        futex_wake(&k->park_word);
-    }
+    atomic_store_explicit(&k->spin_until_ns, hft_wait_now_ns() + k->spin_ns, memory_order_release);
+    hft_waitpoint_wake_all(&k->park);
 }
 
 bool hft_cpu_keeper_wait(hft_cpu_keeper *k) {
