@@ -295,12 +295,12 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False, a
         )
     place_writer = journal.place_writer if journal is not None else lambda cpus: None
     placement.apply(chosen, asyncio.get_running_loop(), place_writer)
-    if chosen.writer_apart:
+    if chosen.writer_apart and journal is not None:
         from services.execution.config import ExecutionConfig
 
-        poll_ns = ExecutionConfig.journal_ack_poll_us * 1000
-        if journal is not None and ExecutionConfig.journal_keep_cpu_us:
-            journal.keep_writer_cpu(ExecutionConfig.journal_keep_cpu_us)
+        poll_ns, _ = journal.speed_up_apart_writer(
+            True, ExecutionConfig.journal_ack_poll_us, ExecutionConfig.journal_keep_cpu_us
+        )
     print(f"PORT {running.port}", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)

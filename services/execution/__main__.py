@@ -105,15 +105,17 @@ def place_threads(running: ExecutionServer, config: ExecutionConfig) -> None:
     log.info(
         "CPU placement: %s%s", chosen.describe(), " (under a CPU quota: auto pins nothing)" if quota else ""
     )
-    if chosen.writer_apart and config.journal_ack_poll_us:
-        # Only then: polling beside a writer that may share the loop's CPU takes the CPU it needs.
-        running.core.ack_poll_ns = config.journal_ack_poll_us * 1000
+    # ("auto" pins nothing under a CPU quota: then neither speed-up runs.)
+    poll_ns, kept = running.core.journal.speed_up_apart_writer(
+        chosen.writer_apart, config.journal_ack_poll_us, config.journal_keep_cpu_us
+    )
+    running.core.ack_poll_ns = poll_ns
+    if poll_ns:
         log.info("SubmitOrder polls up to %d us for its fsync", config.journal_ack_poll_us)
-    # Only then too: a keeper beside the loop would spin on the loop's CPU (never in its way, being
-    # SCHED_IDLE, but to no use), and "auto" pins nothing under a CPU quota.
-    keep_us = config.journal_keep_cpu_us
-    if chosen.writer_apart and keep_us and running.core.journal.keep_writer_cpu(keep_us):
-        log.info("the journal writer's CPU is kept awake %d us after each SubmitOrder", keep_us)
+    if kept:
+        log.info(
+            "the journal writer's CPU is kept awake %d us after each SubmitOrder", config.journal_keep_cpu_us
+        )
 
 
 if __name__ == "__main__":

@@ -614,6 +614,20 @@ class Journal:
         self._keeper = self._writer
         return True
 
+    def speed_up_apart_writer(
+        self, writer_apart: bool, ack_poll_us: int, keep_cpu_us: int
+    ) -> tuple[int, bool]:
+        """The two speed-ups that pay only when the writer has a CPU of its own (``writer_apart``,
+        hftgate.placement): an fsync poll of up to ``ack_poll_us`` for a lone order's caller, and a
+        keeper of ``keep_cpu_us`` (:meth:`keep_writer_cpu`); 0 turns either off. Returns (the poll
+        in ns, whether the keeper runs). Beside a writer that shares the loop's CPU, polling takes
+        the CPU the writer needs and a keeper would spin to no use. One rule for the service
+        (``__main__.place_threads``) and its benchmark floors (hftgate/bench/floors.py)."""
+        if not writer_apart:
+            return 0, False
+        kept = bool(keep_cpu_us) and self.keep_writer_cpu(keep_cpu_us)
+        return ack_poll_us * 1000, kept
+
     def keep_writer_cpu_awake(self) -> None:
         """A record its caller will wait on is coming (a lone SubmitOrder's): keep the writer's CPU
         awake from now for the keeper's window. A no-op without a keeper. Only such callers touch

@@ -574,3 +574,18 @@ async def test_a_journal_closes_promptly_while_its_keeper_spins(tmp_path: Path) 
     await journal.close()
     assert time.monotonic() - started < 5.0
     assert [future.result() for future in futures] == list(range(1, 51))
+
+
+async def test_the_apart_writer_speed_ups_run_only_for_a_writer_with_a_cpu_of_its_own(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    journal.start()
+    try:
+        assert journal.speed_up_apart_writer(False, 400, 2000) == (0, False)  # shares the loop's CPU
+        assert _thread_ids_named("hft-keeper") == []
+        journal.place_writer([max(os.sched_getaffinity(0))])
+        assert journal.speed_up_apart_writer(True, 400, 0) == (400_000, False)  # keeper turned off
+        assert _thread_ids_named("hft-keeper") == []
+        assert journal.speed_up_apart_writer(True, 0, 2000) == (0, True)  # polling turned off
+        assert len(_thread_ids_named("hft-keeper")) == 1
+    finally:
+        await journal.close()
