@@ -20,7 +20,7 @@ one on its event loop).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -53,11 +53,14 @@ assert ROW_DTYPE.itemsize == ffi.sizeof("hft_new_order_row")
 @dataclass(frozen=True, slots=True)
 class DecodedOrders:
     """A message's new orders: ``rows`` (:data:`ROW_DTYPE`, a fresh array the caller owns), and
-    per order its client order id and its symbol."""
+    per order its client order id and its symbol; the ids also as one ASCII text and each one's
+    byte length (int64), as ``hftgate.native.client_ids.joined`` gives them."""
 
     rows: np.ndarray
     client_ids: list[str]
     symbols: list[str]
+    client_text: bytes = b""
+    client_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 class NewOrderWireDecoder:
@@ -116,9 +119,17 @@ class NewOrderWireDecoder:
         count = int(out.count)
         if not count:
             return DecodedOrders(np.zeros(0, ROW_DTYPE), [], [])
-        ids = ffi.unpack(self._text, int(out.client_ids_size)).decode("ascii").split("\n")
+        raw = ffi.unpack(self._text, int(out.client_ids_size))
+        ids = raw.decode("ascii").split("\n")
+        # The ids as one text and lengths, from the '\n' between them (no str per id on the way).
+        ends = np.flatnonzero(np.frombuffer(raw, np.uint8) == 10)
+        if len(ends) != count - 1 or len(ids) != count:  # pragma: no cover - C writes one id per order
+            raise ValueError(f"{call}: {len(ids)} client order ids for {count} orders")
+        bounds = np.empty(count + 1, np.int64)
+        bounds[0], bounds[1:count], bounds[count] = -1, ends, len(raw)
+        lengths = np.diff(bounds) - 1
         names = ffi.unpack(self._symbols, int(out.symbols_size)).decode("ascii").split("\n")
         # (One symbol, the common case: the list built by one repetition, not an index per order.)
         symbols = names * count if len(names) == 1 else [names[i] for i in self._index[:count].tolist()]
         rows = np.ndarray((count,), ROW_DTYPE, bytearray(ffi.buffer(out.rows, count * ROW_DTYPE.itemsize)))
-        return DecodedOrders(rows, ids, symbols)
+        return DecodedOrders(rows, ids, symbols, raw.replace(b"\n", b""), lengths)

@@ -93,6 +93,8 @@ class Inputs:
     #: The shard map epoch the servicer checked the new orders' symbols at (-1: not checked);
     #: the core checks them again only when the map moved since (ExecutionCore._refence).
     fenced_epoch: int = -1
+    #: ``client_ids`` as joined() gives them, when the wire decoder had them so (never changed after).
+    client_text: tuple[bytes, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -316,7 +318,7 @@ class Admission:
             new_ids = client_ids if every else [client_ids[p] for p in new_positions.tolist()]
             # (joined once: the id check takes them so, and so does the journal record when every
             # order passes)
-            joined_ids = joined(new_ids)
+            joined_ids = inputs.client_text if every and inputs.client_text is not None else joined(new_ids)
             reason[new_positions] = self.risk.check_new_orders(
                 orders if every else orders[new_positions],
                 new_ids,

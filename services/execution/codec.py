@@ -16,7 +16,7 @@ from hftgate import shardmap
 from hftgate.columns import column_problem
 from hftgate.native.client_ids import joined
 from hftgate.native.exec_wire import ExecWireEncoder, TextTable
-from hftgate.native.order_wire import ROW_DTYPE, STREAM, SUBMIT_ORDERS, NewOrderWireDecoder
+from hftgate.native.order_wire import ROW_DTYPE, STREAM, SUBMIT_ORDERS, DecodedOrders, NewOrderWireDecoder
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from services.execution.admission import (
@@ -98,7 +98,7 @@ def read_submit_orders(
     decoded = wire.decode(data, SUBMIT_ORDERS, max_orders)
     if decoded is None:
         return None
-    return _new_order_inputs(decoded.rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
+    return _new_order_inputs(decoded.rows, decoded, received_ns, arrival_ns)
 
 
 def read_stream_message(
@@ -111,7 +111,7 @@ def read_stream_message(
         return None
     rows = decoded.rows
     rows["priority"] = 0  # a stream runs its inputs in order: NewOrder.priority is for batches only
-    return _new_order_inputs(rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
+    return _new_order_inputs(rows, decoded, received_ns, arrival_ns)
 
 
 def read_order_columns(
@@ -123,23 +123,22 @@ def read_order_columns(
     decoded = wire.decode_columns(data, max_orders)
     if decoded is None:
         return None
-    return _new_order_inputs(decoded.rows, decoded.symbols, decoded.client_ids, received_ns, arrival_ns)
+    return _new_order_inputs(decoded.rows, decoded, received_ns, arrival_ns)
 
 
-def _new_order_inputs(
-    rows: np.ndarray, symbols: list[str], client_ids: list[str], received_ns: int, arrival_ns: int
-) -> Inputs:
+def _new_order_inputs(rows: np.ndarray, decoded: DecodedOrders, received_ns: int, arrival_ns: int) -> Inputs:
     count = len(rows)
     kind = np.empty(count, np.int64)
     kind.fill(KIND_NEW)
     return Inputs(
         kind=kind,
-        symbols=symbols,
-        client_ids=client_ids,
+        symbols=decoded.symbols,
+        client_ids=decoded.client_ids,
         orders=rows.view(NEW_ORDER_DTYPE),
         target_ids=np.zeros(count, np.int64),
         received_ns=received_ns,
         arrival_ns=arrival_ns,
+        client_text=(decoded.client_text, decoded.client_lengths),
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hftgate.native.client_ids import joined
 from hftgate.native.order_wire import SYMBOLS_MAX, NewOrderWireDecoder
 from hftgate.v1 import execution_pb2 as api
 from services.execution import codec
@@ -57,6 +58,8 @@ def _same_inputs(got: codec.Inputs | None, want: codec.Inputs) -> None:
     assert got.orders.dtype == want.orders.dtype
     assert got.orders.tolist() == want.orders.tolist()
     assert (got.symbols, got.client_ids) == (want.symbols, want.client_ids)
+    assert got.client_text is not None and got.client_text[0] == joined(want.client_ids)[0]
+    assert got.client_text[1].tolist() == joined(want.client_ids)[1].tolist()
     assert got.kind.tolist() == want.kind.tolist() and got.target_ids.tolist() == want.target_ids.tolist()
     assert (got.received_ns, got.arrival_ns, got.preset_reasons) == (want.received_ns, want.arrival_ns, None)
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hftgate.native.client_ids import joined
 from hftgate.native.order_wire import ROW_FIELDS, STREAM, SUBMIT_ORDERS, SYMBOLS_MAX, NewOrderWireDecoder
 from hftgate.v1 import execution_pb2 as api
 from services.execution import codec
@@ -63,6 +64,10 @@ def _same(decoded: object, expected: tuple[np.ndarray, list[str], list[str]], st
     assert got.tolist() == rows.tolist()
     assert decoded.client_ids == client_ids  # type: ignore[attr-defined]
     assert decoded.symbols == symbols  # type: ignore[attr-defined]
+    # The ids as one text and lengths too: what joined() makes of the list (empty ids included).
+    text, lengths = joined(client_ids)
+    assert decoded.client_text == text  # type: ignore[attr-defined]
+    assert decoded.client_lengths.tolist() == lengths.tolist()  # type: ignore[attr-defined]
 
 
 @settings(max_examples=300, deadline=None)
@@ -235,6 +240,11 @@ def test_the_service_decoders_give_the_inputs_protobufs_reading_gives(orders: li
         assert got.orders.dtype == want.orders.dtype
         assert got.orders.tolist() == want.orders.tolist()
         assert (got.symbols, got.client_ids) == (want.symbols, want.client_ids)
+        assert got.client_text is not None
+        assert (got.client_text[0], got.client_text[1].tolist()) == (
+            joined(want.client_ids)[0],
+            joined(want.client_ids)[1].tolist(),
+        )
         assert got.kind.tolist() == want.kind.tolist() and got.target_ids.tolist() == want.target_ids.tolist()
         assert (got.received_ns, got.arrival_ns, got.preset_reasons) == (1, 2, None)
 
