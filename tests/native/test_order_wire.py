@@ -253,3 +253,19 @@ def test_row_fields_are_the_order_paths() -> None:
     from services.execution.risk import NEW_ORDER_DTYPE
 
     assert tuple(NEW_ORDER_DTYPE.names or ()) == ROW_FIELDS
+
+
+def test_many_ids_come_as_one_text_and_lengths_too() -> None:
+    # Past the count where the lengths are found from the separators (the SubmitOrders and
+    # SubmitOrderColumns sizes): the same as joined(), ids of every length included.
+    rng = np.random.default_rng(7)
+    ids = [
+        "".join(chr(c) for c in rng.integers(33, 127, size=int(n))) for n in rng.integers(1, 65, size=2_000)
+    ]
+    orders = [api.NewOrder(symbol="BTCUSDT", client_order_id=i, quantity_lots=1) for i in ids]
+    decoded = NewOrderWireDecoder().decode(
+        api.SubmitOrdersRequest(orders=orders).SerializeToString(), SUBMIT_ORDERS, 10_000
+    )
+    assert decoded is not None and decoded.client_ids == ids
+    text, lengths = joined(ids)
+    assert decoded.client_text == text and decoded.client_lengths.tolist() == lengths.tolist()
