@@ -570,6 +570,8 @@ def localize_targets(inputs: Inputs, shard_id: int) -> None:
     """Turn a stream message's cancel and replace targets (public order ids) into local ids in
     place; a target of another shard gets REJECT_REASON_UNKNOWN_ORDER, exactly as a missing id."""
     targets = inputs.target_ids
+    if not targets.any():  # new orders only (a stream's usual message): no target to localize
+        return
     high = targets >> shardmap.ORDER_ID_SHARD_SHIFT
     if not shard_id and not high.any():
         return  # shard 0 and ids without shard bits: already local
