@@ -296,7 +296,7 @@ class Admission:
                 else:
                     log.error("no engine book left for %s (max_symbols reached)", symbol)
                     ids_by_symbol[symbol] = -1
-                self._refresh_band(ids_by_symbol[symbol], symbol)
+                self._set_band(ids_by_symbol[symbol], spec)
             every = len(new_positions) == count  # (the usual batch: new orders only, none preset)
             position_symbols = (
                 inputs.symbols if every else [inputs.symbols[p] for p in new_positions.tolist()]
@@ -475,7 +475,7 @@ class Admission:
             state.add_symbol(symbol_id, symbol)
         self.ensure_account(account)
         if fields[1] in _MARKET_TYPES and fields[9] == 0:  # (order_type, protection): bounded by the band
-            self._refresh_band(symbol_id, symbol)
+            self._set_band(symbol_id, spec)  # (accepted: its spec is known)
         command, meta = self._new_commands.one(
             fields, symbol_id, account.account_id, state.order_count + 1, len(client_id)
         )
@@ -489,14 +489,13 @@ class Admission:
         )
         return 0, encode_one_batch(first, received_ns, transact_ns, command, meta, text), batch
 
-    def _refresh_band(self, symbol_id: int, symbol: str) -> None:
-        """Give the C command builder the band of ``symbol`` (engine id ``symbol_id``, which may
-        be provisional: its book not open yet) as the reference data holds it now."""
-        if symbol_id < 0:
+    def _set_band(self, symbol_id: int, spec: InstrumentSpec | None) -> None:
+        """Give the C command builder the band of the instrument ``spec`` (engine id ``symbol_id``,
+        which may be provisional: its book not open yet), from the spec the risk check used."""
+        if symbol_id < 0 or spec is None:
             return
-        spec_band = self._band_of(symbol)
-        reference, band = (0, 0) if spec_band is None else spec_band
-        self._new_commands.set_band(symbol_id, reference, band)
+        limits = instrument_limits(spec)  # clamped: reference + band stays inside int64
+        self._new_commands.set_band(symbol_id, limits.reference, limits.band)
 
     def _check_existing(
         self,
@@ -698,15 +697,6 @@ class Admission:
                     and new_stop in (0, int(row["stop_price"]))
                 )
         return Batch(state.next_input_seq, inputs.received_ns, time.time_ns(), commands, meta, encoded)
-
-    def _band_of(self, symbol: str) -> tuple[int, int] | None:
-        held = self.reference._decoded.get("instrument:" + symbol)
-        if held is None:
-            return None
-        lim = instrument_limits(held[1])  # clamped: reference + band stays inside int64
-        if lim.band <= 0 or lim.reference <= 0:
-            return None
-        return lim.reference, lim.band
 
     def _fill_rejected_acks(self, acks: Acks, rejected: np.ndarray) -> None:
         """Rejected cancels/replaces show their order unchanged."""
