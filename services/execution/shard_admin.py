@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -68,14 +69,22 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
             )
         return fence.map
 
+    async def _map_where(
+        self, context: grpc.aio.ServicerContext, epoch: int, holds: Callable[[shardmap.ShardMap], bool]
+    ) -> shardmap.ShardMap:
+        """:meth:`_map_at_least`, read once more when it does not show what the move's step needs
+        (``holds``): the mark may be newer than the fence's last poll. The caller checks again."""
+        current = await self._map_at_least(context, epoch)
+        if not holds(current):
+            current = await self.fence.refresh()
+        return current
+
     async def ExportSymbol(
         self, request: shard_admin_pb2.ExportSymbolRequest, context: grpc.aio.ServicerContext
     ) -> shard_admin_pb2.ExportSymbolResponse:
         await self._authorize(context, request.move_id, request.symbol)
-        current = await self._map_at_least(context, request.min_epoch)
         symbol = request.symbol
-        if symbol not in current.moving:  # the mark may be newer than the last poll
-            current = await self.fence.refresh()
+        current = await self._map_where(context, request.min_epoch, lambda m: symbol in m.moving)
         if symbol not in current.moving:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -103,10 +112,10 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
         self, request: shard_admin_pb2.ImportSymbolRequest, context: grpc.aio.ServicerContext
     ) -> shard_admin_pb2.ImportSymbolResponse:
         await self._authorize(context, request.move_id, request.symbol)
-        current = await self._map_at_least(context, request.min_epoch)
         symbol = request.symbol
-        if current.moving.get(symbol) != self.shard_id:  # the mark may be newer than the last poll
-            current = await self.fence.refresh()
+        current = await self._map_where(
+            context, request.min_epoch, lambda m: m.moving.get(symbol) == self.shard_id
+        )
         if current.moving.get(symbol) != self.shard_id:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -139,10 +148,11 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
         symbol, target = request.symbol, request.to_shard_id
         if self.handover.handed_over.get(symbol) == target:
             return shard_admin_pb2.ReleaseSymbolResponse(already_released=True)
-        current = await self._map_at_least(context, 0)
-        if current.moving.get(symbol) != target and current.owner(symbol).shard_id != target:
-            current = await self.fence.refresh()
-        if current.moving.get(symbol) != target and current.owner(symbol).shard_id != target:
+
+        def toward_target(m: shardmap.ShardMap) -> bool:
+            return m.moving.get(symbol) == target or m.owner(symbol).shard_id == target
+
+        if not toward_target(await self._map_where(context, 0, toward_target)):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"shard map epoch {self.fence.epoch} neither moves {symbol} to shard {target} nor gives it "
