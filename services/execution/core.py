@@ -226,20 +226,32 @@ class ExecutionCore:
         future.add_done_callback(lambda done: self._durable_to_sink(done, entry, outcome, t_match, sink))
         return acks
 
-    async def submit_order(self, account: AccountSpec, entry: NewOrderEntry) -> SingleAck:
+    async def submit_order(
+        self,
+        account: AccountSpec,
+        entry: NewOrderEntry,
+        matched: Callable[[SingleAck], None] | None = None,
+    ) -> SingleAck:
         """:meth:`submit` for the one new order of a SubmitOrder call; returns once it is durable.
 
         The same rules, journal record and state change as a batch of one, with plain values
         wherever an array would hold one element: for a single order numpy's per-call set-up costs
         more than the work, and this is the path whose latency a client waits on.
+
+        ``matched(ack)`` is called once an accepted order is matched, before the wait for its
+        fsync, with every field of the ack but ``durable`` final: the caller can build its
+        response while the disk works (a lone order's fsync outlasts its matching) instead of
+        after. Not called for a rejected order.
         """
         self._orders_in_flight += 1
         try:
-            return await self._submit_order(account, entry)
+            return await self._submit_order(account, entry, matched)
         finally:
             self._orders_in_flight -= 1
 
-    async def _submit_order(self, account: AccountSpec, entry: NewOrderEntry) -> SingleAck:
+    async def _submit_order(
+        self, account: AccountSpec, entry: NewOrderEntry, matched: Callable[[SingleAck], None] | None
+    ) -> SingleAck:
         if not self.accepting:
             raise ServiceUnavailable("the service is stopping")
         # Its client waits on this one order's fsync: have the writer's CPU awake by the append
@@ -272,6 +284,8 @@ class ExecutionCore:
         stages.match.record(t_match - t_risk)
         if self._on_batch_applied is not None:
             self._on_batch_applied()
+        if matched is not None:
+            matched(ack)
         if self.ack_poll_ns and self._orders_in_flight == 1 and not future.done():
             self.journal.poll_durable(self.journal.next_seq - 1, self.ack_poll_ns)
         try:

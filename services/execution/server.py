@@ -40,7 +40,15 @@ from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
 from hftgate.v1 import execution_pb2_grpc as api_grpc
 from services.execution import codec, fencing
-from services.execution.admission import KIND_CANCEL, KIND_REPLACE, Acks, Inputs, RateLimited, cancel_inputs
+from services.execution.admission import (
+    KIND_CANCEL,
+    KIND_REPLACE,
+    Acks,
+    Inputs,
+    RateLimited,
+    SingleAck,
+    cancel_inputs,
+)
 from services.execution.config import ExecutionConfig
 from services.execution.core import ExecutionCore, InputRefused, ServiceUnavailable
 from services.execution.fairness import FairAdmission, StreamLimitExceeded, StreamSlot, StreamSlots
@@ -374,11 +382,20 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                 await _abort_not_owner(context, refusal, self.shard_id)
         admission = self.admission
         admission.light_enter()
+        # The response of an accepted order is built while its fsync runs (see submit_order's
+        # ``matched``); only whether it is durable and the ack's time are set once it is.
+        built: list[api.SubmitOrderResponse] = []
+
+        def build(ack: SingleAck) -> None:
+            built.append(
+                api.SubmitOrderResponse(ack=codec.encode_single_ack(ack, entry.symbol, 0, self.shard_base))
+            )
+
         try:
             waiter = self.admission.admit(account.account_id, 1)  # a light call: no heavy step
             if waiter is not None:
                 await waiter
-            ack = await self.core.submit_order(account, entry)
+            ack = await self.core.submit_order(account, entry, build)
         except InputRefused as exc:
             await _abort_not_owner(context, exc.refusal, self.shard_id)
         except ServiceUnavailable as exc:
@@ -386,9 +403,15 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             raise AssertionError("abort raises") from exc
         finally:
             admission.light_exit()
-        response = api.SubmitOrderResponse(
-            ack=codec.encode_single_ack(ack, entry.symbol, time.time_ns(), self.shard_base)
-        )
+        if built:
+            response = built[0]
+            sent = response.ack
+            sent.durable = ack.durable and ack.sequence > 0
+            sent.ack_ns = time.time_ns()
+        else:
+            response = api.SubmitOrderResponse(
+                ack=codec.encode_single_ack(ack, entry.symbol, time.time_ns(), self.shard_base)
+            )
         self.core.record_single_ack_sent(ack)
         return response
 

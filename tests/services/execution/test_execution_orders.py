@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from hftgate.security import load_suite_secret
@@ -34,6 +35,37 @@ async def test_single_order_is_acked_durable_with_order_id_and_sequence(harness:
     assert ack.order_id > 0 and ack.sequence > 0 and ack.durable
     assert (ack.leaves_quantity_lots, ack.cum_quantity_lots, ack.price_ticks) == (10, 0, 100)
     assert ack.received_ns <= ack.ack_ns
+
+
+async def test_a_response_built_while_the_fsync_runs_is_sent_durable_after_it(
+    harness: Any, monkeypatch: Any
+) -> None:
+    """SubmitOrder builds an accepted order's response before its fsync ends (core.submit_order's
+    ``matched``): what it sends must still say durable, with the time it was sent, after."""
+    journal = harness.core.journal
+    append = journal.append
+    durable_at: list[int] = []
+
+    def slow_append(payload: bytes, record_type: int = 0) -> asyncio.Future[int]:
+        written = append(payload, record_type)
+        slow: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def settle() -> None:
+            durable_at.append(time.time_ns())
+            slow.set_result(written.result())
+
+        written.add_done_callback(lambda _: asyncio.get_running_loop().call_later(0.05, settle))
+        return slow
+
+    monkeypatch.setattr(journal, "append", slow_append)
+    monkeypatch.setattr(harness.core, "ack_poll_ns", 0)  # (the poll would see the real fsync)
+    response = await harness.stub.SubmitOrder(
+        api.SubmitOrderRequest(order=order("slow1", BUY, 100, 10)), metadata=ALICE
+    )
+    ack = response.ack
+    assert ack.status == api.ORDER_STATUS_NEW and ack.durable and ack.client_order_id == "slow1"
+    assert (ack.leaves_quantity_lots, ack.price_ticks) == (10, 100)
+    assert durable_at and ack.ack_ns >= max(durable_at)
 
 
 async def test_batch_matches_in_one_pass_and_acks_in_request_order(harness: Any) -> None:
