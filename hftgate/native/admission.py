@@ -5,8 +5,8 @@ runs (default time in force, a market order's protective bound, self-trade preve
 :class:`NewOrderCommands` keeps each symbol's price band (what a market order without a
 protection price is bounded by) and the C buffers of one call. Orders cross as the caller's
 NEW_ORDER_DTYPE rows; commands and meta rows as the caller's COMMAND and META dtypes, each checked
-once against its C struct. A batch of one has :meth:`NewOrderCommands.one`, which returns the
-row's bytes (the journal record's). Not thread-safe: one per service.
+once against its C struct. A lone order (SubmitOrder) has :meth:`NewOrderCommands.admit_one`: its
+client id, risk checks and rows in one C call, no array on the way. Not thread-safe: one per service.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ import numpy as np
 
 from hftgate.matching.types import check_layout
 from hftgate.native import check, ffi, lib
+from hftgate.native.client_ids import ClientIdIndex
 
 #: hft_symbol_band: a symbol's reference price and band, in ticks (none unless both are > 0).
 BAND_DTYPE = np.dtype([("reference", "<i8"), ("band", "<i8")])
+
+
+#: admit_one's outputs when it only checks.
+_NO_OUTPUT = (ffi.NULL, ffi.NULL)
 
 
 class NewOrderCommands:
@@ -40,7 +45,7 @@ class NewOrderCommands:
         self._bands = np.zeros(max_symbols, BAND_DTYPE)
         self._bands_c = ffi.from_buffer("hft_symbol_band[]", self._bands, require_writable=True)
         self._bad = ffi.new("size_t *")
-        # One order's buffers, for one(): C structs written with struct.pack_into (a third of a
+        # One order's buffers, for admit_one(): C structs written with struct.pack_into (a third of a
         # numpy row assignment's cost), no array per call.
         self._one_order = ffi.new("hft_new_order_row *")
         self._one_order_bytes = ffi.buffer(self._one_order)
@@ -51,7 +56,7 @@ class NewOrderCommands:
         self._one_c = (ffi.new("hft_order_command[1]"), ffi.new("hft_order_meta[1]"))
         self._one_command_bytes = ffi.buffer(self._one_c[0])
         self._one_meta_bytes = ffi.buffer(self._one_c[1])
-        #: The rows one() wrote, as one-row arrays over its C structs (valid until its next call).
+        #: The rows admit_one() wrote, as one-row arrays over its C structs (valid until its next call).
         self.one_command = np.frombuffer(self._one_command_bytes, command_dtype)
         self.one_meta = np.frombuffer(self._one_meta_bytes, meta_dtype)
 
@@ -111,19 +116,42 @@ class NewOrderCommands:
             raise ValueError(f"new order commands: order {self._bad[0]} of {count} has a field out of range")
         check(rc, "hft_admission_new_commands")
 
-    def one(
-        self, fields: tuple[int, ...], symbol_id: int, account_id: int, order_id: int, client_id_length: int
-    ) -> tuple[Any, Any]:
-        """:meth:`fill` of one order given as its NEW_ORDER_DTYPE fields: its command's and meta
-        row's bytes, as buffers over the builder's structs (no copy: valid until the next call;
-        ``bytes(...)`` or ``b"".join`` them)."""
+    def admit_one(
+        self,
+        fields: tuple[int, ...],
+        client_id: bytes,
+        ids: ClientIdIndex,
+        account_limits: Any,
+        rules: Any,
+        symbol_id: int,
+        account_id: int,
+        order_id: int,
+        *,
+        build: bool = True,
+    ) -> int:
+        """A lone new order admitted in one C call (``hft_admission_admit_one``): its client id's
+        state in ``ids``, the risk check against ``account_limits`` (a bound
+        ``hftgate.native.risk.RiskCheck``'s :meth:`~RiskCheck.one_account`) and ``rules`` (an
+        ``InstrumentRules``, None: no such instrument), and, when it passes and ``build``, its
+        command and meta row (:attr:`one_command`, :attr:`one_meta`, :meth:`one_bytes`; the rows
+        :meth:`fill` gives a batch of one). Returns its RejectReason (0 = accepted); a refused
+        order writes nothing."""
         self._one_fields.pack_into(self._one_order_bytes, 0, *fields)
-        command_c, meta_c = self._one_c
-        rc = lib.hft_admission_new_command(
-            self._one_order, symbol_id, account_id, order_id, client_id_length,
-            self._bands_c, len(self._bands), command_c, meta_c,
+        command_c, meta_c = self._one_c if build else _NO_OUTPUT
+        reason = int(
+            lib.hft_admission_admit_one(
+                ids.pointer, client_id, len(client_id), account_limits,
+                ffi.NULL if rules is None else rules.pointer, symbol_id, self._one_order,
+                account_id, order_id, self._bands_c, len(self._bands), command_c, meta_c,
+            )
         )  # fmt: skip
-        if rc == lib.HFT_EINVAL:
-            raise ValueError("new order commands: the order has a field out of range")
-        check(rc, "hft_admission_new_commands")
+        if reason < 0:
+            if reason == lib.HFT_EINVAL:
+                raise ValueError("admission: an argument out of range (rules, symbol id or a field)")
+            check(reason, "hft_admission_admit_one")
+        return reason
+
+    def one_bytes(self) -> tuple[Any, Any]:
+        """The command's and meta row's bytes the last accepted :meth:`admit_one` wrote, as
+        buffers over the builder's structs (no copy: valid until the next call)."""
         return self._one_command_bytes, self._one_meta_bytes

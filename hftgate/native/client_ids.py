@@ -104,6 +104,11 @@ class ClientIdIndex:
     def clear(self) -> None:
         lib.hft_client_ids_clear(self._index)
 
+    @property
+    def pointer(self) -> Any:
+        """The C index, for C calls that look ids up themselves (hft_admission_admit_one)."""
+        return self._index
+
     def get(self, account: int, client_id: str) -> int:
         """The order id ``client_id`` of ``account`` names, or 0."""
         data = client_id.encode("utf-8", "surrogatepass")

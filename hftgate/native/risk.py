@@ -139,6 +139,12 @@ class RiskCheck:
         self._account.symbol_count = self._symbols
         self._account.used = self._used_ptr
 
+    def one_account(self, open_room: int, granted: int) -> Any:
+        """The bound account's C struct with this call's open room and granted tokens, for a C
+        call that runs the one-order check itself (hft_admission_admit_one)."""
+        self._set_room(open_room, granted)
+        return self._account
+
     def _set_room(self, open_room: int, granted: int) -> None:
         if not self._bound:
             raise RuntimeError("risk: bind_account first")
@@ -193,26 +199,3 @@ class RiskCheck:
         if rc < 0:
             check(rc, f"hft_risk_check(orders={count})")
         return reasons
-
-    def check_one(
-        self,
-        fields: tuple[int, ...],
-        rules: InstrumentRules | None,
-        symbol_id: int,
-        client_id_state: int,
-        open_room: int,
-        granted: int,
-    ) -> int:
-        """:meth:`check` for a batch of one: the RejectReason of the order whose fields, in the
-        dtype's order, are ``fields``."""
-        self._set_room(open_room, granted)
-        reason = lib.hft_risk_check_one(
-            self._account,
-            ffi.NULL if rules is None else rules.pointer,
-            symbol_id,
-            client_id_state,
-            *fields[:10],
-        )
-        if reason < 0:
-            check(reason, "hft_risk_check_one")
-        return reason

@@ -30,9 +30,11 @@
 #include <stdint.h>
 
 #include "hft_book.h"
+#include "hft_client_ids.h"
 #include "hft_common.h"
 #include "hft_order_fold.h"
 #include "hft_order_wire.h"
+#include "hft_risk.h"
 
 /* A symbol's price band for market orders without a protection price: none unless both are > 0. */
 typedef struct hft_symbol_band {
@@ -56,5 +58,21 @@ int hft_admission_new_commands(const hft_new_order_row *orders, const int64_t *s
 int hft_admission_new_command(const hft_new_order_row *order, int64_t symbol_id, uint64_t account_id,
                               uint64_t order_id, int64_t client_id_length, const hft_symbol_band *bands,
                               size_t band_count, hft_order_command *command, hft_order_meta *meta);
+
+/* A lone new order admitted in one call (SubmitOrder): its client order id's state for account_id
+ * (hft_client_ids_state), the risk check (hft_risk_check_one, with `account` bound to the
+ * account's limits and exposure), and, when it passes, its command and meta row
+ * (hft_admission_new_command, client id length = client_id_length). Returns its RejectReason:
+ * 0 = accepted, *command and *meta written; > 0 = refused, nothing written. HFT_EINVAL (< 0),
+ * nothing written: a NULL pointer, or what hft_risk_check_one or hft_admission_new_command refuse.
+ * command and meta both NULL (bands then unused): only the checks, the reason as above.
+ *
+ * Why one call: the three took ~16 us of Python and cffi around ~1 us of C for the one order a
+ * client waits on before its record can be journaled. */
+int64_t hft_admission_admit_one(const hft_client_ids *ids, const char *client_id, size_t client_id_length,
+                                const hft_account_limits *account, const hft_instrument_rules *rules,
+                                int64_t symbol_id, const hft_new_order_row *order, uint64_t account_id,
+                                uint64_t order_id, const hft_symbol_band *bands, size_t band_count,
+                                hft_order_command *command, hft_order_meta *meta);
 
 #endif /* HFT_ADMISSION_H */

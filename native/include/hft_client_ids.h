@@ -41,6 +41,10 @@ void hft_client_ids_clear(hft_client_ids *index);
 /* The order id (account, id[0, length)) names, or 0. */
 int64_t hft_client_ids_get(const hft_client_ids *index, uint64_t account, const char *id, size_t length);
 
+/* One id's state for `account`, as hft_client_ids_check gives it for a batch of one:
+ * HFT_RISK_ID_INVALID, HFT_RISK_ID_USED or HFT_RISK_ID_OK (id may be NULL only when length is 0). */
+int hft_client_ids_state(const hft_client_ids *index, uint64_t account, const char *id, size_t length);
+
 /* For n ids of one account (text, lengths): states[i] HFT_RISK_ID_INVALID (not 1..64
  * printable ASCII bytes), HFT_RISK_ID_USED (the account's already, or the same as an earlier
  * id of the batch) or HFT_RISK_ID_OK; *all_ok says whether every one is OK.

@@ -122,3 +122,23 @@ int hft_admission_new_command(const hft_new_order_row *order, int64_t symbol_id,
     *meta = m;
     return HFT_OK;
 }
+
+int64_t hft_admission_admit_one(const hft_client_ids *ids, const char *client_id, size_t client_id_length,
+                                const hft_account_limits *account, const hft_instrument_rules *rules,
+                                int64_t symbol_id, const hft_new_order_row *order, uint64_t account_id,
+                                uint64_t order_id, const hft_symbol_band *bands, size_t band_count,
+                                hft_order_command *command, hft_order_meta *meta) {
+    const bool build = command || meta;
+    if (!ids || !account || !order || (build && (!bands || !command || !meta)) || (client_id_length && !client_id))
+        return HFT_EINVAL;
+    const int64_t id_state = hft_client_ids_state(ids, account_id, client_id, client_id_length);
+    const int64_t reason =
+        hft_risk_check_one(account, rules, symbol_id, id_state, order->side, order->order_type, order->tif,
+                           order->price, order->stop_price, order->quantity, order->display, order->post_only,
+                           order->stp, order->protection);
+    if (reason != 0 || !build) return reason; /* refused (> 0), HFT_EINVAL, or only checked */
+    /* Accepted: the id is valid, so its length is at most HFT_CLIENT_ID_MAX. */
+    const int rc = hft_admission_new_command(order, symbol_id, account_id, order_id, (int64_t)client_id_length,
+                                             bands, band_count, command, meta);
+    return rc == HFT_OK ? 0 : rc;
+}

@@ -103,6 +103,11 @@ static int valid(const char *id, int64_t length) {
     return 1;
 }
 
+int hft_client_ids_state(const hft_client_ids *index, uint64_t account, const char *id, size_t length) {
+    if (length > HFT_CLIENT_ID_MAX || !valid(id, (int64_t)length)) return HFT_RISK_ID_INVALID;
+    return hft_client_ids_get(index, account, id, length) > 0 ? HFT_RISK_ID_USED : HFT_RISK_ID_OK;
+}
+
 /* Whether lengths[0, n) are non-negative and add up to at most text_length. */
 static int lengths_fit(const int64_t *lengths, size_t n, size_t text_length) {
     size_t total = 0;

@@ -158,6 +158,79 @@ static void test_one_order_gives_the_batch_rows(void) {
     CHECK_EQ_INT(hft_admission_new_command(&o[0], 1, 7, 0, 5, bands, SYMBOLS, &one_c, &one_m), HFT_EINVAL);
 }
 
+/* A lone order through hft_admission_admit_one: the id's state, the rules and the command in one call,
+ * each refusal writing nothing, and the checks-only form. */
+static void test_one_call_admits_a_lone_order(void) {
+    hft_client_ids *ids = NULL;
+    CHECK_EQ_INT(hft_client_ids_new(16, &ids), HFT_OK);
+    const uint64_t account_id = 7;
+    const int64_t used_length = 4, used_order = 41;
+    CHECK_EQ_INT(hft_client_ids_add(ids, &account_id, "used", 4, &used_length, &used_order, 1), HFT_OK);
+    int64_t position[SYMBOLS] = {0}, open_buy[SYMBOLS] = {0}, open_sell[SYMBOLS] = {0}, used[2 * SYMBOLS] = {0};
+    hft_account_limits account = {.open_room = 10, .position_limit = 1000, .granted = 1, .position = position,
+                                  .open_buy = open_buy, .open_sell = open_sell, .symbol_count = SYMBOLS,
+                                  .used = used};
+    hft_instrument_rules rules = {.trading_enabled = 1, .max_lots = 40, .price_ceiling = 1000,
+                                  .max_notional = 1 << 20, .band = 0, .reference = 0, .price_step = 1, .lot_step = 1};
+    hft_symbol_band bands[SYMBOLS] = {{0, 0}, {500, 20}, {0, 0}};
+    const hft_new_order_row order = limit_buy(250, 4);
+    hft_order_command c, want_c;
+    hft_order_meta m, want_m;
+    CHECK_EQ_INT(hft_admission_new_command(&order, 1, account_id, 100, 3, bands, SYMBOLS, &want_c, &want_m), HFT_OK);
+    /* Accepted: the rows hft_admission_new_command gives. */
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "new", 3, &account, &rules, 1, &order, account_id, 100, bands, SYMBOLS,
+                                         &c, &m),
+                 0);
+    CHECK(memcmp(&c, &want_c, sizeof c) == 0 && memcmp(&m, &want_m, sizeof m) == 0);
+    /* Refused, nothing written: an id the account used, the same id of another account is new. */
+    memset(&c, 0x77, sizeof c), memset(&m, 0x77, sizeof m);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "used", 4, &account, &rules, 1, &order, account_id, 100, bands,
+                                         SYMBOLS, &c, &m),
+                 HFT_RISK_DUPLICATE_CLIENT_ORDER_ID);
+    CHECK(c.order_id == 0x7777777777777777ULL && m.client_price == 0x7777777777777777LL);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "used", 4, &account, &rules, 1, &order, 8, 100, bands, SYMBOLS, NULL,
+                                         NULL),
+                 0);
+    /* Ids that are not 1..64 printable ASCII bytes; an unknown instrument; a rule. */
+    const char long_id[66] = "0123456789012345678901234567890123456789012345678901234567890123x";
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "", 0, &account, &rules, 1, &order, account_id, 100, bands, SYMBOLS,
+                                         &c, &m),
+                 HFT_RISK_INVALID_ORDER);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, long_id, 65, &account, &rules, 1, &order, account_id, 100, bands,
+                                         SYMBOLS, &c, &m),
+                 HFT_RISK_INVALID_ORDER);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, long_id, 64, &account, &rules, 1, &order, account_id, 100, bands,
+                                         SYMBOLS, NULL, NULL),
+                 0);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "a\tb", 3, &account, &rules, 1, &order, account_id, 100, bands,
+                                         SYMBOLS, &c, &m),
+                 HFT_RISK_INVALID_ORDER);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "\xc3\xa9", 2, &account, &rules, 1, &order, account_id, 100, bands,
+                                         SYMBOLS, &c, &m),
+                 HFT_RISK_INVALID_ORDER);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "new", 3, &account, NULL, -1, &order, account_id, 100, bands, SYMBOLS,
+                                         &c, &m),
+                 HFT_RISK_UNKNOWN_SYMBOL);
+    hft_new_order_row big = limit_buy(250, 41);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "new", 3, &account, &rules, 1, &big, account_id, 100, bands, SYMBOLS,
+                                         &c, &m),
+                 HFT_RISK_MAX_QUANTITY);
+    CHECK(c.order_id == 0x7777777777777777ULL);
+    /* Arguments that are not usable: HFT_EINVAL, nothing written. */
+    CHECK_EQ_INT(hft_admission_admit_one(NULL, "new", 3, &account, &rules, 1, &order, account_id, 100, bands,
+                                         SYMBOLS, &c, &m),
+                 HFT_EINVAL);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "new", 3, &account, &rules, 1, &order, account_id, 100, bands,
+                                         SYMBOLS, &c, NULL),
+                 HFT_EINVAL);
+    CHECK_EQ_INT(hft_admission_admit_one(ids, "new", 3, &account, &rules, 1, &order, account_id, 0, bands, SYMBOLS,
+                                         &c, &m),
+                 HFT_EINVAL); /* order id 0 */
+    CHECK(c.order_id == 0x7777777777777777ULL);
+    for (int i = 0; i < 2 * SYMBOLS; i++) CHECK_EQ_INT(used[i], 0);
+    hft_client_ids_free(ids);
+}
+
 int main(void) {
     RUN(test_a_limit_order_keeps_its_fields_and_gets_the_defaults);
     RUN(test_market_orders_are_bounded_by_protection_then_band);
@@ -165,5 +238,6 @@ int main(void) {
     RUN(test_positions_fill_only_the_new_rows_ids_in_order);
     RUN(test_a_field_out_of_range_writes_nothing);
     RUN(test_one_order_gives_the_batch_rows);
+    RUN(test_one_call_admits_a_lone_order);
     return TEST_SUMMARY("admission");
 }

@@ -455,6 +455,10 @@ class Admission:
         exposure = AccountExposure(
             state.position, state.open_buy, state.open_sell, int(state.open_orders[row]), row
         )
+        if spec is not None and fields[1] in _MARKET_TYPES and fields[9] == 0:
+            # (order_type, protection): bounded by the band, which the command is built with.
+            self._set_band(symbol_id, spec)
+        new_commands = self._new_commands
         reason = self.risk.check_one_new_order(
             fields,
             client_id,
@@ -464,6 +468,8 @@ class Admission:
             state.client_id_index,
             exposure,
             bucket,
+            new_commands,
+            state.order_count + 1,
         )
         if reason:
             self.counters.inputs_rejected += 1
@@ -474,19 +480,13 @@ class Admission:
             self.journal.append(encode_symbol(symbol_id, symbol), RECORD_SYMBOL)
             state.add_symbol(symbol_id, symbol)
         self.ensure_account(account)
-        if fields[1] in _MARKET_TYPES and fields[9] == 0:  # (order_type, protection): bounded by the band
-            self._set_band(symbol_id, spec)  # (accepted: its spec is known)
-        command, meta = self._new_commands.one(
-            fields, symbol_id, account.account_id, state.order_count + 1, len(client_id)
-        )
+        command, meta = new_commands.one_bytes()
         text = client_id.encode("ascii")
         transact_ns = time.time_ns()
         first = state.next_input_seq
         # The record, and the batch it decodes to (the builder's one-row arrays, read by the
         # state's apply in this same step: no decode of the record on the way).
-        batch = Batch(
-            first, received_ns, transact_ns, self._new_commands.one_command, self._new_commands.one_meta, text
-        )
+        batch = Batch(first, received_ns, transact_ns, new_commands.one_command, new_commands.one_meta, text)
         return 0, encode_one_batch(first, received_ns, transact_ns, command, meta, text), batch
 
     def _set_band(self, symbol_id: int, spec: InstrumentSpec | None) -> None:

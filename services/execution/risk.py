@@ -39,18 +39,17 @@ from typing import Any
 
 import numpy as np
 
-from hftgate.matching.types import MAX_PRICE, MAX_QTY
-from hftgate.native.client_ids import ClientIdIndex, valid_client_id
+from hftgate.matching.types import COMMAND_DTYPE, MAX_PRICE, MAX_QTY
+from hftgate.native.admission import NewOrderCommands
+from hftgate.native.client_ids import ClientIdIndex
 from hftgate.native.risk import (
-    ID_INVALID,
-    ID_OK,
-    ID_USED,
     REASON_NAMES,
     RULES_DTYPE,
     InstrumentRules,
     RiskCheck,
 )
 from hftgate.v1 import common_pb2 as common
+from services.execution.records import META_DTYPE
 from services.execution.reference import AccountSpec, InstrumentSpec
 
 NEW_ORDER_DTYPE = np.dtype(
@@ -204,6 +203,9 @@ class NewOrderRisk:
         self._check = RiskCheck(NEW_ORDER_DTYPE)
         # What the C structs were last bound to (see _bind): rebinding costs ~1 us, a call ~0.2.
         self._bound: tuple[Any, ...] = (None, None, None, None, -1)
+        #: check_one_new_order's C call when it is given no builder: the checks only (no band
+        #: read, no row written).
+        self._checks_only = NewOrderCommands(1, NEW_ORDER_DTYPE, COMMAND_DTYPE, META_DTYPE)
 
     def _bind(self, account: AccountSpec, exposure: AccountExposure) -> None:
         """Bind the checks to ``account`` unless they are already (specs are frozen: a changed
@@ -276,24 +278,28 @@ class NewOrderRisk:
         known_client_ids: ClientIdIndex,
         exposure: AccountExposure,
         bucket: TokenBucket,
+        commands: NewOrderCommands | None = None,
+        order_id: int = 0,
     ) -> int:
         """:meth:`check_new_orders` for a batch of one (SubmitOrder, a one-order stream message): the
         RejectReason of the order whose NEW_ORDER_DTYPE row is ``fields``, without building any
-        array."""
-        if not valid_client_id(client_id):
-            id_state = ID_INVALID
-        elif known_client_ids.get(account.account_id, client_id):
-            id_state = ID_USED
-        else:
-            id_state = ID_OK
+        array. One C call (``hft_admission_admit_one``) checks the client id, runs the rules and,
+        given ``commands`` (and ``order_id``, the id the order gets), builds an accepted order's
+        command and meta row there (``commands.one_bytes()``)."""
         self._bind(account, exposure)
-        return self._check.check_one(
+        build = commands is not None
+        if commands is None:
+            commands = self._checks_only
+        return commands.admit_one(
             fields,
+            client_id.encode("utf-8", "surrogatepass"),  # (not ASCII: refused by the C check)
+            known_client_ids,
+            self._check.one_account(_open_room(account, exposure), bucket.take(1)),
             instrument_limits(instrument).rules if instrument is not None else None,
             symbol_id,
-            id_state,
-            _open_room(account, exposure),
-            bucket.take(1),
+            account.account_id,
+            order_id,
+            build=build,
         )
 
 
