@@ -180,22 +180,28 @@ class Admission:
         self._new_commands = NewOrderCommands(
             state.engine_config.max_symbols, NEW_ORDER_DTYPE, COMMAND_DTYPE, META_DTYPE
         )
-        self._buckets: dict[int, TokenBucket] = {}
+        #: account id -> (the spec last seen, its bucket); as many as the reference data's accounts.
+        self._buckets: dict[int, tuple[AccountSpec, TokenBucket]] = {}
 
     def bucket(self, account: AccountSpec) -> TokenBucket:
-        bucket = self._buckets.get(account.account_id)
+        """The account's order-rate bucket (one per account id, kept while its rate and burst
+        stay the same: an account's spec is frozen, so the spec it was checked against last is
+        compared by identity first, on every order)."""
+        held = self._buckets.get(account.account_id)
+        if held is not None and held[0] is account:
+            return held[1]
+        bucket = held[1] if held is not None else None
         if (
             bucket is None
             or bucket.rate_per_s != account.rate_limit_orders_per_s
             or bucket.burst != max(1, account.rate_limit_burst)
         ):
-            bucket = self._buckets[account.account_id] = TokenBucket(
-                account.rate_limit_orders_per_s, account.rate_limit_burst
-            )
+            bucket = TokenBucket(account.rate_limit_orders_per_s, account.rate_limit_burst)
             # A new bucket is full whenever it is first read: its clock must not start after the
             # arrival it is compared with (an arrival read before the bucket was made would count
             # as negative time and take tokens away: "retry in 0.000 s" with a burst of 1).
             bucket.updated_ns = 0
+        self._buckets[account.account_id] = (account, bucket)
         return bucket
 
     def check_rate(self, account: AccountSpec, now: int) -> None:

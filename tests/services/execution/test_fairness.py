@@ -39,6 +39,22 @@ async def test_first_order_after_a_rate_limit_change_with_burst_one_is_not_refus
             harness.core.admission.check_rate(changed, now_ns())
 
 
+async def test_an_account_changed_in_other_fields_keeps_its_bucket_and_tokens(harness: Any) -> None:
+    """The bucket is found by the spec's identity first (every order); a spec that changed in
+    something else than its rate keeps the bucket and what it has used, a changed rate does not."""
+    account = await harness.core.reference.account_for_key("hftgate-demo-alice")
+    limited = dataclasses.replace(account, rate_limit_orders_per_s=0.001, rate_limit_burst=3)
+    admission = harness.core.admission
+    bucket = admission.bucket(limited)
+    assert admission.bucket(limited) is bucket
+    assert bucket.take(2) == 2
+    renamed = dataclasses.replace(limited, max_open_orders=limited.max_open_orders + 1)
+    assert admission.bucket(renamed) is bucket and bucket.take(5) == 1  # one token left, not three
+    assert admission.bucket(limited) is bucket
+    faster = dataclasses.replace(renamed, rate_limit_orders_per_s=5.0)
+    assert admission.bucket(faster) is not bucket and admission.bucket(faster).take(5) == 3
+
+
 async def test_an_arrival_read_before_another_calls_refill_takes_no_tokens(harness: Any) -> None:
     account = await harness.core.reference.account_for_key("hftgate-demo-alice")
     limited = dataclasses.replace(account, rate_limit_orders_per_s=1.0, rate_limit_burst=2)
