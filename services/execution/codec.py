@@ -72,6 +72,18 @@ def decode_new_order(o: api.NewOrder, received_ns: int, arrival_ns: int) -> NewO
     return NewOrderEntry(o.symbol, o.client_order_id, _order_fields(o), received_ns, arrival_ns)
 
 
+def read_submit_order(
+    data: bytes, wire: NewOrderWireDecoder, received_ns: int, arrival_ns: int
+) -> NewOrderEntry | None:
+    """:func:`decode_new_order` of a SubmitOrderRequest read from the bytes it came in, in C, or
+    None when the fast path does not take them (then protobuf reads them)."""
+    decoded = wire.decode_one(data)
+    if decoded is None:
+        return None
+    fields, client_id, symbol = decoded
+    return NewOrderEntry(symbol, client_id, fields, received_ns, arrival_ns)
+
+
 def decode_new_orders(orders: Sequence[api.NewOrder], received_ns: int, arrival_ns: int) -> Inputs:
     """A SubmitOrders batch (or one stream message's new orders) as columns."""
     rows = [_order_fields(o) for o in orders]

@@ -249,6 +249,54 @@ def test_the_service_decoders_give_the_inputs_protobufs_reading_gives(orders: li
         assert (got.received_ns, got.arrival_ns, got.preset_reasons) == (1, 2, None)
 
 
+def _entry_view(entry: object) -> tuple[object, ...]:
+    """A NewOrderEntry as comparable values (protobuf gives post_only as a bool, C as 0 or 1)."""
+    fields = tuple(int(v) for v in entry.fields)  # type: ignore[attr-defined]
+    return entry.symbol, entry.client_id, fields, entry.received_ns, entry.arrival_ns  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    order=st.one_of(st.none(), new_orders(ANY_TEXT)),
+    edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255), st.integers(0, 2)), max_size=3),
+)
+def test_submit_order_bytes_read_in_c_as_protobuf_reads_them(
+    order: api.NewOrder | None, edits: list[tuple[int, int, int]]
+) -> None:
+    """SubmitOrder's one order from its bytes (codec.read_submit_order, NewOrderWireDecoder.decode_one),
+    on real requests and corrupted ones: what the fast path takes, protobuf parses into the same
+    entry; a request with no order is protobuf's (its default NewOrder)."""
+    request = api.SubmitOrderRequest() if order is None else api.SubmitOrderRequest(order=order)
+    data = corrupted(request.SerializeToString(), edits)
+    got = codec.read_submit_order(data, NewOrderWireDecoder(), 5, 6)
+    if got is None:
+        if order is not None and not edits and all(0x20 <= ord(c) <= 0x7E for c in order.client_order_id):
+            assert len(order.client_order_id) > 64  # the only real request it hands back
+        return
+    parsed = api.SubmitOrderRequest.FromString(data)  # raises if C took what protobuf refuses
+    assert _entry_view(got) == _entry_view(codec.decode_new_order(parsed.order, 5, 6))
+
+
+def test_a_submit_order_with_its_order_twice_or_none_is_left_to_protobuf() -> None:
+    wire = NewOrderWireDecoder()
+    first = api.NewOrder(client_order_id="a", symbol="BTCUSDT", side=1, price_ticks=5, quantity_lots=2)
+    second = api.NewOrder(quantity_lots=7)
+    twice = (
+        api.SubmitOrderRequest(order=first).SerializeToString()
+        + api.SubmitOrderRequest(order=second).SerializeToString()
+    )
+    assert codec.read_submit_order(twice, wire, 0, 0) is None
+    merged = api.SubmitOrderRequest.FromString(twice).order  # protobuf merges the two: quantity 7
+    assert (merged.client_order_id, merged.price_ticks, merged.quantity_lots) == ("a", 5, 7)
+    assert codec.read_submit_order(b"", wire, 0, 0) is None
+    one = codec.read_submit_order(api.SubmitOrderRequest(order=first).SerializeToString(), wire, 0, 0)
+    assert one is not None and (one.symbol, one.client_id, one.fields[:6]) == (
+        "BTCUSDT",
+        "a",
+        (1, 0, 0, 5, 0, 2),
+    )
+
+
 def test_row_fields_are_the_order_paths() -> None:
     from services.execution.risk import NEW_ORDER_DTYPE
 
