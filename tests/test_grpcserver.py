@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from hftgate.grpcserver import create_server
+from hftgate.grpcserver import ServiceBinding, create_server
+from hftgate.v1 import scaler_pb2, scaler_pb2_grpc
 
 
 async def test_health_reports_serving_then_not_serving_on_stop() -> None:
@@ -40,6 +43,42 @@ async def test_reflection_lists_health_and_reflection() -> None:
         assert "grpc.reflection.v1alpha.ServerReflection" in names
     finally:
         await running.stop(0)
+
+
+async def test_services_are_served_by_their_generic_handlers_only(monkeypatch: Any) -> None:
+    """The generated add_*_to_server functions' registered methods never reach grpc.aio (they cost
+    every call; see grpcserver._generic_handlers_only), and every method is still served."""
+    registered: list[str] = []
+    real = grpc.aio._server.Server.add_registered_method_handlers  # type: ignore[attr-defined]
+
+    def record(self: Any, service: str, handlers: Any) -> None:
+        registered.append(service)
+        real(self, service, handlers)
+
+    monkeypatch.setattr(grpc.aio._server.Server, "add_registered_method_handlers", record)  # type: ignore[attr-defined]
+    binding = ServiceBinding(
+        "hftgate.v1.TuningService",
+        lambda server: scaler_pb2_grpc.add_TuningServiceServicer_to_server(_Tunables(), server),
+    )
+    running = await create_server("127.0.0.1:0", [binding])
+    try:
+        assert registered == []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            reply = await scaler_pb2_grpc.TuningServiceStub(channel).GetTunable(
+                scaler_pb2.GetTunableRequest(name="x")
+            )
+            assert reply.tunable.name == "x" and reply.tunable.value == 1.5
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="")
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await running.stop(0)
+
+
+class _Tunables(scaler_pb2_grpc.TuningServiceServicer):
+    async def GetTunable(self, request: Any, context: Any) -> Any:
+        return scaler_pb2.GetTunableResponse(tunable=scaler_pb2.Tunable(name=request.name, value=1.5))
 
 
 def test_freeze_startup_objects_moves_live_objects_out_of_collection() -> None:
