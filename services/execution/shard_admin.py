@@ -70,13 +70,20 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
         return fence.map
 
     async def _map_where(
-        self, context: grpc.aio.ServicerContext, epoch: int, holds: Callable[[shardmap.ShardMap], bool]
+        self,
+        context: grpc.aio.ServicerContext,
+        epoch: int,
+        holds: Callable[[shardmap.ShardMap], bool],
+        refusal: Callable[[], str],
     ) -> shardmap.ShardMap:
         """:meth:`_map_at_least`, read once more when it does not show what the move's step needs
-        (``holds``): the mark may be newer than the fence's last poll. The caller checks again."""
+        (``holds``: the mark may be newer than the fence's last poll); when it still does not, the
+        call ends FAILED_PRECONDITION saying ``refusal()``."""
         current = await self._map_at_least(context, epoch)
         if not holds(current):
             current = await self.fence.refresh()
+            if not holds(current):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal())
         return current
 
     async def ExportSymbol(
@@ -84,12 +91,14 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
     ) -> shard_admin_pb2.ExportSymbolResponse:
         await self._authorize(context, request.move_id, request.symbol)
         symbol = request.symbol
-        current = await self._map_where(context, request.min_epoch, lambda m: symbol in m.moving)
-        if symbol not in current.moving:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard map epoch {self.fence.epoch} does not mark {symbol} moving: publish the move first",
-            )
+        current = await self._map_where(
+            context,
+            request.min_epoch,
+            lambda m: symbol in m.moving,
+            lambda: (
+                f"shard map epoch {self.fence.epoch} does not mark {symbol} moving: publish the move first"
+            ),
+        )
         if current.owner(symbol).shard_id != self.shard_id:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -113,14 +122,14 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
     ) -> shard_admin_pb2.ImportSymbolResponse:
         await self._authorize(context, request.move_id, request.symbol)
         symbol = request.symbol
-        current = await self._map_where(
-            context, request.min_epoch, lambda m: m.moving.get(symbol) == self.shard_id
+        await self._map_where(
+            context,
+            request.min_epoch,
+            lambda m: m.moving.get(symbol) == self.shard_id,
+            lambda: (
+                f"shard map epoch {self.fence.epoch} does not mark {symbol} moving to shard {self.shard_id}"
+            ),
         )
-        if current.moving.get(symbol) != self.shard_id:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"shard map epoch {self.fence.epoch} does not mark {symbol} moving to shard {self.shard_id}",
-            )
         book = request.book
         if request.orders:  # rows, from a caller that does not know MovedBook
             if request.book.original_order_id:
@@ -149,15 +158,15 @@ class ShardAdminServicer(shard_admin_pb2_grpc.ShardAdminServiceServicer):
         if self.handover.handed_over.get(symbol) == target:
             return shard_admin_pb2.ReleaseSymbolResponse(already_released=True)
 
-        def toward_target(m: shardmap.ShardMap) -> bool:
-            return m.moving.get(symbol) == target or m.owner(symbol).shard_id == target
-
-        if not toward_target(await self._map_where(context, 0, toward_target)):
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
+        await self._map_where(
+            context,
+            0,
+            lambda m: m.moving.get(symbol) == target or m.owner(symbol).shard_id == target,
+            lambda: (
                 f"shard map epoch {self.fence.epoch} neither moves {symbol} to shard {target} nor gives it "
-                "to that shard",
-            )
+                "to that shard"
+            ),
+        )
         try:
             released = await asyncio.to_thread(self.handover.release, symbol, target)
         except OSError as exc:
