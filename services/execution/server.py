@@ -390,7 +390,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         admission = self.admission
         admission.light_enter()
         # The response of an accepted order is built while its fsync runs (see submit_order's
-        # ``matched``); only whether it is durable and the ack's time are set once it is.
+        # ``matched``), a rejected one's after; either way whether it is durable and the ack's time
+        # are set last.
         built: list[api.SubmitOrderResponse] = []
 
         def build(ack: SingleAck) -> None:
@@ -410,15 +411,12 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             raise AssertionError("abort raises") from exc
         finally:
             admission.light_exit()
-        if built:
-            response = built[0]
-            sent = response.ack
-            sent.durable = ack.durable and ack.sequence > 0
-            sent.ack_ns = time.time_ns()
-        else:
-            response = api.SubmitOrderResponse(
-                ack=codec.encode_single_ack(ack, entry.symbol, time.time_ns(), self.shard_base)
-            )
+        if not built:
+            build(ack)
+        response = built[0]
+        sent = response.ack
+        sent.durable = ack.durable and ack.sequence > 0
+        sent.ack_ns = time.time_ns()
         self.core.record_single_ack_sent(ack)
         return response
 
