@@ -24,10 +24,25 @@ static const uint8_t STP_TO_ENGINE[PROTO_STP_MAX + 1] = {
 /* The time in force an order type gets when the client leaves it unspecified. */
 static const uint8_t DEFAULT_TIF[PROTO_STOP_MARKET + 1] = {0, HFT_TIF_GTC, HFT_TIF_IOC, HFT_TIF_GTC, HFT_TIF_IOC};
 
-/* One order's command and meta row; false (nothing written) when a field is out of range. */
-static bool fill_one(const hft_new_order_row *o, int64_t symbol_id, uint64_t account_id, uint64_t order_id,
-                     int64_t client_id_length, const hft_symbol_band *bands, size_t band_count,
-                     hft_order_command *command, hft_order_meta *meta) {
+/* A market type's protective bound: the client's protection price, else the symbol's band around
+ * its reference price, else 0 (none). False when the band's bound would overflow. */
+static bool market_bound(const hft_new_order_row *o, int64_t symbol_id, const hft_symbol_band *bands,
+                         int64_t *bound) {
+    *bound = o->protection;
+    const bool is_market = o->order_type == PROTO_MARKET || o->order_type == PROTO_STOP_MARKET;
+    if (!is_market || *bound != 0) return true;
+    const hft_symbol_band *b = &bands[symbol_id];
+    if (b->reference > 0 && b->band > 0) {
+        if (o->side == HFT_SIDE_BUY) return !__builtin_add_overflow(b->reference, b->band, bound);
+        *bound = b->reference - b->band; /* (both positive: cannot overflow) */
+        if (*bound < 1) *bound = 1;
+    }
+    return true;
+}
+
+/* Whether write_one can write the order's rows: every field it indexes or narrows in range. */
+static bool fits(const hft_new_order_row *o, int64_t symbol_id, int64_t client_id_length,
+                 const hft_symbol_band *bands, size_t band_count) {
     if (o->side != HFT_SIDE_BUY && o->side != HFT_SIDE_SELL) return false;
     if (o->order_type < PROTO_LIMIT || o->order_type > PROTO_STOP_MARKET) return false;
     if (o->tif < 0 || o->tif > PROTO_TIF_MAX) return false;
@@ -35,20 +50,18 @@ static bool fill_one(const hft_new_order_row *o, int64_t symbol_id, uint64_t acc
     if (symbol_id < 0 || (uint64_t)symbol_id >= band_count || (uint64_t)symbol_id > UINT32_MAX) return false;
     if (o->priority < INT32_MIN || o->priority > INT32_MAX) return false;
     if (client_id_length < 0 || client_id_length > HFT_ORDER_WIRE_TEXT_MAX) return false;
+    int64_t bound;
+    return market_bound(o, symbol_id, bands, &bound);
+}
+
+/* One order's command and meta row, for an order that fits(). */
+static void write_one(const hft_new_order_row *o, int64_t symbol_id, uint64_t account_id, uint64_t order_id,
+                      int64_t client_id_length, const hft_symbol_band *bands, hft_order_command *command,
+                      hft_order_meta *meta) {
     const bool is_market = o->order_type == PROTO_MARKET || o->order_type == PROTO_STOP_MARKET;
     const uint8_t tif = o->tif ? (uint8_t)o->tif : DEFAULT_TIF[o->order_type];
-    int64_t bound = o->protection;
-    if (is_market && bound == 0) {
-        const hft_symbol_band *b = &bands[symbol_id];
-        if (b->reference > 0 && b->band > 0) {
-            if (o->side == HFT_SIDE_BUY) {
-                if (__builtin_add_overflow(b->reference, b->band, &bound)) return false;
-            } else {
-                bound = b->reference - b->band; /* (both positive: cannot overflow) */
-                if (bound < 1) bound = 1;
-            }
-        }
-    }
+    int64_t bound;
+    market_bound(o, symbol_id, bands, &bound);
     uint8_t engine_type = (uint8_t)o->order_type;
     if (bound > 0 && o->order_type == PROTO_MARKET) engine_type = HFT_TYPE_LIMIT;
     if (bound > 0 && o->order_type == PROTO_STOP_MARKET) engine_type = HFT_TYPE_STOP_LIMIT;
@@ -78,7 +91,6 @@ static bool fill_one(const hft_new_order_row *o, int64_t symbol_id, uint64_t acc
     meta->client_stp = o->stp ? (uint8_t)o->stp : PROTO_STP_CANCEL_RESTING;
     meta->post_only = o->post_only ? 1 : 0;
     meta->client_id_length = (uint8_t)client_id_length;
-    return true;
 }
 
 int hft_admission_new_commands(const hft_new_order_row *orders, const int64_t *symbol_ids, size_t rows,
@@ -91,21 +103,18 @@ int hft_admission_new_commands(const hft_new_order_row *orders, const int64_t *s
     if (first_order_id == 0 || first_order_id > UINT64_MAX - count) return HFT_EINVAL;
     /* Checked whole before anything is written: a refusal leaves every row as it was. */
     for (size_t i = 0; i < count; i++) {
-        hft_order_command command;
-        hft_order_meta row;
         const bool in_range = !positions || (positions[i] >= 0 && (uint64_t)positions[i] < rows);
         const size_t p = positions ? (size_t)positions[i] : i;
-        if (!in_range || !fill_one(&orders[p], symbol_ids[p], account_id, first_order_id + i,
-                                   client_id_lengths ? client_id_lengths[i] : 0, bands, band_count,
-                                   &command, &row)) {
+        if (!in_range ||
+            !fits(&orders[p], symbol_ids[p], client_id_lengths ? client_id_lengths[i] : 0, bands, band_count)) {
             if (bad) *bad = i;
             return HFT_EINVAL;
         }
     }
     for (size_t i = 0; i < count; i++) {
         const size_t p = positions ? (size_t)positions[i] : i;
-        fill_one(&orders[p], symbol_ids[p], account_id, first_order_id + i,
-                 client_id_lengths ? client_id_lengths[i] : 0, bands, band_count, &commands[p], &meta[p]);
+        write_one(&orders[p], symbol_ids[p], account_id, first_order_id + i,
+                  client_id_lengths ? client_id_lengths[i] : 0, bands, &commands[p], &meta[p]);
     }
     return HFT_OK;
 }
@@ -114,12 +123,8 @@ int hft_admission_new_command(const hft_new_order_row *order, int64_t symbol_id,
                               uint64_t order_id, int64_t client_id_length, const hft_symbol_band *bands,
                               size_t band_count, hft_order_command *command, hft_order_meta *meta) {
     if (!order || !bands || !command || !meta || order_id == 0) return HFT_EINVAL;
-    hft_order_command c;
-    hft_order_meta m;
-    if (!fill_one(order, symbol_id, account_id, order_id, client_id_length, bands, band_count, &c, &m))
-        return HFT_EINVAL;
-    *command = c;
-    *meta = m;
+    if (!fits(order, symbol_id, client_id_length, bands, band_count)) return HFT_EINVAL;
+    write_one(order, symbol_id, account_id, order_id, client_id_length, bands, command, meta);
     return HFT_OK;
 }
 
