@@ -402,23 +402,23 @@ class ExecutionState:
     def client_ids_of(self, order_ids: np.ndarray) -> list[str]:
         """The client order id of each of ``order_ids`` ("" for an order not retained, as
         :class:`ClientIdsById` answers): one lookup for a whole page of reports."""
-        slots = self.slots_of(order_ids)
-        held = slots >= 0
-        texts = self._slot_client_ids[np.where(held, slots, 0)]
-        texts[~held] = b""
-        return [text.decode("ascii") for text in texts.tolist()]
+        return [text.decode("ascii") for text in self._client_id_rows(order_ids).tolist()]
 
     def client_id_text_of(self, order_ids: np.ndarray) -> tuple[bytes, np.ndarray]:
         """:meth:`client_ids_of` as one ASCII text and each id's byte length (int64; 0 for an
         order not retained), read from the rows in C: no ``str`` per order (a stream's page of
         reports goes to the wire encoder this way)."""
+        return ids_from_rows(self._client_id_rows(order_ids))
+
+    def _client_id_rows(self, order_ids: np.ndarray) -> np.ndarray:
+        """The client id rows of ``order_ids`` (a copy; empty for an order not retained)."""
         slots = self.slots_of(order_ids)
         held = slots >= 0
         if held.all():
-            return ids_from_rows(self._slot_client_ids[slots])
+            return self._slot_client_ids[slots]
         texts = self._slot_client_ids[np.where(held, slots, 0)]
         texts[~held] = b""
-        return ids_from_rows(texts)
+        return texts
 
     def client_id_of(self, order_id: int) -> str | None:
         """The client order id of a retained order (None when not retained)."""
