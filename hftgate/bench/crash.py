@@ -625,6 +625,8 @@ async def run_crash_harness(settings: CrashSettings, state_dir: Path) -> CrashRe
     scratch = state_dir / "verify"
     settings_env = {
         "snapshot_every_inputs": str(settings.snapshot_every_inputs),
+        # Snapshots as often as the inputs trigger says, to kill the shard around them.
+        "snapshot_min_interval_s": "0",
         "journal_truncate_after_snapshot": "false",
         "journal_durability": "fsync",
     }

@@ -242,6 +242,7 @@ async def start(config: ExecutionConfig, suite: security.SuiteSecurity | None = 
         collector = metrics.register(core)
         closers.append(lambda: _unregister(collector))
         servicer = ExecutionServicer(core, config, suite.secret, fence)
+        servicer.snapshotter = snapshotter
         handover = Handover(core, config.state_path(), config.shard_id, servicer.shard_base)
         handover.load()
         fence.handed_over = handover.handed_over

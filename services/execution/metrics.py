@@ -86,6 +86,12 @@ class ExecutionCollector(Collector):
         refused.add_metric(["interceptor"], self.interceptor.refused if self.interceptor else 0)
         refused.add_metric(["servicer"], self.servicer.unauthenticated if self.servicer else 0)
         yield refused
+        snapshotter = self.servicer.snapshotter if self.servicer else None
+        yield CounterMetricFamily(
+            "hftgate_execution_snapshots",
+            "Snapshots of the state written since the shard started",
+            value=snapshotter.taken if snapshotter is not None else 0,
+        )
         yield GaugeMetricFamily(
             "hftgate_execution_open_orders",
             "Orders resting or waiting for a trigger",

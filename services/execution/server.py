@@ -59,6 +59,7 @@ from services.execution.reference import (
     AccountSpec,
 )
 from services.execution.restated import RestatedReports
+from services.execution.snapshot import Snapshotter
 from services.execution.state import OPEN_STATUSES, REJECTED, is_purged
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         core.publisher.shard_id = config.shard_id
         #: Verifies service tokens (GetStats gives suite-wide figures only to a service principal).
         self.secret = secret
+        #: Set by app.start when snapshots are taken (GetStats' snapshots_taken).
+        self.snapshotter: Snapshotter | None = None
         self.streams = StreamSlots(per_account=config.max_streams_per_account, total=config.max_streams)
         self.admission = FairAdmission(
             config.fair_slice_inputs,
@@ -982,6 +985,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             reference_lookups=lookups.lookups,
             reference_sql_lookups=lookups.sql_lookups,
             order_path_hit_ratio=lookups.hit_ratio,
+            snapshots_taken=self.snapshotter.taken if self.snapshotter is not None else 0,
         )
 
 

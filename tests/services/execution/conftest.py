@@ -85,6 +85,8 @@ def execution_config(state_dir: Path, **overrides: Any) -> ExecutionConfig:
         retained_reports=10_000,
         max_batch_orders=2_000,
         max_stream_message_inputs=100,
+        # Tests set small snapshot triggers and expect them to fire at once, not 2 s apart.
+        snapshot_min_interval_s=0.0,
     )
     return _replace(base, **overrides)
 

@@ -42,6 +42,7 @@ def service_env(state_dir: Path, port: int) -> dict[str, str]:
         "HFTGATE_EXECUTION_REFERENCE_DATABASE_URL": f"sqlite+aiosqlite:///{state_dir / 'reference.sqlite3'}",
         "HFTGATE_EXECUTION_JOURNAL_TRUNCATE_AFTER_SNAPSHOT": "false",
         "HFTGATE_EXECUTION_SNAPSHOT_EVERY_INPUTS": "400",
+        "HFTGATE_EXECUTION_SNAPSHOT_MIN_INTERVAL_S": "0",
         "HFTGATE_EXECUTION_MAX_SYMBOLS": "4",
         "HFTGATE_EXECUTION_MAX_LEVELS_PER_SIDE": "1024",
         "HFTGATE_EXECUTION_MAX_LIVE_ORDERS": "65536",

@@ -41,6 +41,7 @@ def processes(tmp_path: Path) -> Iterator[list[ExecutionProcess]]:
             "shard_map_poll_ms": "50",
             "state_dir": str(tmp_path / f"shard{shard_id}"),
             "snapshot_every_inputs": "4",  # snapshots too, so a restart starts from one
+            "snapshot_min_interval_s": "0",
         }
         process = ExecutionProcess(tmp_path, settings)  # one suite secret under tmp_path
         process.log_dir = tmp_path / f"logs{shard_id}"  # the port is read from its own log
