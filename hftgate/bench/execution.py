@@ -629,7 +629,8 @@ async def measure_columns(
     rate, rejected = await _measure_calls(flows, request, send, batches_per_account, batch_orders, answered)
     first = 0.0
     if 0 < first_batches <= batches_per_account:
-        first = first_batches * batch_orders * len(flows) / max(times[first_batches - 1] for times in answered)
+        until = max(times[first_batches - 1] for times in answered)
+        first = first_batches * batch_orders * len(flows) / until
     return rate, rejected, first
 
 
