@@ -598,9 +598,9 @@ class Snapshotter:
     started (or this object was made): under a sustained flood they would otherwise fire several
     times a second, each snapshot costing the loop its fork and a page fault per page written while
     the child lives (a quarter of SubmitOrderColumns' throughput at 16 MB of journal a snapshot).
-    After each snapshot
-    the journal starts a new segment, so the next snapshot's truncation drops the covered records
-    whole: the journal a recovery opens (and CRC-checks) holds about two snapshot intervals at most.
+    After each snapshot the journal starts a new segment, so the next snapshot's truncation drops
+    the covered records whole: the journal a recovery opens (and CRC-checks) holds about two
+    snapshot intervals at most.
 
     A snapshot starts on the event loop between batches. With ``in_child_process`` (the default
     on Linux: see ``snapshot_in_child_process`` in config.py) a forked child that runs no Python
