@@ -98,10 +98,12 @@ async def test_restarts_under_a_growing_journal_replay_a_bounded_tail(
     assert journal_bytes[-1] <= 2 * (EVERY_JOURNAL_BYTES + run_bytes) + 2 * 4 * 1024 * 1024, journal_bytes
 
 
+# The recovery trigger does not wait for snapshot_min_interval_s (the others do).
+@pytest.mark.parametrize("min_interval_s", [0.0, 60.0])
 async def test_a_recovery_that_replayed_much_takes_a_snapshot_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, min_interval_s: float
 ) -> None:
-    config = _config(tmp_path, monkeypatch)
+    config = dataclasses.replace(_config(tmp_path, monkeypatch), snapshot_min_interval_s=min_interval_s)
     harness = await start_harness(config)
     try:
         for round_ in range(4):
