@@ -1,7 +1,7 @@
 """GetStats across shards: one GetStatsResponse made of every shard's, with no gRPC import.
 
-* Counters (orders, cancels, trades, journal records, lookups, open orders, rejects by reason) are
-  summed; ``order_path_hit_ratio`` is recomputed from the summed lookups.
+* Counters (orders, cancels, trades, journal records, lookups, open orders, snapshots, rejects by
+  reason) are summed; ``order_path_hit_ratio`` is recomputed from the summed lookups.
 * ``started_ns`` is the earliest shard's start, ``collected_ns`` the latest shard's snapshot.
 * Latency summaries: ``count`` summed, ``mean_ns`` and ``stdev_ns`` of the pooled samples (exact,
   from each shard's count, mean and stdev); the percentiles and ``max_ns`` are the worst shard's
@@ -32,6 +32,7 @@ _COUNTERS = (
     "journal_fsyncs",
     "reference_lookups",
     "reference_sql_lookups",
+    "snapshots_taken",
 )
 _WORST = ("p50_ns", "p90_ns", "p99_ns", "p99_9_ns", "p99_99_ns", "max_ns")
 

@@ -329,6 +329,23 @@ def test_merged_stats_sum_counters_pool_the_mean_and_take_the_worst_percentiles(
     assert merge_latency([]).count == 0
 
 
+def test_merged_stats_sum_every_counter_field_of_a_shard() -> None:
+    """Every integer field of GetStatsResponse other than the two times is a count to sum: a field
+    added to the proto and forgotten here would read 0 through the gateway."""
+    counters = [
+        field.name
+        for field in api.GetStatsResponse.DESCRIPTOR.fields
+        if field.type == field.TYPE_INT64 and field.name not in ("started_ns", "collected_ns")
+    ]
+    assert "snapshots_taken" in counters
+    a = api.GetStatsResponse(**{name: 1 + i for i, name in enumerate(counters)})
+    b = api.GetStatsResponse(**{name: 100 for name in counters})
+    merged = merge_stats([a, b])
+    assert {name: getattr(merged, name) for name in counters} == {
+        name: 101 + i for i, name in enumerate(counters)
+    }
+
+
 # --- the merge rules ---------------------------------------------------------------------------
 
 
