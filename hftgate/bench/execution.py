@@ -47,7 +47,9 @@ Derived: ``unary_overhead_ms = unary_p50_ms - grpc_echo_p50_ms - fsync_p50_ms`` 
 adds besides the transport and its one fsync: decode, risk, match, journal hand-off, ack; the
 bar is judged on this one, against back-to-back fsyncs, the lower floor),
 ``unary_overhead_spaced_ms`` (the same against ``fsync_spaced_p50_ms``: how much of the overhead
-is the idle disk's slower sync rather than the service) and
+is the idle disk's slower sync rather than the service), ``unary_overhead_paired_ms`` (the median over
+blocks of each block's unary median minus the echo and fsync medians of the blocks right after it:
+the same difference taken minutes-apart noise out of; diagnostic, the bar stays on the first) and
 the issue's bars (``*_bar_holds``); ``unary_logic_ms = unary_p50_ms - grpc_durable_echo_p50_ms``
 (what the order path itself costs: decode, auth, risk, match, bookkeeping, acks) and
 ``durable_ack_overhead_ms = grpc_durable_echo_p50_ms - grpc_echo_p50_ms - fsync_p50_ms`` (what
@@ -548,6 +550,8 @@ class UnaryRound:
     durable_echo_ns: np.ndarray
     plain_echo_ns: np.ndarray
     fsync_spaced_ns: np.ndarray
+    #: Per block: its unary median minus the medians of the echo and fsync blocks that followed it.
+    block_overhead_ns: np.ndarray
 
 
 async def measure_unary_with_floors(
@@ -588,6 +592,12 @@ async def measure_unary_with_floors(
         np.concatenate(durable),
         np.concatenate(plain),
         np.concatenate(spaced),
+        np.array(
+            [
+                np.median(u) - np.median(e) - np.median(f)
+                for u, e, f in zip(unary, echoes, fsyncs, strict=True)
+            ]
+        ),
     )
 
 
@@ -1071,6 +1081,7 @@ async def _one_round(
             unary_overhead_ms=_ms(
                 np.median(unary.unary_ns) - np.median(unary.echo_ns) - np.median(unary.fsync_ns)
             ),
+            unary_overhead_paired_ms=_ms(np.median(unary.block_overhead_ns)),
             fsync_spaced_p50_ms=_ms(np.median(unary.fsync_spaced_ns)),
             unary_overhead_spaced_ms=_ms(
                 np.median(unary.unary_ns) - np.median(unary.echo_ns) - np.median(unary.fsync_spaced_ns)
