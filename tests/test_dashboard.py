@@ -65,6 +65,7 @@ class FakeExecution(execution_pb2_grpc.ExecutionServiceServicer):
         self.orders_received = 100
         self.collected_ns = T0_NS
         self.open_orders = 7
+        self.snapshots_taken = 2 + shard_id
 
     async def GetStats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.calls.saw(f"GetStats/{self.shard_id}", context)
@@ -76,6 +77,7 @@ class FakeExecution(execution_pb2_grpc.ExecutionServiceServicer):
             orders_accepted=self.orders_received - 3,
             inputs_rejected=3,
             open_orders=self.open_orders,
+            snapshots_taken=self.snapshots_taken,
             total_latency=total,
         )
 
@@ -249,6 +251,8 @@ async def test_state_shows_every_panel_with_orders_per_s_from_successive_samples
     assert execution["orders_per_s"] == 375.0
     assert execution["open_orders"] == 14
     assert execution["orders_received"] == 950
+    assert [s["snapshots_taken"] for s in execution["shards"]] == [2, 3]
+    assert execution["snapshots_taken"] == 5
     shard0 = execution["shards"][0]
     assert (shard0["shard_id"], shard0["p50_ms"], shard0["p99_ms"]) == (0, 1.25, 4.5)
 
@@ -695,6 +699,7 @@ async def test_chromium_renders_live_panels_and_no_scaler(served: Served, browse
     assert '<div class="figure" id="md-symbols" data-value="2"><b>2</b>' in html
     assert "<td>BTCUSDT</td><td>61,000.5</td><td>61,001</td>" in html
     assert '<div class="figure" id="shard-map-epoch" data-value="3"><b>3</b>' in html
+    assert '<div class="figure" id="snapshots" data-value="5"><b>5</b>' in html  # shards 0 and 1: 2 + 3
     assert '<span class="SERVING" title="">SERVING</span>' in html
     assert '<span class="UNREACHABLE"' in html  # the scaler's health
     # Shard 1 owns the pinned ETHUSDT; market data's BTCUSDT goes where the hash puts it.

@@ -87,7 +87,8 @@ function render(s) {
     figure("p50 ms", fmt(ex.journal_p50_ms, 3), "journal-p50-ms", ex.journal_p50_ms),
     figure("p99 ms", fmt(ex.journal_p99_ms, 3), "journal-p99-ms", ex.journal_p99_ms),
     figure("fsyncs/s", fmt(ex.fsyncs_per_s, 1), "fsyncs-per-s", ex.fsyncs_per_s),
-    figure("records per fsync", fmt(ex.records_per_fsync, 2), "records-per-fsync", ex.records_per_fsync)])]);
+    figure("records per fsync", fmt(ex.records_per_fsync, 2), "records-per-fsync", ex.records_per_fsync),
+    figure("snapshots", fmt(ex.snapshots_taken), "snapshots", ex.snapshots_taken)])]);
 
   const c = s.cache;
   if (changed("panel-cache", c)) fill("panel-cache", c.available ? [
