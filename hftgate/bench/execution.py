@@ -9,7 +9,9 @@ Every round measures, in this order:
   noise on a shared machine.
 - ``tcp_floor_p50_ms``: raw TCP ping-pong with a child process (hftgate.bench.floors).
 - ``grpc_echo_p50_ms``: an empty unary call to a do-nothing server on the same gRPC stack, behind
-  the same authentication interceptor as the service and carrying an API key as the orders do.
+  the same authentication interceptor as the service and carrying an API key as the orders do,
+  placed as the service is and waking the same CPU keeper on every call as SubmitOrder does
+  (hftgate.bench.floors): on a 2-vCPU VM a CPU kept awake spares the caller's process its wake-up too.
 - ``grpc_plain_echo_p50_ms``: the same without the interceptor; ``auth_overhead_us`` =
   ``grpc_echo_p50_ms - grpc_plain_echo_p50_ms`` (in microseconds): what refusing calls without
   credentials costs every admitted call. (The API key's own lookup, a dict hit for a known key,
