@@ -255,23 +255,13 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False, a
     poll_ns = 0
     scratch: tempfile.TemporaryDirectory[str] | None = None
     if journal_dir is None and placed:
-        # No record is ever written: the journal is here for its writer thread's CPU keeper, which
-        # SubmitOrder wakes on every call (journal_keep_cpu_us). On a 2-vCPU VM that keeper keeps
-        # the helper CPU out of idle for the caller's process too; a floor without it paid ~100 us
-        # of CPU wake-up a call that SubmitOrder does not (session 19), which flattered
-        # unary_overhead_ms by as much.
-        from services.execution.journal import Journal
-
+        # A journal that never gets a record, for its writer thread's CPU keeper, which SubmitOrder
+        # wakes on every call (journal_keep_cpu_us). On a 2-vCPU VM that keeper keeps the helper CPU
+        # out of idle for the caller's process too; a floor without it paid ~100 us of CPU wake-up
+        # a call that SubmitOrder does not (session 19), which flattered unary_overhead_ms by as much.
         scratch = tempfile.TemporaryDirectory(prefix="hftgate-floor-keeper-")
-        journal = Journal.open(scratch.name)
-        journal.start()
-        keeper_journal = journal
-
-        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            keeper_journal.keep_writer_cpu_awake()  # as SubmitOrder does (a no-op without a keeper)
-            return b""
-
-    elif journal_dir is None:
+        journal_dir = scratch.name
+    if journal_dir is None:
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return b""
@@ -279,16 +269,18 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False, a
     else:
         from services.execution.journal import Journal
 
-        journal = Journal.open(journal_dir)
+        journal = opened = Journal.open(journal_dir)
         journal.start()
+        durable = scratch is None  # (else the keeper's journal only)
         record = bytes(DURABLE_ECHO_RECORD_BYTES)
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            journal.keep_writer_cpu_awake()  # as SubmitOrder does (a no-op without a keeper)
-            future = journal.append(record)
-            if poll_ns:  # as the execution service's SubmitOrder does (journal_ack_poll_us)
-                journal.poll_durable(journal.next_seq - 1, poll_ns)
-            await future
+            opened.keep_writer_cpu_awake()  # as SubmitOrder does (a no-op without a keeper)
+            if durable:
+                future = opened.append(record)
+                if poll_ns:  # as the execution service's SubmitOrder does (journal_ack_poll_us)
+                    opened.poll_durable(opened.next_seq - 1, poll_ns)
+                await future
             return b""
 
     handler = grpc.method_handlers_generic_handler(

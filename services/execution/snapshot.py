@@ -621,7 +621,6 @@ class Snapshotter:
         every_journal_bytes: int | None = None,
         after_recovery_bytes: int | None = None,
         in_child_process: bool | None = None,
-        min_interval_s: float | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -652,10 +651,8 @@ class Snapshotter:
             if after_recovery_bytes is not None
             else getattr(config, "snapshot_after_recovery_bytes", DEFAULT_SNAPSHOT_AFTER_RECOVERY_BYTES)
         )
-        self.min_interval_s: float = (
-            min_interval_s
-            if min_interval_s is not None
-            else getattr(config, "snapshot_min_interval_s", DEFAULT_SNAPSHOT_MIN_INTERVAL_S)
+        self.min_interval_s: float = getattr(
+            config, "snapshot_min_interval_s", DEFAULT_SNAPSHOT_MIN_INTERVAL_S
         )
         self._state: ExecutionState | None = None
         self._task: asyncio.Task[None] | None = None
