@@ -76,7 +76,9 @@ async def test_unary_calls_pass_through_to_the_one_shard(one_shard: tuple) -> No
 
 async def test_streams_pass_through_to_the_one_shard(one_shard: tuple) -> None:  # type: ignore[type-arg]
     _, _, stub = one_shard
-    reports = stub.StreamExecutions(api.StreamExecutionsRequest(live_only=True), metadata=ALICE)
+    # From the first retained report (the shard is new: st1's comes first), not live_only: a live
+    # subscription could reach the shard after the order and miss its report (seen once under load).
+    reports = stub.StreamExecutions(api.StreamExecutionsRequest(), metadata=ALICE)
 
     async def requests() -> AsyncIterator[api.OrderStreamRequest]:
         yield api.OrderStreamRequest(inputs=[api.OrderInput(new_order=new_order("st1", "BTCUSDT"))])
