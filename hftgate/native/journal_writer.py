@@ -134,6 +134,16 @@ class JournalWriterThread:
         lib.hft_journal_writer_status_get(self._writer, status)
         return int(status.acked_seq), bool(status.failed)
 
+    def poll_begin(self) -> None:
+        """The loop busy-waits for an ack from now: acks are not signalled on the eventfd until
+        :meth:`poll_end` (see ``hft_journal_writer_poll_begin``)."""
+        lib.hft_journal_writer_poll_begin(self._writer)
+
+    def poll_end(self) -> int:
+        """End the busy-wait; the highest acknowledgeable sequence number, read after its end
+        (acks published meanwhile were not signalled: the caller acknowledges through it)."""
+        return int(lib.hft_journal_writer_poll_end(self._writer))
+
     def progress(self) -> tuple[int, bool, bool]:
         """(highest acknowledgeable sequence number, failed, blocked): the loop's read on a signal."""
         status = self._status

@@ -161,6 +161,18 @@ void hft_journal_writer_kick(hft_journal_writer *writer);
  * every microsecond or so while it runs. */
 #define HFT_JOURNAL_KEEPER_STALE_NS 20000
 
+/* The event loop busy-waits for an ack (SubmitOrder's lone order: it reads acked_seq instead of
+ * sleeping until the eventfd wakes it). Until hft_journal_writer_poll_end, the writer does not
+ * write the eventfd after an acknowledged batch: the loop sees the ack itself, and the signal
+ * would only wake it once more after the reply has left, for nothing (a select and a handler
+ * on the CPU the reply's client may be waiting for). Failures and changes of disk space are
+ * still signalled. One poller at a time (the loop's thread). */
+void hft_journal_writer_poll_begin(hft_journal_writer *writer);
+
+/* End the busy-wait and return acked_seq, read after the end: acks published meanwhile were not
+ * signalled, so the caller acknowledges through this value. */
+uint64_t hft_journal_writer_poll_end(hft_journal_writer *writer);
+
 /* The keeper's counters (all 0 without one). */
 void hft_journal_writer_keeper_stats(const hft_journal_writer *writer, hft_cpu_keeper_stats *out);
 

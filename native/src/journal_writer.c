@@ -64,6 +64,7 @@ struct hft_journal_writer {
     int abort_requested;
     uint32_t commit_window_us;  /* see hft_journal_writer_set_commit_window_us */
     hft_cpu_keeper *keeper;     /* see hft_journal_writer_keep_cpu; set once, read with acquire */
+    int loop_polling;           /* see hft_journal_writer_poll_begin; seq_cst with acked_seq */
 };
 
 static void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -263,11 +264,14 @@ static int wait_for_space(hft_journal_writer *w, int error, uint64_t bytes, unsi
 }
 
 /* Space came back (or was never short): clear `blocked`. The caller's ack notifies the loop. */
-static void space_available(hft_journal_writer *w) {
+/* Returns 1 when the writer was blocked: the loop must hear of it even while it polls. */
+static int space_available(hft_journal_writer *w) {
     if (__atomic_load_n(&w->blocked, __ATOMIC_ACQUIRE)) {
         store(&w->blocked_bytes, 0);
         __atomic_store_n(&w->blocked, 0, __ATOMIC_RELEASE);
+        return 1;
     }
+    return 0;
 }
 
 /* One attempt to make sure `length` more bytes after the records land in reserved space: a whole
@@ -341,12 +345,15 @@ static int commit(hft_journal_writer *w, uint64_t last_seq, size_t records) {
     w->segment_bytes += w->out_len;
     store(&w->bytes, w->bytes + w->out_len);
     if (w->sync_before_ack && sync_segment(w, last_seq)) return -1;
-    space_available(w);
+    int unblocked = space_available(w);
     /* Counters first: whoever sees the new acked_seq also sees the batch counted. */
     store(&w->records, w->records + records);
     store(&w->batches, w->batches + 1);
-    store(&w->acked_seq, last_seq);
-    notify(w);
+    /* Sequentially consistent pair with hft_journal_writer_poll_end's (store the flag, load the
+     * seq): either this load sees the loop still polling, and the loop's re-read after it stops
+     * sees this ack, or the loop has stopped and gets the signal. */
+    __atomic_store_n(&w->acked_seq, last_seq, __ATOMIC_SEQ_CST);
+    if (unblocked || !__atomic_load_n(&w->loop_polling, __ATOMIC_SEQ_CST)) notify(w);
     if (!w->sync_before_ack && sync_segment(w, last_seq)) return -1;
     if (w->segment_bytes >= w->segment_max_bytes) return rotate(w, w->expected_seq);
     return 0;
@@ -495,6 +502,15 @@ void hft_journal_writer_keep_cpu_awake(hft_journal_writer *w) {
 void hft_journal_writer_kick(hft_journal_writer *w) {
     hft_cpu_keeper *keeper = __atomic_load_n(&w->keeper, __ATOMIC_ACQUIRE);
     if (keeper) hft_cpu_keeper_kick(keeper, HFT_JOURNAL_KEEPER_STALE_NS);
+}
+
+void hft_journal_writer_poll_begin(hft_journal_writer *w) {
+    __atomic_store_n(&w->loop_polling, 1, __ATOMIC_SEQ_CST);
+}
+
+uint64_t hft_journal_writer_poll_end(hft_journal_writer *w) {
+    __atomic_store_n(&w->loop_polling, 0, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&w->acked_seq, __ATOMIC_SEQ_CST);
 }
 
 void hft_journal_writer_keeper_stats(const hft_journal_writer *w, hft_cpu_keeper_stats *out) {

@@ -589,6 +589,31 @@ static void test_rotation_on_request_starts_a_new_segment_before_the_next_batch(
     remove_dir(f.dir);
 }
 
+/* While the loop polls (hft_journal_writer_poll_begin) an ack is not signalled on the eventfd;
+ * poll_end returns it; afterwards acks are signalled again. */
+static void test_acks_are_not_signalled_while_the_loop_polls(void) {
+    fixture f;
+    fixture_open(&f, 1, 1 << 30, 1, 4096);
+    unsigned char payload[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    hft_journal_writer_poll_begin(f.writer);
+    push_record(&f, 1, 1, payload, sizeof payload);
+    hft_journal_writer_status status;
+    for (int i = 0; i < 5000; i++) {
+        hft_journal_writer_status_get(f.writer, &status);
+        if (status.acked_seq >= 1) break;
+        usleep(1000);
+    }
+    CHECK_EQ_INT(status.acked_seq, 1);
+    struct pollfd p = {.fd = f.notify_fd, .events = POLLIN};
+    CHECK_EQ_INT(poll(&p, 1, 50), 0);
+    CHECK_EQ_INT(hft_journal_writer_poll_end(f.writer), 1);
+    push_record(&f, 2, 1, payload, sizeof payload);
+    CHECK_EQ_INT(poll(&p, 1, 5000), 1);
+    wait_acked(&f, 2);
+    fixture_close(&f);
+    remove_dir(f.dir);
+}
+
 int main(void) {
     RUN(test_crc32_matches_zlib_vectors);
     RUN(test_writer_frames_small_and_split_records);
@@ -600,5 +625,6 @@ int main(void) {
     RUN(test_writer_waits_for_space_then_resumes_losing_nothing);
     RUN(test_blocked_writer_gives_up_when_aborted);
     RUN(test_rotation_on_request_starts_a_new_segment_before_the_next_batch);
+    RUN(test_acks_are_not_signalled_while_the_loop_polls);
     return TEST_SUMMARY("journal");
 }

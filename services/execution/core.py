@@ -267,16 +267,17 @@ class ExecutionCore:
             refusal = fence.refusal(symbol)
             if refusal is not None:
                 raise InputRefused(refusal, self.publisher.shard_id)
-        ack = SingleAck(entry.client_id, entry.received_ns, entry.arrival_ns)
         reason, payload, batch = self.admission.admit_one_new(
             account, symbol, entry.client_id, entry.fields, spec, entry.received_ns
         )
         if payload is None:
+            ack = SingleAck(entry.client_id, entry.received_ns, entry.arrival_ns)
             ack.status, ack.reason = REJECTED, reason
             return ack
         t_risk = now_ns()
         future, outcome = self._journal_and_apply(payload, batch)
         t_match = now_ns()
+        ack = SingleAck(entry.client_id, entry.received_ns, entry.arrival_ns)  # (the fsync runs meanwhile)
         (ack.order_id, ack.sequence, ack.status, ack.reason, ack.price, ack.quantity, ack.leaves, ack.cum,
          _) = self.publisher.outcome_of_one(outcome, KIND_NEW)  # fmt: skip
         stages = self.stages
@@ -295,7 +296,7 @@ class ExecutionCore:
         ack.durable_at_ns = t_durable = now_ns()
         stages.journal.record(t_durable - t_match)
         ack.durable = self._acks_durable
-        self.publisher.publish(outcome)
+        self.publisher.publish_soon(outcome)  # after the reply has left: nothing the client waits for
         return ack
 
     def record_single_ack_sent(self, ack: SingleAck) -> None:

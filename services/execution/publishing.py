@@ -107,6 +107,8 @@ class Publisher:
         self.original_ids: dict[int, int] = {}
         self.ledger_backlog_drops = 0
         self._pending_fills: list[np.ndarray] = []
+        #: Outcomes given to :meth:`publish_soon` and not yet published (in journal order).
+        self._deferred: list[BatchOutcome] = []
         self._ledger_task: asyncio.Task[None] | None = None
         self._subscribers: dict[int, list[ReportSubscriber]] = {}
         #: See max_behind_reports (set by the server from its config).
@@ -191,6 +193,26 @@ class Publisher:
     # --- after durability ------------------------------------------------------------------------
 
     def publish(self, outcome: BatchOutcome) -> None:
+        """Hand a durable batch's reports to their subscribers and its fills on (ledger, trade
+        feed), after any that :meth:`publish_soon` still holds: always in journal order."""
+        if self._deferred:
+            self._publish_deferred()
+        self._publish(outcome)
+
+    def publish_soon(self, outcome: BatchOutcome) -> None:
+        """:meth:`publish` on the loop's next turn: for a SubmitOrder, whose reply then leaves
+        first (publishing is nothing its client waits for). Still in journal order: a
+        :meth:`publish` meanwhile publishes the held ones first."""
+        self._deferred.append(outcome)
+        if len(self._deferred) == 1:
+            asyncio.get_running_loop().call_soon(self._publish_deferred)
+
+    def _publish_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for outcome in deferred:
+            self._publish(outcome)
+
+    def _publish(self, outcome: BatchOutcome) -> None:
         reports = outcome.reports
         if len(reports):
             self.published_report_seq = int(reports["sequence"][-1])
@@ -352,6 +374,8 @@ class Publisher:
 
     async def drain(self) -> None:
         """Wait for the ledger hand-off of what is durable."""
+        if self._deferred:
+            self._publish_deferred()
         if self._ledger_task is not None:
             with contextlib.suppress(Exception):
                 await self._ledger_task

@@ -225,3 +225,56 @@ def test_single_order_risk_check_gives_the_batch_reasons() -> None:
         )  # fmt: skip
         assert single_reason == int(batch_reason[0]), (orders, ids, instrument_rows)
         assert buckets[0].tokens == buckets[1].tokens
+
+
+async def test_a_single_orders_deferred_publish_keeps_journal_order(
+    tmp_path: Path, make_config: Any, launch: Any
+) -> None:
+    """SubmitOrder publishes its reports and fills on the loop's next turn (its reply leaves
+    first); batches in flight meanwhile still publish after it: reports reach subscribers and
+    fills reach the ledger in journal order, and the published sequence never goes back."""
+    import asyncio
+
+    harness = await launch(make_config(tmp_path))
+    publisher = harness.core.publisher
+    seen: list[int] = []
+    publish_one = publisher._publish
+
+    def recorded(outcome: Any) -> None:
+        if len(outcome.reports):
+            seen.append(int(outcome.reports["sequence"][0]))
+        publish_one(outcome)
+
+    publisher._publish = recorded  # type: ignore[method-assign]
+    try:
+        rng = random.Random(7)
+
+        async def singles(who: str, n: int) -> None:
+            for i in range(n):
+                order = random_order(rng, f"{who}-s{i}")
+                await harness.stub.SubmitOrder(api.SubmitOrderRequest(order=order), metadata=key(who))
+
+        async def batches(who: str, n: int) -> None:
+            for i in range(n):
+                orders = [random_order(rng, f"{who}-b{i}-{j}") for j in range(5)]
+                await harness.stub.SubmitOrders(api.SubmitOrdersRequest(orders=orders), metadata=key(who))
+
+        published: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                published.append(publisher.published_report_seq)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(
+            singles("alice", 60), singles("bob", 60), batches("alice", 20), batches("bob", 20)
+        )
+        watcher.cancel()
+        await publisher.drain()
+        assert len(seen) > 100
+        assert seen == sorted(seen)
+        assert published == sorted(published)
+        assert publisher.published_report_seq == harness.core.state.next_report_seq - 1
+    finally:
+        await harness.close()
