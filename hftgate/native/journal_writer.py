@@ -46,6 +46,7 @@ class KeeperStats(NamedTuple):
     wakes: int  # times the keeper woke the writer for records
     parks: int  # times it stopped spinning
     kicks: int  # times the producer woke the writer because the keeper was held off its CPU
+    prewakes: int = 0  # times the keeper woke the writer on a touch, ahead of its record
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ class JournalWriterThread:
             raise RuntimeError("the journal writer thread was joined")
         out = ffi.new("hft_cpu_keeper_stats *")
         lib.hft_journal_writer_keeper_stats(self._writer, out)
-        return KeeperStats(int(out.wakes), int(out.parks), int(out.kicks))
+        return KeeperStats(int(out.wakes), int(out.parks), int(out.kicks), int(out.prewakes))
 
     def join(self) -> WriterStatus:
         """Wait for the thread to end (close the queue first), free it, and return its last counters."""

@@ -514,7 +514,7 @@ uint64_t hft_journal_writer_poll_end(hft_journal_writer *w) {
 }
 
 void hft_journal_writer_keeper_stats(const hft_journal_writer *w, hft_cpu_keeper_stats *out) {
-    hft_cpu_keeper_stats none = {0, 0, 0};
+    hft_cpu_keeper_stats none = {0, 0, 0, 0};
     hft_cpu_keeper *keeper = __atomic_load_n(&w->keeper, __ATOMIC_ACQUIRE);
     if (keeper) hft_cpu_keeper_stats_get(keeper, out);
     else *out = none;

@@ -193,6 +193,22 @@ static void test_a_held_off_keeper_leaves_the_wake_up_to_the_producers_kick(void
     hft_cpu_keeper_destroy(p.keeper);
 }
 
+/* SubmitOrder's shape: the producer touches (work is coming), works ~50 us, then posts. */
+static void touch_before_the_work(struct ping_pong *p, int round) {
+    (void)round;
+    hft_cpu_keeper_touch(p->keeper);
+}
+
+static void test_a_touch_wakes_the_waiting_worker_ahead_of_its_work(void) {
+    struct ping_pong p = {0};
+    p.before_round = touch_before_the_work;
+    run_ping_pong(200 * MS, 500, 50, &p); /* every round posted; none lost */
+    hft_cpu_keeper_stats stats;
+    hft_cpu_keeper_stats_get(p.keeper, &stats);
+    CHECK(stats.prewakes > 0);
+    hft_cpu_keeper_destroy(p.keeper);
+}
+
 static void test_destroy_stops_a_spinning_keeper_promptly(void) {
     int cpu = first_allowed_cpu();
     hft_cpu_keeper *k = NULL;
@@ -212,6 +228,7 @@ int main(void) {
     RUN(test_the_keeper_hands_the_worker_back_when_its_window_passes);
     RUN(test_windows_on_the_edge_never_lose_a_wake_up);
     RUN(test_a_held_off_keeper_leaves_the_wake_up_to_the_producers_kick);
+    RUN(test_a_touch_wakes_the_waiting_worker_ahead_of_its_work);
     RUN(test_destroy_stops_a_spinning_keeper_promptly);
     return TEST_SUMMARY("cpu_keeper");
 }

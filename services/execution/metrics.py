@@ -71,7 +71,8 @@ class ExecutionCollector(Collector):
             "hftgate_execution_journal_keeper_events",
             "The journal writer's CPU keeper (HFTGATE_EXECUTION_JOURNAL_KEEP_CPU_US): wakes = it handed the "
             "writer a record, parks = it stopped spinning, kicks = it was held off its CPU and the loop woke "
-            "the writer (all 0 without a keeper)",
+            "the writer, prewakes = a SubmitOrder's touch woke the writer ahead of its record "
+            "(all 0 without a keeper)",
             labels=["event"],
         )
         for event, value in core.journal.keeper_stats()._asdict().items():

@@ -246,9 +246,11 @@ async def test_the_journal_keeper_counts_are_exported_to_prometheus(harness: Any
     for n in range(20):
         await harness.stub.SubmitOrder(api.SubmitOrderRequest(order=new_order(f"k{n}")), metadata=ALICE)
     stats = journal.keeper_stats()
-    # Sequential SubmitOrders: their records reached the writer through the keeper (or, when this
-    # process's other threads held the keeper off its CPU, through the loop's kick).
-    assert stats.wakes + stats.kicks > 0
+    # Sequential SubmitOrders: their records reached the writer through the keeper, woken at the
+    # touch ahead of the record or when it came (or, when this process's other threads held the
+    # keeper off its CPU, through the loop's kick).
+    assert stats.wakes + stats.kicks + stats.prewakes > 0
     text = generate_latest(REGISTRY).decode()
     assert f'hftgate_execution_journal_keeper_events_total{{event="wakes"}} {float(stats.wakes)}' in text
     assert 'hftgate_execution_journal_keeper_events_total{event="kicks"}' in text
+    assert 'hftgate_execution_journal_keeper_events_total{event="prewakes"}' in text
