@@ -275,7 +275,9 @@ async def _serve_grpc(journal_dir: str | None = None, *, placed: bool = False, a
         record = bytes(DURABLE_ECHO_RECORD_BYTES)
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            opened.keep_writer_cpu_awake()  # as SubmitOrder does (a no-op without a keeper)
+            # As SubmitOrder does (a no-op without a keeper); the writer woken ahead only where a
+            # record follows (the plain echo's would spin for one that never comes).
+            opened.keep_writer_cpu_awake(record_coming=durable)
             if durable:
                 future = opened.append(record)
                 if poll_ns:  # as the execution service's SubmitOrder does (journal_ack_poll_us)

@@ -210,12 +210,17 @@ class JournalWriterThread:
             f"hft_journal_writer_keep_cpu({spin_us}, {chosen})",
         )
 
-    def keep_cpu_awake(self) -> None:
+    def keep_cpu_awake(self, record_coming: bool = True) -> None:
         """A record someone will wait on is coming: keep the writer's CPU awake from now for the
-        keeper's window (see ``hft_journal_writer_keep_cpu_awake``); a no-op without a keeper."""
+        keeper's window, and have the writer running when the record comes (see
+        ``hft_journal_writer_keep_cpu_awake``); a no-op without a keeper. ``record_coming=False``:
+        the CPU only, the writer left waiting (``hft_journal_writer_keep_cpu_awake_only``)."""
         if self._writer is None:
             raise RuntimeError("the journal writer thread was joined")
-        lib.hft_journal_writer_keep_cpu_awake(self._writer)
+        if record_coming:
+            lib.hft_journal_writer_keep_cpu_awake(self._writer)
+        else:
+            lib.hft_journal_writer_keep_cpu_awake_only(self._writer)
 
     def kick(self) -> None:
         """Records were pushed: wake the writer here if it waits on a keeper that other threads hold

@@ -68,6 +68,10 @@ void hft_cpu_keeper_destroy(hft_cpu_keeper *keeper);
  * VM, on the path of the one order a client waits for). */
 void hft_cpu_keeper_touch(hft_cpu_keeper *keeper);
 
+/* hft_cpu_keeper_touch with no work coming: keep the CPU awake, leave a waiting worker waiting
+ * (a caller whose CPU needs the same state as a worker's user's, with nothing for the worker). */
+void hft_cpu_keeper_touch_cpu_only(hft_cpu_keeper *keeper);
+
 /* Worker: block until ready(ctx) holds, woken by the spinning keeper, and return true;
  * or return false at once, or as soon as the keeper stops spinning, for the worker to
  * wait its own way (ready may be true by then: the caller re-checks). */

@@ -152,6 +152,10 @@ int hft_journal_writer_keep_cpu(hft_journal_writer *writer, uint32_t spin_us, co
  * (vCPUs that share a physical core). */
 void hft_journal_writer_keep_cpu_awake(hft_journal_writer *writer);
 
+/* The same with no record coming (hft_cpu_keeper_touch_cpu_only): the writer is not woken ahead.
+ * For the benchmark's echo floor, which must see the CPUs as SubmitOrder's caller does. */
+void hft_journal_writer_keep_cpu_awake_only(hft_journal_writer *writer);
+
 /* The producer pushed records: if the writer waits on its keeper and the keeper has not run for
  * HFT_JOURNAL_KEEPER_STALE_NS (held off its CPU by other threads), wake the writer here. Call
  * after every push when the writer has a keeper; cheap otherwise (hft_cpu_keeper_kick). */

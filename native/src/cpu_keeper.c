@@ -187,6 +187,11 @@ void hft_cpu_keeper_touch(hft_cpu_keeper *k) {
     hft_waitpoint_wake_all(&k->park);
 }
 
+void hft_cpu_keeper_touch_cpu_only(hft_cpu_keeper *k) {
+    atomic_store_explicit(&k->spin_until_ns, hft_wait_now_ns() + k->spin_ns, memory_order_release);
+    hft_waitpoint_wake_all(&k->park);
+}
+
 bool hft_cpu_keeper_wait(hft_cpu_keeper *k) {
     for (;;) {
         uint32_t word = atomic_load(&k->worker_word);

@@ -499,6 +499,11 @@ void hft_journal_writer_keep_cpu_awake(hft_journal_writer *w) {
     if (keeper) hft_cpu_keeper_touch(keeper);
 }
 
+void hft_journal_writer_keep_cpu_awake_only(hft_journal_writer *w) {
+    hft_cpu_keeper *keeper = __atomic_load_n(&w->keeper, __ATOMIC_ACQUIRE);
+    if (keeper) hft_cpu_keeper_touch_cpu_only(keeper);
+}
+
 void hft_journal_writer_kick(hft_journal_writer *w) {
     hft_cpu_keeper *keeper = __atomic_load_n(&w->keeper, __ATOMIC_ACQUIRE);
     if (keeper) hft_cpu_keeper_kick(keeper, HFT_JOURNAL_KEEPER_STALE_NS);

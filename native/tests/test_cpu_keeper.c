@@ -209,6 +209,38 @@ static void test_a_touch_wakes_the_waiting_worker_ahead_of_its_work(void) {
     hft_cpu_keeper_destroy(p.keeper);
 }
 
+static void *wait_for_posted(void *argument) {
+    hft_cpu_keeper *k = argument;
+    while (!posted_nonzero(NULL))
+        if (!hft_cpu_keeper_wait(k)) {
+            struct timespec pause = {0, 20000};
+            nanosleep(&pause, NULL);
+        }
+    return NULL;
+}
+
+/* A CPU-only touch keeps the keeper spinning but leaves a waiting worker waiting. */
+static void test_a_cpu_only_touch_does_not_wake_the_worker_ahead(void) {
+    int cpu = first_allowed_cpu();
+    hft_cpu_keeper *k = NULL;
+    atomic_store(&posted, 0);
+    CHECK_EQ_INT(hft_cpu_keeper_create(200 * MS, &cpu, 1, posted_nonzero, NULL, &k), HFT_OK);
+    hft_cpu_keeper_touch_cpu_only(k);
+    pthread_t worker;
+    CHECK_EQ_INT(pthread_create(&worker, NULL, wait_for_posted, k), 0);
+    for (int i = 0; i < 50; i++) {
+        struct timespec gap = {0, 100000};
+        nanosleep(&gap, NULL);
+        hft_cpu_keeper_touch_cpu_only(k);
+    }
+    atomic_store_explicit(&posted, 1, memory_order_release);
+    pthread_join(worker, NULL);
+    hft_cpu_keeper_stats stats;
+    hft_cpu_keeper_stats_get(k, &stats);
+    CHECK_EQ_INT(stats.prewakes, 0);
+    hft_cpu_keeper_destroy(k);
+}
+
 static void test_destroy_stops_a_spinning_keeper_promptly(void) {
     int cpu = first_allowed_cpu();
     hft_cpu_keeper *k = NULL;
@@ -229,6 +261,7 @@ int main(void) {
     RUN(test_windows_on_the_edge_never_lose_a_wake_up);
     RUN(test_a_held_off_keeper_leaves_the_wake_up_to_the_producers_kick);
     RUN(test_a_touch_wakes_the_waiting_worker_ahead_of_its_work);
+    RUN(test_a_cpu_only_touch_does_not_wake_the_worker_ahead);
     RUN(test_destroy_stops_a_spinning_keeper_promptly);
     return TEST_SUMMARY("cpu_keeper");
 }

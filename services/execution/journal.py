@@ -628,14 +628,16 @@ class Journal:
         kept = bool(keep_cpu_us) and self.keep_writer_cpu(keep_cpu_us)
         return ack_poll_us * 1000, kept
 
-    def keep_writer_cpu_awake(self) -> None:
+    def keep_writer_cpu_awake(self, record_coming: bool = True) -> None:
         """A record its caller will wait on is coming (a lone SubmitOrder's): keep the writer's CPU
-        awake from now for the keeper's window. A no-op without a keeper. Only such callers touch
-        it: a throughput load never waits on one record, and a keeper spinning beside a busy
-        writer would only take the core from the loop where vCPUs share one."""
+        awake from now for the keeper's window, and the writer running for the record. A no-op
+        without a keeper. Only such callers touch it: a throughput load never waits on one record,
+        and a keeper spinning beside a busy writer would only take the core from the loop where
+        vCPUs share one. ``record_coming=False`` (the bench's echo floor, which appends nothing):
+        the CPU only."""
         keeper = self._keeper
         if keeper is not None:
-            keeper.keep_cpu_awake()
+            keeper.keep_cpu_awake(record_coming)
 
     def keeper_stats(self) -> KeeperStats:
         """The writer's CPU keeper's counters (all 0 without one, or once closed)."""
