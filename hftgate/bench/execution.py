@@ -12,6 +12,8 @@ Every round measures, in this order:
   the same authentication interceptor as the service and carrying an API key as the orders do,
   placed as the service is and waking the same CPU keeper on every call as SubmitOrder does
   (hftgate.bench.floors): on a 2-vCPU VM a CPU kept awake spares the caller's process its wake-up too.
+  (The CPU only: the keeper does not wake the floor's journal writer ahead, as it does SubmitOrder's,
+  since no record follows.)
 - ``grpc_plain_echo_p50_ms``: the same without the interceptor; ``auth_overhead_us`` =
   ``grpc_echo_p50_ms - grpc_plain_echo_p50_ms`` (in microseconds): what refusing calls without
   credentials costs every admitted call. (The API key's own lookup, a dict hit for a known key,
