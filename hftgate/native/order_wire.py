@@ -109,18 +109,11 @@ class NewOrderWireDecoder:
         ``orders``: for one order the bytes are the same.) A request with no order, or with the
         field twice (protobuf merges the two), is not for the fast path either: protobuf reads it.
         No array on the way: SubmitOrder's latency is what a client waits on."""
-        # _prepared for one order, inline: each call of this path runs with cold caches (one
-        # order a client waits on), where every Python call it skips counts.
-        out = self._out
-        size = len(data)
-        if size >= self._text_capacity:
-            self._reserve(1, size + 1)
-        out.capacity = 1
-        rc = lib.hft_order_wire_decode_new_orders(ffi.from_buffer(data), size, SUBMIT_ORDERS, out)
-        if rc:
-            if rc == _GENERAL:
-                return None
-            check(rc, "hft_order_wire_decode_new_orders")
+        out = self._prepared(data, 1)
+        rc = lib.hft_order_wire_decode_new_orders(ffi.from_buffer(data), len(data), SUBMIT_ORDERS, out)
+        if rc == _GENERAL:
+            return None
+        check(rc, "hft_order_wire_decode_new_orders")
         if out.count != 1:
             return None
         return (

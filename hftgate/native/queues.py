@@ -170,14 +170,12 @@ class _RecordQueue:
     def try_push(self, data: BytesLike) -> bool:
         """Copy one record in; False if the queue is full."""
         handle = self._handle
-        if handle is not None and type(data) is bytes and len(data) == self._record_size:
-            # The journal's push of a lone order's record (cold caches: fewer calls count).
-            rc = self._ops.try_push(handle, data)
-            if rc >= 0:
-                return True
-        else:
+        # The journal's record of a lone order (bytes of the right size, the queue open) goes
+        # straight through: on that cold path each Python call skipped counts.
+        if handle is None or type(data) is not bytes or len(data) != self._record_size:
             handle = self._open_handle()
-            rc = self._ops.try_push(handle, self._record_arg(data))
+            data = self._record_arg(data)
+        rc = self._ops.try_push(handle, data)
         if rc == lib.HFT_EAGAIN:
             return False
         self._check(rc, "try_push")

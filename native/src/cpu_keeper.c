@@ -181,15 +181,14 @@ void hft_cpu_keeper_destroy(hft_cpu_keeper *k) {
     free(k);
 }
 
-void hft_cpu_keeper_touch(hft_cpu_keeper *k) {
-    atomic_store_explicit(&k->spin_until_ns, hft_wait_now_ns() + k->spin_ns, memory_order_release);
-    atomic_fetch_add_explicit(&k->touches, 1, memory_order_relaxed);
-    hft_waitpoint_wake_all(&k->park);
-}
-
 void hft_cpu_keeper_touch_cpu_only(hft_cpu_keeper *k) {
     atomic_store_explicit(&k->spin_until_ns, hft_wait_now_ns() + k->spin_ns, memory_order_release);
     hft_waitpoint_wake_all(&k->park);
+}
+
+void hft_cpu_keeper_touch(hft_cpu_keeper *k) {
+    atomic_fetch_add_explicit(&k->touches, 1, memory_order_relaxed);
+    hft_cpu_keeper_touch_cpu_only(k);
 }
 
 bool hft_cpu_keeper_wait(hft_cpu_keeper *k) {

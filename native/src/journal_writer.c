@@ -263,8 +263,8 @@ static int wait_for_space(hft_journal_writer *w, int error, uint64_t bytes, unsi
     return 0;
 }
 
-/* Space came back (or was never short): clear `blocked`. The caller's ack notifies the loop. */
-/* Returns 1 when the writer was blocked: the loop must hear of it even while it polls. */
+/* Space came back (or was never short): clear `blocked`. Returns 1 when the writer was blocked:
+ * the caller's ack then notifies the loop even while it polls. */
 static int space_available(hft_journal_writer *w) {
     if (__atomic_load_n(&w->blocked, __ATOMIC_ACQUIRE)) {
         store(&w->blocked_bytes, 0);
