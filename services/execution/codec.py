@@ -7,7 +7,7 @@ These are the only per-order Python objects on the order path, and the protocol 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -598,11 +598,18 @@ def localize_targets(inputs: Inputs, shard_id: int) -> None:
         preset[foreign & (preset == 0)] = common.REJECT_REASON_UNKNOWN_ORDER
 
 
-def refuse_symbols(inputs: Inputs, refused: list[int]) -> None:
-    """Reject the new orders at positions ``refused`` with REJECT_REASON_NOT_SHARD_OWNER (fencing)."""
+def refuse_symbols(inputs: Inputs, refused: list[int], moving: Collection[str] = ()) -> None:
+    """Reject the inputs at positions ``refused`` (fencing): REJECT_REASON_UNAVAILABLE for a
+    symbol in ``moving`` (being moved between shards: the client retries once the move is done),
+    REJECT_REASON_NOT_SHARD_OWNER for any other (another shard's)."""
     preset = inputs.preset_reasons
     if preset is None:
         preset = inputs.preset_reasons = np.zeros(len(inputs.kind), np.int64)
+    symbols = inputs.symbols
     for position in refused:
         if not preset[position]:
-            preset[position] = common.REJECT_REASON_NOT_SHARD_OWNER
+            preset[position] = (
+                common.REJECT_REASON_UNAVAILABLE
+                if moving and symbols[position] in moving
+                else common.REJECT_REASON_NOT_SHARD_OWNER
+            )

@@ -65,6 +65,7 @@ import numpy as np
 from hftgate.matching.types import COMMAND_DTYPE, Action
 from hftgate.matching.types import OrderType as EngineType
 from hftgate.v1 import shard_admin_pb2 as admin
+from services.execution.admission import KIND_REPLACE, Inputs
 from services.execution.core import ExecutionCore
 from services.execution.records import (
     META_DTYPE,
@@ -318,6 +319,36 @@ class Handover:
     def shown(self, shown_id: int) -> int:
         """The id a client must see for an id this shard would show (its original, when taken over)."""
         return self.shown_to_original.get(shown_id, shown_id)
+
+    def local_total(self, order_id: int, quantity: int) -> int:
+        """A replace's total quantity (fills included) for the order's copy here: less what a
+        taken-over order had filled before its move (-1, refused as INVALID_QUANTITY, when that
+        leaves nothing)."""
+        if not quantity or not self.carried:
+            return quantity
+        lots = self.carried.get(order_id, (0, 0))[0]
+        if not lots:
+            return quantity
+        return quantity - lots if quantity > lots else -1
+
+    def localize_inputs(self, inputs: Inputs, account_id: int) -> None:
+        """Stream targets naming orders a move brought here by their original ids: to local ids
+        (which codec.localize_targets then leaves alone: they carry no shard bits of another);
+        a replace of such an order gets its total quantity as the copy here counts it."""
+        if not self.local_of:
+            return
+        targets = inputs.target_ids
+        kinds = inputs.kind.tolist()
+        state = self.core.state
+        for position, target in enumerate(targets.tolist()):
+            local = self.local_id(target) if target > 0 else None
+            if local is not None:
+                targets[position] = local | self.shard_base
+            elif target == 0 and kinds[position] == KIND_REPLACE and inputs.client_ids[position]:
+                local = state.order_id_for(account_id, inputs.client_ids[position]) or None
+            if local is not None and kinds[position] == KIND_REPLACE:
+                quantity = inputs.orders["quantity"]
+                quantity[position] = self.local_total(local, int(quantity[position]))
 
     # --- the old owner -----------------------------------------------------------------------
     async def export(self, symbol: str) -> admin.MovedBook:

@@ -645,45 +645,8 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
         raise AssertionError("abort raises")
 
-    def _localize_taken_over(self, inputs: Inputs, account: AccountSpec) -> None:
-        """Stream targets naming orders a move brought here by their original ids: to local ids
-        (which codec.localize_targets then leaves alone: they carry no shard bits of another);
-        a replace of such an order gets its total quantity as the copy here counts it."""
-        assert self.handover is not None
-        targets = inputs.target_ids
-        kinds = inputs.kind.tolist()
-        for position, target in enumerate(targets.tolist()):
-            local = self.handover.local_id(target) if target > 0 else None
-            if local is not None:
-                targets[position] = local | self.shard_base
-            elif target == 0 and kinds[position] == KIND_REPLACE and inputs.client_ids[position]:
-                local = self.core.state.order_id_for(account.account_id, inputs.client_ids[position]) or None
-            if local is not None and kinds[position] == KIND_REPLACE:
-                quantity = inputs.orders["quantity"]
-                quantity[position] = self._local_total(local, int(quantity[position]))
-
     def _local_total(self, order_id: int, quantity: int) -> int:
-        """A replace's total quantity (fills included) for the order's copy here: less what a
-        taken-over order had filled before its move (-1, refused as INVALID_QUANTITY, when that
-        leaves nothing)."""
-        if not quantity or self.handover is None or not self.handover.carried:
-            return quantity
-        lots = self.handover.carried.get(order_id, (0, 0))[0]
-        if not lots:
-            return quantity
-        return quantity - lots if quantity > lots else -1
-
-    def _refuse_stream_symbols(self, inputs: Inputs, refused: list[int]) -> None:
-        """NOT_SHARD_OWNER for another shard's symbol; UNAVAILABLE for a symbol being moved."""
-        moving = self.fence.map.moving
-        if moving:
-            preset = inputs.preset_reasons
-            if preset is None:
-                preset = inputs.preset_reasons = np.zeros(len(inputs.kind), np.int64)
-            for position in refused:
-                if inputs.symbols[position] in moving and not preset[position]:
-                    preset[position] = common.REJECT_REASON_UNAVAILABLE
-        codec.refuse_symbols(inputs, refused)
+        return quantity if self.handover is None else self.handover.local_total(order_id, quantity)
 
     @takes_request_bytes
     async def OrderStream(
@@ -755,13 +718,13 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
                     if message is not None:
                         inputs = codec.decode_stream_inputs(message.inputs, time.time_ns(), arrival)
                     assert inputs is not None
-                    if self.handover is not None and self.handover.local_of:
-                        self._localize_taken_over(inputs, account)
+                    if self.handover is not None:
+                        self.handover.localize_inputs(inputs, account.account_id)
                     codec.localize_targets(inputs, shard_id)
                     inputs.fenced_epoch = fence.epoch
                     refused = fence.refused_positions(inputs.symbols)
-                    if refused:  # per input: REJECT_REASON_NOT_SHARD_OWNER, nothing accepted for it
-                        self._refuse_stream_symbols(inputs, refused)
+                    if refused:  # per input (NOT_SHARD_OWNER or UNAVAILABLE): nothing accepted for it
+                        codec.refuse_symbols(inputs, refused, fence.map.moving)
                     await self._admit(account, count)
                     submitted[0] += 1
                     unsent[0] += count

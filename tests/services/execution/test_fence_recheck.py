@@ -137,3 +137,42 @@ async def _accepting_after(h: Harness, slow: SlowLookup, call: Any) -> Any:
     assert h.running.fence.follow(moved_away(h))
     slow.release.set()
     return await task
+
+
+async def test_stream_inputs_of_a_moving_symbol_are_refused_unavailable_and_another_shards_not_owner(
+    harness: Harness,
+) -> None:
+    """Per input on a stream: a symbol marked moving answers UNAVAILABLE (retry once the move is
+    done), another shard's NOT_SHARD_OWNER (go to its owner), and one still owned goes on."""
+    here = harness.running.fence.map.shards[0].address
+    assert harness.running.fence.follow(
+        ShardMap(
+            harness.running.fence.epoch + 1,
+            [Shard(0, here), Shard(1, "127.0.0.1:1")],
+            {"BTCUSDT": 0, "ETHUSDT": 1, "ESZ4": 0},
+            {"BTCUSDT": 1},
+        )
+    )
+    journaled = harness.core.journal.next_seq
+    stream = harness.stub.OrderStream(metadata=key("alice"))
+    await stream.write(
+        api.OrderStreamRequest(
+            inputs=[
+                api.OrderInput(new_order=new_order("m1", "BTCUSDT")),
+                api.OrderInput(new_order=new_order("m2", "ETHUSDT")),
+                api.OrderInput(new_order=new_order("m3", "ESZ4")),
+            ]
+        )
+    )
+    acks: list[api.OrderAck] = []
+    while len(acks) < 3:
+        acks.extend((await asyncio.wait_for(stream.read(), 10)).acks)
+    await stream.done_writing()
+    assert [(a.client_order_id, a.reason) for a in acks] == [
+        ("m1", common.REJECT_REASON_UNAVAILABLE),
+        ("m2", common.REJECT_REASON_NOT_SHARD_OWNER),
+        ("m3", 0),
+    ]
+    assert acks[2].status == api.ORDER_STATUS_NEW
+    assert harness.core.journal.next_seq > journaled  # the owned symbol's order, only it
+    assert harness.core.state.order_id_for(harness.core.reference.account_held("alice").account_id, "m1") == 0
