@@ -14,7 +14,7 @@ BenchResult = dict[str, float | int | bool | str]
 
 # suite name -> modules under hftgate.bench whose run() results are merged, in order
 SUITES: dict[str, tuple[str, ...]] = {
-    "native": ("native_vwap", "native_queues", "native_clock", "native_histogram"),
+    "native": ("native_vwap", "native_queues", "native_clock", "native_histogram", "native_crc32"),
     "matching": ("matching",),
     "marketdata": ("marketdata",),
     "cache": ("cache",),

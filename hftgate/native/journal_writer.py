@@ -28,6 +28,7 @@ __all__ = [
     "KeeperStats",
     "WriterStatus",
     "crc32",
+    "crc32_kernel",
 ]
 
 SLOT_HEADER_BYTES: int = lib.HFT_JOURNAL_SLOT_HEADER_BYTES
@@ -38,6 +39,12 @@ def crc32(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
     """zlib.crc32's value, computed by the C core (the journal writer uses the same function)."""
     buffer = ffi.from_buffer(data)
     return int(lib.hft_crc32(crc, buffer, len(buffer)))
+
+
+def crc32_kernel() -> str:
+    """The kernel :func:`crc32` uses in this process: ``"pclmul"`` (carry-less multiply folding)
+    or ``"slice8"`` (tables; without PCLMULQDQ, or with ``HFT_NATIVE_FORCE_SCALAR=1``)."""
+    return str(ffi.string(lib.hft_crc32_kernel_name()).decode("ascii"))
 
 
 class KeeperStats(NamedTuple):

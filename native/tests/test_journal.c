@@ -39,6 +39,41 @@ static void test_crc32_matches_zlib_vectors(void) {
     CHECK_EQ_INT(~c, whole);
 }
 
+/* The bit-at-a-time definition, continuing `crc` as hft_crc32 does. */
+static uint32_t crc32_bitwise(uint32_t crc, const unsigned char *p, size_t length) {
+    uint32_t c = ~crc;
+    while (length--) {
+        c ^= *p++;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+    }
+    return ~c;
+}
+
+static void test_crc32_every_length_and_offset_matches_the_definition(void) {
+    /* Whichever kernel runs (hft_crc32_kernel_name): lengths around the folding's 64-byte entry,
+     * its 16-byte steps and its 64-byte loop, at every alignment, from non-zero starting CRCs,
+     * over pseudo-random bytes and over the all-ones bytes that stress the carries. */
+    const char *kernel = hft_crc32_kernel_name();
+    CHECK(strcmp(kernel, "pclmul") == 0 || strcmp(kernel, "slice8") == 0);
+    static unsigned char data[4096 + 32];
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < sizeof data; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        data[i] = (unsigned char)x;
+    }
+    for (int pattern = 0; pattern < 2; pattern++) {
+        if (pattern == 1) memset(data, 0xFF, sizeof data);
+        for (size_t offset = 0; offset < 16; offset++) {
+            for (size_t length = 0; length <= 300; length++) {
+                uint32_t start = (uint32_t)(length * 2654435761u) ^ (uint32_t)offset;
+                CHECK_EQ_INT(hft_crc32(start, data + offset, length), crc32_bitwise(start, data + offset, length));
+            }
+            size_t big = sizeof data - 32 - offset;
+            CHECK_EQ_INT(hft_crc32(7, data + offset, big), crc32_bitwise(7, data + offset, big));
+        }
+    }
+}
+
 typedef struct {
     char dir[64];
     hft_mpsc_queue *queue;
@@ -616,6 +651,7 @@ static void test_acks_are_not_signalled_while_the_loop_polls(void) {
 
 int main(void) {
     RUN(test_crc32_matches_zlib_vectors);
+    RUN(test_crc32_every_length_and_offset_matches_the_definition);
     RUN(test_writer_frames_small_and_split_records);
     RUN(test_writer_rotates_segments_in_sequence);
     RUN(test_writer_stops_on_a_sequence_gap);

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import random
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
-from hftgate.native.journal_writer import JournalWriterThread, crc32
+from hftgate.native.journal_writer import JournalWriterThread, crc32, crc32_kernel
 from hftgate.native.queues import MpscQueue
 
 
@@ -42,6 +44,43 @@ def test_crc32_equals_zlib_on_random_data_and_chains() -> None:
         assert crc32(data[split:], crc32(data[:split])) == zlib.crc32(data)
     view = memoryview(bytearray(b"unaligned start")).cast("B")[1:]
     assert crc32(view) == zlib.crc32(bytes(view))
+
+
+def _cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_crc32_kernel_follows_the_cpu_and_the_scalar_switch() -> None:
+    flags = _cpu_flags()
+    has_clmul = os.uname().machine == "x86_64" and {"pclmulqdq", "sse4_1"} <= flags
+    forced = os.environ.get("HFT_NATIVE_FORCE_SCALAR") == "1"
+    assert crc32_kernel() == ("pclmul" if has_clmul and not forced else "slice8")
+    code = (
+        "import zlib\n"
+        "from hftgate.native.journal_writer import crc32, crc32_kernel\n"
+        "data = bytes(range(256)) * 40\n"
+        "assert all(crc32(data[i:]) == zlib.crc32(data[i:]) for i in range(64))\n"
+        "print(crc32_kernel())\n"
+    )
+    env = dict(os.environ, HFT_NATIVE_FORCE_SCALAR="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "slice8"
+
+
+def test_crc32_equals_zlib_at_every_length_offset_and_start_around_the_folding() -> None:
+    """Lengths across the folding kernel's 64-byte entry, 16-byte steps and 64-byte loop, at
+    each alignment, chained from arbitrary CRCs (whichever kernel this CPU runs)."""
+    rng = random.Random(11)
+    data = rng.randbytes(600) + b"\xff" * 600
+    for offset in range(16):
+        for length in range(0, 260):
+            for base in (0, 600):
+                piece = data[base + offset : base + offset + length]
+                start = rng.getrandbits(32)
+                assert crc32(piece, start) == zlib.crc32(piece, start)
 
 
 def test_writer_status_reports_space_fields_and_a_joined_writer_refuses_requests(tmp_path: Path) -> None:
