@@ -429,7 +429,7 @@ def fuzz(
     ] = 3.0,
     service: Annotated[
         list[str] | None,
-        typer.Option("--service", "-s", help="Fuzz only these (execution, marketdata, cache)."),
+        typer.Option("--service", "-s", help="Fuzz only these (execution, marketdata, cache, gateway)."),
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the mutation loop (generation is derandomized per round).")
@@ -439,9 +439,13 @@ def fuzz(
     """Start the suite in a temporary state directory and fuzz every RPC of every service."""
     import tempfile
 
-    from hftgate.fuzz import fuzz_suite
+    from hftgate.fuzz import FUZZ_SERVICES, FUZZ_TARGETS, fuzz_suite
 
-    names = tuple(service or ("execution", "marketdata", "cache"))
+    names = tuple(service or FUZZ_SERVICES)
+    unknown = sorted(set(names) - set(FUZZ_TARGETS))
+    if unknown:
+        err.print(f"no such service to fuzz: {', '.join(unknown)} (choose from {', '.join(FUZZ_TARGETS)})")
+        raise typer.Exit(2)
     with tempfile.TemporaryDirectory(prefix="hftgate-fuzz-") as state_dir:
         reports = fuzz_suite(
             state_dir, seconds_per_service=minutes * 60 / len(names), services=names, seed=seed, log=err.print

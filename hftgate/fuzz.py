@@ -260,18 +260,15 @@ class ServiceFuzzer:
         details = error.details() or ""  # type: ignore[attr-defined]
         self.report.codes[code.name] += 1
         sample = b"".join(payloads)[:256].hex()
+        where = f"{self.service.name}.{method.name}"  # (a gateway serves several services)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             if not method.server_streaming and not method.client_streaming:
-                self.report.findings.append(Finding(method.name, "hang", details[:300], sample))
+                self.report.findings.append(Finding(where, "hang", details[:300], sample))
             return
         if code in BAD_CODES:
-            self.report.findings.append(
-                Finding(method.name, "status", f"{code.name}: {details[:300]}", sample)
-            )
+            self.report.findings.append(Finding(where, "status", f"{code.name}: {details[:300]}", sample))
         elif any(marker in details for marker in INTERNALS_MARKERS):
-            self.report.findings.append(
-                Finding(method.name, "internals", f"{code.name}: {details[:300]}", sample)
-            )
+            self.report.findings.append(Finding(where, "internals", f"{code.name}: {details[:300]}", sample))
 
     # --- campaigns --------------------------------------------------------------------------
     def generated(self, method: MethodDescriptor, examples: int, seed: int = 0) -> None:
@@ -375,17 +372,27 @@ def until(deadline: float) -> Iterator[int]:
 
 
 # --- the whole suite ---------------------------------------------------------------------------
-#: Per service: its gRPC service name and who the fuzzer calls as. Each list is cycled call by
-#: call, so every RPC sees a valid identity (to get past authentication into the handlers) and
-#: the cache is fuzzed as non-admin callers only: an admin may legitimately wipe reference data.
-FUZZ_IDENTITIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "execution": ("hftgate.v1.ExecutionService", ("key:hftgate-demo-alice", "key:hftgate-demo-bob")),
+#: Per process: the gRPC services the fuzzer calls there and who it calls each as. Each list of
+#: identities is cycled call by call, so every RPC sees a valid identity (to get past
+#: authentication into the handlers); the cache is fuzzed as non-admin callers only: an admin may
+#: legitimately wipe reference data. The gateway is the suite's front door: its order entry (each
+#: request routed by what it says, then forwarded as bytes), its shard map for routing clients,
+#: and the market data and cache calls it balances over their replicas.
+FUZZ_TARGETS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "execution": (("hftgate.v1.ExecutionService", ("key:hftgate-demo-alice", "key:hftgate-demo-bob")),),
     "marketdata": (
-        "hftgate.v1.MarketDataService",
-        ("token:feed", "token:execution", "key:hftgate-demo-carol"),
+        ("hftgate.v1.MarketDataService", ("token:feed", "token:execution", "key:hftgate-demo-carol")),
     ),
-    "cache": ("hftgate.v1.CacheService", ("token:gateway", "key:hftgate-demo-dave")),
+    "cache": (("hftgate.v1.CacheService", ("token:gateway", "key:hftgate-demo-dave")),),
+    "gateway": (
+        ("hftgate.v1.ExecutionService", ("key:hftgate-demo-alice", "key:hftgate-demo-bob")),
+        ("hftgate.v1.GatewayService", ("key:hftgate-demo-carol", "token:scaler")),
+        ("hftgate.v1.MarketDataService", ("key:hftgate-demo-carol",)),
+        ("hftgate.v1.CacheService", ("key:hftgate-demo-dave",)),
+    ),
 }
+#: The processes ``hftgate fuzz`` fuzzes by default, in the order they start.
+FUZZ_SERVICES: tuple[str, ...] = ("execution", "marketdata", "cache", "gateway")
 
 
 def identity_metadata(identity: str, secret: Any) -> tuple[tuple[str, str], ...]:
@@ -411,7 +418,7 @@ def probe(service: str, address: str, secret: Any) -> str | None:
         return "health does not say SERVING"
     with grpc.insecure_channel(address) as channel:
         try:
-            if service == "execution":
+            if service in ("execution", "gateway"):  # (the gateway routes it to its shard)
                 order = ex.NewOrder(
                     client_order_id=f"probe-{time.monotonic_ns()}",
                     symbol="BTCUSDT",
@@ -458,7 +465,7 @@ def fuzz_suite(
     state_dir: Any,
     *,
     seconds_per_service: float = 5.0,
-    services: Sequence[str] = ("execution", "marketdata", "cache"),
+    services: Sequence[str] = FUZZ_SERVICES,
     max_rss_growth_bytes: int = 200 * 1024 * 1024,
     seed: int = 0,
     log: Callable[[str], None] = lambda _: None,
@@ -481,7 +488,12 @@ def fuzz_suite(
     env["HFTGATE_STATE_DIR"] = str(state_dir)
     env.setdefault("HFTGATE_PROFILE", "dev")
     secret = load_suite_secret(env, state_dir=Path(state_dir))
-    specs = [s for s in supervisor.available_services() if s.name in ("cache", "marketdata", "execution")]
+    unknown = sorted(set(services) - set(FUZZ_TARGETS))
+    if unknown:
+        raise ValueError(f"no fuzz targets for {', '.join(unknown)}; choose from {', '.join(FUZZ_TARGETS)}")
+    # The services asked for and those they need (the gateway routes to the others).
+    wanted = set(services) | ({"cache", "marketdata", "execution"} if "gateway" in services else set())
+    specs = [s for s in supervisor.available_services() if s.name in wanted]
     for spec in specs:
         env[spec.port_variable] = str(free_port())
     running = supervisor.start_services(specs, env=env, startup_timeout_s=60)
@@ -490,18 +502,21 @@ def fuzz_suite(
         by_name = {s.spec.name: s for s in running}
         for name in services:
             target = by_name[name]
-            full_name, identities = FUZZ_IDENTITIES[name]
-            metadata = [identity_metadata(identity, secret) for identity in identities]
-            fuzzer = ServiceFuzzer(target.address, full_name, _cycling(metadata))
             rss_before = rss_bytes(target.process.pid)
-            deadline = time.monotonic() + seconds_per_service
-            rounds = 0
-            try:
-                for rounds in until(deadline):
-                    fuzzer.run(examples_per_method=6, mutations_per_method=6, seed=seed + rounds)
-            finally:
-                fuzzer.close()
-            report = fuzzer.report
+            report = FuzzReport()
+            rounds_run = 0
+            targets = FUZZ_TARGETS[name]
+            for full_name, identities in targets:  # the process's time shared by its services
+                metadata = [identity_metadata(identity, secret) for identity in identities]
+                fuzzer = ServiceFuzzer(target.address, full_name, _cycling(metadata))
+                fuzzer.report = report
+                deadline = time.monotonic() + seconds_per_service / len(targets)
+                try:
+                    for rounds in until(deadline):
+                        fuzzer.run(examples_per_method=6, mutations_per_method=6, seed=seed + rounds)
+                        rounds_run += 1
+                finally:
+                    fuzzer.close()
             if target.process.poll() is not None:
                 report.findings.append(Finding("*", "dead", f"exited with code {target.process.returncode}"))
             else:
@@ -513,7 +528,7 @@ def fuzz_suite(
                     report.findings.append(
                         Finding("*", "memory", f"resident memory grew {growth / 1e6:.1f} MB")
                     )
-            log(f"{name}: {report.calls} calls in {rounds + 1} round(s), {len(report.findings)} finding(s)")
+            log(f"{name}: {report.calls} calls in {rounds_run} round(s), {len(report.findings)} finding(s)")
             reports[name] = report
     finally:
         supervisor.stop_services(running)

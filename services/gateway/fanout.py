@@ -68,6 +68,23 @@ def bad_request(field_name: str, description: str) -> StreamEnded:
     return StreamEnded(status)
 
 
+def read_stream_message(data: bytes, max_inputs: int) -> api.OrderStreamRequest:
+    """One client OrderStream message, checked as a shard checks it before anything of it is
+    forwarded: :class:`StreamEnded` (INVALID_ARGUMENT with a BadRequest) when its bytes are not a
+    valid message or it carries no input or more than ``max_inputs``."""
+    try:
+        message = api.OrderStreamRequest.FromString(data)
+    except DecodeError:
+        detail = describe_malformed(data, api.OrderStreamRequest.DESCRIPTOR)
+        raise bad_request(
+            "inputs", f"request is not a valid hftgate.v1.OrderStreamRequest: {detail}"
+        ) from None
+    count = len(message.inputs)
+    if count == 0 or count > max_inputs:
+        raise bad_request("inputs", f"a stream message must carry 1..{max_inputs} inputs, got {count}")
+    return message
+
+
 @dataclass
 class Upstream:
     """One shard's stream opened for a client's stream, and the CLIENT span around it (if traced)."""
@@ -201,22 +218,9 @@ class OrderStreamFanout:
                 if self._failure is not None:
                     return
                 try:
-                    message = api.OrderStreamRequest.FromString(data)
-                except DecodeError:
-                    detail = describe_malformed(data, api.OrderStreamRequest.DESCRIPTOR)
-                    self._fail(
-                        bad_request(
-                            "inputs", f"request is not a valid hftgate.v1.OrderStreamRequest: {detail}"
-                        )
-                    )
-                    return
-                count = len(message.inputs)
-                if count == 0 or count > self._max_inputs:
-                    self._fail(
-                        bad_request(
-                            "inputs", f"a stream message must carry 1..{self._max_inputs} inputs, got {count}"
-                        )
-                    )
+                    message = read_stream_message(data, self._max_inputs)
+                except StreamEnded as refused:
+                    self._fail(refused)
                     return
                 while merge.pending_inputs >= self._max_pending and self._failure is None:
                     self._room.clear()  # the client is not taking its acks: stop reading it

@@ -75,7 +75,14 @@ from hftgate.v1 import gateway_pb2 as gw
 from hftgate.v1 import gateway_pb2_grpc as gw_grpc
 from services.gateway.app import GatewayApp, build
 from services.gateway.config import GatewayConfig
-from services.gateway.fanout import OrderStreamFanout, StreamEnded, Upstream, merge_reports, order_cost
+from services.gateway.fanout import (
+    OrderStreamFanout,
+    StreamEnded,
+    Upstream,
+    merge_reports,
+    order_cost,
+    read_stream_message,
+)
 from services.gateway.routing import ACCOUNT_METADATA, PRINCIPAL, MergeError, merge
 from services.gateway.stateless import StatelessForwarder
 from services.gateway.stats import merge_stats
@@ -811,22 +818,25 @@ class ExecutionForwarder:
         traced = otel_context.get_current() if self._recording() else None
         shard = self.router.single
         if shard is not None:
-            if self.app.rate_limits is not None:
-                requests = self._paced(requests, caller.account)
-            upstream = self._open_upstream(caller, traced, shard, "OrderStream", requests)
+            refused: list[StreamEnded] = []
+            checked = self._checked(requests, caller.account, refused)
+            upstream = self._open_upstream(caller, traced, shard, "OrderStream", checked)
             error: BaseException | None = None
             try:
                 async for item in upstream.call:
                     yield item
             except grpc.aio.AioRpcError as err:
                 error = err
-                await _abort_failure(context, ShardFailed(upstream.channel, err))
+                if not refused:
+                    await _abort_failure(context, ShardFailed(upstream.channel, err))
             except BaseException:  # the client went away: the gateway cancels the shard's stream
                 error = asyncio.CancelledError()
                 raise
             finally:
                 upstream.call.cancel()
                 upstream.finish(error)
+            if refused:  # after the shard's answers to the messages before it
+                await _abort_status(context, refused[0].status, refused[0].trailing)
             return
 
         async def route(one: api.OrderInput) -> Shard:
@@ -851,14 +861,23 @@ class ExecutionForwarder:
         except StreamEnded as ended:
             await _abort_status(context, ended.status, ended.trailing)
 
-    async def _paced(self, requests: AsyncIterator[bytes], account: str) -> AsyncIterator[bytes]:
-        """``requests`` unchanged, each message let through once the account's bucket has its orders."""
+    async def _checked(
+        self, requests: AsyncIterator[bytes], account: str, refused: list[StreamEnded]
+    ) -> AsyncIterator[bytes]:
+        """``requests`` unchanged, each message checked as the shard checks it and let through once
+        the account's bucket has its orders. At the first that fails, the stream to the shard is
+        half-closed and why is put in ``refused``: the gateway answers it, not the shard (whose
+        abort, racing the gateway's next write, reached the client as INTERNAL: grpc issue
+        #36066)."""
+        max_inputs = self.config.max_stream_message_inputs
         async for data in requests:
             try:
-                cost = order_cost(api.OrderStreamRequest.FromString(data))
-            except DecodeError:
-                cost = 0  # the shard answers it
-            await self._pace(account, cost)
+                message = read_stream_message(data, max_inputs)
+            except StreamEnded as problem:
+                refused.append(problem)
+                return
+            if self.app.rate_limits is not None:
+                await self._pace(account, order_cost(message))
             yield data
 
     async def _route_input(self, caller: _Caller, one: api.OrderInput) -> Shard:
@@ -984,7 +1003,8 @@ async def start(config: GatewayConfig, suite: security.SuiteSecurity | None = No
         servicer = GatewayServicer(app)
         handler = forwarder.generic_handler()
         stateless = {
-            name: StatelessForwarder(pool, config.default_deadline_ms) for name, pool in app.pools.items()
+            name: StatelessForwarder(pool, config.default_deadline_ms, app.suite.secret)
+            for name, pool in app.pools.items()
         }
         bindings = [
             ServiceBinding(EXECUTION_SERVICE, lambda s: s.add_generic_rpc_handlers((handler,))),

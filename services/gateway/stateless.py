@@ -15,6 +15,11 @@ one replica picked by the balancer (services/gateway/balancer.py).
 * Publishing (PublishQuotes, PublishTrades) goes to the one replica when there is one; with
   several, a publisher must feed every replica itself, so the gateway refuses it
   (FAILED_PRECONDITION): a tick sent to one replica of several would be missing from the others.
+  A publisher is a service: a call without a valid service token is refused UNAUTHENTICATED at the
+  gateway, as the replica would refuse it, before any stream to the replica is opened. (Were the
+  replica to refuse it while the caller's messages still flowed, grpcio's asyncio client could
+  report the gateway's next write's failure, INTERNAL, instead of the replica's status: grpc issue
+  #36066.)
 * No replica to take a call: UNAVAILABLE saying why ("no healthy marketdata replica (...)").
 """
 
@@ -85,8 +90,12 @@ def _details_of(err: grpc.aio.AioRpcError) -> tuple[tuple[str, Any], ...]:
 class StatelessForwarder:
     """One stateless service's public API at the gateway, over a :class:`ReplicaPool`."""
 
-    def __init__(self, pool: ReplicaPool, default_deadline_ms: int) -> None:
+    def __init__(
+        self, pool: ReplicaPool, default_deadline_ms: int, secret: security.SuiteSecret | None = None
+    ) -> None:
         self.pool = pool
+        #: The suite's secret, for the publishers' tokens (None: the replica alone checks them).
+        self.secret = secret
         self.service = pool.service
         self.reads = IDEMPOTENT_READS[self.service]
         self._default_timeout_s = default_deadline_ms / 1000
@@ -200,6 +209,10 @@ class StatelessForwarder:
         pool = self.pool
 
         async def forward(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+            if self.secret is not None and security.principal_of(context, self.secret) is None:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, f"/{self.service}/{method} needs a service token"
+                )
             replicas = pool.replicas
             if len(replicas) > 1:
                 await context.abort(

@@ -108,3 +108,37 @@ async def test_the_stored_map_wins_over_the_config(tmp_path: Path) -> None:
         assert gateway.app.shard_map == stored
     finally:
         await gateway.stop(0)
+
+
+async def test_a_bad_stream_message_is_refused_by_the_gateway_after_the_acks_before_it(
+    one_shard: tuple,  # type: ignore[type-arg]
+) -> None:
+    """The gateway checks each OrderStream message as the shard would: one that does not decode, or
+    carries no input, ends the stream INVALID_ARGUMENT saying why, after the acks of the messages
+    before it, however many more the client sends. (Forwarded, the shard's abort raced the
+    gateway's next write and reached the client as INTERNAL: grpc issue #36066.)"""
+    _, gateway, _ = one_shard
+    good = api.OrderStreamRequest(inputs=[api.OrderInput(new_order=new_order("ok", "BTCUSDT"))])
+    cases = [
+        (b"\x0a\xff\xff\x37", "request is not a valid hftgate.v1.OrderStreamRequest"),
+        (api.OrderStreamRequest().SerializeToString(), "must carry 1..1000 inputs, got 0"),
+    ]
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+    raw = channel.stream_stream("/hftgate.v1.ExecutionService/OrderStream", None, None)
+    try:
+        for round_ in range(10):  # the race took one call in several to show
+            for case, (bad, said) in enumerate(cases):
+                name = f"g{round_}-{case}"
+                first = api.OrderStreamRequest(inputs=[api.OrderInput(new_order=new_order(name, "ETHUSDT"))])
+                call = raw(
+                    iter([first.SerializeToString(), bad, *[good.SerializeToString()] * 4]), metadata=ALICE
+                )
+                acks: list[api.OrderAck] = []
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    async for data in call:
+                        acks.extend(api.OrderStreamResponse.FromString(data).acks)
+                assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ended.value.details()
+                assert said in (ended.value.details() or "")
+                assert [(a.client_order_id, a.status) for a in acks] == [(name, api.ORDER_STATUS_NEW)]
+    finally:
+        await channel.close(None)

@@ -201,6 +201,30 @@ async def test_publishing_through_the_gateway_needs_a_single_replica(marketdata:
     assert "publish to every replica directly" in (refused.value.details() or "")
 
 
+async def test_publishing_through_the_gateway_without_a_service_token_is_refused_there(
+    marketdata: Any,
+) -> None:
+    """An API key (or nothing) cannot publish: UNAUTHENTICATED from the gateway itself, every time,
+    however many messages the caller streams (the replica's refusal, forwarded, raced the gateway's
+    writes and could reach the caller as INTERNAL: grpc issue #36066)."""
+    _, gateway, stub = marketdata
+
+    async def ticks() -> AsyncIterator[marketdata_pb2.PublishTradesRequest]:
+        for _ in range(5):
+            yield marketdata_pb2.PublishTradesRequest()
+
+    calls_before = [r.endpoint.calls for r in gateway.stateless[MARKETDATA_SERVICE].pool.replicas]
+    for metadata in [(("x-api-key", "hftgate-demo-carol"),)] * 5 + [()]:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.PublishTrades(ticks(), metadata=metadata, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value.details()
+        said = (
+            "PublishTrades needs a service token" if metadata else "needs an API key (x-api-key) or a service"
+        )
+        assert said in (refused.value.details() or "")
+    assert [r.endpoint.calls for r in gateway.stateless[MARKETDATA_SERVICE].pool.replicas] == calls_before
+
+
 # --- fake cache replicas ------------------------------------------------------------------------
 @dataclass
 class FakeCache:
