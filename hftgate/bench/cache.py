@@ -186,8 +186,12 @@ def run_near_cache(
 
 
 @contextmanager
-def cache_service_process(state_dir: Path, redis_url: str, **settings: str) -> Iterator[int]:
-    """Run ``python -m services.cache`` on a free port; yield the port; SIGTERM it afterwards."""
+def cache_service_process(
+    state_dir: Path, redis_url: str, *, suite_state_dir: Path | None = None, **settings: str
+) -> Iterator[int]:
+    """Run ``python -m services.cache`` on a free port; yield the port; SIGTERM it afterwards.
+    ``suite_state_dir``: the suite state directory whose secret it shares with the other services
+    of the run (else the environment's or the default one's)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "service.log"
     env = dict(
@@ -197,6 +201,8 @@ def cache_service_process(state_dir: Path, redis_url: str, **settings: str) -> I
         HFTGATE_CACHE_STATE_DIR=str(state_dir),
         **{f"HFTGATE_CACHE_{name.upper()}": value for name, value in settings.items()},
     )
+    if suite_state_dir is not None:
+        env["HFTGATE_STATE_DIR"] = str(suite_state_dir)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "services.cache"], env=env, stderr=log_file)
     try:
@@ -340,8 +346,13 @@ def run_order_path(*, redis_url: str | None = None, window_inputs: int = 1_000) 
             redis.start()
             redis_url = redis.url
         try:
-            with cache_service_process(root / "cache", redis_url, key_prefix="bench-order-path:") as port:
-                execution = ExecutionProcess(root / "execution", {"cache_address": f"127.0.0.1:{port}"})
+            # One suite secret for both (the execution process's state directory holds it): the
+            # execution service's token must be valid at the cache.
+            suite_dir = root / "execution"
+            with cache_service_process(
+                root / "cache", redis_url, suite_state_dir=suite_dir, key_prefix="bench-order-path:"
+            ) as port:
+                execution = ExecutionProcess(suite_dir, {"cache_address": f"127.0.0.1:{port}"})
                 with execution:
                     execution.start()
                     figures = asyncio.run(_replay_through_execution(execution, window_inputs))
