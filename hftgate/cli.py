@@ -429,7 +429,9 @@ def fuzz(
     ] = 3.0,
     service: Annotated[
         list[str] | None,
-        typer.Option("--service", "-s", help="Fuzz only these (execution, marketdata, cache, gateway)."),
+        typer.Option(
+            "--service", "-s", help="Fuzz only these (execution, marketdata, cache, gateway, scaler)."
+        ),
     ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the mutation loop (generation is derandomized per round).")

@@ -54,6 +54,7 @@ _STRINGS = (
     "ESZ4",
     "hftgate",
     "binance-spot",
+    "execution",  # (a service's name: the scaler's reports and policies name one)
     "*",
     "?",
     "[",
@@ -390,9 +391,15 @@ FUZZ_TARGETS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
         ("hftgate.v1.MarketDataService", ("key:hftgate-demo-carol",)),
         ("hftgate.v1.CacheService", ("key:hftgate-demo-dave",)),
     ),
+    # The scaler as the services that report to it (execution's reports reach its tables: see
+    # SCALER_FUZZ_POLICY) and as an account (refused); never as admin, who may change policies.
+    "scaler": (("hftgate.v1.ScalerService", ("token:execution", "token:gateway", "key:hftgate-demo-alice")),),
 }
 #: The processes ``hftgate fuzz`` fuzzes by default, in the order they start.
-FUZZ_SERVICES: tuple[str, ...] = ("execution", "marketdata", "cache", "gateway")
+FUZZ_SERVICES: tuple[str, ...] = ("execution", "marketdata", "cache", "gateway", "scaler")
+#: The scaler's one policy while fuzzed: execution's reports are recorded and judged, and its
+#: bounds (1..1 replica) let no decision start or stop a process.
+SCALER_FUZZ_POLICY = "execution:inflight_requests:1000:1:1"
 
 
 def identity_metadata(identity: str, secret: Any) -> tuple[tuple[str, str], ...]:
@@ -411,6 +418,8 @@ def probe(service: str, address: str, secret: Any) -> str | None:
         execution_pb2_grpc,
         marketdata_pb2,
         marketdata_pb2_grpc,
+        scaler_pb2,
+        scaler_pb2_grpc,
     )
     from hftgate.v1 import execution_pb2 as ex
 
@@ -435,6 +444,12 @@ def probe(service: str, address: str, secret: Any) -> str | None:
                 )
                 if reply.ack.status != ex.ORDER_STATUS_NEW:
                     return f"a normal order was not accepted: {reply.ack}"
+            elif service == "scaler":
+                token = (("x-hftgate-service-token", secret.token_for("gateway")),)
+                replicas = scaler_pb2_grpc.ScalerServiceStub(channel).ListReplicas(
+                    scaler_pb2.ListReplicasRequest(), metadata=token, timeout=10
+                )
+                del replicas  # answered: enough (which replicas it knows depends on the reports)
             elif service == "marketdata":
                 token = (("x-hftgate-service-token", secret.token_for("gateway")),)
                 marketdata_pb2_grpc.MarketDataServiceStub(channel).GetSnapshot(
@@ -488,6 +503,8 @@ def fuzz_suite(
     env["HFTGATE_STATE_DIR"] = str(state_dir)
     env.setdefault("HFTGATE_PROFILE", "dev")
     secret = load_suite_secret(env, state_dir=Path(state_dir))
+    if "scaler" in services:
+        env["HFTGATE_SCALER_POLICIES"] = SCALER_FUZZ_POLICY
     unknown = sorted(set(services) - set(FUZZ_TARGETS))
     if unknown:
         raise ValueError(f"no fuzz targets for {', '.join(unknown)}; choose from {', '.join(FUZZ_TARGETS)}")

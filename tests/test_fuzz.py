@@ -56,7 +56,7 @@ def test_generated_messages_cover_edge_values() -> None:
 @pytest.mark.timeout(300)
 def test_every_rpc_of_every_service_survives_a_short_fuzz(tmp_path: Path) -> None:
     reports = fuzz_suite(tmp_path, seconds_per_service=4.0)
-    assert set(reports) == {"execution", "marketdata", "cache", "gateway"}
+    assert set(reports) == {"execution", "marketdata", "cache", "gateway", "scaler"}
     for name, report in reports.items():
         assert report.calls > 60, (name, report.calls)
         assert report.codes.get("OK", 0) > 0, (name, dict(report.codes))
