@@ -402,6 +402,13 @@ FUZZ_SERVICES: tuple[str, ...] = ("execution", "marketdata", "cache", "gateway",
 SCALER_FUZZ_POLICY = "execution:inflight_requests:1000:1:1"
 
 
+def check_fuzz_services(services: Sequence[str]) -> None:
+    """ValueError naming any of ``services`` the fuzzer has no targets for."""
+    unknown = sorted(set(services) - set(FUZZ_TARGETS))
+    if unknown:
+        raise ValueError(f"no fuzz targets for {', '.join(unknown)}; choose from {', '.join(FUZZ_TARGETS)}")
+
+
 def identity_metadata(identity: str, secret: Any) -> tuple[tuple[str, str], ...]:
     kind, _, value = identity.partition(":")
     if kind == "token":
@@ -446,10 +453,10 @@ def probe(service: str, address: str, secret: Any) -> str | None:
                     return f"a normal order was not accepted: {reply.ack}"
             elif service == "scaler":
                 token = (("x-hftgate-service-token", secret.token_for("gateway")),)
-                replicas = scaler_pb2_grpc.ScalerServiceStub(channel).ListReplicas(
+                # Answered is enough: which replicas it knows depends on the reports.
+                scaler_pb2_grpc.ScalerServiceStub(channel).ListReplicas(
                     scaler_pb2.ListReplicasRequest(), metadata=token, timeout=10
                 )
-                del replicas  # answered: enough (which replicas it knows depends on the reports)
             elif service == "marketdata":
                 token = (("x-hftgate-service-token", secret.token_for("gateway")),)
                 marketdata_pb2_grpc.MarketDataServiceStub(channel).GetSnapshot(
@@ -502,12 +509,10 @@ def fuzz_suite(
     env = dict(os.environ)
     env["HFTGATE_STATE_DIR"] = str(state_dir)
     env.setdefault("HFTGATE_PROFILE", "dev")
+    check_fuzz_services(services)
     secret = load_suite_secret(env, state_dir=Path(state_dir))
     if "scaler" in services:
         env["HFTGATE_SCALER_POLICIES"] = SCALER_FUZZ_POLICY
-    unknown = sorted(set(services) - set(FUZZ_TARGETS))
-    if unknown:
-        raise ValueError(f"no fuzz targets for {', '.join(unknown)}; choose from {', '.join(FUZZ_TARGETS)}")
     # The services asked for and those they need (the gateway routes to the others).
     wanted = set(services) | ({"cache", "marketdata", "execution"} if "gateway" in services else set())
     specs = [s for s in supervisor.available_services() if s.name in wanted]

@@ -90,12 +90,9 @@ def _details_of(err: grpc.aio.AioRpcError) -> tuple[tuple[str, Any], ...]:
 class StatelessForwarder:
     """One stateless service's public API at the gateway, over a :class:`ReplicaPool`."""
 
-    def __init__(
-        self, pool: ReplicaPool, default_deadline_ms: int, secret: security.SuiteSecret | None = None
-    ) -> None:
+    def __init__(self, pool: ReplicaPool, default_deadline_ms: int, secret: security.SuiteSecret) -> None:
         self.pool = pool
-        #: The suite's secret, for the publishers' tokens (None: the replica alone checks them).
-        self.secret = secret
+        self.secret = secret  # the suite's: publishers' tokens are checked here too
         self.service = pool.service
         self.reads = IDEMPOTENT_READS[self.service]
         self._default_timeout_s = default_deadline_ms / 1000
@@ -209,7 +206,7 @@ class StatelessForwarder:
         pool = self.pool
 
         async def forward(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
-            if self.secret is not None and security.principal_of(context, self.secret) is None:
+            if security.principal_of(context, self.secret) is None:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED, f"/{self.service}/{method} needs a service token"
                 )
