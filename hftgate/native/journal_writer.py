@@ -17,8 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from hftgate.native import ffi, lib
 from hftgate.native.errors import check
+from hftgate.native.histogram import LatencyHistogram
 from hftgate.native.queues import MpscQueue
 
 __all__ = [
@@ -29,10 +32,34 @@ __all__ = [
     "WriterStatus",
     "crc32",
     "crc32_kernel",
+    "sync_latency_histogram",
 ]
 
 SLOT_HEADER_BYTES: int = lib.HFT_JOURNAL_SLOT_HEADER_BYTES
 SLOT_FLAG_CONTINUED: int = lib.HFT_JOURNAL_SLOT_FLAG_CONTINUED
+#: Buckets of the writer's fdatasync latency counts (see :meth:`JournalWriterThread.sync_latency`).
+SYNC_BUCKETS: int = lib.HFT_JOURNAL_SYNC_BUCKETS
+
+
+def _sync_bucket_middles() -> np.ndarray:
+    low, width = ffi.new("int64_t *"), ffi.new("int64_t *")
+    middles = np.empty(SYNC_BUCKETS, np.int64)
+    for index in range(SYNC_BUCKETS):
+        check(lib.hft_journal_sync_bucket(index, low, width), "hft_journal_sync_bucket")
+        middles[index] = low[0] + width[0] // 2
+    return middles
+
+
+_SYNC_BUCKET_MIDDLES = _sync_bucket_middles()
+
+
+def sync_latency_histogram(counts: np.ndarray) -> LatencyHistogram:
+    """The writer's fdatasync latency counts (:meth:`JournalWriterThread.sync_latency`) as a
+    :class:`LatencyHistogram`, each count at its bucket's middle (within 1/32 of the value)."""
+    histogram = LatencyHistogram()
+    for index in np.flatnonzero(counts).tolist():
+        histogram.record_n(int(_SYNC_BUCKET_MIDDLES[index]), int(counts[index]))
+    return histogram
 
 
 def crc32(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
@@ -135,6 +162,21 @@ class JournalWriterThread:
             raise RuntimeError("the journal writer thread was joined")
         lib.hft_journal_writer_status_get(self._writer, self._status)
         return _status_of(self._status)
+
+    def sync_latency(self) -> np.ndarray:
+        """How long each of the writer's fdatasyncs took: counts per nanosecond bucket
+        (``hft_journal_writer_sync_latency``; :func:`sync_latency_histogram` reads them). Any
+        thread: a copy taken while the writer syncs may miss that one fsync."""
+        if self._writer is None:
+            raise RuntimeError("the journal writer thread was joined")
+        counts = np.zeros(SYNC_BUCKETS, np.uint64)
+        check(
+            lib.hft_journal_writer_sync_latency(
+                self._writer, ffi.from_buffer("uint64_t[]", counts, require_writable=True), SYNC_BUCKETS
+            ),
+            "hft_journal_writer_sync_latency",
+        )
+        return counts
 
     def acked_seq(self) -> tuple[int, bool]:
         """(highest acknowledgeable sequence number, failed): the event loop's per-wake-up read."""

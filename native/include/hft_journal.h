@@ -125,6 +125,24 @@ int hft_journal_writer_start(hft_mpsc_queue *queue, const hft_journal_writer_con
  * acquire ordering, so a reader that sees failed == 1 also sees the message. */
 void hft_journal_writer_status_get(const hft_journal_writer *writer, hft_journal_writer_status *out);
 
+/* How long each fdatasync of the writer took (the durability an acknowledgement waits for), in
+ * nanoseconds, as counts per log-linear bucket: values below 32 exactly, then 16 buckets per power
+ * of two (each within 1/16 of its value). Why buckets of the writer's own rather than an
+ * hft_histogram: a histogram has one writer and no concurrent reader, while these counts are read
+ * by the service's loop (stats, metrics) while the writer thread keeps adding to them; each count
+ * is one atomic word, so a copy taken meanwhile may miss the latest fsync but never tears a count.
+ * What a client of a lone order waits for is this plus the hand-offs: on a VM it differs from
+ * back-to-back fsyncs by as much as the host's idle disk path takes to wake. */
+#define HFT_JOURNAL_SYNC_BUCKETS 960
+
+/* Copy the fdatasync latency counts into counts[0 .. n-1] (n at most HFT_JOURNAL_SYNC_BUCKETS;
+ * fewer: the first n buckets). Any thread. HFT_EINVAL on NULL. */
+int hft_journal_writer_sync_latency(const hft_journal_writer *writer, uint64_t *counts, size_t n);
+
+/* The smallest nanosecond value bucket `index` counts, and its width (values low .. low+width-1).
+ * HFT_EINVAL for an index of HFT_JOURNAL_SYNC_BUCKETS or more or NULL outputs. */
+int hft_journal_sync_bucket(size_t index, int64_t *low, int64_t *width);
+
 /* Restrict the writer thread to the `count` CPUs in `cpus` (Linux CPU numbers).
  * Why: with the event loop on other CPUs, the writer's fdatasync runs beside the
  * loop's matching instead of queueing behind it, and neither thread is migrated

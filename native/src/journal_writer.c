@@ -65,7 +65,47 @@ struct hft_journal_writer {
     uint32_t commit_window_us;  /* see hft_journal_writer_set_commit_window_us */
     hft_cpu_keeper *keeper;     /* see hft_journal_writer_keep_cpu; set once, read with acquire */
     int loop_polling;           /* see hft_journal_writer_poll_begin; seq_cst with acked_seq */
+
+    /* fdatasync latency counts (hft_journal_writer_sync_latency): the writer thread adds, anyone
+     * reads, one relaxed atomic word each. */
+    uint64_t sync_ns_counts[HFT_JOURNAL_SYNC_BUCKETS];
 };
+
+/* Bucket of a latency of `ns` nanoseconds (see HFT_JOURNAL_SYNC_BUCKETS): exact below 32, then the
+ * power of two's 16 sub-buckets, the value's 4 bits after its leading one. */
+static size_t sync_bucket_of(int64_t ns) {
+    if (ns < 32) return ns < 0 ? 0 : (size_t)ns;
+    int exponent = 63 - __builtin_clzll((unsigned long long)ns); /* 5 .. 62 */
+    size_t sub = (size_t)(((unsigned long long)ns >> (exponent - 4)) & 15u);
+    return 32u + (size_t)(exponent - 5) * 16u + sub;
+}
+
+int hft_journal_sync_bucket(size_t index, int64_t *low, int64_t *width) {
+    if (!low || !width || index >= HFT_JOURNAL_SYNC_BUCKETS) return HFT_EINVAL;
+    if (index < 32) {
+        *low = (int64_t)index;
+        *width = 1;
+        return HFT_OK;
+    }
+    int exponent = 5 + (int)((index - 32) / 16);
+    int64_t sub = (int64_t)((index - 32) % 16);
+    *width = (int64_t)1 << (exponent - 4);
+    *low = (16 + sub) * *width;
+    return HFT_OK;
+}
+
+int hft_journal_writer_sync_latency(const hft_journal_writer *w, uint64_t *counts, size_t n) {
+    if (!w || (!counts && n)) return HFT_EINVAL;
+    if (n > HFT_JOURNAL_SYNC_BUCKETS) n = HFT_JOURNAL_SYNC_BUCKETS;
+    for (size_t i = 0; i < n; i++) counts[i] = __atomic_load_n(&w->sync_ns_counts[i], __ATOMIC_RELAXED);
+    return HFT_OK;
+}
+
+static int64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
 static void put_u64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -225,10 +265,13 @@ static int rotate(hft_journal_writer *w, uint64_t first_seq) {
 }
 
 static int sync_segment(hft_journal_writer *w, uint64_t through) {
+    int64_t start = monotonic_ns();
     if (fdatasync(w->fd)) {
         fail(w, errno, "journal: fdatasync failed after seq %llu", (unsigned long long)through);
         return -1;
     }
+    uint64_t *count = &w->sync_ns_counts[sync_bucket_of(monotonic_ns() - start)];
+    __atomic_store_n(count, __atomic_load_n(count, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
     store(&w->fsyncs, w->fsyncs + 1);
     store(&w->synced_seq, through);
     return 0;

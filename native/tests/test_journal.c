@@ -649,6 +649,44 @@ static void test_acks_are_not_signalled_while_the_loop_polls(void) {
     remove_dir(f.dir);
 }
 
+/* The buckets tile 0 .. INT64_MAX without gaps or overlaps, each within 1/16 of its values, and the
+ * writer counts each fdatasync it reports once. */
+static void test_fsync_latency_is_counted_per_bucket(void) {
+    int64_t low, width;
+    uint64_t next = 0;
+    for (size_t i = 0; i < HFT_JOURNAL_SYNC_BUCKETS; i++) {
+        CHECK_EQ_INT(hft_journal_sync_bucket(i, &low, &width), HFT_OK);
+        CHECK_EQ_INT((uint64_t)low, next);
+        CHECK(width >= 1 && (low < 32 ? width == 1 : width * 16 <= low));
+        next = (uint64_t)low + (uint64_t)width;
+    }
+    CHECK_EQ_INT(next, (uint64_t)INT64_MAX + 1); /* the last bucket ends at INT64_MAX */
+    CHECK_EQ_INT(hft_journal_sync_bucket(HFT_JOURNAL_SYNC_BUCKETS, &low, &width), HFT_EINVAL);
+    CHECK_EQ_INT(hft_journal_sync_bucket(0, NULL, &width), HFT_EINVAL);
+
+    fixture f;
+    fixture_open(&f, 1, 1 << 30, 1, 4096);
+    unsigned char payload[16];
+    for (uint64_t seq = 1; seq <= 20; seq++) {
+        make_payload(payload, seq, sizeof payload);
+        push_record(&f, seq, (unsigned char)(seq % 7), payload, sizeof payload);
+        wait_acked(&f, seq); /* one by one: one fsync each */
+    }
+    uint64_t *counts = calloc(HFT_JOURNAL_SYNC_BUCKETS, sizeof *counts);
+    CHECK_EQ_INT(hft_journal_writer_sync_latency(f.writer, counts, HFT_JOURNAL_SYNC_BUCKETS), HFT_OK);
+    hft_journal_writer_status status;
+    hft_journal_writer_status_get(f.writer, &status);
+    uint64_t total = 0;
+    for (size_t i = 0; i < HFT_JOURNAL_SYNC_BUCKETS; i++) {
+        total += counts[i];
+    }
+    CHECK_EQ_INT(total, status.fsyncs);
+    CHECK(status.fsyncs >= 20);
+    CHECK_EQ_INT(hft_journal_writer_sync_latency(NULL, counts, 1), HFT_EINVAL);
+    free(counts);
+    fixture_close(&f);
+}
+
 int main(void) {
     RUN(test_crc32_matches_zlib_vectors);
     RUN(test_crc32_every_length_and_offset_matches_the_definition);
@@ -662,5 +700,6 @@ int main(void) {
     RUN(test_blocked_writer_gives_up_when_aborted);
     RUN(test_rotation_on_request_starts_a_new_segment_before_the_next_batch);
     RUN(test_acks_are_not_signalled_while_the_loop_polls);
+    RUN(test_fsync_latency_is_counted_per_bucket);
     return TEST_SUMMARY("journal");
 }

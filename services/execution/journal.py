@@ -128,8 +128,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from hftgate.native.errors import NativeError
-from hftgate.native.journal_writer import SLOT_FLAG_CONTINUED, JournalWriterThread, KeeperStats, WriterStatus
+from hftgate.native.histogram import LatencyHistogram
+from hftgate.native.journal_writer import (
+    SLOT_FLAG_CONTINUED,
+    SYNC_BUCKETS,
+    JournalWriterThread,
+    KeeperStats,
+    WriterStatus,
+    sync_latency_histogram,
+)
 from hftgate.native.queues import MpscQueue
 
 log = logging.getLogger(__name__)
@@ -389,6 +399,7 @@ class Journal:
         self._keeper: JournalWriterThread | None = None  # the writer, once it has a CPU keeper
         self._notify_fd = -1
         self._final_status: WriterStatus | None = None
+        self._final_sync_counts: np.ndarray | None = None
 
     # --- opening and recovery -------------------------------------------------
 
@@ -780,6 +791,16 @@ class Journal:
         """The writer's counters (stalls, space retries, blocked bytes...) for stats and tests."""
         return self._writer_status()
 
+    def sync_latency(self) -> LatencyHistogram:
+        """How long the writer's fdatasyncs took since start (each within 1/32): the disk's share
+        of a durable acknowledgement, as the journal meets it (its cadence, its file), beside which
+        a benchmark's back-to-back fsync floor can be read. Empty before start."""
+        if self._writer is not None:
+            return sync_latency_histogram(self._writer.sync_latency())
+        if self._final_sync_counts is not None:
+            return sync_latency_histogram(self._final_sync_counts)
+        return sync_latency_histogram(np.zeros(SYNC_BUCKETS, np.uint64))
+
     async def close(self) -> None:
         """Wait for every append made so far to be durable, stop the writer and close the segment."""
         if self._closing:
@@ -796,6 +817,7 @@ class Journal:
         # signal handled meanwhile (the writer's last notify) or a stats read must not touch it.
         self._writer = self._keeper = None
         loop.remove_reader(self._notify_fd)
+        self._final_sync_counts = writer.sync_latency()  # (the queue is drained: no fsync comes after)
         self._final_status = await asyncio.to_thread(writer.join)
         os.close(self._notify_fd)
         self._notify_fd = -1

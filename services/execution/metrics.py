@@ -55,6 +55,15 @@ class ExecutionCollector(Collector):
             samples.add_metric([stage], summary["count"])
         yield latency
         yield samples
+        fsync = core.journal.sync_latency().summary()
+        fsync_latency = GaugeMetricFamily(
+            "hftgate_execution_journal_fsync_latency_seconds",
+            "How long the journal writer's fdatasyncs took (every fsync since start), by quantile",
+            labels=["quantile"],
+        )
+        for quantile, key in _QUANTILES:
+            fsync_latency.add_metric([quantile], fsync[key] / 1e9)
+        yield fsync_latency
         counters = core.counters
         for name, value, text in (
             ("orders_received", counters.orders_received, "New orders received"),

@@ -949,6 +949,7 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
             reference_sql_lookups=lookups.sql_lookups,
             order_path_hit_ratio=lookups.hit_ratio,
             snapshots_taken=self.snapshotter.taken if self.snapshotter is not None else 0,
+            journal_fsync_latency=_summary(journal.sync_latency()),
         )
 
 

@@ -11,6 +11,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hftgate.native.journal_writer import JournalWriterThread, crc32, crc32_kernel
@@ -137,3 +138,20 @@ def test_a_commit_window_lets_records_that_follow_share_the_first_ones_fdatasync
         assert final.batches == 1 and final.fsyncs == 1
     finally:
         os.close(notify)
+
+
+def test_fsync_latency_counts_read_back_within_a_bucket_of_their_values() -> None:
+    from hftgate.native.journal_writer import _SYNC_BUCKET_MIDDLES, SYNC_BUCKETS, sync_latency_histogram
+
+    middles = _SYNC_BUCKET_MIDDLES
+    assert len(middles) == SYNC_BUCKETS and (middles[1:] > middles[:-1]).all()
+    assert middles[:32].tolist() == list(range(32))  # exact below 32 ns
+    counts = np.zeros(SYNC_BUCKETS, np.uint64)
+    # 90 fsyncs in the bucket of ~30 us and 10 in the bucket of ~180 us: the median is the first.
+    fast, slow = int(np.searchsorted(middles, 30_000)), int(np.searchsorted(middles, 180_000))
+    counts[fast], counts[slow] = 90, 10
+    histogram = sync_latency_histogram(counts)
+    assert histogram.count == 100
+    assert abs(histogram.percentile(50) - 30_000) <= 30_000 / 16
+    assert abs(histogram.percentile(99) - 180_000) <= 180_000 / 16
+    assert sync_latency_histogram(np.zeros(SYNC_BUCKETS, np.uint64)).count == 0

@@ -87,6 +87,8 @@ async def test_batch_matches_in_one_pass_and_acks_in_request_order(harness: Any)
     assert stats.orders_accepted == 301 and stats.open_orders == 295
     assert stats.total_latency.count == 301 and stats.journal_latency.p50_ns > 0
     assert stats.journal_fsyncs >= 1
+    assert 1 <= stats.journal_fsync_latency.count <= stats.journal_fsyncs
+    assert 0 < stats.journal_fsync_latency.p50_ns <= stats.journal_fsync_latency.max_ns
 
 
 async def test_priority_reorders_only_within_the_batch(harness: Any) -> None:

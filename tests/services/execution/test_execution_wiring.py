@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,11 @@ async def test_stage_latencies_are_exported_to_prometheus(harness: Any) -> None:
     text = generate_latest(REGISTRY).decode()
     assert 'hftgate_execution_stage_latency_seconds{quantile="0.99",stage="journal"}' in text
     assert "hftgate_execution_orders_accepted_total 1.0" in text
+    # The journal's own fdatasync latency beside the stages: a quantile of every fsync since start.
+    median = re.search(
+        r'^hftgate_execution_journal_fsync_latency_seconds\{quantile="0.5"\} (\S+)$', text, re.M
+    )
+    assert median is not None and 0 < float(median.group(1)) < 10
 
 
 async def test_the_journal_keeper_counts_are_exported_to_prometheus(harness: Any) -> None:

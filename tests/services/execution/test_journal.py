@@ -128,6 +128,10 @@ async def test_acks_come_only_after_their_fsync_and_batches_share_one(tmp_path: 
     assert journal.records_written == appended
     assert 1 <= journal.fsyncs < appended
     assert journal.fsyncs == journal.batches_written
+    # Each fsync's duration is counted once, and kept past the close.
+    synced = journal.sync_latency()
+    assert synced.count == journal.fsyncs
+    assert 0 < synced.percentile(50) <= synced.percentile(99) < 10 * 1_000_000_000
     logging.getLogger(__name__).info(
         "group commit: %d appends, %d fsyncs, %.1f records per fsync",
         appended,
