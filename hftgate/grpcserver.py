@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 # Large batches (thousands of orders, deep books) exceed gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Initial metadata a service sends on a bidirectional stream once it has admitted it (the caller
+#: authenticated, a stream slot taken): until then its refusal may still come. A client that waits
+#: for it before its first write never writes into a stream the service has already refused, and
+#: so never meets grpcio's asyncio client reporting such a write's failure (INTERNAL "Internal
+#: error from Core") in place of the service's status (grpc issue #36066). See execution.proto.
+STREAM_ADMITTED_METADATA = "x-hftgate-stream-admitted"
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

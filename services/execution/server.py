@@ -28,7 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hftgate import security
-from hftgate.grpcserver import abort_invalid_argument, check_batch_size
+from hftgate.grpcserver import STREAM_ADMITTED_METADATA, abort_invalid_argument, check_batch_size
 from hftgate.native.clock import now_ns
 from hftgate.native.exec_wire import ExecWireEncoder
 from hftgate.native.histogram import LatencyHistogram
@@ -655,6 +655,10 @@ class ExecutionServicer(api_grpc.ExecutionServiceServicer):
         account = await self._account(context)
         slot = await self._stream_slot(context, account)
         try:
+            # Admitted: say so at once (hftgate.grpcserver.STREAM_ADMITTED_METADATA), so that a
+            # client, the gateway among them, can hold its first write until a refusal can no
+            # longer come.
+            await context.send_initial_metadata(((STREAM_ADMITTED_METADATA, "1"),))
             await self._order_stream(account, request_iterator, context)
         finally:
             slot.release()

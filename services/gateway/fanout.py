@@ -44,6 +44,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from hftgate.grpcserver import STREAM_ADMITTED_METADATA
 from hftgate.shardmap import Shard
 from hftgate.telemetry import ClientSpan, describe_malformed
 from hftgate.v1 import execution_pb2 as api
@@ -94,12 +95,56 @@ class Upstream:
     span: ClientSpan | None = None
     ended: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _admitted: asyncio.Future[bool] | None = field(default=None, repr=False)
 
     def finish(self, error: BaseException | None) -> None:
         """End the span with the stream's outcome (once)."""
         span, self.span = self.span, None
         if span is not None:
             span.__exit__(None if error is None else type(error), error, None)
+
+    async def admitted(self) -> bool:
+        """Whether the shard admitted this bidirectional stream (:func:`stream_admitted`; asked of
+        the shard once, the answer kept): write nothing into it before."""
+        if self._admitted is None:
+            self._admitted = asyncio.ensure_future(stream_admitted(self.call))
+        return await asyncio.shield(self._admitted)
+
+
+#: How long to wait for a shard's admission before writing anyway: a shard of an earlier version
+#: sends no admission, and its stream must still work (its first write then waits this once).
+ADMISSION_WAIT_S = 0.5
+
+
+async def stream_admitted(call: Any, wait_s: float = ADMISSION_WAIT_S) -> bool:
+    """True once ``call``'s initial metadata says the service admitted the stream
+    (:data:`~hftgate.grpcserver.STREAM_ADMITTED_METADATA`), or none came within ``wait_s``; False
+    when the stream ended first (refused, or failed). Writing only after True keeps a refusal's
+    status as the service sent it: a write racing it would make grpcio's asyncio client report
+    INTERNAL instead (grpc issue #36066)."""
+    try:
+        # (shielded: the wait may time out, the call's own wait for its metadata must go on)
+        metadata = await asyncio.wait_for(asyncio.shield(call.initial_metadata()), wait_s)
+    except TimeoutError:
+        return True
+    except Exception:  # the stream failed: its reader reports how
+        return False
+    return any(key == STREAM_ADMITTED_METADATA for key, _ in metadata or ())
+
+
+async def after_admission(
+    upstream: Awaitable[Upstream], requests: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """``requests``, once the shard admitted the stream (``upstream``, awaited: the call this
+    iterator feeds is made after it); nothing when it was refused, and not before its status is
+    in: an iterator that ended earlier would half-close a stream whose end grpcio has not seen."""
+    opened = await upstream
+    if not await opened.admitted():
+        with contextlib.suppress(Exception):
+            await opened.call.code()
+        return
+    async for data in requests:
+        yield data
 
 
 #: Opens ``method`` on ``shard`` (request bytes for a server stream, None for a bidirectional one).
@@ -273,6 +318,8 @@ class OrderStreamFanout:
                             )
                         )
                     )
+                return
+            if not await upstream.admitted():  # refused: its reader reports the shard's status
                 return
             try:
                 await upstream.call.write(part.SerializeToString())

@@ -61,6 +61,7 @@ from hftgate import security
 from hftgate.client import not_owner_info
 from hftgate.columns import column_problem, columns_at, merged_ack_columns
 from hftgate.grpcserver import (
+    STREAM_ADMITTED_METADATA,
     RunningServer,
     ServiceBinding,
     abort_invalid_argument,
@@ -79,6 +80,7 @@ from services.gateway.fanout import (
     OrderStreamFanout,
     StreamEnded,
     Upstream,
+    after_admission,
     merge_reports,
     order_cost,
     read_stream_message,
@@ -820,9 +822,17 @@ class ExecutionForwarder:
         if shard is not None:
             refused: list[StreamEnded] = []
             checked = self._checked(requests, caller.account, refused)
-            upstream = self._open_upstream(caller, traced, shard, "OrderStream", checked)
+            opened: asyncio.Future[Upstream] = asyncio.get_running_loop().create_future()
+            upstream = self._open_upstream(
+                caller, traced, shard, "OrderStream", after_admission(opened, checked)
+            )
+            opened.set_result(upstream)
             error: BaseException | None = None
             try:
+                # The shard's admission passed on (the gateway's own came with _caller): a client
+                # that waits for it then never writes into a stream the shard refused.
+                if await upstream.admitted():
+                    await context.send_initial_metadata(((STREAM_ADMITTED_METADATA, "1"),))
                 async for item in upstream.call:
                     yield item
             except grpc.aio.AioRpcError as err:
@@ -838,6 +848,9 @@ class ExecutionForwarder:
             if refused:  # after the shard's answers to the messages before it
                 await _abort_status(context, refused[0].status, refused[0].trailing)
             return
+
+        # Admitted by the gateway; each shard's admission is awaited before the first write to it.
+        await context.send_initial_metadata(((STREAM_ADMITTED_METADATA, "1"),))
 
         async def route(one: api.OrderInput) -> Shard:
             return await self._route_input(caller, one)

@@ -13,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from hftgate.grpcserver import STREAM_ADMITTED_METADATA
 from hftgate.shardmap import Shard, order_id_shard
 from hftgate.v1 import common_pb2 as common
 from hftgate.v1 import execution_pb2 as api
@@ -400,6 +401,10 @@ class _ScriptedCall:
         self.answers: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
         self.written = 0
         self.cancelled = False
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        # Admitted at once, as a shard says before reading (see test_stream_admission.py).
+        return grpc.aio.Metadata((STREAM_ADMITTED_METADATA, "1"))
 
     async def write(self, data: bytes) -> None:
         request = api.OrderStreamRequest.FromString(data)
