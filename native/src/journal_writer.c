@@ -15,6 +15,7 @@
 
 #include "hft_cpu_keeper.h"
 #include "hft_crc32.h"
+#include "hft_wait.h"
 
 struct hft_journal_writer {
     /* Set at start, then owned by the writer thread. */
@@ -99,12 +100,6 @@ int hft_journal_writer_sync_latency(const hft_journal_writer *w, uint64_t *count
     if (n > HFT_JOURNAL_SYNC_BUCKETS) n = HFT_JOURNAL_SYNC_BUCKETS;
     for (size_t i = 0; i < n; i++) counts[i] = __atomic_load_n(&w->sync_ns_counts[i], __ATOMIC_RELAXED);
     return HFT_OK;
-}
-
-static int64_t monotonic_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -265,12 +260,12 @@ static int rotate(hft_journal_writer *w, uint64_t first_seq) {
 }
 
 static int sync_segment(hft_journal_writer *w, uint64_t through) {
-    int64_t start = monotonic_ns();
+    int64_t start = hft_wait_now_ns();
     if (fdatasync(w->fd)) {
         fail(w, errno, "journal: fdatasync failed after seq %llu", (unsigned long long)through);
         return -1;
     }
-    uint64_t *count = &w->sync_ns_counts[sync_bucket_of(monotonic_ns() - start)];
+    uint64_t *count = &w->sync_ns_counts[sync_bucket_of(hft_wait_now_ns() - start)];
     __atomic_store_n(count, __atomic_load_n(count, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
     store(&w->fsyncs, w->fsyncs + 1);
     store(&w->synced_seq, through);

@@ -796,10 +796,12 @@ class Journal:
         of a durable acknowledgement, as the journal meets it (its cadence, its file), beside which
         a benchmark's back-to-back fsync floor can be read. Empty before start."""
         if self._writer is not None:
-            return sync_latency_histogram(self._writer.sync_latency())
-        if self._final_sync_counts is not None:
-            return sync_latency_histogram(self._final_sync_counts)
-        return sync_latency_histogram(np.zeros(SYNC_BUCKETS, np.uint64))
+            counts = self._writer.sync_latency()
+        elif self._final_sync_counts is not None:
+            counts = self._final_sync_counts
+        else:
+            counts = np.zeros(SYNC_BUCKETS, np.uint64)
+        return sync_latency_histogram(counts)
 
     async def close(self) -> None:
         """Wait for every append made so far to be durable, stop the writer and close the segment."""
